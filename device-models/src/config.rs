@@ -1,0 +1,133 @@
+//! The gateway's TOML config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity and folders.
+    pub gateway: GatewaySection,
+    /// The REST API.
+    #[serde(default)]
+    pub api: ApiSection,
+    /// The embedded MQTT broker that MQTT devices publish to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttSection>,
+    /// The uplink to `ferrite-cloud`. Leave it out to run without a cloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudSection>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// The gateway's identity towards the cloud.
+    pub id: String,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Folder of DeviceModel files, relative to the config file.
+    #[serde(default = "GatewaySection::default_models")]
+    pub models: PathBuf,
+    /// Folder of Device files, relative to the config file.
+    #[serde(default = "GatewaySection::default_devices")]
+    pub devices: PathBuf,
+    /// Folder of Rule files, relative to the config file.
+    #[serde(default = "GatewaySection::default_rules")]
+    pub rules: PathBuf,
+}
+
+impl GatewaySection {
+    fn default_models() -> PathBuf {
+        "models".into()
+    }
+    fn default_devices() -> PathBuf {
+        "devices".into()
+    }
+    fn default_rules() -> PathBuf {
+        "rules".into()
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Listen address. Default 127.0.0.1:8080.
+    #[serde(default = "ApiSection::default_listen")]
+    pub listen: SocketAddr,
+    /// Bearer tokens. Without any, the API serves loopback only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<ApiToken>,
+}
+
+impl ApiSection {
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: Self::default_listen(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// `[[api.tokens]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who holds it; recorded in the audit log.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// A file holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The token's SHA-256, hex-encoded, instead of a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+}
+
+/// API roles, each including the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// GET only.
+    Read,
+    /// Also device writes.
+    Write,
+    /// Also rules and config.
+    Admin,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Listen address of the embedded broker. Default 127.0.0.1:1883.
+    #[serde(default = "MqttSection::default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl MqttSection {
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1883))
+    }
+}
+
+/// `[cloud]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSection {
+    /// The control plane's broker, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub broker: String,
+}

@@ -1,0 +1,307 @@
+//! `kind: Device`: one device instance, its model and how to reach it.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::Span;
+
+/// The `kind` tag of a device document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeviceKind {
+    /// The only value.
+    Device,
+}
+
+/// A device: a model plus exactly one protocol section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Always `Device`.
+    pub kind: DeviceKind,
+    /// The id used by the API and rules.
+    pub name: String,
+    /// The name of its DeviceModel.
+    pub model: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// How often polled protocols are read. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<Span>,
+    /// How long one request may take before the device counts as timed out.
+    /// Default 1s. For MQTT devices: how long without a publish before the
+    /// device counts as offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Span>,
+    /// Modbus over TCP.
+    #[serde(rename = "modbus-tcp", default, skip_serializing_if = "Option::is_none")]
+    pub modbus_tcp: Option<ModbusTcp>,
+    /// Modbus RTU on a serial line.
+    #[serde(rename = "modbus-rtu", default, skip_serializing_if = "Option::is_none")]
+    pub modbus_rtu: Option<ModbusRtu>,
+    /// OPC UA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opcua: Option<Opcua>,
+    /// The device publishes to the embedded broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<Mqtt>,
+}
+
+/// The protocols a device can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Modbus TCP.
+    ModbusTcp,
+    /// Modbus RTU.
+    ModbusRtu,
+    /// OPC UA.
+    Opcua,
+    /// MQTT.
+    Mqtt,
+}
+
+impl Protocol {
+    /// The key that selects it in a device file.
+    pub fn key(self) -> &'static str {
+        match self {
+            Protocol::ModbusTcp => "modbus-tcp",
+            Protocol::ModbusRtu => "modbus-rtu",
+            Protocol::Opcua => "opcua",
+            Protocol::Mqtt => "mqtt",
+        }
+    }
+
+    /// The model binding the protocol reads: `modbus`, `opcua` or `mqtt`.
+    pub fn binding_key(self) -> &'static str {
+        match self {
+            Protocol::ModbusTcp | Protocol::ModbusRtu => "modbus",
+            Protocol::Opcua => "opcua",
+            Protocol::Mqtt => "mqtt",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+impl Device {
+    /// Every protocol section present. Validation insists on exactly one.
+    pub fn protocols(&self) -> Vec<Protocol> {
+        let mut found = Vec::new();
+        if self.modbus_tcp.is_some() {
+            found.push(Protocol::ModbusTcp);
+        }
+        if self.modbus_rtu.is_some() {
+            found.push(Protocol::ModbusRtu);
+        }
+        if self.opcua.is_some() {
+            found.push(Protocol::Opcua);
+        }
+        if self.mqtt.is_some() {
+            found.push(Protocol::Mqtt);
+        }
+        found
+    }
+
+    /// The device's protocol, once validated.
+    pub fn protocol(&self) -> Option<Protocol> {
+        self.protocols().first().copied()
+    }
+
+    /// The poll period, default 1 s.
+    pub fn poll(&self) -> std::time::Duration {
+        self.poll.map_or(std::time::Duration::from_secs(1), Span::get)
+    }
+
+    /// The request timeout, default 1 s.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout.map_or(std::time::Duration::from_secs(1), Span::get)
+    }
+}
+
+fn default_modbus_port() -> u16 {
+    502
+}
+
+fn default_unit() -> u8 {
+    1
+}
+
+/// Read-coalescing limits shared by TCP and RTU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Coalesce {
+    /// Most registers in one read (the protocol allows 125).
+    #[serde(default = "Coalesce::default_registers")]
+    pub max_registers: u16,
+    /// Most coils or discrete inputs in one read (the protocol allows 2000).
+    #[serde(default = "Coalesce::default_bits")]
+    pub max_bits: u16,
+    /// Unused addresses a merged read may span between two properties.
+    #[serde(default)]
+    pub max_gap: u16,
+}
+
+impl Coalesce {
+    fn default_registers() -> u16 {
+        125
+    }
+    fn default_bits() -> u16 {
+        2000
+    }
+}
+
+impl Default for Coalesce {
+    fn default() -> Self {
+        Coalesce {
+            max_registers: Self::default_registers(),
+            max_bits: Self::default_bits(),
+            max_gap: 0,
+        }
+    }
+}
+
+/// Modbus TCP, possibly through a TCP-to-RTU gateway (give its `unit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusTcp {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port. Default 502.
+    #[serde(default = "default_modbus_port")]
+    pub port: u16,
+    /// Unit (slave) id. Default 1.
+    #[serde(default = "default_unit")]
+    pub unit: u8,
+    /// Read-coalescing limits.
+    #[serde(default)]
+    pub coalesce: Coalesce,
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// No parity bit.
+    #[default]
+    None,
+    /// Even parity.
+    Even,
+    /// Odd parity.
+    Odd,
+}
+
+/// Modbus RTU on a serial port. Devices on the same `port` share one bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusRtu {
+    /// The serial device, such as `/dev/ttyUSB0`.
+    pub port: PathBuf,
+    /// Baud rate. Default 9600.
+    #[serde(default = "ModbusRtu::default_baud")]
+    pub baud: u32,
+    /// Parity. Default none.
+    #[serde(default)]
+    pub parity: Parity,
+    /// Data bits, 7 or 8. Default 8.
+    #[serde(default = "ModbusRtu::default_data_bits")]
+    pub data_bits: u8,
+    /// Stop bits, 1 or 2. Default 1.
+    #[serde(default = "ModbusRtu::default_stop_bits")]
+    pub stop_bits: u8,
+    /// Unit (slave) id, 1 to 247.
+    pub unit: u8,
+    /// Read-coalescing limits.
+    #[serde(default)]
+    pub coalesce: Coalesce,
+}
+
+impl ModbusRtu {
+    fn default_baud() -> u32 {
+        9600
+    }
+    fn default_data_bits() -> u8 {
+        8
+    }
+    fn default_stop_bits() -> u8 {
+        1
+    }
+}
+
+/// OPC UA message security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpcuaSecurity {
+    /// No signing, no encryption.
+    #[default]
+    None,
+    /// Signed messages.
+    Sign,
+    /// Signed and encrypted messages.
+    SignAndEncrypt,
+}
+
+/// OPC UA security policy, for `sign` and `sign-and-encrypt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum OpcuaPolicy {
+    /// Basic256Sha256.
+    #[default]
+    Basic256Sha256,
+    /// Aes128_Sha256_RsaOaep.
+    #[serde(rename = "Aes128_Sha256_RsaOaep")]
+    Aes128Sha256RsaOaep,
+    /// Aes256_Sha256_RsaPss.
+    #[serde(rename = "Aes256_Sha256_RsaPss")]
+    Aes256Sha256RsaPss,
+}
+
+/// How OPC UA values are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OpcuaMode {
+    /// Monitored items in a subscription.
+    #[default]
+    Subscribe,
+    /// A batched Read every `poll`.
+    Poll,
+}
+
+/// An OPC UA server endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Opcua {
+    /// Such as `opc.tcp://host:4840/path`.
+    pub endpoint: String,
+    /// Message security. Default none.
+    #[serde(default)]
+    pub security: OpcuaSecurity,
+    /// Security policy when signing. Default Basic256Sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<OpcuaPolicy>,
+    /// User name; needs `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Subscribe (default) or poll.
+    #[serde(default)]
+    pub mode: OpcuaMode,
+    /// Sampling interval of monitored items. Default: the poll period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Span>,
+    /// Queue size of monitored items. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<u32>,
+}
+
+/// A device that publishes to the embedded broker.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {}

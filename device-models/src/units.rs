@@ -1,0 +1,107 @@
+//! Small value types shared by every document: durations and names.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written the way people write it: `500ms`, `1s`, `10m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Span(pub Duration);
+
+impl Span {
+    /// The duration.
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Span)
+            .map_err(|e| format!("bad duration `{s}`: {e} (write it like 500ms, 1s, 10m or 1h 30m)"))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl JsonSchema for Span {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A duration such as 500ms, 1s, 10m or 1h 30m",
+            "pattern": r"^\s*([0-9]+\s*(ns|us|µs|ms|s|sec|m|min|h|hr|d|w)\s*)+$"
+        })
+    }
+}
+
+/// Checks a name used in URLs, MQTT topics and CEL: letters, digits, `-`, `_`
+/// and `.`, starting with a letter or digit, at most 64 characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if name.len() > 64 {
+        return Err(format!("the name `{name}` is longer than 64 characters"));
+    }
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(format!(
+            "the name `{name}` may hold only letters, digits, `-`, `_` and `.`, and must start with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_people_write_them() {
+        assert_eq!("500ms".parse::<Span>().map(Span::get), Ok(Duration::from_millis(500)));
+        assert_eq!("1s".parse::<Span>().map(Span::get), Ok(Duration::from_secs(1)));
+        assert_eq!("10m".parse::<Span>().map(Span::get), Ok(Duration::from_secs(600)));
+        assert!("ten seconds".parse::<Span>().is_err());
+        assert!("10".parse::<Span>().is_err());
+    }
+
+    #[test]
+    fn names_are_url_and_topic_safe() {
+        assert!(check_name("boiler-1").is_ok());
+        assert!(check_name("a.b_c").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("a+b").is_err());
+        assert!(check_name(&"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,656 @@
+//! Cross-document validation: everything serde cannot see from one document.
+//!
+//! Each check reports at the most precise place it can, and none stops the
+//! others, so one run shows every problem. The checks, by document:
+//! - config: identity, folders, API exposure, tokens, the cloud URL;
+//! - models: names, limits, deadband, and each protocol binding;
+//! - devices: one protocol, a known model that has bindings for it, sane
+//!   connection settings, RTU buses shared consistently;
+//! - rules: CEL that parses, references to known devices and properties,
+//!   writes to writable properties within limits.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::config::Config;
+use crate::device::{Device, ModbusRtu, Protocol};
+use crate::diag::Diagnostics;
+use crate::expr;
+use crate::model::{DeviceModel, Format, MAX_STRING_BYTES, ModbusBinding, Property, ValueType};
+use crate::project::{Located, Project};
+use crate::rule::{Action, Rule};
+use crate::source::Pos;
+use crate::units::check_name;
+
+/// Runs every cross-document check over `project`.
+pub fn validate(project: &Project, diags: &mut Diagnostics) {
+    if let Some(config) = &project.config {
+        check_config(config, project, diags);
+    }
+    for model in project.models.values().chain(&project.shadowed.models) {
+        check_model(model, diags);
+    }
+    check_devices(project, diags);
+    check_rules(project, diags);
+}
+
+fn check_config(config: &Located<Config>, project: &Project, diags: &mut Diagnostics) {
+    let c = &config.value;
+    let file = &config.file;
+    if let Err(e) = check_name(&c.gateway.id) {
+        diags.error(file, config.pos(&["gateway", "id"]), format!("gateway id: {e}"));
+    }
+    if c.api.tokens.is_empty() && !is_loopback(c.api.listen.ip()) {
+        diags.error(
+            file,
+            config.pos(&["api", "listen"]),
+            format!(
+                "the API would listen on {} without any [[api.tokens]]; without tokens it serves loopback only (127.0.0.1 or [::1])",
+                c.api.listen
+            ),
+        );
+    }
+    let mut token_names: HashMap<&str, usize> = HashMap::new();
+    for (i, token) in c.api.tokens.iter().enumerate() {
+        let index = i.to_string();
+        let at = |key: &str| config.pos(&["api", "tokens", &index, key]);
+        if let Some(first) = token_names.insert(&token.name, i) {
+            diags.error(file, at("name"), format!("duplicate token name `{}` (also token {})", token.name, first + 1));
+        }
+        match (&token.token_file, &token.token_sha256) {
+            (Some(_), Some(_)) | (None, None) => diags.error(
+                file,
+                at("name"),
+                format!("token `{}` needs exactly one of token_file and token_sha256", token.name),
+            ),
+            (Some(path), None) => {
+                let path = project.resolve(path);
+                if !path.is_file() {
+                    diags.error(file, at("token_file"), format!("token file {} does not exist", path.display()));
+                }
+            }
+            (None, Some(hash)) => {
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    diags.error(file, at("token_sha256"), "token_sha256 must be 64 hex digits (a SHA-256)");
+                }
+            }
+        }
+    }
+    if let Some(cloud) = &c.cloud {
+        if let Err(e) = check_broker_url(&cloud.broker) {
+            diags.error(file, config.pos(&["cloud", "broker"]), e);
+        }
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.is_loopback()
+}
+
+/// Checks `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+pub fn check_broker_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("mqtts://"))
+        .ok_or_else(|| format!("broker `{url}` must start with mqtt:// or mqtts://"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("broker `{url}` needs a port, as in mqtt://HOST:1884"))?;
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("broker `{url}` has no host"));
+    }
+    port.parse::<u16>()
+        .map(|_| ())
+        .map_err(|_| format!("broker `{url}`: `{port}` is not a port number"))
+}
+
+fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
+    let file = &model.file;
+    if let Err(e) = check_name(&model.value.name) {
+        diags.error(file, model.pos(&["name"]), format!("model {e}"));
+    }
+    let mut seen_ranges: Vec<(&str, &ModbusBinding)> = Vec::new();
+    for (name, prop) in &model.value.properties {
+        let at = |key: &str| model.pos(&["properties", name, key]);
+        if let Err(e) = check_name(name) {
+            diags.error(file, model.pos(&["properties", &format!("@{name}")]), format!("property {e}"));
+        }
+        check_limits(prop, &at, file, diags);
+        if prop.modbus.is_none() && prop.opcua.is_none() && prop.mqtt.is_none() {
+            diags.warning(
+                file,
+                model.pos(&["properties", &format!("@{name}")]),
+                format!("property `{name}` has no modbus, opcua or mqtt binding, so no device can serve it"),
+            );
+        }
+        if let Some(binding) = &prop.modbus {
+            let at_modbus = |key: &str| model.pos(&["properties", name, "modbus", key]);
+            check_modbus(name, prop, binding, &at_modbus, file, diags);
+            check_overlap(name, binding, &seen_ranges, &at_modbus, file, diags);
+            seen_ranges.push((name, binding));
+        }
+        if let Some(mqtt) = &prop.mqtt {
+            if mqtt.command.is_some() && !prop.writable() {
+                diags.warning(
+                    file,
+                    model.pos(&["properties", name, "mqtt", "command"]),
+                    format!("property `{name}` has a command topic but is read-only, so nothing will use it"),
+                );
+            }
+        }
+    }
+}
+
+fn check_limits(prop: &Property, at: &dyn Fn(&str) -> Pos, file: &Path, diags: &mut Diagnostics) {
+    for (key, value) in [("min", prop.min), ("max", prop.max), ("deadband", prop.deadband)] {
+        let Some(v) = value else { continue };
+        if !prop.ty.is_numeric() {
+            diags.error(file, at(key), format!("`{key}` applies to int and float properties, not {}", prop.ty));
+        } else if !v.is_finite() {
+            diags.error(file, at(key), format!("`{key}` must be a finite number"));
+        }
+    }
+    if let (Some(min), Some(max)) = (prop.min, prop.max) {
+        if min > max {
+            diags.error(file, at("min"), format!("min ({min}) is greater than max ({max})"));
+        }
+    }
+    if prop.deadband.is_some_and(|d| d < 0.0) {
+        diags.error(file, at("deadband"), "deadband must not be negative");
+    }
+}
+
+fn check_modbus(
+    name: &str,
+    prop: &Property,
+    b: &ModbusBinding,
+    at: &dyn Fn(&str) -> Pos,
+    file: &Path,
+    diags: &mut Diagnostics,
+) {
+    let format = b.format();
+    if prop.writable() && !b.table.is_writable() {
+        diags.error(
+            file,
+            at("table"),
+            format!(
+                "property `{name}` is {} but the {} table is read-only in Modbus; use {} or access: read",
+                access_word(prop),
+                b.table,
+                if b.table.is_bits() { "coil" } else { "holding" }
+            ),
+        );
+    }
+    if b.table.is_bits() {
+        if b.format.is_some_and(|f| f != Format::Bool) {
+            diags.error(file, at("format"), format!("the {} table holds single bits; format must be bool", b.table));
+        }
+        if b.bit.is_some() {
+            diags.error(
+                file,
+                at("bit"),
+                format!("`bit` picks a bit of a register; the {} table holds single bits already", b.table),
+            );
+        }
+        if b.scale.is_some() || b.offset.is_some() || b.order.is_some() {
+            diags.error(file, at("table"), format!("scale, offset and order do not apply to the {} table", b.table));
+        }
+    }
+    if let Some(bit) = b.bit {
+        if bit > 15 {
+            diags.error(file, at("bit"), format!("bit {bit} does not exist; a register has bits 0 to 15"));
+        }
+        if !matches!(format, Format::U16 | Format::I16 | Format::Bool) {
+            diags.error(file, at("bit"), format!("`bit` reads one bit of a 16-bit register, not of {format}"));
+        }
+        if prop.ty != ValueType::Bool && !b.table.is_bits() {
+            diags.error(file, at("bit"), format!("a single bit is a bool; declare `type: bool`, not {}", prop.ty));
+        }
+    }
+    let end = u32::from(b.address) + b.width();
+    if end > 65536 {
+        diags.error(
+            file,
+            at("address"),
+            format!(
+                "address {} plus {} registers of {format} runs past 65535, the last Modbus address",
+                b.address,
+                b.width()
+            ),
+        );
+    }
+    match (prop.ty, format) {
+        (ValueType::String, Format::String(n)) => {
+            if n > MAX_STRING_BYTES {
+                diags.error(
+                    file,
+                    at("format"),
+                    format!("string({n}) spans {} registers; one read carries at most 125 (string({MAX_STRING_BYTES}))", format.registers()),
+                );
+            } else if prop.writable() && format.registers() > 123 {
+                diags.error(
+                    file,
+                    at("format"),
+                    format!("string({n}) is writable but one write carries at most 123 registers (string(246))"),
+                );
+            }
+        }
+        (ValueType::String, _) => {
+            diags.error(file, at("format"), format!("a string property needs format string(N), not {format}"));
+        }
+        (_, Format::String(_)) => {
+            diags.error(file, at("format"), format!("format {format} holds text; declare `type: string`, not {}", prop.ty));
+        }
+        (ValueType::Bool, f) if f != Format::Bool && b.bit.is_none() => {
+            diags.error(
+                file,
+                at("format"),
+                format!("a bool property needs format bool, a `bit`, or a coil or discrete table, not {f}"),
+            );
+        }
+        (ty, Format::Bool) if ty != ValueType::Bool => {
+            diags.error(file, at("format"), format!("format bool holds true or false; declare `type: bool`, not {ty}"));
+        }
+        _ => {}
+    }
+    if b.scale == Some(0.0) {
+        diags.error(file, at("scale"), "scale 0 would make every value the same and writes impossible");
+    }
+    if (b.scale.is_some() || b.offset.is_some()) && !prop.ty.is_numeric() {
+        diags.error(file, at("scale"), format!("scale and offset apply to numbers, not {}", prop.ty));
+    }
+    if prop.ty == ValueType::Int && (b.scale.is_some_and(|s| s.fract() != 0.0) || b.offset.is_some_and(|o| o.fract() != 0.0)) {
+        diags.warning(
+            file,
+            at("scale"),
+            "a fractional scale or offset on an int property rounds every value; consider `type: float`",
+        );
+    }
+}
+
+fn access_word(prop: &Property) -> &'static str {
+    if prop.readable() { "readwrite" } else { "write" }
+}
+
+/// Warns when two properties of a model share a register or coil. Two bits of
+/// the same register do not count.
+fn check_overlap(
+    name: &str,
+    b: &ModbusBinding,
+    seen: &[(&str, &ModbusBinding)],
+    at: &dyn Fn(&str) -> Pos,
+    file: &Path,
+    diags: &mut Diagnostics,
+) {
+    let start = u32::from(b.address);
+    let end = start + b.width();
+    for (other_name, other) in seen {
+        if other.table != b.table {
+            continue;
+        }
+        let o_start = u32::from(other.address);
+        let o_end = o_start + other.width();
+        let overlaps = start < o_end && o_start < end;
+        let distinct_bits = matches!((b.bit, other.bit), (Some(x), Some(y)) if x != y) && start == o_start;
+        if overlaps && !distinct_bits {
+            diags.warning(
+                file,
+                at("address"),
+                format!(
+                    "property `{name}` ({} {}..{}) overlaps `{other_name}` ({} {}..{})",
+                    b.table,
+                    start,
+                    end - 1,
+                    other.table,
+                    o_start,
+                    o_end - 1
+                ),
+            );
+        }
+    }
+}
+
+fn check_devices(project: &Project, diags: &mut Diagnostics) {
+    let mut buses: HashMap<&Path, (&Located<Device>, &ModbusRtu)> = HashMap::new();
+    let mut rtu_units: HashMap<(&Path, u8), &str> = HashMap::new();
+    for device in project.devices.values().chain(&project.shadowed.devices) {
+        let d = &device.value;
+        let file = &device.file;
+        if let Err(e) = check_name(&d.name) {
+            diags.error(file, device.pos(&["name"]), format!("device {e}"));
+        }
+        for (key, span) in [("poll", d.poll), ("timeout", d.timeout)] {
+            if span.is_some_and(|s| s.get().is_zero()) {
+                diags.error(file, device.pos(&[key]), format!("`{key}` must be longer than zero"));
+            }
+        }
+        let protocols = d.protocols();
+        match protocols.as_slice() {
+            [] => diags.error(
+                file,
+                device.pos(&["name"]),
+                format!("device `{}` needs one of modbus-tcp, modbus-rtu, opcua or mqtt", d.name),
+            ),
+            [_] => {}
+            [first, rest @ ..] => {
+                for p in rest {
+                    diags.error(
+                        file,
+                        device.pos(&[&format!("@{}", p.key())]),
+                        format!("device `{}` already uses {first}; a device speaks exactly one protocol", d.name),
+                    );
+                }
+            }
+        }
+        check_device_model(project, device, protocols.first().copied(), diags);
+        if let Some(tcp) = &d.modbus_tcp {
+            if tcp.host.trim().is_empty() {
+                diags.error(file, device.pos(&["modbus-tcp", "host"]), "host is empty");
+            }
+            check_coalesce(&tcp.coalesce, device, "modbus-tcp", diags);
+        }
+        if let Some(rtu) = &d.modbus_rtu {
+            let at = |key: &str| device.pos(&["modbus-rtu", key]);
+            if !(1..=247).contains(&rtu.unit) {
+                diags.error(file, at("unit"), format!("RTU unit {} is outside 1..247", rtu.unit));
+            }
+            if rtu.baud == 0 {
+                diags.error(file, at("baud"), "baud must be above zero");
+            }
+            if !matches!(rtu.data_bits, 7 | 8) {
+                diags.error(file, at("data_bits"), "data_bits must be 7 or 8");
+            }
+            if !matches!(rtu.stop_bits, 1 | 2) {
+                diags.error(file, at("stop_bits"), "stop_bits must be 1 or 2");
+            }
+            check_coalesce(&rtu.coalesce, device, "modbus-rtu", diags);
+            let port = rtu.port.as_path();
+            match buses.get(port) {
+                Some((first, settings))
+                    if (settings.baud, settings.parity, settings.data_bits, settings.stop_bits)
+                        != (rtu.baud, rtu.parity, rtu.data_bits, rtu.stop_bits) =>
+                {
+                    diags.error(
+                        file,
+                        at("port"),
+                        format!(
+                            "devices on one bus share its line settings, but `{}` opens {} differently",
+                            first.value.name,
+                            port.display()
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    buses.insert(port, (device, rtu));
+                }
+            }
+            if let Some(other) = rtu_units.insert((port, rtu.unit), &d.name) {
+                diags.error(
+                    file,
+                    at("unit"),
+                    format!("unit {} on {} is already device `{other}`", rtu.unit, port.display()),
+                );
+            }
+        }
+        if let Some(ua) = &d.opcua {
+            let at = |key: &str| device.pos(&["opcua", key]);
+            if !ua.endpoint.starts_with("opc.tcp://") || ua.endpoint.len() <= "opc.tcp://".len() {
+                diags.error(file, at("endpoint"), format!("endpoint `{}` must look like opc.tcp://host:4840/path", ua.endpoint));
+            }
+            if ua.username.is_some() != ua.password_file.is_some() {
+                diags.error(file, at("username"), "username and password_file go together");
+            }
+            if ua.queue == Some(0) {
+                diags.error(file, at("queue"), "queue must be at least 1");
+            }
+        }
+        if d.mqtt.is_some() && project.config.as_ref().is_some_and(|c| c.value.mqtt.is_none()) {
+            diags.error(
+                file,
+                device.pos(&["@mqtt"]),
+                format!("device `{}` publishes over MQTT but the config has no [mqtt] section for the broker", d.name),
+            );
+        }
+    }
+}
+
+fn check_coalesce(c: &crate::device::Coalesce, device: &Located<Device>, key: &str, diags: &mut Diagnostics) {
+    if !(1..=125).contains(&c.max_registers) {
+        diags.error(
+            &device.file,
+            device.pos(&[key, "coalesce", "max_registers"]),
+            "max_registers must be 1 to 125 (the Modbus limit)",
+        );
+    }
+    if !(1..=2000).contains(&c.max_bits) {
+        diags.error(
+            &device.file,
+            device.pos(&[key, "coalesce", "max_bits"]),
+            "max_bits must be 1 to 2000 (the Modbus limit)",
+        );
+    }
+}
+
+fn check_device_model(project: &Project, device: &Located<Device>, protocol: Option<Protocol>, diags: &mut Diagnostics) {
+    let d = &device.value;
+    let Some(model) = project.models.get(&d.model) else {
+        if project.incomplete_models.contains(&d.model) {
+            return;
+        }
+        let known: Vec<&str> = project.models.keys().map(String::as_str).collect();
+        diags.error(
+            &device.file,
+            device.pos(&["model"]),
+            format!(
+                "unknown model `{}` (known: {})",
+                d.model,
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ),
+        );
+        return;
+    };
+    let Some(protocol) = protocol else { return };
+    let missing: Vec<&str> = model
+        .value
+        .properties
+        .iter()
+        .filter(|(_, p)| match protocol {
+            Protocol::ModbusTcp | Protocol::ModbusRtu => p.modbus.is_none(),
+            Protocol::Opcua => p.opcua.is_none(),
+            Protocol::Mqtt => p.mqtt.is_none(),
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        diags.error(
+            &device.file,
+            device.pos(&["model"]),
+            format!(
+                "device `{}` speaks {protocol}, but model `{}` has no `{}` binding for: {}",
+                d.name,
+                d.model,
+                protocol.binding_key(),
+                missing.join(", ")
+            ),
+        );
+    }
+}
+
+fn check_rules(project: &Project, diags: &mut Diagnostics) {
+    let mut writers: HashMap<(&str, &str), &str> = HashMap::new();
+    for rule in project.rules.values().chain(&project.shadowed.rules) {
+        let r = &rule.value;
+        let file = &rule.file;
+        if let Err(e) = check_name(&r.name) {
+            diags.error(file, rule.pos(&["name"]), format!("rule {e}"));
+        }
+        check_expression(project, rule, &r.when, &["when"], diags);
+        if let Some(clear) = &r.clear_when {
+            check_expression(project, rule, clear, &["clear_when"], diags);
+        }
+        if r.then.is_empty() {
+            diags.error(file, rule.pos(&["then"]), "a rule needs at least one action under `then`");
+        }
+        if r.every.is_some_and(|e| e.get().is_zero()) {
+            diags.error(file, rule.pos(&["every"]), "`every` must be longer than zero");
+        }
+        for (list, actions) in [("then", &r.then), ("on_clear", &r.on_clear)] {
+            for (i, action) in actions.iter().enumerate() {
+                let index = i.to_string();
+                check_action(project, rule, action, &[list, &index], diags);
+                if let Action::Write(w) = action {
+                    if let Some(other) = writers.insert((&w.device, &w.property), &r.name) {
+                        if other != r.name {
+                            diags.warning(
+                                file,
+                                rule.pos(&[list, &index]),
+                                format!(
+                                    "rules `{other}` and `{}` both write {}.{}; they may fight",
+                                    r.name, w.device, w.property
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_action(project: &Project, rule: &Located<Rule>, action: &Action, path: &[&str], diags: &mut Diagnostics) {
+    let sub = |key: &str| {
+        let kind = match action {
+            Action::Write(_) => "write",
+            Action::Event(_) => "event",
+            Action::Publish(_) => "publish",
+        };
+        let mut full: Vec<&str> = path.to_vec();
+        full.push(kind);
+        full.push(key);
+        rule.node.locate(&full)
+    };
+    match action {
+        Action::Write(w) => {
+            let Some(device) = project.devices.get(&w.device) else {
+                if project.failed_devices.contains(&w.device) {
+                    return;
+                }
+                diags.error(&rule.file, sub("device"), format!("rule writes to unknown device `{}`", w.device));
+                return;
+            };
+            let model = &device.value.model;
+            if project.incomplete_models.contains(model) || !project.models.contains_key(model) {
+                return;
+            }
+            let Some(prop) = project.property(&w.device, &w.property) else {
+                diags.error(
+                    &rule.file,
+                    sub("property"),
+                    format!("device `{}` (model `{model}`) has no property `{}`", w.device, w.property),
+                );
+                return;
+            };
+            if !prop.writable() {
+                diags.error(
+                    &rule.file,
+                    sub("property"),
+                    format!("property `{}` of `{}` is read-only", w.property, w.device),
+                );
+            }
+            let value_path = value_path(path, "write");
+            check_expression(project, rule, &w.value, &value_path, diags);
+            if let Ok(v) = w.value.trim().parse::<f64>() {
+                let out_low = prop.min.is_some_and(|min| v < min);
+                let out_high = prop.max.is_some_and(|max| v > max);
+                if out_low || out_high {
+                    diags.error(
+                        &rule.file,
+                        sub("value"),
+                        format!(
+                            "value {v} is outside {}..{} of `{}.{}`",
+                            fmt_limit(prop.min),
+                            fmt_limit(prop.max),
+                            w.device,
+                            w.property
+                        ),
+                    );
+                }
+            }
+        }
+        Action::Event(e) => {
+            if e.message.trim().is_empty() {
+                diags.error(&rule.file, sub("message"), "the event message is empty");
+            }
+        }
+        Action::Publish(p) => {
+            if p.topic.is_empty() || p.topic.contains(['+', '#', '\0']) {
+                diags.error(&rule.file, sub("topic"), "a publish topic must be non-empty, without `+`, `#` or NUL");
+            }
+        }
+    }
+}
+
+fn value_path<'a>(path: &[&'a str], kind: &'a str) -> Vec<&'a str> {
+    let mut full = path.to_vec();
+    full.push(kind);
+    full.push("value");
+    full
+}
+
+fn fmt_limit(limit: Option<f64>) -> String {
+    limit.map_or_else(|| "…".to_string(), |v| v.to_string())
+}
+
+/// Parses a CEL expression and checks every device property it reads.
+fn check_expression(project: &Project, rule: &Located<Rule>, source: &str, path: &[&str], diags: &mut Diagnostics) {
+    let at = rule.pos(path);
+    match expr::parse(source) {
+        Err(e) => {
+            let pos = if e.line == 1 {
+                // Quoted scalars start one column before their text.
+                let quoted = rule_scalar_is_quoted(rule, path);
+                Pos {
+                    line: at.line,
+                    col: at.col + e.col - 1 + u32::from(quoted),
+                }
+            } else {
+                Pos {
+                    line: at.line + e.line - 1,
+                    col: e.col,
+                }
+            };
+            diags.error(&rule.file, pos, format!("CEL syntax error: {}", e.message));
+        }
+        Ok(refs) => {
+            for r in refs {
+                let Some(device) = project.devices.get(&r.device) else {
+                    if project.failed_devices.contains(&r.device) {
+                        continue;
+                    }
+                    diags.error(&rule.file, at, format!("expression reads unknown device `{}`", r.device));
+                    continue;
+                };
+                let model = &device.value.model;
+                if project.incomplete_models.contains(model) || !project.models.contains_key(model) {
+                    continue;
+                }
+                if project.property(&r.device, &r.property).is_none() {
+                    diags.error(
+                        &rule.file,
+                        at,
+                        format!("device `{}` (model `{model}`) has no property `{}`", r.device, r.property),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn rule_scalar_is_quoted(rule: &Located<Rule>, path: &[&str]) -> bool {
+    matches!(
+        rule.node.find(path).map(|n| &n.value),
+        Some(crate::source::NodeValue::Scalar { plain: false, .. })
+    )
+}
