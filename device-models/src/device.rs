@@ -36,10 +36,18 @@ pub struct Device {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Span>,
     /// Modbus over TCP.
-    #[serde(rename = "modbus-tcp", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "modbus-tcp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub modbus_tcp: Option<ModbusTcp>,
     /// Modbus RTU on a serial line.
-    #[serde(rename = "modbus-rtu", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "modbus-rtu",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub modbus_rtu: Option<ModbusRtu>,
     /// OPC UA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,12 +124,14 @@ impl Device {
 
     /// The poll period, default 1 s.
     pub fn poll(&self) -> std::time::Duration {
-        self.poll.map_or(std::time::Duration::from_secs(1), Span::get)
+        self.poll
+            .map_or(std::time::Duration::from_secs(1), Span::get)
     }
 
     /// The request timeout, default 1 s.
     pub fn timeout(&self) -> std::time::Duration {
-        self.timeout.map_or(std::time::Duration::from_secs(1), Span::get)
+        self.timeout
+            .map_or(std::time::Duration::from_secs(1), Span::get)
     }
 }
 

@@ -72,12 +72,18 @@ impl Diagnostics {
 
     /// How many errors.
     pub fn errors(&self) -> usize {
-        self.list.iter().filter(|d| d.severity == Severity::Error).count()
+        self.list
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     /// How many warnings.
     pub fn warnings(&self) -> usize {
-        self.list.iter().filter(|d| d.severity == Severity::Warning).count()
+        self.list
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+            .count()
     }
 
     /// Every finding, sorted by file and position.

@@ -32,7 +32,8 @@ pub fn parse(source: &str) -> Result<Vec<PropertyRef>, ExprError> {
         let (line, col) = first.map_or((1, 0), |e| e.pos);
         ExprError {
             line: u32::try_from(line.max(1)).unwrap_or(1),
-            col: u32::try_from(col.max(0) + 1).unwrap_or(1),
+            // cel-rust reports 1-based lines and columns.
+            col: u32::try_from(col.max(1)).unwrap_or(1),
             message: first.map_or_else(|| "invalid expression".to_string(), |e| e.msg.clone()),
         }
     })?;
@@ -70,7 +71,13 @@ fn walk(expr: &cel::IdedExpr, refs: &mut Vec<PropertyRef>) {
             call.args.iter().for_each(|a| walk(a, refs));
         }
         Expr::Comprehension(c) => {
-            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+            for e in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
                 walk(e, refs);
             }
         }
@@ -105,7 +112,9 @@ fn device_of(expr: &cel::common::ast::Expr) -> Option<String> {
     match expr {
         Expr::Call(call) if call.func_name == operators::INDEX && call.args.len() == 2 => {
             match (&call.args[0].expr, &call.args[1].expr) {
-                (base, Expr::Literal(LiteralValue::String(name))) if is_devices(base) => Some(name.inner().to_string()),
+                (base, Expr::Literal(LiteralValue::String(name))) if is_devices(base) => {
+                    Some(name.inner().to_string())
+                }
                 _ => None,
             }
         }
@@ -127,10 +136,16 @@ mod tests {
 
     #[test]
     fn finds_every_device_property_read() {
-        let refs = parse(r#"devices["boiler-1"].temperature > 85 && devices.meter.power < devices["boiler-1"].setpoint"#);
+        let refs = parse(
+            r#"devices["boiler-1"].temperature > 85 && devices.meter.power < devices["boiler-1"].setpoint"#,
+        );
         assert_eq!(
             refs,
-            Ok(vec![r("boiler-1", "setpoint"), r("boiler-1", "temperature"), r("meter", "power")])
+            Ok(vec![
+                r("boiler-1", "setpoint"),
+                r("boiler-1", "temperature"),
+                r("meter", "power")
+            ])
         );
     }
 

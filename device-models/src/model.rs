@@ -154,7 +154,11 @@ pub struct ModbusBinding {
 impl ModbusBinding {
     /// The format, with the table's default filled in.
     pub fn format(&self) -> Format {
-        self.format.unwrap_or(if self.table.is_bits() { Format::Bool } else { Format::U16 })
+        self.format.unwrap_or(if self.table.is_bits() {
+            Format::Bool
+        } else {
+            Format::U16
+        })
     }
 
     /// The word order, default `ABCD`.
@@ -164,12 +168,18 @@ impl ModbusBinding {
 
     /// How many registers (or coils) the value spans.
     pub fn width(&self) -> u32 {
-        if self.table.is_bits() { 1 } else { self.format().registers() }
+        if self.table.is_bits() {
+            1
+        } else {
+            self.format().registers()
+        }
     }
 }
 
 /// The four Modbus tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Table {
     /// Read/write bits (FC 01, 05, 15).
@@ -274,10 +284,9 @@ impl FromStr for Format {
                     .ok_or_else(|| {
                         format!("unknown format `{other}`, expected one of bool, u16, i16, u32, i32, u64, i64, f32, f64, string(N)")
                     })?;
-                let n: u16 = len
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{other}`: the length in string(N) must be a whole number"))?;
+                let n: u16 = len.trim().parse().map_err(|_| {
+                    format!("`{other}`: the length in string(N) must be a whole number")
+                })?;
                 if n == 0 {
                     return Err("string(0) holds nothing; give a length of 1 or more".into());
                 }
@@ -420,16 +429,28 @@ fn check_node_id(s: &str) -> Result<(), String> {
                     .iter()
                     .zip(lens)
                     .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
-            if ok { Ok(()) } else { bad("a GUID (g=) looks like 09087e75-8e5e-499b-954f-f2a9603db28a") }
+            if ok {
+                Ok(())
+            } else {
+                bad("a GUID (g=) looks like 09087e75-8e5e-499b-954f-f2a9603db28a")
+            }
         }
         "b" => {
             let body = id.trim_end_matches('=');
             let ok = !body.is_empty()
                 && id.len() - body.len() <= 2
-                && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
-            if ok { Ok(()) } else { bad("an opaque identifier (b=) must be base64") }
+                && body
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+            if ok {
+                Ok(())
+            } else {
+                bad("an opaque identifier (b=) must be base64")
+            }
         }
-        other => bad(&format!("unknown identifier type `{other}=`; expected i=, s=, g= or b=")),
+        other => bad(&format!(
+            "unknown identifier type `{other}=`; expected i=, s=, g= or b="
+        )),
     }
 }
 
@@ -476,7 +497,9 @@ impl FromStr for TopicTemplate {
             };
             let name = &rest[open + 1..open + close];
             if name != "device" {
-                return Err(format!("topic `{s}`: unknown placeholder `{{{name}}}`; only {{device}} is known"));
+                return Err(format!(
+                    "topic `{s}`: unknown placeholder `{{{name}}}`; only {{device}} is known"
+                ));
             }
             rest = &rest[open + close + 1..];
         }
@@ -508,12 +531,16 @@ impl FromStr for JsonPointer {
 
     fn from_str(s: &str) -> Result<Self, String> {
         if !s.is_empty() && !s.starts_with('/') {
-            return Err(format!("JSON Pointer `{s}` must start with `/` (for example /value)"));
+            return Err(format!(
+                "JSON Pointer `{s}` must start with `/` (for example /value)"
+            ));
         }
         let mut chars = s.chars();
         while let Some(c) = chars.next() {
             if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-                return Err(format!("JSON Pointer `{s}`: `~` must be followed by 0 or 1"));
+                return Err(format!(
+                    "JSON Pointer `{s}`: `~` must be followed by 0 or 1"
+                ));
             }
         }
         Ok(JsonPointer(s.to_string()))
@@ -538,7 +565,18 @@ mod tests {
 
     #[test]
     fn formats_round_trip_and_know_their_width() {
-        for text in ["bool", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "string(10)"] {
+        for text in [
+            "bool",
+            "u16",
+            "i16",
+            "u32",
+            "i32",
+            "u64",
+            "i64",
+            "f32",
+            "f64",
+            "string(10)",
+        ] {
             let f: Format = text.parse().expect(text);
             assert_eq!(f.to_string(), text);
         }
@@ -559,7 +597,16 @@ mod tests {
         ] {
             assert!(ok.parse::<NodeId>().is_ok(), "{ok}");
         }
-        for bad in ["", "ns=2", "ns=x;i=1", "i=abc", "s=", "x=1", "ns=2;g=1234", "b=***"] {
+        for bad in [
+            "",
+            "ns=2",
+            "ns=x;i=1",
+            "i=abc",
+            "s=",
+            "x=1",
+            "ns=2;g=1234",
+            "b=***",
+        ] {
             assert!(bad.parse::<NodeId>().is_err(), "{bad}");
         }
     }
@@ -567,7 +614,9 @@ mod tests {
     #[test]
     fn topics_and_pointers_are_checked() {
         assert_eq!(
-            "boiler/{device}/t".parse::<TopicTemplate>().map(|t| t.render("b1")),
+            "boiler/{device}/t"
+                .parse::<TopicTemplate>()
+                .map(|t| t.render("b1")),
             Ok("boiler/b1/t".to_string())
         );
         assert!("a/{dev}".parse::<TopicTemplate>().is_err());

@@ -36,6 +36,14 @@ pub struct Located<T> {
 }
 
 impl<T> Located<T> {
+    fn new(value: T, file: &Arc<Path>, node: Node) -> Self {
+        Located {
+            value,
+            file: file.clone(),
+            node,
+        }
+    }
+
     /// The position of the node at `path` (see [`Node::locate`]).
     pub fn pos(&self, path: &[&str]) -> Pos {
         self.node.locate(path)
@@ -159,8 +167,16 @@ pub fn check(path: &Path) -> Report {
     loader.project.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     if let Some(config) = loader.load_config(path) {
         let folders = [
-            (DocKind::DeviceModel, "models", config.value.gateway.models.clone()),
-            (DocKind::Device, "devices", config.value.gateway.devices.clone()),
+            (
+                DocKind::DeviceModel,
+                "models",
+                config.value.gateway.models.clone(),
+            ),
+            (
+                DocKind::Device,
+                "devices",
+                config.value.gateway.devices.clone(),
+            ),
             (DocKind::Rule, "rules", config.value.gateway.rules.clone()),
         ];
         let resolved: Vec<(DocKind, &str, PathBuf)> = folders
@@ -229,8 +245,11 @@ impl Loader {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) => {
-                self.diagnostics
-                    .error(config_file, at, format!("cannot read folder {}: {e}", dir.display()));
+                self.diagnostics.error(
+                    config_file,
+                    at,
+                    format!("cannot read folder {}: {e}", dir.display()),
+                );
                 return;
             }
         };
@@ -273,6 +292,13 @@ impl Loader {
                 return;
             }
         };
+        // `---` with nothing after it is an empty document, not a null one.
+        let docs: Vec<Node> = docs
+            .into_iter()
+            .filter(
+                |d| !matches!(&d.value, NodeValue::Scalar { text, plain: true } if text.is_empty()),
+            )
+            .collect();
         if docs.is_empty() {
             self.diagnostics.error(
                 path,
@@ -287,7 +313,11 @@ impl Loader {
     }
 
     fn load_document(&mut self, file: &Arc<Path>, node: Node, allowed: &[DocKind]) {
-        let expected = allowed.iter().map(|k| k.name()).collect::<Vec<_>>().join(" or ");
+        let expected = allowed
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(" or ");
         if !matches!(node.value, NodeValue::Map(_)) {
             self.diagnostics.error(
                 file,
@@ -297,8 +327,11 @@ impl Loader {
             return;
         }
         let Some(kind_node) = node.get("kind") else {
-            self.diagnostics
-                .error(file, node.pos, format!("missing `kind:` (expected {expected})"));
+            self.diagnostics.error(
+                file,
+                node.pos,
+                format!("missing `kind:` (expected {expected})"),
+            );
             return;
         };
         let kind = match kind_node.as_str().and_then(DocKind::parse) {
@@ -307,7 +340,10 @@ impl Loader {
                 self.diagnostics.error(
                     file,
                     kind_node.pos,
-                    format!("a {} does not belong in this folder, which holds {expected}", kind.name()),
+                    format!(
+                        "a {} does not belong in this folder, which holds {expected}",
+                        kind.name()
+                    ),
                 );
                 return;
             }
@@ -325,44 +361,31 @@ impl Loader {
         };
         match kind {
             DocKind::DeviceModel => self.load_model(file, node),
-            DocKind::Device => {
-                let decoded = self.decode::<Device>(file, &node);
-                if decoded.is_none() {
+            DocKind::Device => match self.decode::<Device>(file, &node) {
+                Some(value) => {
+                    let located = Located::new(value, file, node);
+                    let project = &mut self.project;
+                    insert_unique(
+                        &mut project.devices,
+                        &mut project.shadowed.devices,
+                        &mut self.diagnostics,
+                        located,
+                    );
+                }
+                None => {
                     if let Some(name) = node.get("name").and_then(Node::as_str) {
                         self.project.failed_devices.insert(name.to_string());
                     }
                 }
-                if let Some(value) = decoded {
-                    let located = Located {
-                        value,
-                        file: file.clone(),
-                        node,
-                    };
-                    let name = located.value.name.clone();
-                    insert_unique(
-                        &mut self.project.devices,
-                        &mut self.project.shadowed.devices,
-                        &mut self.diagnostics,
-                        "device",
-                        name,
-                        located,
-                    );
-                }
-            }
+            },
             DocKind::Rule => {
                 if let Some(value) = self.decode::<Rule>(file, &node) {
-                    let located = Located {
-                        value,
-                        file: file.clone(),
-                        node,
-                    };
-                    let name = located.value.name.clone();
+                    let located = Located::new(value, file, node);
+                    let project = &mut self.project;
                     insert_unique(
-                        &mut self.project.rules,
-                        &mut self.project.shadowed.rules,
+                        &mut project.rules,
+                        &mut project.shadowed.rules,
                         &mut self.diagnostics,
-                        "rule",
-                        name,
                         located,
                     );
                 }
@@ -375,17 +398,22 @@ impl Loader {
     fn load_model(&mut self, file: &Arc<Path>, node: Node) {
         let mut header = node.clone();
         let mut property_nodes = Vec::new();
-        if let NodeValue::Map(entries) = &mut header.value {
-            if let Some((_, value)) = entries.iter_mut().find(|(k, _)| k.as_str() == Some("properties")) {
-                let empty = matches!(&value.value, NodeValue::Scalar { text, plain: true } if matches!(text.as_str(), "" | "~" | "null"));
-                match &mut value.value {
-                    NodeValue::Map(props) => property_nodes = std::mem::take(props),
-                    _ if empty => {}
-                    _ => {
-                        self.diagnostics
-                            .error(file, value.pos, "`properties` must be a mapping of name to property");
-                        value.value = NodeValue::Map(Vec::new());
-                    }
+        if let NodeValue::Map(entries) = &mut header.value
+            && let Some((_, value)) = entries
+                .iter_mut()
+                .find(|(k, _)| k.as_str() == Some("properties"))
+        {
+            let empty = matches!(&value.value, NodeValue::Scalar { text, plain: true } if matches!(text.as_str(), "" | "~" | "null"));
+            match &mut value.value {
+                NodeValue::Map(props) => property_nodes = std::mem::take(props),
+                _ if empty => {}
+                _ => {
+                    self.diagnostics.error(
+                        file,
+                        value.pos,
+                        "`properties` must be a mapping of name to property",
+                    );
+                    value.value = NodeValue::Map(Vec::new());
                 }
             }
         }
@@ -411,18 +439,12 @@ impl Loader {
         if !complete {
             self.project.incomplete_models.insert(model.name.clone());
         }
-        let name = model.name.clone();
-        let located = Located {
-            value: model,
-            file: file.clone(),
-            node,
-        };
+        let located = Located::new(model, file, node);
+        let project = &mut self.project;
         insert_unique(
-            &mut self.project.models,
-            &mut self.project.shadowed.models,
+            &mut project.models,
+            &mut project.shadowed.models,
             &mut self.diagnostics,
-            "model",
-            name,
             located,
         );
     }
@@ -438,7 +460,8 @@ impl Loader {
     }
 
     fn report_de(&mut self, file: &Path, node: &Node, e: DeError) {
-        self.diagnostics.error(file, e.pos.unwrap_or(node.pos), e.message);
+        self.diagnostics
+            .error(file, e.pos.unwrap_or(node.pos), e.message);
     }
 
     /// Reads a file as UTF-8 text, within the size limit.
@@ -456,7 +479,8 @@ impl Loader {
 /// Reads a source file, refusing anything over [`MAX_FILE_BYTES`] or not UTF-8.
 pub fn read_source(path: &Path) -> Result<String, SourceError> {
     let start = Pos::new(1, 1);
-    let file = std::fs::File::open(path).map_err(|e| SourceError::new(start, format!("cannot open: {e}")))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| SourceError::new(start, format!("cannot open: {e}")))?;
     let mut bytes = Vec::new();
     // `take` rather than trusting the size on disk: a FIFO or a file that is
     // still growing has no honest size.
@@ -466,20 +490,45 @@ pub fn read_source(path: &Path) -> Result<String, SourceError> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(SourceError::new(
             start,
-            format!("the file is larger than {} KiB, the limit for a config, model, device or rule file", MAX_FILE_BYTES / 1024),
+            format!(
+                "the file is larger than {} KiB, the limit for a config, model, device or rule file",
+                MAX_FILE_BYTES / 1024
+            ),
         ));
     }
     source::utf8(&bytes).map(str::to_string)
 }
 
-fn insert_unique<T>(
+/// A document with a name that must be unique among its kind.
+pub trait Named {
+    /// What the kind is called in messages.
+    const WHAT: &'static str;
+    /// The document's name.
+    fn name(&self) -> &str;
+}
+
+macro_rules! named {
+    ($ty:ty, $what:literal) => {
+        impl Named for $ty {
+            const WHAT: &'static str = $what;
+            fn name(&self) -> &str {
+                &self.name
+            }
+        }
+    };
+}
+named!(DeviceModel, "model");
+named!(Device, "device");
+named!(Rule, "rule");
+
+fn insert_unique<T: Named>(
     map: &mut IndexMap<String, Located<T>>,
     shadowed: &mut Vec<Located<T>>,
     diagnostics: &mut Diagnostics,
-    what: &str,
-    name: String,
     located: Located<T>,
 ) {
+    let name = located.value.name().to_string();
+    let what = T::WHAT;
     if let Some(first) = map.get(&name) {
         let here = located.pos(&["name"]);
         let there = first.pos(&["name"]);

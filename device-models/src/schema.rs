@@ -23,7 +23,12 @@ pub enum SchemaKind {
 
 impl SchemaKind {
     /// Every kind, in the order `ferrite schema` lists them.
-    pub const ALL: [SchemaKind; 4] = [SchemaKind::Model, SchemaKind::Device, SchemaKind::Rule, SchemaKind::Config];
+    pub const ALL: [SchemaKind; 4] = [
+        SchemaKind::Model,
+        SchemaKind::Device,
+        SchemaKind::Rule,
+        SchemaKind::Config,
+    ];
 
     /// The name on the command line.
     pub fn name(self) -> &'static str {
@@ -44,7 +49,9 @@ impl SchemaKind {
 /// The JSON Schema (draft 2020-12) for `kind`.
 pub fn schema(kind: SchemaKind) -> serde_json::Value {
     fn of<T: JsonSchema>() -> serde_json::Value {
-        let schema = SchemaSettings::draft2020_12().into_generator().into_root_schema_for::<T>();
+        let schema = SchemaSettings::draft2020_12()
+            .into_generator()
+            .into_root_schema_for::<T>();
         schema.to_value()
     }
     match kind {

@@ -23,9 +23,9 @@ impl FromStr for Span {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim())
-            .map(Span)
-            .map_err(|e| format!("bad duration `{s}`: {e} (write it like 500ms, 1s, 10m or 1h 30m)"))
+        humantime::parse_duration(s.trim()).map(Span).map_err(|e| {
+            format!("bad duration `{s}`: {e} (write it like 500ms, 1s, 10m or 1h 30m)")
+        })
     }
 }
 
@@ -73,7 +73,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if !first_ok
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return Err(format!(
             "the name `{name}` may hold only letters, digits, `-`, `_` and `.`, and must start with a letter or digit"
         ));
@@ -87,9 +91,18 @@ mod tests {
 
     #[test]
     fn durations_parse_like_people_write_them() {
-        assert_eq!("500ms".parse::<Span>().map(Span::get), Ok(Duration::from_millis(500)));
-        assert_eq!("1s".parse::<Span>().map(Span::get), Ok(Duration::from_secs(1)));
-        assert_eq!("10m".parse::<Span>().map(Span::get), Ok(Duration::from_secs(600)));
+        assert_eq!(
+            "500ms".parse::<Span>().map(Span::get),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(
+            "1s".parse::<Span>().map(Span::get),
+            Ok(Duration::from_secs(1))
+        );
+        assert_eq!(
+            "10m".parse::<Span>().map(Span::get),
+            Ok(Duration::from_secs(600))
+        );
         assert!("ten seconds".parse::<Span>().is_err());
         assert!("10".parse::<Span>().is_err());
     }

@@ -39,7 +39,11 @@ fn check_config(config: &Located<Config>, project: &Project, diags: &mut Diagnos
     let c = &config.value;
     let file = &config.file;
     if let Err(e) = check_name(&c.gateway.id) {
-        diags.error(file, config.pos(&["gateway", "id"]), format!("gateway id: {e}"));
+        diags.error(
+            file,
+            config.pos(&["gateway", "id"]),
+            format!("gateway id: {e}"),
+        );
     }
     if c.api.tokens.is_empty() && !is_loopback(c.api.listen.ip()) {
         diags.error(
@@ -56,31 +60,50 @@ fn check_config(config: &Located<Config>, project: &Project, diags: &mut Diagnos
         let index = i.to_string();
         let at = |key: &str| config.pos(&["api", "tokens", &index, key]);
         if let Some(first) = token_names.insert(&token.name, i) {
-            diags.error(file, at("name"), format!("duplicate token name `{}` (also token {})", token.name, first + 1));
+            diags.error(
+                file,
+                at("name"),
+                format!(
+                    "duplicate token name `{}` (also token {})",
+                    token.name,
+                    first + 1
+                ),
+            );
         }
         match (&token.token_file, &token.token_sha256) {
             (Some(_), Some(_)) | (None, None) => diags.error(
                 file,
                 at("name"),
-                format!("token `{}` needs exactly one of token_file and token_sha256", token.name),
+                format!(
+                    "token `{}` needs exactly one of token_file and token_sha256",
+                    token.name
+                ),
             ),
             (Some(path), None) => {
                 let path = project.resolve(path);
                 if !path.is_file() {
-                    diags.error(file, at("token_file"), format!("token file {} does not exist", path.display()));
+                    diags.error(
+                        file,
+                        at("token_file"),
+                        format!("token file {} does not exist", path.display()),
+                    );
                 }
             }
             (None, Some(hash)) => {
                 if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    diags.error(file, at("token_sha256"), "token_sha256 must be 64 hex digits (a SHA-256)");
+                    diags.error(
+                        file,
+                        at("token_sha256"),
+                        "token_sha256 must be 64 hex digits (a SHA-256)",
+                    );
                 }
             }
         }
     }
-    if let Some(cloud) = &c.cloud {
-        if let Err(e) = check_broker_url(&cloud.broker) {
-            diags.error(file, config.pos(&["cloud", "broker"]), e);
-        }
+    if let Some(cloud) = &c.cloud
+        && let Err(e) = check_broker_url(&cloud.broker)
+    {
+        diags.error(file, config.pos(&["cloud", "broker"]), e);
     }
 }
 
@@ -114,7 +137,11 @@ fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
     for (name, prop) in &model.value.properties {
         let at = |key: &str| model.pos(&["properties", name, key]);
         if let Err(e) = check_name(name) {
-            diags.error(file, model.pos(&["properties", &format!("@{name}")]), format!("property {e}"));
+            diags.error(
+                file,
+                model.pos(&["properties", &format!("@{name}")]),
+                format!("property {e}"),
+            );
         }
         check_limits(prop, &at, file, diags);
         if prop.modbus.is_none() && prop.opcua.is_none() && prop.mqtt.is_none() {
@@ -130,31 +157,49 @@ fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
             check_overlap(name, binding, &seen_ranges, &at_modbus, file, diags);
             seen_ranges.push((name, binding));
         }
-        if let Some(mqtt) = &prop.mqtt {
-            if mqtt.command.is_some() && !prop.writable() {
-                diags.warning(
-                    file,
-                    model.pos(&["properties", name, "mqtt", "command"]),
-                    format!("property `{name}` has a command topic but is read-only, so nothing will use it"),
-                );
-            }
+        if let Some(mqtt) = &prop.mqtt
+            && mqtt.command.is_some()
+            && !prop.writable()
+        {
+            diags.warning(
+                file,
+                model.pos(&["properties", name, "mqtt", "command"]),
+                format!(
+                    "property `{name}` has a command topic but is read-only, so nothing will use it"
+                ),
+            );
         }
     }
 }
 
 fn check_limits(prop: &Property, at: &dyn Fn(&str) -> Pos, file: &Path, diags: &mut Diagnostics) {
-    for (key, value) in [("min", prop.min), ("max", prop.max), ("deadband", prop.deadband)] {
+    for (key, value) in [
+        ("min", prop.min),
+        ("max", prop.max),
+        ("deadband", prop.deadband),
+    ] {
         let Some(v) = value else { continue };
         if !prop.ty.is_numeric() {
-            diags.error(file, at(key), format!("`{key}` applies to int and float properties, not {}", prop.ty));
+            diags.error(
+                file,
+                at(key),
+                format!(
+                    "`{key}` applies to int and float properties, not {}",
+                    prop.ty
+                ),
+            );
         } else if !v.is_finite() {
             diags.error(file, at(key), format!("`{key}` must be a finite number"));
         }
     }
-    if let (Some(min), Some(max)) = (prop.min, prop.max) {
-        if min > max {
-            diags.error(file, at("min"), format!("min ({min}) is greater than max ({max})"));
-        }
+    if let (Some(min), Some(max)) = (prop.min, prop.max)
+        && min > max
+    {
+        diags.error(
+            file,
+            at("min"),
+            format!("min ({min}) is greater than max ({max})"),
+        );
     }
     if prop.deadband.is_some_and(|d| d < 0.0) {
         diags.error(file, at("deadband"), "deadband must not be negative");
@@ -184,28 +229,60 @@ fn check_modbus(
     }
     if b.table.is_bits() {
         if b.format.is_some_and(|f| f != Format::Bool) {
-            diags.error(file, at("format"), format!("the {} table holds single bits; format must be bool", b.table));
+            diags.error(
+                file,
+                at("format"),
+                format!(
+                    "the {} table holds single bits; format must be bool",
+                    b.table
+                ),
+            );
         }
         if b.bit.is_some() {
             diags.error(
                 file,
                 at("bit"),
-                format!("`bit` picks a bit of a register; the {} table holds single bits already", b.table),
+                format!(
+                    "`bit` picks a bit of a register; the {} table holds single bits already",
+                    b.table
+                ),
             );
         }
         if b.scale.is_some() || b.offset.is_some() || b.order.is_some() {
-            diags.error(file, at("table"), format!("scale, offset and order do not apply to the {} table", b.table));
+            diags.error(
+                file,
+                at("table"),
+                format!(
+                    "scale, offset and order do not apply to the {} table",
+                    b.table
+                ),
+            );
         }
     }
     if let Some(bit) = b.bit {
         if bit > 15 {
-            diags.error(file, at("bit"), format!("bit {bit} does not exist; a register has bits 0 to 15"));
+            diags.error(
+                file,
+                at("bit"),
+                format!("bit {bit} does not exist; a register has bits 0 to 15"),
+            );
         }
         if !matches!(format, Format::U16 | Format::I16 | Format::Bool) {
-            diags.error(file, at("bit"), format!("`bit` reads one bit of a 16-bit register, not of {format}"));
+            diags.error(
+                file,
+                at("bit"),
+                format!("`bit` reads one bit of a 16-bit register, not of {format}"),
+            );
         }
         if prop.ty != ValueType::Bool && !b.table.is_bits() {
-            diags.error(file, at("bit"), format!("a single bit is a bool; declare `type: bool`, not {}", prop.ty));
+            diags.error(
+                file,
+                at("bit"),
+                format!(
+                    "a single bit is a bool; declare `type: bool`, not {}",
+                    prop.ty
+                ),
+            );
         }
     }
     let end = u32::from(b.address) + b.width();
@@ -237,10 +314,21 @@ fn check_modbus(
             }
         }
         (ValueType::String, _) => {
-            diags.error(file, at("format"), format!("a string property needs format string(N), not {format}"));
+            diags.error(
+                file,
+                at("format"),
+                format!("a string property needs format string(N), not {format}"),
+            );
         }
         (_, Format::String(_)) => {
-            diags.error(file, at("format"), format!("format {format} holds text; declare `type: string`, not {}", prop.ty));
+            diags.error(
+                file,
+                at("format"),
+                format!(
+                    "format {format} holds text; declare `type: string`, not {}",
+                    prop.ty
+                ),
+            );
         }
         (ValueType::Bool, f) if f != Format::Bool && b.bit.is_none() => {
             diags.error(
@@ -250,17 +338,31 @@ fn check_modbus(
             );
         }
         (ty, Format::Bool) if ty != ValueType::Bool => {
-            diags.error(file, at("format"), format!("format bool holds true or false; declare `type: bool`, not {ty}"));
+            diags.error(
+                file,
+                at("format"),
+                format!("format bool holds true or false; declare `type: bool`, not {ty}"),
+            );
         }
         _ => {}
     }
     if b.scale == Some(0.0) {
-        diags.error(file, at("scale"), "scale 0 would make every value the same and writes impossible");
+        diags.error(
+            file,
+            at("scale"),
+            "scale 0 would make every value the same and writes impossible",
+        );
     }
     if (b.scale.is_some() || b.offset.is_some()) && !prop.ty.is_numeric() {
-        diags.error(file, at("scale"), format!("scale and offset apply to numbers, not {}", prop.ty));
+        diags.error(
+            file,
+            at("scale"),
+            format!("scale and offset apply to numbers, not {}", prop.ty),
+        );
     }
-    if prop.ty == ValueType::Int && (b.scale.is_some_and(|s| s.fract() != 0.0) || b.offset.is_some_and(|o| o.fract() != 0.0)) {
+    if prop.ty == ValueType::Int
+        && (b.scale.is_some_and(|s| s.fract() != 0.0) || b.offset.is_some_and(|o| o.fract() != 0.0))
+    {
         diags.warning(
             file,
             at("scale"),
@@ -270,7 +372,11 @@ fn check_modbus(
 }
 
 fn access_word(prop: &Property) -> &'static str {
-    if prop.readable() { "readwrite" } else { "write" }
+    if prop.readable() {
+        "readwrite"
+    } else {
+        "write"
+    }
 }
 
 /// Warns when two properties of a model share a register or coil. Two bits of
@@ -292,7 +398,8 @@ fn check_overlap(
         let o_start = u32::from(other.address);
         let o_end = o_start + other.width();
         let overlaps = start < o_end && o_start < end;
-        let distinct_bits = matches!((b.bit, other.bit), (Some(x), Some(y)) if x != y) && start == o_start;
+        let distinct_bits =
+            matches!((b.bit, other.bit), (Some(x), Some(y)) if x != y) && start == o_start;
         if overlaps && !distinct_bits {
             diags.warning(
                 file,
@@ -322,15 +429,25 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
         }
         for (key, span) in [("poll", d.poll), ("timeout", d.timeout)] {
             if span.is_some_and(|s| s.get().is_zero()) {
-                diags.error(file, device.pos(&[key]), format!("`{key}` must be longer than zero"));
+                diags.error(
+                    file,
+                    device.pos(&[key]),
+                    format!("`{key}` must be longer than zero"),
+                );
             }
         }
-        let protocols = d.protocols();
+        // The first protocol section in the file is the device's; any later
+        // one is the mistake.
+        let mut protocols = d.protocols();
+        protocols.sort_by_key(|p| device.pos(&[&format!("@{}", p.key())]));
         match protocols.as_slice() {
             [] => diags.error(
                 file,
                 device.pos(&["name"]),
-                format!("device `{}` needs one of modbus-tcp, modbus-rtu, opcua or mqtt", d.name),
+                format!(
+                    "device `{}` needs one of modbus-tcp, modbus-rtu, opcua or mqtt",
+                    d.name
+                ),
             ),
             [_] => {}
             [first, rest @ ..] => {
@@ -353,7 +470,11 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
         if let Some(rtu) = &d.modbus_rtu {
             let at = |key: &str| device.pos(&["modbus-rtu", key]);
             if !(1..=247).contains(&rtu.unit) {
-                diags.error(file, at("unit"), format!("RTU unit {} is outside 1..247", rtu.unit));
+                diags.error(
+                    file,
+                    at("unit"),
+                    format!("RTU unit {} is outside 1..247", rtu.unit),
+                );
             }
             if rtu.baud == 0 {
                 diags.error(file, at("baud"), "baud must be above zero");
@@ -368,8 +489,12 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
             let port = rtu.port.as_path();
             match buses.get(port) {
                 Some((first, settings))
-                    if (settings.baud, settings.parity, settings.data_bits, settings.stop_bits)
-                        != (rtu.baud, rtu.parity, rtu.data_bits, rtu.stop_bits) =>
+                    if (
+                        settings.baud,
+                        settings.parity,
+                        settings.data_bits,
+                        settings.stop_bits,
+                    ) != (rtu.baud, rtu.parity, rtu.data_bits, rtu.stop_bits) =>
                 {
                     diags.error(
                         file,
@@ -390,23 +515,43 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
                 diags.error(
                     file,
                     at("unit"),
-                    format!("unit {} on {} is already device `{other}`", rtu.unit, port.display()),
+                    format!(
+                        "unit {} on {} is already device `{other}`",
+                        rtu.unit,
+                        port.display()
+                    ),
                 );
             }
         }
         if let Some(ua) = &d.opcua {
             let at = |key: &str| device.pos(&["opcua", key]);
             if !ua.endpoint.starts_with("opc.tcp://") || ua.endpoint.len() <= "opc.tcp://".len() {
-                diags.error(file, at("endpoint"), format!("endpoint `{}` must look like opc.tcp://host:4840/path", ua.endpoint));
+                diags.error(
+                    file,
+                    at("endpoint"),
+                    format!(
+                        "endpoint `{}` must look like opc.tcp://host:4840/path",
+                        ua.endpoint
+                    ),
+                );
             }
             if ua.username.is_some() != ua.password_file.is_some() {
-                diags.error(file, at("username"), "username and password_file go together");
+                diags.error(
+                    file,
+                    at("username"),
+                    "username and password_file go together",
+                );
             }
             if ua.queue == Some(0) {
                 diags.error(file, at("queue"), "queue must be at least 1");
             }
         }
-        if d.mqtt.is_some() && project.config.as_ref().is_some_and(|c| c.value.mqtt.is_none()) {
+        if d.mqtt.is_some()
+            && project
+                .config
+                .as_ref()
+                .is_some_and(|c| c.value.mqtt.is_none())
+        {
             diags.error(
                 file,
                 device.pos(&["@mqtt"]),
@@ -416,7 +561,12 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
     }
 }
 
-fn check_coalesce(c: &crate::device::Coalesce, device: &Located<Device>, key: &str, diags: &mut Diagnostics) {
+fn check_coalesce(
+    c: &crate::device::Coalesce,
+    device: &Located<Device>,
+    key: &str,
+    diags: &mut Diagnostics,
+) {
     if !(1..=125).contains(&c.max_registers) {
         diags.error(
             &device.file,
@@ -433,7 +583,12 @@ fn check_coalesce(c: &crate::device::Coalesce, device: &Located<Device>, key: &s
     }
 }
 
-fn check_device_model(project: &Project, device: &Located<Device>, protocol: Option<Protocol>, diags: &mut Diagnostics) {
+fn check_device_model(
+    project: &Project,
+    device: &Located<Device>,
+    protocol: Option<Protocol>,
+    diags: &mut Diagnostics,
+) {
     let d = &device.value;
     let Some(model) = project.models.get(&d.model) else {
         if project.incomplete_models.contains(&d.model) {
@@ -446,7 +601,11 @@ fn check_device_model(project: &Project, device: &Located<Device>, protocol: Opt
             format!(
                 "unknown model `{}` (known: {})",
                 d.model,
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ),
         );
         return;
@@ -491,35 +650,48 @@ fn check_rules(project: &Project, diags: &mut Diagnostics) {
             check_expression(project, rule, clear, &["clear_when"], diags);
         }
         if r.then.is_empty() {
-            diags.error(file, rule.pos(&["then"]), "a rule needs at least one action under `then`");
+            diags.error(
+                file,
+                rule.pos(&["then"]),
+                "a rule needs at least one action under `then`",
+            );
         }
         if r.every.is_some_and(|e| e.get().is_zero()) {
-            diags.error(file, rule.pos(&["every"]), "`every` must be longer than zero");
+            diags.error(
+                file,
+                rule.pos(&["every"]),
+                "`every` must be longer than zero",
+            );
         }
         for (list, actions) in [("then", &r.then), ("on_clear", &r.on_clear)] {
             for (i, action) in actions.iter().enumerate() {
                 let index = i.to_string();
                 check_action(project, rule, action, &[list, &index], diags);
-                if let Action::Write(w) = action {
-                    if let Some(other) = writers.insert((&w.device, &w.property), &r.name) {
-                        if other != r.name {
-                            diags.warning(
-                                file,
-                                rule.pos(&[list, &index]),
-                                format!(
-                                    "rules `{other}` and `{}` both write {}.{}; they may fight",
-                                    r.name, w.device, w.property
-                                ),
-                            );
-                        }
-                    }
+                if let Action::Write(w) = action
+                    && let Some(other) = writers.insert((&w.device, &w.property), &r.name)
+                    && other != r.name
+                {
+                    diags.warning(
+                        file,
+                        rule.pos(&[list, &index]),
+                        format!(
+                            "rules `{other}` and `{}` both write {}.{}; they may fight",
+                            r.name, w.device, w.property
+                        ),
+                    );
                 }
             }
         }
     }
 }
 
-fn check_action(project: &Project, rule: &Located<Rule>, action: &Action, path: &[&str], diags: &mut Diagnostics) {
+fn check_action(
+    project: &Project,
+    rule: &Located<Rule>,
+    action: &Action,
+    path: &[&str],
+    diags: &mut Diagnostics,
+) {
     let sub = |key: &str| {
         let kind = match action {
             Action::Write(_) => "write",
@@ -537,7 +709,11 @@ fn check_action(project: &Project, rule: &Located<Rule>, action: &Action, path: 
                 if project.failed_devices.contains(&w.device) {
                     return;
                 }
-                diags.error(&rule.file, sub("device"), format!("rule writes to unknown device `{}`", w.device));
+                diags.error(
+                    &rule.file,
+                    sub("device"),
+                    format!("rule writes to unknown device `{}`", w.device),
+                );
                 return;
             };
             let model = &device.value.model;
@@ -548,7 +724,10 @@ fn check_action(project: &Project, rule: &Located<Rule>, action: &Action, path: 
                 diags.error(
                     &rule.file,
                     sub("property"),
-                    format!("device `{}` (model `{model}`) has no property `{}`", w.device, w.property),
+                    format!(
+                        "device `{}` (model `{model}`) has no property `{}`",
+                        w.device, w.property
+                    ),
                 );
                 return;
             };
@@ -586,7 +765,11 @@ fn check_action(project: &Project, rule: &Located<Rule>, action: &Action, path: 
         }
         Action::Publish(p) => {
             if p.topic.is_empty() || p.topic.contains(['+', '#', '\0']) {
-                diags.error(&rule.file, sub("topic"), "a publish topic must be non-empty, without `+`, `#` or NUL");
+                diags.error(
+                    &rule.file,
+                    sub("topic"),
+                    "a publish topic must be non-empty, without `+`, `#` or NUL",
+                );
             }
         }
     }
@@ -604,7 +787,13 @@ fn fmt_limit(limit: Option<f64>) -> String {
 }
 
 /// Parses a CEL expression and checks every device property it reads.
-fn check_expression(project: &Project, rule: &Located<Rule>, source: &str, path: &[&str], diags: &mut Diagnostics) {
+fn check_expression(
+    project: &Project,
+    rule: &Located<Rule>,
+    source: &str,
+    path: &[&str],
+    diags: &mut Diagnostics,
+) {
     let at = rule.pos(path);
     match expr::parse(source) {
         Err(e) => {
@@ -629,18 +818,26 @@ fn check_expression(project: &Project, rule: &Located<Rule>, source: &str, path:
                     if project.failed_devices.contains(&r.device) {
                         continue;
                     }
-                    diags.error(&rule.file, at, format!("expression reads unknown device `{}`", r.device));
+                    diags.error(
+                        &rule.file,
+                        at,
+                        format!("expression reads unknown device `{}`", r.device),
+                    );
                     continue;
                 };
                 let model = &device.value.model;
-                if project.incomplete_models.contains(model) || !project.models.contains_key(model) {
+                if project.incomplete_models.contains(model) || !project.models.contains_key(model)
+                {
                     continue;
                 }
                 if project.property(&r.device, &r.property).is_none() {
                     diags.error(
                         &rule.file,
                         at,
-                        format!("device `{}` (model `{model}`) has no property `{}`", r.device, r.property),
+                        format!(
+                            "device `{}` (model `{model}`) has no property `{}`",
+                            r.device, r.property
+                        ),
                     );
                 }
             }

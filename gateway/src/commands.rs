@@ -14,7 +14,11 @@ pub fn check(config: &Path, out: &mut dyn Write) -> std::io::Result<ExitCode> {
         writeln!(out, "{finding}")?;
     }
     writeln!(out, "{}", report.summary())?;
-    Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `ferrite schema KIND`: prints the JSON Schema.

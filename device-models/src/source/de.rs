@@ -79,20 +79,22 @@ pub fn resolve(text: &str, plain: bool) -> Resolved<'_> {
         "" | "~" | "null" | "Null" | "NULL" => return Resolved::Null,
         "true" | "True" | "TRUE" => return Resolved::Bool(true),
         "false" | "False" | "FALSE" => return Resolved::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Resolved::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Resolved::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Resolved::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return Resolved::Float(f64::NAN),
         _ => {}
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if let Ok(v) = u64::from_str_radix(hex, 16) {
-            return int(v);
-        }
+    if let Some(hex) = text.strip_prefix("0x")
+        && let Ok(v) = u64::from_str_radix(hex, 16)
+    {
+        return int(v);
     }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if let Ok(v) = u64::from_str_radix(oct, 8) {
-            return int(v);
-        }
+    if let Some(oct) = text.strip_prefix("0o")
+        && let Ok(v) = u64::from_str_radix(oct, 8)
+    {
+        return int(v);
     }
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -103,11 +105,14 @@ pub fn resolve(text: &str, plain: bool) -> Resolved<'_> {
             return Resolved::UInt(v);
         }
     }
-    let float_chars = digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
-    if float_chars && digits.bytes().any(|b| b.is_ascii_digit()) {
-        if let Ok(v) = text.parse::<f64>() {
-            return Resolved::Float(v);
-        }
+    let float_chars = digits
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
+    if float_chars
+        && digits.bytes().any(|b| b.is_ascii_digit())
+        && let Ok(v) = text.parse::<f64>()
+    {
+        return Resolved::Float(v);
     }
     Resolved::Str(text)
 }
@@ -159,7 +164,9 @@ impl<'de> Deserializer<'de> for &'de Node {
                 Resolved::Float(f) => visitor.visit_f64(f),
                 Resolved::Str(s) => visitor.visit_str(s),
             },
-            NodeValue::Seq(items) => visitor.visit_seq(SeqAccess { items: items.iter() }),
+            NodeValue::Seq(items) => visitor.visit_seq(SeqAccess {
+                items: items.iter(),
+            }),
             NodeValue::Map(entries) => visitor.visit_map(MapAccess {
                 entries: entries.iter(),
                 value: None,
@@ -208,23 +215,39 @@ impl<'de> Deserializer<'de> for &'de Node {
         .map_err(|e: DeError| e.at(self.pos))
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_unit(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
-        visitor.visit_newtype_struct(self).map_err(|e: DeError| e.at(self.pos))
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        visitor
+            .visit_newtype_struct(self)
+            .map_err(|e: DeError| e.at(self.pos))
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.value {
-            NodeValue::Seq(items) => visitor.visit_seq(SeqAccess { items: items.iter() }),
+            NodeValue::Seq(items) => visitor.visit_seq(SeqAccess {
+                items: items.iter(),
+            }),
             _ => Err(de::Error::invalid_type(self.unexpected(), &visitor)),
         }
         .map_err(|e: DeError| e.at(self.pos))
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -270,7 +293,10 @@ impl<'de> Deserializer<'de> for &'de Node {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         match &self.value {
-            NodeValue::Scalar { .. } => visitor.visit_enum(EnumAccess { tag: self, content: None }),
+            NodeValue::Scalar { .. } => visitor.visit_enum(EnumAccess {
+                tag: self,
+                content: None,
+            }),
             NodeValue::Map(entries) if entries.len() == 1 => {
                 let (tag, content) = &entries[0];
                 visitor.visit_enum(EnumAccess {
@@ -279,7 +305,10 @@ impl<'de> Deserializer<'de> for &'de Node {
                 })
             }
             _ => Err(DeError {
-                message: format!("expected {}, given as a name or as a mapping with one key", visitor_name(&visitor)),
+                message: format!(
+                    "expected {}, given as a name or as a mapping with one key",
+                    visitor_name(&visitor)
+                ),
                 pos: None,
             }),
         }
@@ -308,8 +337,14 @@ struct SeqAccess<'de> {
 impl<'de> de::SeqAccess<'de> for SeqAccess<'de> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
-        self.items.next().map(|item| seed.deserialize(item)).transpose()
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
+        self.items
+            .next()
+            .map(|item| seed.deserialize(item).map_err(|e| e.at(item.pos)))
+            .transpose()
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -325,7 +360,10 @@ struct MapAccess<'de> {
 impl<'de> de::MapAccess<'de> for MapAccess<'de> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         match self.entries.next() {
             None => Ok(None),
             Some((key, value)) => {
@@ -337,8 +375,12 @@ impl<'de> de::MapAccess<'de> for MapAccess<'de> {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
         match self.value.take() {
-            Some(value) => seed.deserialize(value),
-            None => Err(de::Error::custom("a mapping value was asked for before its key")),
+            // A `Deserialize` impl may fail after reading the value (a
+            // `FromStr` check, say); pin such errors on the value too.
+            Some(value) => seed.deserialize(value).map_err(|e| e.at(value.pos)),
+            None => Err(de::Error::custom(
+                "a mapping value was asked for before its key",
+            )),
         }
     }
 
@@ -356,7 +398,10 @@ impl<'de> de::EnumAccess<'de> for EnumAccess<'de> {
     type Error = DeError;
     type Variant = VariantAccess<'de>;
 
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self::Variant), DeError> {
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self::Variant), DeError> {
         let variant = seed.deserialize(self.tag)?;
         Ok((
             variant,
@@ -397,14 +442,19 @@ impl<'de> de::VariantAccess<'de> for VariantAccess<'de> {
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, DeError> {
-        seed.deserialize(self.content()?)
+        let content = self.content()?;
+        seed.deserialize(content).map_err(|e| e.at(content.pos))
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
         self.content()?.deserialize_seq(visitor)
     }
 
-    fn struct_variant<V: Visitor<'de>>(self, _fields: &'static [&'static str], visitor: V) -> Result<V::Value, DeError> {
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.content()?.deserialize_map(visitor)
     }
 }
@@ -414,5 +464,49 @@ impl<'de> IntoDeserializer<'de, DeError> for &'de Node {
 
     fn into_deserializer(self) -> Self {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::yaml;
+
+    #[test]
+    fn plain_scalars_follow_the_core_schema() {
+        assert_eq!(resolve("~", true), Resolved::Null);
+        assert_eq!(resolve("True", true), Resolved::Bool(true));
+        assert_eq!(resolve("-42", true), Resolved::Int(-42));
+        assert_eq!(resolve("0x2A", true), Resolved::Int(42));
+        assert_eq!(
+            resolve("18446744073709551615", true),
+            Resolved::UInt(u64::MAX)
+        );
+        assert_eq!(resolve("1.5e3", true), Resolved::Float(1500.0));
+        assert_eq!(resolve("-.inf", true), Resolved::Float(f64::NEG_INFINITY));
+        assert_eq!(resolve("inf", true), Resolved::Str("inf"));
+        assert_eq!(resolve("1s", true), Resolved::Str("1s"));
+        assert_eq!(resolve("42", false), Resolved::Str("42"));
+    }
+
+    #[test]
+    fn errors_point_at_the_offending_node() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct S {
+            port: u16,
+            name: String,
+        }
+        let docs = yaml::parse("name: x\nport: 70000\n", &mut Vec::new()).expect("yaml");
+        let err = from_node::<S>(&docs[0]).expect_err("out of range");
+        assert_eq!(err.pos, Some(Pos::new(2, 7)));
+        assert!(err.message.contains("70000"), "{err}");
+        let docs = yaml::parse("name: x\n", &mut Vec::new()).expect("yaml");
+        let err = from_node::<S>(&docs[0]).expect_err("missing");
+        assert_eq!(
+            (err.pos, err.message.as_str()),
+            (Some(Pos::new(1, 1)), "missing field `port`")
+        );
     }
 }

@@ -90,7 +90,8 @@ impl Node {
 
     /// The node at exactly `path` (map keys, or sequence indices as numbers).
     pub fn find(&self, path: &[&str]) -> Option<&Node> {
-        path.iter().try_fold(self, |node, segment| node.child(segment))
+        path.iter()
+            .try_fold(self, |node, segment| node.child(segment))
     }
 
     fn child(&self, segment: &str) -> Option<&Node> {

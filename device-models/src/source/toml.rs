@@ -47,7 +47,12 @@ pub fn parse(text: &str) -> Result<Node, SourceError> {
     table_node(table.get_ref(), at, &lines, 0)
 }
 
-fn table_node(table: &DeTable<'_>, at: Pos, lines: &LineIndex<'_>, depth: usize) -> Result<Node, SourceError> {
+fn table_node(
+    table: &DeTable<'_>,
+    at: Pos,
+    lines: &LineIndex<'_>,
+    depth: usize,
+) -> Result<Node, SourceError> {
     let mut entries = Vec::with_capacity(table.len());
     for (key, value) in table {
         let key_node = Node {
@@ -65,10 +70,17 @@ fn table_node(table: &DeTable<'_>, at: Pos, lines: &LineIndex<'_>, depth: usize)
     })
 }
 
-fn value_node(value: &Spanned<DeValue<'_>>, lines: &LineIndex<'_>, depth: usize) -> Result<Node, SourceError> {
+fn value_node(
+    value: &Spanned<DeValue<'_>>,
+    lines: &LineIndex<'_>,
+    depth: usize,
+) -> Result<Node, SourceError> {
     let at = lines.pos(value.span().start);
     if depth > MAX_DEPTH {
-        return Err(SourceError::new(at, format!("nesting is deeper than {MAX_DEPTH} levels")));
+        return Err(SourceError::new(
+            at,
+            format!("nesting is deeper than {MAX_DEPTH} levels"),
+        ));
     }
     let scalar = |text: String, plain: bool| Node {
         pos: at,
@@ -81,7 +93,9 @@ fn value_node(value: &Spanned<DeValue<'_>>, lines: &LineIndex<'_>, depth: usize)
             let text = i64::from_str_radix(&digits, i.radix())
                 .map(|v| v.to_string())
                 .or_else(|_| u64::from_str_radix(&digits, i.radix()).map(|v| v.to_string()))
-                .map_err(|_| SourceError::new(at, format!("integer `{}` is out of range", i.as_str())))?;
+                .map_err(|_| {
+                    SourceError::new(at, format!("integer `{}` is out of range", i.as_str()))
+                })?;
             scalar(text, true)
         }
         DeValue::Float(f) => {

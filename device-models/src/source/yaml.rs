@@ -44,13 +44,16 @@ pub fn parse(text: &str, soft_errors: &mut Vec<SourceError>) -> Result<Vec<Node>
     let mut total = 0usize;
 
     for event in Parser::new_from_str(text) {
-        let (event, span) = event.map_err(|e| SourceError::new(pos(e.marker()), e.info().to_string()))?;
+        let (event, span) =
+            event.map_err(|e| SourceError::new(pos(e.marker()), e.info().to_string()))?;
         let at = pos(&span.start);
         // A finished node and the size of its subtree, ready for its parent.
         let done: Option<(Node, usize, usize)> = match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let quoted = !matches!(style, ScalarStyle::Plain);
-                let tagged_str = tag.as_ref().is_some_and(|t| t.is_yaml_core_schema() && t.suffix == "str");
+                let tagged_str = tag
+                    .as_ref()
+                    .is_some_and(|t| t.is_yaml_core_schema() && t.suffix == "str");
                 total += 1;
                 let node = Node {
                     pos: at,
@@ -93,7 +96,14 @@ pub fn parse(text: &str, soft_errors: &mut Vec<SourceError>) -> Result<Vec<Node>
                     OpenShape::Seq(items) => NodeValue::Seq(items),
                     OpenShape::Map { entries, .. } => NodeValue::Map(entries),
                 };
-                Some((Node { pos: open.pos, value }, open.size, open.anchor))
+                Some((
+                    Node {
+                        pos: open.pos,
+                        value,
+                    },
+                    open.size,
+                    open.anchor,
+                ))
             }
             Event::Alias(id) => {
                 let Some((node, size)) = anchors.get(&id) else {
@@ -103,7 +113,9 @@ pub fn parse(text: &str, soft_errors: &mut Vec<SourceError>) -> Result<Vec<Node>
                 if total.saturating_add(*size) > MAX_NODES {
                     return Err(SourceError::new(
                         at,
-                        format!("the document expands to more than {MAX_NODES} nodes (too many aliases)"),
+                        format!(
+                            "the document expands to more than {MAX_NODES} nodes (too many aliases)"
+                        ),
                     ));
                 }
                 total += size;
@@ -116,7 +128,9 @@ pub fn parse(text: &str, soft_errors: &mut Vec<SourceError>) -> Result<Vec<Node>
                 anchors.clear();
                 None
             }
-            Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) | Event::Nothing => None,
+            Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) | Event::Nothing => {
+                None
+            }
         };
 
         if total > MAX_NODES {
@@ -125,7 +139,9 @@ pub fn parse(text: &str, soft_errors: &mut Vec<SourceError>) -> Result<Vec<Node>
                 format!("the document has more than {MAX_NODES} nodes"),
             ));
         }
-        let Some((node, size, anchor)) = done else { continue };
+        let Some((node, size, anchor)) = done else {
+            continue;
+        };
         if anchor != 0 {
             anchors.insert(anchor, (node.clone(), size));
         }
@@ -140,19 +156,29 @@ pub fn parse(text: &str, soft_errors: &mut Vec<SourceError>) -> Result<Vec<Node>
     Ok(docs)
 }
 
-fn push_child(parent: &mut Open, node: Node, soft_errors: &mut Vec<SourceError>) -> Result<(), SourceError> {
+fn push_child(
+    parent: &mut Open,
+    node: Node,
+    soft_errors: &mut Vec<SourceError>,
+) -> Result<(), SourceError> {
     match &mut parent.shape {
         OpenShape::Seq(items) => items.push(node),
         OpenShape::Map { entries, key } => match key.take() {
             None => {
                 if node.as_str().is_none() {
-                    return Err(SourceError::new(node.pos, "a mapping key must be plain text"));
+                    return Err(SourceError::new(
+                        node.pos,
+                        "a mapping key must be plain text",
+                    ));
                 }
                 *key = Some(node);
             }
             Some(k) => {
                 let name = k.as_str().unwrap_or_default();
-                match entries.iter().find(|(first, _)| first.as_str() == Some(name)) {
+                match entries
+                    .iter()
+                    .find(|(first, _)| first.as_str() == Some(name))
+                {
                     Some((first, _)) => soft_errors.push(SourceError::new(
                         k.pos,
                         format!("duplicate key `{name}` (first at line {})", first.pos.line),

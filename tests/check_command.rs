@@ -1,0 +1,139 @@
+//! End to end: the `ferrite check` and `ferrite schema` commands, run as a
+//! user runs them, against the shipped examples.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the gateway crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// Runs `ferrite ARGS` from the workspace root, so paths print as a user
+/// typing them there would see them.
+fn ferrite(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .expect("ferrite runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
+}
+
+#[test]
+fn the_demo_config_is_clean() {
+    let out = ferrite(&["check", "--config", "examples/demo/ferrite.toml"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        text,
+        "checked 4 models, 4 devices, 2 rules: 0 errors, 0 warnings\n"
+    );
+}
+
+#[test]
+fn the_bad_examples_print_every_problem_with_its_place() {
+    let out = ferrite(&["check", "--config", "examples/bad/ferrite.toml"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let expected = std::fs::read_to_string(workspace().join("examples/bad/expected.txt"))
+        .expect("expected.txt");
+    assert_eq!(
+        text, expected,
+        "regenerate with: cargo run -- check --config examples/bad/ferrite.toml > examples/bad/expected.txt"
+    );
+    // Every line but the summary is `file:line:col: level: message`.
+    for line in text.lines().filter(|l| !l.starts_with("checked ")) {
+        let mut parts = line.splitn(4, ':');
+        let (file, row, col) = (parts.next(), parts.next(), parts.next());
+        assert!(
+            file.is_some_and(|f| f.starts_with("examples/bad/")),
+            "{line}"
+        );
+        assert!(
+            row.is_some_and(|r| r.parse::<u32>().is_ok_and(|n| n >= 1)),
+            "{line}"
+        );
+        assert!(
+            col.is_some_and(|c| c.parse::<u32>().is_ok_and(|n| n >= 1)),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_is_an_error_not_a_panic() {
+    let out = ferrite(&["check", "--config", "examples/nowhere/ferrite.toml"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with("examples/nowhere/ferrite.toml:1:1: error: cannot open"),
+        "{text}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn schema_of(kind: &str) -> serde_json::Value {
+    let out = ferrite(&["schema", kind]);
+    assert_eq!(out.status.code(), Some(0));
+    serde_json::from_slice(&out.stdout).expect("the schema is JSON")
+}
+
+/// Reads a YAML file into JSON the way the gateway reads it.
+fn yaml_as_json(path: &Path) -> Vec<serde_json::Value> {
+    use ferrite_models::source::{de::from_node, yaml};
+    let text = std::fs::read_to_string(path).expect("readable");
+    let docs = yaml::parse(&text, &mut Vec::new()).expect("valid YAML");
+    docs.iter()
+        .map(|d| from_node(d).expect("representable as JSON"))
+        .collect()
+}
+
+fn validate_folder(kind: &str, folder: &str) -> usize {
+    let schema = schema_of(kind);
+    let validator = jsonschema::validator_for(&schema).expect("the schema itself is valid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(workspace().join(folder)).expect("folder") {
+        let path = entry.expect("entry").path();
+        for doc in yaml_as_json(&path) {
+            let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[test]
+fn the_model_schema_accepts_the_demo_models() {
+    assert_eq!(validate_folder("model", "examples/demo/models"), 4);
+}
+
+#[test]
+fn the_device_and_rule_schemas_accept_the_demo() {
+    assert_eq!(validate_folder("device", "examples/demo/devices"), 4);
+    assert_eq!(validate_folder("rule", "examples/demo/rules"), 2);
+}
+
+#[test]
+fn the_model_schema_rejects_what_check_rejects() {
+    let schema = schema_of("model");
+    let validator = jsonschema::validator_for(&schema).expect("valid schema");
+    let broken = yaml_as_json(&workspace().join("examples/bad/models/broken.yaml"));
+    assert!(
+        !validator.is_valid(&broken[0]),
+        "unknown keys and bad enums fail the schema too"
+    );
+    let config = schema_of("config");
+    assert_eq!(config["type"], "object");
+    assert!(config["properties"]["gateway"].is_object(), "{config}");
+}
