@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::units::Span;
+
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +20,9 @@ pub struct Config {
     /// The embedded MQTT broker that MQTT devices publish to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttSection>,
+    /// The local store.
+    #[serde(default)]
+    pub store: StoreSection,
     /// The uplink to `ferrite-cloud`. Leave it out to run without a cloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<CloudSection>,
@@ -132,4 +137,35 @@ impl MqttSection {
 pub struct CloudSection {
     /// The control plane's broker, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
     pub broker: String,
+}
+
+/// `[store]`: how much history to keep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// History older than this is dropped. Default 7 days.
+    #[serde(default = "StoreSection::default_age")]
+    pub history_age: Span,
+    /// When the store grows past this many MiB, the oldest history goes first.
+    /// Default 256.
+    #[serde(default = "StoreSection::default_mib")]
+    pub history_mib: u64,
+}
+
+impl StoreSection {
+    fn default_age() -> Span {
+        Span(std::time::Duration::from_secs(7 * 24 * 3600))
+    }
+    fn default_mib() -> u64 {
+        256
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            history_age: Self::default_age(),
+            history_mib: Self::default_mib(),
+        }
+    }
 }

@@ -21,6 +21,10 @@
 //! - [`expr`]: CEL parsing and the device properties an expression reads.
 //! - [`schema`]: JSON Schemas generated from the same types.
 //! - [`diag`]: `file:line:col: message` findings.
+//! - [`value`]: property values, and the one check every write goes
+//!   through (access, type, limits).
+//! - [`codec`]: Modbus register encoding, shared by the driver and the
+//!   simulator.
 //!
 //! ```
 //! let report = ferrite_models::project::check(std::path::Path::new("../examples/demo/ferrite.toml"));
@@ -30,6 +34,7 @@
 //! assert!(report.is_ok(), "{}", report.summary());
 //! ```
 
+pub mod codec;
 pub mod config;
 pub mod device;
 pub mod diag;
@@ -41,6 +46,7 @@ pub mod schema;
 pub mod source;
 pub mod units;
 pub mod validate;
+pub mod value;
 
 pub use config::Config;
 pub use device::{Device, Protocol};
@@ -48,3 +54,4 @@ pub use diag::{Diagnostic, Severity};
 pub use model::{DeviceModel, Property};
 pub use project::{Project, Report, check};
 pub use rule::Rule;
+pub use value::Value;

@@ -1,5 +1,6 @@
 //! The `ferrite` command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -9,6 +10,10 @@ use ferrite_models::schema::SchemaKind;
 #[derive(Debug, Parser)]
 #[command(name = "ferrite", version, about)]
 pub struct Cli {
+    /// Log format: human-readable text, or JSON lines for collectors.
+    /// Levels come from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -23,6 +28,28 @@ pub enum Command {
         /// The gateway's TOML config.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Run the gateway. Validates everything first and refuses to start on
+    /// any error; SIGTERM or Ctrl-C stops it cleanly.
+    Run {
+        /// The gateway's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override the API's listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override the data folder.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run the demo: the gateway with simulated devices, on 127.0.0.1:8080.
+    Demo {
+        /// The API's listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The data folder (default: a fresh temporary folder, removed on exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Print the JSON Schema of a document kind.
     Schema {
@@ -53,4 +80,13 @@ impl From<SchemaArg> for SchemaKind {
             SchemaArg::Config => SchemaKind::Config,
         }
     }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line.
+    Json,
 }

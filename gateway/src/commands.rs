@@ -27,3 +27,58 @@ pub fn schema_cmd(kind: SchemaKind, out: &mut dyn Write) -> std::io::Result<Exit
     writeln!(out, "{text}")?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// `ferrite run`: validates, starts, and runs until SIGTERM or Ctrl-C.
+pub async fn run(
+    config: &Path,
+    options: crate::runtime::Options,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let report = ferrite_models::check(config);
+    for finding in &report.diagnostics {
+        writeln!(out, "{finding}")?;
+    }
+    if !report.is_ok() {
+        writeln!(out, "{}; not starting", report.summary())?;
+        return Ok(ExitCode::from(1));
+    }
+    let gateway = crate::runtime::Gateway::start(report.project, options).await?;
+    writeln!(
+        out,
+        "ferrite is serving http://{}/api/v1/devices",
+        gateway.addr
+    )?;
+    out.flush()?;
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    let clean = gateway.stop().await;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Waits for SIGTERM or Ctrl-C (SIGINT).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM ({e}); Ctrl-C still stops");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,14 +1,35 @@
 //! # ferrite-gateway: the `ferrite` binary's library
 //!
-//! The gateway wires the leaf crates together. Today it holds the commands
-//! that work on configuration; drivers, store, rules and the REST API arrive
-//! with their issues, each as its own module.
+//! The gateway wires the leaf crates together: devices are polled by
+//! drivers, their readings go through the store writer into sled and the live
+//! view, and the REST API serves both.
+//!
+//! ```text
+//! drivers ──Update──▶ store::writer ──▶ sled (history, latest)
+//!    ▲                     │
+//!    │ DeviceWriter        ▼
+//!   api ◀──────────────── live
+//! ```
 //!
 //! ## A tour
-//! - [`cli`]: the command line (`ferrite check`, `ferrite schema`), parsed
-//!   with clap.
-//! - [`commands`]: what each command does, as functions that return an exit
-//!   code, so tests can call them without a process.
+//! - [`cli`], [`commands`]: the command line (`check`, `schema`, `run`,
+//!   `demo`).
+//! - [`runtime`]: starts and stops everything together; clean shutdown.
+//! - [`drivers`]: the [`drivers::Driver`] trait and one folder per protocol
+//!   (`modbus/`: coalescing plan, one task per connection, pollers).
+//! - [`store`]: the storage trait, its sled implementation, and the writer
+//!   task that batches, fsyncs, then publishes.
+//! - [`live`]: statuses and latest readings, as the API shows them.
+//! - [`api`]: the REST API of CONTRACT.md on axum.
+//! - [`demo`]: `ferrite demo`, the gateway plus simulated devices.
+//! - [`time`] holds the timestamp helpers.
 
+pub mod api;
 pub mod cli;
 pub mod commands;
+pub mod demo;
+pub mod drivers;
+pub mod live;
+pub mod runtime;
+pub mod store;
+pub mod time;

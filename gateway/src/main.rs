@@ -3,15 +3,46 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferrite_gateway::cli::{Cli, Command};
-use ferrite_gateway::commands;
+use ferrite_gateway::cli::{Cli, Command, LogFormat};
+use ferrite_gateway::runtime::Options;
+use ferrite_gateway::{commands, demo};
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let mut stdout = std::io::stdout().lock();
-    let code = match cli.command {
-        Command::Check { config } => commands::check(&config, &mut stdout)?,
-        Command::Schema { kind } => commands::schema_cmd(kind.into(), &mut stdout)?,
-    };
-    Ok(code)
+    let mut stdout = std::io::stdout();
+    match cli.command {
+        Command::Check { config } => Ok(commands::check(&config, &mut stdout)?),
+        Command::Schema { kind } => Ok(commands::schema_cmd(kind.into(), &mut stdout)?),
+        Command::Run {
+            config,
+            listen,
+            data_dir,
+        } => {
+            init_logs(cli.log_format);
+            let options = Options { listen, data_dir };
+            runtime()?.block_on(commands::run(&config, options, &mut stdout))
+        }
+        Command::Demo { listen, data_dir } => {
+            init_logs(cli.log_format);
+            runtime()?.block_on(demo::run(listen, data_dir, &mut stdout))
+        }
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

@@ -1,0 +1,196 @@
+//! Property values as the API, rules and sync see them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Property, ValueType};
+
+/// A property value. In JSON: `true`, `42`, `21.5` or `"text"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// A bool.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// Text.
+    String(String),
+}
+
+impl Value {
+    /// The value as a float, for limits and deadbands.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Bool(_) | Value::String(_) => None,
+        }
+    }
+
+    /// Whether `self` differs from `previous` by at least `deadband` (any
+    /// change counts when there is no deadband or the type is not numeric).
+    pub fn changed_from(&self, previous: &Value, deadband: Option<f64>) -> bool {
+        match (self.as_f64(), previous.as_f64(), deadband) {
+            (Some(now), Some(before), Some(band)) if band > 0.0 => (now - before).abs() >= band,
+            _ => self != previous,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::String(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// Why a value may not be written to a property.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteCheckError {
+    /// The property is read-only.
+    #[error("property `{0}` is read-only")]
+    ReadOnly(String),
+    /// The JSON value has the wrong type.
+    #[error("property `{property}` takes a {expected}, not {found}")]
+    WrongType {
+        /// Property name.
+        property: String,
+        /// Its type.
+        expected: ValueType,
+        /// What was given.
+        found: String,
+    },
+    /// The value is outside `min`/`max`.
+    #[error("{value} is outside the limits of `{property}` ({min}..{max})")]
+    OutOfRange {
+        /// Property name.
+        property: String,
+        /// The value given.
+        value: f64,
+        /// Lower limit, or `…`.
+        min: String,
+        /// Upper limit, or `…`.
+        max: String,
+    },
+}
+
+/// Checks a JSON value against a property's type, access and limits, and
+/// converts it. Every write (REST, rules, the device twin) goes through here.
+pub fn check_write(
+    name: &str,
+    property: &Property,
+    json: &serde_json::Value,
+) -> Result<Value, WriteCheckError> {
+    if !property.writable() {
+        return Err(WriteCheckError::ReadOnly(name.to_string()));
+    }
+    let wrong = || WriteCheckError::WrongType {
+        property: name.to_string(),
+        expected: property.ty,
+        found: json_kind(json).to_string(),
+    };
+    let value = match (property.ty, json) {
+        (ValueType::Bool, serde_json::Value::Bool(b)) => Value::Bool(*b),
+        (ValueType::Int, serde_json::Value::Number(n)) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            // 40.0 is an integer written as a float; 40.5 is not.
+            None => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::Int(f as i64),
+                _ => return Err(wrong()),
+            },
+        },
+        (ValueType::Float, serde_json::Value::Number(n)) => {
+            Value::Float(n.as_f64().ok_or_else(wrong)?)
+        }
+        (ValueType::String, serde_json::Value::String(s)) => Value::String(s.clone()),
+        _ => return Err(wrong()),
+    };
+    if let Some(v) = value.as_f64() {
+        let below = property.min.is_some_and(|min| v < min);
+        let above = property.max.is_some_and(|max| v > max);
+        if below || above {
+            let limit = |l: Option<f64>| l.map_or_else(|| "…".to_string(), |x| x.to_string());
+            return Err(WriteCheckError::OutOfRange {
+                property: name.to_string(),
+                value: v,
+                min: limit(property.min),
+                max: limit(property.max),
+            });
+        }
+    }
+    Ok(value)
+}
+
+fn json_kind(json: &serde_json::Value) -> &'static str {
+    match json {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a bool",
+        serde_json::Value::Number(n) if n.is_f64() => "a float",
+        serde_json::Value::Number(_) => "an integer",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::Access;
+
+    fn prop(ty: ValueType, access: Access, min: Option<f64>, max: Option<f64>) -> Property {
+        Property {
+            ty,
+            unit: None,
+            description: None,
+            access,
+            min,
+            max,
+            deadband: None,
+            modbus: None,
+            opcua: None,
+            mqtt: None,
+        }
+    }
+
+    #[test]
+    fn writes_are_checked_for_access_type_and_limits() {
+        let sp = prop(ValueType::Float, Access::ReadWrite, Some(20.0), Some(90.0));
+        assert_eq!(check_write("sp", &sp, &json!(40)), Ok(Value::Float(40.0)));
+        assert!(matches!(
+            check_write("sp", &sp, &json!(95.5)),
+            Err(WriteCheckError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            check_write("sp", &sp, &json!("40")),
+            Err(WriteCheckError::WrongType { .. })
+        ));
+        let ro = prop(ValueType::Float, Access::Read, None, None);
+        assert_eq!(
+            check_write("t", &ro, &json!(1)),
+            Err(WriteCheckError::ReadOnly("t".into()))
+        );
+        let count = prop(ValueType::Int, Access::Write, None, None);
+        assert_eq!(check_write("c", &count, &json!(7.0)), Ok(Value::Int(7)));
+        assert!(check_write("c", &count, &json!(7.5)).is_err());
+        let flag = prop(ValueType::Bool, Access::Write, None, None);
+        assert!(check_write("f", &flag, &json!(1)).is_err());
+    }
+
+    #[test]
+    fn deadband_decides_what_counts_as_a_change() {
+        assert!(!Value::Float(20.2).changed_from(&Value::Float(20.0), Some(0.5)));
+        assert!(Value::Float(20.5).changed_from(&Value::Float(20.0), Some(0.5)));
+        assert!(Value::Float(20.01).changed_from(&Value::Float(20.0), None));
+        assert!(!Value::Bool(true).changed_from(&Value::Bool(true), Some(1.0)));
+    }
+}

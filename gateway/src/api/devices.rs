@@ -1,0 +1,192 @@
+//! `/api/v1/devices/...`.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use ferrite_models::model::Property;
+use ferrite_models::value::check_write;
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::live::{DeviceState, Reading};
+use crate::time::{Micros, parse_rfc3339, rfc3339};
+
+fn reading_json(reading: &Reading, property: Option<&Property>) -> Json_ {
+    json!({
+        "value": reading.value,
+        "unit": property.and_then(|p| p.unit.clone()),
+        "quality": reading.quality,
+        "ts": reading.ts.map(rfc3339),
+    })
+}
+
+fn summary_json(id: &str, d: &DeviceState) -> Json_ {
+    json!({
+        "id": id,
+        "model": d.model,
+        "protocol": d.protocol,
+        "status": d.status,
+        "last_seen": d.last_seen.map(rfc3339),
+        "error": d.error,
+    })
+}
+
+/// `GET /api/v1/devices`.
+pub async fn list(State(state): State<AppState>) -> Json<Json_> {
+    let all: Vec<Json_> = state
+        .live
+        .devices()
+        .iter()
+        .map(|(id, d)| summary_json(id, d))
+        .collect();
+    Json(Json_::Array(all))
+}
+
+/// `GET /api/v1/devices/{id}`.
+pub async fn one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let device = state
+        .live
+        .device(&id)
+        .ok_or_else(|| ApiError::no_device(&id))?;
+    let mut body = summary_json(&id, &device);
+    let properties: serde_json::Map<String, Json_> = device
+        .readings
+        .iter()
+        .map(|(name, r)| {
+            (
+                name.clone(),
+                reading_json(r, state.project.property(&id, name)),
+            )
+        })
+        .collect();
+    body["properties"] = Json_::Object(properties);
+    Ok(Json(body))
+}
+
+/// `GET /api/v1/devices/{id}/properties/{name}`.
+pub async fn property(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Json<Json_>, ApiError> {
+    let device = state
+        .live
+        .device(&id)
+        .ok_or_else(|| ApiError::no_device(&id))?;
+    let reading = device
+        .readings
+        .get(&name)
+        .ok_or_else(|| ApiError::no_property(&id, &name))?;
+    Ok(Json(reading_json(
+        reading,
+        state.project.property(&id, &name),
+    )))
+}
+
+/// The body of a write.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteBody {
+    value: Json_,
+}
+
+/// `PUT /api/v1/devices/{id}/properties/{name}` with `{"value": V}`.
+///
+/// The value is checked against the model before anything touches the
+/// device; the answer comes after the device confirmed the write.
+pub async fn write(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    body: Result<Json<WriteBody>, JsonRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    if !state.project.devices.contains_key(&id) {
+        return Err(ApiError::no_device(&id));
+    }
+    let property = state
+        .project
+        .property(&id, &name)
+        .ok_or_else(|| ApiError::no_property(&id, &name))?;
+    let Json(body) = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            let message = format!("the body is over {} bytes", super::MAX_BODY);
+            ApiError::new(e.status(), "body_too_large", message)
+        } else {
+            ApiError::bad_request(format!("expected {{\"value\": ...}}: {}", e.body_text()))
+        }
+    })?;
+    let value = check_write(&name, property, &body.value)?;
+    let writer = state.writers.get(&id).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no_driver",
+            format!("no driver serves `{id}` in this build"),
+        )
+    })?;
+    tracing::info!(device = %id, property = %name, value = %value, "write");
+    writer.write(&name, value).await?;
+    let reading = state
+        .live
+        .device(&id)
+        .and_then(|d| d.readings.get(&name).cloned())
+        .ok_or_else(|| ApiError::no_property(&id, &name))?;
+    Ok(Json(reading_json(&reading, Some(property))))
+}
+
+/// History query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most history entries one call returns.
+pub const MAX_HISTORY: usize = 10_000;
+
+/// `GET /api/v1/devices/{id}/properties/{name}/history?since=&until=&limit=`.
+pub async fn history(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    if !state.project.devices.contains_key(&id) {
+        return Err(ApiError::no_device(&id));
+    }
+    if state.project.property(&id, &name).is_none() {
+        return Err(ApiError::no_property(&id, &name));
+    }
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let time = |s: &Option<String>, default: Micros| -> Result<Micros, ApiError> {
+        match s {
+            None => Ok(default),
+            Some(s) => parse_rfc3339(s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`{s}` is not an RFC 3339 time such as 2026-11-27T13:00:00Z"
+                ))
+            }),
+        }
+    };
+    let since = time(&q.since, i64::MIN)?;
+    let until = time(&q.until, i64::MAX)?;
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_HISTORY {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_HISTORY}"
+        )));
+    }
+    let store = state.store.clone();
+    let entries =
+        tokio::task::spawn_blocking(move || store.history(&id, &name, since, until, limit))
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))??;
+    let out: Vec<Json_> = entries
+        .iter()
+        .map(|e| json!({"value": e.value, "ts": rfc3339(e.ts)}))
+        .collect();
+    Ok(Json(Json_::Array(out)))
+}

@@ -1,0 +1,97 @@
+//! API errors: `{"error":{"code":"...","message":"..."}}` with a fitting
+//! HTTP status, as CONTRACT.md fixes.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferrite_models::value::WriteCheckError;
+use serde_json::json;
+
+use crate::drivers::DriverError;
+use crate::store::StoreError;
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable, machine-readable code.
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds one.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 404 for an unknown device.
+    pub fn no_device(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("no device `{id}`"),
+        )
+    }
+
+    /// 404 for an unknown property.
+    pub fn no_property(id: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_property",
+            format!("device `{id}` has no property `{name}`"),
+        )
+    }
+
+    /// 400 for a malformed request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<WriteCheckError> for ApiError {
+    fn from(e: WriteCheckError) -> Self {
+        let (status, code) = match e {
+            WriteCheckError::ReadOnly(_) => (StatusCode::FORBIDDEN, "read_only"),
+            WriteCheckError::WrongType { .. } => (StatusCode::BAD_REQUEST, "wrong_type"),
+            WriteCheckError::OutOfRange { .. } => (StatusCode::BAD_REQUEST, "out_of_range"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<DriverError> for ApiError {
+    fn from(e: DriverError) -> Self {
+        let (status, code) = match e {
+            DriverError::Refused(_) => (StatusCode::BAD_GATEWAY, "device_refused"),
+            DriverError::Unreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "device_unreachable"),
+            DriverError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
+            DriverError::Encode(_) => (StatusCode::BAD_REQUEST, "out_of_range"),
+            DriverError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_error",
+            e.to_string(),
+        )
+    }
+}

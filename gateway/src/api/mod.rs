@@ -1,0 +1,131 @@
+//! The REST API, on axum, exactly as CONTRACT.md lists it.
+//!
+//! - `error`: the error JSON and the status each failure maps to.
+//! - `devices`: devices, properties, writes and history.
+//!
+//! Requests are bounded: bodies to 64 KiB, handling to 30 s (a write waits
+//! for the device, whose own timeout is shorter).
+
+mod devices;
+pub mod error;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use ferrite_models::Project;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::drivers::DeviceWriter;
+use crate::live::Live;
+use crate::store::Store;
+use crate::store::writer::WriterStats;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated project (for models, types and limits).
+    pub project: Arc<Project>,
+    /// Live device state.
+    pub live: Arc<Live>,
+    /// The store, for history.
+    pub store: Arc<dyn Store>,
+    /// A writer per device.
+    pub writers: Arc<HashMap<String, Arc<dyn DeviceWriter>>>,
+    /// Store writer counters.
+    pub stats: Arc<WriterStats>,
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/devices", get(devices::list))
+        .route("/api/v1/devices/{id}", get(devices::one))
+        .route(
+            "/api/v1/devices/{id}/properties/{name}",
+            get(devices::property).put(devices::write),
+        )
+        .route(
+            "/api/v1/devices/{id}/properties/{name}/history",
+            get(devices::history),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /api/v1/devices",
+    )
+}
+
+/// A first cut of the Prometheus endpoint: store writer counters and device
+/// status. The full set of series arrives with the observability work.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    use std::fmt::Write;
+    let s = &state.stats;
+    let mut out = String::new();
+    let counters = [
+        (
+            "ferrite_samples_total",
+            "Samples received from drivers",
+            s.samples.load(Ordering::Relaxed),
+        ),
+        (
+            "ferrite_changes_stored_total",
+            "Changes written to history",
+            s.changes.load(Ordering::Relaxed),
+        ),
+        (
+            "ferrite_store_batches_total",
+            "Batches made durable",
+            s.batches.load(Ordering::Relaxed),
+        ),
+        (
+            "ferrite_store_failures_total",
+            "Failed store writes (retried)",
+            s.failures.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ferrite_device_up 1 if the device answered its last poll\n# TYPE ferrite_device_up gauge"
+    );
+    for (name, device) in state.live.devices() {
+        let up = u8::from(device.status == crate::live::Status::Online);
+        let _ = writeln!(
+            out,
+            "ferrite_device_up{{device=\"{name}\",protocol=\"{}\"}} {up}",
+            device.protocol
+        );
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,140 @@
+//! Protocol drivers, each in its own folder behind the one [`Driver`] trait.
+//!
+//! A driver is built from the validated project, then started with a
+//! [`DriverContext`] (the shutdown token, the task tracker, the output queue
+//! to the store writer). It returns one [`DeviceWriter`] per device, which the
+//! API (and later the rules and the twin) use to write.
+//!
+//! Adding a protocol means adding a folder and one line in [`build_all`].
+
+#[cfg(feature = "modbus")]
+pub mod modbus;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_models::Project;
+use ferrite_models::codec::CodecError;
+use ferrite_models::value::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::live::Update;
+
+/// What a running driver needs from the gateway.
+#[derive(Clone)]
+pub struct DriverContext {
+    /// Fires when the gateway stops.
+    pub shutdown: CancellationToken,
+    /// Spawn long-running tasks here so that shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Poll results and status changes go here. Bounded: when the store
+    /// falls behind, drivers wait rather than drop readings.
+    pub output: mpsc::Sender<Update>,
+}
+
+/// Why a device operation failed. "The device refused" and "the link is
+/// down" stay apart, because the API answers them differently.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DriverError {
+    /// The device answered with an error (a Modbus exception, say).
+    #[error("the device refused: {0}")]
+    Refused(String),
+    /// The device cannot be reached.
+    #[error("the device is unreachable: {0}")]
+    Unreachable(String),
+    /// The device did not answer in time.
+    #[error("the device did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The value cannot be encoded for the device.
+    #[error("{0}")]
+    Encode(#[from] CodecError),
+    /// The driver has stopped.
+    #[error("the gateway is shutting down")]
+    Stopped,
+}
+
+/// A boxed future, for object-safe async methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Writes to one device. The value has already passed the model's checks.
+pub trait DeviceWriter: Send + Sync {
+    /// Writes `value` to `property` and returns once the device confirmed it
+    /// and the new reading is visible.
+    fn write<'a>(
+        &'a self,
+        property: &'a str,
+        value: Value,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+}
+
+/// A protocol driver.
+pub trait Driver: Send {
+    /// Its name, for logs.
+    fn name(&self) -> &'static str;
+    /// Starts polling or subscribing; returns a writer per device it serves.
+    fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>>;
+}
+
+/// Every driver the project needs.
+pub fn build_all(project: &Project) -> Vec<Box<dyn Driver>> {
+    let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+    #[cfg(feature = "modbus")]
+    if let Some(d) = modbus::ModbusDriver::build(project) {
+        drivers.push(Box::new(d));
+    }
+    let _ = project;
+    drivers
+}
+
+/// Exponential backoff with jitter, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// From `min`, doubling up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    /// The next delay, with ±20% jitter so that many devices that failed
+    /// together do not retry together.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(rand::random_range(0.8..1.2))
+    }
+
+    /// Back to the shortest delay, after a success.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(80) && delays[0] <= Duration::from_millis(120));
+        assert!(delays[3] >= Duration::from_millis(640) && delays[3] <= Duration::from_millis(960));
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(2400)));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(120));
+    }
+}

@@ -1,0 +1,334 @@
+//! The Modbus driver (TCP and RTU), on tokio-modbus.
+//!
+//! - `plan`: read coalescing.
+//! - `link`: one task per TCP endpoint or serial bus, owning the connection.
+//! - here: the per-device pollers, and writes.
+//!
+//! Each device polls on its own `poll` period. Its reads go to the link its
+//! connection belongs to: devices behind one TCP gateway share the socket
+//! (by unit id), devices on one RS-485 port share the bus, one request at a
+//! time.
+
+pub mod link;
+pub mod plan;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_models::codec::{self, Encoded};
+use ferrite_models::device::Coalesce;
+use ferrite_models::model::{ModbusBinding, ValueType};
+use ferrite_models::{Project, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use self::link::{LinkHandle, LinkKey, Op, Reply};
+use self::plan::{ReadBlock, plan};
+use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError};
+use crate::live::{Sample, Status, Update};
+use crate::time::now;
+
+/// One property as the driver sees it.
+#[derive(Debug, Clone)]
+struct Point {
+    name: Arc<str>,
+    ty: ValueType,
+    binding: ModbusBinding,
+}
+
+/// One Modbus device, ready to poll.
+#[derive(Debug)]
+struct Device {
+    name: Arc<str>,
+    link: LinkKey,
+    unit: u8,
+    poll: Duration,
+    timeout: Duration,
+    points: Vec<Point>,
+    blocks: Vec<ReadBlock>,
+}
+
+/// The Modbus driver: every Modbus device of the project.
+pub struct ModbusDriver {
+    devices: Vec<Device>,
+}
+
+impl ModbusDriver {
+    /// The driver for the project's Modbus devices, if it has any.
+    pub fn build(project: &Project) -> Option<Self> {
+        let mut devices = Vec::new();
+        for (name, located) in &project.devices {
+            let d = &located.value;
+            let (link, unit, coalesce): (LinkKey, u8, &Coalesce) = if let Some(tcp) = &d.modbus_tcp
+            {
+                let key = LinkKey::Tcp {
+                    host: tcp.host.clone(),
+                    port: tcp.port,
+                };
+                (key, tcp.unit, &tcp.coalesce)
+            } else if let Some(rtu) = &d.modbus_rtu {
+                (LinkKey::rtu(rtu), rtu.unit, &rtu.coalesce)
+            } else {
+                continue;
+            };
+            let Some(model) = project.models.get(&d.model) else {
+                continue;
+            };
+            let points: Vec<Point> = model
+                .value
+                .properties
+                .iter()
+                .filter_map(|(pname, p)| {
+                    p.modbus.as_ref().map(|b| Point {
+                        name: Arc::from(pname.as_str()),
+                        ty: p.ty,
+                        binding: b.clone(),
+                    })
+                })
+                .collect();
+            let readable: Vec<(usize, &ModbusBinding)> = model
+                .value
+                .properties
+                .values()
+                .filter(|p| p.modbus.is_some())
+                .enumerate()
+                .filter(|(_, p)| p.readable())
+                .filter_map(|(i, p)| p.modbus.as_ref().map(|b| (i, b)))
+                .collect();
+            let blocks = plan(&readable, coalesce);
+            devices.push(Device {
+                name: Arc::from(name.as_str()),
+                link,
+                unit,
+                poll: d.poll(),
+                timeout: d.timeout(),
+                points,
+                blocks,
+            });
+        }
+        (!devices.is_empty()).then_some(ModbusDriver { devices })
+    }
+}
+
+impl Driver for ModbusDriver {
+    fn name(&self) -> &'static str {
+        "modbus"
+    }
+
+    fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>> {
+        let mut links: HashMap<LinkKey, LinkHandle> = HashMap::new();
+        let mut writers: HashMap<String, Arc<dyn DeviceWriter>> = HashMap::new();
+        for device in self.devices {
+            let link = links
+                .entry(device.link.clone())
+                .or_insert_with(|| {
+                    link::spawn(device.link.clone(), &ctx.tasks, ctx.shutdown.clone())
+                })
+                .clone();
+            let device = Arc::new(device);
+            ctx.tasks.spawn(poll_loop(
+                device.clone(),
+                link.clone(),
+                ctx.output.clone(),
+                ctx.shutdown.clone(),
+            ));
+            writers.insert(
+                device.name.to_string(),
+                Arc::new(ModbusWriter {
+                    device,
+                    link,
+                    output: ctx.output.clone(),
+                }),
+            );
+        }
+        tracing::info!("modbus: {} devices on {} links", writers.len(), links.len());
+        writers
+    }
+}
+
+async fn poll_loop(
+    device: Arc<Device>,
+    link: LinkHandle,
+    output: mpsc::Sender<Update>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(device.poll);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let update = poll_once(&device, &link).await;
+        let sent = tokio::select! {
+            () = shutdown.cancelled() => break,
+            sent = output.send(update) => sent,
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+}
+
+/// Reads every block once and reports what came back.
+async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
+    let ts = now();
+    let mut samples = Vec::with_capacity(device.points.len());
+    let mut status = Status::Online;
+    let mut error = None;
+    let mut seen = false;
+    let mut link_down = false;
+    for block in &device.blocks {
+        if link_down {
+            samples.extend(
+                block
+                    .items
+                    .iter()
+                    .map(|(i, _)| (device.points[*i].name.clone(), Sample::Stale)),
+            );
+            continue;
+        }
+        let op = Op::Read {
+            table: block.table,
+            start: block.start,
+            count: block.count,
+        };
+        match link.call(device.unit, op, device.timeout).await {
+            Ok(reply) => {
+                seen = true;
+                for (i, offset) in &block.items {
+                    let point = &device.points[*i];
+                    let sample = match decode(point, &reply, usize::from(*offset)) {
+                        Ok(v) => Sample::Good(v),
+                        Err(e) => {
+                            status = Status::Error;
+                            error = Some(format!("{}: {e}", point.name));
+                            Sample::Bad
+                        }
+                    };
+                    samples.push((point.name.clone(), sample));
+                }
+            }
+            Err(DriverError::Refused(why)) => {
+                seen = true;
+                status = Status::Error;
+                error = Some(format!(
+                    "{} {}..{}: {why}",
+                    block.table,
+                    block.start,
+                    block.start + block.count - 1
+                ));
+                samples.extend(
+                    block
+                        .items
+                        .iter()
+                        .map(|(i, _)| (device.points[*i].name.clone(), Sample::Bad)),
+                );
+            }
+            Err(e) => {
+                status = Status::Offline;
+                error = Some(e.to_string());
+                link_down = true;
+                samples.extend(
+                    block
+                        .items
+                        .iter()
+                        .map(|(i, _)| (device.points[*i].name.clone(), Sample::Stale)),
+                );
+            }
+        }
+    }
+    Update {
+        device: device.name.clone(),
+        ts,
+        status: Some((status, error)),
+        seen,
+        samples,
+        applied: None,
+    }
+}
+
+fn decode(point: &Point, reply: &Reply, offset: usize) -> Result<Value, String> {
+    match reply {
+        Reply::Bits(bits) => bits
+            .get(offset)
+            .map(|on| codec::decode_bit(*on))
+            .ok_or_else(|| "short reply".to_string()),
+        Reply::Registers(regs) => {
+            let regs = regs.get(offset..).unwrap_or_default();
+            codec::decode_registers(&point.binding, point.ty, regs).map_err(|e| e.to_string())
+        }
+        Reply::Done => Err("unexpected reply".to_string()),
+    }
+}
+
+/// Writes for one Modbus device.
+struct ModbusWriter {
+    device: Arc<Device>,
+    link: LinkHandle,
+    output: mpsc::Sender<Update>,
+}
+
+impl DeviceWriter for ModbusWriter {
+    fn write<'a>(
+        &'a self,
+        property: &'a str,
+        value: Value,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let device = &self.device;
+            let Some(point) = device.points.iter().find(|p| &*p.name == property) else {
+                return Err(DriverError::Refused(format!(
+                    "no Modbus binding for `{property}`"
+                )));
+            };
+            let b = &point.binding;
+            let op = match codec::encode(b, &value)? {
+                Encoded::Coil(on) => Op::WriteCoil {
+                    address: b.address,
+                    on,
+                },
+                Encoded::Registers(values) => Op::WriteRegisters {
+                    address: b.address,
+                    values,
+                },
+                Encoded::Bit { bit, on } => Op::WriteBit {
+                    address: b.address,
+                    bit,
+                    on,
+                },
+            };
+            self.link.call(device.unit, op, device.timeout).await?;
+            // Read the property back, so the API shows what the device holds
+            // (it may round or clamp), and wait until that is visible.
+            let op = Op::Read {
+                table: b.table,
+                start: b.address,
+                count: u16::try_from(b.width()).unwrap_or(1),
+            };
+            let sample = match self.link.call(device.unit, op, device.timeout).await {
+                Ok(reply) => decode(point, &reply, 0).map_or(Sample::Bad, Sample::Good),
+                // Write-only properties may not be readable; the device
+                // confirmed the write, so show what was written.
+                Err(DriverError::Refused(_)) => Sample::Good(value),
+                Err(e) => return Err(e),
+            };
+            let (applied, visible) = oneshot::channel();
+            let update = Update {
+                device: device.name.clone(),
+                ts: now(),
+                status: None,
+                seen: true,
+                samples: vec![(point.name.clone(), sample)],
+                applied: Some(applied),
+            };
+            self.output
+                .send(update)
+                .await
+                .map_err(|_| DriverError::Stopped)?;
+            visible.await.map_err(|_| DriverError::Stopped)
+        })
+    }
+}

@@ -1,0 +1,221 @@
+//! The live view: each device's status and latest readings, as the API
+//! shows them.
+//!
+//! Only the store writer updates it, and only after the values it carries are
+//! durable, so nothing the API has shown can be lost to a crash.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use ferrite_models::{Project, Value};
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use crate::time::Micros;
+
+/// How much a reading can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// Read in the last poll.
+    Good,
+    /// The last read failed; this is the last good value.
+    Stale,
+    /// The device answered, but the value could not be read or decoded.
+    Bad,
+}
+
+/// Device status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Answering.
+    Online,
+    /// Not reachable, or not answering in time.
+    Offline,
+    /// Answering with errors (Modbus exceptions, undecodable values).
+    Error,
+}
+
+/// One property's latest reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// The value, if one was ever read.
+    pub value: Option<Value>,
+    /// Its quality.
+    pub quality: Quality,
+    /// When it was read (or last confirmed).
+    pub ts: Option<Micros>,
+}
+
+/// A device's live state.
+#[derive(Debug, Clone)]
+pub struct DeviceState {
+    /// Model name.
+    pub model: String,
+    /// Protocol key, such as `modbus-tcp`.
+    pub protocol: &'static str,
+    /// Current status.
+    pub status: Status,
+    /// When the device last answered.
+    pub last_seen: Option<Micros>,
+    /// Why it is offline or in error.
+    pub error: Option<String>,
+    /// Latest reading per property, in model order.
+    pub readings: IndexMap<String, Reading>,
+}
+
+/// What a driver learned about one property in one cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    /// A fresh value.
+    Good(Value),
+    /// The read failed; keep the last value, marked stale.
+    Stale,
+    /// The device answered but the value is unusable.
+    Bad,
+}
+
+/// All devices' live state.
+#[derive(Debug, Default)]
+pub struct Live {
+    devices: RwLock<HashMap<String, DeviceState>>,
+}
+
+impl Live {
+    /// One entry per device of `project`, offline with no readings yet.
+    pub fn new(project: &Project) -> Arc<Self> {
+        let mut devices = HashMap::new();
+        for (name, device) in &project.devices {
+            let d = &device.value;
+            let readings = project
+                .models
+                .get(&d.model)
+                .map(|m| {
+                    m.value
+                        .properties
+                        .keys()
+                        .map(|p| {
+                            let empty = Reading {
+                                value: None,
+                                quality: Quality::Bad,
+                                ts: None,
+                            };
+                            (p.clone(), empty)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            devices.insert(
+                name.clone(),
+                DeviceState {
+                    model: d.model.clone(),
+                    protocol: d.protocol().map_or("none", |p| p.key()),
+                    status: Status::Offline,
+                    last_seen: None,
+                    error: Some("not polled yet".into()),
+                    readings,
+                },
+            );
+        }
+        Arc::new(Live {
+            devices: RwLock::new(devices),
+        })
+    }
+
+    /// A copy of one device's state.
+    pub fn device(&self, name: &str) -> Option<DeviceState> {
+        self.read().get(name).cloned()
+    }
+
+    /// Copies of every device's state, sorted by name.
+    pub fn devices(&self) -> Vec<(String, DeviceState)> {
+        let mut all: Vec<_> = self
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Restores a value from the store at start-up, marked stale until the
+    /// device is read again.
+    pub fn restore(&self, device: &str, property: &str, value: Value, ts: Micros) {
+        let mut devices = self.write();
+        if let Some(reading) = devices
+            .get_mut(device)
+            .and_then(|d| d.readings.get_mut(property))
+        {
+            *reading = Reading {
+                value: Some(value),
+                quality: Quality::Stale,
+                ts: Some(ts),
+            };
+        }
+    }
+
+    /// Applies one driver update.
+    pub fn apply(&self, update: &Update) {
+        let mut devices = self.write();
+        let Some(state) = devices.get_mut(&*update.device) else {
+            return;
+        };
+        if let Some((status, error)) = &update.status {
+            state.status = *status;
+            state.error.clone_from(error);
+        }
+        if update.seen {
+            state.last_seen = Some(update.ts);
+        }
+        for (property, sample) in &update.samples {
+            let Some(reading) = state.readings.get_mut(&**property) else {
+                continue;
+            };
+            match sample {
+                Sample::Good(v) => {
+                    *reading = Reading {
+                        value: Some(v.clone()),
+                        quality: Quality::Good,
+                        ts: Some(update.ts),
+                    }
+                }
+                Sample::Stale => reading.quality = Quality::Stale,
+                Sample::Bad => {
+                    reading.quality = Quality::Bad;
+                    reading.ts = Some(update.ts);
+                }
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, DeviceState>> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.devices
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, DeviceState>> {
+        self.devices
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What a driver reports after a poll cycle or a write.
+#[derive(Debug)]
+pub struct Update {
+    /// The device.
+    pub device: Arc<str>,
+    /// When the values were read.
+    pub ts: Micros,
+    /// New status, if it should change.
+    pub status: Option<(Status, Option<String>)>,
+    /// Whether the device answered at all.
+    pub seen: bool,
+    /// Per-property results.
+    pub samples: Vec<(Arc<str>, Sample)>,
+    /// Signalled once the update is durable and visible.
+    pub applied: Option<tokio::sync::oneshot::Sender<()>>,
+}

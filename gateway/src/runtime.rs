@@ -1,0 +1,182 @@
+//! Wiring: store, live view, drivers and API, started together and stopped
+//! together.
+//!
+//! [`Gateway::start`] validates nothing itself: it takes a project that
+//! passed `ferrite check`. [`Gateway::stop`] cancels every task, lets the
+//! store writer drain and fsync, and returns within [`STOP_DEADLINE`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_models::Project;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::drivers::{self, DriverContext};
+use crate::live::Live;
+use crate::store::writer::{self, Writer, WriterStats};
+use crate::store::{SledStore, Store};
+
+/// How long stopping may take before the rest is abandoned.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Driver updates queued for the store writer, at most. When full, drivers
+/// wait (see `store::writer`).
+pub const UPDATE_QUEUE: usize = 16 * 1024;
+
+/// Where to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The API's address; default from the config.
+    pub listen: Option<SocketAddr>,
+    /// The data folder; default from the config.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The project has no config section (it did not load).
+    #[error("the project has no config")]
+    NoConfig,
+    /// The store did not open.
+    #[error("cannot open the store in {0}: {1}")]
+    Store(PathBuf, crate::store::StoreError),
+    /// The API address is taken or not allowed.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// The API's actual address (useful with port 0).
+    pub addr: SocketAddr,
+    /// Shared with the API.
+    pub state: AppState,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    writer_done: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Opens the store, starts the drivers and serves the API.
+    pub async fn start(project: Project, options: Options) -> Result<Gateway, StartError> {
+        let config = project
+            .config
+            .as_ref()
+            .ok_or(StartError::NoConfig)?
+            .value
+            .clone();
+        let data_dir = options
+            .data_dir
+            .unwrap_or_else(|| project.resolve(&config.gateway.data_dir));
+        let listen = options.listen.unwrap_or(config.api.listen);
+
+        let store: Arc<dyn Store> = Arc::new(
+            SledStore::open(&data_dir).map_err(|e| StartError::Store(data_dir.clone(), e))?,
+        );
+        let live = Live::new(&project);
+        let stats = Arc::new(WriterStats::default());
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let (output, updates) = mpsc::channel(UPDATE_QUEUE);
+        let writer = Writer::new(store.clone(), live.clone(), &project, stats.clone());
+        // The writer outlives the other tasks: it stops once they are gone and
+        // the queue is drained.
+        let writer_stop = CancellationToken::new();
+        let writer_done = tokio::spawn(writer.run(updates, writer_stop.clone()));
+        tasks.spawn({
+            let token = shutdown.clone();
+            async move {
+                token.cancelled().await;
+                writer_stop.cancel();
+            }
+        });
+        tasks.spawn(writer::retention(
+            store.clone(),
+            config.store.history_age.get(),
+            config.store.history_mib.saturating_mul(1024 * 1024),
+            shutdown.clone(),
+        ));
+
+        let ctx = DriverContext {
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+            output,
+        };
+        let mut writers = HashMap::new();
+        for driver in drivers::build_all(&project) {
+            tracing::info!("starting the {} driver", driver.name());
+            writers.extend(driver.start(ctx.clone()));
+        }
+        drop(ctx);
+
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| StartError::Listen(listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(listen, e))?;
+        let state = AppState {
+            project: Arc::new(project),
+            live,
+            store,
+            writers: Arc::new(writers),
+            stats,
+        };
+        let app = api::router(state.clone());
+        let api_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { api_shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!("API server failed: {e}");
+            }
+        });
+        tasks.close();
+        tracing::info!("serving the API on http://{addr}");
+        Ok(Gateway {
+            addr,
+            state,
+            shutdown,
+            tasks,
+            writer_done,
+        })
+    }
+
+    /// A token that stops the gateway when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops every task, drains and flushes the store. Returns whether it all
+    /// finished within [`STOP_DEADLINE`].
+    pub async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        let Gateway {
+            tasks,
+            writer_done,
+            state,
+            ..
+        } = self;
+        // The API state holds writers, which hold queue senders: drop ours.
+        drop(state);
+        let done = tokio::time::timeout(STOP_DEADLINE, async move {
+            tasks.wait().await;
+            let _ = writer_done.await;
+        })
+        .await
+        .is_ok();
+        if !done {
+            tracing::error!("stop took longer than {STOP_DEADLINE:?}; some tasks were abandoned");
+        }
+        done
+    }
+}

@@ -1,0 +1,88 @@
+//! The local store: the latest value of each property and a history of its
+//! changes past the deadband.
+//!
+//! - [`Store`]: the small storage interface the rest of the gateway sees.
+//! - [`sled_store`]: its implementation on sled, one `Db` per process.
+//! - [`writer`]: the one task that writes: it batches driver updates, makes
+//!   them durable, and only then shows them in the live view.
+
+pub mod sled_store;
+pub mod writer;
+
+use ferrite_models::Value;
+
+use crate::time::Micros;
+
+pub use sled_store::SledStore;
+
+/// Store failures. A full disk shows here as `Io`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled or the file system failed.
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    /// A record could not be decoded (a corrupt or foreign record).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// A value and when it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamped {
+    /// When.
+    pub ts: Micros,
+    /// What.
+    pub value: Value,
+}
+
+/// One change to record: a new value past the deadband.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Device name.
+    pub device: String,
+    /// Property name.
+    pub property: String,
+    /// The new value and its time.
+    pub at: Stamped,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// History entries removed for age.
+    pub by_age: u64,
+    /// History entries removed for size.
+    pub by_size: u64,
+}
+
+/// The storage interface.
+pub trait Store: Send + Sync + 'static {
+    /// Records changes durably (fsync): each becomes the latest value of its
+    /// property and an entry in its history. Readers never see a change
+    /// before it is durable, so nothing the API showed can be lost to a
+    /// crash.
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Every property's latest value, for start-up.
+    fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError>;
+    /// History of one property between `since` and `until` (inclusive),
+    /// oldest first, at most `limit` entries.
+    fn history(
+        &self,
+        device: &str,
+        property: &str,
+        since: Micros,
+        until: Micros,
+        limit: usize,
+    ) -> Result<Vec<Stamped>, StoreError>;
+    /// Drops history older than `before`, then the oldest entries until the
+    /// store is under `max_bytes`.
+    fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError>;
+    /// Bytes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}

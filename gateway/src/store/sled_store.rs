@@ -1,0 +1,350 @@
+//! [`Store`] on sled.
+//!
+//! Trees:
+//! - `series`: `device \0 property` → series id (u32, big-endian);
+//! - `latest`: series id → ts (i64 BE) + value;
+//! - `history`: series id + ts (both BE, so a prefix scan is time-ordered) →
+//!   value.
+//!
+//! Values are one tag byte plus the payload. sled can fail to re-acquire its
+//! file lock when a `Db` is reopened right after a drop (sled #1234), so the
+//! gateway opens exactly one per process and shares it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+
+use ferrite_models::Value;
+
+use super::{Change, Stamped, Store, StoreError, Trimmed};
+use crate::time::Micros;
+
+/// The sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+    series: sled::Tree,
+    latest: sled::Tree,
+    history: sled::Tree,
+    ids: Mutex<HashMap<(String, String), u32>>,
+    /// Held for writing from append to fsync, and for reading by queries, so
+    /// that a query never sees what a crash could still take away.
+    durable: RwLock<()>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            // The writer flushes explicitly after each batch; no timer needed.
+            .flush_every_ms(None)
+            .cache_capacity(16 * 1024 * 1024)
+            .open()?;
+        let series = db.open_tree("series")?;
+        let latest = db.open_tree("latest")?;
+        let history = db.open_tree("history")?;
+        let mut ids = HashMap::new();
+        for entry in series.iter() {
+            let (k, v) = entry?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            let (device, property) = name
+                .split_once('\0')
+                .ok_or_else(|| StoreError::Corrupt(name.clone()))?;
+            ids.insert((device.to_string(), property.to_string()), id_from(&v)?);
+        }
+        Ok(SledStore {
+            db,
+            series,
+            latest,
+            history,
+            ids: Mutex::new(ids),
+            durable: RwLock::new(()),
+        })
+    }
+
+    fn id(&self, device: &str, property: &str) -> Result<u32, StoreError> {
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(id) = ids.get(&(device.to_string(), property.to_string())) {
+            return Ok(*id);
+        }
+        let id =
+            u32::try_from(ids.len()).map_err(|_| StoreError::Corrupt("too many series".into()))?;
+        self.series.insert(
+            format!("{device}\0{property}").as_bytes(),
+            &id.to_be_bytes(),
+        )?;
+        ids.insert((device.to_string(), property.to_string()), id);
+        Ok(id)
+    }
+
+    fn known_id(&self, device: &str, property: &str) -> Option<u32> {
+        let ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.get(&(device.to_string(), property.to_string()))
+            .copied()
+    }
+}
+
+fn id_from(bytes: &[u8]) -> Result<u32, StoreError> {
+    let arr: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("series id".into()))?;
+    Ok(u32::from_be_bytes(arr))
+}
+
+fn history_key(id: u32, ts: Micros) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&id.to_be_bytes());
+    // Flip the sign bit so that negative times sort before positive ones.
+    key[4..].copy_from_slice(&((ts as u64) ^ (1 << 63)).to_be_bytes());
+    key
+}
+
+fn ts_from_key(key: &[u8]) -> Result<Micros, StoreError> {
+    let arr: [u8; 8] = key
+        .get(4..12)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("history key".into()))?;
+    Ok((u64::from_be_bytes(arr) ^ (1 << 63)) as i64)
+}
+
+/// Encodes a value: a tag byte, then the payload.
+pub fn encode_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Bool(b) => out.extend_from_slice(&[0, u8::from(*b)]),
+        Value::Int(i) => {
+            out.push(1);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        Value::Float(f) => {
+            out.push(2);
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Value::String(s) => {
+            out.push(3);
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+/// Decodes what [`encode_value`] wrote.
+pub fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("value {bytes:02x?}"));
+    let (tag, body) = bytes.split_first().ok_or_else(corrupt)?;
+    let eight = || -> Result<[u8; 8], StoreError> { body.try_into().map_err(|_| corrupt()) };
+    Ok(match tag {
+        0 => Value::Bool(body.first().ok_or_else(corrupt)? != &0),
+        1 => Value::Int(i64::from_be_bytes(eight()?)),
+        2 => Value::Float(f64::from_be_bytes(eight()?)),
+        3 => Value::String(String::from_utf8(body.to_vec()).map_err(|_| corrupt())?),
+        _ => return Err(corrupt()),
+    })
+}
+
+impl Store for SledStore {
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let _exclusive = self
+            .durable
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut history = sled::Batch::default();
+        let mut latest = sled::Batch::default();
+        let mut buf = Vec::with_capacity(32);
+        for change in changes {
+            let id = self.id(&change.device, &change.property)?;
+            buf.clear();
+            encode_value(&change.at.value, &mut buf);
+            history.insert(&history_key(id, change.at.ts)[..], buf.as_slice());
+            let mut record = change.at.ts.to_be_bytes().to_vec();
+            record.extend_from_slice(&buf);
+            latest.insert(&id.to_be_bytes()[..], record);
+        }
+        self.history.apply_batch(history)?;
+        self.latest.apply_batch(latest)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError> {
+        let ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut out = Vec::with_capacity(ids.len());
+        for ((device, property), id) in ids {
+            let Some(record) = self.latest.get(id.to_be_bytes())? else {
+                continue;
+            };
+            let ts_bytes: [u8; 8] = record
+                .get(..8)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| StoreError::Corrupt("latest record".into()))?;
+            let value = decode_value(&record[8..])?;
+            out.push((
+                device,
+                property,
+                Stamped {
+                    ts: i64::from_be_bytes(ts_bytes),
+                    value,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn history(
+        &self,
+        device: &str,
+        property: &str,
+        since: Micros,
+        until: Micros,
+        limit: usize,
+    ) -> Result<Vec<Stamped>, StoreError> {
+        let Some(id) = self.known_id(device, property) else {
+            return Ok(Vec::new());
+        };
+        let _shared = self
+            .durable
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::new();
+        for entry in self
+            .history
+            .range(history_key(id, since)..=history_key(id, until))
+            .take(limit)
+        {
+            let (k, v) = entry?;
+            out.push(Stamped {
+                ts: ts_from_key(&k)?,
+                value: decode_value(&v)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError> {
+        let ids: Vec<u32> = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .copied()
+            .collect();
+        let mut trimmed = Trimmed::default();
+        for id in &ids {
+            let mut batch = sled::Batch::default();
+            for entry in self
+                .history
+                .range(history_key(*id, i64::MIN)..history_key(*id, before))
+            {
+                batch.remove(entry?.0);
+                trimmed.by_age += 1;
+            }
+            self.history.apply_batch(batch)?;
+        }
+        // Over budget: drop the oldest tenth of every series, until under it
+        // or nothing is left to drop. sled reclaims space lazily, so the loop
+        // is bounded rather than trusting the size to fall at once.
+        for _ in 0..10 {
+            if self.db.size_on_disk()? <= max_bytes {
+                break;
+            }
+            let mut removed = 0;
+            for id in &ids {
+                let count = self.history.scan_prefix(id.to_be_bytes()).count();
+                let mut batch = sled::Batch::default();
+                for entry in self
+                    .history
+                    .scan_prefix(id.to_be_bytes())
+                    .take(count.div_ceil(10))
+                {
+                    batch.remove(entry?.0);
+                    removed += 1;
+                }
+                self.history.apply_batch(batch)?;
+            }
+            trimmed.by_size += removed;
+            if removed == 0 {
+                break;
+            }
+        }
+        Ok(trimmed)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(device: &str, property: &str, ts: Micros, value: Value) -> Change {
+        Change {
+            device: device.into(),
+            property: property.into(),
+            at: Stamped { ts, value },
+        }
+    }
+
+    #[test]
+    fn values_encode_and_decode() {
+        for v in [
+            Value::Bool(true),
+            Value::Int(-5),
+            Value::Float(2.5),
+            Value::String("hé".into()),
+        ] {
+            let mut buf = Vec::new();
+            encode_value(&v, &mut buf);
+            assert_eq!(decode_value(&buf).ok(), Some(v));
+        }
+        assert!(decode_value(&[9, 1]).is_err());
+        assert!(decode_value(&[]).is_err());
+        assert!(decode_value(&[1, 0]).is_err());
+    }
+
+    #[test]
+    fn history_is_ordered_ranged_limited_and_trimmed() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        let changes: Vec<Change> = (0..100)
+            .map(|i| change("d", "p", 1000 + i, Value::Int(i)))
+            .collect();
+        store.commit(&changes)?;
+        store.commit(&[change("d", "q", 5, Value::Bool(true))])?;
+        let all = store.history("d", "p", 0, i64::MAX, 1000)?;
+        assert_eq!(all.len(), 100);
+        assert!(all.windows(2).all(|w| w[0].ts < w[1].ts));
+        assert_eq!(store.history("d", "p", 1010, 1019, 1000)?.len(), 10);
+        assert_eq!(store.history("d", "p", 0, i64::MAX, 3)?.len(), 3);
+        assert!(store.history("d", "nope", 0, i64::MAX, 10)?.is_empty());
+        let latest = store.latest_all()?;
+        assert!(latest.contains(&(
+            "d".into(),
+            "p".into(),
+            Stamped {
+                ts: 1099,
+                value: Value::Int(99)
+            }
+        )));
+        let trimmed = store.trim(1050, u64::MAX)?;
+        assert_eq!(
+            trimmed.by_age, 51,
+            "everything before 1050 from p, and q's entry at 5"
+        );
+        assert_eq!(store.history("d", "p", 0, i64::MAX, 1000)?.len(), 50);
+        let trimmed = store.trim(0, 0)?;
+        assert!(trimmed.by_size > 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! The store writer: the one task that turns driver updates into durable
+//! history and then into what the API shows.
+//!
+//! Per batch (everything queued, up to [`MAX_BATCH`] updates): find the
+//! values that moved past their deadband, append them, fsync, and only then
+//! apply the batch to the live view and wake the writers waiting on it. If the
+//! store fails (a full disk, say), the batch is kept and retried with backoff;
+//! drivers then wait on the bounded queue (backpressure), so readings are
+//! delayed, never silently dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferrite_models::{Project, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Change, Stamped, Store};
+use crate::live::{Live, Sample, Update};
+use crate::time::{Micros, now};
+
+/// Most updates applied in one batch.
+pub const MAX_BATCH: usize = 4096;
+
+/// Counters the writer keeps, for `/metrics` and benchmarks.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Samples received from drivers.
+    pub samples: AtomicU64,
+    /// Changes written to history.
+    pub changes: AtomicU64,
+    /// Batches made durable.
+    pub batches: AtomicU64,
+    /// Store failures (each retried).
+    pub failures: AtomicU64,
+    /// Whether the last store attempt failed.
+    pub failing: AtomicBool,
+}
+
+/// What the writer needs to know about each property.
+pub struct PropertyInfo {
+    /// Its deadband, if any.
+    pub deadband: Option<f64>,
+}
+
+type Key = (Arc<str>, Arc<str>);
+
+/// The writer's state.
+pub struct Writer {
+    store: Arc<dyn Store>,
+    live: Arc<Live>,
+    stats: Arc<WriterStats>,
+    deadbands: HashMap<Key, Option<f64>>,
+    last: HashMap<Key, Value>,
+}
+
+impl Writer {
+    /// A writer for `project`'s properties, starting from what the store holds.
+    pub fn new(
+        store: Arc<dyn Store>,
+        live: Arc<Live>,
+        project: &Project,
+        stats: Arc<WriterStats>,
+    ) -> Self {
+        let mut deadbands = HashMap::new();
+        for (name, device) in &project.devices {
+            if let Some(model) = project.models.get(&device.value.model) {
+                for (prop, p) in &model.value.properties {
+                    deadbands.insert(
+                        (Arc::from(name.as_str()), Arc::from(prop.as_str())),
+                        p.deadband,
+                    );
+                }
+            }
+        }
+        let mut last = HashMap::new();
+        match store.latest_all() {
+            Ok(values) => {
+                for (device, property, at) in values {
+                    live.restore(&device, &property, at.value.clone(), at.ts);
+                    last.insert(
+                        (Arc::from(device.as_str()), Arc::from(property.as_str())),
+                        at.value,
+                    );
+                }
+            }
+            Err(e) => tracing::error!("cannot read the latest values from the store: {e}"),
+        }
+        Writer {
+            store,
+            live,
+            stats,
+            deadbands,
+            last,
+        }
+    }
+
+    /// Runs until every sender is gone, or `shutdown` fires and the queue is
+    /// drained. Everything received is durable when it returns.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Update>, shutdown: CancellationToken) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = tokio::select! {
+                biased;
+                update = rx.recv() => update,
+                () = shutdown.cancelled() => rx.try_recv().ok(),
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(update) => batch.push(update),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch, &shutdown).await;
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    async fn commit(&mut self, batch: &mut Vec<Update>, shutdown: &CancellationToken) {
+        let changes = Arc::new(self.changes(batch));
+        if !changes.is_empty() {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                // The batch stays here while the blocking task commits it, so
+                // a failure retries it rather than losing it.
+                match self.persist(changes.clone()).await {
+                    Ok(()) => {
+                        self.stats.failing.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.stats.failing.store(true, Ordering::Relaxed);
+                        tracing::error!("store write failed, will retry in {delay:?}: {e}");
+                        if shutdown.is_cancelled() {
+                            tracing::error!(
+                                "shutting down with {} changes not stored",
+                                changes.len()
+                            );
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            self.stats
+                .changes
+                .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        for mut update in batch.drain(..) {
+            self.live.apply(&update);
+            if let Some(ack) = update.applied.take() {
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    /// The samples of `batch` that moved past their deadband.
+    fn changes(&mut self, batch: &[Update]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for update in batch {
+            for (property, sample) in &update.samples {
+                self.stats.samples.fetch_add(1, Ordering::Relaxed);
+                let Sample::Good(value) = sample else {
+                    continue;
+                };
+                let key = (update.device.clone(), property.clone());
+                let deadband = self.deadbands.get(&key).copied().flatten();
+                let changed = self
+                    .last
+                    .get(&key)
+                    .is_none_or(|prev| value.changed_from(prev, deadband));
+                if changed {
+                    changes.push(Change {
+                        device: update.device.to_string(),
+                        property: property.to_string(),
+                        at: Stamped {
+                            ts: update.ts,
+                            value: value.clone(),
+                        },
+                    });
+                    self.last.insert(key, value.clone());
+                }
+            }
+        }
+        changes
+    }
+
+    async fn persist(&self, changes: Arc<Vec<Change>>) -> Result<(), super::StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.commit(&changes))
+            .await
+            .map_err(|e| super::StoreError::Io(format!("store task failed: {e}")))?
+    }
+}
+
+/// Trims history by age and size now and then, until `shutdown`.
+pub async fn retention(
+    store: Arc<dyn Store>,
+    max_age: Duration,
+    max_bytes: u64,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let before: Micros = now() - i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX);
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.trim(before, max_bytes)).await {
+            Ok(Ok(t)) if t.by_age + t.by_size > 0 => {
+                tracing::info!(
+                    "retention dropped {} entries by age and {} by size",
+                    t.by_age,
+                    t.by_size
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("retention failed: {e}"),
+            Err(e) => tracing::error!("retention task failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Helpers for the end-to-end tests: projects in temporary folders,
+//! simulated devices on port 0, HTTP calls, and waiting for conditions.
+
+#![allow(dead_code, missing_docs)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_gateway::runtime::{Gateway, Options};
+use ferrite_models::codec;
+use ferrite_models::model::ModbusBinding;
+use ferrite_models::{Project, Value};
+use ferrite_sim::bank::Endpoint;
+use serde_json::Value as Json;
+
+/// A project in a temporary folder.
+pub struct Files {
+    pub dir: tempfile::TempDir,
+}
+
+impl Files {
+    pub fn new() -> Files {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for sub in ["models", "devices", "rules"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        let files = Files { dir };
+        files.write(
+            "ferrite.toml",
+            "[gateway]\nid = \"test\"\ndata_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        );
+        files
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> &Files {
+        std::fs::write(self.dir.path().join(name), text).expect("write");
+        self
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("ferrite.toml")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Loads and checks the project; panics with the findings if it fails.
+    pub fn project(&self) -> Project {
+        let report = ferrite_models::check(&self.config());
+        let shown: Vec<String> = report.diagnostics.iter().map(ToString::to_string).collect();
+        assert!(report.is_ok(), "{shown:#?}");
+        report.project
+    }
+
+    pub async fn start(&self) -> Gateway {
+        let options = Options {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            data_dir: Some(self.data()),
+        };
+        Gateway::start(self.project(), options)
+            .await
+            .expect("gateway starts")
+    }
+}
+
+/// A TCP device file for `model` at `port`.
+pub fn tcp_device(name: &str, model: &str, port: u16, unit: u8, poll: &str) -> String {
+    format!(
+        "kind: Device\nname: {name}\nmodel: {model}\npoll: {poll}\ntimeout: 300ms\nmodbus-tcp: {{ host: 127.0.0.1, port: {port}, unit: {unit} }}\n"
+    )
+}
+
+/// Puts `value` into the simulator's bank as the binding encodes it.
+pub fn put(endpoint: &Arc<Endpoint>, unit: u8, binding: &ModbusBinding, value: &Value) {
+    let encoded = codec::encode(binding, value).expect("encodable");
+    endpoint.add_unit(unit);
+    endpoint
+        .units()
+        .get_mut(&unit)
+        .expect("unit")
+        .bank
+        .put(binding, &encoded);
+}
+
+/// Waits up to `limit` for `check` to hold, polling every 20 ms.
+pub async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A small HTTP client for the API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: std::net::SocketAddr) -> Api {
+        Api {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Json) {
+        let res = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Json::Null))
+    }
+
+    pub async fn put_raw(&self, path: &str, body: String) -> (u16, Json) {
+        let res = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("PUT");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Json::Null))
+    }
+
+    pub async fn write(&self, device: &str, property: &str, value: Json) -> (u16, Json) {
+        let body = serde_json::json!({ "value": value }).to_string();
+        self.put_raw(
+            &format!("/api/v1/devices/{device}/properties/{property}"),
+            body,
+        )
+        .await
+    }
+
+    pub async fn device(&self, id: &str) -> Json {
+        self.get(&format!("/api/v1/devices/{id}")).await.1
+    }
+
+    pub async fn status(&self, id: &str) -> String {
+        self.device(id).await["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits until the device shows `status`.
+    pub async fn wait_status(&self, id: &str, status: &str, limit: Duration) -> bool {
+        wait_until(limit, || async { self.status(id).await == status }).await
+    }
+}
+
+/// The path of a built binary of this workspace, next to the test binary.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join(name)
+}

@@ -1,0 +1,522 @@
+//! End to end over real sockets: simulated Modbus devices (ferrite-sim's
+//! servers, on port 0 or a pty), the gateway, and its REST API over HTTP.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Api, Files, put, tcp_device, wait_until};
+use ferrite_models::codec::{self, Encoded};
+use ferrite_models::model::ModbusBinding;
+use ferrite_models::{Project, Value};
+use ferrite_sim::bank::{Endpoint, Fault};
+use ferrite_sim::server::{RtuSim, TcpSim};
+use serde_json::json;
+use tokio_modbus::ExceptionCode;
+
+const SECS: Duration = Duration::from_secs(5);
+
+async fn sim() -> TcpSim {
+    TcpSim::start("127.0.0.1:0".parse().expect("addr"), Endpoint::new(true))
+        .await
+        .expect("sim starts")
+}
+
+fn binding(project: &Project, device: &str, property: &str) -> ModbusBinding {
+    project
+        .property(device, property)
+        .and_then(|p| p.modbus.clone())
+        .expect("binding")
+}
+
+const ALL_FORMATS: &str = r#"
+kind: DeviceModel
+name: all-formats
+properties:
+  u16:      { type: int,   access: readwrite, modbus: { table: holding, address: 0, format: u16 } }
+  i16:      { type: int,   access: readwrite, modbus: { table: holding, address: 1, format: i16 } }
+  u32_abcd: { type: int,   access: readwrite, modbus: { table: holding, address: 2, format: u32 } }
+  i32_cdab: { type: int,   access: readwrite, modbus: { table: holding, address: 4, format: i32, order: CDAB } }
+  u64_dcba: { type: int,   access: readwrite, modbus: { table: holding, address: 6, format: u64, order: DCBA } }
+  i64_badc: { type: int,   access: readwrite, modbus: { table: holding, address: 10, format: i64, order: BADC } }
+  f32_abcd: { type: float, access: readwrite, modbus: { table: holding, address: 14, format: f32 } }
+  f32_cdab: { type: float, access: readwrite, modbus: { table: holding, address: 16, format: f32, order: CDAB } }
+  f64_dcba: { type: float, access: readwrite, modbus: { table: holding, address: 18, format: f64, order: DCBA } }
+  f64_badc: { type: float, access: readwrite, modbus: { table: holding, address: 22, format: f64, order: BADC } }
+  text:     { type: string, access: readwrite, modbus: { table: holding, address: 26, format: string(10) } }
+  flag:     { type: bool,  access: readwrite, modbus: { table: holding, address: 40, bit: 3 } }
+  coil:     { type: bool,  access: readwrite, modbus: { table: coil, address: 0 } }
+  scaled:   { type: float, access: readwrite, min: -40, max: 200, modbus: { table: holding, address: 41, format: i16, scale: 0.1, offset: -40 } }
+"#;
+
+#[tokio::test]
+async fn every_format_and_order_round_trips_through_rest_and_the_wire() {
+    let sim = sim().await;
+    let files = Files::new();
+    files.write("models/all.yaml", ALL_FORMATS).write(
+        "devices/d.yaml",
+        &tcp_device("d", "all-formats", sim.addr.port(), 7, "200ms"),
+    );
+    let project = files.project();
+    sim.endpoint.add_unit(7);
+    // Bit 0 of the flag register is someone else's: a bit write must keep it.
+    sim.endpoint
+        .units()
+        .get_mut(&7)
+        .expect("unit")
+        .bank
+        .holding
+        .insert(40, 0b1);
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(
+        api.wait_status("d", "online", SECS).await,
+        "{}",
+        api.device("d").await
+    );
+
+    let cases = [
+        ("u16", json!(65535)),
+        ("i16", json!(-12345)),
+        ("u32_abcd", json!(4_000_000_000u64)),
+        ("i32_cdab", json!(-70_000)),
+        ("u64_dcba", json!(0x0102_0304_0506_0708u64)),
+        ("i64_badc", json!(-1_234_567_890_123i64)),
+        ("f32_abcd", json!(-1.5)),
+        ("f32_cdab", json!(55.5)),
+        ("f64_dcba", json!(12_345.678_9)),
+        ("f64_badc", json!(-0.001)),
+        ("text", json!("HELLO")),
+        ("flag", json!(true)),
+        ("coil", json!(true)),
+        ("scaled", json!(25.3)),
+    ];
+    for (property, value) in cases {
+        let (status, body) = api.write("d", property, value.clone()).await;
+        assert_eq!(status, 200, "{property}: {body}");
+        assert_eq!(
+            body["value"], value,
+            "{property}: the reading after the write"
+        );
+        assert_eq!(body["quality"], "good");
+        // The simulator holds exactly what the codec says the wire carries.
+        let b = binding(&project, "d", property);
+        let typed: Value = serde_json::from_value(value).expect("value");
+        let units = sim.endpoint.units();
+        let bank = &units[&7].bank;
+        match codec::encode(&b, &typed).expect("encodes") {
+            Encoded::Registers(regs) => {
+                assert_eq!(
+                    bank.registers(b.table, b.address, regs.len() as u16),
+                    regs,
+                    "{property}"
+                );
+            }
+            Encoded::Coil(on) => assert_eq!(bank.bits(b.table, b.address, 1), vec![on]),
+            Encoded::Bit { bit, on } => {
+                let reg = bank.registers(b.table, b.address, 1)[0];
+                assert_eq!(reg >> bit & 1 == 1, on);
+                assert_eq!(reg & 1, 1, "the other bits of the register are kept");
+            }
+        }
+    }
+    // Independent of the codec: known wire images.
+    let holding = |address: u16, count: u16| {
+        let units = sim.endpoint.units();
+        units[&7]
+            .bank
+            .registers(ferrite_models::model::Table::Holding, address, count)
+    };
+    assert_eq!(holding(16, 2), vec![0x0000, 0x425E], "55.5f32, CDAB");
+    assert_eq!(
+        holding(6, 4),
+        vec![0x0807, 0x0605, 0x0403, 0x0201],
+        "u64 DCBA is little-endian"
+    );
+    assert_eq!(holding(41, 1), vec![653], "(25.3 + 40) / 0.1");
+    assert_eq!(holding(26, 2), vec![0x4845, 0x4C4C], "HE LL");
+    // Function codes: 06 for one register, 16 for more, 05 for a coil.
+    let writes: Vec<(u8, u16)> = sim
+        .endpoint
+        .seen()
+        .iter()
+        .filter(|s| matches!(s.function, 5 | 6 | 15 | 16))
+        .map(|s| (s.function, s.address))
+        .collect();
+    assert!(
+        writes.contains(&(6, 0)) && writes.contains(&(16, 16)) && writes.contains(&(5, 0)),
+        "{writes:?}"
+    );
+    assert!(gw.stop().await);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn neighbouring_registers_are_read_in_one_request() {
+    let sim = sim().await;
+    let files = Files::new();
+    let mut model = String::from("kind: DeviceModel\nname: m\nproperties:\n");
+    for i in 0..10 {
+        model.push_str(&format!(
+            "  r{i}: {{ type: int, modbus: {{ table: holding, address: {i} }} }}\n"
+        ));
+    }
+    model.push_str(
+        "  far: { type: float, modbus: { table: holding, address: 100, format: f32 } }\n",
+    );
+    model.push_str("  inp: { type: int, modbus: { table: input, address: 0 } }\n");
+    model.push_str("  c0: { type: bool, modbus: { table: coil, address: 0 } }\n");
+    model.push_str("  c1: { type: bool, modbus: { table: coil, address: 1 } }\n");
+    files.write("models/m.yaml", &model).write(
+        "devices/d.yaml",
+        &tcp_device("d", "m", sim.addr.port(), 1, "100ms"),
+    );
+    sim.endpoint.add_unit(1);
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(api.wait_status("d", "online", SECS).await);
+    sim.endpoint.clear_seen();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let seen = sim.endpoint.seen();
+    let mut blocks: Vec<(u8, u16, u16)> = seen
+        .iter()
+        .map(|s| (s.function, s.address, s.count))
+        .collect();
+    let total = blocks.len();
+    blocks.sort_unstable();
+    blocks.dedup();
+    // 14 properties, 4 requests per poll: 10 registers, 2 registers, 1 input, 2 coils.
+    assert_eq!(blocks, vec![(1, 0, 2), (3, 0, 10), (3, 100, 2), (4, 0, 1)]);
+    let cycles = total / 4;
+    assert!(
+        (8..=12).contains(&cycles) && total % 4 <= 3,
+        "{total} requests in one second at 100 ms"
+    );
+    assert!(gw.stop().await);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn two_devices_share_one_rtu_bus_one_request_at_a_time() {
+    let endpoint = Endpoint::new(false);
+    endpoint.set_delay(Duration::from_millis(15));
+    let rtu = RtuSim::start(endpoint.clone(), None).expect("pty pair");
+    let files = Files::new();
+    files.write(
+        "models/t.yaml",
+        "kind: DeviceModel\nname: t\nproperties:\n  v: { type: int, modbus: { table: holding, address: 0 } }\n",
+    );
+    for (name, unit) in [("a", 1), ("b", 2)] {
+        let device = format!(
+            "kind: Device\nname: {name}\nmodel: t\npoll: 50ms\ntimeout: 500ms\nmodbus-rtu: {{ port: {}, baud: 19200, unit: {unit} }}\n",
+            rtu.path.display()
+        );
+        files.write(&format!("devices/{name}.yaml"), &device);
+    }
+    let project = files.project();
+    put(&endpoint, 1, &binding(&project, "a", "v"), &Value::Int(111));
+    put(&endpoint, 2, &binding(&project, "b", "v"), &Value::Int(222));
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(
+        api.wait_status("a", "online", SECS).await,
+        "{}",
+        api.device("a").await
+    );
+    assert!(
+        api.wait_status("b", "online", SECS).await,
+        "{}",
+        api.device("b").await
+    );
+    endpoint.clear_seen();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(api.device("a").await["properties"]["v"]["value"], 111);
+    assert_eq!(api.device("b").await["properties"]["v"]["value"], 222);
+    let seen = endpoint.seen();
+    let units: std::collections::HashSet<u8> = seen.iter().map(|s| s.unit).collect();
+    assert_eq!(units, [1, 2].into());
+    // Every answer takes 15 ms; had the gateway sent a request before the
+    // previous answer, the bus would have carried two frames at once and the
+    // slave, which serves one at a time, would have seen garbage and stopped
+    // answering. Both devices stay online with their own values, and the
+    // request count stays within what one-at-a-time allows.
+    assert!(seen.len() >= 20, "{} requests", seen.len());
+    assert!(
+        seen.len() <= 1000 / 15 + 1,
+        "{} requests in 1 s cannot be one at a time",
+        seen.len()
+    );
+    assert_eq!(api.status("a").await, "online");
+    assert!(gw.stop().await);
+    rtu.stop().await;
+}
+
+#[tokio::test]
+async fn faults_show_and_recover() {
+    let sim = sim().await;
+    let files = Files::new();
+    files
+        .write(
+            "models/t.yaml",
+            "kind: DeviceModel\nname: t\nproperties:\n  v: { type: int, access: readwrite, modbus: { table: holding, address: 0 } }\n",
+        )
+        .write("devices/d.yaml", &tcp_device("d", "t", sim.addr.port(), 1, "100ms"));
+    let project = files.project();
+    put(
+        &sim.endpoint,
+        1,
+        &binding(&project, "d", "v"),
+        &Value::Int(5),
+    );
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(api.wait_status("d", "online", SECS).await);
+
+    // Silence: offline, the value goes stale, writes time out (504).
+    sim.endpoint.set_fault(1, Fault::Silent);
+    assert!(api.wait_status("d", "offline", SECS).await);
+    let d = api.device("d").await;
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not answer"),
+        "{d}"
+    );
+    assert_eq!(d["properties"]["v"]["quality"], "stale");
+    assert_eq!(
+        d["properties"]["v"]["value"], 5,
+        "the last good value stays"
+    );
+    let (status, body) = api.write("d", "v", json!(6)).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "device_timeout");
+    sim.endpoint.set_fault(1, Fault::None);
+    assert!(api.wait_status("d", "online", SECS).await);
+
+    // An exception, reported by name; writes answer 502.
+    sim.endpoint
+        .set_fault(1, Fault::Exception(ExceptionCode::ServerDeviceFailure));
+    assert!(api.wait_status("d", "error", SECS).await);
+    let d = api.device("d").await;
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ServerDeviceFailure"),
+        "{d}"
+    );
+    assert_eq!(d["properties"]["v"]["quality"], "bad");
+    let (status, body) = api.write("d", "v", json!(6)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("device_refused")),
+        "{body}"
+    );
+    sim.endpoint.set_fault(1, Fault::None);
+    assert!(api.wait_status("d", "online", SECS).await);
+
+    // The server goes away: offline with the reason, writes answer 503, and
+    // the device comes back when the server does.
+    let addr = sim.addr;
+    let endpoint = sim.endpoint.clone();
+    sim.stop().await;
+    assert!(api.wait_status("d", "offline", SECS).await);
+    let (status, body) = api.write("d", "v", json!(6)).await;
+    assert!(status == 503 || status == 504, "{status} {body}");
+    let sim = TcpSim::start(addr, endpoint).await.expect("restart");
+    assert!(
+        api.wait_status("d", "online", Duration::from_secs(10))
+            .await,
+        "{}",
+        api.device("d").await
+    );
+    let (status, body) = api.write("d", "v", json!(6)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(gw.stop().await);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_device_does_not_slow_the_others() {
+    let healthy = sim().await;
+    let dead = sim().await;
+    let files = Files::new();
+    files
+        .write(
+            "models/t.yaml",
+            "kind: DeviceModel\nname: t\nproperties:\n  v: { type: int, modbus: { table: holding, address: 0 } }\n",
+        )
+        .write("devices/ok.yaml", &tcp_device("ok", "t", healthy.addr.port(), 1, "100ms"))
+        .write("devices/dead.yaml", &tcp_device("dead", "t", dead.addr.port(), 1, "100ms"));
+    healthy.endpoint.add_unit(1);
+    dead.endpoint.set_fault(1, Fault::Silent);
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(api.wait_status("ok", "online", SECS).await);
+    assert!(api.wait_status("dead", "offline", SECS).await);
+    healthy.endpoint.clear_seen();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let polls = healthy.endpoint.requests();
+    assert!(
+        (8..=12).contains(&polls),
+        "{polls} polls in 1 s at 100 ms while a neighbour hangs"
+    );
+    assert!(gw.stop().await);
+    healthy.stop().await;
+    dead.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let sim = sim().await;
+    let files = Files::new();
+    files
+        .write(
+            "models/t.yaml",
+            "kind: DeviceModel\nname: t\nproperties:\n  ro: { type: int, modbus: { table: input, address: 0 } }\n  sp: { type: float, access: readwrite, min: 20, max: 90, modbus: { table: holding, address: 0, format: f32 } }\n",
+        )
+        .write("devices/d.yaml", &tcp_device("d", "t", sim.addr.port(), 1, "100ms"));
+    sim.endpoint.add_unit(1);
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(api.wait_status("d", "online", SECS).await);
+    let before = sim
+        .endpoint
+        .seen()
+        .iter()
+        .filter(|s| s.function == 16)
+        .count();
+
+    let cases: Vec<(u16, &str, (u16, serde_json::Value))> = vec![
+        (
+            404,
+            "unknown_device",
+            api.write("nope", "sp", json!(30)).await,
+        ),
+        (
+            404,
+            "unknown_property",
+            api.write("d", "nope", json!(30)).await,
+        ),
+        (403, "read_only", api.write("d", "ro", json!(1)).await),
+        (400, "out_of_range", api.write("d", "sp", json!(95)).await),
+        (400, "wrong_type", api.write("d", "sp", json!("hot")).await),
+        (
+            400,
+            "bad_request",
+            api.put_raw("/api/v1/devices/d/properties/sp", "{\"value\":".into())
+                .await,
+        ),
+        (
+            400,
+            "bad_request",
+            api.put_raw("/api/v1/devices/d/properties/sp", "{\"valu\": 30}".into())
+                .await,
+        ),
+        (404, "unknown_device", api.get("/api/v1/devices/nope").await),
+        (
+            404,
+            "unknown_property",
+            api.get("/api/v1/devices/d/properties/nope").await,
+        ),
+        (
+            400,
+            "bad_request",
+            api.get("/api/v1/devices/d/properties/sp/history?since=yesterday")
+                .await,
+        ),
+        (
+            400,
+            "bad_request",
+            api.get("/api/v1/devices/d/properties/sp/history?limit=0")
+                .await,
+        ),
+        (404, "not_found", api.get("/api/v2/everything").await),
+    ];
+    for (i, (status, code, (got, body))) in cases.into_iter().enumerate() {
+        assert_eq!(got, status, "case {i}: {body}");
+        assert_eq!(body["error"]["code"], code, "case {i}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "case {i}"
+        );
+    }
+    let (status, body) = api
+        .put_raw(
+            "/api/v1/devices/d/properties/sp",
+            format!("{{\"value\": \"{}\"}}", "x".repeat(100_000)),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("body_too_large")),
+        "an oversized body is refused"
+    );
+    let after = sim
+        .endpoint
+        .seen()
+        .iter()
+        .filter(|s| s.function == 16)
+        .count();
+    assert_eq!(before, after, "no refused write reached the device");
+    // And a good one does, answered after the device confirmed it.
+    let (status, body) = api.write("d", "sp", json!(42.5)).await;
+    assert_eq!((status, body["value"].as_f64()), (200, Some(42.5)));
+    let history = api.get("/api/v1/devices/d/properties/sp/history").await.1;
+    assert_eq!(
+        history
+            .as_array()
+            .and_then(|h| h.last())
+            .map(|e| e["value"].clone()),
+        Some(json!(42.5))
+    );
+    assert!(gw.stop().await);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn history_keeps_changes_past_the_deadband_only() {
+    let sim = sim().await;
+    let files = Files::new();
+    files
+        .write(
+            "models/t.yaml",
+            "kind: DeviceModel\nname: t\nproperties:\n  t: { type: float, deadband: 1.0, modbus: { table: holding, address: 0, format: f32 } }\n",
+        )
+        .write("devices/d.yaml", &tcp_device("d", "t", sim.addr.port(), 1, "50ms"));
+    let project = files.project();
+    let b = binding(&project, "d", "t");
+    put(&sim.endpoint, 1, &b, &Value::Float(20.0));
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(api.wait_status("d", "online", SECS).await);
+    let endpoint: Arc<Endpoint> = sim.endpoint.clone();
+    for v in [20.4, 20.8, 21.0, 21.5, 25.0, 24.5] {
+        put(&endpoint, 1, &b, &Value::Float(v));
+        let shown = wait_until(SECS, || async {
+            api.device("d").await["properties"]["t"]["value"] == json!(v)
+        })
+        .await;
+        // Within the deadband, the shown value stays at the last stored one.
+        if !shown {
+            assert!(
+                [20.4, 20.8, 21.5, 24.5].contains(&v),
+                "{v} should have been shown"
+            );
+        }
+    }
+    let history = api.get("/api/v1/devices/d/properties/t/history").await.1;
+    let values: Vec<f64> = history
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["value"].as_f64())
+        .collect();
+    assert_eq!(values, vec![20.0, 21.0, 25.0]);
+    assert!(gw.stop().await);
+    sim.stop().await;
+}

@@ -1,0 +1,163 @@
+//! The `ferrite run` process: a clean stop on SIGTERM, and no loss of what
+//! the API had shown when the process is killed with SIGKILL.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Api, Files, put, tcp_device, wait_until};
+use ferrite_models::Value;
+use ferrite_sim::bank::Endpoint;
+use ferrite_sim::server::TcpSim;
+use serde_json::Value as Json;
+
+const MODEL: &str = "kind: DeviceModel\nname: t\nproperties:\n  n: { type: int, modbus: { table: holding, address: 0, format: u32 } }\n";
+
+struct Running {
+    child: Child,
+    api: Api,
+}
+
+/// Starts `ferrite run` on a free port and waits until it serves.
+async fn start(files: &Files) -> Running {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["run", "--config"])
+        .arg(files.config())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ferrite starts");
+    let api = Api::new(format!("127.0.0.1:{port}").parse().expect("addr"));
+    let up = wait_until(Duration::from_secs(10), || async {
+        reqwest::get(format!("{}/healthz", api.base))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(up, "ferrite did not start serving");
+    Running { child, api }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name}");
+}
+
+async fn history(api: &Api) -> Vec<Json> {
+    api.get("/api/v1/devices/d/properties/n/history?limit=10000")
+        .await
+        .1
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A simulator whose register counts up every 20 ms, so every poll is a change.
+async fn counting_sim(files: &Files) -> (TcpSim, tokio::task::JoinHandle<()>) {
+    let sim = TcpSim::start("127.0.0.1:0".parse().expect("addr"), Endpoint::new(true))
+        .await
+        .expect("sim");
+    files.write("models/t.yaml", MODEL).write(
+        "devices/d.yaml",
+        &tcp_device("d", "t", sim.addr.port(), 1, "20ms"),
+    );
+    let binding = files
+        .project()
+        .property("d", "n")
+        .and_then(|p| p.modbus.clone())
+        .expect("binding");
+    let endpoint = sim.endpoint.clone();
+    let counter = tokio::spawn(async move {
+        for i in 0i64.. {
+            put(&endpoint, 1, &binding, &Value::Int(i));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (sim, counter)
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_within_five_seconds() {
+    let files = Files::new();
+    let (sim, counter) = counting_sim(&files).await;
+    let mut run = start(&files).await;
+    assert!(
+        run.api
+            .wait_status("d", "online", Duration::from_secs(5))
+            .await
+    );
+    let before = history(&run.api).await.len();
+    signal(&run.child, "TERM");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = run.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    // Everything shown before the stop is still there.
+    let again = start(&files).await;
+    assert!(history(&again.api).await.len() >= before);
+    let mut again = again;
+    signal(&again.child, "KILL");
+    let _ = again.child.wait();
+    counter.abort();
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sigkill_loses_nothing_the_api_had_shown() {
+    let files = Files::new();
+    let (sim, counter) = counting_sim(&files).await;
+    for round in 0..3 {
+        let mut run = start(&files).await;
+        assert!(
+            run.api
+                .wait_status("d", "online", Duration::from_secs(5))
+                .await
+        );
+        // Let it store for a while, then read what the API shows, and kill it
+        // while the counter is still running and new changes are in flight.
+        tokio::time::sleep(Duration::from_millis(300 + round * 170)).await;
+        let shown = history(&run.api).await;
+        let latest = run.api.get("/api/v1/devices/d/properties/n").await.1;
+        signal(&run.child, "KILL");
+        let _ = run.child.wait();
+        assert!(
+            shown.len() >= 5,
+            "round {round}: only {} changes stored",
+            shown.len()
+        );
+
+        let mut after = start(&files).await;
+        let kept = history(&after.api).await;
+        for entry in &shown {
+            assert!(
+                kept.contains(entry),
+                "round {round}: {entry} was shown, then lost"
+            );
+        }
+        let restored = after.api.get("/api/v1/devices/d/properties/n").await.1;
+        assert!(
+            restored["value"].as_i64() >= latest["value"].as_i64(),
+            "round {round}: latest went back from {latest} to {restored}"
+        );
+        signal(&after.child, "KILL");
+        let _ = after.child.wait();
+    }
+    counter.abort();
+    sim.stop().await;
+}
