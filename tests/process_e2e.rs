@@ -161,3 +161,62 @@ async fn sigkill_loses_nothing_the_api_had_shown() {
     counter.abort();
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_serves_changing_modbus_values() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    let api = Api::new(format!("127.0.0.1:{port}").parse().expect("addr"));
+    let serving = wait_until(Duration::from_secs(10), || async {
+        reqwest::get(format!("{}/healthz", api.base))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(serving, "the demo did not start serving");
+    let since = Instant::now();
+    assert!(
+        api.wait_status("boiler-1", "online", Duration::from_secs(2))
+            .await,
+        "boiler-1 online within 2 s"
+    );
+    assert!(
+        api.wait_status("meter-1", "online", Duration::from_secs(2))
+            .await
+    );
+    assert!(since.elapsed() < Duration::from_secs(2));
+    let first = api.device("meter-1").await["properties"]["energy"]["value"].clone();
+    let changed = wait_until(Duration::from_secs(5), || async {
+        api.device("meter-1").await["properties"]["energy"]["value"] != first
+    })
+    .await;
+    assert!(changed, "the energy counter moves");
+    let (status, body) = api
+        .write("boiler-1", "setpoint", serde_json::json!(61.5))
+        .await;
+    assert_eq!(
+        (status, body["value"].as_f64()),
+        (200, Some(61.5)),
+        "{body}"
+    );
+    signal(&child, "TERM");
+    let status = child.wait().expect("exit");
+    assert!(status.success());
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut out);
+    }
+    assert!(
+        out.contains("/api/v1/devices") && out.contains("curl -X PUT"),
+        "{out}"
+    );
+}

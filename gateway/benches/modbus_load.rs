@@ -1,0 +1,320 @@
+//! Load benchmark: many simulated Modbus devices polled by a `ferrite run`
+//! process, while REST writes go through. Prints figures; asserts nothing.
+//!
+//! ```sh
+//! cargo bench -p ferrite-gateway --bench modbus_load
+//! # smaller or larger: DEVICES=200 REGISTERS=50 SECONDS=10 cargo bench ...
+//! ```
+//!
+//! Setup: DEVICES devices × REGISTERS u16 holding registers, polled every
+//! second, behind simulated TCP gateways of UNITS_PER_PORT unit ids each (the
+//! simulator runs in this process, the gateway in its own, so the figures
+//! below are the gateway's alone). CHANGE_PERCENT of the registers change
+//! every second, so that part of the load also reaches the store.
+//!
+//! Figures: points/s ingested (from the gateway's own counter), the gateway's
+//! CPU (from /proc, as a percentage of one core) and RSS, REST write latency
+//! p50/p99 under that load, and the requests/s one TCP connection carries.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrite_gateway::drivers::modbus::link::{self, LinkKey, Op};
+use ferrite_models::model::Table;
+use ferrite_sim::bank::Endpoint;
+use ferrite_sim::server::TcpSim;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Proc {
+    pid: u32,
+}
+
+impl Proc {
+    /// utime + stime, in clock ticks (100 per second on Linux).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12)
+    }
+
+    fn status_kib(&self, key: &str) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let Ok(res) = client.get(format!("{base}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = res.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let devices = env("DEVICES", 1000);
+    let registers = env("REGISTERS", 100).clamp(1, 125);
+    let per_port = env("UNITS_PER_PORT", 20).clamp(1, 247);
+    let seconds = env("SECONDS", 20);
+    let change_percent = env("CHANGE_PERCENT", 10).min(100);
+    println!(
+        "modbus_load: {devices} devices x {registers} registers at 1 s, {per_port} units per TCP port, \
+         {change_percent}% changing each second, {seconds} s window"
+    );
+
+    // Simulated TCP gateways.
+    let ports = devices.div_ceil(per_port);
+    let mut sims = Vec::new();
+    for _ in 0..ports {
+        let endpoint = Endpoint::new(true);
+        let sim = TcpSim::start("127.0.0.1:0".parse().expect("addr"), endpoint)
+            .await
+            .expect("sim");
+        sims.push(sim);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    for sub in ["models", "devices", "rules"] {
+        std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+    }
+    std::fs::write(
+        root.join("ferrite.toml"),
+        "[gateway]\nid = \"bench\"\ndata_dir = \"data\"\n",
+    )
+    .expect("config");
+    let mut model = String::from("kind: DeviceModel\nname: m\nproperties:\n");
+    for r in 0..registers {
+        let _ = writeln!(
+            model,
+            "  r{r}: {{ type: int, modbus: {{ table: holding, address: {r} }} }}"
+        );
+    }
+    let _ = writeln!(
+        model,
+        "  sp: {{ type: int, access: readwrite, min: 0, max: 60000, modbus: {{ table: holding, address: 200 }} }}"
+    );
+    std::fs::write(root.join("models/m.yaml"), model).expect("model");
+    let mut placement = Vec::new();
+    for d in 0..devices {
+        let sim = &sims[d / per_port];
+        let unit = u8::try_from(d % per_port + 1).unwrap_or(1);
+        sim.endpoint.add_unit(unit);
+        let file = format!(
+            "kind: Device\nname: d{d}\nmodel: m\npoll: 1s\nmodbus-tcp: {{ host: 127.0.0.1, port: {}, unit: {unit} }}\n",
+            sim.addr.port()
+        );
+        std::fs::write(root.join(format!("devices/d{d}.yaml")), file).expect("device");
+        placement.push((sim.endpoint.clone(), unit));
+    }
+
+    // Values that change: CHANGE_PERCENT of each device's registers, every second.
+    let changing = registers * change_percent / 100;
+    let animate: Vec<(Arc<Endpoint>, u8)> = placement.clone();
+    let animator = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        for step in 0u16.. {
+            tick.tick().await;
+            for (endpoint, unit) in &animate {
+                let mut units = endpoint.units();
+                if let Some(u) = units.get_mut(unit) {
+                    for r in 0..changing {
+                        u.bank
+                            .holding
+                            .insert(r as u16, step.wrapping_mul(7).wrapping_add(r as u16));
+                    }
+                }
+            }
+        }
+    });
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["run", "--config"])
+        .arg(root.join("ferrite.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ferrite");
+    let gw = Proc { pid: child.id() };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+
+    // Wait until every device is online.
+    let started = Instant::now();
+    loop {
+        let up = metric(&client, &base, "ferrite_samples_total").await;
+        let online = match client.get(format!("{base}/api/v1/devices")).send().await {
+            Ok(res) => res
+                .json::<Vec<HashMap<String, serde_json::Value>>>()
+                .await
+                .map(|all| {
+                    all.iter()
+                        .filter(|d| d.get("status").and_then(|s| s.as_str()) == Some("online"))
+                        .count()
+                })
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if online == devices && up > 0.0 {
+            println!(
+                "all {devices} devices online after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            println!("only {online} of {devices} devices online after 60 s; measuring anyway");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The measured window, with writes going through.
+    let samples0 = metric(&client, &base, "ferrite_samples_total").await;
+    let changes0 = metric(&client, &base, "ferrite_changes_stored_total").await;
+    let cpu0 = gw.cpu_ticks();
+    let t0 = Instant::now();
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    let mut i = 0u32;
+    while t0.elapsed() < Duration::from_secs(seconds as u64) {
+        let device = (i as usize * 37) % devices;
+        let url = format!("{base}/api/v1/devices/d{device}/properties/sp");
+        let body = serde_json::json!({ "value": i % 60000 });
+        let sent = Instant::now();
+        match client.put(url).json(&body).send().await {
+            Ok(res) if res.status().is_success() => latencies.push(sent.elapsed()),
+            _ => failures += 1,
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu_secs = (gw.cpu_ticks() - cpu0) as f64 / 100.0;
+    let samples = metric(&client, &base, "ferrite_samples_total").await - samples0;
+    let changes = metric(&client, &base, "ferrite_changes_stored_total").await - changes0;
+    let rss = gw.status_kib("VmRSS:");
+    let peak = gw.status_kib("VmHWM:");
+    latencies.sort_unstable();
+
+    println!("points/s ingested       {:>10.0}", samples / elapsed);
+    println!("changes/s stored        {:>10.0}", changes / elapsed);
+    println!(
+        "gateway CPU             {:>9.1}% of one core",
+        100.0 * cpu_secs / elapsed
+    );
+    println!(
+        "gateway RSS             {:>9.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    println!(
+        "REST write latency      p50 {:.2} ms, p99 {:.2} ms ({} writes, {failures} failed)",
+        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        latencies.len()
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    animator.abort();
+
+    // One TCP connection, driven as hard as it goes: the gateway's link task
+    // with 32 callers against one simulated device.
+    let endpoint = Endpoint::new(true);
+    endpoint.add_unit(1);
+    let sim = TcpSim::start("127.0.0.1:0".parse().expect("addr"), endpoint.clone())
+        .await
+        .expect("sim");
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = link::spawn(
+        LinkKey::Tcp {
+            host: "127.0.0.1".into(),
+            port: sim.addr.port(),
+        },
+        &tasks,
+        stop.clone(),
+    );
+    let read = Op::Read {
+        table: Table::Holding,
+        start: 0,
+        count: 10,
+    };
+    let _ = handle.call(1, read.clone(), Duration::from_secs(1)).await;
+    let window = Duration::from_secs(3);
+    let t0 = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..32 {
+        let handle = handle.clone();
+        let read = read.clone();
+        callers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while t0.elapsed() < window {
+                if handle
+                    .call(1, read.clone(), Duration::from_secs(1))
+                    .await
+                    .is_ok()
+                {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for c in callers {
+        total += c.await.unwrap_or(0);
+    }
+    println!(
+        "one TCP connection      {:>10.0} requests/s (10 registers each)",
+        total as f64 / t0.elapsed().as_secs_f64()
+    );
+    stop.cancel();
+    sim.stop().await;
+    for sim in sims {
+        sim.stop().await;
+    }
+}
