@@ -347,7 +347,7 @@ mod tests {
             for (format, value) in [
                 (Format::U64, Value::Int(0x0102_0304_0506_0708)),
                 (Format::I64, Value::Int(-1_234_567_890_123)),
-                (Format::F64, Value::Float(-12345.678_9)),
+                (Format::F64, Value::Float(-12_345.678_9)),
                 (Format::I32, Value::Int(-70_000)),
                 (Format::U32, Value::Int(4_000_000_000)),
                 (Format::I16, Value::Int(-2)),
