@@ -76,17 +76,20 @@ pub enum Sample {
     Bad,
 }
 
-/// All devices' live state.
+/// All devices' live state, indexed by the device's position in the
+/// project, so that the hot path (an update per poll) does no name lookups.
 #[derive(Debug, Default)]
 pub struct Live {
-    devices: RwLock<HashMap<String, DeviceState>>,
+    index: HashMap<String, usize>,
+    names: Vec<String>,
+    devices: RwLock<Vec<DeviceState>>,
 }
 
 impl Live {
     /// One entry per device of `project`, offline with no readings yet.
     pub fn new(project: &Project) -> Arc<Self> {
-        let mut devices = HashMap::new();
-        for (name, device) in &project.devices {
+        let mut devices = Vec::with_capacity(project.devices.len());
+        for device in project.devices.values() {
             let d = &device.value;
             let readings = project
                 .models
@@ -106,34 +109,46 @@ impl Live {
                         .collect()
                 })
                 .unwrap_or_default();
-            devices.insert(
-                name.clone(),
-                DeviceState {
-                    model: d.model.clone(),
-                    protocol: d.protocol().map_or("none", |p| p.key()),
-                    status: Status::Offline,
-                    last_seen: None,
-                    error: Some("not polled yet".into()),
-                    readings,
-                },
-            );
+            devices.push(DeviceState {
+                model: d.model.clone(),
+                protocol: d.protocol().map_or("none", |p| p.key()),
+                status: Status::Offline,
+                last_seen: None,
+                error: Some("not polled yet".into()),
+                readings,
+            });
         }
+        let names: Vec<String> = project.devices.keys().cloned().collect();
         Arc::new(Live {
+            index: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect(),
+            names,
             devices: RwLock::new(devices),
         })
     }
 
+    /// A device's index, as [`Update::device`] carries it.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
     /// A copy of one device's state.
     pub fn device(&self, name: &str) -> Option<DeviceState> {
-        self.read().get(name).cloned()
+        let i = self.index(name)?;
+        self.read().get(i).cloned()
     }
 
     /// Copies of every device's state, sorted by name.
     pub fn devices(&self) -> Vec<(String, DeviceState)> {
+        let devices = self.read();
         let mut all: Vec<_> = self
-            .read()
+            .names
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .cloned()
+            .zip(devices.iter().cloned())
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -142,9 +157,10 @@ impl Live {
     /// Restores a value from the store at start-up, marked stale until the
     /// device is read again.
     pub fn restore(&self, device: &str, property: &str, value: Value, ts: Micros) {
+        let Some(i) = self.index(device) else { return };
         let mut devices = self.write();
         if let Some(reading) = devices
-            .get_mut(device)
+            .get_mut(i)
             .and_then(|d| d.readings.get_mut(property))
         {
             *reading = Reading {
@@ -158,7 +174,7 @@ impl Live {
     /// Applies one driver update.
     pub fn apply(&self, update: &Update) {
         let mut devices = self.write();
-        let Some(state) = devices.get_mut(&*update.device) else {
+        let Some(state) = devices.get_mut(update.device) else {
             return;
         };
         if let Some((status, error)) = &update.status {
@@ -169,9 +185,14 @@ impl Live {
             state.last_seen = Some(update.ts);
         }
         for (property, sample) in &update.samples {
-            let Some(reading) = state.readings.get_mut(&**property) else {
+            let Some((_, reading)) = state.readings.get_index_mut(usize::from(*property)) else {
                 continue;
             };
+            // A write's read-back can overtake an older poll on its way
+            // here; the older value must not win.
+            if reading.ts.is_some_and(|t| t > update.ts) {
+                continue;
+            }
             match sample {
                 Sample::Good(v) => {
                     *reading = Reading {
@@ -189,14 +210,14 @@ impl Live {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, DeviceState>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<DeviceState>> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.devices
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, DeviceState>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<DeviceState>> {
         self.devices
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -206,16 +227,16 @@ impl Live {
 /// What a driver reports after a poll cycle or a write.
 #[derive(Debug)]
 pub struct Update {
-    /// The device.
-    pub device: Arc<str>,
+    /// The device's index in the project (see [`Live::index`]).
+    pub device: usize,
     /// When the values were read.
     pub ts: Micros,
     /// New status, if it should change.
     pub status: Option<(Status, Option<String>)>,
     /// Whether the device answered at all.
     pub seen: bool,
-    /// Per-property results.
-    pub samples: Vec<(Arc<str>, Sample)>,
+    /// Per-property results, by the property's index in its model.
+    pub samples: Vec<(u16, Sample)>,
     /// Signalled once the update is durable and visible.
     pub applied: Option<tokio::sync::oneshot::Sender<()>>,
 }

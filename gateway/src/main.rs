@@ -30,7 +30,10 @@ fn main() -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    // Few blocking threads: each can grow a malloc arena of its own, and the
+    // store commits one batch at a time anyway.
     tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(4)
         .enable_all()
         .build()
 }

@@ -87,11 +87,16 @@ impl Gateway {
         let tasks = TaskTracker::new();
 
         let (output, updates) = mpsc::channel(UPDATE_QUEUE);
+        let (urgent, urgent_rx) = mpsc::channel(256);
         let writer = Writer::new(store.clone(), live.clone(), &project, stats.clone());
         // The writer outlives the other tasks: it stops once they are gone and
         // the queue is drained.
         let writer_stop = CancellationToken::new();
-        let writer_done = tokio::spawn(writer.run(updates, writer_stop.clone()));
+        let queues = writer::Queues {
+            updates,
+            urgent: urgent_rx,
+        };
+        let writer_done = tokio::spawn(writer.run(queues, writer_stop.clone()));
         tasks.spawn({
             let token = shutdown.clone();
             async move {
@@ -110,6 +115,7 @@ impl Gateway {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             output,
+            urgent,
         };
         let mut writers = HashMap::new();
         for driver in drivers::build_all(&project) {

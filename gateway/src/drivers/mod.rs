@@ -35,6 +35,9 @@ pub struct DriverContext {
     /// Poll results and status changes go here. Bounded: when the store
     /// falls behind, drivers wait rather than drop readings.
     pub output: mpsc::Sender<Update>,
+    /// Read-backs of writes go here: the store writer serves them first, so
+    /// a write's answer does not queue behind a burst of polls.
+    pub urgent: mpsc::Sender<Update>,
 }
 
 /// Why a device operation failed. "The device refused" and "the link is

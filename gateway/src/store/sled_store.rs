@@ -2,7 +2,6 @@
 //!
 //! Trees:
 //! - `series`: `device \0 property` → series id (u32, big-endian);
-//! - `latest`: series id → ts (i64 BE) + value;
 //! - `history`: series id + ts (both BE, so a prefix scan is time-ordered) →
 //!   value.
 //!
@@ -23,7 +22,6 @@ use crate::time::Micros;
 pub struct SledStore {
     db: sled::Db,
     series: sled::Tree,
-    latest: sled::Tree,
     history: sled::Tree,
     ids: Mutex<HashMap<(String, String), u32>>,
     /// Held for writing from append to fsync, and for reading by queries, so
@@ -40,10 +38,9 @@ impl SledStore {
             .path(dir.join("store"))
             // The writer flushes explicitly after each batch; no timer needed.
             .flush_every_ms(None)
-            .cache_capacity(4 * 1024 * 1024)
+            .cache_capacity(1024 * 1024)
             .open()?;
         let series = db.open_tree("series")?;
-        let latest = db.open_tree("latest")?;
         let history = db.open_tree("history")?;
         let mut ids = HashMap::new();
         for entry in series.iter() {
@@ -57,7 +54,6 @@ impl SledStore {
         Ok(SledStore {
             db,
             series,
-            latest,
             history,
             ids: Mutex::new(ids),
             durable: RwLock::new(()),
@@ -177,10 +173,6 @@ impl Store for SledStore {
             encode_value(&change.at.value, &mut buf);
             self.history
                 .insert(&history_key(id, change.at.ts)[..], buf.as_slice())?;
-            let mut record = Vec::with_capacity(8 + buf.len());
-            record.extend_from_slice(&change.at.ts.to_be_bytes());
-            record.extend_from_slice(&buf);
-            self.latest.insert(&id.to_be_bytes()[..], record)?;
         }
         self.db.flush()?;
         Ok(())
@@ -194,22 +186,17 @@ impl Store for SledStore {
             .clone();
         let mut out = Vec::with_capacity(ids.len());
         for ((device, property), id) in ids {
-            let Some(record) = self.latest.get(id.to_be_bytes())? else {
+            // The latest value is the last history entry: keeping it twice
+            // would double the writes.
+            let Some(entry) = self.history.scan_prefix(id.to_be_bytes()).next_back() else {
                 continue;
             };
-            let ts_bytes: [u8; 8] = record
-                .get(..8)
-                .and_then(|s| s.try_into().ok())
-                .ok_or_else(|| StoreError::Corrupt("latest record".into()))?;
-            let value = decode_value(&record[8..])?;
-            out.push((
-                device,
-                property,
-                Stamped {
-                    ts: i64::from_be_bytes(ts_bytes),
-                    value,
-                },
-            ));
+            let (key, value) = entry?;
+            let at = Stamped {
+                ts: ts_from_key(&key)?,
+                value: decode_value(&value)?,
+            };
+            out.push((device, property, at));
         }
         Ok(out)
     }

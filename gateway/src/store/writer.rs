@@ -8,7 +8,6 @@
 //! drivers then wait on the bounded queue (backpressure), so readings are
 //! delayed, never silently dropped.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,8 +20,9 @@ use super::{Change, Stamped, Store};
 use crate::live::{Live, Sample, Update};
 use crate::time::{Micros, now};
 
-/// Most updates applied in one batch.
-pub const MAX_BATCH: usize = 4096;
+/// Most updates applied in one batch. Small enough that one commit stays
+/// short, so a write waiting for its own commit is not held up long.
+pub const MAX_BATCH: usize = 32;
 
 /// Counters the writer keeps, for `/metrics` and benchmarks.
 #[derive(Debug, Default)]
@@ -39,21 +39,33 @@ pub struct WriterStats {
     pub failing: AtomicBool,
 }
 
-/// What the writer needs to know about each property.
-pub struct PropertyInfo {
-    /// Its deadband, if any.
-    pub deadband: Option<f64>,
+/// Per device (by index): its name, and per property (by index) the name,
+/// the deadband and the last stored value.
+struct DeviceTrack {
+    name: String,
+    properties: Vec<PropertyTrack>,
 }
 
-type Key = (Arc<str>, Arc<str>);
+struct PropertyTrack {
+    name: String,
+    deadband: Option<f64>,
+    last: Option<Value>,
+}
 
 /// The writer's state.
 pub struct Writer {
     store: Arc<dyn Store>,
     live: Arc<Live>,
     stats: Arc<WriterStats>,
-    deadbands: HashMap<Key, Option<f64>>,
-    last: HashMap<Key, Value>,
+    devices: Vec<DeviceTrack>,
+}
+
+/// The two queues into the writer.
+pub struct Queues {
+    /// Poll results: the bulk.
+    pub updates: mpsc::Receiver<Update>,
+    /// Read-backs of writes, which someone is waiting on: served first.
+    pub urgent: mpsc::Receiver<Update>,
 }
 
 impl Writer {
@@ -64,26 +76,39 @@ impl Writer {
         project: &Project,
         stats: Arc<WriterStats>,
     ) -> Self {
-        let mut deadbands = HashMap::new();
-        for (name, device) in &project.devices {
-            if let Some(model) = project.models.get(&device.value.model) {
-                for (prop, p) in &model.value.properties {
-                    deadbands.insert(
-                        (Arc::from(name.as_str()), Arc::from(prop.as_str())),
-                        p.deadband,
-                    );
-                }
-            }
-        }
-        let mut last = HashMap::new();
+        let mut devices: Vec<DeviceTrack> = project
+            .devices
+            .iter()
+            .map(|(name, device)| DeviceTrack {
+                name: name.clone(),
+                properties: project
+                    .models
+                    .get(&device.value.model)
+                    .map(|m| {
+                        m.value
+                            .properties
+                            .iter()
+                            .map(|(p, prop)| PropertyTrack {
+                                name: p.clone(),
+                                deadband: prop.deadband,
+                                last: None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
         match store.latest_all() {
             Ok(values) => {
                 for (device, property, at) in values {
                     live.restore(&device, &property, at.value.clone(), at.ts);
-                    last.insert(
-                        (Arc::from(device.as_str()), Arc::from(property.as_str())),
-                        at.value,
-                    );
+                    let track = live
+                        .index(&device)
+                        .and_then(|d| devices.get_mut(d))
+                        .and_then(|d| d.properties.iter_mut().find(|p| p.name == property));
+                    if let Some(track) = track {
+                        track.last = Some(at.value);
+                    }
                 }
             }
             Err(e) => tracing::error!("cannot read the latest values from the store: {e}"),
@@ -92,25 +117,36 @@ impl Writer {
             store,
             live,
             stats,
-            deadbands,
-            last,
+            devices,
         }
     }
 
-    /// Runs until every sender is gone, or `shutdown` fires and the queue is
-    /// drained. Everything received is durable when it returns.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Update>, shutdown: CancellationToken) {
+    /// Runs until every sender is gone, or `shutdown` fires and the queues
+    /// are drained. Everything received is durable when it returns.
+    pub async fn run(mut self, mut queues: Queues, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
+            // Writes someone waits on go first, in a commit of their own.
+            while batch.len() < MAX_BATCH {
+                match queues.urgent.try_recv() {
+                    Ok(update) => batch.push(update),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(&mut batch, &shutdown).await;
+                continue;
+            }
             let first = tokio::select! {
                 biased;
-                update = rx.recv() => update,
-                () = shutdown.cancelled() => rx.try_recv().ok(),
+                update = queues.urgent.recv() => update,
+                update = queues.updates.recv() => update,
+                () = shutdown.cancelled() => queues.urgent.try_recv().or_else(|_| queues.updates.try_recv()).ok(),
             };
             let Some(first) = first else { break };
             batch.push(first);
             while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
+                match queues.updates.try_recv() {
                     Ok(update) => batch.push(update),
                     Err(_) => break,
                 }
@@ -165,27 +201,33 @@ impl Writer {
     fn changes(&mut self, batch: &[Update]) -> Vec<Change> {
         let mut changes = Vec::new();
         for update in batch {
+            self.stats
+                .samples
+                .fetch_add(update.samples.len() as u64, Ordering::Relaxed);
+            let Some(device) = self.devices.get_mut(update.device) else {
+                continue;
+            };
             for (property, sample) in &update.samples {
-                self.stats.samples.fetch_add(1, Ordering::Relaxed);
                 let Sample::Good(value) = sample else {
                     continue;
                 };
-                let key = (update.device.clone(), property.clone());
-                let deadband = self.deadbands.get(&key).copied().flatten();
-                let changed = self
+                let Some(track) = device.properties.get_mut(usize::from(*property)) else {
+                    continue;
+                };
+                let changed = track
                     .last
-                    .get(&key)
-                    .is_none_or(|prev| value.changed_from(prev, deadband));
+                    .as_ref()
+                    .is_none_or(|prev| value.changed_from(prev, track.deadband));
                 if changed {
                     changes.push(Change {
-                        device: update.device.to_string(),
-                        property: property.to_string(),
+                        device: device.name.clone(),
+                        property: track.name.clone(),
                         at: Stamped {
                             ts: update.ts,
                             value: value.clone(),
                         },
                     });
-                    self.last.insert(key, value.clone());
+                    track.last = Some(value.clone());
                 }
             }
         }

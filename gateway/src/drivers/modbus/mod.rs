@@ -34,6 +34,8 @@ use crate::time::now;
 #[derive(Debug, Clone)]
 struct Point {
     name: Arc<str>,
+    /// Index of the property in its model.
+    index: u16,
     ty: ValueType,
     binding: ModbusBinding,
 }
@@ -42,6 +44,8 @@ struct Point {
 #[derive(Debug)]
 struct Device {
     name: Arc<str>,
+    /// Index of the device in the project.
+    index: usize,
     link: LinkKey,
     unit: u8,
     poll: Duration,
@@ -59,7 +63,7 @@ impl ModbusDriver {
     /// The driver for the project's Modbus devices, if it has any.
     pub fn build(project: &Project) -> Option<Self> {
         let mut devices = Vec::new();
-        for (name, located) in &project.devices {
+        for (index, (name, located)) in project.devices.iter().enumerate() {
             let d = &located.value;
             let (link, unit, coalesce): (LinkKey, u8, &Coalesce) = if let Some(tcp) = &d.modbus_tcp
             {
@@ -80,9 +84,11 @@ impl ModbusDriver {
                 .value
                 .properties
                 .iter()
-                .filter_map(|(pname, p)| {
+                .enumerate()
+                .filter_map(|(i, (pname, p))| {
                     p.modbus.as_ref().map(|b| Point {
                         name: Arc::from(pname.as_str()),
+                        index: u16::try_from(i).unwrap_or(u16::MAX),
                         ty: p.ty,
                         binding: b.clone(),
                     })
@@ -100,6 +106,7 @@ impl ModbusDriver {
             let blocks = plan(&readable, coalesce);
             devices.push(Device {
                 name: Arc::from(name.as_str()),
+                index,
                 link,
                 unit,
                 poll: d.poll(),
@@ -139,7 +146,7 @@ impl Driver for ModbusDriver {
                 Arc::new(ModbusWriter {
                     device,
                     link,
-                    output: ctx.output.clone(),
+                    output: ctx.urgent.clone(),
                 }),
             );
         }
@@ -186,7 +193,7 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
                 block
                     .items
                     .iter()
-                    .map(|(i, _)| (device.points[*i].name.clone(), Sample::Stale)),
+                    .map(|(i, _)| (device.points[*i].index, Sample::Stale)),
             );
             continue;
         }
@@ -208,7 +215,7 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
                             Sample::Bad
                         }
                     };
-                    samples.push((point.name.clone(), sample));
+                    samples.push((point.index, sample));
                 }
             }
             Err(DriverError::Refused(why)) => {
@@ -224,7 +231,7 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
                     block
                         .items
                         .iter()
-                        .map(|(i, _)| (device.points[*i].name.clone(), Sample::Bad)),
+                        .map(|(i, _)| (device.points[*i].index, Sample::Bad)),
                 );
             }
             Err(e) => {
@@ -235,13 +242,13 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
                     block
                         .items
                         .iter()
-                        .map(|(i, _)| (device.points[*i].name.clone(), Sample::Stale)),
+                        .map(|(i, _)| (device.points[*i].index, Sample::Stale)),
                 );
             }
         }
     }
     Update {
-        device: device.name.clone(),
+        device: device.index,
         ts,
         status: Some((status, error)),
         seen,
@@ -317,11 +324,11 @@ impl DeviceWriter for ModbusWriter {
             };
             let (applied, visible) = oneshot::channel();
             let update = Update {
-                device: device.name.clone(),
+                device: device.index,
                 ts: now(),
                 status: None,
                 seen: true,
-                samples: vec![(point.name.clone(), sample)],
+                samples: vec![(point.index, sample)],
                 applied: Some(applied),
             };
             self.output
