@@ -150,6 +150,10 @@ pub struct StoreSection {
     /// Default 256.
     #[serde(default = "StoreSection::default_mib")]
     pub history_mib: u64,
+    /// sled's page cache in MiB: more saves CPU when many values change,
+    /// less saves memory. Default 8.
+    #[serde(default = "StoreSection::default_cache")]
+    pub cache_mib: u64,
 }
 
 impl StoreSection {
@@ -159,6 +163,9 @@ impl StoreSection {
     fn default_mib() -> u64 {
         256
     }
+    fn default_cache() -> u64 {
+        8
+    }
 }
 
 impl Default for StoreSection {
@@ -166,6 +173,7 @@ impl Default for StoreSection {
         StoreSection {
             history_age: Self::default_age(),
             history_mib: Self::default_mib(),
+            cache_mib: Self::default_cache(),
         }
     }
 }

@@ -79,7 +79,11 @@ impl Gateway {
         let listen = options.listen.unwrap_or(config.api.listen);
 
         let store: Arc<dyn Store> = Arc::new(
-            SledStore::open(&data_dir).map_err(|e| StartError::Store(data_dir.clone(), e))?,
+            SledStore::open_with_cache(
+                &data_dir,
+                config.store.cache_mib.saturating_mul(1024 * 1024),
+            )
+            .map_err(|e| StartError::Store(data_dir.clone(), e))?,
         );
         let live = Live::new(&project);
         let stats = Arc::new(WriterStats::default());

@@ -30,15 +30,21 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with the default 8 MiB cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, 8 * 1024 * 1024)
+    }
+
+    /// Opens (or creates) the store in `dir` with a page cache of
+    /// `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
         let db = sled::Config::new()
             .path(dir.join("store"))
             // The writer flushes explicitly after each batch; no timer needed.
             .flush_every_ms(None)
-            .cache_capacity(1024 * 1024)
+            .cache_capacity(cache_bytes)
             .open()?;
         let series = db.open_tree("series")?;
         let history = db.open_tree("history")?;
