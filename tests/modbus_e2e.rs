@@ -520,3 +520,124 @@ async fn history_keeps_changes_past_the_deadband_only() {
     assert!(gw.stop().await);
     sim.stop().await;
 }
+
+/// How a hostile device answers a read.
+#[derive(Clone, Copy, Debug)]
+enum Junk {
+    /// Bytes that are not Modbus at all.
+    Noise,
+    /// A well-formed answer to another transaction.
+    WrongTransaction,
+    /// An answer with another function code.
+    WrongFunction,
+    /// Fewer registers than asked for.
+    Short,
+    /// A byte count that disagrees with the data.
+    BadCount,
+    /// A header promising 65 535 bytes that never come.
+    Endless,
+}
+
+/// A TCP "device" that answers every request with `junk`.
+async fn junk_device(junk: Junk) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut header = [0u8; 7];
+                while stream.read_exact(&mut header).await.is_ok() {
+                    let len =
+                        usize::from(u16::from_be_bytes([header[4], header[5]])).saturating_sub(1);
+                    let mut pdu = vec![0u8; len];
+                    if stream.read_exact(&mut pdu).await.is_err() {
+                        return;
+                    }
+                    let (tid, unit) = ([header[0], header[1]], header[6]);
+                    let mbap = |tid: [u8; 2], body: &[u8]| {
+                        let mut out = vec![tid[0], tid[1], 0, 0];
+                        out.extend_from_slice(&((body.len() + 1) as u16).to_be_bytes());
+                        out.push(unit);
+                        out.extend_from_slice(body);
+                        out
+                    };
+                    let reply = match junk {
+                        Junk::Noise => (0..40u8)
+                            .map(|i| i.wrapping_mul(97).wrapping_add(13))
+                            .collect(),
+                        Junk::WrongTransaction => {
+                            mbap([tid[0], tid[1].wrapping_add(1)], &[3, 4, 0, 1, 0, 2])
+                        }
+                        Junk::WrongFunction => mbap(tid, &[4, 4, 0, 1, 0, 2]),
+                        Junk::Short => mbap(tid, &[3, 2, 0, 1]),
+                        Junk::BadCount => mbap(tid, &[3, 9, 0, 1]),
+                        Junk::Endless => vec![tid[0], tid[1], 0, 0, 0xff, 0xff, unit, 3],
+                    };
+                    if stream.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn malformed_frames_are_errors_not_crashes() {
+    let healthy = sim().await;
+    healthy.endpoint.add_unit(1);
+    let files = Files::new();
+    files.write(
+        "models/t.yaml",
+        "kind: DeviceModel\nname: t\nproperties:\n  v: { type: float, modbus: { table: holding, address: 0, format: f32 } }\n",
+    );
+    files.write(
+        "devices/ok.yaml",
+        &tcp_device("ok", "t", healthy.addr.port(), 1, "100ms"),
+    );
+    let kinds = [
+        Junk::Noise,
+        Junk::WrongTransaction,
+        Junk::WrongFunction,
+        Junk::Short,
+        Junk::BadCount,
+        Junk::Endless,
+    ];
+    for (i, junk) in kinds.iter().enumerate() {
+        let addr = junk_device(*junk).await;
+        files.write(
+            &format!("devices/j{i}.yaml"),
+            &tcp_device(&format!("j{i}"), "t", addr.port(), 1, "100ms"),
+        );
+    }
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(api.wait_status("ok", "online", SECS).await);
+    for (i, junk) in kinds.iter().enumerate() {
+        let id = format!("j{i}");
+        let failed = wait_until(SECS, || async {
+            let d = api.device(&id).await;
+            d["status"] != "online" && d["error"].as_str().is_some_and(|e| e != "not polled yet")
+        })
+        .await;
+        let d = api.device(&id).await;
+        println!("{junk:?}: {} — {}", d["status"], d["error"]);
+        assert!(failed, "{junk:?}: {d}");
+        assert_ne!(d["properties"]["v"]["quality"], "good", "{junk:?}: {d}");
+    }
+    // Through all of it, the healthy device kept polling and the API kept serving.
+    healthy.endpoint.clear_seen();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        healthy.endpoint.requests() >= 4,
+        "{}",
+        healthy.endpoint.requests()
+    );
+    assert_eq!(api.status("ok").await, "online");
+    assert!(gw.stop().await);
+    healthy.stop().await;
+}

@@ -220,3 +220,21 @@ async fn the_demo_serves_changing_modbus_values() {
         "{out}"
     );
 }
+
+#[test]
+fn the_api_is_not_exposed_beyond_loopback_without_tokens() {
+    let files = Files::new();
+    files.write(
+        "models/t.yaml",
+        "kind: DeviceModel\nname: t\nproperties:\n  n: { type: int, modbus: { table: holding, address: 0 } }\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["run", "--config"])
+        .arg(files.config())
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .expect("ferrite runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without [[api.tokens]]"), "{stderr}");
+}

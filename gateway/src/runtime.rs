@@ -51,6 +51,11 @@ pub enum StartError {
     /// The API address is taken or not allowed.
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    /// A non-loopback address without any API token.
+    #[error(
+        "refusing to serve the API on {0} without [[api.tokens]]; without tokens it serves loopback only"
+    )]
+    Exposed(SocketAddr),
 }
 
 /// A running gateway.
@@ -77,6 +82,11 @@ impl Gateway {
             .data_dir
             .unwrap_or_else(|| project.resolve(&config.gateway.data_dir));
         let listen = options.listen.unwrap_or(config.api.listen);
+        // `ferrite check` enforces this for the config; `--listen` must not
+        // get around it.
+        if config.api.tokens.is_empty() && !listen.ip().is_loopback() {
+            return Err(StartError::Exposed(listen));
+        }
 
         let store: Arc<dyn Store> = Arc::new(
             SledStore::open_with_cache(

@@ -14,8 +14,9 @@ use ferrite_models::device::{ModbusRtu, Parity};
 use ferrite_models::model::Table;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
-use tokio_modbus::client::{Client, Context, Reader, Writer};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::{Slave, SlaveContext};
+use tokio_modbus::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
 use crate::drivers::{Backoff, DriverError};
@@ -116,7 +117,7 @@ pub enum Reply {
     Done,
 }
 
-struct Request {
+struct Job {
     unit: u8,
     op: Op,
     timeout: Duration,
@@ -126,7 +127,7 @@ struct Request {
 /// A handle to a link task.
 #[derive(Clone)]
 pub struct LinkHandle {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl LinkHandle {
@@ -134,7 +135,7 @@ impl LinkHandle {
     pub async fn call(&self, unit: u8, op: Op, timeout: Duration) -> Result<Reply, DriverError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request {
+            .send(Job {
                 unit,
                 op,
                 timeout,
@@ -160,7 +161,7 @@ pub fn spawn(
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn run(key: LinkKey, mut rx: mpsc::Receiver<Request>, shutdown: CancellationToken) {
+async fn run(key: LinkKey, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
     let mut conn: Option<Context> = None;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut retry_at = Instant::now();
@@ -202,9 +203,7 @@ async fn run(key: LinkKey, mut rx: mpsc::Receiver<Request>, shutdown: Cancellati
         ctx.set_slave(Slave(req.unit));
         let result = match timeout(req.timeout, perform(ctx, &req.op)).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(exception))) => {
-                Err(DriverError::Refused(format!("{exception:?} ({exception})")))
-            }
+            Ok(Ok(Err(refusal))) => Err(DriverError::Refused(refusal.to_string())),
             Ok(Err(e)) => {
                 // The transport failed: the connection is gone.
                 down_reason = format!("{key}: {e}");
@@ -269,51 +268,110 @@ async fn connect(key: &LinkKey) -> std::io::Result<Context> {
     }
 }
 
-type Outcome = Result<Result<Reply, tokio_modbus::ExceptionCode>, tokio_modbus::Error>;
+/// What one request came to: the transport failed (outer error), the device
+/// refused (inner error), or a reply.
+type Outcome = Result<Result<Reply, Refusal>, tokio_modbus::Error>;
+
+/// Why a device's answer is not usable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// A Modbus exception.
+    Exception(tokio_modbus::ExceptionCode),
+    /// An answer of the wrong size.
+    Malformed(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Exception(e) => write!(f, "{e:?} ({e})"),
+            Refusal::Malformed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Sends one request with `Client::call` and checks the answer's size here:
+/// tokio-modbus's convenience readers only `debug_assert!` it (and so panic
+/// in debug builds on a short answer, and pass it on in release builds).
+async fn call(
+    ctx: &mut Context,
+    request: Request<'_>,
+) -> Result<Result<Response, Refusal>, tokio_modbus::Error> {
+    Ok(ctx.call(request).await?.map_err(Refusal::Exception))
+}
+
+fn exact<T>(mut items: Vec<T>, count: u16, bits: bool) -> Result<Vec<T>, Refusal> {
+    let want = usize::from(count);
+    // Bits come packed in whole bytes: up to 7 padding bits may follow.
+    let ok = if bits {
+        (want..want + 8).contains(&items.len())
+    } else {
+        items.len() == want
+    };
+    if !ok {
+        return Err(Refusal::Malformed(format!(
+            "asked for {want} values, the answer holds {}",
+            items.len()
+        )));
+    }
+    items.truncate(want);
+    Ok(items)
+}
 
 async fn perform(ctx: &mut Context, op: &Op) -> Outcome {
-    Ok(match op {
+    let unexpected = |r: Response| Ok(Err(Refusal::Malformed(format!("unexpected answer {r:?}"))));
+    match op {
         Op::Read {
             table,
             start,
             count,
-        } => match table {
-            Table::Coil => ctx.read_coils(*start, *count).await?.map(Reply::Bits),
-            Table::Discrete => ctx
-                .read_discrete_inputs(*start, *count)
-                .await?
-                .map(Reply::Bits),
-            Table::Input => ctx
-                .read_input_registers(*start, *count)
-                .await?
-                .map(Reply::Registers),
-            Table::Holding => ctx
-                .read_holding_registers(*start, *count)
-                .await?
-                .map(Reply::Registers),
-        },
-        Op::WriteCoil { address, on } => ctx
-            .write_single_coil(*address, *on)
-            .await?
-            .map(|()| Reply::Done),
-        Op::WriteRegisters { address, values } if values.len() == 1 => ctx
-            .write_single_register(*address, values[0])
-            .await?
-            .map(|()| Reply::Done),
-        Op::WriteRegisters { address, values } => ctx
-            .write_multiple_registers(*address, values)
-            .await?
-            .map(|()| Reply::Done),
+        } => {
+            let request = match table {
+                Table::Coil => Request::ReadCoils(*start, *count),
+                Table::Discrete => Request::ReadDiscreteInputs(*start, *count),
+                Table::Input => Request::ReadInputRegisters(*start, *count),
+                Table::Holding => Request::ReadHoldingRegisters(*start, *count),
+            };
+            Ok(match call(ctx, request).await? {
+                Ok(Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits)) => {
+                    exact(bits, *count, true).map(Reply::Bits)
+                }
+                Ok(Response::ReadInputRegisters(words) | Response::ReadHoldingRegisters(words)) => {
+                    exact(words, *count, false).map(Reply::Registers)
+                }
+                Ok(other) => return unexpected(other),
+                Err(e) => Err(e),
+            })
+        }
+        Op::WriteCoil { address, on } => {
+            done(call(ctx, Request::WriteSingleCoil(*address, *on)).await?)
+        }
+        Op::WriteRegisters { address, values } if values.len() == 1 => {
+            done(call(ctx, Request::WriteSingleRegister(*address, values[0])).await?)
+        }
+        Op::WriteRegisters { address, values } => done(
+            call(
+                ctx,
+                Request::WriteMultipleRegisters(*address, values.into()),
+            )
+            .await?,
+        ),
         Op::WriteBit { address, bit, on } => {
-            let current = match ctx.read_holding_registers(*address, 1).await? {
-                Ok(regs) => regs.first().copied().unwrap_or(0),
+            let current = match call(ctx, Request::ReadHoldingRegisters(*address, 1)).await? {
+                Ok(Response::ReadHoldingRegisters(words)) => match exact(words, 1, false) {
+                    Ok(words) => words[0],
+                    Err(e) => return Ok(Err(e)),
+                },
+                Ok(other) => return unexpected(other),
                 Err(e) => return Ok(Err(e)),
             };
             let mask = 1u16 << bit;
             let next = if *on { current | mask } else { current & !mask };
-            ctx.write_single_register(*address, next)
-                .await?
-                .map(|()| Reply::Done)
+            done(call(ctx, Request::WriteSingleRegister(*address, next)).await?)
         }
-    })
+    }
+}
+
+fn done(answer: Result<Response, Refusal>) -> Outcome {
+    Ok(answer.map(|_| Reply::Done))
 }
