@@ -7,11 +7,13 @@
 //! requests fail at once with the reason, and reconnects follow a capped,
 //! jittered exponential backoff, so a dead device costs the others nothing.
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ferrite_models::device::{ModbusRtu, Parity};
 use ferrite_models::model::Table;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_modbus::client::{Client, Context};
@@ -155,13 +157,26 @@ pub fn spawn(
 ) -> LinkHandle {
     // Room for every device's poll plus a few writes; senders wait when full.
     let (tx, rx) = mpsc::channel(256);
-    tasks.spawn(run(key, rx, shutdown));
+    tasks.spawn(async move {
+        let mut rx = rx;
+        // A bug that panics must not leave every device on this link
+        // answering "stopped" until a restart: log it and carry on.
+        loop {
+            let attempt = AssertUnwindSafe(run(&key, &mut rx, &shutdown))
+                .catch_unwind()
+                .await;
+            if attempt.is_ok() || shutdown.is_cancelled() {
+                break;
+            }
+            tracing::error!(link = %key, "the link task panicked; restarting it");
+        }
+    });
     LinkHandle { tx }
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn run(key: LinkKey, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+async fn run(key: &LinkKey, rx: &mut mpsc::Receiver<Job>, shutdown: &CancellationToken) {
     let mut conn: Option<Context> = None;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut retry_at = Instant::now();
@@ -178,7 +193,7 @@ async fn run(key: LinkKey, mut rx: mpsc::Receiver<Job>, shutdown: CancellationTo
                     .send(Err(DriverError::Unreachable(down_reason.clone())));
                 continue;
             }
-            match timeout(CONNECT_TIMEOUT, connect(&key)).await {
+            match timeout(CONNECT_TIMEOUT, connect(key)).await {
                 Ok(Ok(ctx)) => {
                     tracing::info!(link = %key, "connected");
                     backoff.reset();
