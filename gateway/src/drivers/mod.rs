@@ -83,15 +83,16 @@ pub trait Driver: Send {
     fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>>;
 }
 
+/// Builds a protocol's driver if the project has devices for it.
+type Builder = fn(&Project) -> Option<Box<dyn Driver>>;
+
 /// Every driver the project needs.
 pub fn build_all(project: &Project) -> Vec<Box<dyn Driver>> {
-    let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
-    #[cfg(feature = "modbus")]
-    if let Some(d) = modbus::ModbusDriver::build(project) {
-        drivers.push(Box::new(d));
-    }
-    let _ = project;
-    drivers
+    let builders: &[Builder] = &[
+        #[cfg(feature = "modbus")]
+        |p| modbus::ModbusDriver::build(p).map(|d| Box::new(d) as Box<dyn Driver>),
+    ];
+    builders.iter().filter_map(|build| build(project)).collect()
 }
 
 /// Exponential backoff with jitter, capped.
