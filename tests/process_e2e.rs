@@ -19,17 +19,21 @@ struct Running {
     api: Api,
 }
 
-/// Starts `ferrite run` on a free port and waits until it serves.
-async fn start(files: &Files) -> Running {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free local port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
-        .port();
+        .port()
+}
+
+/// Starts `ferrite ARGS --listen 127.0.0.1:PORT` and waits until it serves.
+async fn spawn_serving(args: &[&std::ffi::OsStr], stdout: Stdio) -> Running {
+    let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["run", "--config"])
-        .arg(files.config())
+        .args(args)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("ferrite starts");
@@ -42,6 +46,16 @@ async fn start(files: &Files) -> Running {
     .await;
     assert!(up, "ferrite did not start serving");
     Running { child, api }
+}
+
+/// Starts `ferrite run` for `files`.
+async fn start(files: &Files) -> Running {
+    let config = files.config();
+    spawn_serving(
+        &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
+        Stdio::null(),
+    )
+    .await
 }
 
 fn signal(child: &Child, name: &str) {
@@ -164,24 +178,7 @@ async fn sigkill_loses_nothing_the_api_had_shown() {
 
 #[tokio::test]
 async fn the_demo_serves_changing_modbus_values() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("demo starts");
-    let api = Api::new(format!("127.0.0.1:{port}").parse().expect("addr"));
-    let serving = wait_until(Duration::from_secs(10), || async {
-        reqwest::get(format!("{}/healthz", api.base))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    assert!(serving, "the demo did not start serving");
+    let Running { mut child, api } = spawn_serving(&["demo".as_ref()], Stdio::piped()).await;
     let since = Instant::now();
     assert!(
         api.wait_status("boiler-1", "online", Duration::from_secs(2))

@@ -87,6 +87,18 @@ pub async fn property(
     )))
 }
 
+/// The model's property `name` of device `id`, or the 404 that says which
+/// one is unknown.
+fn known_property<'a>(state: &'a AppState, id: &str, name: &str) -> Result<&'a Property, ApiError> {
+    if !state.project.devices.contains_key(id) {
+        return Err(ApiError::no_device(id));
+    }
+    state
+        .project
+        .property(id, name)
+        .ok_or_else(|| ApiError::no_property(id, name))
+}
+
 /// The body of a write.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,13 +115,7 @@ pub async fn write(
     Path((id, name)): Path<(String, String)>,
     body: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<Json<Json_>, ApiError> {
-    if !state.project.devices.contains_key(&id) {
-        return Err(ApiError::no_device(&id));
-    }
-    let property = state
-        .project
-        .property(&id, &name)
-        .ok_or_else(|| ApiError::no_property(&id, &name))?;
+    let property = known_property(&state, &id, &name)?;
     let Json(body) = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             let message = format!("the body is over {} bytes", super::MAX_BODY);
@@ -154,12 +160,7 @@ pub async fn history(
     Path((id, name)): Path<(String, String)>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Json_>, ApiError> {
-    if !state.project.devices.contains_key(&id) {
-        return Err(ApiError::no_device(&id));
-    }
-    if state.project.property(&id, &name).is_none() {
-        return Err(ApiError::no_property(&id, &name));
-    }
+    known_property(&state, &id, &name)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let time = |s: &Option<String>, default: Micros| -> Result<Micros, ApiError> {
         match s {
