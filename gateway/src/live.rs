@@ -135,6 +135,15 @@ impl Live {
         self.index.get(name).copied()
     }
 
+    /// Marks a device that no driver serves in this build, so that the API
+    /// says why it stays offline.
+    pub fn unserved(&self, name: &str, why: String) {
+        let Some(i) = self.index(name) else { return };
+        if let Some(state) = self.write().get_mut(i) {
+            state.error = Some(why);
+        }
+    }
+
     /// A copy of one device's state.
     pub fn device(&self, name: &str) -> Option<DeviceState> {
         let i = self.index(name)?;

@@ -137,6 +137,12 @@ impl Gateway {
             writers.extend(driver.start(ctx.clone()));
         }
         drop(ctx);
+        for (name, device) in &project.devices {
+            if !writers.contains_key(name) {
+                let protocol = device.value.protocol().map_or("its protocol", |p| p.key());
+                live.unserved(name, format!("no {protocol} driver in this build yet"));
+            }
+        }
 
         let listener = TcpListener::bind(listen)
             .await
