@@ -115,6 +115,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
+    let failing = u8::from(s.failing.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "# HELP ferrite_store_failing 1 while store writes fail (a full disk, say)\n# TYPE ferrite_store_failing gauge\nferrite_store_failing {failing}"
+    );
     let _ = writeln!(
         out,
         "# HELP ferrite_device_up 1 if the device answered its last poll\n# TYPE ferrite_device_up gauge"

@@ -10,8 +10,8 @@
 //! gateway opens exactly one per process and shares it.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ferrite_models::Value;
 
@@ -19,14 +19,26 @@ use super::{Change, Stamped, Store, StoreError, Trimmed};
 use crate::time::Micros;
 
 /// The sled-backed store.
+///
+/// After a failed commit (a full disk, say) sled keeps failing: it remembers
+/// the I/O error. So the store then drops its handles and reopens the
+/// database on the next commit, which recovers everything flushed so far;
+/// the writer retries the failed batch, so nothing is lost.
 pub struct SledStore {
+    dir: PathBuf,
+    cache_bytes: u64,
+    /// Held for writing from the first insert to the fsync, and for reading
+    /// by queries, so that a query never sees what a crash could still take
+    /// away. `None` between a failure and the reopen.
+    inner: RwLock<Option<Inner>>,
+}
+
+/// The open database.
+struct Inner {
     db: sled::Db,
     series: sled::Tree,
     history: sled::Tree,
-    ids: Mutex<HashMap<(String, String), u32>>,
-    /// Held for writing from append to fsync, and for reading by queries, so
-    /// that a query never sees what a crash could still take away.
-    durable: RwLock<()>,
+    ids: HashMap<(String, String), u32>,
 }
 
 impl SledStore {
@@ -38,6 +50,29 @@ impl SledStore {
     /// Opens (or creates) the store in `dir` with a page cache of
     /// `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let inner = Inner::open(dir, cache_bytes)?;
+        Ok(SledStore {
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            inner: RwLock::new(Some(inner)),
+        })
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, Option<Inner>>, StoreError> {
+        Ok(self.inner.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Option<Inner>> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn reopening() -> StoreError {
+    StoreError::Io("the store is reopening after a failed write".into())
+}
+
+impl Inner {
+    fn open(dir: &Path, cache_bytes: u64) -> Result<Inner, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
         let db = sled::Config::new()
@@ -57,31 +92,44 @@ impl SledStore {
                 .ok_or_else(|| StoreError::Corrupt(name.clone()))?;
             ids.insert((device.to_string(), property.to_string()), id_from(&v)?);
         }
-        Ok(SledStore {
+        Ok(Inner {
             db,
             series,
             history,
-            ids: Mutex::new(ids),
-            durable: RwLock::new(()),
+            ids,
         })
     }
 
-    fn id(&self, device: &str, property: &str) -> Result<u32, StoreError> {
-        let mut ids = self
-            .ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(id) = ids.get(&(device.to_string(), property.to_string())) {
+    fn id(&mut self, device: &str, property: &str) -> Result<u32, StoreError> {
+        if let Some(id) = self.ids.get(&(device.to_string(), property.to_string())) {
             return Ok(*id);
         }
-        let id =
-            u32::try_from(ids.len()).map_err(|_| StoreError::Corrupt("too many series".into()))?;
+        let id = u32::try_from(self.ids.len())
+            .map_err(|_| StoreError::Corrupt("too many series".into()))?;
         self.series.insert(
             format!("{device}\0{property}").as_bytes(),
             &id.to_be_bytes(),
         )?;
-        ids.insert((device.to_string(), property.to_string()), id);
+        self.ids
+            .insert((device.to_string(), property.to_string()), id);
         Ok(id)
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        // Plain inserts, not `sled::Batch`: in sled 0.34 a large batch keeps
+        // several times more memory (measured: 830 MB against 110 MB for
+        // 300k entries). Atomicity is not needed: nothing here is visible
+        // before the flush below, and each entry stands alone.
+        let mut buf = Vec::with_capacity(32);
+        for change in changes {
+            let id = self.id(&change.device, &change.property)?;
+            buf.clear();
+            encode_value(&change.at.value, &mut buf);
+            self.history
+                .insert(&history_key(id, change.at.ts)[..], buf.as_slice())?;
+        }
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Removes history keys one by one (see `commit` on why not a batch).
@@ -94,15 +142,6 @@ impl SledStore {
             self.history.remove(key)?;
         }
         Ok(keys.len() as u64)
-    }
-
-    fn known_id(&self, device: &str, property: &str) -> Option<u32> {
-        let ids = self
-            .ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ids.get(&(device.to_string(), property.to_string()))
-            .copied()
     }
 }
 
@@ -164,37 +203,28 @@ pub fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
 
 impl Store for SledStore {
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let _exclusive = self
-            .durable
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Plain inserts, not `sled::Batch`: in sled 0.34 a large batch keeps
-        // several times more memory (measured: 830 MB against 110 MB for
-        // 300k entries). Atomicity is not needed: nothing here is visible
-        // before the flush below, and each entry stands alone.
-        let mut buf = Vec::with_capacity(32);
-        for change in changes {
-            let id = self.id(&change.device, &change.property)?;
-            buf.clear();
-            encode_value(&change.at.value, &mut buf);
-            self.history
-                .insert(&history_key(id, change.at.ts)[..], buf.as_slice())?;
+        let mut guard = self.write();
+        if guard.is_none() {
+            *guard = Some(Inner::open(&self.dir, self.cache_bytes)?);
+            tracing::info!("the store reopened after a failure");
         }
-        self.db.flush()?;
-        Ok(())
+        let inner = guard.as_mut().ok_or_else(reopening)?;
+        let result = inner.commit(changes);
+        if result.is_err() {
+            // sled would repeat this error forever; start afresh next time.
+            *guard = None;
+        }
+        result
     }
 
     fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError> {
-        let ids = self
-            .ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let mut out = Vec::with_capacity(ids.len());
-        for ((device, property), id) in ids {
+        let guard = self.read()?;
+        let inner = guard.as_ref().ok_or_else(reopening)?;
+        let mut out = Vec::with_capacity(inner.ids.len());
+        for ((device, property), id) in &inner.ids {
             // The latest value is the last history entry: keeping it twice
             // would double the writes.
-            let Some(entry) = self.history.scan_prefix(id.to_be_bytes()).next_back() else {
+            let Some(entry) = inner.history.scan_prefix(id.to_be_bytes()).next_back() else {
                 continue;
             };
             let (key, value) = entry?;
@@ -202,7 +232,7 @@ impl Store for SledStore {
                 ts: ts_from_key(&key)?,
                 value: decode_value(&value)?,
             };
-            out.push((device, property, at));
+            out.push((device.clone(), property.clone(), at));
         }
         Ok(out)
     }
@@ -215,15 +245,17 @@ impl Store for SledStore {
         until: Micros,
         limit: usize,
     ) -> Result<Vec<Stamped>, StoreError> {
-        let Some(id) = self.known_id(device, property) else {
+        let guard = self.read()?;
+        let inner = guard.as_ref().ok_or_else(reopening)?;
+        let Some(id) = inner
+            .ids
+            .get(&(device.to_string(), property.to_string()))
+            .copied()
+        else {
             return Ok(Vec::new());
         };
-        let _shared = self
-            .durable
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::new();
-        for entry in self
+        for entry in inner
             .history
             .range(history_key(id, since)..=history_key(id, until))
             .take(limit)
@@ -238,34 +270,32 @@ impl Store for SledStore {
     }
 
     fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError> {
-        let ids: Vec<u32> = self
-            .ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .copied()
-            .collect();
+        let guard = self.write();
+        let Some(inner) = guard.as_ref() else {
+            return Ok(Trimmed::default());
+        };
+        let ids: Vec<u32> = inner.ids.values().copied().collect();
         let mut trimmed = Trimmed::default();
         for id in &ids {
             let range = history_key(*id, i64::MIN)..history_key(*id, before);
-            trimmed.by_age += self.remove_keys(self.history.range(range).keys())?;
+            trimmed.by_age += inner.remove_keys(inner.history.range(range).keys())?;
         }
         // Over budget: drop the oldest tenth of every series, until under it
         // or nothing is left to drop. sled reclaims space lazily, so the loop
         // is bounded rather than trusting the size to fall at once.
         for _ in 0..10 {
-            if self.db.size_on_disk()? <= max_bytes {
+            if inner.db.size_on_disk()? <= max_bytes {
                 break;
             }
             let mut removed = 0;
             for id in &ids {
-                let count = self.history.scan_prefix(id.to_be_bytes()).count();
-                let oldest = self
+                let count = inner.history.scan_prefix(id.to_be_bytes()).count();
+                let oldest = inner
                     .history
                     .scan_prefix(id.to_be_bytes())
                     .keys()
                     .take(count.div_ceil(10));
-                removed += self.remove_keys(oldest)?;
+                removed += inner.remove_keys(oldest)?;
             }
             trimmed.by_size += removed;
             if removed == 0 {
@@ -276,7 +306,8 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        let guard = self.read()?;
+        Ok(guard.as_ref().ok_or_else(reopening)?.db.size_on_disk()?)
     }
 }
 

@@ -1,0 +1,138 @@
+//! The store on a disk that fills up: no crash, a clear signal, and no lost
+//! change once space returns. Uses a real, small tmpfs (the tests run as
+//! root, as CI does).
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Api, Files, put, tcp_device, wait_until};
+use ferrite_models::Value;
+use ferrite_sim::bank::Endpoint;
+use ferrite_sim::server::TcpSim;
+
+/// A tmpfs mounted for the test's lifetime.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(path: &std::path::Path, size: &str) -> Mount {
+        std::fs::create_dir_all(path).expect("mkdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root; these tests run as root in CI"
+        );
+        Mount(path.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `dir` until it refuses more.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("create filler");
+    let block = vec![0u8; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+#[tokio::test]
+async fn a_full_disk_delays_history_but_loses_none_of_it() {
+    let files = Files::new();
+    let _mount = Mount::tmpfs(&files.data(), "8m");
+    let sim = TcpSim::start("127.0.0.1:0".parse().expect("addr"), Endpoint::new(true))
+        .await
+        .expect("sim");
+    files
+        .write(
+            "models/t.yaml",
+            "kind: DeviceModel\nname: t\nproperties:\n  n: { type: int, modbus: { table: holding, address: 0, format: u32 } }\n",
+        )
+        .write("devices/d.yaml", &tcp_device("d", "t", sim.addr.port(), 1, "20ms"));
+    let binding = files
+        .project()
+        .property("d", "n")
+        .and_then(|p| p.modbus.clone())
+        .expect("binding");
+    let endpoint = sim.endpoint.clone();
+    let counter = tokio::spawn(async move {
+        for i in 0i64.. {
+            put(&endpoint, 1, &binding, &Value::Int(i));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    let stats = gw.state.stats.clone();
+    let history = |api: Api| async move {
+        api.get("/api/v1/devices/d/properties/n/history?limit=10000")
+            .await
+            .1
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            history(api.clone()).await >= 10
+        })
+        .await
+    );
+
+    // The disk fills: commits fail and are retried; the gateway keeps serving.
+    let filler = fill(&files.data());
+    let failing = wait_until(Duration::from_secs(10), || async {
+        stats.failures.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert!(failing, "a full disk must show as store failures");
+    let healthz = reqwest::get(format!("{}/healthz", api.base))
+        .await
+        .expect("healthz");
+    assert_eq!(healthz.status().as_u16(), 200, "the gateway keeps serving");
+    assert!(!api.status("d").await.is_empty(), "the API still answers");
+    let metrics = reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(metrics.contains("ferrite_store_failing 1"), "{metrics}");
+
+    // Space returns: everything queued meanwhile is stored, nothing dropped.
+    std::fs::remove_file(filler).expect("free the space");
+    let recovered = wait_until(Duration::from_secs(15), || async {
+        !stats.failing.load(Ordering::Relaxed) && stats.changes.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert!(recovered, "the store recovers once space returns");
+    let grown = history(api.clone()).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            history(api.clone()).await > grown
+        })
+        .await
+    );
+    counter.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stored = history(api.clone()).await as u64;
+    let counted = stats.changes.load(Ordering::Relaxed);
+    assert_eq!(
+        stored, counted,
+        "every change the writer accepted is in the history"
+    );
+    assert!(gw.stop().await);
+    sim.stop().await;
+}
