@@ -190,7 +190,7 @@ async fn neighbouring_registers_are_read_in_one_request() {
     assert_eq!(blocks, vec![(1, 0, 2), (3, 0, 10), (3, 100, 2), (4, 0, 1)]);
     let cycles = total / 4;
     assert!(
-        (8..=12).contains(&cycles) && total % 4 <= 3,
+        (5..=15).contains(&cycles) && total % 4 <= 3,
         "{total} requests in one second at 100 ms"
     );
     assert!(gw.stop().await);
@@ -360,7 +360,7 @@ async fn a_dead_device_does_not_slow_the_others() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let polls = healthy.endpoint.requests();
     assert!(
-        (8..=12).contains(&polls),
+        (7..=13).contains(&polls),
         "{polls} polls in 1 s at 100 ms while a neighbour hangs"
     );
     assert!(gw.stop().await);

@@ -58,8 +58,8 @@ impl SledStore {
         })
     }
 
-    fn read(&self) -> Result<RwLockReadGuard<'_, Option<Inner>>, StoreError> {
-        Ok(self.inner.read().unwrap_or_else(PoisonError::into_inner))
+    fn read(&self) -> RwLockReadGuard<'_, Option<Inner>> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Option<Inner>> {
@@ -218,7 +218,7 @@ impl Store for SledStore {
     }
 
     fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError> {
-        let guard = self.read()?;
+        let guard = self.read();
         let inner = guard.as_ref().ok_or_else(reopening)?;
         let mut out = Vec::with_capacity(inner.ids.len());
         for ((device, property), id) in &inner.ids {
@@ -245,7 +245,7 @@ impl Store for SledStore {
         until: Micros,
         limit: usize,
     ) -> Result<Vec<Stamped>, StoreError> {
-        let guard = self.read()?;
+        let guard = self.read();
         let inner = guard.as_ref().ok_or_else(reopening)?;
         let Some(id) = inner
             .ids
@@ -306,7 +306,7 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        let guard = self.read()?;
+        let guard = self.read();
         Ok(guard.as_ref().ok_or_else(reopening)?.db.size_on_disk()?)
     }
 }
