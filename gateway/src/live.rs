@@ -37,6 +37,20 @@ pub enum Status {
     Error,
 }
 
+impl DeviceState {
+    /// The state without its readings.
+    pub fn summary(&self, id: &str) -> Summary {
+        Summary {
+            id: id.to_string(),
+            model: self.model.clone(),
+            protocol: self.protocol,
+            status: self.status,
+            last_seen: self.last_seen,
+            error: self.error.clone(),
+        }
+    }
+}
+
 /// One property's latest reading.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
@@ -63,6 +77,23 @@ pub struct DeviceState {
     pub error: Option<String>,
     /// Latest reading per property, in model order.
     pub readings: IndexMap<String, Reading>,
+}
+
+/// A device's status without its readings.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Device name.
+    pub id: String,
+    /// Model name.
+    pub model: String,
+    /// Protocol key.
+    pub protocol: &'static str,
+    /// Status.
+    pub status: Status,
+    /// When it last answered.
+    pub last_seen: Option<Micros>,
+    /// Why it is offline or in error.
+    pub error: Option<String>,
 }
 
 /// What a driver learned about one property in one cycle.
@@ -150,16 +181,17 @@ impl Live {
         self.read().get(i).cloned()
     }
 
-    /// Copies of every device's state, sorted by name.
-    pub fn devices(&self) -> Vec<(String, DeviceState)> {
+    /// Every device's status, without its readings, sorted by name: what the
+    /// device list needs, without copying every reading.
+    pub fn summaries(&self) -> Vec<Summary> {
         let devices = self.read();
-        let mut all: Vec<_> = self
+        let mut all: Vec<Summary> = self
             .names
             .iter()
-            .cloned()
-            .zip(devices.iter().cloned())
+            .zip(devices.iter())
+            .map(|(name, d)| d.summary(name))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
 

@@ -10,7 +10,7 @@ use serde_json::{Value as Json_, json};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::live::{DeviceState, Reading};
+use crate::live::{Reading, Summary};
 use crate::time::{Micros, parse_rfc3339, rfc3339};
 
 fn reading_json(reading: &Reading, property: Option<&Property>) -> Json_ {
@@ -22,25 +22,20 @@ fn reading_json(reading: &Reading, property: Option<&Property>) -> Json_ {
     })
 }
 
-fn summary_json(id: &str, d: &DeviceState) -> Json_ {
+fn summary_json(s: &Summary) -> Json_ {
     json!({
-        "id": id,
-        "model": d.model,
-        "protocol": d.protocol,
-        "status": d.status,
-        "last_seen": d.last_seen.map(rfc3339),
-        "error": d.error,
+        "id": s.id,
+        "model": s.model,
+        "protocol": s.protocol,
+        "status": s.status,
+        "last_seen": s.last_seen.map(rfc3339),
+        "error": s.error,
     })
 }
 
 /// `GET /api/v1/devices`.
 pub async fn list(State(state): State<AppState>) -> Json<Json_> {
-    let all: Vec<Json_> = state
-        .live
-        .devices()
-        .iter()
-        .map(|(id, d)| summary_json(id, d))
-        .collect();
+    let all: Vec<Json_> = state.live.summaries().iter().map(summary_json).collect();
     Json(Json_::Array(all))
 }
 
@@ -53,7 +48,7 @@ pub async fn one(
         .live
         .device(&id)
         .ok_or_else(|| ApiError::no_device(&id))?;
-    let mut body = summary_json(&id, &device);
+    let mut body = summary_json(&device.summary(&id));
     let properties: serde_json::Map<String, Json_> = device
         .readings
         .iter()

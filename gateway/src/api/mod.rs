@@ -124,12 +124,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         out,
         "# HELP ferrite_device_up 1 if the device answered its last poll\n# TYPE ferrite_device_up gauge"
     );
-    for (name, device) in state.live.devices() {
+    for device in state.live.summaries() {
         let up = u8::from(device.status == crate::live::Status::Online);
         let _ = writeln!(
             out,
-            "ferrite_device_up{{device=\"{name}\",protocol=\"{}\"}} {up}",
-            device.protocol
+            "ferrite_device_up{{device=\"{}\",protocol=\"{}\"}} {up}",
+            device.id, device.protocol
         );
     }
     ([("content-type", "text/plain; version=0.0.4")], out)

@@ -24,6 +24,9 @@ use crate::time::{Micros, now};
 /// short, so a write waiting for its own commit is not held up long.
 pub const MAX_BATCH: usize = 32;
 
+/// How long a batch waits for company before it is committed.
+pub const GROUP_WINDOW: Duration = Duration::from_millis(20);
+
 /// Counters the writer keeps, for `/metrics` and benchmarks.
 #[derive(Debug, Default)]
 pub struct WriterStats {
@@ -137,18 +140,38 @@ impl Writer {
                 self.commit(&mut batch, &shutdown).await;
                 continue;
             }
-            let first = tokio::select! {
+            let (first, urgent) = tokio::select! {
                 biased;
-                update = queues.urgent.recv() => update,
-                update = queues.updates.recv() => update,
-                () = shutdown.cancelled() => queues.urgent.try_recv().or_else(|_| queues.updates.try_recv()).ok(),
+                update = queues.urgent.recv() => (update, true),
+                update = queues.updates.recv() => (update, false),
+                () = shutdown.cancelled() => {
+                    (queues.urgent.try_recv().or_else(|_| queues.updates.try_recv()).ok(), false)
+                }
             };
             let Some(first) = first else { break };
             batch.push(first);
+            if urgent {
+                self.commit(&mut batch, &shutdown).await;
+                continue;
+            }
+            // Group commit: gather what arrives within a short window, so that
+            // polls spread over time still share one fsync. A write waiting
+            // on its read-back ends the window at once.
+            let window = tokio::time::sleep(GROUP_WINDOW);
+            tokio::pin!(window);
             while batch.len() < MAX_BATCH {
-                match queues.updates.try_recv() {
-                    Ok(update) => batch.push(update),
-                    Err(_) => break,
+                tokio::select! {
+                    biased;
+                    Some(update) = queues.urgent.recv() => {
+                        batch.push(update);
+                        break;
+                    }
+                    update = queues.updates.recv() => match update {
+                        Some(update) => batch.push(update),
+                        None => break,
+                    },
+                    () = &mut window => break,
+                    () = shutdown.cancelled() => break,
                 }
             }
             self.commit(&mut batch, &shutdown).await;
