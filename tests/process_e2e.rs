@@ -6,13 +6,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Api, Files, put, tcp_device, wait_until};
-use ferrite_models::Value;
-use ferrite_sim::bank::Endpoint;
-use ferrite_sim::server::TcpSim;
+use common::{Api, Files, counting_sim, wait_until};
 use serde_json::Value as Json;
-
-const MODEL: &str = "kind: DeviceModel\nname: t\nproperties:\n  n: { type: int, modbus: { table: holding, address: 0, format: u32 } }\n";
 
 struct Running {
     child: Child,
@@ -72,30 +67,6 @@ async fn history(api: &Api) -> Vec<Json> {
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-/// A simulator whose register counts up every 20 ms, so every poll is a change.
-async fn counting_sim(files: &Files) -> (TcpSim, tokio::task::JoinHandle<()>) {
-    let sim = TcpSim::start("127.0.0.1:0".parse().expect("addr"), Endpoint::new(true))
-        .await
-        .expect("sim");
-    files.write("models/t.yaml", MODEL).write(
-        "devices/d.yaml",
-        &tcp_device("d", "t", sim.addr.port(), 1, "20ms"),
-    );
-    let binding = files
-        .project()
-        .property("d", "n")
-        .and_then(|p| p.modbus.clone())
-        .expect("binding");
-    let endpoint = sim.endpoint.clone();
-    let counter = tokio::spawn(async move {
-        for i in 0i64.. {
-            put(&endpoint, 1, &binding, &Value::Int(i));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    (sim, counter)
 }
 
 #[tokio::test]

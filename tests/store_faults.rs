@@ -8,10 +8,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Api, Files, put, tcp_device, wait_until};
-use ferrite_models::Value;
-use ferrite_sim::bank::Endpoint;
-use ferrite_sim::server::TcpSim;
+use common::{Api, Files, counting_sim, wait_until};
 
 /// A tmpfs mounted for the test's lifetime.
 struct Mount(std::path::PathBuf);
@@ -53,27 +50,7 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 async fn a_full_disk_delays_history_but_loses_none_of_it() {
     let files = Files::new();
     let _mount = Mount::tmpfs(&files.data(), "8m");
-    let sim = TcpSim::start("127.0.0.1:0".parse().expect("addr"), Endpoint::new(true))
-        .await
-        .expect("sim");
-    files
-        .write(
-            "models/t.yaml",
-            "kind: DeviceModel\nname: t\nproperties:\n  n: { type: int, modbus: { table: holding, address: 0, format: u32 } }\n",
-        )
-        .write("devices/d.yaml", &tcp_device("d", "t", sim.addr.port(), 1, "20ms"));
-    let binding = files
-        .project()
-        .property("d", "n")
-        .and_then(|p| p.modbus.clone())
-        .expect("binding");
-    let endpoint = sim.endpoint.clone();
-    let counter = tokio::spawn(async move {
-        for i in 0i64.. {
-            put(&endpoint, 1, &binding, &Value::Int(i));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let (sim, counter) = counting_sim(&files).await;
     let gw = files.start().await;
     let api = Api::new(gw.addr);
     let stats = gw.state.stats.clone();

@@ -177,3 +177,36 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     dir.join(name)
 }
+
+/// A device `d` whose register `n` counts up every 20 ms and is polled every
+/// 20 ms, so nearly every poll is a change. Returns the simulator and the
+/// counting task.
+pub async fn counting_sim(
+    files: &Files,
+) -> (ferrite_sim::server::TcpSim, tokio::task::JoinHandle<()>) {
+    let sim = ferrite_sim::server::TcpSim::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        Endpoint::new(true),
+    )
+    .await
+    .expect("sim");
+    files
+        .write(
+            "models/t.yaml",
+            "kind: DeviceModel\nname: t\nproperties:\n  n: { type: int, modbus: { table: holding, address: 0, format: u32 } }\n",
+        )
+        .write("devices/d.yaml", &tcp_device("d", "t", sim.addr.port(), 1, "20ms"));
+    let binding = files
+        .project()
+        .property("d", "n")
+        .and_then(|p| p.modbus.clone())
+        .expect("binding");
+    let endpoint = sim.endpoint.clone();
+    let counter = tokio::spawn(async move {
+        for i in 0i64.. {
+            put(&endpoint, 1, &binding, &Value::Int(i));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (sim, counter)
+}
