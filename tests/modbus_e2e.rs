@@ -641,3 +641,46 @@ async fn malformed_frames_are_errors_not_crashes() {
     assert!(gw.stop().await);
     healthy.stop().await;
 }
+
+#[tokio::test]
+async fn history_older_than_its_age_is_dropped() {
+    let files = Files::new();
+    files.write(
+        "ferrite.toml",
+        "[gateway]\nid = \"test\"\ndata_dir = \"data\"\n[store]\nhistory_age = \"1s\"\n",
+    );
+    let (sim, counter) = common::counting_sim(&files).await;
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(api.wait_status("d", "online", SECS).await);
+    // After a few seconds of a change every poll, only about the last second
+    // (plus one trim period) is kept, however long it has run.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let oldest_kept = || async {
+        let history = api.get("/api/v1/devices/d/properties/n/history").await.1;
+        let first = history
+            .as_array()
+            .and_then(|h| h.first())
+            .cloned()
+            .unwrap_or_default();
+        first["ts"]
+            .as_str()
+            .and_then(ferrite_gateway::time::parse_rfc3339)
+    };
+    let trimmed = wait_until(SECS, || async {
+        oldest_kept()
+            .await
+            .is_some_and(|ts| ferrite_gateway::time::now() - ts < 1_800_000)
+    })
+    .await;
+    assert!(
+        trimmed,
+        "oldest entry is {:?} µs old",
+        oldest_kept()
+            .await
+            .map(|ts| ferrite_gateway::time::now() - ts)
+    );
+    assert!(gw.stop().await);
+    counter.abort();
+    sim.stop().await;
+}

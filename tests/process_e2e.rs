@@ -12,6 +12,16 @@ use serde_json::Value as Json;
 struct Running {
     child: Child,
     api: Api,
+    /// The process's log (stderr), for failure messages.
+    log: tempfile::NamedTempFile,
+}
+
+impl Running {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+        let start = text.len().saturating_sub(4000);
+        text.get(start..).unwrap_or_default().to_string()
+    }
 }
 
 /// A free local port.
@@ -25,11 +35,12 @@ fn free_port() -> u16 {
 /// Starts `ferrite ARGS --listen 127.0.0.1:PORT` and waits until it serves.
 async fn spawn_serving(args: &[&std::ffi::OsStr], stdout: Stdio) -> Running {
     let port = free_port();
+    let log = tempfile::NamedTempFile::new().expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
         .args(args)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(stdout)
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log.reopen().expect("log file")))
         .spawn()
         .expect("ferrite starts");
     let api = Api::new(format!("127.0.0.1:{port}").parse().expect("addr"));
@@ -39,8 +50,9 @@ async fn spawn_serving(args: &[&std::ffi::OsStr], stdout: Stdio) -> Running {
             .is_ok_and(|r| r.status().is_success())
     })
     .await;
-    assert!(up, "ferrite did not start serving");
-    Running { child, api }
+    let running = Running { child, api, log };
+    assert!(up, "ferrite did not start serving:\n{}", running.log_tail());
+    running
 }
 
 /// Starts `ferrite run` for `files`.
@@ -149,7 +161,11 @@ async fn sigkill_loses_nothing_the_api_had_shown() {
 
 #[tokio::test]
 async fn the_demo_serves_changing_modbus_values() {
-    let Running { mut child, api } = spawn_serving(&["demo".as_ref()], Stdio::piped()).await;
+    let Running {
+        mut child,
+        api,
+        log: _log,
+    } = spawn_serving(&["demo".as_ref()], Stdio::piped()).await;
     let since = Instant::now();
     assert!(
         api.wait_status("boiler-1", "online", Duration::from_secs(2))

@@ -265,14 +265,17 @@ impl Writer {
     }
 }
 
-/// Trims history by age and size now and then, until `shutdown`.
+/// Trims history by age and size every minute (or every half `max_age`,
+/// if shorter), until `shutdown`.
 pub async fn retention(
     store: Arc<dyn Store>,
     max_age: Duration,
     max_bytes: u64,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    // Every minute, or more often when history is kept for less than two.
+    let period = (max_age / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
