@@ -77,6 +77,17 @@ impl Property {
     pub fn readable(&self) -> bool {
         matches!(self.access, Access::Read | Access::ReadWrite)
     }
+
+    /// Whether `v` lies outside `min`..`max`.
+    pub fn outside_limits(&self, v: f64) -> bool {
+        self.min.is_some_and(|min| v < min) || self.max.is_some_and(|max| v > max)
+    }
+
+    /// The limits as text for messages, `…` where there is none.
+    pub fn limits_text(&self) -> (String, String) {
+        let text = |l: Option<f64>| l.map_or_else(|| "…".to_string(), |x| x.to_string());
+        (text(self.min), text(self.max))
+    }
 }
 
 /// The type of a property's value.

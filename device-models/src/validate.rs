@@ -692,44 +692,30 @@ fn check_action(
     path: &[&str],
     diags: &mut Diagnostics,
 ) {
-    let sub = |key: &str| {
-        let kind = match action {
-            Action::Write(_) => "write",
-            Action::Event(_) => "event",
-            Action::Publish(_) => "publish",
-        };
-        let mut full: Vec<&str> = path.to_vec();
-        full.push(kind);
-        full.push(key);
-        rule.node.locate(&full)
+    let kind = match action {
+        Action::Write(_) => "write",
+        Action::Event(_) => "event",
+        Action::Publish(_) => "publish",
     };
+    let sub = |key: &str| rule.node.locate(&action_path(path, kind, key));
     match action {
         Action::Write(w) => {
-            let Some(device) = project.devices.get(&w.device) else {
-                if project.failed_devices.contains(&w.device) {
+            let prop = match resolve(project, &w.device, &w.property) {
+                Reference::Property(prop) => prop,
+                Reference::Unknowable => return,
+                Reference::NoDevice => {
+                    let message = format!("rule writes to unknown device `{}`", w.device);
+                    diags.error(&rule.file, sub("device"), message);
                     return;
                 }
-                diags.error(
-                    &rule.file,
-                    sub("device"),
-                    format!("rule writes to unknown device `{}`", w.device),
-                );
-                return;
-            };
-            let model = &device.value.model;
-            if project.incomplete_models.contains(model) || !project.models.contains_key(model) {
-                return;
-            }
-            let Some(prop) = project.property(&w.device, &w.property) else {
-                diags.error(
-                    &rule.file,
-                    sub("property"),
-                    format!(
+                Reference::NoProperty { model } => {
+                    let message = format!(
                         "device `{}` (model `{model}`) has no property `{}`",
                         w.device, w.property
-                    ),
-                );
-                return;
+                    );
+                    diags.error(&rule.file, sub("property"), message);
+                    return;
+                }
             };
             if !prop.writable() {
                 diags.error(
@@ -738,24 +724,25 @@ fn check_action(
                     format!("property `{}` of `{}` is read-only", w.property, w.device),
                 );
             }
-            let value_path = value_path(path, "write");
-            check_expression(project, rule, &w.value, &value_path, diags);
-            if let Ok(v) = w.value.trim().parse::<f64>() {
-                let out_low = prop.min.is_some_and(|min| v < min);
-                let out_high = prop.max.is_some_and(|max| v > max);
-                if out_low || out_high {
-                    diags.error(
-                        &rule.file,
-                        sub("value"),
-                        format!(
-                            "value {v} is outside {}..{} of `{}.{}`",
-                            fmt_limit(prop.min),
-                            fmt_limit(prop.max),
-                            w.device,
-                            w.property
-                        ),
-                    );
-                }
+            check_expression(
+                project,
+                rule,
+                &w.value,
+                &action_path(path, kind, "value"),
+                diags,
+            );
+            if let Ok(v) = w.value.trim().parse::<f64>()
+                && prop.outside_limits(v)
+            {
+                let (min, max) = prop.limits_text();
+                diags.error(
+                    &rule.file,
+                    sub("value"),
+                    format!(
+                        "value {v} is outside {min}..{max} of `{}.{}`",
+                        w.device, w.property
+                    ),
+                );
             }
         }
         Action::Event(e) => {
@@ -775,15 +762,47 @@ fn check_action(
     }
 }
 
-fn value_path<'a>(path: &[&'a str], kind: &'a str) -> Vec<&'a str> {
+/// The path of `key` inside the action at `path`, such as
+/// `then.0.write.value`.
+fn action_path<'a>(path: &[&'a str], kind: &'a str, key: &'a str) -> Vec<&'a str> {
     let mut full = path.to_vec();
     full.push(kind);
-    full.push("value");
+    full.push(key);
     full
 }
 
-fn fmt_limit(limit: Option<f64>) -> String {
-    limit.map_or_else(|| "…".to_string(), |v| v.to_string())
+/// What a rule's `devices["device"].property` refers to.
+enum Reference<'a> {
+    /// A property of a known, fully loaded model.
+    Property(&'a Property),
+    /// The device or its model failed to load, which is reported already:
+    /// say nothing more.
+    Unknowable,
+    /// No such device.
+    NoDevice,
+    /// The device's model has no such property.
+    NoProperty {
+        /// The model's name.
+        model: &'a str,
+    },
+}
+
+fn resolve<'a>(project: &'a Project, device: &str, property: &str) -> Reference<'a> {
+    let Some(located) = project.devices.get(device) else {
+        return if project.failed_devices.contains(device) {
+            Reference::Unknowable
+        } else {
+            Reference::NoDevice
+        };
+    };
+    let model = &located.value.model;
+    if project.incomplete_models.contains(model) || !project.models.contains_key(model) {
+        return Reference::Unknowable;
+    }
+    match project.property(device, property) {
+        Some(prop) => Reference::Property(prop),
+        None => Reference::NoProperty { model },
+    }
 }
 
 /// Parses a CEL expression and checks every device property it reads.
@@ -814,32 +833,17 @@ fn check_expression(
         }
         Ok(refs) => {
             for r in refs {
-                let Some(device) = project.devices.get(&r.device) else {
-                    if project.failed_devices.contains(&r.device) {
-                        continue;
+                let message = match resolve(project, &r.device, &r.property) {
+                    Reference::Property(_) | Reference::Unknowable => continue,
+                    Reference::NoDevice => {
+                        format!("expression reads unknown device `{}`", r.device)
                     }
-                    diags.error(
-                        &rule.file,
-                        at,
-                        format!("expression reads unknown device `{}`", r.device),
-                    );
-                    continue;
+                    Reference::NoProperty { model } => format!(
+                        "device `{}` (model `{model}`) has no property `{}`",
+                        r.device, r.property
+                    ),
                 };
-                let model = &device.value.model;
-                if project.incomplete_models.contains(model) || !project.models.contains_key(model)
-                {
-                    continue;
-                }
-                if project.property(&r.device, &r.property).is_none() {
-                    diags.error(
-                        &rule.file,
-                        at,
-                        format!(
-                            "device `{}` (model `{model}`) has no property `{}`",
-                            r.device, r.property
-                        ),
-                    );
-                }
+                diags.error(&rule.file, at, message);
             }
         }
     }

@@ -112,18 +112,14 @@ pub fn check_write(
         (ValueType::String, serde_json::Value::String(s)) => Value::String(s.clone()),
         _ => return Err(wrong()),
     };
-    if let Some(v) = value.as_f64() {
-        let below = property.min.is_some_and(|min| v < min);
-        let above = property.max.is_some_and(|max| v > max);
-        if below || above {
-            let limit = |l: Option<f64>| l.map_or_else(|| "…".to_string(), |x| x.to_string());
-            return Err(WriteCheckError::OutOfRange {
-                property: name.to_string(),
-                value: v,
-                min: limit(property.min),
-                max: limit(property.max),
-            });
-        }
+    if let Some(v) = value.as_f64().filter(|v| property.outside_limits(*v)) {
+        let (min, max) = property.limits_text();
+        return Err(WriteCheckError::OutOfRange {
+            property: name.to_string(),
+            value: v,
+            min,
+            max,
+        });
     }
     Ok(value)
 }
