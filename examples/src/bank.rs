@@ -27,34 +27,43 @@ impl Bank {
     /// Stores an encoded value at a binding's address.
     pub fn put(&mut self, b: &ModbusBinding, encoded: &Encoded) {
         match encoded {
-            Encoded::Coil(on) => {
-                let table = if b.table == Table::Discrete {
-                    &mut self.discrete
-                } else {
-                    &mut self.coils
-                };
-                table.insert(b.address, *on);
-            }
-            Encoded::Registers(values) => {
-                let table = if b.table == Table::Input {
-                    &mut self.input
-                } else {
-                    &mut self.holding
-                };
-                for (i, v) in values.iter().enumerate() {
-                    table.insert(b.address.wrapping_add(i as u16), *v);
-                }
-            }
+            Encoded::Coil(on) => self.set_bits(b.table, b.address, &[*on]),
+            Encoded::Registers(values) => self.set_registers(b.table, b.address, values),
             Encoded::Bit { bit, on } => {
-                let table = if b.table == Table::Input {
-                    &mut self.input
-                } else {
-                    &mut self.holding
-                };
-                let reg = table.entry(b.address).or_default();
+                let reg = self.register_table(b.table).entry(b.address).or_default();
                 let mask = 1u16 << bit;
                 *reg = if *on { *reg | mask } else { *reg & !mask };
             }
+        }
+    }
+
+    /// Sets registers from `start`: input registers for `Table::Input`,
+    /// holding registers otherwise.
+    pub fn set_registers(&mut self, table: Table, start: u16, values: &[u16]) {
+        let t = self.register_table(table);
+        for (i, v) in values.iter().enumerate() {
+            t.insert(start.wrapping_add(i as u16), *v);
+        }
+    }
+
+    /// Sets bits from `start`: discrete inputs for `Table::Discrete`, coils
+    /// otherwise.
+    pub fn set_bits(&mut self, table: Table, start: u16, values: &[bool]) {
+        let t = if table == Table::Discrete {
+            &mut self.discrete
+        } else {
+            &mut self.coils
+        };
+        for (i, on) in values.iter().enumerate() {
+            t.insert(start.wrapping_add(i as u16), *on);
+        }
+    }
+
+    fn register_table(&mut self, table: Table) -> &mut HashMap<u16, u16> {
+        if table == Table::Input {
+            &mut self.input
+        } else {
+            &mut self.holding
         }
     }
 
@@ -252,25 +261,21 @@ impl Endpoint {
                 Response::ReadHoldingRegisters(bank.registers(Table::Holding, *a, *n))
             }
             Request::WriteSingleCoil(a, on) => {
-                bank.coils.insert(*a, *on);
+                bank.set_bits(Table::Coil, *a, &[*on]);
                 Response::WriteSingleCoil(*a, *on)
             }
             Request::WriteMultipleCoils(a, values) => {
                 limit(values.len() as u16, 1968)?;
-                for (i, on) in values.iter().enumerate() {
-                    bank.coils.insert(a.wrapping_add(i as u16), *on);
-                }
+                bank.set_bits(Table::Coil, *a, values);
                 Response::WriteMultipleCoils(*a, values.len() as u16)
             }
             Request::WriteSingleRegister(a, v) => {
-                bank.holding.insert(*a, *v);
+                bank.set_registers(Table::Holding, *a, &[*v]);
                 Response::WriteSingleRegister(*a, *v)
             }
             Request::WriteMultipleRegisters(a, values) => {
                 limit(values.len() as u16, 123)?;
-                for (i, v) in values.iter().enumerate() {
-                    bank.holding.insert(a.wrapping_add(i as u16), *v);
-                }
+                bank.set_registers(Table::Holding, *a, values);
                 Response::WriteMultipleRegisters(*a, values.len() as u16)
             }
             _ => return Err(ExceptionCode::IllegalFunction),
