@@ -22,9 +22,10 @@
 //! - [`live`]: statuses and latest readings, as the API shows them.
 //! - [`api`]: the REST API of CONTRACT.md on axum.
 //! - [`demo`]: `ferrite demo`, the gateway plus simulated devices.
-//! - [`time`] holds the timestamp helpers.
+//! - [`time`] holds the timestamp helpers, [`backoff`] the retry delays.
 
 pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod demo;

@@ -4,11 +4,10 @@
 //! Only the store writer updates it, and only after the values it carries are
 //! durable, so nothing the API has shown can be lost to a crash.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use ferrite_models::{Project, Value};
-use indexmap::IndexMap;
+use indexmap::{IndexMap, IndexSet};
 use serde::Serialize;
 
 use crate::time::Micros;
@@ -111,8 +110,8 @@ pub enum Sample {
 /// project, so that the hot path (an update per poll) does no name lookups.
 #[derive(Debug, Default)]
 pub struct Live {
-    index: HashMap<String, usize>,
-    names: Vec<String>,
+    /// Device names; a name's position is the device's index.
+    names: IndexSet<String>,
     devices: RwLock<Vec<DeviceState>>,
 }
 
@@ -149,21 +148,15 @@ impl Live {
                 readings,
             });
         }
-        let names: Vec<String> = project.devices.keys().cloned().collect();
         Arc::new(Live {
-            index: names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.clone(), i))
-                .collect(),
-            names,
+            names: project.devices.keys().cloned().collect(),
             devices: RwLock::new(devices),
         })
     }
 
     /// A device's index, as [`Update::device`] carries it.
     pub fn index(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        self.names.get_index_of(name)
     }
 
     /// Marks a device that no driver serves in this build, so that the API

@@ -87,6 +87,14 @@ impl Gateway {
         if config.api.tokens.is_empty() && !listen.ip().is_loopback() {
             return Err(StartError::Exposed(listen));
         }
+        // Bind before starting anything, so a taken port fails fast and
+        // leaves no drivers running.
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| StartError::Listen(listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(listen, e))?;
 
         let store: Arc<dyn Store> = Arc::new(
             SledStore::open_with_cache(
@@ -103,21 +111,13 @@ impl Gateway {
         let (output, updates) = mpsc::channel(UPDATE_QUEUE);
         let (urgent, urgent_rx) = mpsc::channel(256);
         let writer = Writer::new(store.clone(), live.clone(), &project, stats.clone());
-        // The writer outlives the other tasks: it stops once they are gone and
-        // the queue is drained.
-        let writer_stop = CancellationToken::new();
         let queues = writer::Queues {
             updates,
             urgent: urgent_rx,
         };
-        let writer_done = tokio::spawn(writer.run(queues, writer_stop.clone()));
-        tasks.spawn({
-            let token = shutdown.clone();
-            async move {
-                token.cancelled().await;
-                writer_stop.cancel();
-            }
-        });
+        // Outside the tracker: `stop` waits for the drivers first, then for
+        // the writer to drain what they sent.
+        let writer_done = tokio::spawn(writer.run(queues, shutdown.clone()));
         tasks.spawn(writer::retention(
             store.clone(),
             config.store.history_age.get(),
@@ -144,12 +144,6 @@ impl Gateway {
             }
         }
 
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| StartError::Listen(listen, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartError::Listen(listen, e))?;
         let state = AppState {
             project: Arc::new(project),
             live,

@@ -4,7 +4,7 @@
 #![allow(dead_code, missing_docs)]
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,13 +169,6 @@ impl Api {
     pub async fn wait_status(&self, id: &str, status: &str, limit: Duration) -> bool {
         wait_until(limit, || async { self.status(id).await == status }).await
     }
-}
-
-/// The path of a built binary of this workspace, next to the test binary.
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join(name)
 }
 
 /// A device `d` whose register `n` counts up every 20 ms and is polled every

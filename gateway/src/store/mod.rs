@@ -83,6 +83,4 @@ pub trait Store: Send + Sync + 'static {
     /// Drops history older than `before`, then the oldest entries until the
     /// store is under `max_bytes`.
     fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError>;
-    /// Bytes on disk.
-    fn size_on_disk(&self) -> Result<u64, StoreError>;
 }

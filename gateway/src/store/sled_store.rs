@@ -42,9 +42,10 @@ struct Inner {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`, with the default 8 MiB cache.
+    /// Opens (or creates) the store in `dir`, with the config's default cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, 8 * 1024 * 1024)
+        let cache_mib = ferrite_models::config::StoreSection::default().cache_mib;
+        Self::open_with_cache(dir, cache_mib * 1024 * 1024)
     }
 
     /// Opens (or creates) the store in `dir` with a page cache of
@@ -303,11 +304,6 @@ impl Store for SledStore {
             }
         }
         Ok(trimmed)
-    }
-
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        let guard = self.read();
-        Ok(guard.as_ref().ok_or_else(reopening)?.db.size_on_disk()?)
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Change, Stamped, Store};
+use crate::backoff::Backoff;
 use crate::live::{Live, Sample, Update};
 use crate::time::{Micros, now};
 
@@ -105,10 +106,14 @@ impl Writer {
             Ok(values) => {
                 for (device, property, at) in values {
                     live.restore(&device, &property, at.value.clone(), at.ts);
-                    let track = live
-                        .index(&device)
-                        .and_then(|d| devices.get_mut(d))
-                        .and_then(|d| d.properties.iter_mut().find(|p| p.name == property));
+                    let track = project
+                        .devices
+                        .get_full(&device)
+                        .and_then(|(d, _, located)| {
+                            let model = project.models.get(&located.value.model)?;
+                            let p = model.value.properties.get_index_of(&property)?;
+                            devices.get_mut(d)?.properties.get_mut(p)
+                        });
                     if let Some(track) = track {
                         track.last = Some(at.value);
                     }
@@ -129,17 +134,9 @@ impl Writer {
     pub async fn run(mut self, mut queues: Queues, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            // Writes someone waits on go first, in a commit of their own.
-            while batch.len() < MAX_BATCH {
-                match queues.urgent.try_recv() {
-                    Ok(update) => batch.push(update),
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                self.commit(&mut batch, &shutdown).await;
-                continue;
-            }
+            // Writes someone waits on go first: the biased select prefers
+            // them, and they are committed at once, together with any other
+            // writes already waiting.
             let (first, urgent) = tokio::select! {
                 biased;
                 update = queues.urgent.recv() => (update, true),
@@ -151,6 +148,12 @@ impl Writer {
             let Some(first) = first else { break };
             batch.push(first);
             if urgent {
+                while batch.len() < MAX_BATCH {
+                    match queues.urgent.try_recv() {
+                        Ok(update) => batch.push(update),
+                        Err(_) => break,
+                    }
+                }
                 self.commit(&mut batch, &shutdown).await;
                 continue;
             }
@@ -182,7 +185,7 @@ impl Writer {
     async fn commit(&mut self, batch: &mut Vec<Update>, shutdown: &CancellationToken) {
         let changes = Arc::new(self.changes(batch));
         if !changes.is_empty() {
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 // The batch stays here while the blocking task commits it, so
                 // a failure retries it rather than losing it.
@@ -194,7 +197,8 @@ impl Writer {
                     Err(e) => {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
                         self.stats.failing.store(true, Ordering::Relaxed);
-                        tracing::error!("store write failed, will retry in {delay:?}: {e}");
+                        let delay = backoff.next_delay();
+                        tracing::error!("store write failed, will retry in {delay:.1?}: {e}");
                         if shutdown.is_cancelled() {
                             tracing::error!(
                                 "shutting down with {} changes not stored",
@@ -203,7 +207,6 @@ impl Writer {
                             break;
                         }
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
                     }
                 }
             }

@@ -21,7 +21,8 @@ use tokio_modbus::prelude::{Slave, SlaveContext};
 use tokio_modbus::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
-use crate::drivers::{Backoff, DriverError};
+use crate::backoff::Backoff;
+use crate::drivers::DriverError;
 
 /// Where a link goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -177,66 +178,89 @@ pub fn spawn(
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn run(key: &LinkKey, rx: &mut mpsc::Receiver<Job>, shutdown: &CancellationToken) {
-    let mut conn: Option<Context> = None;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let mut retry_at = Instant::now();
-    let mut down_reason = String::from("not connected yet");
+    let mut link = Link {
+        key,
+        conn: None,
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+        retry_at: Instant::now(),
+        down_reason: String::from("not connected yet"),
+    };
     loop {
-        let req = tokio::select! {
+        let job = tokio::select! {
             () = shutdown.cancelled() => break,
-            req = rx.recv() => match req { Some(r) => r, None => break },
+            job = rx.recv() => match job { Some(job) => job, None => break },
         };
-        if conn.is_none() {
-            if Instant::now() < retry_at {
-                let _ = req
-                    .reply
-                    .send(Err(DriverError::Unreachable(down_reason.clone())));
-                continue;
+        let result = link.serve(&job).await;
+        let _ = job.reply.send(result);
+    }
+    close(&mut link.conn).await;
+    tracing::debug!(link = %key, "link stopped");
+}
+
+/// The connection a link task owns, and how it is doing.
+struct Link<'a> {
+    key: &'a LinkKey,
+    conn: Option<Context>,
+    backoff: Backoff,
+    /// No reconnect before this, after a failed one.
+    retry_at: Instant,
+    /// Why the link is down, for the requests that fail meanwhile.
+    down_reason: String,
+}
+
+impl Link<'_> {
+    /// The open connection, connecting first if the backoff allows.
+    async fn connection(&mut self) -> Result<&mut Context, DriverError> {
+        if self.conn.is_none() {
+            if Instant::now() < self.retry_at {
+                return Err(DriverError::Unreachable(self.down_reason.clone()));
             }
+            let key = self.key;
             match timeout(CONNECT_TIMEOUT, connect(key)).await {
                 Ok(Ok(ctx)) => {
                     tracing::info!(link = %key, "connected");
-                    backoff.reset();
-                    conn = Some(ctx);
+                    self.backoff.reset();
+                    self.conn = Some(ctx);
                 }
-                Ok(Err(e)) => down_reason = format!("{key}: {e}"),
+                Ok(Err(e)) => self.down_reason = format!("{key}: {e}"),
                 Err(_) => {
-                    down_reason = format!("{key}: connect timed out after {CONNECT_TIMEOUT:?}")
+                    self.down_reason = format!("{key}: connect timed out after {CONNECT_TIMEOUT:?}")
                 }
-            }
-            if conn.is_none() {
-                let delay = backoff.next_delay();
-                tracing::warn!(link = %key, "{down_reason}; retrying in {delay:.1?}");
-                retry_at = Instant::now() + delay;
-                let _ = req
-                    .reply
-                    .send(Err(DriverError::Unreachable(down_reason.clone())));
-                continue;
             }
         }
-        let Some(ctx) = conn.as_mut() else { continue };
-        ctx.set_slave(Slave(req.unit));
-        let result = match timeout(req.timeout, perform(ctx, &req.op)).await {
+        match self.conn.as_mut() {
+            Some(ctx) => Ok(ctx),
+            None => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(link = %self.key, "{}; retrying in {delay:.1?}", self.down_reason);
+                self.retry_at = Instant::now() + delay;
+                Err(DriverError::Unreachable(self.down_reason.clone()))
+            }
+        }
+    }
+
+    /// Performs one job on the wire.
+    async fn serve(&mut self, job: &Job) -> Result<Reply, DriverError> {
+        let ctx = self.connection().await?;
+        ctx.set_slave(Slave(job.unit));
+        match timeout(job.timeout, perform(ctx, &job.op)).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(refusal))) => Err(DriverError::Refused(refusal.to_string())),
             Ok(Err(e)) => {
                 // The transport failed: the connection is gone.
-                down_reason = format!("{key}: {e}");
-                tracing::warn!(link = %key, "{down_reason}");
-                close(&mut conn).await;
-                Err(DriverError::Unreachable(down_reason.clone()))
+                self.down_reason = format!("{}: {e}", self.key);
+                tracing::warn!(link = %self.key, "{}", self.down_reason);
+                close(&mut self.conn).await;
+                Err(DriverError::Unreachable(self.down_reason.clone()))
             }
             Err(_) => {
                 // A late answer would confuse the next request, so start over
                 // with a fresh connection (at once: the peer may be fine).
-                close(&mut conn).await;
-                Err(DriverError::Timeout(req.timeout))
+                close(&mut self.conn).await;
+                Err(DriverError::Timeout(job.timeout))
             }
-        };
-        let _ = req.reply.send(result);
+        }
     }
-    close(&mut conn).await;
-    tracing::debug!(link = %key, "link stopped");
 }
 
 async fn close(conn: &mut Option<Context>) {

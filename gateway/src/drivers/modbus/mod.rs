@@ -37,6 +37,7 @@ struct Point {
     /// Index of the property in its model.
     index: u16,
     ty: ValueType,
+    readable: bool,
     binding: ModbusBinding,
 }
 
@@ -90,18 +91,16 @@ impl ModbusDriver {
                         name: Arc::from(pname.as_str()),
                         index: u16::try_from(i).unwrap_or(u16::MAX),
                         ty: p.ty,
+                        readable: p.readable(),
                         binding: b.clone(),
                     })
                 })
                 .collect();
-            let readable: Vec<(usize, &ModbusBinding)> = model
-                .value
-                .properties
-                .values()
-                .filter(|p| p.modbus.is_some())
+            let readable: Vec<(usize, &ModbusBinding)> = points
+                .iter()
                 .enumerate()
-                .filter(|(_, p)| p.readable())
-                .filter_map(|(i, p)| p.modbus.as_ref().map(|b| (i, b)))
+                .filter(|(_, p)| p.readable)
+                .map(|(i, p)| (i, &p.binding))
                 .collect();
             let blocks = plan(&readable, coalesce);
             devices.push(Device {
@@ -182,6 +181,20 @@ async fn poll_loop(
     }
 }
 
+impl Device {
+    /// The same sample for every property a block reads.
+    fn all_of<'a>(
+        &'a self,
+        block: &'a ReadBlock,
+        sample: Sample,
+    ) -> impl Iterator<Item = (u16, Sample)> + 'a {
+        block
+            .items
+            .iter()
+            .map(move |(i, _)| (self.points[*i].index, sample.clone()))
+    }
+}
+
 /// Reads every block once and reports what came back.
 async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
     let ts = now();
@@ -192,12 +205,7 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
     let mut link_down = false;
     for block in &device.blocks {
         if link_down {
-            samples.extend(
-                block
-                    .items
-                    .iter()
-                    .map(|(i, _)| (device.points[*i].index, Sample::Stale)),
-            );
+            samples.extend(device.all_of(block, Sample::Stale));
             continue;
         }
         let op = Op::Read {
@@ -230,23 +238,13 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
                     block.start,
                     block.start + block.count - 1
                 ));
-                samples.extend(
-                    block
-                        .items
-                        .iter()
-                        .map(|(i, _)| (device.points[*i].index, Sample::Bad)),
-                );
+                samples.extend(device.all_of(block, Sample::Bad));
             }
             Err(e) => {
                 status = Status::Offline;
                 error = Some(e.to_string());
                 link_down = true;
-                samples.extend(
-                    block
-                        .items
-                        .iter()
-                        .map(|(i, _)| (device.points[*i].index, Sample::Stale)),
-                );
+                samples.extend(device.all_of(block, Sample::Stale));
             }
         }
     }
