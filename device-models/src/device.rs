@@ -297,9 +297,21 @@ pub struct Opcua {
     /// User name; needs `password_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// File holding the password.
+    /// File holding the password (relative paths start at the device file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// X.509 user identity: the certificate (DER or PEM); needs
+    /// `user_private_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_certificate: Option<PathBuf>,
+    /// The private key (PEM) of `user_certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_private_key: Option<PathBuf>,
+    /// The server's certificate (DER or PEM) to trust, in addition to those
+    /// in `data_dir/pki/trusted`. Unknown server certificates are never
+    /// trusted on first use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<PathBuf>,
     /// Subscribe (default) or poll.
     #[serde(default)]
     pub mode: OpcuaMode,

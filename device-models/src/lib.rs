@@ -25,6 +25,8 @@
 //!   through (access, type, limits).
 //! - [`codec`]: Modbus register encoding, shared by the driver and the
 //!   simulator.
+//! - `ua` (feature `opcua`): values to and from OPC UA Variants, checked
+//!   against the node's DataType, shared the same way.
 //!
 //! ```
 //! let report = ferrite_models::project::check(std::path::Path::new("../examples/demo/ferrite.toml"));
@@ -44,6 +46,8 @@ pub mod project;
 pub mod rule;
 pub mod schema;
 pub mod source;
+#[cfg(feature = "opcua")]
+pub mod ua;
 pub mod units;
 pub mod validate;
 pub mod value;

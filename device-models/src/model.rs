@@ -380,6 +380,65 @@ pub enum WordOrder {
 pub struct OpcuaBinding {
     /// The node id, such as `ns=2;s=Boiler.Temperature` or `i=2258`.
     pub node: NodeId,
+    /// The node's DataType, when it must be a particular one. The gateway
+    /// reads each node's DataType once per session and reports a mismatch;
+    /// the simulator serves this type (default: Boolean, Int32, Double or
+    /// String after the property's type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datatype: Option<UaDataType>,
+}
+
+/// The OPC UA built-in scalar types a property can map onto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[allow(missing_docs)]
+pub enum UaDataType {
+    Boolean,
+    SByte,
+    Byte,
+    Int16,
+    UInt16,
+    Int32,
+    UInt32,
+    Int64,
+    UInt64,
+    Float,
+    Double,
+    String,
+}
+
+impl UaDataType {
+    /// Whether a property of type `ty` can live in a node of this type.
+    pub fn fits(self, ty: ValueType) -> bool {
+        use UaDataType::*;
+        match ty {
+            ValueType::Bool => self == Boolean,
+            ValueType::Int => matches!(
+                self,
+                SByte | Byte | Int16 | UInt16 | Int32 | UInt32 | Int64 | UInt64
+            ),
+            ValueType::Float => matches!(
+                self,
+                Float | Double | SByte | Byte | Int16 | UInt16 | Int32 | UInt32 | Int64 | UInt64
+            ),
+            ValueType::String => self == String,
+        }
+    }
+
+    /// The type the simulator serves for a property of type `ty`.
+    pub fn default_for(ty: ValueType) -> Self {
+        match ty {
+            ValueType::Bool => UaDataType::Boolean,
+            ValueType::Int => UaDataType::Int32,
+            ValueType::Float => UaDataType::Double,
+            ValueType::String => UaDataType::String,
+        }
+    }
+}
+
+impl fmt::Display for UaDataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
 }
 
 /// An OPC UA NodeId in its text form, checked for syntax.

@@ -157,6 +157,19 @@ fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
             check_overlap(name, binding, &seen_ranges, &at_modbus, file, diags);
             seen_ranges.push((name, binding));
         }
+        if let Some(ua) = &prop.opcua
+            && let Some(datatype) = ua.datatype
+            && !datatype.fits(prop.ty)
+        {
+            diags.error(
+                file,
+                model.pos(&["properties", name, "opcua", "datatype"]),
+                format!(
+                    "a {} property cannot live in a {datatype} node",
+                    prop.ty
+                ),
+            );
+        }
         if let Some(mqtt) = &prop.mqtt
             && mqtt.command.is_some()
             && !prop.writable()
@@ -540,6 +553,27 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
                     file,
                     at("username"),
                     "username and password_file go together",
+                );
+            }
+            if ua.user_certificate.is_some() != ua.user_private_key.is_some() {
+                diags.error(
+                    file,
+                    at("user_certificate"),
+                    "user_certificate and user_private_key go together",
+                );
+            }
+            if ua.username.is_some() && ua.user_certificate.is_some() {
+                diags.error(
+                    file,
+                    at("user_certificate"),
+                    "choose one identity: username or user_certificate",
+                );
+            }
+            if ua.policy.is_some() && ua.security == crate::device::OpcuaSecurity::None {
+                diags.error(
+                    file,
+                    at("policy"),
+                    "policy applies to security sign or sign-and-encrypt, not none",
                 );
             }
             if ua.queue == Some(0) {

@@ -17,6 +17,7 @@
 //!   project, and the `sim.toml` format.
 
 pub mod bank;
+pub mod opcua_server;
 pub mod server;
 pub mod sim;
 pub mod waves;

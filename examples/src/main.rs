@@ -5,13 +5,12 @@
 //! ```
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use ferrite_sim::sim::{Simulator, load_config};
 
-/// Serve simulated Modbus TCP and RTU devices.
+/// Serve simulated Modbus TCP, Modbus RTU and OPC UA devices.
 #[derive(Parser)]
 #[command(name = "ferrite-sim", version, about)]
 struct Cli {
@@ -33,9 +32,10 @@ async fn main() -> anyhow::Result<()> {
         .lines()
         .all(|l| !l.trim_start().starts_with("[gateway]"));
     let (sim, gateway) = if is_sim {
-        let sim = load_config(&cli.config)?;
+        let mut sim = load_config(&cli.config)?;
         let base = cli.config.parent().map(PathBuf::from).unwrap_or_default();
         let gateway = base.join(sim.gateway.clone().unwrap_or_else(|| "ferrite.toml".into()));
+        sim.opcua.pki = sim.opcua.pki.map(|p| base.join(p));
         (sim, gateway)
     } else {
         (Default::default(), cli.config.clone())
@@ -47,8 +47,7 @@ async fn main() -> anyhow::Result<()> {
     if !report.is_ok() {
         bail!("{}", report.summary());
     }
-    let tick = sim.tick.map_or(Duration::from_millis(100), |t| t.get());
-    let simulator = Simulator::start(&report.project, &sim.wave, tick, true).await?;
+    let simulator = Simulator::start(&report.project, &sim, true).await?;
     for ((host, port), server) in &simulator.tcp {
         println!(
             "Modbus TCP  {host}:{port} (bound {}) units {:?}",
@@ -62,6 +61,13 @@ async fn main() -> anyhow::Result<()> {
             port.display(),
             server.path.display(),
             units(&server.endpoint)
+        );
+    }
+    for (url, server) in &simulator.opcua {
+        println!(
+            "OPC UA      {url} (bound {}), certificate {}",
+            server.addr,
+            server.certificate_path().display()
         );
     }
     println!("serving; Ctrl-C stops");

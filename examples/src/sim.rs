@@ -1,5 +1,5 @@
-//! [`Simulator`]: serves every Modbus device of a project, with changing
-//! values, and the `sim.toml` that tunes it.
+//! [`Simulator`]: serves every Modbus and OPC UA device of a project, with
+//! changing values, and the `sim.toml` that tunes it.
 //!
 //! ```toml
 //! gateway = "ferrite.toml"   # whose devices to serve, relative to this file
@@ -11,6 +11,11 @@
 //! min = 60
 //! max = 95
 //! period = "2m"
+//!
+//! [opcua]
+//! pki = "sim-pki"            # the OPC UA servers' certificate; default: a
+//!                            # folder in the system's temp dir
+//! users = [{ name = "operator", password = "secret" }]
 //! ```
 //! Properties without a `[[wave]]` get a default signal, except writable
 //! ones, which start mid-range and then keep what is written to them.
@@ -18,17 +23,22 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrite_models::codec;
-use ferrite_models::model::{ModbusBinding, ValueType};
+use ferrite_models::model::{ModbusBinding, UaDataType, ValueType};
+use ferrite_models::Property;
+use indexmap::IndexMap;
+use opcua::types::NodeId as UaNodeId;
 use ferrite_models::units::Span;
 use ferrite_models::{Project, Value};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::bank::Endpoint;
+use crate::opcua_server::{UaNode, UaSim, UaSimOptions};
 use crate::server::{RtuSim, TcpSim};
 use crate::waves::Wave;
 
@@ -43,6 +53,30 @@ pub struct SimConfig {
     /// Signals for particular properties.
     #[serde(default)]
     pub wave: Vec<WaveFor>,
+    /// OPC UA server settings.
+    #[serde(default)]
+    pub opcua: SimOpcua,
+}
+
+/// The `[opcua]` table.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SimOpcua {
+    /// Where the servers keep their certificate and key.
+    pub pki: Option<PathBuf>,
+    /// Users the servers accept, besides anonymous.
+    #[serde(default)]
+    pub users: Vec<SimUser>,
+}
+
+/// A user name and password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimUser {
+    /// User name.
+    pub name: String,
+    /// Password.
+    pub password: String,
 }
 
 /// A `[[wave]]` entry.
@@ -59,11 +93,22 @@ pub struct WaveFor {
 
 /// One property the simulator animates.
 struct Animated {
-    endpoint: Arc<Endpoint>,
-    unit: u8,
-    binding: ModbusBinding,
+    target: Target,
     ty: ValueType,
     wave: Wave,
+}
+
+/// Where an animated value goes.
+enum Target {
+    Modbus {
+        endpoint: Arc<Endpoint>,
+        unit: u8,
+        binding: ModbusBinding,
+    },
+    Opcua {
+        server: Arc<UaSim>,
+        id: UaNodeId,
+    },
 }
 
 /// Running simulated devices.
@@ -72,21 +117,24 @@ pub struct Simulator {
     pub tcp: HashMap<(String, u16), TcpSim>,
     /// RTU slaves by configured port path.
     pub rtu: HashMap<PathBuf, RtuSim>,
+    /// OPC UA servers by endpoint URL as the devices name it.
+    pub opcua: HashMap<String, Arc<UaSim>>,
     stop: CancellationToken,
 }
 
 impl Simulator {
-    /// Serves every Modbus device in `project`. RTU slaves get a pty, linked
-    /// at the configured port path when `link_rtu` is set.
+    /// Serves every Modbus and OPC UA device in `project`. RTU slaves get a
+    /// pty, linked at the configured port path when `link_rtu` is set.
     pub async fn start(
         project: &Project,
-        waves: &[WaveFor],
-        tick: Duration,
+        config: &SimConfig,
         link_rtu: bool,
     ) -> std::io::Result<Simulator> {
+        let tick = config.tick.map_or(Duration::from_millis(100), Span::get);
         let mut tcp: HashMap<(String, u16), TcpSim> = HashMap::new();
         let mut rtu: HashMap<PathBuf, RtuSim> = HashMap::new();
         let mut animated = Vec::new();
+        let mut ua_devices: Vec<(&String, &str)> = Vec::new();
         for (name, located) in &project.devices {
             let d = &located.value;
             let (endpoint, unit) = if let Some(t) = &d.modbus_tcp {
@@ -104,6 +152,9 @@ impl Simulator {
                 }
                 (rtu[&r.port].endpoint.clone(), r.unit)
             } else {
+                if let Some(ua) = &d.opcua {
+                    ua_devices.push((name, ua.endpoint.as_str()));
+                }
                 continue;
             };
             endpoint.add_unit(unit);
@@ -112,39 +163,23 @@ impl Simulator {
             };
             for (pname, p) in &model.value.properties {
                 let Some(binding) = &p.modbus else { continue };
-                let custom = waves
-                    .iter()
-                    .find(|w| &w.device == name && &w.property == pname);
-                let wave = match custom {
-                    Some(w) => w.wave.clone(),
-                    None => Wave::default_for(name, p),
-                };
-                let item = Animated {
+                let target = Target::Modbus {
                     endpoint: endpoint.clone(),
                     unit,
                     binding: binding.clone(),
-                    ty: p.ty,
-                    wave,
                 };
-                if p.writable() && custom.is_none() {
-                    // Start mid-range, then keep what clients write.
-                    let start = item.wave.at(0.0, p.ty);
-                    let start = match (p.min, p.max, p.ty) {
-                        (Some(lo), Some(hi), ValueType::Float) => Value::Float((lo + hi) / 2.0),
-                        (Some(lo), Some(hi), ValueType::Int) => {
-                            Value::Int(((lo + hi) / 2.0).round() as i64)
-                        }
-                        _ => start,
-                    };
-                    put(&item, &start);
-                } else {
-                    animated.push(item);
-                }
+                animate_or_start(target, name, pname, p, &config.wave, &mut animated);
             }
         }
+        let opcua = start_opcua(project, config, &ua_devices, &mut animated).await?;
         let stop = CancellationToken::new();
         tokio::spawn(animate(animated, tick, stop.clone()));
-        Ok(Simulator { tcp, rtu, stop })
+        Ok(Simulator {
+            tcp,
+            rtu,
+            opcua,
+            stop,
+        })
     }
 
     /// The endpoint serving `host:port`.
@@ -163,6 +198,9 @@ impl Simulator {
         for (_, server) in self.rtu {
             server.stop().await;
         }
+        for (_, server) in self.opcua {
+            server.stop().await;
+        }
     }
 }
 
@@ -173,16 +211,167 @@ fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other(format!("{host} does not resolve")))
 }
 
+/// Animates a property with its `[[wave]]` or a default signal; a writable
+/// property without a `[[wave]]` starts mid-range and keeps what clients
+/// write instead.
+fn animate_or_start(
+    target: Target,
+    device: &str,
+    property: &str,
+    p: &Property,
+    waves: &[WaveFor],
+    animated: &mut Vec<Animated>,
+) {
+    let custom = waves
+        .iter()
+        .find(|w| w.device == device && w.property == property);
+    let wave = match custom {
+        Some(w) => w.wave.clone(),
+        None => Wave::default_for(device, p),
+    };
+    let item = Animated {
+        target,
+        ty: p.ty,
+        wave,
+    };
+    if p.writable() && custom.is_none() {
+        put(&item, &start_value(p, &item.wave));
+    } else {
+        animated.push(item);
+    }
+}
+
+/// Mid-range for a property with limits, else the wave's first value.
+fn start_value(p: &Property, wave: &Wave) -> Value {
+    match (p.min, p.max, p.ty) {
+        (Some(lo), Some(hi), ValueType::Float) => Value::Float((lo + hi) / 2.0),
+        (Some(lo), Some(hi), ValueType::Int) => Value::Int(((lo + hi) / 2.0).round() as i64),
+        _ => wave.at(0.0, p.ty),
+    }
+}
+
 fn put(item: &Animated, value: &Value) {
-    match codec::encode(&item.binding, value) {
-        Ok(encoded) => {
-            let mut units = item.endpoint.units();
-            if let Some(unit) = units.get_mut(&item.unit) {
-                unit.bank.put(&item.binding, &encoded);
+    match &item.target {
+        Target::Modbus {
+            endpoint,
+            unit,
+            binding,
+        } => match codec::encode(binding, value) {
+            Ok(encoded) => {
+                let mut units = endpoint.units();
+                if let Some(unit) = units.get_mut(unit) {
+                    unit.bank.put(binding, &encoded);
+                }
+            }
+            Err(e) => tracing::warn!("sim cannot encode {value}: {e}"),
+        },
+        Target::Opcua { server, id } => {
+            if let Err(e) = server.set(id, value) {
+                tracing::debug!("sim cannot set {id}: {e}");
             }
         }
-        Err(e) => tracing::warn!("sim cannot encode {value}: {e}"),
     }
+}
+
+/// The OPC UA nodes one device's model asks for, at their start values.
+pub fn ua_nodes(project: &Project, device: &str) -> Vec<UaNode> {
+    let Some(d) = project.devices.get(device) else {
+        return Vec::new();
+    };
+    let Some(model) = project.models.get(&d.value.model) else {
+        return Vec::new();
+    };
+    let mut nodes = Vec::new();
+    for (pname, p) in &model.value.properties {
+        let Some(b) = &p.opcua else { continue };
+        let Ok(id) = UaNodeId::from_str(&b.node.0) else {
+            continue;
+        };
+        if id.namespace < 2 {
+            tracing::warn!("sim serves namespaces 2 and up, not {id}");
+            continue;
+        }
+        let wave = Wave::default_for(device, p);
+        nodes.push(UaNode {
+            id,
+            name: pname.clone(),
+            datatype: b.datatype.unwrap_or(UaDataType::default_for(p.ty)),
+            ty: p.ty,
+            writable: p.writable(),
+            initial: start_value(p, &wave),
+        });
+    }
+    nodes
+}
+
+/// Splits `opc.tcp://host:port/path` into an address and a path.
+pub fn split_endpoint(url: &str) -> std::io::Result<(SocketAddr, String)> {
+    let bad = || std::io::Error::other(format!("cannot serve endpoint {url}"));
+    let rest = url.strip_prefix("opc.tcp://").ok_or_else(bad)?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad())?),
+        None => (authority, 4840),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((resolve(host, port)?, path.to_string()))
+}
+
+async fn start_opcua(
+    project: &Project,
+    config: &SimConfig,
+    devices: &[(&String, &str)],
+    animated: &mut Vec<Animated>,
+) -> std::io::Result<HashMap<String, Arc<UaSim>>> {
+    let mut by_url: IndexMap<&str, Vec<&String>> = IndexMap::new();
+    for (name, url) in devices {
+        by_url.entry(url).or_default().push(name);
+    }
+    let pki = config
+        .opcua
+        .pki
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("ferrite-sim-pki"));
+    let users: Vec<(String, String)> = config
+        .opcua
+        .users
+        .iter()
+        .map(|u| (u.name.clone(), u.password.clone()))
+        .collect();
+    let mut servers = HashMap::new();
+    for (url, names) in by_url {
+        let (addr, path) = split_endpoint(url)?;
+        let nodes: Vec<UaNode> = names.iter().flat_map(|n| ua_nodes(project, n)).collect();
+        let options = UaSimOptions {
+            path,
+            pki_dir: pki.clone(),
+            users: users.clone(),
+        };
+        let server = Arc::new(UaSim::start(addr, nodes, options).await?);
+        for name in names {
+            let Some(d) = project.devices.get(name.as_str()) else {
+                continue;
+            };
+            let Some(model) = project.models.get(&d.value.model) else {
+                continue;
+            };
+            for (pname, p) in &model.value.properties {
+                let Some(Ok(id)) = p.opcua.as_ref().map(|b| UaNodeId::from_str(&b.node.0)) else {
+                    continue;
+                };
+                let target = Target::Opcua {
+                    server: server.clone(),
+                    id,
+                };
+                animate_or_start(target, name, pname, p, &config.wave, animated);
+            }
+        }
+        servers.insert(url.to_string(), server);
+    }
+    Ok(servers)
 }
 
 async fn animate(items: Vec<Animated>, tick: Duration, stop: CancellationToken) {

@@ -91,13 +91,11 @@ pub async fn run(
         "the built-in demo does not check: {:?}",
         report.diagnostics
     );
-    let sim_config = ferrite_sim::sim::load_config(&scratch.path().join("sim.toml"))?;
-    let tick = sim_config
-        .tick
-        .map_or(Duration::from_millis(100), |t| t.get());
-    let sim = Simulator::start(&report.project, &sim_config.wave, tick, false)
+    let mut sim_config = ferrite_sim::sim::load_config(&scratch.path().join("sim.toml"))?;
+    sim_config.opcua.pki = Some(scratch.path().join("sim-pki"));
+    let sim = Simulator::start(&report.project, &sim_config, false)
         .await
-        .context("cannot start the simulated devices (is port 5020 free?)")?;
+        .context("cannot start the simulated devices (are ports 5020 and 4840 free?)")?;
     let data_dir = data_dir.unwrap_or_else(|| scratch.path().join("data"));
     let options = Options {
         listen: Some(listen),

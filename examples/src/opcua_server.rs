@@ -1,0 +1,306 @@
+//! Simulated OPC UA servers, on async-opcua's server.
+//!
+//! One [`UaSim`] serves one `opc.tcp://host:port/path` endpoint with a
+//! variable per model property bound to it, of the property's DataType (its
+//! `opcua.datatype`, or Boolean, Int32, Double, String after its type).
+//! Writable properties get writable nodes; clients' writes land in the
+//! address space and stay there.
+//!
+//! It offers security `none` and every supported policy (Basic256Sha256,
+//! Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss) with sign and
+//! sign-and-encrypt; anonymous login and the configured users. It trusts
+//! every client certificate (it is a simulator); its own certificate is
+//! created under its `pki` folder on first start, at `own/cert.der`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ferrite_models::Value;
+use ferrite_models::model::{UaDataType, ValueType};
+use ferrite_models::ua::{from_variant, to_variant};
+use opcua::crypto::SecurityPolicy;
+use opcua::nodes::{AccessLevel, VariableBuilder};
+use opcua::server::diagnostics::NamespaceMetadata;
+use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager};
+use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerHandle, ServerUserToken};
+use opcua::types::{
+    DataValue, MessageSecurityMode, NodeId, ObjectId, StatusCode, Variant,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// One variable the server holds.
+#[derive(Debug, Clone)]
+pub struct UaNode {
+    /// Its NodeId, in namespace 2 or above.
+    pub id: NodeId,
+    /// Its browse and display name.
+    pub name: String,
+    /// Its DataType.
+    pub datatype: UaDataType,
+    /// The type of the property it serves.
+    pub ty: ValueType,
+    /// Whether clients may write it.
+    pub writable: bool,
+    /// Its value at start.
+    pub initial: Value,
+}
+
+/// How a [`UaSim`] is set up.
+#[derive(Debug, Clone)]
+pub struct UaSimOptions {
+    /// The endpoint path, such as `/ferrite`.
+    pub path: String,
+    /// Where its certificate and key live (created on first start).
+    pub pki_dir: PathBuf,
+    /// User names and passwords it accepts, besides anonymous.
+    pub users: Vec<(String, String)>,
+}
+
+/// A running (or stopped) simulated OPC UA server.
+pub struct UaSim {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    options: UaSimOptions,
+    nodes: Vec<UaNode>,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    handle: ServerHandle,
+    /// The node manager of each namespace index.
+    managers: BTreeMap<u16, Arc<SimpleNodeManager>>,
+    task: JoinHandle<()>,
+}
+
+const USER_TOKEN_PREFIX: &str = "user-";
+
+impl UaSim {
+    /// Starts serving `nodes` on `addr` (port 0 picks a free port).
+    pub async fn start(
+        addr: SocketAddr,
+        nodes: Vec<UaNode>,
+        options: UaSimOptions,
+    ) -> std::io::Result<UaSim> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let sim = UaSim {
+            addr,
+            options,
+            nodes,
+            running: Mutex::new(None),
+        };
+        sim.serve(listener)?;
+        Ok(sim)
+    }
+
+    /// The endpoint URL clients use.
+    pub fn url(&self) -> String {
+        format!("opc.tcp://{}{}", self.addr, self.options.path)
+    }
+
+    /// Its certificate (DER), once started.
+    pub fn certificate_path(&self) -> PathBuf {
+        self.options.pki_dir.join("own").join("cert.der")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        let builder = self.builder();
+        let (server, handle) = builder.build().map_err(std::io::Error::other)?;
+        let mut managers = BTreeMap::new();
+        for ns in self.namespaces() {
+            let name = format!("ferrite-sim-ns{ns}");
+            let Some(nm) = handle
+                .node_managers()
+                .get_by_name::<SimpleNodeManager>(&name)
+            else {
+                return Err(std::io::Error::other(format!("no node manager {name}")));
+            };
+            let got = handle.get_namespace_index(&namespace_uri(ns));
+            if got != Some(ns) {
+                return Err(std::io::Error::other(format!(
+                    "namespace {ns} came out as {got:?}; the simulator serves \
+                     namespaces 2 and up, each used at least once"
+                )));
+            }
+            managers.insert(ns, nm);
+        }
+        for node in &self.nodes {
+            let Some(nm) = managers.get(&node.id.namespace) else {
+                continue;
+            };
+            let folder = NodeId::new(node.id.namespace, "Ferrite");
+            let mut space = nm.address_space().write();
+            if !space.node_exists(&folder) {
+                space.add_folder(&folder, "Ferrite", "Ferrite", &ObjectId::ObjectsFolder.into());
+            }
+            let initial = to_variant(&node.initial, node.datatype).unwrap_or(Variant::Empty);
+            let access = if node.writable {
+                AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE
+            } else {
+                AccessLevel::CURRENT_READ
+            };
+            VariableBuilder::new(&node.id, node.name.as_str(), node.name.as_str())
+                .data_type(node.datatype.id())
+                .value(initial)
+                .access_level(access)
+                .user_access_level(access)
+                .organized_by(folder)
+                .insert(&mut *space);
+        }
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.run_with(listener).await {
+                tracing::warn!("sim OPC UA server ended: {e}");
+            }
+        });
+        *self.lock() = Some(Running {
+            handle,
+            managers,
+            task,
+        });
+        Ok(())
+    }
+
+    /// Namespace indexes the nodes use, 2 and up.
+    fn namespaces(&self) -> Vec<u16> {
+        let max = self.nodes.iter().map(|n| n.id.namespace).max().unwrap_or(2);
+        (2..=max.max(2)).collect()
+    }
+
+    fn builder(&self) -> ServerBuilder {
+        let o = &self.options;
+        let mut tokens: Vec<String> = vec![ANONYMOUS_USER_TOKEN_ID.to_string()];
+        let mut builder = ServerBuilder::new()
+            .application_name("ferrite-sim")
+            .application_uri("urn:ferrite-sim")
+            .product_uri("urn:ferrite-sim")
+            .create_sample_keypair(true)
+            .pki_dir(&o.pki_dir)
+            .host(self.addr.ip().to_string())
+            .port(self.addr.port())
+            .trust_client_certs(true)
+            .discovery_urls(vec![self.url()]);
+        for (i, (user, pass)) in o.users.iter().enumerate() {
+            let id = format!("{USER_TOKEN_PREFIX}{i}");
+            builder = builder.add_user_token(&id, ServerUserToken::user_pass(user.as_str(), pass));
+            tokens.push(id);
+        }
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        builder = builder.add_endpoint(
+            "none",
+            (
+                o.path.as_str(),
+                SecurityPolicy::None,
+                MessageSecurityMode::None,
+                tokens.as_slice(),
+            ),
+        );
+        for policy in [
+            SecurityPolicy::Basic256Sha256,
+            SecurityPolicy::Aes128Sha256RsaOaep,
+            SecurityPolicy::Aes256Sha256RsaPss,
+        ] {
+            for mode in [MessageSecurityMode::Sign, MessageSecurityMode::SignAndEncrypt] {
+                builder = builder.add_endpoint(
+                    format!("{policy}-{mode}"),
+                    (o.path.as_str(), policy, mode, tokens.as_slice()),
+                );
+            }
+        }
+        for ns in self.namespaces() {
+            let meta = NamespaceMetadata {
+                namespace_uri: namespace_uri(ns),
+                ..Default::default()
+            };
+            builder = builder.with_node_manager(simple_node_manager(
+                meta,
+                &format!("ferrite-sim-ns{ns}"),
+            ));
+        }
+        builder
+    }
+
+    /// Sets a node's value, as the device would, notifying subscribers.
+    pub fn set(&self, id: &NodeId, value: &Value) -> Result<(), String> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| &n.id == id)
+            .ok_or_else(|| format!("no node {id}"))?;
+        let variant = to_variant(value, node.datatype)?;
+        let running = self.lock();
+        let Some(r) = running.as_ref() else {
+            return Err("the server is stopped".into());
+        };
+        let nm = r
+            .managers
+            .get(&id.namespace)
+            .ok_or_else(|| format!("no namespace {}", id.namespace))?;
+        nm.set_value(r.handle.subscriptions(), id, None, DataValue::new_now(variant))
+            .map_err(|s: StatusCode| s.to_string())
+    }
+
+    /// A node's current value.
+    pub fn get(&self, id: &NodeId) -> Option<Value> {
+        let node = self.nodes.iter().find(|n| &n.id == id)?;
+        let running = self.lock();
+        let r = running.as_ref()?;
+        let space = r.managers.get(&id.namespace)?.address_space().read();
+        let opcua::nodes::NodeType::Variable(v) = space.find(id)? else {
+            return None;
+        };
+        let value = v.value(
+            opcua::types::TimestampsToReturn::Neither,
+            &opcua::types::NumericRange::None,
+            &opcua::types::DataEncoding::Binary,
+            0.0,
+        );
+        from_variant(value.value.as_ref()?, node.ty).ok()
+    }
+
+    /// Makes a node writable or read-only for clients, to test refusals.
+    pub fn set_writable(&self, id: &NodeId, writable: bool) {
+        let running = self.lock();
+        let Some(r) = running.as_ref() else { return };
+        let Some(nm) = r.managers.get(&id.namespace) else {
+            return;
+        };
+        let mut space = nm.address_space().write();
+        if let Some(opcua::nodes::NodeType::Variable(v)) = space.find_mut(id) {
+            let access = if writable {
+                AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE
+            } else {
+                AccessLevel::CURRENT_READ
+            };
+            v.set_access_level(access);
+            v.set_user_access_level(access);
+        }
+    }
+
+    /// Stops the server, closing every session and connection.
+    pub async fn stop(&self) {
+        let running = self.lock().take();
+        if let Some(r) = running {
+            r.handle.cancel();
+            let _ = r.task.await;
+        }
+    }
+
+    /// Starts it again on the same address, with its nodes back at their
+    /// initial values: a device that rebooted.
+    pub async fn restart(&self) -> std::io::Result<()> {
+        self.stop().await;
+        let listener = TcpListener::bind(self.addr).await?;
+        self.serve(listener)
+    }
+}
+
+fn namespace_uri(ns: u16) -> String {
+    format!("urn:ferrite-sim:ns{ns}")
+}
