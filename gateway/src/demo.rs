@@ -9,7 +9,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use ferrite_sim::sim::Simulator;
@@ -113,8 +112,9 @@ pub async fn run(
          metrics      {base}/metrics\n\n\
          Try a write (the setpoint accepts 20..90):\n  \
          curl -X PUT -H 'content-type: application/json' -d '{{\"value\": 55.5}}' {base}/api/v1/devices/boiler-1/properties/setpoint\n\n\
-         Simulated: boiler-1 and meter-1 on Modbus TCP 127.0.0.1:5020 (units 1 and 2).\n\
-         line-1 (OPC UA) and env-1 (MQTT) stay offline until those drivers land.\n\
+         Simulated: boiler-1 and meter-1 on Modbus TCP 127.0.0.1:5020 (units 1 and 2),\n\
+         line-1 on OPC UA opc.tcp://127.0.0.1:4840/ferrite.\n\
+         env-1 (MQTT) stays offline until that driver lands.\n\
          Ctrl-C stops.",
         data_dir.display()
     )?;

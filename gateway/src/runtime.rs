@@ -130,6 +130,7 @@ impl Gateway {
             tasks: tasks.clone(),
             output,
             urgent,
+            data_dir: data_dir.clone(),
         };
         let mut writers = HashMap::new();
         for driver in drivers::build_all(&project) {

@@ -77,6 +77,8 @@ impl From<DriverError> for ApiError {
     fn from(e: DriverError) -> Self {
         let (status, code) = match e {
             DriverError::Refused(_) => (StatusCode::BAD_GATEWAY, "device_refused"),
+            DriverError::Denied(_) => (StatusCode::FORBIDDEN, "device_denied"),
+            DriverError::Rejected(_) => (StatusCode::BAD_REQUEST, "device_rejected"),
             DriverError::Unreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "device_unreachable"),
             DriverError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
             DriverError::Encode(_) => (StatusCode::BAD_REQUEST, "out_of_range"),

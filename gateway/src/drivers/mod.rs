@@ -9,9 +9,12 @@
 
 #[cfg(feature = "modbus")]
 pub mod modbus;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,8 @@ pub struct DriverContext {
     /// Read-backs of writes go here: the store writer serves them first, so
     /// a write's answer does not queue behind a burst of polls.
     pub urgent: mpsc::Sender<Update>,
+    /// The gateway's data folder (the OPC UA driver keeps its PKI there).
+    pub data_dir: PathBuf,
 }
 
 /// Why a device operation failed. "The device refused" and "the link is
@@ -47,6 +52,14 @@ pub enum DriverError {
     /// The device answered with an error (a Modbus exception, say).
     #[error("the device refused: {0}")]
     Refused(String),
+    /// The device does not let this client do that (OPC UA
+    /// Bad_UserAccessDenied, Bad_NotWritable).
+    #[error("the device denied access: {0}")]
+    Denied(String),
+    /// The device, or its declared type, cannot take this value (OPC UA
+    /// Bad_OutOfRange, Bad_TypeMismatch, 300 for a Byte node).
+    #[error("the device cannot take this value: {0}")]
+    Rejected(String),
     /// The device cannot be reached.
     #[error("the device is unreachable: {0}")]
     Unreachable(String),
@@ -91,6 +104,8 @@ pub fn build_all(project: &Project) -> Vec<Box<dyn Driver>> {
     let builders: &[Builder] = &[
         #[cfg(feature = "modbus")]
         |p| modbus::ModbusDriver::build(p).map(|d| Box::new(d) as Box<dyn Driver>),
+        #[cfg(feature = "opcua")]
+        |p| opcua::OpcuaDriver::build(p).map(|d| Box::new(d) as Box<dyn Driver>),
     ];
     builders.iter().filter_map(|build| build(project)).collect()
 }

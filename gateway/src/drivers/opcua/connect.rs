@@ -1,0 +1,181 @@
+//! The client side of a connection: the gateway's certificate, trusted
+//! server certificates, endpoint selection and the user identity.
+//!
+//! PKI layout (async-opcua's), under `data_dir/pki`:
+//! - `own/cert.der`, `private/private.pem`: the gateway's application
+//!   instance certificate, created on first run;
+//! - `trusted/`: server certificates the gateway trusts;
+//! - `rejected/`: server certificates it refused. An operator who checked
+//!   one moves it to `trusted/` (or names it in the device's
+//!   `server_certificate`). Nothing is trusted on first use.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_models::device::{OpcuaPolicy, OpcuaSecurity};
+use opcua::client::{Client, ClientBuilder, IdentityToken, Session, SessionEventLoop};
+use opcua::client::transport::TcpConnector;
+use opcua::crypto::{CertificateStore, SecurityPolicy, X509};
+use opcua::types::{EndpointDescription, MessageSecurityMode, UserTokenType};
+
+use super::Device;
+
+/// The gateway's OPC UA application URI; it is also in its certificate.
+const APPLICATION_URI: &str = "urn:ferrite:gateway";
+
+/// A client for `device`: its timeouts, the gateway's certificate, no
+/// automatic reconnects (the session task owns those) and no trust on first
+/// use.
+pub(super) fn client(device: &Device, pki: &Path) -> Result<Client, String> {
+    ClientBuilder::new()
+        .application_name("Ferrite gateway")
+        .application_uri(APPLICATION_URI)
+        .product_uri("urn:ferrite")
+        .create_sample_keypair(true)
+        .pki_dir(pki)
+        .trust_server_certs(false)
+        .verify_server_certs(true)
+        .session_retry_limit(0)
+        .request_timeout(device.timeout)
+        .keep_alive_interval(keep_alive(device))
+        .max_failed_keep_alive_count(2)
+        .session_name(format!("ferrite {}", device.name))
+        .client()
+        .map_err(|errors| errors.join("; "))
+}
+
+/// How often the session checks the server is alive: a hung server is
+/// noticed within two of these.
+fn keep_alive(device: &Device) -> Duration {
+    (device.timeout * 2).max(Duration::from_secs(1))
+}
+
+fn policy(device: &Device) -> (SecurityPolicy, MessageSecurityMode) {
+    let s = &device.settings;
+    let policy = match s.policy.unwrap_or_default() {
+        OpcuaPolicy::Basic256Sha256 => SecurityPolicy::Basic256Sha256,
+        OpcuaPolicy::Aes128Sha256RsaOaep => SecurityPolicy::Aes128Sha256RsaOaep,
+        OpcuaPolicy::Aes256Sha256RsaPss => SecurityPolicy::Aes256Sha256RsaPss,
+    };
+    match s.security {
+        OpcuaSecurity::None => (SecurityPolicy::None, MessageSecurityMode::None),
+        OpcuaSecurity::Sign => (policy, MessageSecurityMode::Sign),
+        OpcuaSecurity::SignAndEncrypt => (policy, MessageSecurityMode::SignAndEncrypt),
+    }
+}
+
+/// The identity the device's settings ask for. Files are read at every
+/// attempt, so fixing a password file needs no restart.
+fn identity(device: &Device) -> Result<IdentityToken, String> {
+    let s = &device.settings;
+    if let (Some(user), Some(file)) = (&s.username, &s.password_file) {
+        let path = device.path(file);
+        let password = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        return Ok(IdentityToken::UserName(user.clone(), password.into()));
+    }
+    if let (Some(cert), Some(key)) = (&s.user_certificate, &s.user_private_key) {
+        return IdentityToken::new_x509_path(device.path(cert), device.path(key))
+            .map_err(|e| format!("cannot load the user certificate: {e}"));
+    }
+    Ok(IdentityToken::Anonymous)
+}
+
+fn token_type(identity: &IdentityToken) -> UserTokenType {
+    match identity {
+        IdentityToken::Anonymous => UserTokenType::Anonymous,
+        IdentityToken::UserName(..) => UserTokenType::UserName,
+        IdentityToken::X509(..) => UserTokenType::Certificate,
+        IdentityToken::IssuedToken(_) => UserTokenType::IssuedToken,
+    }
+}
+
+/// Copies the device's `server_certificate` into `pki/trusted`, under the
+/// name async-opcua looks for.
+fn trust_configured(device: &Device, client: &Client) -> Result<(), String> {
+    let Some(file) = &device.settings.server_certificate else {
+        return Ok(());
+    };
+    let path = device.path(file);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("cannot read server_certificate {}: {e}", path.display()))?;
+    let cert = X509::from_der(&bytes)
+        .or_else(|_| X509::from_pem(&bytes))
+        .map_err(|_| format!("{} is not a DER or PEM certificate", path.display()))?;
+    let dir = client.certificate_store().read().trusted_certs_dir();
+    let target = dir.join(CertificateStore::cert_file_name(&cert));
+    if target.exists() {
+        return Ok(());
+    }
+    let der = cert.to_der().map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&target, der))
+        .map_err(|e| format!("cannot write {}: {e}", target.display()))
+}
+
+/// A session ready to be driven: polling its event loop connects it.
+pub(super) type Opened = (Arc<Session>, SessionEventLoop<TcpConnector>);
+
+/// Asks the server for its endpoints, picks the one the device's security
+/// asks for, and builds a session on it with the device's identity.
+pub(super) async fn open(device: &Device, client: &Client) -> Result<Opened, String> {
+    trust_configured(device, client)?;
+    let identity = identity(device)?;
+    let url = device.settings.endpoint.as_str();
+    let endpoints = tokio::time::timeout(
+        device.timeout.max(Duration::from_secs(1)) * 2,
+        client.get_server_endpoints_from_url(url),
+    )
+    .await
+    .map_err(|_| format!("no answer from {url} within {:?}", device.timeout * 2))?
+    .map_err(|e| format!("cannot get the endpoints of {url}: {e}"))?;
+    let endpoint = choose(device, &endpoints, &identity)?;
+    client
+        .session_builder()
+        .connect_to_endpoint_directly(endpoint)
+        .and_then(|b| {
+            b.user_identity_token(identity)
+                .build(client.certificate_store().clone())
+        })
+        .map_err(|e| format!("cannot set up a session: {e}"))
+}
+
+/// The endpoint matching the device's security mode and policy that accepts
+/// its kind of identity. Says what the server offers when none does.
+fn choose(
+    device: &Device,
+    endpoints: &[EndpointDescription],
+    identity: &IdentityToken,
+) -> Result<EndpointDescription, String> {
+    let (policy, mode) = policy(device);
+    let url = device.settings.endpoint.as_str();
+    let Some(endpoint) = Client::find_matching_endpoint(endpoints, url, policy, mode) else {
+        let offered: Vec<String> = endpoints
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    SecurityPolicy::from_uri(e.security_policy_uri.as_ref()),
+                    e.security_mode
+                )
+            })
+            .collect();
+        return Err(format!(
+            "{url} offers no endpoint with {policy} {mode}; it offers: {}",
+            offered.join(", ")
+        ));
+    };
+    let wanted = token_type(identity);
+    let accepts = endpoint
+        .user_identity_tokens
+        .as_ref()
+        .is_some_and(|tokens| tokens.iter().any(|t| t.token_type == wanted));
+    if !accepts {
+        return Err(format!(
+            "the {policy} {mode} endpoint of {url} does not accept {wanted:?} login"
+        ));
+    }
+    Ok(endpoint)
+}

@@ -1,0 +1,307 @@
+//! The OPC UA driver, on async-opcua's client.
+//!
+//! - `connect`: the client (its certificate under `data_dir/pki`, which
+//!   server certificates it trusts), endpoint selection, identity, and one
+//!   session attempt.
+//! - `session`: one task per device that owns its session: it reads each
+//!   node's DataType once, subscribes (or polls with batched Reads), marks
+//!   values stale when the session is lost, and reconnects with a capped
+//!   backoff, re-creating the subscription on the new session.
+//! - `status`: OPC UA status codes mapped onto [`DriverError`]s, and so onto
+//!   the REST API's errors.
+//! - here: the devices as the driver sees them, and writes.
+//!
+//! The library's own reconnect is switched off: a lost session ends the
+//! session task's inner loop, and the outer loop builds a fresh session and
+//! subscription. One path for "the server restarted", "the network dropped"
+//! and "the first connect failed" keeps recovery testable.
+
+mod connect;
+mod session;
+mod status;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_models::device::Opcua;
+use ferrite_models::model::{UaDataType, ValueType};
+use ferrite_models::{Project, Value};
+use opcua::client::Session;
+use opcua::types::{
+    AttributeId, DataValue, NodeId, NumericRange, QualifiedName, ReadValueId,
+    TimestampsToReturn, WriteValue,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError};
+use crate::live::{Sample, Update};
+use crate::time::now;
+
+/// One property as the driver sees it.
+#[derive(Debug, Clone)]
+struct Point {
+    name: Arc<str>,
+    /// Index of the property in its model.
+    index: u16,
+    ty: ValueType,
+    readable: bool,
+    /// The node, or why its id does not parse.
+    node: Result<NodeId, String>,
+    /// The DataType the model insists on, if any.
+    expected: Option<UaDataType>,
+    deadband: Option<f64>,
+}
+
+/// One OPC UA device.
+#[derive(Debug)]
+struct Device {
+    name: Arc<str>,
+    /// Index of the device in the project.
+    index: usize,
+    settings: Opcua,
+    /// The device file's folder: relative paths in `settings` start here.
+    base: PathBuf,
+    poll: Duration,
+    timeout: Duration,
+    points: Vec<Point>,
+}
+
+impl Device {
+    /// A path from the device file, resolved against its folder.
+    fn path(&self, p: &std::path::Path) -> PathBuf {
+        self.base.join(p)
+    }
+
+    fn sampling(&self) -> Duration {
+        self.settings.sampling.map_or(self.poll, |s| s.get())
+    }
+
+    /// Every point's sample set to `sample`.
+    fn all(&self, sample: &Sample) -> Vec<(u16, Sample)> {
+        self.points
+            .iter()
+            .filter(|p| p.readable)
+            .map(|p| (p.index, sample.clone()))
+            .collect()
+    }
+}
+
+/// A live session and what was learned on it, shared with the writer.
+#[derive(Clone)]
+struct Connected {
+    session: Arc<Session>,
+    /// Each point's DataType as the server declares it.
+    types: Arc<Vec<Option<UaDataType>>>,
+}
+
+/// What the writer sees of the session: connected, or why not.
+type Link = Result<Connected, String>;
+
+/// The OPC UA driver: every OPC UA device of the project.
+pub struct OpcuaDriver {
+    devices: Vec<Device>,
+}
+
+impl OpcuaDriver {
+    /// The driver for the project's OPC UA devices, if it has any.
+    pub fn build(project: &Project) -> Option<Self> {
+        let mut devices = Vec::new();
+        for (index, (name, located)) in project.devices.iter().enumerate() {
+            let d = &located.value;
+            let Some(settings) = &d.opcua else { continue };
+            let Some(model) = project.models.get(&d.model) else {
+                continue;
+            };
+            let points = model
+                .value
+                .properties
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (pname, p))| {
+                    let b = p.opcua.as_ref()?;
+                    Some(Point {
+                        name: Arc::from(pname.as_str()),
+                        index: u16::try_from(i).unwrap_or(u16::MAX),
+                        ty: p.ty,
+                        readable: p.readable(),
+                        node: NodeId::from_str(&b.node.0)
+                            .map_err(|_| format!("cannot parse NodeId `{}`", b.node)),
+                        expected: b.datatype,
+                        deadband: p.deadband.filter(|_| p.ty.is_numeric()),
+                    })
+                })
+                .collect();
+            devices.push(Device {
+                name: Arc::from(name.as_str()),
+                index,
+                settings: settings.clone(),
+                base: located
+                    .file
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+                poll: d.poll(),
+                timeout: d.timeout(),
+                points,
+            });
+        }
+        (!devices.is_empty()).then_some(OpcuaDriver { devices })
+    }
+}
+
+impl Driver for OpcuaDriver {
+    fn name(&self) -> &'static str {
+        "opcua"
+    }
+
+    fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>> {
+        let pki = ctx.data_dir.join("pki");
+        let mut writers: HashMap<String, Arc<dyn DeviceWriter>> = HashMap::new();
+        for device in self.devices {
+            let device = Arc::new(device);
+            // Clients are built one after another: the first creates the
+            // gateway's certificate, the others find it.
+            let client = connect::client(&device, &pki);
+            let (link, seen) = watch::channel(Err("not connected yet".to_string()));
+            ctx.tasks.spawn(session::run(
+                device.clone(),
+                client,
+                pki.clone(),
+                link,
+                ctx.clone(),
+            ));
+            writers.insert(
+                device.name.to_string(),
+                Arc::new(OpcuaWriter {
+                    device,
+                    link: seen,
+                    output: ctx.urgent.clone(),
+                }),
+            );
+        }
+        tracing::info!("opcua: {} devices", writers.len());
+        writers
+    }
+}
+
+/// Reads the Value attribute of `nodes`.
+fn read_values(nodes: &[&NodeId]) -> Vec<ReadValueId> {
+    read_attribute(nodes, AttributeId::Value)
+}
+
+fn read_attribute(nodes: &[&NodeId], attribute: AttributeId) -> Vec<ReadValueId> {
+    nodes
+        .iter()
+        .map(|id| ReadValueId {
+            node_id: (*id).clone(),
+            attribute_id: attribute as u32,
+            index_range: NumericRange::None,
+            data_encoding: QualifiedName::null(),
+        })
+        .collect()
+}
+
+/// What a DataValue from the server means for a point.
+fn sample_of(point: &Point, dv: &DataValue) -> Result<Value, String> {
+    let status = dv.status();
+    if status.is_bad() {
+        return Err(format!("{}: {status}", point.name));
+    }
+    let Some(variant) = &dv.value else {
+        return Err(format!("{}: no value", point.name));
+    };
+    ferrite_models::ua::from_variant(variant, point.ty).map_err(|e| format!("{}: {e}", point.name))
+}
+
+/// Writes for one OPC UA device.
+struct OpcuaWriter {
+    device: Arc<Device>,
+    link: watch::Receiver<Link>,
+    output: mpsc::Sender<Update>,
+}
+
+impl OpcuaWriter {
+    async fn write_value(&self, property: &str, value: Value) -> Result<Sample, DriverError> {
+        let device = &self.device;
+        let Some((i, point)) = device
+            .points
+            .iter()
+            .enumerate()
+            .find(|(_, p)| &*p.name == property)
+        else {
+            return Err(DriverError::Refused(format!(
+                "no OPC UA binding for `{property}`"
+            )));
+        };
+        let node = point.node.as_ref().map_err(|e| DriverError::Refused(e.clone()))?;
+        let connected = self
+            .link
+            .borrow()
+            .clone()
+            .map_err(DriverError::Unreachable)?;
+        let Some(datatype) = connected.types.get(i).copied().flatten().or(point.expected) else {
+            return Err(DriverError::Refused(format!(
+                "the DataType of {node} is not one Ferrite can write"
+            )));
+        };
+        let variant = ferrite_models::ua::to_variant(&value, datatype).map_err(DriverError::Rejected)?;
+        let write = WriteValue {
+            node_id: node.clone(),
+            attribute_id: AttributeId::Value as u32,
+            index_range: NumericRange::None,
+            value: DataValue::value_only(variant),
+        };
+        let session = &connected.session;
+        let results = status::within(device.timeout, session.write(&[write])).await?;
+        match results.first() {
+            Some(code) if code.is_good() => {}
+            Some(code) => return Err(status::error(*code)),
+            None => return Err(DriverError::Refused("empty write response".into())),
+        }
+        if !point.readable {
+            return Ok(Sample::Good(value));
+        }
+        // Read the value back, so the API shows what the server holds.
+        let read = read_values(&[node]);
+        let values = status::within(
+            device.timeout,
+            session.read(&read, TimestampsToReturn::Neither, 0.0),
+        )
+        .await?;
+        Ok(values
+            .first()
+            .map_or(Sample::Bad, |dv| sample_of(point, dv).map_or(Sample::Bad, Sample::Good)))
+    }
+}
+
+impl DeviceWriter for OpcuaWriter {
+    fn write<'a>(
+        &'a self,
+        property: &'a str,
+        value: Value,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let sample = self.write_value(property, value).await?;
+            let Some(point) = self.device.points.iter().find(|p| &*p.name == property) else {
+                return Ok(());
+            };
+            let (applied, visible) = oneshot::channel();
+            let update = Update {
+                device: self.device.index,
+                ts: now(),
+                status: None,
+                seen: true,
+                samples: vec![(point.index, sample)],
+                applied: Some(applied),
+            };
+            self.output
+                .send(update)
+                .await
+                .map_err(|_| DriverError::Stopped)?;
+            visible.await.map_err(|_| DriverError::Stopped)
+        })
+    }
+}

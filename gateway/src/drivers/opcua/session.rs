@@ -1,0 +1,600 @@
+//! One task per OPC UA device, owning its session from connect to loss.
+//!
+//! ```text
+//! loop {
+//!     open a session (endpoint, security, identity)     -- connect.rs
+//!     read every node's DataType once
+//!     subscribe (or poll), forward values to the store
+//!     ... until the session is lost or the gateway stops
+//!     mark every value stale, report why, wait a capped backoff
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrite_models::model::UaDataType;
+use futures_util::StreamExt;
+use opcua::client::{
+    Client, DataChangeCallback, SessionActivity, SessionEventLoop, SessionPollResult,
+};
+use opcua::client::transport::TcpConnector;
+use opcua::types::{
+    AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, ExtensionObject,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, StatusCode,
+    TimestampsToReturn, Variant,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{Connected, Device, Link, Point, connect, read_attribute, read_values, sample_of, status};
+use crate::backoff::Backoff;
+use crate::drivers::DriverContext;
+use crate::live::{Sample, Status, Update};
+use crate::time::now;
+
+/// Nodes per Read or CreateMonitoredItems request.
+const CHUNK: usize = 1000;
+/// A session that lived this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// Why a session ended, and whether the server was reachable at all (a
+/// refused login or certificate is an `error`, no answer is `offline`).
+struct Failure {
+    status: Status,
+    why: String,
+}
+
+impl Failure {
+    fn offline(why: impl Into<String>) -> Self {
+        Failure {
+            status: Status::Offline,
+            why: why.into(),
+        }
+    }
+
+    fn error(why: impl Into<String>) -> Self {
+        Failure {
+            status: Status::Error,
+            why: why.into(),
+        }
+    }
+
+    /// What a status code from connecting means, in words an operator can
+    /// act on.
+    fn from_code(code: StatusCode, device: &Device, pki: &std::path::Path) -> Self {
+        let url = &device.settings.endpoint;
+        match code {
+            StatusCode::BadCertificateUntrusted
+            | StatusCode::BadSecurityChecksFailed
+            | StatusCode::BadCertificateInvalid
+            | StatusCode::BadCertificateHostNameInvalid
+            | StatusCode::BadCertificateUriInvalid
+            | StatusCode::BadCertificateTimeInvalid => Failure::error(format!(
+                "{code}: the certificates were not accepted. If {url}'s certificate is \
+                 new to the gateway, it waits in {} until you move it to {} (or name it \
+                 in server_certificate); the server may also need to trust the gateway's \
+                 {}",
+                pki.join("rejected").display(),
+                pki.join("trusted").display(),
+                pki.join("own").join("cert.der").display(),
+            )),
+            StatusCode::BadUserAccessDenied
+            | StatusCode::BadIdentityTokenRejected
+            | StatusCode::BadIdentityTokenInvalid => Failure::error(format!(
+                "{code}: {url} refused the login{}",
+                device
+                    .settings
+                    .username
+                    .as_ref()
+                    .map(|u| format!(" of user `{u}`"))
+                    .unwrap_or_default()
+            )),
+            c if status::is_link_loss(c) || c == StatusCode::BadTimeout => {
+                Failure::offline(format!("{code}: cannot reach {url}"))
+            }
+            c => Failure::error(format!("{c}: cannot open a session on {url}")),
+        }
+    }
+}
+
+/// What the session's event loop reports to the device task.
+#[derive(Debug)]
+enum Event {
+    Connected,
+    Alive,
+    Failed(StatusCode),
+    Ended,
+}
+
+/// Runs the device until the gateway stops.
+pub(super) async fn run(
+    device: Arc<Device>,
+    client: Result<Client, String>,
+    pki: PathBuf,
+    link: watch::Sender<Link>,
+    ctx: DriverContext,
+) {
+    let client = match client {
+        Ok(c) => c,
+        Err(why) => {
+            let why = format!("cannot set up the OPC UA client: {why}");
+            tracing::error!(device = %device.name, "{why}");
+            report(&device, &ctx, Status::Error, Some(why.clone()), Sample::Stale).await;
+            link.send_modify(|l| *l = Err(why));
+            return;
+        }
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    loop {
+        let mut session = Running {
+            device: &device,
+            client: &client,
+            pki: &pki,
+            link: &link,
+            ctx: &ctx,
+            pump: None,
+        };
+        let failure = match session.serve(&mut backoff).await {
+            Ok(()) => break,
+            Err(f) => f,
+        };
+        session.close().await;
+        tracing::warn!(device = %device.name, "{}", failure.why);
+        link.send_modify(|l| *l = Err(failure.why.clone()));
+        if !report(&device, &ctx, failure.status, Some(failure.why), Sample::Stale).await {
+            break;
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    link.send_modify(|l| *l = Err("the gateway is shutting down".into()));
+}
+
+/// Sends a status change with every value set to `sample`. False once the
+/// store writer is gone.
+async fn report(
+    device: &Device,
+    ctx: &DriverContext,
+    status: Status,
+    why: Option<String>,
+    sample: Sample,
+) -> bool {
+    let update = Update {
+        device: device.index,
+        ts: now(),
+        status: Some((status, why)),
+        seen: false,
+        samples: device.all(&sample),
+        applied: None,
+    };
+    tokio::select! {
+        () = ctx.shutdown.cancelled() => false,
+        sent = ctx.output.send(update) => sent.is_ok(),
+    }
+}
+
+/// One session's life.
+struct Running<'a> {
+    device: &'a Arc<Device>,
+    client: &'a Client,
+    pki: &'a std::path::Path,
+    link: &'a watch::Sender<Link>,
+    ctx: &'a DriverContext,
+    /// The task polling the session's event loop, and the session.
+    pump: Option<(JoinHandle<()>, Arc<opcua::client::Session>)>,
+}
+
+impl Running<'_> {
+    /// Connects and serves until the session is lost (`Err`) or the gateway
+    /// stops (`Ok`).
+    async fn serve(&mut self, backoff: &mut Backoff) -> Result<(), Failure> {
+        let device = self.device;
+        let shutdown = self.ctx.shutdown.clone();
+        let setup = async {
+            let (session, event_loop) = connect::open(device, self.client)
+                .await
+                .map_err(|why| {
+                    if why.starts_with("cannot get the endpoints") || why.starts_with("no answer")
+                    {
+                        Failure::offline(why)
+                    } else {
+                        Failure::error(why)
+                    }
+                })?;
+            // Reconnects are this task's job: a lost connection must end
+            // the event loop rather than retry inside it.
+            session.disable_reconnects();
+            let (events_tx, mut events) = mpsc::channel(64);
+            let pump = tokio::spawn(pump(event_loop, events_tx));
+            self.pump = Some((pump, session.clone()));
+            let deadline = (device.timeout * 5).max(Duration::from_secs(5));
+            match tokio::time::timeout(deadline, wait_connected(&mut events)).await {
+                Err(_) => Err(Failure::offline(format!(
+                    "no session on {} within {deadline:?}",
+                    device.settings.endpoint
+                ))),
+                Ok(Err(code)) => Err(Failure::from_code(code, device, self.pki)),
+                Ok(Ok(())) => Ok((session, events)),
+            }
+        };
+        let (session, mut events) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = setup => r?,
+        };
+        let (types, mut bad) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = read_types(device, &session) => r?,
+        };
+        let connected = Connected {
+            session: session.clone(),
+            types: Arc::new(types),
+        };
+        self.link.send_modify(|l| *l = Ok(connected.clone()));
+        let (data_tx, mut data) = mpsc::unbounded_channel();
+        let subscribed = match device.settings.mode {
+            ferrite_models::device::OpcuaMode::Subscribe => {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    r = subscribe(device, &connected, &bad, data_tx) => r?,
+                }
+            }
+            ferrite_models::device::OpcuaMode::Poll => BTreeMap::new(),
+        };
+        bad.extend(subscribed);
+        tracing::info!(device = %device.name, "session open on {}", device.settings.endpoint);
+        let since = Instant::now();
+        let mut stable = false;
+        let mut health = Health::default();
+        self.send(health.update(device, &bad, Vec::new(), true)).await;
+        let mut tick = tokio::time::interval(device.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let polling = device.settings.mode == ferrite_models::device::OpcuaMode::Poll;
+        loop {
+            if !stable && since.elapsed() >= STABLE {
+                stable = true;
+                backoff.reset();
+            }
+            let update = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                event = events.recv() => match event {
+                    Some(Event::Alive) => health.update(device, &bad, Vec::new(), true),
+                    Some(Event::Connected) => continue,
+                    Some(Event::Failed(code)) => {
+                        return Err(Failure::offline(format!(
+                            "{code}: lost the session on {}",
+                            device.settings.endpoint
+                        )))
+                    }
+                    Some(Event::Ended) | None => {
+                        return Err(Failure::offline(format!(
+                            "lost the connection to {}",
+                            device.settings.endpoint
+                        )))
+                    }
+                },
+                Some(first) = data.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < 8192 {
+                        match data.try_recv() {
+                            Ok(n) => batch.push(n),
+                            Err(_) => break,
+                        }
+                    }
+                    let samples = to_samples(device, &batch, &mut bad);
+                    health.update(device, &bad, samples, true)
+                }
+                _ = tick.tick(), if polling => {
+                    let samples = poll_once(device, &session, &bad).await?;
+                    let mut status_bad = bad.clone();
+                    let samples = samples
+                        .into_iter()
+                        .map(|(i, r)| match r {
+                            Ok(v) => (i, Sample::Good(v)),
+                            Err(why) => {
+                                status_bad.insert(i, why);
+                                (i, Sample::Bad)
+                            }
+                        })
+                        .collect();
+                    health.update(device, &status_bad, samples, true)
+                }
+            };
+            if !self.send(update).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends an update to the store writer; false once it is gone.
+    async fn send(&self, update: Update) -> bool {
+        tokio::select! {
+            () = self.ctx.shutdown.cancelled() => false,
+            sent = self.ctx.output.send(update) => sent.is_ok(),
+        }
+    }
+
+    /// Closes the session (briefly: the server may be gone) and stops its
+    /// event loop.
+    async fn close(&mut self) {
+        if let Some((pump, session)) = self.pump.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), session.disconnect()).await;
+            pump.abort();
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Some((pump, _)) = self.pump.take() {
+            pump.abort();
+        }
+    }
+}
+
+/// Tracks the device's status, so that it is sent only when it changes.
+#[derive(Default)]
+struct Health {
+    last: Option<(Status, Option<String>)>,
+}
+
+impl Health {
+    /// An update carrying `samples`, and the status if it changed: online,
+    /// or error naming the properties that are bad.
+    fn update(
+        &mut self,
+        device: &Device,
+        bad: &BTreeMap<u16, String>,
+        samples: Vec<(u16, Sample)>,
+        seen: bool,
+    ) -> Update {
+        let status = if bad.is_empty() {
+            (Status::Online, None)
+        } else {
+            let list: Vec<&str> = bad.values().map(String::as_str).collect();
+            (Status::Error, Some(list.join("; ")))
+        };
+        let changed = self.last.as_ref() != Some(&status);
+        if changed {
+            self.last = Some(status.clone());
+        }
+        let mut samples = samples;
+        if changed {
+            samples.extend(bad.keys().map(|i| (*i, Sample::Bad)));
+        }
+        Update {
+            device: device.index,
+            ts: now(),
+            status: changed.then_some(status),
+            seen,
+            samples,
+            applied: None,
+        }
+    }
+}
+
+/// Polls the event loop, forwarding what the device task needs to know.
+async fn pump(event_loop: SessionEventLoop<TcpConnector>, events: mpsc::Sender<Event>) {
+    let stream = event_loop.enter();
+    tokio::pin!(stream);
+    loop {
+        let event = match stream.next().await {
+            Some(Ok(SessionPollResult::Reconnected(_))) => Event::Connected,
+            Some(Ok(SessionPollResult::SessionActivity(SessionActivity::KeepAliveSucceeded))) => {
+                let _ = events.try_send(Event::Alive);
+                continue;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(code)) => Event::Failed(code),
+            None => Event::Ended,
+        };
+        let last = matches!(event, Event::Failed(_) | Event::Ended);
+        if events.send(event).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+async fn wait_connected(events: &mut mpsc::Receiver<Event>) -> Result<(), StatusCode> {
+    loop {
+        match events.recv().await {
+            Some(Event::Connected) => return Ok(()),
+            Some(Event::Alive) => {}
+            Some(Event::Failed(code)) => return Err(code),
+            Some(Event::Ended) | None => return Err(StatusCode::BadConnectionClosed),
+        }
+    }
+}
+
+/// Reads every node's DataType. Returns them by point, and the points that
+/// cannot be served (unknown node, a type that does not fit) with why.
+async fn read_types(
+    device: &Device,
+    session: &opcua::client::Session,
+) -> Result<(Vec<Option<UaDataType>>, BTreeMap<u16, String>), Failure> {
+    let mut types = vec![None; device.points.len()];
+    let mut bad = BTreeMap::new();
+    let valid: Vec<(usize, &Point, &opcua::types::NodeId)> = device
+        .points
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match &p.node {
+            Ok(id) => Some((i, p, id)),
+            Err(why) => {
+                bad.insert(p.index, format!("{}: {why}", p.name));
+                None
+            }
+        })
+        .collect();
+    for chunk in valid.chunks(CHUNK) {
+        let ids: Vec<&opcua::types::NodeId> = chunk.iter().map(|(_, _, id)| *id).collect();
+        let read = read_attribute(&ids, AttributeId::DataType);
+        let values = status::within(
+            device.timeout,
+            session.read(&read, TimestampsToReturn::Neither, 0.0),
+        )
+        .await
+        .map_err(|e| Failure::offline(format!("reading the nodes' DataTypes: {e}")))?;
+        for ((i, point, id), dv) in chunk.iter().zip(values) {
+            if dv.status().is_bad() {
+                bad.insert(point.index, format!("{}: {} ({id})", point.name, dv.status()));
+                continue;
+            }
+            let declared = match &dv.value {
+                Some(Variant::NodeId(t)) => UaDataType::from_node_id(t),
+                _ => None,
+            };
+            match (declared, point.expected) {
+                (Some(found), Some(want)) if found != want => {
+                    bad.insert(
+                        point.index,
+                        format!("{}: {id} is {found}, the model says {want}", point.name),
+                    );
+                }
+                (Some(found), _) if !found.fits(point.ty) => {
+                    bad.insert(
+                        point.index,
+                        format!("{}: a {} property cannot live in {id}, a {found}", point.name, point.ty),
+                    );
+                }
+                _ => types[*i] = declared,
+            }
+        }
+    }
+    Ok((types, bad))
+}
+
+/// Creates one subscription with a monitored item per readable point that
+/// is not bad. Returns the points the server refused to monitor.
+async fn subscribe(
+    device: &Device,
+    connected: &Connected,
+    bad: &BTreeMap<u16, String>,
+    data: mpsc::UnboundedSender<(u32, DataValue)>,
+) -> Result<BTreeMap<u16, String>, Failure> {
+    let session = &connected.session;
+    let sampling = device.sampling();
+    // The server sends a keep-alive after this many empty intervals (about
+    // every 5 s) and drops the subscription after four missed ones.
+    let keep_alive = u32::try_from(
+        (Duration::from_secs(5).as_millis() / sampling.as_millis().max(1)).max(1),
+    )
+    .unwrap_or(u32::MAX);
+    let callback = DataChangeCallback::new(move |dv, item| {
+        let _ = data.send((item.client_handle(), dv));
+    });
+    let id = status::within(
+        device.timeout,
+        session.create_subscription(sampling, keep_alive.saturating_mul(4), keep_alive, 0, 0, true, callback),
+    )
+    .await
+    .map_err(|e| Failure::offline(format!("creating the subscription: {e}")))?;
+    let queue = device.settings.queue.unwrap_or(1);
+    let items: Vec<(u16, MonitoredItemCreateRequest)> = device
+        .points
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.readable && !bad.contains_key(&p.index))
+        .filter_map(|(i, p)| {
+            let id = p.node.as_ref().ok()?;
+            let filter = p.deadband.map_or_else(ExtensionObject::null, |band| {
+                ExtensionObject::from_message(DataChangeFilter {
+                    trigger: DataChangeTrigger::StatusValue,
+                    deadband_type: DeadbandType::Absolute as u32,
+                    deadband_value: band,
+                })
+            });
+            let request = MonitoredItemCreateRequest {
+                item_to_monitor: read_values(&[id]).remove(0),
+                monitoring_mode: MonitoringMode::Reporting,
+                requested_parameters: MonitoringParameters {
+                    // Handle = position + 1: zero asks the library for one.
+                    client_handle: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    sampling_interval: sampling.as_secs_f64() * 1000.0,
+                    filter,
+                    queue_size: queue,
+                    discard_oldest: true,
+                },
+            };
+            Some((p.index, request))
+        })
+        .collect();
+    let mut refused = BTreeMap::new();
+    for chunk in items.chunks(CHUNK) {
+        let requests = chunk.iter().map(|(_, r)| r.clone()).collect();
+        let results = status::within(
+            device.timeout,
+            session.create_monitored_items(id, TimestampsToReturn::Neither, requests),
+        )
+        .await
+        .map_err(|e| Failure::offline(format!("creating monitored items: {e}")))?;
+        for ((index, request), result) in chunk.iter().zip(results) {
+            let code = result.result.status_code;
+            if code.is_bad() {
+                let point = &device.points[request.requested_parameters.client_handle as usize - 1];
+                refused.insert(*index, format!("{}: cannot monitor: {code}", point.name));
+            }
+        }
+    }
+    Ok(refused)
+}
+
+/// Turns a batch of notifications into samples, keeping `bad` up to date.
+fn to_samples(
+    device: &Device,
+    batch: &[(u32, DataValue)],
+    bad: &mut BTreeMap<u16, String>,
+) -> Vec<(u16, Sample)> {
+    batch
+        .iter()
+        .filter_map(|(handle, dv)| {
+            let point = device.points.get((*handle as usize).checked_sub(1)?)?;
+            Some(match sample_of(point, dv) {
+                Ok(v) => {
+                    bad.remove(&point.index);
+                    (point.index, Sample::Good(v))
+                }
+                Err(why) => {
+                    bad.insert(point.index, why);
+                    (point.index, Sample::Bad)
+                }
+            })
+        })
+        .collect()
+}
+
+/// One batched Read of every readable point.
+async fn poll_once(
+    device: &Device,
+    session: &opcua::client::Session,
+    bad: &BTreeMap<u16, String>,
+) -> Result<Vec<(u16, Result<ferrite_models::Value, String>)>, Failure> {
+    let points: Vec<(&Point, &opcua::types::NodeId)> = device
+        .points
+        .iter()
+        .filter(|p| p.readable && !bad.contains_key(&p.index))
+        .filter_map(|p| p.node.as_ref().ok().map(|id| (p, id)))
+        .collect();
+    let mut out = Vec::with_capacity(points.len());
+    for chunk in points.chunks(CHUNK) {
+        let ids: Vec<&opcua::types::NodeId> = chunk.iter().map(|(_, id)| *id).collect();
+        let values = status::within(
+            device.timeout,
+            session.read(&read_values(&ids), TimestampsToReturn::Neither, 0.0),
+        )
+        .await
+        .map_err(|e| Failure::offline(format!("polling: {e}")))?;
+        out.extend(
+            chunk
+                .iter()
+                .zip(values)
+                .map(|((p, _), dv)| (p.index, sample_of(p, &dv))),
+        );
+    }
+    Ok(out)
+}
