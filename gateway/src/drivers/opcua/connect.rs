@@ -151,7 +151,7 @@ fn choose(
 ) -> Result<EndpointDescription, String> {
     let (policy, mode) = policy(device);
     let url = device.settings.endpoint.as_str();
-    let Some(endpoint) = Client::find_matching_endpoint(endpoints, url, policy, mode) else {
+    let Some(mut endpoint) = Client::find_matching_endpoint(endpoints, url, policy, mode) else {
         let offered: Vec<String> = endpoints
             .iter()
             .map(|e| {
@@ -177,5 +177,9 @@ fn choose(
             "the {policy} {mode} endpoint of {url} does not accept {wanted:?} login"
         ));
     }
+    // Connect where the device file says, not where the server says it is:
+    // behind NAT or a port forward, the server's own idea of its address
+    // is often unreachable.
+    endpoint.endpoint_url = url.into();
     Ok(endpoint)
 }

@@ -1,0 +1,363 @@
+//! OPC UA end to end: the gateway against the simulator's async-opcua
+//! server, over real sockets, with real security.
+
+mod common;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use common::{Api, Files, Proxy, wait_until};
+use ferrite_models::Value;
+use ferrite_sim::opcua_server::{UaSim, UaSimOptions};
+use opcua::types::NodeId;
+use serde_json::{Value as Json, json};
+
+const TYPES_MODEL: &str = r#"kind: DeviceModel
+name: all
+properties:
+  b:   { type: bool,   access: readwrite, opcua: { node: "ns=2;s=B",   datatype: Boolean } }
+  i8:  { type: int,    access: readwrite, opcua: { node: "ns=2;s=I8",  datatype: SByte } }
+  u8:  { type: int,    access: readwrite, opcua: { node: "ns=2;s=U8",  datatype: Byte } }
+  i16: { type: int,    access: readwrite, opcua: { node: "ns=2;s=I16", datatype: Int16 } }
+  u16: { type: int,    access: readwrite, opcua: { node: "ns=2;s=U16", datatype: UInt16 } }
+  i32: { type: int,    access: readwrite, opcua: { node: "ns=2;s=I32", datatype: Int32 } }
+  u32: { type: int,    access: readwrite, opcua: { node: "ns=2;s=U32", datatype: UInt32 } }
+  i64: { type: int,    access: readwrite, opcua: { node: "ns=2;s=I64", datatype: Int64 } }
+  u64: { type: int,    access: readwrite, opcua: { node: "ns=2;s=U64", datatype: UInt64 } }
+  f32: { type: float,  access: readwrite, opcua: { node: "ns=3;s=F32", datatype: Float } }
+  f64: { type: float,  access: readwrite, opcua: { node: "ns=3;i=1001", datatype: Double } }
+  s:   { type: string, access: readwrite, opcua: { node: "ns=2;s=S",   datatype: String } }
+"#;
+
+/// (property, value the server sets, value written through the API).
+fn cases() -> Vec<(&'static str, Json, Json)> {
+    vec![
+        ("b", json!(true), json!(false)),
+        ("i8", json!(-100), json!(100)),
+        ("u8", json!(200), json!(7)),
+        ("i16", json!(-30000), json!(12345)),
+        ("u16", json!(60000), json!(1)),
+        ("i32", json!(-2_000_000_000), json!(2_000_000_000)),
+        ("u32", json!(4_000_000_000u64), json!(3)),
+        ("i64", json!(-9_000_000_000_000i64), json!(9_000_000_000_000i64)),
+        ("u64", json!(9_000_000_000_000_000_000u64), json!(5)),
+        ("f32", json!(1.5), json!(-2.25)),
+        ("f64", json!(std::f64::consts::PI), json!(-0.1)),
+        ("s", json!("grün"), json!("B-42")),
+    ]
+}
+
+/// A project with the simulator serving its OPC UA devices.
+struct Rig {
+    files: Files,
+    sim: UaSim,
+}
+
+/// Writes `model` and `devices` (`{url}` stands for the server's URL),
+/// starts a simulator with the nodes they need (but `missing`), and points
+/// the devices at it, or at `via` when it forwards to it.
+async fn rig(model: &str, devices: &[(&str, &str)], users: &[(&str, &str)], missing: &[&str]) -> Rig {
+    let files = Files::new();
+    files.write("models/m.yaml", model);
+    for (name, text) in devices {
+        files.write(
+            &format!("devices/{name}.yaml"),
+            &text.replace("{url}", "opc.tcp://127.0.0.1:1/sim"),
+        );
+    }
+    let project = files.project();
+    let mut nodes = Vec::new();
+    for (name, _) in devices {
+        for node in ferrite_sim::sim::ua_nodes(&project, name) {
+            if !missing.contains(&node.name.as_str()) && !nodes.iter().any(|n: &ferrite_sim::opcua_server::UaNode| n.id == node.id) {
+                nodes.push(node);
+            }
+        }
+    }
+    let options = UaSimOptions {
+        path: "/sim".into(),
+        pki_dir: files.dir.path().join("sim-pki"),
+        users: users
+            .iter()
+            .map(|(u, p)| ((*u).to_string(), (*p).to_string()))
+            .collect(),
+    };
+    let sim = UaSim::start("127.0.0.1:0".parse().expect("addr"), nodes, options)
+        .await
+        .expect("sim starts");
+    let rig = Rig { files, sim };
+    rig.point(devices, &rig.sim.url());
+    rig
+}
+
+impl Rig {
+    /// Rewrites the devices to use `url`.
+    fn point(&self, devices: &[(&str, &str)], url: &str) {
+        for (name, text) in devices {
+            let text = text
+                .replace("{url}", url)
+                .replace("{cert}", &self.sim.certificate_path().display().to_string());
+            self.files.write(&format!("devices/{name}.yaml"), &text);
+        }
+    }
+
+    fn set(&self, node: &str, value: Value) {
+        let id = NodeId::from_str(node).expect("node id");
+        self.sim.set(&id, &value).expect("sim set");
+    }
+
+    fn get(&self, node: &str) -> Option<Value> {
+        self.sim.get(&NodeId::from_str(node).expect("node id"))
+    }
+}
+
+fn node_of(property: &str) -> &'static str {
+    match property {
+        "b" => "ns=2;s=B",
+        "i8" => "ns=2;s=I8",
+        "u8" => "ns=2;s=U8",
+        "i16" => "ns=2;s=I16",
+        "u16" => "ns=2;s=U16",
+        "i32" => "ns=2;s=I32",
+        "u32" => "ns=2;s=U32",
+        "i64" => "ns=2;s=I64",
+        "u64" => "ns=2;s=U64",
+        "f32" => "ns=3;s=F32",
+        "f64" => "ns=3;i=1001",
+        _ => "ns=2;s=S",
+    }
+}
+
+fn to_value(j: &Json) -> Value {
+    serde_json::from_value(j.clone()).expect("a value")
+}
+
+async fn value_is(api: &Api, device: &str, property: &str, want: Json) -> bool {
+    let d = api.device(device).await;
+    let p = &d["properties"][property];
+    p["value"] == want && p["quality"] == "good"
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn types_round_trip(mode: &str) {
+    let device = format!(
+        "kind: Device\nname: d\nmodel: all\npoll: 50ms\ntimeout: 500ms\nopcua: {{ endpoint: \"{{url}}\", mode: {mode}, sampling: 50ms }}\n"
+    );
+    let rig = rig(TYPES_MODEL, &[("d", &device)], &[], &[]).await;
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    assert!(api.wait_status("d", "online", WAIT).await, "{}", api.device("d").await);
+
+    // Server-side changes arrive, for every type.
+    for (property, from_server, _) in cases() {
+        rig.set(node_of(property), to_value(&from_server));
+    }
+    for (property, from_server, _) in cases() {
+        assert!(
+            wait_until(WAIT, || value_is(&api, "d", property, from_server.clone())).await,
+            "{property}: wanted {from_server}, have {}",
+            api.device("d").await["properties"][property]
+        );
+    }
+    // Writes reach the server in the node's own DataType.
+    for (property, _, written) in cases() {
+        let (status, body) = api.write("d", property, written.clone()).await;
+        assert_eq!(status, 200, "{property}: {body}");
+        assert_eq!(body["value"], written, "{property}");
+        assert_eq!(rig.get(node_of(property)), Some(to_value(&written)), "{property}");
+    }
+
+    // What the node's type cannot hold is refused before it is sent...
+    let (status, body) = api.write("d", "u8", json!(300)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "device_rejected", "{body}");
+    assert_eq!(rig.get("ns=2;s=U8"), Some(Value::Int(7)));
+    let (status, body) = api.write("d", "i32", json!(2.5)).await;
+    assert_eq!(status, 400, "{body}");
+    // ... and what the server refuses maps onto the API's errors.
+    rig.sim.set_writable(&NodeId::from_str("ns=2;s=B").expect("id"), false);
+    let (status, body) = api.write("d", "b", json!(true)).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "device_denied", "{body}");
+    assert_eq!(rig.get("ns=2;s=B"), Some(Value::Bool(false)));
+    assert!(gateway.stop().await);
+    rig.sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_subscribes_and_writes() {
+    types_round_trip("subscribe").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_polls_and_writes() {
+    types_round_trip("poll").await;
+}
+
+const SMALL_MODEL: &str = r#"kind: DeviceModel
+name: small
+properties:
+  level: { type: float, opcua: { node: "ns=2;s=Level" } }
+  mode:  { type: int, access: readwrite, opcua: { node: "ns=2;s=Mode" } }
+"#;
+
+fn secure_device(name: &str, security: &str, policy: &str, password_file: &str) -> String {
+    format!(
+        "kind: Device\nname: {name}\nmodel: small\ntimeout: 500ms\nopcua:\n  endpoint: \"{{url}}\"\n  security: {security}\n  policy: {policy}\n  username: operator\n  password_file: {password_file}\n  server_certificate: \"{{cert}}\"\n  sampling: 100ms\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_and_encrypted_sessions_with_username_login() {
+    let combos = [
+        ("s1", "sign", "Basic256Sha256"),
+        ("s2", "sign-and-encrypt", "Basic256Sha256"),
+        ("s3", "sign-and-encrypt", "Aes128_Sha256_RsaOaep"),
+        ("s4", "sign", "Aes256_Sha256_RsaPss"),
+        ("s5", "sign-and-encrypt", "Aes256_Sha256_RsaPss"),
+    ];
+    let texts: Vec<(String, String)> = combos
+        .iter()
+        .map(|(n, s, p)| (n.to_string(), secure_device(n, s, p, "password.txt")))
+        .collect();
+    let devices: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let rig = rig(SMALL_MODEL, &devices, &[("operator", "s3cret")], &[]).await;
+    rig.files.write("devices/password.txt", "s3cret\n");
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    rig.set("ns=2;s=Level", Value::Float(4.25));
+    for (name, security, policy) in combos {
+        assert!(
+            api.wait_status(name, "online", WAIT).await,
+            "{security} {policy}: {}",
+            api.device(name).await
+        );
+        assert!(
+            wait_until(WAIT, || value_is(&api, name, "level", json!(4.25))).await,
+            "{security} {policy}: {}",
+            api.device(name).await
+        );
+    }
+    let (status, body) = api.write("s2", "mode", json!(3)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(rig.get("ns=2;s=Mode"), Some(Value::Int(3)));
+    // The gateway made its own certificate on first run.
+    assert!(rig.files.data().join("pki/own/cert.der").is_file());
+    assert!(gateway.stop().await);
+    rig.sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_a_clear_error_retried_with_backoff() {
+    let text = secure_device("d", "sign-and-encrypt", "Basic256Sha256", "password.txt");
+    let rig = rig(SMALL_MODEL, &[("d", &text)], &[("operator", "s3cret")], &[]).await;
+    rig.files.write("devices/password.txt", "wrong\n");
+    let proxy = Proxy::start(rig.sim.addr).await;
+    rig.point(&[("d", &text)], &format!("opc.tcp://{}/sim", proxy.addr));
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    assert!(api.wait_status("d", "error", WAIT).await, "{}", api.device("d").await);
+    let error = api.device("d").await["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("refused the login of user `operator`"), "{error}");
+
+    // Each attempt is two connections (endpoints, then the session); with
+    // a backoff from 0.5 s doubling, 4 s hold 4 attempts at most, where a
+    // retry loop would make hundreds.
+    let before = proxy.accepted();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = proxy.accepted() - before;
+    assert!((1..=10).contains(&during), "{during} connections in 4 s");
+
+    // Fixing the password file heals the device without a restart.
+    rig.files.write("devices/password.txt", "s3cret\n");
+    assert!(api.wait_status("d", "online", Duration::from_secs(20)).await, "{}", api.device("d").await);
+    assert!(gateway.stop().await);
+    rig.sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_server_certificate_is_not_trusted_until_moved() {
+    let device = "kind: Device\nname: d\nmodel: small\ntimeout: 500ms\nopcua: { endpoint: \"{url}\", security: sign }\n";
+    let rig = rig(SMALL_MODEL, &[("d", device)], &[], &[]).await;
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    assert!(api.wait_status("d", "error", WAIT).await, "{}", api.device("d").await);
+    let error = api.device("d").await["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("rejected"), "{error}");
+
+    // The certificate waits in pki/rejected; an operator moves it.
+    let pki = rig.files.data().join("pki");
+    let rejected: Vec<_> = std::fs::read_dir(pki.join("rejected"))
+        .expect("rejected folder")
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let from = rejected[0].path();
+    let to = pki.join("trusted").join(rejected[0].file_name());
+    std::fs::create_dir_all(pki.join("trusted")).expect("mkdir");
+    std::fs::rename(&from, &to).expect("move");
+    assert!(api.wait_status("d", "online", Duration::from_secs(20)).await, "{}", api.device("d").await);
+    assert!(gateway.stop().await);
+    rig.sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_resumes_after_a_server_restart_and_a_network_drop() {
+    let device = "kind: Device\nname: d\nmodel: small\ntimeout: 300ms\nopcua: { endpoint: \"{url}\", sampling: 50ms }\n";
+    let rig = rig(SMALL_MODEL, &[("d", device)], &[], &[]).await;
+    let proxy = Proxy::start(rig.sim.addr).await;
+    rig.point(&[("d", device)], &format!("opc.tcp://{}/sim", proxy.addr));
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    assert!(api.wait_status("d", "online", WAIT).await, "{}", api.device("d").await);
+    rig.set("ns=2;s=Level", Value::Float(1.0));
+    assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(1.0))).await);
+
+    // The server goes away: values turn stale, the device offline.
+    rig.sim.stop().await;
+    assert!(api.wait_status("d", "offline", WAIT).await, "{}", api.device("d").await);
+    assert_eq!(api.device("d").await["properties"]["level"]["quality"], "stale");
+
+    // It comes back (empty: a reboot); a new session and subscription
+    // carry new values without restarting the gateway.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rig.sim.restart().await.expect("restart");
+    assert!(api.wait_status("d", "online", Duration::from_secs(20)).await, "{}", api.device("d").await);
+    rig.set("ns=2;s=Level", Value::Float(2.0));
+    assert!(
+        wait_until(WAIT, || value_is(&api, "d", "level", json!(2.0))).await,
+        "{}",
+        api.device("d").await
+    );
+
+    // The network drops every connection; the server never notices.
+    proxy.cut();
+    rig.set("ns=2;s=Level", Value::Float(3.0));
+    assert!(
+        wait_until(Duration::from_secs(20), || value_is(&api, "d", "level", json!(3.0))).await,
+        "{}",
+        api.device("d").await
+    );
+    assert_eq!(api.status("d").await, "online");
+    assert!(gateway.stop().await);
+    rig.sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_node_is_named_and_the_rest_still_flow() {
+    let model = format!("{SMALL_MODEL}  ghost: {{ type: int, opcua: {{ node: \"ns=2;s=Ghost\" }} }}\n");
+    let device = "kind: Device\nname: d\nmodel: small\ntimeout: 500ms\nopcua: { endpoint: \"{url}\", sampling: 50ms }\n";
+    let rig = rig(&model, &[("d", device)], &[], &["ghost"]).await;
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    assert!(api.wait_status("d", "error", WAIT).await, "{}", api.device("d").await);
+    let d = api.device("d").await;
+    let error = d["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ghost") && error.contains("BadNodeIdUnknown"), "{error}");
+    assert_eq!(d["properties"]["ghost"]["quality"], "bad");
+    rig.set("ns=2;s=Level", Value::Float(7.5));
+    assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(7.5))).await);
+    assert!(gateway.stop().await);
+    rig.sim.stop().await;
+}
