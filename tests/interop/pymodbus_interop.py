@@ -10,17 +10,11 @@ runs `ferrite run` against it, and checks reads and writes through the REST API.
 Prints one line per check and ends with "N passed, M failed"; exits 1 on any failure.
 """
 import asyncio
-import json
-import math
-import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
+
+from common import Checks, free_port, http, project, same, start_ferrite, stop_ferrite
 
 from pymodbus.datastore import ModbusSequentialDataBlock, ModbusServerContext, ModbusSlaveContext
 from pymodbus.server import ModbusTcpServer
@@ -92,43 +86,6 @@ def expected(seed):
     }
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method, url, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as res:
-            return res.status, json.loads(res.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-    except (urllib.error.URLError, ConnectionError):
-        return 0, None
-
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, name, ok, detail=""):
-        print(("ok    " if ok else "FAIL  ") + name + ("" if ok else f": {detail}"), flush=True)
-        if ok:
-            self.passed += 1
-        else:
-            self.failed += 1
-
-
-def same(a, b):
-    if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
-    return a == b
-
-
 async def main():
     checks = Checks()
     units = {1: unit_context(1), 2: unit_context(2)}
@@ -137,20 +94,13 @@ async def main():
     server = ModbusTcpServer(context, address=("127.0.0.1", modbus_port))
     serving = asyncio.create_task(server.serve_forever())
 
-    work = Path(tempfile.mkdtemp(prefix="ferrite-pymodbus-"))
-    for sub in ("models", "devices", "rules"):
-        (work / sub).mkdir()
-    (work / "ferrite.toml").write_text('[gateway]\nid = "interop"\ndata_dir = "data"\n')
-    (work / "models" / "meter.yaml").write_text(MODEL)
+    work = project("ferrite-pymodbus-", MODEL)
     for unit in units:
         (work / "devices" / f"m{unit}.yaml").write_text(
             f"kind: Device\nname: m{unit}\nmodel: meter\npoll: 200ms\n"
             f"modbus-tcp: {{ host: 127.0.0.1, port: {modbus_port}, unit: {unit} }}\n"
         )
-    gateway = subprocess.Popen(
-        [FERRITE, "run", "--config", str(work / "ferrite.toml"), "--listen", f"127.0.0.1:{api_port}"],
-        stderr=open(work / "ferrite.log", "w"),
-    )
+    gateway = start_ferrite(FERRITE, work, api_port)
     base = f"http://127.0.0.1:{api_port}/api/v1/devices"
     try:
         deadline = time.monotonic() + 20
@@ -201,13 +151,7 @@ async def main():
                 break
         checks.check("a change on the device shows within a few polls", seen, body)
     finally:
-        gateway.terminate()
-        try:
-            code = gateway.wait(timeout=10)
-            checks.check("ferrite stops cleanly on SIGTERM", code == 0, f"exit {code}")
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-            checks.check("ferrite stops cleanly on SIGTERM", False, "still running after 10 s")
+        stop_ferrite(gateway, checks)
         await server.shutdown()
         serving.cancel()
     print(f"{checks.passed} passed, {checks.failed} failed")

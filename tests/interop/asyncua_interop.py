@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Interop: Ferrite's OPC UA driver against asyncua, a server written by others.
+
+The script starts an asyncua server (python-opcua's asyncio successor) with a
+variable of every scalar type Ferrite maps, security None and Basic256Sha256
+Sign / SignAndEncrypt, and a user "operator". It runs `ferrite run` with three
+devices on it:
+
+- `plain`: security none, anonymous, subscription;
+- `secure`: Basic256Sha256 sign-and-encrypt, username login, the server's
+  certificate named in `server_certificate`;
+- `polled`: security none, batched Reads every 100 ms.
+
+It checks reads of every type, server-side changes arriving, writes landing in
+asyncua's address space with the node's own type, refusals, and recovery after
+the server is stopped and started again.
+
+    python3 tests/interop/asyncua_interop.py target/debug/ferrite
+
+Prints one line per check and ends with "N passed, M failed"; exits 1 on any failure.
+"""
+import asyncio
+import sys
+import time
+
+from asyncua import Server, ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.server.user_managers import UserManager
+from asyncua.crypto.permission_rules import User, UserRole
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from common import Checks, free_port, http, project, same, start_ferrite, stop_ferrite, wait_for
+
+FERRITE = sys.argv[1] if len(sys.argv) > 1 else "target/debug/ferrite"
+APP_URI = "urn:ferrite:interop:asyncua"
+
+# name: (VariantType, datatype in the model, model type, initial, written)
+NODES = {
+    "Flag": (ua.VariantType.Boolean, "Boolean", "bool", True, False),
+    "Small": (ua.VariantType.SByte, "SByte", "int", -7, 9),
+    "Octet": (ua.VariantType.Byte, "Byte", "int", 250, 17),
+    "Short": (ua.VariantType.Int16, "Int16", "int", -32000, 1234),
+    "Word": (ua.VariantType.UInt16, "UInt16", "int", 65000, 2),
+    "Long": (ua.VariantType.Int32, "Int32", "int", -2_000_000_000, 77),
+    "DWord": (ua.VariantType.UInt32, "UInt32", "int", 4_000_000_000, 5),
+    "Huge": (ua.VariantType.Int64, "Int64", "int", -(2**62), 2**40),
+    "UHuge": (ua.VariantType.UInt64, "UInt64", "int", 2**63 - 1, 6),
+    "Single": (ua.VariantType.Float, "Float", "float", 2.5, -0.75),
+    "Real": (ua.VariantType.Double, "Double", "float", 3.14159, 2.71828),
+    "Text": (ua.VariantType.String, "String", "string", "asyncua", "from ferrite"),
+}
+
+
+def model(ns):
+    lines = ["kind: DeviceModel", "name: plant", "properties:"]
+    for name, (_, datatype, ty, _, _) in NODES.items():
+        lines.append(
+            f'  {name.lower()}: {{ type: {ty}, access: readwrite, '
+            f'opcua: {{ node: "ns={ns};s=Plant.{name}", datatype: {datatype} }} }}'
+        )
+    lines.append(f'  missing: {{ type: int, opcua: {{ node: "ns={ns};s=Plant.Nowhere" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+class Operators(UserManager):
+    """Anonymous may connect; "operator" with the right password too.
+    (`certificate` is the client's application certificate, sent with every
+    session, so it does not tell anonymous logins apart.)"""
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username is None:
+            return User(role=UserRole.User)
+        if username == "operator" and password == "s3cret":
+            return User(role=UserRole.User)
+        return None
+
+
+async def make_server(port, cert, key):
+    server = Server(user_manager=Operators())
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/interop")
+    server.set_server_name("asyncua interop")
+    await server.set_application_uri(APP_URI)
+    server.set_security_policy([
+        ua.SecurityPolicyType.NoSecurity,
+        ua.SecurityPolicyType.Basic256Sha256_Sign,
+        ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ])
+    await server.load_certificate(str(cert))
+    await server.load_private_key(str(key))
+    ns = await server.register_namespace("urn:ferrite:interop")
+    plant = await server.nodes.objects.add_object(ua.NodeId("Plant", ns), "Plant")
+    variables = {}
+    for name, (vtype, _, _, initial, _) in NODES.items():
+        var = await plant.add_variable(ua.NodeId(f"Plant.{name}", ns), name, ua.Variant(initial, vtype))
+        await var.set_writable()
+        variables[name] = var
+    return server, ns, variables
+
+
+def device(name, port, extra):
+    return (
+        f"kind: Device\nname: {name}\nmodel: plant\npoll: 100ms\ntimeout: 1s\n"
+        f"opcua:\n  endpoint: \"opc.tcp://127.0.0.1:{port}/interop\"\n  sampling: 100ms\n{extra}"
+    )
+
+
+async def main():
+    checks = Checks()
+    ua_port, api_port = free_port(), free_port()
+    work = project("ferrite-asyncua-", "")
+    cert, key = work / "server-cert.der", work / "server-key.pem"
+    await setup_self_signed_certificate(
+        key, cert, APP_URI, "127.0.0.1",
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        {"countryName": "DE", "organizationName": "Ferrite interop", "commonName": "asyncua interop"},
+    )
+    server, ns, variables = await make_server(ua_port, cert, key)
+    await server.start()
+    (work / "models" / "model.yaml").write_text(model(ns))
+    (work / "devices" / "password.txt").write_text("s3cret\n")
+    (work / "devices" / "plain.yaml").write_text(device("plain", ua_port, ""))
+    (work / "devices" / "secure.yaml").write_text(device(
+        "secure", ua_port,
+        "  security: sign-and-encrypt\n  policy: Basic256Sha256\n  username: operator\n"
+        f"  password_file: password.txt\n  server_certificate: {cert}\n",
+    ))
+    (work / "devices" / "polled.yaml").write_text(device("polled", ua_port, "  mode: poll\n"))
+    gateway = start_ferrite(FERRITE, work, api_port)
+    base = f"http://127.0.0.1:{api_port}/api/v1/devices"
+    names = ("plain", "secure", "polled")
+
+    def get(name):
+        code, body = http("GET", f"{base}/{name}")
+        return body if code == 200 else None
+
+    def log_tail():
+        return (work / "ferrite.log").read_text()[-3000:]
+
+    try:
+        for name in names:
+            # `missing` names a node asyncua does not have: the device
+            # reports it and serves the rest.
+            body = await wait_for(lambda n=name: (get(n) or {}).get("status") == "error" and get(n), 30)
+            checks.check(f"{name}: session open", bool(body), log_tail())
+            error = (body or {}).get("error") or ""
+            checks.check(f"{name}: the missing node is named", "missing" in error and "BadNodeIdUnknown" in error, error)
+            props = (body or {}).get("properties", {})
+            for node, (_, _, _, initial, _) in NODES.items():
+                got = props.get(node.lower(), {}).get("value")
+                checks.check(f"{name}: reads {node}", same(got, initial), f"got {got!r}, want {initial!r}")
+
+        # A change on the server reaches every device; the time it takes
+        # is printed (subscription: sampling + publishing, 100 ms each).
+        started = time.monotonic()
+        await variables["Long"].write_value(ua.Variant(424242, ua.VariantType.Int32))
+        for name in names:
+            ok = await wait_for(lambda n=name: (get(n) or {}).get("properties", {}).get("long", {}).get("value") == 424242, 10, 0.01)
+            checks.check(f"{name}: a server-side change arrives", bool(ok))
+            print(f"      {name}: change visible through REST after {(time.monotonic() - started) * 1000:.0f} ms")
+
+        # Writes through each device land in asyncua's address space, in the
+        # node's own type.
+        for i, (node, (vtype, _, _, _, written)) in enumerate(NODES.items()):
+            name = names[i % 3]
+            code, body = await asyncio.to_thread(http, "PUT", f"{base}/{name}/properties/{node.lower()}", {"value": written})
+            checks.check(f"{name}: write {node} answers 200", code == 200 and same(body.get("value"), written), (code, body))
+            value = await variables[node].read_data_value()
+            checks.check(
+                f"{name}: asyncua holds the written {node}",
+                same(value.Value.Value, written) and value.Value.VariantType == vtype,
+                (value.Value.Value, value.Value.VariantType),
+            )
+        code, body = await asyncio.to_thread(http, "PUT", f"{base}/plain/properties/octet", {"value": 256})
+        checks.check("256 for a Byte node is refused with 400", code == 400, (code, body))
+        value = await variables["Octet"].read_value()
+        checks.check("and never reaches the server", value == 17, value)
+
+        # The server goes away and comes back (a new process would do the
+        # same): every device recovers without restarting the gateway.
+        await server.stop()
+        offline = await wait_for(lambda: all((get(n) or {}).get("status") == "offline" for n in names), 20)
+        checks.check("all devices offline while the server is down", bool(offline), [(get(n) or {}).get("status") for n in names])
+        stale = (get("plain") or {}).get("properties", {}).get("long", {}).get("quality")
+        checks.check("values turn stale meanwhile", stale == "stale", stale)
+        server, ns, variables = await make_server(ua_port, cert, key)
+        await server.start()
+        await variables["Real"].write_value(ua.Variant(99.5, ua.VariantType.Double))
+        for name in names:
+            ok = await wait_for(lambda n=name: (get(n) or {}).get("properties", {}).get("real", {}).get("value") == 99.5, 30)
+            checks.check(f"{name}: data flows again after the restart", bool(ok), get(name))
+    finally:
+        stop_ferrite(gateway, checks)
+        await server.stop()
+    print(f"{checks.passed} passed, {checks.failed} failed")
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

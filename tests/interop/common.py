@@ -1,0 +1,87 @@
+"""Helpers shared by the interop scripts: ports, HTTP, and a check list."""
+import asyncio
+import json
+import math
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as res:
+            return res.status, json.loads(res.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+    except (urllib.error.URLError, ConnectionError):
+        return 0, None
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name, ok, detail=""):
+        print(("ok    " if ok else "FAIL  ") + name + ("" if ok else f": {detail}"), flush=True)
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+
+
+def same(a, b):
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    return a == b
+
+
+def project(prefix, model):
+    """A temporary project folder with `model` in it; returns its path."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    for sub in ("models", "devices", "rules"):
+        (work / sub).mkdir()
+    (work / "ferrite.toml").write_text('[gateway]\nid = "interop"\ndata_dir = "data"\n')
+    (work / "models" / "model.yaml").write_text(model)
+    return work
+
+
+def start_ferrite(binary, work, api_port):
+    """`ferrite run` on the project in `work`, logging to work/ferrite.log."""
+    return subprocess.Popen(
+        [binary, "run", "--config", str(work / "ferrite.toml"), "--listen", f"127.0.0.1:{api_port}"],
+        stderr=open(work / "ferrite.log", "w"),
+    )
+
+
+def stop_ferrite(gateway, checks):
+    """SIGTERM, and a check that it exits 0 within 10 s."""
+    gateway.terminate()
+    try:
+        code = gateway.wait(timeout=10)
+        checks.check("ferrite stops cleanly on SIGTERM", code == 0, f"exit {code}")
+    except subprocess.TimeoutExpired:
+        gateway.kill()
+        checks.check("ferrite stops cleanly on SIGTERM", False, "still running after 10 s")
+
+
+async def wait_for(predicate, seconds, step=0.05):
+    """Polls the blocking `predicate` until it returns something truthy."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await asyncio.to_thread(predicate)
+        if result or time.monotonic() >= deadline:
+            return result
+        await asyncio.sleep(step)
