@@ -39,7 +39,11 @@ fn cases() -> Vec<(&'static str, Json, Json)> {
         ("u16", json!(60000), json!(1)),
         ("i32", json!(-2_000_000_000), json!(2_000_000_000)),
         ("u32", json!(4_000_000_000u64), json!(3)),
-        ("i64", json!(-9_000_000_000_000i64), json!(9_000_000_000_000i64)),
+        (
+            "i64",
+            json!(-9_000_000_000_000i64),
+            json!(9_000_000_000_000i64),
+        ),
         ("u64", json!(9_000_000_000_000_000_000u64), json!(5)),
         ("f32", json!(1.5), json!(-2.25)),
         ("f64", json!(std::f64::consts::PI), json!(-0.1)),
@@ -56,7 +60,12 @@ struct Rig {
 /// Writes `model` and `devices` (`{url}` stands for the server's URL),
 /// starts a simulator with the nodes they need (but `missing`), and points
 /// the devices at it, or at `via` when it forwards to it.
-async fn rig(model: &str, devices: &[(&str, &str)], users: &[(&str, &str)], missing: &[&str]) -> Rig {
+async fn rig(
+    model: &str,
+    devices: &[(&str, &str)],
+    users: &[(&str, &str)],
+    missing: &[&str],
+) -> Rig {
     let files = Files::new();
     files.write("models/m.yaml", model);
     for (name, text) in devices {
@@ -69,7 +78,11 @@ async fn rig(model: &str, devices: &[(&str, &str)], users: &[(&str, &str)], miss
     let mut nodes = Vec::new();
     for (name, _) in devices {
         for node in ferrite_sim::sim::ua_nodes(&project, name) {
-            if !missing.contains(&node.name.as_str()) && !nodes.iter().any(|n: &ferrite_sim::opcua_server::UaNode| n.id == node.id) {
+            if !missing.contains(&node.name.as_str())
+                && !nodes
+                    .iter()
+                    .any(|n: &ferrite_sim::opcua_server::UaNode| n.id == node.id)
+            {
                 nodes.push(node);
             }
         }
@@ -147,7 +160,11 @@ async fn types_round_trip(mode: &str) {
     let rig = rig(TYPES_MODEL, &[("d", &device)], &[], &[]).await;
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(api.wait_status("d", "online", WAIT).await, "{}", api.device("d").await);
+    assert!(
+        api.wait_status("d", "online", WAIT).await,
+        "{}",
+        api.device("d").await
+    );
 
     // Server-side changes arrive, for every type.
     for (property, from_server, _) in cases() {
@@ -165,7 +182,11 @@ async fn types_round_trip(mode: &str) {
         let (status, body) = api.write("d", property, written.clone()).await;
         assert_eq!(status, 200, "{property}: {body}");
         assert_eq!(body["value"], written, "{property}");
-        assert_eq!(rig.get(node_of(property)), Some(to_value(&written)), "{property}");
+        assert_eq!(
+            rig.get(node_of(property)),
+            Some(to_value(&written)),
+            "{property}"
+        );
     }
 
     // What the node's type cannot hold is refused before it is sent...
@@ -176,7 +197,8 @@ async fn types_round_trip(mode: &str) {
     let (status, body) = api.write("d", "i32", json!(2.5)).await;
     assert_eq!(status, 400, "{body}");
     // ... and what the server refuses maps onto the API's errors.
-    rig.sim.set_writable(&NodeId::from_str("ns=2;s=B").expect("id"), false);
+    rig.sim
+        .set_writable(&NodeId::from_str("ns=2;s=B").expect("id"), false);
     let (status, body) = api.write("d", "b", json!(true)).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "device_denied", "{body}");
@@ -221,7 +243,10 @@ async fn signed_and_encrypted_sessions_with_username_login() {
         .iter()
         .map(|(n, s, p)| (n.to_string(), secure_device(n, s, p, "password.txt")))
         .collect();
-    let devices: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let devices: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
     let rig = rig(SMALL_MODEL, &devices, &[("operator", "s3cret")], &[]).await;
     rig.files.write("devices/password.txt", "s3cret\n");
     let gateway = rig.files.start().await;
@@ -257,9 +282,19 @@ async fn a_wrong_password_is_a_clear_error_retried_with_backoff() {
     rig.point(&[("d", &text)], &format!("opc.tcp://{}/sim", proxy.addr));
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(api.wait_status("d", "error", WAIT).await, "{}", api.device("d").await);
-    let error = api.device("d").await["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("refused the login of user `operator`"), "{error}");
+    assert!(
+        api.wait_status("d", "error", WAIT).await,
+        "{}",
+        api.device("d").await
+    );
+    let error = api.device("d").await["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("refused the login of user `operator`"),
+        "{error}"
+    );
 
     // Each attempt is two connections (endpoints, then the session). With
     // the backoff (0.5 s doubling, ±20%) 6 s hold 4 attempts at most; without
@@ -271,7 +306,12 @@ async fn a_wrong_password_is_a_clear_error_retried_with_backoff() {
 
     // Fixing the password file heals the device without a restart.
     rig.files.write("devices/password.txt", "s3cret\n");
-    assert!(api.wait_status("d", "online", Duration::from_secs(20)).await, "{}", api.device("d").await);
+    assert!(
+        api.wait_status("d", "online", Duration::from_secs(20))
+            .await,
+        "{}",
+        api.device("d").await
+    );
     assert!(gateway.stop().await);
     rig.sim.stop().await;
 }
@@ -282,8 +322,15 @@ async fn an_unknown_server_certificate_is_not_trusted_until_moved() {
     let rig = rig(SMALL_MODEL, &[("d", device)], &[], &[]).await;
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(api.wait_status("d", "error", WAIT).await, "{}", api.device("d").await);
-    let error = api.device("d").await["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        api.wait_status("d", "error", WAIT).await,
+        "{}",
+        api.device("d").await
+    );
+    let error = api.device("d").await["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(error.contains("rejected"), "{error}");
 
     // The certificate waits in pki/rejected; an operator moves it.
@@ -297,7 +344,12 @@ async fn an_unknown_server_certificate_is_not_trusted_until_moved() {
     let to = pki.join("trusted").join(rejected[0].file_name());
     std::fs::create_dir_all(pki.join("trusted")).expect("mkdir");
     std::fs::rename(&from, &to).expect("move");
-    assert!(api.wait_status("d", "online", Duration::from_secs(20)).await, "{}", api.device("d").await);
+    assert!(
+        api.wait_status("d", "online", Duration::from_secs(20))
+            .await,
+        "{}",
+        api.device("d").await
+    );
     assert!(gateway.stop().await);
     rig.sim.stop().await;
 }
@@ -310,20 +362,36 @@ async fn data_resumes_after_a_server_restart_and_a_network_drop() {
     rig.point(&[("d", device)], &format!("opc.tcp://{}/sim", proxy.addr));
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(api.wait_status("d", "online", WAIT).await, "{}", api.device("d").await);
+    assert!(
+        api.wait_status("d", "online", WAIT).await,
+        "{}",
+        api.device("d").await
+    );
     rig.set("ns=2;s=Level", Value::Float(1.0));
     assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(1.0))).await);
 
     // The server goes away: values turn stale, the device offline.
     rig.sim.stop().await;
-    assert!(api.wait_status("d", "offline", WAIT).await, "{}", api.device("d").await);
-    assert_eq!(api.device("d").await["properties"]["level"]["quality"], "stale");
+    assert!(
+        api.wait_status("d", "offline", WAIT).await,
+        "{}",
+        api.device("d").await
+    );
+    assert_eq!(
+        api.device("d").await["properties"]["level"]["quality"],
+        "stale"
+    );
 
     // It comes back (empty: a reboot); a new session and subscription
     // carry new values without restarting the gateway.
     tokio::time::sleep(Duration::from_secs(1)).await;
     rig.sim.restart().await.expect("restart");
-    assert!(api.wait_status("d", "online", Duration::from_secs(20)).await, "{}", api.device("d").await);
+    assert!(
+        api.wait_status("d", "online", Duration::from_secs(20))
+            .await,
+        "{}",
+        api.device("d").await
+    );
     rig.set("ns=2;s=Level", Value::Float(2.0));
     assert!(
         wait_until(WAIT, || value_is(&api, "d", "level", json!(2.0))).await,
@@ -335,7 +403,13 @@ async fn data_resumes_after_a_server_restart_and_a_network_drop() {
     proxy.cut();
     rig.set("ns=2;s=Level", Value::Float(3.0));
     assert!(
-        wait_until(Duration::from_secs(20), || value_is(&api, "d", "level", json!(3.0))).await,
+        wait_until(Duration::from_secs(20), || value_is(
+            &api,
+            "d",
+            "level",
+            json!(3.0)
+        ))
+        .await,
         "{}",
         api.device("d").await
     );
@@ -346,15 +420,23 @@ async fn data_resumes_after_a_server_restart_and_a_network_drop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_node_is_named_and_the_rest_still_flow() {
-    let model = format!("{SMALL_MODEL}  ghost: {{ type: int, opcua: {{ node: \"ns=2;s=Ghost\" }} }}\n");
+    let model =
+        format!("{SMALL_MODEL}  ghost: {{ type: int, opcua: {{ node: \"ns=2;s=Ghost\" }} }}\n");
     let device = "kind: Device\nname: d\nmodel: small\ntimeout: 500ms\nopcua: { endpoint: \"{url}\", sampling: 50ms }\n";
     let rig = rig(&model, &[("d", device)], &[], &["ghost"]).await;
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(api.wait_status("d", "error", WAIT).await, "{}", api.device("d").await);
+    assert!(
+        api.wait_status("d", "error", WAIT).await,
+        "{}",
+        api.device("d").await
+    );
     let d = api.device("d").await;
     let error = d["error"].as_str().unwrap_or_default();
-    assert!(error.contains("ghost") && error.contains("BadNodeIdUnknown"), "{error}");
+    assert!(
+        error.contains("ghost") && error.contains("BadNodeIdUnknown"),
+        "{error}"
+    );
     assert_eq!(d["properties"]["ghost"]["quality"], "bad");
     rig.set("ns=2;s=Level", Value::Float(7.5));
     assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(7.5))).await);

@@ -190,7 +190,10 @@ mod tests {
         ];
         for (datatype, ty, value) in cases {
             let variant = to_variant(&value, datatype).expect("fits");
-            assert_eq!(UaDataType::from_node_id(&datatype.id().into()), Some(datatype));
+            assert_eq!(
+                UaDataType::from_node_id(&datatype.id().into()),
+                Some(datatype)
+            );
             assert_eq!(from_variant(&variant, ty), Ok(value), "{datatype}");
         }
         assert!(from_variant(&Variant::UInt64(u64::MAX), ValueType::Int).is_err());

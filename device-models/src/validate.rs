@@ -164,10 +164,7 @@ fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
             diags.error(
                 file,
                 model.pos(&["properties", name, "opcua", "datatype"]),
-                format!(
-                    "a {} property cannot live in a {datatype} node",
-                    prop.ty
-                ),
+                format!("a {} property cannot live in a {datatype} node", prop.ty),
             );
         }
         if let Some(mqtt) = &prop.mqtt

@@ -25,9 +25,7 @@ use opcua::nodes::{AccessLevel, VariableBuilder};
 use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager};
 use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerHandle, ServerUserToken};
-use opcua::types::{
-    DataValue, MessageSecurityMode, NodeId, ObjectId, StatusCode, Variant,
-};
+use opcua::types::{DataValue, MessageSecurityMode, NodeId, ObjectId, StatusCode, Variant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -138,7 +136,12 @@ impl UaSim {
             let folder = NodeId::new(node.id.namespace, "Ferrite");
             let mut space = nm.address_space().write();
             if !space.node_exists(&folder) {
-                space.add_folder(&folder, "Ferrite", "Ferrite", &ObjectId::ObjectsFolder.into());
+                space.add_folder(
+                    &folder,
+                    "Ferrite",
+                    "Ferrite",
+                    &ObjectId::ObjectsFolder.into(),
+                );
             }
             let initial = to_variant(&node.initial, node.datatype).unwrap_or(Variant::Empty);
             let access = if node.writable {
@@ -206,7 +209,10 @@ impl UaSim {
             SecurityPolicy::Aes128Sha256RsaOaep,
             SecurityPolicy::Aes256Sha256RsaPss,
         ] {
-            for mode in [MessageSecurityMode::Sign, MessageSecurityMode::SignAndEncrypt] {
+            for mode in [
+                MessageSecurityMode::Sign,
+                MessageSecurityMode::SignAndEncrypt,
+            ] {
                 builder = builder.add_endpoint(
                     format!("{policy}-{mode}"),
                     (o.path.as_str(), policy, mode, tokens.as_slice()),
@@ -218,10 +224,8 @@ impl UaSim {
                 namespace_uri: namespace_uri(ns),
                 ..Default::default()
             };
-            builder = builder.with_node_manager(simple_node_manager(
-                meta,
-                &format!("ferrite-sim-ns{ns}"),
-            ));
+            builder = builder
+                .with_node_manager(simple_node_manager(meta, &format!("ferrite-sim-ns{ns}")));
         }
         builder
     }
@@ -242,8 +246,13 @@ impl UaSim {
             .managers
             .get(&id.namespace)
             .ok_or_else(|| format!("no namespace {}", id.namespace))?;
-        nm.set_value(r.handle.subscriptions(), id, None, DataValue::new_now(variant))
-            .map_err(|s: StatusCode| s.to_string())
+        nm.set_value(
+            r.handle.subscriptions(),
+            id,
+            None,
+            DataValue::new_now(variant),
+        )
+        .map_err(|s: StatusCode| s.to_string())
     }
 
     /// A node's current value.

@@ -27,13 +27,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferrite_models::Property;
 use ferrite_models::codec;
 use ferrite_models::model::{ModbusBinding, UaDataType, ValueType};
-use ferrite_models::Property;
-use indexmap::IndexMap;
-use opcua::types::NodeId as UaNodeId;
 use ferrite_models::units::Span;
 use ferrite_models::{Project, Value};
+use indexmap::IndexMap;
+use opcua::types::NodeId as UaNodeId;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_models::device::{OpcuaPolicy, OpcuaSecurity};
-use opcua::client::{Client, ClientBuilder, IdentityToken, Session, SessionEventLoop};
 use opcua::client::transport::TcpConnector;
+use opcua::client::{Client, ClientBuilder, IdentityToken, Session, SessionEventLoop};
 use opcua::crypto::{CertificateStore, SecurityPolicy, X509};
 use opcua::types::{EndpointDescription, MessageSecurityMode, UserTokenType};
 
@@ -109,7 +109,9 @@ fn trust_configured(device: &Device, client: &Client) -> Result<(), String> {
     if target.exists() {
         return Ok(());
     }
-    let der = cert.to_der().map_err(|e| format!("{}: {e}", path.display()))?;
+    let der = cert
+        .to_der()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(&target, der))
         .map_err(|e| format!("cannot write {}: {e}", target.display()))

@@ -31,8 +31,8 @@ use ferrite_models::model::{UaDataType, ValueType};
 use ferrite_models::{Project, Value};
 use opcua::client::Session;
 use opcua::types::{
-    AttributeId, DataValue, NodeId, NumericRange, QualifiedName, ReadValueId,
-    TimestampsToReturn, WriteValue,
+    AttributeId, DataValue, NodeId, NumericRange, QualifiedName, ReadValueId, TimestampsToReturn,
+    WriteValue,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -138,11 +138,7 @@ impl OpcuaDriver {
                 name: Arc::from(name.as_str()),
                 index,
                 settings: settings.clone(),
-                base: located
-                    .file
-                    .parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_default(),
+                base: located.file.parent().map(PathBuf::from).unwrap_or_default(),
                 poll: d.poll(),
                 timeout: d.timeout(),
                 points,
@@ -236,7 +232,10 @@ impl OpcuaWriter {
                 "no OPC UA binding for `{property}`"
             )));
         };
-        let node = point.node.as_ref().map_err(|e| DriverError::Refused(e.clone()))?;
+        let node = point
+            .node
+            .as_ref()
+            .map_err(|e| DriverError::Refused(e.clone()))?;
         let connected = self
             .link
             .borrow()
@@ -247,7 +246,8 @@ impl OpcuaWriter {
                 "the DataType of {node} is not one Ferrite can write"
             )));
         };
-        let variant = ferrite_models::ua::to_variant(&value, datatype).map_err(DriverError::Rejected)?;
+        let variant =
+            ferrite_models::ua::to_variant(&value, datatype).map_err(DriverError::Rejected)?;
         let write = WriteValue {
             node_id: node.clone(),
             attribute_id: AttributeId::Value as u32,
@@ -271,9 +271,9 @@ impl OpcuaWriter {
             session.read(&read, TimestampsToReturn::Neither, 0.0),
         )
         .await?;
-        Ok(values
-            .first()
-            .map_or(Sample::Bad, |dv| sample_of(point, dv).map_or(Sample::Bad, Sample::Good)))
+        Ok(values.first().map_or(Sample::Bad, |dv| {
+            sample_of(point, dv).map_or(Sample::Bad, Sample::Good)
+        }))
     }
 }
 

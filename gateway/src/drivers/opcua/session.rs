@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use ferrite_models::model::UaDataType;
 use futures_util::StreamExt;
+use opcua::client::transport::TcpConnector;
 use opcua::client::{
     Client, DataChangeCallback, SessionActivity, SessionEventLoop, SessionPollResult,
 };
-use opcua::client::transport::TcpConnector;
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, ExtensionObject,
     MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, StatusCode,
@@ -29,7 +29,9 @@ use opcua::types::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Connected, Device, Link, Point, connect, read_attribute, read_values, sample_of, status};
+use super::{
+    Connected, Device, Link, Point, connect, read_attribute, read_values, sample_of, status,
+};
 use crate::backoff::Backoff;
 use crate::drivers::DriverContext;
 use crate::live::{Sample, Status, Update};
@@ -122,7 +124,14 @@ pub(super) async fn run(
         Err(why) => {
             let why = format!("cannot set up the OPC UA client: {why}");
             tracing::error!(device = %device.name, "{why}");
-            report(&device, &ctx, Status::Error, Some(why.clone()), Sample::Stale).await;
+            report(
+                &device,
+                &ctx,
+                Status::Error,
+                Some(why.clone()),
+                Sample::Stale,
+            )
+            .await;
             link.send_modify(|l| *l = Err(why));
             return;
         }
@@ -144,7 +153,15 @@ pub(super) async fn run(
         session.close().await;
         tracing::warn!(device = %device.name, "{}", failure.why);
         link.send_modify(|l| *l = Err(failure.why.clone()));
-        if !report(&device, &ctx, failure.status, Some(failure.why), Sample::Stale).await {
+        if !report(
+            &device,
+            &ctx,
+            failure.status,
+            Some(failure.why),
+            Sample::Stale,
+        )
+        .await
+        {
             break;
         }
         let delay = backoff.next_delay();
@@ -197,11 +214,9 @@ impl Running<'_> {
         let device = self.device;
         let shutdown = self.ctx.shutdown.clone();
         let setup = async {
-            let (session, event_loop) = connect::open(device, self.client)
-                .await
-                .map_err(|why| {
-                    if why.starts_with("cannot get the endpoints") || why.starts_with("no answer")
-                    {
+            let (session, event_loop) =
+                connect::open(device, self.client).await.map_err(|why| {
+                    if why.starts_with("cannot get the endpoints") || why.starts_with("no answer") {
                         Failure::offline(why)
                     } else {
                         Failure::error(why)
@@ -251,7 +266,8 @@ impl Running<'_> {
         let since = Instant::now();
         let mut stable = false;
         let mut health = Health::default();
-        self.send(health.update(device, &bad, Vec::new(), true)).await;
+        self.send(health.update(device, &bad, Vec::new(), true))
+            .await;
         let mut tick = tokio::time::interval(device.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let polling = device.settings.mode == ferrite_models::device::OpcuaMode::Poll;
@@ -442,7 +458,10 @@ async fn read_types(
         .map_err(|e| Failure::offline(format!("reading the nodes' DataTypes: {e}")))?;
         for ((i, point, id), dv) in chunk.iter().zip(values) {
             if dv.status().is_bad() {
-                bad.insert(point.index, format!("{}: {} ({id})", point.name, dv.status()));
+                bad.insert(
+                    point.index,
+                    format!("{}: {} ({id})", point.name, dv.status()),
+                );
                 continue;
             }
             let declared = match &dv.value {
@@ -459,7 +478,10 @@ async fn read_types(
                 (Some(found), _) if !found.fits(point.ty) => {
                     bad.insert(
                         point.index,
-                        format!("{}: a {} property cannot live in {id}, a {found}", point.name, point.ty),
+                        format!(
+                            "{}: a {} property cannot live in {id}, a {found}",
+                            point.name, point.ty
+                        ),
                     );
                 }
                 _ => types[*i] = declared,
@@ -481,16 +503,23 @@ async fn subscribe(
     let sampling = device.sampling();
     // The server sends a keep-alive after this many empty intervals (about
     // every 5 s) and drops the subscription after four missed ones.
-    let keep_alive = u32::try_from(
-        (Duration::from_secs(5).as_millis() / sampling.as_millis().max(1)).max(1),
-    )
-    .unwrap_or(u32::MAX);
+    let keep_alive =
+        u32::try_from((Duration::from_secs(5).as_millis() / sampling.as_millis().max(1)).max(1))
+            .unwrap_or(u32::MAX);
     let callback = DataChangeCallback::new(move |dv, item| {
         let _ = data.send((item.client_handle(), dv));
     });
     let id = status::within(
         device.timeout,
-        session.create_subscription(sampling, keep_alive.saturating_mul(4), keep_alive, 0, 0, true, callback),
+        session.create_subscription(
+            sampling,
+            keep_alive.saturating_mul(4),
+            keep_alive,
+            0,
+            0,
+            true,
+            callback,
+        ),
     )
     .await
     .map_err(|e| Failure::offline(format!("creating the subscription: {e}")))?;
