@@ -394,6 +394,46 @@ fn opcua_node_ids_and_mqtt_bindings_are_checked() {
 }
 
 #[test]
+fn an_opcua_datatype_must_fit_the_property_type() {
+    let model = "kind: DeviceModel\nname: m\nproperties:\n  a: { type: string, opcua: { node: \"ns=2;s=A\", datatype: Int16 } }\n";
+    one_error(
+        &load(&[("m.yaml", model)]),
+        "m.yaml:4:59",
+        "a string property cannot live in a Int16 node",
+    );
+    let model = "kind: DeviceModel\nname: m\nproperties:\n  a: { type: float, opcua: { node: \"ns=2;s=A\", datatype: UInt16 } }\n";
+    assert!(load(&[("m.yaml", model)]).is_ok());
+}
+
+#[test]
+fn opcua_identities_and_security_are_checked() {
+    let model = "kind: DeviceModel\nname: m\nproperties:\n  a: { type: float, opcua: { node: \"ns=2;s=A\" } }\n";
+    let device = |opcua: &str| format!("kind: Device\nname: d\nmodel: m\nopcua: {{ endpoint: \"opc.tcp://h:4840\", {opcua} }}\n");
+    let cases = [
+        ("user_certificate: u.der", "user_certificate and user_private_key go together"),
+        (
+            "username: u, password_file: p, user_certificate: u.der, user_private_key: u.pem",
+            "choose one identity",
+        ),
+        ("policy: Basic256Sha256", "policy applies to security sign"),
+        ("security: sign, queue: 0", "queue must be at least 1"),
+    ];
+    for (settings, needle) in cases {
+        let report = load(&[("m.yaml", model), ("d.yaml", &device(settings))]);
+        let errors: Vec<String> = report
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 1, "{settings}: {errors:#?}");
+        assert!(errors[0].contains(needle), "{settings}: {errors:#?}");
+    }
+    let fine = "security: sign-and-encrypt, policy: Aes256_Sha256_RsaPss, user_certificate: u.der, user_private_key: u.pem, server_certificate: s.der";
+    assert!(load(&[("m.yaml", model), ("d.yaml", &device(fine))]).is_ok());
+}
+
+#[test]
 fn a_document_in_the_wrong_folder_is_refused() {
     let mut loader = Loader::default();
     loader.load_text(
