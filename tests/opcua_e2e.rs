@@ -443,3 +443,64 @@ async fn a_missing_node_is_named_and_the_rest_still_flow() {
     assert!(gateway.stop().await);
     rig.sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_nodes_spread_over_subscriptions() {
+    // The simulator allows 1000 items per subscription, like many servers;
+    // 2500 nodes need three, and a Publish of 2500 changes must decode.
+    const N: usize = 2500;
+    let mut model = String::from("kind: DeviceModel\nname: big\nproperties:\n");
+    for n in 0..N {
+        model.push_str(&format!(
+            "  v{n}: {{ type: int, opcua: {{ node: \"ns=2;i={}\" }} }}\n",
+            n + 1
+        ));
+    }
+    let device = "kind: Device\nname: d\nmodel: big\ntimeout: 2s\nopcua: { endpoint: \"{url}\", sampling: 0ms, queue: 2 }\n";
+    let rig = rig(&model, &[("d", device)], &[], &[]).await;
+    let proxy = Proxy::start(rig.sim.addr).await;
+    rig.point(&[("d", device)], &format!("opc.tcp://{}/sim", proxy.addr));
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    assert!(
+        api.wait_status("d", "online", WAIT).await,
+        "{}",
+        api.device("d").await
+    );
+    // Two changes per node within one publishing interval: with a queue of
+    // 2, one Publish carries 2000 values of one subscription.
+    let ids: Vec<NodeId> = (0..N).map(|n| NodeId::new(2, n as u32 + 1)).collect();
+    let before: Vec<Value> = (0..N).map(|n| Value::Int(-(n as i64))).collect();
+    let values: Vec<Value> = (0..N).map(|n| Value::Int(n as i64 * 3 + 1)).collect();
+    rig.sim.set_many(&ids, &before).expect("set");
+    rig.sim.set_many(&ids, &values).expect("set");
+    let all_there = || async {
+        let d = api.device("d").await;
+        (0..N).all(|n| d["properties"][format!("v{n}")]["value"] == json!(n as i64 * 3 + 1))
+    };
+    let arrived = wait_until(Duration::from_secs(20), all_there).await;
+    let d = api.device("d").await;
+    let wrong: Vec<String> = (0..N)
+        .filter(|n| d["properties"][format!("v{n}")]["value"] != json!(*n as i64 * 3 + 1))
+        .take(5)
+        .map(|n| format!("v{n}: {}", d["properties"][format!("v{n}")]))
+        .collect();
+    assert!(
+        arrived,
+        "{} wrong, such as {wrong:?}; {}",
+        wrong.len(),
+        d["error"]
+    );
+    assert_eq!(api.status("d").await, "online");
+    // One connection for the endpoints, one for the session: no reconnect.
+    assert_eq!(proxy.accepted(), 2);
+    // Both queued values of a node are kept, in order.
+    let history = api.get("/api/v1/devices/d/properties/v7/history").await.1;
+    let values: Vec<&Json> = history
+        .as_array()
+        .map(|points| points.iter().map(|p| &p["value"]).collect())
+        .unwrap_or_default();
+    assert!(values.ends_with(&[&json!(-7), &json!(22)]), "{history}");
+    assert!(gateway.stop().await);
+    rig.sim.stop().await;
+}

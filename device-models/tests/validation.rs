@@ -408,9 +408,16 @@ fn an_opcua_datatype_must_fit_the_property_type() {
 #[test]
 fn opcua_identities_and_security_are_checked() {
     let model = "kind: DeviceModel\nname: m\nproperties:\n  a: { type: float, opcua: { node: \"ns=2;s=A\" } }\n";
-    let device = |opcua: &str| format!("kind: Device\nname: d\nmodel: m\nopcua: {{ endpoint: \"opc.tcp://h:4840\", {opcua} }}\n");
+    let device = |opcua: &str| {
+        format!(
+            "kind: Device\nname: d\nmodel: m\nopcua: {{ endpoint: \"opc.tcp://h:4840\", {opcua} }}\n"
+        )
+    };
     let cases = [
-        ("user_certificate: u.der", "user_certificate and user_private_key go together"),
+        (
+            "user_certificate: u.der",
+            "user_certificate and user_private_key go together",
+        ),
         (
             "username: u, password_file: p, user_certificate: u.der, user_private_key: u.pem",
             "choose one identity",

@@ -12,7 +12,7 @@
 //! every client certificate (it is a simulator); its own certificate is
 //! created under its `pki` folder on first start, at `own/cert.der`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,6 +63,8 @@ pub struct UaSim {
     pub addr: SocketAddr,
     options: UaSimOptions,
     nodes: Vec<UaNode>,
+    /// Position of each node in `nodes`.
+    index: HashMap<NodeId, usize>,
     running: Mutex<Option<Running>>,
 }
 
@@ -84,10 +86,16 @@ impl UaSim {
     ) -> std::io::Result<UaSim> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let index = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
         let sim = UaSim {
             addr,
             options,
             nodes,
+            index,
             running: Mutex::new(None),
         };
         sim.serve(listener)?;
@@ -219,6 +227,16 @@ impl UaSim {
                 );
             }
         }
+        // Room for large benchmarks; items per subscription stay at the
+        // library's 1000, a cap many servers have, so clients must spread.
+        let limits = &mut builder.limits_mut().subscriptions;
+        limits.max_subscriptions_per_session = 200;
+        limits.max_pending_publish_requests = 400;
+        // A sampling interval of 0 means "report every change". (With a
+        // non-zero one, async-opcua 0.19 holds back a change that follows
+        // another within the interval, and publishes it only when a later
+        // change comes.)
+        limits.min_sampling_interval_ms = 0.0;
         for ns in self.namespaces() {
             let meta = NamespaceMetadata {
                 namespace_uri: namespace_uri(ns),
@@ -232,32 +250,40 @@ impl UaSim {
 
     /// Sets a node's value, as the device would, notifying subscribers.
     pub fn set(&self, id: &NodeId, value: &Value) -> Result<(), String> {
-        let node = self
-            .nodes
-            .iter()
-            .find(|n| &n.id == id)
-            .ok_or_else(|| format!("no node {id}"))?;
-        let variant = to_variant(value, node.datatype)?;
+        self.set_many(std::slice::from_ref(id), std::slice::from_ref(value))
+    }
+
+    /// Sets many nodes of one namespace at once (one lock, one
+    /// notification pass): `ids[i]` gets `values[i]`.
+    pub fn set_many(&self, ids: &[NodeId], values: &[Value]) -> Result<(), String> {
+        let mut updates = Vec::with_capacity(ids.len());
+        for (id, value) in ids.iter().zip(values) {
+            let node = self.node(id).ok_or_else(|| format!("no node {id}"))?;
+            let variant = to_variant(value, node.datatype)?;
+            updates.push((id, None, DataValue::new_now(variant)));
+        }
+        let Some(ns) = ids.first().map(|id| id.namespace) else {
+            return Ok(());
+        };
         let running = self.lock();
         let Some(r) = running.as_ref() else {
             return Err("the server is stopped".into());
         };
         let nm = r
             .managers
-            .get(&id.namespace)
-            .ok_or_else(|| format!("no namespace {}", id.namespace))?;
-        nm.set_value(
-            r.handle.subscriptions(),
-            id,
-            None,
-            DataValue::new_now(variant),
-        )
-        .map_err(|s: StatusCode| s.to_string())
+            .get(&ns)
+            .ok_or_else(|| format!("no namespace {ns}"))?;
+        nm.set_values(r.handle.subscriptions(), updates.into_iter())
+            .map_err(|s: StatusCode| s.to_string())
+    }
+
+    fn node(&self, id: &NodeId) -> Option<&UaNode> {
+        self.index.get(id).and_then(|i| self.nodes.get(*i))
     }
 
     /// A node's current value.
     pub fn get(&self, id: &NodeId) -> Option<Value> {
-        let node = self.nodes.iter().find(|n| &n.id == id)?;
+        let node = self.node(id)?;
         let running = self.lock();
         let r = running.as_ref()?;
         let space = r.managers.get(&id.namespace)?.address_space().read();

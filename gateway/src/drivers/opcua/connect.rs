@@ -21,6 +21,9 @@ use opcua::types::{EndpointDescription, MessageSecurityMode, UserTokenType};
 
 use super::Device;
 
+/// The most elements of one array the client decodes.
+const MAX_ARRAY: usize = 100_000;
+
 /// The gateway's OPC UA application URI; it is also in its certificate.
 const APPLICATION_URI: &str = "urn:ferrite:gateway";
 
@@ -40,6 +43,12 @@ pub(super) fn client(device: &Device, pki: &Path) -> Result<Client, String> {
         .request_timeout(device.timeout)
         .keep_alive_interval(keep_alive(device))
         .max_failed_keep_alive_count(2)
+        // The defaults (1000 array elements) fail a whole Publish response
+        // of a busy subscription, which the server then sends again:
+        // generous limits here, and a cap per Publish in `session`.
+        .max_array_length(MAX_ARRAY)
+        .max_message_size(64 * 1024 * 1024)
+        .max_chunk_count(1024)
         .session_name(format!("ferrite {}", device.name))
         .client()
         .map_err(|errors| errors.join("; "))

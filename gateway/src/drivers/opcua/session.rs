@@ -33,12 +33,15 @@ use super::{
     Connected, Device, Link, Point, connect, read_attribute, read_values, sample_of, status,
 };
 use crate::backoff::Backoff;
-use crate::drivers::DriverContext;
+use crate::drivers::{DriverContext, DriverError};
 use crate::live::{Sample, Status, Update};
 use crate::time::now;
 
 /// Nodes per Read or CreateMonitoredItems request.
 const CHUNK: usize = 1000;
+/// The most notifications one Publish response may carry, well inside the
+/// client's decoding limits.
+const NOTIFICATIONS_PER_PUBLISH: u32 = 5000;
 /// A session that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
 
@@ -276,10 +279,10 @@ impl Running<'_> {
                 stable = true;
                 backoff.reset();
             }
-            let update = tokio::select! {
+            let updates = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 event = events.recv() => match event {
-                    Some(Event::Alive) => health.update(device, &bad, Vec::new(), true),
+                    Some(Event::Alive) => vec![health.update(device, &bad, Vec::new(), true)],
                     Some(Event::Connected) => continue,
                     Some(Event::Failed(code)) => {
                         return Err(Failure::offline(format!(
@@ -302,8 +305,18 @@ impl Running<'_> {
                             Err(_) => break,
                         }
                     }
-                    let samples = to_samples(device, &batch, &mut bad);
-                    health.update(device, &bad, samples, true)
+                    // One update per round of values, a microsecond apart,
+                    // so that queued values of one node keep their order
+                    // and each is stored.
+                    let base = now();
+                    let mut updates = Vec::new();
+                    for (k, round) in rounds(batch).iter().enumerate() {
+                        let samples = to_samples(device, round, &mut bad);
+                        let mut update = health.update(device, &bad, samples, true);
+                        update.ts = base + k as crate::time::Micros;
+                        updates.push(update);
+                    }
+                    updates
                 }
                 _ = tick.tick(), if polling => {
                     let samples = poll_once(device, &session, &bad).await?;
@@ -318,11 +331,13 @@ impl Running<'_> {
                             }
                         })
                         .collect();
-                    health.update(device, &status_bad, samples, true)
+                    vec![health.update(device, &status_bad, samples, true)]
                 }
             };
-            if !self.send(update).await {
-                return Ok(());
+            for update in updates {
+                if !self.send(update).await {
+                    return Ok(());
+                }
             }
         }
     }
@@ -491,8 +506,10 @@ async fn read_types(
     Ok((types, bad))
 }
 
-/// Creates one subscription with a monitored item per readable point that
-/// is not bad. Returns the points the server refused to monitor.
+/// Creates a monitored item per readable point that is not bad, in as
+/// many subscriptions as the server needs (servers cap the items per
+/// subscription and per call). Returns the points the server refused to
+/// monitor.
 async fn subscribe(
     device: &Device,
     connected: &Connected,
@@ -501,28 +518,6 @@ async fn subscribe(
 ) -> Result<BTreeMap<u16, String>, Failure> {
     let session = &connected.session;
     let sampling = device.sampling();
-    // The server sends a keep-alive after this many empty intervals (about
-    // every 5 s) and drops the subscription after four missed ones.
-    let keep_alive =
-        u32::try_from((Duration::from_secs(5).as_millis() / sampling.as_millis().max(1)).max(1))
-            .unwrap_or(u32::MAX);
-    let callback = DataChangeCallback::new(move |dv, item| {
-        let _ = data.send((item.client_handle(), dv));
-    });
-    let id = status::within(
-        device.timeout,
-        session.create_subscription(
-            sampling,
-            keep_alive.saturating_mul(4),
-            keep_alive,
-            0,
-            0,
-            true,
-            callback,
-        ),
-    )
-    .await
-    .map_err(|e| Failure::offline(format!("creating the subscription: {e}")))?;
     let queue = device.settings.queue.unwrap_or(1);
     let items: Vec<(u16, MonitoredItemCreateRequest)> = device
         .points
@@ -531,46 +526,151 @@ async fn subscribe(
         .filter(|(_, p)| p.readable && !bad.contains_key(&p.index))
         .filter_map(|(i, p)| {
             let id = p.node.as_ref().ok()?;
-            let filter = p.deadband.map_or_else(ExtensionObject::null, |band| {
-                ExtensionObject::from_message(DataChangeFilter {
-                    trigger: DataChangeTrigger::StatusValue,
-                    deadband_type: DeadbandType::Absolute as u32,
-                    deadband_value: band,
-                })
-            });
-            let request = MonitoredItemCreateRequest {
-                item_to_monitor: read_values(&[id]).remove(0),
-                monitoring_mode: MonitoringMode::Reporting,
-                requested_parameters: MonitoringParameters {
-                    // Handle = position + 1: zero asks the library for one.
-                    client_handle: u32::try_from(i + 1).unwrap_or(u32::MAX),
-                    sampling_interval: sampling.as_secs_f64() * 1000.0,
-                    filter,
-                    queue_size: queue,
-                    discard_oldest: true,
-                },
-            };
-            Some((p.index, request))
+            Some((p.index, monitored_item(i, id, p.deadband, sampling, queue)))
         })
         .collect();
     let mut refused = BTreeMap::new();
-    for chunk in items.chunks(CHUNK) {
-        let requests = chunk.iter().map(|(_, r)| r.clone()).collect();
-        let results = status::within(
-            device.timeout,
-            session.create_monitored_items(id, TimestampsToReturn::Neither, requests),
-        )
-        .await
-        .map_err(|e| Failure::offline(format!("creating monitored items: {e}")))?;
-        for ((index, request), result) in chunk.iter().zip(results) {
-            let code = result.result.status_code;
-            if code.is_bad() {
-                let point = &device.points[request.requested_parameters.client_handle as usize - 1];
-                refused.insert(*index, format!("{}: cannot monitor: {code}", point.name));
+    let mut chunk = CHUNK;
+    let mut current: Option<(u32, usize)> = None;
+    // The server's cap on items per subscription, once it told us.
+    let mut per_subscription: Option<usize> = None;
+    let mut rest = items.as_slice();
+    while !rest.is_empty() {
+        let (subscription, held) = match current {
+            Some(c) => c,
+            None => {
+                let id = new_subscription(device, session, sampling, data.clone()).await?;
+                (id, 0)
             }
+        };
+        let room = per_subscription.map_or(usize::MAX, |max| max.saturating_sub(held));
+        if room == 0 {
+            current = None;
+            continue;
+        }
+        let take = chunk.min(rest.len()).min(room);
+        let requests = rest[..take].iter().map(|(_, r)| r.clone()).collect();
+        let created = status::within(
+            device.timeout,
+            session.create_monitored_items(subscription, TimestampsToReturn::Source, requests),
+        )
+        .await;
+        match created {
+            Ok(results) => {
+                for ((index, request), result) in rest[..take].iter().zip(results) {
+                    let code = result.result.status_code;
+                    if code.is_bad() {
+                        let handle = request.requested_parameters.client_handle as usize;
+                        let name = device.points.get(handle - 1).map_or("?", |p| &*p.name);
+                        refused.insert(*index, format!("{name}: cannot monitor: {code}"));
+                    }
+                }
+                rest = &rest[take..];
+                current = Some((subscription, held + take));
+            }
+            // This subscription is full: the next one takes the rest.
+            Err(DriverError::Refused(why))
+                if why.contains("BadTooManyMonitoredItems") && held > 0 =>
+            {
+                per_subscription = Some(held);
+                current = None;
+            }
+            // Too many in one call (or for an empty subscription): smaller
+            // calls.
+            Err(DriverError::Refused(why))
+                if (why.contains("BadTooManyOperations")
+                    || why.contains("BadTooManyMonitoredItems"))
+                    && chunk > 1 =>
+            {
+                chunk = chunk.div_ceil(2);
+                current = Some((subscription, held));
+            }
+            Err(e) => return Err(Failure::offline(format!("creating monitored items: {e}"))),
         }
     }
     Ok(refused)
+}
+
+/// A subscription publishing every `sampling`, its values going to `data`.
+async fn new_subscription(
+    device: &Device,
+    session: &opcua::client::Session,
+    sampling: Duration,
+    data: mpsc::UnboundedSender<(u32, DataValue)>,
+) -> Result<u32, Failure> {
+    // The server sends a keep-alive after this many empty intervals (about
+    // every 5 s) and drops the subscription after four missed ones.
+    let keep_alive =
+        u32::try_from((Duration::from_secs(5).as_millis() / sampling.as_millis().max(1)).max(1))
+            .unwrap_or(u32::MAX);
+    let callback = DataChangeCallback::new(move |dv, item| {
+        let _ = data.send((item.client_handle(), dv));
+    });
+    status::within(
+        device.timeout,
+        session.create_subscription(
+            sampling,
+            keep_alive.saturating_mul(4),
+            keep_alive,
+            NOTIFICATIONS_PER_PUBLISH,
+            0,
+            true,
+            callback,
+        ),
+    )
+    .await
+    .map_err(|e| Failure::offline(format!("creating a subscription: {e}")))
+}
+
+/// The monitored item for point number `i` (its client handle is `i + 1`:
+/// zero would ask the library to pick one).
+fn monitored_item(
+    i: usize,
+    id: &opcua::types::NodeId,
+    deadband: Option<f64>,
+    sampling: Duration,
+    queue: u32,
+) -> MonitoredItemCreateRequest {
+    let filter = deadband.map_or_else(ExtensionObject::null, |band| {
+        ExtensionObject::from_message(DataChangeFilter {
+            trigger: DataChangeTrigger::StatusValue,
+            deadband_type: DeadbandType::Absolute as u32,
+            deadband_value: band,
+        })
+    });
+    MonitoredItemCreateRequest {
+        item_to_monitor: read_values(&[id]).remove(0),
+        monitoring_mode: MonitoringMode::Reporting,
+        requested_parameters: MonitoringParameters {
+            client_handle: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            sampling_interval: sampling.as_secs_f64() * 1000.0,
+            filter,
+            queue_size: queue,
+            discard_oldest: true,
+        },
+    }
+}
+
+/// Splits notifications into rounds in which each monitored item appears
+/// once, in the order the server stamped them (arrival order where it did
+/// not).
+fn rounds(mut batch: Vec<(u32, DataValue)>) -> Vec<Vec<(u32, DataValue)>> {
+    batch.sort_by_key(|(_, dv)| {
+        dv.source_timestamp
+            .or(dv.server_timestamp)
+            .map(|t| t.checked_ticks())
+    });
+    let mut rounds: Vec<Vec<(u32, DataValue)>> = Vec::new();
+    let mut round_of: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for (handle, dv) in batch {
+        let round = round_of.get(&handle).map_or(0, |r| r + 1);
+        round_of.insert(handle, round);
+        if rounds.len() <= round {
+            rounds.push(Vec::new());
+        }
+        rounds[round].push((handle, dv));
+    }
+    rounds
 }
 
 /// Turns a batch of notifications into samples, keeping `bad` up to date.

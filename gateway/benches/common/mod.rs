@@ -1,0 +1,128 @@
+//! Helpers the load benchmarks share: settings from the environment, a
+//! process's CPU and memory from /proc, and the gateway's /metrics.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub struct Proc {
+    pub pid: u32,
+}
+
+impl Proc {
+    /// utime + stime, in clock ticks (100 per second on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12)
+    }
+
+    pub fn status_kib(&self, key: &str) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let Ok(res) = client.get(format!("{base}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = res.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Starts `ferrite run` on the project in `root`, on a free port. Returns
+/// the process, its /proc view and the API's base URL.
+pub fn spawn_gateway(root: &Path) -> (Child, Proc, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let child: Child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["run", "--config"])
+        .arg(root.join("ferrite.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ferrite");
+    let proc = Proc { pid: child.id() };
+    (child, proc, format!("http://127.0.0.1:{port}"))
+}
+
+/// SIGTERM, then waits for the exit.
+pub fn stop_gateway(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Waits until `devices` devices are online and samples flow (60 s at
+/// most), then two seconds more to settle.
+pub async fn wait_online(client: &reqwest::Client, base: &str, devices: usize) {
+    let started = Instant::now();
+    loop {
+        let up = metric(client, base, "ferrite_samples_total").await;
+        let online = match client.get(format!("{base}/api/v1/devices")).send().await {
+            Ok(res) => res
+                .json::<Vec<HashMap<String, serde_json::Value>>>()
+                .await
+                .map(|all| {
+                    all.iter()
+                        .filter(|d| d.get("status").and_then(|s| s.as_str()) == Some("online"))
+                        .count()
+                })
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if online == devices && up > 0.0 {
+            println!(
+                "all {devices} devices online after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            println!("only {online} of {devices} devices online after 60 s; measuring anyway");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
