@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Api, Files, Proxy, wait_until};
 use ferrite_models::Value;
-use ferrite_sim::opcua_server::{UaSim, UaSimOptions};
+use ferrite_sim::opcua_server::{UaSim, UaSimOptions, UaUser};
 use opcua::types::NodeId;
 use serde_json::{Value as Json, json};
 
@@ -60,12 +60,7 @@ struct Rig {
 /// Writes `model` and `devices` (`{url}` stands for the server's URL),
 /// starts a simulator with the nodes they need (but `missing`), and points
 /// the devices at it, or at `via` when it forwards to it.
-async fn rig(
-    model: &str,
-    devices: &[(&str, &str)],
-    users: &[(&str, &str)],
-    missing: &[&str],
-) -> Rig {
+async fn rig(model: &str, devices: &[(&str, &str)], users: &[UaUser], missing: &[&str]) -> Rig {
     let files = Files::new();
     files.write("models/m.yaml", model);
     for (name, text) in devices {
@@ -90,10 +85,7 @@ async fn rig(
     let options = UaSimOptions {
         path: "/sim".into(),
         pki_dir: files.dir.path().join("sim-pki"),
-        users: users
-            .iter()
-            .map(|(u, p)| ((*u).to_string(), (*p).to_string()))
-            .collect(),
+        users: users.to_vec(),
     };
     let sim = UaSim::start("127.0.0.1:0".parse().expect("addr"), nodes, options)
         .await
@@ -247,7 +239,13 @@ async fn signed_and_encrypted_sessions_with_username_login() {
         .iter()
         .map(|(n, t)| (n.as_str(), t.as_str()))
         .collect();
-    let rig = rig(SMALL_MODEL, &devices, &[("operator", "s3cret")], &[]).await;
+    let rig = rig(
+        SMALL_MODEL,
+        &devices,
+        &[UaUser::password("operator", "s3cret")],
+        &[],
+    )
+    .await;
     rig.files.write("devices/password.txt", "s3cret\n");
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
@@ -276,7 +274,13 @@ async fn signed_and_encrypted_sessions_with_username_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_a_clear_error_retried_with_backoff() {
     let text = secure_device("d", "sign-and-encrypt", "Basic256Sha256", "password.txt");
-    let rig = rig(SMALL_MODEL, &[("d", &text)], &[("operator", "s3cret")], &[]).await;
+    let rig = rig(
+        SMALL_MODEL,
+        &[("d", &text)],
+        &[UaUser::password("operator", "s3cret")],
+        &[],
+    )
+    .await;
     rig.files.write("devices/password.txt", "wrong\n");
     let proxy = Proxy::start(rig.sim.addr).await;
     rig.point(&[("d", &text)], &format!("opc.tcp://{}/sim", proxy.addr));
@@ -501,6 +505,59 @@ async fn thousands_of_nodes_spread_over_subscriptions() {
         .map(|points| points.iter().map(|p| &p["value"]).collect())
         .unwrap_or_default();
     assert!(values.ends_with(&[&json!(-7), &json!(22)]), "{history}");
+    assert!(gateway.stop().await);
+    rig.sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_user_login_and_a_certificate_the_server_does_not_know() {
+    use opcua::crypto::{CertificateStore, X509Data};
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let make = |name: &str| {
+        let cert = scratch.path().join(format!("{name}.der"));
+        let key = scratch.path().join(format!("{name}.pem"));
+        let mut data = X509Data::sample_cert();
+        data.common_name = name.into();
+        CertificateStore::create_certificate_and_key(&data, true, &cert, &key).expect("cert");
+        (cert, key)
+    };
+    let (robot, robot_key) = make("robot");
+    let (stranger, stranger_key) = make("stranger");
+    let device = |name: &str, cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "kind: Device\nname: {name}\nmodel: small\ntimeout: 500ms\nopcua:\n  endpoint: \"{{url}}\"\n  security: sign-and-encrypt\n  user_certificate: \"{}\"\n  user_private_key: \"{}\"\n  server_certificate: \"{{cert}}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let known = device("known", &robot, &robot_key);
+    let unknown = device("unknown", &stranger, &stranger_key);
+    let rig = rig(
+        SMALL_MODEL,
+        &[("known", &known), ("unknown", &unknown)],
+        &[UaUser::certificate("robot", &robot)],
+        &[],
+    )
+    .await;
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    rig.set("ns=2;s=Level", Value::Float(5.5));
+    assert!(
+        api.wait_status("known", "online", WAIT).await,
+        "{}",
+        api.device("known").await
+    );
+    assert!(wait_until(WAIT, || value_is(&api, "known", "level", json!(5.5))).await);
+    assert!(
+        api.wait_status("unknown", "error", WAIT).await,
+        "{}",
+        api.device("unknown").await
+    );
+    let error = api.device("unknown").await["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("refused the login"), "{error}");
     assert!(gateway.stop().await);
     rig.sim.stop().await;
 }

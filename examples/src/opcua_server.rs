@@ -8,7 +8,8 @@
 //!
 //! It offers security `none` and every supported policy (Basic256Sha256,
 //! Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss) with sign and
-//! sign-and-encrypt; anonymous login and the configured users. It trusts
+//! sign-and-encrypt; anonymous login and the configured users (by password
+//! or X.509 certificate). It trusts
 //! every client certificate (it is a simulator); its own certificate is
 //! created under its `pki` folder on first start, at `own/cert.der`.
 
@@ -53,8 +54,42 @@ pub struct UaSimOptions {
     pub path: String,
     /// Where its certificate and key live (created on first start).
     pub pki_dir: PathBuf,
-    /// User names and passwords it accepts, besides anonymous.
-    pub users: Vec<(String, String)>,
+    /// Users it accepts, besides anonymous.
+    pub users: Vec<UaUser>,
+}
+
+/// A user the server accepts: by password, or by X.509 certificate.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UaUser {
+    /// User name.
+    pub name: String,
+    /// Their password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Or their certificate (DER or PEM).
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+}
+
+impl UaUser {
+    /// A user who logs in with a password.
+    pub fn password(name: &str, password: &str) -> Self {
+        UaUser {
+            name: name.into(),
+            password: Some(password.into()),
+            certificate: None,
+        }
+    }
+
+    /// A user who logs in with the certificate at `path`.
+    pub fn certificate(name: &str, path: &std::path::Path) -> Self {
+        UaUser {
+            name: name.into(),
+            password: None,
+            certificate: Some(path.into()),
+        }
+    }
 }
 
 /// A running (or stopped) simulated OPC UA server.
@@ -197,9 +232,14 @@ impl UaSim {
             .port(self.addr.port())
             .trust_client_certs(true)
             .discovery_urls(vec![self.url()]);
-        for (i, (user, pass)) in o.users.iter().enumerate() {
+        for (i, user) in o.users.iter().enumerate() {
             let id = format!("{USER_TOKEN_PREFIX}{i}");
-            builder = builder.add_user_token(&id, ServerUserToken::user_pass(user.as_str(), pass));
+            let token = match (&user.password, &user.certificate) {
+                (Some(pass), _) => ServerUserToken::user_pass(user.name.as_str(), pass),
+                (None, Some(cert)) => ServerUserToken::x509(user.name.as_str(), cert),
+                (None, None) => continue,
+            };
+            builder = builder.add_user_token(&id, token);
             tokens.push(id);
         }
         let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();

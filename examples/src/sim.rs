@@ -15,7 +15,8 @@
 //! [opcua]
 //! pki = "sim-pki"            # the OPC UA servers' certificate; default: a
 //!                            # folder in the system's temp dir
-//! users = [{ name = "operator", password = "secret" }]
+//! users = [{ name = "operator", password = "secret" },
+//!          { name = "robot", certificate = "robot.der" }]
 //! ```
 //! Properties without a `[[wave]]` get a default signal, except writable
 //! ones, which start mid-range and then keep what is written to them.
@@ -38,7 +39,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::bank::Endpoint;
-use crate::opcua_server::{UaNode, UaSim, UaSimOptions};
+use crate::opcua_server::{UaNode, UaSim, UaSimOptions, UaUser};
 use crate::server::{RtuSim, TcpSim};
 use crate::waves::Wave;
 
@@ -66,17 +67,7 @@ pub struct SimOpcua {
     pub pki: Option<PathBuf>,
     /// Users the servers accept, besides anonymous.
     #[serde(default)]
-    pub users: Vec<SimUser>,
-}
-
-/// A user name and password.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimUser {
-    /// User name.
-    pub name: String,
-    /// Password.
-    pub password: String,
+    pub users: Vec<UaUser>,
 }
 
 /// A `[[wave]]` entry.
@@ -335,12 +326,7 @@ async fn start_opcua(
         .pki
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("ferrite-sim-pki"));
-    let users: Vec<(String, String)> = config
-        .opcua
-        .users
-        .iter()
-        .map(|u| (u.name.clone(), u.password.clone()))
-        .collect();
+    let users = config.opcua.users.clone();
     let mut servers = HashMap::new();
     for (url, names) in by_url {
         let (addr, path) = split_endpoint(url)?;
