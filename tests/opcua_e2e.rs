@@ -111,6 +111,12 @@ impl Rig {
         self.sim.set(&id, &value).expect("sim set");
     }
 
+    /// Stops the gateway (which must stop cleanly) and the server.
+    async fn finish(self, gateway: ferrite_gateway::runtime::Gateway) {
+        assert!(gateway.stop().await);
+        self.sim.stop().await;
+    }
+
     fn get(&self, node: &str) -> Option<Value> {
         self.sim.get(&NodeId::from_str(node).expect("node id"))
     }
@@ -152,11 +158,7 @@ async fn types_round_trip(mode: &str) {
     let rig = rig(TYPES_MODEL, &[("d", &device)], &[], &[]).await;
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(
-        api.wait_status("d", "online", WAIT).await,
-        "{}",
-        api.device("d").await
-    );
+    api.expect_status("d", "online", WAIT).await;
 
     // Server-side changes arrive, for every type.
     for (property, from_server, _) in cases() {
@@ -195,8 +197,7 @@ async fn types_round_trip(mode: &str) {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "device_denied", "{body}");
     assert_eq!(rig.get("ns=2;s=B"), Some(Value::Bool(false)));
-    assert!(gateway.stop().await);
-    rig.sim.stop().await;
+    rig.finish(gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,11 +252,7 @@ async fn signed_and_encrypted_sessions_with_username_login() {
     let api = Api::new(gateway.addr);
     rig.set("ns=2;s=Level", Value::Float(4.25));
     for (name, security, policy) in combos {
-        assert!(
-            api.wait_status(name, "online", WAIT).await,
-            "{security} {policy}: {}",
-            api.device(name).await
-        );
+        api.expect_status(name, "online", WAIT).await;
         assert!(
             wait_until(WAIT, || value_is(&api, name, "level", json!(4.25))).await,
             "{security} {policy}: {}",
@@ -267,8 +264,7 @@ async fn signed_and_encrypted_sessions_with_username_login() {
     assert_eq!(rig.get("ns=2;s=Mode"), Some(Value::Int(3)));
     // The gateway made its own certificate on first run.
     assert!(rig.files.data().join("pki/own/cert.der").is_file());
-    assert!(gateway.stop().await);
-    rig.sim.stop().await;
+    rig.finish(gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,11 +282,7 @@ async fn a_wrong_password_is_a_clear_error_retried_with_backoff() {
     rig.point(&[("d", &text)], &format!("opc.tcp://{}/sim", proxy.addr));
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(
-        api.wait_status("d", "error", WAIT).await,
-        "{}",
-        api.device("d").await
-    );
+    api.expect_status("d", "error", WAIT).await;
     let error = api.device("d").await["error"]
         .as_str()
         .unwrap_or_default()
@@ -310,14 +302,9 @@ async fn a_wrong_password_is_a_clear_error_retried_with_backoff() {
 
     // Fixing the password file heals the device without a restart.
     rig.files.write("devices/password.txt", "s3cret\n");
-    assert!(
-        api.wait_status("d", "online", Duration::from_secs(20))
-            .await,
-        "{}",
-        api.device("d").await
-    );
-    assert!(gateway.stop().await);
-    rig.sim.stop().await;
+    api.expect_status("d", "online", Duration::from_secs(20))
+        .await;
+    rig.finish(gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,11 +313,7 @@ async fn an_unknown_server_certificate_is_not_trusted_until_moved() {
     let rig = rig(SMALL_MODEL, &[("d", device)], &[], &[]).await;
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(
-        api.wait_status("d", "error", WAIT).await,
-        "{}",
-        api.device("d").await
-    );
+    api.expect_status("d", "error", WAIT).await;
     let error = api.device("d").await["error"]
         .as_str()
         .unwrap_or_default()
@@ -348,14 +331,9 @@ async fn an_unknown_server_certificate_is_not_trusted_until_moved() {
     let to = pki.join("trusted").join(rejected[0].file_name());
     std::fs::create_dir_all(pki.join("trusted")).expect("mkdir");
     std::fs::rename(&from, &to).expect("move");
-    assert!(
-        api.wait_status("d", "online", Duration::from_secs(20))
-            .await,
-        "{}",
-        api.device("d").await
-    );
-    assert!(gateway.stop().await);
-    rig.sim.stop().await;
+    api.expect_status("d", "online", Duration::from_secs(20))
+        .await;
+    rig.finish(gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,21 +344,13 @@ async fn data_resumes_after_a_server_restart_and_a_network_drop() {
     rig.point(&[("d", device)], &format!("opc.tcp://{}/sim", proxy.addr));
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(
-        api.wait_status("d", "online", WAIT).await,
-        "{}",
-        api.device("d").await
-    );
+    api.expect_status("d", "online", WAIT).await;
     rig.set("ns=2;s=Level", Value::Float(1.0));
     assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(1.0))).await);
 
     // The server goes away: values turn stale, the device offline.
     rig.sim.stop().await;
-    assert!(
-        api.wait_status("d", "offline", WAIT).await,
-        "{}",
-        api.device("d").await
-    );
+    api.expect_status("d", "offline", WAIT).await;
     assert_eq!(
         api.device("d").await["properties"]["level"]["quality"],
         "stale"
@@ -390,12 +360,8 @@ async fn data_resumes_after_a_server_restart_and_a_network_drop() {
     // carry new values without restarting the gateway.
     tokio::time::sleep(Duration::from_secs(1)).await;
     rig.sim.restart().await.expect("restart");
-    assert!(
-        api.wait_status("d", "online", Duration::from_secs(20))
-            .await,
-        "{}",
-        api.device("d").await
-    );
+    api.expect_status("d", "online", Duration::from_secs(20))
+        .await;
     rig.set("ns=2;s=Level", Value::Float(2.0));
     assert!(
         wait_until(WAIT, || value_is(&api, "d", "level", json!(2.0))).await,
@@ -418,8 +384,7 @@ async fn data_resumes_after_a_server_restart_and_a_network_drop() {
         api.device("d").await
     );
     assert_eq!(api.status("d").await, "online");
-    assert!(gateway.stop().await);
-    rig.sim.stop().await;
+    rig.finish(gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,11 +395,7 @@ async fn a_missing_node_is_named_and_the_rest_still_flow() {
     let rig = rig(&model, &[("d", device)], &[], &["ghost"]).await;
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(
-        api.wait_status("d", "error", WAIT).await,
-        "{}",
-        api.device("d").await
-    );
+    api.expect_status("d", "error", WAIT).await;
     let d = api.device("d").await;
     let error = d["error"].as_str().unwrap_or_default();
     assert!(
@@ -444,8 +405,7 @@ async fn a_missing_node_is_named_and_the_rest_still_flow() {
     assert_eq!(d["properties"]["ghost"]["quality"], "bad");
     rig.set("ns=2;s=Level", Value::Float(7.5));
     assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(7.5))).await);
-    assert!(gateway.stop().await);
-    rig.sim.stop().await;
+    rig.finish(gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,11 +426,7 @@ async fn thousands_of_nodes_spread_over_subscriptions() {
     rig.point(&[("d", device)], &format!("opc.tcp://{}/sim", proxy.addr));
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
-    assert!(
-        api.wait_status("d", "online", WAIT).await,
-        "{}",
-        api.device("d").await
-    );
+    api.expect_status("d", "online", WAIT).await;
     // Two changes per node within one publishing interval: with a queue of
     // 2, one Publish carries 2000 values of one subscription.
     let ids: Vec<NodeId> = (0..N).map(|n| NodeId::new(2, n as u32 + 1)).collect();
@@ -505,8 +461,7 @@ async fn thousands_of_nodes_spread_over_subscriptions() {
         .map(|points| points.iter().map(|p| &p["value"]).collect())
         .unwrap_or_default();
     assert!(values.ends_with(&[&json!(-7), &json!(22)]), "{history}");
-    assert!(gateway.stop().await);
-    rig.sim.stop().await;
+    rig.finish(gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,22 +497,13 @@ async fn x509_user_login_and_a_certificate_the_server_does_not_know() {
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
     rig.set("ns=2;s=Level", Value::Float(5.5));
-    assert!(
-        api.wait_status("known", "online", WAIT).await,
-        "{}",
-        api.device("known").await
-    );
+    api.expect_status("known", "online", WAIT).await;
     assert!(wait_until(WAIT, || value_is(&api, "known", "level", json!(5.5))).await);
-    assert!(
-        api.wait_status("unknown", "error", WAIT).await,
-        "{}",
-        api.device("unknown").await
-    );
+    api.expect_status("unknown", "error", WAIT).await;
     let error = api.device("unknown").await["error"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     assert!(error.contains("refused the login"), "{error}");
-    assert!(gateway.stop().await);
-    rig.sim.stop().await;
+    rig.finish(gateway).await;
 }

@@ -26,7 +26,9 @@ use ferrite_sim::bank::Endpoint;
 use ferrite_sim::server::TcpSim;
 
 mod common;
-use common::{env, metric, percentile, spawn_gateway, stop_gateway, wait_online};
+use common::{
+    env, metric, percentile, print_usage, project_dir, spawn_gateway, stop_gateway, wait_online,
+};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -50,16 +52,8 @@ async fn main() {
             .expect("sim");
         sims.push(sim);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = project_dir();
     let root = dir.path();
-    for sub in ["models", "devices", "rules"] {
-        std::fs::create_dir_all(root.join(sub)).expect("mkdir");
-    }
-    std::fs::write(
-        root.join("ferrite.toml"),
-        "[gateway]\nid = \"bench\"\ndata_dir = \"data\"\n",
-    )
-    .expect("config");
     let mut model = String::from("kind: DeviceModel\nname: m\nproperties:\n");
     for r in 0..registers {
         let _ = writeln!(
@@ -131,24 +125,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu_secs = (gw.cpu_ticks() - cpu0) as f64 / 100.0;
     let samples = metric(&client, &base, "ferrite_samples_total").await - samples0;
     let changes = metric(&client, &base, "ferrite_changes_stored_total").await - changes0;
-    let rss = gw.status_kib("VmRSS:");
-    let peak = gw.status_kib("VmHWM:");
     latencies.sort_unstable();
 
     println!("points/s ingested       {:>10.0}", samples / elapsed);
     println!("changes/s stored        {:>10.0}", changes / elapsed);
-    println!(
-        "gateway CPU             {:>9.1}% of one core",
-        100.0 * cpu_secs / elapsed
-    );
-    println!(
-        "gateway RSS             {:>9.1} MiB (peak {:.1} MiB)",
-        rss as f64 / 1024.0,
-        peak as f64 / 1024.0
-    );
+    print_usage(&gw, cpu0, elapsed);
     println!(
         "REST write latency      p50 {:.2} ms, p99 {:.2} ms ({} writes, {failures} failed)",
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,

@@ -27,7 +27,9 @@ use ferrite_sim::opcua_server::{UaNode, UaSim, UaSimOptions};
 use opcua::types::NodeId;
 
 mod common;
-use common::{env, metric, percentile, spawn_gateway, stop_gateway, wait_online};
+use common::{
+    env, metric, percentile, print_usage, project_dir, spawn_gateway, stop_gateway, wait_online,
+};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -38,16 +40,8 @@ async fn main() {
         "opcua_load: {nodes} nodes changing every {sampling_ms} ms, one subscription, {seconds} s window"
     );
 
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = project_dir();
     let root = dir.path();
-    for sub in ["models", "devices", "rules"] {
-        std::fs::create_dir_all(root.join(sub)).expect("mkdir");
-    }
-    std::fs::write(
-        root.join("ferrite.toml"),
-        "[gateway]\nid = \"bench\"\ndata_dir = \"data\"\n",
-    )
-    .expect("config");
     let mut model = String::from("kind: DeviceModel\nname: m\nproperties:\n");
     let mut sim_nodes = Vec::with_capacity(nodes + 1);
     for n in 0..nodes {
@@ -157,24 +151,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu_secs = (gw.cpu_ticks() - cpu0) as f64 / 100.0;
     let samples = metric(&client, &base, "ferrite_samples_total").await - samples0;
-    let rss = gw.status_kib("VmRSS:");
-    let peak = gw.status_kib("VmHWM:");
     latencies.sort_unstable();
     let offered = nodes as f64 * 1000.0 / sampling_ms as f64;
 
     println!("values/s offered        {offered:>10.0}");
     println!("values/s ingested       {:>10.0}", samples / elapsed);
-    println!(
-        "gateway CPU             {:>9.1}% of one core",
-        100.0 * cpu_secs / elapsed
-    );
-    println!(
-        "gateway RSS             {:>9.1} MiB (peak {:.1} MiB)",
-        rss as f64 / 1024.0,
-        peak as f64 / 1024.0
-    );
+    print_usage(&gw, cpu0, elapsed);
     println!(
         "change -> REST latency  p50 {:.1} ms, p99 {:.1} ms ({} probes, {missed} not seen within 5 s)",
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,

@@ -28,6 +28,7 @@ pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod commands;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod drivers;
 pub mod live;

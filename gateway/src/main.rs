@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ferrite_gateway::cli::{Cli, Command, LogFormat};
+use ferrite_gateway::commands;
 use ferrite_gateway::runtime::Options;
-use ferrite_gateway::{commands, demo};
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
@@ -22,9 +22,14 @@ fn main() -> anyhow::Result<ExitCode> {
             let options = Options { listen, data_dir };
             runtime()?.block_on(commands::run(&config, options, &mut stdout))
         }
+        #[cfg(feature = "demo")]
         Command::Demo { listen, data_dir } => {
             init_logs(cli.log_format);
-            runtime()?.block_on(demo::run(listen, data_dir, &mut stdout))
+            runtime()?.block_on(ferrite_gateway::demo::run(listen, data_dir, &mut stdout))
+        }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            anyhow::bail!("this ferrite was built without the `demo` feature")
         }
     }
 }

@@ -169,6 +169,26 @@ impl Api {
     pub async fn wait_status(&self, id: &str, status: &str, limit: Duration) -> bool {
         wait_until(limit, || async { self.status(id).await == status }).await
     }
+
+    /// Waits until the device shows `status`; fails the test with the
+    /// device's state if it does not within `limit`.
+    #[track_caller]
+    pub fn expect_status<'a>(
+        &'a self,
+        id: &'a str,
+        status: &'a str,
+        limit: Duration,
+    ) -> impl Future<Output = ()> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            if !self.wait_status(id, status, limit).await {
+                panic!(
+                    "{caller}: `{id}` is not {status} after {limit:?}: {}",
+                    self.device(id).await
+                );
+            }
+        }
+    }
 }
 
 /// A device `d` whose register `n` counts up every 20 ms and is polled every

@@ -126,3 +126,32 @@ pub async fn wait_online(client: &reqwest::Client, base: &str, devices: usize) {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 }
+
+/// Prints the gateway's CPU (as a share of one core) and memory over a
+/// window that started at `cpu0` ticks and lasted `elapsed` seconds.
+pub fn print_usage(gw: &Proc, cpu0: u64, elapsed: f64) {
+    let cpu_secs = (gw.cpu_ticks() - cpu0) as f64 / 100.0;
+    println!(
+        "gateway CPU             {:>9.1}% of one core",
+        100.0 * cpu_secs / elapsed
+    );
+    println!(
+        "gateway RSS             {:>9.1} MiB (peak {:.1} MiB)",
+        gw.status_kib("VmRSS:") as f64 / 1024.0,
+        gw.status_kib("VmHWM:") as f64 / 1024.0
+    );
+}
+
+/// A temporary project folder with an empty config, for the bench to fill.
+pub fn project_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for sub in ["models", "devices", "rules"] {
+        std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+    }
+    std::fs::write(
+        dir.path().join("ferrite.toml"),
+        "[gateway]\nid = \"bench\"\ndata_dir = \"data\"\n",
+    )
+    .expect("config");
+    dir
+}

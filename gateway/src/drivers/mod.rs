@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::live::Update;
+use crate::live::{Sample, Update};
 
 /// What a running driver needs from the gateway.
 #[derive(Clone)]
@@ -86,6 +86,74 @@ pub trait DeviceWriter: Send + Sync {
         property: &'a str,
         value: Value,
     ) -> BoxFuture<'a, Result<(), DriverError>>;
+}
+
+/// One device of the project as a driver starts from: its index (which
+/// [`Update`]s carry), name, file and model.
+pub(crate) struct DeviceEntry<'a> {
+    pub index: usize,
+    pub name: &'a str,
+    pub located: &'a ferrite_models::project::Located<ferrite_models::Device>,
+    pub model: &'a ferrite_models::DeviceModel,
+}
+
+impl DeviceEntry<'_> {
+    /// The model's properties with their index, for those that `binding`
+    /// picks a binding of.
+    pub fn properties<'b, B: 'b>(
+        &'b self,
+        binding: impl Fn(&'b ferrite_models::Property) -> Option<&'b B> + 'b,
+    ) -> impl Iterator<Item = (u16, &'b str, &'b ferrite_models::Property, &'b B)> + 'b {
+        self.model
+            .properties
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, (name, p))| {
+                let b = binding(p)?;
+                Some((u16::try_from(i).unwrap_or(u16::MAX), name.as_str(), p, b))
+            })
+    }
+}
+
+/// Every device of the project whose model is known.
+pub(crate) fn devices(project: &Project) -> impl Iterator<Item = DeviceEntry<'_>> {
+    project
+        .devices
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (name, located))| {
+            let model = project.models.get(&located.value.model)?;
+            Some(DeviceEntry {
+                index,
+                name,
+                located,
+                model: &model.value,
+            })
+        })
+}
+
+/// Sends the read-back of a write on the urgent queue, and waits until it is
+/// stored and visible, so that the API's answer shows it.
+pub(crate) async fn show_written(
+    urgent: &mpsc::Sender<Update>,
+    device: usize,
+    property: u16,
+    sample: Sample,
+) -> Result<(), DriverError> {
+    let (applied, visible) = tokio::sync::oneshot::channel();
+    let update = Update {
+        device,
+        ts: crate::time::now(),
+        status: None,
+        seen: true,
+        samples: vec![(property, sample)],
+        applied: Some(applied),
+    };
+    urgent
+        .send(update)
+        .await
+        .map_err(|_| DriverError::Stopped)?;
+    visible.await.map_err(|_| DriverError::Stopped)
 }
 
 /// A protocol driver.

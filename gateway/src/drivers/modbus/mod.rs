@@ -20,13 +20,13 @@ use ferrite_models::codec::{self, Encoded};
 use ferrite_models::device::Coalesce;
 use ferrite_models::model::{ModbusBinding, ValueType};
 use ferrite_models::{Project, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use self::link::{LinkHandle, LinkKey, Op, Reply};
 use self::plan::{ReadBlock, plan};
-use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError};
+use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, show_written};
 use crate::live::{Sample, Status, Update};
 use crate::time::now;
 
@@ -64,8 +64,8 @@ impl ModbusDriver {
     /// The driver for the project's Modbus devices, if it has any.
     pub fn build(project: &Project) -> Option<Self> {
         let mut devices = Vec::new();
-        for (index, (name, located)) in project.devices.iter().enumerate() {
-            let d = &located.value;
+        for entry in super::devices(project) {
+            let d = &entry.located.value;
             let (link, unit, coalesce): (LinkKey, u8, &Coalesce) = if let Some(tcp) = &d.modbus_tcp
             {
                 let key = LinkKey::Tcp {
@@ -78,22 +78,14 @@ impl ModbusDriver {
             } else {
                 continue;
             };
-            let Some(model) = project.models.get(&d.model) else {
-                continue;
-            };
-            let points: Vec<Point> = model
-                .value
-                .properties
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (pname, p))| {
-                    p.modbus.as_ref().map(|b| Point {
-                        name: Arc::from(pname.as_str()),
-                        index: u16::try_from(i).unwrap_or(u16::MAX),
-                        ty: p.ty,
-                        readable: p.readable(),
-                        binding: b.clone(),
-                    })
+            let points: Vec<Point> = entry
+                .properties(|p| p.modbus.as_ref())
+                .map(|(index, name, p, b)| Point {
+                    name: Arc::from(name),
+                    index,
+                    ty: p.ty,
+                    readable: p.readable(),
+                    binding: b.clone(),
                 })
                 .collect();
             let readable: Vec<(usize, &ModbusBinding)> = points
@@ -104,8 +96,8 @@ impl ModbusDriver {
                 .collect();
             let blocks = plan(&readable, coalesce);
             devices.push(Device {
-                name: Arc::from(name.as_str()),
-                index,
+                name: Arc::from(entry.name),
+                index: entry.index,
                 link,
                 unit,
                 poll: d.poll(),
@@ -323,20 +315,7 @@ impl DeviceWriter for ModbusWriter {
                 Err(DriverError::Refused(_)) => Sample::Good(value),
                 Err(e) => return Err(e),
             };
-            let (applied, visible) = oneshot::channel();
-            let update = Update {
-                device: device.index,
-                ts: now(),
-                status: None,
-                seen: true,
-                samples: vec![(point.index, sample)],
-                applied: Some(applied),
-            };
-            self.output
-                .send(update)
-                .await
-                .map_err(|_| DriverError::Stopped)?;
-            visible.await.map_err(|_| DriverError::Stopped)
+            show_written(&self.output, device.index, point.index, sample).await
         })
     }
 }

@@ -34,11 +34,10 @@ use opcua::types::{
     AttributeId, DataValue, NodeId, NumericRange, QualifiedName, ReadValueId, TimestampsToReturn,
     WriteValue,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError};
+use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, show_written};
 use crate::live::{Sample, Update};
-use crate::time::now;
 
 /// One property as the driver sees it.
 #[derive(Debug, Clone)]
@@ -109,36 +108,32 @@ impl OpcuaDriver {
     /// The driver for the project's OPC UA devices, if it has any.
     pub fn build(project: &Project) -> Option<Self> {
         let mut devices = Vec::new();
-        for (index, (name, located)) in project.devices.iter().enumerate() {
-            let d = &located.value;
+        for entry in super::devices(project) {
+            let d = &entry.located.value;
             let Some(settings) = &d.opcua else { continue };
-            let Some(model) = project.models.get(&d.model) else {
-                continue;
-            };
-            let points = model
-                .value
-                .properties
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (pname, p))| {
-                    let b = p.opcua.as_ref()?;
-                    Some(Point {
-                        name: Arc::from(pname.as_str()),
-                        index: u16::try_from(i).unwrap_or(u16::MAX),
-                        ty: p.ty,
-                        readable: p.readable(),
-                        node: NodeId::from_str(&b.node.0)
-                            .map_err(|_| format!("cannot parse NodeId `{}`", b.node)),
-                        expected: b.datatype,
-                        deadband: p.deadband.filter(|_| p.ty.is_numeric()),
-                    })
+            let points = entry
+                .properties(|p| p.opcua.as_ref())
+                .map(|(index, name, p, b)| Point {
+                    name: Arc::from(name),
+                    index,
+                    ty: p.ty,
+                    readable: p.readable(),
+                    node: NodeId::from_str(&b.node.0)
+                        .map_err(|_| format!("cannot parse NodeId `{}`", b.node)),
+                    expected: b.datatype,
+                    deadband: p.deadband.filter(|_| p.ty.is_numeric()),
                 })
                 .collect();
             devices.push(Device {
-                name: Arc::from(name.as_str()),
-                index,
+                name: Arc::from(entry.name),
+                index: entry.index,
                 settings: settings.clone(),
-                base: located.file.parent().map(PathBuf::from).unwrap_or_default(),
+                base: entry
+                    .located
+                    .file
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
                 poll: d.poll(),
                 timeout: d.timeout(),
                 points,
@@ -288,20 +283,7 @@ impl DeviceWriter for OpcuaWriter {
             let Some(point) = self.device.points.iter().find(|p| &*p.name == property) else {
                 return Ok(());
             };
-            let (applied, visible) = oneshot::channel();
-            let update = Update {
-                device: self.device.index,
-                ts: now(),
-                status: None,
-                seen: true,
-                samples: vec![(point.index, sample)],
-                applied: Some(applied),
-            };
-            self.output
-                .send(update)
-                .await
-                .map_err(|_| DriverError::Stopped)?;
-            visible.await.map_err(|_| DriverError::Stopped)
+            show_written(&self.output, self.device.index, point.index, sample).await
         })
     }
 }
