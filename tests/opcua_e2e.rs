@@ -507,3 +507,29 @@ async fn x509_user_login_and_a_certificate_the_server_does_not_know() {
     assert!(error.contains("refused the login"), "{error}");
     rig.finish(gateway).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_deadband_filters_at_the_server() {
+    let model = "kind: DeviceModel\nname: small\nproperties:\n  level: { type: float, deadband: 1.0, opcua: { node: \"ns=2;s=Level\" } }\n  mode: { type: int, opcua: { node: \"ns=2;s=Mode\" } }\n";
+    let device = "kind: Device\nname: d\nmodel: small\ntimeout: 500ms\nopcua: { endpoint: \"{url}\", sampling: 0ms }\n";
+    let rig = rig(model, &[("d", device)], &[], &[]).await;
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    api.expect_status("d", "online", WAIT).await;
+    rig.set("ns=2;s=Level", Value::Float(10.0));
+    assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(10.0))).await);
+    // A move inside the deadband is not reported; `mode`, without one, is,
+    // and its arrival shows the server has published since.
+    rig.set("ns=2;s=Level", Value::Float(10.5));
+    rig.set("ns=2;s=Mode", Value::Int(42));
+    assert!(wait_until(WAIT, || value_is(&api, "d", "mode", json!(42))).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        value_is(&api, "d", "level", json!(10.0)).await,
+        "{}",
+        api.device("d").await
+    );
+    rig.set("ns=2;s=Level", Value::Float(11.5));
+    assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(11.5))).await);
+    rig.finish(gateway).await;
+}

@@ -2,8 +2,9 @@
 //!
 //! The simulator reads the same config and model files as the gateway and
 //! serves every device the gateway expects, where it expects it: a Modbus TCP
-//! server per `host:port` (with one register bank per unit id), and a Modbus
-//! RTU slave per serial port, on a pseudo-terminal pair.
+//! server per `host:port` (with one register bank per unit id), a Modbus
+//! RTU slave per serial port, on a pseudo-terminal pair, and an OPC UA server
+//! per endpoint URL.
 //!
 //! ## A tour
 //! - [`bank`]: register banks and the Modbus service that answers from them,
@@ -11,8 +12,11 @@
 //!   tests.
 //! - [`server`]: TCP servers and RTU slaves on pty pairs, which can be
 //!   stopped and restarted (to drop every connection).
+//! - [`opcua_server`]: async-opcua servers with a variable per property,
+//!   every security policy, password and certificate users, and restart.
 //! - [`waves`]: values that change over time (sine, ramp, square, noise,
-//!   counter), written into the banks through the shared register codec.
+//!   counter), written into the banks through the shared register codec, or
+//!   into the OPC UA nodes.
 //! - [`sim`]: [`sim::Simulator`], which starts all of the above for a
 //!   project, and the `sim.toml` format.
 

@@ -2,8 +2,9 @@
 //!
 //! The demo's files are compiled into the binary and written to a temporary
 //! folder, so the demo runs from any directory. The simulator serves the
-//! Modbus devices on 127.0.0.1:5020; the OPC UA and MQTT devices stay offline
-//! until their drivers land.
+//! Modbus devices on 127.0.0.1:5020 and the OPC UA device on
+//! opc.tcp://127.0.0.1:4840/ferrite; the MQTT device stays offline until its
+//! driver lands.
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -15,13 +15,16 @@
 //! - [`cli`], [`commands`]: the command line (`check`, `schema`, `run`,
 //!   `demo`).
 //! - [`runtime`]: starts and stops everything together; clean shutdown.
-//! - [`drivers`]: the [`drivers::Driver`] trait and one folder per protocol
-//!   (`modbus/`: coalescing plan, one task per connection, pollers).
+//! - [`drivers`]: the [`drivers::Driver`] trait and one folder per protocol,
+//!   each behind a cargo feature: `modbus/` (coalescing plan, one task per
+//!   connection, pollers) and `opcua/` (connect and trust, one session task
+//!   per device with subscriptions or polls, status-code mapping).
 //! - [`store`]: the storage trait, its sled implementation, and the writer
 //!   task that batches, fsyncs, then publishes.
 //! - [`live`]: statuses and latest readings, as the API shows them.
 //! - [`api`]: the REST API of CONTRACT.md on axum.
-//! - [`demo`]: `ferrite demo`, the gateway plus simulated devices.
+//! - `demo` (feature `demo`): `ferrite demo`, the gateway plus simulated
+//!   devices.
 //! - [`time`] holds the timestamp helpers, [`backoff`] the retry delays.
 
 pub mod api;
