@@ -129,20 +129,26 @@ fn trust_configured(device: &Device, client: &Client) -> Result<(), String> {
 /// A session ready to be driven: polling its event loop connects it.
 pub(super) type Opened = (Arc<Session>, SessionEventLoop<TcpConnector>);
 
+/// Why no session could be set up.
+pub(super) enum OpenError {
+    /// The server did not answer.
+    Unreachable(String),
+    /// It answered, but the settings or files do not fit it.
+    Unusable(String),
+}
+
 /// Asks the server for its endpoints, picks the one the device's security
 /// asks for, and builds a session on it with the device's identity.
-pub(super) async fn open(device: &Device, client: &Client) -> Result<Opened, String> {
-    trust_configured(device, client)?;
-    let identity = identity(device)?;
+pub(super) async fn open(device: &Device, client: &Client) -> Result<Opened, OpenError> {
+    trust_configured(device, client).map_err(OpenError::Unusable)?;
+    let identity = identity(device).map_err(OpenError::Unusable)?;
     let url = device.settings.endpoint.as_str();
-    let endpoints = tokio::time::timeout(
-        device.timeout.max(Duration::from_secs(1)) * 2,
-        client.get_server_endpoints_from_url(url),
-    )
-    .await
-    .map_err(|_| format!("no answer from {url} within {:?}", device.timeout * 2))?
-    .map_err(|e| format!("cannot get the endpoints of {url}: {e}"))?;
-    let endpoint = choose(device, &endpoints, &identity)?;
+    let wait = device.timeout.max(Duration::from_secs(1)) * 2;
+    let endpoints = tokio::time::timeout(wait, client.get_server_endpoints_from_url(url))
+        .await
+        .map_err(|_| OpenError::Unreachable(format!("no answer from {url} within {wait:?}")))?
+        .map_err(|e| OpenError::Unreachable(format!("cannot get the endpoints of {url}: {e}")))?;
+    let endpoint = choose(device, &endpoints, &identity).map_err(OpenError::Unusable)?;
     client
         .session_builder()
         .connect_to_endpoint_directly(endpoint)
@@ -150,7 +156,7 @@ pub(super) async fn open(device: &Device, client: &Client) -> Result<Opened, Str
             b.user_identity_token(identity)
                 .build(client.certificate_store().clone())
         })
-        .map_err(|e| format!("cannot set up a session: {e}"))
+        .map_err(|e| OpenError::Unusable(format!("cannot set up a session: {e}")))
 }
 
 /// The endpoint matching the device's security mode and policy that accepts

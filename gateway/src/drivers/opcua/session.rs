@@ -218,13 +218,12 @@ impl Running<'_> {
         let shutdown = self.ctx.shutdown.clone();
         let setup = async {
             let (session, event_loop) =
-                connect::open(device, self.client).await.map_err(|why| {
-                    if why.starts_with("cannot get the endpoints") || why.starts_with("no answer") {
-                        Failure::offline(why)
-                    } else {
-                        Failure::error(why)
-                    }
-                })?;
+                connect::open(device, self.client)
+                    .await
+                    .map_err(|e| match e {
+                        connect::OpenError::Unreachable(why) => Failure::offline(why),
+                        connect::OpenError::Unusable(why) => Failure::error(why),
+                    })?;
             // Reconnects are this task's job: a lost connection must end
             // the event loop rather than retry inside it.
             session.disable_reconnects();
