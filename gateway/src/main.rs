@@ -45,7 +45,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The demo's OPC UA server narrates every connection at info.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,opcua_server=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
