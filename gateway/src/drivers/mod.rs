@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::live::{Sample, Update};
+use crate::live::Update;
 
 /// What a running driver needs from the gateway.
 #[derive(Clone)]
@@ -88,6 +88,7 @@ pub trait DeviceWriter: Send + Sync {
     ) -> BoxFuture<'a, Result<(), DriverError>>;
 }
 
+#[cfg(any(feature = "modbus", feature = "opcua"))]
 /// One device of the project as a driver starts from: its index (which
 /// [`Update`]s carry), name, file and model.
 pub(crate) struct DeviceEntry<'a> {
@@ -97,6 +98,7 @@ pub(crate) struct DeviceEntry<'a> {
     pub model: &'a ferrite_models::DeviceModel,
 }
 
+#[cfg(any(feature = "modbus", feature = "opcua"))]
 impl DeviceEntry<'_> {
     /// The model's properties with their index, for those that `binding`
     /// picks a binding of.
@@ -115,6 +117,7 @@ impl DeviceEntry<'_> {
     }
 }
 
+#[cfg(any(feature = "modbus", feature = "opcua"))]
 /// Every device of the project whose model is known.
 pub(crate) fn devices(project: &Project) -> impl Iterator<Item = DeviceEntry<'_>> {
     project
@@ -132,13 +135,14 @@ pub(crate) fn devices(project: &Project) -> impl Iterator<Item = DeviceEntry<'_>
         })
 }
 
+#[cfg(any(feature = "modbus", feature = "opcua"))]
 /// Sends the read-back of a write on the urgent queue, and waits until it is
 /// stored and visible, so that the API's answer shows it.
 pub(crate) async fn show_written(
     urgent: &mpsc::Sender<Update>,
     device: usize,
     property: u16,
-    sample: Sample,
+    sample: crate::live::Sample,
 ) -> Result<(), DriverError> {
     let (applied, visible) = tokio::sync::oneshot::channel();
     let update = Update {
