@@ -533,3 +533,38 @@ async fn the_model_deadband_filters_at_the_server() {
     assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(11.5))).await);
     rig.finish(gateway).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_down_at_start_is_picked_up_when_it_comes() {
+    let device = "kind: Device\nname: d\nmodel: small\ntimeout: 300ms\nopcua: { endpoint: \"{url}\", mode: poll }\npoll: 100ms\n";
+    let rig = rig(SMALL_MODEL, &[("d", device)], &[], &[]).await;
+    rig.sim.stop().await;
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    let says_why = || async {
+        let d = api.device("d").await;
+        d["status"] == "offline"
+            && d["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot get the endpoints"))
+    };
+    assert!(
+        wait_until(WAIT, says_why).await,
+        "{}",
+        api.device("d").await
+    );
+    rig.sim.restart().await.expect("start");
+    rig.set("ns=2;s=Level", Value::Float(8.25));
+    assert!(
+        wait_until(Duration::from_secs(20), || value_is(
+            &api,
+            "d",
+            "level",
+            json!(8.25)
+        ))
+        .await,
+        "{}",
+        api.device("d").await
+    );
+    rig.finish(gateway).await;
+}
