@@ -43,10 +43,14 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Log levels without `RUST_LOG`. The demo's OPC UA server narrates every
+/// connection at info, and async-opcua's client warns at every start that
+/// its config names no endpoints (the driver picks them itself).
+const DEFAULT_LOG: &str = "info,opcua_server=warn,opcua_client::config=error";
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // The demo's OPC UA server narrates every connection at info.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,opcua_server=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
