@@ -19,6 +19,8 @@
 
 use std::fmt::Write as _;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrite_models::Value;
@@ -78,7 +80,7 @@ async fn main() {
         pki_dir: root.join("sim-pki"),
         users: Vec::new(),
     };
-    let sim = std::sync::Arc::new(
+    let sim = Arc::new(
         UaSim::start("127.0.0.1:0".parse().expect("addr"), sim_nodes, options)
             .await
             .expect("sim"),
@@ -99,16 +101,26 @@ async fn main() {
     let ids: Vec<NodeId> = (0..nodes)
         .map(|n| NodeId::new(2, u32::try_from(n + 1).unwrap_or(u32::MAX)))
         .collect();
+    // The animator runs while `run` is set and counts the rounds it set.
+    let run = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
     let animated = sim.clone();
+    let (running, counted) = (run.clone(), rounds.clone());
     let animator = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(sampling_ms as u64));
         for step in 0u64.. {
             tick.tick().await;
+            if !running.load(Ordering::SeqCst) {
+                continue;
+            }
             let values: Vec<Value> = (0..ids.len())
                 .map(|n| Value::Float((step * 7 + n as u64) as f64 * 0.5))
                 .collect();
-            if let Err(e) = animated.set_many(&ids, &values) {
-                println!("sim: {e}");
+            match animated.set_many(&ids, &values) {
+                Ok(()) => {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => println!("sim: {e}"),
             }
         }
     });
@@ -119,6 +131,7 @@ async fn main() {
 
     // The measured window; the probe measures change-to-REST latency.
     let samples0 = metric(&client, &base, "ferrite_samples_total").await;
+    run.store(true, Ordering::SeqCst);
     let cpu0 = gw.cpu_ticks();
     let t0 = Instant::now();
     let mut latencies = Vec::new();
@@ -158,6 +171,27 @@ async fn main() {
     println!("values/s offered        {offered:>10.0}");
     println!("values/s ingested       {:>10.0}", samples / elapsed);
     print_usage(&gw, cpu0, elapsed);
+
+    // Every change the server made, against every value the gateway took,
+    // once the gateway has caught up (its counter still for 2 s).
+    run.store(false, Ordering::SeqCst);
+    let set = rounds.load(Ordering::SeqCst) * nodes as u64 + k as u64;
+    let mut last = -1.0;
+    let mut taken = metric(&client, &base, "ferrite_samples_total").await;
+    while taken != last {
+        last = taken;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        taken = metric(&client, &base, "ferrite_samples_total").await;
+    }
+    let taken = (taken - samples0) as u64;
+    println!(
+        "values set / taken      {set} / {taken} after draining ({})",
+        if taken >= set {
+            "none lost".to_string()
+        } else {
+            format!("{} missing", set - taken)
+        }
+    );
     println!(
         "change -> REST latency  p50 {:.1} ms, p99 {:.1} ms ({} probes, {missed} not seen within 5 s)",
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
