@@ -33,7 +33,7 @@ use super::{
     Connected, Device, Link, Point, connect, read_attribute, read_values, sample_of, status,
 };
 use crate::backoff::Backoff;
-use crate::drivers::{DriverContext, DriverError};
+use crate::drivers::DriverContext;
 use crate::live::{Sample, Status, Update};
 use crate::time::now;
 
@@ -549,7 +549,7 @@ async fn subscribe(
         }
         let take = chunk.min(rest.len()).min(room);
         let requests = rest[..take].iter().map(|(_, r)| r.clone()).collect();
-        let created = status::within(
+        let created = status::within_code(
             device.timeout,
             session.create_monitored_items(subscription, TimestampsToReturn::Source, requests),
         )
@@ -568,23 +568,22 @@ async fn subscribe(
                 current = Some((subscription, held + take));
             }
             // This subscription is full: the next one takes the rest.
-            Err(DriverError::Refused(why))
-                if why.contains("BadTooManyMonitoredItems") && held > 0 =>
-            {
+            Err(StatusCode::BadTooManyMonitoredItems) if held > 0 => {
                 per_subscription = Some(held);
                 current = None;
             }
             // Too many in one call (or for an empty subscription): smaller
             // calls.
-            Err(DriverError::Refused(why))
-                if (why.contains("BadTooManyOperations")
-                    || why.contains("BadTooManyMonitoredItems"))
-                    && chunk > 1 =>
+            Err(StatusCode::BadTooManyOperations | StatusCode::BadTooManyMonitoredItems)
+                if chunk > 1 =>
             {
                 chunk = chunk.div_ceil(2);
                 current = Some((subscription, held));
             }
-            Err(e) => return Err(Failure::offline(format!("creating monitored items: {e}"))),
+            Err(code) => {
+                let e = status::error_within(code, device.timeout);
+                return Err(Failure::offline(format!("creating monitored items: {e}")));
+            }
         }
     }
     Ok(refused)

@@ -63,13 +63,29 @@ pub(super) async fn within<T>(
     timeout: Duration,
     call: impl Future<Output = Result<T, opcua::types::Error>>,
 ) -> Result<T, DriverError> {
+    within_code(timeout, call)
+        .await
+        .map_err(|code| error_within(code, timeout))
+}
+
+/// [`error`], with `timeout` as the time a timed-out call waited.
+pub(super) fn error_within(code: StatusCode, timeout: Duration) -> DriverError {
+    match error(code) {
+        DriverError::Timeout(_) => DriverError::Timeout(timeout),
+        other => other,
+    }
+}
+
+/// Runs a service call with the device's timeout; a failure is its status
+/// code (Bad_Timeout when the timeout ran out), for callers that act on
+/// particular codes.
+pub(super) async fn within_code<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, opcua::types::Error>>,
+) -> Result<T, StatusCode> {
     match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(DriverError::Timeout(timeout)),
-        Ok(Err(e)) => Err(match error(e.status()) {
-            DriverError::Timeout(_) => DriverError::Timeout(timeout),
-            other => other,
-        }),
-        Ok(Ok(v)) => Ok(v),
+        Err(_) => Err(StatusCode::BadTimeout),
+        Ok(result) => result.map_err(|e| e.status()),
     }
 }
 
