@@ -215,7 +215,13 @@ struct OpcuaWriter {
 }
 
 impl OpcuaWriter {
-    async fn write_value(&self, property: &str, value: Value) -> Result<Sample, DriverError> {
+    /// Writes and reads back; returns the property's index and what the
+    /// server now holds.
+    async fn write_value(
+        &self,
+        property: &str,
+        value: Value,
+    ) -> Result<(u16, Sample), DriverError> {
         let device = &self.device;
         let Some((i, point)) = device
             .points
@@ -257,7 +263,7 @@ impl OpcuaWriter {
             None => return Err(DriverError::Refused("empty write response".into())),
         }
         if !point.readable {
-            return Ok(Sample::Good(value));
+            return Ok((point.index, Sample::Good(value)));
         }
         // Read the value back, so the API shows what the server holds.
         let read = read_values(&[node]);
@@ -266,9 +272,10 @@ impl OpcuaWriter {
             session.read(&read, TimestampsToReturn::Neither, 0.0),
         )
         .await?;
-        Ok(values.first().map_or(Sample::Bad, |dv| {
+        let sample = values.first().map_or(Sample::Bad, |dv| {
             sample_of(point, dv).map_or(Sample::Bad, Sample::Good)
-        }))
+        });
+        Ok((point.index, sample))
     }
 }
 
@@ -279,11 +286,8 @@ impl DeviceWriter for OpcuaWriter {
         value: Value,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
-            let sample = self.write_value(property, value).await?;
-            let Some(point) = self.device.points.iter().find(|p| &*p.name == property) else {
-                return Ok(());
-            };
-            show_written(&self.output, self.device.index, point.index, sample).await
+            let (index, sample) = self.write_value(property, value).await?;
+            show_written(&self.output, self.device.index, index, sample).await
         })
     }
 }

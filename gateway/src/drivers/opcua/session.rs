@@ -193,6 +193,12 @@ async fn report(
         samples: device.all(&sample),
         applied: None,
     };
+    send(ctx, update).await
+}
+
+/// Sends an update to the store writer; false once it is gone or the
+/// gateway stops.
+async fn send(ctx: &DriverContext, update: Update) -> bool {
     tokio::select! {
         () = ctx.shutdown.cancelled() => false,
         sent = ctx.output.send(update) => sent.is_ok(),
@@ -268,8 +274,7 @@ impl Running<'_> {
         let since = Instant::now();
         let mut stable = false;
         let mut health = Health::default();
-        self.send(health.update(device, &bad, Vec::new(), true))
-            .await;
+        send(self.ctx, health.update(device, &bad, Vec::new())).await;
         let mut tick = tokio::time::interval(device.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let polling = device.settings.mode == ferrite_models::device::OpcuaMode::Poll;
@@ -281,7 +286,7 @@ impl Running<'_> {
             let updates = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 event = events.recv() => match event {
-                    Some(Event::Alive) => vec![health.update(device, &bad, Vec::new(), true)],
+                    Some(Event::Alive) => vec![health.update(device, &bad, Vec::new())],
                     Some(Event::Connected) => continue,
                     Some(Event::Failed(code)) => {
                         return Err(Failure::offline(format!(
@@ -311,41 +316,29 @@ impl Running<'_> {
                     let mut updates = Vec::new();
                     for (k, round) in rounds(batch).iter().enumerate() {
                         let samples = to_samples(device, round, &mut bad);
-                        let mut update = health.update(device, &bad, samples, true);
+                        let mut update = health.update(device, &bad, samples);
                         update.ts = base + k as crate::time::Micros;
                         updates.push(update);
                     }
                     updates
                 }
                 _ = tick.tick(), if polling => {
-                    let samples = poll_once(device, &session, &bad).await?;
+                    let polled = poll_once(device, &session, &bad).await?;
+                    // A failed read marks the status of this poll only: the
+                    // point stays in the next poll.
                     let mut status_bad = bad.clone();
-                    let samples = samples
+                    let samples = polled
                         .into_iter()
-                        .map(|(i, r)| match r {
-                            Ok(v) => (i, Sample::Good(v)),
-                            Err(why) => {
-                                status_bad.insert(i, why);
-                                (i, Sample::Bad)
-                            }
-                        })
+                        .map(|(i, r)| classify(i, r, &mut status_bad))
                         .collect();
-                    vec![health.update(device, &status_bad, samples, true)]
+                    vec![health.update(device, &status_bad, samples)]
                 }
             };
             for update in updates {
-                if !self.send(update).await {
+                if !send(self.ctx, update).await {
                     return Ok(());
                 }
             }
-        }
-    }
-
-    /// Sends an update to the store writer; false once it is gone.
-    async fn send(&self, update: Update) -> bool {
-        tokio::select! {
-            () = self.ctx.shutdown.cancelled() => false,
-            sent = self.ctx.output.send(update) => sent.is_ok(),
         }
     }
 
@@ -374,14 +367,13 @@ struct Health {
 }
 
 impl Health {
-    /// An update carrying `samples`, and the status if it changed: online,
-    /// or error naming the properties that are bad.
+    /// An update carrying `samples` from a live session, and the status if
+    /// it changed: online, or error naming the properties that are bad.
     fn update(
         &mut self,
         device: &Device,
         bad: &BTreeMap<u16, String>,
         samples: Vec<(u16, Sample)>,
-        seen: bool,
     ) -> Update {
         let status = if bad.is_empty() {
             (Status::Online, None)
@@ -401,7 +393,7 @@ impl Health {
             device: device.index,
             ts: now(),
             status: changed.then_some(status),
-            seen,
+            seen: true,
             samples,
             applied: None,
         }
@@ -461,48 +453,63 @@ async fn read_types(
             }
         })
         .collect();
-    for chunk in valid.chunks(CHUNK) {
-        let ids: Vec<&opcua::types::NodeId> = chunk.iter().map(|(_, _, id)| *id).collect();
-        let read = read_attribute(&ids, AttributeId::DataType);
+    let ids: Vec<&opcua::types::NodeId> = valid.iter().map(|(_, _, id)| *id).collect();
+    let values = read_all(device, session, &ids, AttributeId::DataType)
+        .await
+        .map_err(|e| Failure::offline(format!("reading the nodes' DataTypes: {e}")))?;
+    for ((i, point, id), dv) in valid.iter().zip(values) {
+        if dv.status().is_bad() {
+            bad.insert(
+                point.index,
+                format!("{}: {} ({id})", point.name, dv.status()),
+            );
+            continue;
+        }
+        let declared = match &dv.value {
+            Some(Variant::NodeId(t)) => UaDataType::from_node_id(t),
+            _ => None,
+        };
+        match (declared, point.expected) {
+            (Some(found), Some(want)) if found != want => {
+                bad.insert(
+                    point.index,
+                    format!("{}: {id} is {found}, the model says {want}", point.name),
+                );
+            }
+            (Some(found), _) if !found.fits(point.ty) => {
+                bad.insert(
+                    point.index,
+                    format!(
+                        "{}: a {} property cannot live in {id}, a {found}",
+                        point.name, point.ty
+                    ),
+                );
+            }
+            _ => types[*i] = declared,
+        }
+    }
+    Ok((types, bad))
+}
+
+/// Reads `attribute` of every node in `ids`, in Reads of [`CHUNK`] nodes;
+/// the values come back in the order of `ids`.
+async fn read_all(
+    device: &Device,
+    session: &opcua::client::Session,
+    ids: &[&opcua::types::NodeId],
+    attribute: AttributeId,
+) -> Result<Vec<DataValue>, crate::drivers::DriverError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let read = read_attribute(chunk, attribute);
         let values = status::within(
             device.timeout,
             session.read(&read, TimestampsToReturn::Neither, 0.0),
         )
-        .await
-        .map_err(|e| Failure::offline(format!("reading the nodes' DataTypes: {e}")))?;
-        for ((i, point, id), dv) in chunk.iter().zip(values) {
-            if dv.status().is_bad() {
-                bad.insert(
-                    point.index,
-                    format!("{}: {} ({id})", point.name, dv.status()),
-                );
-                continue;
-            }
-            let declared = match &dv.value {
-                Some(Variant::NodeId(t)) => UaDataType::from_node_id(t),
-                _ => None,
-            };
-            match (declared, point.expected) {
-                (Some(found), Some(want)) if found != want => {
-                    bad.insert(
-                        point.index,
-                        format!("{}: {id} is {found}, the model says {want}", point.name),
-                    );
-                }
-                (Some(found), _) if !found.fits(point.ty) => {
-                    bad.insert(
-                        point.index,
-                        format!(
-                            "{}: a {} property cannot live in {id}, a {found}",
-                            point.name, point.ty
-                        ),
-                    );
-                }
-                _ => types[*i] = declared,
-            }
-        }
+        .await?;
+        out.extend(values);
     }
-    Ok((types, bad))
+    Ok(out)
 }
 
 /// Creates a monitored item per readable point that is not bad, in as
@@ -681,18 +688,28 @@ fn to_samples(
         .iter()
         .filter_map(|(handle, dv)| {
             let point = device.points.get((*handle as usize).checked_sub(1)?)?;
-            Some(match sample_of(point, dv) {
-                Ok(v) => {
-                    bad.remove(&point.index);
-                    (point.index, Sample::Good(v))
-                }
-                Err(why) => {
-                    bad.insert(point.index, why);
-                    (point.index, Sample::Bad)
-                }
-            })
+            Some(classify(point.index, sample_of(point, dv), bad))
         })
         .collect()
+}
+
+/// The sample a read result makes for property `index`, keeping `bad` (why
+/// each bad property is bad) up to date.
+fn classify(
+    index: u16,
+    result: Result<ferrite_models::Value, String>,
+    bad: &mut BTreeMap<u16, String>,
+) -> (u16, Sample) {
+    match result {
+        Ok(v) => {
+            bad.remove(&index);
+            (index, Sample::Good(v))
+        }
+        Err(why) => {
+            bad.insert(index, why);
+            (index, Sample::Bad)
+        }
+    }
 }
 
 /// One batched Read of every readable point.
@@ -707,21 +724,13 @@ async fn poll_once(
         .filter(|p| p.readable && !bad.contains_key(&p.index))
         .filter_map(|p| p.node.as_ref().ok().map(|id| (p, id)))
         .collect();
-    let mut out = Vec::with_capacity(points.len());
-    for chunk in points.chunks(CHUNK) {
-        let ids: Vec<&opcua::types::NodeId> = chunk.iter().map(|(_, id)| *id).collect();
-        let values = status::within(
-            device.timeout,
-            session.read(&read_values(&ids), TimestampsToReturn::Neither, 0.0),
-        )
+    let ids: Vec<&opcua::types::NodeId> = points.iter().map(|(_, id)| *id).collect();
+    let values = read_all(device, session, &ids, AttributeId::Value)
         .await
         .map_err(|e| Failure::offline(format!("polling: {e}")))?;
-        out.extend(
-            chunk
-                .iter()
-                .zip(values)
-                .map(|((p, _), dv)| (p.index, sample_of(p, &dv))),
-        );
-    }
-    Ok(out)
+    Ok(points
+        .iter()
+        .zip(values)
+        .map(|((p, _), dv)| (p.index, sample_of(p, &dv)))
+        .collect())
 }
