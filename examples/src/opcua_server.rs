@@ -187,11 +187,7 @@ impl UaSim {
                 );
             }
             let initial = to_variant(&node.initial, node.datatype).unwrap_or(Variant::Empty);
-            let access = if node.writable {
-                AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE
-            } else {
-                AccessLevel::CURRENT_READ
-            };
+            let access = access(node.writable);
             VariableBuilder::new(&node.id, node.name.as_str(), node.name.as_str())
                 .data_type(node.datatype.id())
                 .value(initial)
@@ -348,13 +344,8 @@ impl UaSim {
         };
         let mut space = nm.address_space().write();
         if let Some(opcua::nodes::NodeType::Variable(v)) = space.find_mut(id) {
-            let access = if writable {
-                AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE
-            } else {
-                AccessLevel::CURRENT_READ
-            };
-            v.set_access_level(access);
-            v.set_user_access_level(access);
+            v.set_access_level(access(writable));
+            v.set_user_access_level(access(writable));
         }
     }
 
@@ -373,6 +364,15 @@ impl UaSim {
         self.stop().await;
         let listener = TcpListener::bind(self.addr).await?;
         self.serve(listener)
+    }
+}
+
+/// Read, and write when `writable`.
+fn access(writable: bool) -> AccessLevel {
+    if writable {
+        AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE
+    } else {
+        AccessLevel::CURRENT_READ
     }
 }
 

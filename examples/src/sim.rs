@@ -330,29 +330,27 @@ async fn start_opcua(
     let mut servers = HashMap::new();
     for (url, names) in by_url {
         let (addr, path) = split_endpoint(url)?;
-        let nodes: Vec<UaNode> = names.iter().flat_map(|n| ua_nodes(project, n)).collect();
+        let per_device: Vec<(&String, Vec<UaNode>)> = names
+            .into_iter()
+            .map(|n| (n, ua_nodes(project, n)))
+            .collect();
+        let nodes = per_device.iter().flat_map(|(_, n)| n.clone()).collect();
         let options = UaSimOptions {
             path,
             pki_dir: pki.clone(),
             users: users.clone(),
         };
         let server = Arc::new(UaSim::start(addr, nodes, options).await?);
-        for name in names {
-            let Some(d) = project.devices.get(name.as_str()) else {
-                continue;
-            };
-            let Some(model) = project.models.get(&d.value.model) else {
-                continue;
-            };
-            for (pname, p) in &model.value.properties {
-                let Some(Ok(id)) = p.opcua.as_ref().map(|b| UaNodeId::from_str(&b.node.0)) else {
+        for (name, nodes) in per_device {
+            for node in nodes {
+                let Some(p) = project.property(name, &node.name) else {
                     continue;
                 };
                 let target = Target::Opcua {
                     server: server.clone(),
-                    id,
+                    id: node.id,
                 };
-                animate_or_start(target, name, pname, p, &config.wave, animated);
+                animate_or_start(target, name, &node.name, p, &config.wave, animated);
             }
         }
         servers.insert(url.to_string(), server);
