@@ -283,10 +283,7 @@ async fn a_wrong_password_is_a_clear_error_retried_with_backoff() {
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
     api.expect_status("d", "error", WAIT).await;
-    let error = api.device("d").await["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let error = api.error("d").await;
     assert!(
         error.contains("refused the login of user `operator`"),
         "{error}"
@@ -314,10 +311,7 @@ async fn an_unknown_server_certificate_is_not_trusted_until_moved() {
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
     api.expect_status("d", "error", WAIT).await;
-    let error = api.device("d").await["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let error = api.error("d").await;
     assert!(error.contains("rejected"), "{error}");
 
     // The certificate waits in pki/rejected; an operator moves it.
@@ -500,10 +494,7 @@ async fn x509_user_login_and_a_certificate_the_server_does_not_know() {
     api.expect_status("known", "online", WAIT).await;
     assert!(wait_until(WAIT, || value_is(&api, "known", "level", json!(5.5))).await);
     api.expect_status("unknown", "error", WAIT).await;
-    let error = api.device("unknown").await["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let error = api.error("unknown").await;
     assert!(error.contains("refused the login"), "{error}");
     rig.finish(gateway).await;
 }

@@ -165,6 +165,14 @@ impl Api {
             .to_string()
     }
 
+    /// The device's `error` text, empty when it has none.
+    pub async fn error(&self, id: &str) -> String {
+        self.device(id).await["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Waits until the device shows `status`.
     pub async fn wait_status(&self, id: &str, status: &str, limit: Duration) -> bool {
         wait_until(limit, || async { self.status(id).await == status }).await
