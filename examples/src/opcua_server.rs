@@ -156,7 +156,7 @@ impl UaSim {
         let (server, handle) = builder.build().map_err(std::io::Error::other)?;
         let mut managers = BTreeMap::new();
         for ns in self.namespaces() {
-            let name = format!("ferrite-sim-ns{ns}");
+            let name = manager_name(ns);
             let Some(nm) = handle
                 .node_managers()
                 .get_by_name::<SimpleNodeManager>(&name)
@@ -166,8 +166,8 @@ impl UaSim {
             let got = handle.get_namespace_index(&namespace_uri(ns));
             if got != Some(ns) {
                 return Err(std::io::Error::other(format!(
-                    "namespace {ns} came out as {got:?}; the simulator serves \
-                     namespaces 2 and up, each used at least once"
+                    "namespace {ns} came out as {got:?}; the simulator registers \
+                     namespaces 2 and up in order"
                 )));
             }
             managers.insert(ns, nm);
@@ -278,8 +278,7 @@ impl UaSim {
                 namespace_uri: namespace_uri(ns),
                 ..Default::default()
             };
-            builder = builder
-                .with_node_manager(simple_node_manager(meta, &format!("ferrite-sim-ns{ns}")));
+            builder = builder.with_node_manager(simple_node_manager(meta, &manager_name(ns)));
         }
         builder
     }
@@ -374,6 +373,10 @@ fn access(writable: bool) -> AccessLevel {
     } else {
         AccessLevel::CURRENT_READ
     }
+}
+
+fn manager_name(ns: u16) -> String {
+    format!("ferrite-sim-ns{ns}")
 }
 
 fn namespace_uri(ns: u16) -> String {
