@@ -4,7 +4,10 @@
 //! `protoc` binary on the machine; `prost-build` turns the descriptors into code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["ferrite/sync/v1/sync.proto"];
+    let files = [
+        "ferrite/sync/v1/sync.proto",
+        "org/eclipse/tahu/sparkplug_b.proto",
+    ];
     let descriptors = protox::compile(files, ["proto"])?;
     prost_build::Config::new().compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=proto");

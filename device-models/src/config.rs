@@ -116,19 +116,66 @@ pub enum Role {
     Admin,
 }
 
-/// `[mqtt]`.
+/// `[mqtt]`: the embedded broker. The gateway reads from it in process;
+/// other local clients (an HMI, a historian) can use it too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSection {
-    /// Listen address of the embedded broker. Default 127.0.0.1:1883.
+    /// Listen address of the plain-TCP listener. Default 127.0.0.1:1883.
     #[serde(default = "MqttSection::default_listen")]
     pub listen: SocketAddr,
+    /// Most client connections at once, over all listeners. Default 1000.
+    #[serde(default = "MqttSection::default_max_connections")]
+    pub max_connections: usize,
+    /// Largest payload accepted, in bytes; a client that sends a larger one
+    /// is disconnected. Default 262144 (256 KiB).
+    #[serde(default = "MqttSection::default_max_payload")]
+    pub max_payload: usize,
+    /// Without users, any client that can reach a listener may connect (so
+    /// the broker then listens on loopback only). With users, every network
+    /// client must log in as one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<MqttUser>,
+    /// An extra listener that speaks MQTT over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MqttTls>,
 }
 
 impl MqttSection {
     fn default_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 1883))
     }
+
+    fn default_max_connections() -> usize {
+        1000
+    }
+
+    fn default_max_payload() -> usize {
+        256 * 1024
+    }
+}
+
+/// `[[mqtt.users]]`: a login for the embedded broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttUser {
+    /// The MQTT username.
+    pub username: String,
+    /// File holding the password (relative to the config file). Trailing
+    /// newlines are ignored.
+    pub password_file: PathBuf,
+}
+
+/// `[mqtt.tls]`: MQTT over TLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTls {
+    /// Listen address, such as 0.0.0.0:8883.
+    pub listen: SocketAddr,
+    /// The broker's certificate chain, PEM.
+    pub certificate: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
 }
 
 /// `[cloud]`.

@@ -133,6 +133,19 @@ impl Device {
         self.timeout
             .map_or(std::time::Duration::from_secs(1), Span::get)
     }
+
+    /// For MQTT devices: how long without a publish before the device counts
+    /// as offline. The `timeout` key, else 60 s for plain devices; Sparkplug
+    /// devices report by exception, so without the key only their death
+    /// certificates take them offline.
+    pub fn mqtt_timeout(&self) -> Option<std::time::Duration> {
+        let mqtt = self.mqtt.as_ref()?;
+        match (self.timeout, &mqtt.sparkplug) {
+            (Some(t), _) => Some(t.get()),
+            (None, None) => Some(std::time::Duration::from_secs(60)),
+            (None, Some(_)) => None,
+        }
+    }
 }
 
 fn default_modbus_port() -> u16 {
@@ -326,4 +339,51 @@ pub struct Opcua {
 /// A device that publishes to the embedded broker.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Mqtt {}
+pub struct Mqtt {
+    /// A topic where the device announces itself (typically its MQTT last
+    /// will): `offline` there marks it offline at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<MqttStatus>,
+    /// The device speaks Sparkplug B: where it sits in the Sparkplug
+    /// namespace. Its model's bindings name metrics instead of topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparkplug: Option<Sparkplug>,
+}
+
+/// An availability topic, as Home Assistant and Tasmota use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttStatus {
+    /// Topic template; `{device}` becomes the device name.
+    pub topic: crate::model::TopicTemplate,
+    /// The payload that means online. Default `online`.
+    #[serde(default = "MqttStatus::default_online")]
+    pub online: String,
+    /// The payload that means offline. Default `offline`.
+    #[serde(default = "MqttStatus::default_offline")]
+    pub offline: String,
+}
+
+impl MqttStatus {
+    fn default_online() -> String {
+        "online".into()
+    }
+
+    fn default_offline() -> String {
+        "offline".into()
+    }
+}
+
+/// A Sparkplug B edge node, or a device behind one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sparkplug {
+    /// Group ID.
+    pub group: String,
+    /// Edge node ID.
+    pub node: String,
+    /// Device ID under the node. Without it, the properties are the node's
+    /// own metrics (NBIRTH/NDATA, written with NCMD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}

@@ -8,6 +8,8 @@ use indexmap::IndexMap;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::units::Span;
+
 /// The `kind` tag of a model document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ModelKind {
@@ -525,11 +527,16 @@ fn check_node_id(s: &str) -> Result<(), String> {
 }
 
 /// An MQTT binding: where the device publishes the value, and where writes go.
+///
+/// A plain device names a `topic` (and optionally a `json` pointer and a
+/// `command` topic); a Sparkplug B device names its `metric` instead, and
+/// writes go out as DCMD (or NCMD for a node's own metrics).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttBinding {
     /// Topic template; `{device}` becomes the device name.
-    pub topic: TopicTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<TopicTemplate>,
     /// JSON Pointer into the payload. Without it, the payload is the bare value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json: Option<JsonPointer>,
@@ -537,6 +544,15 @@ pub struct MqttBinding {
     /// `boiler/{device}/setpoint/set`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<TopicTemplate>,
+    /// Sparkplug B metric name, such as `Inputs/Temperature`, for devices
+    /// with `mqtt.sparkplug`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// After a write, wait up to this long for the device to publish the
+    /// written value before answering. Without it, a write answers once the
+    /// command is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<Span>,
 }
 
 /// An MQTT topic with optional `{device}` placeholders.

@@ -100,10 +100,122 @@ fn check_config(config: &Located<Config>, project: &Project, diags: &mut Diagnos
             }
         }
     }
+    if let Some(mqtt) = &c.mqtt {
+        check_broker_section(project, config, mqtt, diags);
+    }
     if let Some(cloud) = &c.cloud
         && let Err(e) = check_broker_url(&cloud.broker)
     {
         diags.error(file, config.pos(&["cloud", "broker"]), e);
+    }
+}
+
+fn check_broker_section(
+    project: &Project,
+    config: &Located<crate::config::Config>,
+    mqtt: &crate::config::MqttSection,
+    diags: &mut Diagnostics,
+) {
+    let file = &config.file;
+    let at = |key: &str| config.pos(&["mqtt", key]);
+    if mqtt.users.is_empty() {
+        let exposed = std::iter::once(("listen", mqtt.listen))
+            .chain(mqtt.tls.as_ref().map(|t| ("tls", t.listen)))
+            .filter(|(_, addr)| !is_loopback(addr.ip()));
+        for (key, addr) in exposed {
+            diags.error(
+                file,
+                at(key),
+                format!(
+                    "the MQTT broker would accept anyone on {addr}; add [[mqtt.users]] or listen on loopback only (127.0.0.1 or [::1])"
+                ),
+            );
+        }
+    }
+    if mqtt.max_connections == 0 {
+        diags.error(
+            file,
+            at("max_connections"),
+            "max_connections must be at least 1",
+        );
+    }
+    if mqtt.max_payload < 16 {
+        diags.error(
+            file,
+            at("max_payload"),
+            "max_payload must be at least 16 bytes",
+        );
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, user) in mqtt.users.iter().enumerate() {
+        let index = i.to_string();
+        let at = |key: &str| config.pos(&["mqtt", "users", &index, key]);
+        if user.username.is_empty() {
+            diags.error(file, at("username"), "the username is empty");
+        }
+        if let Some(first) = names.insert(&user.username, i) {
+            diags.error(
+                file,
+                at("username"),
+                format!(
+                    "duplicate MQTT user `{}` (also user {})",
+                    user.username,
+                    first + 1
+                ),
+            );
+        }
+        check_file_exists(
+            project,
+            &user.password_file,
+            "password file",
+            file,
+            at("password_file"),
+            diags,
+        );
+    }
+    if let Some(tls) = &mqtt.tls {
+        let at = |key: &str| config.pos(&["mqtt", "tls", key]);
+        if tls.listen == mqtt.listen {
+            diags.error(
+                file,
+                at("listen"),
+                "the TLS listener needs its own address, not mqtt.listen's",
+            );
+        }
+        check_file_exists(
+            project,
+            &tls.certificate,
+            "certificate",
+            file,
+            at("certificate"),
+            diags,
+        );
+        check_file_exists(
+            project,
+            &tls.private_key,
+            "private key",
+            file,
+            at("private_key"),
+            diags,
+        );
+    }
+}
+
+fn check_file_exists(
+    project: &Project,
+    path: &Path,
+    what: &str,
+    file: &Path,
+    pos: Pos,
+    diags: &mut Diagnostics,
+) {
+    let path = project.resolve(path);
+    if !path.is_file() {
+        diags.error(
+            file,
+            pos,
+            format!("{what} {} does not exist", path.display()),
+        );
     }
 }
 
@@ -167,16 +279,84 @@ fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
                 format!("a {} property cannot live in a {datatype} node", prop.ty),
             );
         }
-        if let Some(mqtt) = &prop.mqtt
-            && mqtt.command.is_some()
-            && !prop.writable()
-        {
+        if let Some(mqtt) = &prop.mqtt {
+            check_mqtt_binding(
+                name,
+                prop,
+                mqtt,
+                &|key| model.pos(&["properties", name, "mqtt", key]),
+                file,
+                diags,
+            );
+        }
+    }
+}
+
+fn check_mqtt_binding(
+    name: &str,
+    prop: &Property,
+    mqtt: &crate::model::MqttBinding,
+    at: &dyn Fn(&str) -> Pos,
+    file: &Path,
+    diags: &mut Diagnostics,
+) {
+    match (&mqtt.topic, &mqtt.metric) {
+        (Some(_), Some(_)) => diags.error(
+            file,
+            at("metric"),
+            "choose one: `topic` (plain MQTT) or `metric` (Sparkplug B)",
+        ),
+        (None, None) => diags.error(
+            file,
+            at("@topic"),
+            "an mqtt binding needs `topic` (plain MQTT) or `metric` (Sparkplug B)",
+        ),
+        (None, Some(metric)) => {
+            if metric.trim().is_empty() {
+                diags.error(file, at("metric"), "the metric name is empty");
+            }
+            for key in ["json", "command"] {
+                let given = if key == "json" {
+                    mqtt.json.is_some()
+                } else {
+                    mqtt.command.is_some()
+                };
+                if given {
+                    diags.error(
+                        file,
+                        at(key),
+                        format!("`{key}` applies to topic bindings; Sparkplug metrics are written with DCMD"),
+                    );
+                }
+            }
+        }
+        (Some(_), None) => {}
+    }
+    if mqtt.command.is_some() && !prop.writable() {
+        diags.warning(
+            file,
+            at("command"),
+            format!(
+                "property `{name}` has a command topic but is read-only, so nothing will use it"
+            ),
+        );
+    }
+    if mqtt.topic.is_some() && mqtt.command.is_none() && prop.writable() {
+        diags.warning(
+            file,
+            at("topic"),
+            format!("property `{name}` is writable but has no `command` topic, so writes to MQTT devices will be refused"),
+        );
+    }
+    if let Some(confirm) = mqtt.confirm {
+        if confirm.get().is_zero() {
+            diags.error(file, at("confirm"), "`confirm` must be longer than zero");
+        }
+        if !prop.writable() {
             diags.warning(
                 file,
-                model.pos(&["properties", name, "mqtt", "command"]),
-                format!(
-                    "property `{name}` has a command topic but is read-only, so nothing will use it"
-                ),
+                at("confirm"),
+                format!("property `{name}` is read-only, so `confirm` has nothing to confirm"),
             );
         }
     }
@@ -577,6 +757,9 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
                 diags.error(file, at("queue"), "queue must be at least 1");
             }
         }
+        if let Some(mqtt) = &d.mqtt {
+            check_mqtt_device(device, mqtt, diags);
+        }
         if d.mqtt.is_some()
             && project
                 .config
@@ -588,6 +771,49 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
                 device.pos(&["@mqtt"]),
                 format!("device `{}` publishes over MQTT but the config has no [mqtt] section for the broker", d.name),
             );
+        }
+    }
+}
+
+fn check_mqtt_device(
+    device: &Located<Device>,
+    mqtt: &crate::device::Mqtt,
+    diags: &mut Diagnostics,
+) {
+    let file = &device.file;
+    if let Some(status) = &mqtt.status {
+        if status.online == status.offline {
+            diags.error(
+                file,
+                device.pos(&["mqtt", "status", "offline"]),
+                "the online and offline payloads must differ",
+            );
+        }
+        if mqtt.sparkplug.is_some() {
+            diags.error(
+                file,
+                device.pos(&["mqtt", "status"]),
+                "Sparkplug devices announce themselves with birth and death certificates; drop `status`",
+            );
+        }
+    }
+    if let Some(sp) = &mqtt.sparkplug {
+        let ids = [
+            ("group", Some(&sp.group)),
+            ("node", Some(&sp.node)),
+            ("device", sp.device.as_ref()),
+        ];
+        for (key, id) in ids {
+            let Some(id) = id else { continue };
+            if id.is_empty() || id.contains(['/', '+', '#', '\0']) {
+                diags.error(
+                    file,
+                    device.pos(&["mqtt", "sparkplug", key]),
+                    format!(
+                        "Sparkplug {key} ID `{id}` must be non-empty, without `/`, `+`, `#` or NUL"
+                    ),
+                );
+            }
         }
     }
 }
@@ -653,6 +879,41 @@ fn check_device_model(
         })
         .map(|(name, _)| name.as_str())
         .collect();
+    if protocol == Protocol::Mqtt {
+        let sparkplug = d.mqtt.as_ref().is_some_and(|m| m.sparkplug.is_some());
+        let mismatched: Vec<&str> = model
+            .value
+            .properties
+            .iter()
+            .filter(|(_, p)| {
+                p.mqtt.as_ref().is_some_and(|b| {
+                    if sparkplug {
+                        b.metric.is_none()
+                    } else {
+                        b.topic.is_none()
+                    }
+                })
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !mismatched.is_empty() {
+            let (speaks, needs) = if sparkplug {
+                ("Sparkplug B (mqtt.sparkplug)", "a `metric`")
+            } else {
+                ("plain MQTT (no mqtt.sparkplug)", "a `topic`")
+            };
+            diags.error(
+                &device.file,
+                device.pos(&["model"]),
+                format!(
+                    "device `{}` speaks {speaks}, but these mqtt bindings of model `{}` lack {needs}: {}",
+                    d.name,
+                    d.model,
+                    mismatched.join(", ")
+                ),
+            );
+        }
+    }
     if !missing.is_empty() {
         diags.error(
             &device.file,

@@ -394,6 +394,102 @@ fn opcua_node_ids_and_mqtt_bindings_are_checked() {
 }
 
 #[test]
+fn mqtt_bindings_name_a_topic_or_a_metric() {
+    let model = |binding: &str| {
+        format!(
+            "kind: DeviceModel\nname: m\nproperties:\n  a: {{ type: float, access: readwrite, mqtt: {{ {binding} }} }}\n"
+        )
+    };
+    let cases = [
+        (
+            "topic: t, metric: M, command: c",
+            "m.yaml:4:66",
+            "choose one",
+        ),
+        ("json: /a", "m.yaml:4:46", "needs `topic`"),
+        (
+            "metric: M, json: /a",
+            "m.yaml:4:65",
+            "`json` applies to topic bindings",
+        ),
+        ("metric: \" \"", "m.yaml:4:56", "the metric name is empty"),
+        (
+            "topic: t, command: c, confirm: 0s",
+            "m.yaml:4:79",
+            "`confirm` must be longer than zero",
+        ),
+    ];
+    for (binding, at, needle) in cases {
+        one_error(&load(&[("m.yaml", &model(binding))]), at, needle);
+    }
+    let report = load(&[("m.yaml", &model("topic: t"))]);
+    assert!(report.is_ok());
+    assert!(
+        report
+            .diagnostics
+            .iter()
+            .any(|d| d.message.contains("no `command` topic")),
+        "a writable topic binding without a command topic is a warning"
+    );
+    assert!(load(&[("m.yaml", &model("metric: Setpoint, confirm: 2s"))]).is_ok());
+}
+
+#[test]
+fn mqtt_devices_match_their_models_bindings() {
+    let plain = "kind: DeviceModel\nname: plain\nproperties:\n  a: { type: float, mqtt: { topic: \"s/{device}/a\" } }\n";
+    let spb =
+        "kind: DeviceModel\nname: spb\nproperties:\n  a: { type: float, mqtt: { metric: A } }\n";
+    let device =
+        |model: &str, mqtt: &str| format!("kind: Device\nname: d\nmodel: {model}\nmqtt: {mqtt}\n");
+    let report = load(&[
+        ("p.yaml", plain),
+        (
+            "d.yaml",
+            &device("plain", "{ sparkplug: { group: g, node: n } }"),
+        ),
+    ]);
+    one_error(&report, "d.yaml:3:8", "lack a `metric`: a");
+    let report = load(&[("s.yaml", spb), ("d.yaml", &device("spb", "{}"))]);
+    one_error(&report, "d.yaml:3:8", "lack a `topic`: a");
+    let report = load(&[
+        ("s.yaml", spb),
+        (
+            "d.yaml",
+            &device("spb", "{ sparkplug: { group: g, node: \"n/1\" } }"),
+        ),
+    ]);
+    one_error(&report, "d.yaml:4:38", "Sparkplug node ID `n/1`");
+    let report = load(&[
+        ("p.yaml", plain),
+        (
+            "d.yaml",
+            &device("plain", "{ status: { topic: s, online: x, offline: x } }"),
+        ),
+    ]);
+    one_error(&report, "d.yaml:4:49", "must differ");
+    assert!(
+        load(&[
+            ("s.yaml", spb),
+            (
+                "d.yaml",
+                &device("spb", "{ sparkplug: { group: g, node: n, device: d } }")
+            )
+        ])
+        .is_ok()
+    );
+    assert!(
+        load(&[
+            ("p.yaml", plain),
+            (
+                "d.yaml",
+                &device("plain", "{ status: { topic: \"s/{device}/lwt\" } }")
+            )
+        ])
+        .is_ok()
+    );
+}
+
+#[test]
 fn an_opcua_datatype_must_fit_the_property_type() {
     let model = "kind: DeviceModel\nname: m\nproperties:\n  a: { type: string, opcua: { node: \"ns=2;s=A\", datatype: Int16 } }\n";
     one_error(

@@ -9,6 +9,9 @@
 //! - [`sync::v1`]: the uplink between a gateway and `ferrite-cloud`: Hello and
 //!   Resume, DeltaBatch with its dictionary, Ack, and the device twin's
 //!   DesiredPatch and Reported. A draft until the sync work lands.
+//! - [`sparkplug`]: the Sparkplug B payload (Eclipse Tahu's schema), which
+//!   MQTT devices publish in NBIRTH/NDATA/DBIRTH/DDATA and receive in
+//!   NCMD/DCMD, plus its data type codes.
 
 /// `ferrite.sync.*` packages.
 pub mod sync {
@@ -16,6 +19,31 @@ pub mod sync {
     #[allow(missing_docs)]
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/ferrite.sync.v1.rs"));
+    }
+}
+
+/// Sparkplug B, package `org.eclipse.tahu.protobuf`.
+#[allow(missing_docs)]
+pub mod sparkplug {
+    include!(concat!(env!("OUT_DIR"), "/org.eclipse.tahu.protobuf.rs"));
+
+    /// The data type codes of `Metric.datatype`, as the Sparkplug B
+    /// specification numbers them.
+    pub mod datatype {
+        pub const INT8: u32 = 1;
+        pub const INT16: u32 = 2;
+        pub const INT32: u32 = 3;
+        pub const INT64: u32 = 4;
+        pub const UINT8: u32 = 5;
+        pub const UINT16: u32 = 6;
+        pub const UINT32: u32 = 7;
+        pub const UINT64: u32 = 8;
+        pub const FLOAT: u32 = 9;
+        pub const DOUBLE: u32 = 10;
+        pub const BOOLEAN: u32 = 11;
+        pub const STRING: u32 = 12;
+        pub const DATETIME: u32 = 13;
+        pub const TEXT: u32 = 14;
     }
 }
 
