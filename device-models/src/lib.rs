@@ -25,6 +25,10 @@
 //!   through (access, type, limits).
 //! - [`codec`]: Modbus register encoding, shared by the driver and the
 //!   simulator.
+//! - [`payload`]: plain MQTT payloads (JSON Pointer or bare value) to
+//!   readings, and writes to command payloads.
+//! - `sparkplug` (feature `sparkplug`): Sparkplug B metrics to and from
+//!   values.
 //! - `ua` (feature `opcua`): values to and from OPC UA Variants, checked
 //!   against the node's DataType, shared the same way.
 //!
@@ -42,10 +46,13 @@ pub mod device;
 pub mod diag;
 pub mod expr;
 pub mod model;
+pub mod payload;
 pub mod project;
 pub mod rule;
 pub mod schema;
 pub mod source;
+#[cfg(feature = "sparkplug")]
+pub mod sparkplug;
 #[cfg(feature = "opcua")]
 pub mod ua;
 pub mod units;
