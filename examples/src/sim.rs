@@ -39,6 +39,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::bank::Endpoint;
+use crate::mqtt_publisher::{MqttSim, SimMqtt};
 use crate::opcua_server::{UaNode, UaSim, UaSimOptions, UaUser};
 use crate::server::{RtuSim, TcpSim};
 use crate::waves::Wave;
@@ -57,6 +58,9 @@ pub struct SimConfig {
     /// OPC UA server settings.
     #[serde(default)]
     pub opcua: SimOpcua,
+    /// How the MQTT devices log in to the gateway's broker.
+    #[serde(default)]
+    pub mqtt: SimMqtt,
 }
 
 /// The `[opcua]` table.
@@ -100,6 +104,11 @@ enum Target {
         server: Arc<UaSim>,
         id: UaNodeId,
     },
+    Mqtt {
+        sim: Arc<MqttSim>,
+        device: String,
+        property: String,
+    },
 }
 
 /// Running simulated devices.
@@ -110,6 +119,8 @@ pub struct Simulator {
     pub rtu: HashMap<PathBuf, RtuSim>,
     /// OPC UA servers by endpoint URL as the devices name it.
     pub opcua: HashMap<String, Arc<UaSim>>,
+    /// The MQTT devices' publishers, if the project has any.
+    pub mqtt: Option<Arc<MqttSim>>,
     stop: CancellationToken,
 }
 
@@ -163,12 +174,14 @@ impl Simulator {
             }
         }
         let opcua = start_opcua(project, config, &ua_devices, &mut animated).await?;
+        let mqtt = start_mqtt(project, config, tick, &mut animated);
         let stop = CancellationToken::new();
         tokio::spawn(animate(animated, tick, stop.clone()));
         Ok(Simulator {
             tcp,
             rtu,
             opcua,
+            mqtt,
             stop,
         })
     }
@@ -191,6 +204,9 @@ impl Simulator {
         }
         for (_, server) in self.opcua {
             server.stop().await;
+        }
+        if let Some(mqtt) = self.mqtt {
+            mqtt.stop();
         }
     }
 }
@@ -261,7 +277,49 @@ fn put(item: &Animated, value: &Value) {
                 tracing::debug!("sim cannot set {id}: {e}");
             }
         }
+        Target::Mqtt {
+            sim,
+            device,
+            property,
+        } => sim.set(device, property, value.clone()),
     }
+}
+
+/// Publishers for the project's MQTT devices, on the broker of its
+/// `[mqtt]` section (loopback when it listens on every address).
+fn start_mqtt(
+    project: &Project,
+    config: &SimConfig,
+    tick: Duration,
+    animated: &mut Vec<Animated>,
+) -> Option<Arc<MqttSim>> {
+    let section = project.config.as_ref()?.value.mqtt.as_ref()?;
+    let mut broker = section.listen;
+    if broker.ip().is_unspecified() {
+        broker.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let initial = |device: &str, p: &Property| start_value(p, &Wave::default_for(device, p));
+    let sim = MqttSim::start(project, broker, config.mqtt.clone(), tick, &initial);
+    for (name, located) in &project.devices {
+        if located.value.mqtt.is_none() {
+            continue;
+        }
+        let Some(model) = project.models.get(&located.value.model) else {
+            continue;
+        };
+        for (pname, p) in &model.value.properties {
+            if p.mqtt.is_none() {
+                continue;
+            }
+            let target = Target::Mqtt {
+                sim: sim.clone(),
+                device: name.clone(),
+                property: pname.clone(),
+            };
+            animate_or_start(target, name, pname, p, &config.wave, animated);
+        }
+    }
+    Some(sim)
 }
 
 /// The OPC UA nodes one device's model asks for, at their start values.

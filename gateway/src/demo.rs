@@ -3,8 +3,8 @@
 //! The demo's files are compiled into the binary and written to a temporary
 //! folder, so the demo runs from any directory. The simulator serves the
 //! Modbus devices on 127.0.0.1:5020 and the OPC UA device on
-//! opc.tcp://127.0.0.1:4840/ferrite; the MQTT device stays offline until its
-//! driver lands.
+//! opc.tcp://127.0.0.1:4840/ferrite; the MQTT devices (one JSON, one
+//! Sparkplug B) publish to the gateway's embedded broker on 127.0.0.1:1883.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -38,6 +38,14 @@ const FILES: &[(&str, &str)] = &[
     (
         "models/env-sensor.yaml",
         include_str!("../../examples/demo/models/env-sensor.yaml"),
+    ),
+    (
+        "models/tank.yaml",
+        include_str!("../../examples/demo/models/tank.yaml"),
+    ),
+    (
+        "devices/tank-1.yaml",
+        include_str!("../../examples/demo/devices/tank-1.yaml"),
     ),
     (
         "devices/boiler-1.yaml",
@@ -96,6 +104,8 @@ pub async fn run(
     let sim = Simulator::start(&report.project, &sim_config, false)
         .await
         .context("cannot start the simulated devices (are ports 5020 and 4840 free?)")?;
+    // Port 1883 is the gateway's (its embedded broker); a taken port fails
+    // the gateway's start with that address in the message.
     let data_dir = data_dir.unwrap_or_else(|| scratch.path().join("data"));
     let options = Options {
         listen: Some(listen),
@@ -114,8 +124,9 @@ pub async fn run(
          Try a write (the setpoint accepts 20..90):\n  \
          curl -X PUT -H 'content-type: application/json' -d '{{\"value\": 55.5}}' {base}/api/v1/devices/boiler-1/properties/setpoint\n\n\
          Simulated: boiler-1 and meter-1 on Modbus TCP 127.0.0.1:5020 (units 1 and 2),\n\
-         line-1 on OPC UA opc.tcp://127.0.0.1:4840/ferrite.\n\
-         env-1 (MQTT) stays offline until that driver lands.\n\
+         line-1 on OPC UA opc.tcp://127.0.0.1:4840/ferrite,\n\
+         env-1 (JSON) and tank-1 (Sparkplug B) publish to the embedded broker mqtt://127.0.0.1:1883:\n  \
+         mosquitto_sub -h 127.0.0.1 -t 'sensors/#' -v\n\
          Ctrl-C stops.",
         data_dir.display()
     )?;

@@ -18,7 +18,11 @@
 //! - [`drivers`]: the [`drivers::Driver`] trait and one folder per protocol,
 //!   each behind a cargo feature: `modbus/` (coalescing plan, one task per
 //!   connection, pollers) and `opcua/` (connect and trust, one session task
-//!   per device with subscriptions or polls, status-code mapping).
+//!   per device with subscriptions or polls, status-code mapping) and
+//!   `mqtt/` (a reader on the broker's in-process link: plain topics,
+//!   Sparkplug B births/data/deaths, status topics, timeouts; writes as
+//!   command publishes or DCMD).
+//! - `broker` (feature `mqtt`): the embedded rumqttd broker from `[mqtt]`.
 //! - [`store`]: the storage trait, its sled implementation, and the writer
 //!   task that batches, fsyncs, then publishes.
 //! - [`live`]: statuses and latest readings, as the API shows them.
@@ -29,6 +33,8 @@
 
 pub mod api;
 pub mod backoff;
+#[cfg(feature = "mqtt")]
+pub mod broker;
 pub mod cli;
 pub mod commands;
 #[cfg(feature = "demo")]

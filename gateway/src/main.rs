@@ -46,7 +46,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// Log levels without `RUST_LOG`. The demo's OPC UA server narrates every
 /// connection at info, and async-opcua's client warns at every start that
 /// its config names no endpoints (the driver picks them itself).
-const DEFAULT_LOG: &str = "info,opcua_server=warn,opcua_client::config=error";
+const DEFAULT_LOG: &str = "info,opcua_server=warn,opcua_client::config=error,rumqttd=warn";
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -51,6 +51,10 @@ pub enum StartError {
     /// The API address is taken or not allowed.
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    /// The embedded MQTT broker did not start.
+    #[cfg(feature = "mqtt")]
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
     /// A non-loopback address without any API token.
     #[error(
         "refusing to serve the API on {0} without [[api.tokens]]; without tokens it serves loopback only"
@@ -103,8 +107,14 @@ impl Gateway {
             )
             .map_err(|e| StartError::Store(data_dir.clone(), e))?,
         );
+        #[cfg(feature = "mqtt")]
+        let broker = match &config.mqtt {
+            Some(section) => Some(crate::broker::start(section, &|p| project.resolve(p))?),
+            None => None,
+        };
         let live = Live::new(&project);
         let stats = Arc::new(WriterStats::default());
+        let driver_stats = Arc::new(drivers::DriverStats::default());
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -131,6 +141,9 @@ impl Gateway {
             output,
             urgent,
             data_dir: data_dir.clone(),
+            stats: driver_stats.clone(),
+            #[cfg(feature = "mqtt")]
+            broker: Arc::new(std::sync::Mutex::new(broker)),
         };
         let mut writers = HashMap::new();
         for driver in drivers::build_all(&project) {
@@ -151,6 +164,7 @@ impl Gateway {
             store,
             writers: Arc::new(writers),
             stats,
+            driver_stats,
         };
         let app = api::router(state.clone());
         let api_shutdown = shutdown.clone();

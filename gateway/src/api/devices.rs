@@ -8,8 +8,11 @@ use ferrite_models::value::check_write;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
+use axum::http::StatusCode;
+
 use super::AppState;
 use super::error::ApiError;
+use crate::drivers::Written;
 use crate::live::{Reading, Summary};
 use crate::time::{Micros, parse_rfc3339, rfc3339};
 
@@ -109,7 +112,7 @@ pub async fn write(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
     body: Result<Json<WriteBody>, JsonRejection>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<(StatusCode, Json<Json_>), ApiError> {
     let property = known_property(&state, &id, &name)?;
     let Json(body) = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -128,13 +131,18 @@ pub async fn write(
         )
     })?;
     tracing::info!(device = %id, property = %name, value = %value, "write");
-    writer.write(&name, value).await?;
+    if writer.write(&name, value.clone()).await? == Written::Sent {
+        // The device does not confirm writes: say so, rather than show the
+        // old reading as if it were the new one.
+        let body = serde_json::json!({"value": value, "confirmed": false});
+        return Ok((StatusCode::ACCEPTED, Json(body)));
+    }
     let reading = state
         .live
         .device(&id)
         .and_then(|d| d.readings.get(&name).cloned())
         .ok_or_else(|| ApiError::no_property(&id, &name))?;
-    Ok(Json(reading_json(&reading, Some(property))))
+    Ok((StatusCode::OK, Json(reading_json(&reading, Some(property)))))
 }
 
 /// History query parameters.

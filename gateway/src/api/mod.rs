@@ -43,6 +43,8 @@ pub struct AppState {
     pub writers: Arc<HashMap<String, Arc<dyn DeviceWriter>>>,
     /// Store writer counters.
     pub stats: Arc<WriterStats>,
+    /// Driver counters.
+    pub driver_stats: Arc<crate::drivers::DriverStats>,
 }
 
 /// The router.
@@ -107,6 +109,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             "ferrite_store_failures_total",
             "Failed store writes (retried)",
             s.failures.load(Ordering::Relaxed),
+        ),
+        (
+            "ferrite_malformed_payloads_total",
+            "MQTT and Sparkplug payloads that did not decode",
+            state
+                .driver_stats
+                .malformed_payloads
+                .load(Ordering::Relaxed),
         ),
     ];
     for (name, help, value) in counters {

@@ -9,6 +9,8 @@
 
 #[cfg(feature = "modbus")]
 pub mod modbus;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 
@@ -43,6 +45,28 @@ pub struct DriverContext {
     pub urgent: mpsc::Sender<Update>,
     /// The gateway's data folder (the OPC UA driver keeps its PKI there).
     pub data_dir: PathBuf,
+    /// Counters the API shows in `/metrics`.
+    pub stats: Arc<DriverStats>,
+    /// The embedded broker's link, for the MQTT driver to take.
+    #[cfg(feature = "mqtt")]
+    pub broker: Arc<std::sync::Mutex<Option<crate::broker::BrokerLink>>>,
+}
+
+/// Counters shared by the drivers.
+#[derive(Debug, Default)]
+pub struct DriverStats {
+    /// Payloads that did not decode (MQTT, Sparkplug).
+    pub malformed_payloads: std::sync::atomic::AtomicU64,
+}
+
+/// How far a write got when it succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The device confirmed it, and the new reading is visible.
+    Confirmed,
+    /// The command went out, but the device does not confirm writes (an
+    /// MQTT binding without `confirm`).
+    Sent,
 }
 
 /// Why a device operation failed. "The device refused" and "the link is
@@ -80,15 +104,16 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Writes to one device. The value has already passed the model's checks.
 pub trait DeviceWriter: Send + Sync {
     /// Writes `value` to `property` and returns once the device confirmed it
-    /// and the new reading is visible.
+    /// and the new reading is visible, or, for devices that do not confirm,
+    /// once the command went out.
     fn write<'a>(
         &'a self,
         property: &'a str,
         value: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    ) -> BoxFuture<'a, Result<Written, DriverError>>;
 }
 
-#[cfg(any(feature = "modbus", feature = "opcua"))]
+#[cfg(any(feature = "modbus", feature = "opcua", feature = "mqtt"))]
 /// One device of the project as a driver starts from: its index (which
 /// [`Update`]s carry), name, file and model.
 pub(crate) struct DeviceEntry<'a> {
@@ -98,7 +123,7 @@ pub(crate) struct DeviceEntry<'a> {
     pub model: &'a ferrite_models::DeviceModel,
 }
 
-#[cfg(any(feature = "modbus", feature = "opcua"))]
+#[cfg(any(feature = "modbus", feature = "opcua", feature = "mqtt"))]
 impl DeviceEntry<'_> {
     /// The model's properties with their index, for those that `binding`
     /// picks a binding of.
@@ -117,7 +142,7 @@ impl DeviceEntry<'_> {
     }
 }
 
-#[cfg(any(feature = "modbus", feature = "opcua"))]
+#[cfg(any(feature = "modbus", feature = "opcua", feature = "mqtt"))]
 /// Every device of the project whose model is known.
 pub(crate) fn devices(project: &Project) -> impl Iterator<Item = DeviceEntry<'_>> {
     project
@@ -143,7 +168,7 @@ pub(crate) async fn show_written(
     device: usize,
     property: u16,
     sample: crate::live::Sample,
-) -> Result<(), DriverError> {
+) -> Result<Written, DriverError> {
     let (applied, visible) = tokio::sync::oneshot::channel();
     let update = Update {
         device,
@@ -157,7 +182,8 @@ pub(crate) async fn show_written(
         .send(update)
         .await
         .map_err(|_| DriverError::Stopped)?;
-    visible.await.map_err(|_| DriverError::Stopped)
+    visible.await.map_err(|_| DriverError::Stopped)?;
+    Ok(Written::Confirmed)
 }
 
 /// A protocol driver.
@@ -178,6 +204,8 @@ pub fn build_all(project: &Project) -> Vec<Box<dyn Driver>> {
         |p| modbus::ModbusDriver::build(p).map(|d| Box::new(d) as Box<dyn Driver>),
         #[cfg(feature = "opcua")]
         |p| opcua::OpcuaDriver::build(p).map(|d| Box::new(d) as Box<dyn Driver>),
+        #[cfg(feature = "mqtt")]
+        |p| mqtt::MqttDriver::build(p).map(|d| Box::new(d) as Box<dyn Driver>),
     ];
     builders.iter().filter_map(|build| build(project)).collect()
 }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::link::{LinkHandle, LinkKey, Op, Reply};
 use self::plan::{ReadBlock, plan};
-use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, show_written};
+use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, Written, show_written};
 use crate::live::{Sample, Status, Update};
 use crate::time::now;
 
@@ -276,7 +276,7 @@ impl DeviceWriter for ModbusWriter {
         &'a self,
         property: &'a str,
         value: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    ) -> BoxFuture<'a, Result<Written, DriverError>> {
         Box::pin(async move {
             let device = &self.device;
             let Some(point) = device.points.iter().find(|p| &*p.name == property) else {

@@ -36,7 +36,7 @@ use opcua::types::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, show_written};
+use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, Written, show_written};
 use crate::live::{Sample, Update};
 
 /// One property as the driver sees it.
@@ -284,7 +284,7 @@ impl DeviceWriter for OpcuaWriter {
         &'a self,
         property: &'a str,
         value: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    ) -> BoxFuture<'a, Result<Written, DriverError>> {
         Box::pin(async move {
             let (index, sample) = self.write_value(property, value).await?;
             show_written(&self.output, self.device.index, index, sample).await

@@ -1,0 +1,145 @@
+//! The embedded MQTT broker (rumqttd), started from the `[mqtt]` section.
+//!
+//! MQTT devices, and other local clients such as an HMI, connect to it over
+//! TCP (MQTT 3.1.1) or TLS. The gateway itself does not: it reads and
+//! publishes through rumqttd's in-process link, so the hot path has no
+//! loopback socket, no MQTT encoding and no keep-alive of its own.
+//!
+//! rumqttd's `Broker::start` blocks for good and has no shutdown. It runs on
+//! its own thread; links are made before it starts. When the gateway stops,
+//! its link ends (so nothing is read into a closed store) and the listeners
+//! go with the process. Because a bind failure inside rumqttd is only
+//! logged, every listen address is bound once here first, so that a taken
+//! port fails the start with a clear error.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ferrite_models::config::MqttSection;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
+
+/// The client ID of the gateway's own link.
+pub const GATEWAY_CLIENT: &str = "ferrite-gateway";
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A listen address is taken or not allowed.
+    #[error("the MQTT broker cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// A user's password file cannot be read.
+    #[error("cannot read the password of MQTT user `{0}` from {1}: {2}")]
+    Password(String, PathBuf, std::io::Error),
+    /// The broker refused the gateway's link.
+    #[error("the MQTT broker refused the gateway's link: {0}")]
+    Link(String),
+    /// The broker thread did not start.
+    #[error("cannot start the MQTT broker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The gateway's in-process connection to the broker.
+pub struct BrokerLink {
+    /// Publishes and subscribes.
+    pub tx: LinkTx,
+    /// Receives what the subscriptions match.
+    pub rx: LinkRx,
+}
+
+/// Starts the broker on its own thread and returns the gateway's link.
+/// `resolve` turns paths of the config into absolute ones.
+pub fn start(
+    section: &MqttSection,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<BrokerLink, BrokerError> {
+    let config = broker_config(section, resolve)?;
+    for server in config.v4.iter().flat_map(HashMap::values) {
+        // Bind once so that a taken port is an error here, not a log line
+        // on the broker's thread. The socket closes before rumqttd binds.
+        std::net::TcpListener::bind(server.listen)
+            .map_err(|e| BrokerError::Listen(server.listen, e))?;
+    }
+    let mut broker = rumqttd::Broker::new(config);
+    let (tx, rx) = broker
+        .link(GATEWAY_CLIENT)
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!("the MQTT broker stopped: {e}");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+    tracing::info!(
+        "MQTT broker listening on {}{}",
+        section.listen,
+        section
+            .tls
+            .as_ref()
+            .map(|t| format!(" and {} (TLS)", t.listen))
+            .unwrap_or_default()
+    );
+    Ok(BrokerLink { tx, rx })
+}
+
+/// rumqttd's config for the `[mqtt]` section.
+fn broker_config(
+    section: &MqttSection,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Config, BrokerError> {
+    let mut auth = HashMap::new();
+    for user in &section.users {
+        let path = resolve(&user.password_file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| BrokerError::Password(user.username.clone(), path.clone(), e))?;
+        auth.insert(
+            user.username.clone(),
+            text.trim_end_matches(['\r', '\n']).to_string(),
+        );
+    }
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 5_000,
+        max_payload_size: section.max_payload,
+        max_inflight_count: 100,
+        auth: (!auth.is_empty()).then_some(auth),
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = |name: &str, listen: SocketAddr, tls: Option<TlsConfig>| ServerSettings {
+        name: name.to_string(),
+        listen,
+        tls,
+        next_connection_delay_ms: 0,
+        connections: connections.clone(),
+    };
+    let mut servers = HashMap::from([("plain".to_string(), server("mqtt", section.listen, None))]);
+    if let Some(tls) = &section.tls {
+        let tls_config = TlsConfig::Rustls {
+            capath: None,
+            certpath: resolve(&tls.certificate).display().to_string(),
+            keypath: resolve(&tls.private_key).display().to_string(),
+        };
+        servers.insert(
+            "tls".to_string(),
+            server("mqtt-tls", tls.listen, Some(tls_config)),
+        );
+    }
+    Ok(Config {
+        id: 0,
+        router: RouterConfig {
+            // The gateway's own link counts as a connection.
+            max_connections: section.max_connections + 1,
+            max_outgoing_packet_count: 200,
+            // Every publish sits in an in-memory log per subscription
+            // filter; keep each log within a few MiB on an edge box.
+            max_segment_size: section.max_payload.max(1024 * 1024),
+            max_segment_count: 4,
+            ..RouterConfig::default()
+        },
+        v4: Some(servers),
+        ..Config::default()
+    })
+}

@@ -1,0 +1,293 @@
+//! The MQTT driver: devices that publish to the embedded broker.
+//!
+//! - `ingest`: routing tables and device state; turns each publish (plain
+//!   JSON or bare values, Sparkplug B births, data and deaths, status/LWT
+//!   topics) into readings and status, and each clock tick into timeouts.
+//! - here: the reader task on the broker's in-process link, and writes.
+//!
+//! A write publishes on the property's `command` topic (plain devices) or
+//! as a DCMD/NCMD metric (Sparkplug). With `confirm`, it answers once the
+//! device has published the written value and that reading is stored;
+//! without it, once the broker has taken the command. A write to a device
+//! that is offline is refused rather than published into the void.
+
+mod ingest;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrite_models::sparkplug::{self, MessageType, Topic};
+use ferrite_models::{Project, Value, payload};
+use ferrite_proto::sparkplug::Payload;
+use prost::Message;
+use rumqttd::Notification;
+use rumqttd::local::{LinkRx, LinkTx};
+use tokio::sync::oneshot;
+
+use self::ingest::{Ingest, Outcome, Waiter, unix_ms};
+use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, Written};
+use crate::live::Status;
+
+/// How often timeouts are checked.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The MQTT driver.
+pub struct MqttDriver {
+    ingest: Ingest,
+}
+
+impl MqttDriver {
+    /// A driver for the project's MQTT devices, if it has any.
+    pub fn build(project: &Project) -> Option<Self> {
+        let ingest = Ingest::new(project);
+        (!ingest.devices.is_empty()).then_some(MqttDriver { ingest })
+    }
+}
+
+/// What the reader task and the writers share.
+struct Shared {
+    ingest: Mutex<Ingest>,
+    link: Mutex<LinkTx>,
+}
+
+impl Shared {
+    fn ingest(&self) -> std::sync::MutexGuard<'_, Ingest> {
+        self.ingest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DriverError> {
+        self.link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .publish(topic, payload)
+            .map(|_| ())
+            .map_err(|e| DriverError::Unreachable(format!("the broker link failed: {e}")))
+    }
+}
+
+impl Driver for MqttDriver {
+    fn name(&self) -> &'static str {
+        "MQTT"
+    }
+
+    fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>> {
+        let link = ctx
+            .broker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(link) = link else {
+            tracing::error!("MQTT devices are configured but the broker is not running");
+            return HashMap::new();
+        };
+        let names: Vec<(usize, String)> = self
+            .ingest
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(slot, d)| (slot, d.name.to_string()))
+            .collect();
+        let mut tx = link.tx;
+        if let Err(e) = tx.subscribe("#") {
+            tracing::error!("cannot subscribe the gateway's broker link: {e}");
+        }
+        let shared = Arc::new(Shared {
+            ingest: Mutex::new(self.ingest),
+            link: Mutex::new(tx),
+        });
+        ctx.tasks.spawn(read(shared.clone(), link.rx, ctx.clone()));
+        names
+            .into_iter()
+            .map(|(slot, name)| {
+                let writer = MqttWriter {
+                    shared: shared.clone(),
+                    slot,
+                };
+                (name, Arc::new(writer) as Arc<dyn DeviceWriter>)
+            })
+            .collect()
+    }
+}
+
+/// The reader: every publish the broker routes to the gateway, and a clock
+/// for timeouts, until shutdown.
+async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
+    let initial = shared.ingest().initial();
+    for u in initial {
+        if ctx.output.send(u).await.is_err() {
+            return;
+        }
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let outcome = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => shared.ingest().tick(Instant::now()),
+            next = rx.next() => match next {
+                Ok(Some(Notification::Forward(f))) => {
+                    let topic = String::from_utf8_lossy(&f.publish.topic);
+                    shared.ingest().publish(&topic, &f.publish.payload, Instant::now())
+                }
+                // The router paused us because our buffer was full: ask for more.
+                Ok(Some(Notification::Unschedule)) => {
+                    if let Err(e) = rx.wake().await {
+                        tracing::error!("the broker link failed: {e}");
+                        return;
+                    }
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!("the broker link failed, MQTT devices stop updating: {e}");
+                    return;
+                }
+            },
+        };
+        if deliver(&shared, outcome, &ctx).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends an outcome's updates to the store, answers confirmed writes once
+/// they are visible, and makes its publishes.
+async fn deliver(shared: &Shared, outcome: Outcome, ctx: &DriverContext) -> Result<(), ()> {
+    if outcome.malformed > 0 {
+        ctx.stats
+            .malformed_payloads
+            .fetch_add(outcome.malformed, Ordering::Relaxed);
+    }
+    for (topic, body) in outcome.publish {
+        if let Err(e) = shared.publish(topic, body) {
+            tracing::warn!("{e}");
+        }
+    }
+    let last = outcome.updates.len().checked_sub(1);
+    let mut confirmed = Some(outcome.confirmed).filter(|c| !c.is_empty());
+    for (i, mut u) in outcome.updates.into_iter().enumerate() {
+        if Some(i) == last
+            && let Some(writes) = confirmed.take()
+        {
+            let (applied, visible) = oneshot::channel();
+            u.applied = Some(applied);
+            tokio::spawn(answer(visible, writes));
+        }
+        ctx.output.send(u).await.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+async fn answer(visible: oneshot::Receiver<()>, writes: Vec<oneshot::Sender<()>>) {
+    let _ = visible.await;
+    for w in writes {
+        let _ = w.send(());
+    }
+}
+
+/// Writes to one MQTT device.
+struct MqttWriter {
+    shared: Arc<Shared>,
+    slot: usize,
+}
+
+impl MqttWriter {
+    /// The command's topic and payload, and how long to wait for the
+    /// confirmation, checked against the device's state.
+    fn command(
+        &self,
+        property: &str,
+        value: &Value,
+    ) -> Result<(usize, String, Vec<u8>, Option<Duration>), DriverError> {
+        let ingest = self.shared.ingest();
+        let d = &ingest.devices[self.slot];
+        let (point, p) = d
+            .points
+            .iter()
+            .enumerate()
+            .find(|(_, p)| &*p.name == property)
+            .ok_or_else(|| DriverError::Refused(format!("`{property}` has no MQTT binding")))?;
+        if d.status != Status::Online {
+            return Err(DriverError::Unreachable(format!(
+                "`{}` is offline ({}); the command was not sent",
+                d.name, d.why
+            )));
+        }
+        let confirm = p.binding.confirm.map(|s| s.get());
+        if let Some(sp) = &d.sparkplug {
+            let datatype = d
+                .datatypes
+                .get(&point)
+                .copied()
+                .unwrap_or_else(|| sparkplug::datatype_for(p.ty));
+            let mut metric =
+                sparkplug::metric_of(datatype, value).map_err(DriverError::Rejected)?;
+            metric.name.clone_from(&p.binding.metric);
+            metric.timestamp = Some(unix_ms());
+            let body = Payload {
+                timestamp: Some(unix_ms()),
+                metrics: vec![metric],
+                ..Payload::default()
+            };
+            let kind = if sp.device.is_some() {
+                MessageType::DCmd
+            } else {
+                MessageType::NCmd
+            };
+            let topic = Topic {
+                group: &sp.group,
+                kind,
+                node: &sp.node,
+                device: sp.device.as_deref(),
+            };
+            return Ok((point, topic.render(), body.encode_to_vec(), confirm));
+        }
+        let Some(command) = &p.binding.command else {
+            return Err(DriverError::Denied(format!(
+                "the model gives `{property}` no command topic, so it cannot be written over MQTT"
+            )));
+        };
+        let body = payload::encode(p.binding.json.as_ref(), value);
+        Ok((point, command.render(&d.name), body, confirm))
+    }
+}
+
+impl DeviceWriter for MqttWriter {
+    fn write<'a>(
+        &'a self,
+        property: &'a str,
+        value: Value,
+    ) -> BoxFuture<'a, Result<Written, DriverError>> {
+        Box::pin(async move {
+            let (point, topic, body, confirm) = self.command(property, &value)?;
+            let Some(confirm) = confirm else {
+                self.shared.publish(topic, body)?;
+                return Ok(Written::Sent);
+            };
+            // Wait from before the publish, so a quick answer is not missed.
+            let (done, confirmed) = oneshot::channel();
+            self.shared
+                .ingest()
+                .waiters
+                .push((self.slot, Waiter { point, value, done }));
+            self.shared.publish(topic, body)?;
+            match tokio::time::timeout(confirm, confirmed).await {
+                Ok(Ok(())) => Ok(Written::Confirmed),
+                Ok(Err(_)) => Err(DriverError::Stopped),
+                Err(_) => {
+                    // Ours was dropped with the timeout; so were any others
+                    // that gave up.
+                    self.shared
+                        .ingest()
+                        .waiters
+                        .retain(|(_, w)| !w.done.is_closed());
+                    Err(DriverError::Timeout(confirm))
+                }
+            }
+        })
+    }
+}
