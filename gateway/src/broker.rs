@@ -55,6 +55,16 @@ pub fn start(
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<BrokerLink, BrokerError> {
     let config = broker_config(section, resolve)?;
+    let first_login = section.users.first().and_then(|u| {
+        let auth = config
+            .v4
+            .as_ref()?
+            .get("plain")?
+            .connections
+            .auth
+            .as_ref()?;
+        Some((u.username.clone(), auth.get(&u.username)?.clone()))
+    });
     for server in config.v4.iter().flat_map(HashMap::values) {
         // Bind once so that a taken port is an error here, not a log line
         // on the broker's thread. The socket closes before rumqttd binds.
@@ -73,6 +83,11 @@ pub fn start(
             }
         })
         .map_err(BrokerError::Thread)?;
+    // Only the plain listener is probed: the TLS one starts alongside it.
+    wait_until_serving(
+        section.listen,
+        first_login.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+    );
     tracing::info!(
         "MQTT broker listening on {}{}",
         section.listen,
@@ -83,6 +98,75 @@ pub fn start(
             .unwrap_or_default()
     );
     Ok(BrokerLink { tx, rx })
+}
+
+/// Waits (up to 5 s) until rumqttd's thread serves `addr`, so that the
+/// gateway counts as started only once clients can connect. The probe is a
+/// real MQTT 3.1.1 CONNECT (as the first configured user) and DISCONNECT, so
+/// rumqttd sees a well-behaved client rather than logging a broken one.
+fn wait_until_serving(addr: SocketAddr, login: Option<(&str, &str)>) {
+    if addr.port() == 0 {
+        return;
+    }
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    for _ in 0..250 {
+        if probe(target, login).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    tracing::warn!("the MQTT broker did not answer on {addr} within 5 s");
+}
+
+fn probe(addr: SocketAddr, login: Option<(&str, &str)>) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_millis(500);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(u16::MAX).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    // Variable header: protocol name, level 4, flags, keep-alive 5 s.
+    let mut body = Vec::new();
+    field(&mut body, b"MQTT");
+    let flags = if login.is_some() {
+        0b1100_0010
+    } else {
+        0b0000_0010
+    };
+    body.extend_from_slice(&[4, flags, 0, 5]);
+    field(&mut body, b"ferrite-gateway-probe");
+    if let Some((user, password)) = login {
+        field(&mut body, user.as_bytes());
+        field(&mut body, password.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    stream.write_all(&[0xe0, 0x00])?;
+    if connack[0] == 0x20 && connack[3] == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("the broker refused the probe"))
+    }
 }
 
 /// rumqttd's config for the `[mqtt]` section.
