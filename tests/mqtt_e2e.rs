@@ -111,11 +111,8 @@ impl Client {
     async fn next_publish(&mut self, limit: Duration) -> Option<(String, Vec<u8>)> {
         let wait = async {
             loop {
-                match self.events.recv().await? {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        return Some((p.topic, p.payload.to_vec()));
-                    }
-                    _ => {}
+                if let Ok(Event::Incoming(Packet::Publish(p))) = self.events.recv().await? {
+                    return Some((p.topic, p.payload.to_vec()));
                 }
             }
         };
