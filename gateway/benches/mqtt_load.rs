@@ -1,0 +1,177 @@
+//! Load benchmark: many MQTT devices publishing JSON to the embedded broker
+//! of a `ferrite run` process. Prints figures; asserts nothing.
+//!
+//! ```sh
+//! cargo bench -p ferrite-gateway --bench mqtt_load
+//! # other sizes: PUBLISHERS=200 INTERVAL_MS=10 SECONDS=10 cargo bench ...
+//! ```
+//!
+//! Setup: PUBLISHERS rumqttc clients (in this process; the gateway runs in
+//! its own, so the figures are the gateway's alone), one device each, each
+//! publishing `{"v": N}` (N always new) on its own topic every INTERVAL_MS,
+//! QoS 0, over loopback TCP.
+//!
+//! Figures: messages/s published and ingested (the gateway's own sample
+//! counter), the gateway's CPU and RSS, and the latency from a publish to
+//! the new value in the REST API (a probe device, published to and polled
+//! for while the load runs).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+mod common;
+use common::{
+    env, metric, percentile, print_usage, project_dir, spawn_gateway, stop_gateway, wait_online,
+};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let publishers = env("PUBLISHERS", 1000).max(1);
+    let interval_ms = env("INTERVAL_MS", 100).max(1);
+    let seconds = env("SECONDS", 20);
+    println!(
+        "mqtt_load: {publishers} publishers, one JSON message each every {interval_ms} ms, {seconds} s window"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let dir = project_dir();
+    let root = dir.path();
+    let mut config = std::fs::read_to_string(root.join("ferrite.toml")).expect("config");
+    let _ = write!(
+        config,
+        "[mqtt]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = {}\n",
+        publishers + 16
+    );
+    std::fs::write(root.join("ferrite.toml"), config).expect("config");
+    std::fs::write(
+        root.join("models/m.yaml"),
+        "kind: DeviceModel\nname: m\nproperties:\n  v: { type: int, mqtt: { topic: \"b/{device}/state\", json: /v } }\n",
+    )
+    .expect("model");
+    for n in 0..=publishers {
+        let name = if n == publishers {
+            "probe".to_string()
+        } else {
+            format!("d{n}")
+        };
+        std::fs::write(
+            root.join(format!("devices/{name}.yaml")),
+            format!("kind: Device\nname: {name}\nmodel: m\nmqtt: {{}}\n"),
+        )
+        .expect("device");
+    }
+
+    let (mut child, gw, base) = spawn_gateway(root);
+    let http = reqwest::Client::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(0));
+    for n in 0..publishers {
+        let stop = stop.clone();
+        let published = published.clone();
+        tokio::spawn(async move {
+            let mut options = MqttOptions::new(format!("bench-{n}"), "127.0.0.1", port);
+            options.set_keep_alive(Duration::from_secs(30));
+            let (client, mut events) = AsyncClient::new(options, 64);
+            tokio::spawn(async move { drive(&mut events).await });
+            // Spread the publishers over the interval.
+            tokio::time::sleep(Duration::from_millis(
+                (n * interval_ms / publishers.max(1)) as u64,
+            ))
+            .await;
+            let mut tick = tokio::time::interval(Duration::from_millis(interval_ms as u64));
+            let mut value: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                value += 1;
+                let body = format!("{{\"v\": {value}}}");
+                if client
+                    .try_publish(format!("b/d{n}/state"), QoS::AtMostOnce, false, body)
+                    .is_ok()
+                {
+                    published.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    wait_online(&http, &base, publishers).await;
+
+    let mut probe_options = MqttOptions::new("bench-probe", "127.0.0.1", port);
+    probe_options.set_keep_alive(Duration::from_secs(30));
+    let (probe, mut probe_events) = AsyncClient::new(probe_options, 16);
+    tokio::spawn(async move { drive(&mut probe_events).await });
+
+    let t0 = Instant::now();
+    let cpu0 = gw.cpu_ticks();
+    let samples0 = metric(&http, &base, "ferrite_samples_total").await;
+    let published0 = published.load(Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut probe_value: i64 = 0;
+    while t0.elapsed() < Duration::from_secs(seconds as u64) {
+        probe_value += 1;
+        let sent = Instant::now();
+        let _ = probe
+            .publish(
+                "b/probe/state",
+                QoS::AtMostOnce,
+                false,
+                format!("{{\"v\": {probe_value}}}"),
+            )
+            .await;
+        loop {
+            let url = format!("{base}/api/v1/devices/probe/properties/v");
+            let seen = match http.get(&url).send().await {
+                Ok(res) => res
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["value"].as_i64()),
+                Err(_) => None,
+            };
+            if seen == Some(probe_value) {
+                latencies.push(sent.elapsed());
+                break;
+            }
+            if sent.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let samples = metric(&http, &base, "ferrite_samples_total").await - samples0;
+    let sent = published.load(Ordering::Relaxed) - published0;
+    stop.store(true, Ordering::Relaxed);
+    latencies.sort();
+    println!(
+        "published               {:>9.0} msg/s",
+        sent as f64 / elapsed
+    );
+    println!("ingested                {:>9.0} msg/s", samples / elapsed);
+    print_usage(&gw, cpu0, elapsed);
+    println!(
+        "publish -> REST value   p50 {:?}, p99 {:?}, max {:?} ({} probes, {} lost)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
+        latencies.len(),
+        probe_value as usize - latencies.len()
+    );
+    stop_gateway(&mut child);
+}
+
+/// Polls a client's event loop until the process ends; after an error
+/// (the broker not up yet), retries after a pause.
+async fn drive(events: &mut rumqttc::EventLoop) {
+    loop {
+        if events.poll().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
