@@ -7,7 +7,7 @@
 //! does not fit the property's type is an error, never a guess.
 
 use crate::model::{JsonPointer, ValueType};
-use crate::value::Value;
+use crate::value::{Value, whole_number};
 
 /// Why a payload gave no reading.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -143,9 +143,7 @@ fn number(ty: ValueType, f: f64, exact: Option<i64>) -> Option<Value> {
     }
     match ty {
         ValueType::Float => Some(Value::Float(f)),
-        ValueType::Int => exact
-            .or_else(|| (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64))
-            .map(Value::Int),
+        ValueType::Int => exact.or_else(|| whole_number(f)).map(Value::Int),
         ValueType::Bool if f == 0.0 => Some(Value::Bool(false)),
         ValueType::Bool if f == 1.0 => Some(Value::Bool(true)),
         _ => None,

@@ -12,7 +12,7 @@ use ferrite_proto::sparkplug::datatype as dt;
 use ferrite_proto::sparkplug::payload::{Metric, metric};
 
 use crate::model::ValueType;
-use crate::value::Value;
+use crate::value::{Value, whole_number};
 
 /// The topic namespace of Sparkplug B.
 pub const NAMESPACE: &str = "spBv1.0";
@@ -174,9 +174,7 @@ fn coerce(value: Value, ty: ValueType) -> Result<Value, String> {
         (ValueType::Float, Value::Float(f)) if f.is_finite() => Value::Float(f),
         (ValueType::Float, Value::Int(i)) => Value::Float(i as f64),
         (ValueType::Int, Value::Int(i)) => Value::Int(i),
-        (ValueType::Int, Value::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
-            Value::Int(f as i64)
-        }
+        (ValueType::Int, Value::Float(f)) if whole_number(f).is_some() => Value::Int(f as i64),
         (ValueType::Bool, Value::Bool(b)) => Value::Bool(b),
         (ValueType::String, Value::String(s)) => Value::String(s),
         (ValueType::String, other) => Value::String(other.to_string()),

@@ -51,6 +51,12 @@ impl fmt::Display for Value {
     }
 }
 
+/// A float that is a whole number, as an int: 40.0 is an integer written as
+/// a float, 40.5 is not. Only below 9e15, where every whole float is exact.
+pub fn whole_number(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+}
+
 /// Why a value may not be written to a property.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WriteCheckError {
@@ -100,11 +106,7 @@ pub fn check_write(
         (ValueType::Bool, serde_json::Value::Bool(b)) => Value::Bool(*b),
         (ValueType::Int, serde_json::Value::Number(n)) => match n.as_i64() {
             Some(i) => Value::Int(i),
-            // 40.0 is an integer written as a float; 40.5 is not.
-            None => match n.as_f64() {
-                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::Int(f as i64),
-                _ => return Err(wrong()),
-            },
+            None => Value::Int(n.as_f64().and_then(whole_number).ok_or_else(wrong)?),
         },
         (ValueType::Float, serde_json::Value::Number(n)) => {
             Value::Float(n.as_f64().ok_or_else(wrong)?)
