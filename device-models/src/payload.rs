@@ -65,27 +65,25 @@ pub fn decode(
 /// one, the bare value as text.
 pub fn encode(pointer: Option<&JsonPointer>, value: &Value) -> Vec<u8> {
     match pointer {
-        Some(pointer) => {
-            let mut doc = to_json(value);
-            // Build from the innermost key outwards.
-            for token in pointer
-                .0
-                .split('/')
-                .skip(1)
-                .collect::<Vec<_>>()
-                .iter()
-                .rev()
-            {
-                let key = token.replace("~1", "/").replace("~0", "~");
-                doc = serde_json::Value::Object(std::iter::once((key, doc)).collect());
-            }
-            doc.to_string().into_bytes()
-        }
+        Some(pointer) => document(pointer, value).to_string().into_bytes(),
         None => match value {
             Value::String(s) => s.clone().into_bytes(),
             other => other.to_string().into_bytes(),
         },
     }
+}
+
+/// The JSON document that holds `value` at `pointer`: `/a/b` gives
+/// `{"a":{"b":V}}`, the empty pointer the bare JSON value.
+pub fn document(pointer: &JsonPointer, value: &Value) -> serde_json::Value {
+    let mut doc = to_json(value);
+    // Build from the innermost key outwards.
+    let tokens: Vec<&str> = pointer.0.split('/').skip(1).collect();
+    for token in tokens.iter().rev() {
+        let key = token.replace("~1", "/").replace("~0", "~");
+        doc = serde_json::Value::Object(std::iter::once((key, doc)).collect());
+    }
+    doc
 }
 
 fn to_json(value: &Value) -> serde_json::Value {

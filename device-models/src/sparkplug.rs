@@ -11,6 +11,7 @@
 use ferrite_proto::sparkplug::datatype as dt;
 use ferrite_proto::sparkplug::payload::{Metric, metric};
 
+use crate::device::Sparkplug;
 use crate::model::ValueType;
 use crate::value::{Value, whole_number};
 
@@ -67,6 +68,42 @@ impl MessageType {
         })
     }
 
+    /// The same message for a device (`true`: NBIRTH becomes DBIRTH, ...)
+    /// or for a node (`false`: DDATA becomes NDATA, ...).
+    pub fn for_device(self, device: bool) -> Self {
+        use MessageType::*;
+        match self {
+            NBirth | DBirth => {
+                if device {
+                    DBirth
+                } else {
+                    NBirth
+                }
+            }
+            NDeath | DDeath => {
+                if device {
+                    DDeath
+                } else {
+                    NDeath
+                }
+            }
+            NData | DData => {
+                if device {
+                    DData
+                } else {
+                    NData
+                }
+            }
+            NCmd | DCmd => {
+                if device {
+                    DCmd
+                } else {
+                    NCmd
+                }
+            }
+        }
+    }
+
     /// Whether the message concerns a device behind the node.
     pub fn is_device(self) -> bool {
         matches!(
@@ -110,6 +147,29 @@ impl<'a> Topic<'a> {
             node,
             device,
         })
+    }
+
+    /// The topic of a `kind` message about `sp`: the device's (DBIRTH,
+    /// DDATA, ...) when `sp` names a device, else the node's.
+    pub fn of(sp: &'a Sparkplug, kind: MessageType) -> Self {
+        let device = sp.device.as_deref();
+        Topic {
+            group: &sp.group,
+            kind: kind.for_device(device.is_some()),
+            node: &sp.node,
+            device,
+        }
+    }
+
+    /// The topic of a `kind` message of the edge node that `sp` sits behind
+    /// (NBIRTH, NDEATH, NCMD, ...), whether or not `sp` names a device.
+    pub fn node_of(sp: &'a Sparkplug, kind: MessageType) -> Self {
+        Topic {
+            group: &sp.group,
+            kind: kind.for_device(false),
+            node: &sp.node,
+            device: None,
+        }
     }
 
     /// The topic text.
@@ -247,6 +307,27 @@ mod tests {
         assert_eq!(t.render(), "spBv1.0/plant/DDATA/edge-1/boiler");
         let n = Topic::parse("spBv1.0/plant/NBIRTH/edge-1").expect("an NBIRTH topic");
         assert_eq!(n.device, None);
+        let dev = Sparkplug {
+            group: "g".into(),
+            node: "n".into(),
+            device: Some("d".into()),
+        };
+        assert_eq!(
+            Topic::of(&dev, MessageType::NCmd).render(),
+            "spBv1.0/g/DCMD/n/d"
+        );
+        assert_eq!(
+            Topic::node_of(&dev, MessageType::DDeath).render(),
+            "spBv1.0/g/NDEATH/n"
+        );
+        let node = Sparkplug {
+            device: None,
+            ..dev
+        };
+        assert_eq!(
+            Topic::of(&node, MessageType::DData).render(),
+            "spBv1.0/g/NDATA/n"
+        );
         for bad in [
             "spBv1.0/plant/NBIRTH/edge-1/dev",
             "spBv1.0/plant/DDATA/edge-1",

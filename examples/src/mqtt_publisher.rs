@@ -23,6 +23,7 @@ use ferrite_models::model::{MqttBinding, ValueType};
 use ferrite_models::sparkplug::{self, MessageType, Topic};
 use ferrite_models::{Project, Value, payload};
 use ferrite_proto::sparkplug::Payload;
+use ferrite_proto::sparkplug::datatype as dt;
 use ferrite_proto::sparkplug::payload::Metric;
 use prost::Message;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
@@ -271,7 +272,7 @@ fn will(sim: &MqttSim, client: &Client, node: Option<&Sparkplug>, bd_seq: u64) -
             metrics: vec![bd_seq_metric(bd_seq)],
             ..Payload::default()
         };
-        let topic = spb_topic(sp, MessageType::NDeath, None);
+        let topic = Topic::node_of(sp, MessageType::NDeath).render();
         return Some(LastWill::new(
             topic,
             death.encode_to_vec(),
@@ -302,7 +303,10 @@ fn announce(
     let devices = lock(&sim.devices);
     match node {
         Some(sp) => {
-            let _ = mqtt.try_subscribe(spb_topic(sp, MessageType::NCmd, None), QoS::AtLeastOnce);
+            let _ = mqtt.try_subscribe(
+                Topic::node_of(sp, MessageType::NCmd).render(),
+                QoS::AtLeastOnce,
+            );
             let _ = mqtt.try_subscribe(
                 format!("{}/{}/DCMD/{}/+", sparkplug::NAMESPACE, sp.group, sp.node),
                 QoS::AtLeastOnce,
@@ -339,41 +343,30 @@ fn births(devices: &[SimDevice], client: &Client, mqtt: &AsyncClient, sp: &Spark
     let mut device_births = Vec::new();
     for &slot in &client.devices {
         let d = &devices[slot];
-        let metrics: Vec<Metric> = d
-            .points
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let mut m = metric(p)?;
-                m.name.clone_from(&p.binding.metric);
-                m.alias = Some(i as u64 + 1);
-                Some(m)
-            })
-            .collect();
-        match &d.sparkplug.as_ref().and_then(|s| s.device.clone()) {
-            Some(id) => device_births.push((id.clone(), metrics)),
-            None => node_metrics.extend(metrics),
+        let metrics = d.points.iter().enumerate().filter_map(|(i, p)| {
+            let mut m = metric(p, i)?;
+            m.name.clone_from(&p.binding.metric);
+            Some(m)
+        });
+        match &d.sparkplug {
+            Some(own) if own.device.is_some() => device_births.push((own, metrics.collect())),
+            _ => node_metrics.extend(metrics),
         }
     }
-    let birth = |metrics, seq| Payload {
-        timestamp: Some(unix_ms()),
-        metrics,
-        seq: Some(seq),
-        ..Payload::default()
+    let birth = |metrics, seq| {
+        Payload {
+            timestamp: Some(unix_ms()),
+            metrics,
+            seq: Some(seq),
+            ..Payload::default()
+        }
+        .encode_to_vec()
     };
-    let _ = mqtt.try_publish(
-        spb_topic(sp, MessageType::NBirth, None),
-        QoS::AtMostOnce,
-        false,
-        birth(node_metrics, 0).encode_to_vec(),
-    );
-    for (i, (id, metrics)) in device_births.into_iter().enumerate() {
-        let _ = mqtt.try_publish(
-            spb_topic(sp, MessageType::DBirth, Some(&id)),
-            QoS::AtMostOnce,
-            false,
-            birth(metrics, i as u64 + 1).encode_to_vec(),
-        );
+    let topic = Topic::node_of(sp, MessageType::NBirth).render();
+    let _ = mqtt.try_publish(topic, QoS::AtMostOnce, false, birth(node_metrics, 0));
+    for (seq, (own, metrics)) in (1..).zip(device_births) {
+        let topic = Topic::of(own, MessageType::DBirth).render();
+        let _ = mqtt.try_publish(topic, QoS::AtMostOnce, false, birth(metrics, seq));
     }
 }
 
@@ -393,65 +386,45 @@ fn publish_state(
         }
         let d = &devices[slot];
         let chosen = |i: usize| only.is_none_or(|(_, p)| p == i);
-        if let Some(sp) = node {
-            let metrics: Vec<Metric> = d
+        if let Some(own) = node.and(d.sparkplug.as_ref()) {
+            let metrics = d
                 .points
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| chosen(*i))
-                .filter_map(|(i, p)| {
-                    let mut m = metric(p)?;
-                    m.alias = Some(i as u64 + 1);
-                    Some(m)
-                })
+                .filter_map(|(i, p)| metric(p, i))
                 .collect();
-            let device = d.sparkplug.as_ref().and_then(|s| s.device.as_deref());
-            let kind = if device.is_some() {
-                MessageType::DData
-            } else {
-                MessageType::NData
-            };
             let body = Payload {
                 timestamp: Some(unix_ms()),
                 metrics,
                 ..Payload::default()
             };
-            let _ = mqtt.try_publish(
-                spb_topic(sp, kind, device),
-                QoS::AtMostOnce,
-                false,
-                body.encode_to_vec(),
-            );
+            let topic = Topic::of(own, MessageType::NData).render();
+            let _ = mqtt.try_publish(topic, QoS::AtMostOnce, false, body.encode_to_vec());
             continue;
         }
         // Plain: one payload per topic, JSON pointers merged.
-        let mut by_topic: indexmap::IndexMap<String, Option<serde_json::Value>> =
-            indexmap::IndexMap::new();
+        let mut by_topic: indexmap::IndexMap<String, serde_json::Value> = indexmap::IndexMap::new();
         for (_, p) in d.points.iter().enumerate().filter(|(i, _)| chosen(*i)) {
             let Some(topic) = &p.binding.topic else {
                 continue;
             };
             let topic = topic.render(&d.name);
-            let body = payload::encode(p.binding.json.as_ref(), &p.value);
-            match (
-                &p.binding.json,
-                serde_json::from_slice::<serde_json::Value>(&body),
-            ) {
-                (Some(_), Ok(doc)) => {
-                    let merged = by_topic.entry(topic).or_insert(Some(serde_json::json!({})));
-                    if let Some(m) = merged {
-                        merge(m, doc);
-                    }
+            match &p.binding.json {
+                Some(pointer) => {
+                    let merged = by_topic
+                        .entry(topic)
+                        .or_insert_with(|| serde_json::json!({}));
+                    merge(merged, payload::document(pointer, &p.value));
                 }
-                _ => {
+                None => {
+                    let body = payload::encode(None, &p.value);
                     let _ = mqtt.try_publish(topic, QoS::AtMostOnce, false, body);
                 }
             }
         }
         for (topic, doc) in by_topic {
-            if let Some(doc) = doc {
-                let _ = mqtt.try_publish(topic, QoS::AtMostOnce, false, doc.to_string());
-            }
+            let _ = mqtt.try_publish(topic, QoS::AtMostOnce, false, doc.to_string());
         }
     }
 }
@@ -548,37 +521,23 @@ fn command(
     }
 }
 
-fn metric(p: &Point) -> Option<Metric> {
-    let datatype = sparkplug::datatype_for(p.ty);
-    let datatype = if datatype == ferrite_proto::sparkplug::datatype::DOUBLE {
+/// Point `i`'s current value as a metric with alias `i + 1`.
+fn metric(p: &Point, i: usize) -> Option<Metric> {
+    let datatype = match sparkplug::datatype_for(p.ty) {
         // Like many PLCs, publish 32-bit floats.
-        ferrite_proto::sparkplug::datatype::FLOAT
-    } else {
-        datatype
+        dt::DOUBLE => dt::FLOAT,
+        other => other,
     };
-    sparkplug::metric_of(datatype, &p.value).ok()
+    let mut m = sparkplug::metric_of(datatype, &p.value).ok()?;
+    m.alias = Some(i as u64 + 1);
+    Some(m)
 }
 
 fn bd_seq_metric(bd_seq: u64) -> Metric {
-    let mut m = Metric {
-        name: Some("bdSeq".into()),
-        ..Metric::default()
-    };
-    m.datatype = Some(ferrite_proto::sparkplug::datatype::INT64);
-    m.value = Some(ferrite_proto::sparkplug::payload::metric::Value::LongValue(
-        bd_seq,
-    ));
+    let seq = Value::Int(i64::try_from(bd_seq).unwrap_or(0));
+    let mut m = sparkplug::metric_of(dt::INT64, &seq).unwrap_or_default();
+    m.name = Some("bdSeq".into());
     m
-}
-
-fn spb_topic(sp: &Sparkplug, kind: MessageType, device: Option<&str>) -> String {
-    Topic {
-        group: &sp.group,
-        kind,
-        node: &sp.node,
-        device,
-    }
-    .render()
 }
 
 fn unix_ms() -> u64 {

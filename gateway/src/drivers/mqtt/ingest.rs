@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferrite_models::device::Sparkplug;
 use ferrite_models::model::{JsonPointer, MqttBinding, ValueType};
 use ferrite_models::payload;
 use ferrite_models::sparkplug::{self, MessageType, Topic};
@@ -35,14 +36,6 @@ pub(super) struct Point {
     pub binding: MqttBinding,
 }
 
-/// Where a Sparkplug device sits.
-#[derive(Debug, Clone)]
-pub(super) struct SparkplugAddress {
-    pub group: String,
-    pub node: String,
-    pub device: Option<String>,
-}
-
 /// One MQTT device's state.
 #[derive(Debug)]
 pub(super) struct DeviceState {
@@ -50,7 +43,7 @@ pub(super) struct DeviceState {
     /// Its index in the project, as [`Update`]s carry it.
     pub index: usize,
     pub points: Vec<Point>,
-    pub sparkplug: Option<SparkplugAddress>,
+    pub sparkplug: Option<Sparkplug>,
     /// Offline after this long without a publish.
     timeout: Option<Duration>,
     last_seen: Option<Instant>,
@@ -94,20 +87,32 @@ pub(super) struct Outcome {
     pub malformed: u64,
 }
 
+/// A device's status topic: which payload means what.
+#[derive(Debug)]
+struct StatusTopic {
+    slot: usize,
+    online: String,
+    offline: String,
+}
+
 /// The routing tables and every MQTT device's state.
 pub(super) struct Ingest {
     pub devices: Vec<DeviceState>,
-    /// Plain topic → (device slot, point).
-    topics: HashMap<String, Vec<(usize, usize)>>,
-    /// Status topic → (device slot, online payload, offline payload).
-    status: HashMap<String, Vec<(usize, String, String)>>,
-    nodes: HashMap<(String, String), Node>,
+    /// Plain topic → (device slot, point), grouped by device. Shared, so
+    /// that routing a publish copies no table.
+    topics: HashMap<String, Arc<[(usize, usize)]>>,
+    /// Status topic → the devices announcing themselves there.
+    status: HashMap<String, Arc<[StatusTopic]>>,
+    /// Group ID → edge node ID → node, looked up without allocating.
+    nodes: HashMap<String, HashMap<String, Node>>,
     pub waiters: Vec<(usize, Waiter)>,
 }
 
 impl Ingest {
     /// The tables for every MQTT device of `project`.
     pub fn new(project: &Project) -> Self {
+        let mut topics: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        let mut status: HashMap<String, Vec<StatusTopic>> = HashMap::new();
         let mut ingest = Ingest {
             devices: Vec::new(),
             topics: HashMap::new(),
@@ -133,49 +138,36 @@ impl Ingest {
                 if let Some(topic) = &point.binding.topic {
                     let topic = topic.render(entry.name);
                     listens.push(topic.clone());
-                    ingest.topics.entry(topic).or_default().push((slot, i));
+                    topics.entry(topic).or_default().push((slot, i));
                 }
             }
-            if let Some(status) = &mqtt.status {
-                ingest
-                    .status
-                    .entry(status.topic.render(entry.name))
+            if let Some(s) = &mqtt.status {
+                status
+                    .entry(s.topic.render(entry.name))
                     .or_default()
-                    .push((slot, status.online.clone(), status.offline.clone()));
+                    .push(StatusTopic {
+                        slot,
+                        online: s.online.clone(),
+                        offline: s.offline.clone(),
+                    });
             }
-            let sparkplug = mqtt.sparkplug.as_ref().map(|sp| {
+            if let Some(sp) = &mqtt.sparkplug {
                 let node = ingest
                     .nodes
-                    .entry((sp.group.clone(), sp.node.clone()))
+                    .entry(sp.group.clone())
+                    .or_default()
+                    .entry(sp.node.clone())
                     .or_default();
                 node.members.insert(sp.device.clone(), slot);
-                let kind = if sp.device.is_some() {
-                    MessageType::DBirth
-                } else {
-                    MessageType::NBirth
-                };
-                listens.push(
-                    Topic {
-                        group: &sp.group,
-                        kind,
-                        node: &sp.node,
-                        device: sp.device.as_deref(),
-                    }
-                    .render(),
-                );
-                SparkplugAddress {
-                    group: sp.group.clone(),
-                    node: sp.node.clone(),
-                    device: sp.device.clone(),
-                }
-            });
+                listens.push(Topic::of(sp, MessageType::NBirth).render());
+            }
             listens.sort();
             listens.dedup();
             ingest.devices.push(DeviceState {
                 name: entry.name.into(),
                 index: entry.index,
                 points,
-                sparkplug,
+                sparkplug: mqtt.sparkplug.clone(),
                 timeout: device.mqtt_timeout(),
                 last_seen: None,
                 status: Status::Offline,
@@ -186,6 +178,8 @@ impl Ingest {
                 last_warn: None,
             });
         }
+        ingest.topics = topics.into_iter().map(|(t, r)| (t, r.into())).collect();
+        ingest.status = status.into_iter().map(|(t, e)| (t, e.into())).collect();
         ingest
     }
 
@@ -207,13 +201,12 @@ impl Ingest {
     /// Handles one publish.
     pub fn publish(&mut self, topic: &str, body: &[u8], now: Instant) -> Outcome {
         let mut out = Outcome::default();
-        if let Some(routes) = self.topics.get(topic) {
-            let routes = routes.clone();
+        if let Some(routes) = self.topics.get(topic).cloned() {
             self.plain(&routes, topic, body, now, &mut out);
         }
-        if let Some(entries) = self.status.get(topic) {
-            let entries = entries.clone();
-            for (slot, online, offline) in entries {
+        if let Some(entries) = self.status.get(topic).cloned() {
+            for entry in entries.iter() {
+                let (slot, online, offline) = (entry.slot, &entry.online, &entry.offline);
                 if body == online.as_bytes() {
                     self.seen(slot, now, &mut out, Vec::new());
                 } else if body == offline.as_bytes() {
@@ -278,8 +271,7 @@ impl Ingest {
     }
 
     fn sparkplug(&mut self, t: Topic<'_>, body: &[u8], now: Instant, out: &mut Outcome) {
-        let key = (t.group.to_string(), t.node.to_string());
-        let Some(node) = self.nodes.get(&key) else {
+        let Some(node) = self.node(&t) else {
             return;
         };
         let slots: Vec<usize> = match t.kind {
@@ -303,17 +295,8 @@ impl Ingest {
         };
         match t.kind {
             MessageType::NBirth => {
-                let bd_seq = payload
-                    .metrics
-                    .iter()
-                    .find(|m| m.name.as_deref() == Some("bdSeq"))
-                    .and_then(|m| sparkplug::metric_value(m, ValueType::Int).ok().flatten())
-                    .and_then(|v| match v {
-                        Value::Int(i) => u64::try_from(i).ok(),
-                        _ => None,
-                    });
-                if let Some(node) = self.nodes.get_mut(&key) {
-                    node.bd_seq = bd_seq;
+                if let Some(node) = self.node_mut(&t) {
+                    node.bd_seq = bd_seq(&payload.metrics);
                 }
                 for slot in slots {
                     self.birth(slot, &payload.metrics, now, out);
@@ -325,16 +308,11 @@ impl Ingest {
                 }
             }
             MessageType::NDeath => {
-                let bd_seq = payload
-                    .metrics
-                    .iter()
-                    .find(|m| m.name.as_deref() == Some("bdSeq"))
-                    .and_then(|m| sparkplug::metric_value(m, ValueType::Int).ok().flatten());
-                let current = self.nodes.get(&key).and_then(|n| n.bd_seq);
                 // A death certificate from an older session (it can arrive
                 // after the new birth) does not kill the new one.
-                if let (Some(Value::Int(dead)), Some(now_seq)) = (&bd_seq, current)
-                    && u64::try_from(*dead).ok() != Some(now_seq)
+                let current = self.node(&t).and_then(|n| n.bd_seq);
+                if let (Some(dead), Some(current)) = (bd_seq(&payload.metrics), current)
+                    && dead != current
                 {
                     return;
                 }
@@ -446,10 +424,7 @@ impl Ingest {
     /// Asks an edge node to publish its births again (it published an alias
     /// the gateway never saw born, for example after the gateway restarted).
     fn request_rebirth(&mut self, t: &Topic<'_>, now: Instant, out: &mut Outcome) {
-        let Some(node) = self
-            .nodes
-            .get_mut(&(t.group.to_string(), t.node.to_string()))
-        else {
+        let Some(node) = self.node_mut(t) else {
             return;
         };
         if node
@@ -484,6 +459,14 @@ impl Ingest {
             t.node
         );
         out.publish.push((topic.render(), payload.encode_to_vec()));
+    }
+
+    fn node(&self, t: &Topic<'_>) -> Option<&Node> {
+        self.nodes.get(t.group)?.get(t.node)
+    }
+
+    fn node_mut(&mut self, t: &Topic<'_>) -> Option<&mut Node> {
+        self.nodes.get_mut(t.group)?.get_mut(t.node)
     }
 
     /// The device published: it is online, and these are its samples.
@@ -551,6 +534,18 @@ impl Ingest {
             d.last_warn = Some(now);
             d.malformed_since_warn = 0;
         }
+    }
+}
+
+/// The `bdSeq` metric of an NBIRTH or NDEATH: which session of the node it
+/// belongs to.
+fn bd_seq(metrics: &[Metric]) -> Option<u64> {
+    let m = metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some("bdSeq"))?;
+    match sparkplug::metric_value(m, ValueType::Int) {
+        Ok(Some(Value::Int(i))) => u64::try_from(i).ok(),
+        _ => None,
     }
 }
 

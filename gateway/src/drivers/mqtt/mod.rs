@@ -71,7 +71,7 @@ impl Shared {
 
 impl Driver for MqttDriver {
     fn name(&self) -> &'static str {
-        "MQTT"
+        "mqtt"
     }
 
     fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>> {
@@ -233,18 +233,8 @@ impl MqttWriter {
                 metrics: vec![metric],
                 ..Payload::default()
             };
-            let kind = if sp.device.is_some() {
-                MessageType::DCmd
-            } else {
-                MessageType::NCmd
-            };
-            let topic = Topic {
-                group: &sp.group,
-                kind,
-                node: &sp.node,
-                device: sp.device.as_deref(),
-            };
-            return Ok((point, topic.render(), body.encode_to_vec(), confirm));
+            let topic = Topic::of(sp, MessageType::NCmd).render();
+            return Ok((point, topic, body.encode_to_vec(), confirm));
         }
         let Some(command) = &p.binding.command else {
             return Err(DriverError::Denied(format!(
