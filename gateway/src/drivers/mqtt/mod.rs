@@ -173,9 +173,14 @@ async fn deliver(shared: &Shared, outcome: Outcome, ctx: &DriverContext) -> Resu
         if Some(i) == last
             && let Some(writes) = confirmed.take()
         {
+            // A write's read-back: on the urgent queue, as every driver's
+            // (see `show_written`), so the answer does not wait behind a
+            // burst of publishes.
             let (applied, visible) = oneshot::channel();
             u.applied = Some(applied);
             tokio::spawn(answer(visible, writes));
+            ctx.urgent.send(u).await.map_err(|_| ())?;
+            continue;
         }
         ctx.output.send(u).await.map_err(|_| ())?;
     }
@@ -264,20 +269,24 @@ impl DeviceWriter for MqttWriter {
                 .ingest()
                 .waiters
                 .push((self.slot, Waiter { point, value, done }));
-            self.shared.publish(topic, body)?;
-            match tokio::time::timeout(confirm, confirmed).await {
-                Ok(Ok(())) => Ok(Written::Confirmed),
-                Ok(Err(_)) => Err(DriverError::Stopped),
-                Err(_) => {
-                    // Ours was dropped with the timeout; so were any others
-                    // that gave up.
-                    self.shared
-                        .ingest()
-                        .waiters
-                        .retain(|(_, w)| !w.done.is_closed());
-                    Err(DriverError::Timeout(confirm))
+            let result = match self.shared.publish(topic, body) {
+                Err(e) => {
+                    drop(confirmed);
+                    Err(e)
                 }
-            }
+                Ok(()) => match tokio::time::timeout(confirm, confirmed).await {
+                    Ok(Ok(())) => return Ok(Written::Confirmed),
+                    Ok(Err(_)) => Err(DriverError::Stopped),
+                    Err(_) => Err(DriverError::Timeout(confirm)),
+                },
+            };
+            // Our waiter's receiver is gone (with the timeout, or unused
+            // after a failed publish); so are those of others that gave up.
+            self.shared
+                .ingest()
+                .waiters
+                .retain(|(_, w)| !w.done.is_closed());
+            result
         })
     }
 }
