@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ferrite_models::config::MqttSection;
 use rumqttd::local::{LinkRx, LinkTx};
@@ -50,21 +51,12 @@ pub struct BrokerLink {
 
 /// Starts the broker on its own thread and returns the gateway's link.
 /// `resolve` turns paths of the config into absolute ones.
-pub fn start(
+pub async fn start(
     section: &MqttSection,
-    resolve: &dyn Fn(&Path) -> PathBuf,
+    resolve: &(dyn Fn(&Path) -> PathBuf + Sync),
 ) -> Result<BrokerLink, BrokerError> {
-    let config = broker_config(section, resolve)?;
-    let first_login = section.users.first().and_then(|u| {
-        let auth = config
-            .v4
-            .as_ref()?
-            .get("plain")?
-            .connections
-            .auth
-            .as_ref()?;
-        Some((u.username.clone(), auth.get(&u.username)?.clone()))
-    });
+    let logins = logins(section, resolve)?;
+    let config = broker_config(section, resolve, &logins);
     for server in config.v4.iter().flat_map(HashMap::values) {
         // Bind once so that a taken port is an error here, not a log line
         // on the broker's thread. The socket closes before rumqttd binds.
@@ -84,10 +76,7 @@ pub fn start(
         })
         .map_err(BrokerError::Thread)?;
     // Only the plain listener is probed: the TLS one starts alongside it.
-    wait_until_serving(
-        section.listen,
-        first_login.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
-    );
+    wait_until_serving(section.listen, logins.first()).await;
     tracing::info!(
         "MQTT broker listening on {}{}",
         section.listen,
@@ -104,7 +93,7 @@ pub fn start(
 /// gateway counts as started only once clients can connect. The probe is a
 /// real MQTT 3.1.1 CONNECT (as the first configured user) and DISCONNECT, so
 /// rumqttd sees a well-behaved client rather than logging a broken one.
-fn wait_until_serving(addr: SocketAddr, login: Option<(&str, &str)>) {
+async fn wait_until_serving(addr: SocketAddr, login: Option<&(String, String)>) {
     if addr.port() == 0 {
         return;
     }
@@ -112,25 +101,40 @@ fn wait_until_serving(addr: SocketAddr, login: Option<(&str, &str)>) {
     if target.ip().is_unspecified() {
         target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    for _ in 0..250 {
-        if probe(target, login).is_ok() {
+    let connect = connect_packet(login);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let answered = tokio::time::timeout(Duration::from_millis(500), probe(target, &connect));
+        if matches!(answered.await, Ok(Ok(()))) {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::warn!("the MQTT broker did not answer on {addr} within 5 s");
 }
 
-fn probe(addr: SocketAddr, login: Option<(&str, &str)>) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_millis(500);
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
+/// One CONNECT, its CONNACK, and a DISCONNECT.
+async fn probe(addr: SocketAddr, connect: &[u8]) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(connect).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    stream.write_all(&[0xe0, 0x00]).await?;
+    if connack[0] == 0x20 && connack[3] == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("the broker refused the probe"))
+    }
+}
+
+/// An MQTT 3.1.1 CONNECT packet (clean session, keep-alive 5 s).
+fn connect_packet(login: Option<&(String, String)>) -> Vec<u8> {
     let field = |out: &mut Vec<u8>, bytes: &[u8]| {
         out.extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(u16::MAX).to_be_bytes());
         out.extend_from_slice(bytes);
     };
-    // Variable header: protocol name, level 4, flags, keep-alive 5 s.
+    // Variable header: protocol name, level 4, flags, keep-alive.
     let mut body = Vec::new();
     field(&mut body, b"MQTT");
     let flags = if login.is_some() {
@@ -144,6 +148,7 @@ fn probe(addr: SocketAddr, login: Option<(&str, &str)>) -> std::io::Result<()> {
         field(&mut body, user.as_bytes());
         field(&mut body, password.as_bytes());
     }
+    // Fixed header: type, then the remaining length as a varint.
     let mut packet = vec![0x10];
     let mut len = body.len();
     loop {
@@ -158,32 +163,34 @@ fn probe(addr: SocketAddr, login: Option<(&str, &str)>) -> std::io::Result<()> {
         }
     }
     packet.extend_from_slice(&body);
-    stream.write_all(&packet)?;
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack)?;
-    stream.write_all(&[0xe0, 0x00])?;
-    if connack[0] == 0x20 && connack[3] == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::other("the broker refused the probe"))
-    }
+    packet
+}
+
+/// Each `[[mqtt.users]]` entry with its password, read once.
+fn logins(
+    section: &MqttSection,
+    resolve: &(dyn Fn(&Path) -> PathBuf + Sync),
+) -> Result<Vec<(String, String)>, BrokerError> {
+    section
+        .users
+        .iter()
+        .map(|user| {
+            let path = resolve(&user.password_file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| BrokerError::Password(user.username.clone(), path, e))?;
+            let password = text.trim_end_matches(['\r', '\n']).to_string();
+            Ok((user.username.clone(), password))
+        })
+        .collect()
 }
 
 /// rumqttd's config for the `[mqtt]` section.
 fn broker_config(
     section: &MqttSection,
-    resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<Config, BrokerError> {
-    let mut auth = HashMap::new();
-    for user in &section.users {
-        let path = resolve(&user.password_file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| BrokerError::Password(user.username.clone(), path.clone(), e))?;
-        auth.insert(
-            user.username.clone(),
-            text.trim_end_matches(['\r', '\n']).to_string(),
-        );
-    }
+    resolve: &(dyn Fn(&Path) -> PathBuf + Sync),
+    logins: &[(String, String)],
+) -> Config {
+    let auth: HashMap<String, String> = logins.iter().cloned().collect();
     let connections = ConnectionSettings {
         connection_timeout_ms: 5_000,
         max_payload_size: section.max_payload,
@@ -211,7 +218,7 @@ fn broker_config(
             server("mqtt-tls", tls.listen, Some(tls_config)),
         );
     }
-    Ok(Config {
+    Config {
         id: 0,
         router: RouterConfig {
             // The gateway's own link counts as a connection.
@@ -225,5 +232,5 @@ fn broker_config(
         },
         v4: Some(servers),
         ..Config::default()
-    })
+    }
 }

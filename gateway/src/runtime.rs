@@ -109,7 +109,7 @@ impl Gateway {
         );
         #[cfg(feature = "mqtt")]
         let broker = match &config.mqtt {
-            Some(section) => Some(crate::broker::start(section, &|p| project.resolve(p))?),
+            Some(section) => Some(crate::broker::start(section, &|p| project.resolve(p)).await?),
             None => None,
         };
         let live = Live::new(&project);
