@@ -80,14 +80,7 @@ fn check_config(config: &Located<Config>, project: &Project, diags: &mut Diagnos
                 ),
             ),
             (Some(path), None) => {
-                let path = project.resolve(path);
-                if !path.is_file() {
-                    diags.error(
-                        file,
-                        at("token_file"),
-                        format!("token file {} does not exist", path.display()),
-                    );
-                }
+                check_file_exists(project, path, "token file", file, at("token_file"), diags);
             }
             (None, Some(hash)) => {
                 if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -315,19 +308,18 @@ fn check_mqtt_binding(
             if metric.trim().is_empty() {
                 diags.error(file, at("metric"), "the metric name is empty");
             }
-            for key in ["json", "command"] {
-                let given = if key == "json" {
-                    mqtt.json.is_some()
-                } else {
-                    mqtt.command.is_some()
-                };
-                if given {
-                    diags.error(
-                        file,
-                        at(key),
-                        format!("`{key}` applies to topic bindings; Sparkplug metrics are written with DCMD"),
-                    );
-                }
+            let given = [
+                ("json", mqtt.json.is_some()),
+                ("command", mqtt.command.is_some()),
+            ];
+            for (key, _) in given.into_iter().filter(|(_, given)| *given) {
+                diags.error(
+                    file,
+                    at(key),
+                    format!(
+                        "`{key}` applies to topic bindings; Sparkplug metrics are written with DCMD"
+                    ),
+                );
             }
         }
         (Some(_), None) => {}
