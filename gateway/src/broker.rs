@@ -91,8 +91,8 @@ pub async fn start(
 
 /// Waits (up to 5 s) until rumqttd's thread serves `addr`, so that the
 /// gateway counts as started only once clients can connect. The probe is a
-/// real MQTT 3.1.1 CONNECT (as the first configured user) and DISCONNECT, so
-/// rumqttd sees a well-behaved client rather than logging a broken one.
+/// real MQTT 3.1.1 CONNECT (as the first configured user), so rumqttd sees a
+/// well-behaved client rather than logging a broken one.
 async fn wait_until_serving(addr: SocketAddr, login: Option<&(String, String)>) {
     if addr.port() == 0 {
         return;
@@ -113,14 +113,16 @@ async fn wait_until_serving(addr: SocketAddr, login: Option<&(String, String)>) 
     tracing::warn!("the MQTT broker did not answer on {addr} within 5 s");
 }
 
-/// One CONNECT, its CONNACK, and a DISCONNECT.
+/// One CONNECT and its CONNACK.
 async fn probe(addr: SocketAddr, connect: &[u8]) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(connect).await?;
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).await?;
-    stream.write_all(&[0xe0, 0x00]).await?;
+    // No DISCONNECT: rumqttd handles a DISCONNECT and the socket's close as
+    // two disconnections and logs the second at ERROR. Closing the socket
+    // alone ends the session quietly (the probe sets no will).
     if connack[0] == 0x20 && connack[3] == 0 {
         Ok(())
     } else {
