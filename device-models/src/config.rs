@@ -201,6 +201,13 @@ pub struct StoreSection {
     /// less saves memory. Default 8.
     #[serde(default = "StoreSection::default_cache")]
     pub cache_mib: u64,
+    /// The rules' events and the audit log of writes each keep at most this
+    /// many entries. Default 10000.
+    #[serde(default = "StoreSection::default_journal_entries")]
+    pub journal_entries: usize,
+    /// Events and audit entries older than this go. Default 30 days.
+    #[serde(default = "StoreSection::default_journal_age")]
+    pub journal_age: Span,
 }
 
 impl StoreSection {
@@ -213,6 +220,12 @@ impl StoreSection {
     fn default_cache() -> u64 {
         8
     }
+    fn default_journal_entries() -> usize {
+        10_000
+    }
+    fn default_journal_age() -> Span {
+        Span(std::time::Duration::from_secs(30 * 24 * 3600))
+    }
 }
 
 impl Default for StoreSection {
@@ -221,6 +234,8 @@ impl Default for StoreSection {
             history_age: Self::default_age(),
             history_mib: Self::default_mib(),
             cache_mib: Self::default_cache(),
+            journal_entries: Self::default_journal_entries(),
+            journal_age: Self::default_journal_age(),
         }
     }
 }

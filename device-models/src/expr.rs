@@ -4,7 +4,12 @@
 //! implementation of Google's Common Expression Language. This module only
 //! parses; the gateway's rule engine evaluates.
 
-/// A property that an expression reads: `devices["boiler-1"].temperature`.
+/// The variables that index devices: the current value, the value before the
+/// last change, and the reading's quality.
+pub const DEVICE_ROOTS: [&str; 3] = ["devices", "previous", "quality"];
+
+/// A property that an expression reads: `devices["boiler-1"].temperature`
+/// (or through `previous[...]` or `quality[...]`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PropertyRef {
     /// Device name.
@@ -104,11 +109,12 @@ fn walk(expr: &cel::IdedExpr, refs: &mut Vec<PropertyRef>) {
     }
 }
 
-/// `devices["name"]` or `devices.name` → `name`.
+/// `devices["name"]` or `devices.name` (or `previous`, `quality`) → `name`.
 #[cfg(feature = "cel")]
 fn device_of(expr: &cel::common::ast::Expr) -> Option<String> {
     use cel::common::ast::{Expr, LiteralValue, operators};
-    let is_devices = |e: &Expr| matches!(e, Expr::Ident(name) if name == "devices");
+    let is_devices =
+        |e: &Expr| matches!(e, Expr::Ident(name) if DEVICE_ROOTS.contains(&name.as_str()));
     match expr {
         Expr::Call(call) if call.func_name == operators::INDEX && call.args.len() == 2 => {
             match (&call.args[0].expr, &call.args[1].expr) {
@@ -137,14 +143,15 @@ mod tests {
     #[test]
     fn finds_every_device_property_read() {
         let refs = parse(
-            r#"devices["boiler-1"].temperature > 85 && devices.meter.power < devices["boiler-1"].setpoint"#,
+            r#"devices["boiler-1"].temperature > 85 && devices.meter.power < previous["boiler-1"].setpoint && quality.meter.volts == "good""#,
         );
         assert_eq!(
             refs,
             Ok(vec![
                 r("boiler-1", "setpoint"),
                 r("boiler-1", "temperature"),
-                r("meter", "power")
+                r("meter", "power"),
+                r("meter", "volts")
             ])
         );
     }

@@ -43,10 +43,33 @@ pub struct Rule {
     /// Actions run when the rule clears.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_clear: Vec<Action>,
+    /// At most this many firings run their writes and publishes per period.
+    /// Default: 10 per minute.
+    #[serde(default)]
+    pub rate_limit: RateLimit,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// How often a rule may act: `{ firings: 10, per: 1m }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Firings (fire or clear) whose writes and publishes run, per period.
+    pub firings: u32,
+    /// The period.
+    pub per: Span,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            firings: 10,
+            per: Span(std::time::Duration::from_secs(60)),
+        }
+    }
 }
 
 /// Something a rule does.
@@ -71,6 +94,10 @@ pub struct WriteAction {
     pub property: String,
     /// A CEL expression for the value, such as `"40.0"`.
     pub value: String,
+    /// While the rule is active, refuse manual (REST) writes and other
+    /// rules' writes to this property. Default false.
+    #[serde(default)]
+    pub hold: bool,
 }
 
 /// Severity of an event.

@@ -940,6 +940,13 @@ fn check_rules(project: &Project, diags: &mut Diagnostics) {
                 "a rule needs at least one action under `then`",
             );
         }
+        if r.rate_limit.firings == 0 || r.rate_limit.per.get().is_zero() {
+            diags.error(
+                file,
+                rule.pos(&["rate_limit"]),
+                "`rate_limit` needs at least one firing per period longer than zero",
+            );
+        }
         if r.every.is_some_and(|e| e.get().is_zero()) {
             diags.error(
                 file,

@@ -24,6 +24,9 @@ use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfi
 /// The client ID of the gateway's own link.
 pub const GATEWAY_CLIENT: &str = "ferrite-gateway";
 
+/// The client ID of the rules' link, which only publishes.
+pub const RULES_CLIENT: &str = "ferrite-rules";
+
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -49,12 +52,33 @@ pub struct BrokerLink {
     pub rx: LinkRx,
 }
 
-/// Starts the broker on its own thread and returns the gateway's link.
-/// `resolve` turns paths of the config into absolute ones.
+/// Publishes on the embedded broker for the rules, through a link of its
+/// own (QoS 0, as rumqttd's local links do).
+pub struct Publisher {
+    tx: tokio::sync::Mutex<LinkTx>,
+    /// Kept so that the router has somewhere to deliver; nothing subscribes.
+    _rx: LinkRx,
+}
+
+impl Publisher {
+    /// Publishes `payload` on `topic`.
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), String> {
+        let publish = rumqttd::protocol::Publish::new(topic.as_bytes().to_vec(), payload, retain);
+        let mut tx = self.tx.lock().await;
+        tx.send(rumqttd::protocol::Packet::Publish(publish, None))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Starts the broker on its own thread and returns the gateway's link and
+/// the rules' publisher. `resolve` turns paths of the config into absolute
+/// ones.
 pub async fn start(
     section: &MqttSection,
     resolve: &(dyn Fn(&Path) -> PathBuf + Sync),
-) -> Result<BrokerLink, BrokerError> {
+) -> Result<(BrokerLink, Publisher), BrokerError> {
     let logins = logins(section, resolve)?;
     let config = broker_config(section, resolve, &logins);
     for server in config.v4.iter().flat_map(HashMap::values) {
@@ -66,6 +90,9 @@ pub async fn start(
     let mut broker = rumqttd::Broker::new(config);
     let (tx, rx) = broker
         .link(GATEWAY_CLIENT)
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let (rules_tx, rules_rx) = broker
+        .link(RULES_CLIENT)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -86,7 +113,11 @@ pub async fn start(
             .map(|t| format!(" and {} (TLS)", t.listen))
             .unwrap_or_default()
     );
-    Ok(BrokerLink { tx, rx })
+    let publisher = Publisher {
+        tx: tokio::sync::Mutex::new(rules_tx),
+        _rx: rules_rx,
+    };
+    Ok((BrokerLink { tx, rx }, publisher))
 }
 
 /// Waits (up to 5 s) until rumqttd's thread serves `addr`, so that the
@@ -223,8 +254,8 @@ fn broker_config(
     Config {
         id: 0,
         router: RouterConfig {
-            // The gateway's own link counts as a connection.
-            max_connections: section.max_connections + 1,
+            // The gateway's own links count as connections.
+            max_connections: section.max_connections + 2,
             max_outgoing_packet_count: 200,
             // Every publish sits in an in-memory log per subscription
             // filter; keep each log within a few MiB on an edge box.

@@ -6,9 +6,12 @@
 //!
 //! ```text
 //! drivers ──Update──▶ store::writer ──▶ sled (history, latest)
-//!    ▲                     │
-//!    │ DeviceWriter        ▼
-//!   api ◀──────────────── live
+//!    ▲                     │  │
+//!    │ DeviceWriter        │  └─feed─▶ rules ──▶ journal (events, audit)
+//!    │                     ▼            │
+//!  control ◀───────────── live          │ writes
+//!    ▲  ▲                               │
+//!   api └───────────────────────────────┘
 //! ```
 //!
 //! ## A tour
@@ -26,6 +29,10 @@
 //! - [`store`]: the storage trait, its sled implementation, and the writer
 //!   task that batches, fsyncs, then publishes.
 //! - [`live`]: statuses and latest readings, as the API shows them.
+//! - [`control`]: the one checked write path (REST and rules): model
+//!   checks, rule holds, the audit log.
+//! - [`rules`]: the CEL rule engine: feed, state machine, actions, reload.
+//! - [`journal`]: events and the audit log, kept within limits.
 //! - [`api`]: the REST API of CONTRACT.md on axum.
 //! - `demo` (feature `demo`): `ferrite demo`, the gateway plus simulated
 //!   devices.
@@ -37,10 +44,13 @@ pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod commands;
+pub mod control;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod drivers;
+pub mod journal;
 pub mod live;
+pub mod rules;
 pub mod runtime;
 pub mod store;
 pub mod time;

@@ -18,8 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
+use crate::control::{Control, Holds};
 use crate::drivers::{self, DriverContext};
+use crate::journal::{Journal, Retention};
 use crate::live::Live;
+use crate::rules::{Clock, Deps, Feed, Source};
 use crate::store::writer::{self, Writer, WriterStats};
 use crate::store::{SledStore, Store};
 
@@ -108,10 +111,16 @@ impl Gateway {
             .map_err(|e| StartError::Store(data_dir.clone(), e))?,
         );
         #[cfg(feature = "mqtt")]
-        let broker = match &config.mqtt {
-            Some(section) => Some(crate::broker::start(section, &|p| project.resolve(p)).await?),
-            None => None,
+        let (broker, outlet) = match &config.mqtt {
+            Some(section) => {
+                let (link, publisher) =
+                    crate::broker::start(section, &|p| project.resolve(p)).await?;
+                (Some(link), Some(Arc::new(publisher)))
+            }
+            None => (None, None),
         };
+        #[cfg(not(feature = "mqtt"))]
+        let outlet: crate::rules::Outlet = None;
         let live = Live::new(&project);
         let stats = Arc::new(WriterStats::default());
         let driver_stats = Arc::new(drivers::DriverStats::default());
@@ -120,7 +129,9 @@ impl Gateway {
 
         let (output, updates) = mpsc::channel(UPDATE_QUEUE);
         let (urgent, urgent_rx) = mpsc::channel(256);
-        let writer = Writer::new(store.clone(), live.clone(), &project, stats.clone());
+        let feed = Arc::new(Feed::new(&project));
+        let writer = Writer::new(store.clone(), live.clone(), &project, stats.clone())
+            .with_feed(feed.clone());
         let queues = writer::Queues {
             updates,
             urgent: urgent_rx,
@@ -158,15 +169,58 @@ impl Gateway {
             }
         }
 
+        let journal = Journal::start(
+            store.clone(),
+            Retention {
+                max_entries: config.store.journal_entries,
+                max_age: config.store.journal_age.get(),
+            },
+            &tasks,
+            shutdown.clone(),
+        );
+        let rules_dir = project.resolve(&config.gateway.rules);
+        let sources = project
+            .rules
+            .values()
+            .map(|located| Source {
+                rule: located.value.clone(),
+                file: located.file.to_path_buf(),
+            })
+            .collect();
+        let project = Arc::new(project);
+        let writers = Arc::new(writers);
+        let control = Arc::new(Control {
+            project: project.clone(),
+            live: live.clone(),
+            writers: writers.clone(),
+            holds: Arc::new(Holds::default()),
+            journal: journal.clone(),
+        });
+        let deps = Deps {
+            project: project.clone(),
+            live: live.clone(),
+            feed,
+            control: control.clone(),
+            journal: journal.clone(),
+            store: store.clone(),
+            outlet,
+            clock: Clock::system(),
+        };
+        let rules = crate::rules::start(deps, sources, rules_dir, &tasks, shutdown.clone());
+        tasks.spawn(crate::rules::reload::watch(rules.clone(), shutdown.clone()));
+
         let state = AppState {
-            project: Arc::new(project),
+            project,
             live,
             store,
-            writers: Arc::new(writers),
+            writers,
             stats,
             driver_stats,
+            control,
+            rules,
+            journal,
         };
-        let app = api::router(state.clone());
+        let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let api_shutdown = shutdown.clone();
         tasks.spawn(async move {
             let serve = axum::serve(listener, app)

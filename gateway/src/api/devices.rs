@@ -2,9 +2,11 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use ferrite_models::model::Property;
-use ferrite_models::value::check_write;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
@@ -12,6 +14,7 @@ use axum::http::StatusCode;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::control::Actor;
 use crate::drivers::Written;
 use crate::live::{Reading, Summary};
 use crate::time::{Micros, parse_rfc3339, rfc3339};
@@ -107,9 +110,11 @@ pub struct WriteBody {
 /// `PUT /api/v1/devices/{id}/properties/{name}` with `{"value": V}`.
 ///
 /// The value is checked against the model before anything touches the
-/// device; the answer comes after the device confirmed the write.
+/// device (in [`crate::control::Control`], the path rules use too); the
+/// answer comes after the device confirmed the write.
 pub async fn write(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Path((id, name)): Path<(String, String)>,
     body: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
@@ -122,16 +127,9 @@ pub async fn write(
             ApiError::bad_request(format!("expected {{\"value\": ...}}: {}", e.body_text()))
         }
     })?;
-    let value = check_write(&name, property, &body.value)?;
-    let writer = state.writers.get(&id).ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "no_driver",
-            format!("no driver serves `{id}` in this build"),
-        )
-    })?;
-    tracing::info!(device = %id, property = %name, value = %value, "write");
-    if writer.write(&name, value.clone()).await? == Written::Sent {
+    let actor = Actor::Api(peer.map(|Extension(ConnectInfo(addr))| addr));
+    let (value, written) = state.control.write(&actor, &id, &name, &body.value).await?;
+    if written == Written::Sent {
         // The device does not confirm writes: say so, rather than show the
         // old reading as if it were the new one.
         let body = serde_json::json!({"value": value, "confirmed": false});

@@ -19,6 +19,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// For people.
     pub message: String,
+    /// Further lines, such as every `file:line:col: message` of a refused
+    /// rule.
+    pub details: Vec<String>,
 }
 
 impl ApiError {
@@ -28,7 +31,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: Vec::new(),
         }
+    }
+
+    /// The same error with `details`.
+    pub fn with_details(mut self, details: Vec<String>) -> Self {
+        self.details = details;
+        self
     }
 
     /// 404 for an unknown device.
@@ -57,7 +67,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if !self.details.is_empty() {
+            body["error"]["details"] = json!(self.details);
+        }
         (self.status, Json(body)).into_response()
     }
 }
@@ -85,6 +98,22 @@ impl From<DriverError> for ApiError {
             DriverError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
         Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<crate::control::WriteError> for ApiError {
+    fn from(e: crate::control::WriteError) -> Self {
+        use crate::control::WriteError;
+        match e {
+            WriteError::NoDevice(d) => Self::no_device(&d),
+            WriteError::NoProperty { device, property } => Self::no_property(&device, &property),
+            WriteError::Check(e) => e.into(),
+            WriteError::Driver(e) => e.into(),
+            e @ WriteError::Held { .. } => Self::new(StatusCode::CONFLICT, e.code(), e.to_string()),
+            e @ WriteError::NoDriver(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+            }
+        }
     }
 }
 

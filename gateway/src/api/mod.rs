@@ -2,12 +2,15 @@
 //!
 //! - `error`: the error JSON and the status each failure maps to.
 //! - `devices`: devices, properties, writes and history.
+//! - `rules`: rules (state, enable, disable, replace, delete), events and
+//!   the audit log.
 //!
 //! Requests are bounded: bodies to 64 KiB, handling to 30 s (a write waits
 //! for the device, whose own timeout is shorter).
 
 mod devices;
 pub mod error;
+mod rules;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,12 +21,15 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use ferrite_models::Project;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::control::Control;
 use crate::drivers::DeviceWriter;
+use crate::journal::Journal;
 use crate::live::Live;
+use crate::rules::Rules;
 use crate::store::Store;
 use crate::store::writer::WriterStats;
 
@@ -45,6 +51,12 @@ pub struct AppState {
     pub stats: Arc<WriterStats>,
     /// Driver counters.
     pub driver_stats: Arc<crate::drivers::DriverStats>,
+    /// The checked write path.
+    pub control: Arc<Control>,
+    /// The rule engine.
+    pub rules: Rules,
+    /// Events and the audit log.
+    pub journal: Arc<Journal>,
 }
 
 /// The router.
@@ -62,6 +74,15 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/devices/{id}/properties/{name}/history",
             get(devices::history),
         )
+        .route("/api/v1/rules", get(rules::list))
+        .route(
+            "/api/v1/rules/{name}",
+            get(rules::one).put(rules::put).delete(rules::delete),
+        )
+        .route("/api/v1/rules/{name}/enable", post(rules::enable))
+        .route("/api/v1/rules/{name}/disable", post(rules::disable))
+        .route("/api/v1/events", get(rules::events))
+        .route("/api/v1/audit", get(rules::audit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(

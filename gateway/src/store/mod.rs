@@ -1,5 +1,6 @@
 //! The local store: the latest value of each property and a history of its
-//! changes past the deadband.
+//! changes past the deadband; the rules' events and the audit log of writes
+//! (two [`Log`]s); and each rule's state, so that a restart resumes it.
 //!
 //! - [`Store`]: the small storage interface the rest of the gateway sees.
 //! - [`sled_store`]: its implementation on sled, one `Db` per process.
@@ -61,6 +62,37 @@ pub struct Trimmed {
     pub by_size: u64,
 }
 
+/// An append-only journal, newest entries kept within a count and an age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Log {
+    /// Events raised by rules.
+    Events,
+    /// Every write by a rule or a user.
+    Audit,
+}
+
+impl Log {
+    /// The sled tree's name.
+    pub fn tree(self) -> &'static str {
+        match self {
+            Log::Events => "events",
+            Log::Audit => "audit",
+        }
+    }
+}
+
+/// One journal entry: its sequence number (increasing, also across
+/// restarts), its time, and its body (JSON, as the rules module wrote it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Sequence number.
+    pub seq: u64,
+    /// When it was written.
+    pub ts: Micros,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
 /// The storage interface.
 pub trait Store: Send + Sync + 'static {
     /// Records changes durably (fsync): each becomes the latest value of its
@@ -83,4 +115,25 @@ pub trait Store: Send + Sync + 'static {
     /// Drops history older than `before`, then the oldest entries until the
     /// store is under `max_bytes`.
     fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError>;
+
+    /// Appends `(ts, body)` entries to `log` durably, in order; returns their
+    /// sequence numbers.
+    fn append(&self, log: Log, entries: &[(Micros, Vec<u8>)]) -> Result<Vec<u64>, StoreError>;
+    /// Entries of `log` with a sequence number below `before`, newest first,
+    /// that `keep` accepts, at most `limit`.
+    fn recent(
+        &self,
+        log: Log,
+        before: u64,
+        limit: usize,
+        keep: &dyn Fn(&Entry) -> bool,
+    ) -> Result<Vec<Entry>, StoreError>;
+    /// Drops entries of `log` older than `before`, then the oldest until at
+    /// most `max_entries` are left. Returns how many went.
+    fn trim_log(&self, log: Log, before: Micros, max_entries: usize) -> Result<u64, StoreError>;
+
+    /// Every saved rule state, by rule name.
+    fn rule_states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Saves (or, with `None`, forgets) rule states durably.
+    fn save_rule_states(&self, states: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError>;
 }

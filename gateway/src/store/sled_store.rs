@@ -3,7 +3,10 @@
 //! Trees:
 //! - `series`: `device \0 property` → series id (u32, big-endian);
 //! - `history`: series id + ts (both BE, so a prefix scan is time-ordered) →
-//!   value.
+//!   value;
+//! - `events`, `audit` (the [`Log`]s): sequence number (BE, from sled's
+//!   `generate_id`, which grows across restarts) → ts (BE) + body;
+//! - `rule_state`: rule name → its state (JSON).
 //!
 //! Values are one tag byte plus the payload. sled can fail to re-acquire its
 //! file lock when a `Db` is reopened right after a drop (sled #1234), so the
@@ -15,7 +18,7 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ferrite_models::Value;
 
-use super::{Change, Stamped, Store, StoreError, Trimmed};
+use super::{Change, Entry, Log, Stamped, Store, StoreError, Trimmed};
 use crate::time::Micros;
 
 /// The sled-backed store.
@@ -38,6 +41,9 @@ struct Inner {
     db: sled::Db,
     series: sled::Tree,
     history: sled::Tree,
+    events: sled::Tree,
+    audit: sled::Tree,
+    rule_state: sled::Tree,
     ids: HashMap<(String, String), u32>,
 }
 
@@ -68,6 +74,27 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Runs a write, reopening the database first if the last write failed,
+    /// and dropping it after a failure: sled would repeat that error forever.
+    fn with_writable<T>(
+        &self,
+        write: impl FnOnce(&mut Inner) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.write();
+        if guard.is_none() {
+            *guard = Some(Inner::open(&self.dir, self.cache_bytes)?);
+            tracing::info!("the store reopened after a failure");
+        }
+        let inner = guard.as_mut().ok_or_else(reopening)?;
+        let result = write(inner);
+        if result.is_err() {
+            *guard = None;
+        }
+        result
+    }
+}
+
 fn reopening() -> StoreError {
     StoreError::Io("the store is reopening after a failed write".into())
 }
@@ -84,6 +111,9 @@ impl Inner {
             .open()?;
         let series = db.open_tree("series")?;
         let history = db.open_tree("history")?;
+        let events = db.open_tree(Log::Events.tree())?;
+        let audit = db.open_tree(Log::Audit.tree())?;
+        let rule_state = db.open_tree("rule_state")?;
         let mut ids = HashMap::new();
         for entry in series.iter() {
             let (k, v) = entry?;
@@ -97,6 +127,9 @@ impl Inner {
             db,
             series,
             history,
+            events,
+            audit,
+            rule_state,
             ids,
         })
     }
@@ -144,6 +177,27 @@ impl Inner {
         }
         Ok(keys.len() as u64)
     }
+}
+
+impl Inner {
+    fn log(&self, log: Log) -> &sled::Tree {
+        match log {
+            Log::Events => &self.events,
+            Log::Audit => &self.audit,
+        }
+    }
+}
+
+fn entry_from(key: &[u8], value: &[u8]) -> Result<Entry, StoreError> {
+    let corrupt = || StoreError::Corrupt("journal entry".into());
+    let seq: [u8; 8] = key.try_into().map_err(|_| corrupt())?;
+    let (ts, body) = value.split_at_checked(8).ok_or_else(corrupt)?;
+    let ts: [u8; 8] = ts.try_into().map_err(|_| corrupt())?;
+    Ok(Entry {
+        seq: u64::from_be_bytes(seq),
+        ts: i64::from_be_bytes(ts),
+        body: body.to_vec(),
+    })
 }
 
 fn id_from(bytes: &[u8]) -> Result<u32, StoreError> {
@@ -204,18 +258,7 @@ pub fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
 
 impl Store for SledStore {
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let mut guard = self.write();
-        if guard.is_none() {
-            *guard = Some(Inner::open(&self.dir, self.cache_bytes)?);
-            tracing::info!("the store reopened after a failure");
-        }
-        let inner = guard.as_mut().ok_or_else(reopening)?;
-        let result = inner.commit(changes);
-        if result.is_err() {
-            // sled would repeat this error forever; start afresh next time.
-            *guard = None;
-        }
-        result
+        self.with_writable(|inner| inner.commit(changes))
     }
 
     fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError> {
@@ -305,6 +348,94 @@ impl Store for SledStore {
         }
         Ok(trimmed)
     }
+
+    fn append(&self, log: Log, entries: &[(Micros, Vec<u8>)]) -> Result<Vec<u64>, StoreError> {
+        self.with_writable(|inner| {
+            let tree = inner.log(log);
+            let mut seqs = Vec::with_capacity(entries.len());
+            for (ts, body) in entries {
+                // Starts at 1, so that 0 can mean "before everything".
+                let seq = inner.db.generate_id()? + 1;
+                let mut value = Vec::with_capacity(8 + body.len());
+                value.extend_from_slice(&ts.to_be_bytes());
+                value.extend_from_slice(body);
+                tree.insert(seq.to_be_bytes(), value)?;
+                seqs.push(seq);
+            }
+            inner.db.flush()?;
+            Ok(seqs)
+        })
+    }
+
+    fn recent(
+        &self,
+        log: Log,
+        before: u64,
+        limit: usize,
+        keep: &dyn Fn(&Entry) -> bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let guard = self.read();
+        let inner = guard.as_ref().ok_or_else(reopening)?;
+        let mut out = Vec::new();
+        for item in inner.log(log).range(..before.to_be_bytes()).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let entry = entry_from(&k, &v)?;
+            if keep(&entry) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    fn trim_log(&self, log: Log, before: Micros, max_entries: usize) -> Result<u64, StoreError> {
+        let guard = self.write();
+        let Some(inner) = guard.as_ref() else {
+            return Ok(0);
+        };
+        let tree = inner.log(log);
+        let excess = tree.len().saturating_sub(max_entries);
+        let mut doomed = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            if doomed.len() >= excess && entry_from(&k, &v)?.ts >= before {
+                break;
+            }
+            doomed.push(k);
+        }
+        for key in &doomed {
+            tree.remove(key)?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    fn rule_states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let guard = self.read();
+        let inner = guard.as_ref().ok_or_else(reopening)?;
+        inner
+            .rule_state
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn save_rule_states(&self, states: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        self.with_writable(|inner| {
+            for (name, state) in states {
+                match state {
+                    Some(bytes) => inner.rule_state.insert(name.as_bytes(), bytes.as_slice())?,
+                    None => inner.rule_state.remove(name.as_bytes())?,
+                };
+            }
+            inner.db.flush()?;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +499,46 @@ mod tests {
         assert_eq!(store.history("d", "p", 0, i64::MAX, 1000)?.len(), 50);
         let trimmed = store.trim(0, 0)?;
         assert!(trimmed.by_size > 0);
+        Ok(())
+    }
+
+    #[test]
+    fn logs_append_in_order_read_newest_first_and_trim() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        let entries: Vec<(Micros, Vec<u8>)> = (0..10)
+            .map(|i| (100 + i, format!("e{i}").into_bytes()))
+            .collect();
+        let seqs = store.append(Log::Events, &entries)?;
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        store.append(Log::Audit, &[(5, b"a".to_vec())])?;
+        let newest = store.recent(Log::Events, u64::MAX, 3, &|_| true)?;
+        let bodies: Vec<&[u8]> = newest.iter().map(|e| e.body.as_slice()).collect();
+        assert_eq!(bodies, [b"e9", b"e8", b"e7"]);
+        assert_eq!(newest[0].ts, 109);
+        let page = store.recent(Log::Events, newest[2].seq, 2, &|_| true)?;
+        assert_eq!(page[0].body, b"e6");
+        let odd = store.recent(Log::Events, u64::MAX, 100, &|e| e.ts % 2 == 1)?;
+        assert_eq!(odd.len(), 5);
+        assert_eq!(store.trim_log(Log::Events, 103, 100)?, 3, "by age");
+        assert_eq!(store.trim_log(Log::Events, 0, 4)?, 3, "by count");
+        let left = store.recent(Log::Events, u64::MAX, 100, &|_| true)?;
+        assert_eq!(left.len(), 4);
+        assert_eq!(left[3].body, b"e6");
+        assert_eq!(store.recent(Log::Audit, u64::MAX, 9, &|_| true)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn rule_states_are_saved_and_forgotten() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        store.save_rule_states(&[
+            ("a".into(), Some(b"1".to_vec())),
+            ("b".into(), Some(b"2".to_vec())),
+        ])?;
+        store.save_rule_states(&[("a".into(), None), ("b".into(), Some(b"3".to_vec()))])?;
+        assert_eq!(store.rule_states()?, vec![("b".to_string(), b"3".to_vec())]);
         Ok(())
     }
 }

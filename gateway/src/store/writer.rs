@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Change, Stamped, Store};
 use crate::backoff::Backoff;
 use crate::live::{Live, Sample, Update};
+use crate::rules::Feed;
 use crate::time::{Micros, now};
 
 /// Most updates applied in one batch. Small enough that one commit stays
@@ -62,6 +63,9 @@ pub struct Writer {
     live: Arc<Live>,
     stats: Arc<WriterStats>,
     devices: Vec<DeviceTrack>,
+    /// The rule engine's tap: sees each update as it arrives, before the
+    /// group commit, so that control does not wait for the fsync.
+    feed: Option<Arc<Feed>>,
 }
 
 /// The two queues into the writer.
@@ -126,7 +130,22 @@ impl Writer {
             live,
             stats,
             devices,
+            feed: None,
         }
+    }
+
+    /// Shows every update to the rule engine as it arrives.
+    pub fn with_feed(mut self, feed: Arc<Feed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// Takes an update into the batch, showing it to the rules first.
+    fn admit(&self, batch: &mut Vec<Update>, update: Update) {
+        if let Some(feed) = &self.feed {
+            feed.observe(&update);
+        }
+        batch.push(update);
     }
 
     /// Runs until every sender is gone, or `shutdown` fires and the queues
@@ -146,11 +165,11 @@ impl Writer {
                 }
             };
             let Some(first) = first else { break };
-            batch.push(first);
+            self.admit(&mut batch, first);
             if urgent {
                 while batch.len() < MAX_BATCH {
                     match queues.urgent.try_recv() {
-                        Ok(update) => batch.push(update),
+                        Ok(update) => self.admit(&mut batch, update),
                         Err(_) => break,
                     }
                 }
@@ -166,11 +185,11 @@ impl Writer {
                 tokio::select! {
                     biased;
                     Some(update) = queues.urgent.recv() => {
-                        batch.push(update);
+                        self.admit(&mut batch, update);
                         break;
                     }
                     update = queues.updates.recv() => match update {
-                        Some(update) => batch.push(update),
+                        Some(update) => self.admit(&mut batch, update),
                         None => break,
                     },
                     () = &mut window => break,

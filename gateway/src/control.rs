@@ -1,0 +1,229 @@
+//! The one checked write path. A REST write, a rule's write (and later the
+//! device twin's) all come through [`Control::write`], so that each is
+//! checked the same way against the model's type, access and limits, refused
+//! while another rule holds the property, and recorded in the audit log:
+//! who, what, when, the old value and the new one, and how it ended.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use ferrite_models::Project;
+use ferrite_models::value::{Value, WriteCheckError, check_write};
+use serde_json::json;
+
+use crate::drivers::{DeviceWriter, DriverError, Written};
+use crate::journal::Journal;
+use crate::live::Live;
+use crate::store::Log;
+
+/// Who asks for a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A REST client; its address when known.
+    Api(Option<std::net::SocketAddr>),
+    /// A rule, by name.
+    Rule(String),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Api(Some(peer)) => write!(f, "api {peer}"),
+            Actor::Api(None) => f.write_str("api"),
+            Actor::Rule(name) => write!(f, "rule {name}"),
+        }
+    }
+}
+
+/// Why a write did not happen.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    /// No such device.
+    #[error("no device `{0}`")]
+    NoDevice(String),
+    /// No such property.
+    #[error("device `{device}` has no property `{property}`")]
+    NoProperty {
+        /// Device.
+        device: String,
+        /// Property.
+        property: String,
+    },
+    /// The value failed the model's checks.
+    #[error(transparent)]
+    Check(#[from] WriteCheckError),
+    /// A rule holds the property.
+    #[error(
+        "rule `{rule}` holds {device}.{property} while it is active; disable the rule to write by hand"
+    )]
+    Held {
+        /// The holding rule.
+        rule: String,
+        /// Device.
+        device: String,
+        /// Property.
+        property: String,
+    },
+    /// No driver serves the device in this build.
+    #[error("no driver serves `{0}` in this build")]
+    NoDriver(String),
+    /// The device or its link failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
+
+impl WriteError {
+    /// A short code for the audit log and the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WriteError::NoDevice(_) => "unknown_device",
+            WriteError::NoProperty { .. } => "unknown_property",
+            WriteError::Check(WriteCheckError::ReadOnly(_)) => "read_only",
+            WriteError::Check(WriteCheckError::WrongType { .. }) => "wrong_type",
+            WriteError::Check(WriteCheckError::OutOfRange { .. }) => "out_of_range",
+            WriteError::Held { .. } => "held_by_rule",
+            WriteError::NoDriver(_) => "no_driver",
+            WriteError::Driver(DriverError::Refused(_)) => "device_refused",
+            WriteError::Driver(DriverError::Denied(_)) => "device_denied",
+            WriteError::Driver(DriverError::Rejected(_)) => "device_rejected",
+            WriteError::Driver(DriverError::Unreachable(_)) => "device_unreachable",
+            WriteError::Driver(DriverError::Timeout(_)) => "device_timeout",
+            WriteError::Driver(DriverError::Encode(_)) => "out_of_range",
+            WriteError::Driver(DriverError::Stopped) => "shutting_down",
+        }
+    }
+}
+
+/// Properties that active rules hold: `(device, property)` → rule.
+#[derive(Debug, Default)]
+pub struct Holds {
+    held: RwLock<HashMap<(String, String), String>>,
+}
+
+impl Holds {
+    /// `rule` holds `device.property` from now on.
+    pub fn hold(&self, rule: &str, device: &str, property: &str) {
+        self.held
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((device.into(), property.into()), rule.into());
+    }
+
+    /// Releases everything `rule` holds.
+    pub fn release(&self, rule: &str) {
+        self.held
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, holder| holder != rule);
+    }
+
+    /// The rule holding `device.property`, if any.
+    pub fn holder(&self, device: &str, property: &str) -> Option<String> {
+        self.held
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(device.to_string(), property.to_string()))
+            .cloned()
+    }
+
+    /// What `rule` holds, as `device.property`.
+    pub fn held_by(&self, rule: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .held
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, holder)| *holder == rule)
+            .map(|((d, p), _)| format!("{d}.{p}"))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// The write path, shared by the API and the rules.
+pub struct Control {
+    /// The project, for models and limits.
+    pub project: Arc<Project>,
+    /// Live readings, for the old value.
+    pub live: Arc<Live>,
+    /// A writer per device.
+    pub writers: Arc<HashMap<String, Arc<dyn DeviceWriter>>>,
+    /// What rules hold.
+    pub holds: Arc<Holds>,
+    /// Where the audit log goes.
+    pub journal: Arc<Journal>,
+}
+
+impl Control {
+    /// Checks `json` against `device.property` and writes it. Every attempt
+    /// on a known property lands in the audit log, with its outcome.
+    pub async fn write(
+        &self,
+        actor: &Actor,
+        device: &str,
+        property: &str,
+        json: &serde_json::Value,
+    ) -> Result<(Value, Written), WriteError> {
+        if !self.project.devices.contains_key(device) {
+            return Err(WriteError::NoDevice(device.into()));
+        }
+        let Some(model_property) = self.project.property(device, property) else {
+            return Err(WriteError::NoProperty {
+                device: device.into(),
+                property: property.into(),
+            });
+        };
+        let old = self
+            .live
+            .device(device)
+            .and_then(|d| d.readings.get(property).and_then(|r| r.value.clone()));
+        let result = self
+            .attempt(actor, device, property, model_property, json)
+            .await;
+        let (outcome, message) = match &result {
+            Ok((_, Written::Confirmed)) => ("ok", None),
+            Ok((_, Written::Sent)) => ("sent", None),
+            Err(e) => (e.code(), Some(e.to_string())),
+        };
+        let entry = json!({
+            "who": actor.to_string(),
+            "device": device,
+            "property": property,
+            "old": old,
+            "new": result.as_ref().map_or_else(|_| json.clone(), |(v, _)| json!(v)),
+            "result": outcome,
+            "message": message,
+        });
+        self.journal.record(Log::Audit, &entry).await;
+        result
+    }
+
+    async fn attempt(
+        &self,
+        actor: &Actor,
+        device: &str,
+        property: &str,
+        model_property: &ferrite_models::model::Property,
+        json: &serde_json::Value,
+    ) -> Result<(Value, Written), WriteError> {
+        let value = check_write(property, model_property, json)?;
+        if let Some(rule) = self.holds.holder(device, property)
+            && *actor != Actor::Rule(rule.clone())
+        {
+            return Err(WriteError::Held {
+                rule,
+                device: device.into(),
+                property: property.into(),
+            });
+        }
+        let writer = self
+            .writers
+            .get(device)
+            .ok_or_else(|| WriteError::NoDriver(device.into()))?;
+        tracing::info!(who = %actor, device, property, value = %value, "write");
+        let written = writer.write(property, value.clone()).await?;
+        Ok((value, written))
+    }
+}

@@ -1,0 +1,194 @@
+//! The journals: the rules' events and the audit log of writes, kept in the
+//! store within a count and an age.
+//!
+//! Appends go through one task, which groups what arrives together into one
+//! durable commit, and retries a failed commit (a full disk, say) with
+//! backoff rather than dropping it; callers wait when the queue is full.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::store::{Entry, Log, Store, StoreError};
+use crate::time::{Micros, now};
+
+/// Entries queued for the journal task, at most.
+const QUEUE: usize = 4096;
+
+/// How many entries and for how long each log keeps them.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Entries per log, at most.
+    pub max_entries: usize,
+    /// Entries older than this go.
+    pub max_age: Duration,
+}
+
+/// The journals' front: append and query.
+pub struct Journal {
+    tx: mpsc::Sender<(Log, Micros, Vec<u8>)>,
+    store: Arc<dyn Store>,
+}
+
+impl Journal {
+    /// Starts the journal task on `tasks`; it drains its queue and stops when
+    /// `shutdown` fires.
+    pub fn start(
+        store: Arc<dyn Store>,
+        retention: Retention,
+        tasks: &tokio_util::task::TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Journal> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tasks.spawn(run(store.clone(), rx, retention, shutdown));
+        Arc::new(Journal { tx, store })
+    }
+
+    /// Queues `body` for `log`, stamped now. Waits while the queue is full.
+    pub async fn record(&self, log: Log, body: &impl Serialize) {
+        match serde_json::to_vec(body) {
+            Ok(bytes) => {
+                if self.tx.send((log, now(), bytes)).await.is_err() {
+                    tracing::warn!(
+                        "the journal has stopped; a {} entry was not kept",
+                        log.tree()
+                    );
+                }
+            }
+            Err(e) => tracing::error!("cannot encode a {} entry: {e}", log.tree()),
+        }
+    }
+
+    /// Entries of `log` before `before`, newest first, as JSON objects with
+    /// `seq` and `ts` added, that `keep` accepts, at most `limit`.
+    pub async fn recent(
+        &self,
+        log: Log,
+        before: u64,
+        limit: usize,
+        keep: impl Fn(&serde_json::Value) -> bool + Send + 'static,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries = store.recent(log, before, limit, &|e: &Entry| keep(&to_json(e)))?;
+            Ok(entries.iter().map(to_json).collect())
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("journal query failed: {e}")))?
+    }
+}
+
+/// An entry as the API shows it: its body with `seq` and `ts` (RFC 3339).
+fn to_json(entry: &Entry) -> serde_json::Value {
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&entry.body).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(map) = body.as_object_mut() {
+        map.insert("seq".into(), entry.seq.into());
+        map.insert("ts".into(), crate::time::rfc3339(entry.ts).into());
+    }
+    body
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<(Log, Micros, Vec<u8>)>,
+    retention: Retention,
+    shutdown: CancellationToken,
+) {
+    let mut trim = tokio::time::interval(Duration::from_secs(60));
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(entry) => batch.push(entry),
+                None => break,
+            },
+            _ = trim.tick() => {
+                trim_logs(&store, retention).await;
+                continue;
+            }
+            () = shutdown.cancelled() => {
+                while let Ok(entry) = rx.try_recv() {
+                    batch.push(entry);
+                }
+                commit(&store, &mut batch, &shutdown).await;
+                break;
+            }
+        }
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(entry) => batch.push(entry),
+                Err(_) => break,
+            }
+        }
+        commit(&store, &mut batch, &shutdown).await;
+    }
+}
+
+/// Commits `batch`, retrying until it is durable (or the gateway stops).
+async fn commit(
+    store: &Arc<dyn Store>,
+    batch: &mut Vec<(Log, Micros, Vec<u8>)>,
+    shutdown: &CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    for log in [Log::Events, Log::Audit] {
+        let entries: Vec<(Micros, Vec<u8>)> = batch
+            .iter()
+            .filter(|(l, _, _)| *l == log)
+            .map(|(_, ts, body)| (*ts, body.clone()))
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let entries = Arc::new(entries);
+        loop {
+            let (store, entries2) = (store.clone(), entries.clone());
+            let result = tokio::task::spawn_blocking(move || store.append(log, &entries2))
+                .await
+                .map_err(|e| StoreError::Io(e.to_string()))
+                .and_then(|r| r);
+            match result {
+                Ok(_) => break,
+                Err(e) if shutdown.is_cancelled() => {
+                    tracing::error!(
+                        "stopping with {} {} entries not kept: {e}",
+                        entries.len(),
+                        log.tree()
+                    );
+                    break;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(
+                        "cannot keep {} entries, will retry in {delay:.1?}: {e}",
+                        log.tree()
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+    batch.clear();
+}
+
+async fn trim_logs(store: &Arc<dyn Store>, retention: Retention) {
+    let before = now() - i64::try_from(retention.max_age.as_micros()).unwrap_or(i64::MAX);
+    for log in [Log::Events, Log::Audit] {
+        let store = store.clone();
+        let max = retention.max_entries;
+        match tokio::task::spawn_blocking(move || store.trim_log(log, before, max)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("retention dropped {n} {} entries", log.tree()),
+            Ok(Err(e)) => tracing::error!("{} retention failed: {e}", log.tree()),
+            Err(e) => tracing::error!("{} retention task failed: {e}", log.tree()),
+        }
+    }
+}
