@@ -32,7 +32,7 @@ fn the_demo_config_is_clean() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(
         text,
-        "checked 5 models, 5 devices, 2 rules: 0 errors, 0 warnings\n"
+        "checked 5 models, 5 devices, 3 rules: 0 errors, 0 warnings\n"
     );
 }
 
@@ -121,7 +121,7 @@ fn the_model_schema_accepts_the_demo_models() {
 #[test]
 fn the_device_and_rule_schemas_accept_the_demo() {
     assert_eq!(validate_folder("device", "examples/demo/devices"), 5);
-    assert_eq!(validate_folder("rule", "examples/demo/rules"), 2);
+    assert_eq!(validate_folder("rule", "examples/demo/rules"), 3);
 }
 
 #[test]

@@ -18,6 +18,60 @@ pub struct PropertyRef {
     pub property: String,
 }
 
+/// A piece of a message or payload template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Literal text.
+    Text(String),
+    /// A CEL expression, written between braces.
+    Expr(String),
+}
+
+/// Splits a template such as `at {devices["b"].t} °C` into text and CEL
+/// pieces. `{{` and `}}` stand for literal braces; braces inside an
+/// expression nest (CEL map literals).
+pub fn split_template(source: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut chars = source.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' | '}' if chars.peek() == Some(&c) => {
+                chars.next();
+                text.push(c);
+            }
+            '{' => {
+                let mut depth = 1;
+                let mut inner = String::new();
+                for c in chars.by_ref() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        break;
+                    }
+                    inner.push(c);
+                }
+                if depth != 0 {
+                    return Err("a `{` is never closed (write `{{` for a literal brace)".into());
+                }
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(Piece::Expr(inner));
+            }
+            '}' => return Err("a `}` closes nothing (write `}}` for a literal brace)".into()),
+            c => text.push(c),
+        }
+    }
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
+}
+
 /// A CEL syntax error, positioned within the expression (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExprError {
@@ -154,6 +208,29 @@ mod tests {
                 r("meter", "volts")
             ])
         );
+    }
+
+    #[test]
+    fn templates_split_into_text_and_expressions() {
+        assert_eq!(
+            split_template(r#"{{"t": {devices["b"].t}}} at {now}"#),
+            Ok(vec![
+                Piece::Text(r#"{"t": "#.into()),
+                Piece::Expr(r#"devices["b"].t"#.into()),
+                Piece::Text("} at ".into()),
+                Piece::Expr("now".into()),
+            ])
+        );
+        assert_eq!(
+            split_template("{ {'a': 1}['a'] }"),
+            Ok(vec![Piece::Expr(" {'a': 1}['a'] ".into())])
+        );
+        assert!(split_template("oops {1 +").is_err());
+        assert!(
+            split_template(r#"{"t": 1}"#).is_ok(),
+            "an expression, which CEL then refuses"
+        );
+        assert!(split_template("a } b").is_err());
     }
 
     #[test]

@@ -1040,8 +1040,12 @@ fn check_action(
             if e.message.trim().is_empty() {
                 diags.error(&rule.file, sub("message"), "the event message is empty");
             }
+            let path = action_path(path, kind, "message");
+            check_template(project, rule, &e.message, &path, diags);
         }
         Action::Publish(p) => {
+            let payload = action_path(path, kind, "payload");
+            check_template(project, rule, &p.payload, &payload, diags);
             if p.topic.is_empty() || p.topic.contains(['+', '#', '\0']) {
                 diags.error(
                     &rule.file,
@@ -1122,20 +1126,56 @@ fn check_expression(
             };
             diags.error(&rule.file, pos, format!("CEL syntax error: {}", e.message));
         }
-        Ok(refs) => {
-            for r in refs {
-                let message = match resolve(project, &r.device, &r.property) {
-                    Reference::Property(_) | Reference::Unknowable => continue,
-                    Reference::NoDevice => {
-                        format!("expression reads unknown device `{}`", r.device)
-                    }
-                    Reference::NoProperty { model } => format!(
-                        "device `{}` (model `{model}`) has no property `{}`",
-                        r.device, r.property
-                    ),
-                };
-                diags.error(&rule.file, at, message);
-            }
+        Ok(refs) => check_refs(project, &rule.file, at, &refs, diags),
+    }
+}
+
+/// Reports the references to unknown devices and properties.
+fn check_refs(
+    project: &Project,
+    file: &Path,
+    at: Pos,
+    refs: &[expr::PropertyRef],
+    diags: &mut Diagnostics,
+) {
+    for r in refs {
+        let message = match resolve(project, &r.device, &r.property) {
+            Reference::Property(_) | Reference::Unknowable => continue,
+            Reference::NoDevice => format!("expression reads unknown device `{}`", r.device),
+            Reference::NoProperty { model } => format!(
+                "device `{}` (model `{model}`) has no property `{}`",
+                r.device, r.property
+            ),
+        };
+        diags.error(file, at, message);
+    }
+}
+
+/// Checks a message or payload template: its braces, and the CEL between
+/// them. Positions point at the template's scalar.
+fn check_template(
+    project: &Project,
+    rule: &Located<Rule>,
+    source: &str,
+    path: &[&str],
+    diags: &mut Diagnostics,
+) {
+    let at = rule.node.locate(path);
+    let pieces = match expr::split_template(source) {
+        Ok(pieces) => pieces,
+        Err(e) => return diags.error(&rule.file, at, format!("template: {e}")),
+    };
+    for piece in pieces {
+        let expr::Piece::Expr(source) = piece else {
+            continue;
+        };
+        match expr::parse(&source) {
+            Ok(refs) => check_refs(project, &rule.file, at, &refs, diags),
+            Err(e) => diags.error(
+                &rule.file,
+                at,
+                format!("CEL syntax error in `{{{source}}}`: {}", e.message),
+            ),
         }
     }
 }

@@ -356,6 +356,54 @@ fn cel_that_does_not_parse_is_refused_at_its_column() {
 }
 
 #[test]
+fn message_and_payload_templates_are_checked() {
+    let event = |message: &str| format!("{RULE}  - event: {{ message: '{message}' }}\n");
+    let report = with(
+        BASE_MODEL,
+        BASE_DEVICE,
+        Some(&event("at {devices[\"boiler-1\"].temperature} °C")),
+    );
+    assert!(report.diagnostics.is_empty(), "{:#?}", report.diagnostics);
+    one_error(
+        &with(
+            BASE_MODEL,
+            BASE_DEVICE,
+            Some(&event("at {devices[\"boiler-1\"].nope}")),
+        ),
+        "rule.yaml:7:23",
+        "has no property `nope`",
+    );
+    one_error(
+        &with(BASE_MODEL, BASE_DEVICE, Some(&event("at {1 +}"))),
+        "rule.yaml:7:23",
+        "CEL syntax error in `{1 +}`",
+    );
+    one_error(
+        &with(BASE_MODEL, BASE_DEVICE, Some(&event("open {brace"))),
+        "rule.yaml:7:23",
+        "never closed",
+    );
+    let publish = format!(
+        "{RULE}  - publish: {{ topic: a/b, payload: '{{{{\"t\": {{devices[\"boiler-1\"].x}}}}}}' }}\n"
+    );
+    one_error(
+        &with(BASE_MODEL, BASE_DEVICE, Some(&publish)),
+        "rule.yaml:7:37",
+        "has no property `x`",
+    );
+}
+
+#[test]
+fn a_rate_limit_needs_a_firing_and_a_period() {
+    let rule = format!("{RULE}rate_limit: {{ firings: 0, per: 1m }}\n");
+    one_error(
+        &with(BASE_MODEL, BASE_DEVICE, Some(&rule)),
+        "rule.yaml:7:13",
+        "`rate_limit` needs at least one firing",
+    );
+}
+
+#[test]
 fn two_rules_writing_one_property_is_a_warning() {
     let second = RULE.replace("name: hot", "name: hotter");
     let report = load(&[

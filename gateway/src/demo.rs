@@ -71,6 +71,10 @@ const FILES: &[(&str, &str)] = &[
         "rules/meter-overload.yaml",
         include_str!("../../examples/demo/rules/meter-overload.yaml"),
     ),
+    (
+        "rules/tank-high.yaml",
+        include_str!("../../examples/demo/rules/tank-high.yaml"),
+    ),
 ];
 
 /// Writes the demo's files into `dir`.
@@ -119,16 +123,22 @@ pub async fn run(
          devices      {base}/api/v1/devices\n  \
          one device   {base}/api/v1/devices/boiler-1\n  \
          history      {base}/api/v1/devices/boiler-1/properties/temperature/history\n  \
+         rules        {base}/api/v1/rules\n  \
+         events       {base}/api/v1/events\n  \
+         audit log    {base}/api/v1/audit\n  \
          health       {base}/healthz\n  \
          metrics      {base}/metrics\n\n\
-         Try a write (the setpoint accepts 20..90):\n  \
+         Try a write (the setpoint accepts 20..90; while boiler-overheat is active it\n\
+         holds the setpoint and refuses this with 409):\n  \
          curl -X PUT -H 'content-type: application/json' -d '{{\"value\": 55.5}}' {base}/api/v1/devices/boiler-1/properties/setpoint\n\n\
          Simulated: boiler-1 and meter-1 on Modbus TCP 127.0.0.1:5020 (units 1 and 2),\n\
          line-1 on OPC UA opc.tcp://127.0.0.1:4840/ferrite,\n\
          env-1 (JSON) and tank-1 (Sparkplug B) publish to the embedded broker mqtt://127.0.0.1:1883:\n  \
-         mosquitto_sub -h 127.0.0.1 -t 'sensors/#' -v\n\
+         mosquitto_sub -h 127.0.0.1 -t 'sensors/#' -t 'alarms/#' -v\n\
+         Rules edited in {rules} apply without a restart.\n\
          Ctrl-C stops.",
-        data_dir.display()
+        data_dir.display(),
+        rules = scratch.path().join("rules").display(),
     )?;
     out.flush()?;
     crate::commands::wait_for_signal().await;

@@ -139,6 +139,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 .malformed_payloads
                 .load(Ordering::Relaxed),
         ),
+        (
+            "ferrite_rule_evaluations_total",
+            "Rule conditions evaluated",
+            state.rules.stats().evaluations.load(Ordering::Relaxed),
+        ),
+        (
+            "ferrite_rule_firings_total",
+            "Rule firings (then actions run)",
+            state.rules.stats().firings.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(

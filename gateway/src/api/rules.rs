@@ -1,7 +1,7 @@
 //! `/api/v1/rules`, `/api/v1/events` and `/api/v1/audit`.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{QueryRejection, StringRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ferrite_models::project::{DocKind, Loader};
@@ -106,8 +106,22 @@ fn refused(errors: Vec<String>) -> ApiError {
 pub async fn put(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Result<Json<Json_>, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let message = format!("the body is over {} bytes", super::MAX_BODY);
+            ApiError::new(e.status(), "body_too_large", message)
+        } else {
+            ApiError::bad_request(format!(
+                "expected the rule's YAML as UTF-8 text: {}",
+                e.body_text()
+            ))
+        }
+    })?;
+    // The name becomes a file name: nothing that could leave the folder.
+    ferrite_models::units::check_name(&name)
+        .map_err(|e| ApiError::bad_request(format!("rule {e}")))?;
     let file = file_of(&state, &name)?;
     // The body must hold exactly this one rule.
     let mut probe = Loader::default();

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferrite_models::Project;
+use ferrite_models::expr::{Piece, split_template};
 use ferrite_models::rule::{Action, Rule, Severity};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -310,6 +311,7 @@ pub(super) struct Engine {
     readers: HashMap<(usize, u16), Vec<usize>>,
     views: watch::Sender<Arc<Vec<RuleView>>>,
     commands_tx: mpsc::Sender<Command>,
+    stats: Arc<super::RuleStats>,
     save: mpsc::UnboundedSender<(String, Option<Vec<u8>>)>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -322,6 +324,7 @@ impl Engine {
         rules: Vec<Source>,
         views: watch::Sender<Arc<Vec<RuleView>>>,
         commands_tx: mpsc::Sender<Command>,
+        stats: Arc<super::RuleStats>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Engine {
@@ -363,6 +366,7 @@ impl Engine {
             readers: HashMap::new(),
             views,
             commands_tx,
+            stats,
             save,
             tasks,
             shutdown,
@@ -399,7 +403,11 @@ impl Engine {
                 () = sleep_until(next) => {}
                 () = self.shutdown.cancelled() => break,
             }
-            for o in feed.take() {
+            let observed = feed.take();
+            self.stats
+                .observations
+                .fetch_add(observed.len() as u64, Ordering::Relaxed);
+            for o in observed {
                 if self.observe(o.device, o.property, &o.sample)
                     && let Some(readers) = self.readers.get(&(o.device, o.property))
                 {
@@ -415,7 +423,10 @@ impl Engine {
                 if let (Some(t), Some(every)) = (slot.next_every, slot.source.rule.every)
                     && t <= now
                 {
-                    slot.next_every = Some(t.max(now - every.get()) + every.get());
+                    // After a stall, the next one is a period from now,
+                    // not a burst of the missed ones.
+                    let floor = now.checked_sub(every.get()).map_or(t, |f| t.max(f));
+                    slot.next_every = Some(floor + every.get());
                     dirty.insert(i);
                 }
             }
@@ -671,8 +682,15 @@ impl Engine {
         }
         let mut out = Vec::new();
         for source in sources {
-            // Templates: parse what sits between braces too.
-            let pieces = template_pieces(source);
+            // Templates: what sits between braces is CEL too.
+            let pieces: Vec<String> = split_template(source)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| match p {
+                    Piece::Expr(e) => Some(e),
+                    Piece::Text(_) => None,
+                })
+                .collect();
             for piece in std::iter::once(source).chain(pieces.iter().map(String::as_str)) {
                 for r in ferrite_models::expr::parse(piece).unwrap_or_default() {
                     let Some((d, _, located)) = project.devices.get_full(&r.device) else {
@@ -724,6 +742,7 @@ impl Engine {
                 .collect(),
             now: wall,
         };
+        self.stats.evaluations.fetch_add(1, Ordering::Relaxed);
         let when_result = when.condition(&scope);
         let clear_result = slot.clear_when.as_ref().map(|c| c.condition(&scope));
         let error = when_result
@@ -755,6 +774,7 @@ impl Engine {
                 for (device, property) in slot.held() {
                     self.holds.hold(&name, device, property);
                 }
+                self.stats.firings.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("rule `{name}` fired");
                 let jobs = plan_jobs(slot, &slot.then, &scope, now, "fired");
                 dispatch(slot, "fired", jobs);
@@ -823,34 +843,6 @@ impl Engine {
             .collect();
         self.views.send_replace(Arc::new(views));
     }
-}
-
-/// The CEL pieces between braces of a template, for finding what it reads.
-fn template_pieces(source: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut depth = 0usize;
-    let mut piece = String::new();
-    for c in source.chars() {
-        match c {
-            '{' => {
-                if depth > 0 {
-                    piece.push(c);
-                }
-                depth += 1;
-            }
-            '}' if depth > 0 => {
-                depth -= 1;
-                if depth == 0 {
-                    out.push(std::mem::take(&mut piece));
-                } else {
-                    piece.push(c);
-                }
-            }
-            c if depth > 0 => piece.push(c),
-            _ => {}
-        }
-    }
-    out
 }
 
 /// Fills in the actions' values and texts; applies the rate limit to writes

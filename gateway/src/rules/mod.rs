@@ -36,6 +36,17 @@ pub use feed::Feed;
 
 use engine::{Command, Engine};
 
+/// Counters of the engine, for `/metrics` and the benchmark.
+#[derive(Debug, Default)]
+pub struct RuleStats {
+    /// Rule evaluations (a condition, and `clear_when` if any).
+    pub evaluations: std::sync::atomic::AtomicU64,
+    /// Firings (the `then` actions ran).
+    pub firings: std::sync::atomic::AtomicU64,
+    /// Readings the engine took from the feed.
+    pub observations: std::sync::atomic::AtomicU64,
+}
+
 /// The handle the API and the folder watcher use.
 #[derive(Clone)]
 pub struct Rules {
@@ -47,6 +58,7 @@ pub struct Rules {
     reloading: Arc<tokio::sync::Mutex<()>>,
     /// The last refused reload's errors, for the API.
     refused: Arc<Mutex<Vec<String>>>,
+    stats: Arc<RuleStats>,
 }
 
 /// Starts the engine with `rules` (from the rules folder `dir`).
@@ -60,11 +72,13 @@ pub fn start(
     let (views_tx, views) = watch::channel(Arc::new(Vec::new()));
     let (commands, commands_rx) = mpsc::channel(64);
     let project = deps.project.clone();
+    let stats = Arc::new(RuleStats::default());
     let engine = Engine::new(
         deps,
         rules,
         views_tx,
         commands.clone(),
+        stats.clone(),
         tasks.clone(),
         shutdown,
     );
@@ -76,6 +90,7 @@ pub fn start(
         dir,
         reloading: Arc::new(tokio::sync::Mutex::new(())),
         refused: Arc::new(Mutex::new(Vec::new())),
+        stats,
     }
 }
 
@@ -83,6 +98,11 @@ impl Rules {
     /// Every rule with its state.
     pub fn list(&self) -> Arc<Vec<RuleView>> {
         self.views.borrow().clone()
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> &RuleStats {
+        &self.stats
     }
 
     /// One rule.

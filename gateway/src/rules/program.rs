@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use cel::objects::{Key, Map};
 use cel::{Context, Env, Program, Value as Cel};
 use ferrite_models::Value;
+use ferrite_models::expr::{Piece, split_template};
 
 use crate::live::Quality;
 use crate::time::Micros;
@@ -180,47 +181,14 @@ enum Part {
 impl Template {
     /// Splits `source` into text and expressions, and compiles those.
     pub fn compile(source: &str) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut text = String::new();
-        let mut chars = source.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    text.push('{');
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    text.push('}');
-                }
-                '{' => {
-                    let mut depth = 1;
-                    let mut inner = String::new();
-                    for c in chars.by_ref() {
-                        match c {
-                            '{' => depth += 1,
-                            '}' => depth -= 1,
-                            _ => {}
-                        }
-                        if depth == 0 {
-                            break;
-                        }
-                        inner.push(c);
-                    }
-                    if depth != 0 {
-                        return Err(format!("`{source}`: a `{{` is never closed"));
-                    }
-                    if !text.is_empty() {
-                        parts.push(Part::Text(std::mem::take(&mut text)));
-                    }
-                    parts.push(Part::Expr(Expr::compile(&inner)?));
-                }
-                c => text.push(c),
-            }
-        }
-        if !text.is_empty() {
-            parts.push(Part::Text(text));
-        }
+        let pieces = split_template(source).map_err(|e| format!("`{source}`: {e}"))?;
+        let parts = pieces
+            .into_iter()
+            .map(|piece| match piece {
+                Piece::Text(t) => Ok(Part::Text(t)),
+                Piece::Expr(e) => Expr::compile(&e).map(Part::Expr),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Template { parts })
     }
 
@@ -281,6 +249,8 @@ mod tests {
         );
         assert_eq!(yes("devices.b.n + 1 == 4"), Ok(true));
         assert_eq!(yes("now > timestamp('2023-01-01T00:00:00Z')"), Ok(true));
+        // 2023-11-14T22:13:20Z: 23:13 in Berlin.
+        assert_eq!(yes("now.getHours('Europe/Berlin') == 23"), Ok(true));
         assert!(yes("devices.b.n").is_err_and(|e| e.contains("not a bool")));
         assert!(yes("devices.nobody.x > 1").is_err());
     }
