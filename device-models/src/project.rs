@@ -201,6 +201,25 @@ pub fn check(path: &Path) -> Report {
     loader.finish()
 }
 
+/// The `.yaml` and `.yml` files of `dir`, sorted by name, without hidden
+/// ones (editors' and the API's temporary files start with a dot).
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let visible = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'));
+            let yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            visible && yaml && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Builds a project from files and text, reporting as it goes.
 #[derive(Debug, Default)]
 pub struct Loader {
@@ -242,8 +261,8 @@ impl Loader {
     /// Loads every `.yaml`/`.yml` file in `dir`, sorted by name. `config_file`
     /// and `at` locate the config entry that named the folder.
     pub fn load_folder(&mut self, dir: &Path, allowed: &[DocKind], config_file: &Path, at: Pos) {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
+        let files = match yaml_files(dir) {
+            Ok(files) => files,
             Err(e) => {
                 self.diagnostics.error(
                     config_file,
@@ -253,19 +272,6 @@ impl Loader {
                 return;
             }
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                let visible = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| !n.starts_with('.'));
-                let yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
-                visible && yaml && p.is_file()
-            })
-            .collect();
-        files.sort();
         for file in files {
             self.load_file(&file, allowed);
         }

@@ -29,11 +29,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ferrite_gateway::control::{Control, Holds};
 use ferrite_gateway::drivers::{BoxFuture, DeviceWriter, DriverError, Written};
 use ferrite_gateway::journal::{Journal, Retention};
-use ferrite_gateway::live::{Live, Sample, Update};
-use ferrite_gateway::rules::{self, Clock, Deps, Feed, Source};
+use ferrite_gateway::live::{Sample, Update};
+use ferrite_gateway::rules::{self, Clock, Deps, Source};
 use ferrite_gateway::runtime::{Gateway, Options};
 use ferrite_gateway::store::{SledStore, Store};
 use ferrite_models::Value;
@@ -41,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod common;
-use common::{env, percentile};
+use common::{env, percentile, project_dir};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -69,16 +68,8 @@ async fn throughput() {
         "rules_load (1): {rules_n} rules over {} properties, {points_per_s} readings/s for {seconds} s",
         DEVICES * PROPERTIES
     );
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = project_dir();
     let root = dir.path();
-    for sub in ["models", "devices", "rules"] {
-        std::fs::create_dir_all(root.join(sub)).expect("mkdir");
-    }
-    std::fs::write(
-        root.join("ferrite.toml"),
-        "[gateway]\nid = \"bench\"\ndata_dir = \"data\"\n",
-    )
-    .expect("config");
     let mut model = String::from("kind: DeviceModel\nname: m\nproperties:\n");
     for p in 0..PROPERTIES {
         let _ = writeln!(
@@ -117,38 +108,14 @@ async fn throughput() {
         max_age: Duration::from_secs(3600),
     };
     let journal = Journal::start(store.clone(), retention, &tasks, shutdown.clone());
-    let live = Live::new(&project);
     let writers: HashMap<String, Arc<dyn DeviceWriter>> = project
         .devices
         .keys()
         .map(|d| (d.clone(), Arc::new(Nowhere) as Arc<dyn DeviceWriter>))
         .collect();
-    let control = Arc::new(Control {
-        project: project.clone(),
-        live: live.clone(),
-        writers: Arc::new(writers),
-        holds: Arc::new(Holds::default()),
-        journal: journal.clone(),
-    });
-    let feed = Arc::new(Feed::new(&project));
-    let sources = project
-        .rules
-        .values()
-        .map(|l| Source {
-            rule: l.value.clone(),
-            file: l.file.to_path_buf(),
-        })
-        .collect();
-    let deps = Deps {
-        project: project.clone(),
-        live,
-        feed: feed.clone(),
-        control,
-        journal,
-        store,
-        outlet: None,
-        clock: Clock::system(),
-    };
+    let deps = Deps::standalone(project.clone(), store, writers, journal, Clock::system());
+    let feed = deps.feed.clone();
+    let sources = Source::all(&project);
     let engine = rules::start(deps, sources, root.join("rules"), &tasks, shutdown.clone());
     let stats = engine.stats();
 
@@ -237,14 +204,12 @@ async fn latency() {
     let sim = ferrite_sim::server::TcpSim::start("127.0.0.1:0".parse().expect("addr"), endpoint)
         .await
         .expect("sim");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = project_dir();
     let root = dir.path();
-    for sub in ["models", "devices", "rules"] {
-        std::fs::create_dir_all(root.join(sub)).expect("mkdir");
-    }
+    let config = std::fs::read_to_string(root.join("ferrite.toml")).expect("config");
     std::fs::write(
         root.join("ferrite.toml"),
-        "[gateway]\nid = \"bench\"\ndata_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        config + "[api]\nlisten = \"127.0.0.1:0\"\n",
     )
     .expect("config");
     std::fs::write(root.join("models/boiler.yaml"), BOILER).expect("model");

@@ -179,14 +179,7 @@ impl Gateway {
             shutdown.clone(),
         );
         let rules_dir = project.resolve(&config.gateway.rules);
-        let sources = project
-            .rules
-            .values()
-            .map(|located| Source {
-                rule: located.value.clone(),
-                file: located.file.to_path_buf(),
-            })
-            .collect();
+        let sources = Source::all(&project);
         let project = Arc::new(project);
         let writers = Arc::new(writers);
         let control = Arc::new(Control {

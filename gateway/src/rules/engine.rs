@@ -128,6 +128,20 @@ pub struct Source {
     pub file: PathBuf,
 }
 
+impl Source {
+    /// The rules of `project`, with their files.
+    pub fn all(project: &Project) -> Vec<Source> {
+        project
+            .rules
+            .values()
+            .map(|located| Source {
+                rule: located.value.clone(),
+                file: located.file.to_path_buf(),
+            })
+            .collect()
+    }
+}
+
 /// Why a command failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RuleError {
@@ -298,6 +312,38 @@ pub struct Deps {
     pub outlet: Outlet,
     /// Wall time.
     pub clock: Clock,
+}
+
+impl Deps {
+    /// Dependencies around `writers` with a fresh live view, feed and write
+    /// path, and no broker: for tests and benchmarks that drive the feed
+    /// themselves.
+    pub fn standalone(
+        project: Arc<Project>,
+        store: Arc<dyn Store>,
+        writers: HashMap<String, Arc<dyn crate::drivers::DeviceWriter>>,
+        journal: Arc<Journal>,
+        clock: Clock,
+    ) -> Deps {
+        let live = Live::new(&project);
+        let control = Arc::new(Control {
+            project: project.clone(),
+            live: live.clone(),
+            writers: Arc::new(writers),
+            holds: Arc::new(Holds::default()),
+            journal: journal.clone(),
+        });
+        Deps {
+            feed: Arc::new(Feed::new(&project)),
+            project,
+            live,
+            control,
+            journal,
+            store,
+            outlet: None,
+            clock,
+        }
+    }
 }
 
 /// The engine's state.

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use ferrite_models::Project;
 use ferrite_models::diag::Severity;
-use ferrite_models::project::{DocKind, Loader};
+use ferrite_models::project::{DocKind, Loader, yaml_files};
 use tokio_util::sync::CancellationToken;
 
 use super::Rules;
@@ -31,25 +31,6 @@ pub struct Edit<'a> {
     pub text: Option<&'a str>,
 }
 
-/// The `.yaml`/`.yml` files of `dir`, sorted, with hidden ones left out (as
-/// the loader does).
-fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            let visible = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'));
-            let yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
-            visible && yaml && p.is_file()
-        })
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 /// Loads the rules of `dir` (with `edit` applied) against `project`'s
 /// models and devices. Errors come as `file:line:col: message` lines.
 pub fn load(
@@ -63,7 +44,7 @@ pub fn load(
     };
     loader.project.rules.clear();
     loader.project.shadowed.rules.clear();
-    let files = rule_files(dir).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
+    let files = yaml_files(dir).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
     let mut edited = false;
     for file in &files {
         match edit {
@@ -114,7 +95,7 @@ pub fn load(
 
 /// What a folder looked like: each file's name, size and modification time.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    rule_files(dir)
+    yaml_files(dir)
         .unwrap_or_default()
         .into_iter()
         .map(|p| {

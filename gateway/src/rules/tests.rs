@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::*;
-use crate::control::{Actor, Control, Holds, WriteError};
+use crate::control::{Actor, Control, WriteError};
 use crate::drivers::{BoxFuture, DeviceWriter, DriverError, Written};
 use crate::journal::{Journal, Retention};
-use crate::live::{Live, Sample, Update};
+use crate::live::{Sample, Update};
 use crate::store::{Log, SledStore, Store};
 
 const MODEL: &str = r#"
@@ -111,33 +111,15 @@ async fn start_on(
         "boiler-1".to_string(),
         device.clone() as Arc<dyn DeviceWriter>,
     )]);
-    let live = Live::new(&project);
-    let control = Arc::new(Control {
-        project: project.clone(),
-        live: live.clone(),
-        writers: Arc::new(writers),
-        holds: Arc::new(Holds::default()),
-        journal: journal.clone(),
-    });
-    let feed = Arc::new(Feed::new(&project));
-    let sources = project
-        .rules
-        .values()
-        .map(|l| Source {
-            rule: l.value.clone(),
-            file: l.file.to_path_buf(),
-        })
-        .collect();
-    let deps = Deps {
-        project: project.clone(),
-        live,
-        feed: feed.clone(),
-        control: control.clone(),
-        journal: journal.clone(),
-        store: store.clone(),
-        outlet: None,
-        clock: Clock::starting_at(wall0),
-    };
+    let deps = Deps::standalone(
+        project.clone(),
+        store.clone(),
+        writers,
+        journal.clone(),
+        Clock::starting_at(wall0),
+    );
+    let (feed, control) = (deps.feed.clone(), deps.control.clone());
+    let sources = Source::all(&project);
     let rules = start(deps, sources, root.join("rules"), &tasks, shutdown.clone());
     Harness {
         _dir: dir,
