@@ -183,6 +183,18 @@ async fn the_demo_serves_changing_modbus_values() {
     })
     .await;
     assert!(changed, "the energy counter moves");
+    let (_, rules) = api.get("/api/v1/rules").await;
+    let names: Vec<&str> = rules
+        .as_array()
+        .map(|r| r.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names,
+        ["boiler-overheat", "meter-overload", "tank-high"],
+        "{rules}"
+    );
+    // Within its first 20 s the demo's boiler has not been over 85 °C for
+    // the rule's 10 s, so the setpoint is not held yet.
     let (status, body) = api
         .write("boiler-1", "setpoint", serde_json::json!(61.5))
         .await;

@@ -276,9 +276,7 @@ impl Slot {
     }
 
     fn hold(&self) -> Micros {
-        self.source.rule.hold.map_or(0, |h| {
-            i64::try_from(h.get().as_micros()).unwrap_or(i64::MAX)
-        })
+        hold_micros(&self.source.rule)
     }
 
     fn held(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -292,6 +290,13 @@ impl Slot {
             _ => None,
         })
     }
+}
+
+/// A rule's `for:` in microseconds (0 without one).
+fn hold_micros(rule: &Rule) -> Micros {
+    rule.hold.map_or(0, |h| {
+        i64::try_from(h.get().as_micros()).unwrap_or(i64::MAX)
+    })
 }
 
 /// What the engine needs.
@@ -674,9 +679,9 @@ impl Engine {
             firings: 0,
             enabled: None,
         });
-        let hold = rule.hold.map_or(Duration::ZERO, |h| h.get());
+        let hold = hold_micros(rule);
         let wake = match saved.phase {
-            Phase::Pending { since } => Some(self.deps.clock.instant(since) + hold),
+            Phase::Pending { since } => Some(self.deps.clock.instant(since.saturating_add(hold))),
             _ => None,
         };
         let (worker, jobs) = mpsc::unbounded_channel();
