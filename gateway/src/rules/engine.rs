@@ -46,7 +46,12 @@ use crate::time::{Micros, now, rfc3339};
 pub type Outlet = Option<Arc<crate::broker::Publisher>>;
 /// Without the `mqtt` feature there is no broker to publish to.
 #[cfg(not(feature = "mqtt"))]
-pub type Outlet = Option<std::convert::Infallible>;
+pub type Outlet = Option<Arc<NoBroker>>;
+
+/// The broker a build without the `mqtt` feature does not have.
+#[cfg(not(feature = "mqtt"))]
+#[derive(Debug)]
+pub enum NoBroker {}
 
 /// Maps tokio's clock (which tests can pause) to wall time, which is what
 /// the store keeps, so that a saved `pending since` means the same after a
