@@ -1,5 +1,7 @@
 """Interop: Debian's mosquitto_pub and mosquitto_sub against the gateway's
-embedded broker (rumqttd), with authentication off and on, and over TLS.
+embedded broker (rumqttd), with authentication off and on, and over TLS; and
+a control rule driven by mosquitto_pub whose publish and write mosquitto_sub
+receives.
 
 Usage: python3 mosquitto_interop.py path/to/ferrite
 
@@ -20,6 +22,15 @@ properties:
   count:       { type: int, mqtt: { topic: "sensors/{device}/count" } }
   mode:        { type: string, mqtt: { topic: "sensors/{device}/mode" } }
   interval:    { type: int, access: readwrite, min: 1, max: 3600, mqtt: { topic: "sensors/{device}/interval", command: "sensors/{device}/interval/set" } }
+"""
+RULE = """kind: Rule
+name: d1-hot
+when: 'devices["d1"].temperature > 50'
+clear_when: 'devices["d1"].temperature < 45'
+then:
+  - publish: { topic: alarms/d1, payload: '{{"t": {devices["d1"].temperature}}}' }
+  - write: { device: d1, property: interval, value: "5" }
+  - event: { severity: warning, message: 'd1 at {devices["d1"].temperature}' }
 """
 DEVICE = """kind: Device
 name: d1
@@ -63,6 +74,7 @@ def device_status(api):
 def start(binary, checks, extra):
     work = project("ferrite-mosquitto-", MODEL)
     (work / "devices" / "d1.yaml").write_text(DEVICE)
+    (work / "rules" / "d1-hot.yaml").write_text(RULE)
     mqtt_port, api_port = free_port(), free_port()
     with open(work / "ferrite.toml", "a") as f:
         f.write(f'[mqtt]\nlisten = "127.0.0.1:{mqtt_port}"\n{extra}\n')
@@ -106,6 +118,21 @@ async def without_auth(binary, checks):
         checks.check("mosquitto_sub receives the write on the command topic", out.strip() == "sensors/d1/interval/set 30", out)
         status, body = http("PUT", f"{api}/api/v1/devices/d1/properties/interval", {"value": 0})
         checks.check("a write outside the limits is refused before publishing", status == 400, (status, body))
+
+        # A rule: mosquitto_pub makes d1 hot; the rule publishes an alarm and
+        # writes the interval (a command publish), both seen by mosquitto_sub.
+        listener = sub(port, "alarms/#", 1)
+        commands = sub(port, "sensors/d1/interval/set", 1)
+        time.sleep(0.5)
+        pub(port, "sensors/d1/state", '{"temperature": 55.5, "env": {"humidity": 40.25}}')
+        out, _ = listener.communicate(timeout=15)
+        checks.check("the rule's publish reaches mosquitto_sub", out.strip() == 'alarms/d1 {"t": 55.5}', out)
+        out, _ = commands.communicate(timeout=15)
+        checks.check("the rule's write arrives on the command topic", out.strip() == "sensors/d1/interval/set 5", out)
+        status, events = http("GET", f"{api}/api/v1/events?rule=d1-hot")
+        checks.check("GET /api/v1/events shows the firing", status == 200 and events and events[0]["message"] == "d1 at 55.5", events)
+        status, audit = http("GET", f"{api}/api/v1/audit?who=rule%20d1-hot")
+        checks.check("the audit log has the rule's write", status == 200 and audit and audit[0]["new"] == 5 and audit[0]["result"] == "sent", audit)
 
         # Malformed payloads: counted, quality bad, no crash.
         r = pub(port, "sensors/d1/count", "forty-two")
@@ -168,6 +195,7 @@ async def with_tls(binary, checks):
         capture_output=True, text=True)
     checks.check("openssl makes a broker certificate", made.returncode == 0, made.stderr)
     (work / "devices" / "d1.yaml").write_text(DEVICE)
+    (work / "rules" / "d1-hot.yaml").write_text(RULE)
     mqtt_port, api_port = free_port(), free_port()
     with open(work / "ferrite.toml", "a") as f:
         f.write(f'[mqtt]\nlisten = "127.0.0.1:{mqtt_port}"\n{extra}\n')
