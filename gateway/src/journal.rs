@@ -192,3 +192,51 @@ async fn trim_logs(store: &Arc<dyn Store>, retention: Retention) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_are_kept_within_the_count_and_paged_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let tasks = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let retention = Retention {
+            max_entries: 3,
+            max_age: Duration::from_secs(3600),
+        };
+        let journal = Journal::start(store, retention, &tasks, shutdown.clone());
+        for n in 0..5 {
+            journal
+                .record(Log::Events, &serde_json::json!({"n": n}))
+                .await;
+        }
+        let all = |journal: Arc<Journal>| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            journal
+                .recent(Log::Events, u64::MAX, 100, |_| true)
+                .await
+                .expect("recent")
+        };
+        // Retention runs every minute. (On paused time the clock also moves
+        // while the store works on a blocking thread, so only the state
+        // after a trim is certain.)
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let after = all(journal.clone()).await;
+        let ns: Vec<&serde_json::Value> = after.iter().map(|e| &e["n"]).collect();
+        assert_eq!(ns, [4, 3, 2], "the newest 3, newest first");
+        let newest = after[0]["seq"].as_u64().expect("seq");
+        let page = journal
+            .recent(Log::Events, newest, 5, |e| e["n"] != 3)
+            .await
+            .expect("page");
+        let ns: Vec<&serde_json::Value> = page.iter().map(|e| &e["n"]).collect();
+        assert_eq!(ns, [2], "before the newest, without n = 3");
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+}
