@@ -7,8 +7,10 @@
 //!
 //! ## A tour
 //! - [`sync::v1`]: the uplink between a gateway and `ferrite-cloud`: Hello and
-//!   Resume, DeltaBatch with its dictionary, Ack, and the device twin's
-//!   DesiredPatch and Reported. A draft until the sync work lands.
+//!   Resume, DeltaBatch (a dictionary, then one column-wise Series per
+//!   property), Ack, and the device twin's DesiredPatch and Reported.
+//!   DeltaBatch is encoded by `ferrite-sync`'s `delta`; the rest is a draft
+//!   until the transport lands.
 //! - [`sparkplug`]: the Sparkplug B payload (Eclipse Tahu's schema), which
 //!   MQTT devices publish in NBIRTH/NDATA/DBIRTH/DDATA and receive in
 //!   NCMD/DCMD, plus its data type codes.
@@ -51,21 +53,24 @@ pub mod sparkplug {
 mod tests {
     use prost::Message;
 
-    use super::sync::v1::{DeltaBatch, Point, point};
+    use super::sync::v1::{DeltaBatch, Series};
 
     #[test]
     fn a_batch_round_trips_through_bytes() {
         let batch = DeltaBatch {
             gateway_id: "gw-01".into(),
             seq: 7,
+            first_change: 120,
             base_ts_ms: 1_700_000_000_000,
             dictionary: vec![],
-            points: vec![Point {
+            series: vec![Series {
                 key: 1,
-                ts_delta_ms: 1000,
-                value: Some(point::Value::FloatValue(21.5)),
-                quality: 0,
+                ts_delta_ms: vec![0, 1000],
+                decimal_deltas: vec![215, 1],
+                decimals: 1,
+                ..Series::default()
             }],
+            points: 2,
         };
         let bytes = batch.encode_to_vec();
         assert_eq!(DeltaBatch::decode(bytes.as_slice()), Ok(batch));
