@@ -6,15 +6,19 @@
 //!   integers) → protobuf → zstd, and back, with every hostile input an
 //!   error. `benches/sync_bytes.rs` measures the bytes per point against
 //!   naive JSON.
+//! - [`outbox`]: changes in sled with a sequence number that rises across
+//!   restarts, read in order, removed only when acknowledged or, over the
+//!   disk budget, oldest first and counted.
 //!
 //! Still to come, in this layout:
-//! - `outbox`: every change past the deadband, appended to sled with a rising
-//!   sequence number, trimmed only after the control plane acknowledges it;
+//! - wiring the outbox into the gateway's store writer (same commit as the
+//!   history);
 //! - `transport`: MQTT (rumqttc, QoS 1) to the control plane's broker,
 //!   resuming from the last acknowledged sequence after every reconnect;
 //! - the `ferrite-cloud` binary: the control plane, with its embedded broker.
 
 pub mod delta;
+pub mod outbox;
 
 /// The wire messages this crate speaks.
 pub use ferrite_proto::sync::v1 as wire;
