@@ -77,7 +77,7 @@ async fn boiler(files: &Files) -> (TcpSim, Project) {
 
 /// The boiler overheats; the setpoint on the device drops within the hold
 /// plus one poll; the event, the rule's state and the audit show it.
-async fn overheat_lowers_the_setpoint(files: &Files) {
+async fn overheat_lowers_the_setpoint(files: &Files) -> ferrite_gateway::runtime::Gateway {
     let (sim, project) = boiler(files).await;
     let gw = files.start().await;
     let api = Api::new(gw.addr);
@@ -157,13 +157,17 @@ async fn overheat_lowers_the_setpoint(files: &Files) {
     assert!(cleared);
     let (status, _) = api.write("boiler-1", "setpoint", json!(60.0)).await;
     assert_eq!(status, 200, "released once cleared");
-    gw.stop().await;
+    gw
 }
 
 #[tokio::test]
 async fn rules_run_with_no_cloud_configured() {
     let files = Files::new();
-    overheat_lowers_the_setpoint(&files).await;
+    let gw = overheat_lowers_the_setpoint(&files).await;
+    let (_, sync) = Api::new(gw.addr).get("/api/v1/sync").await;
+    assert_eq!(sync["configured"], json!(false), "{sync}");
+    assert_eq!(sync["backlog"], json!(null), "no [cloud], no outbox");
+    gw.stop().await;
 }
 
 #[tokio::test]
@@ -179,7 +183,44 @@ async fn rules_run_with_the_cloud_configured_but_unreachable() {
             "[gateway]\nid = \"test\"\ndata_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[cloud]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"
         ),
     );
-    overheat_lowers_the_setpoint(&files).await;
+    let gw = overheat_lowers_the_setpoint(&files).await;
+    // Nothing can be sent, so every change past the deadband waits in the
+    // outbox, as many as the history holds.
+    let api = Api::new(gw.addr);
+    let backlog = |api: Api| async move {
+        api.get("/api/v1/sync").await.1["backlog"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = backlog(api.clone()).await;
+    let mut stored = 0;
+    for property in [
+        "temperature",
+        "pressure",
+        "setpoint",
+        "burner",
+        "flame_fault",
+        "serial",
+    ] {
+        let (_, history) = api
+            .get(&format!(
+                "/api/v1/devices/boiler-1/properties/{property}/history?limit=10000"
+            ))
+            .await;
+        stored += history.as_array().map_or(0, Vec::len) as u64;
+    }
+    let after = backlog(api.clone()).await;
+    let (_, sync) = api.get("/api/v1/sync").await;
+    assert_eq!(
+        (sync["configured"].clone(), sync["connected"].clone()),
+        (json!(true), json!(false)),
+        "{sync}"
+    );
+    assert!(
+        before > 0 && before <= stored && stored <= after,
+        "outbox {before}..{after}, history {stored}"
+    );
+    gw.stop().await;
 }
 
 #[tokio::test]

@@ -184,6 +184,16 @@ pub struct MqttTls {
 pub struct CloudSection {
     /// The control plane's broker, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
     pub broker: String,
+    /// Changes waiting for the control plane take at most this many MiB;
+    /// beyond it the oldest go, counted. Default 64.
+    #[serde(default = "CloudSection::default_outbox")]
+    pub outbox_mib: u64,
+}
+
+impl CloudSection {
+    fn default_outbox() -> u64 {
+        64
+    }
 }
 
 /// `[store]`: how much history to keep.

@@ -104,9 +104,13 @@ impl Gateway {
             .map_err(|e| StartError::Listen(listen, e))?;
 
         let store: Arc<dyn Store> = Arc::new(
-            SledStore::open_with_cache(
+            SledStore::open_with(
                 &data_dir,
                 config.store.cache_mib.saturating_mul(1024 * 1024),
+                config
+                    .cloud
+                    .as_ref()
+                    .map(|c| c.outbox_mib.saturating_mul(1024 * 1024)),
             )
             .map_err(|e| StartError::Store(data_dir.clone(), e))?,
         );

@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rules/{name}/enable", post(rules::enable))
         .route("/api/v1/rules/{name}/disable", post(rules::disable))
         .route("/api/v1/events", get(rules::events))
+        .route("/api/v1/sync", get(sync))
         .route("/api/v1/audit", get(rules::audit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -94,6 +95,25 @@ pub fn router(state: AppState) -> Router {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// `GET /api/v1/sync`: the uplink's state. Only the outbox exists so far
+/// (issue 7): changes are kept for the control plane, nothing sends them.
+async fn sync(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    let configured = state
+        .project
+        .config
+        .as_ref()
+        .is_some_and(|c| c.value.cloud.is_some());
+    let outbox = state.store.outbox();
+    axum::Json(serde_json::json!({
+        "configured": configured,
+        "connected": false,
+        "last_acked": null,
+        "backlog": outbox.map(|o| o.backlog),
+        "backlog_bytes": outbox.map(|o| o.bytes),
+        "dropped": outbox.map(|o| o.dropped),
+    }))
 }
 
 async fn not_found() -> error::ApiError {
@@ -154,6 +174,13 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    if let Some(outbox) = state.store.outbox() {
+        let _ = writeln!(
+            out,
+            "# HELP ferrite_sync_backlog Changes waiting for the control plane\n# TYPE ferrite_sync_backlog gauge\nferrite_sync_backlog {}\n# HELP ferrite_sync_dropped_total Changes dropped over the outbox budget\n# TYPE ferrite_sync_dropped_total counter\nferrite_sync_dropped_total {}",
+            outbox.backlog, outbox.dropped
         );
     }
     let failing = u8::from(s.failing.load(Ordering::Relaxed));

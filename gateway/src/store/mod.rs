@@ -93,6 +93,17 @@ pub struct Entry {
     pub body: Vec<u8>,
 }
 
+/// The sync outbox, as `/api/v1/sync` and `/metrics` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxState {
+    /// Changes waiting for the control plane.
+    pub backlog: u64,
+    /// The bytes they take.
+    pub bytes: u64,
+    /// Changes dropped over the disk budget.
+    pub dropped: u64,
+}
+
 /// The storage interface.
 pub trait Store: Send + Sync + 'static {
     /// Records changes durably (fsync): each becomes the latest value of its
@@ -131,6 +142,11 @@ pub trait Store: Send + Sync + 'static {
     /// Drops entries of `log` older than `before`, then the oldest until at
     /// most `max_entries` are left. Returns how many went.
     fn trim_log(&self, log: Log, before: Micros, max_entries: usize) -> Result<u64, StoreError>;
+
+    /// The sync outbox's state, when `[cloud]` is configured.
+    fn outbox(&self) -> Option<OutboxState> {
+        None
+    }
 
     /// Every saved rule state, by rule name.
     fn rule_states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;

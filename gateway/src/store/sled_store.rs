@@ -6,7 +6,9 @@
 //!   value;
 //! - `events`, `audit` (the [`Log`]s): sequence number (BE, from sled's
 //!   `generate_id`, which grows across restarts) → ts (BE) + body;
-//! - `rule_state`: rule name → its state (JSON).
+//! - `rule_state`: rule name → its state (JSON);
+//! - with `[cloud]`, `outbox` and `outbox_meta` (ferrite-sync's outbox):
+//!   every committed change again, until the control plane acknowledges it.
 //!
 //! Values are one tag byte plus the payload. sled can fail to re-acquire its
 //! file lock when a `Db` is reopened right after a drop (sled #1234), so the
@@ -30,6 +32,10 @@ use crate::time::Micros;
 pub struct SledStore {
     dir: PathBuf,
     cache_bytes: u64,
+    /// With `[cloud]`: the outbox's budget in bytes.
+    outbox_budget: Option<u64>,
+    /// Outbox entries dropped over the budget, since start.
+    outbox_dropped: std::sync::atomic::AtomicU64,
     /// Held for writing from the first insert to the fsync, and for reading
     /// by queries, so that a query never sees what a crash could still take
     /// away. `None` between a failure and the reopen.
@@ -44,6 +50,8 @@ struct Inner {
     events: sled::Tree,
     audit: sled::Tree,
     rule_state: sled::Tree,
+    /// With `[cloud]`: changes waiting for the control plane.
+    outbox: Option<ferrite_sync::outbox::Outbox>,
     ids: HashMap<(String, String), u32>,
 }
 
@@ -57,10 +65,23 @@ impl SledStore {
     /// Opens (or creates) the store in `dir` with a page cache of
     /// `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let inner = Inner::open(dir, cache_bytes)?;
+        Self::open_with(dir, cache_bytes, None)
+    }
+
+    /// Opens the store; with `outbox_budget`, every committed change is also
+    /// appended to the sync outbox (in the same fsync), which keeps at most
+    /// that many bytes.
+    pub fn open_with(
+        dir: &Path,
+        cache_bytes: u64,
+        outbox_budget: Option<u64>,
+    ) -> Result<Self, StoreError> {
+        let inner = Inner::open(dir, cache_bytes, outbox_budget)?;
         Ok(SledStore {
             dir: dir.to_path_buf(),
             cache_bytes,
+            outbox_budget,
+            outbox_dropped: std::sync::atomic::AtomicU64::new(0),
             inner: RwLock::new(Some(inner)),
         })
     }
@@ -83,12 +104,20 @@ impl SledStore {
     ) -> Result<T, StoreError> {
         let mut guard = self.write();
         if guard.is_none() {
-            *guard = Some(Inner::open(&self.dir, self.cache_bytes)?);
+            *guard = Some(Inner::open(
+                &self.dir,
+                self.cache_bytes,
+                self.outbox_budget,
+            )?);
             tracing::info!("the store reopened after a failure");
         }
         let inner = guard.as_mut().ok_or_else(reopening)?;
         let result = write(inner);
         if result.is_err() {
+            if let Some(outbox) = guard.as_ref().and_then(|i| i.outbox.as_ref()) {
+                self.outbox_dropped
+                    .fetch_add(outbox.dropped(), std::sync::atomic::Ordering::Relaxed);
+            }
             *guard = None;
         }
         result
@@ -100,7 +129,7 @@ fn reopening() -> StoreError {
 }
 
 impl Inner {
-    fn open(dir: &Path, cache_bytes: u64) -> Result<Inner, StoreError> {
+    fn open(dir: &Path, cache_bytes: u64, outbox_budget: Option<u64>) -> Result<Inner, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
         let db = sled::Config::new()
@@ -114,6 +143,10 @@ impl Inner {
         let events = db.open_tree(Log::Events.tree())?;
         let audit = db.open_tree(Log::Audit.tree())?;
         let rule_state = db.open_tree("rule_state")?;
+        let outbox = outbox_budget
+            .map(|budget| ferrite_sync::outbox::Outbox::open(&db, budget))
+            .transpose()
+            .map_err(|e| StoreError::Io(e.to_string()))?;
         let mut ids = HashMap::new();
         for entry in series.iter() {
             let (k, v) = entry?;
@@ -130,6 +163,7 @@ impl Inner {
             events,
             audit,
             rule_state,
+            outbox,
             ids,
         })
     }
@@ -161,6 +195,20 @@ impl Inner {
             encode_value(&change.at.value, &mut buf);
             self.history
                 .insert(&history_key(id, change.at.ts)[..], buf.as_slice())?;
+        }
+        if let Some(outbox) = &self.outbox {
+            let synced: Vec<ferrite_sync::delta::Change> = changes
+                .iter()
+                .map(|c| ferrite_sync::delta::Change {
+                    device: c.device.clone(),
+                    property: c.property.clone(),
+                    ts_ms: c.at.ts.div_euclid(1000),
+                    value: c.at.value.clone(),
+                })
+                .collect();
+            outbox
+                .append(&synced)
+                .map_err(|e| StoreError::Io(e.to_string()))?;
         }
         self.db.flush()?;
         Ok(())
@@ -411,6 +459,19 @@ impl Store for SledStore {
         Ok(doomed.len() as u64)
     }
 
+    fn outbox(&self) -> Option<super::OutboxState> {
+        let guard = self.read();
+        let outbox = guard.as_ref()?.outbox.as_ref()?;
+        Some(super::OutboxState {
+            backlog: outbox.backlog() as u64,
+            bytes: outbox.bytes(),
+            dropped: self
+                .outbox_dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
+                + outbox.dropped(),
+        })
+    }
+
     fn rule_states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let guard = self.read();
         let inner = guard.as_ref().ok_or_else(reopening)?;
@@ -526,6 +587,33 @@ mod tests {
         assert_eq!(left.len(), 4);
         assert_eq!(left[3].body, b"e6");
         assert_eq!(store.recent(Log::Audit, u64::MAX, 9, &|_| true)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn with_a_cloud_every_committed_change_waits_in_the_outbox() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let plain = SledStore::open(&dir.path().join("a"))?;
+        plain.commit(&[change("d", "p", 1, Value::Int(1))])?;
+        assert_eq!(plain.outbox(), None, "no [cloud], no outbox");
+        let store = SledStore::open_with(&dir.path().join("b"), 1 << 20, Some(1 << 20))?;
+        store.commit(&[
+            change("d", "p", 1_000, Value::Int(1)),
+            change("d", "q", 1_000, Value::Bool(true)),
+        ])?;
+        store.commit(&[change("d", "p", 2_000, Value::Int(2))])?;
+        let state = store.outbox().expect("outbox");
+        assert_eq!((state.backlog, state.dropped), (3, 0));
+        assert!(state.bytes > 0);
+        // A budget of one entry keeps the newest and counts the rest.
+        let tight = SledStore::open_with(&dir.path().join("c"), 1 << 20, Some(30))?;
+        tight.commit(
+            &(0..5)
+                .map(|i| change("d", "p", i, Value::Int(i)))
+                .collect::<Vec<_>>(),
+        )?;
+        let state = tight.outbox().expect("outbox");
+        assert_eq!((state.backlog, state.dropped), (1, 4));
         Ok(())
     }
 
