@@ -4,18 +4,19 @@
 //! Edge links are metered, so the encoding works for its bytes:
 //! - devices and properties travel once, as dictionary entries, and then
 //!   as small ids;
-//! - points are grouped per property into columns (times, then values), and
-//!   times and numbers are deltas within the series;
+//! - points are grouped per property and laid out column by column (keys,
+//!   counts, encodings, times, values); times and numbers are deltas within
+//!   the group;
 //! - floats that are short decimals (sensor readings: 21.4 °C, 230.1 V) go as
 //!   scaled integer deltas, exactly; other floats as they are;
 //! - zstd then squeezes the runs the columns line up.
 //!
 //! Timestamps travel in milliseconds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ferrite_models::Value;
-use ferrite_proto::sync::v1::{DeltaBatch, DictEntry, Series};
+use ferrite_proto::sync::v1::{DeltaBatch, DictEntry};
 use prost::Message;
 
 /// Largest batch, decompressed, that [`decompress`] accepts: a guard
@@ -149,105 +150,85 @@ pub fn encode(
     dictionary: &mut Dictionary,
 ) -> DeltaBatch {
     let base_ts_ms = changes.first().map_or(0, |c| c.ts_ms);
-    // Series in order of first appearance; points in outbox order.
-    let mut order: Vec<u32> = Vec::new();
-    let mut by_key: HashMap<u32, Vec<&Change>> = HashMap::new();
+    // Groups by key, sorted (so keys go as small deltas); points in outbox
+    // order within each.
+    let mut by_key: BTreeMap<u32, Vec<&Change>> = BTreeMap::new();
     for change in changes {
         let key = dictionary.id(&change.device, &change.property);
-        by_key
-            .entry(key)
-            .or_insert_with(|| {
-                order.push(key);
-                Vec::new()
-            })
-            .push(change);
+        by_key.entry(key).or_default().push(change);
     }
-    let mut series = Vec::with_capacity(order.len());
-    for key in order {
-        let points = by_key.remove(&key).unwrap_or_default();
-        // A property's type is fixed by its model; should a series mix
-        // types anyway, each run of one type becomes its own series, which
-        // keeps the order within the property.
-        let mut run_start = 0;
-        for i in 1..=points.len() {
-            let boundary = i == points.len()
-                || std::mem::discriminant(&points[i].value)
-                    != std::mem::discriminant(&points[run_start].value);
-            if boundary {
-                series.push(encode_series(key, base_ts_ms, &points[run_start..i]));
-                run_start = i;
-            }
-        }
-    }
-    DeltaBatch {
+    let mut batch = DeltaBatch {
         gateway_id: gateway.to_string(),
         seq,
         first_change,
         base_ts_ms,
         dictionary: dictionary.unacknowledged(),
-        series,
         points: u32::try_from(changes.len()).unwrap_or(u32::MAX),
-    }
-}
-
-fn encode_series(key: u32, base_ts_ms: i64, points: &[&Change]) -> Series {
-    let mut s = Series {
-        key,
-        ..Series::default()
+        ..DeltaBatch::default()
     };
-    let mut prev_ts = base_ts_ms;
-    for p in points {
-        s.ts_delta_ms.push(p.ts_ms.wrapping_sub(prev_ts));
-        prev_ts = p.ts_ms;
-    }
-    match points.first().map(|p| &p.value) {
-        Some(Value::Bool(_)) => {
-            s.bools = points
-                .iter()
-                .filter_map(|p| match p.value {
-                    Value::Bool(b) => Some(b),
-                    _ => None,
-                })
-                .collect();
-        }
-        Some(Value::Int(_)) => {
-            let ints: Vec<i64> = points
-                .iter()
-                .filter_map(|p| match p.value {
-                    Value::Int(i) => Some(i),
-                    _ => None,
-                })
-                .collect();
-            s.int_deltas = deltas(&ints);
-        }
-        Some(Value::Float(_)) => {
-            let floats: Vec<f64> = points
-                .iter()
-                .filter_map(|p| match p.value {
-                    Value::Float(f) => Some(f),
-                    _ => None,
-                })
-                .collect();
-            match decimals_of(&floats) {
-                Some((decimals, scaled)) => {
-                    s.decimals = decimals;
-                    s.decimal_deltas = deltas(&scaled);
-                }
-                None => s.floats = floats,
+    let mut prev_key = 0;
+    for (key, points) in by_key {
+        // A property's type is fixed by its model; should one mix types
+        // anyway, each run of one type becomes its own group.
+        let mut start = 0;
+        for i in 1..=points.len() {
+            let boundary = i == points.len()
+                || std::mem::discriminant(&points[i].value)
+                    != std::mem::discriminant(&points[start].value);
+            if boundary {
+                batch.key_deltas.push(key - prev_key);
+                prev_key = key;
+                encode_group(&mut batch, base_ts_ms, &points[start..i]);
+                start = i;
             }
         }
-        Some(Value::String(_)) => {
-            s.strings = points
-                .iter()
-                .filter_map(|p| match &p.value {
-                    Value::String(t) => Some(t.clone()),
-                    _ => None,
-                })
-                .collect();
-        }
-        None => {}
     }
-    s
+    batch
+}
+
+/// Codes of [`DeltaBatch::encodings`]; `DECIMAL + d` for d decimals.
+const BOOL: u32 = 0;
+const INT: u32 = 1;
+const FLOAT: u32 = 2;
+const STRING: u32 = 3;
+const DECIMAL: u32 = 4;
+
+fn encode_group(batch: &mut DeltaBatch, base_ts_ms: i64, points: &[&Change]) {
+    batch
+        .counts
+        .push(u32::try_from(points.len()).unwrap_or(u32::MAX));
+    let mut prev_ts = base_ts_ms;
+    for p in points {
+        batch.ts_deltas.push(p.ts_ms.wrapping_sub(prev_ts));
+        prev_ts = p.ts_ms;
+    }
+    let mut ints = Vec::new();
+    let mut floats = Vec::new();
+    for p in points {
+        match &p.value {
+            Value::Bool(b) => batch.bools.push(*b),
+            Value::Int(i) => ints.push(*i),
+            Value::Float(f) => floats.push(*f),
+            Value::String(t) => batch.strings.push(t.clone()),
+        }
+    }
+    let encoding = match points.first().map(|p| &p.value) {
+        Some(Value::Bool(_)) | None => BOOL,
+        Some(Value::Int(_)) => INT,
+        Some(Value::String(_)) => STRING,
+        Some(Value::Float(_)) => match decimals_of(&floats) {
+            Some((decimals, scaled)) => {
+                ints = scaled;
+                DECIMAL + decimals
+            }
+            None => {
+                batch.floats.append(&mut floats);
+                FLOAT
+            }
+        },
+    };
+    batch.encodings.push(encoding);
+    batch.ints.extend(deltas(&ints));
 }
 
 fn deltas(values: &[i64]) -> Vec<i64> {
@@ -285,26 +266,61 @@ fn decimals_of(values: &[f64]) -> Option<(u32, Vec<i64>)> {
 
 /// Reads a batch back into changes, learning its dictionary entries.
 pub fn decode(batch: &DeltaBatch, dictionary: &mut Dictionary) -> Result<Vec<Change>, DeltaError> {
+    let bad = |what: &str| DeltaError::Inconsistent(what.to_string());
     dictionary.learn(&batch.dictionary)?;
-    let mut out = Vec::with_capacity(batch.points as usize);
-    for s in &batch.series {
+    let groups = batch.key_deltas.len();
+    if batch.counts.len() != groups || batch.encodings.len() != groups {
+        return Err(bad("the group columns differ in length"));
+    }
+    let total: u64 = batch.counts.iter().map(|c| u64::from(*c)).sum();
+    if total != u64::from(batch.points) || batch.ts_deltas.len() as u64 != total {
+        return Err(bad("the point counts disagree"));
+    }
+    let mut out = Vec::with_capacity(batch.ts_deltas.len());
+    let mut bools = batch.bools.iter();
+    let mut ints = batch.ints.iter();
+    let mut floats = batch.floats.iter();
+    let mut strings = batch.strings.iter();
+    let mut times = batch.ts_deltas.iter();
+    let mut key = 0u32;
+    for g in 0..groups {
+        key = key
+            .checked_add(batch.key_deltas[g])
+            .ok_or_else(|| bad("a key overflows"))?;
         let (device, property) = dictionary
-            .name(s.key)
+            .name(key)
             .cloned()
-            .ok_or_else(|| DeltaError::Inconsistent(format!("unknown id {}", s.key)))?;
-        let n = s.ts_delta_ms.len();
-        let values = series_values(s)?;
-        if values.len() != n {
+            .ok_or_else(|| DeltaError::Inconsistent(format!("unknown id {key}")))?;
+        let encoding = batch.encodings[g];
+        let decimals = encoding.checked_sub(DECIMAL);
+        if decimals.is_some_and(|d| d > MAX_DECIMALS) {
             return Err(DeltaError::Inconsistent(format!(
-                "series {} has {n} times but {} values",
-                s.key,
-                values.len()
+                "unknown encoding {encoding}"
             )));
         }
-        let mut ts = batch.base_ts_ms;
-        for (delta, value) in s.ts_delta_ms.iter().zip(values) {
-            // The inverse of the encoder's wrapping differences.
-            ts = ts.wrapping_add(*delta);
+        let factor = 10f64.powi(i32::try_from(decimals.unwrap_or(0)).unwrap_or(0));
+        let (mut ts, mut acc) = (batch.base_ts_ms, 0i64);
+        for _ in 0..batch.counts[g] {
+            // Wrapping: the inverse of the encoder's wrapping differences.
+            ts = ts.wrapping_add(*times.next().ok_or_else(|| bad("too few times"))?);
+            let mut number = || -> Result<i64, DeltaError> {
+                acc = acc.wrapping_add(*ints.next().ok_or_else(|| bad("too few numbers"))?);
+                Ok(acc)
+            };
+            let value = match encoding {
+                BOOL => Value::Bool(*bools.next().ok_or_else(|| bad("too few bools"))?),
+                INT => Value::Int(number()?),
+                FLOAT => Value::Float(*floats.next().ok_or_else(|| bad("too few floats"))?),
+                STRING => Value::String(
+                    strings
+                        .next()
+                        .ok_or_else(|| bad("too few strings"))?
+                        .clone(),
+                ),
+                // Exact below 2^53, which the encoder guarantees; a foreign
+                // batch beyond it only loses precision.
+                _ => Value::Float(number()? as f64 / factor),
+            };
             out.push(Change {
                 device: device.clone(),
                 property: property.clone(),
@@ -313,66 +329,14 @@ pub fn decode(batch: &DeltaBatch, dictionary: &mut Dictionary) -> Result<Vec<Cha
             });
         }
     }
-    if out.len() != batch.points as usize {
-        return Err(DeltaError::Inconsistent(format!(
-            "the batch says {} points but holds {}",
-            batch.points,
-            out.len()
-        )));
+    let left = bools.next().is_some()
+        || ints.next().is_some()
+        || floats.next().is_some()
+        || strings.next().is_some();
+    if left {
+        return Err(bad("values left over"));
     }
     Ok(out)
-}
-
-fn series_values(s: &Series) -> Result<Vec<Value>, DeltaError> {
-    let columns = [
-        !s.bools.is_empty(),
-        !s.int_deltas.is_empty(),
-        !s.decimal_deltas.is_empty(),
-        !s.floats.is_empty(),
-        !s.strings.is_empty(),
-    ];
-    if columns.iter().filter(|c| **c).count() > 1 {
-        return Err(DeltaError::Inconsistent(format!(
-            "series {} has more than one value column",
-            s.key
-        )));
-    }
-    // The inverse of the encoder's wrapping differences.
-    let undelta = |d: &[i64]| -> Result<Vec<i64>, DeltaError> {
-        let mut acc = 0i64;
-        Ok(d.iter()
-            .map(|d| {
-                acc = acc.wrapping_add(*d);
-                acc
-            })
-            .collect())
-    };
-    Ok(if !s.bools.is_empty() {
-        s.bools.iter().map(|b| Value::Bool(*b)).collect()
-    } else if !s.int_deltas.is_empty() {
-        undelta(&s.int_deltas)?
-            .into_iter()
-            .map(Value::Int)
-            .collect()
-    } else if !s.decimal_deltas.is_empty() {
-        if s.decimals > MAX_DECIMALS {
-            return Err(DeltaError::Inconsistent(format!(
-                "{} decimals is more than {MAX_DECIMALS}",
-                s.decimals
-            )));
-        }
-        let factor = 10f64.powi(i32::try_from(s.decimals).unwrap_or(0));
-        undelta(&s.decimal_deltas)?
-            .into_iter()
-            // Exact below 2^53, which the encoder guarantees; a foreign
-            // batch beyond it only loses precision.
-            .map(|v| Value::Float(v as f64 / factor))
-            .collect()
-    } else if !s.floats.is_empty() {
-        s.floats.iter().map(|f| Value::Float(*f)).collect()
-    } else {
-        s.strings.iter().cloned().map(Value::String).collect()
-    })
 }
 
 /// Protobuf, then zstd at `level` (3 is zstd's default; 19 its strongest).
@@ -462,9 +426,11 @@ mod tests {
             ],
             &mut dict,
         );
-        assert_eq!(batch.series[0].decimals, 1);
-        assert_eq!(batch.series[0].decimal_deltas, [214, 1]);
-        assert_eq!(batch.series[1].floats, [0.1 + 0.2], "not a short decimal");
+        assert_eq!(batch.encodings, [DECIMAL + 1, FLOAT]);
+        assert_eq!(batch.ints, [214, 1]);
+        assert_eq!(batch.floats, [0.1 + 0.2], "not a short decimal");
+        assert_eq!(batch.counts, [2, 1]);
+        assert_eq!(batch.ts_deltas, [0, 1, 0]);
     }
 
     #[test]
@@ -499,30 +465,24 @@ mod tests {
         let garbage = zstd::bulk::compress(&[0xff; 64], 3).expect("compress");
         assert!(matches!(decompress(&garbage), Err(DeltaError::Protobuf(_))));
         let mut dict = Dictionary::default();
-        let mut batch = encode("gw", 1, 1, &[change("a", "t", 0, Value::Int(1))], &mut dict);
-        batch.series[0].ts_delta_ms.push(5);
+        let good = encode("gw", 1, 1, &[change("a", "t", 0, Value::Int(1))], &mut dict);
+        let broken = |edit: &dyn Fn(&mut DeltaBatch)| {
+            let mut batch = good.clone();
+            edit(&mut batch);
+            decode(&batch, &mut Dictionary::default()).is_err()
+        };
+        assert!(!broken(&|_| {}), "the unbroken batch decodes");
+        assert!(broken(&|b| b.ts_deltas.push(5)), "times without values");
+        assert!(broken(&|b| b.ints.push(5)), "values left over");
+        assert!(broken(&|b| b.bools.push(true)), "values of another column");
+        assert!(broken(&|b| b.points = 2), "a wrong point count");
+        assert!(broken(&|b| b.key_deltas[0] = 7), "an unknown id");
+        assert!(broken(&|b| b.encodings[0] = 99), "an unknown encoding");
         assert!(
-            decode(&batch, &mut Dictionary::default()).is_err(),
-            "times without values"
+            broken(&|b| b.counts.push(0)),
+            "group columns of different lengths"
         );
-        batch.series[0].ts_delta_ms.pop();
-        batch.series[0].bools.push(true);
-        assert!(
-            decode(&batch, &mut Dictionary::default()).is_err(),
-            "two value columns"
-        );
-        batch.series[0].bools.clear();
-        batch.points = 2;
-        assert!(
-            decode(&batch, &mut Dictionary::default()).is_err(),
-            "a wrong point count"
-        );
-        batch.points = 1;
-        batch.series[0].key = 7;
-        assert!(
-            decode(&batch, &mut Dictionary::default()).is_err(),
-            "an unknown id"
-        );
+        assert!(broken(&|b| b.encodings[0] = BOOL), "a column too short");
     }
 
     fn value() -> impl Strategy<Value = Value> {

@@ -7,8 +7,8 @@
 //!
 //! ## A tour
 //! - [`sync::v1`]: the uplink between a gateway and `ferrite-cloud`: Hello and
-//!   Resume, DeltaBatch (a dictionary, then one column-wise Series per
-//!   property), Ack, and the device twin's DesiredPatch and Reported.
+//!   Resume, DeltaBatch (a dictionary, then the points column by column),
+//!   Ack, and the device twin's DesiredPatch and Reported.
 //!   DeltaBatch is encoded by `ferrite-sync`'s `delta`; the rest is a draft
 //!   until the transport lands.
 //! - [`sparkplug`]: the Sparkplug B payload (Eclipse Tahu's schema), which
@@ -53,7 +53,7 @@ pub mod sparkplug {
 mod tests {
     use prost::Message;
 
-    use super::sync::v1::{DeltaBatch, Series};
+    use super::sync::v1::DeltaBatch;
 
     #[test]
     fn a_batch_round_trips_through_bytes() {
@@ -62,15 +62,13 @@ mod tests {
             seq: 7,
             first_change: 120,
             base_ts_ms: 1_700_000_000_000,
-            dictionary: vec![],
-            series: vec![Series {
-                key: 1,
-                ts_delta_ms: vec![0, 1000],
-                decimal_deltas: vec![215, 1],
-                decimals: 1,
-                ..Series::default()
-            }],
             points: 2,
+            key_deltas: vec![1],
+            counts: vec![2],
+            encodings: vec![5],
+            ts_deltas: vec![0, 1000],
+            ints: vec![215, 1],
+            ..DeltaBatch::default()
         };
         let bytes = batch.encode_to_vec();
         assert_eq!(DeltaBatch::decode(bytes.as_slice()), Ok(batch));
