@@ -99,8 +99,12 @@ impl Dictionary {
     }
 
     /// Learns entries sent by the other side. An id must come in order
-    /// (the next one) or repeat a known entry exactly.
+    /// (the next one) or repeat a known entry exactly. Entries that start at
+    /// id 0 start a new dictionary: a gateway that restarted numbers afresh.
     pub fn learn(&mut self, entries: &[DictEntry]) -> Result<(), DeltaError> {
+        if entries.first().is_some_and(|e| e.id == 0) {
+            *self = Dictionary::default();
+        }
         for e in entries {
             match self.name(e.id) {
                 Some((d, p)) if *d == e.device && *p == e.property => {}

@@ -9,6 +9,11 @@
 //! - [`outbox`]: changes in sled with a sequence number that rises across
 //!   restarts, read in order, removed only when acknowledged or, over the
 //!   disk budget, oldest first and counted.
+//! - [`session`]: the bookkeeping of both ends, free of I/O: the gateway's
+//!   `Batcher` cuts the outbox into numbered, compressed batches; the
+//!   control plane's `Applier` applies a batch only if it continues exactly
+//!   where the last one ended (redeliveries are acknowledged again, gaps and
+//!   overlaps are refused with where to resume).
 //!
 //! Still to come, in this layout:
 //! - wiring the outbox into the gateway's store writer (same commit as the
@@ -19,6 +24,7 @@
 
 pub mod delta;
 pub mod outbox;
+pub mod session;
 
 /// The wire messages this crate speaks.
 pub use ferrite_proto::sync::v1 as wire;
