@@ -4,6 +4,8 @@
 //! ```sh
 //! cargo bench -p ferrite-gateway --bench modbus_load
 //! # smaller or larger: DEVICES=200 REGISTERS=50 SECONDS=10 cargo bench ...
+//! # with a [cloud] section (every stored change also goes to the outbox):
+//! CLOUD=1 cargo bench -p ferrite-gateway --bench modbus_load
 //! ```
 //!
 //! Setup: DEVICES devices × REGISTERS u16 holding registers, polled every
@@ -54,6 +56,16 @@ async fn main() {
     }
     let dir = project_dir();
     let root = dir.path();
+    if env("CLOUD", 0) == 1 {
+        // An unreachable control plane: changes pile up in the outbox.
+        let config = std::fs::read_to_string(root.join("ferrite.toml")).expect("config");
+        std::fs::write(
+            root.join("ferrite.toml"),
+            config + "[cloud]\nbroker = \"mqtt://127.0.0.1:1\"\noutbox_mib = 4096\n",
+        )
+        .expect("config");
+        println!("with [cloud]: every stored change also waits in the sync outbox");
+    }
     let mut model = String::from("kind: DeviceModel\nname: m\nproperties:\n");
     for r in 0..registers {
         let _ = writeln!(
