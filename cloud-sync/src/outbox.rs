@@ -140,7 +140,8 @@ impl Outbox {
     }
 }
 
-/// ts (8, BE) + device (1 + n) + property (1 + n) + value (tag + payload).
+/// ts (8, BE) + device (1 + n) + property (1 + n) + the value's stored form
+/// ([`Value::encode_into`]).
 fn encode(change: &Change, out: &mut Vec<u8>) {
     out.extend_from_slice(&change.ts_ms.to_be_bytes());
     for name in [&change.device, &change.property] {
@@ -148,21 +149,7 @@ fn encode(change: &Change, out: &mut Vec<u8>) {
         out.push(u8::try_from(bytes.len()).unwrap_or(255));
         out.extend_from_slice(bytes);
     }
-    match &change.value {
-        Value::Bool(b) => out.extend_from_slice(&[0, u8::from(*b)]),
-        Value::Int(i) => {
-            out.push(1);
-            out.extend_from_slice(&i.to_be_bytes());
-        }
-        Value::Float(f) => {
-            out.push(2);
-            out.extend_from_slice(&f.to_be_bytes());
-        }
-        Value::String(s) => {
-            out.push(3);
-            out.extend_from_slice(s.as_bytes());
-        }
-    }
+    change.value.encode_into(out);
 }
 
 fn decode(bytes: &[u8]) -> Option<Change> {
@@ -176,15 +163,7 @@ fn decode(bytes: &[u8]) -> Option<Change> {
     };
     let device = name()?;
     let property = name()?;
-    let (tag, body) = rest.split_first()?;
-    let eight = || -> Option<[u8; 8]> { body.try_into().ok() };
-    let value = match tag {
-        0 => Value::Bool(*body.first()? != 0),
-        1 => Value::Int(i64::from_be_bytes(eight()?)),
-        2 => Value::Float(f64::from_be_bytes(eight()?)),
-        3 => Value::String(String::from_utf8(body.to_vec()).ok()?),
-        _ => return None,
-    };
+    let value = Value::decode(rest)?;
     Some(Change {
         device,
         property,

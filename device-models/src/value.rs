@@ -30,6 +30,40 @@ impl Value {
         }
     }
 
+    /// Appends the value's stored form to `out`: a tag byte, then the
+    /// payload (numbers big-endian, text UTF-8). The gateway's history and
+    /// the sync outbox keep values this way.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Bool(b) => out.extend_from_slice(&[0, u8::from(*b)]),
+            Value::Int(i) => {
+                out.push(1);
+                out.extend_from_slice(&i.to_be_bytes());
+            }
+            Value::Float(f) => {
+                out.push(2);
+                out.extend_from_slice(&f.to_be_bytes());
+            }
+            Value::String(s) => {
+                out.push(3);
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+
+    /// Reads what [`Value::encode_into`] wrote; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Value> {
+        let (tag, body) = bytes.split_first()?;
+        let eight = || -> Option<[u8; 8]> { body.try_into().ok() };
+        Some(match tag {
+            0 => Value::Bool(*body.first()? != 0),
+            1 => Value::Int(i64::from_be_bytes(eight()?)),
+            2 => Value::Float(f64::from_be_bytes(eight()?)),
+            3 => Value::String(String::from_utf8(body.to_vec()).ok()?),
+            _ => return None,
+        })
+    }
+
     /// Whether `self` differs from `previous` by at least `deadband` (any
     /// change counts when there is no deadband or the type is not numeric).
     pub fn changed_from(&self, previous: &Value, deadband: Option<f64>) -> bool {

@@ -192,7 +192,7 @@ impl Inner {
         for change in changes {
             let id = self.id(&change.device, &change.property)?;
             buf.clear();
-            encode_value(&change.at.value, &mut buf);
+            change.at.value.encode_into(&mut buf);
             self.history
                 .insert(&history_key(id, change.at.ts)[..], buf.as_slice())?;
         }
@@ -271,37 +271,9 @@ fn ts_from_key(key: &[u8]) -> Result<Micros, StoreError> {
     Ok((u64::from_be_bytes(arr) ^ (1 << 63)) as i64)
 }
 
-/// Encodes a value: a tag byte, then the payload.
-pub fn encode_value(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Bool(b) => out.extend_from_slice(&[0, u8::from(*b)]),
-        Value::Int(i) => {
-            out.push(1);
-            out.extend_from_slice(&i.to_be_bytes());
-        }
-        Value::Float(f) => {
-            out.push(2);
-            out.extend_from_slice(&f.to_be_bytes());
-        }
-        Value::String(s) => {
-            out.push(3);
-            out.extend_from_slice(s.as_bytes());
-        }
-    }
-}
-
-/// Decodes what [`encode_value`] wrote.
-pub fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
-    let corrupt = || StoreError::Corrupt(format!("value {bytes:02x?}"));
-    let (tag, body) = bytes.split_first().ok_or_else(corrupt)?;
-    let eight = || -> Result<[u8; 8], StoreError> { body.try_into().map_err(|_| corrupt()) };
-    Ok(match tag {
-        0 => Value::Bool(body.first().ok_or_else(corrupt)? != &0),
-        1 => Value::Int(i64::from_be_bytes(eight()?)),
-        2 => Value::Float(f64::from_be_bytes(eight()?)),
-        3 => Value::String(String::from_utf8(body.to_vec()).map_err(|_| corrupt())?),
-        _ => return Err(corrupt()),
-    })
+/// Decodes a stored value ([`Value::encode_into`]'s form).
+fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
+    Value::decode(bytes).ok_or_else(|| StoreError::Corrupt(format!("value {bytes:02x?}")))
 }
 
 impl Store for SledStore {
@@ -520,7 +492,7 @@ mod tests {
             Value::String("hé".into()),
         ] {
             let mut buf = Vec::new();
-            encode_value(&v, &mut buf);
+            v.encode_into(&mut buf);
             assert_eq!(decode_value(&buf).ok(), Some(v));
         }
         assert!(decode_value(&[9, 1]).is_err());
