@@ -727,41 +727,44 @@ impl Engine {
     /// What `rule` reads, resolved to indices.
     fn refs_of(&self, rule: &Rule) -> Vec<(usize, u16, String, String)> {
         let project = &self.deps.project;
-        let mut sources = vec![rule.when.as_str()];
-        sources.extend(rule.clear_when.as_deref());
+        // CEL: the conditions and the values written; and what sits between
+        // the braces of message and payload templates.
+        let mut sources: Vec<String> = vec![rule.when.clone()];
+        sources.extend(rule.clear_when.clone());
         for a in rule.then.iter().chain(&rule.on_clear) {
-            match a {
-                Action::Write(w) => sources.push(&w.value),
-                Action::Event(e) => sources.push(&e.message),
-                Action::Publish(p) => sources.push(&p.payload),
-            }
+            let template = match a {
+                Action::Write(w) => {
+                    sources.push(w.value.clone());
+                    continue;
+                }
+                Action::Event(e) => &e.message,
+                Action::Publish(p) => &p.payload,
+            };
+            sources.extend(
+                split_template(template)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Piece::Expr(e) => Some(e),
+                        Piece::Text(_) => None,
+                    }),
+            );
         }
         let mut out = Vec::new();
-        for source in sources {
-            // Templates: what sits between braces is CEL too.
-            let pieces: Vec<String> = split_template(source)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|p| match p {
-                    Piece::Expr(e) => Some(e),
-                    Piece::Text(_) => None,
-                })
-                .collect();
-            for piece in std::iter::once(source).chain(pieces.iter().map(String::as_str)) {
-                for r in ferrite_models::expr::parse(piece).unwrap_or_default() {
-                    let Some((d, _, located)) = project.devices.get_full(&r.device) else {
-                        continue;
-                    };
-                    let Some(p) = project
-                        .models
-                        .get(&located.value.model)
-                        .and_then(|m| m.value.properties.get_index_of(&r.property))
-                        .and_then(|p| u16::try_from(p).ok())
-                    else {
-                        continue;
-                    };
-                    out.push((d, p, r.device, r.property));
-                }
+        for source in &sources {
+            for r in ferrite_models::expr::parse(source).unwrap_or_default() {
+                let Some((d, _, located)) = project.devices.get_full(&r.device) else {
+                    continue;
+                };
+                let Some(p) = project
+                    .models
+                    .get(&located.value.model)
+                    .and_then(|m| m.value.properties.get_index_of(&r.property))
+                    .and_then(|p| u16::try_from(p).ok())
+                else {
+                    continue;
+                };
+                out.push((d, p, r.device, r.property));
             }
         }
         out.sort();
