@@ -15,7 +15,7 @@
 //! moves past its deadband. The same changes are then sent both ways:
 //! - naive: one MQTT 3.1.1 PUBLISH (QoS 0) per change, topic
 //!   `gw-01/DEVICE/PROPERTY`, payload `{"value":V,"ts":"RFC 3339"}`;
-//! - Ferrite: one PUBLISH (QoS 1, topic `ferrite/gw-01/sync`) per batch,
+//! - Ferrite: one PUBLISH (QoS 1, topic `ferrite/v1/gw/gw-01/up/batch`) per batch,
 //!   payload a zstd-compressed DeltaBatch, batches cut every 1 s and every
 //!   10 s; the dictionary goes in the first batch only (acknowledged).
 //!
@@ -25,7 +25,11 @@
 use std::time::Instant;
 
 use ferrite_models::Value;
-use ferrite_sync::delta::{Change, Dictionary, compress, decode, decompress, encode};
+use ferrite_sync::delta::{
+    Change, Dictionary, compress, decode, decompress, encode, naive_json_bytes,
+    publish_packet_bytes,
+};
+use ferrite_sync::topics::{self, Up};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -53,40 +57,6 @@ impl Rng {
             6..=8 => 1,
             _ => 2,
         }
-    }
-}
-
-/// MQTT 3.1.1 PUBLISH size: fixed header (1 + remaining-length bytes),
-/// topic (2 + len), packet id (QoS 1 only), payload.
-fn publish_bytes(topic: usize, payload: usize, qos1: bool) -> usize {
-    let remaining = 2 + topic + usize::from(qos1) * 2 + payload;
-    let length_bytes = match remaining {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    };
-    1 + length_bytes + remaining
-}
-
-fn rfc3339(ms: i64) -> String {
-    // Enough for the size: a fixed-width UTC time.
-    let secs = ms.div_euclid(1000);
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    format!(
-        "2026-11-27T{h:02}:{m:02}:{s:02}.{:03}Z",
-        ms.rem_euclid(1000)
-    )
-}
-
-fn json_number(v: &Value) -> String {
-    match v {
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) => {
-            serde_json::Number::from_f64(*f).map_or("null".into(), |n| n.to_string())
-        }
-        Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
     }
 }
 
@@ -180,15 +150,7 @@ fn main() {
     let naive: usize = per_second
         .iter()
         .flatten()
-        .map(|c| {
-            let topic = format!("gw-01/{}/{}", c.device, c.property);
-            let payload = format!(
-                "{{\"value\":{},\"ts\":\"{}\"}}",
-                json_number(&c.value),
-                rfc3339(c.ts_ms)
-            );
-            publish_bytes(topic.len(), payload.len(), false)
-        })
+        .map(|c| naive_json_bytes("gw-01", c))
         .sum();
     println!(
         "  naive JSON, one message per change      {:>10} bytes  {:>6.2} B/point",
@@ -213,7 +175,7 @@ fn main() {
             let batch = encode("gw-01", seq, first, &changes, &mut dict);
             first += changes.len() as u64;
             let bytes = compress(&batch, 3);
-            wire += publish_bytes("ferrite/gw-01/sync".len(), bytes.len(), true);
+            wire += publish_packet_bytes(topics::up("gw-01", Up::Batch).len(), bytes.len(), true);
             // The cloud acknowledges, and the dictionary need not ride again.
             dict.acknowledge(dict.len());
             let back =

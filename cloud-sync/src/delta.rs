@@ -359,10 +359,93 @@ pub fn decompress(bytes: &[u8]) -> Result<DeltaBatch, DeltaError> {
     DeltaBatch::decode(raw.as_slice()).map_err(|e| DeltaError::Protobuf(e.to_string()))
 }
 
+/// A value as the twin's messages carry it.
+pub fn to_wire(value: &Value) -> crate::wire::Value {
+    use crate::wire::value::Kind;
+    let kind = match value {
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Int(i) => Kind::IntValue(*i),
+        Value::Float(f) => Kind::FloatValue(*f),
+        Value::String(s) => Kind::StringValue(s.clone()),
+    };
+    crate::wire::Value { kind: Some(kind) }
+}
+
+/// A value from the twin's messages; `None` if it carries none.
+pub fn from_wire(value: &crate::wire::Value) -> Option<Value> {
+    use crate::wire::value::Kind;
+    Some(match value.kind.as_ref()? {
+        Kind::BoolValue(b) => Value::Bool(*b),
+        Kind::IntValue(i) => Value::Int(*i),
+        Kind::FloatValue(f) => Value::Float(*f),
+        Kind::StringValue(s) => Value::String(s.clone()),
+    })
+}
+
+/// The size of an MQTT 3.1.1 PUBLISH packet with this topic and payload.
+pub fn publish_packet_bytes(topic: usize, payload: usize, qos1: bool) -> usize {
+    let remaining = 2 + topic + usize::from(qos1) * 2 + payload;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
+/// What `change` would cost sent the naive way, the yardstick of the
+/// benchmark and of the control plane's `/api/v1/stats`: one QoS 0 MQTT
+/// message per change, topic `GATEWAY/DEVICE/PROPERTY`, payload
+/// `{"value":V,"ts":"2026-11-27T10:00:00.000Z"}`.
+pub fn naive_json_bytes(gateway: &str, change: &Change) -> usize {
+    let topic = gateway.len() + change.device.len() + change.property.len() + 2;
+    let value = match &change.value {
+        Value::Bool(b) => b.to_string().len(),
+        Value::Int(i) => i.to_string().len(),
+        Value::Float(f) => serde_json_free_number(*f).len(),
+        Value::String(s) => s.len() + 2 + s.chars().filter(|c| matches!(c, '"' | '\\')).count(),
+    };
+    // {"value": V ,"ts":" 24 "}
+    let payload = 9 + value + 7 + 24 + 2;
+    publish_packet_bytes(topic, payload, false)
+}
+
+/// A float as JSON writes it (shortest round-trip form; `null` if not
+/// finite).
+fn serde_json_free_number(f: f64) -> String {
+    if !f.is_finite() {
+        return "null".into();
+    }
+    let text = format!("{f}");
+    if text.contains(['.', 'e']) {
+        text
+    } else {
+        format!("{text}.0")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn naive_json_size_matches_the_text_it_stands_for() {
+        let c = change("boiler-1", "temperature", 0, Value::Float(21.5));
+        let text = r#"{"value":21.5,"ts":"2026-11-27T10:00:00.000Z"}"#;
+        let topic = "gw-01/boiler-1/temperature";
+        assert_eq!(
+            naive_json_bytes("gw-01", &c),
+            publish_packet_bytes(topic.len(), text.len(), false)
+        );
+        let s = change("a", "b", 0, Value::String("x\"y".into()));
+        let text = r#"{"value":"x\"y","ts":"2026-11-27T10:00:00.000Z"}"#;
+        assert_eq!(
+            naive_json_bytes("g", &s),
+            publish_packet_bytes("g/a/b".len(), text.len(), false)
+        );
+    }
 
     fn change(device: &str, property: &str, ts_ms: i64, value: Value) -> Change {
         Change {

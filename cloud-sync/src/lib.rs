@@ -1,6 +1,6 @@
 //! # ferrite-sync: the uplink to `ferrite-cloud`
 //!
-//! In progress (issue 7). Built so far:
+//! The gateway's uplink and the control plane, over MQTT:
 //! - [`delta`]: changes → [`wire::DeltaBatch`] (dictionary ids, per-property
 //!   columns, delta-encoded times and values, short decimals as scaled
 //!   integers) → protobuf → zstd, and back, with every hostile input an
@@ -14,17 +14,26 @@
 //!   control plane's `Applier` applies a batch only if it continues exactly
 //!   where the last one ended (redeliveries are acknowledged again, gaps and
 //!   overlaps are refused with where to resume).
-//!
-//! Still to come, in this layout:
-//! - wiring the outbox into the gateway's store writer (same commit as the
-//!   history);
-//! - `transport`: MQTT (rumqttc, QoS 1) to the control plane's broker,
-//!   resuming from the last acknowledged sequence after every reconnect;
-//! - the `ferrite-cloud` binary: the control plane, with its embedded broker.
+//! - [`topics`]: the MQTT topics of both ends.
+//! - [`link`]: connecting to a broker (`mqtt://`, `mqtts://` with rustls,
+//!   username and password, client certificates).
+//! - [`uplink`]: the gateway's side: Hello and Resume, batches cut by time
+//!   and size, at most a window in flight, the outbox trimmed on Ack; the
+//!   twin's desired patches applied in version order through the gateway's
+//!   write path.
+//! - [`cloud`] (feature `cloud`, the `ferrite-cloud` binary): the control
+//!   plane: embedded rumqttd or an external broker, a sled store written
+//!   once per batch, atomically, and the REST API.
 
 pub mod delta;
+pub mod link;
 pub mod outbox;
 pub mod session;
+pub mod topics;
+pub mod uplink;
+
+#[cfg(feature = "cloud")]
+pub mod cloud;
 
 /// The wire messages this crate speaks.
 pub use ferrite_proto::sync::v1 as wire;

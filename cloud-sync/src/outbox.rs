@@ -42,16 +42,22 @@ pub struct Outbox {
 }
 
 const NEXT: &[u8] = b"next";
+const ACKED: &[u8] = b"acked";
+const DESIRED: &[u8] = b"desired_version";
+
+fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, OutboxError> {
+    Ok(meta
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
 
 impl Outbox {
     /// Opens the outbox in `db`, keeping at most `budget` bytes of entries.
     pub fn open(db: &sled::Db, budget: u64) -> Result<Outbox, OutboxError> {
         let entries = db.open_tree("outbox")?;
         let meta = db.open_tree("outbox_meta")?;
-        let stored = meta
-            .get(NEXT)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(1, u64::from_be_bytes);
+        let stored = meta_u64(&meta, NEXT)?.unwrap_or(1);
         let last = entries
             .last()?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
@@ -121,7 +127,37 @@ impl Outbox {
             state.1 = state.1.saturating_sub((k.len() + v.len()) as u64);
             removed += 1;
         }
+        if seq > self.acknowledged()? {
+            self.meta.insert(ACKED, &seq.to_be_bytes())?;
+        }
         Ok(removed)
+    }
+
+    /// The highest sequence the control plane has acknowledged (0 before the
+    /// first acknowledgement). Kept beside the entries, so it survives
+    /// restarts with them.
+    pub fn acknowledged(&self) -> Result<u64, OutboxError> {
+        Ok(meta_u64(&self.meta, ACKED)?.unwrap_or(0))
+    }
+
+    /// The newest sequence handed out (0 if none yet).
+    pub fn last(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .saturating_sub(1)
+    }
+
+    /// The highest desired-state version of the device twin applied here.
+    pub fn desired_version(&self) -> Result<u64, OutboxError> {
+        Ok(meta_u64(&self.meta, DESIRED)?.unwrap_or(0))
+    }
+
+    /// Records that desired-state `version` is applied.
+    pub fn set_desired_version(&self, version: u64) -> Result<(), OutboxError> {
+        self.meta.insert(DESIRED, &version.to_be_bytes())?;
+        Ok(())
     }
 
     /// Entries waiting.
@@ -137,6 +173,47 @@ impl Outbox {
     /// Entries dropped to stay within the budget since opening.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// What the uplink needs from wherever the outbox lives: the gateway keeps it
+/// inside its store, behind the store's lock, so that the uplink reads only
+/// what a commit has made durable.
+pub trait OutboxAccess: Send + Sync + 'static {
+    /// Up to `max` entries from sequence `from` on, in order.
+    fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Change)>, OutboxError>;
+    /// The control plane has every change up to `seq`.
+    fn acknowledge(&self, seq: u64) -> Result<(), OutboxError>;
+    /// The highest acknowledged sequence.
+    fn acknowledged(&self) -> Result<u64, OutboxError>;
+    /// The newest sequence handed out.
+    fn last(&self) -> Result<u64, OutboxError>;
+    /// The highest desired-state version applied.
+    fn desired_version(&self) -> Result<u64, OutboxError>;
+    /// Records (durably, before it returns) that `version` is applied.
+    fn set_desired_version(&self, version: u64) -> Result<(), OutboxError>;
+}
+
+impl OutboxAccess for Outbox {
+    fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Change)>, OutboxError> {
+        Outbox::read(self, from, max)
+    }
+    fn acknowledge(&self, seq: u64) -> Result<(), OutboxError> {
+        Outbox::acknowledge(self, seq).map(drop)
+    }
+    fn acknowledged(&self) -> Result<u64, OutboxError> {
+        Outbox::acknowledged(self)
+    }
+    fn last(&self) -> Result<u64, OutboxError> {
+        Ok(Outbox::last(self))
+    }
+    fn desired_version(&self) -> Result<u64, OutboxError> {
+        Outbox::desired_version(self)
+    }
+    fn set_desired_version(&self, version: u64) -> Result<(), OutboxError> {
+        Outbox::set_desired_version(self, version)?;
+        self.meta.flush()?;
+        Ok(())
     }
 }
 

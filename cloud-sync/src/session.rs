@@ -15,7 +15,7 @@
 //! exactly once.
 
 use crate::delta::{self, Change, DeltaError, Dictionary};
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{OutboxAccess, OutboxError};
 use crate::wire::DeltaBatch;
 
 /// A batch ready to send.
@@ -30,6 +30,8 @@ pub struct Outgoing {
     pub dictionary_len: usize,
     /// The zstd-compressed DeltaBatch.
     pub bytes: Vec<u8>,
+    /// Cut by a cap rather than by the end of the outbox: more is waiting.
+    pub full: bool,
 }
 
 /// Cuts the outbox into batches.
@@ -43,6 +45,8 @@ pub struct Batcher {
     pub max_bytes: usize,
     /// zstd level.
     pub level: i32,
+    /// The session its batches belong to (see `Hello.epoch`).
+    pub epoch: u64,
 }
 
 impl Batcher {
@@ -55,13 +59,20 @@ impl Batcher {
             max_points: 32_768,
             max_bytes: 64 * 1024,
             level: 3,
+            epoch: 0,
         }
     }
 
     /// The next batch, starting at outbox sequence `from`; `None` if the
     /// outbox holds nothing from there.
-    pub fn next(&mut self, outbox: &Outbox, from: u64) -> Result<Option<Outgoing>, OutboxError> {
-        let mut entries = outbox.read(from, self.max_points.max(1))?;
+    pub fn next(
+        &mut self,
+        outbox: &dyn OutboxAccess,
+        from: u64,
+    ) -> Result<Option<Outgoing>, OutboxError> {
+        let max_points = self.max_points.max(1);
+        let mut entries = outbox.read(from, max_points)?;
+        let mut full = entries.len() == max_points;
         loop {
             let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
                 return Ok(None);
@@ -74,16 +85,20 @@ impl Batcher {
                 continue;
             }
             let changes: Vec<Change> = entries.iter().map(|(_, c)| c.clone()).collect();
-            let batch = delta::encode(
+            let mut batch = delta::encode(
                 &self.gateway,
                 self.next_seq,
                 *range.start(),
                 &changes,
                 &mut self.dictionary,
             );
+            batch.epoch = self.epoch;
+            batch.continues_after = from.saturating_sub(1);
+            batch.outbox_last = outbox.last()?;
             let bytes = delta::compress(&batch, self.level);
             if bytes.len() > self.max_bytes && entries.len() > 1 {
                 entries.truncate(entries.len() / 2);
+                full = true;
                 continue;
             }
             let seq = self.next_seq;
@@ -93,6 +108,7 @@ impl Batcher {
                 changes: range,
                 dictionary_len: self.dictionary.len(),
                 bytes,
+                full,
             }));
         }
     }
@@ -115,6 +131,9 @@ pub enum Applied {
         changes: Vec<Change>,
         /// The last outbox sequence now applied.
         last_change: u64,
+        /// Changes before this batch that the gateway dropped over its
+        /// outbox budget (they will never come).
+        dropped: u64,
     },
     /// Already applied (a redelivery): acknowledge again, store nothing.
     Duplicate {
@@ -126,6 +145,9 @@ pub enum Applied {
         /// The last outbox sequence applied so far.
         last_change: u64,
     },
+    /// From an older session (epoch) of the gateway, which has since said
+    /// Hello again: ignore it. Its dictionary is not this session's.
+    Stale,
 }
 
 /// The control plane's state for one gateway.
@@ -133,14 +155,17 @@ pub enum Applied {
 pub struct Applier {
     dictionary: Dictionary,
     last_change: u64,
+    epoch: u64,
 }
 
 impl Applier {
-    /// Starting after `last_change` (from the control plane's store).
-    pub fn resuming(last_change: u64) -> Applier {
+    /// For the session `epoch` (from the gateway's Hello), starting after
+    /// `last_change` (from the control plane's store).
+    pub fn resuming(last_change: u64, epoch: u64) -> Applier {
         Applier {
             dictionary: Dictionary::default(),
             last_change,
+            epoch,
         }
     }
 
@@ -161,7 +186,10 @@ impl Applier {
             // Its dictionary may be an older one: leave ours alone.
             return Ok(Applied::Duplicate { last_change });
         }
-        if batch.first_change != last_change + 1 {
+        if batch.epoch != self.epoch {
+            return Ok(Applied::Stale);
+        }
+        if batch.continues_after != last_change || batch.first_change <= last_change {
             return Ok(Applied::OutOfOrder { last_change });
         }
         let changes = delta::decode(batch, &mut self.dictionary)?;
@@ -169,6 +197,7 @@ impl Applier {
         Ok(Applied::New {
             changes,
             last_change: end,
+            dropped: batch.first_change - last_change - 1,
         })
     }
 }
@@ -178,6 +207,7 @@ mod tests {
     use ferrite_models::Value;
 
     use super::*;
+    use crate::outbox::Outbox;
 
     /// Devices in runs: d0 ×10, d1 ×10, d2 ×10, d0 ×10, ..., shifted at
     /// 45, so that a batcher starting at change 61 meets them in another
@@ -222,6 +252,7 @@ mod tests {
         let Applied::New {
             changes,
             last_change,
+            dropped: 0,
         } = applied
         else {
             panic!("{applied:?}")
@@ -273,6 +304,7 @@ mod tests {
                 Applied::New {
                     changes,
                     last_change,
+                    dropped: 0,
                 } => {
                     received.extend(changes);
                     resumed.acknowledged(&b);

@@ -188,11 +188,45 @@ pub struct CloudSection {
     /// beyond it the oldest go, counted. Default 64.
     #[serde(default = "CloudSection::default_outbox")]
     pub outbox_mib: u64,
+    /// Batches are cut at least this often (and sooner when full).
+    /// Default 1s.
+    #[serde(default = "CloudSection::default_batch_interval")]
+    pub batch_interval: Span,
+    /// A batch not acknowledged within this long makes the gateway ask the
+    /// control plane where to resume. Default 10s.
+    #[serde(default = "CloudSection::default_ack_timeout")]
+    pub ack_timeout: Span,
+    /// MQTT username on the uplink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password (relative to the config file). Trailing
+    /// newlines are ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// With `mqtts://`: the CA certificate(s) that sign the broker's
+    /// certificate, PEM. Without it, the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// With `mqtts://`: a client certificate chain (PEM), for brokers that
+    /// authenticate gateways by certificate. Needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<PathBuf>,
+    /// The client certificate's private key, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
 }
 
 impl CloudSection {
     fn default_outbox() -> u64 {
         64
+    }
+
+    fn default_batch_interval() -> Span {
+        Span(std::time::Duration::from_secs(1))
+    }
+
+    fn default_ack_timeout() -> Span {
+        Span(std::time::Duration::from_secs(10))
     }
 }
 

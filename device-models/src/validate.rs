@@ -96,10 +96,58 @@ fn check_config(config: &Located<Config>, project: &Project, diags: &mut Diagnos
     if let Some(mqtt) = &c.mqtt {
         check_broker_section(project, config, mqtt, diags);
     }
-    if let Some(cloud) = &c.cloud
-        && let Err(e) = check_broker_url(&cloud.broker)
-    {
-        diags.error(file, config.pos(&["cloud", "broker"]), e);
+    if let Some(cloud) = &c.cloud {
+        check_cloud_section(project, config, cloud, diags);
+    }
+}
+
+fn check_cloud_section(
+    project: &Project,
+    config: &Located<crate::config::Config>,
+    cloud: &crate::config::CloudSection,
+    diags: &mut Diagnostics,
+) {
+    let file = &config.file;
+    let at = |key: &str| config.pos(&["cloud", key]);
+    if let Err(e) = check_broker_url(&cloud.broker) {
+        diags.error(file, at("broker"), e);
+    }
+    let tls = cloud.broker.starts_with("mqtts://");
+    for (key, path) in [
+        ("password_file", &cloud.password_file),
+        ("ca_file", &cloud.ca_file),
+        ("client_certificate", &cloud.client_certificate),
+        ("client_key", &cloud.client_key),
+    ] {
+        let Some(path) = path else { continue };
+        if key != "password_file" && !tls {
+            diags.error(file, at(key), format!("{key} needs an mqtts:// broker"));
+        }
+        let resolved = project.resolve(path);
+        if !resolved.is_file() {
+            diags.error(
+                file,
+                at(key),
+                format!("{key} `{}` is not a readable file", resolved.display()),
+            );
+        }
+    }
+    if cloud.password_file.is_some() && cloud.username.is_none() {
+        diags.error(file, at("password_file"), "password_file needs a username");
+    }
+    if cloud.client_certificate.is_some() != cloud.client_key.is_some() {
+        diags.error(
+            file,
+            at("client_certificate"),
+            "client_certificate and client_key go together",
+        );
+    }
+    if cloud.batch_interval.get().is_zero() || cloud.ack_timeout.get().is_zero() {
+        diags.error(
+            file,
+            at("batch_interval"),
+            "batch_interval and ack_timeout must be longer than zero",
+        );
     }
 }
 

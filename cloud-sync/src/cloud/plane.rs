@@ -1,0 +1,377 @@
+//! The control plane's MQTT side: what gateways send, applied to the store
+//! exactly once, and what goes back (Resume, Ack, desired patches).
+//!
+//! One task polls the MQTT connection and hands every message to one
+//! processor task, so that messages of a gateway are handled in the order
+//! they came. The processor keeps an [`Applier`] per gateway; a batch is
+//! stored (atomically, flushed) before its Ack is sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use ferrite_models::Value;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use tokio::sync::mpsc;
+
+use super::store::{CloudStore, CloudStoreError};
+use crate::delta::{self, naive_json_bytes, publish_packet_bytes};
+use crate::session::{Applied, Applier};
+use crate::topics::{self, Down, Up};
+use crate::wire::{Ack, DesiredPatch, Hello, Reported, Resume};
+
+/// Counters since start, for `/api/v1/stats`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Whole MQTT packets of batches received (redeliveries included).
+    pub wire_bytes: AtomicU64,
+    /// Batch payloads received (zstd).
+    pub payload_bytes: AtomicU64,
+    /// Their protobuf size, decompressed.
+    pub protobuf_bytes: AtomicU64,
+    /// Batches received.
+    pub batches: AtomicU64,
+    /// Batches applied.
+    pub applied: AtomicU64,
+    /// Batches received again and acknowledged without applying.
+    pub duplicates: AtomicU64,
+    /// Batches refused (out of order or unreadable): a Resume went back.
+    pub refused: AtomicU64,
+    /// Changes applied.
+    pub points: AtomicU64,
+    /// What the applied changes would have cost as naive JSON, one MQTT
+    /// message each ([`naive_json_bytes`]).
+    pub naive_json_bytes: AtomicU64,
+    /// Changes gateways dropped over their outbox budget.
+    pub lost_at_edge: AtomicU64,
+}
+
+/// What the control plane knows of a gateway's connection.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    /// Its status topic says `online`.
+    pub connected: bool,
+    /// When it last sent anything.
+    pub last_seen: Option<SystemTime>,
+    /// Its newest outbox sequence, as last told.
+    pub outbox_last: u64,
+}
+
+/// State shared with the REST API.
+pub struct Shared {
+    /// The store.
+    pub store: Arc<CloudStore>,
+    /// The MQTT client (to send desired patches).
+    pub client: AsyncClient,
+    /// Counters.
+    pub stats: Stats,
+    presence: Mutex<HashMap<String, Presence>>,
+}
+
+impl Shared {
+    /// What is known of `gateway`'s connection.
+    pub fn presence(&self, gateway: &str) -> Presence {
+        self.presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(gateway)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn update(&self, gateway: &str, change: impl FnOnce(&mut Presence)) {
+        let mut presence = self.presence.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = presence.entry(gateway.to_string()).or_default();
+        entry.last_seen = Some(SystemTime::now());
+        change(entry);
+    }
+
+    /// Records desired state for a device and sends it down. The gateway
+    /// applies it now if connected, or after its next Hello.
+    pub async fn send_desired(
+        self: &Arc<Self>,
+        gateway: &str,
+        device: &str,
+        properties: BTreeMap<String, Value>,
+    ) -> Result<DesiredPatch, CloudStoreError> {
+        let (gw, dev, store) = (gateway.to_string(), device.to_string(), self.store.clone());
+        let patch = blocking(move || store.put_desired(&gw, &dev, &properties)).await?;
+        self.publish(gateway, Down::Desired, patch.encode_to_vec())
+            .await;
+        Ok(patch)
+    }
+
+    async fn publish(&self, gateway: &str, kind: Down, payload: Vec<u8>) {
+        let topic = topics::down(gateway, kind);
+        if let Err(e) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            tracing::warn!("cannot send {kind:?} to {gateway}: {e}");
+        }
+    }
+}
+
+/// Runs a blocking store call off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CloudStoreError> + Send + 'static,
+) -> Result<T, CloudStoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CloudStoreError::Corrupt(format!("store task failed: {e}")))?
+}
+
+/// Starts the MQTT side on `client`/`eventloop`; returns the shared state.
+pub fn start(store: Arc<CloudStore>, client: AsyncClient, eventloop: EventLoop) -> Arc<Shared> {
+    let shared = Arc::new(Shared {
+        store,
+        client: client.clone(),
+        stats: Stats::default(),
+        presence: Mutex::new(HashMap::new()),
+    });
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(poll(client, eventloop, tx));
+    tokio::spawn(
+        Processor {
+            shared: shared.clone(),
+            appliers: HashMap::new(),
+        }
+        .run(rx),
+    );
+    shared
+}
+
+/// Polls the connection; (re)subscribes and announces the cloud on every
+/// connect.
+async fn poll(client: AsyncClient, mut eventloop: EventLoop, tx: mpsc::Sender<(String, Vec<u8>)>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!("the control plane is connected to its broker");
+                let _ = client.try_subscribe(topics::ALL_UP, QoS::AtLeastOnce);
+                let _ = client.try_publish(
+                    topics::CLOUD_STATUS,
+                    QoS::AtLeastOnce,
+                    true,
+                    b"online".to_vec(),
+                );
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send((p.topic, p.payload.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("the control plane's broker connection failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+struct Processor {
+    shared: Arc<Shared>,
+    appliers: HashMap<String, Applier>,
+}
+
+impl Processor {
+    async fn run(mut self, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
+        while let Some((topic, payload)) = rx.recv().await {
+            let Some((gateway, kind)) = topics::parse_up(&topic) else {
+                continue;
+            };
+            if ferrite_models::units::check_name(gateway).is_err() {
+                tracing::warn!("ignoring a message on {topic}: not a gateway id");
+                continue;
+            }
+            let gateway = gateway.to_string();
+            let result = match kind {
+                Up::Hello => self.hello(&gateway, &payload).await,
+                Up::Batch => self.batch(&gateway, &topic, &payload).await,
+                Up::Reported => self.reported(&gateway, &payload).await,
+                Up::Status => {
+                    let online = payload == b"online";
+                    self.shared.update(&gateway, |p| p.connected = online);
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!("{gateway}: {e}");
+            }
+        }
+    }
+
+    async fn hello(&mut self, gateway: &str, payload: &[u8]) -> Result<(), String> {
+        let hello = Hello::decode(payload).map_err(|e| format!("malformed Hello: {e}"))?;
+        if hello.gateway_id != gateway {
+            return Err(format!("a Hello for `{}` on its topic", hello.gateway_id));
+        }
+        self.shared.update(gateway, |p| {
+            p.connected = true;
+            p.outbox_last = hello.outbox_last;
+        });
+        let store = self.shared.store.clone();
+        let (gw, version) = (gateway.to_string(), hello.desired_version);
+        let (last, patches) = blocking(move || {
+            store.know(&gw)?;
+            store.set_applied_version(&gw, version)?;
+            Ok((store.last_change(&gw)?, store.patches_after(&gw, version)?))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        // A new session: the gateway numbers its dictionary afresh.
+        self.appliers
+            .insert(gateway.to_string(), Applier::resuming(last, hello.epoch));
+        tracing::info!(
+            "{gateway} says hello (acknowledged {}, stored {last}, {} desired patch(es) to send)",
+            hello.last_acked_seq,
+            patches.len()
+        );
+        self.resume(gateway, last, hello.epoch).await;
+        for patch in patches {
+            self.shared
+                .publish(gateway, Down::Desired, patch.encode_to_vec())
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn resume(&self, gateway: &str, last: u64, epoch: u64) {
+        let resume = Resume {
+            last_applied_seq: last,
+            epoch,
+        };
+        self.shared
+            .publish(gateway, Down::Resume, resume.encode_to_vec())
+            .await;
+    }
+
+    async fn ack(&self, gateway: &str, seq: u64) {
+        self.shared
+            .publish(gateway, Down::Ack, Ack { seq }.encode_to_vec())
+            .await;
+    }
+
+    async fn batch(&mut self, gateway: &str, topic: &str, payload: &[u8]) -> Result<(), String> {
+        let stats = &self.shared.stats;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .payload_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        stats.wire_bytes.fetch_add(
+            publish_packet_bytes(topic.len(), payload.len(), true) as u64,
+            Ordering::Relaxed,
+        );
+        let applier = match self.appliers.get_mut(gateway) {
+            Some(applier) => applier,
+            None => {
+                // A batch before any Hello since this control plane started:
+                // its dictionary is unknown here. Tell it where to resume.
+                let store = self.shared.store.clone();
+                let gw = gateway.to_string();
+                let last = blocking(move || store.last_change(&gw))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let epoch = delta::decompress(payload).map_or(0, |b| b.epoch);
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.resume(gateway, last, epoch).await;
+                return Ok(());
+            }
+        };
+        let last = applier.last_change();
+        let batch = match delta::decompress(payload) {
+            Ok(batch) => batch,
+            Err(e) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("an unreadable batch: {e}"));
+            }
+        };
+        self.shared.update(gateway, |p| {
+            p.outbox_last = p.outbox_last.max(batch.outbox_last)
+        });
+        if batch.gateway_id != gateway {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(format!("a batch of `{}` on its topic", batch.gateway_id));
+        }
+        stats
+            .protobuf_bytes
+            .fetch_add(batch.encoded_len() as u64, Ordering::Relaxed);
+        match applier.apply(&batch) {
+            Ok(Applied::Duplicate { last_change }) => {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.ack(gateway, last_change).await;
+            }
+            Ok(Applied::Stale) => {
+                tracing::debug!("{gateway}: a batch of an older session, ignored");
+            }
+            Ok(Applied::OutOfOrder { last_change }) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.resume(gateway, last_change, batch.epoch).await;
+            }
+            Ok(Applied::New {
+                changes,
+                last_change,
+                dropped,
+            }) => {
+                let naive: usize = changes.iter().map(|c| naive_json_bytes(gateway, c)).sum();
+                let count = changes.len() as u64;
+                let store = self.shared.store.clone();
+                let (gw, first) = (gateway.to_string(), batch.first_change);
+                let stored =
+                    blocking(move || store.apply(&gw, first, &changes, last_change, dropped)).await;
+                if let Err(e) = stored {
+                    // Not applied: forget the session, so that the next
+                    // batch meets the store's truth, and ask for a resend.
+                    self.appliers.remove(gateway);
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    self.resume(gateway, last, batch.epoch).await;
+                    return Err(format!("a batch was not stored: {e}"));
+                }
+                stats.applied.fetch_add(1, Ordering::Relaxed);
+                stats.points.fetch_add(count, Ordering::Relaxed);
+                stats
+                    .naive_json_bytes
+                    .fetch_add(naive as u64, Ordering::Relaxed);
+                if dropped > 0 {
+                    stats.lost_at_edge.fetch_add(dropped, Ordering::Relaxed);
+                    tracing::warn!(
+                        "{gateway} dropped {dropped} change(s) over its outbox budget before change {}",
+                        batch.first_change
+                    );
+                }
+                self.ack(gateway, last_change).await;
+            }
+            Err(e) => {
+                // An id it does not know (a dictionary from before a
+                // restart), or a batch that contradicts itself: resume, and
+                // the gateway starts a fresh dictionary.
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.resume(gateway, last, batch.epoch).await;
+                return Err(format!("a batch was refused: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn reported(&mut self, gateway: &str, payload: &[u8]) -> Result<(), String> {
+        let report = Reported::decode(payload).map_err(|e| format!("malformed Reported: {e}"))?;
+        tracing::info!(
+            "{gateway} applied desired version {} for {} ({} refused)",
+            report.version,
+            report.device,
+            report.errors.len()
+        );
+        let store = self.shared.store.clone();
+        let gw = gateway.to_string();
+        blocking(move || store.record_report(&gw, &report))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

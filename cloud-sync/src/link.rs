@@ -1,0 +1,231 @@
+//! Connecting to an MQTT broker: `mqtt://HOST:PORT` or `mqtts://HOST:PORT`,
+//! optionally with a username and password, a CA file and a client
+//! certificate. Both ends of the uplink use it.
+//!
+//! TLS is rustls on ring, built here rather than through rumqttc's default
+//! provider (aws-lc, large and slow to build).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a link cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The URL is not `mqtt(s)://HOST:PORT`.
+    #[error("broker `{0}`: {1}")]
+    Url(String, String),
+    /// A file could not be read.
+    #[error("{0}: {1}")]
+    File(PathBuf, std::io::Error),
+    /// The certificates or key do not parse, or rustls refuses them.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone, Default)]
+pub struct LinkOptions {
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub broker: String,
+    /// The MQTT client id.
+    pub client_id: String,
+    /// Username, with the file holding the password.
+    pub login: Option<(String, Option<PathBuf>)>,
+    /// CA certificates (PEM) for `mqtts://`; the system's roots without.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM), for `mqtts://`.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+    /// Retained will: (topic, payload).
+    pub will: Option<(String, Vec<u8>)>,
+}
+
+/// A parsed broker URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (IPv6 in brackets).
+    pub fn parse(url: &str) -> Result<BrokerUrl, LinkError> {
+        let bad = |why: &str| LinkError::Url(url.to_string(), why.to_string());
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(bad("must start with mqtt:// or mqtts://"));
+        };
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("needs a port, as in mqtt://HOST:1884"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("has no host"));
+        }
+        let port = port
+            .parse()
+            .map_err(|_| bad(&format!("`{port}` is not a port number")))?;
+        Ok(BrokerUrl {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl LinkOptions {
+    /// rumqttc's options: clean session, keep-alive 10 s, QoS 1 in flight
+    /// up to 100, packets up to 16 MiB.
+    pub fn mqtt_options(&self) -> Result<MqttOptions, LinkError> {
+        let url = BrokerUrl::parse(&self.broker)?;
+        let mut options = MqttOptions::new(&self.client_id, &url.host, url.port);
+        options
+            .set_keep_alive(Duration::from_secs(10))
+            .set_clean_session(true)
+            .set_inflight(100)
+            .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+        if let Some((user, password_file)) = &self.login {
+            let password = match password_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| LinkError::File(path.clone(), e))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                None => String::new(),
+            };
+            options.set_credentials(user, password);
+        }
+        if let Some((topic, payload)) = &self.will {
+            options.set_last_will(LastWill::new(
+                topic,
+                payload.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
+        if url.tls {
+            options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
+                self.tls_config()?,
+            ))));
+        }
+        Ok(options)
+    }
+
+    fn tls_config(&self) -> Result<rustls::ClientConfig, LinkError> {
+        let tls = |e: &dyn std::fmt::Display| LinkError::Tls(e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                for cert in read_certs(path)? {
+                    roots.add(cert).map_err(|e| tls(&e))?;
+                }
+            }
+            None => {
+                let found = rustls_native_roots();
+                if found.is_empty() {
+                    return Err(LinkError::Tls(
+                        "no ca_file given and no system CA certificates found".into(),
+                    ));
+                }
+                for cert in found {
+                    // A system root rustls cannot use is skipped, as browsers do.
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(&e))?
+            .with_root_certificates(roots);
+        match &self.client_auth {
+            Some((cert, key)) => {
+                let chain = read_certs(cert)?;
+                let bytes = std::fs::read(key).map_err(|e| LinkError::File(key.clone(), e))?;
+                let key = PrivateKeyDer::from_pem_slice(&bytes)
+                    .map_err(|e| LinkError::Tls(format!("{}: {e}", key.display())))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| tls(&e))
+            }
+            None => Ok(builder.with_no_client_auth()),
+        }
+    }
+}
+
+fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, LinkError> {
+    let bytes = std::fs::read(path).map_err(|e| LinkError::File(path.clone(), e))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LinkError::Tls(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(LinkError::Tls(format!(
+            "{}: no PEM certificate in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The system's CA bundle (Debian's path, then others'), or nothing.
+fn rustls_native_roots() -> Vec<CertificateDer<'static>> {
+    [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read(p).ok())
+    .map(|bytes| {
+        CertificateDer::pem_slice_iter(&bytes)
+            .filter_map(Result::ok)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://127.0.0.1:1884").expect("url"),
+            BrokerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1884
+            }
+        );
+        let v6 = BrokerUrl::parse("mqtts://[::1]:8883").expect("url");
+        assert!(v6.tls);
+        assert_eq!(v6.host, "::1");
+        for bad in ["http://x:1", "mqtt://x", "mqtt://:1", "mqtt://x:99999"] {
+            let e = BrokerUrl::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_an_error_not_a_panic() {
+        let options = LinkOptions {
+            broker: "mqtts://localhost:8883".into(),
+            client_id: "t".into(),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..LinkOptions::default()
+        };
+        let e = options.mqtt_options().expect_err("no file");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+}

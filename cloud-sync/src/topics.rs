@@ -1,0 +1,127 @@
+//! The uplink's MQTT topics, shared by both ends.
+//!
+//! ```text
+//! gateway → cloud   ferrite/v1/gw/GW/up/hello      Hello
+//!                   ferrite/v1/gw/GW/up/batch      DeltaBatch, zstd
+//!                   ferrite/v1/gw/GW/up/reported   Reported
+//!                   ferrite/v1/gw/GW/up/status     "online" / "offline" (its will), retained
+//! cloud → gateway   ferrite/v1/gw/GW/down/resume   Resume
+//!                   ferrite/v1/gw/GW/down/ack      Ack
+//!                   ferrite/v1/gw/GW/down/desired  DesiredPatch
+//! the cloud         ferrite/v1/cloud/status        "online" / "offline", retained
+//! ```
+//!
+//! Everything goes at QoS 1. A gateway id is a config name (letters,
+//! digits, `-`, `_`, `.`), so it is one topic level.
+
+/// What comes before every topic.
+pub const ROOT: &str = "ferrite/v1";
+
+/// The cloud's status topic: it publishes `online` (retained) when it
+/// starts, which tells connected gateways to say Hello again.
+pub const CLOUD_STATUS: &str = "ferrite/v1/cloud/status";
+
+/// What the cloud subscribes to: everything gateways send.
+pub const ALL_UP: &str = "ferrite/v1/gw/+/up/#";
+
+/// A message kind from gateway to cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Up {
+    /// `Hello`, after every connect.
+    Hello,
+    /// A `DeltaBatch`.
+    Batch,
+    /// A `Reported`.
+    Reported,
+    /// `online` / `offline`.
+    Status,
+}
+
+/// A message kind from cloud to gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// `Resume`.
+    Resume,
+    /// `Ack`.
+    Ack,
+    /// `DesiredPatch`.
+    Desired,
+}
+
+impl Up {
+    fn name(self) -> &'static str {
+        match self {
+            Up::Hello => "hello",
+            Up::Batch => "batch",
+            Up::Reported => "reported",
+            Up::Status => "status",
+        }
+    }
+}
+
+impl Down {
+    fn name(self) -> &'static str {
+        match self {
+            Down::Resume => "resume",
+            Down::Ack => "ack",
+            Down::Desired => "desired",
+        }
+    }
+}
+
+/// The topic of `kind` from `gateway`.
+pub fn up(gateway: &str, kind: Up) -> String {
+    format!("{ROOT}/gw/{gateway}/up/{}", kind.name())
+}
+
+/// The topic of `kind` to `gateway`.
+pub fn down(gateway: &str, kind: Down) -> String {
+    format!("{ROOT}/gw/{gateway}/down/{}", kind.name())
+}
+
+/// What a gateway subscribes to.
+pub fn all_down(gateway: &str) -> String {
+    format!("{ROOT}/gw/{gateway}/down/#")
+}
+
+/// The gateway and kind of an upward topic.
+pub fn parse_up(topic: &str) -> Option<(&str, Up)> {
+    let rest = topic.strip_prefix(ROOT)?.strip_prefix("/gw/")?;
+    let (gateway, kind) = rest.split_once("/up/")?;
+    if gateway.is_empty() || gateway.contains('/') {
+        return None;
+    }
+    let kind = [Up::Hello, Up::Batch, Up::Reported, Up::Status]
+        .into_iter()
+        .find(|k| k.name() == kind)?;
+    Some((gateway, kind))
+}
+
+/// The kind of a downward topic meant for `gateway`.
+pub fn parse_down(gateway: &str, topic: &str) -> Option<Down> {
+    let rest = topic.strip_prefix(ROOT)?.strip_prefix("/gw/")?;
+    let kind = rest.strip_prefix(gateway)?.strip_prefix("/down/")?;
+    [Down::Resume, Down::Ack, Down::Desired]
+        .into_iter()
+        .find(|k| k.name() == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip_and_strangers_are_refused() {
+        for kind in [Up::Hello, Up::Batch, Up::Reported, Up::Status] {
+            assert_eq!(parse_up(&up("gw-01", kind)), Some(("gw-01", kind)));
+        }
+        for kind in [Down::Resume, Down::Ack, Down::Desired] {
+            assert_eq!(parse_down("gw-01", &down("gw-01", kind)), Some(kind));
+            assert_eq!(parse_down("gw-02", &down("gw-01", kind)), None);
+        }
+        assert_eq!(parse_up("ferrite/v1/gw/a/b/up/batch"), None);
+        assert_eq!(parse_up("ferrite/v1/gw//up/batch"), None);
+        assert_eq!(parse_up("ferrite/v1/gw/a/up/other"), None);
+        assert_eq!(parse_up("elsewhere/gw/a/up/batch"), None);
+    }
+}

@@ -1,0 +1,558 @@
+//! The gateway's side of the link: the outbox, in batches, over MQTT (QoS 1)
+//! to the control plane's broker, and the twin's desired state back.
+//!
+//! One task owns the MQTT connection. Its session, per connect:
+//! 1. say `Hello` (last acknowledged change, last applied desired version,
+//!    a new epoch) and wait for `Resume`, which says where the cloud's
+//!    store ends;
+//! 2. send batches from there, at most `window` unacknowledged at a time,
+//!    cut every `batch_interval` or as soon as one is full;
+//! 3. trim the outbox on each `Ack`.
+//!
+//! A batch not acknowledged within `ack_timeout`, or the cloud announcing
+//! that it (re)started, starts a new epoch with another Hello: the resend
+//! begins where the cloud's store ends, so nothing is lost and nothing is
+//! applied twice (the cloud checks outbox sequences). A `Resume` of an
+//! older epoch is ignored.
+//!
+//! The drivers and rules never wait for this task: they only append to the
+//! outbox, inside the store's commit. Over its budget the outbox drops its
+//! oldest entries, counted, and the next batch tells the cloud how many.
+//!
+//! Desired patches go to a second task, which applies them one at a time in
+//! version order through the gateway's [`DesiredHandler`] (its checked write
+//! path), records the version durably, and reports the result.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rumqttc::{AsyncClient, ClientError, Event, EventLoop, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::link::LinkOptions;
+use crate::outbox::OutboxAccess;
+use crate::session::{Batcher, Outgoing};
+use crate::topics::{self, Down, Up};
+use crate::wire::{Ack, DesiredPatch, Hello, Reported, Resume};
+
+/// How the uplink runs.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// The gateway's id (config `[gateway] id`).
+    pub gateway: String,
+    /// The control plane's broker, and how to log in.
+    pub link: LinkOptions,
+    /// Batches are cut at least this often.
+    pub batch_interval: Duration,
+    /// A batch (or Hello) unanswered this long starts a new session.
+    pub ack_timeout: Duration,
+    /// Batches sent and not yet acknowledged, at most.
+    pub window: usize,
+    /// Changes per batch, at most.
+    pub max_points: usize,
+    /// Compressed bytes per batch, at most.
+    pub max_bytes: usize,
+}
+
+impl UplinkConfig {
+    /// Defaults: 1 s batches of up to 10 000 changes or 64 KiB, 8 in
+    /// flight, 10 s to acknowledge.
+    pub fn new(gateway: &str, broker: &str) -> UplinkConfig {
+        UplinkConfig {
+            gateway: gateway.to_string(),
+            link: LinkOptions {
+                broker: broker.to_string(),
+                client_id: format!("ferrite-{gateway}"),
+                ..LinkOptions::default()
+            },
+            batch_interval: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(10),
+            window: 8,
+            max_points: 10_000,
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Applies desired state: the gateway checks each property against its
+/// model and writes it through the same path as REST.
+pub trait DesiredHandler: Send + Sync + 'static {
+    /// Applies `patch`; the answer says per property what was written or
+    /// why not.
+    fn apply<'a>(
+        &'a self,
+        patch: &'a DesiredPatch,
+    ) -> Pin<Box<dyn Future<Output = Reported> + Send + 'a>>;
+}
+
+/// The uplink's state, for `/api/v1/sync` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct UplinkStatus {
+    connected: AtomicBool,
+    last_acked: AtomicU64,
+    batches: AtomicU64,
+    bytes: AtomicU64,
+    points: AtomicU64,
+    sessions: AtomicU64,
+    desired_version: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of [`UplinkStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkSnapshot {
+    /// Connected to the broker.
+    pub connected: bool,
+    /// The highest change sequence the control plane acknowledged.
+    pub last_acked: u64,
+    /// Batches sent since start (resends included).
+    pub batches: u64,
+    /// Compressed batch bytes sent since start.
+    pub bytes: u64,
+    /// Changes sent since start (resends included).
+    pub points: u64,
+    /// Sessions (Hellos) since start.
+    pub sessions: u64,
+    /// The last desired-state version applied.
+    pub desired_version: u64,
+    /// The last connection or protocol error, if any.
+    pub last_error: Option<String>,
+}
+
+impl UplinkStatus {
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> UplinkSnapshot {
+        UplinkSnapshot {
+            connected: self.connected.load(Ordering::Relaxed),
+            last_acked: self.last_acked.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            points: self.points.load(Ordering::Relaxed),
+            sessions: self.sessions.load(Ordering::Relaxed),
+            desired_version: self.desired_version.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    fn error(&self, message: String) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(message);
+    }
+}
+
+/// What the twin task tells the connection task.
+enum FromTwin {
+    /// Publish this result.
+    Report(Reported),
+    /// A patch skipped ahead of the last applied version: ask again.
+    Gap,
+}
+
+/// Runs the uplink until `shutdown`. Errors of the link (a bad URL or
+/// certificate) end it early, logged and shown in the status.
+pub async fn run(
+    config: UplinkConfig,
+    outbox: Arc<dyn OutboxAccess>,
+    desired: Arc<dyn DesiredHandler>,
+    status: Arc<UplinkStatus>,
+    shutdown: CancellationToken,
+) {
+    let mut link = config.link.clone();
+    link.will = Some((topics::up(&config.gateway, Up::Status), b"offline".to_vec()));
+    let options = match link.mqtt_options() {
+        Ok(options) => options,
+        Err(e) => {
+            tracing::error!("the uplink cannot start: {e}");
+            status.error(e.to_string());
+            return;
+        }
+    };
+    if let Ok(acked) = outbox.acknowledged() {
+        status.last_acked.store(acked, Ordering::Relaxed);
+    }
+    if let Ok(version) = outbox.desired_version() {
+        status.desired_version.store(version, Ordering::Relaxed);
+    }
+    let (client, eventloop) = AsyncClient::new(options, 64);
+    let (patches, patches_rx) = mpsc::channel(256);
+    let (twin_tx, twin_rx) = mpsc::channel(256);
+    let twin = tokio::spawn(apply_patches(
+        patches_rx,
+        twin_tx,
+        desired,
+        outbox.clone(),
+        status.clone(),
+    ));
+    let mut connection = Connection {
+        session: Session::new(&config),
+        config,
+        client,
+        outbox,
+        status,
+        patches,
+    };
+    connection.drive(eventloop, twin_rx, shutdown).await;
+    twin.abort();
+}
+
+/// The connection task's state.
+struct Connection {
+    config: UplinkConfig,
+    client: AsyncClient,
+    outbox: Arc<dyn OutboxAccess>,
+    status: Arc<UplinkStatus>,
+    patches: mpsc::Sender<DesiredPatch>,
+    session: Session,
+}
+
+/// One epoch: from a Hello to the next.
+struct Session {
+    epoch: u64,
+    /// The cloud answered this epoch's Hello.
+    resumed: bool,
+    hello_at: Instant,
+    /// The next outbox sequence to send.
+    from: u64,
+    in_flight: VecDeque<(Outgoing, Instant)>,
+    batcher: Batcher,
+}
+
+impl Session {
+    fn new(config: &UplinkConfig) -> Session {
+        // Epochs start from the clock, so that a restarted gateway does not
+        // reuse the numbers of a Resume still on its way.
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        Session {
+            epoch,
+            resumed: false,
+            hello_at: Instant::now(),
+            from: 1,
+            in_flight: VecDeque::new(),
+            batcher: batcher(config, epoch),
+        }
+    }
+}
+
+fn batcher(config: &UplinkConfig, epoch: u64) -> Batcher {
+    let mut batcher = Batcher::new(&config.gateway);
+    batcher.max_points = config.max_points;
+    batcher.max_bytes = config.max_bytes;
+    batcher.epoch = epoch;
+    batcher
+}
+
+impl Connection {
+    async fn drive(
+        &mut self,
+        mut eventloop: EventLoop,
+        mut twin: mpsc::Receiver<FromTwin>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.config.batch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = eventloop.poll() => match event {
+                    Ok(event) => {
+                        backoff = Duration::from_millis(100);
+                        self.on_event(event);
+                    }
+                    Err(e) => {
+                        if self.status.connected.swap(false, Ordering::Relaxed) {
+                            tracing::warn!("the uplink lost {}: {e}", self.config.link.broker);
+                        } else {
+                            tracing::debug!("the uplink cannot reach {}: {e}", self.config.link.broker);
+                        }
+                        self.status.error(format!("{}: {e}", self.config.link.broker));
+                        self.session.resumed = false;
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                },
+                _ = tick.tick() => {
+                    self.check_timeouts();
+                    self.pump(false);
+                }
+                Some(message) = twin.recv() => match message {
+                    FromTwin::Report(report) => {
+                        let topic = topics::up(&self.config.gateway, Up::Reported);
+                        self.publish(topic, report.encode_to_vec(), false);
+                    }
+                    FromTwin::Gap => self.hello(),
+                },
+            }
+        }
+        // Say goodbye (the will would say it too, but later).
+        if self.status.connected.load(Ordering::Relaxed) {
+            let topic = topics::up(&self.config.gateway, Up::Status);
+            self.publish(topic, b"offline".to_vec(), true);
+            let _ = self.client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while eventloop.poll().await.is_ok() {}
+            })
+            .await;
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                self.status.connected.store(true, Ordering::Relaxed);
+                tracing::info!("the uplink is connected to {}", self.config.link.broker);
+                let gateway = &self.config.gateway;
+                for filter in [topics::all_down(gateway), topics::CLOUD_STATUS.to_string()] {
+                    if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                        tracing::warn!("the uplink cannot subscribe: {e}");
+                    }
+                }
+                let topic = topics::up(gateway, Up::Status);
+                self.publish(topic, b"online".to_vec(), true);
+                self.hello();
+            }
+            Event::Incoming(Packet::Publish(publish)) => {
+                self.on_publish(&publish.topic, &publish.payload);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_publish(&mut self, topic: &str, payload: &[u8]) {
+        if topic == topics::CLOUD_STATUS {
+            if payload == b"online" {
+                // The cloud (re)started: it may have lost what was in
+                // flight, and its dictionary.
+                self.hello();
+            }
+            return;
+        }
+        let Some(kind) = topics::parse_down(&self.config.gateway, topic) else {
+            return;
+        };
+        let result = match kind {
+            Down::Resume => Resume::decode(payload).map(|r| self.on_resume(&r)),
+            Down::Ack => Ack::decode(payload).map(|a| self.on_ack(a.seq)),
+            Down::Desired => DesiredPatch::decode(payload).map(|p| {
+                if self.patches.try_send(p).is_err() {
+                    // The twin task is behind: the patch comes again after
+                    // the next Hello.
+                    tracing::warn!("desired-state patches are queueing up; one will come again");
+                }
+            }),
+        };
+        if let Err(e) = result {
+            tracing::warn!("the uplink got a malformed {kind:?} on {topic}: {e}");
+            self.status.error(format!("malformed {kind:?}: {e}"));
+        }
+    }
+
+    /// Starts a new epoch: everything in flight is forgotten; the cloud's
+    /// Resume says where to start again.
+    fn hello(&mut self) {
+        let session = &mut self.session;
+        session.epoch += 1;
+        session.resumed = false;
+        session.hello_at = Instant::now();
+        session.in_flight.clear();
+        session.batcher = batcher(&self.config, session.epoch);
+        self.status.sessions.fetch_add(1, Ordering::Relaxed);
+        let hello = Hello {
+            gateway_id: self.config.gateway.clone(),
+            last_acked_seq: self.outbox.acknowledged().unwrap_or(0),
+            desired_version: self.status.desired_version.load(Ordering::Relaxed),
+            epoch: session.epoch,
+            outbox_last: self.outbox.last().unwrap_or(0),
+        };
+        let topic = topics::up(&self.config.gateway, Up::Hello);
+        self.publish(topic, hello.encode_to_vec(), false);
+    }
+
+    fn on_resume(&mut self, resume: &Resume) {
+        if resume.epoch != self.session.epoch {
+            return;
+        }
+        if self.session.resumed {
+            // The cloud lost track mid-session (it restarted, or refused a
+            // batch): start a new session, with a fresh dictionary, rather
+            // than answer every refusal still on its way.
+            self.hello();
+            return;
+        }
+        tracing::debug!("the cloud resumes after change {}", resume.last_applied_seq);
+        self.acknowledge(resume.last_applied_seq);
+        self.session.resumed = true;
+        self.session.from = resume.last_applied_seq + 1;
+        self.pump(false);
+    }
+
+    fn on_ack(&mut self, seq: u64) {
+        self.acknowledge(seq);
+        let mut freed = false;
+        while let Some((batch, _)) = self.session.in_flight.front() {
+            if *batch.changes.end() > seq {
+                break;
+            }
+            self.session.batcher.acknowledged(batch);
+            self.session.in_flight.pop_front();
+            freed = true;
+        }
+        if freed {
+            // Catching up after an outage: send full batches as fast as
+            // they are acknowledged, not one window per tick.
+            self.pump(true);
+        }
+    }
+
+    fn acknowledge(&mut self, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        match self.outbox.acknowledge(seq) {
+            Ok(()) => {
+                self.status.last_acked.fetch_max(seq, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("cannot trim the outbox: {e}"),
+        }
+    }
+
+    /// Fills the window. With `full_only`, only batches that hit a cap go
+    /// (the tick sends the rest).
+    fn pump(&mut self, full_only: bool) {
+        if !self.session.resumed || !self.status.connected.load(Ordering::Relaxed) {
+            return;
+        }
+        while self.session.in_flight.len() < self.config.window.max(1) {
+            if full_only {
+                let waiting = self
+                    .outbox
+                    .last()
+                    .unwrap_or(0)
+                    .saturating_add(1)
+                    .saturating_sub(self.session.from);
+                if waiting < self.config.max_points as u64 {
+                    return;
+                }
+            }
+            let batch = match self.session.batcher.next(&*self.outbox, self.session.from) {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("cannot read the outbox: {e}");
+                    self.status.error(format!("outbox: {e}"));
+                    return;
+                }
+            };
+            let topic = topics::up(&self.config.gateway, Up::Batch);
+            if !self.publish(topic, batch.bytes.clone(), false) {
+                return;
+            }
+            self.session.from = batch.changes.end() + 1;
+            self.status.batches.fetch_add(1, Ordering::Relaxed);
+            self.status
+                .bytes
+                .fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
+            self.status.points.fetch_add(
+                batch.changes.end() - batch.changes.start() + 1,
+                Ordering::Relaxed,
+            );
+            self.session.in_flight.push_back((batch, Instant::now()));
+        }
+    }
+
+    fn check_timeouts(&mut self) {
+        if !self.status.connected.load(Ordering::Relaxed) {
+            return;
+        }
+        let timeout = self.config.ack_timeout;
+        let waiting_since = if self.session.resumed {
+            self.session.in_flight.front().map(|(_, at)| *at)
+        } else {
+            Some(self.session.hello_at)
+        };
+        if waiting_since.is_some_and(|at| at.elapsed() >= timeout) {
+            tracing::info!(
+                "the cloud has not answered for {}; saying Hello again",
+                humanize(timeout)
+            );
+            self.hello();
+        }
+    }
+
+    /// Queues a QoS 1 publish; false if the client's queue is full (the
+    /// next tick tries again).
+    fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) -> bool {
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => true,
+            Err(ClientError::TryRequest(_)) => false,
+            Err(e) => {
+                tracing::warn!("the uplink cannot publish: {e}");
+                false
+            }
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// The twin task: applies patches in version order, each once.
+async fn apply_patches(
+    mut patches: mpsc::Receiver<DesiredPatch>,
+    to_connection: mpsc::Sender<FromTwin>,
+    handler: Arc<dyn DesiredHandler>,
+    outbox: Arc<dyn OutboxAccess>,
+    status: Arc<UplinkStatus>,
+) {
+    while let Some(patch) = patches.recv().await {
+        let applied = status.desired_version.load(Ordering::Relaxed);
+        if patch.version <= applied {
+            continue;
+        }
+        if patch.version > applied + 1 {
+            let _ = to_connection.send(FromTwin::Gap).await;
+            continue;
+        }
+        let report = handler.apply(&patch).await;
+        let recorded = {
+            let outbox = outbox.clone();
+            let version = patch.version;
+            tokio::task::spawn_blocking(move || outbox.set_desired_version(version)).await
+        };
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "desired version {} is applied but not recorded ({e}); it will apply again",
+                patch.version
+            ),
+            Err(e) => tracing::warn!("recording the desired version failed: {e}"),
+        }
+        status
+            .desired_version
+            .store(patch.version, Ordering::Relaxed);
+        if to_connection.send(FromTwin::Report(report)).await.is_err() {
+            return;
+        }
+    }
+}
