@@ -5,6 +5,7 @@
 //! TLS is rustls on ring, built here rather than through rumqttc's default
 //! provider (aws-lc, large and slow to build).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,6 +193,86 @@ fn rustls_native_roots() -> Vec<CertificateDer<'static>> {
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// Waits (up to 5 s) until an embedded rumqttd serves `addr`, so that its
+/// owner counts as started only once clients can connect; false if it never
+/// answered. The probe is a
+/// real MQTT 3.1.1 CONNECT (as the first configured user), so rumqttd sees a
+/// well-behaved client rather than logging a broken one.
+pub async fn wait_until_serving(addr: SocketAddr, login: Option<&(String, String)>) -> bool {
+    if addr.port() == 0 {
+        return true;
+    }
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let connect = connect_packet(login);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let answered = tokio::time::timeout(Duration::from_millis(500), probe(target, &connect));
+        if matches!(answered.await, Ok(Ok(()))) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// One CONNECT and its CONNACK.
+async fn probe(addr: SocketAddr, connect: &[u8]) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(connect).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    // No DISCONNECT: rumqttd handles a DISCONNECT and the socket's close as
+    // two disconnections and logs the second at ERROR. Closing the socket
+    // alone ends the session quietly (the probe sets no will).
+    if connack[0] == 0x20 && connack[3] == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("the broker refused the probe"))
+    }
+}
+
+/// An MQTT 3.1.1 CONNECT packet (clean session, keep-alive 5 s).
+fn connect_packet(login: Option<&(String, String)>) -> Vec<u8> {
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(u16::MAX).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    // Variable header: protocol name, level 4, flags, keep-alive.
+    let mut body = Vec::new();
+    field(&mut body, b"MQTT");
+    let flags = if login.is_some() {
+        0b1100_0010
+    } else {
+        0b0000_0010
+    };
+    body.extend_from_slice(&[4, flags, 0, 5]);
+    field(&mut body, b"ferrite-probe");
+    if let Some((user, password)) = login {
+        field(&mut body, user.as_bytes());
+        field(&mut body, password.as_bytes());
+    }
+    // Fixed header: type, then the remaining length as a varint.
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
 }
 
 #[cfg(test)]

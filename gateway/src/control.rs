@@ -24,6 +24,8 @@ pub enum Actor {
     Api(Option<std::net::SocketAddr>),
     /// A rule, by name.
     Rule(String),
+    /// The device twin's desired state from the control plane, by version.
+    Cloud(u64),
 }
 
 impl fmt::Display for Actor {
@@ -32,6 +34,7 @@ impl fmt::Display for Actor {
             Actor::Api(Some(peer)) => write!(f, "api {peer}"),
             Actor::Api(None) => f.write_str("api"),
             Actor::Rule(name) => write!(f, "rule {name}"),
+            Actor::Cloud(version) => write!(f, "cloud desired v{version}"),
         }
     }
 }

@@ -5,6 +5,8 @@
 //! Modbus devices on 127.0.0.1:5020 and the OPC UA device on
 //! opc.tcp://127.0.0.1:4840/ferrite; the MQTT devices (one JSON, one
 //! Sparkplug B) publish to the gateway's embedded broker on 127.0.0.1:1883.
+//! The control plane runs in the same process (REST on 127.0.0.1:8090, its
+//! broker on 127.0.0.1:1884), and the gateway syncs to it as `demo`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -115,8 +117,16 @@ pub async fn run(
         listen: Some(listen),
         data_dir: Some(data_dir.clone()),
     };
+    // The control plane first, so that the gateway's uplink finds it.
+    let cloud = ferrite_sync::cloud::start(ferrite_sync::cloud::CloudConfig {
+        data_dir: data_dir.clone(),
+        ..ferrite_sync::cloud::CloudConfig::default()
+    })
+    .await
+    .context("cannot start the in-process control plane (are ports 8090 and 1884 free?)")?;
     let gateway = Gateway::start(report.project, options).await?;
     let base = format!("http://{}", gateway.addr);
+    let cloud_base = format!("http://{}/api/v1", cloud.rest);
     writeln!(
         out,
         "\nFerrite demo is running. Data: {}\n\n  \
@@ -127,7 +137,15 @@ pub async fn run(
          events       {base}/api/v1/events\n  \
          audit log    {base}/api/v1/audit\n  \
          health       {base}/healthz\n  \
-         metrics      {base}/metrics\n\n\
+         metrics      {base}/metrics\n  \
+         sync state   {base}/api/v1/sync\n\n\
+         The control plane (ferrite-cloud, in-process; the gateway syncs to it over MQTT {broker}):\n  \
+         gateways     {cloud_base}/gateways\n  \
+         twin         {cloud_base}/gateways/demo/devices/boiler-1\n  \
+         synced       {cloud_base}/gateways/demo/devices/boiler-1/properties/temperature/history\n  \
+         compression  {cloud_base}/stats\n\n\
+         Set the boiler's setpoint from the cloud (desired state; the gateway checks it, writes it, reports back):\n  \
+         curl -X PUT -H 'content-type: application/json' -d '{{\"setpoint\": 45.0}}' {cloud_base}/gateways/demo/devices/boiler-1/desired\n\n\
          Try a write (the setpoint accepts 20..90; while boiler-overheat is active it\n\
          holds the setpoint and refuses this with 409):\n  \
          curl -X PUT -H 'content-type: application/json' -d '{{\"value\": 55.5}}' {base}/api/v1/devices/boiler-1/properties/setpoint\n\n\
@@ -139,6 +157,7 @@ pub async fn run(
          Ctrl-C stops.",
         data_dir.display(),
         rules = scratch.path().join("rules").display(),
+        broker = cloud.broker,
     )?;
     out.flush()?;
     crate::commands::wait_for_signal().await;

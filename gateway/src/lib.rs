@@ -10,8 +10,10 @@
 //!    │ DeviceWriter        │  └─feed─▶ rules ──▶ journal (events, audit)
 //!    │                     ▼            │
 //!  control ◀───────────── live          │ writes
-//!    ▲  ▲                               │
-//!   api └───────────────────────────────┘
+//!    ▲  ▲  ▲                            │
+//!   api │  └────────────────────────────┘
+//!       └── uplink (desired state) ◀──MQTT──▶ ferrite-cloud
+//!            ▲ reads the outbox the writer fills (with [cloud])
 //! ```
 //!
 //! ## A tour
@@ -34,6 +36,8 @@
 //! - [`rules`]: the CEL rule engine: feed, state machine, actions, reload.
 //! - [`journal`]: events and the audit log, kept within limits.
 //! - [`api`]: the REST API of CONTRACT.md on axum.
+//! - [`uplink`]: with `[cloud]`, ferrite-sync's uplink on the store's
+//!   outbox, and the twin's desired state through [`control`].
 //! - `demo` (feature `demo`): `ferrite demo`, the gateway plus simulated
 //!   devices.
 //! - [`time`] holds the timestamp helpers, [`backoff`] the retry delays.
@@ -54,3 +58,4 @@ pub mod rules;
 pub mod runtime;
 pub mod store;
 pub mod time;
+pub mod uplink;

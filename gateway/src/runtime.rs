@@ -103,7 +103,7 @@ impl Gateway {
             .local_addr()
             .map_err(|e| StartError::Listen(listen, e))?;
 
-        let store: Arc<dyn Store> = Arc::new(
+        let sled_store = Arc::new(
             SledStore::open_with(
                 &data_dir,
                 config.store.cache_mib.saturating_mul(1024 * 1024),
@@ -114,6 +114,7 @@ impl Gateway {
             )
             .map_err(|e| StartError::Store(data_dir.clone(), e))?,
         );
+        let store: Arc<dyn Store> = sled_store.clone();
         #[cfg(feature = "mqtt")]
         let (broker, outlet) = match &config.mqtt {
             Some(section) => {
@@ -203,6 +204,17 @@ impl Gateway {
             outlet,
             clock: Clock::system(),
         };
+        let uplink = config.cloud.as_ref().map(|cloud| {
+            crate::uplink::start(
+                crate::uplink::config(&project, &config.gateway.id, cloud),
+                sled_store.clone(),
+                store.clone(),
+                control.clone(),
+                journal.clone(),
+                &tasks,
+                shutdown.clone(),
+            )
+        });
         let rules = crate::rules::start(deps, sources, rules_dir, &tasks, shutdown.clone());
         tasks.spawn(crate::rules::reload::watch(rules.clone(), shutdown.clone()));
 
@@ -216,6 +228,7 @@ impl Gateway {
             control,
             rules,
             journal,
+            uplink,
         };
         let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let api_shutdown = shutdown.clone();

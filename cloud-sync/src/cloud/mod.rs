@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rumqttc::AsyncClient;
 use serde::Deserialize;
@@ -218,11 +217,9 @@ async fn start_embedded_broker(listen: SocketAddr) -> Result<SocketAddr, CloudEr
             }
         })
         .map_err(|e| CloudError::Broker(e.to_string()))?;
-    for _ in 0..250 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(addr);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if crate::link::wait_until_serving(addr, None).await {
+        Ok(addr)
+    } else {
+        Err(CloudError::Broker(format!("it does not answer on {addr}")))
     }
-    Err(CloudError::Broker(format!("it does not answer on {addr}")))
 }

@@ -57,6 +57,8 @@ pub struct AppState {
     pub rules: Rules,
     /// Events and the audit log.
     pub journal: Arc<Journal>,
+    /// The uplink's state, with `[cloud]`.
+    pub uplink: Option<Arc<ferrite_sync::uplink::UplinkStatus>>,
 }
 
 /// The router.
@@ -97,22 +99,25 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /api/v1/sync`: the uplink's state. Only the outbox exists so far
-/// (issue 7): changes are kept for the control plane, nothing sends them.
+/// `GET /api/v1/sync`: the uplink's state.
 async fn sync(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
-    let configured = state
-        .project
-        .config
-        .as_ref()
-        .is_some_and(|c| c.value.cloud.is_some());
+    let cloud = state.project.config.as_ref().and_then(|c| c.value.cloud.as_ref());
     let outbox = state.store.outbox();
+    let uplink = state.uplink.as_ref().map(|u| u.snapshot());
     axum::Json(serde_json::json!({
-        "configured": configured,
-        "connected": false,
-        "last_acked": null,
+        "configured": cloud.is_some(),
+        "broker": cloud.map(|c| &c.broker),
+        "connected": uplink.as_ref().is_some_and(|u| u.connected),
+        "last_acked": uplink.as_ref().map(|u| u.last_acked),
         "backlog": outbox.map(|o| o.backlog),
         "backlog_bytes": outbox.map(|o| o.bytes),
         "dropped": outbox.map(|o| o.dropped),
+        "batches_sent": uplink.as_ref().map(|u| u.batches),
+        "bytes_sent": uplink.as_ref().map(|u| u.bytes),
+        "points_sent": uplink.as_ref().map(|u| u.points),
+        "sessions": uplink.as_ref().map(|u| u.sessions),
+        "desired_version": uplink.as_ref().map(|u| u.desired_version),
+        "last_error": uplink.as_ref().and_then(|u| u.last_error.clone()),
     }))
 }
 
@@ -181,6 +186,27 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             out,
             "# HELP ferrite_sync_backlog Changes waiting for the control plane\n# TYPE ferrite_sync_backlog gauge\nferrite_sync_backlog {}\n# HELP ferrite_sync_dropped_total Changes dropped over the outbox budget\n# TYPE ferrite_sync_dropped_total counter\nferrite_sync_dropped_total {}",
             outbox.backlog, outbox.dropped
+        );
+    }
+    if let Some(uplink) = state.uplink.as_ref().map(|u| u.snapshot()) {
+        let _ = writeln!(
+            out,
+            "# HELP ferrite_sync_connected 1 while the uplink is connected to the control plane's broker
+# TYPE ferrite_sync_connected gauge
+ferrite_sync_connected {}
+# HELP ferrite_sync_last_acked The highest change sequence the control plane acknowledged
+# TYPE ferrite_sync_last_acked gauge
+ferrite_sync_last_acked {}
+# HELP ferrite_sync_bytes_sent_total Compressed batch bytes sent (resends included)
+# TYPE ferrite_sync_bytes_sent_total counter
+ferrite_sync_bytes_sent_total {}
+# HELP ferrite_sync_points_sent_total Changes sent (resends included)
+# TYPE ferrite_sync_points_sent_total counter
+ferrite_sync_points_sent_total {}",
+            u8::from(uplink.connected),
+            uplink.last_acked,
+            uplink.bytes,
+            uplink.points
         );
     }
     let failing = u8::from(s.failing.load(Ordering::Relaxed));

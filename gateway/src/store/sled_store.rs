@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ferrite_models::Value;
+use ferrite_sync::outbox::OutboxError;
 
 use super::{Change, Entry, Log, Stamped, Store, StoreError, Trimmed};
 use crate::time::Micros;
@@ -121,6 +122,67 @@ impl SledStore {
             *guard = None;
         }
         result
+    }
+}
+
+/// The uplink reads the outbox through the store, under its lock: it sees
+/// only what a commit has flushed, so that a sequence it sends can never be
+/// handed out again after a crash.
+impl ferrite_sync::outbox::OutboxAccess for SledStore {
+    fn read(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, ferrite_sync::delta::Change)>, OutboxError> {
+        self.with_outbox(|o| o.read(from, max))
+    }
+
+    fn acknowledge(&self, seq: u64) -> Result<(), OutboxError> {
+        self.with_outbox(|o| o.acknowledge(seq).map(drop))
+    }
+
+    fn acknowledged(&self) -> Result<u64, OutboxError> {
+        self.with_outbox(|o| o.acknowledged())
+    }
+
+    fn last(&self) -> Result<u64, OutboxError> {
+        self.with_outbox(|o| Ok(o.last()))
+    }
+
+    fn desired_version(&self) -> Result<u64, OutboxError> {
+        self.with_outbox(|o| o.desired_version())
+    }
+
+    fn set_desired_version(&self, version: u64) -> Result<(), OutboxError> {
+        let guard = self.read();
+        let inner = guard
+            .as_ref()
+            .ok_or_else(|| OutboxError::Io(sled::Error::Unsupported("the store is reopening".into())))?;
+        let outbox = inner
+            .outbox
+            .as_ref()
+            .ok_or_else(|| OutboxError::Io(sled::Error::Unsupported("no [cloud]".into())))?;
+        outbox.set_desired_version(version)?;
+        inner.db.flush()?;
+        Ok(())
+    }
+}
+
+impl SledStore {
+    fn with_outbox<T>(
+        &self,
+        f: impl FnOnce(&ferrite_sync::outbox::Outbox) -> Result<T, OutboxError>,
+    ) -> Result<T, OutboxError> {
+        let guard = self.read();
+        let outbox = guard
+            .as_ref()
+            .and_then(|i| i.outbox.as_ref())
+            .ok_or_else(|| {
+                OutboxError::Io(sled::Error::Unsupported(
+                    "the outbox is not open (no [cloud], or the store is reopening)".into(),
+                ))
+            })?;
+        f(outbox)
     }
 }
 

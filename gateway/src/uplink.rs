@@ -1,0 +1,159 @@
+//! The gateway's end of the cloud sync, wired to the rest of the gateway:
+//! ferrite-sync's uplink reads the store's outbox, and the device twin's
+//! desired state goes through [`Control::write`], the same checked path as a
+//! REST write (model type, access, limits, rule holds, audit log).
+//!
+//! Also watches the outbox's budget: when changes are dropped to stay
+//! within it, an event says how many (the uplink tells the cloud as well).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_models::config::CloudSection;
+use ferrite_models::{Project, Value};
+use ferrite_sync::delta::{from_wire, to_wire};
+use ferrite_sync::link::LinkOptions;
+use ferrite_sync::outbox::OutboxAccess;
+use ferrite_sync::uplink::{self, DesiredHandler, UplinkConfig, UplinkStatus};
+use ferrite_sync::wire::{DesiredPatch, Reported};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::control::{Actor, Control};
+use crate::journal::Journal;
+use crate::store::{Log, Store};
+
+/// Desired state, written through the control path.
+struct DesiredWrites {
+    control: Arc<Control>,
+}
+
+impl DesiredHandler for DesiredWrites {
+    fn apply<'a>(
+        &'a self,
+        patch: &'a DesiredPatch,
+    ) -> Pin<Box<dyn Future<Output = Reported> + Send + 'a>> {
+        Box::pin(async move {
+            let mut report = Reported {
+                version: patch.version,
+                device: patch.device.clone(),
+                ..Reported::default()
+            };
+            // Property order is the map's (sorted): deterministic.
+            let mut properties: Vec<_> = patch.properties.iter().collect();
+            properties.sort_by(|a, b| a.0.cmp(b.0));
+            for (property, wire) in properties {
+                let Some(value) = from_wire(wire) else {
+                    report
+                        .errors
+                        .insert(property.clone(), "bad_value: no value given".into());
+                    continue;
+                };
+                let json = json_of(&value);
+                match self
+                    .control
+                    .write(&Actor::Cloud(patch.version), &patch.device, property, &json)
+                    .await
+                {
+                    Ok((written, _)) => {
+                        report.applied.insert(property.clone(), to_wire(&written));
+                    }
+                    Err(e) => {
+                        report
+                            .errors
+                            .insert(property.clone(), format!("{}: {e}", e.code()));
+                    }
+                }
+            }
+            report
+        })
+    }
+}
+
+fn json_of(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::Float(f) => json!(f),
+        Value::String(s) => json!(s),
+    }
+}
+
+/// The uplink's settings from `[cloud]`; paths resolved against the config.
+pub fn config(project: &Project, gateway: &str, cloud: &CloudSection) -> UplinkConfig {
+    let mut config = UplinkConfig::new(gateway, &cloud.broker);
+    config.batch_interval = cloud.batch_interval.get();
+    config.ack_timeout = cloud.ack_timeout.get();
+    config.link = LinkOptions {
+        login: cloud.username.clone().map(|user| {
+            (
+                user,
+                cloud.password_file.as_ref().map(|p| project.resolve(p)),
+            )
+        }),
+        ca_file: cloud.ca_file.as_ref().map(|p| project.resolve(p)),
+        client_auth: cloud
+            .client_certificate
+            .as_ref()
+            .zip(cloud.client_key.as_ref())
+            .map(|(c, k)| (project.resolve(c), project.resolve(k))),
+        ..config.link
+    };
+    config
+}
+
+/// Starts the uplink and the outbox watcher on `tasks`.
+pub fn start(
+    config: UplinkConfig,
+    outbox: Arc<dyn OutboxAccess>,
+    store: Arc<dyn Store>,
+    control: Arc<Control>,
+    journal: Arc<Journal>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Arc<UplinkStatus> {
+    let status = Arc::new(UplinkStatus::default());
+    tracing::info!("syncing to {} as `{}`", config.link.broker, config.gateway);
+    tasks.spawn(uplink::run(
+        config,
+        outbox,
+        Arc::new(DesiredWrites { control }),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(watch_drops(store, journal, shutdown));
+    status
+}
+
+/// Raises an event whenever the outbox dropped changes over its budget.
+async fn watch_drops(store: Arc<dyn Store>, journal: Arc<Journal>, shutdown: CancellationToken) {
+    let mut seen = store.outbox().map_or(0, |o| o.dropped);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(state) = store.outbox() else { continue };
+        if state.dropped > seen {
+            let dropped = state.dropped - seen;
+            seen = state.dropped;
+            let message = format!(
+                "the sync outbox is full: dropped the {dropped} oldest change(s) not yet acknowledged by the control plane ({} dropped since start); raise [cloud] outbox_mib or restore the uplink",
+                state.dropped
+            );
+            tracing::warn!("{message}");
+            let event = json!({
+                "source": "sync",
+                "severity": "warning",
+                "kind": "outbox_dropped",
+                "dropped": dropped,
+                "message": message,
+            });
+            journal.record(Log::Events, &event).await;
+        }
+    }
+}
