@@ -3,73 +3,21 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Api, Files, counting_sim, wait_until};
+use common::{Api, Files, Running, counting_sim, signal, spawn_serving, wait_until};
 use serde_json::Value as Json;
-
-struct Running {
-    child: Child,
-    api: Api,
-    /// The process's log (stderr), for failure messages.
-    log: tempfile::NamedTempFile,
-}
-
-impl Running {
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-        let start = text.len().saturating_sub(4000);
-        text.get(start..).unwrap_or_default().to_string()
-    }
-}
-
-/// A free local port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Starts `ferrite ARGS --listen 127.0.0.1:PORT` and waits until it serves.
-async fn spawn_serving(args: &[&std::ffi::OsStr], stdout: Stdio) -> Running {
-    let port = free_port();
-    let log = tempfile::NamedTempFile::new().expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(args)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(stdout)
-        .stderr(Stdio::from(log.reopen().expect("log file")))
-        .spawn()
-        .expect("ferrite starts");
-    let api = Api::new(format!("127.0.0.1:{port}").parse().expect("addr"));
-    let up = wait_until(Duration::from_secs(10), || async {
-        reqwest::get(format!("{}/healthz", api.base))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    let running = Running { child, api, log };
-    assert!(up, "ferrite did not start serving:\n{}", running.log_tail());
-    running
-}
 
 /// Starts `ferrite run` for `files`.
 async fn start(files: &Files) -> Running {
     let config = files.config();
     spawn_serving(
+        env!("CARGO_BIN_EXE_ferrite"),
         &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
         Stdio::null(),
     )
     .await
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "kill -{name}");
 }
 
 async fn history(api: &Api) -> Vec<Json> {
@@ -165,7 +113,7 @@ async fn the_demo_serves_changing_modbus_values() {
         mut child,
         api,
         log: _log,
-    } = spawn_serving(&["demo".as_ref()], Stdio::piped()).await;
+    } = spawn_serving(env!("CARGO_BIN_EXE_ferrite"), &["demo".as_ref()], Stdio::piped()).await;
     let since = Instant::now();
     assert!(
         api.wait_status("boiler-1", "online", Duration::from_secs(2))

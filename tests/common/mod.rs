@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -289,4 +290,59 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A gateway or control-plane process serving its REST API.
+pub struct Running {
+    pub child: Child,
+    pub api: Api,
+    /// The process's log (stderr), for failure messages.
+    pub log: tempfile::NamedTempFile,
+}
+
+impl Running {
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+        let start = text.len().saturating_sub(4000);
+        text.get(start..).unwrap_or_default().to_string()
+    }
+}
+
+/// A free local port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Starts `BINARY ARGS --listen 127.0.0.1:PORT` and waits until it serves.
+pub async fn spawn_serving(binary: &str, args: &[&std::ffi::OsStr], stdout: Stdio) -> Running {
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let child = Command::new(binary)
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(stdout)
+        .stderr(Stdio::from(log.reopen().expect("log file")))
+        .spawn()
+        .expect("ferrite starts");
+    let api = Api::new(format!("127.0.0.1:{port}").parse().expect("addr"));
+    let up = wait_until(Duration::from_secs(10), || async {
+        reqwest::get(format!("{}/healthz", api.base))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let running = Running { child, api, log };
+    assert!(up, "{binary} did not start serving:\n{}", running.log_tail());
+    running
+}
+
+/// Sends signal `name` (TERM, KILL, ...) to `child`.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name}");
 }

@@ -1,0 +1,436 @@
+//! Cloud sync between real processes: `ferrite run` and `ferrite-cloud run`,
+//! over MQTT, with a simulated Modbus device whose value rises every 20 ms
+//! (so every change is distinct and in order).
+//!
+//! - outage: the control plane stops while changes keep coming, and
+//!   restarts;
+//! - crashes: `kill -9` of the gateway and of the control plane while
+//!   batches flow (200 ms batches, so one is nearly always in flight);
+//! - twin: desired state goes down, is written to the device through the
+//!   model's checks, and is reported back; patches made while the gateway is
+//!   down apply in order when it returns.
+//!
+//! Each ends by comparing the control plane's history with the gateway's
+//! own: the same changes, in order, once.
+//!
+//! By default the control plane embeds its broker. With
+//! `FERRITE_TEST_MOSQUITTO=/usr/sbin/mosquitto` the same tests run through
+//! a Mosquitto per test instead (CI installs Debian's and does so).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Api, Files, Running, counting_sim, free_port, signal, spawn_serving, wait_until};
+use serde_json::{Value as Json, json};
+
+/// The `ferrite-cloud` binary, built beside `ferrite` by `cargo test
+/// --workspace` (ferrite-sync's own tests need it).
+fn cloud_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_ferrite")).with_file_name("ferrite-cloud");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p ferrite-sync` (or `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// The broker both ends use: the control plane's embedded one, or, with
+/// `FERRITE_TEST_MOSQUITTO=/usr/sbin/mosquitto`, a Mosquitto of this test's
+/// own (a control plane serves every gateway on its broker, so tests must
+/// not share one).
+enum Broker {
+    Embedded(u16),
+    Mosquitto(u16, std::process::Child, tempfile::TempDir),
+}
+
+impl Broker {
+    fn pick() -> Broker {
+        let port = free_port();
+        let Some(mosquitto) = std::env::var_os("FERRITE_TEST_MOSQUITTO").filter(|m| !m.is_empty())
+        else {
+            return Broker::Embedded(port);
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"
+            ),
+        )
+        .expect("mosquitto.conf");
+        let child = std::process::Command::new(&mosquitto)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", mosquitto.to_string_lossy()));
+        // Up once it accepts connections.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker::Mosquitto(port, child, dir)
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Broker::Embedded(port) | Broker::Mosquitto(port, ..) => {
+                format!("mqtt://127.0.0.1:{port}")
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Broker::Mosquitto(_, child, _) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One test's world: a gateway project with the counting device, a broker,
+/// and the control plane's data folder.
+struct World {
+    files: Files,
+    broker: Broker,
+    cloud_data: tempfile::TempDir,
+    gateway_id: String,
+}
+
+impl World {
+    async fn new(name: &str) -> (World, ferrite_sim::server::TcpSim, tokio::task::JoinHandle<()>) {
+        let files = Files::new();
+        let (sim, counter) = counting_sim(&files).await;
+        let broker = Broker::pick();
+        let gateway_id = format!("{name}-{}", std::process::id());
+        files.write(
+            "ferrite.toml",
+            &format!(
+                "[gateway]\nid = \"{gateway_id}\"\ndata_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
+                 [cloud]\nbroker = \"{}\"\nbatch_interval = \"200ms\"\nack_timeout = \"2s\"\n",
+                broker.url()
+            ),
+        );
+        let world = World {
+            files,
+            broker,
+            cloud_data: tempfile::tempdir().expect("tempdir"),
+            gateway_id,
+        };
+        (world, sim, counter)
+    }
+
+    async fn gateway(&self) -> Running {
+        let config = self.files.config();
+        spawn_serving(
+            env!("CARGO_BIN_EXE_ferrite"),
+            &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
+            Stdio::null(),
+        )
+        .await
+    }
+
+    async fn cloud(&self) -> Running {
+        let binary = cloud_binary();
+        let data = self.cloud_data.path().as_os_str().to_owned();
+        let mut args = vec!["run".into(), "--data-dir".into(), data];
+        match &self.broker {
+            Broker::Mosquitto(..) => args.extend(["--broker".into(), self.broker.url().into()]),
+            Broker::Embedded(port) => args.extend([
+                "--mqtt-listen".into(),
+                format!("127.0.0.1:{port}").into(),
+            ]),
+        }
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        spawn_serving(&binary.to_string_lossy(), &args, Stdio::null()).await
+    }
+
+    fn twin_path(&self, device: &str) -> String {
+        format!("/api/v1/gateways/{}/devices/{device}", self.gateway_id)
+    }
+}
+
+fn kill(run: &mut Running) {
+    signal(&run.child, "KILL");
+    let _ = run.child.wait();
+}
+
+/// The gateway's history of d.n, oldest first.
+async fn gateway_history(api: &Api) -> Vec<Json> {
+    let (status, body) = api
+        .get("/api/v1/devices/d/properties/n/history?since=2000-01-01T00:00:00Z&limit=10000")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array().cloned().unwrap_or_default()
+}
+
+/// The control plane's history of d.n.
+async fn cloud_history(cloud: &Api, gateway: &str) -> Vec<Json> {
+    let (status, body) = cloud
+        .get(&format!(
+            "/api/v1/gateways/{gateway}/devices/d/properties/n/history?limit=100000"
+        ))
+        .await;
+    if status != 200 {
+        return Vec::new();
+    }
+    body.as_array().cloned().unwrap_or_default()
+}
+
+/// Stops the counter, waits until the gateway's outbox is empty, and checks
+/// that the control plane has exactly the gateway's history: same values and
+/// times, same order, each once.
+async fn assert_in_sync(
+    gateway: &Running,
+    cloud: &Running,
+    id: &str,
+    counter: tokio::task::JoinHandle<()>,
+) -> usize {
+    counter.abort();
+    // Let the last polls land, then wait for the outbox to drain.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let drained = wait_until(Duration::from_secs(30), || async {
+        let sync = gateway.api.get("/api/v1/sync").await.1;
+        sync["backlog"] == json!(0) && sync["connected"] == json!(true)
+    })
+    .await;
+    let sync = gateway.api.get("/api/v1/sync").await.1;
+    assert!(
+        drained,
+        "the outbox did not drain: {sync}\ngateway log:\n{}\ncloud log:\n{}",
+        gateway.log_tail(),
+        cloud.log_tail()
+    );
+    let ours = gateway_history(&gateway.api).await;
+    let theirs = cloud_history(&cloud.api, id).await;
+    let strip = |e: &Json| json!({"value": e["value"], "ts": e["ts"]});
+    let ours: Vec<Json> = ours.iter().map(strip).collect();
+    let theirs_plain: Vec<Json> = theirs.iter().map(strip).collect();
+    if ours != theirs_plain {
+        let missing: Vec<&Json> = ours.iter().filter(|e| !theirs_plain.contains(e)).collect();
+        let extra = theirs_plain.len() as i64 - ours.len() as i64;
+        panic!(
+            "the control plane differs from the gateway: {} vs {} changes; missing {:?} (first 5); {extra} more there\ncloud log:\n{}",
+            ours.len(),
+            theirs_plain.len(),
+            &missing[..missing.len().min(5)],
+            cloud.log_tail()
+        );
+    }
+    // Each once, in the gateway's order: sequence numbers rise.
+    let seqs: Vec<u64> = theirs.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq not rising: {seqs:?}");
+    // The counter only rises: values in order.
+    let values: Vec<i64> = ours.iter().filter_map(|e| e["value"].as_i64()).collect();
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "values out of order");
+    ours.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_the_control_plane_loses_nothing() {
+    let (world, sim, counter) = World::new("outage").await;
+    let mut cloud = world.cloud().await;
+    let gateway = world.gateway().await;
+    let id = world.gateway_id.clone();
+    // Syncing.
+    let flowing = wait_until(Duration::from_secs(15), || async {
+        cloud_history(&cloud.api, &id).await.len() >= 20
+    })
+    .await;
+    assert!(flowing, "nothing synced:\n{}", gateway.log_tail());
+
+    // The control plane goes away; changes keep coming and wait.
+    signal(&cloud.child, "TERM");
+    let _ = cloud.child.wait();
+    let before = gateway.api.get("/api/v1/sync").await.1["backlog"]
+        .as_u64()
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = gateway.api.get("/api/v1/sync").await.1;
+    assert!(
+        during["backlog"].as_u64().unwrap_or(0) > before + 50,
+        "changes should wait in the outbox: {during}"
+    );
+    // Back: everything arrives.
+    cloud = world.cloud().await;
+    let stats_before = cloud.api.get("/api/v1/stats").await.1;
+    let synced = assert_in_sync(&gateway, &cloud, &id, counter).await;
+    assert!(synced > 150, "only {synced} changes");
+    let stats = cloud.api.get("/api/v1/stats").await.1;
+    assert!(
+        stats["points"].as_u64() > stats_before["points"].as_u64(),
+        "{stats}"
+    );
+    assert!(stats["bytes_on_wire"].as_u64() > Some(0), "{stats}");
+    let gateways = cloud.api.get("/api/v1/gateways").await.1;
+    let me = gateways
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["id"] == json!(id)))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(me["connected"], json!(true), "{gateways}");
+    assert_eq!(me["backlog"], json!(0), "{gateways}");
+    let mut gateway = gateway;
+    kill(&mut gateway);
+    kill(&mut cloud);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_either_end_loses_nothing_and_duplicates_nothing() {
+    let (world, sim, counter) = World::new("crash").await;
+    let mut cloud = world.cloud().await;
+    let mut gateway = world.gateway().await;
+    let id = world.gateway_id.clone();
+    for round in 0..2u64 {
+        // Let batches flow, then kill the gateway mid-send.
+        let target = 20 + round * 60;
+        let flowing = wait_until(Duration::from_secs(15), || async {
+            cloud_history(&cloud.api, &id).await.len() as u64 >= target
+        })
+        .await;
+        assert!(flowing, "round {round}: not syncing\n{}", gateway.log_tail());
+        tokio::time::sleep(Duration::from_millis(130 * (round + 1))).await;
+        kill(&mut gateway);
+        gateway = world.gateway().await;
+
+        // Then the control plane, mid-apply.
+        tokio::time::sleep(Duration::from_millis(700 + 90 * round)).await;
+        kill(&mut cloud);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cloud = world.cloud().await;
+    }
+    let synced = assert_in_sync(&gateway, &cloud, &id, counter).await;
+    assert!(synced > 100, "only {synced} changes");
+    kill(&mut gateway);
+    kill(&mut cloud);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desired_state_goes_down_is_written_and_reported_back() {
+    let (world, sim, counter) = World::new("twin").await;
+    // The same device, with `n` writable.
+    world.files.write(
+        "models/t.yaml",
+        "kind: DeviceModel\nname: t\nproperties:\n  n: { type: int, access: readwrite, modbus: { table: holding, address: 0, format: u32 } }\n",
+    );
+    let mut cloud = world.cloud().await;
+    let mut gateway = world.gateway().await;
+    // The device answers (the counter made it), then stays still.
+    assert!(
+        gateway
+            .api
+            .wait_status("d", "online", Duration::from_secs(10))
+            .await
+    );
+    counter.abort();
+    let twin = world.twin_path("d");
+    let known = wait_until(Duration::from_secs(15), || async {
+        cloud.api.get(&twin).await.0 == 200
+    })
+    .await;
+    assert!(known, "the gateway never reached the control plane");
+
+    // A value past the model's checks: refused, and said why.
+    let (status, body) = cloud
+        .api
+        .put_raw(&format!("{twin}/desired"), r#"{"n": "high"}"#.into())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let refused = wait_until(Duration::from_secs(10), || async {
+        let t = cloud.api.get(&twin).await.1;
+        t["metadata"]["last_report"]["errors"]["n"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("wrong_type"))
+    })
+    .await;
+    assert!(refused, "{}", cloud.api.get(&twin).await.1);
+
+    // A good one: written to the device, read back, reported.
+    let (status, body) = cloud
+        .api
+        .put_raw(&format!("{twin}/desired"), r#"{"n": 4242}"#.into())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["version"], json!(2));
+    let written = wait_until(Duration::from_secs(10), || async {
+        let t = cloud.api.get(&twin).await.1;
+        t["metadata"]["last_report"]["applied"]["n"] == json!(4242)
+            && t["reported"]["n"] == json!(4242)
+            && t["metadata"]["pending"] == json!(false)
+    })
+    .await;
+    assert!(written, "{}", cloud.api.get(&twin).await.1);
+    let on_device = gateway.api.get("/api/v1/devices/d/properties/n").await.1;
+    assert_eq!(on_device["value"], json!(4242), "{on_device}");
+    let audit = gateway.api.get("/api/v1/audit?limit=5").await.1;
+    assert!(
+        audit.to_string().contains("cloud desired v2"),
+        "the write is in the audit log: {audit}"
+    );
+
+    // Offline: two patches wait, then apply in order.
+    kill(&mut gateway);
+    for value in [7, 9] {
+        let (status, body) = cloud
+            .api
+            .put_raw(&format!("{twin}/desired"), format!(r#"{{"n": {value}}}"#))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let pending = cloud.api.get(&twin).await.1;
+    assert_eq!(pending["metadata"]["pending"], json!(true), "{pending}");
+    gateway = world.gateway().await;
+    let applied = wait_until(Duration::from_secs(15), || async {
+        let t = cloud.api.get(&twin).await.1;
+        t["metadata"]["gateway_applied_version"] == json!(4) && t["reported"]["n"] == json!(9)
+    })
+    .await;
+    assert!(applied, "{}", cloud.api.get(&twin).await.1);
+    let audit = gateway.api.get("/api/v1/audit?limit=10").await.1;
+    let order: Vec<&str> = audit
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["who"].as_str()).collect())
+        .unwrap_or_default();
+    let v3 = order.iter().position(|w| *w == "cloud desired v3");
+    let v4 = order.iter().position(|w| *w == "cloud desired v4");
+    // Newest first: v4 above v3.
+    assert!(
+        v3.is_some() && v4.is_some() && v4 < v3,
+        "v3 then v4: {order:?}"
+    );
+
+    // Bad bodies get clear errors.
+    for (body, code) in [
+        ("[1]", "bad_body"),
+        ("{}", "bad_body"),
+        (r#"{"n": null}"#, "bad_body"),
+        ("not json", "bad_body"),
+    ] {
+        let (status, answer) = cloud.api.put_raw(&format!("{twin}/desired"), body.into()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], json!(code), "{body}: {answer}");
+    }
+    let (status, answer) = cloud
+        .api
+        .put_raw(
+            "/api/v1/gateways/nobody/devices/d/desired",
+            r#"{"n": 1}"#.into(),
+        )
+        .await;
+    assert_eq!(status, 404, "{answer}");
+    kill(&mut gateway);
+    kill(&mut cloud);
+    sim.stop().await;
+}
