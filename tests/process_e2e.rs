@@ -113,7 +113,12 @@ async fn the_demo_serves_changing_modbus_values() {
         mut child,
         api,
         log: _log,
-    } = spawn_serving(env!("CARGO_BIN_EXE_ferrite"), &["demo".as_ref()], Stdio::piped()).await;
+    } = spawn_serving(
+        env!("CARGO_BIN_EXE_ferrite"),
+        &["demo".as_ref()],
+        Stdio::piped(),
+    )
+    .await;
     let since = Instant::now();
     assert!(
         api.wait_status("boiler-1", "online", Duration::from_secs(2))

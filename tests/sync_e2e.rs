@@ -44,7 +44,12 @@ fn cloud_binary() -> PathBuf {
 /// not share one).
 enum Broker {
     Embedded(u16),
-    Mosquitto(u16, std::process::Child, tempfile::TempDir),
+    /// Port, process, and the folder of its config (kept while it runs).
+    Mosquitto(
+        u16,
+        std::process::Child,
+        #[allow(dead_code)] tempfile::TempDir,
+    ),
 }
 
 impl Broker {
@@ -108,7 +113,13 @@ struct World {
 }
 
 impl World {
-    async fn new(name: &str) -> (World, ferrite_sim::server::TcpSim, tokio::task::JoinHandle<()>) {
+    async fn new(
+        name: &str,
+    ) -> (
+        World,
+        ferrite_sim::server::TcpSim,
+        tokio::task::JoinHandle<()>,
+    ) {
         let files = Files::new();
         let (sim, counter) = counting_sim(&files).await;
         let broker = Broker::pick();
@@ -146,10 +157,9 @@ impl World {
         let mut args = vec!["run".into(), "--data-dir".into(), data];
         match &self.broker {
             Broker::Mosquitto(..) => args.extend(["--broker".into(), self.broker.url().into()]),
-            Broker::Embedded(port) => args.extend([
-                "--mqtt-listen".into(),
-                format!("127.0.0.1:{port}").into(),
-            ]),
+            Broker::Embedded(port) => {
+                args.extend(["--mqtt-listen".into(), format!("127.0.0.1:{port}").into()])
+            }
         }
         let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         spawn_serving(&binary.to_string_lossy(), &args, Stdio::null()).await
@@ -229,10 +239,16 @@ async fn assert_in_sync(
     }
     // Each once, in the gateway's order: sequence numbers rise.
     let seqs: Vec<u64> = theirs.iter().filter_map(|e| e["seq"].as_u64()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq not rising: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq not rising: {seqs:?}"
+    );
     // The counter only rises: values in order.
     let values: Vec<i64> = ours.iter().filter_map(|e| e["value"].as_i64()).collect();
-    assert!(values.windows(2).all(|w| w[0] < w[1]), "values out of order");
+    assert!(
+        values.windows(2).all(|w| w[0] < w[1]),
+        "values out of order"
+    );
     ours.len()
 }
 
@@ -299,7 +315,11 @@ async fn kill_9_of_either_end_loses_nothing_and_duplicates_nothing() {
             cloud_history(&cloud.api, &id).await.len() as u64 >= target
         })
         .await;
-        assert!(flowing, "round {round}: not syncing\n{}", gateway.log_tail());
+        assert!(
+            flowing,
+            "round {round}: not syncing\n{}",
+            gateway.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(130 * (round + 1))).await;
         kill(&mut gateway);
         gateway = world.gateway().await;
@@ -418,7 +438,10 @@ async fn desired_state_goes_down_is_written_and_reported_back() {
         (r#"{"n": null}"#, "bad_body"),
         ("not json", "bad_body"),
     ] {
-        let (status, answer) = cloud.api.put_raw(&format!("{twin}/desired"), body.into()).await;
+        let (status, answer) = cloud
+            .api
+            .put_raw(&format!("{twin}/desired"), body.into())
+            .await;
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["error"]["code"], json!(code), "{body}: {answer}");
     }

@@ -362,6 +362,34 @@ mod tests {
     }
 
     #[test]
+    fn changes_dropped_at_the_edge_are_counted_and_old_sessions_ignored() {
+        let (_dir, outbox) = outbox();
+        outbox
+            .append(&(0..10).map(change).collect::<Vec<_>>())
+            .expect("append");
+        // 1..=4 vanish without the cloud having them (as when the outbox
+        // drops its oldest over the budget).
+        outbox.acknowledge(4).expect("drop");
+        let mut gateway = Batcher::new("gw");
+        gateway.epoch = 9;
+        let b = gateway.next(&outbox, 1).expect("read").expect("batch");
+        assert_eq!(b.changes, 5..=10);
+        let mut old_session = Applier::resuming(0, 8);
+        assert_eq!(
+            old_session.apply(&decompress(&b)).expect("apply"),
+            Applied::Stale
+        );
+        let mut cloud = Applier::resuming(0, 9);
+        let Applied::New {
+            changes, dropped, ..
+        } = cloud.apply(&decompress(&b)).expect("apply")
+        else {
+            panic!("not applied")
+        };
+        assert_eq!((changes.len(), dropped), (6, 4));
+    }
+
+    #[test]
     fn a_batch_over_the_byte_cap_is_cut() {
         let (_dir, outbox) = outbox();
         let noisy: Vec<Change> = (0..2000)

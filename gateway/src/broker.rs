@@ -103,7 +103,10 @@ pub async fn start(
         .map_err(BrokerError::Thread)?;
     // Only the plain listener is probed: the TLS one starts alongside it.
     if !ferrite_sync::link::wait_until_serving(section.listen, logins.first()).await {
-        tracing::warn!("the MQTT broker did not answer on {} within 5 s", section.listen);
+        tracing::warn!(
+            "the MQTT broker did not answer on {} within 5 s",
+            section.listen
+        );
     }
     tracing::info!(
         "MQTT broker listening on {}{}",

@@ -137,7 +137,9 @@ async fn watch_drops(store: Arc<dyn Store>, journal: Arc<Journal>, shutdown: Can
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Some(state) = store.outbox() else { continue };
+        let Some(state) = store.outbox() else {
+            continue;
+        };
         if state.dropped > seen {
             let dropped = state.dropped - seen;
             seen = state.dropped;

@@ -335,7 +335,11 @@ pub async fn spawn_serving(binary: &str, args: &[&std::ffi::OsStr], stdout: Stdi
     })
     .await;
     let running = Running { child, api, log };
-    assert!(up, "{binary} did not start serving:\n{}", running.log_tail());
+    assert!(
+        up,
+        "{binary} did not start serving:\n{}",
+        running.log_tail()
+    );
     running
 }
 

@@ -269,23 +269,6 @@ impl Processor {
             publish_packet_bytes(topic.len(), payload.len(), true) as u64,
             Ordering::Relaxed,
         );
-        let applier = match self.appliers.get_mut(gateway) {
-            Some(applier) => applier,
-            None => {
-                // A batch before any Hello since this control plane started:
-                // its dictionary is unknown here. Tell it where to resume.
-                let store = self.shared.store.clone();
-                let gw = gateway.to_string();
-                let last = blocking(move || store.last_change(&gw))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let epoch = delta::decompress(payload).map_or(0, |b| b.epoch);
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-                self.resume(gateway, last, epoch).await;
-                return Ok(());
-            }
-        };
-        let last = applier.last_change();
         let batch = match delta::decompress(payload) {
             Ok(batch) => batch,
             Err(e) => {
@@ -293,6 +276,23 @@ impl Processor {
                 return Err(format!("an unreadable batch: {e}"));
             }
         };
+        let applier = match self.appliers.get_mut(gateway) {
+            Some(applier) => applier,
+            None => {
+                // A batch before any Hello since this control plane started:
+                // its dictionary is unknown here. Tell it where to resume
+                // (it says Hello again).
+                let store = self.shared.store.clone();
+                let gw = gateway.to_string();
+                let last = blocking(move || store.last_change(&gw))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.resume(gateway, last, batch.epoch).await;
+                return Ok(());
+            }
+        };
+        let last = applier.last_change();
         self.shared.update(gateway, |p| {
             p.outbox_last = p.outbox_last.max(batch.outbox_last)
         });

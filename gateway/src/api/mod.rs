@@ -101,7 +101,11 @@ async fn healthz() -> &'static str {
 
 /// `GET /api/v1/sync`: the uplink's state.
 async fn sync(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
-    let cloud = state.project.config.as_ref().and_then(|c| c.value.cloud.as_ref());
+    let cloud = state
+        .project
+        .config
+        .as_ref()
+        .and_then(|c| c.value.cloud.as_ref());
     let outbox = state.store.outbox();
     let uplink = state.uplink.as_ref().map(|u| u.snapshot());
     axum::Json(serde_json::json!({

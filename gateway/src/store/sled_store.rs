@@ -155,9 +155,9 @@ impl ferrite_sync::outbox::OutboxAccess for SledStore {
 
     fn set_desired_version(&self, version: u64) -> Result<(), OutboxError> {
         let guard = self.read();
-        let inner = guard
-            .as_ref()
-            .ok_or_else(|| OutboxError::Io(sled::Error::Unsupported("the store is reopening".into())))?;
+        let inner = guard.as_ref().ok_or_else(|| {
+            OutboxError::Io(sled::Error::Unsupported("the store is reopening".into()))
+        })?;
         let outbox = inner
             .outbox
             .as_ref()
