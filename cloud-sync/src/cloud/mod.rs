@@ -116,6 +116,11 @@ pub enum CloudError {
     /// The embedded broker.
     #[error("the embedded broker: {0}")]
     Broker(String),
+    /// A REST address beyond loopback, while the API has no auth.
+    #[error(
+        "refusing to serve the REST API on {0}: it has no authentication yet, so it serves loopback only (put an authenticating reverse proxy in front)"
+    )]
+    Exposed(SocketAddr),
 }
 
 /// A running control plane.
@@ -132,6 +137,15 @@ pub struct Running {
 /// no shutdown; the store is flushed after every write, so ending the
 /// process at any point loses nothing acknowledged).
 pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
+    if !config.listen.ip().is_loopback() {
+        return Err(CloudError::Exposed(config.listen));
+    }
+    if config.broker.is_none() && !config.mqtt_listen.ip().is_loopback() {
+        tracing::warn!(
+            "the embedded broker on {} takes anyone who connects (no TLS, no logins); use an external broker with both beyond a trusted network",
+            config.mqtt_listen
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| CloudError::Listen(config.listen, e))?;
