@@ -187,3 +187,60 @@ fn the_api_is_not_exposed_beyond_loopback_without_tokens() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("without [[api.tokens]]"), "{stderr}");
 }
+
+#[test]
+fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let files = Files::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let config = files.config();
+    // systemd names the watched process in WATCHDOG_PID: the shell's pid,
+    // which `exec` hands to ferrite.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"WATCHDOG_PID=$$ exec "$0" run --config "$1" --listen 127.0.0.1:0"#)
+        .arg(env!("CARGO_BIN_EXE_ferrite"))
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ferrite starts");
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 256];
+    while heard.iter().filter(|m| *m == "WATCHDOG=1").count() < 2 {
+        let Ok(n) = socket.recv(&mut buf) else {
+            break;
+        };
+        heard.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+    }
+    signal(&child, "TERM");
+    while !heard.iter().any(|m| m == "STOPPING=1") {
+        let Ok(n) = socket.recv(&mut buf) else {
+            break;
+        };
+        heard.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        heard.first().map(String::as_str),
+        Some("READY=1"),
+        "{heard:?}"
+    );
+    assert!(
+        heard.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
+        "{heard:?}"
+    );
+    assert_eq!(
+        heard.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{heard:?}"
+    );
+}

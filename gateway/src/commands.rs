@@ -49,8 +49,10 @@ pub async fn run(
         gateway.addr
     )?;
     out.flush()?;
+    crate::service::ready(gateway.state.store.clone(), gateway.shutdown_token());
     wait_for_signal().await;
     tracing::info!("stopping");
+    crate::service::stopping();
     let clean = gateway.stop().await;
     Ok(if clean {
         ExitCode::SUCCESS

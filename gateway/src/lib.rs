@@ -20,6 +20,7 @@
 //! - [`cli`], [`commands`]: the command line (`check`, `schema`, `run`,
 //!   `demo`).
 //! - [`runtime`]: starts and stops everything together; clean shutdown.
+//! - [`service`]: systemd readiness and watchdog (sd_notify).
 //! - [`drivers`]: the [`drivers::Driver`] trait and one folder per protocol,
 //!   each behind a cargo feature: `modbus/` (coalescing plan, one task per
 //!   connection, pollers) and `opcua/` (connect and trust, one session task
@@ -56,6 +57,7 @@ pub mod journal;
 pub mod live;
 pub mod rules;
 pub mod runtime;
+pub mod service;
 pub mod store;
 pub mod time;
 pub mod uplink;
