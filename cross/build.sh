@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds static `ferrite`, `ferrite-sim` and `ferrite-cloud` for an ARM target
+# without Docker, from Debian 12's own toolchain: rustc-web (rustc 1.96 at
+# /usr/bin/rustc) with the target's std, and the cross gcc as the linker.
+#
+#   cross/build.sh aarch64-unknown-linux-gnu              # debug
+#   cross/build.sh aarch64-unknown-linux-gnu --release    # any further cargo build flags
+#
+# The binaries land in $CARGO_TARGET_DIR/TARGET/{debug,release}/. They are
+# static (glibc linked in, +crt-static), so they run on any Linux of that
+# architecture, and under qemu-user (a dynamically linked binary hangs there
+# as soon as it spawns a thread).
+#
+# One-time setup (as root), printed again if something is missing:
+#   dpkg --add-architecture arm64 && apt-get update
+#   apt-get install rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
+# To run the results here: qemu-user from bookworm-backports (see docs/deploy.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target="${1:-}"
+[ -n "$target" ] || { sed -n '2,10p' "$0"; exit 2; }
+shift
+case "$target" in
+  aarch64-unknown-linux-gnu)     arch=arm64; gcc=aarch64-linux-gnu-gcc ;;
+  armv7-unknown-linux-gnueabihf) arch=armhf; gcc=arm-linux-gnueabihf-gcc ;;
+  *) echo "cross/build.sh: no recipe for $target (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2; exit 2 ;;
+esac
+
+missing=()
+[ -x /usr/bin/rustc ] || missing+=(rustc-web)
+[ -d "/usr/lib/rustlib/$target/lib" ] || missing+=("libstd-rust-web-dev:$arch")
+command -v "$gcc" >/dev/null || missing+=("gcc-${gcc%-gcc}")
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "cross/build.sh: missing Debian packages: ${missing[*]}" >&2
+  echo "  dpkg --add-architecture $arch && apt-get update && apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+
+triple_env=$(echo "$target" | tr 'a-z-' 'A-Z_')
+export RUSTC=/usr/bin/rustc
+export "CARGO_TARGET_${triple_env}_LINKER=$gcc"
+# C parts (zstd, ring) are compiled by the cc crate with the same gcc.
+export "CC_${target//-/_}=$gcc"
+export "AR_${target//-/_}=${gcc%-gcc}-ar"
+export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
+
+exec cargo build --target "$target" --bins \
+  -p ferrite-gateway -p ferrite-sim -p ferrite-sync \
+  "$@"
