@@ -43,8 +43,19 @@ export "CARGO_TARGET_${triple_env}_LINKER=$gcc"
 # C parts (zstd, ring) are compiled by the cc crate with the same gcc.
 export "CC_${target//-/_}=$gcc"
 export "AR_${target//-/_}=${gcc%-gcc}-ar"
-export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
+# Static, and not position-independent: a static-pie binary relocates
+# itself at start and so dirties pages that a fixed-address one shares with
+# the page cache (measured on x86_64: idle RSS 13.5 MB against 9.3 MB).
+# FERRITE_PIE=1 keeps PIE (address-space randomisation) at that cost.
+relocation="-C relocation-model=static"
+[ "${FERRITE_PIE:-0}" = 1 ] && relocation=""
+export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static $relocation"
 
-exec cargo build --target "$target" --bins \
-  -p ferrite-gateway -p ferrite-sim -p ferrite-sync \
-  "$@"
+# By default all three binaries; with -p/--package in the arguments, only
+# what they name (e.g. a slim gateway: -p ferrite-gateway
+# --no-default-features --features modbus).
+packages=(--bins -p ferrite-gateway -p ferrite-sim -p ferrite-sync)
+for arg in "$@"; do
+  case "$arg" in -p|--package|-p*|--package=*) packages=() ;; esac
+done
+exec cargo build --target "$target" "${packages[@]}" "$@"
