@@ -93,12 +93,23 @@ impl Fake {
             .subscribe(topics::all_down(GATEWAY), QoS::AtLeastOnce)
             .await
             .expect("subscribe");
-        // Until the subscription holds.
+        // The control plane's REST API may answer before its own MQTT
+        // subscription holds; it announces that with its retained `online`
+        // (published after subscribing), as real gateways see it.
+        client
+            .subscribe(topics::CLOUD_STATUS, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            match tokio::time::timeout_at(deadline, events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p))))
+                    if p.topic == topics::CLOUD_STATUS && p.payload.as_ref() == b"online" =>
+                {
+                    break;
+                }
                 Ok(Ok(_)) => {}
-                other => panic!("no SUBACK: {other:?}"),
+                other => panic!("the control plane never said online: {other:?}"),
             }
         }
         Fake { client, events }
