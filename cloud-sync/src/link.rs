@@ -17,9 +17,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// Why a link cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// The URL is not `mqtt(s)://HOST:PORT`.
-    #[error("broker `{0}`: {1}")]
-    Url(String, String),
+    /// The URL is not `mqtt(s)://HOST:PORT` (the message names it).
+    #[error("{0}")]
+    Url(String),
     /// A file could not be read.
     #[error("{0}: {1}")]
     File(PathBuf, std::io::Error),
@@ -45,51 +45,13 @@ pub struct LinkOptions {
     pub will: Option<(String, Vec<u8>)>,
 }
 
-/// A parsed broker URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    /// `mqtts://`.
-    pub tls: bool,
-    /// Host name or address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    /// Parses `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (IPv6 in brackets).
-    pub fn parse(url: &str) -> Result<BrokerUrl, LinkError> {
-        let bad = |why: &str| LinkError::Url(url.to_string(), why.to_string());
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(bad("must start with mqtt:// or mqtts://"));
-        };
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| bad("needs a port, as in mqtt://HOST:1884"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains('/') {
-            return Err(bad("has no host"));
-        }
-        let port = port
-            .parse()
-            .map_err(|_| bad(&format!("`{port}` is not a port number")))?;
-        Ok(BrokerUrl {
-            tls,
-            host: host.to_string(),
-            port,
-        })
-    }
-}
+pub use ferrite_models::config::BrokerUrl;
 
 impl LinkOptions {
     /// rumqttc's options: clean session, keep-alive 10 s, QoS 1 in flight
     /// up to 100, packets up to 16 MiB.
     pub fn mqtt_options(&self) -> Result<MqttOptions, LinkError> {
-        let url = BrokerUrl::parse(&self.broker)?;
+        let url = BrokerUrl::parse(&self.broker).map_err(LinkError::Url)?;
         let mut options = MqttOptions::new(&self.client_id, &url.host, url.port);
         options
             .set_keep_alive(Duration::from_secs(10))
@@ -132,7 +94,9 @@ impl LinkOptions {
                 }
             }
             None => {
-                let found = rustls_native_roots();
+                // The system's roots (SSL_CERT_FILE / SSL_CERT_DIR, else the
+                // platform's bundle), by the crate rumqttc itself uses.
+                let found = rustls_native_certs::load_native_certs().certs;
                 if found.is_empty() {
                     return Err(LinkError::Tls(
                         "no ca_file given and no system CA certificates found".into(),
@@ -178,28 +142,11 @@ fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, LinkError>
     Ok(certs)
 }
 
-/// The system's CA bundle (Debian's path, then others'), or nothing.
-fn rustls_native_roots() -> Vec<CertificateDer<'static>> {
-    [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/cert.pem",
-    ]
-    .iter()
-    .find_map(|p| std::fs::read(p).ok())
-    .map(|bytes| {
-        CertificateDer::pem_slice_iter(&bytes)
-            .filter_map(Result::ok)
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
 /// Waits (up to 5 s) until an embedded rumqttd serves `addr`, so that its
 /// owner counts as started only once clients can connect; false if it never
-/// answered. The probe is a
-/// real MQTT 3.1.1 CONNECT (as the first configured user), so rumqttd sees a
-/// well-behaved client rather than logging a broken one.
+/// answered. The probe is a real MQTT 3.1.1 CONNECT (as the first configured
+/// user), so rumqttd sees a well-behaved client rather than logging a broken
+/// one.
 pub async fn wait_until_serving(addr: SocketAddr, login: Option<&(String, String)>) -> bool {
     if addr.port() == 0 {
         return true;
@@ -293,7 +240,7 @@ mod tests {
         assert!(v6.tls);
         assert_eq!(v6.host, "::1");
         for bad in ["http://x:1", "mqtt://x", "mqtt://:1", "mqtt://x:99999"] {
-            let e = BrokerUrl::parse(bad).expect_err(bad).to_string();
+            let e = BrokerUrl::parse(bad).expect_err(bad);
             assert!(e.contains(bad), "{e}");
         }
     }

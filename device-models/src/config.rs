@@ -230,6 +230,48 @@ impl CloudSection {
     }
 }
 
+/// A broker address, `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (an IPv6
+/// host in brackets). `ferrite check` and the sync link both read it here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Host name or address (without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    /// Parses `url`; the error names it and says what is wrong.
+    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "broker `{url}` must start with mqtt:// or mqtts://"
+            ));
+        };
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("broker `{url}` needs a port, as in mqtt://HOST:1884"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("broker `{url}` has no host"));
+        }
+        let port = port
+            .parse()
+            .map_err(|_| format!("broker `{url}`: `{port}` is not a port number"))?;
+        Ok(BrokerUrl {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
 /// `[store]`: how much history to keep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -266,19 +266,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 /// Checks `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
 pub fn check_broker_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("mqtts://"))
-        .ok_or_else(|| format!("broker `{url}` must start with mqtt:// or mqtts://"))?;
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("broker `{url}` needs a port, as in mqtt://HOST:1884"))?;
-    if host.is_empty() || host.contains('/') {
-        return Err(format!("broker `{url}` has no host"));
-    }
-    port.parse::<u16>()
-        .map(|_| ())
-        .map_err(|_| format!("broker `{url}`: `{port}` is not a port number"))
+    crate::config::BrokerUrl::parse(url).map(drop)
 }
 
 fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {

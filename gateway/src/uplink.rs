@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrite_models::Project;
 use ferrite_models::config::CloudSection;
-use ferrite_models::{Project, Value};
 use ferrite_sync::delta::{from_wire, to_wire};
 use ferrite_sync::link::LinkOptions;
 use ferrite_sync::outbox::OutboxAccess;
@@ -42,7 +42,8 @@ impl DesiredHandler for DesiredWrites {
                 device: patch.device.clone(),
                 ..Reported::default()
             };
-            // Property order is the map's (sorted): deterministic.
+            // Sorted by name, so writes go in a deterministic order (the
+            // patch's map has none).
             let mut properties: Vec<_> = patch.properties.iter().collect();
             properties.sort_by(|a, b| a.0.cmp(b.0));
             for (property, wire) in properties {
@@ -52,7 +53,7 @@ impl DesiredHandler for DesiredWrites {
                         .insert(property.clone(), "bad_value: no value given".into());
                     continue;
                 };
-                let json = json_of(&value);
+                let json = json!(value);
                 match self
                     .control
                     .write(&Actor::Cloud(patch.version), &patch.device, property, &json)
@@ -70,15 +71,6 @@ impl DesiredHandler for DesiredWrites {
             }
             report
         })
-    }
-}
-
-fn json_of(value: &Value) -> serde_json::Value {
-    match value {
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::Float(f) => json!(f),
-        Value::String(s) => json!(s),
     }
 }
 

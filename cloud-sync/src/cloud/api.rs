@@ -123,7 +123,7 @@ async fn gateways(State(shared): State<Arc<Shared>>) -> ApiResult {
 async fn known(shared: &Arc<Shared>, gateway: &str) -> Result<(), ApiError> {
     let store = shared.store.clone();
     let gw = gateway.to_string();
-    if blocking(move || Ok(store.gateways()?.contains_key(&gw))).await? {
+    if blocking(move || store.knows(&gw)).await? {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -221,25 +221,15 @@ async fn desired(
                 format!("`{name}` is not a property name"),
             ));
         }
-        let value = match value {
-            Json_::Bool(b) => Value::Bool(b),
-            Json_::Number(n) => match (n.as_i64(), n.as_f64()) {
-                (Some(i), _) => Value::Int(i),
-                (None, Some(f)) => Value::Float(f),
-                _ => {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_body",
-                        format!("`{name}`: {n} does not fit a 64-bit integer or float"),
-                    ));
-                }
-            },
-            Json_::String(s) => Value::String(s),
-            other => {
+        // A model value is a boolean, a number or a string, as the gateway's
+        // own API takes it (Value's untagged form: integers stay integers).
+        let value = match serde_json::from_value::<Value>(value.clone()) {
+            Ok(value) => value,
+            Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_body",
-                    format!("`{name}`: {other} is not a boolean, number or string"),
+                    format!("`{name}`: {value} is not a boolean, number or string"),
                 ));
             }
         };

@@ -150,10 +150,15 @@ impl CloudStore {
             .unwrap_or((0, 0)))
     }
 
+    /// Whether `gateway` has ever said Hello.
+    pub fn knows(&self, gateway: &str) -> Result<bool> {
+        Ok(self.data.contains_key(key(b'g', &[gateway]))?)
+    }
+
     /// Records a gateway that said Hello, if new.
     pub fn know(&self, gateway: &str) -> Result<()> {
         let k = key(b'g', &[gateway]);
-        if self.data.get(&k)?.is_none() {
+        if !self.data.contains_key(&k)? {
             let mut v = 0u64.to_be_bytes().to_vec();
             v.extend_from_slice(&0u64.to_be_bytes());
             self.data.insert(k, v)?;

@@ -154,17 +154,8 @@ impl ferrite_sync::outbox::OutboxAccess for SledStore {
     }
 
     fn set_desired_version(&self, version: u64) -> Result<(), OutboxError> {
-        let guard = self.read();
-        let inner = guard.as_ref().ok_or_else(|| {
-            OutboxError::Io(sled::Error::Unsupported("the store is reopening".into()))
-        })?;
-        let outbox = inner
-            .outbox
-            .as_ref()
-            .ok_or_else(|| OutboxError::Io(sled::Error::Unsupported("no [cloud]".into())))?;
-        outbox.set_desired_version(version)?;
-        inner.db.flush()?;
-        Ok(())
+        // The outbox's own implementation flushes the database.
+        self.with_outbox(|o| ferrite_sync::outbox::OutboxAccess::set_desired_version(o, version))
     }
 }
 
