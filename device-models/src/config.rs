@@ -69,11 +69,50 @@ pub struct ApiSection {
     /// Bearer tokens. Without any, the API serves loopback only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<ApiToken>,
+    /// Serve HTTPS instead of HTTP (rustls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ApiTls>,
+    /// Most client connections at once; further ones wait to be accepted.
+    /// Default 256.
+    #[serde(default = "ApiSection::default_max_connections")]
+    pub max_connections: usize,
+    /// A client must send a request's headers within this long (from
+    /// connecting, or from the last answer on a kept-alive connection),
+    /// else it is disconnected: slow-header (slowloris) clients cannot hold
+    /// connections. Default 10s.
+    #[serde(default = "ApiSection::default_header_timeout")]
+    pub header_timeout: Span,
+    /// A request, body included, must be answered within this long, else
+    /// 408. Default 30s.
+    #[serde(default = "ApiSection::default_request_timeout")]
+    pub request_timeout: Span,
+}
+
+/// `[api.tls]`: HTTPS for the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTls {
+    /// The API's certificate chain, PEM.
+    pub certificate: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
 }
 
 impl ApiSection {
     fn default_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+
+    fn default_max_connections() -> usize {
+        256
+    }
+
+    fn default_header_timeout() -> Span {
+        Span(std::time::Duration::from_secs(10))
+    }
+
+    fn default_request_timeout() -> Span {
+        Span(std::time::Duration::from_secs(30))
     }
 }
 
@@ -82,6 +121,10 @@ impl Default for ApiSection {
         ApiSection {
             listen: Self::default_listen(),
             tokens: Vec::new(),
+            tls: None,
+            max_connections: Self::default_max_connections(),
+            header_timeout: Self::default_header_timeout(),
+            request_timeout: Self::default_request_timeout(),
         }
     }
 }

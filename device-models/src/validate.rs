@@ -93,6 +93,34 @@ fn check_config(config: &Located<Config>, project: &Project, diags: &mut Diagnos
             }
         }
     }
+    if let Some(tls) = &c.api.tls {
+        check_certificate_and_key(
+            project,
+            config,
+            "api",
+            (&tls.certificate, &tls.private_key),
+            diags,
+        );
+    }
+    if c.api.max_connections == 0 {
+        diags.error(
+            file,
+            config.pos(&["api", "max_connections"]),
+            "max_connections must be at least 1",
+        );
+    }
+    for (key, span) in [
+        ("header_timeout", c.api.header_timeout),
+        ("request_timeout", c.api.request_timeout),
+    ] {
+        if span.get().is_zero() {
+            diags.error(
+                file,
+                config.pos(&["api", key]),
+                format!("{key} must be longer than 0s"),
+            );
+        }
+    }
     if let Some(mqtt) = &c.mqtt {
         check_broker_section(project, config, mqtt, diags);
     }
@@ -223,22 +251,30 @@ fn check_broker_section(
                 "the TLS listener needs its own address, not mqtt.listen's",
             );
         }
-        check_file_exists(
+        check_certificate_and_key(
             project,
-            &tls.certificate,
-            "certificate",
-            file,
-            at("certificate"),
+            config,
+            "mqtt",
+            (&tls.certificate, &tls.private_key),
             diags,
         );
-        check_file_exists(
-            project,
-            &tls.private_key,
-            "private key",
-            file,
-            at("private_key"),
-            diags,
-        );
+    }
+}
+
+/// `[SECTION.tls]`'s certificate and private key files exist.
+fn check_certificate_and_key(
+    project: &Project,
+    config: &Located<Config>,
+    section: &str,
+    (certificate, private_key): (&Path, &Path),
+    diags: &mut Diagnostics,
+) {
+    for (key, path, what) in [
+        ("certificate", certificate, "certificate"),
+        ("private_key", private_key, "private key"),
+    ] {
+        let pos = config.pos(&[section, "tls", key]);
+        check_file_exists(project, path, what, &config.file, pos, diags);
     }
 }
 

@@ -20,8 +20,14 @@ use crate::store::Log;
 /// Who asks for a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
-    /// A REST client; its address when known.
-    Api(Option<std::net::SocketAddr>),
+    /// A REST client: the name of its token (with `[[api.tokens]]`) and its
+    /// address, when known.
+    Api {
+        /// The token's name.
+        token: Option<String>,
+        /// The client's address.
+        peer: Option<std::net::SocketAddr>,
+    },
     /// A rule, by name.
     Rule(String),
     /// The device twin's desired state from the control plane, by version.
@@ -31,8 +37,17 @@ pub enum Actor {
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Actor::Api(Some(peer)) => write!(f, "api {peer}"),
-            Actor::Api(None) => f.write_str("api"),
+            Actor::Api {
+                token: Some(name), ..
+            } => write!(f, "api {name}"),
+            Actor::Api {
+                token: None,
+                peer: Some(peer),
+            } => write!(f, "api {peer}"),
+            Actor::Api {
+                token: None,
+                peer: None,
+            } => f.write_str("api"),
             Actor::Rule(name) => write!(f, "rule {name}"),
             Actor::Cloud(version) => write!(f, "cloud desired v{version}"),
         }
@@ -190,7 +205,7 @@ impl Control {
             Ok((_, Written::Sent)) => ("sent", None),
             Err(e) => (e.code(), Some(e.to_string())),
         };
-        let entry = json!({
+        let mut entry = json!({
             "who": actor.to_string(),
             "device": device,
             "property": property,
@@ -199,7 +214,15 @@ impl Control {
             "result": outcome,
             "message": message,
         });
-        self.journal.record(Log::Audit, &entry).await;
+        if let Actor::Api {
+            peer: Some(peer), ..
+        } = actor
+        {
+            entry["peer"] = json!(peer.to_string());
+        }
+        // Durable before the caller hears of it: a write that was answered
+        // is in the audit log, whatever happens next.
+        self.journal.record_durably(Log::Audit, &entry).await;
         result
     }
 

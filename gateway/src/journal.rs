@@ -4,6 +4,8 @@
 //! Appends go through one task, which groups what arrives together into one
 //! durable commit, and retries a failed commit (a full disk, say) with
 //! backoff rather than dropping it; callers wait when the queue is full.
+//! [`Journal::record_durably`] also waits for the commit: the audit entry of
+//! a write is on disk before the write is answered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,15 @@ use crate::time::{Micros, now};
 /// Entries queued for the journal task, at most.
 const QUEUE: usize = 4096;
 
+/// One entry on its way to the journal task, with whom to tell once it is
+/// durable.
+struct Pending {
+    log: Log,
+    ts: Micros,
+    body: Vec<u8>,
+    kept: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// How many entries and for how long each log keeps them.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -30,7 +41,7 @@ pub struct Retention {
 
 /// The journals' front: append and query.
 pub struct Journal {
-    tx: mpsc::Sender<(Log, Micros, Vec<u8>)>,
+    tx: mpsc::Sender<Pending>,
     store: Arc<dyn Store>,
 }
 
@@ -50,17 +61,43 @@ impl Journal {
 
     /// Queues `body` for `log`, stamped now. Waits while the queue is full.
     pub async fn record(&self, log: Log, body: &impl Serialize) {
-        match serde_json::to_vec(body) {
-            Ok(bytes) => {
-                if self.tx.send((log, now(), bytes)).await.is_err() {
-                    tracing::warn!(
-                        "the journal has stopped; a {} entry was not kept",
-                        log.tree()
-                    );
-                }
+        self.queue(log, body, None).await;
+    }
+
+    /// Like [`Journal::record`], and returns once the entry is durable, or
+    /// once the gateway stops without having kept it (then `false`).
+    pub async fn record_durably(&self, log: Log, body: &impl Serialize) -> bool {
+        let (kept, is_kept) = tokio::sync::oneshot::channel();
+        self.queue(log, body, Some(kept)).await && is_kept.await.is_ok()
+    }
+
+    async fn queue(
+        &self,
+        log: Log,
+        body: &impl Serialize,
+        kept: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> bool {
+        let body = match serde_json::to_vec(body) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!("cannot encode a {} entry: {e}", log.tree());
+                return false;
             }
-            Err(e) => tracing::error!("cannot encode a {} entry: {e}", log.tree()),
+        };
+        let pending = Pending {
+            log,
+            ts: now(),
+            body,
+            kept,
+        };
+        if self.tx.send(pending).await.is_err() {
+            tracing::warn!(
+                "the journal has stopped; a {} entry was not kept",
+                log.tree()
+            );
+            return false;
         }
+        true
     }
 
     /// Entries of `log` before `before`, newest first, as JSON objects with
@@ -95,7 +132,7 @@ fn to_json(entry: &Entry) -> serde_json::Value {
 
 async fn run(
     store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<(Log, Micros, Vec<u8>)>,
+    mut rx: mpsc::Receiver<Pending>,
     retention: Retention,
     shutdown: CancellationToken,
 ) {
@@ -129,18 +166,16 @@ async fn run(
     }
 }
 
-/// Commits `batch`, retrying until it is durable (or the gateway stops).
-async fn commit(
-    store: &Arc<dyn Store>,
-    batch: &mut Vec<(Log, Micros, Vec<u8>)>,
-    shutdown: &CancellationToken,
-) {
+/// Commits `batch`, retrying until it is durable (or the gateway stops),
+/// then tells whoever waits that their entries are kept.
+async fn commit(store: &Arc<dyn Store>, batch: &mut Vec<Pending>, shutdown: &CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut all_kept = true;
     for log in [Log::Events, Log::Audit] {
         let entries: Vec<(Micros, Vec<u8>)> = batch
             .iter()
-            .filter(|(l, _, _)| *l == log)
-            .map(|(_, ts, body)| (*ts, body.clone()))
+            .filter(|p| p.log == log)
+            .map(|p| (p.ts, p.body.clone()))
             .collect();
         if entries.is_empty() {
             continue;
@@ -160,6 +195,7 @@ async fn commit(
                         entries.len(),
                         log.tree()
                     );
+                    all_kept = false;
                     break;
                 }
                 Err(e) => {
@@ -176,7 +212,11 @@ async fn commit(
             }
         }
     }
-    batch.clear();
+    for pending in batch.drain(..) {
+        if let (Some(kept), true) = (pending.kept, all_kept) {
+            let _ = kept.send(());
+        }
+    }
 }
 
 async fn trim_logs(store: &Arc<dyn Store>, retention: Retention) {

@@ -58,6 +58,9 @@ pub enum StartError {
     #[cfg(feature = "mqtt")]
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    /// An API token or the API's certificate did not load.
+    #[error("cannot set up the API: {0}")]
+    ApiSecurity(String),
     /// A non-loopback address without any API token.
     #[error(
         "refusing to serve the API on {0} without [[api.tokens]]; without tokens it serves loopback only"
@@ -94,6 +97,18 @@ impl Gateway {
         if config.api.tokens.is_empty() && !listen.ip().is_loopback() {
             return Err(StartError::Exposed(listen));
         }
+        let tokens = api::auth::Tokens::load(&config.api.tokens, &|p| project.resolve(p))
+            .map_err(|e| StartError::ApiSecurity(e.to_string()))?;
+        let tls = match &config.api.tls {
+            Some(tls) => Some(
+                api::serve::tls_acceptor(
+                    &project.resolve(&tls.certificate),
+                    &project.resolve(&tls.private_key),
+                )
+                .map_err(|e| StartError::ApiSecurity(e.to_string()))?,
+            ),
+            None => None,
+        };
         // Bind before starting anything, so a taken port fails fast and
         // leaves no drivers running.
         let listener = TcpListener::bind(listen)
@@ -230,17 +245,35 @@ impl Gateway {
             journal,
             uplink,
         };
-        let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let api_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { api_shutdown.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!("API server failed: {e}");
-            }
-        });
+        if tokens.enabled() {
+            tracing::info!(
+                "the API needs a bearer token ({} configured)",
+                config.api.tokens.len()
+            );
+        } else {
+            tracing::warn!(
+                "no [[api.tokens]]: the API has no authentication, so it serves loopback only ({addr})"
+            );
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let app = api::router(
+            state.clone(),
+            Arc::new(tokens),
+            config.api.request_timeout.get(),
+        );
+        let serve_options = api::serve::ServeOptions {
+            tls,
+            max_connections: config.api.max_connections,
+            header_timeout: config.api.header_timeout.get(),
+        };
+        tasks.spawn(api::serve::serve(
+            listener,
+            app,
+            serve_options,
+            shutdown.clone(),
+        ));
         tasks.close();
-        tracing::info!("serving the API on http://{addr}");
+        tracing::info!("serving the API on {scheme}://{addr}");
         Ok(Gateway {
             addr,
             state,

@@ -109,6 +109,7 @@ where
 pub struct Api {
     pub base: String,
     client: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Api {
@@ -119,31 +120,49 @@ impl Api {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),
+            token: None,
         }
     }
 
-    pub async fn get(&self, path: &str) -> (u16, Json) {
-        let res = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("GET");
+    /// The same API, called with `Authorization: Bearer TOKEN`.
+    pub fn with_token(&self, token: &str) -> Api {
+        Api {
+            base: self.base.clone(),
+            client: self.client.clone(),
+            token: Some(token.to_string()),
+        }
+    }
+
+    /// Any call; the status, the JSON body (or null) and the headers.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Json, reqwest::header::HeaderMap) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let res = request.send().await.expect("HTTP call");
         let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Json::Null))
+        let headers = res.headers().clone();
+        (status, res.json().await.unwrap_or(Json::Null), headers)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Json) {
+        let (status, body, _) = self.call(reqwest::Method::GET, path, None).await;
+        (status, body)
     }
 
     pub async fn put_raw(&self, path: &str, body: String) -> (u16, Json) {
-        let res = self
-            .client
-            .put(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("PUT");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Json::Null))
+        let (status, body, _) = self.call(reqwest::Method::PUT, path, Some(body)).await;
+        (status, body)
     }
 
     pub async fn write(&self, device: &str, property: &str, value: Json) -> (u16, Json) {
@@ -318,10 +337,21 @@ pub fn free_port() -> u16 {
 
 /// Starts `BINARY ARGS --listen 127.0.0.1:PORT` and waits until it serves.
 pub async fn spawn_serving(binary: &str, args: &[&std::ffi::OsStr], stdout: Stdio) -> Running {
+    spawn_serving_with_env(binary, args, &[], stdout).await
+}
+
+/// [`spawn_serving`] with extra environment variables for the child.
+pub async fn spawn_serving_with_env(
+    binary: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+    stdout: Stdio,
+) -> Running {
     let port = free_port();
     let log = tempfile::NamedTempFile::new().expect("log file");
     let child = Command::new(binary)
         .args(args)
+        .envs(env.iter().copied())
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(stdout)
         .stderr(Stdio::from(log.reopen().expect("log file")))

@@ -115,6 +115,7 @@ pub struct WriteBody {
 pub async fn write(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    principal: Option<Extension<super::auth::Principal>>,
     Path((id, name)): Path<(String, String)>,
     body: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
@@ -127,7 +128,10 @@ pub async fn write(
             ApiError::bad_request(format!("expected {{\"value\": ...}}: {}", e.body_text()))
         }
     })?;
-    let actor = Actor::Api(peer.map(|Extension(ConnectInfo(addr))| addr));
+    let actor = Actor::Api {
+        token: principal.map(|Extension(p)| p.name),
+        peer: peer.map(|Extension(ConnectInfo(addr))| addr),
+    };
     let (value, written) = state.control.write(&actor, &id, &name, &body.value).await?;
     if written == Written::Sent {
         // The device does not confirm writes: say so, rather than show the

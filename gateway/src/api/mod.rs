@@ -1,16 +1,21 @@
 //! The REST API, on axum, exactly as CONTRACT.md lists it.
 //!
 //! - `error`: the error JSON and the status each failure maps to.
+//! - `auth`: bearer tokens and roles (401/403) from `[[api.tokens]]`.
+//! - `serve`: HTTP or HTTPS, the connection limit and header timeouts.
 //! - `devices`: devices, properties, writes and history.
 //! - `rules`: rules (state, enable, disable, replace, delete), events and
 //!   the audit log.
 //!
-//! Requests are bounded: bodies to 64 KiB, handling to 30 s (a write waits
-//! for the device, whose own timeout is shorter).
+//! Requests are bounded: bodies to 64 KiB, handling to `request_timeout`
+//! (30 s; a write waits for the device, whose own timeout is shorter).
+//! `/healthz` alone needs no token.
 
+pub mod auth;
 mod devices;
 pub mod error;
 mod rules;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,17 +66,14 @@ pub struct AppState {
     pub uplink: Option<Arc<ferrite_sync::uplink::UplinkStatus>>,
 }
 
-/// The router.
-pub fn router(state: AppState) -> Router {
+/// The router: every route but `/healthz` behind `tokens`, each request
+/// answered within `request_timeout`.
+pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Duration) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{id}", get(devices::one))
-        .route(
-            "/api/v1/devices/{id}/properties/{name}",
-            get(devices::property).put(devices::write),
-        )
+        .route(auth::WRITE_PATH, get(devices::property).put(devices::write))
         .route(
             "/api/v1/devices/{id}/properties/{name}/history",
             get(devices::history),
@@ -86,11 +88,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(rules::events))
         .route("/api/v1/sync", get(sync))
         .route("/api/v1/audit", get(rules::audit))
+        .route_layer(axum::middleware::from_fn_with_state(tokens, auth::require))
+        .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            request_timeout,
         ))
         .with_state(state)
 }

@@ -354,7 +354,15 @@ async fn a_held_property_refuses_manual_writes_while_the_rule_is_active() {
     );
     let by_hand = h
         .control
-        .write(&Actor::Api(None), "boiler-1", "setpoint", &json!(70.0))
+        .write(
+            &Actor::Api {
+                token: None,
+                peer: None,
+            },
+            "boiler-1",
+            "setpoint",
+            &json!(70.0),
+        )
         .await;
     assert!(
         matches!(by_hand, Err(WriteError::Held { ref rule, .. }) if rule == "overheat"),
@@ -371,7 +379,15 @@ async fn a_held_property_refuses_manual_writes_while_the_rule_is_active() {
     settle().await;
     let by_hand = h
         .control
-        .write(&Actor::Api(None), "boiler-1", "setpoint", &json!(70.0))
+        .write(
+            &Actor::Api {
+                token: None,
+                peer: None,
+            },
+            "boiler-1",
+            "setpoint",
+            &json!(70.0),
+        )
         .await;
     assert!(by_hand.is_ok(), "released on clear: {by_hand:?}");
     h.stop().await;

@@ -1,0 +1,158 @@
+//! Serving the router: plain HTTP or HTTPS (rustls), with the limits that
+//! keep one client from starving the others.
+//!
+//! - At most `max_connections` at once: the accept loop waits for a free
+//!   slot, so further clients wait in the kernel's backlog.
+//! - A client must finish its TLS handshake and then each request's headers
+//!   within `header_timeout` (hyper's header read timeout, which also runs
+//!   while a kept-alive connection idles), or it is disconnected.
+//! - Bodies are capped and requests time out in the router (`api::router`).
+//!
+//! Stopping closes the listener and lets open connections finish the request
+//! they are on.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// How the API is served.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// HTTPS when set.
+    pub tls: Option<TlsAcceptor>,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake and for each request's headers.
+    pub header_timeout: Duration,
+}
+
+/// The API's certificate or key did not load.
+#[derive(Debug, thiserror::Error)]
+#[error("API TLS: {0}")]
+pub struct TlsError(String);
+
+/// A rustls acceptor for `certificate` (PEM chain) and `private_key` (PEM),
+/// on ring, speaking HTTP/1.1.
+pub fn tls_acceptor(certificate: &Path, private_key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| TlsError(format!("cannot read {}: {e}", path.display())))
+    };
+    let chain = CertificateDer::pem_slice_iter(&read(certificate)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError(format!("{}: {e}", certificate.display())))?;
+    if chain.is_empty() {
+        return Err(TlsError(format!(
+            "{}: no PEM certificate in it",
+            certificate.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(private_key)?)
+        .map_err(|e| TlsError(format!("{}: {e}", private_key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError(format!("{}: {e}", certificate.display())))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!("API accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (router, options, shutdown) = (router.clone(), options.clone(), shutdown.clone());
+        connections.spawn(async move {
+            match &options.tls {
+                None => connection(stream, peer, router, &options, shutdown).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(options.header_timeout, handshake).await {
+                        Ok(Ok(tls)) => connection(tls, peer, router, &options, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// One HTTP/1.1 connection, told to finish its request and close when the
+/// gateway stops.
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    options: &ServeOptions,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(request)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("API connection from {peer} ended: {e}");
+    }
+}
