@@ -37,6 +37,35 @@ pub enum CodecError {
     /// The value's type does not match the binding.
     #[error("a {0} value cannot be written to this binding")]
     WrongType(&'static str),
+    /// A read's answer holds another number of values than asked for.
+    #[error("asked for {asked} values, the answer holds {got}")]
+    WrongCount {
+        /// Values asked for.
+        asked: usize,
+        /// Values in the answer.
+        got: usize,
+    },
+}
+
+/// The `count` values a read asked for, from the answer's `items`, or why
+/// the answer is malformed. Bits come packed in whole bytes, so up to 7
+/// padding bits may follow them; registers must match exactly. (A Modbus
+/// client library may only `debug_assert!` this.)
+pub fn answered<T>(mut items: Vec<T>, count: u16, bits: bool) -> Result<Vec<T>, CodecError> {
+    let asked = usize::from(count);
+    let ok = if bits {
+        (asked..asked + 8).contains(&items.len())
+    } else {
+        items.len() == asked
+    };
+    if !ok {
+        return Err(CodecError::WrongCount {
+            asked,
+            got: items.len(),
+        });
+    }
+    items.truncate(asked);
+    Ok(items)
 }
 
 /// What a write puts on the wire.

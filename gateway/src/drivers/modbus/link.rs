@@ -339,22 +339,9 @@ async fn call(
     Ok(ctx.call(request).await?.map_err(Refusal::Exception))
 }
 
-fn exact<T>(mut items: Vec<T>, count: u16, bits: bool) -> Result<Vec<T>, Refusal> {
-    let want = usize::from(count);
-    // Bits come packed in whole bytes: up to 7 padding bits may follow.
-    let ok = if bits {
-        (want..want + 8).contains(&items.len())
-    } else {
-        items.len() == want
-    };
-    if !ok {
-        return Err(Refusal::Malformed(format!(
-            "asked for {want} values, the answer holds {}",
-            items.len()
-        )));
-    }
-    items.truncate(want);
-    Ok(items)
+fn exact<T>(items: Vec<T>, count: u16, bits: bool) -> Result<Vec<T>, Refusal> {
+    ferrite_models::codec::answered(items, count, bits)
+        .map_err(|e| Refusal::Malformed(e.to_string()))
 }
 
 async fn perform(ctx: &mut Context, op: &Op) -> Outcome {
