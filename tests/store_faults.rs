@@ -104,6 +104,10 @@ async fn a_full_disk_delays_history_but_loses_none_of_it() {
         .await
         .unwrap_or_default();
     assert!(metrics.contains("ferrite_store_failing 1"), "{metrics}");
+    let (_, status) = api.get("/api/v1/status").await;
+    assert_eq!(status["store"]["failing"], true, "{status}");
+    let error = status["store"]["last_error"].as_str().unwrap_or_default();
+    assert!(!error.is_empty(), "the status says why: {status}");
 
     // Space returns: everything queued meanwhile is stored, nothing dropped.
     std::fs::remove_file(filler).expect("free the space");
@@ -119,6 +123,23 @@ async fn a_full_disk_delays_history_but_loses_none_of_it() {
         })
         .await
     );
+    // Both turns are in the events, the failure with its reason (the
+    // journal retries its own failed commits with up to 5 s of backoff).
+    let events_seen = wait_until(Duration::from_secs(15), || async {
+        let (_, events) = api.get("/api/v1/events?limit=1000").await;
+        let kinds: Vec<String> = events
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|e| e["kind"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        kinds.iter().any(|k| k == "store_failing") && kinds.iter().any(|k| k == "store_recovered")
+    })
+    .await;
+    assert!(events_seen, "store_failing and store_recovered events");
+    assert_eq!(api.get("/api/v1/status").await.1["store"]["failing"], false);
     counter.abort();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stored = history(api.clone()).await as u64;

@@ -21,6 +21,9 @@
 //!   and size, at most a window in flight, the outbox trimmed on Ack; the
 //!   twin's desired patches applied in version order through the gateway's
 //!   write path.
+//! - [`sled_open`]: opens sled past an unfinished snapshot file (left by a
+//!   crash or a full disk), which sled 0.34 would take for corruption; both
+//!   stores open through it.
 //! - [`cloud`] (feature `cloud`, the `ferrite-cloud` binary): the control
 //!   plane: embedded rumqttd or an external broker, a sled store written
 //!   once per batch, atomically, and the REST API.
@@ -29,6 +32,7 @@ pub mod delta;
 pub mod link;
 pub mod outbox;
 pub mod session;
+pub mod sled_open;
 pub mod topics;
 pub mod uplink;
 

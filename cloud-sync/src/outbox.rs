@@ -100,6 +100,19 @@ impl Outbox {
         Ok(first)
     }
 
+    /// The newest `n` entries, newest first.
+    pub fn newest(&self, n: usize) -> Result<Vec<(u64, Change)>, OutboxError> {
+        let mut out = Vec::with_capacity(n);
+        for item in self.entries.iter().rev().take(n) {
+            let (k, v) = item?;
+            let seq = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| OutboxError::Corrupt(0))?;
+            out.push((seq, decode(&v).ok_or(OutboxError::Corrupt(seq))?));
+        }
+        Ok(out)
+    }
+
     /// Up to `max` entries from sequence `from` on, in order.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Change)>, OutboxError> {
         let mut out = Vec::new();

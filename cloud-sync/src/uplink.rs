@@ -121,7 +121,8 @@ pub struct UplinkSnapshot {
     pub sessions: u64,
     /// The last desired-state version applied.
     pub desired_version: u64,
-    /// The last connection or protocol error, if any.
+    /// The last connection, protocol or outbox error since the control
+    /// plane last acknowledged a batch, if any.
     pub last_error: Option<String>,
 }
 
@@ -428,6 +429,12 @@ impl Connection {
         match self.outbox.acknowledge(seq) {
             Ok(()) => {
                 self.status.last_acked.fetch_max(seq, Ordering::Relaxed);
+                // Acknowledged: whatever went wrong before is over.
+                *self
+                    .status
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
             }
             Err(e) => tracing::warn!("cannot trim the outbox: {e}"),
         }

@@ -198,6 +198,12 @@ impl Gateway {
             &tasks,
             shutdown.clone(),
         );
+        tasks.spawn(crate::store::health::watch(
+            stats.clone(),
+            journal.clone(),
+            data_dir.clone(),
+            shutdown.clone(),
+        ));
         let rules_dir = project.resolve(&config.gateway.rules);
         let sources = Source::all(&project);
         let project = Arc::new(project);
@@ -244,6 +250,7 @@ impl Gateway {
             rules,
             journal,
             uplink,
+            started: std::time::Instant::now(),
         };
         if tokens.enabled() {
             tracing::info!(

@@ -115,10 +115,9 @@ impl CloudStore {
     pub fn open(dir: &Path) -> Result<CloudStore> {
         std::fs::create_dir_all(dir)
             .map_err(|e| CloudStoreError::Corrupt(format!("{}: {e}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir.join("cloud"))
-            .flush_every_ms(None)
-            .open()?;
+        let path = dir.join("cloud");
+        let (db, _) =
+            crate::sled_open::open(sled::Config::new().path(&path).flush_every_ms(None), &path)?;
         let data = db.open_tree("data")?;
         let twin = db.open_tree("twin")?;
         Ok(CloudStore { db, data, twin })

@@ -64,6 +64,8 @@ pub struct AppState {
     pub journal: Arc<Journal>,
     /// The uplink's state, with `[cloud]`.
     pub uplink: Option<Arc<ferrite_sync::uplink::UplinkStatus>>,
+    /// When the gateway started.
+    pub started: std::time::Instant,
 }
 
 /// The router: every route but `/healthz` behind `tokens`, each request
@@ -87,6 +89,7 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Durat
         .route("/api/v1/rules/{name}/disable", post(rules::disable))
         .route("/api/v1/events", get(rules::events))
         .route("/api/v1/sync", get(sync))
+        .route("/api/v1/status", get(status))
         .route("/api/v1/audit", get(rules::audit))
         .route_layer(axum::middleware::from_fn_with_state(tokens, auth::require))
         .route("/healthz", get(healthz))
@@ -101,6 +104,29 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Durat
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// `GET /api/v1/status`: the gateway as a whole: version, uptime, whether
+/// the store takes writes, and how many devices answer.
+async fn status(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    let stats = &state.stats;
+    let failing = stats.failing.load(Ordering::Relaxed);
+    let devices = state.live.summaries();
+    let online = devices
+        .iter()
+        .filter(|d| d.status == crate::live::Status::Online)
+        .count();
+    axum::Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "gateway": state.project.config.as_ref().map(|c| &c.value.gateway.id),
+        "uptime_s": state.started.elapsed().as_secs(),
+        "store": {
+            "failing": failing,
+            "failed_writes": stats.failures.load(Ordering::Relaxed),
+            "last_error": failing.then(|| crate::store::health::last_error(stats)),
+        },
+        "devices": {"total": devices.len(), "online": online},
+    }))
 }
 
 /// `GET /api/v1/sync`: the uplink's state.

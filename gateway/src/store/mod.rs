@@ -6,7 +6,9 @@
 //! - [`sled_store`]: its implementation on sled, one `Db` per process.
 //! - [`writer`]: the one task that writes: it batches driver updates, makes
 //!   them durable, and only then shows them in the live view.
+//! - [`health`]: events when store writes start failing and recover.
 
+pub mod health;
 pub mod sled_store;
 pub mod writer;
 

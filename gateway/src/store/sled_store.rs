@@ -37,6 +37,8 @@ pub struct SledStore {
     outbox_budget: Option<u64>,
     /// Outbox entries dropped over the budget, since start.
     outbox_dropped: std::sync::atomic::AtomicU64,
+    /// Whether the last commit failed (so the next one is its retry).
+    commit_failed: std::sync::atomic::AtomicBool,
     /// Held for writing from the first insert to the fsync, and for reading
     /// by queries, so that a query never sees what a crash could still take
     /// away. `None` between a failure and the reopen.
@@ -83,6 +85,7 @@ impl SledStore {
             cache_bytes,
             outbox_budget,
             outbox_dropped: std::sync::atomic::AtomicU64::new(0),
+            commit_failed: std::sync::atomic::AtomicBool::new(false),
             inner: RwLock::new(Some(inner)),
         })
     }
@@ -185,12 +188,14 @@ impl Inner {
     fn open(dir: &Path, cache_bytes: u64, outbox_budget: Option<u64>) -> Result<Inner, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir.join("store"))
+        let path = dir.join("store");
+        let config = sled::Config::new()
+            .path(&path)
             // The writer flushes explicitly after each batch; no timer needed.
             .flush_every_ms(None)
-            .cache_capacity(cache_bytes)
-            .open()?;
+            .cache_capacity(cache_bytes);
+        // Past an unfinished snapshot a full disk or a crash left behind.
+        let (db, _) = ferrite_sync::sled_open::open(config, &path)?;
         let series = db.open_tree("series")?;
         let history = db.open_tree("history")?;
         let events = db.open_tree(Log::Events.tree())?;
@@ -236,11 +241,17 @@ impl Inner {
         Ok(id)
     }
 
-    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+    /// Appends `changes` to history (and the outbox) and flushes. A
+    /// `retry` follows a failed commit of the same changes, some of which
+    /// may have reached the disk: history keys are simply written again,
+    /// but outbox entries already there are not appended twice (the control
+    /// plane would count a second copy, under a new sequence, as new).
+    fn commit(&mut self, changes: &[Change], retry: bool) -> Result<(), StoreError> {
         // Plain inserts, not `sled::Batch`: in sled 0.34 a large batch keeps
         // several times more memory (measured: 830 MB against 110 MB for
         // 300k entries). Atomicity is not needed: nothing here is visible
-        // before the flush below, and each entry stands alone.
+        // before the flush below, each entry stands alone, and a retry
+        // skips what a failed attempt left in the outbox.
         let mut buf = Vec::with_capacity(32);
         for change in changes {
             let id = self.id(&change.device, &change.property)?;
@@ -250,7 +261,7 @@ impl Inner {
                 .insert(&history_key(id, change.at.ts)[..], buf.as_slice())?;
         }
         if let Some(outbox) = &self.outbox {
-            let synced: Vec<ferrite_sync::delta::Change> = changes
+            let mut synced: Vec<ferrite_sync::delta::Change> = changes
                 .iter()
                 .map(|c| ferrite_sync::delta::Change {
                     device: c.device.clone(),
@@ -259,6 +270,20 @@ impl Inner {
                     value: c.at.value.clone(),
                 })
                 .collect();
+            if retry {
+                // The failed attempt's entries, if any, are the newest: the
+                // writer appends nothing else before its retry succeeds.
+                let kept = outbox
+                    .newest(synced.len())
+                    .map_err(|e| StoreError::Io(e.to_string()))?;
+                synced.retain(|c| !kept.iter().any(|(_, k)| k == c));
+                if synced.len() < changes.len() {
+                    tracing::info!(
+                        "{} change(s) of the failed commit were already in the outbox",
+                        changes.len() - synced.len()
+                    );
+                }
+            }
             outbox
                 .append(&synced)
                 .map_err(|e| StoreError::Io(e.to_string()))?;
@@ -331,7 +356,15 @@ fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
 
 impl Store for SledStore {
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        self.with_writable(|inner| inner.commit(changes))
+        // After a failed commit, the writer's next one retries the same
+        // changes (the writer is the only one that commits).
+        let retry = self
+            .commit_failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let result = self.with_writable(|inner| inner.commit(changes, retry));
+        self.commit_failed
+            .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+        result
     }
 
     fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError> {
@@ -534,6 +567,39 @@ mod tests {
             property: property.into(),
             at: Stamped { ts, value },
         }
+    }
+
+    #[test]
+    fn a_retried_commit_does_not_put_its_changes_in_the_outbox_twice() -> Result<(), StoreError> {
+        use ferrite_sync::outbox::OutboxAccess;
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open_with(dir.path(), 1 << 20, Some(1 << 20))?;
+        let first = [change("d", "n", 1_000, Value::Int(1))];
+        let batch = [
+            change("d", "n", 2_000, Value::Int(2)),
+            change("d", "m", 2_000, Value::Float(0.5)),
+        ];
+        store.commit(&first)?;
+        // As if a commit of `batch` had reached the disk and then failed:
+        // the same changes are committed again, as the retry.
+        {
+            let mut guard = store.write();
+            let inner = guard.as_mut().ok_or_else(reopening)?;
+            inner.commit(&batch, false)?;
+        }
+        store
+            .commit_failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        store.commit(&batch)?;
+        assert_eq!(store.last().map_err(|e| StoreError::Io(e.to_string()))?, 3);
+        let outbox =
+            OutboxAccess::read(&store, 1, 10).map_err(|e| StoreError::Io(e.to_string()))?;
+        let seqs: Vec<u64> = outbox.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, [1, 2, 3], "each change once");
+        // A later commit appends as usual.
+        store.commit(&[change("d", "n", 3_000, Value::Int(2))])?;
+        assert_eq!(store.last().map_err(|e| StoreError::Io(e.to_string()))?, 4);
+        Ok(())
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct WriterStats {
     pub failures: AtomicU64,
     /// Whether the last store attempt failed.
     pub failing: AtomicBool,
+    /// The last failure's message, for the status and the event.
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// Per device (by index): its name, and per property (by index) the name,
@@ -216,6 +218,12 @@ impl Writer {
                     Err(e) => {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
                         self.stats.failing.store(true, Ordering::Relaxed);
+                        *self
+                            .stats
+                            .last_error
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(e.to_string());
                         let delay = backoff.next_delay();
                         tracing::error!("store write failed, will retry in {delay:.1?}: {e}");
                         if shutdown.is_cancelled() {

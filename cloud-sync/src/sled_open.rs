@@ -1,0 +1,102 @@
+//! Opening sled 0.34 so that a crash or a full disk cannot lock us out.
+//!
+//! sled writes a snapshot of its page table to `snap.LSN.generating`, fsyncs
+//! it and only then renames it to `snap.LSN`. But when it opens a database
+//! it takes the newest file whose name starts with `snap.`, the unfinished
+//! `.generating` one included. A write that failed half-way (a full disk) or
+//! a crash during the write leaves such a file behind, empty or cut short,
+//! and sled then refuses to open at all ("empty/corrupt snapshot file
+//! found", `Corruption`; sled issues #1527 and #1533). The fault campaign
+//! (`tests/campaigns/faults.py`) hit exactly this.
+//!
+//! An unfinished snapshot holds nothing the log does not: sled never reads
+//! one on its own path, and without any snapshot it rebuilds from the log.
+//! So [`open`] removes them first, but only when no other process holds the
+//! database (sled's own lock on the `db` file), so that it cannot pull a
+//! snapshot from under a live writer.
+
+use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
+
+/// Opens `config`'s database after removing unfinished snapshots from its
+/// folder `path` (the same path the config names). Returns the database and
+/// the files removed.
+pub fn open(config: sled::Config, path: &Path) -> sled::Result<(sled::Db, Vec<PathBuf>)> {
+    let removed = remove_unfinished_snapshots(path)?;
+    for file in &removed {
+        tracing::warn!(
+            "removed {}: an unfinished sled snapshot (left by a crash or a full disk) that sled would take for a corrupt database; the log has its contents",
+            file.display()
+        );
+    }
+    Ok((config.open()?, removed))
+}
+
+/// Removes `path/snap.*.generating`, unless another process holds the
+/// database's lock.
+pub fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let db_file = path.join("db");
+    if !db_file.exists() {
+        return Ok(Vec::new());
+    }
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&db_file)?;
+    if lock.try_lock_exclusive().is_err() {
+        // In use: sled's own open will say so.
+        return Ok(Vec::new());
+    }
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    let _ = FileExt::unlock(&lock);
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unfinished_snapshot_no_longer_locks_the_database_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        {
+            let db = sled::Config::new().path(&path).open().expect("open");
+            for i in 0u32..1000 {
+                db.insert(i.to_be_bytes(), b"reading".as_slice())
+                    .expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        // As a snapshot write cut short by a full disk leaves it.
+        std::fs::write(path.join("snap.00000000000FFFFF.generating"), b"").expect("write");
+        assert!(
+            sled::Config::new().path(&path).open().is_err(),
+            "sled alone refuses it (if this passes, sled fixed its bug)"
+        );
+        let (db, removed) = open(sled::Config::new().path(&path), &path).expect("opens");
+        assert_eq!(removed.len(), 1);
+        assert_eq!(db.len(), 1000, "every record is there");
+    }
+
+    #[test]
+    fn a_database_in_use_is_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let _live = sled::Config::new().path(&path).open().expect("open");
+        let unfinished = path.join("snap.0000000000000001.generating");
+        std::fs::write(&unfinished, b"").expect("write");
+        assert!(remove_unfinished_snapshots(&path).expect("scan").is_empty());
+        assert!(unfinished.exists(), "another process might be writing it");
+    }
+}

@@ -1,0 +1,286 @@
+"""Crash campaign: `kill -9` the gateway at random points under write and
+poll load, restart it on the same data dir, and check that nothing it had
+acknowledged was lost and that the store reads back whole.
+
+Each trial:
+  1. starts `ferrite run` on the campaign's data dir (after a kill, this is
+     the recovery) and times how long it takes to serve again;
+  2. checks the previous trial's acknowledgements:
+     - every write answered 200 is in the audit log (who, value, ok);
+     - every reading the API showed (GET property: the live view, which is
+       only updated after the store's fsync) is in the history;
+  3. checks the store: every history reads back in full, in time order,
+     with counters that never go down; the audit log and events read back;
+  4. puts load on it (writes to a setpoint, one after the other with unique
+     values; reads of three counting devices polled every 20 ms, plus
+     history reads) for a random 0.3 to 2.5 s, and `kill -9`s it mid-flow.
+
+The devices are `ferrite-sim` (Modbus TCP) with counters that only rise, so
+each reading has a unique value.
+
+Usage: python3 crash.py FERRITE FERRITE_SIM [--trials N] [--seed S]
+Prints a line per trial and a summary; exits 1 on any loss or corruption.
+"""
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
+from common import free_port  # noqa: E402
+from common import http as _http  # noqa: E402
+
+
+def http(method, url, body=None):
+    """common.http, with a gateway killed mid-answer as status 0."""
+    try:
+        return _http(method, url, body)
+    except Exception:  # noqa: BLE001 - any broken answer is "no answer"
+        return 0, None
+
+DEVICES = ["d1", "d2", "d3"]
+MODEL = """kind: DeviceModel
+name: line
+properties:
+  count: { type: int, modbus: { table: holding, address: 0, format: u32 } }
+  setpoint: { type: int, access: readwrite, min: 0, max: 60000, modbus: { table: holding, address: 10 } }
+"""
+
+
+def device_file(name, port, unit):
+    return (f"kind: Device\nname: {name}\nmodel: line\npoll: 20ms\ntimeout: 500ms\n"
+            f"modbus-tcp: {{ host: 127.0.0.1, port: {port}, unit: {unit} }}\n")
+
+
+def make_project(work, modbus_port):
+    for sub in ("models", "devices", "rules"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    (work / "ferrite.toml").write_text('[gateway]\nid = "crash"\ndata_dir = "data"\n')
+    (work / "models" / "line.yaml").write_text(MODEL)
+    for unit, name in enumerate(DEVICES, start=1):
+        (work / "devices" / f"{name}.yaml").write_text(device_file(name, modbus_port, unit))
+    waves = "".join(
+        f'[[wave]]\ndevice = "{d}"\nproperty = "count"\nshape = "counter"\nmin = {i * 1_000_000}\nrate = 50\n'
+        for i, d in enumerate(DEVICES))
+    (work / "sim.toml").write_text(f'gateway = "ferrite.toml"\ntick = "20ms"\n{waves}')
+
+
+class Load:
+    """Writers and readers against one gateway incarnation."""
+
+    def __init__(self, base, next_value):
+        self.base = base
+        self.stop = threading.Event()
+        self.next_value = next_value
+        self.acked_writes = []      # setpoint values answered 200
+        self.seen = []              # (device, count value) shown by the API
+        self.threads = [threading.Thread(target=self.writer, args=(d,), daemon=True) for d in DEVICES[:2]]
+        self.threads += [threading.Thread(target=self.reader, daemon=True) for _ in range(2)]
+        self.lock = threading.Lock()
+
+    def writer(self, device):
+        while not self.stop.is_set():
+            with self.lock:
+                value = self.next_value[0]
+                self.next_value[0] = (value + 1) % 60000
+            status, _ = http("PUT", f"{self.base}/api/v1/devices/{device}/properties/setpoint", {"value": value})
+            if status == 200:
+                with self.lock:
+                    self.acked_writes.append((device, value))
+
+    def reader(self):
+        while not self.stop.is_set():
+            device = random.choice(DEVICES)
+            status, body = http("GET", f"{self.base}/api/v1/devices/{device}/properties/count")
+            if status == 200 and body and body.get("value") is not None:
+                with self.lock:
+                    self.seen.append((device, body["value"]))
+            if random.random() < 0.2:
+                http("GET", f"{self.base}/api/v1/devices/{device}/properties/count/history?limit=100")
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def halt(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)
+
+
+def full_history(base, device):
+    """Every stored reading of device.count, oldest first, paging by time."""
+    out, since = [], None
+    while True:
+        query = {"limit": "10000"}
+        if since:
+            query["since"] = since
+        status, page = http("GET", f"{base}/api/v1/devices/{device}/properties/count/history?"
+                                   + urllib.parse.urlencode(query))
+        if status != 200:
+            raise RuntimeError(f"history of {device}: HTTP {status} {page}")
+        fresh = [p for p in page if not out or p["ts"] > out[-1]["ts"]]
+        out.extend(fresh)
+        if len(page) < 10000 or not fresh:
+            return out
+        since = page[-1]["ts"]
+
+
+def audit_values(base, device, wanted):
+    """The setpoint values of successful writes to `device` in the audit
+    log, paging back from the newest until every one of `wanted` is seen or
+    the log ends."""
+    values, before = set(), None
+    while not wanted <= values:
+        query = {"device": device, "limit": "1000"}
+        if before is not None:
+            query["before"] = str(before)
+        status, page = http("GET", f"{base}/api/v1/audit?" + urllib.parse.urlencode(query))
+        if status != 200:
+            raise RuntimeError(f"audit: HTTP {status} {page}")
+        for entry in page:
+            if entry.get("result") == "ok" and entry.get("property") == "setpoint":
+                values.add(entry.get("new"))
+        if len(page) < 1000:
+            break
+        before = page[-1]["seq"]
+    return values
+
+
+def check_store(base):
+    """Reads everything back; returns the problems found."""
+    problems, histories = [], {}
+    for device in DEVICES:
+        try:
+            history = full_history(base, device)
+        except RuntimeError as e:
+            problems.append(str(e))
+            continue
+        histories[device] = history
+        for a, b in zip(history, history[1:]):
+            if not a["ts"] < b["ts"]:
+                problems.append(f"{device}: history out of time order at {a['ts']}, {b['ts']}")
+                break
+            if b["value"] < a["value"]:
+                problems.append(f"{device}: the counter went down {a} -> {b}")
+                break
+    for path in ("/api/v1/events?limit=1000", "/api/v1/audit?limit=1000", "/api/v1/devices"):
+        status, _ = http("GET", base + path)
+        if status != 200:
+            problems.append(f"GET {path}: HTTP {status}")
+    return problems, histories
+
+
+def wait_serving(base, proc, seconds=20):
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if proc.poll() is not None:
+            return None
+        status, _ = http("GET", base + "/api/v1/devices")
+        if status == 200:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("ferrite")
+    parser.add_argument("sim")
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    args = parser.parse_args()
+    random.seed(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="ferrite-crash-"))
+    modbus_port, api_port = free_port(), free_port()
+    make_project(work, modbus_port)
+    base = f"http://127.0.0.1:{api_port}"
+    print(f"crash campaign: {args.trials} trials, seed {args.seed}, in {work}", flush=True)
+
+    sim_log = open(work / "sim.log", "w")
+    # The simulator serves every device of the project; its TCP endpoint is
+    # the devices' host:port.
+    sim = subprocess.Popen([args.sim, "--config", str(work / "sim.toml")], stdout=sim_log, stderr=sim_log)
+    log = open(work / "gateway.log", "w")
+    totals = {"writes": 0, "readings": 0, "lost_writes": 0, "lost_readings": 0, "corrupt": 0}
+    recoveries = []
+    pending = None              # the previous incarnation's Load
+    next_value = [0]
+    failed = False
+    try:
+        for trial in range(1, args.trials + 2):
+            last = trial == args.trials + 1     # a final start, to check the last kill
+            proc = subprocess.Popen([args.ferrite, "run", "--config", str(work / "ferrite.toml"),
+                                     "--listen", f"127.0.0.1:{api_port}"],
+                                    stdout=subprocess.DEVNULL, stderr=log)
+            took = wait_serving(base, proc)
+            if took is None:
+                print(f"trial {trial}: the gateway did not come back (see {work}/gateway.log)")
+                totals["corrupt"] += 1
+                failed = True
+                break
+            if trial > 1:
+                recoveries.append(took)
+            if pending is not None:
+                problems, histories = check_store(base)
+                stored = {d: {p["value"] for p in h} for d, h in histories.items()}
+                lost_readings = [(d, v) for d, v in pending.seen if v not in stored.get(d, set())]
+                lost_writes = []
+                for device in DEVICES[:2]:
+                    acked = {v for d, v in pending.acked_writes if d == device}
+                    audited = audit_values(base, device, acked)
+                    lost_writes += [(device, v) for v in acked if v not in audited]
+                totals["writes"] += len(pending.acked_writes)
+                totals["readings"] += len(pending.seen)
+                totals["lost_writes"] += len(lost_writes)
+                totals["lost_readings"] += len(lost_readings)
+                totals["corrupt"] += len(problems)
+                ok = not (lost_writes or lost_readings or problems)
+                print(f"trial {trial - 1}: restarted in {took:.2f} s; {len(pending.acked_writes)} acknowledged "
+                      f"writes, {len(pending.seen)} readings shown; lost: {len(lost_writes)} writes, "
+                      f"{len(lost_readings)} readings; store problems: {len(problems)}"
+                      + ("" if ok else f"  FAIL {lost_writes[:3]} {lost_readings[:3]} {problems[:3]}"),
+                      flush=True)
+                failed |= not ok
+            if last:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=10)
+                break
+            load = Load(base, next_value)
+            load.start()
+            time.sleep(random.uniform(0.3, 2.5))
+            proc.kill()              # SIGKILL, mid-flow
+            proc.wait()
+            load.halt()
+            pending = load
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+    recoveries.sort()
+    summary = {
+        "trials": args.trials,
+        "seed": args.seed,
+        "acknowledged_writes": totals["writes"],
+        "readings_shown": totals["readings"],
+        "lost_writes": totals["lost_writes"],
+        "lost_readings": totals["lost_readings"],
+        "store_problems": totals["corrupt"],
+        "restart_median_s": round(recoveries[len(recoveries) // 2], 3) if recoveries else None,
+        "restart_max_s": round(recoveries[-1], 3) if recoveries else None,
+    }
+    print("summary: " + json.dumps(summary), flush=True)
+    return 1 if failed or totals["writes"] == 0 or totals["readings"] == 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
