@@ -102,28 +102,16 @@ impl Outbox {
 
     /// The newest `n` entries, newest first.
     pub fn newest(&self, n: usize) -> Result<Vec<(u64, Change)>, OutboxError> {
-        let mut out = Vec::with_capacity(n);
-        for item in self.entries.iter().rev().take(n) {
-            let (k, v) = item?;
-            let seq = <[u8; 8]>::try_from(k.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| OutboxError::Corrupt(0))?;
-            out.push((seq, decode(&v).ok_or(OutboxError::Corrupt(seq))?));
-        }
-        Ok(out)
+        self.entries.iter().rev().take(n).map(entry).collect()
     }
 
     /// Up to `max` entries from sequence `from` on, in order.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Change)>, OutboxError> {
-        let mut out = Vec::new();
-        for item in self.entries.range(from.to_be_bytes()..).take(max) {
-            let (k, v) = item?;
-            let seq = <[u8; 8]>::try_from(k.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| OutboxError::Corrupt(0))?;
-            out.push((seq, decode(&v).ok_or(OutboxError::Corrupt(seq))?));
-        }
-        Ok(out)
+        self.entries
+            .range(from.to_be_bytes()..)
+            .take(max)
+            .map(entry)
+            .collect()
     }
 
     /// The control plane has every change up to and including `seq`: they
@@ -240,6 +228,15 @@ fn encode(change: &Change, out: &mut Vec<u8>) {
         out.extend_from_slice(bytes);
     }
     change.value.encode_into(out);
+}
+
+/// An outbox record as its sequence and change.
+fn entry(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(u64, Change), OutboxError> {
+    let (k, v) = item?;
+    let seq = <[u8; 8]>::try_from(k.as_ref())
+        .map(u64::from_be_bytes)
+        .map_err(|_| OutboxError::Corrupt(0))?;
+    Ok((seq, decode(&v).ok_or(OutboxError::Corrupt(seq))?))
 }
 
 fn decode(bytes: &[u8]) -> Option<Change> {

@@ -34,16 +34,9 @@ import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
+from campaign import history as history_of  # noqa: E402
+from campaign import http  # noqa: E402
 from common import free_port  # noqa: E402
-from common import http as _http  # noqa: E402
-
-
-def http(method, url, body=None):
-    """common.http, with a gateway killed mid-answer as status 0."""
-    try:
-        return _http(method, url, body)
-    except Exception:  # noqa: BLE001 - any broken answer is "no answer"
-        return 0, None
 
 DEVICES = ["d1", "d2", "d3"]
 MODEL = """kind: DeviceModel
@@ -115,24 +108,6 @@ class Load:
             t.join(timeout=15)
 
 
-def full_history(base, device):
-    """Every stored reading of device.count, oldest first, paging by time."""
-    out, since = [], None
-    while True:
-        query = {"limit": "10000"}
-        if since:
-            query["since"] = since
-        status, page = http("GET", f"{base}/api/v1/devices/{device}/properties/count/history?"
-                                   + urllib.parse.urlencode(query))
-        if status != 200:
-            raise RuntimeError(f"history of {device}: HTTP {status} {page}")
-        fresh = [p for p in page if not out or p["ts"] > out[-1]["ts"]]
-        out.extend(fresh)
-        if len(page) < 10000 or not fresh:
-            return out
-        since = page[-1]["ts"]
-
-
 def audit_values(base, device, wanted):
     """The setpoint values of successful writes to `device` in the audit
     log, paging back from the newest until every one of `wanted` is seen or
@@ -159,7 +134,7 @@ def check_store(base):
     problems, histories = [], {}
     for device in DEVICES:
         try:
-            history = full_history(base, device)
+            history = history_of(base, device)
         except RuntimeError as e:
             problems.append(str(e))
             continue

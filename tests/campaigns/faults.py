@@ -45,12 +45,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
+from campaign import history as _history  # noqa: E402
+from campaign import http  # noqa: E402
 from common import Checks, free_port  # noqa: E402
-from common import http as _http  # noqa: E402
 
 FAULTS = ["hang", "garbage", "exception", "flap", "silent", "short"]
 MODEL = """kind: DeviceModel
@@ -59,13 +59,6 @@ properties:
   count: { type: int, modbus: { table: holding, address: 0, format: u32 } }
   setpoint: { type: int, access: readwrite, min: 0, max: 60000, modbus: { table: holding, address: 10 } }
 """
-
-
-def http(method, url, body=None):
-    try:
-        return _http(method, url, body)
-    except Exception:  # noqa: BLE001 - a broken answer is "no answer"
-        return 0, None
 
 
 class FaultDevice:
@@ -173,21 +166,11 @@ class Readings:
         self.thread.join(5)
 
 
-def history(base, device, since=None):
-    out, cursor = [], since
-    while True:
-        query = {"limit": "10000"}
-        if cursor:
-            query["since"] = cursor
-        status, page = http("GET", f"{base}/api/v1/devices/{device}/properties/count/history?"
-                                   + urllib.parse.urlencode(query))
-        if status != 200:
-            return out
-        fresh = [p for p in page if not out or p["ts"] > out[-1]["ts"]]
-        out.extend(fresh)
-        if len(page) < 10000 or not fresh:
-            return out
-        cursor = page[-1]["ts"]
+def history(base, device):
+    try:
+        return _history(base, device)
+    except RuntimeError:
+        return []
 
 
 def parse_ts(ts):
@@ -370,9 +353,10 @@ class Campaign:
         self.checks.check("disk full: the store recovers once space returns", recovered)
 
         def kinds():
-            events = http("GET", self.base + "/api/v1/events?limit=1000")[1] or []
-            return {e.get("kind") for e in events if isinstance(e, dict)}
-        both = wait(lambda: {"store_failing", "store_recovered"} <= kinds(), 5)
+            status, events = http("GET", self.base + "/api/v1/events?limit=1000")
+            return status, {e.get("kind") for e in events or [] if isinstance(e, dict)}
+        # The journal retries its own failed commits with up to 5 s of backoff.
+        both = wait(lambda: {"store_failing", "store_recovered"} <= kinds()[1], 15)
         self.checks.check("disk full: store_failing and store_recovered events", both, kinds())
         n = len(history(self.base, "good"))
         grew = wait(lambda: len(history(self.base, "good")) > n + 5, 10)

@@ -135,6 +135,20 @@ async fn start_on(
 }
 
 impl Harness {
+    /// A REST client's write of the boiler's setpoint.
+    async fn write_by_hand(
+        &self,
+        setpoint: f64,
+    ) -> Result<(Value, crate::drivers::Written), WriteError> {
+        let actor = Actor::Api {
+            token: None,
+            peer: None,
+        };
+        self.control
+            .write(&actor, "boiler-1", "setpoint", &json!(setpoint))
+            .await
+    }
+
     /// Feeds a temperature reading, as the store writer would.
     fn temperature(&self, t: f64) {
         self.feed.observe(&Update {
@@ -352,18 +366,7 @@ async fn a_held_property_refuses_manual_writes_while_the_rule_is_active() {
         h.rules.get("overheat").expect("view").holds,
         ["boiler-1.setpoint"]
     );
-    let by_hand = h
-        .control
-        .write(
-            &Actor::Api {
-                token: None,
-                peer: None,
-            },
-            "boiler-1",
-            "setpoint",
-            &json!(70.0),
-        )
-        .await;
+    let by_hand = h.write_by_hand(70.0).await;
     assert!(
         matches!(by_hand, Err(WriteError::Held { ref rule, .. }) if rule == "overheat"),
         "{by_hand:?}"
@@ -377,18 +380,7 @@ async fn a_held_property_refuses_manual_writes_while_the_rule_is_active() {
     assert_eq!(audit[0]["result"], "held_by_rule");
     h.temperature(70.0);
     settle().await;
-    let by_hand = h
-        .control
-        .write(
-            &Actor::Api {
-                token: None,
-                peer: None,
-            },
-            "boiler-1",
-            "setpoint",
-            &json!(70.0),
-        )
-        .await;
+    let by_hand = h.write_by_hand(70.0).await;
     assert!(by_hand.is_ok(), "released on clear: {by_hand:?}");
     h.stop().await;
 }
