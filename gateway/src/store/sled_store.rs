@@ -39,6 +39,8 @@ pub struct SledStore {
     outbox_dropped: std::sync::atomic::AtomicU64,
     /// Whether the last commit failed (so the next one is its retry).
     commit_failed: std::sync::atomic::AtomicBool,
+    /// The same for appends to the events and the audit log.
+    append_failed: [std::sync::atomic::AtomicBool; 2],
     /// Held for writing from the first insert to the fsync, and for reading
     /// by queries, so that a query never sees what a crash could still take
     /// away. `None` between a failure and the reopen.
@@ -86,6 +88,7 @@ impl SledStore {
             outbox_budget,
             outbox_dropped: std::sync::atomic::AtomicU64::new(0),
             commit_failed: std::sync::atomic::AtomicBool::new(false),
+            append_failed: Default::default(),
             inner: RwLock::new(Some(inner)),
         })
     }
@@ -456,21 +459,44 @@ impl Store for SledStore {
     }
 
     fn append(&self, log: Log, entries: &[(Micros, Vec<u8>)]) -> Result<Vec<u64>, StoreError> {
-        self.with_writable(|inner| {
+        // As with commits: after a failed append, the next one to the same
+        // log (by the one journal task) is its retry, and what the failed
+        // attempt left on disk is not appended twice.
+        let failed = match log {
+            Log::Events => &self.append_failed[0],
+            Log::Audit => &self.append_failed[1],
+        };
+        let retry = failed.load(std::sync::atomic::Ordering::Relaxed);
+        let result = self.with_writable(|inner| {
             let tree = inner.log(log);
+            let kept: Vec<(sled::IVec, sled::IVec)> = if retry {
+                tree.iter()
+                    .rev()
+                    .take(entries.len())
+                    .collect::<Result<_, _>>()?
+            } else {
+                Vec::new()
+            };
             let mut seqs = Vec::with_capacity(entries.len());
             for (ts, body) in entries {
-                // Starts at 1, so that 0 can mean "before everything".
-                let seq = inner.db.generate_id()? + 1;
                 let mut value = Vec::with_capacity(8 + body.len());
                 value.extend_from_slice(&ts.to_be_bytes());
                 value.extend_from_slice(body);
+                if let Some((key, kept)) = kept.iter().find(|(_, v)| v.as_ref() == value.as_slice())
+                {
+                    seqs.push(entry_from(key, kept)?.seq);
+                    continue;
+                }
+                // Starts at 1, so that 0 can mean "before everything".
+                let seq = inner.db.generate_id()? + 1;
                 tree.insert(seq.to_be_bytes(), value)?;
                 seqs.push(seq);
             }
             inner.db.flush()?;
             Ok(seqs)
-        })
+        });
+        failed.store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+        result
     }
 
     fn recent(
@@ -599,6 +625,27 @@ mod tests {
         // A later commit appends as usual.
         store.commit(&[change("d", "n", 3_000, Value::Int(2))])?;
         assert_eq!(store.last().map_err(|e| StoreError::Io(e.to_string()))?, 4);
+        Ok(())
+    }
+
+    #[test]
+    fn a_retried_append_does_not_log_its_entries_twice() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        let entries = [(1, b"first".to_vec()), (2, b"second".to_vec())];
+        let seqs = store.append(Log::Audit, &entries)?;
+        // As if that append had reached the disk and then failed.
+        store.append_failed[1].store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            store.append(Log::Audit, &entries)?,
+            seqs,
+            "the same entries"
+        );
+        let all = store.recent(Log::Audit, u64::MAX, 10, &|_| true)?;
+        assert_eq!(all.len(), 2, "each once");
+        // The flag is cleared by the success: the same body may come again.
+        store.append(Log::Audit, &entries[..1])?;
+        assert_eq!(store.recent(Log::Audit, u64::MAX, 10, &|_| true)?.len(), 3);
         Ok(())
     }
 
