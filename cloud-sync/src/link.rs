@@ -6,7 +6,7 @@
 //! provider (aws-lc, large and slow to build).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,22 +114,18 @@ impl LinkOptions {
             .map_err(|e| tls(&e))?
             .with_root_certificates(roots);
         match &self.client_auth {
-            Some((cert, key)) => {
-                let chain = read_certs(cert)?;
-                let bytes = std::fs::read(key).map_err(|e| LinkError::File(key.clone(), e))?;
-                let key = PrivateKeyDer::from_pem_slice(&bytes)
-                    .map_err(|e| LinkError::Tls(format!("{}: {e}", key.display())))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| tls(&e))
-            }
+            Some((cert, key)) => builder
+                .with_client_auth_cert(read_certs(cert)?, read_private_key(key)?)
+                .map_err(|e| tls(&e)),
             None => Ok(builder.with_no_client_auth()),
         }
     }
 }
 
-fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, LinkError> {
-    let bytes = std::fs::read(path).map_err(|e| LinkError::File(path.clone(), e))?;
+/// The PEM certificates in `path`; at least one. (The API's HTTPS reads its
+/// chain with this too.)
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, LinkError> {
+    let bytes = std::fs::read(path).map_err(|e| LinkError::File(path.to_path_buf(), e))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| LinkError::Tls(format!("{}: {e}", path.display())))?;
@@ -140,6 +136,13 @@ fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, LinkError>
         )));
     }
     Ok(certs)
+}
+
+/// The PEM private key (PKCS#8, PKCS#1 or SEC1) in `path`.
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, LinkError> {
+    let bytes = std::fs::read(path).map_err(|e| LinkError::File(path.to_path_buf(), e))?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| LinkError::Tls(format!("{}: {e}", path.display())))
 }
 
 /// Waits (up to 5 s) until an embedded rumqttd serves `addr`, so that its

@@ -146,10 +146,14 @@ impl UplinkStatus {
     }
 
     fn error(&self, message: String) {
+        self.set_error(Some(message));
+    }
+
+    fn set_error(&self, error: Option<String>) {
         *self
             .last_error
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(message);
+            .unwrap_or_else(PoisonError::into_inner) = error;
     }
 }
 
@@ -430,11 +434,7 @@ impl Connection {
             Ok(()) => {
                 self.status.last_acked.fetch_max(seq, Ordering::Relaxed);
                 // Acknowledged: whatever went wrong before is over.
-                *self
-                    .status
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = None;
+                self.status.set_error(None);
             }
             Err(e) => tracing::warn!("cannot trim the outbox: {e}"),
         }

@@ -20,8 +20,6 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -42,30 +40,21 @@ pub struct ServeOptions {
 
 /// The API's certificate or key did not load.
 #[derive(Debug, thiserror::Error)]
-#[error("API TLS: {0}")]
+#[error("the API's HTTPS: {0}")]
 pub struct TlsError(String);
 
 /// A rustls acceptor for `certificate` (PEM chain) and `private_key` (PEM),
-/// on ring, speaking HTTP/1.1.
+/// on ring, speaking HTTP/1.1. The files are read as the uplink reads its
+/// own (`ferrite_sync::link`).
 pub fn tls_acceptor(certificate: &Path, private_key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| TlsError(format!("cannot read {}: {e}", path.display())))
-    };
-    let chain = CertificateDer::pem_slice_iter(&read(certificate)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError(format!("{}: {e}", certificate.display())))?;
-    if chain.is_empty() {
-        return Err(TlsError(format!(
-            "{}: no PEM certificate in it",
-            certificate.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&read(private_key)?)
-        .map_err(|e| TlsError(format!("{}: {e}", private_key.display())))?;
+    use ferrite_sync::link::{read_certs, read_private_key};
+    let failed = |e: &dyn std::fmt::Display| TlsError(e.to_string());
+    let chain = read_certs(certificate).map_err(|e| failed(&e))?;
+    let key = read_private_key(private_key).map_err(|e| failed(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError(e.to_string()))?
+        .map_err(|e| failed(&e))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| TlsError(format!("{}: {e}", certificate.display())))?;

@@ -183,6 +183,18 @@ impl SledStore {
     }
 }
 
+/// Runs `write`, telling it whether the last write guarded by `failed`
+/// failed (so that this one is its retry), and records how this one ends.
+fn retrying<T>(
+    failed: &std::sync::atomic::AtomicBool,
+    write: impl FnOnce(bool) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    use std::sync::atomic::Ordering;
+    let result = write(failed.load(Ordering::Relaxed));
+    failed.store(result.is_err(), Ordering::Relaxed);
+    result
+}
+
 fn reopening() -> StoreError {
     StoreError::Io("the store is reopening after a failed write".into())
 }
@@ -361,13 +373,9 @@ impl Store for SledStore {
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
         // After a failed commit, the writer's next one retries the same
         // changes (the writer is the only one that commits).
-        let retry = self
-            .commit_failed
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let result = self.with_writable(|inner| inner.commit(changes, retry));
-        self.commit_failed
-            .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
-        result
+        retrying(&self.commit_failed, |retry| {
+            self.with_writable(|inner| inner.commit(changes, retry))
+        })
     }
 
     fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError> {
@@ -466,37 +474,37 @@ impl Store for SledStore {
             Log::Events => &self.append_failed[0],
             Log::Audit => &self.append_failed[1],
         };
-        let retry = failed.load(std::sync::atomic::Ordering::Relaxed);
-        let result = self.with_writable(|inner| {
-            let tree = inner.log(log);
-            let kept: Vec<(sled::IVec, sled::IVec)> = if retry {
-                tree.iter()
-                    .rev()
-                    .take(entries.len())
-                    .collect::<Result<_, _>>()?
-            } else {
-                Vec::new()
-            };
-            let mut seqs = Vec::with_capacity(entries.len());
-            for (ts, body) in entries {
-                let mut value = Vec::with_capacity(8 + body.len());
-                value.extend_from_slice(&ts.to_be_bytes());
-                value.extend_from_slice(body);
-                if let Some((key, kept)) = kept.iter().find(|(_, v)| v.as_ref() == value.as_slice())
-                {
-                    seqs.push(entry_from(key, kept)?.seq);
-                    continue;
+        retrying(failed, |retry| {
+            self.with_writable(|inner| {
+                let tree = inner.log(log);
+                let kept: Vec<(sled::IVec, sled::IVec)> = if retry {
+                    tree.iter()
+                        .rev()
+                        .take(entries.len())
+                        .collect::<Result<_, _>>()?
+                } else {
+                    Vec::new()
+                };
+                let mut seqs = Vec::with_capacity(entries.len());
+                for (ts, body) in entries {
+                    let mut value = Vec::with_capacity(8 + body.len());
+                    value.extend_from_slice(&ts.to_be_bytes());
+                    value.extend_from_slice(body);
+                    if let Some((key, kept)) =
+                        kept.iter().find(|(_, v)| v.as_ref() == value.as_slice())
+                    {
+                        seqs.push(entry_from(key, kept)?.seq);
+                        continue;
+                    }
+                    // Starts at 1, so that 0 can mean "before everything".
+                    let seq = inner.db.generate_id()? + 1;
+                    tree.insert(seq.to_be_bytes(), value)?;
+                    seqs.push(seq);
                 }
-                // Starts at 1, so that 0 can mean "before everything".
-                let seq = inner.db.generate_id()? + 1;
-                tree.insert(seq.to_be_bytes(), value)?;
-                seqs.push(seq);
-            }
-            inner.db.flush()?;
-            Ok(seqs)
-        });
-        failed.store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
-        result
+                inner.db.flush()?;
+                Ok(seqs)
+            })
+        })
     }
 
     fn recent(
