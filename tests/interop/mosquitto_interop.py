@@ -129,7 +129,11 @@ async def without_auth(binary, checks):
         checks.check("the rule's publish reaches mosquitto_sub", out.strip() == 'alarms/d1 {"t": 55.5}', out)
         out, _ = commands.communicate(timeout=15)
         checks.check("the rule's write arrives on the command topic", out.strip() == "sensors/d1/interval/set 5", out)
-        status, events = http("GET", f"{api}/api/v1/events?rule=d1-hot")
+        # The rule task records its event after acting: wait for it rather
+        # than read once (the publish can arrive before the record).
+        fired = lambda: http("GET", f"{api}/api/v1/events?rule=d1-hot")
+        await wait_for(lambda: bool(fired()[1]), 10)
+        status, events = fired()
         checks.check("GET /api/v1/events shows the firing", status == 200 and events and events[0]["message"] == "d1 at 55.5", events)
         status, audit = http("GET", f"{api}/api/v1/audit?who=rule%20d1-hot")
         checks.check("the audit log has the rule's write", status == 200 and audit and audit[0]["new"] == 5 and audit[0]["result"] == "sent", audit)
