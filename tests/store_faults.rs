@@ -108,6 +108,14 @@ async fn a_full_disk_delays_history_but_loses_none_of_it() {
     assert_eq!(status["store"]["failing"], true, "{status}");
     let error = status["store"]["last_error"].as_str().unwrap_or_default();
     assert!(!error.is_empty(), "the status says why: {status}");
+    let (code, ready) = api.get("/readyz").await;
+    assert_eq!(code, 503, "not ready while the store fails: {ready}");
+    assert!(
+        ready["store"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("failing")),
+        "{ready}"
+    );
 
     // Space returns: everything queued meanwhile is stored, nothing dropped.
     std::fs::remove_file(filler).expect("free the space");
@@ -140,6 +148,7 @@ async fn a_full_disk_delays_history_but_loses_none_of_it() {
     .await;
     assert!(events_seen, "store_failing and store_recovered events");
     assert_eq!(api.get("/api/v1/status").await.1["store"]["failing"], false);
+    assert_eq!(api.get("/readyz").await.0, 200, "ready again");
     counter.abort();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stored = history(api.clone()).await as u64;

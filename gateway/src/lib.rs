@@ -36,7 +36,9 @@
 //!   checks, rule holds, the audit log.
 //! - [`rules`]: the CEL rule engine: feed, state machine, actions, reload.
 //! - [`journal`]: events and the audit log, kept within limits.
-//! - [`api`]: the REST API of CONTRACT.md on axum.
+//! - [`api`]: the REST API of CONTRACT.md on axum, the OpenAPI document
+//!   and the dashboard it serves at `/`.
+//! - [`metrics`]: the Prometheus series of `/metrics`.
 //! - [`uplink`]: with `[cloud]`, ferrite-sync's uplink on the store's
 //!   outbox, and the twin's desired state through [`control`].
 //! - `demo` (feature `demo`): `ferrite demo`, the gateway plus simulated
@@ -55,6 +57,7 @@ pub mod demo;
 pub mod drivers;
 pub mod journal;
 pub mod live;
+pub mod metrics;
 pub mod rules;
 pub mod runtime;
 pub mod service;

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::time::Micros;
 
 /// How much a reading can be trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Quality {
     /// Read in the last poll.
@@ -25,7 +25,7 @@ pub enum Quality {
 }
 
 /// Device status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Answering.
@@ -108,11 +108,13 @@ pub enum Sample {
 
 /// All devices' live state, indexed by the device's position in the
 /// project, so that the hot path (an update per poll) does no name lookups.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Live {
     /// Device names; a name's position is the device's index.
     names: IndexSet<String>,
     devices: RwLock<Vec<DeviceState>>,
+    /// Bumped after every applied update, for the live stream to wait on.
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Live {
@@ -151,7 +153,22 @@ impl Live {
         Arc::new(Live {
             names: project.devices.keys().cloned().collect(),
             devices: RwLock::new(devices),
+            version: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// A receiver that sees a new version after each applied update.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Every device's name and state, in project order.
+    pub fn all(&self) -> Vec<(String, DeviceState)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.read().iter().cloned())
+            .collect()
     }
 
     /// A device's index, as [`Update::device`] carries it.
@@ -207,6 +224,11 @@ impl Live {
 
     /// Applies one driver update.
     pub fn apply(&self, update: &Update) {
+        self.apply_quietly(update);
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn apply_quietly(&self, update: &Update) {
         let mut devices = self.write();
         let Some(state) = devices.get_mut(update.device) else {
             return;

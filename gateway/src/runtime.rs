@@ -144,6 +144,7 @@ impl Gateway {
         let live = Live::new(&project);
         let stats = Arc::new(WriterStats::default());
         let driver_stats = Arc::new(drivers::DriverStats::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -151,7 +152,8 @@ impl Gateway {
         let (urgent, urgent_rx) = mpsc::channel(256);
         let feed = Arc::new(Feed::new(&project));
         let writer = Writer::new(store.clone(), live.clone(), &project, stats.clone())
-            .with_feed(feed.clone());
+            .with_feed(feed.clone())
+            .with_metrics(&metrics, &project);
         let queues = writer::Queues {
             updates,
             urgent: urgent_rx,
@@ -173,6 +175,7 @@ impl Gateway {
             urgent,
             data_dir: data_dir.clone(),
             stats: driver_stats.clone(),
+            metrics: metrics.clone(),
             #[cfg(feature = "mqtt")]
             broker: Arc::new(std::sync::Mutex::new(broker)),
         };
@@ -236,6 +239,11 @@ impl Gateway {
                 shutdown.clone(),
             )
         });
+        tasks.spawn(crate::metrics::track_rate(
+            metrics.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        ));
         let rules = crate::rules::start(deps, sources, rules_dir, &tasks, shutdown.clone());
         tasks.spawn(crate::rules::reload::watch(rules.clone(), shutdown.clone()));
 
@@ -250,7 +258,9 @@ impl Gateway {
             rules,
             journal,
             uplink,
+            metrics,
             started: std::time::Instant::now(),
+            shutdown: shutdown.clone(),
         };
         if tokens.enabled() {
             tracing::info!(

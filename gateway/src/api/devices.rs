@@ -1,79 +1,183 @@
 //! `/api/v1/devices/...`.
 
-use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
 use std::net::SocketAddr;
 
-use axum::Extension;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use ferrite_models::model::Property;
-use serde::Deserialize;
-use serde_json::{Value as Json_, json};
-
 use axum::http::StatusCode;
+use axum::{Extension, Json};
+use ferrite_models::model::Property;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json_;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::control::Actor;
 use crate::drivers::Written;
-use crate::live::{Reading, Summary};
+use crate::live::{Quality, Reading, Status, Summary};
 use crate::time::{Micros, parse_rfc3339, rfc3339};
 
-fn reading_json(reading: &Reading, property: Option<&Property>) -> Json_ {
-    json!({
-        "value": reading.value,
-        "unit": property.and_then(|p| p.unit.clone()),
-        "quality": reading.quality,
-        "ts": reading.ts.map(rfc3339),
-    })
+/// One property's latest reading.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadingView {
+    /// The value, typed as the model says; absent until first read.
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub value: Option<ferrite_models::Value>,
+    /// The model's unit.
+    pub unit: Option<String>,
+    /// `good`, `stale` (the last read failed) or `bad` (undecodable).
+    pub quality: Quality,
+    /// When it was read, RFC 3339.
+    pub ts: Option<String>,
 }
 
-fn summary_json(s: &Summary) -> Json_ {
-    json!({
-        "id": s.id,
-        "model": s.model,
-        "protocol": s.protocol,
-        "status": s.status,
-        "last_seen": s.last_seen.map(rfc3339),
-        "error": s.error,
-    })
+impl ReadingView {
+    pub(super) fn new(reading: &Reading, property: Option<&Property>) -> ReadingView {
+        ReadingView {
+            value: reading.value.clone(),
+            unit: property.and_then(|p| p.unit.clone()),
+            quality: reading.quality,
+            ts: reading.ts.map(rfc3339),
+        }
+    }
 }
 
-/// `GET /api/v1/devices`.
-pub async fn list(State(state): State<AppState>) -> Json<Json_> {
-    let all: Vec<Json_> = state.live.summaries().iter().map(summary_json).collect();
-    Json(Json_::Array(all))
+/// A device, without its readings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceView {
+    /// Device name.
+    pub id: String,
+    /// Model name.
+    pub model: String,
+    /// `modbus-tcp`, `modbus-rtu`, `opcua` or `mqtt`.
+    pub protocol: String,
+    /// `online`, `offline` or `error`.
+    pub status: Status,
+    /// When it last answered, RFC 3339.
+    pub last_seen: Option<String>,
+    /// Why it is offline or in error.
+    pub error: Option<String>,
 }
 
-/// `GET /api/v1/devices/{id}`.
+impl From<&Summary> for DeviceView {
+    fn from(s: &Summary) -> Self {
+        DeviceView {
+            id: s.id.clone(),
+            model: s.model.clone(),
+            protocol: s.protocol.to_string(),
+            status: s.status,
+            last_seen: s.last_seen.map(rfc3339),
+            error: s.error.clone(),
+        }
+    }
+}
+
+/// A device with every property's latest reading.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceDetail {
+    /// The device.
+    #[serde(flatten)]
+    pub device: DeviceView,
+    /// Readings by property name, in model order.
+    pub properties: IndexMap<String, ReadingView>,
+}
+
+/// A write the device does not confirm (202).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SentView {
+    /// The value sent, as the model types it.
+    #[schema(value_type = serde_json::Value)]
+    pub value: ferrite_models::Value,
+    /// Always false: the device does not confirm writes.
+    pub confirmed: bool,
+}
+
+/// A written property: confirmed (200) or only sent (202).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum WriteAnswer {
+    /// Confirmed, with the reading that shows it.
+    Confirmed(ReadingView),
+    /// Sent to a device that does not confirm.
+    Sent(SentView),
+}
+
+/// One history entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryEntry {
+    /// The value stored.
+    #[schema(value_type = serde_json::Value)]
+    pub value: ferrite_models::Value,
+    /// When it was read, RFC 3339.
+    pub ts: String,
+}
+
+/// Device and property in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct PropertyPath {
+    /// Device name.
+    pub id: String,
+    /// Property name.
+    pub name: String,
+}
+
+/// Every device with its status.
+#[utoipa::path(get, operation_id = "listDevices", path = "/api/v1/devices", tag = "devices",
+    responses((status = 200, description = "Every device", body = Vec<DeviceView>)))]
+pub async fn list(State(state): State<AppState>) -> Json<Vec<DeviceView>> {
+    Json(
+        state
+            .live
+            .summaries()
+            .iter()
+            .map(DeviceView::from)
+            .collect(),
+    )
+}
+
+/// One device with its latest readings.
+#[utoipa::path(get, operation_id = "getDevice", path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device name")),
+    responses(
+        (status = 200, description = "The device", body = DeviceDetail),
+        (status = 404, description = "No such device", body = ErrorBody),
+    ))]
 pub async fn one(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Json<DeviceDetail>, ApiError> {
     let device = state
         .live
         .device(&id)
         .ok_or_else(|| ApiError::no_device(&id))?;
-    let mut body = summary_json(&device.summary(&id));
-    let properties: serde_json::Map<String, Json_> = device
+    let properties = device
         .readings
         .iter()
         .map(|(name, r)| {
-            (
-                name.clone(),
-                reading_json(r, state.project.property(&id, name)),
-            )
+            let reading = ReadingView::new(r, state.project.property(&id, name));
+            (name.clone(), reading)
         })
         .collect();
-    body["properties"] = Json_::Object(properties);
-    Ok(Json(body))
+    Ok(Json(DeviceDetail {
+        device: DeviceView::from(&device.summary(&id)),
+        properties,
+    }))
 }
 
-/// `GET /api/v1/devices/{id}/properties/{name}`.
+/// One property's latest reading.
+#[utoipa::path(get, operation_id = "getProperty", path = "/api/v1/devices/{id}/properties/{name}", tag = "devices",
+    params(PropertyPath),
+    responses(
+        (status = 200, description = "The reading", body = ReadingView),
+        (status = 404, description = "No such device or property", body = ErrorBody),
+    ))]
 pub async fn property(
     State(state): State<AppState>,
-    Path((id, name)): Path<(String, String)>,
-) -> Result<Json<Json_>, ApiError> {
+    Path(PropertyPath { id, name }): Path<PropertyPath>,
+) -> Result<Json<ReadingView>, ApiError> {
     let device = state
         .live
         .device(&id)
@@ -82,7 +186,7 @@ pub async fn property(
         .readings
         .get(&name)
         .ok_or_else(|| ApiError::no_property(&id, &name))?;
-    Ok(Json(reading_json(
+    Ok(Json(ReadingView::new(
         reading,
         state.project.property(&id, &name),
     )))
@@ -101,24 +205,40 @@ fn known_property<'a>(state: &'a AppState, id: &str, name: &str) -> Result<&'a P
 }
 
 /// The body of a write.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteBody {
-    value: Json_,
+    /// The new value: a number, boolean or string as the model types it.
+    #[schema(example = 42)]
+    pub value: Json_,
 }
 
-/// `PUT /api/v1/devices/{id}/properties/{name}` with `{"value": V}`.
+/// Writes a property.
 ///
-/// The value is checked against the model before anything touches the
-/// device (in [`crate::control::Control`], the path rules use too); the
-/// answer comes after the device confirmed the write.
+/// The value is checked against the model (type, access, limits) before
+/// anything touches the device, in [`crate::control::Control`], the path
+/// rules use too; the answer comes after the device confirmed the write.
+#[utoipa::path(put, operation_id = "writeProperty", path = "/api/v1/devices/{id}/properties/{name}", tag = "devices",
+    params(PropertyPath),
+    request_body = WriteBody,
+    responses(
+        (status = 200, description = "Written and read back", body = ReadingView),
+        (status = 202, description = "Sent; the device does not confirm writes", body = SentView),
+        (status = 400, description = "Wrong type, out of range, or a malformed body", body = ErrorBody),
+        (status = 403, description = "Read-only property, or the device denied it", body = ErrorBody),
+        (status = 404, description = "No such device or property", body = ErrorBody),
+        (status = 409, description = "An active rule holds the property", body = ErrorBody),
+        (status = 502, description = "The device refused", body = ErrorBody),
+        (status = 503, description = "The device is unreachable", body = ErrorBody),
+        (status = 504, description = "The device did not answer in time", body = ErrorBody),
+    ))]
 pub async fn write(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     principal: Option<Extension<super::auth::Principal>>,
-    Path((id, name)): Path<(String, String)>,
+    Path(PropertyPath { id, name }): Path<PropertyPath>,
     body: Result<Json<WriteBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Json_>), ApiError> {
+) -> Result<(StatusCode, Json<WriteAnswer>), ApiError> {
     let property = known_property(&state, &id, &name)?;
     let Json(body) = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -136,35 +256,50 @@ pub async fn write(
     if written == Written::Sent {
         // The device does not confirm writes: say so, rather than show the
         // old reading as if it were the new one.
-        let body = serde_json::json!({"value": value, "confirmed": false});
-        return Ok((StatusCode::ACCEPTED, Json(body)));
+        let sent = SentView {
+            value,
+            confirmed: false,
+        };
+        return Ok((StatusCode::ACCEPTED, Json(WriteAnswer::Sent(sent))));
     }
     let reading = state
         .live
         .device(&id)
         .and_then(|d| d.readings.get(&name).cloned())
         .ok_or_else(|| ApiError::no_property(&id, &name))?;
-    Ok((StatusCode::OK, Json(reading_json(&reading, Some(property)))))
+    let view = ReadingView::new(&reading, Some(property));
+    Ok((StatusCode::OK, Json(WriteAnswer::Confirmed(view))))
 }
 
 /// History query parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// From this time on (RFC 3339, inclusive).
     since: Option<String>,
+    /// Up to this time (RFC 3339, inclusive).
     until: Option<String>,
+    /// At most this many entries, oldest first (1 to 10 000; default 1000).
     limit: Option<usize>,
 }
 
 /// Most history entries one call returns.
 pub const MAX_HISTORY: usize = 10_000;
 
-/// `GET /api/v1/devices/{id}/properties/{name}/history?since=&until=&limit=`.
+/// A property's stored history, oldest first.
+#[utoipa::path(get, operation_id = "getHistory", path = "/api/v1/devices/{id}/properties/{name}/history", tag = "devices",
+    params(PropertyPath, HistoryQuery),
+    responses(
+        (status = 200, description = "Entries, oldest first", body = Vec<HistoryEntry>),
+        (status = 400, description = "A bad time or limit", body = ErrorBody),
+        (status = 404, description = "No such device or property", body = ErrorBody),
+    ))]
 pub async fn history(
     State(state): State<AppState>,
-    Path((id, name)): Path<(String, String)>,
+    Path(PropertyPath { id, name }): Path<PropertyPath>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     known_property(&state, &id, &name)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let time = |s: &Option<String>, default: Micros| -> Result<Micros, ApiError> {
@@ -190,9 +325,13 @@ pub async fn history(
         tokio::task::spawn_blocking(move || store.history(&id, &name, since, until, limit))
             .await
             .map_err(|e| ApiError::bad_request(e.to_string()))??;
-    let out: Vec<Json_> = entries
-        .iter()
-        .map(|e| json!({"value": e.value, "ts": rfc3339(e.ts)}))
-        .collect();
-    Ok(Json(Json_::Array(out)))
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|e| HistoryEntry {
+                value: e.value,
+                ts: rfc3339(e.ts),
+            })
+            .collect(),
+    ))
 }

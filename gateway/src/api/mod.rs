@@ -9,13 +9,17 @@
 //!
 //! Requests are bounded: bodies to 64 KiB, handling to `request_timeout`
 //! (30 s; a write waits for the device, whose own timeout is shorter).
-//! `/healthz` alone needs no token.
+//! `/healthz` and `/readyz` need no token.
 
 pub mod auth;
+mod dashboard;
 mod devices;
 pub mod error;
+mod models;
+pub mod observe;
 mod rules;
 pub mod serve;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,8 +29,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use ferrite_models::Project;
 use tower_http::timeout::TimeoutLayer;
 
@@ -64,35 +66,99 @@ pub struct AppState {
     pub journal: Arc<Journal>,
     /// The uplink's state, with `[cloud]`.
     pub uplink: Option<Arc<ferrite_sync::uplink::UplinkStatus>>,
+    /// The Prometheus series.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// When the gateway started.
     pub started: std::time::Instant,
+    /// Fires when the gateway stops (ends live streams).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// The router: every route but `/healthz` behind `tokens`, each request
-/// answered within `request_timeout`.
+/// The OpenAPI document's frame: title, tags, and the bearer scheme every
+/// `/api/v1` route but the document itself asks for.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Ferrite gateway API",
+        description = "Every device behind one REST API: read, write (checked against the model) and history; rules, events, the audit log, sync and status. See CONTRACT.md and docs/gateway.md.",
+    ),
+    tags(
+        (name = "devices", description = "Devices, readings, writes and history"),
+        (name = "rules", description = "Control rules (admin role to change)"),
+        (name = "journal", description = "Events and the audit log"),
+        (name = "gateway", description = "Status, sync, metrics, health and live updates"),
+    ),
+    modifiers(&BearerScheme),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+/// Adds the `bearer` security scheme (`[[api.tokens]]`).
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The API's routes with their OpenAPI document. Both come from the same
+/// `routes!` lists, so a route cannot be served without being documented:
+/// `(behind the tokens, open)`.
+pub fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let (guarded, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::one))
+        .routes(routes!(devices::property, devices::write))
+        .routes(routes!(devices::history))
+        .routes(routes!(models::list))
+        .routes(routes!(models::one))
+        .routes(routes!(rules::list))
+        .routes(routes!(rules::one, rules::put, rules::delete))
+        .routes(routes!(rules::enable))
+        .routes(routes!(rules::disable))
+        .routes(routes!(rules::events))
+        .routes(routes!(rules::audit))
+        .routes(routes!(status))
+        .routes(routes!(sync))
+        .routes(routes!(stream::values))
+        .routes(routes!(observe::metrics))
+        .split_for_parts();
+    let (open, open_doc) = OpenApiRouter::new()
+        .routes(routes!(observe::healthz))
+        .routes(routes!(observe::readyz))
+        .split_for_parts();
+    doc.merge(open_doc);
+    (guarded, open, doc)
+}
+
+/// Where the OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+/// The router: every documented route but `/healthz` and `/readyz` behind
+/// `tokens`; the OpenAPI document, its Swagger UI at `/api/docs` and the
+/// dashboard at `/` open (they hold no data); each request answered within
+/// `request_timeout`.
 pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Duration) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/api/v1/devices", get(devices::list))
-        .route("/api/v1/devices/{id}", get(devices::one))
-        .route(auth::WRITE_PATH, get(devices::property).put(devices::write))
-        .route(
-            "/api/v1/devices/{id}/properties/{name}/history",
-            get(devices::history),
-        )
-        .route("/api/v1/rules", get(rules::list))
-        .route(
-            "/api/v1/rules/{name}",
-            get(rules::one).put(rules::put).delete(rules::delete),
-        )
-        .route("/api/v1/rules/{name}/enable", post(rules::enable))
-        .route("/api/v1/rules/{name}/disable", post(rules::disable))
-        .route("/api/v1/events", get(rules::events))
-        .route("/api/v1/sync", get(sync))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/audit", get(rules::audit))
+    let (guarded, open, doc) = documented();
+    let docs_ui = utoipa_swagger_ui::SwaggerUi::new("/api/docs").url(OPENAPI_PATH, doc);
+    guarded
         .route_layer(axum::middleware::from_fn_with_state(tokens, auth::require))
-        .route("/healthz", get(healthz))
+        .merge(open)
+        .merge(dashboard::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::count_requests,
+        ))
+        .merge(docs_ui)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
@@ -102,13 +168,46 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Durat
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// The gateway as a whole.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StatusView {
+    /// Ferrite's version.
+    pub version: &'static str,
+    /// `[gateway] id`.
+    pub gateway: Option<String>,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Whether the store takes writes.
+    pub store: StoreStatus,
+    /// How many devices answer.
+    pub devices: DeviceCount,
 }
 
-/// `GET /api/v1/status`: the gateway as a whole: version, uptime, whether
-/// the store takes writes, and how many devices answer.
-async fn status(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+/// The store's health.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StoreStatus {
+    /// True while writes fail (a full disk, say); readings wait, none lost.
+    pub failing: bool,
+    /// Failed writes since start (each retried).
+    pub failed_writes: u64,
+    /// Why, while failing.
+    pub last_error: Option<String>,
+}
+
+/// Devices, and how many of them answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeviceCount {
+    /// Devices configured.
+    pub total: usize,
+    /// Devices online.
+    pub online: usize,
+}
+
+/// The gateway as a whole: version, uptime, whether the store takes
+/// writes, and how many devices answer.
+#[utoipa::path(get, operation_id = "getStatus", path = "/api/v1/status", tag = "gateway",
+    responses((status = 200, description = "The gateway's status", body = StatusView)))]
+async fn status(State(state): State<AppState>) -> axum::Json<StatusView> {
     let stats = &state.stats;
     let failing = stats.failing.load(Ordering::Relaxed);
     let devices = state.live.summaries();
@@ -116,21 +215,61 @@ async fn status(State(state): State<AppState>) -> axum::Json<serde_json::Value> 
         .iter()
         .filter(|d| d.status == crate::live::Status::Online)
         .count();
-    axum::Json(serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "gateway": state.project.config.as_ref().map(|c| &c.value.gateway.id),
-        "uptime_s": state.started.elapsed().as_secs(),
-        "store": {
-            "failing": failing,
-            "failed_writes": stats.failures.load(Ordering::Relaxed),
-            "last_error": failing.then(|| crate::store::health::last_error(stats)),
+    axum::Json(StatusView {
+        version: env!("CARGO_PKG_VERSION"),
+        gateway: state
+            .project
+            .config
+            .as_ref()
+            .map(|c| c.value.gateway.id.clone()),
+        uptime_s: state.started.elapsed().as_secs(),
+        store: StoreStatus {
+            failing,
+            failed_writes: stats.failures.load(Ordering::Relaxed),
+            last_error: failing.then(|| crate::store::health::last_error(stats)),
         },
-        "devices": {"total": devices.len(), "online": online},
-    }))
+        devices: DeviceCount {
+            total: devices.len(),
+            online,
+        },
+    })
 }
 
-/// `GET /api/v1/sync`: the uplink's state.
-async fn sync(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+/// The uplink to `ferrite-cloud`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SyncView {
+    /// Whether `[cloud]` is configured.
+    pub configured: bool,
+    /// The control plane's broker.
+    pub broker: Option<String>,
+    /// Connected to it now.
+    pub connected: bool,
+    /// The highest change sequence the control plane acknowledged.
+    pub last_acked: Option<u64>,
+    /// Changes waiting to be acknowledged.
+    pub backlog: Option<u64>,
+    /// Their bytes.
+    pub backlog_bytes: Option<u64>,
+    /// Changes dropped over the outbox budget.
+    pub dropped: Option<u64>,
+    /// Batches sent since start (resends included).
+    pub batches_sent: Option<u64>,
+    /// Compressed bytes sent since start.
+    pub bytes_sent: Option<u64>,
+    /// Changes sent since start.
+    pub points_sent: Option<u64>,
+    /// Sessions (Hellos) since start.
+    pub sessions: Option<u64>,
+    /// The last desired-state version applied.
+    pub desired_version: Option<u64>,
+    /// The last error since the last acknowledgement.
+    pub last_error: Option<String>,
+}
+
+/// The uplink's state: connection, backlog, what was sent.
+#[utoipa::path(get, operation_id = "getSync", path = "/api/v1/sync", tag = "gateway",
+    responses((status = 200, description = "The uplink's state", body = SyncView)))]
+async fn sync(State(state): State<AppState>) -> axum::Json<SyncView> {
     let cloud = state
         .project
         .config
@@ -138,21 +277,21 @@ async fn sync(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
         .and_then(|c| c.value.cloud.as_ref());
     let outbox = state.store.outbox();
     let uplink = state.uplink.as_ref().map(|u| u.snapshot());
-    axum::Json(serde_json::json!({
-        "configured": cloud.is_some(),
-        "broker": cloud.map(|c| &c.broker),
-        "connected": uplink.as_ref().is_some_and(|u| u.connected),
-        "last_acked": uplink.as_ref().map(|u| u.last_acked),
-        "backlog": outbox.map(|o| o.backlog),
-        "backlog_bytes": outbox.map(|o| o.bytes),
-        "dropped": outbox.map(|o| o.dropped),
-        "batches_sent": uplink.as_ref().map(|u| u.batches),
-        "bytes_sent": uplink.as_ref().map(|u| u.bytes),
-        "points_sent": uplink.as_ref().map(|u| u.points),
-        "sessions": uplink.as_ref().map(|u| u.sessions),
-        "desired_version": uplink.as_ref().map(|u| u.desired_version),
-        "last_error": uplink.as_ref().and_then(|u| u.last_error.clone()),
-    }))
+    axum::Json(SyncView {
+        configured: cloud.is_some(),
+        broker: cloud.map(|c| c.broker.clone()),
+        connected: uplink.as_ref().is_some_and(|u| u.connected),
+        last_acked: uplink.as_ref().map(|u| u.last_acked),
+        backlog: outbox.map(|o| o.backlog),
+        backlog_bytes: outbox.map(|o| o.bytes),
+        dropped: outbox.map(|o| o.dropped),
+        batches_sent: uplink.as_ref().map(|u| u.batches),
+        bytes_sent: uplink.as_ref().map(|u| u.bytes),
+        points_sent: uplink.as_ref().map(|u| u.points),
+        sessions: uplink.as_ref().map(|u| u.sessions),
+        desired_version: uplink.as_ref().map(|u| u.desired_version),
+        last_error: uplink.and_then(|u| u.last_error),
+    })
 }
 
 async fn not_found() -> error::ApiError {
@@ -161,104 +300,4 @@ async fn not_found() -> error::ApiError {
         "not_found",
         "no such endpoint; see /api/v1/devices",
     )
-}
-
-/// A first cut of the Prometheus endpoint: store writer counters and device
-/// status. The full set of series arrives with the observability work.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    use std::fmt::Write;
-    let s = &state.stats;
-    let mut out = String::new();
-    let counters = [
-        (
-            "ferrite_samples_total",
-            "Samples received from drivers",
-            s.samples.load(Ordering::Relaxed),
-        ),
-        (
-            "ferrite_changes_stored_total",
-            "Changes written to history",
-            s.changes.load(Ordering::Relaxed),
-        ),
-        (
-            "ferrite_store_batches_total",
-            "Batches made durable",
-            s.batches.load(Ordering::Relaxed),
-        ),
-        (
-            "ferrite_store_failures_total",
-            "Failed store writes (retried)",
-            s.failures.load(Ordering::Relaxed),
-        ),
-        (
-            "ferrite_malformed_payloads_total",
-            "MQTT and Sparkplug payloads that did not decode",
-            state
-                .driver_stats
-                .malformed_payloads
-                .load(Ordering::Relaxed),
-        ),
-        (
-            "ferrite_rule_evaluations_total",
-            "Rule conditions evaluated",
-            state.rules.stats().evaluations.load(Ordering::Relaxed),
-        ),
-        (
-            "ferrite_rule_firings_total",
-            "Rule firings (then actions run)",
-            state.rules.stats().firings.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, value) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    }
-    if let Some(outbox) = state.store.outbox() {
-        let _ = writeln!(
-            out,
-            "# HELP ferrite_sync_backlog Changes waiting for the control plane\n# TYPE ferrite_sync_backlog gauge\nferrite_sync_backlog {}\n# HELP ferrite_sync_dropped_total Changes dropped over the outbox budget\n# TYPE ferrite_sync_dropped_total counter\nferrite_sync_dropped_total {}",
-            outbox.backlog, outbox.dropped
-        );
-    }
-    if let Some(uplink) = state.uplink.as_ref().map(|u| u.snapshot()) {
-        let _ = writeln!(
-            out,
-            "# HELP ferrite_sync_connected 1 while the uplink is connected to the control plane's broker
-# TYPE ferrite_sync_connected gauge
-ferrite_sync_connected {}
-# HELP ferrite_sync_last_acked The highest change sequence the control plane acknowledged
-# TYPE ferrite_sync_last_acked gauge
-ferrite_sync_last_acked {}
-# HELP ferrite_sync_bytes_sent_total Compressed batch bytes sent (resends included)
-# TYPE ferrite_sync_bytes_sent_total counter
-ferrite_sync_bytes_sent_total {}
-# HELP ferrite_sync_points_sent_total Changes sent (resends included)
-# TYPE ferrite_sync_points_sent_total counter
-ferrite_sync_points_sent_total {}",
-            u8::from(uplink.connected),
-            uplink.last_acked,
-            uplink.bytes,
-            uplink.points
-        );
-    }
-    let failing = u8::from(s.failing.load(Ordering::Relaxed));
-    let _ = writeln!(
-        out,
-        "# HELP ferrite_store_failing 1 while store writes fail (a full disk, say)\n# TYPE ferrite_store_failing gauge\nferrite_store_failing {failing}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ferrite_device_up 1 if the device answered its last poll\n# TYPE ferrite_device_up gauge"
-    );
-    for device in state.live.summaries() {
-        let up = u8::from(device.status == crate::live::Status::Online);
-        let _ = writeln!(
-            out,
-            "ferrite_device_up{{device=\"{}\",protocol=\"{}\"}} {up}",
-            device.id, device.protocol
-        );
-    }
-    ([("content-type", "text/plain; version=0.0.4")], out)
 }

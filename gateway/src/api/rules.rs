@@ -5,13 +5,14 @@ use axum::extract::rejection::{QueryRejection, StringRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ferrite_models::project::{DocKind, Loader};
-use serde::Deserialize;
-use serde_json::{Value as Json_, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json_;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
-use crate::rules::RuleError;
+use super::error::{ApiError, ErrorBody};
 use crate::rules::reload::Edit;
+use crate::rules::{RuleError, RuleView};
 use crate::store::Log;
 
 impl From<RuleError> for ApiError {
@@ -29,34 +30,54 @@ impl From<RuleError> for ApiError {
     }
 }
 
-/// `GET /api/v1/rules`.
-pub async fn list(State(state): State<AppState>) -> Json<Json_> {
-    Json(json!(*state.rules.list()))
+/// Every rule with its state.
+#[utoipa::path(get, operation_id = "listRules", path = "/api/v1/rules", tag = "rules",
+    responses((status = 200, description = "Every rule", body = Vec<RuleView>)))]
+pub async fn list(State(state): State<AppState>) -> Json<Vec<RuleView>> {
+    Json(state.rules.list().to_vec())
 }
 
-/// `GET /api/v1/rules/{name}`.
+/// One rule with its state.
+#[utoipa::path(get, operation_id = "getRule", path = "/api/v1/rules/{name}", tag = "rules",
+    params(("name" = String, Path, description = "Rule name")),
+    responses(
+        (status = 200, description = "The rule", body = RuleView),
+        (status = 404, description = "No such rule", body = ErrorBody),
+    ))]
 pub async fn one(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Json<RuleView>, ApiError> {
     let view = state.rules.get(&name).ok_or(RuleError::NoRule(name))?;
-    Ok(Json(json!(view)))
+    Ok(Json(view))
 }
 
-/// `POST /api/v1/rules/{name}/enable`.
+/// Enables a rule (kept across restarts).
+#[utoipa::path(post, operation_id = "enableRule", path = "/api/v1/rules/{name}/enable", tag = "rules",
+    params(("name" = String, Path, description = "Rule name")),
+    responses(
+        (status = 200, description = "The rule, enabled", body = RuleView),
+        (status = 404, description = "No such rule", body = ErrorBody),
+    ))]
 pub async fn enable(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Json_>, ApiError> {
-    Ok(Json(json!(state.rules.set_enabled(&name, true).await?)))
+) -> Result<Json<RuleView>, ApiError> {
+    Ok(Json(state.rules.set_enabled(&name, true).await?))
 }
 
-/// `POST /api/v1/rules/{name}/disable`.
+/// Disables a rule (kept across restarts); it releases what it holds.
+#[utoipa::path(post, operation_id = "disableRule", path = "/api/v1/rules/{name}/disable", tag = "rules",
+    params(("name" = String, Path, description = "Rule name")),
+    responses(
+        (status = 200, description = "The rule, disabled", body = RuleView),
+        (status = 404, description = "No such rule", body = ErrorBody),
+    ))]
 pub async fn disable(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Json_>, ApiError> {
-    Ok(Json(json!(state.rules.set_enabled(&name, false).await?)))
+) -> Result<Json<RuleView>, ApiError> {
+    Ok(Json(state.rules.set_enabled(&name, false).await?))
 }
 
 /// The file a rule lives in, or would live in if new. A file that holds
@@ -101,13 +122,22 @@ fn refused(errors: Vec<String>) -> ApiError {
     .with_details(errors)
 }
 
-/// `PUT /api/v1/rules/{name}` with the rule's YAML as the body: checked like
-/// `ferrite check`, written to the rules folder, applied without a restart.
+/// Creates or replaces a rule from its YAML: checked like `ferrite check`,
+/// written to the rules folder, applied without a restart.
+#[utoipa::path(put, operation_id = "putRule", path = "/api/v1/rules/{name}", tag = "rules",
+    params(("name" = String, Path, description = "Rule name")),
+    request_body(content = String, content_type = "application/yaml",
+        description = "The rule file: one `kind: Rule` document named `name`"),
+    responses(
+        (status = 200, description = "The rule, applied", body = RuleView),
+        (status = 400, description = "Refused, with each `file:line:col: message`", body = ErrorBody),
+        (status = 409, description = "Its file holds other rules too", body = ErrorBody),
+    ))]
 pub async fn put(
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Result<String, StringRejection>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Json<RuleView>, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             let message = format!("the body is over {} bytes", super::MAX_BODY);
@@ -151,10 +181,17 @@ pub async fn put(
         .await
         .map_err(refused)?;
     let view = state.rules.get(&name).ok_or(RuleError::NoRule(name))?;
-    Ok(Json(json!(view)))
+    Ok(Json(view))
 }
 
-/// `DELETE /api/v1/rules/{name}`: removes the rule's file.
+/// Deletes a rule's file; the rule stops and releases what it holds.
+#[utoipa::path(delete, operation_id = "deleteRule", path = "/api/v1/rules/{name}", tag = "rules",
+    params(("name" = String, Path, description = "Rule name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such rule", body = ErrorBody),
+        (status = 409, description = "Its file holds other rules too", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -175,16 +212,57 @@ pub async fn delete(
 }
 
 /// Paging and filters of the journals.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JournalQuery {
+    /// At most this many entries (1 to 1000; default 100).
     limit: Option<usize>,
     /// Entries with a `seq` below this (the next page).
     before: Option<u64>,
+    /// Only this rule's entries.
     rule: Option<String>,
+    /// Only this severity (`info`, `warning`, `critical`).
     severity: Option<String>,
+    /// Only this device's entries.
     device: Option<String>,
+    /// Only this actor's (`api TOKEN`, `rule NAME`, `cloud desired vN`).
     who: Option<String>,
+}
+
+/// An event or audit entry. Events carry `kind`, `severity`, `message` and,
+/// from rules, `rule`; audit entries carry `who`, `device`, `property`,
+/// `old`, `new` and `result`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JournalEntry {
+    /// Sequence number, newest highest (page with `before`).
+    pub seq: u64,
+    /// When, RFC 3339.
+    pub ts: String,
+    /// Event kind (`rule_fired`, `store_failing`, ...).
+    pub kind: Option<String>,
+    /// Event severity.
+    pub severity: Option<String>,
+    /// Event text.
+    pub message: Option<String>,
+    /// The rule involved.
+    pub rule: Option<String>,
+    /// Who wrote (audit).
+    pub who: Option<String>,
+    /// The client's address, for API writes (audit).
+    pub peer: Option<String>,
+    /// The device written (audit).
+    pub device: Option<String>,
+    /// The property written (audit).
+    pub property: Option<String>,
+    /// The value before (audit).
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub old: Option<Json_>,
+    /// The value asked for (audit).
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub new: Option<Json_>,
+    /// `confirmed`, `sent` or the error (audit).
+    pub result: Option<String>,
 }
 
 /// Most entries one call returns.
@@ -223,7 +301,13 @@ async fn journal(
     Ok(Json(Json_::Array(entries)))
 }
 
-/// `GET /api/v1/events?limit=&before=&rule=&severity=`: newest first.
+/// Events (rule firings, store and sync troubles), newest first.
+#[utoipa::path(get, operation_id = "listEvents", path = "/api/v1/events", tag = "journal",
+    params(JournalQuery),
+    responses(
+        (status = 200, description = "Entries, newest first", body = Vec<JournalEntry>),
+        (status = 400, description = "A bad limit or filter", body = ErrorBody),
+    ))]
 pub async fn events(
     State(state): State<AppState>,
     query: Result<Query<JournalQuery>, QueryRejection>,
@@ -231,7 +315,13 @@ pub async fn events(
     journal(&state, Log::Events, query).await
 }
 
-/// `GET /api/v1/audit?limit=&before=&device=&who=`: newest first.
+/// Every write to a device, who made it, and how it ended; newest first.
+#[utoipa::path(get, operation_id = "listAudit", path = "/api/v1/audit", tag = "journal",
+    params(JournalQuery),
+    responses(
+        (status = 200, description = "Entries, newest first", body = Vec<JournalEntry>),
+        (status = 400, description = "A bad limit or filter", body = ErrorBody),
+    ))]
 pub async fn audit(
     State(state): State<AppState>,
     query: Result<Query<JournalQuery>, QueryRejection>,

@@ -47,6 +47,8 @@ pub struct DriverContext {
     pub data_dir: PathBuf,
     /// Counters the API shows in `/metrics`.
     pub stats: Arc<DriverStats>,
+    /// Per-device poll counters and latencies for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The embedded broker's link, for the MQTT driver to take.
     #[cfg(feature = "mqtt")]
     pub broker: Arc<std::sync::Mutex<Option<crate::broker::BrokerLink>>>,

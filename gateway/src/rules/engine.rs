@@ -91,7 +91,7 @@ impl Clock {
 }
 
 /// A rule as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RuleView {
     /// Name.
     pub name: String,

@@ -150,6 +150,11 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Bytes the store takes on disk, if it is open.
+    fn size_on_disk(&self) -> Option<u64> {
+        None
+    }
+
     /// Every saved rule state, by rule name.
     fn rule_states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Saves (or, with `None`, forgets) rule states durably.

@@ -551,6 +551,10 @@ impl Store for SledStore {
         Ok(doomed.len() as u64)
     }
 
+    fn size_on_disk(&self) -> Option<u64> {
+        self.read().as_ref()?.db.size_on_disk().ok()
+    }
+
     fn outbox(&self) -> Option<super::OutboxState> {
         let guard = self.read();
         let outbox = guard.as_ref()?.outbox.as_ref()?;

@@ -51,6 +51,8 @@ pub struct WriterStats {
 struct DeviceTrack {
     name: String,
     properties: Vec<PropertyTrack>,
+    /// Good values received, for `/metrics` (see [`Writer::with_metrics`]).
+    values: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 struct PropertyTrack {
@@ -106,6 +108,7 @@ impl Writer {
                             .collect()
                     })
                     .unwrap_or_default(),
+                values: None,
             })
             .collect();
         match store.latest_all() {
@@ -134,6 +137,15 @@ impl Writer {
             devices,
             feed: None,
         }
+    }
+
+    /// Counts each device's good values in `metrics`.
+    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics, project: &Project) -> Self {
+        for (track, device) in self.devices.iter_mut().zip(project.devices.values()) {
+            let protocol = device.value.protocol().map_or("none", |p| p.key());
+            track.values = Some(metrics.values_of(&track.name, protocol));
+        }
+        self
     }
 
     /// Shows every update to the rule engine as it arrives.
@@ -260,6 +272,14 @@ impl Writer {
             let Some(device) = self.devices.get_mut(update.device) else {
                 continue;
             };
+            if let Some(values) = &device.values {
+                let good = update
+                    .samples
+                    .iter()
+                    .filter(|(_, s)| matches!(s, Sample::Good(_)))
+                    .count();
+                values.inc_by(good as u64);
+            }
             for (property, sample) in &update.samples {
                 let Sample::Good(value) = sample else {
                     continue;

@@ -125,10 +125,16 @@ impl Driver for ModbusDriver {
                     link::spawn(device.link.clone(), &ctx.tasks, ctx.shutdown.clone())
                 })
                 .clone();
+            let protocol = match device.link {
+                LinkKey::Tcp { .. } => "modbus-tcp",
+                LinkKey::Rtu { .. } => "modbus-rtu",
+            };
+            let meter = ctx.metrics.device(&device.name, protocol);
             let device = Arc::new(device);
             ctx.tasks.spawn(poll_loop(
                 device.clone(),
                 link.clone(),
+                meter,
                 ctx.output.clone(),
                 ctx.shutdown.clone(),
             ));
@@ -149,6 +155,7 @@ impl Driver for ModbusDriver {
 async fn poll_loop(
     device: Arc<Device>,
     link: LinkHandle,
+    meter: crate::metrics::DeviceMeter,
     output: mpsc::Sender<Update>,
     shutdown: CancellationToken,
 ) {
@@ -162,7 +169,10 @@ async fn poll_loop(
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
+        let started = std::time::Instant::now();
         let update = poll_once(&device, &link).await;
+        let ok = matches!(update.status, Some((Status::Online, _)));
+        meter.poll(started.elapsed(), ok);
         let sent = tokio::select! {
             () = shutdown.cancelled() => break,
             sent = output.send(update) => sent,

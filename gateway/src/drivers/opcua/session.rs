@@ -278,6 +278,7 @@ impl Running<'_> {
         let mut tick = tokio::time::interval(device.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let polling = device.settings.mode == ferrite_models::device::OpcuaMode::Poll;
+        let meter = self.ctx.metrics.device(&device.name, "opcua");
         loop {
             if !stable && since.elapsed() >= STABLE {
                 stable = true;
@@ -323,7 +324,11 @@ impl Running<'_> {
                     updates
                 }
                 _ = tick.tick(), if polling => {
-                    let polled = poll_once(device, &session, &bad).await?;
+                    let started = Instant::now();
+                    let polled = poll_once(device, &session, &bad).await;
+                    let ok = polled.as_ref().is_ok_and(|p| p.iter().all(|(_, r)| r.is_ok()));
+                    meter.poll(started.elapsed(), ok);
+                    let polled = polled?;
                     // A failed read marks the status of this poll only: the
                     // point stays in the next poll.
                     let mut status_bad = bad.clone();

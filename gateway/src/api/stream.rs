@@ -1,0 +1,135 @@
+//! `GET /api/v1/stream`: live values as server-sent events, for the
+//! dashboard and for any client that would rather not poll.
+//!
+//! Each event (`update`) carries every device's status and the readings
+//! that changed since the last event this client got; the first carries
+//! them all. Events are at most [`PACE`] apart while values move; a comment
+//! keeps the connection alive otherwise. The stream ends when the gateway
+//! stops.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::devices::{DeviceView, ReadingView};
+use crate::live::{Quality, Status};
+use crate::time::Micros;
+
+/// Shortest time between two events to one client.
+pub const PACE: Duration = Duration::from_millis(250);
+
+/// One event of the stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamUpdate {
+    /// Every device's status.
+    pub devices: Vec<DeviceView>,
+    /// Readings that changed since the previous event.
+    pub readings: Vec<ChangedReading>,
+}
+
+/// A reading that changed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangedReading {
+    /// Device name.
+    pub device: String,
+    /// Property name.
+    pub property: String,
+    /// The reading.
+    #[serde(flatten)]
+    pub reading: ReadingView,
+}
+
+/// Live values as server-sent events (`event: update`, JSON data).
+#[utoipa::path(get, operation_id = "streamValues", path = "/api/v1/stream", tag = "gateway",
+    responses((status = 200, description = "An event stream; each `update` event's data is a StreamUpdate",
+        body = StreamUpdate, content_type = "text/event-stream")))]
+pub async fn values(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let changes = state.live.changes();
+    let start = Cursor {
+        state,
+        changes,
+        sent: HashMap::new(),
+        statuses: Vec::new(),
+        first: true,
+    };
+    let stream = futures_util::stream::unfold(start, |mut cursor| async move {
+        let event = cursor.next().await?;
+        Some((Ok(event), cursor))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// One client's place in the stream: what it has been sent.
+struct Cursor {
+    state: AppState,
+    changes: tokio::sync::watch::Receiver<u64>,
+    sent: HashMap<(usize, usize), (Option<Micros>, Quality)>,
+    statuses: Vec<(Status, Option<String>)>,
+    first: bool,
+}
+
+impl Cursor {
+    /// The next event, or `None` once the gateway stops.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if !self.first {
+                tokio::select! {
+                    () = self.state.shutdown.cancelled() => return None,
+                    changed = self.changes.changed() => changed.ok()?,
+                }
+                // Let a burst of updates gather into one event.
+                tokio::select! {
+                    () = self.state.shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(PACE) => {}
+                }
+            }
+            self.changes.mark_unchanged();
+            let (update, moved) = self.collect();
+            let first = std::mem::replace(&mut self.first, false);
+            if first || moved {
+                let data = serde_json::to_string(&update).ok()?;
+                return Some(Event::default().event("update").data(data));
+            }
+        }
+    }
+
+    /// Every status, and the readings not yet sent as they are now; and
+    /// whether anything moved since the last event.
+    fn collect(&mut self) -> (StreamUpdate, bool) {
+        let all = self.state.live.all();
+        let mut devices = Vec::with_capacity(all.len());
+        let mut readings = Vec::new();
+        let statuses: Vec<(Status, Option<String>)> = all
+            .iter()
+            .map(|(_, s)| (s.status, s.error.clone()))
+            .collect();
+        let moved = statuses != self.statuses;
+        self.statuses = statuses;
+        for (d, (name, state)) in all.iter().enumerate() {
+            devices.push(DeviceView::from(&state.summary(name)));
+            for (p, (property, reading)) in state.readings.iter().enumerate() {
+                let now = (reading.ts, reading.quality);
+                if self.sent.get(&(d, p)) == Some(&now) {
+                    continue;
+                }
+                self.sent.insert((d, p), now);
+                readings.push(ChangedReading {
+                    device: name.clone(),
+                    property: property.clone(),
+                    reading: ReadingView::new(reading, self.state.project.property(name, property)),
+                });
+            }
+        }
+        let moved = moved || !readings.is_empty();
+        (StreamUpdate { devices, readings }, moved)
+    }
+}

@@ -1,0 +1,175 @@
+"""The dashboard and the API documents, in a real headless Chromium (Debian's
+chromium and chromium-driver, driven by Selenium from PyPI), against
+`ferrite demo`:
+
+- /api/v1/openapi.json validates as OpenAPI 3.1 (openapi-spec-validator);
+- the Swagger UI at /api/docs/ shows every operation the document lists;
+- the dashboard at / shows every demo device online, its values change
+  live, sparklines draw, a write through the form reaches the device, a
+  value outside the model's limits is stopped by the form, and the page
+  fetches nothing from anywhere but the gateway and logs no error.
+
+Usage: dashboard_browser.py FERRITE [--chromium PATH] [--driver PATH]
+The demo's fixed ports (1883, 1884, 8090) must be free.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from openapi_spec_validator import validate
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import Checks, free_port, http  # noqa: E402
+
+DEMO_DEVICES = {"boiler-1", "meter-1", "line-1", "env-1", "tank-1"}
+
+
+def until(predicate, seconds, step=0.2):
+    """Calls `predicate` until it returns something truthy, or time is up."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            result = predicate()
+        except WebDriverException:
+            result = None
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(step)
+
+
+def browser(chromium, driver_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    return driver
+
+
+def cell(driver, device, prop):
+    return driver.find_element(By.CSS_SELECTOR, f'article[data-device="{device}"] tr[data-property="{prop}"]')
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("ferrite")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--driver", default="/usr/bin/chromedriver")
+    args = parser.parse_args()
+    checks = Checks()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    work = Path(tempfile.mkdtemp(prefix="ferrite-dashboard-"))
+    log = open(work / "ferrite.log", "w")
+    gateway = subprocess.Popen([args.ferrite, "demo", "--listen", f"127.0.0.1:{port}", "--data-dir", str(work / "data")], stderr=log, stdout=log)
+    driver = None
+    try:
+        serving = until(lambda: http("GET", f"{base}/api/v1/devices")[0] == 200, 60)
+        checks.check("ferrite demo serves", serving, (work / "ferrite.log").read_text()[-2000:])
+        if not serving:
+            return checks
+
+        # The OpenAPI document.
+        with urllib.request.urlopen(f"{base}/api/v1/openapi.json", timeout=10) as res:
+            doc = json.loads(res.read())
+        try:
+            validate(doc)
+            checks.check("openapi.json validates (openapi-spec-validator)", True)
+        except Exception as e:  # noqa: BLE001 - report whatever the validator says
+            checks.check("openapi.json validates (openapi-spec-validator)", False, e)
+        operations = sum(1 for item in doc["paths"].values() for m in item if m in ("get", "put", "post", "delete", "patch"))
+
+        driver = browser(args.chromium, args.driver)
+
+        # Swagger UI, served from the binary.
+        driver.get(f"{base}/api/docs/")
+        shown = until(lambda: len(driver.find_elements(By.CSS_SELECTOR, ".opblock")) == operations, 20)
+        checks.check(f"Swagger UI lists all {operations} operations", shown, len(driver.find_elements(By.CSS_SELECTOR, ".opblock")))
+
+        # The dashboard.
+        driver.get(f"{base}/")
+        cards = lambda: {c.get_attribute("data-device") for c in driver.find_elements(By.CSS_SELECTOR, "article.device")}  # noqa: E731
+        checks.check("the dashboard shows every demo device", until(lambda: cards() == DEMO_DEVICES, 20), cards())
+        online = lambda: {c.get_attribute("data-device") for c in driver.find_elements(By.CSS_SELECTOR, 'article.device[data-status="online"]')}  # noqa: E731
+        checks.check("each shows online", until(lambda: online() == DEMO_DEVICES, 30), online())
+
+        values = lambda: {  # noqa: E731
+            (c.get_attribute("data-device"), r.get_attribute("data-property")): r.find_element(By.CSS_SELECTOR, "td.value").text
+            for c in driver.find_elements(By.CSS_SELECTOR, "article.device")
+            for r in c.find_elements(By.CSS_SELECTOR, "tr[data-property]")
+        }
+        first = until(lambda: (v := values()) and all(x != "—" for k, x in v.items() if k == ("boiler-1", "temperature")) and v, 20) or {}
+        moved = until(lambda: [k for k, x in values().items() if first.get(k) not in (None, x)], 20)
+        checks.check("live values change without a reload", bool(moved), first)
+        shown = cell(driver, "boiler-1", "temperature").find_element(By.CSS_SELECTOR, "td.value").text
+        status, api = http("GET", f"{base}/api/v1/devices/boiler-1/properties/temperature")
+        checks.check("a shown value is one the API served", status == 200 and shown not in ("", "—"), (shown, api))
+
+        spark = lambda: len((cell(driver, "boiler-1", "temperature").find_element(By.CSS_SELECTOR, "polyline").get_attribute("points") or "").split())  # noqa: E731
+        checks.check("the sparkline draws recent history", until(lambda: spark() >= 3, 20), "no polyline")
+
+        # A write through the form.
+        row = cell(driver, "boiler-1", "setpoint")
+        field = row.find_element(By.CSS_SELECTOR, "form.write input")
+        checks.check("the form carries the model's limits", (field.get_attribute("min"), field.get_attribute("max")) == ("20", "90"), (field.get_attribute("min"), field.get_attribute("max")))
+        field.clear()
+        field.send_keys("55.5")
+        row.find_element(By.CSS_SELECTOR, "form.write button").click()
+        said = until(lambda: row.find_element(By.CSS_SELECTOR, "form.write output").text in ("written", "sent") and row.find_element(By.CSS_SELECTOR, "form.write output").text, 15)
+        checks.check("a write through the form is confirmed", said == "written", row.find_element(By.CSS_SELECTOR, "form.write output").text)
+        status, body = http("GET", f"{base}/api/v1/devices/boiler-1/properties/setpoint")
+        checks.check("the device has the value (REST)", status == 200 and body["value"] == 55.5, body)
+        checks.check("the dashboard shows it", until(lambda: cell(driver, "boiler-1", "setpoint").find_element(By.CSS_SELECTOR, "td.value").text == "55.5", 10), cell(driver, "boiler-1", "setpoint").text)
+        status, audit = http("GET", f"{base}/api/v1/audit?device=boiler-1&limit=1")
+        checks.check("the audit log has it", status == 200 and audit and audit[0]["new"] == 55.5, audit)
+
+        # Outside the limits: the form does not send it.
+        field.clear()
+        field.send_keys("95")
+        row.find_element(By.CSS_SELECTOR, "form.write button").click()
+        overflow = driver.execute_script("return arguments[0].validity.rangeOverflow", field)
+        time.sleep(1)
+        status, body = http("GET", f"{base}/api/v1/devices/boiler-1/properties/setpoint")
+        checks.check("a value above max is stopped by the form", overflow and body["value"] == 55.5, (overflow, body))
+
+        # Rules, events, sync.
+        rules = until(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#rules tr[data-rule]")) == 3, 15)
+        checks.check("the rules show with their state", rules, driver.find_element(By.ID, "rules").text)
+        synced = until(lambda: "yes" in driver.find_element(By.ID, "sync").text, 20)
+        checks.check("the sync panel shows the control plane connected", synced, driver.find_element(By.ID, "sync").text)
+        checks.check("the events list is there", until(lambda: driver.find_elements(By.CSS_SELECTOR, "#events li"), 10), "")
+
+        # Nothing from elsewhere, no errors.
+        resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        foreign = [r for r in resources if not r.startswith(base)]
+        checks.check("the page fetched nothing from outside the gateway", resources and not foreign, foreign)
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        checks.check("the browser console shows no error", not errors, errors)
+    finally:
+        if driver is not None:
+            driver.quit()
+        gateway.terminate()
+        try:
+            code = gateway.wait(timeout=10)
+            checks.check("ferrite stops cleanly on SIGTERM", code == 0, f"exit {code}")
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            checks.check("ferrite stops cleanly on SIGTERM", False, "still running after 10 s")
+    return checks
+
+
+if __name__ == "__main__":
+    result = main()
+    print(f"\n{result.passed} passed, {result.failed} failed")
+    sys.exit(1 if result.failed else 0)
