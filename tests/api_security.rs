@@ -98,8 +98,24 @@ async fn tokens_and_roles_gate_every_call() {
         .await
         .expect("GET");
     assert_eq!(basic.status().as_u16(), 401, "only Bearer is accepted");
-    // The liveness probe stays open.
+    // The probes stay open, and so do the dashboard's files and the API
+    // documents (they hold no data); the data they show needs a token.
     assert_eq!(anonymous.get("/healthz").await.0, 200);
+    assert_eq!(anonymous.get("/readyz").await.0, 200);
+    for open in [
+        "/",
+        "/dashboard/app.js",
+        "/api/v1/openapi.json",
+        "/api/docs/",
+    ] {
+        let res = reqwest::get(format!("{}{open}", anonymous.base))
+            .await
+            .expect("GET");
+        assert_eq!(res.status().as_u16(), 200, "{open}");
+    }
+    for guarded in ["/api/v1/stream", "/api/v1/models", "/metrics"] {
+        assert_eq!(anonymous.get(guarded).await.0, 401, "{guarded}");
+    }
 
     // read: GETs only.
     assert_eq!(viewer.get("/api/v1/devices").await.0, 200);

@@ -279,6 +279,34 @@ async fn the_live_stream_sends_changes_and_readiness_answers() {
 }
 
 #[tokio::test]
+async fn the_dashboard_is_served_from_the_binary_and_only_from_it() {
+    let files = Files::new();
+    let gw = files.start().await;
+    let base = format!("http://{}", gw.addr);
+    let page = reqwest::get(format!("{base}/")).await.expect("GET /");
+    assert_eq!(page.status().as_u16(), 200);
+    let policy = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(policy.starts_with("default-src 'self'"), "{policy}");
+    let html = page.text().await.expect("html");
+    for asset in ["/dashboard/app.js", "/dashboard/style.css"] {
+        assert!(html.contains(asset), "the page loads {asset}");
+        let res = reqwest::get(format!("{base}{asset}")).await.expect("asset");
+        assert_eq!(res.status().as_u16(), 200, "{asset}");
+        assert!(!res.text().await.expect("text").is_empty());
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing from elsewhere"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn json_logs_are_one_object_per_line() {
     let files = Files::new();
     let binary = env!("CARGO_BIN_EXE_ferrite");
