@@ -130,15 +130,18 @@ pub async fn run(
     writeln!(
         out,
         "\nFerrite demo is running. Data: {}\n\n  \
+         dashboard    {base}/\n  \
+         API docs     {base}/api/docs/\n  \
          devices      {base}/api/v1/devices\n  \
          one device   {base}/api/v1/devices/boiler-1\n  \
          history      {base}/api/v1/devices/boiler-1/properties/temperature/history\n  \
          rules        {base}/api/v1/rules\n  \
          events       {base}/api/v1/events\n  \
          audit log    {base}/api/v1/audit\n  \
-         health       {base}/healthz\n  \
+         health       {base}/healthz and {base}/readyz\n  \
          metrics      {base}/metrics\n  \
-         sync state   {base}/api/v1/sync\n\n\
+         sync state   {base}/api/v1/sync\n  \
+         live values  curl -N {base}/api/v1/stream\n\n\
          The control plane (ferrite-cloud, in-process; the gateway syncs to it over MQTT {broker}):\n  \
          gateways     {cloud_base}/gateways\n  \
          twin         {cloud_base}/gateways/demo/devices/boiler-1\n  \

@@ -13,6 +13,7 @@ Usage: dashboard_browser.py FERRITE [--chromium PATH] [--driver PATH]
 The demo's fixed ports (1883, 1884, 8090) must be free.
 """
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Checks, free_port, http  # noqa: E402
+from common import Checks, free_port, http, stop_ferrite  # noqa: E402
 
 DEMO_DEVICES = {"boiler-1", "meter-1", "line-1", "env-1", "tank-1"}
 
@@ -59,6 +60,37 @@ def browser(chromium, driver_path):
 
 def cell(driver, device, prop):
     return driver.find_element(By.CSS_SELECTOR, f'article[data-device="{device}"] tr[data-property="{prop}"]')
+
+
+def token_phase(driver, ferrite, checks):
+    """A gateway with [[api.tokens]]: the page asks for a token, and with it
+    shows the gateway's status."""
+    token = "dashboard-test-token"
+    work = Path(tempfile.mkdtemp(prefix="ferrite-dashboard-token-"))
+    for sub in ("models", "devices", "rules"):
+        (work / sub).mkdir()
+    (work / "ferrite.toml").write_text(
+        '[gateway]\nid = "guarded"\ndata_dir = "data"\n'
+        f'[[api.tokens]]\nname = "viewer"\nrole = "read"\ntoken_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+    )
+    port = free_port()
+    gateway = subprocess.Popen([ferrite, "run", "--config", str(work / "ferrite.toml"), "--listen", f"127.0.0.1:{port}"],
+                               stderr=open(work / "ferrite.log", "w"))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        until(lambda: http("GET", f"{base}/readyz")[0] == 200, 20)
+        driver.get(f"{base}/")
+        form = until(lambda: driver.find_element(By.ID, "token-form").is_displayed(), 10)
+        checks.check("with API tokens, the page asks for one", form, "no token form")
+        driver.find_element(By.ID, "token").send_keys(token)
+        driver.find_element(By.CSS_SELECTOR, "#token-form button").click()
+        shown = until(lambda: "guarded" in driver.find_element(By.ID, "gateway-id").text
+                      and "0/0 devices online" in driver.find_element(By.ID, "status-line").text, 15)
+        checks.check("with the token, it shows the gateway", shown, driver.find_element(By.CLASS_NAME, "bar").text)
+        live = until(lambda: driver.find_element(By.ID, "live").text == "live", 15)
+        checks.check("and its live stream is open (the token in a header)", live, driver.find_element(By.ID, "live").text)
+    finally:
+        stop_ferrite(gateway, checks)
 
 
 def main():
@@ -119,6 +151,17 @@ def main():
         spark = lambda: len((cell(driver, "boiler-1", "temperature").find_element(By.CSS_SELECTOR, "polyline").get_attribute("points") or "").split())  # noqa: E731
         checks.check("the sparkline draws recent history", until(lambda: spark() >= 3, 20), "no polyline")
 
+        # Rules. boiler-overheat holds the setpoint while the simulated
+        # boiler is hot (from about 20 s after start): disable it from the
+        # page, which releases the hold, so that the write below is ours.
+        rules = until(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#rules tr[data-rule]")) == 3, 15)
+        checks.check("the rules show with their state", rules, driver.find_element(By.ID, "rules").text)
+        driver.find_element(By.CSS_SELECTOR, '#rules tr[data-rule="boiler-overheat"] button').click()
+        disabled = until(lambda: http("GET", f"{base}/api/v1/rules/boiler-overheat")[1]["enabled"] is False, 10)
+        checks.check("a rule disabled from the page is disabled", disabled, http("GET", f"{base}/api/v1/rules/boiler-overheat"))
+        shows = until(lambda: "disabled" in driver.find_element(By.CSS_SELECTOR, '#rules tr[data-rule="boiler-overheat"]').text, 10)
+        checks.check("and the page shows it", shows, driver.find_element(By.ID, "rules").text)
+
         # A write through the form.
         row = cell(driver, "boiler-1", "setpoint")
         field = row.find_element(By.CSS_SELECTOR, "form.write input")
@@ -143,9 +186,7 @@ def main():
         status, body = http("GET", f"{base}/api/v1/devices/boiler-1/properties/setpoint")
         checks.check("a value above max is stopped by the form", overflow and body["value"] == 55.5, (overflow, body))
 
-        # Rules, events, sync.
-        rules = until(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#rules tr[data-rule]")) == 3, 15)
-        checks.check("the rules show with their state", rules, driver.find_element(By.ID, "rules").text)
+        # Events, sync.
         synced = until(lambda: "yes" in driver.find_element(By.ID, "sync").text, 20)
         checks.check("the sync panel shows the control plane connected", synced, driver.find_element(By.ID, "sync").text)
         checks.check("the events list is there", until(lambda: driver.find_elements(By.CSS_SELECTOR, "#events li"), 10), "")
@@ -156,16 +197,12 @@ def main():
         checks.check("the page fetched nothing from outside the gateway", resources and not foreign, foreign)
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         checks.check("the browser console shows no error", not errors, errors)
+
+        token_phase(driver, args.ferrite, checks)
     finally:
         if driver is not None:
             driver.quit()
-        gateway.terminate()
-        try:
-            code = gateway.wait(timeout=10)
-            checks.check("ferrite stops cleanly on SIGTERM", code == 0, f"exit {code}")
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-            checks.check("ferrite stops cleanly on SIGTERM", False, "still running after 10 s")
+        stop_ferrite(gateway, checks)
     return checks
 
 

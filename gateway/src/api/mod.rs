@@ -1,11 +1,20 @@
-//! The REST API, on axum, exactly as CONTRACT.md lists it.
+//! The REST API, on axum: CONTRACT.md's routes and the additions docs/gateway.md lists.
 //!
 //! - `error`: the error JSON and the status each failure maps to.
 //! - `auth`: bearer tokens and roles (401/403) from `[[api.tokens]]`.
 //! - `serve`: HTTP or HTTPS, the connection limit and header timeouts.
 //! - `devices`: devices, properties, writes and history.
+//! - `models`: the device models as loaded.
 //! - `rules`: rules (state, enable, disable, replace, delete), events and
 //!   the audit log.
+//! - `stream`: live values as server-sent events.
+//! - `observe`: `/metrics`, `/healthz`, `/readyz`, and the layer that counts
+//!   requests.
+//! - `dashboard`: the browser dashboard at `/`, embedded.
+//!
+//! [`documented`] builds the routes and the OpenAPI document together
+//! (utoipa-axum), so every route is documented; Swagger UI serves the
+//! document at `/api/docs/`.
 //!
 //! Requests are bounded: bodies to 64 KiB, handling to `request_timeout`
 //! (30 s; a write waits for the device, whose own timeout is shorter).
