@@ -162,13 +162,13 @@ impl Live {
         self.version.subscribe()
     }
 
-    /// Every device's name and state, in project order.
-    pub fn all(&self) -> Vec<(String, DeviceState)> {
-        self.names
-            .iter()
-            .cloned()
-            .zip(self.read().iter().cloned())
-            .collect()
+    /// Calls `visit` with every device's name and state, in project order,
+    /// under the read lock (nothing is copied; keep `visit` short).
+    pub fn for_each(&self, mut visit: impl FnMut(&str, &DeviceState)) {
+        let devices = self.read();
+        for (name, state) in self.names.iter().zip(devices.iter()) {
+            visit(name, state);
+        }
     }
 
     /// A device's index, as [`Update::device`] carries it.

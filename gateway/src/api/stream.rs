@@ -105,30 +105,29 @@ impl Cursor {
     /// Every status, and the readings not yet sent as they are now; and
     /// whether anything moved since the last event.
     fn collect(&mut self) -> (StreamUpdate, bool) {
-        let all = self.state.live.all();
-        let mut devices = Vec::with_capacity(all.len());
+        let mut devices = Vec::new();
         let mut readings = Vec::new();
-        let statuses: Vec<(Status, Option<String>)> = all
-            .iter()
-            .map(|(_, s)| (s.status, s.error.clone()))
-            .collect();
-        let moved = statuses != self.statuses;
-        self.statuses = statuses;
-        for (d, (name, state)) in all.iter().enumerate() {
+        let mut statuses = Vec::new();
+        let (sent, project) = (&mut self.sent, &self.state.project);
+        self.state.live.for_each(|name, state| {
+            let d = devices.len();
+            statuses.push((state.status, state.error.clone()));
             devices.push(DeviceView::from(&state.summary(name)));
             for (p, (property, reading)) in state.readings.iter().enumerate() {
                 let now = (reading.ts, reading.quality);
-                if self.sent.get(&(d, p)) == Some(&now) {
+                if sent.get(&(d, p)) == Some(&now) {
                     continue;
                 }
-                self.sent.insert((d, p), now);
+                sent.insert((d, p), now);
                 readings.push(ChangedReading {
-                    device: name.clone(),
+                    device: name.to_string(),
                     property: property.clone(),
-                    reading: ReadingView::new(reading, self.state.project.property(name, property)),
+                    reading: ReadingView::new(reading, project.property(name, property)),
                 });
             }
-        }
+        });
+        let moved = statuses != self.statuses;
+        self.statuses = statuses;
         let moved = moved || !readings.is_empty();
         (StreamUpdate { devices, readings }, moved)
     }

@@ -188,12 +188,30 @@ function deviceCard(view) {
       el('td', { class: 'spark-cell' }, spark),
       el('td', { class: 'form-cell' }, writable ? writeForm(view.id, name, property) : ''));
     table.append(row);
-    rows.set(name, { row, value: row.querySelector('td.value'), spark });
-    loadHistory(view.id, name, spark);
+    rows.set(name, { row, value: row.querySelector('td.value'), spark, type: property.type });
   }
   card.append(table);
-  return { card, badge, error: card.querySelector('.error'), rows };
+  const entry = { card, badge, error: card.querySelector('.error'), rows };
+  historyWhenSeen.observe(card);
+  card.ferrite = entry;
+  return entry;
 }
+
+// History for sparklines is fetched once per card, when the card first
+// scrolls into view: a gateway with a thousand devices is not asked for a
+// hundred thousand histories at page load.
+const historyWhenSeen = new IntersectionObserver((seen, observer) => {
+  for (const s of seen) {
+    if (!s.isIntersecting) continue;
+    observer.unobserve(s.target);
+    const entry = s.target.ferrite;
+    for (const [name, cell] of entry.rows) {
+      if (cell.type === 'int' || cell.type === 'float' || cell.type === 'bool') {
+        loadHistory(s.target.dataset.device, name, cell.spark);
+      }
+    }
+  }
+});
 
 async function loadHistory(device, property, spark) {
   const since = new Date(Date.now() - HISTORY_WINDOW_MS).toISOString();
