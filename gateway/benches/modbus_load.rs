@@ -6,6 +6,8 @@
 //! # smaller or larger: DEVICES=200 REGISTERS=50 SECONDS=10 cargo bench ...
 //! # with a [cloud] section (every stored change also goes to the outbox):
 //! CLOUD=1 cargo bench -p ferrite-gateway --bench modbus_load
+//! # with N dashboards open (clients of the live stream, /api/v1/stream):
+//! STREAM_CLIENTS=5 cargo bench -p ferrite-gateway --bench modbus_load
 //! ```
 //!
 //! Setup: DEVICES devices × REGISTERS u16 holding registers, polled every
@@ -116,6 +118,12 @@ async fn main() {
     wait_online(&client, &base, devices).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    // Live-stream clients (dashboards), reading for the whole window.
+    let stream_clients = env("STREAM_CLIENTS", 0);
+    let streams: Vec<_> = (0..stream_clients)
+        .map(|_| tokio::spawn(read_stream(client.clone(), base.clone(), seconds as u64)))
+        .collect();
+
     // The measured window, with writes going through.
     let samples0 = metric(&client, &base, "ferrite_samples_total").await;
     let changes0 = metric(&client, &base, "ferrite_changes_stored_total").await;
@@ -150,6 +158,17 @@ async fn main() {
         percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
         latencies.len()
     );
+
+    for stream in streams {
+        if let Ok((events, bytes, first)) = stream.await {
+            println!(
+                "live stream client      {:.1} events/s, {:.0} KiB/s (first event {} KiB)",
+                events as f64 / elapsed,
+                bytes as f64 / 1024.0 / elapsed,
+                first / 1024
+            );
+        }
+    }
 
     stop_gateway(&mut child);
     animator.abort();
@@ -210,4 +229,28 @@ async fn main() {
     for sim in sims {
         sim.stop().await;
     }
+}
+
+/// Reads `/api/v1/stream` for `seconds`: events and bytes received, and the
+/// size of the first event (every reading).
+async fn read_stream(client: reqwest::Client, base: String, seconds: u64) -> (u64, u64, usize) {
+    let (mut events, mut bytes, mut first) = (0u64, 0u64, 0usize);
+    let Ok(mut res) = client.get(format!("{base}/api/v1/stream")).send().await else {
+        return (0, 0, 0);
+    };
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut pending = 0usize;
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(until.into(), res.chunk()).await {
+        bytes += chunk.len() as u64;
+        pending += chunk.len();
+        let ends = chunk.windows(2).filter(|w| w == b"\n\n").count() as u64;
+        if ends > 0 {
+            if events == 0 {
+                first = pending;
+            }
+            events += ends;
+            pending = 0;
+        }
+    }
+    (events, bytes, first)
 }

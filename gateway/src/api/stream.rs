@@ -1,13 +1,12 @@
 //! `GET /api/v1/stream`: live values as server-sent events, for the
 //! dashboard and for any client that would rather not poll.
 //!
-//! Each event (`update`) carries every device's status and the readings
-//! that changed since the last event this client got; the first carries
-//! them all. Events are at most [`PACE`] apart while values move; a comment
+//! Each event (`update`) carries the device statuses and the readings whose
+//! value or quality changed since the last event this client got; the first
+//! carries them all. Events are at most [`PACE`] apart while values move; a comment
 //! keeps the connection alive otherwise. The stream ends when the gateway
 //! stops.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::devices::{DeviceView, ReadingView};
 use crate::live::{Quality, Status};
-use crate::time::Micros;
+use ferrite_models::Value;
 
 /// Shortest time between two events to one client.
 pub const PACE: Duration = Duration::from_millis(250);
@@ -28,9 +27,9 @@ pub const PACE: Duration = Duration::from_millis(250);
 /// One event of the stream.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StreamUpdate {
-    /// Every device's status.
+    /// The devices whose status or error changed (all, in the first event).
     pub devices: Vec<DeviceView>,
-    /// Readings that changed since the previous event.
+    /// Readings whose value or quality changed since the previous event.
     pub readings: Vec<ChangedReading>,
 }
 
@@ -57,7 +56,7 @@ pub async fn values(
     let start = Cursor {
         state,
         changes,
-        sent: HashMap::new(),
+        sent: Vec::new(),
         statuses: Vec::new(),
         first: true,
     };
@@ -72,7 +71,9 @@ pub async fn values(
 struct Cursor {
     state: AppState,
     changes: tokio::sync::watch::Receiver<u64>,
-    sent: HashMap<(usize, usize), (Option<Micros>, Quality)>,
+    /// Per device, per property: the value and quality last sent.
+    sent: Vec<Vec<(Option<Value>, Quality)>>,
+    /// Per device: the status and error last sent.
     statuses: Vec<(Status, Option<String>)>,
     first: bool,
 }
@@ -102,33 +103,44 @@ impl Cursor {
         }
     }
 
-    /// Every status, and the readings not yet sent as they are now; and
-    /// whether anything moved since the last event.
+    /// The statuses and readings whose value or quality moved since this
+    /// client's last event (all of them the first time), and whether
+    /// anything did. A reading polled again with the same value is not sent:
+    /// its timestamp alone does not make an event.
     fn collect(&mut self) -> (StreamUpdate, bool) {
         let mut devices = Vec::new();
         let mut readings = Vec::new();
-        let mut statuses = Vec::new();
-        let (sent, project) = (&mut self.sent, &self.state.project);
+        let (sent, statuses, project) = (&mut self.sent, &mut self.statuses, &self.state.project);
+        let mut d = 0;
         self.state.live.for_each(|name, state| {
-            let d = devices.len();
-            statuses.push((state.status, state.error.clone()));
-            devices.push(DeviceView::from(&state.summary(name)));
-            for (p, (property, reading)) in state.readings.iter().enumerate() {
-                let now = (reading.ts, reading.quality);
-                if sent.get(&(d, p)) == Some(&now) {
-                    continue;
+            let status = (state.status, state.error.clone());
+            if statuses.get(d) != Some(&status) {
+                devices.push(DeviceView::from(&state.summary(name)));
+                match statuses.get_mut(d) {
+                    Some(known) => *known = status,
+                    None => statuses.push(status),
                 }
-                sent.insert((d, p), now);
+            }
+            if sent.len() <= d {
+                sent.push(Vec::new());
+            }
+            let known = &mut sent[d];
+            for (p, (property, reading)) in state.readings.iter().enumerate() {
+                let now = (reading.value.clone(), reading.quality);
+                match known.get_mut(p) {
+                    Some(before) if *before == now => continue,
+                    Some(before) => *before = now,
+                    None => known.push(now),
+                }
                 readings.push(ChangedReading {
                     device: name.to_string(),
                     property: property.clone(),
                     reading: ReadingView::new(reading, project.property(name, property)),
                 });
             }
+            d += 1;
         });
-        let moved = statuses != self.statuses;
-        self.statuses = statuses;
-        let moved = moved || !readings.is_empty();
+        let moved = !devices.is_empty() || !readings.is_empty();
         (StreamUpdate { devices, readings }, moved)
     }
 }
