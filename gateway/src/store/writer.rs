@@ -272,18 +272,12 @@ impl Writer {
             let Some(device) = self.devices.get_mut(update.device) else {
                 continue;
             };
-            if let Some(values) = &device.values {
-                let good = update
-                    .samples
-                    .iter()
-                    .filter(|(_, s)| matches!(s, Sample::Good(_)))
-                    .count();
-                values.inc_by(good as u64);
-            }
+            let mut good = 0;
             for (property, sample) in &update.samples {
                 let Sample::Good(value) = sample else {
                     continue;
                 };
+                good += 1;
                 let Some(track) = device.properties.get_mut(usize::from(*property)) else {
                     continue;
                 };
@@ -302,6 +296,9 @@ impl Writer {
                     });
                     track.last = Some(value.clone());
                 }
+            }
+            if let Some(values) = &device.values {
+                values.inc_by(good);
             }
         }
         changes

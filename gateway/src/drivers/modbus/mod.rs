@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_models::codec::{self, Encoded};
-use ferrite_models::device::Coalesce;
+use ferrite_models::device::{Coalesce, Protocol};
 use ferrite_models::model::{ModbusBinding, ValueType};
 use ferrite_models::{Project, Value};
 use tokio::sync::mpsc;
@@ -126,10 +126,10 @@ impl Driver for ModbusDriver {
                 })
                 .clone();
             let protocol = match device.link {
-                LinkKey::Tcp { .. } => "modbus-tcp",
-                LinkKey::Rtu { .. } => "modbus-rtu",
+                LinkKey::Tcp { .. } => Protocol::ModbusTcp,
+                LinkKey::Rtu { .. } => Protocol::ModbusRtu,
             };
-            let meter = ctx.metrics.device(&device.name, protocol);
+            let meter = ctx.metrics.device(&device.name, protocol.key());
             let device = Arc::new(device);
             ctx.tasks.spawn(poll_loop(
                 device.clone(),

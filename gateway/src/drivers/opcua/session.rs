@@ -278,7 +278,10 @@ impl Running<'_> {
         let mut tick = tokio::time::interval(device.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let polling = device.settings.mode == ferrite_models::device::OpcuaMode::Poll;
-        let meter = self.ctx.metrics.device(&device.name, "opcua");
+        let meter = self
+            .ctx
+            .metrics
+            .device(&device.name, ferrite_models::device::Protocol::Opcua.key());
         loop {
             if !stable && since.elapsed() >= STABLE {
                 stable = true;
