@@ -28,8 +28,15 @@ use crate::time::Micros;
 ///
 /// After a failed commit (a full disk, say) sled keeps failing: it remembers
 /// the I/O error. So the store then drops its handles and reopens the
-/// database on the next commit, which recovers everything flushed so far;
+/// database on the next write, which recovers everything flushed so far;
 /// the writer retries the failed batch, so nothing is lost.
+///
+/// Part of a failed commit may have reached the disk, and a reopen makes it
+/// visible. Whoever reopens (often the journal, before the writer's retry)
+/// therefore first finishes that commit, under the same lock: otherwise the
+/// uplink could send and trim the half that was there, and the retry, no
+/// longer finding it, would put it into the outbox a second time (the fault
+/// campaign's "1 doubled").
 pub struct SledStore {
     dir: PathBuf,
     cache_bytes: u64,
@@ -37,8 +44,8 @@ pub struct SledStore {
     outbox_budget: Option<u64>,
     /// Outbox entries dropped over the budget, since start.
     outbox_dropped: std::sync::atomic::AtomicU64,
-    /// Whether the last commit failed (so the next one is its retry).
-    commit_failed: std::sync::atomic::AtomicBool,
+    /// The last commit, if it failed (see [`Unfinished`]).
+    unfinished: std::sync::Mutex<Unfinished>,
     /// The same for appends to the events and the audit log.
     append_failed: [std::sync::atomic::AtomicBool; 2],
     /// Held for writing from the first insert to the fsync, and for reading
@@ -87,7 +94,7 @@ impl SledStore {
             cache_bytes,
             outbox_budget,
             outbox_dropped: std::sync::atomic::AtomicU64::new(0),
-            commit_failed: std::sync::atomic::AtomicBool::new(false),
+            unfinished: std::sync::Mutex::new(Unfinished::None),
             append_failed: Default::default(),
             inner: RwLock::new(Some(inner)),
         })
@@ -102,20 +109,41 @@ impl SledStore {
     }
 }
 
+/// A commit that failed, until its changes are stored.
+#[derive(Debug, Default, PartialEq)]
+enum Unfinished {
+    /// The last commit succeeded.
+    #[default]
+    None,
+    /// These changes failed to commit; some may be on disk.
+    Failed(Vec<Change>),
+    /// A reopen stored them before the writer retried: the retry has
+    /// nothing left to do.
+    Finished(Vec<Change>),
+}
+
 impl SledStore {
-    /// Runs a write, reopening the database first if the last write failed,
-    /// and dropping it after a failure: sled would repeat that error forever.
+    /// Runs a write, reopening the database first if the last write failed
+    /// (and finishing a failed commit before anything else), and dropping it
+    /// after a failure: sled would repeat that error forever.
     fn with_writable<T>(
         &self,
         write: impl FnOnce(&mut Inner) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut guard = self.write();
         if guard.is_none() {
-            *guard = Some(Inner::open(
-                &self.dir,
-                self.cache_bytes,
-                self.outbox_budget,
-            )?);
+            let mut inner = Inner::open(&self.dir, self.cache_bytes, self.outbox_budget)?;
+            let mut unfinished = self.unfinished();
+            if let Unfinished::Failed(changes) = std::mem::take(&mut *unfinished) {
+                // On error `inner` goes unused: the next write reopens again.
+                if let Err(e) = inner.commit(&changes, true) {
+                    *unfinished = Unfinished::Failed(changes);
+                    return Err(e);
+                }
+                *unfinished = Unfinished::Finished(changes);
+            }
+            drop(unfinished);
+            *guard = Some(inner);
             tracing::info!("the store reopened after a failure");
         }
         let inner = guard.as_mut().ok_or_else(reopening)?;
@@ -128,6 +156,12 @@ impl SledStore {
             *guard = None;
         }
         result
+    }
+
+    fn unfinished(&self) -> std::sync::MutexGuard<'_, Unfinished> {
+        self.unfinished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -372,9 +406,23 @@ fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
 impl Store for SledStore {
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
         // After a failed commit, the writer's next one retries the same
-        // changes (the writer is the only one that commits).
-        retrying(&self.commit_failed, |retry| {
-            self.with_writable(|inner| inner.commit(changes, retry))
+        // changes (the writer is the only one that commits); the reopen in
+        // `with_writable` stores them, and the retry itself then does
+        // nothing. Any other commit is new.
+        // A failure is recorded before the lock is released, so that no
+        // other write can reopen the store without finishing this commit.
+        self.with_writable(|inner| {
+            let mut unfinished = self.unfinished();
+            if matches!(&*unfinished, Unfinished::Finished(done) if done == changes) {
+                *unfinished = Unfinished::None;
+                return Ok(());
+            }
+            let result = inner.commit(changes, false);
+            *unfinished = match result {
+                Ok(()) => Unfinished::None,
+                Err(_) => Unfinished::Failed(changes.to_vec()),
+            };
+            result
         })
     }
 
@@ -607,6 +655,49 @@ mod tests {
         }
     }
 
+    /// As if a commit of `batch` had reached the disk and then failed (a
+    /// full disk at its flush): what `commit` leaves behind on a failure.
+    fn failed_after_reaching_the_disk(
+        store: &SledStore,
+        batch: &[Change],
+    ) -> Result<(), StoreError> {
+        let mut guard = store.write();
+        guard.as_mut().ok_or_else(reopening)?.commit(batch, false)?;
+        *store.unfinished() = Unfinished::Failed(batch.to_vec());
+        *guard = None;
+        Ok(())
+    }
+
+    #[test]
+    fn a_commit_half_done_is_finished_by_whoever_reopens_and_never_sent_twice()
+    -> Result<(), StoreError> {
+        use ferrite_sync::outbox::OutboxAccess;
+        let io = |e: ferrite_sync::outbox::OutboxError| StoreError::Io(e.to_string());
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open_with(dir.path(), 1 << 20, Some(1 << 20))?;
+        let batch = [
+            change("d", "n", 2_000, Value::Int(2)),
+            change("d", "m", 2_000, Value::Float(0.5)),
+        ];
+        failed_after_reaching_the_disk(&store, &batch)?;
+        // The journal writes first (a `store_failing` event), which reopens
+        // the store; then the uplink sends what it finds, and the control
+        // plane acknowledges it.
+        store.append(Log::Events, &[(1, b"store_failing".to_vec())])?;
+        let sent = OutboxAccess::read(&store, 1, 10).map_err(io)?;
+        assert_eq!(sent.len(), 2, "the reopen finished the commit");
+        OutboxAccess::acknowledge(&store, 2).map_err(io)?;
+        // Only now does the writer's retry come.
+        store.commit(&batch)?;
+        assert_eq!(store.last().map_err(io)?, 2, "nothing appended again");
+        assert!(OutboxAccess::read(&store, 1, 10).map_err(io)?.is_empty());
+        assert_eq!(store.history("d", "n", 0, i64::MAX, 10)?.len(), 1);
+        // The next commit, even of equal changes, is new.
+        store.commit(&batch)?;
+        assert_eq!(store.last().map_err(io)?, 4);
+        Ok(())
+    }
+
     #[test]
     fn a_retried_commit_does_not_put_its_changes_in_the_outbox_twice() -> Result<(), StoreError> {
         use ferrite_sync::outbox::OutboxAccess;
@@ -618,16 +709,8 @@ mod tests {
             change("d", "m", 2_000, Value::Float(0.5)),
         ];
         store.commit(&first)?;
-        // As if a commit of `batch` had reached the disk and then failed:
-        // the same changes are committed again, as the retry.
-        {
-            let mut guard = store.write();
-            let inner = guard.as_mut().ok_or_else(reopening)?;
-            inner.commit(&batch, false)?;
-        }
-        store
-            .commit_failed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        failed_after_reaching_the_disk(&store, &batch)?;
+        // The writer's retry: the same changes again.
         store.commit(&batch)?;
         assert_eq!(store.last().map_err(|e| StoreError::Io(e.to_string()))?, 3);
         let outbox =
