@@ -113,7 +113,7 @@ async fn throughput() {
         .keys()
         .map(|d| (d.clone(), Arc::new(Nowhere) as Arc<dyn DeviceWriter>))
         .collect();
-    let deps = Deps::standalone(project.clone(), store, writers, journal, Clock::system());
+    let deps = Deps::standalone((*project).clone(), store, writers, journal, Clock::system());
     let feed = deps.feed.clone();
     let sources = Source::all(&project);
     let engine = rules::start(deps, sources, root.join("rules"), &tasks, shutdown.clone());

@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use ferrite_models::Project;
 use ferrite_models::value::{Value, WriteCheckError, check_write};
 use serde_json::json;
 
 use crate::drivers::{DeviceWriter, DriverError, Written};
 use crate::journal::Journal;
 use crate::live::Live;
+use crate::running::Running;
 use crate::store::Log;
 
 /// Who asks for a write.
@@ -160,14 +160,55 @@ impl Holds {
     }
 }
 
+/// A writer per running device, changed as devices start and stop.
+#[derive(Default)]
+pub struct Writers {
+    map: RwLock<HashMap<String, Arc<dyn DeviceWriter>>>,
+}
+
+impl Writers {
+    /// The writer of `device`, if it runs.
+    pub fn get(&self, device: &str) -> Option<Arc<dyn DeviceWriter>> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(device)
+            .cloned()
+    }
+
+    /// `device` runs with `writer` from now on.
+    pub fn insert(&self, device: &str, writer: Arc<dyn DeviceWriter>) {
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(device.to_string(), writer);
+    }
+
+    /// `device` stopped.
+    pub fn remove(&self, device: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(device);
+    }
+}
+
+impl From<HashMap<String, Arc<dyn DeviceWriter>>> for Writers {
+    fn from(map: HashMap<String, Arc<dyn DeviceWriter>>) -> Self {
+        Writers {
+            map: RwLock::new(map),
+        }
+    }
+}
+
 /// The write path, shared by the API and the rules.
 pub struct Control {
-    /// The project, for models and limits.
-    pub project: Arc<Project>,
+    /// The running project, for models and limits.
+    pub running: Arc<Running>,
     /// Live readings, for the old value.
     pub live: Arc<Live>,
     /// A writer per device.
-    pub writers: Arc<HashMap<String, Arc<dyn DeviceWriter>>>,
+    pub writers: Arc<Writers>,
     /// What rules hold.
     pub holds: Arc<Holds>,
     /// Where the audit log goes.
@@ -184,10 +225,11 @@ impl Control {
         property: &str,
         json: &serde_json::Value,
     ) -> Result<(Value, Written), WriteError> {
-        if !self.project.devices.contains_key(device) {
+        let project = self.running.project();
+        if !project.devices.contains_key(device) {
             return Err(WriteError::NoDevice(device.into()));
         }
-        let Some(model_property) = self.project.property(device, property) else {
+        let Some(model_property) = project.property(device, property) else {
             return Err(WriteError::NoProperty {
                 device: device.into(),
                 property: property.into(),

@@ -55,10 +55,13 @@ pub mod control;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod drivers;
+pub mod fleet;
 pub mod journal;
 pub mod live;
 pub mod metrics;
+pub mod names;
 pub mod rules;
+pub mod running;
 pub mod runtime;
 pub mod service;
 pub mod store;

@@ -7,9 +7,10 @@
 use std::sync::{Arc, RwLock};
 
 use ferrite_models::{Project, Value};
-use indexmap::{IndexMap, IndexSet};
+use indexmap::IndexMap;
 use serde::Serialize;
 
+use crate::names::Names;
 use crate::time::Micros;
 
 /// How much a reading can be trusted.
@@ -106,55 +107,113 @@ pub enum Sample {
     Bad,
 }
 
-/// All devices' live state, indexed by the device's position in the
-/// project, so that the hot path (an update per poll) does no name lookups.
+/// All devices' live state, by device number ([`Names`]), so that the hot
+/// path (an update per poll) does no name lookups.
 #[derive(Debug)]
 pub struct Live {
-    /// Device names; a name's position is the device's index.
-    names: IndexSet<String>,
-    devices: RwLock<Vec<DeviceState>>,
+    names: Arc<Names>,
+    /// By device number; `None` for a number whose device is not configured
+    /// (any more).
+    devices: RwLock<Vec<Option<Entry>>>,
     /// Bumped after every applied update, for the live stream to wait on.
     version: tokio::sync::watch::Sender<u64>,
 }
 
+/// One configured device.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    state: DeviceState,
+    /// Property number → its position in `state.readings` (the model's
+    /// order); `None` for a number the model no longer has.
+    positions: Vec<Option<usize>>,
+}
+
 impl Live {
-    /// One entry per device of `project`, offline with no readings yet.
-    pub fn new(project: &Project) -> Arc<Self> {
-        let mut devices = Vec::with_capacity(project.devices.len());
-        for device in project.devices.values() {
-            let d = &device.value;
-            let readings = project
-                .models
-                .get(&d.model)
-                .map(|m| {
-                    m.value
-                        .properties
-                        .keys()
-                        .map(|p| {
-                            let empty = Reading {
-                                value: None,
-                                quality: Quality::Bad,
-                                ts: None,
-                            };
-                            (p.clone(), empty)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            devices.push(DeviceState {
-                model: d.model.clone(),
-                protocol: d.protocol().map_or("none", |p| p.key()),
-                status: Status::Offline,
-                last_seen: None,
-                error: Some("not polled yet".into()),
-                readings,
-            });
-        }
+    /// An empty view over `names`; devices come with [`Live::install`].
+    pub fn new(names: Arc<Names>) -> Arc<Self> {
         Arc::new(Live {
-            names: project.devices.keys().cloned().collect(),
-            devices: RwLock::new(devices),
+            names,
+            devices: RwLock::new(Vec::new()),
             version: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// A view with every device of `project`, offline with no readings yet.
+    pub fn of(project: &Project, names: Arc<Names>) -> Arc<Self> {
+        let live = Live::new(names);
+        for name in project.devices.keys() {
+            live.install(project, name);
+        }
+        live
+    }
+
+    /// The device numbers.
+    pub fn names(&self) -> &Arc<Names> {
+        &self.names
+    }
+
+    /// Shows `device` as `project` configures it. A new device starts
+    /// offline with no readings; a reconfigured one keeps its status and
+    /// the readings of the properties its model still has.
+    pub fn install(&self, project: &Project, device: &str) {
+        let Some(located) = project.devices.get(device) else {
+            return;
+        };
+        let layout = self.names.layout(project, device);
+        let d = &located.value;
+        let properties: Vec<&String> = project
+            .models
+            .get(&d.model)
+            .map(|m| m.value.properties.keys().collect())
+            .unwrap_or_default();
+        let mut devices = self.write();
+        if devices.len() <= layout.device {
+            devices.resize(layout.device + 1, None);
+        }
+        let old = devices[layout.device].take();
+        let mut readings = IndexMap::with_capacity(properties.len());
+        for p in &properties {
+            let kept = old.as_ref().and_then(|o| o.state.readings.get(*p)).cloned();
+            readings.insert((*p).clone(), kept.unwrap_or(EMPTY));
+        }
+        let mut positions = Vec::new();
+        for (position, number) in layout.properties.iter().enumerate() {
+            let n = usize::from(*number);
+            if positions.len() <= n {
+                positions.resize(n + 1, None);
+            }
+            positions[n] = Some(position);
+        }
+        let (status, last_seen, error) = match &old {
+            Some(o) => (o.state.status, o.state.last_seen, o.state.error.clone()),
+            None => (Status::Offline, None, Some("not polled yet".into())),
+        };
+        devices[layout.device] = Some(Entry {
+            name: device.to_string(),
+            state: DeviceState {
+                model: d.model.clone(),
+                protocol: d.protocol().map_or("none", |p| p.key()),
+                status,
+                last_seen,
+                error,
+                readings,
+            },
+            positions,
+        });
+        drop(devices);
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Stops showing `device` (removed from the configuration).
+    pub fn remove(&self, device: &str) {
+        let Some(i) = self.names.find(device) else {
+            return;
+        };
+        if let Some(slot) = self.write().get_mut(i) {
+            *slot = None;
+        }
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// A receiver that sees a new version after each applied update.
@@ -162,44 +221,50 @@ impl Live {
         self.version.subscribe()
     }
 
-    /// Calls `visit` with every device's name and state, in project order,
+    /// Calls `visit` with every device's name and state, in number order,
     /// under the read lock (nothing is copied; keep `visit` short).
     pub fn for_each(&self, mut visit: impl FnMut(&str, &DeviceState)) {
         let devices = self.read();
-        for (name, state) in self.names.iter().zip(devices.iter()) {
-            visit(name, state);
+        for entry in devices.iter().flatten() {
+            visit(&entry.name, &entry.state);
         }
     }
 
-    /// A device's index, as [`Update::device`] carries it.
+    /// A configured device's number, as [`Update::device`] carries it.
     pub fn index(&self, name: &str) -> Option<usize> {
-        self.names.get_index_of(name)
+        let i = self.names.find(name)?;
+        self.read().get(i)?.as_ref().map(|_| i)
     }
 
     /// Marks a device that no driver serves in this build, so that the API
     /// says why it stays offline.
     pub fn unserved(&self, name: &str, why: String) {
-        let Some(i) = self.index(name) else { return };
-        if let Some(state) = self.write().get_mut(i) {
-            state.error = Some(why);
+        self.with_device(name, |state| state.error = Some(why));
+    }
+
+    fn with_device(&self, name: &str, change: impl FnOnce(&mut DeviceState)) {
+        let Some(i) = self.names.find(name) else {
+            return;
+        };
+        if let Some(Some(entry)) = self.write().get_mut(i) {
+            change(&mut entry.state);
         }
     }
 
     /// A copy of one device's state.
     pub fn device(&self, name: &str) -> Option<DeviceState> {
-        let i = self.index(name)?;
-        self.read().get(i).cloned()
+        let i = self.names.find(name)?;
+        Some(self.read().get(i)?.as_ref()?.state.clone())
     }
 
     /// Every device's status, without its readings, sorted by name: what the
     /// device list needs, without copying every reading.
     pub fn summaries(&self) -> Vec<Summary> {
         let devices = self.read();
-        let mut all: Vec<Summary> = self
-            .names
+        let mut all: Vec<Summary> = devices
             .iter()
-            .zip(devices.iter())
-            .map(|(name, d)| d.summary(name))
+            .flatten()
+            .map(|e| e.state.summary(&e.name))
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
@@ -208,18 +273,15 @@ impl Live {
     /// Restores a value from the store at start-up, marked stale until the
     /// device is read again.
     pub fn restore(&self, device: &str, property: &str, value: Value, ts: Micros) {
-        let Some(i) = self.index(device) else { return };
-        let mut devices = self.write();
-        if let Some(reading) = devices
-            .get_mut(i)
-            .and_then(|d| d.readings.get_mut(property))
-        {
-            *reading = Reading {
-                value: Some(value),
-                quality: Quality::Stale,
-                ts: Some(ts),
-            };
-        }
+        self.with_device(device, |state| {
+            if let Some(reading) = state.readings.get_mut(property) {
+                *reading = Reading {
+                    value: Some(value),
+                    quality: Quality::Stale,
+                    ts: Some(ts),
+                };
+            }
+        });
     }
 
     /// Applies one driver update.
@@ -230,9 +292,11 @@ impl Live {
 
     fn apply_quietly(&self, update: &Update) {
         let mut devices = self.write();
-        let Some(state) = devices.get_mut(update.device) else {
+        // A device removed since its driver sent this: nothing to show.
+        let Some(Some(entry)) = devices.get_mut(update.device) else {
             return;
         };
+        let state = &mut entry.state;
         if let Some((status, error)) = &update.status {
             state.status = *status;
             state.error.clone_from(error);
@@ -241,7 +305,10 @@ impl Live {
             state.last_seen = Some(update.ts);
         }
         for (property, sample) in &update.samples {
-            let Some((_, reading)) = state.readings.get_index_mut(usize::from(*property)) else {
+            let Some(Some(position)) = entry.positions.get(usize::from(*property)) else {
+                continue;
+            };
+            let Some((_, reading)) = state.readings.get_index_mut(*position) else {
                 continue;
             };
             // A write's read-back can overtake an older poll on its way
@@ -266,24 +333,31 @@ impl Live {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<DeviceState>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Option<Entry>>> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.devices
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<DeviceState>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Option<Entry>>> {
         self.devices
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
+/// A property never read.
+const EMPTY: Reading = Reading {
+    value: None,
+    quality: Quality::Bad,
+    ts: None,
+};
+
 /// What a driver reports after a poll cycle or a write.
 #[derive(Debug)]
 pub struct Update {
-    /// The device's index in the project (see [`Live::index`]).
+    /// The device's number ([`Names`], [`Live::index`]).
     pub device: usize,
     /// When the values were read.
     pub ts: Micros,
@@ -291,7 +365,7 @@ pub struct Update {
     pub status: Option<(Status, Option<String>)>,
     /// Whether the device answered at all.
     pub seen: bool,
-    /// Per-property results, by the property's index in its model.
+    /// Per-property results, by the property's number ([`Names`]).
     pub samples: Vec<(u16, Sample)>,
     /// Signalled once the update is durable and visible.
     pub applied: Option<tokio::sync::oneshot::Sender<()>>,

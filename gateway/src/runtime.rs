@@ -5,7 +5,6 @@
 //! passed `ferrite check`. [`Gateway::stop`] cancels every task, lets the
 //! store writer drain and fsync, and returns within [`STOP_DEADLINE`].
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,11 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
+use crate::control::Writers;
 use crate::control::{Control, Holds};
 use crate::drivers::{self, DriverContext};
+use crate::fleet::Fleet;
 use crate::journal::{Journal, Retention};
 use crate::live::Live;
+use crate::names::Names;
 use crate::rules::{Clock, Deps, Feed, Source};
+use crate::running::Running;
 use crate::store::writer::{self, Writer, WriterStats};
 use crate::store::{SledStore, Store};
 
@@ -141,7 +144,12 @@ impl Gateway {
         };
         #[cfg(not(feature = "mqtt"))]
         let outlet: crate::rules::Outlet = None;
-        let live = Live::new(&project);
+        let names = Names::of(&project);
+        let live = Live::new(names);
+        let rules_dir = project.resolve(&config.gateway.rules);
+        let sources = Source::all(&project);
+        let running = Running::new(project);
+        let project = running.project();
         let stats = Arc::new(WriterStats::default());
         let driver_stats = Arc::new(drivers::DriverStats::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -150,10 +158,28 @@ impl Gateway {
 
         let (output, updates) = mpsc::channel(UPDATE_QUEUE);
         let (urgent, urgent_rx) = mpsc::channel(256);
-        let feed = Arc::new(Feed::new(&project));
-        let writer = Writer::new(store.clone(), live.clone(), &project, stats.clone())
+        let feed = Arc::new(Feed::new());
+        let ctx = DriverContext {
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+            output,
+            urgent,
+            data_dir: data_dir.clone(),
+            stats: driver_stats.clone(),
+            metrics: metrics.clone(),
+            #[cfg(feature = "mqtt")]
+            broker: Arc::new(std::sync::Mutex::new(broker)),
+            crashes: Arc::new(drivers::Crashes::default()),
+        };
+        let writers = Arc::new(Writers::default());
+        // Every device shows in the live view before the writer restores
+        // their last values into it; what drivers send meanwhile waits in
+        // the queue for the writer.
+        let fleet = Arc::new(Fleet::new(ctx, live.clone(), writers.clone()));
+        fleet.start_all(&project).await;
+        let writer = Writer::new(store.clone(), live.clone(), running.clone(), stats.clone())
             .with_feed(feed.clone())
-            .with_metrics(&metrics, &project);
+            .with_metrics(metrics.clone());
         let queues = writer::Queues {
             updates,
             urgent: urgent_rx,
@@ -167,30 +193,6 @@ impl Gateway {
             config.store.history_mib.saturating_mul(1024 * 1024),
             shutdown.clone(),
         ));
-
-        let ctx = DriverContext {
-            shutdown: shutdown.clone(),
-            tasks: tasks.clone(),
-            output,
-            urgent,
-            data_dir: data_dir.clone(),
-            stats: driver_stats.clone(),
-            metrics: metrics.clone(),
-            #[cfg(feature = "mqtt")]
-            broker: Arc::new(std::sync::Mutex::new(broker)),
-        };
-        let mut writers = HashMap::new();
-        for driver in drivers::build_all(&project) {
-            tracing::info!("starting the {} driver", driver.name());
-            writers.extend(driver.start(ctx.clone()));
-        }
-        drop(ctx);
-        for (name, device) in &project.devices {
-            if !writers.contains_key(name) {
-                let protocol = device.value.protocol().map_or("its protocol", |p| p.key());
-                live.unserved(name, format!("no {protocol} driver in this build yet"));
-            }
-        }
 
         let journal = Journal::start(
             store.clone(),
@@ -207,19 +209,15 @@ impl Gateway {
             data_dir.clone(),
             shutdown.clone(),
         ));
-        let rules_dir = project.resolve(&config.gateway.rules);
-        let sources = Source::all(&project);
-        let project = Arc::new(project);
-        let writers = Arc::new(writers);
         let control = Arc::new(Control {
-            project: project.clone(),
+            running: running.clone(),
             live: live.clone(),
             writers: writers.clone(),
             holds: Arc::new(Holds::default()),
             journal: journal.clone(),
         });
         let deps = Deps {
-            project: project.clone(),
+            running: running.clone(),
             live: live.clone(),
             feed,
             control: control.clone(),
@@ -248,7 +246,8 @@ impl Gateway {
         tasks.spawn(crate::rules::reload::watch(rules.clone(), shutdown.clone()));
 
         let state = AppState {
-            project,
+            running,
+            fleet,
             live,
             store,
             writers,

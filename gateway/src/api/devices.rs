@@ -153,11 +153,12 @@ pub async fn one(
         .live
         .device(&id)
         .ok_or_else(|| ApiError::no_device(&id))?;
+    let project = state.running.project();
     let properties = device
         .readings
         .iter()
         .map(|(name, r)| {
-            let reading = ReadingView::new(r, state.project.property(&id, name));
+            let reading = ReadingView::new(r, project.property(&id, name));
             (name.clone(), reading)
         })
         .collect();
@@ -188,19 +189,20 @@ pub async fn property(
         .ok_or_else(|| ApiError::no_property(&id, &name))?;
     Ok(Json(ReadingView::new(
         reading,
-        state.project.property(&id, &name),
+        state.running.project().property(&id, &name),
     )))
 }
 
 /// The model's property `name` of device `id`, or the 404 that says which
 /// one is unknown.
-fn known_property<'a>(state: &'a AppState, id: &str, name: &str) -> Result<&'a Property, ApiError> {
-    if !state.project.devices.contains_key(id) {
+fn known_property(state: &AppState, id: &str, name: &str) -> Result<Property, ApiError> {
+    let project = state.running.project();
+    if !project.devices.contains_key(id) {
         return Err(ApiError::no_device(id));
     }
-    state
-        .project
+    project
         .property(id, name)
+        .cloned()
         .ok_or_else(|| ApiError::no_property(id, name))
 }
 
@@ -267,7 +269,7 @@ pub async fn write(
         .device(&id)
         .and_then(|d| d.readings.get(&name).cloned())
         .ok_or_else(|| ApiError::no_property(&id, &name))?;
-    let view = ReadingView::new(&reading, Some(property));
+    let view = ReadingView::new(&reading, Some(&property));
     Ok((StatusCode::OK, Json(WriteAnswer::Confirmed(view))))
 }
 
@@ -287,7 +289,8 @@ pub struct HistoryQuery {
 /// Most history entries one call returns.
 pub const MAX_HISTORY: usize = 10_000;
 
-/// A property's stored history, oldest first.
+/// A property's stored history, oldest first. A device removed from the
+/// configuration keeps its history here until retention drops it.
 #[utoipa::path(get, operation_id = "getHistory", path = "/api/v1/devices/{id}/properties/{name}/history", tag = "devices",
     params(PropertyPath, HistoryQuery),
     responses(
@@ -300,7 +303,7 @@ pub async fn history(
     Path(PropertyPath { id, name }): Path<PropertyPath>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
-    known_property(&state, &id, &name)?;
+    let configured = known_property(&state, &id, &name);
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let time = |s: &Option<String>, default: Micros| -> Result<Micros, ApiError> {
         match s {
@@ -325,6 +328,11 @@ pub async fn history(
         tokio::task::spawn_blocking(move || store.history(&id, &name, since, until, limit))
             .await
             .map_err(|e| ApiError::bad_request(e.to_string()))??;
+    if let Err(unknown) = configured
+        && entries.is_empty()
+    {
+        return Err(unknown);
+    }
     Ok(Json(
         entries
             .into_iter()

@@ -30,7 +30,6 @@ mod rules;
 pub mod serve;
 mod stream;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -38,14 +37,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use ferrite_models::Project;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::control::Control;
-use crate::drivers::DeviceWriter;
 use crate::journal::Journal;
 use crate::live::Live;
 use crate::rules::Rules;
+use crate::running::Running;
 use crate::store::Store;
 use crate::store::writer::WriterStats;
 
@@ -55,14 +53,16 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// The validated project (for models, types and limits).
-    pub project: Arc<Project>,
+    /// The running project (for models, types and limits).
+    pub running: Arc<Running>,
+    /// The running devices.
+    pub fleet: Arc<crate::fleet::Fleet>,
     /// Live device state.
     pub live: Arc<Live>,
     /// The store, for history.
     pub store: Arc<dyn Store>,
-    /// A writer per device.
-    pub writers: Arc<HashMap<String, Arc<dyn DeviceWriter>>>,
+    /// A writer per running device.
+    pub writers: Arc<crate::control::Writers>,
     /// Store writer counters.
     pub stats: Arc<WriterStats>,
     /// Driver counters.
@@ -227,7 +227,8 @@ async fn status(State(state): State<AppState>) -> axum::Json<StatusView> {
     axum::Json(StatusView {
         version: env!("CARGO_PKG_VERSION"),
         gateway: state
-            .project
+            .running
+            .project()
             .config
             .as_ref()
             .map(|c| c.value.gateway.id.clone()),
@@ -279,11 +280,8 @@ pub struct SyncView {
 #[utoipa::path(get, operation_id = "getSync", path = "/api/v1/sync", tag = "gateway",
     responses((status = 200, description = "The uplink's state", body = SyncView)))]
 async fn sync(State(state): State<AppState>) -> axum::Json<SyncView> {
-    let cloud = state
-        .project
-        .config
-        .as_ref()
-        .and_then(|c| c.value.cloud.as_ref());
+    let project = state.running.project();
+    let cloud = project.config.as_ref().and_then(|c| c.value.cloud.as_ref());
     let outbox = state.store.outbox();
     let uplink = state.uplink.as_ref().map(|u| u.snapshot());
     axum::Json(SyncView {

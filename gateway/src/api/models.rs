@@ -17,7 +17,8 @@ use super::error::{ApiError, ErrorBody};
 pub async fn list(State(state): State<AppState>) -> Json<Vec<DeviceModel>> {
     Json(
         state
-            .project
+            .running
+            .project()
             .models
             .values()
             .map(|m| m.value.clone())
@@ -37,7 +38,8 @@ pub async fn one(
     Path(name): Path<String>,
 ) -> Result<Json<DeviceModel>, ApiError> {
     state
-        .project
+        .running
+        .project()
         .models
         .get(&name)
         .map(|m| Json(m.value.clone()))

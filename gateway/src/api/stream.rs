@@ -7,6 +7,7 @@
 //! keeps the connection alive otherwise. The stream ends when the gateway
 //! stops.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -56,8 +57,8 @@ pub async fn values(
     let start = Cursor {
         state,
         changes,
-        sent: Vec::new(),
-        statuses: Vec::new(),
+        sent: HashMap::new(),
+        statuses: HashMap::new(),
         first: true,
     };
     let stream = futures_util::stream::unfold(start, |mut cursor| async move {
@@ -71,10 +72,11 @@ pub async fn values(
 struct Cursor {
     state: AppState,
     changes: tokio::sync::watch::Receiver<u64>,
-    /// Per device, per property: the value and quality last sent.
-    sent: Vec<Vec<(Option<Value>, Quality)>>,
+    /// Per device, per property (in model order, by name): the value and
+    /// quality last sent.
+    sent: HashMap<String, Vec<(String, Option<Value>, Quality)>>,
     /// Per device: the status and error last sent.
-    statuses: Vec<(Status, Option<String>)>,
+    statuses: HashMap<String, (Status, Option<String>)>,
     first: bool,
 }
 
@@ -110,23 +112,28 @@ impl Cursor {
     fn collect(&mut self) -> (StreamUpdate, bool) {
         let mut devices = Vec::new();
         let mut readings = Vec::new();
-        let (sent, statuses, project) = (&mut self.sent, &mut self.statuses, &self.state.project);
-        let mut d = 0;
+        let project = self.state.running.project();
+        let (sent, statuses) = (&mut self.sent, &mut self.statuses);
+        let mut present = 0;
         self.state.live.for_each(|name, state| {
+            present += 1;
             let status = (state.status, state.error.clone());
-            if statuses.get(d) != Some(&status) {
+            if statuses.get(name) != Some(&status) {
                 devices.push(DeviceView::from(&state.summary(name)));
-                match statuses.get_mut(d) {
-                    Some(known) => *known = status,
-                    None => statuses.push(status),
-                }
+                statuses.insert(name.to_string(), status);
             }
-            if sent.len() <= d {
-                sent.push(Vec::new());
+            if !sent.contains_key(name) {
+                sent.insert(name.to_string(), Vec::new());
             }
-            let known = &mut sent[d];
+            let Some(known) = sent.get_mut(name) else {
+                return;
+            };
+            // A reconfigured model: start this device afresh.
+            if known.len() > state.readings.len() {
+                known.clear();
+            }
             for (p, (property, reading)) in state.readings.iter().enumerate() {
-                let now = (reading.value.clone(), reading.quality);
+                let now = (property.clone(), reading.value.clone(), reading.quality);
                 match known.get_mut(p) {
                     Some(before) if *before == now => continue,
                     Some(before) => *before = now,
@@ -138,8 +145,16 @@ impl Cursor {
                     reading: ReadingView::new(reading, project.property(name, property)),
                 });
             }
-            d += 1;
         });
+        // Devices removed since (rare): forget them.
+        if statuses.len() > present {
+            let mut shown = std::collections::HashSet::new();
+            self.state.live.for_each(|name, _| {
+                shown.insert(name.to_string());
+            });
+            sent.retain(|name, _| shown.contains(name));
+            statuses.retain(|name, _| shown.contains(name));
+        }
         let moved = !devices.is_empty() || !readings.is_empty();
         (StreamUpdate { devices, readings }, moved)
     }

@@ -1,11 +1,18 @@
 //! Protocol drivers, each in its own folder behind the one [`Driver`] trait.
 //!
-//! A driver is built from the validated project, then started with a
-//! [`DriverContext`] (the shutdown token, the task tracker, the output queue
-//! to the store writer). It returns one [`DeviceWriter`] per device, which the
-//! API (and later the rules and the twin) use to write.
+//! Each driver is made once, when the gateway starts, with the gateway-wide
+//! [`DriverContext`] (the output queues to the store writer, the data
+//! folder, the counters). The [`crate::fleet`] then starts devices on it one
+//! at a time, each with a context of its own (its own shutdown token and task
+//! tracker), and stops them one at a time, so that a reconfiguration touches
+//! only the devices it changes. A driver shares what devices share (a Modbus
+//! TCP connection or serial bus, the broker link) and lets go of it in
+//! [`Driver::sweep`] once no running device uses it.
 //!
-//! Adding a protocol means adding a folder and one line in [`build_all`].
+//! `start` returns the device's [`DeviceWriter`], which the API, the rules
+//! and the twin write through.
+//!
+//! Adding a protocol means adding a folder and one line in [`all`].
 
 #[cfg(feature = "modbus")]
 pub mod modbus;
@@ -14,14 +21,12 @@ pub mod mqtt;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrite_models::Project;
 use ferrite_models::codec::CodecError;
 use ferrite_models::value::Value;
 use tokio::sync::mpsc;
@@ -30,10 +35,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::live::Update;
 
-/// What a running driver needs from the gateway.
+/// What a running driver needs from the gateway. A driver is made with the
+/// gateway's; each device starts with one whose `shutdown` and `tasks` are
+/// its own.
 #[derive(Clone)]
 pub struct DriverContext {
-    /// Fires when the gateway stops.
+    /// Fires when the gateway stops (or, in a device's context, when the
+    /// device does).
     pub shutdown: CancellationToken,
     /// Spawn long-running tasks here so that shutdown can wait for them.
     pub tasks: TaskTracker,
@@ -52,7 +60,124 @@ pub struct DriverContext {
     /// The embedded broker's link, for the MQTT driver to take.
     #[cfg(feature = "mqtt")]
     pub broker: Arc<std::sync::Mutex<Option<crate::broker::BrokerLink>>>,
+    /// Where device loops that panicked are counted.
+    pub crashes: Arc<Crashes>,
 }
+
+/// Device loops that panicked, for the logs and for the reconciler, which
+/// rolls a configuration back when its devices keep crashing.
+#[derive(Debug, Default)]
+pub struct Crashes {
+    seen: std::sync::Mutex<std::collections::VecDeque<Crash>>,
+    notify: tokio::sync::Notify,
+}
+
+/// One panic of a device loop.
+#[derive(Debug, Clone)]
+pub struct Crash {
+    /// When.
+    pub at: std::time::Instant,
+    /// The device.
+    pub device: String,
+    /// The panic's message.
+    pub why: String,
+}
+
+impl Crashes {
+    /// Most crashes remembered.
+    const KEPT: usize = 64;
+
+    /// Records a crash of `device`'s loop.
+    pub fn report(&self, device: &str, why: String) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() == Self::KEPT {
+            seen.pop_front();
+        }
+        seen.push_back(Crash {
+            at: std::time::Instant::now(),
+            device: device.to_string(),
+            why,
+        });
+        drop(seen);
+        self.notify.notify_waiters();
+    }
+
+    /// The crashes since `since`, oldest first.
+    pub fn since(&self, since: std::time::Instant) -> Vec<Crash> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|c| c.at >= since)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for the next crash.
+    pub async fn next(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// Runs a device's main loop on its `ctx`: the loop `make` builds is run
+/// again after a panic (a bug must not stop the device for good, nor any
+/// other), after a growing delay, until the device stops. Each panic is
+/// logged and counted in `ctx.crashes`.
+#[cfg(any(feature = "modbus", feature = "opcua"))]
+pub(crate) fn supervise<F, Fut>(ctx: &DriverContext, device: Arc<str>, make: F)
+where
+    F: Fn(DriverContext) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use futures_util::FutureExt;
+    let ctx = ctx.clone();
+    let tasks = ctx.tasks.clone();
+    tasks.spawn(async move {
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let run = std::panic::AssertUnwindSafe(make(ctx.clone()))
+                .catch_unwind()
+                .await;
+            let Err(panic) = run else { break };
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            let delay = backoff.next_delay();
+            tracing::error!(device = %device, "the device's loop panicked ({why}); restarting it in {delay:.1?}");
+            ctx.crashes.report(&device, why);
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    });
+}
+
+/// A fail point in every device loop, for tests of what a crashing
+/// configuration does (the `failpoints` feature, for tests only):
+/// `fail::cfg("device-loop", "return(NAME)")` makes device `NAME`'s loop
+/// panic each time it passes here.
+#[cfg(all(feature = "failpoints", any(feature = "modbus", feature = "opcua")))]
+pub(crate) fn crash_point(device: &str) {
+    fail::fail_point!("device-loop", |target: Option<String>| {
+        if target.as_deref() == Some(device) {
+            panic!("fail point device-loop for {device}");
+        }
+    });
+}
+
+/// Without the `failpoints` feature, nothing.
+#[cfg(all(
+    not(feature = "failpoints"),
+    any(feature = "modbus", feature = "opcua")
+))]
+pub(crate) fn crash_point(_device: &str) {}
 
 /// Counters shared by the drivers.
 #[derive(Debug, Default)]
@@ -115,19 +240,23 @@ pub trait DeviceWriter: Send + Sync {
     ) -> BoxFuture<'a, Result<Written, DriverError>>;
 }
 
-#[cfg(any(feature = "modbus", feature = "opcua", feature = "mqtt"))]
-/// One device of the project as a driver starts from: its index (which
-/// [`Update`]s carry), name, file and model.
-pub(crate) struct DeviceEntry<'a> {
+/// One device of the project as a driver starts it: its number (which
+/// [`Update`]s carry), name, file, model, and its properties' numbers.
+pub struct DeviceEntry<'a> {
+    /// The device's number ([`crate::names::Names`]).
     pub index: usize,
+    /// Its name.
     pub name: &'a str,
+    /// Its document.
     pub located: &'a ferrite_models::project::Located<ferrite_models::Device>,
+    /// Its model.
     pub model: &'a ferrite_models::DeviceModel,
+    /// Each model property's number, in model order.
+    pub numbers: &'a [u16],
 }
 
-#[cfg(any(feature = "modbus", feature = "opcua", feature = "mqtt"))]
 impl DeviceEntry<'_> {
-    /// The model's properties with their index, for those that `binding`
+    /// The model's properties with their number, for those that `binding`
     /// picks a binding of.
     pub fn properties<'b, B: 'b>(
         &'b self,
@@ -136,30 +265,12 @@ impl DeviceEntry<'_> {
         self.model
             .properties
             .iter()
-            .enumerate()
-            .filter_map(move |(i, (name, p))| {
+            .zip(self.numbers)
+            .filter_map(move |((name, p), number)| {
                 let b = binding(p)?;
-                Some((u16::try_from(i).unwrap_or(u16::MAX), name.as_str(), p, b))
+                Some((*number, name.as_str(), p, b))
             })
     }
-}
-
-#[cfg(any(feature = "modbus", feature = "opcua", feature = "mqtt"))]
-/// Every device of the project whose model is known.
-pub(crate) fn devices(project: &Project) -> impl Iterator<Item = DeviceEntry<'_>> {
-    project
-        .devices
-        .iter()
-        .enumerate()
-        .filter_map(|(index, (name, located))| {
-            let model = project.models.get(&located.value.model)?;
-            Some(DeviceEntry {
-                index,
-                name,
-                located,
-                model: &model.value,
-            })
-        })
 }
 
 #[cfg(any(feature = "modbus", feature = "opcua"))]
@@ -189,25 +300,32 @@ pub(crate) async fn show_written(
 }
 
 /// A protocol driver.
-pub trait Driver: Send {
+pub trait Driver: Send + Sync {
     /// Its name, for logs.
     fn name(&self) -> &'static str;
-    /// Starts polling or subscribing; returns a writer per device it serves.
-    fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>>;
+    /// Whether `device` speaks this driver's protocol.
+    fn serves(&self, device: &ferrite_models::Device) -> bool;
+    /// Starts polling or subscribing to one device, with its own `ctx`
+    /// (tasks go on `ctx.tasks` and stop when `ctx.shutdown` fires);
+    /// returns its writer, or why it cannot run.
+    fn start(
+        &self,
+        device: &DeviceEntry<'_>,
+        ctx: DriverContext,
+    ) -> Result<Arc<dyn DeviceWriter>, String>;
+    /// Lets go of shared connections that no running device uses any more.
+    fn sweep(&self) {}
 }
 
-/// Builds a protocol's driver if the project has devices for it.
-type Builder = fn(&Project) -> Option<Box<dyn Driver>>;
-
-/// Every driver the project needs.
-pub fn build_all(project: &Project) -> Vec<Box<dyn Driver>> {
-    let builders: &[Builder] = &[
+/// Every driver this build has, made on the gateway's `ctx`.
+#[allow(unused_variables)]
+pub fn all(ctx: &DriverContext) -> Vec<Box<dyn Driver>> {
+    vec![
         #[cfg(feature = "modbus")]
-        |p| modbus::ModbusDriver::build(p).map(|d| Box::new(d) as Box<dyn Driver>),
+        Box::new(modbus::ModbusDriver::new(ctx.clone())),
         #[cfg(feature = "opcua")]
-        |p| opcua::OpcuaDriver::build(p).map(|d| Box::new(d) as Box<dyn Driver>),
+        Box::new(opcua::OpcuaDriver::new(ctx.clone())),
         #[cfg(feature = "mqtt")]
-        |p| mqtt::MqttDriver::build(p).map(|d| Box::new(d) as Box<dyn Driver>),
-    ];
-    builders.iter().filter_map(|build| build(project)).collect()
+        Box::new(mqtt::MqttDriver::new(ctx.clone())),
+    ]
 }

@@ -37,6 +37,8 @@ use crate::control::{Actor, Control, Holds, WriteError};
 use crate::drivers::DriverError;
 use crate::journal::Journal;
 use crate::live::{Live, Quality, Sample};
+use crate::names::Names;
+use crate::running::Running;
 use crate::store::{Log, Store};
 use crate::time::{Micros, now, rfc3339};
 
@@ -297,6 +299,41 @@ impl Slot {
     }
 }
 
+/// The reading of device `d`'s property `p`, if a rule reads it.
+fn cell(cells: &[Vec<Option<Cell>>], d: usize, p: u16) -> Option<&Cell> {
+    cells.get(d)?.get(usize::from(p))?.as_ref()
+}
+
+/// Makes the cell of `(d, p)`, starting from the live view, if it has none
+/// yet: a rule added later starts from the readings already shown.
+fn ensure_cell(
+    cells: &mut Vec<Vec<Option<Cell>>>,
+    live: &Live,
+    (d, p): (usize, u16),
+    device: &str,
+    property: &str,
+) {
+    if cells.len() <= d {
+        cells.resize_with(d + 1, Vec::new);
+    }
+    let row = &mut cells[d];
+    let p = usize::from(p);
+    if row.len() <= p {
+        row.resize_with(p + 1, || None);
+    }
+    if row[p].is_none() {
+        let reading = live
+            .device(device)
+            .and_then(|s| s.readings.get(property).cloned());
+        row[p] = Some(Cell {
+            value: reading.as_ref().and_then(|r| r.value.clone()),
+            previous: None,
+            quality: reading.map_or(Quality::Bad, |r| r.quality),
+            fresh: false,
+        });
+    }
+}
+
 /// A rule's `for:` in microseconds (0 without one).
 fn hold_micros(rule: &Rule) -> Micros {
     rule.hold.map_or(0, |h| {
@@ -307,7 +344,7 @@ fn hold_micros(rule: &Rule) -> Micros {
 /// What the engine needs.
 pub struct Deps {
     /// The running project (devices, models).
-    pub project: Arc<Project>,
+    pub running: Arc<Running>,
     /// Live readings, to start from.
     pub live: Arc<Live>,
     /// Readings as they arrive.
@@ -329,23 +366,24 @@ impl Deps {
     /// path, and no broker: for tests and benchmarks that drive the feed
     /// themselves.
     pub fn standalone(
-        project: Arc<Project>,
+        project: Project,
         store: Arc<dyn Store>,
         writers: HashMap<String, Arc<dyn crate::drivers::DeviceWriter>>,
         journal: Arc<Journal>,
         clock: Clock,
     ) -> Deps {
-        let live = Live::new(&project);
+        let live = Live::of(&project, Names::of(&project));
+        let running = Running::new(project);
         let control = Arc::new(Control {
-            project: project.clone(),
+            running: running.clone(),
             live: live.clone(),
-            writers: Arc::new(writers),
+            writers: Arc::new(crate::control::Writers::from(writers)),
             holds: Arc::new(Holds::default()),
             journal: journal.clone(),
         });
         Deps {
-            feed: Arc::new(Feed::new(&project)),
-            project,
+            feed: Arc::new(Feed::new()),
+            running,
             live,
             control,
             journal,
@@ -360,8 +398,9 @@ impl Deps {
 pub(super) struct Engine {
     deps: Deps,
     holds: Arc<Holds>,
-    /// Readings by device index, then property index.
-    cells: Vec<Vec<Cell>>,
+    /// Readings by device number, then property number; made as rules come
+    /// to read them.
+    cells: Vec<Vec<Option<Cell>>>,
     slots: Vec<Slot>,
     /// Which rules read a property.
     readers: HashMap<(usize, u16), Vec<usize>>,
@@ -384,40 +423,13 @@ impl Engine {
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Engine {
-        let project = deps.project.clone();
-        let cells = project
-            .devices
-            .iter()
-            .map(|(name, d)| {
-                let state = deps.live.device(name);
-                project
-                    .models
-                    .get(&d.value.model)
-                    .map(|m| {
-                        m.value
-                            .properties
-                            .keys()
-                            .map(|p| {
-                                let reading = state.as_ref().and_then(|s| s.readings.get(p));
-                                Cell {
-                                    value: reading.and_then(|r| r.value.clone()),
-                                    previous: None,
-                                    quality: reading.map_or(Quality::Bad, |r| r.quality),
-                                    fresh: false,
-                                }
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            })
-            .collect();
         let (save, saves) = mpsc::unbounded_channel();
         tasks.spawn(save_states(deps.store.clone(), saves, shutdown.clone()));
         let holds = deps.control.holds.clone();
         let mut engine = Engine {
             deps,
             holds,
-            cells,
+            cells: Vec::new(),
             slots: Vec::new(),
             readers: HashMap::new(),
             views,
@@ -514,6 +526,7 @@ impl Engine {
             .cells
             .get_mut(device)
             .and_then(|d| d.get_mut(usize::from(property)))
+            .and_then(Option::as_mut)
         else {
             return false;
         };
@@ -624,9 +637,10 @@ impl Engine {
         self.readers.clear();
         let mut watched = HashSet::new();
         for (i, slot) in self.slots.iter().enumerate() {
-            for (d, p, _, _) in &slot.refs {
+            for (d, p, device, property) in &slot.refs {
                 self.readers.entry((*d, *p)).or_default().push(i);
                 watched.insert((*d, *p));
+                ensure_cell(&mut self.cells, &self.deps.live, (*d, *p), device, property);
             }
             if slot.enabled() && matches!(slot.saved.phase, Phase::Active { .. }) {
                 for (device, property) in slot.held() {
@@ -724,9 +738,10 @@ impl Engine {
         }
     }
 
-    /// What `rule` reads, resolved to indices.
+    /// What `rule` reads, resolved to numbers.
     fn refs_of(&self, rule: &Rule) -> Vec<(usize, u16, String, String)> {
-        let project = &self.deps.project;
+        let project = self.deps.running.project();
+        let names = self.deps.live.names();
         // CEL: the conditions and the values written; and what sits between
         // the braces of message and payload templates.
         let mut sources: Vec<String> = vec![rule.when.clone()];
@@ -753,14 +768,12 @@ impl Engine {
         let mut out = Vec::new();
         for source in &sources {
             for r in ferrite_models::expr::parse(source).unwrap_or_default() {
-                let Some((d, _, located)) = project.devices.get_full(&r.device) else {
+                if project.property(&r.device, &r.property).is_none() {
                     continue;
-                };
-                let Some(p) = project
-                    .models
-                    .get(&located.value.model)
-                    .and_then(|m| m.value.properties.get_index_of(&r.property))
-                    .and_then(|p| u16::try_from(p).ok())
+                }
+                let Some((d, p)) = names
+                    .find(&r.device)
+                    .and_then(|d| Some((d, names.property(d, &r.property)?)))
                 else {
                     continue;
                 };
@@ -784,7 +797,7 @@ impl Engine {
         let waiting: Vec<String> = slot
             .refs
             .iter()
-            .filter(|(d, p, _, _)| !cells[*d][usize::from(*p)].fresh)
+            .filter(|(d, p, _, _)| !cell(cells, *d, *p).is_some_and(|c| c.fresh))
             .map(|(_, _, d, p)| format!("{d}.{p}"))
             .collect();
         if !waiting.is_empty() {
@@ -797,7 +810,7 @@ impl Engine {
             cells: slot
                 .refs
                 .iter()
-                .map(|(d, p, dn, pn)| (dn.as_str(), pn.as_str(), &cells[*d][usize::from(*p)]))
+                .filter_map(|(d, p, dn, pn)| Some((dn.as_str(), pn.as_str(), cell(cells, *d, *p)?)))
                 .collect(),
             now: wall,
         };

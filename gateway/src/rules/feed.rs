@@ -7,10 +7,8 @@
 //! wake-up, not one per reading.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 
-use ferrite_models::Project;
 use tokio::sync::Notify;
 
 use crate::live::{Sample, Update};
@@ -19,9 +17,9 @@ use crate::time::Micros;
 /// One reading of a watched property.
 #[derive(Debug, Clone)]
 pub struct Observation {
-    /// Device index.
+    /// Device number ([`crate::names::Names`]).
     pub device: usize,
-    /// Property index in its model.
+    /// Property number.
     pub property: u16,
     /// What was read.
     pub sample: Sample,
@@ -30,62 +28,54 @@ pub struct Observation {
 }
 
 /// The writer-to-engine tap.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Feed {
-    /// Per device, per property: whether a rule reads it.
-    watched: Vec<Vec<AtomicBool>>,
+    /// Per device number, per property number: whether a rule reads it.
+    watched: RwLock<Vec<Vec<bool>>>,
     inbox: Mutex<Vec<Observation>>,
     notify: Notify,
 }
 
 impl Feed {
-    /// A feed shaped like `project`'s devices, watching nothing yet.
-    pub fn new(project: &Project) -> Feed {
-        let watched = project
-            .devices
-            .values()
-            .map(|d| {
-                let n = project
-                    .models
-                    .get(&d.value.model)
-                    .map_or(0, |m| m.value.properties.len());
-                (0..n).map(|_| AtomicBool::new(false)).collect()
-            })
-            .collect();
-        Feed {
-            watched,
-            inbox: Mutex::new(Vec::new()),
-            notify: Notify::new(),
-        }
+    /// A feed watching nothing yet.
+    pub fn new() -> Feed {
+        Feed::default()
     }
 
-    /// Watches exactly `properties` (device index, property index).
+    /// Watches exactly `properties` (device number, property number).
     pub fn watch(&self, properties: &HashSet<(usize, u16)>) {
-        for (d, props) in self.watched.iter().enumerate() {
-            for (p, flag) in props.iter().enumerate() {
-                let wanted = u16::try_from(p).is_ok_and(|p| properties.contains(&(d, p)));
-                flag.store(wanted, Ordering::Relaxed);
+        let mut watched: Vec<Vec<bool>> = Vec::new();
+        for &(d, p) in properties {
+            if watched.len() <= d {
+                watched.resize_with(d + 1, Vec::new);
             }
+            let flags = &mut watched[d];
+            let p = usize::from(p);
+            if flags.len() <= p {
+                flags.resize(p + 1, false);
+            }
+            flags[p] = true;
         }
+        *self.watched.write().unwrap_or_else(PoisonError::into_inner) = watched;
     }
 
     /// Called by the store writer for each update it receives.
     pub fn observe(&self, update: &Update) {
-        let Some(flags) = self.watched.get(update.device) else {
-            return;
-        };
         let mut kept = Vec::new();
-        for (property, sample) in &update.samples {
-            let watched = flags
-                .get(usize::from(*property))
-                .is_some_and(|f| f.load(Ordering::Relaxed));
-            if watched {
-                kept.push(Observation {
-                    device: update.device,
-                    property: *property,
-                    sample: sample.clone(),
-                    ts: update.ts,
-                });
+        {
+            let watched = self.watched.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(flags) = watched.get(update.device) else {
+                return;
+            };
+            for (property, sample) in &update.samples {
+                if flags.get(usize::from(*property)).copied().unwrap_or(false) {
+                    kept.push(Observation {
+                        device: update.device,
+                        property: *property,
+                        sample: sample.clone(),
+                        ts: update.ts,
+                    });
+                }
             }
         }
         if kept.is_empty() {

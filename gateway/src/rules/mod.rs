@@ -26,7 +26,6 @@ pub mod reload;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ferrite_models::Project;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +33,7 @@ use tokio_util::task::TaskTracker;
 pub use engine::{Clock, Deps, Outlet, RuleError, RuleView, Source};
 pub use feed::Feed;
 
+use crate::running::Running;
 use engine::{Command, Engine};
 
 /// Counters of the engine, for `/metrics` and the benchmark.
@@ -52,7 +52,7 @@ pub struct RuleStats {
 pub struct Rules {
     views: watch::Receiver<Arc<Vec<RuleView>>>,
     commands: mpsc::Sender<Command>,
-    project: Arc<Project>,
+    running: Arc<Running>,
     dir: PathBuf,
     /// One reload at a time, so that two edits cannot interleave.
     reloading: Arc<tokio::sync::Mutex<()>>,
@@ -71,7 +71,7 @@ pub fn start(
 ) -> Rules {
     let (views_tx, views) = watch::channel(Arc::new(Vec::new()));
     let (commands, commands_rx) = mpsc::channel(64);
-    let project = deps.project.clone();
+    let running = deps.running.clone();
     let stats = Arc::new(RuleStats::default());
     let engine = Engine::new(
         deps,
@@ -86,7 +86,7 @@ pub fn start(
     Rules {
         views,
         commands,
-        project,
+        running,
         dir,
         reloading: Arc::new(tokio::sync::Mutex::new(())),
         refused: Arc::new(Mutex::new(Vec::new())),
@@ -139,7 +139,7 @@ impl Rules {
     /// errors that refused the change.
     pub async fn reload(&self, edit: Option<reload::Edit<'_>>) -> Result<usize, Vec<String>> {
         let _one = self.reloading.lock().await;
-        let loaded = reload::load(&self.project, &self.dir, edit.as_ref());
+        let loaded = reload::load(&self.running.project(), &self.dir, edit.as_ref());
         let refused = |errors: Vec<String>| {
             *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = errors.clone();
             errors

@@ -112,7 +112,7 @@ async fn start_on(
         device.clone() as Arc<dyn DeviceWriter>,
     )]);
     let deps = Deps::standalone(
-        project.clone(),
+        (*project).clone(),
         store.clone(),
         writers,
         journal.clone(),

@@ -20,6 +20,7 @@ use super::{Change, Stamped, Store};
 use crate::backoff::Backoff;
 use crate::live::{Live, Sample, Update};
 use crate::rules::Feed;
+use crate::running::Running;
 use crate::time::{Micros, now};
 
 /// Most updates applied in one batch. Small enough that one commit stays
@@ -46,17 +47,18 @@ pub struct WriterStats {
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
-/// Per device (by index): its name, and per property (by index) the name,
-/// the deadband and the last stored value.
+/// Per device (by number): its name, and per property (by number) the
+/// name, the deadband and the last stored value. Built as updates arrive, so
+/// that devices added while running need no set-up here.
 struct DeviceTrack {
-    name: String,
-    properties: Vec<PropertyTrack>,
+    name: Arc<str>,
+    properties: Vec<Option<PropertyTrack>>,
     /// Good values received, for `/metrics` (see [`Writer::with_metrics`]).
     values: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 struct PropertyTrack {
-    name: String,
+    name: Arc<str>,
     deadband: Option<f64>,
     last: Option<Value>,
 }
@@ -66,7 +68,12 @@ pub struct Writer {
     store: Arc<dyn Store>,
     live: Arc<Live>,
     stats: Arc<WriterStats>,
-    devices: Vec<DeviceTrack>,
+    /// The running project, for deadbands.
+    running: Arc<Running>,
+    /// The project generation the tracks' deadbands come from.
+    generation: u64,
+    devices: Vec<Option<DeviceTrack>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The rule engine's tap: sees each update as it arrives, before the
     /// group commit, so that control does not wait for the fsync.
     feed: Option<Arc<Feed>>,
@@ -81,71 +88,112 @@ pub struct Queues {
 }
 
 impl Writer {
-    /// A writer for `project`'s properties, starting from what the store holds.
+    /// A writer for the running project's properties, starting from what
+    /// the store holds.
     pub fn new(
         store: Arc<dyn Store>,
         live: Arc<Live>,
-        project: &Project,
+        running: Arc<Running>,
         stats: Arc<WriterStats>,
     ) -> Self {
-        let mut devices: Vec<DeviceTrack> = project
-            .devices
-            .iter()
-            .map(|(name, device)| DeviceTrack {
-                name: name.clone(),
-                properties: project
-                    .models
-                    .get(&device.value.model)
-                    .map(|m| {
-                        m.value
-                            .properties
-                            .iter()
-                            .map(|(p, prop)| PropertyTrack {
-                                name: p.clone(),
-                                deadband: prop.deadband,
-                                last: None,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                values: None,
-            })
-            .collect();
-        match store.latest_all() {
+        let mut writer = Writer {
+            store,
+            live,
+            stats,
+            generation: running.generation(),
+            running,
+            devices: Vec::new(),
+            metrics: None,
+            feed: None,
+        };
+        match writer.store.latest_all() {
             Ok(values) => {
+                let names = writer.live.names().clone();
+                let project = writer.running.project();
                 for (device, property, at) in values {
-                    live.restore(&device, &property, at.value.clone(), at.ts);
-                    let track = project
-                        .devices
-                        .get_full(&device)
-                        .and_then(|(d, _, located)| {
-                            let model = project.models.get(&located.value.model)?;
-                            let p = model.value.properties.get_index_of(&property)?;
-                            devices.get_mut(d)?.properties.get_mut(p)
-                        });
-                    if let Some(track) = track {
+                    writer
+                        .live
+                        .restore(&device, &property, at.value.clone(), at.ts);
+                    let found = names
+                        .find(&device)
+                        .and_then(|d| Some((d, names.property(d, &property)?)));
+                    if let Some((d, p)) = found
+                        && let Some(track) = writer.track(&project, d, p)
+                    {
                         track.last = Some(at.value);
                     }
                 }
             }
             Err(e) => tracing::error!("cannot read the latest values from the store: {e}"),
         }
-        Writer {
-            store,
-            live,
-            stats,
-            devices,
-            feed: None,
-        }
+        writer
     }
 
     /// Counts each device's good values in `metrics`.
-    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics, project: &Project) -> Self {
-        for (track, device) in self.devices.iter_mut().zip(project.devices.values()) {
-            let protocol = device.value.protocol().map_or("none", |p| p.key());
-            track.values = Some(metrics.values_of(&track.name, protocol));
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        let project = self.running.project();
+        for device in self.devices.iter_mut().flatten() {
+            device.values = Some(values_counter(&metrics, &project, &device.name));
         }
+        self.metrics = Some(metrics);
         self
+    }
+
+    /// The track of device `d`'s property `p`, made on first use.
+    fn track(&mut self, project: &Project, d: usize, p: u16) -> Option<&mut PropertyTrack> {
+        let Writer {
+            devices,
+            live,
+            metrics,
+            ..
+        } = self;
+        let names = live.names();
+        if devices.len() <= d {
+            devices.resize_with(d + 1, || None);
+        }
+        if devices[d].is_none() {
+            let name = names.device_name(d)?;
+            let values = metrics.as_ref().map(|m| values_counter(m, project, &name));
+            devices[d] = Some(DeviceTrack {
+                name,
+                properties: Vec::new(),
+                values,
+            });
+        }
+        let device = devices[d].as_mut()?;
+        let i = usize::from(p);
+        if device.properties.len() <= i {
+            device.properties.resize_with(i + 1, || None);
+        }
+        let slot = &mut device.properties[i];
+        if slot.is_none() {
+            let (device_name, name) = names.property_name(d, p)?;
+            *slot = Some(PropertyTrack {
+                deadband: deadband(project, &device_name, &name),
+                name,
+                last: None,
+            });
+        }
+        slot.as_mut()
+    }
+
+    /// After a reconfiguration: deadbands and metric labels from the new
+    /// project. Last values stay: a device keeps its history.
+    fn refresh(&mut self) {
+        let generation = self.running.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let project = self.running.project();
+        for device in self.devices.iter_mut().flatten() {
+            if let Some(metrics) = &self.metrics {
+                device.values = Some(values_counter(metrics, &project, &device.name));
+            }
+            for track in device.properties.iter_mut().flatten() {
+                track.deadband = deadband(&project, &device.name, &track.name);
+            }
+        }
     }
 
     /// Shows every update to the rule engine as it arrives.
@@ -264,21 +312,20 @@ impl Writer {
 
     /// The samples of `batch` that moved past their deadband.
     fn changes(&mut self, batch: &[Update]) -> Vec<Change> {
+        self.refresh();
+        let project = self.running.project();
         let mut changes = Vec::new();
         for update in batch {
             self.stats
                 .samples
                 .fetch_add(update.samples.len() as u64, Ordering::Relaxed);
-            let Some(device) = self.devices.get_mut(update.device) else {
-                continue;
-            };
             let mut good = 0;
             for (property, sample) in &update.samples {
                 let Sample::Good(value) = sample else {
                     continue;
                 };
                 good += 1;
-                let Some(track) = device.properties.get_mut(usize::from(*property)) else {
+                let Some(track) = self.track(&project, update.device, *property) else {
                     continue;
                 };
                 let changed = track
@@ -286,18 +333,26 @@ impl Writer {
                     .as_ref()
                     .is_none_or(|prev| value.changed_from(prev, track.deadband));
                 if changed {
+                    let name = track.name.to_string();
+                    track.last = Some(value.clone());
+                    let device = self.devices[update.device]
+                        .as_ref()
+                        .map_or_else(String::new, |d| d.name.to_string());
                     changes.push(Change {
-                        device: device.name.clone(),
-                        property: track.name.clone(),
+                        device,
+                        property: name,
                         at: Stamped {
                             ts: update.ts,
                             value: value.clone(),
                         },
                     });
-                    track.last = Some(value.clone());
                 }
             }
-            if let Some(values) = &device.values {
+            if let Some(values) = self
+                .devices
+                .get(update.device)
+                .and_then(|d| d.as_ref()?.values.as_ref())
+            {
                 values.inc_by(good);
             }
         }
@@ -343,4 +398,23 @@ pub async fn retention(
             Err(e) => tracing::error!("retention task failed: {e}"),
         }
     }
+}
+
+/// The model's deadband of `device.property` in `project`.
+fn deadband(project: &Project, device: &str, property: &str) -> Option<f64> {
+    project.property(device, property).and_then(|p| p.deadband)
+}
+
+/// The `/metrics` counter of `device`'s good values.
+fn values_counter(
+    metrics: &crate::metrics::Metrics,
+    project: &Project,
+    device: &str,
+) -> prometheus_client::metrics::counter::Counter {
+    let protocol = project
+        .devices
+        .get(device)
+        .and_then(|d| d.value.protocol())
+        .map_or("none", |p| p.key());
+    metrics.values_of(device, protocol)
 }

@@ -13,20 +13,22 @@ pub mod link;
 pub mod plan;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ferrite_models::Value;
 use ferrite_models::codec::{self, Encoded};
 use ferrite_models::device::{Coalesce, Protocol};
 use ferrite_models::model::{ModbusBinding, ValueType};
-use ferrite_models::{Project, Value};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use self::link::{LinkHandle, LinkKey, Op, Reply};
 use self::plan::{ReadBlock, plan};
-use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, Written, show_written};
+use super::{
+    BoxFuture, DeviceEntry, DeviceWriter, Driver, DriverContext, DriverError, Written, show_written,
+};
 use crate::live::{Sample, Status, Update};
 use crate::time::now;
 
@@ -34,7 +36,7 @@ use crate::time::now;
 #[derive(Debug, Clone)]
 struct Point {
     name: Arc<str>,
-    /// Index of the property in its model.
+    /// The property's number ([`crate::names::Names`]).
     index: u16,
     ty: ValueType,
     readable: bool,
@@ -45,7 +47,7 @@ struct Point {
 #[derive(Debug)]
 struct Device {
     name: Arc<str>,
-    /// Index of the device in the project.
+    /// The device's number ([`crate::names::Names`]).
     index: usize,
     link: LinkKey,
     unit: u8,
@@ -55,59 +57,76 @@ struct Device {
     blocks: Vec<ReadBlock>,
 }
 
-/// The Modbus driver: every Modbus device of the project.
+/// The Modbus driver: the links (one per TCP endpoint or serial bus) and
+/// the devices on them.
 pub struct ModbusDriver {
-    devices: Vec<Device>,
+    ctx: DriverContext,
+    /// Each link with a token every device on it holds a copy of: a link
+    /// whose token nobody else holds has no device left (see `sweep`).
+    links: Mutex<HashMap<LinkKey, (LinkHandle, Arc<()>)>>,
 }
 
 impl ModbusDriver {
-    /// The driver for the project's Modbus devices, if it has any.
-    pub fn build(project: &Project) -> Option<Self> {
-        let mut devices = Vec::new();
-        for entry in super::devices(project) {
-            let d = &entry.located.value;
-            let (link, unit, coalesce): (LinkKey, u8, &Coalesce) = if let Some(tcp) = &d.modbus_tcp
-            {
-                let key = LinkKey::Tcp {
-                    host: tcp.host.clone(),
-                    port: tcp.port,
-                };
-                (key, tcp.unit, &tcp.coalesce)
-            } else if let Some(rtu) = &d.modbus_rtu {
-                (LinkKey::rtu(rtu), rtu.unit, &rtu.coalesce)
-            } else {
-                continue;
-            };
-            let points: Vec<Point> = entry
-                .properties(|p| p.modbus.as_ref())
-                .map(|(index, name, p, b)| Point {
-                    name: Arc::from(name),
-                    index,
-                    ty: p.ty,
-                    readable: p.readable(),
-                    binding: b.clone(),
-                })
-                .collect();
-            let readable: Vec<(usize, &ModbusBinding)> = points
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.readable)
-                .map(|(i, p)| (i, &p.binding))
-                .collect();
-            let blocks = plan(&readable, coalesce);
-            devices.push(Device {
-                name: Arc::from(entry.name),
-                index: entry.index,
-                link,
-                unit,
-                poll: d.poll(),
-                timeout: d.timeout(),
-                points,
-                blocks,
-            });
+    /// The driver, on the gateway's context; no links until devices come.
+    pub fn new(ctx: DriverContext) -> Self {
+        ModbusDriver {
+            ctx,
+            links: Mutex::new(HashMap::new()),
         }
-        (!devices.is_empty()).then_some(ModbusDriver { devices })
     }
+
+    /// The link `key`, started if no device had it yet.
+    fn link(&self, key: &LinkKey) -> (LinkHandle, Arc<()>) {
+        let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        let (handle, users) = links.entry(key.clone()).or_insert_with(|| {
+            let handle = link::spawn(key.clone(), &self.ctx.tasks, self.ctx.shutdown.clone());
+            (handle, Arc::new(()))
+        });
+        (handle.clone(), users.clone())
+    }
+}
+
+/// The device as the Modbus driver runs it.
+fn device_of(entry: &DeviceEntry<'_>) -> Option<Device> {
+    let d = &entry.located.value;
+    let (link, unit, coalesce): (LinkKey, u8, &Coalesce) = if let Some(tcp) = &d.modbus_tcp {
+        let key = LinkKey::Tcp {
+            host: tcp.host.clone(),
+            port: tcp.port,
+        };
+        (key, tcp.unit, &tcp.coalesce)
+    } else if let Some(rtu) = &d.modbus_rtu {
+        (LinkKey::rtu(rtu), rtu.unit, &rtu.coalesce)
+    } else {
+        return None;
+    };
+    let points: Vec<Point> = entry
+        .properties(|p| p.modbus.as_ref())
+        .map(|(index, name, p, b)| Point {
+            name: Arc::from(name),
+            index,
+            ty: p.ty,
+            readable: p.readable(),
+            binding: b.clone(),
+        })
+        .collect();
+    let readable: Vec<(usize, &ModbusBinding)> = points
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.readable)
+        .map(|(i, p)| (i, &p.binding))
+        .collect();
+    let blocks = plan(&readable, coalesce);
+    Some(Device {
+        name: Arc::from(entry.name),
+        index: entry.index,
+        link,
+        unit,
+        poll: d.poll(),
+        timeout: d.timeout(),
+        points,
+        blocks,
+    })
 }
 
 impl Driver for ModbusDriver {
@@ -115,40 +134,52 @@ impl Driver for ModbusDriver {
         "modbus"
     }
 
-    fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>> {
-        let mut links: HashMap<LinkKey, LinkHandle> = HashMap::new();
-        let mut writers: HashMap<String, Arc<dyn DeviceWriter>> = HashMap::new();
-        for device in self.devices {
-            let link = links
-                .entry(device.link.clone())
-                .or_insert_with(|| {
-                    link::spawn(device.link.clone(), &ctx.tasks, ctx.shutdown.clone())
-                })
-                .clone();
-            let protocol = match device.link {
-                LinkKey::Tcp { .. } => Protocol::ModbusTcp,
-                LinkKey::Rtu { .. } => Protocol::ModbusRtu,
-            };
-            let meter = ctx.metrics.device(&device.name, protocol.key());
-            let device = Arc::new(device);
-            ctx.tasks.spawn(poll_loop(
-                device.clone(),
-                link.clone(),
-                meter,
-                ctx.output.clone(),
-                ctx.shutdown.clone(),
-            ));
-            writers.insert(
-                device.name.to_string(),
-                Arc::new(ModbusWriter {
-                    device,
-                    link,
-                    output: ctx.urgent.clone(),
-                }),
-            );
-        }
-        tracing::info!("modbus: {} devices on {} links", writers.len(), links.len());
-        writers
+    fn serves(&self, device: &ferrite_models::Device) -> bool {
+        device.modbus_tcp.is_some() || device.modbus_rtu.is_some()
+    }
+
+    fn start(
+        &self,
+        entry: &DeviceEntry<'_>,
+        ctx: DriverContext,
+    ) -> Result<Arc<dyn DeviceWriter>, String> {
+        let device = device_of(entry).ok_or("not a Modbus device")?;
+        let (link, users) = self.link(&device.link);
+        let protocol = match device.link {
+            LinkKey::Tcp { .. } => Protocol::ModbusTcp,
+            LinkKey::Rtu { .. } => Protocol::ModbusRtu,
+        };
+        let meter = ctx.metrics.device(&device.name, protocol.key());
+        let device = Arc::new(device);
+        tracing::debug!(device = %device.name, link = %device.link, "modbus: polling");
+        let (poller, link_of_poller) = (device.clone(), link.clone());
+        super::supervise(&ctx, device.name.clone(), move |ctx| {
+            poll_loop(
+                poller.clone(),
+                link_of_poller.clone(),
+                meter.clone(),
+                ctx.output,
+                ctx.shutdown,
+                users.clone(),
+            )
+        });
+        Ok(Arc::new(ModbusWriter {
+            device,
+            link,
+            output: ctx.urgent.clone(),
+        }))
+    }
+
+    fn sweep(&self) {
+        let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        // Dropping our handle ends the link task once no writer holds one.
+        links.retain(|key, (_, users)| {
+            let used = Arc::strong_count(users) > 1;
+            if !used {
+                tracing::info!(link = %key, "modbus: no device left on this link; closing it");
+            }
+            used
+        });
     }
 }
 
@@ -158,6 +189,8 @@ async fn poll_loop(
     meter: crate::metrics::DeviceMeter,
     output: mpsc::Sender<Update>,
     shutdown: CancellationToken,
+    // Held while polling: the link stays while a device uses it.
+    _users: Arc<()>,
 ) {
     // Devices started together poll together. Spreading their start over
     // the period was measured and not kept: the store then commits changes
@@ -169,6 +202,7 @@ async fn poll_loop(
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
+        super::crash_point(&device.name);
         let started = std::time::Instant::now();
         let update = poll_once(&device, &link).await;
         let ok = matches!(update.status, Some((Status::Online, _)));

@@ -10,16 +10,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferrite_models::Value;
 use ferrite_models::device::Sparkplug;
 use ferrite_models::model::{JsonPointer, MqttBinding, ValueType};
 use ferrite_models::payload;
 use ferrite_models::sparkplug::{self, MessageType, Topic};
-use ferrite_models::{Project, Value};
 use ferrite_proto::sparkplug::Payload;
 use ferrite_proto::sparkplug::payload::Metric;
 use prost::Message;
 use tokio::sync::oneshot;
 
+use crate::drivers::DeviceEntry;
 use crate::live::{Sample, Status, Update};
 
 /// How often at most a device's malformed payloads are logged.
@@ -40,10 +41,12 @@ pub(super) struct Point {
 #[derive(Debug)]
 pub(super) struct DeviceState {
     pub name: Arc<str>,
-    /// Its index in the project, as [`Update`]s carry it.
+    /// Its number, as [`Update`]s carry it.
     pub index: usize,
     pub points: Vec<Point>,
     pub sparkplug: Option<Sparkplug>,
+    /// The device's `mqtt:` settings (status topic, Sparkplug ids).
+    mqtt: ferrite_models::device::Mqtt,
     /// Offline after this long without a publish.
     timeout: Option<Duration>,
     last_seen: Option<Instant>,
@@ -55,6 +58,26 @@ pub(super) struct DeviceState {
     pub datatypes: HashMap<usize, u32>,
     malformed_since_warn: u64,
     last_warn: Option<Instant>,
+}
+
+impl DeviceState {
+    /// Takes over what the gateway knew of the device before it was
+    /// reconfigured: its status, and what its last birth taught, if its
+    /// metrics are the same.
+    fn carry_over(&mut self, old: DeviceState) {
+        self.last_seen = old.last_seen;
+        self.status = old.status;
+        let metrics = |d: &DeviceState| -> Vec<Option<String>> {
+            d.points.iter().map(|p| p.binding.metric.clone()).collect()
+        };
+        if metrics(self) == metrics(&old) && self.sparkplug == old.sparkplug {
+            self.aliases = old.aliases;
+            self.datatypes = old.datatypes;
+        }
+        if old.status != Status::Online {
+            self.why = old.why;
+        }
+    }
 }
 
 /// A write waiting for the device to publish the written value.
@@ -96,8 +119,10 @@ struct StatusTopic {
 }
 
 /// The routing tables and every MQTT device's state.
+#[derive(Default)]
 pub(super) struct Ingest {
-    pub devices: Vec<DeviceState>,
+    /// By slot; a removed device's slot is `None` until a device takes it.
+    pub devices: Vec<Option<DeviceState>>,
     /// Plain topic → (device slot, point), grouped by device. Shared, so
     /// that routing a publish copies no table.
     topics: HashMap<String, Arc<[(usize, usize)]>>,
@@ -106,44 +131,142 @@ pub(super) struct Ingest {
     /// Group ID → edge node ID → node, looked up without allocating.
     nodes: HashMap<String, HashMap<String, Node>>,
     pub waiters: Vec<(usize, Waiter)>,
+    /// Devices removed during a reconfiguration, until it ends: one that
+    /// comes back (reconfigured) takes over its state.
+    retired: HashMap<Arc<str>, DeviceState>,
 }
 
 impl Ingest {
-    /// The tables for every MQTT device of `project`.
-    pub fn new(project: &Project) -> Self {
+    /// Routes `entry`'s topics to it from now on, replacing an earlier
+    /// device of that name (whose status it keeps, so that an edit does not
+    /// show a publishing device offline until it publishes again). Returns
+    /// its slot and its first update.
+    pub fn add(&mut self, entry: &DeviceEntry<'_>) -> Option<(usize, Update)> {
+        let device = &entry.located.value;
+        let mqtt = device.mqtt.as_ref()?;
+        let points: Vec<Point> = entry
+            .properties(|p| p.mqtt.as_ref())
+            .map(|(index, name, p, b)| Point {
+                name: name.into(),
+                index,
+                ty: p.ty,
+                binding: b.clone(),
+            })
+            .collect();
+        let mut listens: Vec<String> = points
+            .iter()
+            .filter_map(|p| p.binding.topic.as_ref().map(|t| t.render(entry.name)))
+            .collect();
+        if let Some(sp) = &mqtt.sparkplug {
+            listens.push(Topic::of(sp, MessageType::NBirth).render());
+        }
+        listens.sort();
+        listens.dedup();
+        let mut state = DeviceState {
+            name: entry.name.into(),
+            index: entry.index,
+            points,
+            sparkplug: mqtt.sparkplug.clone(),
+            mqtt: mqtt.clone(),
+            timeout: device.mqtt_timeout(),
+            last_seen: None,
+            status: Status::Offline,
+            why: format!("nothing published yet on {}", listens.join(", ")),
+            aliases: HashMap::new(),
+            datatypes: HashMap::new(),
+            malformed_since_warn: 0,
+            last_warn: None,
+        };
+        if let Some(old) = self.retired.remove(entry.name) {
+            state.carry_over(old);
+        }
+        let slot = match self.slot_of(entry.name) {
+            Some(slot) => {
+                if let Some(old) = self.devices[slot].take() {
+                    state.carry_over(old);
+                }
+                slot
+            }
+            None => match self.devices.iter().position(Option::is_none) {
+                Some(free) => free,
+                None => {
+                    self.devices.push(None);
+                    self.devices.len() - 1
+                }
+            },
+        };
+        // A write waiting on the old points would confirm against the new.
+        self.waiters.retain(|(s, _)| *s != slot);
+        let first = update(
+            state.index,
+            Some((
+                state.status,
+                (state.status != Status::Online).then(|| state.why.clone()),
+            )),
+            false,
+            Vec::new(),
+        );
+        self.devices[slot] = Some(state);
+        self.route();
+        Some((slot, first))
+    }
+
+    /// Stops routing anything to `name`.
+    pub fn remove(&mut self, name: &str) {
+        if let Some(slot) = self.slot_of(name) {
+            if let Some(old) = self.devices[slot].take() {
+                self.retired.insert(old.name.clone(), old);
+            }
+            self.waiters.retain(|(s, _)| *s != slot);
+            self.route();
+        }
+    }
+
+    /// A reconfiguration ended: what it removed is gone for good.
+    pub fn forget_retired(&mut self) {
+        self.retired.clear();
+    }
+
+    /// The slot of the device called `name`.
+    pub fn slot_of(&self, name: &str) -> Option<usize> {
+        self.devices
+            .iter()
+            .position(|d| d.as_ref().is_some_and(|d| &*d.name == name))
+    }
+
+    /// The device in `slot`.
+    pub fn device(&self, slot: usize) -> Option<&DeviceState> {
+        self.devices.get(slot)?.as_ref()
+    }
+
+    fn device_mut(&mut self, slot: usize) -> Option<&mut DeviceState> {
+        self.devices.get_mut(slot)?.as_mut()
+    }
+
+    /// Rebuilds the routing tables from the devices. Sparkplug nodes keep
+    /// their session (bdSeq) across the rebuild.
+    fn route(&mut self) {
         let mut topics: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
         let mut status: HashMap<String, Vec<StatusTopic>> = HashMap::new();
-        let mut ingest = Ingest {
-            devices: Vec::new(),
-            topics: HashMap::new(),
-            status: HashMap::new(),
-            nodes: HashMap::new(),
-            waiters: Vec::new(),
-        };
-        for entry in super::super::devices(project) {
-            let device = &entry.located.value;
-            let Some(mqtt) = &device.mqtt else { continue };
-            let slot = ingest.devices.len();
-            let points: Vec<Point> = entry
-                .properties(|p| p.mqtt.as_ref())
-                .map(|(index, name, p, b)| Point {
-                    name: name.into(),
-                    index,
-                    ty: p.ty,
-                    binding: b.clone(),
-                })
-                .collect();
-            let mut listens = Vec::new();
-            for (i, point) in points.iter().enumerate() {
+        let mut nodes = std::mem::take(&mut self.nodes);
+        for group in nodes.values_mut() {
+            for node in group.values_mut() {
+                node.members.clear();
+            }
+        }
+        for (slot, d) in self.devices.iter().enumerate() {
+            let Some(d) = d else { continue };
+            for (i, point) in d.points.iter().enumerate() {
                 if let Some(topic) = &point.binding.topic {
-                    let topic = topic.render(entry.name);
-                    listens.push(topic.clone());
-                    topics.entry(topic).or_default().push((slot, i));
+                    topics
+                        .entry(topic.render(&d.name))
+                        .or_default()
+                        .push((slot, i));
                 }
             }
-            if let Some(s) = &mqtt.status {
+            if let Some(s) = &d.mqtt.status {
                 status
-                    .entry(s.topic.render(entry.name))
+                    .entry(s.topic.render(&d.name))
                     .or_default()
                     .push(StatusTopic {
                         slot,
@@ -151,51 +274,23 @@ impl Ingest {
                         offline: s.offline.clone(),
                     });
             }
-            if let Some(sp) = &mqtt.sparkplug {
-                let node = ingest
-                    .nodes
+            if let Some(sp) = &d.sparkplug {
+                nodes
                     .entry(sp.group.clone())
                     .or_default()
                     .entry(sp.node.clone())
-                    .or_default();
-                node.members.insert(sp.device.clone(), slot);
-                listens.push(Topic::of(sp, MessageType::NBirth).render());
+                    .or_default()
+                    .members
+                    .insert(sp.device.clone(), slot);
             }
-            listens.sort();
-            listens.dedup();
-            ingest.devices.push(DeviceState {
-                name: entry.name.into(),
-                index: entry.index,
-                points,
-                sparkplug: mqtt.sparkplug.clone(),
-                timeout: device.mqtt_timeout(),
-                last_seen: None,
-                status: Status::Offline,
-                why: format!("nothing published yet on {}", listens.join(", ")),
-                aliases: HashMap::new(),
-                datatypes: HashMap::new(),
-                malformed_since_warn: 0,
-                last_warn: None,
-            });
         }
-        ingest.topics = topics.into_iter().map(|(t, r)| (t, r.into())).collect();
-        ingest.status = status.into_iter().map(|(t, e)| (t, e.into())).collect();
-        ingest
-    }
-
-    /// The first update of each device: offline, saying what it waits for.
-    pub fn initial(&self) -> Vec<Update> {
-        self.devices
-            .iter()
-            .map(|d| {
-                update(
-                    d.index,
-                    Some((Status::Offline, Some(d.why.clone()))),
-                    false,
-                    Vec::new(),
-                )
-            })
-            .collect()
+        for group in nodes.values_mut() {
+            group.retain(|_, node| !node.members.is_empty());
+        }
+        nodes.retain(|_, group| !group.is_empty());
+        self.nodes = nodes;
+        self.topics = topics.into_iter().map(|(t, r)| (t, r.into())).collect();
+        self.status = status.into_iter().map(|(t, e)| (t, e.into())).collect();
     }
 
     /// Handles one publish.
@@ -229,7 +324,7 @@ impl Ingest {
     pub fn tick(&mut self, now: Instant) -> Outcome {
         let mut out = Outcome::default();
         for slot in 0..self.devices.len() {
-            let d = &self.devices[slot];
+            let Some(d) = self.device(slot) else { continue };
             if let (Status::Online, Some(timeout), Some(seen)) = (d.status, d.timeout, d.last_seen)
                 && now.duration_since(seen) > timeout
             {
@@ -254,7 +349,10 @@ impl Ingest {
             let slot = routes[i].0;
             let mut samples = Vec::new();
             while i < routes.len() && routes[i].0 == slot {
-                let point = &self.devices[slot].points[routes[i].1];
+                let Some(point) = self.device(slot).and_then(|d| d.points.get(routes[i].1)) else {
+                    i += 1;
+                    continue;
+                };
                 let pointer: Option<&JsonPointer> = point.binding.json.as_ref();
                 match payload::decode(point.ty, pointer, body) {
                     Ok(v) => samples.push((routes[i].1, Sample::Good(v))),
@@ -337,7 +435,9 @@ impl Ingest {
 
     /// A birth: learns names, aliases and data types, then takes the values.
     fn birth(&mut self, slot: usize, metrics: &[Metric], now: Instant, out: &mut Outcome) {
-        let d = &mut self.devices[slot];
+        let Some(d) = self.device_mut(slot) else {
+            return;
+        };
         d.aliases.clear();
         d.datatypes.clear();
         let mut samples = Vec::new();
@@ -372,7 +472,9 @@ impl Ingest {
         now: Instant,
         out: &mut Outcome,
     ) {
-        let d = &self.devices[slot];
+        let Some(d) = self.device(slot) else {
+            return;
+        };
         let mut found = Vec::new();
         let mut unknown_alias = false;
         for m in metrics {
@@ -404,7 +506,9 @@ impl Ingest {
     ) -> Vec<(usize, Sample)> {
         let mut samples = Vec::new();
         for (i, m) in metrics {
-            let point = &self.devices[slot].points[i];
+            let Some(point) = self.device(slot).and_then(|d| d.points.get(i)) else {
+                continue;
+            };
             match sparkplug::metric_value(m, point.ty) {
                 Ok(Some(v)) => samples.push((i, Sample::Good(v))),
                 Ok(None) => samples.push((i, Sample::Bad)),
@@ -477,7 +581,9 @@ impl Ingest {
         out: &mut Outcome,
         samples: Vec<(usize, Sample)>,
     ) {
-        let d = &mut self.devices[slot];
+        let Some(d) = self.device_mut(slot) else {
+            return;
+        };
         d.last_seen = Some(now);
         let status = (d.status != Status::Online).then(|| {
             d.status = Status::Online;
@@ -498,16 +604,20 @@ impl Ingest {
                 }
             }
         }
-        let d = &self.devices[slot];
+        let Some(d) = self.device(slot) else {
+            return;
+        };
         let samples = samples
             .into_iter()
-            .map(|(i, s)| (d.points[i].index, s))
+            .filter_map(|(i, s)| Some((d.points.get(i)?.index, s)))
             .collect();
         out.updates.push(update(d.index, status, true, samples));
     }
 
     fn go_offline(&mut self, slot: usize, why: String, out: &mut Outcome) {
-        let d = &mut self.devices[slot];
+        let Some(d) = self.device_mut(slot) else {
+            return;
+        };
         d.status = Status::Offline;
         d.why.clone_from(&why);
         let samples = d.points.iter().map(|p| (p.index, Sample::Stale)).collect();
@@ -521,7 +631,9 @@ impl Ingest {
 
     fn malformed(&mut self, slot: usize, why: &str, now: Instant, out: &mut Outcome) {
         out.malformed += 1;
-        let d = &mut self.devices[slot];
+        let Some(d) = self.device_mut(slot) else {
+            return;
+        };
         d.malformed_since_warn += 1;
         if d.last_warn
             .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)

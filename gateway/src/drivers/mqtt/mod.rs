@@ -13,13 +13,12 @@
 
 mod ingest;
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrite_models::sparkplug::{self, MessageType, Topic};
-use ferrite_models::{Project, Value, payload};
+use ferrite_models::{Value, payload};
 use ferrite_proto::sparkplug::Payload;
 use prost::Message;
 use rumqttd::Notification;
@@ -33,16 +32,37 @@ use crate::live::Status;
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
 
-/// The MQTT driver.
+/// The MQTT driver: one reader on the embedded broker's in-process link,
+/// routing each publish to the devices its topic belongs to.
 pub struct MqttDriver {
-    ingest: Ingest,
+    /// With a broker (`[mqtt]`): the routing tables, shared with the reader.
+    shared: Option<Arc<Shared>>,
 }
 
 impl MqttDriver {
-    /// A driver for the project's MQTT devices, if it has any.
-    pub fn build(project: &Project) -> Option<Self> {
-        let ingest = Ingest::new(project);
-        (!ingest.devices.is_empty()).then_some(MqttDriver { ingest })
+    /// Takes the broker's link from `ctx` (if the config starts a broker)
+    /// and starts the reader on it.
+    pub fn new(ctx: DriverContext) -> Self {
+        let link = ctx
+            .broker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(link) = link else {
+            return MqttDriver { shared: None };
+        };
+        let mut tx = link.tx;
+        if let Err(e) = tx.subscribe("#") {
+            tracing::error!("cannot subscribe the gateway's broker link: {e}");
+        }
+        let shared = Arc::new(Shared {
+            ingest: Mutex::new(Ingest::default()),
+            link: Mutex::new(tx),
+        });
+        ctx.tasks.spawn(read(shared.clone(), link.rx, ctx.clone()));
+        MqttDriver {
+            shared: Some(shared),
+        }
     }
 }
 
@@ -74,54 +94,41 @@ impl Driver for MqttDriver {
         "mqtt"
     }
 
-    fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>> {
-        let link = ctx
-            .broker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some(link) = link else {
-            tracing::error!("MQTT devices are configured but the broker is not running");
-            return HashMap::new();
-        };
-        let names: Vec<(usize, String)> = self
-            .ingest
-            .devices
-            .iter()
-            .enumerate()
-            .map(|(slot, d)| (slot, d.name.to_string()))
-            .collect();
-        let mut tx = link.tx;
-        if let Err(e) = tx.subscribe("#") {
-            tracing::error!("cannot subscribe the gateway's broker link: {e}");
-        }
-        let shared = Arc::new(Shared {
-            ingest: Mutex::new(self.ingest),
-            link: Mutex::new(tx),
+    fn serves(&self, device: &ferrite_models::Device) -> bool {
+        device.mqtt.is_some()
+    }
+
+    fn start(
+        &self,
+        entry: &super::DeviceEntry<'_>,
+        ctx: DriverContext,
+    ) -> Result<Arc<dyn DeviceWriter>, String> {
+        let shared = self
+            .shared
+            .clone()
+            .ok_or("MQTT devices need the embedded broker, and the config has no [mqtt]")?;
+        let (_, first) = shared.ingest().add(entry).ok_or("not an MQTT device")?;
+        let name: Arc<str> = Arc::from(entry.name);
+        let (remover, removed) = (shared.clone(), name.clone());
+        ctx.tasks.spawn(async move {
+            // Offline and what it waits for, until it publishes.
+            let _ = ctx.output.send(first).await;
+            ctx.shutdown.cancelled().await;
+            remover.ingest().remove(&removed);
         });
-        ctx.tasks.spawn(read(shared.clone(), link.rx, ctx.clone()));
-        names
-            .into_iter()
-            .map(|(slot, name)| {
-                let writer = MqttWriter {
-                    shared: shared.clone(),
-                    slot,
-                };
-                (name, Arc::new(writer) as Arc<dyn DeviceWriter>)
-            })
-            .collect()
+        Ok(Arc::new(MqttWriter { shared, name }))
+    }
+
+    fn sweep(&self) {
+        if let Some(shared) = &self.shared {
+            shared.ingest().forget_retired();
+        }
     }
 }
 
 /// The reader: every publish the broker routes to the gateway, and a clock
 /// for timeouts, until shutdown.
 async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
-    let initial = shared.ingest().initial();
-    for u in initial {
-        if ctx.output.send(u).await.is_err() {
-            return;
-        }
-    }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -197,19 +204,25 @@ async fn answer(visible: oneshot::Receiver<()>, writes: Vec<oneshot::Sender<()>>
 /// Writes to one MQTT device.
 struct MqttWriter {
     shared: Arc<Shared>,
+    name: Arc<str>,
+}
+
+/// A write as it goes out: where the device sits in the tables, which of its
+/// points, the publish, and how long to wait for the confirmation.
+struct Command {
     slot: usize,
+    point: usize,
+    topic: String,
+    body: Vec<u8>,
+    confirm: Option<Duration>,
 }
 
 impl MqttWriter {
-    /// The command's topic and payload, and how long to wait for the
-    /// confirmation, checked against the device's state.
-    fn command(
-        &self,
-        property: &str,
-        value: &Value,
-    ) -> Result<(usize, String, Vec<u8>, Option<Duration>), DriverError> {
+    /// The command for a write, checked against the device's state.
+    fn command(&self, property: &str, value: &Value) -> Result<Command, DriverError> {
         let ingest = self.shared.ingest();
-        let d = &ingest.devices[self.slot];
+        let slot = ingest.slot_of(&self.name).ok_or(DriverError::Stopped)?;
+        let d = ingest.device(slot).ok_or(DriverError::Stopped)?;
         let (point, p) = d
             .points
             .iter()
@@ -239,7 +252,13 @@ impl MqttWriter {
                 ..Payload::default()
             };
             let topic = Topic::of(sp, MessageType::NCmd).render();
-            return Ok((point, topic, body.encode_to_vec(), confirm));
+            return Ok(Command {
+                slot,
+                point,
+                topic,
+                body: body.encode_to_vec(),
+                confirm,
+            });
         }
         let Some(command) = &p.binding.command else {
             return Err(DriverError::Denied(format!(
@@ -247,7 +266,13 @@ impl MqttWriter {
             )));
         };
         let body = payload::encode(p.binding.json.as_ref(), value);
-        Ok((point, command.render(&d.name), body, confirm))
+        Ok(Command {
+            slot,
+            point,
+            topic: command.render(&d.name),
+            body,
+            confirm,
+        })
     }
 }
 
@@ -258,7 +283,13 @@ impl DeviceWriter for MqttWriter {
         value: Value,
     ) -> BoxFuture<'a, Result<Written, DriverError>> {
         Box::pin(async move {
-            let (point, topic, body, confirm) = self.command(property, &value)?;
+            let Command {
+                slot,
+                point,
+                topic,
+                body,
+                confirm,
+            } = self.command(property, &value)?;
             let Some(confirm) = confirm else {
                 self.shared.publish(topic, body)?;
                 return Ok(Written::Sent);
@@ -268,7 +299,7 @@ impl DeviceWriter for MqttWriter {
             self.shared
                 .ingest()
                 .waiters
-                .push((self.slot, Waiter { point, value, done }));
+                .push((slot, Waiter { point, value, done }));
             let result = match self.shared.publish(topic, body) {
                 Err(e) => {
                     drop(confirmed);

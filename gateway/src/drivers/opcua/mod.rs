@@ -20,15 +20,14 @@ mod connect;
 mod session;
 mod status;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrite_models::Value;
 use ferrite_models::device::Opcua;
 use ferrite_models::model::{UaDataType, ValueType};
-use ferrite_models::{Project, Value};
 use opcua::client::Session;
 use opcua::types::{
     AttributeId, DataValue, NodeId, NumericRange, QualifiedName, ReadValueId, TimestampsToReturn,
@@ -43,7 +42,7 @@ use crate::live::{Sample, Update};
 #[derive(Debug, Clone)]
 struct Point {
     name: Arc<str>,
-    /// Index of the property in its model.
+    /// The property's number ([`crate::names::Names`]).
     index: u16,
     ty: ValueType,
     readable: bool,
@@ -58,7 +57,7 @@ struct Point {
 #[derive(Debug)]
 struct Device {
     name: Arc<str>,
-    /// Index of the device in the project.
+    /// The device's number ([`crate::names::Names`]).
     index: usize,
     settings: Opcua,
     /// The device file's folder: relative paths in `settings` start here.
@@ -99,48 +98,55 @@ struct Connected {
 /// What the writer sees of the session: connected, or why not.
 type Link = Result<Connected, String>;
 
-/// The OPC UA driver: every OPC UA device of the project.
+/// The OPC UA driver: a session task per device, each with its own client.
 pub struct OpcuaDriver {
-    devices: Vec<Device>,
+    ctx: DriverContext,
+    /// Clients are made one at a time: the first creates the gateway's
+    /// certificate under `data_dir/pki`, the others find it.
+    making: std::sync::Mutex<()>,
 }
 
 impl OpcuaDriver {
-    /// The driver for the project's OPC UA devices, if it has any.
-    pub fn build(project: &Project) -> Option<Self> {
-        let mut devices = Vec::new();
-        for entry in super::devices(project) {
-            let d = &entry.located.value;
-            let Some(settings) = &d.opcua else { continue };
-            let points = entry
-                .properties(|p| p.opcua.as_ref())
-                .map(|(index, name, p, b)| Point {
-                    name: Arc::from(name),
-                    index,
-                    ty: p.ty,
-                    readable: p.readable(),
-                    node: NodeId::from_str(&b.node.0)
-                        .map_err(|_| format!("cannot parse NodeId `{}`", b.node)),
-                    expected: b.datatype,
-                    deadband: p.deadband.filter(|_| p.ty.is_numeric()),
-                })
-                .collect();
-            devices.push(Device {
-                name: Arc::from(entry.name),
-                index: entry.index,
-                settings: settings.clone(),
-                base: entry
-                    .located
-                    .file
-                    .parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_default(),
-                poll: d.poll(),
-                timeout: d.timeout(),
-                points,
-            });
+    /// The driver, on the gateway's context.
+    pub fn new(ctx: DriverContext) -> Self {
+        OpcuaDriver {
+            ctx,
+            making: std::sync::Mutex::new(()),
         }
-        (!devices.is_empty()).then_some(OpcuaDriver { devices })
     }
+}
+
+/// The device as the OPC UA driver runs it.
+fn device_of(entry: &super::DeviceEntry<'_>) -> Option<Device> {
+    let d = &entry.located.value;
+    let settings = d.opcua.as_ref()?;
+    let points = entry
+        .properties(|p| p.opcua.as_ref())
+        .map(|(index, name, p, b)| Point {
+            name: Arc::from(name),
+            index,
+            ty: p.ty,
+            readable: p.readable(),
+            node: NodeId::from_str(&b.node.0)
+                .map_err(|_| format!("cannot parse NodeId `{}`", b.node)),
+            expected: b.datatype,
+            deadband: p.deadband.filter(|_| p.ty.is_numeric()),
+        })
+        .collect();
+    Some(Device {
+        name: Arc::from(entry.name),
+        index: entry.index,
+        settings: settings.clone(),
+        base: entry
+            .located
+            .file
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+        poll: d.poll(),
+        timeout: d.timeout(),
+        points,
+    })
 }
 
 impl Driver for OpcuaDriver {
@@ -148,33 +154,49 @@ impl Driver for OpcuaDriver {
         "opcua"
     }
 
-    fn start(self: Box<Self>, ctx: DriverContext) -> HashMap<String, Arc<dyn DeviceWriter>> {
-        let pki = ctx.data_dir.join("pki");
-        let mut writers: HashMap<String, Arc<dyn DeviceWriter>> = HashMap::new();
-        for device in self.devices {
-            let device = Arc::new(device);
-            // Clients are built one after another: the first creates the
-            // gateway's certificate, the others find it.
-            let client = connect::client(&device, &pki);
-            let (link, seen) = watch::channel(Err("not connected yet".to_string()));
-            ctx.tasks.spawn(session::run(
-                device.clone(),
+    fn serves(&self, device: &ferrite_models::Device) -> bool {
+        device.opcua.is_some()
+    }
+
+    fn start(
+        &self,
+        entry: &super::DeviceEntry<'_>,
+        ctx: DriverContext,
+    ) -> Result<Arc<dyn DeviceWriter>, String> {
+        let device = Arc::new(device_of(entry).ok_or("not an OPC UA device")?);
+        let pki = self.ctx.data_dir.join("pki");
+        let (link, seen) = watch::channel(Err("not connected yet".to_string()));
+        let link = Arc::new(link);
+        let (session_device, session_pki) = (device.clone(), pki.clone());
+        let making = &self.making;
+        let client = {
+            let _one = making
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            connect::client(&device, &pki)
+        };
+        // The client is made once; a restarted session task builds its own
+        // (a panic may have left the first one half-used).
+        let first = std::sync::Mutex::new(Some(client));
+        super::supervise(&ctx, device.name.clone(), move |ctx| {
+            let client = first
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .unwrap_or_else(|| connect::client(&session_device, &session_pki));
+            session::run(
+                session_device.clone(),
                 client,
-                pki.clone(),
-                link,
-                ctx.clone(),
-            ));
-            writers.insert(
-                device.name.to_string(),
-                Arc::new(OpcuaWriter {
-                    device,
-                    link: seen,
-                    output: ctx.urgent.clone(),
-                }),
-            );
-        }
-        tracing::info!("opcua: {} devices", writers.len());
-        writers
+                session_pki.clone(),
+                link.clone(),
+                ctx,
+            )
+        });
+        Ok(Arc::new(OpcuaWriter {
+            device,
+            link: seen,
+            output: ctx.urgent.clone(),
+        }))
     }
 }
 

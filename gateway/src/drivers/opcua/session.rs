@@ -119,7 +119,7 @@ pub(super) async fn run(
     device: Arc<Device>,
     client: Result<Client, String>,
     pki: PathBuf,
-    link: watch::Sender<Link>,
+    link: Arc<watch::Sender<Link>>,
     ctx: DriverContext,
 ) {
     let client = match client {
@@ -141,6 +141,7 @@ pub(super) async fn run(
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
     loop {
+        crate::drivers::crash_point(&device.name);
         let mut session = Running {
             device: &device,
             client: &client,

@@ -1,0 +1,231 @@
+//! The running devices: each started on its protocol's driver with a
+//! shutdown token and a task tracker of its own, so that one device can be
+//! stopped, started or reconfigured while every other keeps polling, on the
+//! same connections, without a gap.
+//!
+//! [`Fleet::apply`] takes the project that runs and the one to run next,
+//! and touches only the devices whose document, model or folder changed:
+//! removed devices stop (their history and outbox entries stay in the
+//! store), changed ones stop and start again, added ones start. A device
+//! whose protocol this build has no driver for shows why in the live view.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_models::Project;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::control::Writers;
+use crate::drivers::{DeviceEntry, Driver, DriverContext};
+use crate::live::Live;
+
+/// How long a stopping device's tasks may take before they are left to
+/// finish on their own.
+pub const STOP_DEVICE: Duration = Duration::from_secs(5);
+
+/// What [`Fleet::apply`] did, by device name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Devices started.
+    pub added: Vec<String>,
+    /// Devices stopped and started again with their new configuration.
+    pub restarted: Vec<String>,
+    /// Devices stopped for good.
+    pub removed: Vec<String>,
+}
+
+impl Changed {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.restarted.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// One running device.
+struct Running {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The running devices.
+pub struct Fleet {
+    drivers: Vec<Box<dyn Driver>>,
+    /// The gateway's context: devices get a copy with their own token and
+    /// tracker.
+    ctx: DriverContext,
+    live: Arc<Live>,
+    writers: Arc<Writers>,
+    running: tokio::sync::Mutex<HashMap<String, Running>>,
+}
+
+impl Fleet {
+    /// A fleet on this build's drivers, made on `ctx` (the gateway's).
+    pub fn new(ctx: DriverContext, live: Arc<Live>, writers: Arc<Writers>) -> Fleet {
+        Fleet {
+            drivers: crate::drivers::all(&ctx),
+            ctx,
+            live,
+            writers,
+            running: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts every device of `project`.
+    pub async fn start_all(&self, project: &Project) {
+        let mut running = self.running.lock().await;
+        for name in project.devices.keys() {
+            self.live.install(project, name);
+            self.start(project, name, &mut running);
+        }
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for name in project.devices.keys() {
+            if let Some(driver) = self.driver_of(project, name) {
+                *counts.entry(driver.name()).or_default() += 1;
+            }
+        }
+        for (driver, n) in counts {
+            tracing::info!("{driver}: {n} device(s)");
+        }
+    }
+
+    /// Moves from `old` to `new`, touching only the devices that changed.
+    pub async fn apply(&self, old: &Project, new: &Project) -> Changed {
+        let changed = diff(old, new);
+        let mut running = self.running.lock().await;
+        for name in changed.removed.iter().chain(&changed.restarted) {
+            self.stop(name, &mut running).await;
+        }
+        for name in &changed.removed {
+            self.live.remove(name);
+        }
+        for name in changed.restarted.iter().chain(&changed.added) {
+            self.live.install(new, name);
+            self.start(new, name, &mut running);
+        }
+        for driver in &self.drivers {
+            driver.sweep();
+        }
+        changed
+    }
+
+    /// Stops every device (the gateway stops).
+    pub async fn stop_all(&self) {
+        let mut running = self.running.lock().await;
+        let names: Vec<String> = running.keys().cloned().collect();
+        for name in names {
+            self.stop(&name, &mut running).await;
+        }
+    }
+
+    fn driver_of(&self, project: &Project, name: &str) -> Option<&dyn Driver> {
+        let device = &project.devices.get(name)?.value;
+        self.drivers
+            .iter()
+            .find(|d| d.serves(device))
+            .map(AsRef::as_ref)
+    }
+
+    fn start(&self, project: &Project, name: &str, running: &mut HashMap<String, Running>) {
+        let Some(located) = project.devices.get(name) else {
+            return;
+        };
+        let device = &located.value;
+        let Some(driver) = self.driver_of(project, name) else {
+            let protocol = device.protocol().map_or("its protocol", |p| p.key());
+            self.live
+                .unserved(name, format!("no {protocol} driver in this build"));
+            return;
+        };
+        let Some(model) = project.models.get(&device.model) else {
+            return;
+        };
+        let layout = self.live.names().layout(project, name);
+        let entry = DeviceEntry {
+            index: layout.device,
+            name,
+            located,
+            model: &model.value,
+            numbers: &layout.properties,
+        };
+        let stop = self.ctx.shutdown.child_token();
+        let tasks = TaskTracker::new();
+        let ctx = DriverContext {
+            shutdown: stop.clone(),
+            tasks: tasks.clone(),
+            ..self.ctx.clone()
+        };
+        match driver.start(&entry, ctx) {
+            Ok(writer) => self.writers.insert(name, writer),
+            Err(why) => {
+                tracing::error!(device = name, "cannot start: {why}");
+                self.live.unserved(name, why);
+            }
+        }
+        tasks.close();
+        // The gateway's stop waits for every device's tasks.
+        let done = tasks.clone();
+        self.ctx.tasks.spawn(async move { done.wait().await });
+        running.insert(name.to_string(), Running { stop, tasks });
+    }
+
+    async fn stop(&self, name: &str, running: &mut HashMap<String, Running>) {
+        self.writers.remove(name);
+        let Some(device) = running.remove(name) else {
+            return;
+        };
+        device.stop.cancel();
+        if tokio::time::timeout(STOP_DEVICE, device.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                device = name,
+                "its tasks did not stop within {STOP_DEVICE:?}; they finish on their own"
+            );
+        }
+    }
+}
+
+/// Which devices `new` adds, changes or removes against `old`. A device
+/// changes when its document, its model or its file's folder (which its
+/// relative paths start from) does.
+pub fn diff(old: &Project, new: &Project) -> Changed {
+    fn spec<'a>(
+        project: &'a Project,
+        name: &str,
+    ) -> Option<(
+        &'a ferrite_models::Device,
+        Option<&'a ferrite_models::DeviceModel>,
+        Option<std::path::PathBuf>,
+    )> {
+        let located = project.devices.get(name)?;
+        let model = project.models.get(&located.value.model).map(|m| &m.value);
+        Some((
+            &located.value,
+            model,
+            located.file.parent().map(|p| p.to_path_buf()),
+        ))
+    }
+    let names: BTreeSet<&String> = old.devices.keys().chain(new.devices.keys()).collect();
+    let mut changed = Changed::default();
+    for name in names {
+        match (spec(old, name), spec(new, name)) {
+            (Some(_), None) => changed.removed.push(name.clone()),
+            (None, Some(_)) => changed.added.push(name.clone()),
+            (Some(a), Some(b)) if a != b => changed.restarted.push(name.clone()),
+            _ => {}
+        }
+    }
+    changed
+}
+
+impl Fleet {
+    /// Names of the devices running now, sorted.
+    pub async fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.running.lock().await.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
