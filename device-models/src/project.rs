@@ -165,40 +165,71 @@ impl Report {
 pub fn check(path: &Path) -> Report {
     let mut loader = Loader::default();
     loader.project.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    if let Some(config) = loader.load_config(path) {
-        let folders = [
-            (
-                DocKind::DeviceModel,
-                "models",
-                config.value.gateway.models.clone(),
-            ),
-            (
-                DocKind::Device,
-                "devices",
-                config.value.gateway.devices.clone(),
-            ),
-            (DocKind::Rule, "rules", config.value.gateway.rules.clone()),
-        ];
-        let resolved: Vec<(DocKind, &str, PathBuf)> = folders
-            .iter()
-            .map(|(kind, key, dir)| (*kind, *key, loader.project.resolve(dir)))
-            .collect();
-        for (kind, key, dir) in &resolved {
-            // A folder named for two kinds (say models = devices = ".") takes both.
-            let allowed: Vec<DocKind> = resolved
-                .iter()
-                .filter(|(_, _, other)| other == dir)
-                .map(|(k, _, _)| *k)
-                .collect();
-            if allowed.first() != Some(kind) {
-                continue;
-            }
-            let at = config.pos(&["gateway", key]);
-            loader.load_folder(dir, &allowed, &config.file, at);
-        }
-        loader.project.config = Some(config);
+    match loader.load_config(path) {
+        Some(config) => loader.load_folders(config, &Disk),
+        None => loader.finish(),
     }
-    loader.finish()
+}
+
+/// Validates the models, devices and rules that `files` holds for the
+/// folders `config` names, exactly as [`check`] does with those on disk:
+/// the check of a configuration that a running gateway is about to apply.
+/// `base_dir` is the config file's folder.
+pub fn check_files(config: Located<Config>, base_dir: &Path, files: &dyn Files) -> Report {
+    let mut loader = Loader::default();
+    loader.project.base_dir = base_dir.to_path_buf();
+    loader.load_folders(config, files)
+}
+
+/// The three folders a config names, resolved, each with the kinds of
+/// document it may hold (a folder named for two kinds, say
+/// `models = devices = "."`, takes both), and the config key that names it.
+pub fn folders(config: &Config, base_dir: &Path) -> Vec<(PathBuf, Vec<DocKind>, &'static str)> {
+    let named = [
+        (DocKind::DeviceModel, "models", &config.gateway.models),
+        (DocKind::Device, "devices", &config.gateway.devices),
+        (DocKind::Rule, "rules", &config.gateway.rules),
+    ];
+    let resolved: Vec<(DocKind, &str, PathBuf)> = named
+        .iter()
+        .map(|(kind, key, dir)| (*kind, *key, base_dir.join(dir)))
+        .collect();
+    let mut out = Vec::new();
+    for (kind, key, dir) in &resolved {
+        let allowed: Vec<DocKind> = resolved
+            .iter()
+            .filter(|(_, _, other)| other == dir)
+            .map(|(k, _, _)| *k)
+            .collect();
+        if allowed.first() == Some(kind) {
+            out.push((dir.clone(), allowed, *key));
+        }
+    }
+    out
+}
+
+/// Where model, device and rule files come from: the disk ([`Disk`]), or
+/// texts held in memory.
+pub trait Files {
+    /// The `.yaml` and `.yml` files of `dir`, sorted by name, without hidden
+    /// ones.
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>>;
+    /// One file's text, within the size limit, UTF-8.
+    fn read(&self, path: &Path) -> Result<String, SourceError>;
+}
+
+/// The files on disk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk;
+
+impl Files for Disk {
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        yaml_files(dir)
+    }
+
+    fn read(&self, path: &Path) -> Result<String, SourceError> {
+        read_source(path)
+    }
 }
 
 /// The `.yaml` and `.yml` files of `dir`, sorted by name, without hidden
@@ -258,11 +289,28 @@ impl Loader {
         Some(Located { value, file, node })
     }
 
+    /// Loads the folders `config` names from `files`, then validates.
+    fn load_folders(mut self, config: Located<Config>, files: &dyn Files) -> Report {
+        for (dir, allowed, key) in folders(&config.value, &self.project.base_dir) {
+            let at = config.pos(&["gateway", key]);
+            self.load_folder(&dir, &allowed, &config.file, at, files);
+        }
+        self.project.config = Some(config);
+        self.finish()
+    }
+
     /// Loads every `.yaml`/`.yml` file in `dir`, sorted by name. `config_file`
     /// and `at` locate the config entry that named the folder.
-    pub fn load_folder(&mut self, dir: &Path, allowed: &[DocKind], config_file: &Path, at: Pos) {
-        let files = match yaml_files(dir) {
-            Ok(files) => files,
+    pub fn load_folder(
+        &mut self,
+        dir: &Path,
+        allowed: &[DocKind],
+        config_file: &Path,
+        at: Pos,
+        files: &dyn Files,
+    ) {
+        let list = match files.list(dir) {
+            Ok(list) => list,
             Err(e) => {
                 self.diagnostics.error(
                     config_file,
@@ -272,8 +320,11 @@ impl Loader {
                 return;
             }
         };
-        for file in files {
-            self.load_file(&file, allowed);
+        for file in list {
+            match files.read(&file) {
+                Ok(text) => self.load_text(&file, &text, allowed),
+                Err(e) => self.diagnostics.error(&file, e.pos, e.message),
+            }
         }
     }
 

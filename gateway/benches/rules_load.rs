@@ -250,6 +250,7 @@ async fn latency() {
         Options {
             listen: None,
             data_dir: None,
+            snapshot: None,
         },
     )
     .await

@@ -31,10 +31,11 @@ pub fn schema_cmd(kind: SchemaKind, out: &mut dyn Write) -> std::io::Result<Exit
 /// `ferrite run`: validates, starts, and runs until SIGTERM or Ctrl-C.
 pub async fn run(
     config: &Path,
-    options: crate::runtime::Options,
+    mut options: crate::runtime::Options,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let report = ferrite_models::check(config);
+    let (report, snapshot) = crate::reconcile::load(config);
+    options.snapshot = snapshot;
     for finding in &report.diagnostics {
         writeln!(out, "{finding}")?;
     }

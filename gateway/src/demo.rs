@@ -99,7 +99,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::Builder::new().prefix("ferrite-demo-").tempdir()?;
     let config = write_files(scratch.path())?;
-    let report = ferrite_models::check(&config);
+    let (report, snapshot) = crate::reconcile::load(&config);
     anyhow::ensure!(
         report.is_ok(),
         "the built-in demo does not check: {:?}",
@@ -116,6 +116,7 @@ pub async fn run(
     let options = Options {
         listen: Some(listen),
         data_dir: Some(data_dir.clone()),
+        snapshot,
     };
     // The control plane first, so that the gateway's uplink finds it.
     let cloud = ferrite_sync::cloud::start(ferrite_sync::cloud::CloudConfig {
@@ -156,10 +157,11 @@ pub async fn run(
          line-1 on OPC UA opc.tcp://127.0.0.1:4840/ferrite,\n\
          env-1 (JSON) and tank-1 (Sparkplug B) publish to the embedded broker mqtt://127.0.0.1:1883:\n  \
          mosquitto_sub -h 127.0.0.1 -t 'sensors/#' -t 'alarms/#' -v\n\
-         Rules edited in {rules} apply without a restart.\n\
+         Models, devices and rules edited in {folders} (or through the API, see /api/v1/config)\n\
+         apply without a restart; only what changed restarts.\n\
          Ctrl-C stops.",
         data_dir.display(),
-        rules = scratch.path().join("rules").display(),
+        folders = scratch.path().display(),
         broker = cloud.broker,
     )?;
     out.flush()?;

@@ -156,6 +156,8 @@ impl Fleet {
             tasks: tasks.clone(),
             ..self.ctx.clone()
         };
+        let protocol = device.protocol().map_or("none", |p| p.key());
+        self.ctx.metrics.started(name, protocol);
         match driver.start(&entry, ctx) {
             Ok(writer) => self.writers.insert(name, writer),
             Err(why) => {

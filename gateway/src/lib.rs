@@ -60,6 +60,7 @@ pub mod journal;
 pub mod live;
 pub mod metrics;
 pub mod names;
+pub mod reconcile;
 pub mod rules;
 pub mod running;
 pub mod runtime;

@@ -19,7 +19,11 @@ fn main() -> anyhow::Result<ExitCode> {
             data_dir,
         } => {
             init_logs(cli.log_format);
-            let options = Options { listen, data_dir };
+            let options = Options {
+                listen,
+                data_dir,
+                snapshot: None,
+            };
             runtime()?.block_on(commands::run(&config, options, &mut stdout))
         }
         #[cfg(feature = "demo")]

@@ -78,6 +78,8 @@ pub struct Metrics {
     poll_errors: Family<DeviceLabels, Counter>,
     poll_seconds: Histograms<DeviceLabels>,
     values: Family<DeviceLabels, Counter>,
+    starts: Family<DeviceLabels, Counter>,
+    panics: Family<DeviceLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Histograms<RouteLabels>,
     /// Values per second over the last [`RATE_WINDOW`], in thousandths.
@@ -102,6 +104,8 @@ impl Metrics {
         let poll_seconds: Histograms<DeviceLabels> =
             Family::new_with_constructor(poll_histogram as fn() -> Histogram);
         let values = Family::<DeviceLabels, Counter>::default();
+        let starts = Family::<DeviceLabels, Counter>::default();
+        let panics = Family::<DeviceLabels, Counter>::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let request_seconds: Histograms<RouteLabels> =
             Family::new_with_constructor(request_histogram as fn() -> Histogram);
@@ -126,6 +130,16 @@ impl Metrics {
             values.clone(),
         );
         registry.register(
+            "ferrite_device_starts",
+            "Times a device was started on its driver: at the gateway's start, and again by each configuration change that touched it",
+            starts.clone(),
+        );
+        registry.register(
+            "ferrite_device_loop_panics",
+            "Panics of a device's loop (each restarted; three within a minute roll the configuration back)",
+            panics.clone(),
+        );
+        registry.register(
             "ferrite_api_requests",
             "API requests answered, by route, method and status",
             requests.clone(),
@@ -141,6 +155,8 @@ impl Metrics {
             poll_errors,
             poll_seconds,
             values,
+            starts,
+            panics,
             requests,
             request_seconds,
             values_rate_milli: AtomicU64::new(0),
@@ -160,6 +176,16 @@ impl Metrics {
     /// The counter of values received from one device.
     pub fn values_of(&self, device: &str, protocol: &str) -> Counter {
         self.values.get_or_create(&labels(device, protocol)).clone()
+    }
+
+    /// Counts a start of `device` on its driver.
+    pub fn started(&self, device: &str, protocol: &str) {
+        self.starts.get_or_create(&labels(device, protocol)).inc();
+    }
+
+    /// Counts a panic of `device`'s loop.
+    pub fn panicked(&self, device: &str, protocol: &str) {
+        self.panics.get_or_create(&labels(device, protocol)).inc();
     }
 
     /// Counts one answered API request.

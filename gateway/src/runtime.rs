@@ -24,6 +24,7 @@ use crate::fleet::Fleet;
 use crate::journal::{Journal, Retention};
 use crate::live::Live;
 use crate::names::Names;
+use crate::reconcile::Reconciler;
 use crate::rules::{Clock, Deps, Feed, Source};
 use crate::running::Running;
 use crate::store::writer::{self, Writer, WriterStats};
@@ -37,12 +38,16 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
 pub const UPDATE_QUEUE: usize = 16 * 1024;
 
 /// Where to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// The API's address; default from the config.
     pub listen: Option<SocketAddr>,
     /// The data folder; default from the config.
     pub data_dir: Option<PathBuf>,
+    /// The folders' files the project was loaded from
+    /// ([`crate::reconcile::load`]), the first configuration version; read
+    /// at start when `None`.
+    pub snapshot: Option<crate::reconcile::Snapshot>,
 }
 
 /// Why the gateway could not start.
@@ -159,6 +164,7 @@ impl Gateway {
         let (output, updates) = mpsc::channel(UPDATE_QUEUE);
         let (urgent, urgent_rx) = mpsc::channel(256);
         let feed = Arc::new(Feed::new());
+        let crashes = Arc::new(drivers::Crashes::default());
         let ctx = DriverContext {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
@@ -169,7 +175,7 @@ impl Gateway {
             metrics: metrics.clone(),
             #[cfg(feature = "mqtt")]
             broker: Arc::new(std::sync::Mutex::new(broker)),
-            crashes: Arc::new(drivers::Crashes::default()),
+            crashes: crashes.clone(),
         };
         let writers = Arc::new(Writers::default());
         // Every device shows in the live view before the writer restores
@@ -243,11 +249,26 @@ impl Gateway {
             shutdown.clone(),
         ));
         let rules = crate::rules::start(deps, sources, rules_dir, &tasks, shutdown.clone());
-        tasks.spawn(crate::rules::reload::watch(rules.clone(), shutdown.clone()));
+        let reconciler = Reconciler::start(
+            running.clone(),
+            options.snapshot,
+            fleet.clone(),
+            rules.clone(),
+            store.clone(),
+            journal.clone(),
+        )
+        .await
+        .ok_or(StartError::NoConfig)?;
+        tasks.spawn(crate::reconcile::watch::run(
+            reconciler.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(reconciler.clone().watch_crashes(crashes, shutdown.clone()));
 
         let state = AppState {
             running,
             fleet,
+            reconciler,
             live,
             store,
             writers,

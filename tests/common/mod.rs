@@ -60,6 +60,7 @@ impl Files {
         let options = Options {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(self.data()),
+            snapshot: None,
         };
         Gateway::start(self.project(), options)
             .await

@@ -146,7 +146,8 @@ pub struct SourceError {
 }
 
 impl SourceError {
-    pub(crate) fn new(pos: Pos, message: impl Into<String>) -> Self {
+    /// A problem at `pos`.
+    pub fn new(pos: Pos, message: impl Into<String>) -> Self {
         SourceError {
             pos,
             message: message.into(),

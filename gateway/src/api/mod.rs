@@ -5,6 +5,8 @@
 //! - `serve`: HTTP or HTTPS, the connection limit and header timeouts.
 //! - `devices`: devices, properties, writes and history.
 //! - `models`: the device models as loaded.
+//! - `config`: live configuration: the running version and its history,
+//!   rollback, and `PUT`/`DELETE` of models and devices (rules: `rules`).
 //! - `rules`: rules (state, enable, disable, replace, delete), events and
 //!   the audit log.
 //! - `stream`: live values as server-sent events.
@@ -21,6 +23,7 @@
 //! `/healthz` and `/readyz` need no token.
 
 pub mod auth;
+mod config;
 mod dashboard;
 mod devices;
 pub mod error;
@@ -57,6 +60,8 @@ pub struct AppState {
     pub running: Arc<Running>,
     /// The running devices.
     pub fleet: Arc<crate::fleet::Fleet>,
+    /// Applies configuration changes.
+    pub reconciler: Arc<crate::reconcile::Reconciler>,
     /// Live device state.
     pub live: Arc<Live>,
     /// The store, for history.
@@ -94,6 +99,7 @@ pub struct AppState {
     tags(
         (name = "devices", description = "Devices, readings, writes and history"),
         (name = "rules", description = "Control rules (admin role to change)"),
+        (name = "config", description = "Live configuration: versions, rollback, and changing models and devices (admin role)"),
         (name = "journal", description = "Events and the audit log"),
         (name = "gateway", description = "Status, sync, metrics, health and live updates"),
     ),
@@ -125,11 +131,21 @@ pub fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::Ope
     use utoipa_axum::routes;
     let (guarded, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(devices::list))
-        .routes(routes!(devices::one))
+        .routes(routes!(
+            devices::one,
+            config::put_device,
+            config::delete_device
+        ))
         .routes(routes!(devices::property, devices::write))
         .routes(routes!(devices::history))
         .routes(routes!(models::list))
-        .routes(routes!(models::one))
+        .routes(routes!(
+            models::one,
+            config::put_model,
+            config::delete_model
+        ))
+        .routes(routes!(config::get))
+        .routes(routes!(config::rollback))
         .routes(routes!(rules::list))
         .routes(routes!(rules::one, rules::put, rules::delete))
         .routes(routes!(rules::enable))

@@ -1,17 +1,18 @@
 //! `/api/v1/rules`, `/api/v1/events` and `/api/v1/audit`.
 
-use axum::Json;
+use std::net::SocketAddr;
+
 use axum::extract::rejection::{QueryRejection, StringRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
-use ferrite_models::project::{DocKind, Loader};
+use axum::{Extension, Json};
+use ferrite_models::project::DocKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json_;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use crate::rules::reload::Edit;
 use crate::rules::{RuleError, RuleView};
 use crate::store::Log;
 
@@ -80,50 +81,9 @@ pub async fn disable(
     Ok(Json(state.rules.set_enabled(&name, false).await?))
 }
 
-/// The file a rule lives in, or would live in if new. A file that holds
-/// other rules too is refused: the API replaces whole files.
-fn file_of(state: &AppState, name: &str) -> Result<std::path::PathBuf, ApiError> {
-    let file = state
-        .rules
-        .get(name)
-        .map(|r| std::path::PathBuf::from(r.file))
-        .unwrap_or_else(|| state.rules.dir().join(format!("{name}.yaml")));
-    let others: Vec<String> = state
-        .rules
-        .list()
-        .iter()
-        .filter(|r| std::path::Path::new(&r.file) == file && r.name != name)
-        .map(|r| r.name.clone())
-        .collect();
-    if others.is_empty() {
-        Ok(file)
-    } else {
-        Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "shared_file",
-            format!(
-                "{} also holds rule(s) {}; edit that file instead",
-                file.display(),
-                others.join(", ")
-            ),
-        ))
-    }
-}
-
-fn refused(errors: Vec<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_rule",
-        format!(
-            "the rule is refused ({} problems); the rules running are unchanged",
-            errors.len()
-        ),
-    )
-    .with_details(errors)
-}
-
-/// Creates or replaces a rule from its YAML: checked like `ferrite check`,
-/// written to the rules folder, applied without a restart.
+/// Creates or replaces a rule from its YAML: checked with the whole
+/// configuration like `ferrite check`, written to the rules folder, applied
+/// without a restart (only this rule restarts).
 #[utoipa::path(put, operation_id = "putRule", path = "/api/v1/rules/{name}", tag = "rules",
     params(("name" = String, Path, description = "Rule name")),
     request_body(content = String, content_type = "application/yaml",
@@ -131,55 +91,18 @@ fn refused(errors: Vec<String>) -> ApiError {
     responses(
         (status = 200, description = "The rule, applied", body = RuleView),
         (status = 400, description = "Refused, with each `file:line:col: message`", body = ErrorBody),
-        (status = 409, description = "Its file holds other rules too", body = ErrorBody),
+        (status = 409, description = "Its file holds other documents too", body = ErrorBody),
     ))]
 pub async fn put(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    principal: Option<Extension<super::auth::Principal>>,
     Path(name): Path<String>,
     body: Result<String, StringRejection>,
 ) -> Result<Json<RuleView>, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            let message = format!("the body is over {} bytes", super::MAX_BODY);
-            ApiError::new(e.status(), "body_too_large", message)
-        } else {
-            ApiError::bad_request(format!(
-                "expected the rule's YAML as UTF-8 text: {}",
-                e.body_text()
-            ))
-        }
-    })?;
-    // The name becomes a file name: nothing that could leave the folder.
-    ferrite_models::units::check_name(&name)
-        .map_err(|e| ApiError::bad_request(format!("rule {e}")))?;
-    let file = file_of(&state, &name)?;
-    // The body must hold exactly this one rule.
-    let mut probe = Loader::default();
-    probe.load_text(&file, &body, &[DocKind::Rule]);
-    let names: Vec<&String> = probe.project.rules.keys().collect();
-    if probe.diagnostics.errors() == 0 && names != [&name] {
-        let found = names
-            .iter()
-            .map(|n| format!("`{n}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(ApiError::bad_request(format!(
-            "the body must hold exactly one rule named `{name}`; it holds {}",
-            if found.is_empty() {
-                "none".to_string()
-            } else {
-                found
-            }
-        )));
-    }
-    state
-        .rules
-        .reload(Some(Edit {
-            file: &file,
-            text: Some(&body),
-        }))
-        .await
-        .map_err(refused)?;
+    let body = super::config::body_text(body, "rule")?;
+    let who = super::config::who(principal, peer);
+    super::config::edit(&state, DocKind::Rule, &name, Some(body), who).await?;
     let view = state.rules.get(&name).ok_or(RuleError::NoRule(name))?;
     Ok(Json(view))
 }
@@ -190,24 +113,19 @@ pub async fn put(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such rule", body = ErrorBody),
-        (status = 409, description = "Its file holds other rules too", body = ErrorBody),
+        (status = 409, description = "Its file holds other documents too", body = ErrorBody),
     ))]
 pub async fn delete(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    principal: Option<Extension<super::auth::Principal>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.rules.get(&name).is_none() {
         return Err(RuleError::NoRule(name).into());
     }
-    let file = file_of(&state, &name)?;
-    state
-        .rules
-        .reload(Some(Edit {
-            file: &file,
-            text: None,
-        }))
-        .await
-        .map_err(refused)?;
+    let who = super::config::who(principal, peer);
+    super::config::edit(&state, DocKind::Rule, &name, None, who).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

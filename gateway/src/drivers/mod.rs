@@ -127,8 +127,12 @@ impl Crashes {
 /// other), after a growing delay, until the device stops. Each panic is
 /// logged and counted in `ctx.crashes`.
 #[cfg(any(feature = "modbus", feature = "opcua"))]
-pub(crate) fn supervise<F, Fut>(ctx: &DriverContext, device: Arc<str>, make: F)
-where
+pub(crate) fn supervise<F, Fut>(
+    ctx: &DriverContext,
+    device: Arc<str>,
+    protocol: &'static str,
+    make: F,
+) where
     F: Fn(DriverContext) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -151,6 +155,7 @@ where
             let delay = backoff.next_delay();
             tracing::error!(device = %device, "the device's loop panicked ({why}); restarting it in {delay:.1?}");
             ctx.crashes.report(&device, why);
+            ctx.metrics.panicked(&device, protocol);
             tokio::select! {
                 () = ctx.shutdown.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}

@@ -127,7 +127,7 @@ pub struct RuleView {
 }
 
 /// A rule and the file it came from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Source {
     /// The rule.
     pub rule: Rule,
@@ -555,21 +555,13 @@ impl Engine {
                 self.publish_views();
             }
             Command::Replace(rules, reply) => {
-                let same = rules.len() == self.slots.len()
-                    && rules.iter().zip(&self.slots).all(|(new, old)| {
-                        new.rule == old.source.rule && new.file == old.source.file
-                    });
-                if same {
-                    let _ = reply.send(());
-                    return;
-                }
                 let mut keep: HashMap<String, Saved> = self
                     .slots
                     .iter()
                     .map(|s| (s.source.rule.name.clone(), s.saved.clone()))
                     .collect();
-                self.replace(rules, &mut |name| keep.remove(name));
-                dirty.extend(0..self.slots.len());
+                let fresh = self.replace(rules, &mut |name| keep.remove(name));
+                dirty.extend(fresh);
                 let _ = reply.send(());
                 self.publish_views();
             }
@@ -618,22 +610,45 @@ impl Engine {
         Ok(())
     }
 
-    /// Installs `rules`, taking each one's saved state from `saved`.
-    fn replace(&mut self, rules: Vec<Source>, saved: &mut dyn FnMut(&str) -> Option<Saved>) {
-        let kept: HashSet<String> = rules.iter().map(|s| s.rule.name.clone()).collect();
-        for old in &self.slots {
-            let name = &old.source.rule.name;
-            old.generation.fetch_add(1, Ordering::Relaxed);
-            self.holds.release(name);
-            if !kept.contains(name) {
-                let _ = self.save.send((name.clone(), None));
+    /// Installs `rules`: a rule whose document and file did not change
+    /// keeps running as it is (its state, holds, pending `for:` and
+    /// worker); a new or changed one is compiled, taking its saved state
+    /// from `saved`; one no longer there stops and its state is forgotten.
+    /// Returns the slots compiled now, which want a first evaluation.
+    fn replace(
+        &mut self,
+        rules: Vec<Source>,
+        saved: &mut dyn FnMut(&str) -> Option<Saved>,
+    ) -> Vec<usize> {
+        let mut old: HashMap<String, Slot> = self
+            .slots
+            .drain(..)
+            .map(|s| (s.source.rule.name.clone(), s))
+            .collect();
+        let retire = |slot: &Slot, holds: &Holds| {
+            slot.generation.fetch_add(1, Ordering::Relaxed);
+            holds.release(&slot.source.rule.name);
+        };
+        let now = Instant::now();
+        let mut fresh = Vec::new();
+        let mut slots = Vec::with_capacity(rules.len());
+        for source in rules {
+            match old.remove(&source.rule.name) {
+                Some(slot) if slot.source == source => slots.push(slot),
+                before => {
+                    if let Some(before) = &before {
+                        retire(before, &self.holds);
+                    }
+                    fresh.push(slots.len());
+                    slots.push(self.compile(source, now, saved));
+                }
             }
         }
-        let now = Instant::now();
-        self.slots = rules
-            .into_iter()
-            .map(|source| self.compile(source, now, saved))
-            .collect();
+        for (name, gone) in old {
+            retire(&gone, &self.holds);
+            let _ = self.save.send((name, None));
+        }
+        self.slots = slots;
         self.readers.clear();
         let mut watched = HashSet::new();
         for (i, slot) in self.slots.iter().enumerate() {
@@ -650,6 +665,7 @@ impl Engine {
         }
         self.deps.feed.watch(&watched);
         self.publish_views();
+        fresh
     }
 
     fn compile(

@@ -12,7 +12,6 @@
 //!   free of I/O.
 //! - `engine`: the task that owns every rule's state, evaluates, fires, and
 //!   hands actions to each rule's worker.
-//! - [`reload`]: loading rules while running, and the folder watcher.
 //!
 //! Writes go through [`crate::control::Control`], the same checked path as
 //! REST writes; events and the audit log go to [`crate::journal`].
@@ -21,10 +20,9 @@ mod engine;
 pub mod feed;
 pub mod machine;
 pub mod program;
-pub mod reload;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +31,6 @@ use tokio_util::task::TaskTracker;
 pub use engine::{Clock, Deps, Outlet, RuleError, RuleView, Source};
 pub use feed::Feed;
 
-use crate::running::Running;
 use engine::{Command, Engine};
 
 /// Counters of the engine, for `/metrics` and the benchmark.
@@ -52,12 +49,7 @@ pub struct RuleStats {
 pub struct Rules {
     views: watch::Receiver<Arc<Vec<RuleView>>>,
     commands: mpsc::Sender<Command>,
-    running: Arc<Running>,
     dir: PathBuf,
-    /// One reload at a time, so that two edits cannot interleave.
-    reloading: Arc<tokio::sync::Mutex<()>>,
-    /// The last refused reload's errors, for the API.
-    refused: Arc<Mutex<Vec<String>>>,
     stats: Arc<RuleStats>,
 }
 
@@ -71,7 +63,6 @@ pub fn start(
 ) -> Rules {
     let (views_tx, views) = watch::channel(Arc::new(Vec::new()));
     let (commands, commands_rx) = mpsc::channel(64);
-    let running = deps.running.clone();
     let stats = Arc::new(RuleStats::default());
     let engine = Engine::new(
         deps,
@@ -86,10 +77,7 @@ pub fn start(
     Rules {
         views,
         commands,
-        running,
         dir,
-        reloading: Arc::new(tokio::sync::Mutex::new(())),
-        refused: Arc::new(Mutex::new(Vec::new())),
         stats,
     }
 }
@@ -115,14 +103,6 @@ impl Rules {
         &self.dir
     }
 
-    /// The errors of the last refused reload (empty once one succeeds).
-    pub fn refused(&self) -> Vec<String> {
-        self.refused
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     /// Enables or disables a rule; the choice survives restarts.
     pub async fn set_enabled(&self, name: &str, on: bool) -> Result<RuleView, RuleError> {
         let (reply, answer) = oneshot::channel();
@@ -134,56 +114,20 @@ impl Rules {
         self.get(name).ok_or_else(|| RuleError::NoRule(name.into()))
     }
 
-    /// Reloads the folder, with `edit` applied to it first (written to disk
-    /// only if the result is valid). Returns how many rules run now, or the
-    /// errors that refused the change.
-    pub async fn reload(&self, edit: Option<reload::Edit<'_>>) -> Result<usize, Vec<String>> {
-        let _one = self.reloading.lock().await;
-        let loaded = reload::load(&self.running.project(), &self.dir, edit.as_ref());
-        let refused = |errors: Vec<String>| {
-            *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = errors.clone();
-            errors
-        };
-        let sources = loaded.map_err(refused)?;
-        if let Some(edit) = &edit {
-            apply_edit(edit).map_err(|e| refused(vec![e]))?;
-        }
-        self.refused
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        let n = sources.len();
+    /// Runs `rules` from now on (the reconciler checked them against the
+    /// running project). Rules that did not change keep their state, their
+    /// holds and their pending `for:`.
+    pub async fn replace(&self, rules: Vec<Source>) {
         let (reply, done) = oneshot::channel();
-        self.commands
-            .send(Command::Replace(sources, reply))
+        if self
+            .commands
+            .send(Command::Replace(rules, reply))
             .await
-            .map_err(|_| vec![RuleError::Stopped.to_string()])?;
-        done.await
-            .map_err(|_| vec![RuleError::Stopped.to_string()])?;
-        Ok(n)
-    }
-}
-
-/// Writes (atomically: a temporary file, then a rename) or removes the
-/// edited file.
-fn apply_edit(edit: &reload::Edit<'_>) -> Result<(), String> {
-    let shown = edit.file.display();
-    match edit.text {
-        Some(text) => {
-            let dir = edit.file.parent().unwrap_or(Path::new("."));
-            let mut tmp =
-                tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{shown}: {e}"))?;
-            std::io::Write::write_all(&mut tmp, text.as_bytes())
-                .map_err(|e| format!("{shown}: {e}"))?;
-            tmp.as_file()
-                .sync_all()
-                .map_err(|e| format!("{shown}: {e}"))?;
-            tmp.persist(edit.file)
-                .map_err(|e| format!("{shown}: {e}"))?;
+            .is_ok()
+        {
+            let _ = done.await;
         }
-        None => std::fs::remove_file(edit.file).map_err(|e| format!("{shown}: {e}"))?,
     }
-    Ok(())
 }
 
 #[cfg(test)]

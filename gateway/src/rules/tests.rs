@@ -452,34 +452,32 @@ async fn a_failed_write_is_retried_while_the_rule_stays_active() {
     h.stop().await;
 }
 
+/// The rules of a rules file's text.
+fn sources(file: &std::path::Path, text: &str) -> Vec<Source> {
+    let mut loader = ferrite_models::project::Loader::default();
+    loader.load_text(file, text, &[ferrite_models::project::DocKind::Rule]);
+    Source::all(&loader.project)
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_bad_reload_is_refused_and_the_old_rules_keep_running() {
-    let h = harness(&OVERHEAT.replace("for: 10s\n", "")).await;
+async fn a_replace_keeps_unchanged_rules_as_they_are_and_starts_changed_ones() {
+    let rule = OVERHEAT.replace("for: 10s\n", "");
+    let h = harness(&rule).await;
     let file = h.rules.dir().join("rules.yaml");
-    let bad = OVERHEAT.replace("> 85", "> ");
-    let edit = reload::Edit {
-        file: &file,
-        text: Some(&bad),
-    };
-    let errors = h.rules.reload(Some(edit)).await.expect_err("refused");
-    assert!(errors[0].contains("rules.yaml:4:"), "{errors:?}");
-    assert!(errors[0].contains("CEL syntax error"), "{errors:?}");
-    assert_eq!(
-        std::fs::read_to_string(&file).expect("read"),
-        OVERHEAT.replace("for: 10s\n", "")
-    );
     h.temperature(90.0);
     settle().await;
-    assert_eq!(h.writes().len(), 1, "the old rule still runs");
+    assert_eq!(h.state("overheat"), "active");
+    assert_eq!(h.writes().len(), 1);
 
-    let renamed = OVERHEAT
-        .replace("name: overheat", "name: hot")
-        .replace("for: 10s\n", "");
-    let edit = reload::Edit {
-        file: &file,
-        text: Some(&renamed),
-    };
-    assert_eq!(h.rules.reload(Some(edit)).await, Ok(1));
+    // The same rule again: it stays active and does not fire again.
+    h.rules.replace(sources(&file, &rule)).await;
+    settle().await;
+    assert_eq!(h.state("overheat"), "active");
+    assert_eq!(h.writes().len(), 1, "an unchanged rule is left alone");
+
+    // Renamed: the old one goes, the new one is evaluated at once.
+    let renamed = rule.replace("name: overheat", "name: hot");
+    h.rules.replace(sources(&file, &renamed)).await;
     assert!(h.rules.get("overheat").is_none());
     settle().await;
     assert_eq!(

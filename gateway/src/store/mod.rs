@@ -155,6 +155,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Saves an applied configuration (`body`, JSON) as `version`, durably,
+    /// keeping the newest `keep` versions.
+    fn save_config_version(&self, version: u64, body: &[u8], keep: usize)
+    -> Result<(), StoreError>;
+    /// The saved configurations, oldest first.
+    fn config_versions(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
     /// Every saved rule state, by rule name.
     fn rule_states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Saves (or, with `None`, forgets) rule states durably.

@@ -7,6 +7,8 @@
 //! - `events`, `audit` (the [`Log`]s): sequence number (BE, from sled's
 //!   `generate_id`, which grows across restarts) → ts (BE) + body;
 //! - `rule_state`: rule name → its state (JSON);
+//! - `config`: version (BE) → an applied configuration (JSON: its files,
+//!   hash and source), the newest few;
 //! - with `[cloud]`, `outbox` and `outbox_meta` (ferrite-sync's outbox):
 //!   every committed change again, until the control plane acknowledges it.
 //!
@@ -62,6 +64,8 @@ struct Inner {
     events: sled::Tree,
     audit: sled::Tree,
     rule_state: sled::Tree,
+    /// Applied configuration versions (see `crate::reconcile`).
+    config: sled::Tree,
     /// With `[cloud]`: changes waiting for the control plane.
     outbox: Option<ferrite_sync::outbox::Outbox>,
     ids: HashMap<(String, String), u32>,
@@ -250,6 +254,7 @@ impl Inner {
         let events = db.open_tree(Log::Events.tree())?;
         let audit = db.open_tree(Log::Audit.tree())?;
         let rule_state = db.open_tree("rule_state")?;
+        let config = db.open_tree("config")?;
         let outbox = outbox_budget
             .map(|budget| ferrite_sync::outbox::Outbox::open(&db, budget))
             .transpose()
@@ -270,6 +275,7 @@ impl Inner {
             events,
             audit,
             rule_state,
+            config,
             outbox,
             ids,
         })
@@ -614,6 +620,40 @@ impl Store for SledStore {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 + outbox.dropped(),
         })
+    }
+
+    fn save_config_version(
+        &self,
+        version: u64,
+        body: &[u8],
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        self.with_writable(|inner| {
+            inner.config.insert(version.to_be_bytes(), body)?;
+            while inner.config.len() > keep.max(1) {
+                if inner.config.pop_min()?.is_none() {
+                    break;
+                }
+            }
+            inner.db.flush()?;
+            Ok(())
+        })
+    }
+
+    fn config_versions(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let guard = self.read();
+        let inner = guard.as_ref().ok_or_else(reopening)?;
+        inner
+            .config
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                let version = <[u8; 8]>::try_from(k.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("config version key".into()))?;
+                Ok((version, v.to_vec()))
+            })
+            .collect()
     }
 
     fn rule_states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

@@ -153,7 +153,7 @@ impl Driver for ModbusDriver {
         let device = Arc::new(device);
         tracing::debug!(device = %device.name, link = %device.link, "modbus: polling");
         let (poller, link_of_poller) = (device.clone(), link.clone());
-        super::supervise(&ctx, device.name.clone(), move |ctx| {
+        super::supervise(&ctx, device.name.clone(), protocol.key(), move |ctx| {
             poll_loop(
                 poller.clone(),
                 link_of_poller.clone(),

@@ -178,7 +178,8 @@ impl Driver for OpcuaDriver {
         // The client is made once; a restarted session task builds its own
         // (a panic may have left the first one half-used).
         let first = std::sync::Mutex::new(Some(client));
-        super::supervise(&ctx, device.name.clone(), move |ctx| {
+        let protocol = ferrite_models::device::Protocol::Opcua.key();
+        super::supervise(&ctx, device.name.clone(), protocol, move |ctx| {
             let client = first
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
