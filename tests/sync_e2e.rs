@@ -457,3 +457,136 @@ async fn desired_state_goes_down_is_written_and_reported_back() {
     kill(&mut cloud);
     sim.stop().await;
 }
+
+/// The control plane's view of the configuration it sent `gateway`.
+async fn cloud_config(cloud: &Api, gateway: &str) -> Json {
+    cloud
+        .get(&format!("/api/v1/gateways/{gateway}/config"))
+        .await
+        .1
+}
+
+/// Waits until the control plane has the gateway's report on bundle
+/// `version`; returns its view.
+async fn reported(cloud: &Running, gateway: &Running, id: &str, version: u64) -> Json {
+    let done = wait_until(Duration::from_secs(20), || async {
+        cloud_config(&cloud.api, id).await["report"]["version"] == json!(version)
+    })
+    .await;
+    let view = cloud_config(&cloud.api, id).await;
+    assert!(
+        done,
+        "no report on bundle v{version}: {view}\ngateway log:\n{}\ncloud log:\n{}",
+        gateway.log_tail(),
+        cloud.log_tail()
+    );
+    view
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_bundle_from_the_control_plane_applies_once_and_converges_after_an_outage() {
+    let (world, sim, counter) = World::new("bundle").await;
+    let mut cloud = world.cloud().await;
+    let mut gateway = world.gateway().await;
+    let id = world.gateway_id.clone();
+    let flowing = wait_until(Duration::from_secs(15), || async {
+        cloud_history(&cloud.api, &id).await.len() >= 5
+    })
+    .await;
+    assert!(flowing, "not syncing:\n{}", gateway.log_tail());
+    let read = |name: &str| {
+        std::fs::read_to_string(world.files.dir.path().join(name)).expect("project file")
+    };
+    let model = read("models/t.yaml");
+    let d = read("devices/d.yaml");
+    let e = d
+        .replace("name: d", "name: e")
+        .replace("unit: 1", "unit: 2");
+
+    // Bundle v1: the same d and t, and a new device e.
+    let bundle = json!({
+        "models": { "t": model },
+        "devices": { "d": d, "e": e },
+    });
+    let path = format!("/api/v1/gateways/{id}/config");
+    let (status, body) = cloud.api.put_raw(&path, bundle.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["version"], json!(1), "{body}");
+    let view = reported(&cloud, &gateway, &id, 1).await;
+    assert_eq!(view["state"], json!("applied"), "{view}");
+    assert_eq!(view["report"]["changed"], json!(true), "{view}");
+    assert_eq!(view["report"]["gateway_version"], json!(2), "{view}");
+    let config = gateway.api.get("/api/v1/config").await.1;
+    assert_eq!(config["origin"]["kind"], json!("cloud"), "{config}");
+    assert_eq!(config["origin"]["bundle"], json!(1), "{config}");
+    assert_eq!(config["hash"], view["report"]["hash"], "{config}");
+    assert_eq!(
+        config["history"][0]["summary"]["devices"],
+        json!({"added": ["e"], "changed": [], "removed": []}),
+        "only e starts: d is as it was"
+    );
+    assert_eq!(gateway.api.get("/api/v1/devices/e").await.0, 200);
+    assert!(world.files.dir.path().join("devices/e.yaml").exists());
+
+    // The same bundle again (v2): nothing changes at the gateway.
+    let (status, body) = cloud.api.put_raw(&path, bundle.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    let view = reported(&cloud, &gateway, &id, 2).await;
+    assert_eq!(view["state"], json!("applied"), "{view}");
+    assert_eq!(view["report"]["changed"], json!(false), "a no-op: {view}");
+    assert_eq!(view["report"]["gateway_version"], json!(2), "{view}");
+    assert_eq!(
+        gateway.api.get("/api/v1/config").await.1["version"],
+        json!(2)
+    );
+
+    // A bundle that does not check: refused with where; v2 runs on.
+    let broken = json!({ "models": { "t": model }, "devices": { "d": d.replace("model: t", "model: nope") } });
+    cloud.api.put_raw(&path, broken.to_string()).await;
+    let view = reported(&cloud, &gateway, &id, 3).await;
+    assert_eq!(view["state"], json!("refused"), "{view}");
+    let errors = view["report"]["errors"].to_string();
+    assert!(
+        errors.contains("d.yaml:3:8") && errors.contains("unknown model `nope`"),
+        "{errors}"
+    );
+    assert_eq!(
+        gateway.api.get("/api/v1/config").await.1["version"],
+        json!(2)
+    );
+    assert_eq!(gateway.api.get("/api/v1/devices/e").await.0, 200);
+
+    // Pushed while the gateway is down (e goes): applied once it is back.
+    signal(&gateway.child, "TERM");
+    let _ = gateway.child.wait();
+    let only_d = json!({ "models": { "t": model }, "devices": { "d": d } });
+    let (status, body) = cloud.api.put_raw(&path, only_d.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["gateway_connected"], json!(false), "{body}");
+    assert_eq!(
+        cloud_config(&cloud.api, &id).await["state"],
+        json!("pending")
+    );
+    gateway = world.gateway().await;
+    let view = reported(&cloud, &gateway, &id, 4).await;
+    assert_eq!(view["state"], json!("applied"), "{view}");
+    assert_eq!(view["report"]["gateway_version"], json!(3), "{view}");
+    assert_eq!(gateway.api.get("/api/v1/devices/e").await.0, 404);
+    assert!(!world.files.dir.path().join("devices/e.yaml").exists());
+    // And the history of d went on syncing throughout.
+    assert_in_sync(&gateway, &cloud, &id, counter).await;
+
+    // Bad bundle bodies get clear errors.
+    for body in [
+        r#"[1]"#,
+        r#"{"gadgets": {}}"#,
+        r#"{"devices": {"../x": "kind: Device"}}"#,
+        r#"{"devices": {"x": 5}}"#,
+    ] {
+        let (status, answer) = cloud.api.put_raw(&path, body.into()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+    }
+    kill(&mut gateway);
+    kill(&mut cloud);
+    sim.stop().await;
+}

@@ -117,6 +117,7 @@ async fn main() {
         config,
         outbox.clone(),
         Arc::new(Ignore),
+        None,
         status.clone(),
         shutdown.clone(),
     ));

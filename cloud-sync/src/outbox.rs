@@ -44,6 +44,7 @@ pub struct Outbox {
 const NEXT: &[u8] = b"next";
 const ACKED: &[u8] = b"acked";
 const DESIRED: &[u8] = b"desired_version";
+const CONFIG: &[u8] = b"config_version";
 
 fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, OutboxError> {
     Ok(meta
@@ -161,6 +162,17 @@ impl Outbox {
         Ok(())
     }
 
+    /// The newest config bundle version handled here (applied or refused).
+    pub fn config_version(&self) -> Result<u64, OutboxError> {
+        Ok(meta_u64(&self.meta, CONFIG)?.unwrap_or(0))
+    }
+
+    /// Records that config bundle `version` is handled.
+    pub fn set_config_version(&self, version: u64) -> Result<(), OutboxError> {
+        self.meta.insert(CONFIG, &version.to_be_bytes())?;
+        Ok(())
+    }
+
     /// Entries waiting.
     pub fn backlog(&self) -> usize {
         self.entries.len()
@@ -193,6 +205,11 @@ pub trait OutboxAccess: Send + Sync + 'static {
     fn desired_version(&self) -> Result<u64, OutboxError>;
     /// Records (durably, before it returns) that `version` is applied.
     fn set_desired_version(&self, version: u64) -> Result<(), OutboxError>;
+    /// The newest config bundle version handled.
+    fn config_version(&self) -> Result<u64, OutboxError>;
+    /// Records (durably, before it returns) that config bundle `version`
+    /// is handled.
+    fn set_config_version(&self, version: u64) -> Result<(), OutboxError>;
 }
 
 impl OutboxAccess for Outbox {
@@ -213,6 +230,14 @@ impl OutboxAccess for Outbox {
     }
     fn set_desired_version(&self, version: u64) -> Result<(), OutboxError> {
         Outbox::set_desired_version(self, version)?;
+        self.meta.flush()?;
+        Ok(())
+    }
+    fn config_version(&self) -> Result<u64, OutboxError> {
+        Outbox::config_version(self)
+    }
+    fn set_config_version(&self, version: u64) -> Result<(), OutboxError> {
+        Outbox::set_config_version(self, version)?;
         self.meta.flush()?;
         Ok(())
     }

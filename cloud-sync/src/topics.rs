@@ -4,10 +4,12 @@
 //! gateway → cloud   ferrite/v1/gw/GW/up/hello      Hello
 //!                   ferrite/v1/gw/GW/up/batch      DeltaBatch, zstd
 //!                   ferrite/v1/gw/GW/up/reported   Reported
+//!                   ferrite/v1/gw/GW/up/config     ConfigReport
 //!                   ferrite/v1/gw/GW/up/status     "online" / "offline" (its will), retained
 //! cloud → gateway   ferrite/v1/gw/GW/down/resume   Resume
 //!                   ferrite/v1/gw/GW/down/ack      Ack
 //!                   ferrite/v1/gw/GW/down/desired  DesiredPatch
+//!                   ferrite/v1/gw/GW/down/config   ConfigBundle
 //! the cloud         ferrite/v1/cloud/status        "online" / "offline", retained
 //! ```
 //!
@@ -33,6 +35,8 @@ pub enum Up {
     Batch,
     /// A `Reported`.
     Reported,
+    /// A `ConfigReport`.
+    Config,
     /// `online` / `offline`.
     Status,
 }
@@ -46,25 +50,35 @@ pub enum Down {
     Ack,
     /// `DesiredPatch`.
     Desired,
+    /// `ConfigBundle`.
+    Config,
 }
 
 impl Up {
+    /// Every kind.
+    pub const ALL: [Up; 5] = [Up::Hello, Up::Batch, Up::Reported, Up::Config, Up::Status];
+
     fn name(self) -> &'static str {
         match self {
             Up::Hello => "hello",
             Up::Batch => "batch",
             Up::Reported => "reported",
+            Up::Config => "config",
             Up::Status => "status",
         }
     }
 }
 
 impl Down {
+    /// Every kind.
+    pub const ALL: [Down; 4] = [Down::Resume, Down::Ack, Down::Desired, Down::Config];
+
     fn name(self) -> &'static str {
         match self {
             Down::Resume => "resume",
             Down::Ack => "ack",
             Down::Desired => "desired",
+            Down::Config => "config",
         }
     }
 }
@@ -91,9 +105,7 @@ pub fn parse_up(topic: &str) -> Option<(&str, Up)> {
     if gateway.is_empty() || gateway.contains('/') {
         return None;
     }
-    let kind = [Up::Hello, Up::Batch, Up::Reported, Up::Status]
-        .into_iter()
-        .find(|k| k.name() == kind)?;
+    let kind = Up::ALL.into_iter().find(|k| k.name() == kind)?;
     Some((gateway, kind))
 }
 
@@ -101,9 +113,7 @@ pub fn parse_up(topic: &str) -> Option<(&str, Up)> {
 pub fn parse_down(gateway: &str, topic: &str) -> Option<Down> {
     let rest = topic.strip_prefix(ROOT)?.strip_prefix("/gw/")?;
     let kind = rest.strip_prefix(gateway)?.strip_prefix("/down/")?;
-    [Down::Resume, Down::Ack, Down::Desired]
-        .into_iter()
-        .find(|k| k.name() == kind)
+    Down::ALL.into_iter().find(|k| k.name() == kind)
 }
 
 #[cfg(test)]
@@ -112,10 +122,10 @@ mod tests {
 
     #[test]
     fn topics_round_trip_and_strangers_are_refused() {
-        for kind in [Up::Hello, Up::Batch, Up::Reported, Up::Status] {
+        for kind in Up::ALL {
             assert_eq!(parse_up(&up("gw-01", kind)), Some(("gw-01", kind)));
         }
-        for kind in [Down::Resume, Down::Ack, Down::Desired] {
+        for kind in Down::ALL {
             assert_eq!(parse_down("gw-01", &down("gw-01", kind)), Some(kind));
             assert_eq!(parse_down("gw-02", &down("gw-01", kind)), None);
         }

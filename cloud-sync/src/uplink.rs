@@ -22,6 +22,13 @@
 //! Desired patches go to a second task, which applies them one at a time in
 //! version order through the gateway's [`DesiredHandler`] (its checked write
 //! path), records the version durably, and reports the result.
+//!
+//! Config bundles (the gateway's whole configuration, versioned by the
+//! cloud) go to a third, which hands only the newest one to the gateway's
+//! [`ConfigHandler`] (its reconciler), records its version durably, and
+//! reports what became of it. After every Hello the cloud sends its newest
+//! bundle again if the Hello's `config_version` is older, so a gateway that
+//! was offline converges when it is back.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,7 +46,7 @@ use crate::link::LinkOptions;
 use crate::outbox::OutboxAccess;
 use crate::session::{Batcher, Outgoing};
 use crate::topics::{self, Down, Up};
-use crate::wire::{Ack, DesiredPatch, Hello, Reported, Resume};
+use crate::wire::{Ack, ConfigBundle, ConfigReport, DesiredPatch, Hello, Reported, Resume};
 
 /// How the uplink runs.
 #[derive(Debug, Clone)]
@@ -91,6 +98,16 @@ pub trait DesiredHandler: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Reported> + Send + 'a>>;
 }
 
+/// Applies config bundles: the gateway checks the whole set and runs it,
+/// or refuses it and keeps what runs.
+pub trait ConfigHandler: Send + Sync + 'static {
+    /// Applies `bundle`; the report says how it went.
+    fn apply<'a>(
+        &'a self,
+        bundle: &'a ConfigBundle,
+    ) -> Pin<Box<dyn Future<Output = ConfigReport> + Send + 'a>>;
+}
+
 /// The uplink's state, for `/api/v1/sync` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct UplinkStatus {
@@ -101,6 +118,7 @@ pub struct UplinkStatus {
     points: AtomicU64,
     sessions: AtomicU64,
     desired_version: AtomicU64,
+    config_version: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -121,6 +139,8 @@ pub struct UplinkSnapshot {
     pub sessions: u64,
     /// The last desired-state version applied.
     pub desired_version: u64,
+    /// The newest config bundle version handled (applied or refused).
+    pub config_version: u64,
     /// The last connection, protocol or outbox error since the control
     /// plane last acknowledged a batch, if any.
     pub last_error: Option<String>,
@@ -137,6 +157,7 @@ impl UplinkStatus {
             points: self.points.load(Ordering::Relaxed),
             sessions: self.sessions.load(Ordering::Relaxed),
             desired_version: self.desired_version.load(Ordering::Relaxed),
+            config_version: self.config_version.load(Ordering::Relaxed),
             last_error: self
                 .last_error
                 .lock()
@@ -163,14 +184,18 @@ enum FromTwin {
     Report(Reported),
     /// A patch skipped ahead of the last applied version: ask again.
     Gap,
+    /// Publish this config report.
+    Config(ConfigReport),
 }
 
 /// Runs the uplink until `shutdown`. Errors of the link (a bad URL or
-/// certificate) end it early, logged and shown in the status.
+/// certificate) end it early, logged and shown in the status. Without a
+/// `bundles` handler, config bundles are refused.
 pub async fn run(
     config: UplinkConfig,
     outbox: Arc<dyn OutboxAccess>,
     desired: Arc<dyn DesiredHandler>,
+    bundles: Option<Arc<dyn ConfigHandler>>,
     status: Arc<UplinkStatus>,
     shutdown: CancellationToken,
 ) {
@@ -190,13 +215,24 @@ pub async fn run(
     if let Ok(version) = outbox.desired_version() {
         status.desired_version.store(version, Ordering::Relaxed);
     }
+    if let Ok(version) = outbox.config_version() {
+        status.config_version.store(version, Ordering::Relaxed);
+    }
     let (client, eventloop) = AsyncClient::new(options, 64);
     let (patches, patches_rx) = mpsc::channel(256);
     let (twin_tx, twin_rx) = mpsc::channel(256);
     let twin = tokio::spawn(apply_patches(
         patches_rx,
-        twin_tx,
+        twin_tx.clone(),
         desired,
+        outbox.clone(),
+        status.clone(),
+    ));
+    let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(None);
+    let configs = tokio::spawn(apply_bundles(
+        bundle_rx,
+        twin_tx,
+        bundles,
         outbox.clone(),
         status.clone(),
     ));
@@ -207,9 +243,11 @@ pub async fn run(
         outbox,
         status,
         patches,
+        bundles: bundle_tx,
     };
     connection.drive(eventloop, twin_rx, shutdown).await;
     twin.abort();
+    configs.abort();
 }
 
 /// The connection task's state.
@@ -219,6 +257,8 @@ struct Connection {
     outbox: Arc<dyn OutboxAccess>,
     status: Arc<UplinkStatus>,
     patches: mpsc::Sender<DesiredPatch>,
+    /// The newest config bundle received, for the bundle task.
+    bundles: tokio::sync::watch::Sender<Option<ConfigBundle>>,
     session: Session,
 }
 
@@ -303,6 +343,10 @@ impl Connection {
                         self.publish(topic, report.encode_to_vec(), false);
                     }
                     FromTwin::Gap => self.hello(),
+                    FromTwin::Config(report) => {
+                        let topic = topics::up(&self.config.gateway, Up::Config);
+                        self.publish(topic, report.encode_to_vec(), false);
+                    }
                 },
             }
         }
@@ -362,6 +406,10 @@ impl Connection {
                     tracing::warn!("desired-state patches are queueing up; one will come again");
                 }
             }),
+            Down::Config => ConfigBundle::decode(payload).map(|b| {
+                // Only the newest counts; the bundle task takes it.
+                self.bundles.send_replace(Some(b));
+            }),
         };
         if let Err(e) = result {
             tracing::warn!("the uplink got a malformed {kind:?} on {topic}: {e}");
@@ -385,6 +433,7 @@ impl Connection {
             desired_version: self.status.desired_version.load(Ordering::Relaxed),
             epoch: session.epoch,
             outbox_last: self.outbox.last().unwrap_or(0),
+            config_version: self.status.config_version.load(Ordering::Relaxed),
         };
         let topic = topics::up(&self.config.gateway, Up::Hello);
         self.publish(topic, hello.encode_to_vec(), false);
@@ -559,6 +608,67 @@ async fn apply_patches(
             .desired_version
             .store(patch.version, Ordering::Relaxed);
         if to_connection.send(FromTwin::Report(report)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The bundle task: hands the newest bundle to `handler`, records its
+/// version durably, and reports. A bundle seen again (the cloud resends
+/// after a Hello, as its report may have been lost) is reported again, not
+/// applied again.
+async fn apply_bundles(
+    mut bundles: tokio::sync::watch::Receiver<Option<ConfigBundle>>,
+    to_connection: mpsc::Sender<FromTwin>,
+    handler: Option<Arc<dyn ConfigHandler>>,
+    outbox: Arc<dyn OutboxAccess>,
+    status: Arc<UplinkStatus>,
+) {
+    let mut last: Option<ConfigReport> = None;
+    while bundles.changed().await.is_ok() {
+        let Some(bundle) = bundles.borrow_and_update().clone() else {
+            continue;
+        };
+        let handled = status.config_version.load(Ordering::Relaxed);
+        if bundle.version < handled {
+            continue;
+        }
+        if bundle.version == handled {
+            let again = last.clone().filter(|r| r.version == bundle.version);
+            if let Some(report) = again
+                && to_connection.send(FromTwin::Config(report)).await.is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        let report = match &handler {
+            Some(handler) => handler.apply(&bundle).await,
+            None => ConfigReport {
+                version: bundle.version,
+                applied: false,
+                errors: vec!["this gateway takes no configuration from the cloud".into()],
+                ..ConfigReport::default()
+            },
+        };
+        let recorded = {
+            let outbox = outbox.clone();
+            let version = bundle.version;
+            tokio::task::spawn_blocking(move || outbox.set_config_version(version)).await
+        };
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "config bundle v{} is handled but not recorded ({e}); it will come again",
+                bundle.version
+            ),
+            Err(e) => tracing::warn!("recording the config bundle version failed: {e}"),
+        }
+        status
+            .config_version
+            .store(bundle.version, Ordering::Relaxed);
+        last = Some(report.clone());
+        if to_connection.send(FromTwin::Config(report)).await.is_err() {
             return;
         }
     }

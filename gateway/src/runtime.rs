@@ -232,17 +232,6 @@ impl Gateway {
             outlet,
             clock: Clock::system(),
         };
-        let uplink = config.cloud.as_ref().map(|cloud| {
-            crate::uplink::start(
-                crate::uplink::config(&project, &config.gateway.id, cloud),
-                sled_store.clone(),
-                store.clone(),
-                control.clone(),
-                journal.clone(),
-                &tasks,
-                shutdown.clone(),
-            )
-        });
         tasks.spawn(crate::metrics::track_rate(
             metrics.clone(),
             stats.clone(),
@@ -264,6 +253,20 @@ impl Gateway {
             shutdown.clone(),
         ));
         tasks.spawn(reconciler.clone().watch_crashes(crashes, shutdown.clone()));
+        let uplink = config.cloud.as_ref().map(|cloud| {
+            crate::uplink::start(
+                crate::uplink::config(&project, &config.gateway.id, cloud),
+                crate::uplink::UplinkDeps {
+                    outbox: sled_store.clone(),
+                    store: store.clone(),
+                    control: control.clone(),
+                    reconciler: reconciler.clone(),
+                    journal: journal.clone(),
+                },
+                &tasks,
+                shutdown.clone(),
+            )
+        });
 
         let state = AppState {
             running,

@@ -13,17 +13,19 @@ use std::time::Duration;
 
 use ferrite_models::Project;
 use ferrite_models::config::CloudSection;
+use ferrite_models::project::DocKind;
 use ferrite_sync::delta::{from_wire, to_wire};
 use ferrite_sync::link::LinkOptions;
 use ferrite_sync::outbox::OutboxAccess;
-use ferrite_sync::uplink::{self, DesiredHandler, UplinkConfig, UplinkStatus};
-use ferrite_sync::wire::{DesiredPatch, Reported};
+use ferrite_sync::uplink::{self, ConfigHandler, DesiredHandler, UplinkConfig, UplinkStatus};
+use ferrite_sync::wire::{ConfigBundle, ConfigReport, DesiredPatch, Reported};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::{Actor, Control};
 use crate::journal::Journal;
+use crate::reconcile::{ApplyError, Change, Origin, Reconciler};
 use crate::store::{Log, Store};
 
 /// Desired state, written through the control path.
@@ -74,6 +76,73 @@ impl DesiredHandler for DesiredWrites {
     }
 }
 
+/// Config bundles, through the reconciler: the whole set checked, then run,
+/// or refused with every problem while the old set runs on.
+struct Bundles {
+    reconciler: Arc<Reconciler>,
+}
+
+impl ConfigHandler for Bundles {
+    fn apply<'a>(
+        &'a self,
+        bundle: &'a ConfigBundle,
+    ) -> Pin<Box<dyn Future<Output = ConfigReport> + Send + 'a>> {
+        Box::pin(async move {
+            let mut documents = Vec::with_capacity(bundle.documents.len());
+            let mut errors = Vec::new();
+            for d in &bundle.documents {
+                let kind = match d.kind.as_str() {
+                    "model" => DocKind::DeviceModel,
+                    "device" => DocKind::Device,
+                    "rule" => DocKind::Rule,
+                    other => {
+                        errors.push(format!(
+                            "`{}`: unknown kind `{other}` (model, device or rule)",
+                            d.name
+                        ));
+                        continue;
+                    }
+                };
+                documents.push((kind, d.name.clone(), d.text.clone()));
+            }
+            let result = if errors.is_empty() {
+                let origin = Origin::Cloud {
+                    bundle: bundle.version,
+                };
+                self.reconciler
+                    .apply(Change::Bundle(documents), origin)
+                    .await
+            } else {
+                Err(ApplyError::Invalid(errors))
+            };
+            match result {
+                Ok(applied) => ConfigReport {
+                    version: bundle.version,
+                    applied: true,
+                    errors: Vec::new(),
+                    gateway_version: applied.version,
+                    hash: applied.hash,
+                    changed: applied.changed,
+                },
+                Err(e) => {
+                    let running = self.reconciler.view();
+                    ConfigReport {
+                        version: bundle.version,
+                        applied: false,
+                        errors: match e {
+                            ApplyError::Invalid(errors) => errors,
+                            other => vec![other.to_string()],
+                        },
+                        gateway_version: running.version,
+                        hash: running.hash,
+                        changed: false,
+                    }
+                }
+            }
+        })
+    }
+}
+
 /// The uplink's settings from `[cloud]`; paths resolved against the config.
 pub fn config(project: &Project, gateway: &str, cloud: &CloudSection) -> UplinkConfig {
     let mut config = UplinkConfig::new(gateway, &cloud.broker);
@@ -97,22 +166,41 @@ pub fn config(project: &Project, gateway: &str, cloud: &CloudSection) -> UplinkC
     config
 }
 
+/// What the uplink works with.
+pub struct UplinkDeps {
+    /// The outbox (in the store).
+    pub outbox: Arc<dyn OutboxAccess>,
+    /// The store, for the outbox's state.
+    pub store: Arc<dyn Store>,
+    /// The checked write path, for desired state.
+    pub control: Arc<Control>,
+    /// The reconciler, for config bundles.
+    pub reconciler: Arc<Reconciler>,
+    /// Events.
+    pub journal: Arc<Journal>,
+}
+
 /// Starts the uplink and the outbox watcher on `tasks`.
 pub fn start(
     config: UplinkConfig,
-    outbox: Arc<dyn OutboxAccess>,
-    store: Arc<dyn Store>,
-    control: Arc<Control>,
-    journal: Arc<Journal>,
+    deps: UplinkDeps,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Arc<UplinkStatus> {
     let status = Arc::new(UplinkStatus::default());
     tracing::info!("syncing to {} as `{}`", config.link.broker, config.gateway);
+    let UplinkDeps {
+        outbox,
+        store,
+        control,
+        reconciler,
+        journal,
+    } = deps;
     tasks.spawn(uplink::run(
         config,
         outbox,
         Arc::new(DesiredWrites { control }),
+        Some(Arc::new(Bundles { reconciler })),
         status.clone(),
         shutdown.clone(),
     ));

@@ -5,6 +5,10 @@
 //! - `GET /api/v1/gateways/{gw}/devices/{dev}`: the twin
 //! - `PUT /api/v1/gateways/{gw}/devices/{dev}/desired` with `{PROP: V, ...}`
 //! - `GET /api/v1/gateways/{gw}/devices/{dev}/properties/{p}/history?after=SEQ&limit=N`
+//! - `PUT /api/v1/gateways/{gw}/config` with `{"models": {NAME: DOC}, "devices":
+//!   {...}, "rules": {...}}` (an addition: the gateway's whole configuration;
+//!   DOC is the document's YAML or JSON text, or the document as a JSON
+//!   object), and `GET` of it with the gateway's report
 //! - `GET /api/v1/stats`
 //! - `GET /healthz`
 //!
@@ -28,9 +32,13 @@ use serde_json::{Value as Json_, json};
 use super::plane::{Shared, blocking};
 use super::store::Stored;
 use crate::delta::from_wire;
+use crate::wire::ConfigDocument;
 
 /// Largest PUT body.
 const MAX_BODY: usize = 64 * 1024;
+
+/// Largest configuration bundle (a gateway's every model, device and rule).
+const MAX_CONFIG: usize = 4 * 1024 * 1024;
 
 /// An API error.
 #[derive(Debug)]
@@ -77,6 +85,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/gateways/{gw}/devices", get(devices))
         .route("/api/v1/gateways/{gw}/devices/{dev}", get(twin))
         .route("/api/v1/gateways/{gw}/devices/{dev}/desired", put(desired))
+        .route(
+            "/api/v1/gateways/{gw}/config",
+            put(put_config)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_CONFIG))
+                .get(get_config),
+        )
         .route(
             "/api/v1/gateways/{gw}/devices/{dev}/properties/{p}/history",
             get(history),
@@ -250,6 +264,141 @@ async fn desired(
             },
         })),
     ))
+}
+
+/// The kinds of a bundle, as its body and the wire name them.
+const KINDS: [(&str, &str); 3] = [
+    ("models", "model"),
+    ("devices", "device"),
+    ("rules", "rule"),
+];
+
+fn bad_body(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_body", message)
+}
+
+/// A bundle body's documents, each as its file's text.
+fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiError> {
+    let Json_::Object(mut kinds) = body else {
+        return Err(bad_body(
+            "the body must be {\"models\": {NAME: DOC}, \"devices\": {...}, \"rules\": {...}}",
+        ));
+    };
+    if let Some(other) = kinds
+        .keys()
+        .find(|k| !KINDS.iter().any(|(key, _)| key == k))
+    {
+        return Err(bad_body(format!(
+            "unknown key `{other}`; a bundle holds models, devices and rules"
+        )));
+    }
+    let mut documents = Vec::new();
+    for (key, kind) in KINDS {
+        let named = match kinds.remove(key) {
+            None | Some(Json_::Null) => continue,
+            Some(Json_::Object(named)) => named,
+            Some(_) => return Err(bad_body(format!("`{key}` must map names to documents"))),
+        };
+        for (name, doc) in named {
+            ferrite_models::units::check_name(&name)
+                .map_err(|e| bad_body(format!("{kind} `{name}`: {e}")))?;
+            // A document given as JSON is kept as JSON text: it is YAML too.
+            let text = match doc {
+                Json_::String(text) => text,
+                doc @ Json_::Object(_) => serde_json::to_string_pretty(&doc)
+                    .map_err(|e| bad_body(format!("{kind} `{name}`: {e}")))?,
+                _ => {
+                    return Err(bad_body(format!(
+                        "{kind} `{name}`: a document is its YAML or JSON text, or a JSON object"
+                    )));
+                }
+            };
+            documents.push(ConfigDocument {
+                kind: kind.to_string(),
+                name,
+                text,
+            });
+        }
+    }
+    Ok(documents)
+}
+
+/// Sends a gateway its whole configuration (the next bundle version). A
+/// gateway that is offline, or has not connected yet, gets it at its next
+/// Hello. The gateway checks the whole set and reports `applied` or
+/// `refused` with every problem (see `GET`).
+async fn put_config(
+    State(shared): State<Arc<Shared>>,
+    Path(gw): Path<String>,
+    body: Result<Json<Json_>, JsonRejection>,
+) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    ferrite_models::units::check_name(&gw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_gateway",
+            format!("gateway {e}"),
+        )
+    })?;
+    let Json(body) = body.map_err(|e| bad_body(e.body_text()))?;
+    let documents = bundle_documents(body)?;
+    let count = documents.len();
+    let bundle = shared.send_config(&gw, documents).await?;
+    let connected = shared.presence(&gw).connected;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "version": bundle.version,
+            "documents": count,
+            "gateway_connected": connected,
+            "message": if connected {
+                "sent; the gateway checks the whole set, applies it or refuses it, and reports back"
+            } else {
+                "stored; the gateway gets it when it connects"
+            },
+        })),
+    ))
+}
+
+/// The configuration sent to a gateway, and what became of it.
+async fn get_config(State(shared): State<Arc<Shared>>, Path(gw): Path<String>) -> ApiResult {
+    let store = shared.store.clone();
+    let g = gw.clone();
+    let (bundle, report) =
+        blocking(move || Ok((store.bundle(&g)?, store.config_report(&g)?))).await?;
+    let Some(bundle) = bundle else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_config",
+            format!("no configuration was sent to `{gw}`"),
+        ));
+    };
+    let state = match &report {
+        Some(r) if r.version == bundle.version && r.applied => "applied",
+        Some(r) if r.version == bundle.version => "refused",
+        _ => "pending",
+    };
+    let documents: Vec<Json_> = bundle
+        .documents
+        .iter()
+        .map(|d| json!({"kind": d.kind, "name": d.name}))
+        .collect();
+    let report = report.map(|r| {
+        json!({
+            "version": r.version,
+            "applied": r.applied,
+            "changed": r.changed,
+            "errors": r.errors,
+            "gateway_version": r.gateway_version,
+            "hash": r.hash,
+        })
+    });
+    Ok(Json(json!({
+        "gateway": gw,
+        "version": bundle.version,
+        "state": state,
+        "documents": documents,
+        "report": report,
+    })))
 }
 
 #[derive(Deserialize)]

@@ -20,7 +20,7 @@ use super::store::{CloudStore, CloudStoreError};
 use crate::delta::{self, naive_json_bytes, publish_packet_bytes};
 use crate::session::{Applied, Applier};
 use crate::topics::{self, Down, Up};
-use crate::wire::{Ack, DesiredPatch, Hello, Reported, Resume};
+use crate::wire::{Ack, ConfigDocument, ConfigReport, DesiredPatch, Hello, Reported, Resume};
 
 /// Counters since start, for `/api/v1/stats`.
 #[derive(Debug, Default)]
@@ -101,6 +101,21 @@ impl Shared {
         self.publish(gateway, Down::Desired, patch.encode_to_vec())
             .await;
         Ok(patch)
+    }
+
+    /// Records `documents` as `gateway`'s configuration (the next bundle
+    /// version) and sends it down. The gateway applies it now if
+    /// connected, or after its next Hello.
+    pub async fn send_config(
+        self: &Arc<Self>,
+        gateway: &str,
+        documents: Vec<ConfigDocument>,
+    ) -> Result<crate::wire::ConfigBundle, CloudStoreError> {
+        let (gw, store) = (gateway.to_string(), self.store.clone());
+        let bundle = blocking(move || store.put_bundle(&gw, documents)).await?;
+        self.publish(gateway, Down::Config, bundle.encode_to_vec())
+            .await;
+        Ok(bundle)
     }
 
     async fn publish(&self, gateway: &str, kind: Down, payload: Vec<u8>) {
@@ -196,6 +211,7 @@ impl Processor {
                 Up::Hello => self.hello(&gateway, &payload).await,
                 Up::Batch => self.batch(&gateway, &topic, &payload).await,
                 Up::Reported => self.reported(&gateway, &payload).await,
+                Up::Config => self.config_report(&gateway, &payload).await,
                 Up::Status => {
                     let online = payload == b"online";
                     self.shared.update(&gateway, |p| p.connected = online);
@@ -219,10 +235,21 @@ impl Processor {
         });
         let store = self.shared.store.clone();
         let (gw, version) = (gateway.to_string(), hello.desired_version);
-        let (last, patches) = blocking(move || {
+        let handled = hello.config_version;
+        let (last, patches, bundle) = blocking(move || {
             store.know(&gw)?;
             store.set_applied_version(&gw, version)?;
-            Ok((store.last_change(&gw)?, store.patches_after(&gw, version)?))
+            // Its configuration, if it has not handled the newest yet, or
+            // handled it without a report arriving here.
+            let reported = store.config_report(&gw)?.map_or(0, |r| r.version);
+            let bundle = store
+                .bundle(&gw)?
+                .filter(|b| b.version > handled || (b.version == handled && reported < handled));
+            Ok((
+                store.last_change(&gw)?,
+                store.patches_after(&gw, version)?,
+                bundle,
+            ))
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -240,7 +267,40 @@ impl Processor {
                 .publish(gateway, Down::Desired, patch.encode_to_vec())
                 .await;
         }
+        if let Some(bundle) = bundle {
+            self.shared
+                .publish(gateway, Down::Config, bundle.encode_to_vec())
+                .await;
+        }
         Ok(())
+    }
+
+    async fn config_report(&mut self, gateway: &str, payload: &[u8]) -> Result<(), String> {
+        let report =
+            ConfigReport::decode(payload).map_err(|e| format!("malformed ConfigReport: {e}"))?;
+        if report.applied {
+            tracing::info!(
+                "{gateway} runs config bundle v{} as its v{} ({})",
+                report.version,
+                report.gateway_version,
+                if report.changed {
+                    "applied"
+                } else {
+                    "unchanged"
+                }
+            );
+        } else {
+            tracing::warn!(
+                "{gateway} refused config bundle v{}: {}",
+                report.version,
+                report.errors.join("; ")
+            );
+        }
+        let store = self.shared.store.clone();
+        let gw = gateway.to_string();
+        blocking(move || store.record_config_report(&gw, &report))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn resume(&self, gateway: &str, last: u64, epoch: u64) {

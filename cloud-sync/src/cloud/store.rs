@@ -12,7 +12,9 @@
 //! - `a` GW → the last version the gateway says it applied;
 //! - `p` GW VERSION → the DesiredPatch, as sent;
 //! - `d` GW DEV PROP → the desired value: version, value;
-//! - `x` GW DEV → the gateway's last Reported for the device.
+//! - `x` GW DEV → the gateway's last Reported for the device;
+//! - `c` GW → the newest ConfigBundle (the gateway's whole configuration);
+//! - `k` GW → the gateway's ConfigReport on a bundle, the newest.
 //!
 //! Names are length-prefixed (u16), numbers big-endian, so prefix scans are
 //! exact and ordered.
@@ -24,7 +26,7 @@ use ferrite_models::Value;
 use prost::Message;
 
 use crate::delta::{Change, to_wire};
-use crate::wire::{DesiredPatch, Reported};
+use crate::wire::{ConfigBundle, ConfigDocument, ConfigReport, DesiredPatch, Reported};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +359,53 @@ impl CloudStore {
     }
 }
 
+impl CloudStore {
+    /// Records `documents` as `gateway`'s configuration, the next bundle
+    /// version, durably. Returns the bundle to send.
+    pub fn put_bundle(
+        &self,
+        gateway: &str,
+        documents: Vec<ConfigDocument>,
+    ) -> Result<ConfigBundle> {
+        let version = self.bundle(gateway)?.map_or(0, |b| b.version) + 1;
+        let bundle = ConfigBundle { version, documents };
+        self.twin
+            .insert(key(b'c', &[gateway]), bundle.encode_to_vec())?;
+        self.db.flush()?;
+        Ok(bundle)
+    }
+
+    /// `gateway`'s newest bundle, if one was ever put.
+    pub fn bundle(&self, gateway: &str) -> Result<Option<ConfigBundle>> {
+        self.twin
+            .get(key(b'c', &[gateway]))?
+            .map(|v| ConfigBundle::decode(v.as_ref()).map_err(|e| corrupt(&e.to_string())))
+            .transpose()
+    }
+
+    /// Keeps the gateway's report on a bundle (the newest wins).
+    pub fn record_config_report(&self, gateway: &str, report: &ConfigReport) -> Result<()> {
+        if self
+            .config_report(gateway)?
+            .is_some_and(|r| r.version > report.version)
+        {
+            return Ok(());
+        }
+        self.twin
+            .insert(key(b'k', &[gateway]), report.encode_to_vec())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The gateway's newest report on a bundle.
+    pub fn config_report(&self, gateway: &str) -> Result<Option<ConfigReport>> {
+        self.twin
+            .get(key(b'k', &[gateway]))?
+            .map(|v| ConfigReport::decode(v.as_ref()).map_err(|e| corrupt(&e.to_string())))
+            .transpose()
+    }
+}
+
 fn corrupt(what: &str) -> CloudStoreError {
     CloudStoreError::Corrupt(what.to_string())
 }
@@ -398,6 +447,35 @@ mod tests {
         assert_eq!(store.devices("gw")?, vec!["a".to_string(), "b".to_string()]);
         // A device whose name extends another's stays apart.
         assert!(store.history("gw", "a", "t2", 0, 100)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn bundles_are_numbered_per_gateway_and_the_newest_report_stays() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| corrupt(&e.to_string()))?;
+        let store = CloudStore::open(dir.path())?;
+        assert_eq!(store.bundle("gw")?, None);
+        let doc = ConfigDocument {
+            kind: "device".into(),
+            name: "d".into(),
+            text: "kind: Device\n".into(),
+        };
+        assert_eq!(store.put_bundle("gw", vec![doc.clone()])?.version, 1);
+        assert_eq!(store.put_bundle("gw", vec![])?.version, 2);
+        assert_eq!(store.put_bundle("other", vec![doc])?.version, 1);
+        assert_eq!(store.bundle("gw")?.map(|b| b.documents.len()), Some(0));
+        let report = |version| ConfigReport {
+            version,
+            applied: true,
+            ..ConfigReport::default()
+        };
+        store.record_config_report("gw", &report(2))?;
+        store.record_config_report("gw", &report(1))?;
+        assert_eq!(
+            store.config_report("gw")?.map(|r| r.version),
+            Some(2),
+            "a late old report does not win"
+        );
         Ok(())
     }
 

@@ -288,6 +288,9 @@ pub struct SyncView {
     pub sessions: Option<u64>,
     /// The last desired-state version applied.
     pub desired_version: Option<u64>,
+    /// The newest config bundle version from the control plane handled
+    /// (applied or refused; `GET /api/v1/config` says which).
+    pub config_bundle: Option<u64>,
     /// The last error since the last acknowledgement.
     pub last_error: Option<String>,
 }
@@ -313,6 +316,7 @@ async fn sync(State(state): State<AppState>) -> axum::Json<SyncView> {
         points_sent: uplink.as_ref().map(|u| u.points),
         sessions: uplink.as_ref().map(|u| u.sessions),
         desired_version: uplink.as_ref().map(|u| u.desired_version),
+        config_bundle: uplink.as_ref().map(|u| u.config_version),
         last_error: uplink.and_then(|u| u.last_error),
     })
 }

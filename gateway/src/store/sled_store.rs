@@ -201,6 +201,14 @@ impl ferrite_sync::outbox::OutboxAccess for SledStore {
         // The outbox's own implementation flushes the database.
         self.with_outbox(|o| ferrite_sync::outbox::OutboxAccess::set_desired_version(o, version))
     }
+
+    fn config_version(&self) -> Result<u64, OutboxError> {
+        self.with_outbox(|o| o.config_version())
+    }
+
+    fn set_config_version(&self, version: u64) -> Result<(), OutboxError> {
+        self.with_outbox(|o| ferrite_sync::outbox::OutboxAccess::set_config_version(o, version))
+    }
 }
 
 impl SledStore {
