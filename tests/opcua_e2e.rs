@@ -559,3 +559,45 @@ async fn a_server_that_is_down_at_start_is_picked_up_when_it_comes() {
     );
     rig.finish(gateway).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfiguring_one_device_leaves_the_other_session_alone() {
+    let device = |name: &str, sampling: &str| {
+        format!(
+            "kind: Device\nname: {name}\nmodel: small\ntimeout: 300ms\nopcua: {{ endpoint: \"{{url}}\", sampling: {sampling} }}\n"
+        )
+    };
+    let (one, two) = (device("one", "50ms"), device("two", "50ms"));
+    let rig = rig(SMALL_MODEL, &[("one", &one), ("two", &two)], &[], &[]).await;
+    // A proxy per device, so that each one's connections show apart.
+    let (p1, p2) = (
+        Proxy::start(rig.sim.addr).await,
+        Proxy::start(rig.sim.addr).await,
+    );
+    rig.point(&[("one", &one)], &format!("opc.tcp://{}/sim", p1.addr));
+    rig.point(&[("two", &two)], &format!("opc.tcp://{}/sim", p2.addr));
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    api.expect_status("one", "online", WAIT).await;
+    api.expect_status("two", "online", WAIT).await;
+    let (before1, before2) = (p1.accepted(), p2.accepted());
+
+    // `two` samples every 200 ms from now on (through the API).
+    let edited = device("two", "200ms").replace("{url}", &format!("opc.tcp://{}/sim", p2.addr));
+    let (status, body) = api.put_raw("/api/v1/devices/two", edited).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["summary"]["devices"]["changed"],
+        json!(["two"]),
+        "{body}"
+    );
+    api.expect_status("two", "online", WAIT).await;
+    let reopened = wait_until(WAIT, || async { p2.accepted() > before2 }).await;
+    assert!(reopened, "two has a new session");
+    // `one` kept its session and its subscription: values flow on.
+    rig.set("ns=2;s=Level", Value::Float(7.5));
+    assert!(wait_until(WAIT, || value_is(&api, "one", "level", json!(7.5))).await);
+    assert!(wait_until(WAIT, || value_is(&api, "two", "level", json!(7.5))).await);
+    assert_eq!(p1.accepted(), before1, "one's session was never reopened");
+    rig.finish(gateway).await;
+}

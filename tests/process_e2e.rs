@@ -1,5 +1,6 @@
-//! The `ferrite run` process: a clean stop on SIGTERM, and no loss of what
-//! the API had shown when the process is killed with SIGKILL.
+//! The `ferrite run` process: a clean stop on SIGTERM, no loss of what the
+//! API had shown when the process is killed with SIGKILL, and SIGHUP taken
+//! as "read the folders again" (its default would end the process).
 
 mod common;
 
@@ -59,6 +60,46 @@ async fn sigterm_stops_cleanly_within_five_seconds() {
     let mut again = again;
     signal(&again.child, "KILL");
     let _ = again.child.wait();
+    counter.abort();
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_folders_and_does_not_stop_the_gateway() {
+    let files = Files::new();
+    let (sim, counter) = counting_sim(&files).await;
+    let mut run = start(&files).await;
+    assert!(
+        run.api
+            .wait_status("d", "online", Duration::from_secs(5))
+            .await
+    );
+    signal(&run.child, "HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        run.child.try_wait().expect("wait").is_none(),
+        "SIGHUP ended the gateway"
+    );
+    assert_eq!(
+        run.api.get("/api/v1/config").await.1["version"],
+        1,
+        "nothing changed"
+    );
+    // A new rule, then SIGHUP (the folder watch may take it first: either
+    // way it runs, as v2).
+    files.write(
+        "rules/r.yaml",
+        "kind: Rule\nname: r\nwhen: 'devices[\"d\"].n >= 0'\nthen:\n  - event: { message: r }\n",
+    );
+    signal(&run.child, "HUP");
+    let applied = wait_until(Duration::from_secs(10), || async {
+        run.api.get("/api/v1/rules/r").await.0 == 200
+    })
+    .await;
+    assert!(applied, "{}", run.log_tail());
+    assert_eq!(run.api.get("/api/v1/config").await.1["version"], 2);
+    signal(&run.child, "KILL");
+    let _ = run.child.wait();
     counter.abort();
     sim.stop().await;
 }

@@ -499,9 +499,8 @@ async fn a_config_bundle_from_the_control_plane_applies_once_and_converges_after
     };
     let model = read("models/t.yaml");
     let d = read("devices/d.yaml");
-    let e = d
-        .replace("name: d", "name: e")
-        .replace("unit: 1", "unit: 2");
+    // e reads the same counter under another name.
+    let e = d.replace("name: d", "name: e");
 
     // Bundle v1: the same d and t, and a new device e.
     let bundle = json!({
@@ -525,7 +524,10 @@ async fn a_config_bundle_from_the_control_plane_applies_once_and_converges_after
         json!({"added": ["e"], "changed": [], "removed": []}),
         "only e starts: d is as it was"
     );
-    assert_eq!(gateway.api.get("/api/v1/devices/e").await.0, 200);
+    gateway
+        .api
+        .expect_status("e", "online", Duration::from_secs(10))
+        .await;
     assert!(world.files.dir.path().join("devices/e.yaml").exists());
 
     // The same bundle again (v2): nothing changes at the gateway.
@@ -575,6 +577,25 @@ async fn a_config_bundle_from_the_control_plane_applies_once_and_converges_after
     assert!(!world.files.dir.path().join("devices/e.yaml").exists());
     // And the history of d went on syncing throughout.
     assert_in_sync(&gateway, &cloud, &id, counter).await;
+    // e is gone, but what it read was kept and synced, all of it.
+    let (status, ours) = gateway
+        .api
+        .get("/api/v1/devices/e/properties/n/history?limit=10000")
+        .await;
+    assert_eq!(status, 200, "a removed device's history stays: {ours}");
+    let (_, theirs) = cloud
+        .api
+        .get(&format!(
+            "/api/v1/gateways/{id}/devices/e/properties/n/history?limit=10000"
+        ))
+        .await;
+    let plain = |all: &Json| -> Vec<Json> {
+        all.as_array()
+            .map(|a| a.iter().map(|e| json!([e["ts"], e["value"]])).collect())
+            .unwrap_or_default()
+    };
+    assert!(!plain(&ours).is_empty());
+    assert_eq!(plain(&ours), plain(&theirs), "e's history, synced whole");
 
     // Bad bundle bodies get clear errors.
     for body in [

@@ -248,10 +248,7 @@ impl Gateway {
         )
         .await
         .ok_or(StartError::NoConfig)?;
-        tasks.spawn(crate::reconcile::watch::run(
-            reconciler.clone(),
-            shutdown.clone(),
-        ));
+        crate::reconcile::watch::start(reconciler.clone(), &tasks, shutdown.clone());
         tasks.spawn(reconciler.clone().watch_crashes(crashes, shutdown.clone()));
         let uplink = config.cloud.as_ref().map(|cloud| {
             crate::uplink::start(

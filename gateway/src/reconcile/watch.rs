@@ -22,12 +22,21 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 /// How often the polling watcher (the fallback) looks.
 const POLL: Duration = Duration::from_secs(2);
 
-/// Watches the folders and SIGHUP until `shutdown`, applying what they hold
-/// after each change.
-pub async fn run(reconciler: Arc<Reconciler>, shutdown: CancellationToken) {
+/// Takes SIGHUP at once (its default would end the process) and watches the
+/// folders, on `tasks`, until `shutdown`, applying what they hold after each
+/// change.
+pub fn start(
+    reconciler: Arc<Reconciler>,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let hangup = hangup();
+    tasks.spawn(run(reconciler, hangup, shutdown));
+}
+
+async fn run(reconciler: Arc<Reconciler>, mut hangup: Hangup, shutdown: CancellationToken) {
     let (tx, mut events) = mpsc::channel::<()>(1);
     let _watcher = watch(&reconciler, tx);
-    let mut hangup = hangup();
     // A change between the start's read and the watch's start is not lost.
     reread(&reconciler, "the watch started").await;
     loop {
