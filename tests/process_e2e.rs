@@ -21,6 +21,24 @@ async fn start(files: &Files) -> Running {
     .await
 }
 
+/// The counting device and `ferrite run` on it, once the device is online.
+async fn online(
+    files: &Files,
+) -> (
+    ferrite_sim::server::TcpSim,
+    tokio::task::JoinHandle<()>,
+    Running,
+) {
+    let (sim, counter) = counting_sim(files).await;
+    let run = start(files).await;
+    assert!(
+        run.api
+            .wait_status("d", "online", Duration::from_secs(5))
+            .await
+    );
+    (sim, counter, run)
+}
+
 async fn history(api: &Api) -> Vec<Json> {
     api.get("/api/v1/devices/d/properties/n/history?limit=10000")
         .await
@@ -33,13 +51,7 @@ async fn history(api: &Api) -> Vec<Json> {
 #[tokio::test]
 async fn sigterm_stops_cleanly_within_five_seconds() {
     let files = Files::new();
-    let (sim, counter) = counting_sim(&files).await;
-    let mut run = start(&files).await;
-    assert!(
-        run.api
-            .wait_status("d", "online", Duration::from_secs(5))
-            .await
-    );
+    let (sim, counter, mut run) = online(&files).await;
     let before = history(&run.api).await.len();
     signal(&run.child, "TERM");
     let started = Instant::now();
@@ -67,13 +79,7 @@ async fn sigterm_stops_cleanly_within_five_seconds() {
 #[tokio::test]
 async fn sighup_rereads_the_folders_and_does_not_stop_the_gateway() {
     let files = Files::new();
-    let (sim, counter) = counting_sim(&files).await;
-    let mut run = start(&files).await;
-    assert!(
-        run.api
-            .wait_status("d", "online", Duration::from_secs(5))
-            .await
-    );
+    let (sim, counter, mut run) = online(&files).await;
     signal(&run.child, "HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
