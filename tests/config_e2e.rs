@@ -227,13 +227,13 @@ async fn devices_change_through_files_and_rest_while_the_others_keep_their_caden
             .replace("model: t", "model: ghost"),
     );
     let refused = wait_until(SECS, || async {
-        !config(&api).await["last_refused"].is_null()
+        !config(&api).await["last_rejected"].is_null()
     })
     .await;
     let now = config(&api).await;
     assert!(refused, "{now}");
     assert_eq!(now["version"], 4, "{now}");
-    let errors = now["last_refused"]["errors"].to_string();
+    let errors = now["last_rejected"]["errors"].to_string();
     assert!(
         errors.contains("a.yaml:3:8") && errors.contains("unknown model `ghost`"),
         "{errors}"
@@ -247,12 +247,12 @@ async fn devices_change_through_files_and_rest_while_the_others_keep_their_caden
         "a keeps polling"
     );
     let events = api.get("/api/v1/events?limit=100").await.1.to_string();
-    assert!(events.contains("config_refused"), "{events}");
+    assert!(events.contains("config_rejected"), "{events}");
     // Put back: the folder holds the running set again.
     files.write("devices/a.yaml", &plant.device("a", 1, "100ms"));
     assert!(
         wait_until(SECS, || async {
-            config(&api).await["last_refused"].is_null()
+            config(&api).await["last_rejected"].is_null()
         })
         .await
     );

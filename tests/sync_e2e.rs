@@ -542,11 +542,11 @@ async fn a_config_bundle_from_the_control_plane_applies_once_and_converges_after
         json!(2)
     );
 
-    // A bundle that does not check: refused with where; v2 runs on.
+    // A bundle that does not check: rejected with where; v2 runs on.
     let broken = json!({ "models": { "t": model }, "devices": { "d": d.replace("model: t", "model: nope") } });
     cloud.api.put_raw(&path, broken.to_string()).await;
     let view = reported(&cloud, &gateway, &id, 3).await;
-    assert_eq!(view["state"], json!("refused"), "{view}");
+    assert_eq!(view["state"], json!("rejected"), "{view}");
     let errors = view["report"]["errors"].to_string();
     assert!(
         errors.contains("d.yaml:3:8") && errors.contains("unknown model `nope`"),

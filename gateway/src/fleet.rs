@@ -94,9 +94,8 @@ impl Fleet {
     pub async fn apply(&self, old: &Project, new: &Project) -> Changed {
         let changed = diff(old, new);
         let mut running = self.running.lock().await;
-        for name in changed.removed.iter().chain(&changed.restarted) {
-            self.stop(name, &mut running).await;
-        }
+        let stopping: Vec<&String> = changed.removed.iter().chain(&changed.restarted).collect();
+        self.stop(&stopping, &mut running).await;
         for name in &changed.removed {
             self.live.remove(name);
         }
@@ -108,15 +107,6 @@ impl Fleet {
             driver.sweep();
         }
         changed
-    }
-
-    /// Stops every device (the gateway stops).
-    pub async fn stop_all(&self) {
-        let mut running = self.running.lock().await;
-        let names: Vec<String> = running.keys().cloned().collect();
-        for name in names {
-            self.stop(&name, &mut running).await;
-        }
     }
 
     fn driver_of(&self, project: &Project, name: &str) -> Option<&dyn Driver> {
@@ -172,20 +162,27 @@ impl Fleet {
         running.insert(name.to_string(), Running { stop, tasks });
     }
 
-    async fn stop(&self, name: &str, running: &mut HashMap<String, Running>) {
-        self.writers.remove(name);
-        let Some(device) = running.remove(name) else {
-            return;
-        };
-        device.stop.cancel();
-        if tokio::time::timeout(STOP_DEVICE, device.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                device = name,
-                "its tasks did not stop within {STOP_DEVICE:?}; they finish on their own"
-            );
+    /// Stops `names` together: all are told at once, then waited for (a
+    /// device in the middle of a slow poll finishes that poll first).
+    async fn stop(&self, names: &[&String], running: &mut HashMap<String, Running>) {
+        let mut stopping = Vec::new();
+        for name in names {
+            self.writers.remove(name);
+            if let Some(device) = running.remove(name.as_str()) {
+                device.stop.cancel();
+                stopping.push((name.as_str(), device.tasks));
+            }
+        }
+        let all = futures_util::future::join_all(stopping.iter().map(|(_, tasks)| tasks.wait()));
+        if tokio::time::timeout(STOP_DEVICE, all).await.is_err() {
+            for (name, tasks) in &stopping {
+                if !tasks.is_empty() {
+                    tracing::warn!(
+                        device = name,
+                        "its tasks did not stop within {STOP_DEVICE:?}; they finish on their own"
+                    );
+                }
+            }
         }
     }
 }
@@ -221,13 +218,4 @@ pub fn diff(old: &Project, new: &Project) -> Changed {
         }
     }
     changed
-}
-
-impl Fleet {
-    /// Names of the devices running now, sorted.
-    pub async fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.running.lock().await.keys().cloned().collect();
-        names.sort();
-        names
-    }
 }

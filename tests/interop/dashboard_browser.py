@@ -47,6 +47,14 @@ def until(predicate, seconds, step=0.2):
         time.sleep(step)
 
 
+def safe(read):
+    """`read()`, for a check's detail: the page may be rebuilding it."""
+    try:
+        return read()
+    except WebDriverException as e:
+        return f"(the page changed while read: {type(e).__name__})"
+
+
 def browser(chromium, driver_path):
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
@@ -197,6 +205,24 @@ def main():
         checks.check("the page fetched nothing from outside the gateway", resources and not foreign, foreign)
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         checks.check("the browser console shows no error", not errors, errors)
+
+        # Live configuration: a device added through the API shows up with
+        # its readings, and goes when it is removed; the page says which
+        # configuration version it shows.
+        meter2 = {"kind": "Device", "name": "meter-2", "model": "power-meter", "poll": "1s",
+                  "modbus-tcp": {"host": "127.0.0.1", "port": 5020, "unit": 2}}
+        status, body = http("PUT", f"{base}/api/v1/devices/meter-2", meter2)
+        checks.check("a device added through the API is applied", status == 200 and body["changed"], body)
+        version = body["version"] if status == 200 else None
+        shown = until(lambda: "meter-2" in online(), 20)
+        checks.check("the dashboard shows the added device, online", shown, safe(cards))
+        checks.check("with its readings", until(lambda: values().get(("meter-2", "energy"), "—") != "—", 20), safe(values))
+        line = lambda: driver.find_element(By.ID, "config-line").text  # noqa: E731
+        checks.check("and the configuration version", until(lambda: f"configuration v{version}" in line(), 15), safe(line))
+        status, body = http("DELETE", f"{base}/api/v1/devices/meter-2")
+        checks.check("removed through the API", status == 200, body)
+        checks.check("the dashboard drops it", until(lambda: cards() == DEMO_DEVICES, 20), safe(cards))
+        checks.check("and shows every other device online again", until(lambda: online() == DEMO_DEVICES, 20), safe(online))
 
         token_phase(driver, args.ferrite, checks)
     finally:

@@ -326,7 +326,7 @@ fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiError> {
 /// Sends a gateway its whole configuration (the next bundle version). A
 /// gateway that is offline, or has not connected yet, gets it at its next
 /// Hello. The gateway checks the whole set and reports `applied` or
-/// `refused` with every problem (see `GET`).
+/// `rejected` with every problem (see `GET`).
 async fn put_config(
     State(shared): State<Arc<Shared>>,
     Path(gw): Path<String>,
@@ -374,7 +374,7 @@ async fn get_config(State(shared): State<Arc<Shared>>, Path(gw): Path<String>) -
     };
     let state = match &report {
         Some(r) if r.version == bundle.version && r.applied => "applied",
-        Some(r) if r.version == bundle.version => "refused",
+        Some(r) if r.version == bundle.version => "rejected",
         _ => "pending",
     };
     let documents: Vec<Json_> = bundle

@@ -17,7 +17,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, StringRejection};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
-use ferrite_models::project::{DocKind, Loader};
+use ferrite_models::project::DocKind;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -113,29 +113,7 @@ pub(super) async fn edit(
     let verb = if body.is_some() { "PUT" } else { "DELETE" };
     if let Some(body) = &body {
         // The body must hold exactly this one document.
-        let mut probe = Loader::default();
-        probe.load_text(&file, body, &[kind]);
-        let names: Vec<String> = match kind {
-            DocKind::DeviceModel => probe.project.models.keys().cloned().collect(),
-            DocKind::Device => probe.project.devices.keys().cloned().collect(),
-            DocKind::Rule => probe.project.rules.keys().cloned().collect(),
-        };
-        if probe.diagnostics.errors() == 0 && names != [name] {
-            let found = names
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ApiError::bad_request(format!(
-                "the body must hold exactly one {} named `{name}`; it holds {}",
-                kind.name(),
-                if found.is_empty() {
-                    "none".into()
-                } else {
-                    found
-                }
-            )));
-        }
+        crate::reconcile::holds_exactly(kind, name, &file, body).map_err(ApiError::bad_request)?;
     } else if !exists {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

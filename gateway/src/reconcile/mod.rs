@@ -284,7 +284,7 @@ pub struct ConfigView {
     /// The versions kept, newest first.
     pub history: Vec<VersionView>,
     /// The last change refused since the last one applied.
-    pub last_refused: Option<Refusal>,
+    pub last_rejected: Option<Refusal>,
 }
 
 /// One running document.
@@ -495,7 +495,7 @@ impl Reconciler {
                 let event = json!({
                     "source": "config",
                     "severity": "warning",
-                    "kind": "config_refused",
+                    "kind": "config_rejected",
                     "message": format!("a configuration change ({origin}) was refused with {} problem(s); v{} keeps running", errors.len(), state.current.version),
                     "errors": errors,
                 });
@@ -519,11 +519,13 @@ impl Reconciler {
         origin: Origin,
     ) -> Result<Applied, ApplyError> {
         let dirs = self.folders();
-        let on_disk = Snapshot::read(&dirs).map_err(|e| ApplyError::Invalid(vec![e]));
+        // A file in the folders that cannot be read refuses any change (as
+        // it fails `ferrite check`): what to keep or remove is then unknown.
+        let on_disk = Snapshot::read(&dirs).map_err(|e| ApplyError::Invalid(vec![e]))?;
         let target = match change {
-            Change::Reread => on_disk.clone()?,
+            Change::Reread => on_disk.clone(),
             Change::Edit { kind, name, text } => {
-                let mut target = on_disk.clone()?;
+                let mut target = on_disk.clone();
                 let file = self.file_of(kind, &name)?;
                 if let Some(dir) = file.parent() {
                     target.missing.remove(dir);
@@ -556,13 +558,11 @@ impl Reconciler {
             summary: Summary::default(),
         };
         if hash == state.current.hash {
-            // The folders may still differ (an edit undone in a file, say):
-            // make them hold what runs.
-            if let Ok(disk) = &on_disk
-                && disk != &target
-            {
+            // The folders may still differ (a rollback to the version that
+            // runs, past a broken file): make them hold what runs.
+            if on_disk != target {
                 target
-                    .write_over(disk, &dirs)
+                    .write_over(&on_disk, &dirs)
                     .map_err(|e| ApplyError::Io(format!("cannot write the folders: {e}")))?;
             }
             return Ok(unchanged);
@@ -585,11 +585,10 @@ impl Reconciler {
             return Err(ApplyError::Invalid(errors));
         }
         // The folders first: if they cannot be written, nothing else moves.
-        if let Ok(disk) = &on_disk
-            && disk != &target
-            && let Err(e) = target.write_over(disk, &dirs)
+        if on_disk != target
+            && let Err(e) = target.write_over(&on_disk, &dirs)
         {
-            let back = target_restore(disk, &dirs);
+            let back = target_restore(&on_disk, &dirs);
             return Err(ApplyError::Io(format!(
                 "cannot write the folders ({e}){back}; the running configuration is unchanged"
             )));
@@ -656,6 +655,10 @@ impl Reconciler {
                 continue;
             };
             let path = dir.join(format!("{name}.yaml"));
+            if let Err(e) = holds_exactly(*kind, name, &path, text) {
+                errors.push(e);
+                continue;
+            }
             if files.insert(path.clone(), text.clone()).is_some() {
                 errors.push(format!("{}: named twice in the bundle", path.display()));
             }
@@ -771,6 +774,37 @@ impl Reconciler {
         );
         *self.view.write().unwrap_or_else(PoisonError::into_inner) = view;
     }
+}
+
+/// Checks that `text`, as the file `path`, holds exactly one document of
+/// `kind`, named `name` (a text that does not parse passes: the whole set's
+/// check reports where it fails).
+pub fn holds_exactly(kind: DocKind, name: &str, path: &Path, text: &str) -> Result<(), String> {
+    let mut probe = ferrite_models::project::Loader::default();
+    probe.load_text(path, text, &[kind]);
+    let names: Vec<&String> = match kind {
+        DocKind::DeviceModel => probe.project.models.keys().collect(),
+        DocKind::Device => probe.project.devices.keys().collect(),
+        DocKind::Rule => probe.project.rules.keys().collect(),
+    };
+    if probe.diagnostics.errors() > 0 || names == [name] {
+        return Ok(());
+    }
+    let found = names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(format!(
+        "{}: must hold exactly one {} named `{name}`; it holds {}",
+        path.display(),
+        kind.name(),
+        if found.is_empty() {
+            "none".into()
+        } else {
+            found
+        }
+    ))
 }
 
 /// If the folders were left half-written, puts the old files back.
@@ -956,7 +990,7 @@ fn view_of(
         applied_at: current.applied_at.clone(),
         documents,
         history: history.iter().rev().map(VersionView::from).collect(),
-        last_refused: refused,
+        last_rejected: refused,
     }
 }
 

@@ -13,6 +13,8 @@ const state = {
   models: new Map(), // model name -> model
   devices: new Map(), // device id -> {view, rows: Map(property -> row)}
   series: new Map(), // "device/property" -> [[t, v], ...]
+  config: null, // the configuration version the cards were built for
+  streamAbort: null, // ends the current stream (to rebuild after a change)
 };
 
 function el(tag, attrs = {}, ...children) {
@@ -264,8 +266,10 @@ function onUpdate(update) {
 async function stream() {
   const live = document.getElementById('live');
   for (;;) {
+    const abort = new AbortController();
+    state.streamAbort = abort;
     try {
-      const res = await fetch('/api/v1/stream', { headers: headers({ accept: 'text/event-stream' }) });
+      const res = await fetch('/api/v1/stream', { headers: headers({ accept: 'text/event-stream' }), signal: abort.signal });
       if (res.status === 401) askToken();
       if (!res.ok || !res.body) throw new Error('HTTP ' + res.status);
       live.textContent = 'live';
@@ -289,10 +293,29 @@ async function stream() {
         }
       }
     } catch (_) { /* retried below */ }
+    // Ended on purpose (the configuration changed): again at once.
+    if (abort.signal.aborted) continue;
     live.textContent = 'reconnecting';
     live.className = 'badge offline';
     await sleep(2000);
   }
+}
+
+// When models, devices or rules change (a new configuration version), the
+// cards are built again from the new models, and the stream starts afresh:
+// its first event carries every device and reading.
+async function watchConfig() {
+  const c = await api('/api/v1/config');
+  document.getElementById('config-line').textContent =
+    `configuration v${c.version} (${c.origin.kind}) · ${c.hash.slice(0, 19)}`;
+  if (state.config !== null && c.version !== state.config) {
+    await loadModels();
+    state.devices.clear();
+    const container = document.getElementById('devices');
+    container.replaceChildren(el('p', { class: 'empty', text: 'configuration changed; reloading…' }));
+    if (state.streamAbort) state.streamAbort.abort();
+  }
+  state.config = c.version;
 }
 
 // ---- rules, events, sync, status ----------------------------------------
@@ -354,11 +377,12 @@ async function showStatus() {
 
 async function loadModels() {
   const models = await api('/api/v1/models');
+  state.models.clear();
   for (const m of models) state.models.set(m.name, m);
 }
 
 function refreshSlow() {
-  for (const show of [showStatus, showSync, showRules, showEvents]) show().catch(() => {});
+  for (const show of [showStatus, showSync, showRules, showEvents, watchConfig]) show().catch(() => {});
 }
 
 async function main() {
