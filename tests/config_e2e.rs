@@ -99,13 +99,23 @@ fn largest_gap(stamps: &[f64], since: f64) -> (f64, usize) {
 
 /// How often `device` was started, from `/metrics`.
 async fn starts(api: &Api, device: &str) -> u64 {
+    counter(api, "ferrite_device_starts_total", device).await
+}
+
+/// How often `device`'s loop panicked, from `/metrics`.
+async fn panics(api: &Api, device: &str) -> u64 {
+    counter(api, "ferrite_device_loop_panics_total", device).await
+}
+
+/// A per-device counter of `/metrics`.
+async fn counter(api: &Api, family: &str, device: &str) -> u64 {
     let text = reqwest::get(format!("{}/metrics", api.base))
         .await
         .expect("metrics")
         .text()
         .await
         .unwrap_or_default();
-    let prefix = format!("ferrite_device_starts_total{{device=\"{device}\",");
+    let prefix = format!("{family}{{device=\"{device}\",");
     text.lines()
         .find(|l| l.starts_with(&prefix))
         .and_then(|l| l.rsplit(' ').next())
@@ -444,34 +454,56 @@ async fn models_and_rules_change_through_the_api_and_only_their_users_restart() 
 
 #[tokio::test]
 async fn a_configuration_whose_device_loop_keeps_crashing_is_rolled_back() {
-    // The fail point makes the loop of a device named `crashy` panic each
-    // time it polls; no other test has such a device.
-    fail::cfg("device-loop", "return(crashy)").expect("fail point");
+    // The fail point makes the loop of the device it names panic each time
+    // it polls; the names here (`steady`, `crashy`) are in no other test.
     let files = Files::new();
     let plant = Plant::start(&files).await;
-    files.write("devices/a.yaml", &plant.device("a", 1, "100ms"));
+    files.write("devices/steady.yaml", &plant.device("steady", 1, "100ms"));
     let gw = files.start().await;
     let api = Api::new(gw.addr);
-    api.expect_status("a", "online", SECS).await;
+    api.expect_status("steady", "online", SECS).await;
 
+    // A device that was there before crashes: not the new version's doing.
+    fail::cfg("device-loop", "return(steady)").expect("fail point");
+    let (status, body) = api
+        .put_raw(
+            "/api/v1/devices/bystander",
+            plant.device("bystander", 2, "100ms"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 2);
+    let crashed = wait_until(Duration::from_secs(10), || async {
+        panics(&api, "steady").await >= 3
+    })
+    .await;
+    assert!(crashed, "steady's loop panics, and is restarted each time");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(config(&api).await["version"], 2, "nothing rolled back");
+
+    // A device the new version adds crashes: the version goes.
+    fail::cfg("device-loop", "return(crashy)").expect("fail point");
+    api.expect_status("steady", "online", Duration::from_secs(20))
+        .await;
     let (status, body) = api
         .put_raw("/api/v1/devices/crashy", plant.device("crashy", 4, "100ms"))
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["version"], 2);
+    assert_eq!(body["version"], 3);
     // Panics at once, then after 0.5 s and 1 s: three within the minute.
     let rolled = wait_until(Duration::from_secs(15), || async {
-        config(&api).await["version"] == 3
+        config(&api).await["version"] == 4
     })
     .await;
     let now = config(&api).await;
     assert!(rolled, "{now}");
     assert_eq!(now["origin"]["kind"], "auto_rollback", "{now}");
-    assert_eq!(now["origin"]["from"], 2, "{now}");
-    assert_eq!(now["origin"]["to"], 1, "{now}");
+    assert_eq!(now["origin"]["from"], 3, "{now}");
+    assert_eq!(now["origin"]["to"], 2, "{now}");
     assert!(now["origin"]["why"].to_string().contains("crashy"), "{now}");
     assert_eq!(api.get("/api/v1/devices/crashy").await.0, 404);
     assert!(!files.dir.path().join("devices/crashy.yaml").exists());
+    assert_eq!(api.get("/api/v1/devices/bystander").await.0, 200);
     let events = api.get("/api/v1/events?limit=100").await.1;
     let critical = events.as_array().and_then(|all| {
         all.iter()
@@ -484,7 +516,7 @@ async fn a_configuration_whose_device_loop_keeps_crashing_is_rolled_back() {
             .is_some_and(|e| e["severity"] == "critical"),
         "{events}"
     );
-    api.expect_status("a", "online", SECS).await;
     fail::remove("device-loop");
+    api.expect_status("steady", "online", SECS).await;
     assert!(gw.stop().await);
 }

@@ -697,9 +697,10 @@ impl Reconciler {
         .await
     }
 
-    /// Rolls the running version back when device loops keep crashing
-    /// under it: [`CRASHES_TO_ROLL_BACK`] panics within [`CRASH_WINDOW`]
-    /// since it was applied. Runs until `shutdown`.
+    /// Rolls the running version back when the loops of devices it started
+    /// or changed keep crashing: [`CRASHES_TO_ROLL_BACK`] panics within
+    /// [`CRASH_WINDOW`] since it was applied. A version that is itself an
+    /// automatic rollback is not rolled back again. Runs until `shutdown`.
     pub async fn watch_crashes(
         self: Arc<Self>,
         crashes: Arc<Crashes>,
@@ -710,14 +711,30 @@ impl Reconciler {
                 () = shutdown.cancelled() => return,
                 () = crashes.next() => {}
             }
-            let (from, to, since) = {
+            let (from, to, since, touched, after_rollback) = {
                 let state = self.state.lock().await;
-                (state.current.version, previous(&state), state.since)
+                let d = &state.current.summary.devices;
+                let touched: BTreeSet<String> = d.added.iter().chain(&d.changed).cloned().collect();
+                let after_rollback = matches!(state.current.origin, Origin::AutoRollback { .. });
+                (
+                    state.current.version,
+                    previous(&state),
+                    state.since,
+                    touched,
+                    after_rollback,
+                )
             };
             let window = Instant::now()
                 .checked_sub(CRASH_WINDOW)
                 .map_or(since, |w| w.max(since));
-            let recent = crashes.since(window);
+            // Only the crashes of devices this version started or changed
+            // are its fault: a device that crashed before goes on crashing
+            // under any version, and rolling back would not help.
+            let recent: Vec<_> = crashes
+                .since(window)
+                .into_iter()
+                .filter(|c| touched.contains(&c.device))
+                .collect();
             if recent.len() < CRASHES_TO_ROLL_BACK {
                 continue;
             }
@@ -728,6 +745,13 @@ impl Reconciler {
                 devices.into_iter().collect::<Vec<_>>().join(", "),
                 recent.last().map_or("", |c| c.why.as_str())
             );
+            if after_rollback {
+                // Never back and forth between two versions that crash.
+                tracing::error!(
+                    "configuration v{from}, itself a rollback: {why}; not rolled back again"
+                );
+                continue;
+            }
             let Some(to) = to else {
                 tracing::error!("configuration v{from}: {why}; no earlier version to roll back to");
                 continue;
