@@ -138,14 +138,30 @@ async fn tokens_and_roles_gate_every_call() {
         (Method::DELETE, "/api/v1/rules/r"),
         (Method::POST, "/api/v1/rules/r/enable"),
         (Method::PUT, "/api/v1/rules/r"),
+        (Method::PUT, "/api/v1/devices/d"),
+        (Method::DELETE, "/api/v1/devices/d"),
+        (Method::PUT, "/api/v1/models/m"),
+        (Method::DELETE, "/api/v1/models/m"),
+        (Method::POST, "/api/v1/config/rollback"),
     ] {
         let (code, body, _) = ops.call(method.clone(), path, body()).await;
         assert_eq!(code, 403, "{method} {path} as ops: {body}");
     }
+    assert_eq!(
+        viewer.get("/api/v1/config").await.0,
+        200,
+        "reading it is a read"
+    );
+    assert_eq!(anonymous.get("/api/v1/config").await.0, 401);
 
-    // admin: everything (here: past the door to a 404 for a missing rule).
+    // admin: everything (here: past the door to a 404 for a missing rule,
+    // and a 409 for a rollback with nothing before).
     let (code, body, _) = root.call(Method::DELETE, "/api/v1/rules/r", None).await;
     assert_eq!(code, 404, "{body}");
+    let (code, body, _) = root
+        .call(Method::POST, "/api/v1/config/rollback", None)
+        .await;
+    assert_eq!(code, 409, "{body}");
     let (code, body, _) = root
         .call(
             Method::PUT,

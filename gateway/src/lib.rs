@@ -14,20 +14,34 @@
 //!   api │  └────────────────────────────┘
 //!       └── uplink (desired state) ◀──MQTT──▶ ferrite-cloud
 //!            ▲ reads the outbox the writer fills (with [cloud])
+//!
+//! folders, api, uplink (bundles) ──▶ reconcile ──▶ running (the project)
+//!                                        └──▶ fleet (start/stop devices), rules
 //! ```
 //!
 //! ## A tour
 //! - [`cli`], [`commands`]: the command line (`check`, `schema`, `run`,
 //!   `demo`).
 //! - [`runtime`]: starts and stops everything together; clean shutdown.
+//! - [`reconcile`]: live configuration: a change to models, devices or
+//!   rules (from the folders, the API or the control plane) checked whole,
+//!   written to the folders, applied to only what it changes, versioned,
+//!   rolled back.
+//! - [`fleet`]: the running devices, each started on its driver with a
+//!   shutdown token of its own, so one can stop or restart alone.
+//! - [`running`]: the project that runs now, swapped by the reconciler.
+//! - [`names`]: stable numbers for device and property names, which the
+//!   hot path uses instead of the names.
 //! - [`service`]: systemd readiness and watchdog (sd_notify).
-//! - [`drivers`]: the [`drivers::Driver`] trait and one folder per protocol,
-//!   each behind a cargo feature: `modbus/` (coalescing plan, one task per
-//!   connection, pollers) and `opcua/` (connect and trust, one session task
-//!   per device with subscriptions or polls, status-code mapping) and
-//!   `mqtt/` (a reader on the broker's in-process link: plain topics,
-//!   Sparkplug B births/data/deaths, status topics, timeouts; writes as
-//!   command publishes or DCMD).
+//! - [`drivers`]: the [`drivers::Driver`] trait (made once, starting
+//!   devices one at a time; device loops restarted after a panic) and one
+//!   folder per protocol, each behind a cargo feature: `modbus/` (coalescing
+//!   plan, one task per connection shared by its devices, pollers) and
+//!   `opcua/` (connect and trust, one session task per device with
+//!   subscriptions or polls, status-code mapping) and `mqtt/` (a reader on
+//!   the broker's in-process link: plain topics, Sparkplug B
+//!   births/data/deaths, status topics, timeouts; writes as command
+//!   publishes or DCMD).
 //! - `broker` (feature `mqtt`): the embedded rumqttd broker from `[mqtt]`.
 //! - [`store`]: the storage trait, its sled implementation, and the writer
 //!   task that batches, fsyncs, then publishes.
