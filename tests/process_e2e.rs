@@ -98,12 +98,13 @@ async fn sighup_rereads_the_folders_and_does_not_stop_the_gateway() {
         "kind: Rule\nname: r\nwhen: 'devices[\"d\"].n >= 0'\nthen:\n  - event: { message: r }\n",
     );
     signal(&run.child, "HUP");
+    // The rule runs before the version is recorded: wait for both.
     let applied = wait_until(Duration::from_secs(10), || async {
         run.api.get("/api/v1/rules/r").await.0 == 200
+            && run.api.get("/api/v1/config").await.1["version"] == 2
     })
     .await;
     assert!(applied, "{}", run.log_tail());
-    assert_eq!(run.api.get("/api/v1/config").await.1["version"], 2);
     signal(&run.child, "KILL");
     let _ = run.child.wait();
     counter.abort();
