@@ -116,6 +116,23 @@ pub fn parse_down(gateway: &str, topic: &str) -> Option<Down> {
     Down::ALL.into_iter().find(|k| k.name() == kind)
 }
 
+/// Whether gateway `gateway` may publish on `topic`: only its own upward
+/// topics (`ferrite/v1/gw/GW/up/...`). The embedded broker's guard and the
+/// Mosquitto ACL that `ferrite-cloud gateway acl` writes say the same.
+pub fn gateway_may_publish(gateway: &str, topic: &str) -> bool {
+    let prefix = format!("{ROOT}/gw/{gateway}/up/");
+    topic.len() > prefix.len() && topic.starts_with(&prefix) && !topic.contains(['+', '#', '\0'])
+}
+
+/// Whether gateway `gateway` may subscribe to `filter`: its own downward
+/// topics (wildcards allowed below `ferrite/v1/gw/GW/down/`) and the
+/// cloud's status, nothing else.
+pub fn gateway_may_subscribe(gateway: &str, filter: &str) -> bool {
+    let prefix = format!("{ROOT}/gw/{gateway}/down/");
+    filter == CLOUD_STATUS
+        || (filter.len() > prefix.len() && filter.starts_with(&prefix) && !filter.contains('\0'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +150,39 @@ mod tests {
         assert_eq!(parse_up("ferrite/v1/gw//up/batch"), None);
         assert_eq!(parse_up("ferrite/v1/gw/a/up/other"), None);
         assert_eq!(parse_up("elsewhere/gw/a/up/batch"), None);
+    }
+
+    #[test]
+    fn a_gateway_may_use_its_own_topics_only() {
+        for kind in Up::ALL {
+            assert!(gateway_may_publish("a", &up("a", kind)));
+            assert!(!gateway_may_publish("b", &up("a", kind)));
+        }
+        for kind in Down::ALL {
+            assert!(!gateway_may_publish("a", &down("a", kind)), "{kind:?}");
+            assert!(gateway_may_subscribe("a", &down("a", kind)));
+            assert!(!gateway_may_subscribe("b", &down("a", kind)));
+        }
+        assert!(gateway_may_subscribe("a", &all_down("a")));
+        assert!(gateway_may_subscribe("a", CLOUD_STATUS));
+        assert!(!gateway_may_publish("a", CLOUD_STATUS));
+        for filter in [
+            "#",
+            "ferrite/#",
+            "ferrite/v1/gw/+/down/#",
+            "ferrite/v1/gw/a/#",
+            "ferrite/v1/gw/a/down/",
+            "ferrite/v1/gw/ab/down/#",
+            "ferrite/v1/gw/+/up/#",
+        ] {
+            assert!(!gateway_may_subscribe("a", filter), "{filter}");
+        }
+        for topic in [
+            "ferrite/v1/gw/a/up/",
+            "ferrite/v1/gw/a/up/#",
+            "ferrite/v1/gw/ab/up/batch",
+        ] {
+            assert!(!gateway_may_publish("a", topic), "{topic}");
+        }
     }
 }

@@ -45,6 +45,11 @@ pub struct GatewaySection {
     /// Folder of Rule files, relative to the config file.
     #[serde(default = "GatewaySection::default_rules")]
     pub rules: PathBuf,
+    /// A folder device files may name secrets and certificates in, besides
+    /// the config's folder, `data_dir` and systemd's
+    /// `$CREDENTIALS_DIRECTORY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl GatewaySection {
@@ -159,6 +164,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The role as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 /// `[mqtt]`: the embedded broker. The gateway reads from it in process;
 /// other local clients (an HMI, a historian) can use it too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -239,7 +255,9 @@ pub struct CloudSection {
     /// control plane where to resume. Default 10s.
     #[serde(default = "CloudSection::default_ack_timeout")]
     pub ack_timeout: Span,
-    /// MQTT username on the uplink.
+    /// MQTT username on the uplink. Default: the gateway's id when a
+    /// `password_file` is given (the login `ferrite-cloud gateway add`
+    /// enrols), else none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// File holding the password (relative to the config file). Trailing

@@ -53,6 +53,7 @@ pub mod schema;
 pub mod source;
 #[cfg(feature = "sparkplug")]
 pub mod sparkplug;
+pub mod tokens;
 #[cfg(feature = "opcua")]
 pub mod ua;
 pub mod units;

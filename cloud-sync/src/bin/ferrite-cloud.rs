@@ -36,6 +36,38 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Enrols gateways and writes broker ACLs.
+    Gateway {
+        #[command(subcommand)]
+        action: GatewayAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayAction {
+    /// Enrols gateway ID: a fresh secret (mode 0600), its [[gateways]]
+    /// entry in the config, and the [cloud] lines for the gateway. A
+    /// running control plane takes it at the gateway's next connect.
+    Add {
+        /// The gateway's id (its `[gateway] id`).
+        id: String,
+        /// The control plane's config, created if missing.
+        #[arg(long, default_value = "ferrite-cloud.toml")]
+        config: PathBuf,
+        /// Where the secret goes [default: `gateways/` beside the config].
+        #[arg(long)]
+        secrets_dir: Option<PathBuf>,
+    },
+    /// Writes mosquitto.passwd and mosquitto.acl for an external Mosquitto:
+    /// the same rules as the embedded broker's.
+    Acl {
+        /// The control plane's config.
+        #[arg(long, default_value = "ferrite-cloud.toml")]
+        config: PathBuf,
+        /// The folder the two files go to.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,13 +78,16 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Run {
-        config,
-        listen,
-        mqtt_listen,
-        broker,
-        data_dir,
-    } = Cli::parse().command;
+    let (config, listen, mqtt_listen, broker, data_dir) = match Cli::parse().command {
+        Command::Run {
+            config,
+            listen,
+            mqtt_listen,
+            broker,
+            data_dir,
+        } => (config, listen, mqtt_listen, broker, data_dir),
+        Command::Gateway { action } => return gateway(action),
+    };
     let mut settings = match config {
         Some(path) => match CloudConfig::load(&path) {
             Ok(c) => c,
@@ -93,6 +128,58 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `ferrite-cloud gateway ...`.
+fn gateway(action: GatewayAction) -> ExitCode {
+    let result = match action {
+        GatewayAction::Add {
+            id,
+            config,
+            secrets_dir,
+        } => {
+            let secrets_dir = secrets_dir.unwrap_or_else(|| {
+                config
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("gateways")
+            });
+            cloud::enrol::add(&config, &secrets_dir, &id).map(|enrolled| {
+                println!(
+                    "enrolled `{id}` in {}; its secret is in {} (mode 0600).\n\nOn the gateway, copy that file to cloud.secret beside ferrite.toml (mode 0600) and use:\n\n{}",
+                    config.display(),
+                    enrolled.secret_file.display(),
+                    enrolled.gateway_lines
+                );
+            })
+        }
+        GatewayAction::Acl { config, out } => CloudConfig::load(&config)
+            .and_then(|c| cloud::enrol::mosquitto(&c))
+            .and_then(|files| {
+                let write = |name: &str, text: &str| {
+                    let path = out.join(name);
+                    std::fs::create_dir_all(&out)
+                        .and_then(|()| std::fs::write(&path, text))
+                        .map_err(|e| cloud::CloudError::Config(format!("{}: {e}", path.display())))?;
+                    println!("wrote {}", path.display());
+                    Ok::<(), cloud::CloudError>(())
+                };
+                write("mosquitto.passwd", &files.passwd)?;
+                write("mosquitto.acl", &files.acl)?;
+                println!(
+                    "in mosquitto.conf: allow_anonymous false, password_file {0}/mosquitto.passwd, acl_file {0}/mosquitto.acl",
+                    out.display()
+                );
+                Ok(())
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrite-cloud: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -9,10 +9,13 @@
 //!   {...}, "rules": {...}}` (an addition: the gateway's whole configuration;
 //!   DOC is the document's YAML or JSON text, or the document as a JSON
 //!   object), and `GET` of it with the gateway's report
+//! - `GET /api/v1/audit?limit=N` (an addition: who set desired state or sent
+//!   a bundle, by token name)
 //! - `GET /api/v1/stats`
-//! - `GET /healthz`
+//! - `GET /healthz` (open: no token needed)
 //!
-//! Errors are `{"error":{"code","message"}}`, as on the gateway.
+//! Every `/api/v1` route is behind [`super::tokens::require`]. Errors are
+//! `{"error":{"code","message"}}`, as on the gateway.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,13 +27,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use ferrite_models::Value;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
 use super::plane::{Shared, blocking};
 use super::store::Stored;
+use super::tokens::{Principal, Tokens};
 use crate::delta::from_wire;
 use crate::wire::ConfigDocument;
 
@@ -49,7 +53,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error with its status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -77,10 +82,9 @@ impl From<super::store::CloudStoreError> for ApiError {
 
 type ApiResult = Result<Json<Json_>, ApiError>;
 
-/// The router.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+/// The router: `/api/v1` behind `tokens`.
+pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
+    let api = Router::new()
         .route("/api/v1/gateways", get(gateways))
         .route("/api/v1/gateways/{gw}/devices", get(devices))
         .route("/api/v1/gateways/{gw}/devices/{dev}", get(twin))
@@ -96,8 +100,46 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(history),
         )
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/audit", get(audit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            super::tokens::require,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(shared)
+        .with_state(shared);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(api)
+}
+
+/// Who made a call: the token's name, or `local` where the API has no
+/// tokens (loopback only).
+fn actor(principal: Option<&Extension<Principal>>) -> String {
+    principal.map_or_else(|| "local".to_string(), |p| p.name.clone())
+}
+
+/// Records a change in the audit log, durably, before it is answered.
+async fn audited(shared: &Arc<Shared>, entry: Json_) -> Result<(), ApiError> {
+    let store = shared.store.clone();
+    blocking(move || store.record_audit(&entry)).await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+/// The newest audit entries (default 100, at most 10 000), oldest first.
+async fn audit(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| bad_body(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100).min(10_000);
+    let store = shared.store.clone();
+    let entries = blocking(move || store.audit(limit)).await?;
+    Ok(Json(json!({ "entries": entries })))
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -208,6 +250,7 @@ async fn twin(
 async fn desired(
     State(shared): State<Arc<Shared>>,
     Path((gw, dev)): Path<(String, String)>,
+    principal: Option<Extension<Principal>>,
     body: Result<Json<Json_>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
     let Json(body) =
@@ -250,7 +293,20 @@ async fn desired(
         properties.insert(name, value);
     }
     known(&shared, &gw).await?;
-    let patch = shared.send_desired(&gw, &dev, properties).await?;
+    let patch = shared.send_desired(&gw, &dev, properties.clone()).await?;
+    audited(
+        &shared,
+        json!({
+            "ts": rfc3339(SystemTime::now()),
+            "actor": actor(principal.as_ref()),
+            "action": "desired",
+            "gateway": gw,
+            "device": dev,
+            "version": patch.version,
+            "properties": properties,
+        }),
+    )
+    .await?;
     let connected = shared.presence(&gw).connected;
     Ok((
         StatusCode::ACCEPTED,
@@ -330,6 +386,7 @@ fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiError> {
 async fn put_config(
     State(shared): State<Arc<Shared>>,
     Path(gw): Path<String>,
+    principal: Option<Extension<Principal>>,
     body: Result<Json<Json_>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
     ferrite_models::units::check_name(&gw).map_err(|e| {
@@ -343,6 +400,18 @@ async fn put_config(
     let documents = bundle_documents(body)?;
     let count = documents.len();
     let bundle = shared.send_config(&gw, documents).await?;
+    audited(
+        &shared,
+        json!({
+            "ts": rfc3339(SystemTime::now()),
+            "actor": actor(principal.as_ref()),
+            "action": "config_bundle",
+            "gateway": gw,
+            "version": bundle.version,
+            "documents": count,
+        }),
+    )
+    .await?;
     let connected = shared.presence(&gw).connected;
     Ok((
         StatusCode::ACCEPTED,
@@ -444,6 +513,8 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Json<Json_> {
         "naive_json_bytes": naive,
         "saved_vs_naive_json_percent": (naive > 0).then(|| 100.0 * (1.0 - wire as f64 / naive as f64)),
         "lost_at_edge": get(&s.lost_at_edge),
+        "broker_logins_refused": get(&shared.guard.refused_logins),
+        "broker_packets_refused": get(&shared.guard.refused_packets),
     }))
 }
 

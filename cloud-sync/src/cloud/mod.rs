@@ -4,13 +4,21 @@
 //! - [`store`]: sled; one atomic, flushed write per applied batch.
 //! - [`plane`]: the MQTT side (exactly once by change sequence, Resume and
 //!   Ack, desired patches replayed after every Hello).
-//! - [`api`]: the REST API.
-//! - [`start`]: the embedded broker (rumqttd) or an external one, then the
-//!   two above.
+//! - [`api`]: the REST API, behind [`tokens`] (bearer tokens with roles).
+//! - [`gateways`]: the gateways enrolled in `[[gateways]]`, who alone may
+//!   log in to the embedded broker; [`guard`]: the listener in front of
+//!   rumqttd that checks their logins and keeps each to its own topics;
+//!   [`enrol`]: `ferrite-cloud gateway add` and `gateway acl` (Mosquitto).
+//! - [`start`]: the embedded broker (rumqttd behind the guard) or an
+//!   external one, then the rest.
 
 pub mod api;
+pub mod enrol;
+pub mod gateways;
+pub mod guard;
 pub mod plane;
 pub mod store;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +29,7 @@ use rumqttc::AsyncClient;
 use serde::Deserialize;
 
 use crate::link::LinkOptions;
+use tokens::Tokens;
 
 /// How the control plane runs; the file form of `ferrite-cloud run
 /// --config FILE`. Flags override it.
@@ -48,6 +57,16 @@ pub struct CloudConfig {
     /// CA certificate(s) of an `mqtts://` broker, PEM.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// `[[gateways]]`: who may log in to the embedded broker, each to its
+    /// own topics. None: anyone, and loopback only.
+    #[serde(default)]
+    pub gateways: Vec<gateways::GatewayEntry>,
+    /// `[api]`: the REST API's tokens.
+    #[serde(default)]
+    pub api: tokens::CloudApi,
+    /// The file this was read from (to see enrolments while running).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl CloudConfig {
@@ -68,6 +87,15 @@ impl CloudConfig {
         let mut config: CloudConfig = toml::from_str(&text)
             .map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let gateway_files = config
+            .gateways
+            .iter_mut()
+            .filter_map(|g| g.password_file.as_mut());
+        let token_files = config
+            .api
+            .tokens
+            .iter_mut()
+            .filter_map(|t| t.token_file.as_mut());
         for p in [
             Some(&mut config.data_dir),
             config.password_file.as_mut(),
@@ -75,11 +103,14 @@ impl CloudConfig {
         ]
         .into_iter()
         .flatten()
+        .chain(gateway_files)
+        .chain(token_files)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 }
@@ -94,6 +125,9 @@ impl Default for CloudConfig {
             username: None,
             password_file: None,
             ca_file: None,
+            gateways: Vec::new(),
+            api: tokens::CloudApi::default(),
+            source: None,
         }
     }
 }
@@ -116,11 +150,16 @@ pub enum CloudError {
     /// The embedded broker.
     #[error("the embedded broker: {0}")]
     Broker(String),
-    /// A REST address beyond loopback, while the API has no auth.
+    /// A REST address beyond loopback, while the API has no tokens.
     #[error(
-        "refusing to serve the REST API on {0}: it has no authentication yet, so it serves loopback only (put an authenticating reverse proxy in front)"
+        "refusing to serve the REST API on {0}: without [[api.tokens]] it takes anyone, so it serves loopback only"
     )]
     Exposed(SocketAddr),
+    /// The embedded broker beyond loopback, while no gateway is enrolled.
+    #[error(
+        "refusing to serve the embedded broker on {0}: without [[gateways]] it takes anyone, so it serves loopback only (enrol one with `ferrite-cloud gateway add ID`)"
+    )]
+    OpenBroker(SocketAddr),
 }
 
 /// A running control plane.
@@ -137,14 +176,25 @@ pub struct Running {
 /// no shutdown; the store is flushed after every write, so ending the
 /// process at any point loses nothing acknowledged).
 pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
-    if !config.listen.ip().is_loopback() {
+    let tokens = Arc::new(
+        Tokens::load(&config.api.tokens, &|p| p.to_path_buf())
+            .map_err(|e| CloudError::Config(e.to_string()))?,
+    );
+    if !tokens.enabled() && !config.listen.ip().is_loopback() {
         return Err(CloudError::Exposed(config.listen));
     }
-    if config.broker.is_none() && !config.mqtt_listen.ip().is_loopback() {
+    let gateways = Arc::new(gateways::Gateways::load(&config)?);
+    let open_broker = config.broker.is_none() && !gateways.enforcing();
+    if open_broker && !config.mqtt_listen.ip().is_loopback() {
+        return Err(CloudError::OpenBroker(config.mqtt_listen));
+    }
+    if open_broker {
         tracing::warn!(
-            "the embedded broker on {} takes anyone who connects (no TLS, no logins); use an external broker with both beyond a trusted network",
-            config.mqtt_listen
+            "no [[gateways]] enrolled: the embedded broker takes anyone, on loopback only (`ferrite-cloud gateway add ID` enrols one)"
         );
+    }
+    if !tokens.enabled() {
+        tracing::warn!("no [[api.tokens]]: the REST API takes anyone, on loopback only");
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -153,27 +203,42 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
         .local_addr()
         .map_err(|e| CloudError::Listen(config.listen, e))?;
     let store = Arc::new(store::CloudStore::open(&config.data_dir)?);
-    let broker = match &config.broker {
-        Some(url) => url.clone(),
+    let guard_stats = Arc::new(guard::GuardStats::default());
+    // The control plane's own client id: unguessable, so that no one can
+    // take its session over.
+    let client_id = format!("ferrite-cloud-{}", random_hex(8));
+    let (broker, options) = match &config.broker {
+        Some(url) => {
+            let link = LinkOptions {
+                broker: url.clone(),
+                client_id,
+                login: config
+                    .username
+                    .clone()
+                    .map(|u| (u, config.password_file.clone())),
+                ca_file: config.ca_file.clone(),
+                client_auth: None,
+                will: Some((crate::topics::CLOUD_STATUS.to_string(), b"offline".to_vec())),
+            };
+            (url.clone(), link.mqtt_options()?)
+        }
         None => {
-            let addr = start_embedded_broker(config.mqtt_listen).await?;
-            format!("mqtt://{addr}")
+            let embedded =
+                start_embedded_broker(config.mqtt_listen, gateways, guard_stats.clone()).await?;
+            let link = LinkOptions {
+                broker: format!("mqtt://{}", embedded.internal),
+                client_id,
+                will: Some((crate::topics::CLOUD_STATUS.to_string(), b"offline".to_vec())),
+                ..LinkOptions::default()
+            };
+            let mut options = link.mqtt_options()?;
+            options.set_credentials(embedded.login.username, embedded.login.password);
+            (format!("mqtt://{}", embedded.public), options)
         }
     };
-    let link = LinkOptions {
-        broker: broker.clone(),
-        client_id: format!("ferrite-cloud-{}", std::process::id()),
-        login: config
-            .username
-            .clone()
-            .map(|u| (u, config.password_file.clone())),
-        ca_file: config.ca_file.clone(),
-        client_auth: None,
-        will: Some((crate::topics::CLOUD_STATUS.to_string(), b"offline".to_vec())),
-    };
-    let (client, eventloop) = AsyncClient::new(link.mqtt_options()?, 1024);
-    let shared = plane::start(store, client, eventloop);
-    let app = api::router(shared.clone());
+    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let shared = plane::start(store, client, eventloop, guard_stats);
+    let app = api::router(shared.clone(), tokens);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("the control plane's API stopped: {e}");
@@ -187,25 +252,59 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
     })
 }
 
-/// Starts rumqttd on `listen` in its own thread; returns the bound address
-/// once it answers.
-async fn start_embedded_broker(listen: SocketAddr) -> Result<SocketAddr, CloudError> {
-    // Bind once so that a taken port is an error here, not a log line on
-    // the broker's thread; with port 0, this also picks the port.
-    let addr = std::net::TcpListener::bind(listen)
-        .and_then(|l| l.local_addr())
+/// `n` random bytes as hex.
+pub fn random_hex(n: usize) -> String {
+    use rand::RngCore;
+    let mut bytes = vec![0u8; n];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The embedded broker's two addresses.
+struct Embedded {
+    /// The guard, where gateways connect.
+    public: SocketAddr,
+    /// rumqttd itself, on loopback, for the guard and the control plane.
+    internal: SocketAddr,
+    /// The one login rumqttd takes.
+    login: rumqttc::Login,
+}
+
+/// Starts rumqttd on a loopback port in its own thread, taking only a
+/// login made now, and the guard on `listen` in front of it; returns once
+/// rumqttd answers.
+async fn start_embedded_broker(
+    listen: SocketAddr,
+    gateways: Arc<gateways::Gateways>,
+    stats: Arc<guard::GuardStats>,
+) -> Result<Embedded, CloudError> {
+    // Bind the guard first, so that a taken port is an error here; with
+    // port 0, this also picks the port.
+    let public_listener = tokio::net::TcpListener::bind(listen)
+        .await
         .map_err(|e| CloudError::Listen(listen, e))?;
+    let public = public_listener
+        .local_addr()
+        .map_err(|e| CloudError::Listen(listen, e))?;
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let internal = std::net::TcpListener::bind(loopback)
+        .and_then(|l| l.local_addr())
+        .map_err(|e| CloudError::Listen(loopback, e))?;
+    let login = rumqttc::Login::new("ferrite-cloud-guard", random_hex(32));
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 5_000,
         max_payload_size: 4 * 1024 * 1024,
         max_inflight_count: 100,
-        auth: None,
+        auth: Some(HashMap::from([(
+            login.username.clone(),
+            login.password.clone(),
+        )])),
         external_auth: None,
         dynamic_filters: true,
     };
     let server = rumqttd::ServerSettings {
         name: "ferrite-cloud".into(),
-        listen: addr,
+        listen: internal,
         tls: None,
         next_connection_delay_ms: 0,
         connections,
@@ -231,9 +330,22 @@ async fn start_embedded_broker(listen: SocketAddr) -> Result<SocketAddr, CloudEr
             }
         })
         .map_err(|e| CloudError::Broker(e.to_string()))?;
-    if crate::link::wait_until_serving(addr, None).await {
-        Ok(addr)
-    } else {
-        Err(CloudError::Broker(format!("it does not answer on {addr}")))
+    let probe_login = (login.username.clone(), login.password.clone());
+    if !crate::link::wait_until_serving(internal, Some(&probe_login)).await {
+        return Err(CloudError::Broker(format!(
+            "it does not answer on {internal}"
+        )));
     }
+    let guard = Arc::new(guard::Guard {
+        gateways,
+        upstream: internal,
+        login: login.clone(),
+        stats,
+    });
+    tokio::spawn(guard.serve(public_listener));
+    Ok(Embedded {
+        public,
+        internal,
+        login,
+    })
 }

@@ -67,6 +67,8 @@ pub struct Shared {
     pub client: AsyncClient,
     /// Counters.
     pub stats: Stats,
+    /// What the embedded broker's guard refused.
+    pub guard: Arc<super::guard::GuardStats>,
     presence: Mutex<HashMap<String, Presence>>,
 }
 
@@ -140,11 +142,17 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// Starts the MQTT side on `client`/`eventloop`; returns the shared state.
-pub fn start(store: Arc<CloudStore>, client: AsyncClient, eventloop: EventLoop) -> Arc<Shared> {
+pub fn start(
+    store: Arc<CloudStore>,
+    client: AsyncClient,
+    eventloop: EventLoop,
+    guard: Arc<super::guard::GuardStats>,
+) -> Arc<Shared> {
     let shared = Arc::new(Shared {
         store,
         client: client.clone(),
         stats: Stats::default(),
+        guard,
         presence: Mutex::new(HashMap::new()),
     });
     let (tx, rx) = mpsc::channel(1024);

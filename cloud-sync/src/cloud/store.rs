@@ -77,7 +77,13 @@ pub struct CloudStore {
     db: sled::Db,
     data: sled::Tree,
     twin: sled::Tree,
+    /// Who changed what through the REST API (desired state, bundles):
+    /// id (big endian) → JSON.
+    audit: sled::Tree,
 }
+
+/// Audit entries kept, at most (the oldest go first).
+const AUDIT_KEPT: usize = 10_000;
 
 fn key(tag: u8, names: &[&str]) -> Vec<u8> {
     let mut out = vec![tag];
@@ -122,7 +128,42 @@ impl CloudStore {
             crate::sled_open::open(sled::Config::new().path(&path).flush_every_ms(None), &path)?;
         let data = db.open_tree("data")?;
         let twin = db.open_tree("twin")?;
-        Ok(CloudStore { db, data, twin })
+        let audit = db.open_tree("audit")?;
+        Ok(CloudStore {
+            db,
+            data,
+            twin,
+            audit,
+        })
+    }
+
+    /// Records who changed what, durably, before the change is answered.
+    pub fn record_audit(&self, entry: &serde_json::Value) -> Result<()> {
+        let id = self.db.generate_id()?;
+        let body = serde_json::to_vec(entry)
+            .map_err(|e| CloudStoreError::Corrupt(format!("audit entry: {e}")))?;
+        self.audit.insert(id.to_be_bytes(), body)?;
+        // Counting walks the tree: trim once every hundred entries.
+        while id % 100 == 0 && self.audit.len() > AUDIT_KEPT {
+            if self.audit.pop_min()?.is_none() {
+                break;
+            }
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        for entry in self.audit.iter().rev().take(limit) {
+            let (_, body) = entry?;
+            if let Ok(value) = serde_json::from_slice(&body) {
+                out.push(value);
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Gateways known: id → (last applied change, changes lost at the edge).
