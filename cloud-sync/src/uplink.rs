@@ -119,7 +119,9 @@ pub struct UplinkStatus {
     sessions: AtomicU64,
     desired_version: AtomicU64,
     config_version: AtomicU64,
+    refused: AtomicU64,
     last_error: Mutex<Option<String>>,
+    last_refused: Mutex<Option<String>>,
 }
 
 /// A copy of [`UplinkStatus`].
@@ -141,6 +143,11 @@ pub struct UplinkSnapshot {
     pub desired_version: u64,
     /// The newest config bundle version handled (applied or refused).
     pub config_version: u64,
+    /// Messages from the control plane's topics that made no sense (an Ack
+    /// or Resume past what was ever sent) and were ignored.
+    pub refused: u64,
+    /// Why the last of those was refused.
+    pub last_refused: Option<String>,
     /// The last connection, protocol or outbox error since the control
     /// plane last acknowledged a batch, if any.
     pub last_error: Option<String>,
@@ -158,12 +165,28 @@ impl UplinkStatus {
             sessions: self.sessions.load(Ordering::Relaxed),
             desired_version: self.desired_version.load(Ordering::Relaxed),
             config_version: self.config_version.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            last_refused: self
+                .last_refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             last_error: self
                 .last_error
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
         }
+    }
+
+    /// Counts and logs a message that made no sense; it changes nothing.
+    fn refuse(&self, message: String) {
+        tracing::warn!("the uplink refused a message from the control plane's topics: {message}");
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(message);
     }
 
     fn error(&self, message: String) {
@@ -244,6 +267,7 @@ pub async fn run(
         status,
         patches,
         bundles: bundle_tx,
+        sent_high: 0,
     };
     connection.drive(eventloop, twin_rx, shutdown).await;
     twin.abort();
@@ -260,6 +284,9 @@ struct Connection {
     /// The newest config bundle received, for the bundle task.
     bundles: tokio::sync::watch::Sender<Option<ConfigBundle>>,
     session: Session,
+    /// The highest change sequence this process has sent: no Ack can
+    /// rightly go past it.
+    sent_high: u64,
 }
 
 /// One epoch: from a Hello to the next.
@@ -450,14 +477,33 @@ impl Connection {
             self.hello();
             return;
         }
+        // The cloud can hold only what this gateway wrote: a Resume past the
+        // outbox's end would trim changes it never had.
+        let written = self.outbox.last().unwrap_or(0).max(self.sent_high);
+        let from = resume.last_applied_seq.checked_add(1);
+        let Some(from) = from.filter(|_| resume.last_applied_seq <= written) else {
+            self.status.refuse(format!(
+                "a Resume after change {}, past the last change written ({written})",
+                resume.last_applied_seq
+            ));
+            return;
+        };
         tracing::debug!("the cloud resumes after change {}", resume.last_applied_seq);
         self.acknowledge(resume.last_applied_seq);
+        self.sent_high = self.sent_high.max(resume.last_applied_seq);
         self.session.resumed = true;
-        self.session.from = resume.last_applied_seq + 1;
+        self.session.from = from;
         self.pump(false);
     }
 
     fn on_ack(&mut self, seq: u64) {
+        if seq > self.sent_high {
+            self.status.refuse(format!(
+                "an Ack of change {seq}, past the last change sent ({})",
+                self.sent_high
+            ));
+            return;
+        }
         self.acknowledge(seq);
         let mut freed = false;
         while let Some((batch, _)) = self.session.in_flight.front() {
@@ -520,7 +566,8 @@ impl Connection {
             if !self.publish(topic, batch.bytes.clone(), false) {
                 return;
             }
-            self.session.from = batch.changes.end() + 1;
+            self.sent_high = self.sent_high.max(*batch.changes.end());
+            self.session.from = batch.changes.end().saturating_add(1);
             self.status.batches.fetch_add(1, Ordering::Relaxed);
             self.status
                 .bytes
@@ -586,7 +633,7 @@ async fn apply_patches(
         if patch.version <= applied {
             continue;
         }
-        if patch.version > applied + 1 {
+        if patch.version > applied.saturating_add(1) {
             let _ = to_connection.send(FromTwin::Gap).await;
             continue;
         }
@@ -671,5 +718,89 @@ async fn apply_bundles(
         if to_connection.send(FromTwin::Config(report)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::Change;
+    use crate::outbox::Outbox;
+    use ferrite_models::Value;
+
+    fn connection(outbox: Arc<dyn OutboxAccess>) -> Connection {
+        let config = UplinkConfig::new("gw", "mqtt://127.0.0.1:1");
+        let options = config.link.mqtt_options().expect("options");
+        // Never polled: nothing goes out.
+        let (client, _eventloop) = AsyncClient::new(options, 64);
+        let (patches, _) = mpsc::channel(1);
+        let (bundles, _) = tokio::sync::watch::channel(None);
+        Connection {
+            session: Session::new(&config),
+            config,
+            client,
+            outbox,
+            status: Arc::default(),
+            patches,
+            bundles,
+            sent_high: 0,
+        }
+    }
+
+    #[test]
+    fn a_forged_ack_or_resume_past_what_was_sent_trims_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .expect("sled");
+        let outbox = Arc::new(Outbox::open(&db, u64::MAX).expect("outbox"));
+        let changes: Vec<Change> = (0..10)
+            .map(|n| Change {
+                device: "d".into(),
+                property: "p".into(),
+                ts_ms: n,
+                value: Value::Int(n),
+            })
+            .collect();
+        outbox.append(&changes).expect("append");
+        let mut link = connection(outbox.clone());
+        let ack = |seq| Ack { seq }.encode_to_vec();
+        let resume = |epoch, last_applied_seq| {
+            Resume {
+                epoch,
+                last_applied_seq,
+            }
+            .encode_to_vec()
+        };
+        let (ack_topic, resume_topic) = (
+            topics::down("gw", Down::Ack),
+            topics::down("gw", Down::Resume),
+        );
+
+        // Nothing was sent yet: an Ack of anything trims nothing.
+        link.on_publish(&ack_topic, &ack(5));
+        link.on_publish(&ack_topic, &ack(u64::MAX));
+        // A Resume past the outbox's end, or at the end of the numbers.
+        let epoch = link.session.epoch;
+        link.on_publish(&resume_topic, &resume(epoch, 11));
+        link.on_publish(&resume_topic, &resume(epoch, u64::MAX));
+        assert_eq!(outbox.acknowledged().expect("acked"), 0);
+        assert_eq!(outbox.read(1, 100).expect("read").len(), 10);
+        let status = link.status.snapshot();
+        assert_eq!(status.refused, 4);
+        assert!(status.last_refused.expect("why").contains("past"));
+        assert!(!link.session.resumed);
+
+        // A true Resume is taken: the cloud has the first three.
+        link.on_publish(&resume_topic, &resume(epoch, 3));
+        assert!(link.session.resumed);
+        assert_eq!(link.session.from, 4);
+        assert_eq!(outbox.acknowledged().expect("acked"), 3);
+        assert_eq!(outbox.read(1, 100).expect("read").len(), 7);
+        // Still nothing sent by this process past 3: an Ack of 9 is refused.
+        link.on_publish(&ack_topic, &ack(9));
+        assert_eq!(outbox.read(1, 100).expect("read").len(), 7);
+        assert_eq!(link.status.snapshot().refused, 5);
     }
 }

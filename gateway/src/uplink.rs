@@ -149,12 +149,18 @@ pub fn config(project: &Project, gateway: &str, cloud: &CloudSection) -> UplinkC
     config.batch_interval = cloud.batch_interval.get();
     config.ack_timeout = cloud.ack_timeout.get();
     config.link = LinkOptions {
-        login: cloud.username.clone().map(|user| {
-            (
-                user,
-                cloud.password_file.as_ref().map(|p| project.resolve(p)),
-            )
-        }),
+        // The username defaults to the gateway's id once there is a secret:
+        // that is the login `ferrite-cloud gateway add` enrols.
+        login: cloud
+            .username
+            .clone()
+            .or_else(|| cloud.password_file.is_some().then(|| gateway.to_string()))
+            .map(|user| {
+                (
+                    user,
+                    cloud.password_file.as_ref().map(|p| project.resolve(p)),
+                )
+            }),
         ca_file: cloud.ca_file.as_ref().map(|p| project.resolve(p)),
         client_auth: cloud
             .client_certificate
@@ -204,18 +210,43 @@ pub fn start(
         status.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(watch_drops(store, journal, shutdown));
+    tasks.spawn(watch(store, status.clone(), journal, shutdown));
     status
 }
 
-/// Raises an event whenever the outbox dropped changes over its budget.
-async fn watch_drops(store: Arc<dyn Store>, journal: Arc<Journal>, shutdown: CancellationToken) {
+/// Raises an event whenever the outbox dropped changes over its budget, or
+/// the uplink refused a message that made no sense (an Ack or Resume past
+/// what was ever sent: a forgery, or a control plane that lost its mind).
+async fn watch(
+    store: Arc<dyn Store>,
+    status: Arc<UplinkStatus>,
+    journal: Arc<Journal>,
+    shutdown: CancellationToken,
+) {
     let mut seen = store.outbox().map_or(0, |o| o.dropped);
+    let mut refused_seen = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let uplink = status.snapshot();
+        if uplink.refused > refused_seen {
+            let refused = uplink.refused - refused_seen;
+            refused_seen = uplink.refused;
+            let message = format!(
+                "the uplink refused {refused} message(s) from the control plane's topics that made no sense and changed nothing; the last: {}",
+                uplink.last_refused.unwrap_or_default()
+            );
+            let event = json!({
+                "source": "sync",
+                "severity": "warning",
+                "kind": "sync_refused",
+                "refused": refused,
+                "message": message,
+            });
+            journal.record(Log::Events, &event).await;
         }
         let Some(state) = store.outbox() else {
             continue;

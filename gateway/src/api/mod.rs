@@ -29,6 +29,7 @@ mod devices;
 pub mod error;
 mod models;
 pub mod observe;
+pub mod origin;
 mod rules;
 pub mod serve;
 mod stream;
@@ -185,6 +186,7 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Durat
         ))
         .merge(docs_ui)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(origin::same_origin_writes))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -293,6 +295,10 @@ pub struct SyncView {
     pub config_bundle: Option<u64>,
     /// The last error since the last acknowledgement.
     pub last_error: Option<String>,
+    /// Messages on the control plane's topics that made no sense (an Ack
+    /// or Resume past what was ever sent) and were refused, changing
+    /// nothing; each also raises a `sync_refused` event.
+    pub refused: Option<u64>,
 }
 
 /// The uplink's state: connection, backlog, what was sent.
@@ -317,6 +323,7 @@ async fn sync(State(state): State<AppState>) -> axum::Json<SyncView> {
         sessions: uplink.as_ref().map(|u| u.sessions),
         desired_version: uplink.as_ref().map(|u| u.desired_version),
         config_bundle: uplink.as_ref().map(|u| u.config_version),
+        refused: uplink.as_ref().map(|u| u.refused),
         last_error: uplink.and_then(|u| u.last_error),
     })
 }
