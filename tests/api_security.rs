@@ -374,3 +374,91 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         );
     }
 }
+
+#[tokio::test]
+async fn cross_site_writes_are_refused_and_rule_switches_are_audited() {
+    let files = Files::new();
+    let (_sim, _counter) = counting_sim(&files).await;
+    files.write(
+        "rules/r.yaml",
+        "kind: Rule\nname: r\nwhen: 'devices[\"d\"].n >= 0'\nthen:\n  - event: { message: r }\n",
+    );
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    let client = reqwest::Client::new();
+    let disable = format!("{}/api/v1/rules/r/disable", api.base);
+    let enabled = |rule: &serde_json::Value| rule["enabled"].as_bool();
+
+    // A page elsewhere (no token on this gateway, as on a bench): by its
+    // Origin, by a Referer alone, or as a form without either.
+    let attempts = [
+        client
+            .post(&disable)
+            .header("origin", "http://evil.example"),
+        client.post(&disable).header("origin", "null"),
+        client
+            .post(&disable)
+            .header("referer", "http://evil.example/attack.html"),
+        client
+            .post(&disable)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("x=1"),
+        client
+            .post(format!("{}/api/v1/config/rollback", api.base))
+            .header("origin", "http://evil.example"),
+    ];
+    for attempt in attempts {
+        let res = attempt.send().await.expect("POST");
+        assert_eq!(res.status().as_u16(), 403);
+        let body: serde_json::Value = res.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "cross_origin", "{body}");
+    }
+    let (_, rule) = api.get("/api/v1/rules/r").await;
+    assert_eq!(enabled(&rule), Some(true), "{rule}");
+
+    // The gateway's own page (same origin), and a client that is no browser.
+    let own = format!("http://{}", gw.addr);
+    let res = client
+        .post(&disable)
+        .header("origin", &own)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status().as_u16(), 200);
+    let (_, rule) = api.get("/api/v1/rules/r").await;
+    assert_eq!(enabled(&rule), Some(false), "{rule}");
+    let enable = format!("{}/api/v1/rules/r/enable", api.base);
+    assert_eq!(
+        client
+            .post(&enable)
+            .send()
+            .await
+            .expect("POST")
+            .status()
+            .as_u16(),
+        200
+    );
+
+    // Both switches are in the audit log, with who made them.
+    let (_, audit) = api.get("/api/v1/audit?limit=10").await;
+    let switches: Vec<(&str, &str)> = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["rule"] == "r")
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or(""),
+                e["who"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(switches.len(), 2, "{audit}");
+    // Newest first.
+    assert_eq!(switches[0].0, "enable");
+    assert_eq!(switches[1].0, "disable");
+    assert!(
+        switches.iter().all(|(_, who)| who.starts_with("api")),
+        "{audit}"
+    );
+}

@@ -25,6 +25,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use crate::control::Actor;
 use crate::reconcile::{Applied, ApplyError, Change, ConfigView, Origin};
+use crate::store::Log;
 
 /// Who made a call, as the audit log and the versions name them.
 pub(super) fn who(
@@ -189,11 +190,19 @@ pub async fn rollback(
             })?
             .0
     };
+    let who = who(principal, peer);
     let applied = state
         .reconciler
-        .rollback(body.version, &who(principal, peer))
+        .rollback(body.version, &who)
         .await
         .map_err(|e| refused(None, e))?;
+    let entry = serde_json::json!({
+        "who": who,
+        "action": "config_rollback",
+        "version": applied.version,
+        "result": "ok",
+    });
+    state.journal.record_durably(Log::Audit, &entry).await;
     Ok(Json(applied))
 }
 

@@ -62,9 +62,11 @@ pub async fn one(
     ))]
 pub async fn enable(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    principal: Option<Extension<super::auth::Principal>>,
     Path(name): Path<String>,
 ) -> Result<Json<RuleView>, ApiError> {
-    Ok(Json(state.rules.set_enabled(&name, true).await?))
+    switch(&state, &name, true, super::config::who(principal, peer)).await
 }
 
 /// Disables a rule (kept across restarts); it releases what it holds.
@@ -76,9 +78,30 @@ pub async fn enable(
     ))]
 pub async fn disable(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    principal: Option<Extension<super::auth::Principal>>,
     Path(name): Path<String>,
 ) -> Result<Json<RuleView>, ApiError> {
-    Ok(Json(state.rules.set_enabled(&name, false).await?))
+    switch(&state, &name, false, super::config::who(principal, peer)).await
+}
+
+/// Enables or disables a rule and records who did it in the audit log,
+/// durably, before answering.
+async fn switch(
+    state: &AppState,
+    name: &str,
+    on: bool,
+    who: String,
+) -> Result<Json<RuleView>, ApiError> {
+    let view = state.rules.set_enabled(name, on).await?;
+    let entry = serde_json::json!({
+        "who": who,
+        "rule": name,
+        "action": if on { "enable" } else { "disable" },
+        "result": "ok",
+    });
+    state.journal.record_durably(Log::Audit, &entry).await;
+    Ok(Json(view))
 }
 
 /// Creates or replaces a rule from its YAML: checked with the whole
