@@ -331,6 +331,36 @@ async fn an_unknown_server_certificate_is_not_trusted_until_moved() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_server_certificate_trusts_that_device_only() {
+    let pinned = "kind: Device\nname: pinned\nmodel: small\ntimeout: 500ms\nopcua: { endpoint: \"{url}\", security: sign, server_certificate: \"{cert}\" }\n";
+    let other = "kind: Device\nname: other\nmodel: small\ntimeout: 500ms\nopcua: { endpoint: \"{url}\", security: sign }\n";
+    let rig = rig(
+        SMALL_MODEL,
+        &[("pinned", pinned), ("other", other)],
+        &[],
+        &[],
+    )
+    .await;
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    api.expect_status("pinned", "online", WAIT).await;
+    // The same server, without the pin: not trusted, though another
+    // device's file names its certificate.
+    api.expect_status("other", "error", WAIT).await;
+    let error = api.error("other").await;
+    assert!(error.contains("rejected"), "{error}");
+    let shared = rig.files.data().join("pki").join("trusted");
+    let trusted: Vec<_> = std::fs::read_dir(&shared)
+        .map(|d| d.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    assert!(
+        trusted.is_empty(),
+        "the pin went into the shared store: {trusted:?}"
+    );
+    rig.finish(gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_resumes_after_a_server_restart_and_a_network_drop() {
     let device = "kind: Device\nname: d\nmodel: small\ntimeout: 300ms\nopcua: { endpoint: \"{url}\", sampling: 50ms }\n";
     let rig = rig(SMALL_MODEL, &[("d", device)], &[], &[]).await;

@@ -19,13 +19,25 @@ impl Span {
     }
 }
 
+/// The longest duration any document or config may give: 366 days. Far
+/// beyond any poll period, timeout or retention a gateway needs, and far
+/// enough below `Duration::MAX` that the arithmetic done with durations
+/// (a timeout doubled, an instant plus a period) can never overflow.
+pub const MAX_SPAN: Duration = Duration::from_secs(366 * 24 * 3600);
+
 impl FromStr for Span {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim()).map(Span).map_err(|e| {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
             format!("bad duration `{s}`: {e} (write it like 500ms, 1s, 10m or 1h 30m)")
-        })
+        })?;
+        if d > MAX_SPAN {
+            return Err(format!(
+                "duration `{s}` is longer than the most allowed, 366 days"
+            ));
+        }
+        Ok(Span(d))
     }
 }
 
@@ -88,6 +100,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_bounded_so_no_arithmetic_overflows() {
+        assert_eq!("366d".parse::<Span>().map(Span::get), Ok(MAX_SPAN));
+        let e = "367d".parse::<Span>().expect_err("too long");
+        assert!(e.contains("366 days"), "{e}");
+        assert!("18446744073709551615s".parse::<Span>().is_err());
+        assert!("500000000y".parse::<Span>().is_err());
+    }
 
     #[test]
     fn durations_parse_like_people_write_them() {

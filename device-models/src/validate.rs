@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::device::{Device, ModbusRtu, Protocol};
@@ -160,9 +160,6 @@ fn check_cloud_section(
             );
         }
     }
-    if cloud.password_file.is_some() && cloud.username.is_none() {
-        diags.error(file, at("password_file"), "password_file needs a username");
-    }
     if cloud.client_certificate.is_some() != cloud.client_key.is_some() {
         diags.error(
             file,
@@ -293,6 +290,88 @@ fn check_file_exists(
             pos,
             format!("{what} {} does not exist", path.display()),
         );
+    }
+}
+
+/// The folders a device file may name secrets, keys and certificates in:
+/// the config's own folder, the data dir, `[gateway] secrets_dir`, and
+/// systemd's `$CREDENTIALS_DIRECTORY`. A device file can come over the REST
+/// API or in a bundle from the control plane; without this it could make
+/// the gateway read any file (its token files, its TLS key, `/etc/shadow`)
+/// and send it to the device's endpoint as a password.
+pub fn secret_places(project: &Project) -> Vec<PathBuf> {
+    let mut places = vec![project.base_dir.clone()];
+    if let Some(config) = &project.config {
+        let gateway = &config.value.gateway;
+        places.push(project.resolve(&gateway.data_dir));
+        if let Some(dir) = &gateway.secrets_dir {
+            places.push(project.resolve(dir));
+        }
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        places.push(PathBuf::from(dir));
+    }
+    places
+}
+
+/// Whether `path` (as a device file names it) lies in one of
+/// [`secret_places`], after `..` and symbolic links are followed as far as
+/// the file exists.
+pub fn check_secret_place(project: &Project, path: &Path) -> Result<(), String> {
+    let resolved = real_path(&project.resolve(path));
+    let places = secret_places(project);
+    if places
+        .iter()
+        .any(|place| resolved.starts_with(real_path(place)))
+    {
+        return Ok(());
+    }
+    let listed: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+    Err(format!(
+        "`{}` is outside the folders secrets may be read from ({}); move it there or set [gateway] secrets_dir",
+        resolved.display(),
+        listed.join(", ")
+    ))
+}
+
+/// `path` made absolute with symbolic links resolved: the whole of it if
+/// it exists, else its longest existing ancestor, with `.` and `..` of the
+/// rest folded.
+fn real_path(path: &Path) -> PathBuf {
+    // An empty path (a project loaded from memory) is the current folder.
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut folded = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                folded.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => folded.push(other),
+        }
+    }
+    let mut rest = Vec::new();
+    let mut head = folded.as_path();
+    loop {
+        if let Ok(mut real) = std::fs::canonicalize(head) {
+            real.extend(rest.iter().rev());
+            return real;
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                head = parent;
+            }
+            _ => return folded,
+        }
     }
 }
 
@@ -788,6 +867,18 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
                         ua.endpoint
                     ),
                 );
+            }
+            for (key, path) in [
+                ("password_file", &ua.password_file),
+                ("user_certificate", &ua.user_certificate),
+                ("user_private_key", &ua.user_private_key),
+                ("server_certificate", &ua.server_certificate),
+            ] {
+                if let Some(path) = path
+                    && let Err(e) = check_secret_place(project, path)
+                {
+                    diags.error(file, at(key), format!("{key}: {e}"));
+                }
             }
             if ua.username.is_some() != ua.password_file.is_some() {
                 diags.error(

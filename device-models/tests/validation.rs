@@ -568,6 +568,20 @@ fn opcua_identities_and_security_are_checked() {
         ),
         ("policy: Basic256Sha256", "policy applies to security sign"),
         ("security: sign, queue: 0", "queue must be at least 1"),
+        // A device file must not make the gateway read files outside its
+        // folders and send them to the endpoint.
+        (
+            "username: u, password_file: /etc/passwd",
+            "password_file: `/etc/passwd` is outside the folders secrets may be read from",
+        ),
+        (
+            "server_certificate: ../../../../../../etc/ssl/certs/x.pem",
+            "server_certificate: `/etc/ssl/certs/x.pem` is outside",
+        ),
+        (
+            "user_certificate: /root/u.der, user_private_key: u.pem",
+            "user_certificate: `/root/u.der` is outside",
+        ),
     ];
     for (settings, needle) in cases {
         let report = load(&[("m.yaml", model), ("d.yaml", &device(settings))]);
@@ -580,6 +594,16 @@ fn opcua_identities_and_security_are_checked() {
         assert_eq!(errors.len(), 1, "{settings}: {errors:#?}");
         assert!(errors[0].contains(needle), "{settings}: {errors:#?}");
     }
+    // Where the error points: the key, in the device's file.
+    let report = load(&[
+        ("m.yaml", model),
+        ("d.yaml", &device("username: u, password_file: /etc/passwd")),
+    ]);
+    let shown: Vec<String> = report.diagnostics.iter().map(ToString::to_string).collect();
+    assert!(
+        shown.iter().any(|d| d.starts_with("d.yaml:4:")),
+        "{shown:#?}"
+    );
     let fine = "security: sign-and-encrypt, policy: Aes256_Sha256_RsaPss, user_certificate: u.der, user_private_key: u.pem, server_certificate: s.der";
     assert!(load(&[("m.yaml", model), ("d.yaml", &device(fine))]).is_ok());
 }

@@ -20,11 +20,23 @@ use ferrite_models::config::MqttSection;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 
-/// The client ID of the gateway's own link.
-pub const GATEWAY_CLIENT: &str = "ferrite-gateway";
+/// The client ID of the gateway's own link: `ferrite-gateway-` and 16
+/// random hex digits, made anew at each start. rumqttd drops the older of
+/// two connections with one client id, so a fixed id would let any MQTT
+/// client knock the gateway's link off (and MQTT devices would stop
+/// updating); a random one cannot be guessed.
+fn gateway_client() -> String {
+    format!("ferrite-gateway-{}", random_suffix())
+}
 
-/// The client ID of the rules' link, which only publishes.
-pub const RULES_CLIENT: &str = "ferrite-rules";
+/// The client ID of the rules' link, which only publishes; random too.
+fn rules_client() -> String {
+    format!("ferrite-rules-{}", random_suffix())
+}
+
+fn random_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,10 +100,10 @@ pub async fn start(
     }
     let mut broker = rumqttd::Broker::new(config);
     let (tx, rx) = broker
-        .link(GATEWAY_CLIENT)
+        .link(&gateway_client())
         .map_err(|e| BrokerError::Link(e.to_string()))?;
     let (rules_tx, rules_rx) = broker
-        .link(RULES_CLIENT)
+        .link(&rules_client())
         .map_err(|e| BrokerError::Link(e.to_string()))?;
     std::thread::Builder::new()
         .name("mqtt-broker".into())

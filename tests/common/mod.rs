@@ -28,9 +28,15 @@ impl Files {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
         let files = Files { dir };
+        // Tests keep their certificates and secrets in temporary folders
+        // of their own: the system's temporary folder is their secrets_dir.
+        let secrets = std::env::temp_dir();
         files.write(
             "ferrite.toml",
-            "[gateway]\nid = \"test\"\ndata_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            &format!(
+                "[gateway]\nid = \"test\"\ndata_dir = \"data\"\nsecrets_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\n",
+                secrets.display().to_string()
+            ),
         );
         files
     }

@@ -8,6 +8,11 @@
 //! - `rejected/`: server certificates it refused. An operator who checked
 //!   one moves it to `trusted/` (or names it in the device's
 //!   `server_certificate`). Nothing is trusted on first use.
+//! - `devices/NAME/`: for a device that pins its server's certificate
+//!   (`server_certificate`), a PKI folder of its own: copies of the
+//!   gateway's certificate and key, the shared `trusted/`, and the pin. The
+//!   pin trusts that device's server only; it never enters the shared
+//!   `trusted/`, so one device file cannot make every device trust a server.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -101,8 +106,50 @@ fn token_type(identity: &IdentityToken) -> UserTokenType {
     }
 }
 
-/// Copies the device's `server_certificate` into `pki/trusted`, under the
-/// name async-opcua looks for.
+/// The PKI folder `device`'s client uses: `shared`, or for a device that
+/// pins its server's certificate, `shared/devices/NAME`, made from the
+/// shared one (the gateway's certificate and key, made first if need be,
+/// and what `shared/trusted` holds).
+pub(super) fn pki_for(device: &Device, shared: &Path) -> Result<std::path::PathBuf, String> {
+    if device.settings.server_certificate.is_none() {
+        return Ok(shared.to_path_buf());
+    }
+    let store = CertificateStore::new(shared);
+    if !store.own_certificate_path().exists() {
+        // The first client on the shared folder makes the keypair.
+        client(device, shared)?;
+    }
+    let own = shared.join("devices").join(&*device.name);
+    let mine = CertificateStore::new(&own);
+    let copy = |from: &Path, to: &Path| {
+        let made = to.parent().map_or(Ok(()), std::fs::create_dir_all);
+        made.and_then(|()| std::fs::copy(from, to).map(|_| ()))
+            .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
+    };
+    copy(&store.own_certificate_path(), &mine.own_certificate_path())?;
+    copy(&store.own_private_key_path(), &mine.own_private_key_path())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(
+            mine.own_private_key_path(),
+            std::fs::Permissions::from_mode(0o600),
+        );
+    }
+    let trusted = mine.trusted_certs_dir();
+    std::fs::create_dir_all(&trusted)
+        .map_err(|e| format!("cannot make {}: {e}", trusted.display()))?;
+    if let Ok(entries) = std::fs::read_dir(store.trusted_certs_dir()) {
+        for entry in entries.flatten() {
+            copy(&entry.path(), &trusted.join(entry.file_name()))?;
+        }
+    }
+    Ok(own)
+}
+
+/// Copies the device's `server_certificate` into its client's `trusted/`
+/// (the device's own PKI folder, see [`pki_for`]), under the name
+/// async-opcua looks for.
 fn trust_configured(device: &Device, client: &Client) -> Result<(), String> {
     let Some(file) = &device.settings.server_certificate else {
         return Ok(());

@@ -164,17 +164,20 @@ impl Driver for OpcuaDriver {
         ctx: DriverContext,
     ) -> Result<Arc<dyn DeviceWriter>, String> {
         let device = Arc::new(device_of(entry).ok_or("not an OPC UA device")?);
-        let pki = self.ctx.data_dir.join("pki");
+        let shared_pki = self.ctx.data_dir.join("pki");
         let (link, seen) = watch::channel(Err("not connected yet".to_string()));
         let link = Arc::new(link);
-        let (session_device, session_pki) = (device.clone(), pki.clone());
         let making = &self.making;
-        let client = {
+        let (client, pki) = {
             let _one = making
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            connect::client(&device, &pki)
+            match connect::pki_for(&device, &shared_pki) {
+                Ok(pki) => (connect::client(&device, &pki), pki),
+                Err(e) => (Err(e), shared_pki),
+            }
         };
+        let (session_device, session_pki) = (device.clone(), pki.clone());
         // The client is made once; a restarted session task builds its own
         // (a panic may have left the first one half-used).
         let first = std::sync::Mutex::new(Some(client));

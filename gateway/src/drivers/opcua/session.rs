@@ -516,6 +516,15 @@ async fn read_all(
             session.read(&read, TimestampsToReturn::Neither, 0.0),
         )
         .await?;
+        // Values are matched to nodes by position: a short (or long) answer
+        // would give values to the wrong properties.
+        if values.len() != chunk.len() {
+            return Err(crate::drivers::DriverError::Refused(format!(
+                "the server answered {} values to a Read of {} nodes",
+                values.len(),
+                chunk.len()
+            )));
+        }
         out.extend(values);
     }
     Ok(out)
@@ -572,11 +581,20 @@ async fn subscribe(
         .await;
         match created {
             Ok(results) => {
+                if results.len() != take {
+                    return Err(Failure::error(format!(
+                        "the server answered {} results to creating {take} monitored items",
+                        results.len()
+                    )));
+                }
                 for ((index, request), result) in rest[..take].iter().zip(results) {
                     let code = result.result.status_code;
                     if code.is_bad() {
                         let handle = request.requested_parameters.client_handle as usize;
-                        let name = device.points.get(handle - 1).map_or("?", |p| &*p.name);
+                        let name = handle
+                            .checked_sub(1)
+                            .and_then(|i| device.points.get(i))
+                            .map_or("?", |p| &*p.name);
                         refused.insert(*index, format!("{name}: cannot monitor: {code}"));
                     }
                 }
