@@ -27,6 +27,8 @@
 //! - [`cloud`] (feature `cloud`, the `ferrite-cloud` binary): the control
 //!   plane: embedded rumqttd or an external broker, a sled store written
 //!   once per batch, atomically, and the REST API.
+//! - [`serve`] (feature `serve`): the accept loop both REST APIs run on
+//!   (HTTPS, a connection cap, header timeouts).
 
 pub mod delta;
 pub mod link;
@@ -38,6 +40,8 @@ pub mod uplink;
 
 #[cfg(feature = "cloud")]
 pub mod cloud;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 /// The wire messages this crate speaks.
 pub use ferrite_proto::sync::v1 as wire;

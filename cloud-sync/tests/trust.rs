@@ -76,26 +76,29 @@ async fn cloud(extra: &str) -> (Cloud, String, String) {
         .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("ferrite-cloud starts");
-    let cloud = Cloud {
+    let mut cloud = Cloud {
         child,
         rest: format!("http://127.0.0.1:{rest}"),
         mqtt,
         dir,
     };
-    for _ in 0..250 {
-        if reqwest::get(format!("{}/healthz", cloud.rest))
-            .await
-            .is_ok()
-        {
-            return (cloud, a, b);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("ferrite-cloud did not start");
+    // It says so on stdout once it serves (REST and broker).
+    let stdout = cloud.child.stdout.take().expect("stdout");
+    let said = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), said)
+        .await
+        .expect("ferrite-cloud starts within 20 s")
+        .expect("join")
+        .expect("read");
+    assert!(line.contains("REST on"), "{line}");
+    (cloud, a, b)
 }
 
 fn client(port: u16, id: &str, login: Option<(&str, &str)>) -> (AsyncClient, EventLoop) {
@@ -419,4 +422,90 @@ async fn without_gateways_or_tokens_it_serves_loopback_only() {
             "{said}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_rest_api_serves_https_with_its_certificate() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+    let (cert, key) = (pki.path().join("api.crt"), pki.path().join("api.key"));
+    std::fs::write(&cert, issued.cert.pem()).expect("cert");
+    std::fs::write(&key, issued.signing_key.serialize_pem()).expect("key");
+    let extra = format!(
+        "{}[api.tls]\ncertificate = {:?}\nprivate_key = {:?}\n",
+        token_lines("viewer", "read", "t-read"),
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let (cloud, _, _) = cloud(&extra).await;
+    let port: u16 = cloud
+        .rest
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(issued.cert.der().clone()).expect("root");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let get = |token: &'static str| {
+        let connector = connector.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            let request = format!(
+                "GET /api/v1/gateways HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            );
+            tls.write_all(request.as_bytes()).await.expect("send");
+            let mut answer = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let answer = get("t-read").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = get("t-wrong").await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // Plain HTTP on the HTTPS port gets no answer.
+    let plain = reqwest::get(format!("{}/api/v1/gateways", cloud.rest)).await;
+    assert!(plain.is_err() || !plain.expect("answer").status().is_success());
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_connects_are_closed_and_the_broker_serves_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (cloud, secret_a, _) = cloud("").await;
+    let hostile: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\r\n\r\n",
+        // A CONNECT that claims 2 MiB: closed before the guard holds it.
+        &[0x10, 0x80, 0x80, 0x80, 0x01],
+        // A PUBLISH before any CONNECT.
+        &[0x30, 0x05, 0x00, 0x01, b'x', b'h', b'i'],
+        // A remaining length that never ends.
+        &[0x10, 0xff, 0xff, 0xff, 0xff, 0xff],
+    ];
+    for bytes in hostile {
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", cloud.mqtt))
+            .await
+            .expect("connect");
+        socket.write_all(bytes).await.expect("send");
+        let mut answer = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(8), socket.read_to_end(&mut answer)).await;
+        assert!(closed.is_ok(), "{bytes:?}: still open");
+        assert!(answer.len() <= 4, "{bytes:?}: {answer:?}");
+    }
+    let (_c, mut e) = client(cloud.mqtt, "ferrite-a", Some(("a", &secret_a)));
+    assert_eq!(connack(&mut e).await, Ok(()));
 }

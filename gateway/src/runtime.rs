@@ -109,7 +109,7 @@ impl Gateway {
             .map_err(|e| StartError::ApiSecurity(e.to_string()))?;
         let tls = match &config.api.tls {
             Some(tls) => Some(
-                api::serve::tls_acceptor(
+                ferrite_sync::serve::tls_acceptor(
                     &project.resolve(&tls.certificate),
                     &project.resolve(&tls.private_key),
                 )
@@ -298,12 +298,12 @@ impl Gateway {
             Arc::new(tokens),
             config.api.request_timeout.get(),
         );
-        let serve_options = api::serve::ServeOptions {
+        let serve_options = ferrite_sync::serve::ServeOptions {
             tls,
             max_connections: config.api.max_connections,
             header_timeout: config.api.header_timeout.get(),
         };
-        tasks.spawn(api::serve::serve(
+        tasks.spawn(ferrite_sync::serve::serve(
             listener,
             app,
             serve_options,

@@ -116,8 +116,8 @@ fn main() -> ExitCode {
         match cloud::start(settings).await {
             Ok(running) => {
                 println!(
-                    "ferrite-cloud: REST on http://{}, gateways connect to {}",
-                    running.rest, running.broker
+                    "ferrite-cloud: REST on {}://{}, gateways connect to {}",
+                    running.scheme, running.rest, running.broker
                 );
                 wait_for_signal().await;
                 ExitCode::SUCCESS

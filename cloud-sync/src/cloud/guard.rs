@@ -38,8 +38,16 @@ use tokio::net::{TcpListener, TcpStream};
 use super::gateways::Gateways;
 use crate::topics;
 
-/// Largest packet a client may send (the broker's own limit is lower).
+/// Largest packet a client may send once logged in (the broker's own limit
+/// is lower).
 const MAX_PACKET: usize = 16 * 1024 * 1024;
+
+/// Largest CONNECT: what a stranger can make the guard hold before it
+/// knows who they are.
+const MAX_CONNECT: usize = 64 * 1024;
+
+/// Connections at once; further ones wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 10_000;
 
 /// How long a new connection has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,7 +109,11 @@ enum Refused {
 impl Guard {
     /// Accepts connections on `listener` until the process ends.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -112,6 +124,7 @@ impl Guard {
             };
             let guard = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 match guard.connection(socket).await {
                     Ok(()) | Err(Refused::Io(_)) => {}
                     Err(e @ (Refused::Login(_) | Refused::NotConnect)) => {
@@ -131,7 +144,8 @@ impl Guard {
     async fn connection(&self, mut socket: TcpStream) -> Result<(), Refused> {
         socket.set_nodelay(true)?;
         let mut buffer = BytesMut::with_capacity(4096);
-        let first = tokio::time::timeout(CONNECT_TIMEOUT, next_packet(&mut socket, &mut buffer))
+        let first = next_packet(&mut socket, &mut buffer, MAX_CONNECT);
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, first)
             .await
             .map_err(|_| Refused::Slow(CONNECT_TIMEOUT))??;
         let Packet::Connect(connect) = first.packet else {
@@ -163,7 +177,7 @@ impl Guard {
         };
         let upward = async {
             loop {
-                let next = next_packet(&mut from_client, &mut buffer).await?;
+                let next = next_packet(&mut from_client, &mut buffer, MAX_PACKET).await?;
                 if let Client::Gateway(gateway) = &client {
                     check(gateway, &next.packet)?;
                 }
@@ -251,17 +265,18 @@ struct Framed {
     frame: BytesMut,
 }
 
-/// Reads the next whole packet from `socket`, buffering in `buffer`.
+/// Reads the next whole packet, at most `max` bytes, from `socket`,
+/// buffering in `buffer`.
 async fn next_packet(
     socket: &mut (impl AsyncReadExt + Unpin),
     buffer: &mut BytesMut,
+    max: usize,
 ) -> Result<Framed, Refused> {
     loop {
-        match mqttbytes::check(buffer.iter(), MAX_PACKET) {
+        match mqttbytes::check(buffer.iter(), max) {
             Ok(header) => {
                 let frame = buffer.split_to(header.frame_length());
-                let packet =
-                    Packet::read(&mut frame.clone(), MAX_PACKET).map_err(Refused::Malformed)?;
+                let packet = Packet::read(&mut frame.clone(), max).map_err(Refused::Malformed)?;
                 return Ok(Framed { packet, frame });
             }
             Err(mqttbytes::Error::InsufficientBytes(_)) => {}

@@ -96,6 +96,11 @@ impl CloudConfig {
             .tokens
             .iter_mut()
             .filter_map(|t| t.token_file.as_mut());
+        let tls_files = config
+            .api
+            .tls
+            .iter_mut()
+            .flat_map(|t| [&mut t.certificate, &mut t.private_key]);
         for p in [
             Some(&mut config.data_dir),
             config.password_file.as_mut(),
@@ -105,6 +110,7 @@ impl CloudConfig {
         .flatten()
         .chain(gateway_files)
         .chain(token_files)
+        .chain(tls_files)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -166,6 +172,8 @@ pub enum CloudError {
 pub struct Running {
     /// The REST API's address.
     pub rest: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     /// The broker gateways connect to.
     pub broker: String,
     /// Shared state (store, counters).
@@ -180,6 +188,13 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
         Tokens::load(&config.api.tokens, &|p| p.to_path_buf())
             .map_err(|e| CloudError::Config(e.to_string()))?,
     );
+    let tls = match &config.api.tls {
+        Some(t) => Some(
+            crate::serve::tls_acceptor(&t.certificate, &t.private_key)
+                .map_err(|e| CloudError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     if !tokens.enabled() && !config.listen.ip().is_loopback() {
         return Err(CloudError::Exposed(config.listen));
     }
@@ -195,6 +210,11 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
     }
     if !tokens.enabled() {
         tracing::warn!("no [[api.tokens]]: the REST API takes anyone, on loopback only");
+    } else if tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            "the REST API on {} has no [api.tls]: its tokens cross the network in clear text",
+            config.listen
+        );
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -239,14 +259,27 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
     let (client, eventloop) = AsyncClient::new(options, 1024);
     let shared = plane::start(store, client, eventloop, guard_stats);
     let app = api::router(shared.clone(), tokens);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("the control plane's API stopped: {e}");
-        }
-    });
-    tracing::info!("control plane: REST on http://{rest}, broker {broker}");
+    // The gateway's accept loop: HTTPS, a connection cap, header timeouts.
+    let options = crate::serve::ServeOptions {
+        tls,
+        max_connections: 256,
+        header_timeout: std::time::Duration::from_secs(10),
+    };
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tokio::spawn(crate::serve::serve(
+        listener,
+        app,
+        options,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    tracing::info!("control plane: REST on {scheme}://{rest}, broker {broker}");
     Ok(Running {
         rest,
+        scheme,
         broker,
         shared,
     })

@@ -17,7 +17,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use ferrite_models::config::{ApiToken, Role};
+use ferrite_models::config::{ApiTls, ApiToken, Role};
 pub use ferrite_models::tokens::{Principal, Tokens};
 use serde::Deserialize;
 
@@ -30,6 +30,9 @@ pub struct CloudApi {
     /// Bearer tokens. Without any, the API serves loopback only.
     #[serde(default)]
     pub tokens: Vec<ApiToken>,
+    /// `[api.tls]`: HTTPS, as on the gateway (PEM chain and key).
+    #[serde(default)]
+    pub tls: Option<ApiTls>,
 }
 
 /// The one route the `write` role opens.

@@ -2,7 +2,8 @@
 //!
 //! - `error`: the error JSON and the status each failure maps to.
 //! - `auth`: bearer tokens and roles (401/403) from `[[api.tokens]]`.
-//! - `serve`: HTTP or HTTPS, the connection limit and header timeouts.
+//! - served by `ferrite_sync::serve`: HTTP or HTTPS, the connection limit
+//!   and header timeouts.
 //! - `devices`: devices, properties, writes and history.
 //! - `models`: the device models as loaded.
 //! - `config`: live configuration: the running version and its history,
@@ -31,7 +32,6 @@ mod models;
 pub mod observe;
 pub mod origin;
 mod rules;
-pub mod serve;
 mod stream;
 
 use std::sync::Arc;

@@ -1,12 +1,14 @@
-//! Serving the router: plain HTTP or HTTPS (rustls), with the limits that
-//! keep one client from starving the others.
+//! Serving a REST API (the gateway's and `ferrite-cloud`'s): plain HTTP or
+//! HTTPS (rustls), with the limits that keep one client from starving the
+//! others. Feature `serve`.
 //!
 //! - At most `max_connections` at once: the accept loop waits for a free
 //!   slot, so further clients wait in the kernel's backlog.
 //! - A client must finish its TLS handshake and then each request's headers
 //!   within `header_timeout` (hyper's header read timeout, which also runs
 //!   while a kept-alive connection idles), or it is disconnected.
-//! - Bodies are capped and requests time out in the router (`api::router`).
+//! - Bodies are capped and requests time out in the router (the gateway's
+//!   `api::router`).
 //!
 //! Stopping closes the listener and lets open connections finish the request
 //! they are on.
@@ -45,9 +47,9 @@ pub struct TlsError(String);
 
 /// A rustls acceptor for `certificate` (PEM chain) and `private_key` (PEM),
 /// on ring, speaking HTTP/1.1. The files are read as the uplink reads its
-/// own (`ferrite_sync::link`).
+/// own ([`crate::link`]).
 pub fn tls_acceptor(certificate: &Path, private_key: &Path) -> Result<TlsAcceptor, TlsError> {
-    use ferrite_sync::link::{read_certs, read_private_key};
+    use crate::link::{read_certs, read_private_key};
     let failed = |e: &dyn std::fmt::Display| TlsError(e.to_string());
     let chain = read_certs(certificate).map_err(|e| failed(&e))?;
     let key = read_private_key(private_key).map_err(|e| failed(&e))?;
