@@ -99,6 +99,16 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::Builder::new().prefix("ferrite-demo-").tempdir()?;
     let config = write_files(scratch.path())?;
+    // The gateway's identity on the link, as an operator makes it with
+    // `ferrite-cloud gateway add demo`: a secret for the control plane's
+    // `[[gateways]]` and the gateway's `[cloud] password_file`.
+    let cloud_config = scratch.path().join("ferrite-cloud.toml");
+    let enrolled =
+        ferrite_sync::cloud::enrol::add(&cloud_config, &scratch.path().join("gateways"), "demo")
+            .context("cannot enrol the demo gateway")?;
+    let mut gateway_toml = std::fs::read_to_string(&config)?;
+    gateway_toml.push_str("password_file = \"gateways/demo.secret\"\n");
+    std::fs::write(&config, gateway_toml)?;
     let (report, snapshot) = crate::reconcile::load(&config);
     anyhow::ensure!(
         report.is_ok(),
@@ -119,12 +129,11 @@ pub async fn run(
         snapshot,
     };
     // The control plane first, so that the gateway's uplink finds it.
-    let cloud = ferrite_sync::cloud::start(ferrite_sync::cloud::CloudConfig {
-        data_dir: data_dir.clone(),
-        ..ferrite_sync::cloud::CloudConfig::default()
-    })
-    .await
-    .context("cannot start the in-process control plane (are ports 8090 and 1884 free?)")?;
+    let mut cloud_settings = ferrite_sync::cloud::CloudConfig::load(&cloud_config)?;
+    cloud_settings.data_dir = data_dir.clone();
+    let cloud = ferrite_sync::cloud::start(cloud_settings)
+        .await
+        .context("cannot start the in-process control plane (are ports 8090 and 1884 free?)")?;
     let gateway = Gateway::start(report.project, options).await?;
     let base = format!("http://{}", gateway.addr);
     let cloud_base = format!("http://{}/api/v1", cloud.rest);
@@ -143,7 +152,8 @@ pub async fn run(
          metrics      {base}/metrics\n  \
          sync state   {base}/api/v1/sync\n  \
          live values  curl -N {base}/api/v1/stream\n\n\
-         The control plane (ferrite-cloud, in-process; the gateway syncs to it over MQTT {broker}):\n  \
+         The control plane (ferrite-cloud, in-process; the gateway syncs to it over MQTT {broker},\n\
+         logged in as `demo`, enrolled like `ferrite-cloud gateway add demo`; secret in {secret}):\n  \
          gateways     {cloud_base}/gateways\n  \
          twin         {cloud_base}/gateways/demo/devices/boiler-1\n  \
          synced       {cloud_base}/gateways/demo/devices/boiler-1/properties/temperature/history\n  \
@@ -163,6 +173,7 @@ pub async fn run(
         data_dir.display(),
         folders = scratch.path().display(),
         broker = cloud.broker,
+        secret = enrolled.secret_file.display(),
     )?;
     out.flush()?;
     crate::commands::wait_for_signal().await;
