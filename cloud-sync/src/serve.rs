@@ -12,6 +12,9 @@
 //!
 //! Stopping closes the listener and lets open connections finish the request
 //! they are on.
+//!
+//! Also the bearer-token middleware both APIs put in front of their routes
+//! ([`require_bearer`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,7 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ferrite_models::config::Role;
+use ferrite_models::tokens::Tokens;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -146,4 +154,85 @@ async fn connection<S>(
     if let Err(e) = result {
         tracing::debug!("API connection from {peer} ended: {e}");
     }
+}
+
+/// Bearer tokens in front of an API: the gateway's and the control
+/// plane's use the same middleware, [`require_bearer`], each with its own
+/// map from call to role.
+#[derive(Clone)]
+pub struct Bearer {
+    /// The tokens; none means no authentication (such an API serves
+    /// loopback only, which its owner enforces).
+    pub tokens: Arc<Tokens>,
+    /// The role a call needs, from its method and matched route.
+    pub needs: fn(&Method, Option<&str>) -> Role,
+    /// The realm named in the `WWW-Authenticate` challenge.
+    pub realm: &'static str,
+}
+
+/// Middleware (as a route layer, so that the matched route is known):
+/// authenticates the call by its bearer token and checks its role, then
+/// hands the [`Principal`](ferrite_models::tokens::Principal) on to the
+/// handler. 401 `unauthorized` (no token,
+/// another scheme, an unknown token) with a Bearer challenge, 403
+/// `forbidden` for a role too low; both `{"error":{"code","message"}}`. A
+/// token is never logged or echoed.
+pub async fn require_bearer(
+    State(bearer): State<Bearer>,
+    route: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if !bearer.tokens.enabled() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let Some(presented) = presented else {
+        let message = "this API needs `Authorization: Bearer <token>`";
+        return unauthorized(bearer.realm, message, false);
+    };
+    let Some(principal) = bearer.tokens.holder(presented).cloned() else {
+        return unauthorized(bearer.realm, "unknown token", true);
+    };
+    let needed = (bearer.needs)(request.method(), route.as_ref().map(MatchedPath::as_str));
+    if principal.role < needed {
+        let message = format!(
+            "token `{}` has role {}; {} {} needs role {}",
+            principal.name,
+            principal.role.name(),
+            request.method(),
+            request.uri().path(),
+            needed.name()
+        );
+        return error(StatusCode::FORBIDDEN, "forbidden", &message);
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn unauthorized(realm: &str, message: &str, invalid: bool) -> Response {
+    let challenge = if invalid {
+        format!(r#"Bearer realm="{realm}", error="invalid_token""#)
+    } else {
+        format!(r#"Bearer realm="{realm}""#)
+    };
+    let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    if let Ok(value) = header::HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }

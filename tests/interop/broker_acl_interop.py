@@ -23,14 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Checks, free_port, http, project, start_ferrite, stop_ferrite, wait_for
+from common import Checks, counter_gateway, free_port, http, start_ferrite, stop_ferrite, wait_for
 
-MODEL = """kind: DeviceModel
-name: counter
-properties:
-  count: { type: int, mqtt: { topic: "plant/{device}/count" } }
-"""
-DEVICE = "kind: Device\nname: c1\nmodel: counter\nmqtt: {}\n"
 
 
 def run(*args, **kw):
@@ -124,15 +118,10 @@ acl_file {work / 'acl' / 'mosquitto.acl'}
             checks.check(f"Mosquitto refuses {name}", no, detail)
 
         # gw-a: a real gateway with the [cloud] lines the enrolment printed.
-        site = project("ferrite-acl-gw-a-", MODEL)
-        (site / "devices" / "c1.yaml").write_text(DEVICE)
+        site, mqtt_port = counter_gateway("gw-a", printed["gw-a"].split("[cloud]\n", 1)[1])
         (site / "cloud.secret").write_text(secret["gw-a"] + "\n")
         (site / "cloud.secret").chmod(0o600)
-        lines = printed["gw-a"].split("[cloud]\n", 1)[1]
-        mqtt_port, api_port = free_port(), free_port()
-        text = (site / "ferrite.toml").read_text().replace('id = "interop"', 'id = "gw-a"')
-        text += f'[mqtt]\nlisten = "127.0.0.1:{mqtt_port}"\n[cloud]\nbatch_interval = "200ms"\n{lines}'
-        (site / "ferrite.toml").write_text(text)
+        api_port = free_port()
         gateway = start_ferrite(binary, site, api_port)
         api = f"http://127.0.0.1:{api_port}"
         connected = await wait_for(lambda: (http("GET", f"{api}/api/v1/sync")[1] or {}).get("connected"), 20)

@@ -58,6 +58,28 @@ def project(prefix, model):
     return work
 
 
+COUNTER_MODEL = """kind: DeviceModel
+name: counter
+properties:
+  count: { type: int, mqtt: { topic: "plant/{device}/count" } }
+"""
+COUNTER_DEVICE = "kind: Device\nname: c1\nmodel: counter\nmqtt: {}\n"
+
+
+def counter_gateway(gw_id, cloud_lines):
+    """A project for gateway `gw_id` with one MQTT device, c1, whose count
+    comes in on its embedded broker (plant/c1/count), and a [cloud] section
+    of `cloud_lines` (batches every 200 ms). Returns (folder, broker port)."""
+    work = project(f"ferrite-{gw_id}-", COUNTER_MODEL)
+    (work / "devices" / "c1.yaml").write_text(COUNTER_DEVICE)
+    mqtt_port = free_port()
+    text = (work / "ferrite.toml").read_text().replace('id = "interop"', f'id = "{gw_id}"')
+    text += f'[mqtt]\nlisten = "127.0.0.1:{mqtt_port}"\n'
+    text += '[cloud]\nbatch_interval = "200ms"\n' + cloud_lines
+    (work / "ferrite.toml").write_text(text)
+    return work, mqtt_port
+
+
 def start_ferrite(binary, work, api_port):
     """`ferrite run` on the project in `work`, logging to work/ferrite.log."""
     return subprocess.Popen(

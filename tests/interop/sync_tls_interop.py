@@ -17,14 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Checks, free_port, http, project, start_ferrite, stop_ferrite, wait_for
+from common import Checks, counter_gateway, free_port, http, start_ferrite, stop_ferrite, wait_for
 
-MODEL = """kind: DeviceModel
-name: counter
-properties:
-  count: { type: int, mqtt: { topic: "plant/{device}/count" } }
-"""
-DEVICE = "kind: Device\nname: c1\nmodel: counter\nmqtt: {}\n"
 
 
 def openssl(*args, cwd):
@@ -97,14 +91,7 @@ allow_anonymous false
 
 
 def gateway_project(gw_id, pki, cloud_section):
-    work = project(f"ferrite-sync-{gw_id}-", MODEL)
-    (work / "devices" / "c1.yaml").write_text(DEVICE)
-    mqtt_port = free_port()
-    text = (work / "ferrite.toml").read_text().replace('id = "interop"', f'id = "{gw_id}"')
-    text += f'[mqtt]\nlisten = "127.0.0.1:{mqtt_port}"\n'
-    text += '[cloud]\nbatch_interval = "200ms"\n' + cloud_section.format(pki=pki)
-    (work / "ferrite.toml").write_text(text)
-    return work, mqtt_port
+    return counter_gateway(gw_id, cloud_section.format(pki=pki))
 
 
 def publish(port, value):

@@ -14,7 +14,7 @@
 //! - `GET /api/v1/stats`
 //! - `GET /healthz` (open: no token needed)
 //!
-//! Every `/api/v1` route is behind [`super::tokens::require`]. Errors are
+//! Every `/api/v1` route is behind the bearer tokens of [`super::tokens`]. Errors are
 //! `{"error":{"code","message"}}`, as on the gateway.
 
 use std::collections::BTreeMap;
@@ -102,8 +102,8 @@ pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/audit", get(audit))
         .route_layer(axum::middleware::from_fn_with_state(
-            tokens,
-            super::tokens::require,
+            super::tokens::bearer(tokens),
+            crate::serve::require_bearer,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);

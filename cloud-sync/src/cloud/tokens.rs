@@ -13,15 +13,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
 use ferrite_models::config::{ApiTls, ApiToken, Role};
 pub use ferrite_models::tokens::{Principal, Tokens};
 use serde::Deserialize;
-
-use super::api::ApiError;
 
 /// `[api]` of the control plane's config.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -49,53 +44,14 @@ pub fn required_role(method: &Method, route: Option<&str>) -> Role {
     }
 }
 
-/// Middleware (a route layer, so the matched route is known): checks the
-/// bearer token and its role, and hands the [`Principal`] to the handler.
-pub async fn require(
-    State(tokens): State<Arc<Tokens>>,
-    route: Option<MatchedPath>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if !tokens.enabled() {
-        return next.run(request).await;
+/// The bearer-token layer of the control plane's API: the gateway's
+/// middleware ([`crate::serve::require_bearer`]) with [`required_role`].
+pub fn bearer(tokens: Arc<Tokens>) -> crate::serve::Bearer {
+    crate::serve::Bearer {
+        tokens,
+        needs: required_role,
+        realm: "ferrite-cloud",
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let Some(principal) = presented.and_then(|t| tokens.holder(t)).cloned() else {
-        let message = if presented.is_some() {
-            "unknown token"
-        } else {
-            "this API needs `Authorization: Bearer <token>`"
-        };
-        let mut response =
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static(r#"Bearer realm="ferrite-cloud""#),
-        );
-        return response;
-    };
-    let needed = required_role(request.method(), route.as_ref().map(MatchedPath::as_str));
-    if principal.role < needed {
-        let message = format!(
-            "token `{}` has role {}; {} {} needs role {}",
-            principal.name,
-            principal.role.name(),
-            request.method(),
-            request.uri().path(),
-            needed.name()
-        );
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
-    }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
 }
 
 #[cfg(test)]

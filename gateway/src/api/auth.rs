@@ -14,14 +14,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
 use ferrite_models::config::Role;
 pub use ferrite_models::tokens::{Principal, TokenError, Tokens, sha256_hex};
-
-use super::error::ApiError;
 
 /// The one route that the `write` role opens, for PUT.
 pub const WRITE_PATH: &str = "/api/v1/devices/{id}/properties/{name}";
@@ -38,61 +33,15 @@ pub fn required_role(method: &Method, route: Option<&str>) -> Role {
     }
 }
 
-/// Middleware (as a route layer, so that the matched route is known):
-/// authenticates the call and checks its role, then hands the
-/// [`Principal`] on to the handler.
-pub async fn require(
-    State(tokens): State<Arc<Tokens>>,
-    route: Option<MatchedPath>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if !tokens.enabled() {
-        return next.run(request).await;
+/// The bearer-token layer of the gateway's API: [`Tokens`] checked by
+/// `ferrite_sync::serve::require_bearer` (shared with `ferrite-cloud`), with
+/// the gateway's [`required_role`].
+pub fn bearer(tokens: Arc<Tokens>) -> ferrite_sync::serve::Bearer {
+    ferrite_sync::serve::Bearer {
+        tokens,
+        needs: required_role,
+        realm: "ferrite",
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let Some(presented) = presented else {
-        return unauthorized("this API needs `Authorization: Bearer <token>`", false);
-    };
-    let Some(principal) = tokens.holder(presented).cloned() else {
-        return unauthorized("unknown token", true);
-    };
-    let needed = required_role(request.method(), route.as_ref().map(MatchedPath::as_str));
-    if principal.role < needed {
-        let message = format!(
-            "token `{}` has role {}; {} {} needs role {}",
-            principal.name,
-            role_name(principal.role),
-            request.method(),
-            request.uri().path(),
-            role_name(needed)
-        );
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
-    }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
-}
-
-fn unauthorized(message: &str, invalid: bool) -> Response {
-    let challenge = if invalid {
-        r#"Bearer realm="ferrite", error="invalid_token""#
-    } else {
-        r#"Bearer realm="ferrite""#
-    };
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static(challenge),
-    );
-    response
 }
 
 /// A role as the config spells it.

@@ -177,7 +177,10 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Durat
     let (guarded, open, doc) = documented();
     let docs_ui = utoipa_swagger_ui::SwaggerUi::new("/api/docs").url(OPENAPI_PATH, doc);
     guarded
-        .route_layer(axum::middleware::from_fn_with_state(tokens, auth::require))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth::bearer(tokens),
+            ferrite_sync::serve::require_bearer,
+        ))
         .merge(open)
         .merge(dashboard::routes())
         .route_layer(axum::middleware::from_fn_with_state(
