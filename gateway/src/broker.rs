@@ -6,7 +6,9 @@
 //! loopback socket, no MQTT encoding and no keep-alive of its own.
 //!
 //! rumqttd's `Broker::start` blocks for good and has no shutdown. It runs on
-//! its own thread; links are made before it starts. When the gateway stops,
+//! its own thread; links are made before it starts, so the gateway's link
+//! comes with spares ([`BrokerLink::relink`]): should the router ever drop
+//! the link, the next spare takes over with the same subscription. When the gateway stops,
 //! its link ends (so nothing is read into a closed store) and the listeners
 //! go with the process. Because a bind failure inside rumqttd is only
 //! logged, every listen address is bound once here first, so that a taken
@@ -55,12 +57,75 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
-/// The gateway's in-process connection to the broker.
+/// Spare in-process links made with the gateway's own: how many times its
+/// link can be lost and made good again.
+const SPARE_LINKS: usize = 3;
+
+/// The gateway's in-process connection to the broker: the live link's
+/// sending half, shared by the reader and the writers, and spares.
 pub struct BrokerLink {
-    /// Publishes and subscribes.
-    pub tx: LinkTx,
-    /// Receives what the subscriptions match.
-    pub rx: LinkRx,
+    /// The live link's client id and sending half.
+    live: std::sync::Mutex<(String, LinkTx)>,
+    /// Links made at start, not yet used.
+    spares: std::sync::Mutex<Vec<(String, LinkTx, LinkRx)>>,
+    /// The filter the live link subscribes to, renewed on a relink.
+    filter: String,
+}
+
+impl BrokerLink {
+    /// Subscribes the live link to `filter`; every link after a
+    /// [`BrokerLink::relink`] subscribes to it too.
+    pub fn subscribe(&mut self, filter: &str) -> Result<(), String> {
+        self.filter = filter.to_string();
+        self.lock()
+            .1
+            .subscribe(filter)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Publishes on the live link.
+    pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        self.lock()
+            .1
+            .publish(topic, payload)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The live link's client id.
+    pub fn client_id(&self) -> String {
+        self.lock().0.clone()
+    }
+
+    /// The live link failed (the router dropped it): the next spare takes
+    /// over, subscribed as the lost one was; its receiving half, or `None`
+    /// when no spare is left.
+    pub fn relink(&self) -> Option<LinkRx> {
+        let mut spares = self
+            .spares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some((id, mut tx, rx)) = spares.pop() {
+            if let Err(e) = tx.subscribe(self.filter.clone()) {
+                tracing::warn!("a spare broker link failed too: {e}");
+                continue;
+            }
+            let left = spares.len();
+            let old = std::mem::replace(&mut *self.lock(), (id, tx)).0;
+            tracing::warn!(
+                "the broker dropped the gateway's link {old}; a spare took over ({left} left)"
+            );
+            return Some(rx);
+        }
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (String, LinkTx)> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Publishes on the embedded broker for the rules, through a link of its
@@ -83,13 +148,13 @@ impl Publisher {
     }
 }
 
-/// Starts the broker on its own thread and returns the gateway's link and
-/// the rules' publisher. `resolve` turns paths of the config into absolute
-/// ones.
+/// Starts the broker on its own thread and returns the gateway's link (and
+/// the receiving half of its live link) and the rules' publisher.
+/// `resolve` turns paths of the config into absolute ones.
 pub async fn start(
     section: &MqttSection,
     resolve: &(dyn Fn(&Path) -> PathBuf + Sync),
-) -> Result<(BrokerLink, Publisher), BrokerError> {
+) -> Result<(BrokerLink, LinkRx, Publisher), BrokerError> {
     let logins = logins(section, resolve)?;
     let config = broker_config(section, resolve, &logins);
     for server in config.v4.iter().flat_map(HashMap::values) {
@@ -99,9 +164,16 @@ pub async fn start(
             .map_err(|e| BrokerError::Listen(server.listen, e))?;
     }
     let mut broker = rumqttd::Broker::new(config);
-    let (tx, rx) = broker
-        .link(&gateway_client())
-        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let link = |id: String| {
+        broker
+            .link(&id)
+            .map(|(tx, rx)| (id, tx, rx))
+            .map_err(|e| BrokerError::Link(e.to_string()))
+    };
+    let (id, tx, rx) = link(gateway_client())?;
+    let spares = (0..SPARE_LINKS)
+        .map(|_| link(gateway_client()))
+        .collect::<Result<Vec<_>, _>>()?;
     let (rules_tx, rules_rx) = broker
         .link(&rules_client())
         .map_err(|e| BrokerError::Link(e.to_string()))?;
@@ -133,7 +205,12 @@ pub async fn start(
         tx: tokio::sync::Mutex::new(rules_tx),
         _rx: rules_rx,
     };
-    Ok((BrokerLink { tx, rx }, publisher))
+    let gateway_link = BrokerLink {
+        live: std::sync::Mutex::new((id, tx)),
+        spares: std::sync::Mutex::new(spares),
+        filter: String::new(),
+    };
+    Ok((gateway_link, rx, publisher))
 }
 
 /// Each `[[mqtt.users]]` entry with its password, read once.
@@ -191,8 +268,8 @@ fn broker_config(
     Config {
         id: 0,
         router: RouterConfig {
-            // The gateway's own links count as connections.
-            max_connections: section.max_connections + 2,
+            // The gateway's own links (and spares) count as connections.
+            max_connections: section.max_connections + 2 + SPARE_LINKS,
             max_outgoing_packet_count: 200,
             // Every publish sits in an in-memory log per subscription
             // filter; keep each log within a few MiB on an edge box.
@@ -202,5 +279,99 @@ fn broker_config(
         },
         v4: Some(servers),
         ..Config::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    use super::*;
+
+    /// A client on the broker; its event loop runs in the background.
+    async fn client(port: u16, id: &str) -> AsyncClient {
+        let (client, mut events) = AsyncClient::new(MqttOptions::new(id, "127.0.0.1", port), 10);
+        let (connected, is_connected) = tokio::sync::oneshot::channel();
+        let mut connected = Some(connected);
+        tokio::spawn(async move {
+            while let Ok(event) = events.poll().await {
+                if let Event::Incoming(Packet::ConnAck(_)) = event
+                    && let Some(tx) = connected.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), is_connected)
+            .await
+            .expect("connected within 5 s")
+            .expect("connected");
+        client
+    }
+
+    /// The next publish on `rx`, by topic.
+    async fn next_topic(rx: &mut LinkRx) -> Result<String, String> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+                Err(_) => return Err("nothing within 5 s".into()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(Some(rumqttd::Notification::Forward(f)))) => {
+                    return Ok(String::from_utf8_lossy(&f.publish.topic).into_owned());
+                }
+                Ok(Ok(Some(rumqttd::Notification::Unschedule))) => {
+                    rx.wake().await.map_err(|e| e.to_string())?;
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_knocked_off_by_its_client_id_is_made_good_by_a_spare() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let section: MqttSection =
+            serde_json::from_value(serde_json::json!({"listen": format!("127.0.0.1:{port}")}))
+                .expect("section");
+        let (mut link, mut rx, _publisher) =
+            start(&section, &|p| p.to_path_buf()).await.expect("broker");
+        link.subscribe("#").expect("subscribe");
+        let first = link.client_id();
+        assert!(
+            first.starts_with("ferrite-gateway-") && first.len() == 32,
+            "{first}"
+        );
+        let device = client(port, "device").await;
+        device
+            .publish("plant/a", QoS::AtMostOnce, false, "1")
+            .await
+            .expect("publish");
+        assert_eq!(next_topic(&mut rx).await.as_deref(), Ok("plant/a"));
+
+        // Someone who knows the id takes it over: rumqttd drops the link.
+        let _thief = client(port, &first).await;
+        assert!(
+            next_topic(&mut rx).await.is_err(),
+            "the link should be gone"
+        );
+        let mut rx = link.relink().expect("a spare");
+        assert_ne!(link.client_id(), first);
+        device
+            .publish("plant/b", QoS::AtMostOnce, false, "2")
+            .await
+            .expect("publish");
+        assert_eq!(next_topic(&mut rx).await.as_deref(), Ok("plant/b"));
+        link.publish("cmd/x".into(), b"1".to_vec())
+            .expect("publish on the spare");
+
+        // Each spare serves once.
+        for _ in 1..SPARE_LINKS {
+            assert!(link.relink().is_some());
+        }
+        assert!(link.relink().is_none());
     }
 }

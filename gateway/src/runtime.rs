@@ -141,9 +141,9 @@ impl Gateway {
         #[cfg(feature = "mqtt")]
         let (broker, outlet) = match &config.mqtt {
             Some(section) => {
-                let (link, publisher) =
+                let (link, rx, publisher) =
                     crate::broker::start(section, &|p| project.resolve(p)).await?;
-                (Some(link), Some(Arc::new(publisher)))
+                (Some((link, rx)), Some(Arc::new(publisher)))
             }
             None => (None, None),
         };

@@ -59,7 +59,7 @@ pub struct DriverContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The embedded broker's link, for the MQTT driver to take.
     #[cfg(feature = "mqtt")]
-    pub broker: Arc<std::sync::Mutex<Option<crate::broker::BrokerLink>>>,
+    pub broker: Arc<std::sync::Mutex<Option<(crate::broker::BrokerLink, rumqttd::local::LinkRx)>>>,
     /// Where device loops that panicked are counted.
     pub crashes: Arc<Crashes>,
 }

@@ -22,7 +22,9 @@ use ferrite_models::{Value, payload};
 use ferrite_proto::sparkplug::Payload;
 use prost::Message;
 use rumqttd::Notification;
-use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::local::LinkRx;
+
+use crate::broker::BrokerLink;
 use tokio::sync::oneshot;
 
 use self::ingest::{Ingest, Outcome, Waiter, unix_ms};
@@ -48,18 +50,17 @@ impl MqttDriver {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let Some(link) = link else {
+        let Some((mut link, rx)) = link else {
             return MqttDriver { shared: None };
         };
-        let mut tx = link.tx;
-        if let Err(e) = tx.subscribe("#") {
+        if let Err(e) = link.subscribe("#") {
             tracing::error!("cannot subscribe the gateway's broker link: {e}");
         }
         let shared = Arc::new(Shared {
             ingest: Mutex::new(Ingest::default()),
-            link: Mutex::new(tx),
+            link,
         });
-        ctx.tasks.spawn(read(shared.clone(), link.rx, ctx.clone()));
+        ctx.tasks.spawn(read(shared.clone(), rx, ctx.clone()));
         MqttDriver {
             shared: Some(shared),
         }
@@ -69,7 +70,7 @@ impl MqttDriver {
 /// What the reader task and the writers share.
 struct Shared {
     ingest: Mutex<Ingest>,
-    link: Mutex<LinkTx>,
+    link: BrokerLink,
 }
 
 impl Shared {
@@ -81,10 +82,7 @@ impl Shared {
 
     fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DriverError> {
         self.link
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .publish(topic, payload)
-            .map(|_| ())
             .map_err(|e| DriverError::Unreachable(format!("the broker link failed: {e}")))
     }
 }
@@ -143,15 +141,22 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
                 // The router paused us because our buffer was full: ask for more.
                 Ok(Some(Notification::Unschedule)) => {
                     if let Err(e) = rx.wake().await {
-                        tracing::error!("the broker link failed: {e}");
-                        return;
+                        tracing::warn!("the broker link failed: {e}");
+                        match shared.link.relink() {
+                            Some(spare) => rx = spare,
+                            None => return tracing::error!("no spare broker link is left; MQTT devices stop updating"),
+                        }
                     }
                     continue;
                 }
                 Ok(_) => continue,
                 Err(e) => {
-                    tracing::error!("the broker link failed, MQTT devices stop updating: {e}");
-                    return;
+                    tracing::warn!("the broker link failed: {e}");
+                    match shared.link.relink() {
+                        Some(spare) => rx = spare,
+                        None => return tracing::error!("no spare broker link is left; MQTT devices stop updating"),
+                    }
+                    continue;
                 }
             },
         };
