@@ -64,20 +64,14 @@ impl Tokens {
             let digest = match (&token.token_file, &token.token_sha256) {
                 (Some(file), None) => {
                     let path = resolve(file);
-                    let text =
-                        std::fs::read_to_string(&path).map_err(|source| TokenError::File {
-                            name: token.name.clone(),
-                            path: path.display().to_string(),
-                            source,
-                        })?;
-                    let secret = text.trim_end_matches(['\r', '\n']);
-                    if secret.is_empty() {
-                        return Err(TokenError::Empty {
-                            name: token.name.clone(),
-                            path: path.display().to_string(),
-                        });
-                    }
-                    digest(secret)
+                    let name = token.name.clone();
+                    let secret = read_secret(&path).map_err(|e| match e {
+                        SecretFileError::Read(path, source) => {
+                            TokenError::File { name, path, source }
+                        }
+                        SecretFileError::Empty(path) => TokenError::Empty { name, path },
+                    })?;
+                    digest(&secret)
                 }
                 (None, Some(hex)) => {
                     parse_hex(hex).ok_or_else(|| TokenError::Digest(token.name.clone()))?
@@ -119,8 +113,33 @@ pub fn sha256_hex(token: &str) -> String {
     digest(token).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+/// A secret's SHA-256: what is kept in its place (API tokens here, the
+/// control plane's gateway secrets) and compared in constant time.
+pub fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Why a secret file gave no secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    /// It could not be read.
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    /// It holds nothing but a line ending.
+    #[error("{0} is empty")]
+    Empty(String),
+}
+
+/// The secret in a file (a token, a password): its text without the
+/// trailing line ending; an empty one is an error.
+pub fn read_secret(path: &Path) -> Result<String, SecretFileError> {
+    let shown = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| SecretFileError::Read(shown(), e))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err(SecretFileError::Empty(shown()));
+    }
+    Ok(secret.to_string())
 }
 
 fn parse_hex(hex: &str) -> Option<[u8; 32]> {

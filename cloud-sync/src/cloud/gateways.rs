@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
+use ferrite_models::tokens::digest;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{CloudConfig, CloudError};
@@ -93,7 +93,7 @@ impl Gateways {
     /// gateway's digest is compared, so the time taken tells nothing.
     pub fn authenticate(&self, username: &str, password: &str) -> Option<String> {
         self.reload();
-        let presented: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        let presented = digest(password);
         let loaded = self.lock();
         let mut found = None;
         for known in &loaded.known {
@@ -149,7 +149,7 @@ fn read_secrets(entries: &[GatewayEntry]) -> Result<Vec<Known>, CloudError> {
         .map(|entry| {
             entry.check().map_err(CloudError::Config)?;
             let secret = match &entry.password_file {
-                Some(path) => Some(Sha256::digest(read_secret(path)?.as_bytes()).into()),
+                Some(path) => Some(digest(&read_secret(path)?)),
                 None => None,
             };
             Ok(Known {
@@ -160,15 +160,10 @@ fn read_secrets(entries: &[GatewayEntry]) -> Result<Vec<Known>, CloudError> {
         .collect()
 }
 
-/// A secret file's text without its line ending; empty is an error.
+/// A secret file's secret ([`ferrite_models::tokens::read_secret`]), its
+/// error as a config error.
 pub fn read_secret(path: &Path) -> Result<String, CloudError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
-    let secret = text.trim_end_matches(['\r', '\n']);
-    if secret.is_empty() {
-        return Err(CloudError::Config(format!("{}: empty", path.display())));
-    }
-    Ok(secret.to_string())
+    ferrite_models::tokens::read_secret(path).map_err(|e| CloudError::Config(e.to_string()))
 }
 
 #[cfg(test)]
