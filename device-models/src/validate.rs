@@ -299,39 +299,45 @@ fn check_file_exists(
 /// API or in a bundle from the control plane; without this it could make
 /// the gateway read any file (its token files, its TLS key, `/etc/shadow`)
 /// and send it to the device's endpoint as a password.
-pub fn secret_places(project: &Project) -> Vec<PathBuf> {
-    let mut places = vec![project.base_dir.clone()];
-    if let Some(config) = &project.config {
-        let gateway = &config.value.gateway;
-        places.push(project.resolve(&gateway.data_dir));
-        if let Some(dir) = &gateway.secrets_dir {
-            places.push(project.resolve(dir));
-        }
-    }
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        places.push(PathBuf::from(dir));
-    }
-    places
+struct SecretPlaces {
+    /// As configured, for the message.
+    named: Vec<PathBuf>,
+    /// The same, made real ([`real_path`]) once for every check.
+    real: Vec<PathBuf>,
 }
 
-/// Whether `path` (as a device file names it) lies in one of
-/// [`secret_places`], after `..` and symbolic links are followed as far as
-/// the file exists.
-pub fn check_secret_place(project: &Project, path: &Path) -> Result<(), String> {
-    let resolved = real_path(&project.resolve(path));
-    let places = secret_places(project);
-    if places
-        .iter()
-        .any(|place| resolved.starts_with(real_path(place)))
-    {
-        return Ok(());
+impl SecretPlaces {
+    fn of(project: &Project) -> SecretPlaces {
+        let mut named = vec![project.base_dir.clone()];
+        if let Some(config) = &project.config {
+            let gateway = &config.value.gateway;
+            named.push(project.resolve(&gateway.data_dir));
+            if let Some(dir) = &gateway.secrets_dir {
+                named.push(project.resolve(dir));
+            }
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            named.push(PathBuf::from(dir));
+        }
+        let real = named.iter().map(|p| real_path(p)).collect();
+        SecretPlaces { named, real }
     }
-    let listed: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
-    Err(format!(
-        "`{}` is outside the folders secrets may be read from ({}); move it there or set [gateway] secrets_dir",
-        resolved.display(),
-        listed.join(", ")
-    ))
+
+    /// Whether `path` (as a device file names it) lies in one of the
+    /// places, after `..` and symbolic links are followed as far as the
+    /// file exists.
+    fn check(&self, project: &Project, path: &Path) -> Result<(), String> {
+        let resolved = real_path(&project.resolve(path));
+        if self.real.iter().any(|place| resolved.starts_with(place)) {
+            return Ok(());
+        }
+        let listed: Vec<String> = self.named.iter().map(|p| p.display().to_string()).collect();
+        Err(format!(
+            "`{}` is outside the folders secrets may be read from ({}); move it there or set [gateway] secrets_dir",
+            resolved.display(),
+            listed.join(", ")
+        ))
+    }
 }
 
 /// `path` made absolute with symbolic links resolved: the whole of it if
@@ -752,6 +758,7 @@ fn check_overlap(
 }
 
 fn check_devices(project: &Project, diags: &mut Diagnostics) {
+    let secret_places = SecretPlaces::of(project);
     let mut buses: HashMap<&Path, (&Located<Device>, &ModbusRtu)> = HashMap::new();
     let mut rtu_units: HashMap<(&Path, u8), &str> = HashMap::new();
     for device in project.devices.values().chain(&project.shadowed.devices) {
@@ -875,7 +882,7 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
                 ("server_certificate", &ua.server_certificate),
             ] {
                 if let Some(path) = path
-                    && let Err(e) = check_secret_place(project, path)
+                    && let Err(e) = secret_places.check(project, path)
                 {
                     diags.error(file, at(key), format!("{key}: {e}"));
                 }
