@@ -112,16 +112,20 @@ pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
         .merge(api)
 }
 
-/// Who made a call: the token's name, or `local` where the API has no
-/// tokens (loopback only).
-fn actor(principal: Option<&Extension<Principal>>) -> String {
-    principal.map_or_else(|| "local".to_string(), |p| p.name.clone())
-}
-
-/// Records a change in the audit log, durably, before it is answered.
-async fn audited(shared: &Arc<Shared>, entry: Json_) -> Result<(), ApiError> {
+/// Records a change in the audit log, durably, before it is answered:
+/// `details` with the time, the `action` and who made the call (the
+/// token's name, or `local` where the API has no tokens: loopback only).
+async fn audited(
+    shared: &Arc<Shared>,
+    principal: Option<Extension<Principal>>,
+    action: &str,
+    mut details: Json_,
+) -> Result<(), ApiError> {
+    details["ts"] = json!(rfc3339(SystemTime::now()));
+    details["actor"] = json!(principal.map_or_else(|| "local".to_string(), |p| p.name.clone()));
+    details["action"] = json!(action);
     let store = shared.store.clone();
-    blocking(move || store.record_audit(&entry)).await?;
+    blocking(move || store.record_audit(&details)).await?;
     Ok(())
 }
 
@@ -296,10 +300,9 @@ async fn desired(
     let patch = shared.send_desired(&gw, &dev, properties.clone()).await?;
     audited(
         &shared,
+        principal,
+        "desired",
         json!({
-            "ts": rfc3339(SystemTime::now()),
-            "actor": actor(principal.as_ref()),
-            "action": "desired",
             "gateway": gw,
             "device": dev,
             "version": patch.version,
@@ -402,10 +405,9 @@ async fn put_config(
     let bundle = shared.send_config(&gw, documents).await?;
     audited(
         &shared,
+        principal,
+        "config_bundle",
         json!({
-            "ts": rfc3339(SystemTime::now()),
-            "actor": actor(principal.as_ref()),
-            "action": "config_bundle",
             "gateway": gw,
             "version": bundle.version,
             "documents": count,

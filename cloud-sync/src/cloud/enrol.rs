@@ -77,8 +77,9 @@ pub fn add(config_path: &Path, secrets_dir: &Path, id: &str) -> Result<Enrolled,
         Some(url) => url.clone(),
         None => format!("mqtt://{}", config.mqtt_listen),
     };
+    let (id, broker) = (toml_string(id), toml_string(&broker));
     let gateway_lines = format!(
-        "[gateway]\nid = {id:?}\n\n[cloud]\nbroker = {broker:?}\nusername = {id:?}\npassword_file = \"cloud.secret\"   # a copy of {}, mode 0600\n",
+        "[gateway]\nid = {id}\n\n[cloud]\nbroker = {broker}\nusername = {id}\npassword_file = \"cloud.secret\"   # a copy of {}, mode 0600\n",
         secret_file.display()
     );
     Ok(Enrolled {
@@ -150,17 +151,13 @@ pub fn mosquitto(config: &CloudConfig) -> Result<MosquittoFiles, CloudError> {
                 "gateway `{id}` has the control plane's username"
             )));
         }
-        let user = match (password_file, certificate_subject) {
-            (Some(file), _) => {
+        // check() made sure there is a password file or a subject.
+        let user = match password_file {
+            Some(file) => {
                 let _ = writeln!(passwd, "{id}:{}", passwd_hash(&read_secret(file)?));
-                id.clone()
+                id
             }
-            (None, Some(subject)) => subject.clone(),
-            (None, None) => {
-                return Err(CloudError::Config(format!(
-                    "gateway `{id}`: needs password_file or certificate_subject"
-                )));
-            }
+            None => certificate_subject.as_ref().unwrap_or(id),
         };
         let _ = write!(
             acl,
