@@ -117,8 +117,7 @@ async def main(bindir, runner):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
-    print(f"\n{checks.passed} passed, {checks.failed} failed")
-    return 1 if checks.failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

@@ -192,8 +192,7 @@ async def main():
     finally:
         stop_ferrite(gateway, checks)
         await server.stop()
-    print(f"{checks.passed} passed, {checks.failed} failed")
-    return 1 if checks.failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

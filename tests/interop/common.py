@@ -41,6 +41,18 @@ class Checks:
         else:
             self.failed += 1
 
+    def finish(self):
+        """Prints the closing `N passed, N failed` line; the exit status."""
+        print(f"\n{self.passed} passed, {self.failed} failed")
+        return 1 if self.failed else 0
+
+
+def ferrite_and_cloud(argv):
+    """`ferrite` from argv[1], and `ferrite-cloud` from argv[2] or beside it."""
+    ferrite = argv[1]
+    cloud = argv[2] if len(argv) > 2 else str(Path(ferrite).with_name("ferrite-cloud"))
+    return ferrite, cloud
+
 
 def same(a, b):
     if isinstance(a, float) or isinstance(b, float):

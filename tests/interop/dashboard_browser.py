@@ -233,6 +233,4 @@ def main():
 
 
 if __name__ == "__main__":
-    result = main()
-    print(f"\n{result.passed} passed, {result.failed} failed")
-    sys.exit(1 if result.failed else 0)
+    sys.exit(main().finish())

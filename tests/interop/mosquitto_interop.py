@@ -241,8 +241,7 @@ async def main(binary):
     await without_auth(binary, checks)
     await with_auth(binary, checks)
     await with_tls(binary, checks)
-    print(f"\n{checks.passed} passed, {checks.failed} failed")
-    return 1 if checks.failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

@@ -154,8 +154,7 @@ async def main():
         stop_ferrite(gateway, checks)
         await server.shutdown()
         serving.cancel()
-    print(f"{checks.passed} passed, {checks.failed} failed")
-    return 1 if checks.failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

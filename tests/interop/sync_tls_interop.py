@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Checks, counter_gateway, free_port, http, start_ferrite, stop_ferrite, wait_for
+from common import Checks, counter_gateway, ferrite_and_cloud, free_port, http, start_ferrite, stop_ferrite, wait_for
 
 
 
@@ -172,11 +172,8 @@ async def main(binary, cloud_binary):
     finally:
         cloud_proc.kill()
         broker.kill()
-    print(f"\n{checks.passed} passed, {checks.failed} failed")
-    return 1 if checks.failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":
-    ferrite = sys.argv[1]
-    cloud_bin = sys.argv[2] if len(sys.argv) > 2 else str(Path(ferrite).with_name("ferrite-cloud"))
-    sys.exit(asyncio.run(main(ferrite, cloud_bin)))
+    sys.exit(asyncio.run(main(*ferrite_and_cloud(sys.argv))))
