@@ -15,7 +15,10 @@
 //!
 //! By default the control plane embeds its broker. With
 //! `FERRITE_TEST_MOSQUITTO=/usr/sbin/mosquitto` the same tests run through
-//! a Mosquitto per test instead (CI installs Debian's and does so).
+//! a Mosquitto per test instead (CI installs Debian's and does so). With
+//! `FERRITE_TEST_POSTGRES=postgres://...` the control plane keeps its store
+//! in a fresh PostgreSQL database per test instead of sled (CI does that
+//! too).
 
 mod common;
 
@@ -109,6 +112,8 @@ struct World {
     files: Files,
     broker: Broker,
     cloud_data: tempfile::TempDir,
+    /// The PostgreSQL store, if the run asks for one.
+    database: Option<String>,
     gateway_id: String,
 }
 
@@ -136,6 +141,11 @@ impl World {
             files,
             broker,
             cloud_data: tempfile::tempdir().expect("tempdir"),
+            database: common::fresh_database(&format!(
+                "ferrite_{}_{}",
+                name.replace('-', "_"),
+                std::process::id()
+            )),
             gateway_id,
         };
         (world, sim, counter)
@@ -155,6 +165,9 @@ impl World {
         let binary = cloud_binary();
         let data = self.cloud_data.path().as_os_str().to_owned();
         let mut args = vec!["run".into(), "--data-dir".into(), data];
+        if let Some(url) = &self.database {
+            args.extend(["--store".into(), url.into()]);
+        }
         match &self.broker {
             Broker::Mosquitto(..) => args.extend(["--broker".into(), self.broker.url().into()]),
             Broker::Embedded(port) => {

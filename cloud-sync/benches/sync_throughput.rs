@@ -69,11 +69,11 @@ fn changes(from: u64, to: u64) -> Vec<Change> {
 }
 
 async fn synced(shared: &cloud::plane::Shared) -> u64 {
-    shared
-        .store
-        .gateways()
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || store.last_change("bench"))
+        .await
         .ok()
-        .and_then(|g| g.get("bench").map(|(last, _)| *last))
+        .and_then(Result::ok)
         .unwrap_or(0)
 }
 

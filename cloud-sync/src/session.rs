@@ -169,6 +169,11 @@ impl Applier {
         }
     }
 
+    /// The session it belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The last outbox sequence applied.
     pub fn last_change(&self) -> u64 {
         self.last_change

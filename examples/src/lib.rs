@@ -20,10 +20,14 @@
 //! - [`waves`]: values that change over time (sine, ramp, square, noise,
 //!   counter), written into the banks through the shared register codec, or
 //!   into the OPC UA nodes.
+//! - [`fleet`]: a fleet of simulated gateways speaking the real sync
+//!   protocol (`ferrite-sim fleet`), for the control plane's tests and
+//!   benches.
 //! - [`sim`]: [`sim::Simulator`], which starts all of the above for a
 //!   project, and the `sim.toml` format.
 
 pub mod bank;
+pub mod fleet;
 pub mod mqtt_publisher;
 pub mod opcua_server;
 pub mod server;

@@ -387,3 +387,30 @@ pub fn signal(child: &Child, name: &str) {
         .status();
     assert!(status.is_ok_and(|s| s.success()), "kill -{name}");
 }
+
+/// With `FERRITE_TEST_POSTGRES=postgres://USER:PASSWORD@HOST:PORT/DB` (a
+/// role that may create databases), a fresh database `NAME` on that
+/// server (dropped first if a former run left it), and its URL; without
+/// it, None. CI starts Debian's PostgreSQL and sets it.
+#[allow(dead_code)]
+pub fn fresh_database(name: &str) -> Option<String> {
+    let admin = std::env::var("FERRITE_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        let out = std::process::Command::new("psql")
+            .args([admin.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", &sql])
+            .output()
+            .expect("psql (postgresql-client) is needed with FERRITE_TEST_POSTGRES");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (base, _) = admin.rsplit_once('/').expect("a URL ending in /DATABASE");
+    Some(format!("{base}/{name}"))
+}

@@ -18,8 +18,9 @@ struct Cli {
 enum Command {
     /// Runs the control plane until stopped (Ctrl-C or SIGTERM).
     Run {
-        /// A TOML file: listen, mqtt_listen, broker, data_dir, username,
-        /// password_file, ca_file. Flags override it.
+        /// A TOML file: listen, mqtt_listen, broker, data_dir, store,
+        /// history_days, username, password_file, ca_file, [[gateways]],
+        /// [api] (docs/sync.md). Flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
         /// REST API address [default: 127.0.0.1:8090].
@@ -32,9 +33,14 @@ enum Command {
         /// of the embedded one.
         #[arg(long)]
         broker: Option<String>,
-        /// Where the store lives [default: ./ferrite-cloud-data].
+        /// Where the sled store lives [default: ./ferrite-cloud-data].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// A PostgreSQL store shared by every replica
+        /// (postgres://USER@HOST:PORT/DB) instead of sled; its password
+        /// from `store_password_file` in the config.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Enrols gateways and writes broker ACLs.
     Gateway {
@@ -78,14 +84,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let (config, listen, mqtt_listen, broker, data_dir) = match Cli::parse().command {
+    let (config, listen, mqtt_listen, broker, data_dir, store) = match Cli::parse().command {
         Command::Run {
             config,
             listen,
             mqtt_listen,
             broker,
             data_dir,
-        } => (config, listen, mqtt_listen, broker, data_dir),
+            store,
+        } => (config, listen, mqtt_listen, broker, data_dir, store),
         Command::Gateway { action } => return gateway(action),
     };
     let mut settings = match config {
@@ -102,6 +109,7 @@ fn main() -> ExitCode {
     settings.mqtt_listen = mqtt_listen.unwrap_or(settings.mqtt_listen);
     settings.broker = broker.or(settings.broker);
     settings.data_dir = data_dir.unwrap_or(settings.data_dir);
+    settings.store = store.or(settings.store);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,6 +128,9 @@ fn main() -> ExitCode {
                     running.scheme, running.rest, running.broker
                 );
                 wait_for_signal().await;
+                // Hand this replica's gateways to the others now, rather
+                // than when its heartbeat is missed.
+                running.leave().await;
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -26,12 +26,13 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use ferrite_models::Value;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
+use super::fleet;
 use super::plane::{Shared, blocking};
 use super::store::Stored;
 use super::tokens::{Principal, Tokens};
@@ -80,7 +81,7 @@ impl From<super::store::CloudStoreError> for ApiError {
     }
 }
 
-type ApiResult = Result<Json<Json_>, ApiError>;
+pub(crate) type ApiResult = Result<Json<Json_>, ApiError>;
 
 /// The router: `/api/v1` behind `tokens`.
 pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
@@ -100,6 +101,16 @@ pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
             get(history),
         )
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/fleet", get(fleet::fleet))
+        .route("/api/v1/gateways/{gw}/labels", put(fleet::put_labels))
+        .route(
+            "/api/v1/rollouts",
+            post(fleet::post_rollout)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_CONFIG))
+                .get(fleet::rollouts),
+        )
+        .route("/api/v1/rollouts/{id}", get(fleet::rollout))
+        .route("/metrics", get(fleet::metrics))
         .route("/api/v1/audit", get(audit))
         .route_layer(axum::middleware::from_fn_with_state(
             super::tokens::bearer(tokens),
@@ -115,7 +126,7 @@ pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
 /// Records a change in the audit log, durably, before it is answered:
 /// `details` with the time, the `action` and who made the call (the
 /// token's name, or `local` where the API has no tokens: loopback only).
-async fn audited(
+pub(crate) async fn audited(
     shared: &Arc<Shared>,
     principal: Option<Extension<Principal>>,
     action: &str,
@@ -146,14 +157,14 @@ async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let ms = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     rfc3339_ms(ms)
 }
 
-fn rfc3339_ms(ms: i64) -> String {
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map_or_else(
         || ms.to_string(),
         |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -164,23 +175,13 @@ async fn gateways(State(shared): State<Arc<Shared>>) -> ApiResult {
     let store = shared.store.clone();
     let known = blocking(move || store.gateways()).await?;
     let list: Vec<Json_> = known
-        .into_iter()
-        .map(|(id, (last_seq, lost))| {
-            let presence = shared.presence(&id);
-            json!({
-                "id": id,
-                "connected": presence.connected,
-                "last_seen": presence.last_seen.map(rfc3339),
-                "last_seq": last_seq,
-                "backlog": presence.outbox_last.saturating_sub(last_seq),
-                "lost_at_edge": lost,
-            })
-        })
+        .iter()
+        .map(|g| super::fleet::gateway_json(&shared, g))
         .collect();
     Ok(Json(Json_::Array(list)))
 }
 
-async fn known(shared: &Arc<Shared>, gateway: &str) -> Result<(), ApiError> {
+pub(crate) async fn known(shared: &Arc<Shared>, gateway: &str) -> Result<(), ApiError> {
     let store = shared.store.clone();
     let gw = gateway.to_string();
     if blocking(move || store.knows(&gw)).await? {
@@ -259,6 +260,39 @@ async fn desired(
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
     let Json(body) =
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
+    let properties = properties_of(body)?;
+    known(&shared, &gw).await?;
+    let patch = shared.send_desired(&gw, &dev, properties.clone()).await?;
+    audited(
+        &shared,
+        principal,
+        "desired",
+        json!({
+            "gateway": gw,
+            "device": dev,
+            "version": patch.version,
+            "properties": properties,
+        }),
+    )
+    .await?;
+    let connected = shared.presence(&gw).connected;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "version": patch.version,
+            "gateway_connected": connected,
+            "message": if connected {
+                "sent; the gateway checks it against the model, writes it and reports back"
+            } else {
+                "stored; the gateway applies it when it reconnects"
+            },
+        })),
+    ))
+}
+
+/// A desired patch's body: `{PROPERTY: VALUE, ...}`, each value a
+/// boolean, number or string.
+pub(crate) fn properties_of(body: Json_) -> Result<BTreeMap<String, Value>, ApiError> {
     let Json_::Object(map) = body else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -296,33 +330,7 @@ async fn desired(
         };
         properties.insert(name, value);
     }
-    known(&shared, &gw).await?;
-    let patch = shared.send_desired(&gw, &dev, properties.clone()).await?;
-    audited(
-        &shared,
-        principal,
-        "desired",
-        json!({
-            "gateway": gw,
-            "device": dev,
-            "version": patch.version,
-            "properties": properties,
-        }),
-    )
-    .await?;
-    let connected = shared.presence(&gw).connected;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "version": patch.version,
-            "gateway_connected": connected,
-            "message": if connected {
-                "sent; the gateway checks it against the model, writes it and reports back"
-            } else {
-                "stored; the gateway applies it when it reconnects"
-            },
-        })),
-    ))
+    Ok(properties)
 }
 
 /// The kinds of a bundle, as its body and the wire name them.
@@ -332,12 +340,12 @@ const KINDS: [(&str, &str); 3] = [
     ("rules", "rule"),
 ];
 
-fn bad_body(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_body(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_body", message)
 }
 
 /// A bundle body's documents, each as its file's text.
-fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiError> {
+pub(crate) fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiError> {
     let Json_::Object(mut kinds) = body else {
         return Err(bad_body(
             "the body must be {\"models\": {NAME: DOC}, \"devices\": {...}, \"rules\": {...}}",

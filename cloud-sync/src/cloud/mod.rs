@@ -1,9 +1,16 @@
 //! `ferrite-cloud`, the control plane: receives gateways' batches, keeps
 //! each gateway's history and twin, and sends desired state down.
 //!
-//! - [`store`]: sled; one atomic, flushed write per applied batch.
+//! - [`store`]: the [`store::Store`] trait on sled (one process, the
+//!   default) or PostgreSQL (a fleet of replicas); one atomic, durable
+//!   write per applied batch, moving the gateway's last change from where
+//!   the batch continues (so a batch counts once, whichever replica).
 //! - [`plane`]: the MQTT side (exactly once by change sequence, Resume and
-//!   Ack, desired patches replayed after every Hello).
+//!   Ack, desired patches replayed after every Hello), batches applied by
+//!   workers in parallel across gateways, in order within one.
+//! - [`replicas`]: which replica applies which gateway (rendezvous hashing
+//!   over the replicas alive, from their heartbeats in the store).
+//! - [`metrics`]: `GET /metrics`.
 //! - [`api`]: the REST API, behind [`tokens`] (bearer tokens with roles).
 //! - [`gateways`]: the gateways enrolled in `[[gateways]]`, who alone may
 //!   log in to the embedded broker; [`guard`]: the listener in front of
@@ -14,9 +21,12 @@
 
 pub mod api;
 pub mod enrol;
+pub mod fleet;
 pub mod gateways;
 pub mod guard;
+pub mod metrics;
 pub mod plane;
+pub mod replicas;
 pub mod store;
 pub mod tokens;
 
@@ -45,9 +55,21 @@ pub struct CloudConfig {
     /// An external broker, `mqtt(s)://HOST:PORT`, instead of the embedded one.
     #[serde(default)]
     pub broker: Option<String>,
-    /// Where the store lives.
+    /// Where the sled store lives (unused with `store`).
     #[serde(default = "CloudConfig::default_data_dir")]
     pub data_dir: PathBuf,
+    /// A PostgreSQL store, `postgres://USER:PASSWORD@HOST:PORT/DB` (or
+    /// `host=... dbname=...`), shared by every replica, instead of sled.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// A file holding the PostgreSQL store's password (rather than in the
+    /// URL, which `ps` shows when given as a flag).
+    #[serde(default)]
+    pub store_password_file: Option<PathBuf>,
+    /// Days of history the PostgreSQL store keeps (whole days are
+    /// dropped); none: all of it.
+    #[serde(default)]
+    pub history_days: Option<u32>,
     /// Login on the external broker.
     #[serde(default)]
     pub username: Option<String>,
@@ -104,6 +126,7 @@ impl CloudConfig {
         for p in [
             Some(&mut config.data_dir),
             config.password_file.as_mut(),
+            config.store_password_file.as_mut(),
             config.ca_file.as_mut(),
         ]
         .into_iter()
@@ -128,6 +151,9 @@ impl Default for CloudConfig {
             mqtt_listen: CloudConfig::default_mqtt_listen(),
             broker: None,
             data_dir: CloudConfig::default_data_dir(),
+            store: None,
+            store_password_file: None,
+            history_days: None,
             username: None,
             password_file: None,
             ca_file: None,
@@ -222,7 +248,22 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
     let rest = listener
         .local_addr()
         .map_err(|e| CloudError::Listen(config.listen, e))?;
-    let store = Arc::new(store::CloudStore::open(&config.data_dir)?);
+    let password = match &config.store_password_file {
+        Some(path) => Some(
+            ferrite_models::tokens::read_secret(path)
+                .map_err(|e| CloudError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let store = match &config.store {
+        Some(url) => store::open_postgres(url, password.as_deref(), config.history_days).await?,
+        None => store::open_sled(&config.data_dir).await?,
+    };
+    let replicas = replicas::Replicas::new(format!("replica-{}", random_hex(6)));
+    // Who else is alive, before the first message is taken.
+    let (me, first) = (replicas.me().to_string(), store.clone());
+    replicas.set_live(plane::blocking(move || first.replicas(&me)).await?);
+    replicas.spawn_heartbeat(store.clone());
     let guard_stats = Arc::new(guard::GuardStats::default());
     // The control plane's own client id: unguessable, so that no one can
     // take its session over.
@@ -257,7 +298,8 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
         }
     };
     let (client, eventloop) = AsyncClient::new(options, 1024);
-    let shared = plane::start(store, client, eventloop, guard_stats);
+    let engine = store.engine();
+    let shared = plane::start(store, replicas.clone(), client, eventloop, guard_stats);
     let app = api::router(shared.clone(), tokens);
     // The gateway's accept loop: HTTPS, a connection cap, header timeouts.
     let options = crate::serve::ServeOptions {
@@ -276,13 +318,29 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
         options,
         tokio_util::sync::CancellationToken::new(),
     ));
-    tracing::info!("control plane: REST on {scheme}://{rest}, broker {broker}");
+    tracing::info!(
+        "control plane {}: REST on {scheme}://{rest}, broker {broker}, {engine} store",
+        replicas.me()
+    );
     Ok(Running {
         rest,
         scheme,
         broker,
         shared,
     })
+}
+
+impl Running {
+    /// This replica leaves: the others take its gateways at once.
+    pub async fn leave(&self) {
+        let (store, me) = (
+            self.shared.store.clone(),
+            self.shared.replicas.me().to_string(),
+        );
+        if let Err(e) = plane::blocking(move || store.leave(&me)).await {
+            tracing::warn!("cannot say this replica leaves: {e}");
+        }
+    }
 }
 
 /// `n` random bytes as hex.

@@ -1,10 +1,14 @@
 //! The control plane's MQTT side: what gateways send, applied to the store
 //! exactly once, and what goes back (Resume, Ack, desired patches).
 //!
-//! One task polls the MQTT connection and hands every message to one
-//! processor task, so that messages of a gateway are handled in the order
-//! they came. The processor keeps an [`Applier`] per gateway; a batch is
-//! stored (atomically, flushed) before its Ack is sent.
+//! One task polls the MQTT connection and hands every message of a gateway
+//! this replica owns ([`super::replicas`]) to one of [`WORKERS`] worker
+//! tasks, the same one for every message of that gateway, so that they are
+//! handled in the order they came while gateways are applied in parallel.
+//! A worker keeps an [`Applier`] per gateway; a batch is stored
+//! (atomically, durably) before its Ack is sent. A batch the store refuses
+//! because another replica applied first ([`CloudStoreError::Conflict`])
+//! sends the gateway back to where the store ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +20,8 @@ use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::mpsc;
 
-use super::store::{CloudStore, CloudStoreError};
+use super::replicas::Replicas;
+use super::store::{CloudStoreError, NewChanges, Store};
 use crate::delta::{self, naive_json_bytes, publish_packet_bytes};
 use crate::session::{Applied, Applier};
 use crate::topics::{self, Down, Up};
@@ -46,6 +51,8 @@ pub struct Stats {
     pub naive_json_bytes: AtomicU64,
     /// Changes gateways dropped over their outbox budget.
     pub lost_at_edge: AtomicU64,
+    /// Batches another replica had applied first (refused, resumed).
+    pub conflicts: AtomicU64,
 }
 
 /// What the control plane knows of a gateway's connection.
@@ -62,11 +69,15 @@ pub struct Presence {
 /// State shared with the REST API.
 pub struct Shared {
     /// The store.
-    pub store: Arc<CloudStore>,
+    pub store: Arc<dyn Store>,
+    /// Which gateways this replica applies.
+    pub replicas: Arc<Replicas>,
     /// The MQTT client (to send desired patches).
     pub client: AsyncClient,
     /// Counters.
     pub stats: Stats,
+    /// `/metrics`' running series.
+    pub metrics: super::metrics::CloudMetrics,
     /// What the embedded broker's guard refused.
     pub guard: Arc<super::guard::GuardStats>,
     presence: Mutex<HashMap<String, Presence>>,
@@ -141,35 +152,53 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| CloudStoreError::Corrupt(format!("store task failed: {e}")))?
 }
 
+/// Worker tasks applying batches, each for its share of the gateways.
+pub const WORKERS: usize = 8;
+
 /// Starts the MQTT side on `client`/`eventloop`; returns the shared state.
 pub fn start(
-    store: Arc<CloudStore>,
+    store: Arc<dyn Store>,
+    replicas: Arc<Replicas>,
     client: AsyncClient,
     eventloop: EventLoop,
     guard: Arc<super::guard::GuardStats>,
 ) -> Arc<Shared> {
     let shared = Arc::new(Shared {
         store,
+        replicas,
         client: client.clone(),
         stats: Stats::default(),
+        metrics: super::metrics::CloudMetrics::default(),
         guard,
         presence: Mutex::new(HashMap::new()),
     });
-    let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(poll(client, eventloop, tx));
-    tokio::spawn(
-        Processor {
-            shared: shared.clone(),
-            appliers: HashMap::new(),
-        }
-        .run(rx),
-    );
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (tx, rx) = mpsc::channel(1024);
+            tokio::spawn(
+                Processor {
+                    shared: shared.clone(),
+                    appliers: HashMap::new(),
+                }
+                .run(rx),
+            );
+            tx
+        })
+        .collect();
+    tokio::spawn(poll(client, eventloop, shared.clone(), workers));
     shared
 }
 
 /// Polls the connection; (re)subscribes and announces the cloud on every
-/// connect.
-async fn poll(client: AsyncClient, mut eventloop: EventLoop, tx: mpsc::Sender<(String, Vec<u8>)>) {
+/// connect. Status messages are noted here (every replica shows every
+/// gateway's presence); the rest goes to the worker of its gateway, if this
+/// replica owns it.
+async fn poll(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    shared: Arc<Shared>,
+    workers: Vec<mpsc::Sender<(String, Vec<u8>)>>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match eventloop.poll().await {
@@ -185,7 +214,24 @@ async fn poll(client: AsyncClient, mut eventloop: EventLoop, tx: mpsc::Sender<(S
                 );
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send((p.topic, p.payload.to_vec())).await.is_err() {
+                let Some((gateway, kind)) = topics::parse_up(&p.topic) else {
+                    continue;
+                };
+                if ferrite_models::units::check_name(gateway).is_err() {
+                    tracing::warn!("ignoring a message on {}: not a gateway id", p.topic);
+                    continue;
+                }
+                if kind == Up::Status {
+                    let online = p.payload.as_ref() == b"online";
+                    shared.update(gateway, |presence| presence.connected = online);
+                    continue;
+                }
+                shared.update(gateway, |_| {});
+                if !shared.replicas.owns(gateway) {
+                    continue;
+                }
+                let worker = &workers[worker_of(gateway)];
+                if worker.send((p.topic, p.payload.to_vec())).await.is_err() {
                     return;
                 }
             }
@@ -199,6 +245,11 @@ async fn poll(client: AsyncClient, mut eventloop: EventLoop, tx: mpsc::Sender<(S
     }
 }
 
+/// The worker of `gateway`: always the same one.
+fn worker_of(gateway: &str) -> usize {
+    (super::replicas::fnv1a(gateway.as_bytes()) % WORKERS as u64) as usize
+}
+
 struct Processor {
     shared: Arc<Shared>,
     appliers: HashMap<String, Applier>,
@@ -206,25 +257,31 @@ struct Processor {
 
 impl Processor {
     async fn run(mut self, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
-        while let Some((topic, payload)) = rx.recv().await {
+        let mut view = self.shared.replicas.watch();
+        loop {
+            let (topic, payload) = tokio::select! {
+                message = rx.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+                Ok(()) = view.changed() => {
+                    // Gateways now owned by another replica: forget their
+                    // sessions, so that owning them again starts afresh.
+                    let replicas = self.shared.replicas.clone();
+                    self.appliers.retain(|gateway, _| replicas.owns(gateway));
+                    continue;
+                }
+            };
             let Some((gateway, kind)) = topics::parse_up(&topic) else {
                 continue;
             };
-            if ferrite_models::units::check_name(gateway).is_err() {
-                tracing::warn!("ignoring a message on {topic}: not a gateway id");
-                continue;
-            }
             let gateway = gateway.to_string();
             let result = match kind {
                 Up::Hello => self.hello(&gateway, &payload).await,
                 Up::Batch => self.batch(&gateway, &topic, &payload).await,
                 Up::Reported => self.reported(&gateway, &payload).await,
                 Up::Config => self.config_report(&gateway, &payload).await,
-                Up::Status => {
-                    let online = payload == b"online";
-                    self.shared.update(&gateway, |p| p.connected = online);
-                    Ok(())
-                }
+                Up::Status => Ok(()),
             };
             if let Err(e) = result {
                 tracing::warn!("{gateway}: {e}");
@@ -376,6 +433,18 @@ impl Processor {
                 stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 self.ack(gateway, last_change).await;
             }
+            Ok(Applied::Stale) if batch.epoch > applier.epoch() => {
+                // A session newer than ours: it said Hello to another
+                // replica meanwhile. Send it back to where the store ends.
+                self.appliers.remove(gateway);
+                let store = self.shared.store.clone();
+                let gw = gateway.to_string();
+                let last = blocking(move || store.last_change(&gw))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.resume(gateway, last, batch.epoch).await;
+            }
             Ok(Applied::Stale) => {
                 tracing::debug!("{gateway}: a batch of an older session, ignored");
             }
@@ -391,17 +460,38 @@ impl Processor {
                 let naive: usize = changes.iter().map(|c| naive_json_bytes(gateway, c)).sum();
                 let count = changes.len() as u64;
                 let store = self.shared.store.clone();
-                let (gw, first) = (gateway.to_string(), batch.first_change);
-                let stored =
-                    blocking(move || store.apply(&gw, first, &changes, last_change, dropped)).await;
+                let (gw, first, outbox_last) =
+                    (gateway.to_string(), batch.first_change, batch.outbox_last);
+                let started = std::time::Instant::now();
+                let stored = blocking(move || {
+                    store.apply(NewChanges {
+                        gateway: &gw,
+                        continues_after: last,
+                        first_seq: first,
+                        changes: &changes,
+                        last_change,
+                        dropped,
+                        outbox_last,
+                    })
+                })
+                .await;
                 if let Err(e) = stored {
                     // Not applied: forget the session, so that the next
-                    // batch meets the store's truth, and ask for a resend.
+                    // batch meets the store's truth, and ask for a resend
+                    // from where the store ends.
                     self.appliers.remove(gateway);
                     stats.refused.fetch_add(1, Ordering::Relaxed);
-                    self.resume(gateway, last, batch.epoch).await;
+                    let from = match e {
+                        CloudStoreError::Conflict { last_change } => {
+                            stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                            last_change
+                        }
+                        _ => last,
+                    };
+                    self.resume(gateway, from, batch.epoch).await;
                     return Err(format!("a batch was not stored: {e}"));
                 }
+                self.shared.metrics.observe_apply(started.elapsed(), count);
                 stats.applied.fetch_add(1, Ordering::Relaxed);
                 stats.points.fetch_add(count, Ordering::Relaxed);
                 stats

@@ -1,9 +1,10 @@
-//! The control plane's store, on sled.
+//! The control plane's store on sled: one process, one file (the default).
 //!
 //! Tree `data`, written by one atomic `sled::Batch` per applied delta batch
 //! and flushed before the Ack goes out, so that a crash leaves either all of
 //! a batch or none of it:
-//! - `g` GW → the last applied change sequence, changes lost at the edge;
+//! - `g` GW → the last applied change sequence, changes lost at the edge,
+//!   the newest outbox sequence told, when a batch was last applied;
 //! - `r` GW DEV PROP → the reported (latest) value: seq, ts, value;
 //! - `h` GW DEV PROP SEQ → a change: ts, value.
 //!
@@ -14,7 +15,10 @@
 //! - `d` GW DEV PROP → the desired value: version, value;
 //! - `x` GW DEV → the gateway's last Reported for the device;
 //! - `c` GW → the newest ConfigBundle (the gateway's whole configuration);
-//! - `k` GW → the gateway's ConfigReport on a bundle, the newest.
+//! - `k` GW → the gateway's ConfigReport on a bundle, the newest;
+//! - `l` GW → the gateway's labels, JSON.
+//!
+//! Tree `rollouts`: id (big endian) → the rollout, JSON.
 //!
 //! Names are length-prefixed (u16), numbers big-endian, so prefix scans are
 //! exact and ordered.
@@ -25,61 +29,23 @@ use std::path::Path;
 use ferrite_models::Value;
 use prost::Message;
 
-use crate::delta::{Change, to_wire};
+use super::{
+    CloudStoreError, GatewayRecord, NewChanges, Result, Store, Stored, Twin, corrupt,
+    latest_per_property,
+};
+use crate::delta::to_wire;
 use crate::wire::{ConfigBundle, ConfigDocument, ConfigReport, DesiredPatch, Reported};
 
-/// Store failures.
-#[derive(Debug, thiserror::Error)]
-pub enum CloudStoreError {
-    /// sled failed (a full disk, say).
-    #[error("the control plane's store failed: {0}")]
-    Io(#[from] sled::Error),
-    /// An entry does not decode.
-    #[error("corrupt entry in the control plane's store: {0}")]
-    Corrupt(String),
-}
-
-type Result<T> = std::result::Result<T, CloudStoreError>;
-
-/// One change as stored: where it sits in the gateway's order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
-    /// The gateway's change sequence (see `apply`).
-    pub seq: u64,
-    /// When it was read, ms since the epoch.
-    pub ts_ms: i64,
-    /// The value.
-    pub value: Value,
-}
-
-/// Desired value of one property.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Desired {
-    /// The patch version that set it.
-    pub version: u64,
-    /// The value.
-    pub value: Value,
-}
-
-/// A device's twin as stored.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Twin {
-    /// Latest values, by property.
-    pub reported: BTreeMap<String, Stored>,
-    /// Desired values, by property.
-    pub desired: BTreeMap<String, Desired>,
-    /// The gateway's last report on a patch for this device.
-    pub last_report: Option<Reported>,
-}
-
-/// The store.
-pub struct CloudStore {
+/// The sled store.
+pub struct SledStore {
     db: sled::Db,
     data: sled::Tree,
     twin: sled::Tree,
     /// Who changed what through the REST API (desired state, bundles):
     /// id (big endian) → JSON.
     audit: sled::Tree,
+    /// Rollouts: id (big endian) → JSON.
+    rollouts: sled::Tree,
 }
 
 /// Audit entries kept, at most (the oldest go first).
@@ -118,9 +84,9 @@ fn unstamp(bytes: &[u8]) -> Option<(i64, Value)> {
     Some((ts, Value::decode(&bytes[8..])?))
 }
 
-impl CloudStore {
+impl SledStore {
     /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<CloudStore> {
+    pub fn open(dir: &Path) -> Result<SledStore> {
         std::fs::create_dir_all(dir)
             .map_err(|e| CloudStoreError::Corrupt(format!("{}: {e}", dir.display())))?;
         let path = dir.join("cloud");
@@ -129,20 +95,75 @@ impl CloudStore {
         let data = db.open_tree("data")?;
         let twin = db.open_tree("twin")?;
         let audit = db.open_tree("audit")?;
-        Ok(CloudStore {
+        let rollouts = db.open_tree("rollouts")?;
+        Ok(SledStore {
             db,
             data,
             twin,
             audit,
+            rollouts,
         })
     }
 
-    /// Records who changed what, durably, before the change is answered.
-    pub fn record_audit(&self, entry: &serde_json::Value) -> Result<()> {
+    /// The `g` entry: last change, lost at edge, outbox last, last applied
+    /// ms (older stores hold only the first two).
+    fn meta(&self, gateway: &str) -> Result<Option<[u64; 4]>> {
+        Ok(self
+            .data
+            .get(key(b'g', &[gateway]))?
+            .map(|v| [0, 8, 16, 24].map(|at| u64_at(&v, at).unwrap_or(0))))
+    }
+
+    fn record(&self, gateway: &str, meta: [u64; 4]) -> Result<GatewayRecord> {
+        let labels = match self.twin.get(key(b'l', &[gateway]))? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| corrupt(&format!("labels: {e}")))?,
+            None => BTreeMap::new(),
+        };
+        Ok(GatewayRecord {
+            id: gateway.to_string(),
+            last_change: meta[0],
+            lost_at_edge: meta[1],
+            outbox_last: meta[2],
+            last_applied_ms: (meta[3] > 0).then_some(meta[3] as i64),
+            labels,
+            desired_version: self.version(b'v', gateway)?,
+            applied_version: self.version(b'a', gateway)?,
+        })
+    }
+
+    /// A desired-state version of `gateway`: `v` handed out, `a` applied.
+    fn version(&self, tag: u8, gateway: &str) -> Result<u64> {
+        Ok(self
+            .twin
+            .get(key(tag, &[gateway]))?
+            .and_then(|v| u64_at(&v, 0))
+            .unwrap_or(0))
+    }
+}
+
+fn meta_bytes(meta: [u64; 4]) -> Vec<u8> {
+    meta.iter().flat_map(|n| n.to_be_bytes()).collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn json_body(value: &serde_json::Value, what: &str) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| CloudStoreError::Corrupt(format!("{what}: {e}")))
+}
+
+impl Store for SledStore {
+    fn engine(&self) -> &'static str {
+        "sled"
+    }
+
+    fn record_audit(&self, entry: &serde_json::Value) -> Result<()> {
         let id = self.db.generate_id()?;
-        let body = serde_json::to_vec(entry)
-            .map_err(|e| CloudStoreError::Corrupt(format!("audit entry: {e}")))?;
-        self.audit.insert(id.to_be_bytes(), body)?;
+        self.audit
+            .insert(id.to_be_bytes(), json_body(entry, "audit entry")?)?;
         // Counting walks the tree: count once every hundred entries, then
         // drop what is over.
         if id % 100 == 0 {
@@ -156,8 +177,7 @@ impl CloudStore {
         Ok(())
     }
 
-    /// The newest `limit` audit entries, oldest first.
-    pub fn audit(&self, limit: usize) -> Result<Vec<serde_json::Value>> {
+    fn audit(&self, limit: usize) -> Result<Vec<serde_json::Value>> {
         let mut out = Vec::new();
         for entry in self.audit.iter().rev().take(limit) {
             let (_, body) = entry?;
@@ -169,82 +189,71 @@ impl CloudStore {
         Ok(out)
     }
 
-    /// Gateways known: id → (last applied change, changes lost at the edge).
-    pub fn gateways(&self) -> Result<BTreeMap<String, (u64, u64)>> {
-        let mut out = BTreeMap::new();
+    fn gateways(&self) -> Result<Vec<GatewayRecord>> {
+        let mut out = Vec::new();
         for item in self.data.scan_prefix([b'g']) {
             let (k, v) = item?;
             let (id, _) = next_name(&k[1..]).ok_or_else(|| corrupt("gateway key"))?;
-            let last = u64_at(&v, 0).ok_or_else(|| corrupt("gateway entry"))?;
-            out.insert(id, (last, u64_at(&v, 8).unwrap_or(0)));
+            let meta = [0, 8, 16, 24].map(|at| u64_at(&v, at).unwrap_or(0));
+            out.push(self.record(&id, meta)?);
         }
         Ok(out)
     }
 
-    /// The last applied change of `gateway` (0 if none).
-    pub fn last_change(&self, gateway: &str) -> Result<u64> {
-        Ok(self.gateway(gateway)?.0)
+    fn gateway(&self, gateway: &str) -> Result<Option<GatewayRecord>> {
+        self.meta(gateway)?
+            .map(|meta| self.record(gateway, meta))
+            .transpose()
     }
 
-    /// (last applied change, changes lost at the edge) of `gateway`.
-    fn gateway(&self, gateway: &str) -> Result<(u64, u64)> {
-        Ok(self
-            .data
-            .get(key(b'g', &[gateway]))?
-            .map(|v| (u64_at(&v, 0).unwrap_or(0), u64_at(&v, 8).unwrap_or(0)))
-            .unwrap_or((0, 0)))
-    }
-
-    /// Whether `gateway` has ever said Hello.
-    pub fn knows(&self, gateway: &str) -> Result<bool> {
-        Ok(self.data.contains_key(key(b'g', &[gateway]))?)
-    }
-
-    /// Records a gateway that said Hello, if new.
-    pub fn know(&self, gateway: &str) -> Result<()> {
+    fn know(&self, gateway: &str) -> Result<()> {
         let k = key(b'g', &[gateway]);
         if !self.data.contains_key(&k)? {
-            let mut v = 0u64.to_be_bytes().to_vec();
-            v.extend_from_slice(&0u64.to_be_bytes());
-            self.data.insert(k, v)?;
+            self.data.insert(k, meta_bytes([0; 4]))?;
             self.db.flush()?;
         }
         Ok(())
     }
 
-    /// Applies a batch's `changes` (decoded order: per property in the
-    /// gateway's order), numbering them from `first_seq`, and records
-    /// `last_change` as applied, atomically and durably.
-    pub fn apply(
-        &self,
-        gateway: &str,
-        first_seq: u64,
-        changes: &[Change],
-        last_change: u64,
-        dropped: u64,
-    ) -> Result<()> {
-        let (_, lost) = self.gateway(gateway)?;
+    fn set_labels(&self, gateway: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        let body = serde_json::to_vec(labels).map_err(|e| corrupt(&e.to_string()))?;
+        self.twin.insert(key(b'l', &[gateway]), body)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn apply(&self, new: NewChanges<'_>) -> Result<()> {
+        let gateway = new.gateway;
+        let [last, lost, outbox_last, _] = self.meta(gateway)?.unwrap_or([0; 4]);
+        if last != new.continues_after {
+            return Err(CloudStoreError::Conflict { last_change: last });
+        }
         let mut batch = sled::Batch::default();
-        for (i, change) in changes.iter().enumerate() {
-            let seq = first_seq + i as u64;
+        for (i, change) in new.changes.iter().enumerate() {
+            let seq = new.first_seq + i as u64;
             let names = [gateway, change.device.as_str(), change.property.as_str()];
             let mut history = key(b'h', &names);
             history.extend_from_slice(&seq.to_be_bytes());
             batch.insert(history, stamped(change.ts_ms, &change.value));
+        }
+        for ((device, property), (seq, change)) in latest_per_property(new.first_seq, new.changes) {
             let mut latest = seq.to_be_bytes().to_vec();
             latest.extend_from_slice(&stamped(change.ts_ms, &change.value));
-            batch.insert(key(b'r', &names), latest);
+            batch.insert(key(b'r', &[gateway, device, property]), latest);
         }
-        let mut meta = last_change.to_be_bytes().to_vec();
-        meta.extend_from_slice(&(lost + dropped).to_be_bytes());
-        batch.insert(key(b'g', &[gateway]), meta);
+        let meta = [
+            new.last_change,
+            lost + new.dropped,
+            outbox_last.max(new.outbox_last),
+            now_ms(),
+        ];
+        batch.insert(key(b'g', &[gateway]), meta_bytes(meta));
         self.data.apply_batch(batch)?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Changes of one property after `after`, in order, at most `limit`.
-    pub fn history(
+    fn history(
         &self,
         gateway: &str,
         device: &str,
@@ -268,8 +277,7 @@ impl CloudStore {
         Ok(out)
     }
 
-    /// Devices of `gateway` that reported anything or have desired state.
-    pub fn devices(&self, gateway: &str) -> Result<Vec<String>> {
+    fn devices(&self, gateway: &str) -> Result<Vec<String>> {
         let mut out = std::collections::BTreeSet::new();
         for (tree, tag) in [(&self.data, b'r'), (&self.twin, b'd')] {
             let prefix = key(tag, &[gateway]);
@@ -283,8 +291,7 @@ impl CloudStore {
         Ok(out.into_iter().collect())
     }
 
-    /// The twin of one device.
-    pub fn twin(&self, gateway: &str, device: &str) -> Result<Twin> {
+    fn twin(&self, gateway: &str, device: &str) -> Result<Twin> {
         let mut twin = Twin::default();
         let prefix = key(b'r', &[gateway, device]);
         for item in self.data.scan_prefix(&prefix) {
@@ -300,7 +307,8 @@ impl CloudStore {
             let (property, _) = next_name(&k[prefix.len()..]).ok_or_else(|| corrupt("key"))?;
             let version = u64_at(&v, 0).ok_or_else(|| corrupt("desired"))?;
             let value = Value::decode(&v[8..]).ok_or_else(|| corrupt("desired"))?;
-            twin.desired.insert(property, Desired { version, value });
+            twin.desired
+                .insert(property, super::Desired { version, value });
         }
         if let Some(bytes) = self.twin.get(key(b'x', &[gateway, device]))? {
             twin.last_report =
@@ -309,9 +317,7 @@ impl CloudStore {
         Ok(twin)
     }
 
-    /// Records a desired patch for one device: the next version of its
-    /// gateway, durably. Returns the patch to send.
-    pub fn put_desired(
+    fn put_desired(
         &self,
         gateway: &str,
         device: &str,
@@ -347,8 +353,7 @@ impl CloudStore {
         Ok(patch)
     }
 
-    /// Patches of `gateway` after `version`, in order.
-    pub fn patches_after(&self, gateway: &str, version: u64) -> Result<Vec<DesiredPatch>> {
+    fn patches_after(&self, gateway: &str, version: u64) -> Result<Vec<DesiredPatch>> {
         let prefix = key(b'p', &[gateway]);
         let mut start = prefix.clone();
         start.extend_from_slice(&version.saturating_add(1).to_be_bytes());
@@ -363,26 +368,15 @@ impl CloudStore {
         Ok(out)
     }
 
-    /// The last desired version `gateway` applied, as it said.
-    pub fn applied_version(&self, gateway: &str) -> Result<u64> {
-        Ok(self
-            .twin
-            .get(key(b'a', &[gateway]))?
-            .and_then(|v| u64_at(&v, 0))
-            .unwrap_or(0))
+    fn applied_version(&self, gateway: &str) -> Result<u64> {
+        self.version(b'a', gateway)
     }
 
-    /// The last desired version handed out for `gateway`.
-    pub fn desired_version(&self, gateway: &str) -> Result<u64> {
-        Ok(self
-            .twin
-            .get(key(b'v', &[gateway]))?
-            .and_then(|v| u64_at(&v, 0))
-            .unwrap_or(0))
+    fn desired_version(&self, gateway: &str) -> Result<u64> {
+        self.version(b'v', gateway)
     }
 
-    /// `gateway` has applied everything up to `version`.
-    pub fn set_applied_version(&self, gateway: &str, version: u64) -> Result<()> {
+    fn set_applied_version(&self, gateway: &str, version: u64) -> Result<()> {
         if version > self.applied_version(gateway)? {
             self.twin
                 .insert(key(b'a', &[gateway]), &version.to_be_bytes())?;
@@ -391,8 +385,7 @@ impl CloudStore {
         Ok(())
     }
 
-    /// Keeps the gateway's report on a patch.
-    pub fn record_report(&self, gateway: &str, report: &Reported) -> Result<()> {
+    fn record_report(&self, gateway: &str, report: &Reported) -> Result<()> {
         self.twin.insert(
             key(b'x', &[gateway, &report.device]),
             report.encode_to_vec(),
@@ -401,16 +394,8 @@ impl CloudStore {
         self.db.flush()?;
         Ok(())
     }
-}
 
-impl CloudStore {
-    /// Records `documents` as `gateway`'s configuration, the next bundle
-    /// version, durably. Returns the bundle to send.
-    pub fn put_bundle(
-        &self,
-        gateway: &str,
-        documents: Vec<ConfigDocument>,
-    ) -> Result<ConfigBundle> {
+    fn put_bundle(&self, gateway: &str, documents: Vec<ConfigDocument>) -> Result<ConfigBundle> {
         let version = self.bundle(gateway)?.map_or(0, |b| b.version) + 1;
         let bundle = ConfigBundle { version, documents };
         self.twin
@@ -419,16 +404,14 @@ impl CloudStore {
         Ok(bundle)
     }
 
-    /// `gateway`'s newest bundle, if one was ever put.
-    pub fn bundle(&self, gateway: &str) -> Result<Option<ConfigBundle>> {
+    fn bundle(&self, gateway: &str) -> Result<Option<ConfigBundle>> {
         self.twin
             .get(key(b'c', &[gateway]))?
             .map(|v| ConfigBundle::decode(v.as_ref()).map_err(|e| corrupt(&e.to_string())))
             .transpose()
     }
 
-    /// Keeps the gateway's report on a bundle (the newest wins).
-    pub fn record_config_report(&self, gateway: &str, report: &ConfigReport) -> Result<()> {
+    fn record_config_report(&self, gateway: &str, report: &ConfigReport) -> Result<()> {
         if self
             .config_report(gateway)?
             .is_some_and(|r| r.version > report.version)
@@ -441,22 +424,44 @@ impl CloudStore {
         Ok(())
     }
 
-    /// The gateway's newest report on a bundle.
-    pub fn config_report(&self, gateway: &str) -> Result<Option<ConfigReport>> {
+    fn config_report(&self, gateway: &str) -> Result<Option<ConfigReport>> {
         self.twin
             .get(key(b'k', &[gateway]))?
             .map(|v| ConfigReport::decode(v.as_ref()).map_err(|e| corrupt(&e.to_string())))
             .transpose()
     }
-}
 
-fn corrupt(what: &str) -> CloudStoreError {
-    CloudStoreError::Corrupt(what.to_string())
+    fn put_rollout(&self, rollout: &serde_json::Value) -> Result<u64> {
+        let id = self.db.generate_id()? + 1;
+        self.rollouts
+            .insert(id.to_be_bytes(), json_body(rollout, "rollout")?)?;
+        self.db.flush()?;
+        Ok(id)
+    }
+
+    fn rollout(&self, id: u64) -> Result<Option<serde_json::Value>> {
+        self.rollouts
+            .get(id.to_be_bytes())?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| corrupt(&format!("rollout: {e}"))))
+            .transpose()
+    }
+
+    fn rollouts(&self, limit: usize) -> Result<Vec<(u64, serde_json::Value)>> {
+        let mut out = Vec::new();
+        for item in self.rollouts.iter().rev().take(limit) {
+            let (k, v) = item?;
+            let id = u64_at(&k, 0).ok_or_else(|| corrupt("rollout key"))?;
+            let body = serde_json::from_slice(&v).map_err(|e| corrupt(&format!("rollout: {e}")))?;
+            out.push((id, body));
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delta::Change;
 
     fn change(device: &str, n: i64) -> Change {
         Change {
@@ -470,19 +475,36 @@ mod tests {
     #[test]
     fn batches_apply_whole_and_history_reads_back_in_order() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| corrupt(&e.to_string()))?;
-        let store = CloudStore::open(dir.path())?;
+        let store = SledStore::open(dir.path())?;
         store.know("gw")?;
-        store.apply(
-            "gw",
-            1,
-            &[change("a", 1), change("a", 2), change("b", 3)],
-            3,
-            0,
-        )?;
-        store.apply("gw", 4, &[change("a", 4)], 4, 2)?;
-        assert_eq!(store.gateways()?.get("gw"), Some(&(4, 2)));
+        let batch =
+            |continues_after, first_seq, changes: &'static [Change], last_change, dropped| {
+                NewChanges {
+                    gateway: "gw",
+                    continues_after,
+                    first_seq,
+                    changes,
+                    last_change,
+                    dropped,
+                    outbox_last: last_change,
+                }
+            };
+        let first = [change("a", 1), change("a", 2), change("b", 3)];
+        let first: &'static [Change] = Box::leak(Box::new(first));
+        let second: &'static [Change] = Box::leak(Box::new([change("a", 4)]));
+        store.apply(batch(0, 1, first, 3, 0))?;
+        assert!(
+            matches!(
+                store.apply(batch(0, 1, first, 3, 0)),
+                Err(CloudStoreError::Conflict { last_change: 3 })
+            ),
+            "a batch that does not continue the store is refused"
+        );
+        store.apply(batch(3, 6, second, 6, 2))?;
+        let gw = store.gateway("gw")?.ok_or_else(|| corrupt("gw"))?;
+        assert_eq!((gw.last_change, gw.lost_at_edge), (6, 2));
         let h = store.history("gw", "a", "t", 0, 100)?;
-        assert_eq!(h.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 2, 4]);
+        assert_eq!(h.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 2, 6]);
         assert_eq!(store.history("gw", "a", "t", 2, 100)?.len(), 1);
         assert_eq!(
             store.twin("gw", "a")?.reported["t"].value,
@@ -497,7 +519,7 @@ mod tests {
     #[test]
     fn bundles_are_numbered_per_gateway_and_the_newest_report_stays() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| corrupt(&e.to_string()))?;
-        let store = CloudStore::open(dir.path())?;
+        let store = SledStore::open(dir.path())?;
         assert_eq!(store.bundle("gw")?, None);
         let doc = ConfigDocument {
             kind: "device".into(),
@@ -526,7 +548,7 @@ mod tests {
     #[test]
     fn desired_patches_are_numbered_per_gateway_and_replayed_in_order() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| corrupt(&e.to_string()))?;
-        let store = CloudStore::open(dir.path())?;
+        let store = SledStore::open(dir.path())?;
         let one = BTreeMap::from([("sp".to_string(), Value::Float(40.0))]);
         assert_eq!(store.put_desired("gw", "boiler", &one)?.version, 1);
         assert_eq!(store.put_desired("gw", "pump", &one)?.version, 2);
