@@ -268,6 +268,7 @@ pub async fn run(
         patches,
         bundles: bundle_tx,
         sent_high: 0,
+        resubscribe_at: None,
     };
     connection.drive(eventloop, twin_rx, shutdown).await;
     twin.abort();
@@ -287,6 +288,9 @@ struct Connection {
     /// The highest change sequence this process has sent: no Ack can
     /// rightly go past it.
     sent_high: u64,
+    /// The broker refused a subscription (a cluster busy electing, say):
+    /// when to ask again.
+    resubscribe_at: Option<Instant>,
 }
 
 /// One epoch: from a Hello to the next.
@@ -361,6 +365,10 @@ impl Connection {
                     }
                 },
                 _ = tick.tick() => {
+                    if self.resubscribe_at.is_some_and(|at| at <= Instant::now()) {
+                        self.resubscribe_at = None;
+                        self.subscribe();
+                    }
                     self.check_timeouts();
                     self.pump(false);
                 }
@@ -394,20 +402,39 @@ impl Connection {
             Event::Incoming(Packet::ConnAck(_)) => {
                 self.status.connected.store(true, Ordering::Relaxed);
                 tracing::info!("the uplink is connected to {}", self.config.link.broker);
-                let gateway = &self.config.gateway;
-                for filter in [topics::all_down(gateway), topics::CLOUD_STATUS.to_string()] {
-                    if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
-                        tracing::warn!("the uplink cannot subscribe: {e}");
-                    }
-                }
-                let topic = topics::up(gateway, Up::Status);
+                self.resubscribe_at = None;
+                self.subscribe();
+                let topic = topics::up(&self.config.gateway, Up::Status);
                 self.publish(topic, b"online".to_vec(), true);
                 self.hello();
             }
             Event::Incoming(Packet::Publish(publish)) => {
                 self.on_publish(&publish.topic, &publish.payload);
             }
+            Event::Incoming(Packet::SubAck(ack))
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+            {
+                // Without its subscriptions the uplink hears no Resume and
+                // no Ack: ask again shortly (subscribing twice is harmless).
+                tracing::warn!("the broker refused the uplink's subscription; asking again in 1 s");
+                self.status
+                    .error("the broker refused a subscription".to_string());
+                self.resubscribe_at = Some(Instant::now() + Duration::from_secs(1));
+            }
             _ => {}
+        }
+    }
+
+    /// Subscribes to the gateway's downward topics and the cloud's status.
+    fn subscribe(&self) {
+        let gateway = &self.config.gateway;
+        for filter in [topics::all_down(gateway), topics::CLOUD_STATUS.to_string()] {
+            if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                tracing::warn!("the uplink cannot subscribe: {e}");
+            }
         }
     }
 
@@ -744,6 +771,7 @@ mod tests {
             patches,
             bundles,
             sent_high: 0,
+            resubscribe_at: None,
         }
     }
 

@@ -263,7 +263,6 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
     // Who else is alive, before the first message is taken.
     let (me, first) = (replicas.me().to_string(), store.clone());
     replicas.set_live(plane::blocking(move || first.replicas(&me)).await?);
-    replicas.spawn_heartbeat(store.clone());
     let guard_stats = Arc::new(guard::GuardStats::default());
     // The control plane's own client id: unguessable, so that no one can
     // take its session over.
@@ -299,7 +298,14 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
     };
     let (client, eventloop) = AsyncClient::new(options, 1024);
     let engine = store.engine();
-    let shared = plane::start(store, replicas.clone(), client, eventloop, guard_stats);
+    let shared = plane::start(
+        store.clone(),
+        replicas.clone(),
+        client,
+        eventloop,
+        guard_stats,
+    );
+    replicas.spawn_heartbeat(store, shared.broker_connected.clone());
     let app = api::router(shared.clone(), tokens);
     // The gateway's accept loop: HTTPS, a connection cap, header timeouts.
     let options = crate::serve::ServeOptions {

@@ -80,6 +80,9 @@ pub struct Shared {
     pub metrics: super::metrics::CloudMetrics,
     /// What the embedded broker's guard refused.
     pub guard: Arc<super::guard::GuardStats>,
+    /// This replica's broker connection is up (a replica cut off from its
+    /// broker stops saying it is alive, so the others take its gateways).
+    pub broker_connected: Arc<std::sync::atomic::AtomicBool>,
     presence: Mutex<HashMap<String, Presence>>,
 }
 
@@ -170,6 +173,7 @@ pub fn start(
         stats: Stats::default(),
         metrics: super::metrics::CloudMetrics::default(),
         guard,
+        broker_connected: Arc::default(),
         presence: Mutex::new(HashMap::new()),
     });
     let workers: Vec<_> = (0..WORKERS)
@@ -204,6 +208,7 @@ async fn poll(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
+                shared.broker_connected.store(true, Ordering::Relaxed);
                 tracing::info!("the control plane is connected to its broker");
                 let _ = client.try_subscribe(topics::ALL_UP, QoS::AtLeastOnce);
                 let _ = client.try_publish(
@@ -235,8 +240,25 @@ async fn poll(
                     return;
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(ack)))
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+            {
+                // Without it, nothing arrives: ask again shortly.
+                tracing::warn!(
+                    "the broker refused the control plane's subscription; asking again in 1 s"
+                );
+                let client = client.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = client.try_subscribe(topics::ALL_UP, QoS::AtLeastOnce);
+                });
+            }
             Ok(_) => {}
             Err(e) => {
+                shared.broker_connected.store(false, Ordering::Relaxed);
                 tracing::warn!("the control plane's broker connection failed: {e}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -108,9 +108,15 @@ impl Replicas {
         }
     }
 
-    /// Stamps this replica alive in `store` every [`HEARTBEAT`] and keeps
-    /// the view of the others, until the process ends.
-    pub fn spawn_heartbeat(self: &Arc<Self>, store: Arc<dyn Store>) {
+    /// Stamps this replica alive in `store` every [`HEARTBEAT`] while
+    /// `serving` (its broker connection is up), and keeps the view of the
+    /// others, until the process ends. A replica cut off from its broker
+    /// goes silent, so that the others take its gateways.
+    pub fn spawn_heartbeat(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        serving: Arc<std::sync::atomic::AtomicBool>,
+    ) {
         let replicas = self.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(HEARTBEAT);
@@ -118,6 +124,9 @@ impl Replicas {
             let mut failing = false;
             loop {
                 every.tick().await;
+                if !serving.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue;
+                }
                 let (store, me) = (store.clone(), replicas.me.clone());
                 match blocking(move || store.replicas(&me)).await {
                     Ok(live) => {
