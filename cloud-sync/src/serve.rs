@@ -236,3 +236,22 @@ fn unauthorized(realm: &str, message: &str, invalid: bool) -> Response {
     }
     response
 }
+
+/// A file of an embedded page (a dashboard), with headers that keep the
+/// page to its own origin: `policy` as its Content-Security-Policy, no
+/// caching, no sniffing.
+pub fn embedded_file(
+    content_type: &'static str,
+    policy: &'static str,
+    body: &'static str,
+) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, policy),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+}

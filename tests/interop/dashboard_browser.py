@@ -7,7 +7,10 @@ chromium and chromium-driver, driven by Selenium from PyPI), against
 - the dashboard at / shows every demo device online, its values change
   live, sparklines draw, a write through the form reaches the device, a
   value outside the model's limits is stopped by the form, and the page
-  fetches nothing from anywhere but the gateway and logs no error.
+  fetches nothing from anywhere but the gateway and logs no error;
+- the control plane's fleet page (the demo's ferrite-cloud) lists the
+  gateway online with its backlog, shows its twin, a rollout to a label's
+  group with the gateway's state, and filters by label.
 
 Usage: dashboard_browser.py FERRITE [--chromium PATH] [--driver PATH]
 The demo's fixed ports (1883, 1884, 8090) must be free.
@@ -99,6 +102,51 @@ def token_phase(driver, ferrite, checks):
         checks.check("and its live stream is open (the token in a header)", live, driver.find_element(By.ID, "live").text)
     finally:
         stop_ferrite(gateway, checks)
+
+
+def fleet_phase(driver, checks):
+    """The control plane's fleet page (the demo's ferrite-cloud on 8090)."""
+    cloud = "http://127.0.0.1:8090"
+    status, doc = http("GET", f"{cloud}/api/v1/openapi.json")
+    try:
+        validate(doc)
+        paths = len(doc["paths"])
+        checks.check(f"the control plane's openapi.json validates ({paths} paths)", status == 200 and paths >= 13)
+    except Exception as e:  # noqa: BLE001
+        checks.check("the control plane's openapi.json validates", False, e)
+    driver.get(f"{cloud}/")
+    row = lambda: driver.find_element(By.CSS_SELECTOR, 'tr[data-gateway="demo"]')  # noqa: E731
+    online = until(lambda: "online" in row().text, 20)
+    checks.check("the fleet page lists the demo gateway, online", online, safe(lambda: row().text))
+    status, fleet = http("GET", f"{cloud}/api/v1/fleet")
+    backlog = fleet["gateways"][0]["backlog"] if status == 200 and fleet["gateways"] else None
+    checks.check("with its backlog, as the API has it", backlog is not None and
+                 until(lambda: row().find_element(By.CLASS_NAME, "backlog").text.isdigit(), 5), (backlog, safe(lambda: row().text)))
+    row().click()
+    twin = until(lambda: driver.find_elements(By.CSS_SELECTOR, '#twin-devices table[data-device="boiler-1"] td.reported'), 20)
+    checks.check("a click shows the gateway's twin, with reported values", twin, safe(lambda: driver.find_element(By.ID, "twin").text))
+    status, body = http("PUT", f"{cloud}/api/v1/gateways/demo/labels", {"site": "demo-plant"})
+    checks.check("labels are set through the API", status == 200, body)
+    status, body = http("POST", f"{cloud}/api/v1/rollouts",
+                        {"selector": {"site": "demo-plant"},
+                         "desired": {"device": "boiler-1", "properties": {"setpoint": 61.5}}})
+    checks.check("a rollout to the label's group starts", status == 202 and body["gateways"] == 1, body)
+    rollout = body.get("id") if status == 202 else None
+    item = lambda: driver.find_element(By.CSS_SELECTOR, f'#rollouts li[data-rollout="{rollout}"]')  # noqa: E731
+    checks.check("the page lists the rollout", until(lambda: item().text, 10), safe(lambda: driver.find_element(By.ID, "rollouts").text))
+    item().click()
+    state = lambda: driver.find_element(By.CSS_SELECTOR, '#rollout-gateways tr[data-gateway="demo"] td.state').text  # noqa: E731
+    checks.check("and shows the gateway applied it", until(lambda: state() == "applied", 20), safe(state))
+    labels = until(lambda: "site=demo-plant" in row().text, 10)
+    checks.check("the gateway's row shows its label", labels, safe(lambda: row().text))
+    driver.find_element(By.ID, "filter").send_keys("site=elsewhere\n")
+    gone = until(lambda: not driver.find_elements(By.CSS_SELECTOR, 'tr[data-gateway="demo"]'), 10)
+    checks.check("a label filter that matches nothing empties the list", gone, "")
+    resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    foreign = [r for r in resources if not r.startswith(cloud)]
+    checks.check("the fleet page fetched nothing from elsewhere", resources and not foreign, foreign)
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    checks.check("and logged no error", not errors, errors)
 
 
 def main():
@@ -224,6 +272,7 @@ def main():
         checks.check("the dashboard drops it", until(lambda: cards() == DEMO_DEVICES, 20), safe(cards))
         checks.check("and shows every other device online again", until(lambda: online() == DEMO_DEVICES, 20), safe(online))
 
+        fleet_phase(driver, checks)
         token_phase(driver, args.ferrite, checks)
     finally:
         if driver is not None:

@@ -33,6 +33,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
 use super::fleet;
+use super::openapi::ErrorBody;
 use super::plane::{Shared, blocking};
 use super::store::Stored;
 use super::tokens::{Principal, Tokens};
@@ -120,6 +121,11 @@ pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
         .with_state(shared);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { Json(super::openapi::document()) }),
+        )
+        .merge(super::page::routes())
         .merge(api)
 }
 
@@ -146,6 +152,7 @@ struct AuditQuery {
 }
 
 /// The newest audit entries (default 100, at most 10 000), oldest first.
+#[utoipa::path(get, operation_id = "audit", path = "/api/v1/audit", tag = "control plane", params(("limit" = Option<usize>, Query, description = "Newest entries (default 100)")), responses((status = 200, description = "Who changed what", body = Object), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 async fn audit(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
@@ -171,6 +178,7 @@ pub(crate) fn rfc3339_ms(ms: i64) -> String {
     )
 }
 
+#[utoipa::path(get, operation_id = "gateways", path = "/api/v1/gateways", tag = "control plane", responses((status = 200, description = "Every gateway known", body = Vec<Object>), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 async fn gateways(State(shared): State<Arc<Shared>>) -> ApiResult {
     let store = shared.store.clone();
     let known = blocking(move || store.gateways()).await?;
@@ -195,6 +203,7 @@ pub(crate) async fn known(shared: &Arc<Shared>, gateway: &str) -> Result<(), Api
     }
 }
 
+#[utoipa::path(get, operation_id = "devices", path = "/api/v1/gateways/{gw}/devices", tag = "control plane", params(("gw" = String, Path, description = "Gateway id")), responses((status = 200, description = "Devices with a twin", body = Vec<String>), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 async fn devices(State(shared): State<Arc<Shared>>, Path(gw): Path<String>) -> ApiResult {
     known(&shared, &gw).await?;
     let store = shared.store.clone();
@@ -206,6 +215,7 @@ fn stored_json(s: &Stored) -> Json_ {
     json!({"value": s.value, "ts": rfc3339_ms(s.ts_ms), "seq": s.seq})
 }
 
+#[utoipa::path(get, operation_id = "twin", path = "/api/v1/gateways/{gw}/devices/{dev}", tag = "control plane", params(("gw" = String, Path, description = "Gateway id"), ("dev" = String, Path, description = "Device name")), responses((status = 200, description = "The device twin", body = Object), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 async fn twin(
     State(shared): State<Arc<Shared>>,
     Path((gw, dev)): Path<(String, String)>,
@@ -252,6 +262,7 @@ async fn twin(
     })))
 }
 
+#[utoipa::path(put, operation_id = "putDesired", path = "/api/v1/gateways/{gw}/devices/{dev}/desired", tag = "control plane", params(("gw" = String, Path, description = "Gateway id"), ("dev" = String, Path, description = "Device name")), request_body(content = Object, description = "{PROPERTY: VALUE}"), responses((status = 202, description = "Stored and sent", body = Object), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 async fn desired(
     State(shared): State<Arc<Shared>>,
     Path((gw, dev)): Path<(String, String)>,
@@ -394,6 +405,7 @@ pub(crate) fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiEr
 /// gateway that is offline, or has not connected yet, gets it at its next
 /// Hello. The gateway checks the whole set and reports `applied` or
 /// `rejected` with every problem (see `GET`).
+#[utoipa::path(put, operation_id = "putConfig", path = "/api/v1/gateways/{gw}/config", tag = "control plane", params(("gw" = String, Path, description = "Gateway id")), request_body(content = Object, description = "{models, devices, rules}"), responses((status = 202, description = "Stored and sent", body = Object), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 async fn put_config(
     State(shared): State<Arc<Shared>>,
     Path(gw): Path<String>,
@@ -439,6 +451,7 @@ async fn put_config(
 }
 
 /// The configuration sent to a gateway, and what became of it.
+#[utoipa::path(get, operation_id = "getConfig", path = "/api/v1/gateways/{gw}/config", tag = "control plane", params(("gw" = String, Path, description = "Gateway id")), responses((status = 200, description = "The bundle and its state", body = Object), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 async fn get_config(State(shared): State<Arc<Shared>>, Path(gw): Path<String>) -> ApiResult {
     let store = shared.store.clone();
     let g = gw.clone();
@@ -489,6 +502,7 @@ struct HistoryQuery {
 /// At most this many changes per page.
 const MAX_PAGE: usize = 100_000;
 
+#[utoipa::path(get, operation_id = "history", path = "/api/v1/gateways/{gw}/devices/{dev}/properties/{p}/history", tag = "control plane", params(("gw" = String, Path, description = "Gateway id"), ("dev" = String, Path, description = "Device name"), ("p" = String, Path, description = "Property"), ("after" = Option<u64>, Query, description = "After this seq"), ("limit" = Option<usize>, Query, description = "At most (default 10 000)")), responses((status = 200, description = "Changes in order", body = Vec<Object>), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 async fn history(
     State(shared): State<Arc<Shared>>,
     Path((gw, dev, prop)): Path<(String, String, String)>,
@@ -504,6 +518,7 @@ async fn history(
     Ok(Json(Json_::Array(rows.iter().map(stored_json).collect())))
 }
 
+#[utoipa::path(get, operation_id = "stats", path = "/api/v1/stats", tag = "control plane", responses((status = 200, description = "Counters since start", body = Object), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<Json_> {
     let s = &shared.stats;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);

@@ -33,6 +33,7 @@ use serde_json::{Value as Json_, json};
 use super::api::{
     ApiError, ApiResult, audited, bad_body, known, properties_of, rfc3339, rfc3339_ms,
 };
+use super::openapi::ErrorBody;
 use super::plane::{Shared, blocking};
 use super::store::GatewayRecord;
 use super::tokens::Principal;
@@ -96,6 +97,7 @@ pub(crate) struct FleetQuery {
 }
 
 /// The fleet, a page at a time, with a summary of the whole selection.
+#[utoipa::path(get, operation_id = "fleet", path = "/api/v1/fleet", tag = "fleet", params(("label" = Option<String>, Query, description = "K=V,K2=V2"), ("connected" = Option<bool>, Query, description = "Only (dis)connected"), ("after" = Option<String>, Query, description = "The page after this id"), ("limit" = Option<usize>, Query, description = "Per page (default 100)")), responses((status = 200, description = "A page of gateways and a summary", body = Object), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 pub(crate) async fn fleet(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<FleetQuery>, QueryRejection>,
@@ -157,6 +159,7 @@ pub(crate) async fn fleet(
 }
 
 /// Sets a gateway's labels (all of them).
+#[utoipa::path(put, operation_id = "putLabels", path = "/api/v1/gateways/{gw}/labels", tag = "fleet", params(("gw" = String, Path, description = "Gateway id")), request_body(content = Object, description = "{KEY: VALUE}"), responses((status = 200, description = "The labels", body = Object), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 pub(crate) async fn put_labels(
     State(shared): State<Arc<Shared>>,
     Path(gw): Path<String>,
@@ -204,6 +207,7 @@ fn labels_of(body: Json_) -> Result<BTreeMap<String, String>, ApiError> {
 
 /// Starts a rollout: a desired patch or a config bundle to every gateway
 /// the selector matches.
+#[utoipa::path(post, operation_id = "postRollout", path = "/api/v1/rollouts", tag = "fleet", request_body(content = Object, description = "{selector, desired | config}"), responses((status = 202, description = "Sent", body = Object), (status = 422, description = "The selector matches no gateway", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 pub(crate) async fn post_rollout(
     State(shared): State<Arc<Shared>>,
     principal: Option<Extension<Principal>>,
@@ -316,6 +320,7 @@ pub(crate) async fn post_rollout(
 }
 
 /// Rollouts, newest first (`limit`, default 20), with their summaries.
+#[utoipa::path(get, operation_id = "rollouts", path = "/api/v1/rollouts", tag = "fleet", params(("limit" = Option<usize>, Query, description = "Newest (default 20)")), responses((status = 200, description = "Rollouts with summaries", body = Object), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 pub(crate) async fn rollouts(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<BTreeMap<String, usize>>, QueryRejection>,
@@ -336,6 +341,7 @@ pub(crate) async fn rollouts(
 }
 
 /// One rollout, per gateway.
+#[utoipa::path(get, operation_id = "rollout", path = "/api/v1/rollouts/{id}", tag = "fleet", params(("id" = u64, Path, description = "Rollout id")), responses((status = 200, description = "Per gateway", body = Object), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 pub(crate) async fn rollout(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> ApiResult {
     let store = shared.store.clone();
     let Some(record) = blocking(move || store.rollout(id)).await? else {
@@ -429,6 +435,7 @@ async fn rollout_state(shared: &Arc<Shared>, id: u64, record: Json_) -> Result<J
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "fleet", responses((status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
 pub(crate) async fn metrics(
     State(shared): State<Arc<Shared>>,
 ) -> Result<impl IntoResponse, ApiError> {

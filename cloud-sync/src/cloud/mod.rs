@@ -10,7 +10,9 @@
 //!   workers in parallel across gateways, in order within one.
 //! - [`replicas`]: which replica applies which gateway (rendezvous hashing
 //!   over the replicas alive, from their heartbeats in the store).
-//! - [`metrics`]: `GET /metrics`.
+//! - [`fleet`]: fleet status, labels and rollouts in the API; [`metrics`]:
+//!   `GET /metrics`; [`page`]: the fleet page at `/`; [`openapi`]: the
+//!   API's OpenAPI document.
 //! - [`api`]: the REST API, behind [`tokens`] (bearer tokens with roles).
 //! - [`gateways`]: the gateways enrolled in `[[gateways]]`, who alone may
 //!   log in to the embedded broker; [`guard`]: the listener in front of
@@ -25,6 +27,8 @@ pub mod fleet;
 pub mod gateways;
 pub mod guard;
 pub mod metrics;
+pub mod openapi;
+pub mod page;
 pub mod plane;
 pub mod replicas;
 pub mod store;

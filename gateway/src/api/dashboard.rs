@@ -11,7 +11,6 @@
 //! a token and keeps it for the browser tab only.
 
 use axum::Router;
-use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -25,15 +24,7 @@ const STYLE: &str = include_str!("dashboard/style.css");
 const POLICY: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, POLICY),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        body,
-    )
+    ferrite_sync::serve::embedded_file(content_type, POLICY, body)
 }
 
 /// The dashboard's three files.

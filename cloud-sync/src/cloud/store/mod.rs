@@ -242,10 +242,10 @@ pub async fn open_sled(dir: &std::path::Path) -> Result<Arc<dyn Store>> {
 
 /// The latest change of each property among `changes` (the last one of
 /// each, in order), with its sequence.
-pub(crate) fn latest_per_property<'a>(
+pub(crate) fn latest_per_property(
     first_seq: u64,
-    changes: &'a [Change],
-) -> BTreeMap<(&'a str, &'a str), (u64, &'a Change)> {
+    changes: &[Change],
+) -> BTreeMap<(&str, &str), (u64, &Change)> {
     let mut out = BTreeMap::new();
     for (i, change) in changes.iter().enumerate() {
         let seq = first_seq + i as u64;
