@@ -7,7 +7,8 @@
 //! FERRITE_BENCH_POSTGRES=postgres://ferrite:ferrite@127.0.0.1/postgres \
 //! FERRITE_BENCH_MOSQUITTO=/usr/sbin/mosquitto \
 //!   cargo bench -p ferrite-sim --bench fleet_ingest
-//! # GATEWAYS=1000 RATE=200 SECONDS=20 BACKLOG_MINUTES=10 IDLE_SECONDS=10 ...
+//! # GATEWAYS=1000 RATE=200 SECONDS=20 BACKLOG_MINUTES=10 IDLE_SECONDS=10
+//! # ONLY="PostgreSQL, 1" INGEST_ONLY=1 ...
 //! ```
 //!
 //! Runs, each on a fresh store:
@@ -369,12 +370,19 @@ async fn main() {
         "fleet_ingest: {gateways} simulated gateways (1 s batches), {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    // ONLY=PostgreSQL runs only the setups whose name holds it;
+    // INGEST_ONLY=1 skips catch-up and footprint.
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let ingest_only = env("INGEST_ONLY", 0) == 1;
     let tag = std::process::id().to_string();
     for (i, make) in setups(&tag).into_iter().enumerate() {
         let setup = make();
+        if !setup.name.contains(&only) {
+            continue;
+        }
         println!("{}:", setup.name);
         ingest(&setup, gateways, rate, seconds).await;
-        if i < 2 {
+        if i < 2 && !ingest_only {
             drop(setup);
             let setup = make();
             catch_up(&setup, gateways, minutes).await;

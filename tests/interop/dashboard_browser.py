@@ -115,7 +115,7 @@ def fleet_phase(driver, checks):
     except Exception as e:  # noqa: BLE001
         checks.check("the control plane's openapi.json validates", False, e)
     driver.get(f"{cloud}/")
-    row = lambda: driver.find_element(By.CSS_SELECTOR, 'tr[data-gateway="demo"]')  # noqa: E731
+    row = lambda: driver.find_element(By.CSS_SELECTOR, '#gateways tr[data-gateway="demo"]')  # noqa: E731
     online = until(lambda: "online" in row().text, 20)
     checks.check("the fleet page lists the demo gateway, online", online, safe(lambda: row().text))
     status, fleet = http("GET", f"{cloud}/api/v1/fleet")
@@ -140,7 +140,7 @@ def fleet_phase(driver, checks):
     labels = until(lambda: "site=demo-plant" in row().text, 10)
     checks.check("the gateway's row shows its label", labels, safe(lambda: row().text))
     driver.find_element(By.ID, "filter").send_keys("site=elsewhere\n")
-    gone = until(lambda: not driver.find_elements(By.CSS_SELECTOR, 'tr[data-gateway="demo"]'), 10)
+    gone = until(lambda: not driver.find_elements(By.CSS_SELECTOR, '#gateways tr[data-gateway="demo"]'), 10)
     checks.check("a label filter that matches nothing empties the list", gone, "")
     resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     foreign = [r for r in resources if not r.startswith(cloud)]

@@ -14,7 +14,7 @@ const SCRIPT: &str = include_str!("page/app.js");
 const STYLE: &str = include_str!("page/style.css");
 
 /// Nothing but this origin: no CDN, no inline script.
-const POLICY: &str = "default-src 'self'; frame-ancestors 'none'";
+const POLICY: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     crate::serve::embedded_file(content_type, POLICY, body)

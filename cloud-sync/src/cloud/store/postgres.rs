@@ -50,6 +50,21 @@ const AUDIT_KEPT: i64 = 10_000;
 /// Series ids cached, at most (then the cache starts again).
 const SERIES_CACHED: usize = 1_000_000;
 
+/// A batch's compare and set: the gateway's history moves from where the
+/// batch continues to its end, or nothing happens.
+const MOVE_LAST_CHANGE: &str = "UPDATE gateways SET last_change = $2, \
+     lost_at_edge = lost_at_edge + $3, outbox_last = GREATEST(outbox_last, $4), \
+     last_applied = now() WHERE id = $1 AND last_change = $5";
+
+/// A batch's changes.
+const COPY_HISTORY: &str = "COPY history (series_id, seq, ts, num, raw) FROM STDIN BINARY";
+
+/// The latest value per property, never moving back.
+const UPSERT_REPORTED: &str = "INSERT INTO reported (series_id, seq, ts, num, raw) \
+     SELECT * FROM unnest($1::int4[], $2::int8[], $3::timestamptz[], $4::float8[], $5::bytea[]) \
+     ON CONFLICT (series_id) DO UPDATE SET seq = EXCLUDED.seq, ts = EXCLUDED.ts, \
+     num = EXCLUDED.num, raw = EXCLUDED.raw WHERE reported.seq < EXCLUDED.seq";
+
 /// A replica whose heartbeat is older than this is gone.
 pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -497,11 +512,13 @@ impl Store for PgStore {
             let mut client = self.pool.get().await?;
             let ids = self.series_ids(&**client, new.gateway, new.changes).await?;
             let tx = client.transaction().await?;
+            // Prepared once per connection: one round trip each below.
+            let update = tx.prepare_cached(MOVE_LAST_CHANGE).await?;
+            let copy = tx.prepare_cached(COPY_HISTORY).await?;
+            let upsert = tx.prepare_cached(UPSERT_REPORTED).await?;
             let moved = tx
                 .execute(
-                    "UPDATE gateways SET last_change = $2, lost_at_edge = lost_at_edge + $3, \
-                     outbox_last = GREATEST(outbox_last, $4), last_applied = now() \
-                     WHERE id = $1 AND last_change = $5",
+                    &update,
                     &[
                         &new.gateway,
                         &seq(new.last_change),
@@ -531,9 +548,7 @@ impl Store for PgStore {
                     .ok_or_else(|| corrupt("a series without an id"))
             };
             if !new.changes.is_empty() {
-                let sink = tx
-                    .copy_in("COPY history (series_id, seq, ts, num, raw) FROM STDIN BINARY")
-                    .await?;
+                let sink = tx.copy_in(&copy).await?;
                 let writer = BinaryCopyInWriter::new(
                     sink,
                     &[
@@ -568,11 +583,7 @@ impl Store for PgStore {
                     columns.4.push(raw(&change.value));
                 }
                 tx.execute(
-                    "INSERT INTO reported (series_id, seq, ts, num, raw) \
-                     SELECT * FROM unnest($1::int4[], $2::int8[], $3::timestamptz[], \
-                     $4::float8[], $5::bytea[]) \
-                     ON CONFLICT (series_id) DO UPDATE SET seq = EXCLUDED.seq, ts = EXCLUDED.ts, \
-                     num = EXCLUDED.num, raw = EXCLUDED.raw WHERE reported.seq < EXCLUDED.seq",
+                    &upsert,
                     &[&columns.0, &columns.1, &columns.2, &columns.3, &columns.4],
                 )
                 .await?;
