@@ -156,7 +156,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// Worker tasks applying batches, each for its share of the gateways.
-pub const WORKERS: usize = 8;
+pub const WORKERS: usize = 16;
 
 /// Starts the MQTT side on `client`/`eventloop`; returns the shared state.
 pub fn start(

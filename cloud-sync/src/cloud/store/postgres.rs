@@ -177,7 +177,7 @@ impl PgStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(16)
+            .max_size(20)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(30)))
             .create_timeout(Some(Duration::from_secs(10)))
