@@ -560,6 +560,15 @@ async fn a_config_bundle_from_the_control_plane_applies_once_and_converges_after
     cloud.api.put_raw(&path, broken.to_string()).await;
     let view = reported(&cloud, &gateway, &id, 3).await;
     assert_eq!(view["state"], json!("rejected"), "{view}");
+    // The fleet view says the same, for the gateway's newest bundle.
+    let (_, fleet) = cloud.api.get("/api/v1/fleet").await;
+    let row = &fleet["gateways"][0];
+    assert_eq!(row["id"], json!(id), "{fleet}");
+    assert_eq!(
+        (&row["config_version"], &row["config_state"]),
+        (&json!(3), &json!("rejected")),
+        "{fleet}"
+    );
     let errors = view["report"]["errors"].to_string();
     assert!(
         errors.contains("d.yaml:3:8") && errors.contains("unknown model `nope`"),

@@ -84,8 +84,26 @@ pub fn gateway_json(shared: &Shared, g: &GatewayRecord) -> Json_ {
         "labels": g.labels,
         "desired_version": g.desired_version,
         "applied_version": g.applied_version,
+        "config_version": g.config_version,
+        "config_state": config_state(g),
         "replica": super::replicas::owner(&g.id, &shared.replicas.live()),
     })
+}
+
+/// Where a gateway stands with its newest bundle: `none` sent, `pending`,
+/// `applied` or `rejected`.
+fn config_state(g: &GatewayRecord) -> &'static str {
+    match (g.config_version, g.config_reported) {
+        (0, _) => "none",
+        (v, Some((r, applied))) if r == v => {
+            if applied {
+                "applied"
+            } else {
+                "rejected"
+            }
+        }
+        _ => "pending",
+    }
 }
 
 #[derive(Deserialize)]

@@ -55,6 +55,7 @@ async function refreshFleet() {
       el('td', { class: 'backlog' }, g.backlog),
       el('td', {}, g.lost_at_edge),
       el('td', {}, `v${g.applied_version} of v${g.desired_version}`),
+      el('td', { class: 'config' }, g.config_version ? `v${g.config_version} ${g.config_state}` : '—'),
       labels,
       el('td', {}, g.replica));
     row.addEventListener('click', () => { state.gateway = g.id; refreshTwin(); });

@@ -99,6 +99,10 @@ pub struct GatewayRecord {
     pub desired_version: u64,
     /// The last desired version it says it applied.
     pub applied_version: u64,
+    /// The newest config bundle version sent to it (0: none).
+    pub config_version: u64,
+    /// Its newest report on a bundle: (version, applied).
+    pub config_reported: Option<(u64, bool)>,
 }
 
 /// A batch to apply: what the gateway's session decided is new.

@@ -335,8 +335,10 @@ impl PgStore {
         let rows = client
             .query(
                 &format!(
-                    "SELECT id, last_change, lost_at_edge, outbox_last, last_applied, \
-                     labels, desired_version, applied_version FROM gateways {filter} ORDER BY id"
+                    "SELECT g.id, g.last_change, g.lost_at_edge, g.outbox_last, g.last_applied, \
+                     g.labels, g.desired_version, g.applied_version, b.version, r.body \
+                     FROM gateways g LEFT JOIN bundles b ON b.gateway = g.id \
+                     LEFT JOIN config_reports r ON r.gateway = g.id {filter} ORDER BY g.id"
                 ),
                 params,
             )
@@ -354,6 +356,12 @@ impl PgStore {
                         .map_err(|e| corrupt(&format!("labels: {e}")))?,
                     desired_version: unseq(r.get(6)),
                     applied_version: unseq(r.get(7)),
+                    config_version: r.get::<_, Option<i64>>(8).map_or(0, unseq),
+                    config_reported: r
+                        .get::<_, Option<&[u8]>>(9)
+                        .map(decode::<ConfigReport>)
+                        .transpose()?
+                        .map(|c| (c.version, c.applied)),
                 })
             })
             .collect()
@@ -476,7 +484,7 @@ impl Store for PgStore {
 
     fn gateway(&self, gateway: &str) -> Result<Option<GatewayRecord>> {
         Ok(self
-            .run(self.gateway_rows("WHERE id = $1", &[&gateway]))?
+            .run(self.gateway_rows("WHERE g.id = $1", &[&gateway]))?
             .pop())
     }
 

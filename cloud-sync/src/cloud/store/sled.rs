@@ -128,6 +128,8 @@ impl SledStore {
             labels,
             desired_version: self.version(b'v', gateway)?,
             applied_version: self.version(b'a', gateway)?,
+            config_version: self.bundle(gateway)?.map_or(0, |b| b.version),
+            config_reported: self.config_report(gateway)?.map(|r| (r.version, r.applied)),
         })
     }
 
