@@ -6,6 +6,9 @@
 //! state PUT on one replica is read back on another, and a rollout to a
 //! group of 50 gateways is reported per gateway.
 //!
+//! And retention: `history_days` drops whole days of history (and older
+//! readings in the default partition) at start.
+//!
 //! Brokers: `FERRITE_TEST_MOSQUITTO=/usr/sbin/mosquitto` (one Mosquitto), and
 //! `FERRITE_TEST_NATS=/usr/sbin/nats-server` (a three-node NATS cluster with
 //! JetStream and its MQTT listener, losing one node mid-stream). Each test
@@ -505,4 +508,83 @@ async fn a_nats_cluster_losing_a_node_loses_nothing() {
         fleet.stop().await;
     }
     drop(replicas);
+}
+
+fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([database, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_older_than_history_days_is_dropped_by_whole_days() {
+    let Some(database) =
+        common::fresh_database(&format!("ferrite_retention_{}", std::process::id()))
+    else {
+        eprintln!("skipped: needs FERRITE_TEST_POSTGRES");
+        return;
+    };
+    let data = tempfile::tempdir().expect("tempdir");
+    let mqtt = format!("127.0.0.1:{}", free_port());
+    let run = |config: Option<PathBuf>| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "--store".into(),
+            database.clone().into(),
+            "--mqtt-listen".into(),
+            mqtt.clone().into(),
+        ];
+        if let Some(config) = config {
+            args.extend(["--config".into(), config.into()]);
+        }
+        args
+    };
+    // First start: the schema, today's partitions.
+    let args = run(None);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let first = Replicas(vec![
+        spawn_serving(&cloud_binary().to_string_lossy(), &args, Stdio::null()).await,
+    ]);
+    // An old day's partition with a reading in it, a reading older still
+    // (in the default partition), and one of today.
+    psql(
+        &database,
+        "CREATE TABLE history_p20200101 PARTITION OF history \
+         FOR VALUES FROM ('2020-01-01') TO ('2020-01-02'); \
+         INSERT INTO series (gateway, device, property) VALUES ('gw', 'd', 'p'); \
+         INSERT INTO history VALUES \
+           (1, 1, '2019-06-01T00:00:00Z', 1, '\\x00'), \
+           (1, 2, '2020-01-01T12:00:00Z', 2, '\\x00'), \
+           (1, 3, now(), 3, '\\x00')",
+    );
+    drop(first);
+    // Again with history_days = 1: the old day goes whole, the older
+    // reading with it; today's stays.
+    let config = data.path().join("cloud.toml");
+    std::fs::write(&config, "history_days = 1\n").expect("config");
+    let args = run(Some(config));
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let _second = Replicas(vec![
+        spawn_serving(&cloud_binary().to_string_lossy(), &args, Stdio::null()).await,
+    ]);
+    assert_eq!(
+        psql(
+            &database,
+            "SELECT count(*) FROM pg_class WHERE relname = 'history_p20200101'"
+        ),
+        "0",
+        "the old day's partition is dropped"
+    );
+    assert_eq!(
+        psql(&database, "SELECT string_agg(seq::text, ',') FROM history"),
+        "3",
+        "only today's reading is left"
+    );
 }
