@@ -20,140 +20,33 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use ferrite_models::Value;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
-use super::fleet;
-use super::openapi::ErrorBody;
-use super::plane::{Shared, blocking};
+use super::http::{
+    ApiError, ApiResult, ErrorBody, audited, bad_body, bundle_documents, known, properties_of,
+    rfc3339_ms,
+};
+use super::plane::Shared;
 use super::store::Stored;
-use super::tokens::{Principal, Tokens};
+use super::store::blocking;
+use super::tokens::Principal;
 use crate::delta::from_wire;
-use crate::wire::ConfigDocument;
-
-/// Largest PUT body.
-const MAX_BODY: usize = 64 * 1024;
-
-/// Largest configuration bundle (a gateway's every model, device and rule).
-const MAX_CONFIG: usize = 4 * 1024 * 1024;
-
-/// An API error.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    /// An error with its status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
-    }
-}
-
-impl From<super::store::CloudStoreError> for ApiError {
-    fn from(e: super::store::CloudStoreError) -> ApiError {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_failed",
-            e.to_string(),
-        )
-    }
-}
-
-pub(crate) type ApiResult = Result<Json<Json_>, ApiError>;
-
-/// The router: `/api/v1` behind `tokens`.
-pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
-    let api = Router::new()
-        .route("/api/v1/gateways", get(gateways))
-        .route("/api/v1/gateways/{gw}/devices", get(devices))
-        .route("/api/v1/gateways/{gw}/devices/{dev}", get(twin))
-        .route("/api/v1/gateways/{gw}/devices/{dev}/desired", put(desired))
-        .route(
-            "/api/v1/gateways/{gw}/config",
-            put(put_config)
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_CONFIG))
-                .get(get_config),
-        )
-        .route(
-            "/api/v1/gateways/{gw}/devices/{dev}/properties/{p}/history",
-            get(history),
-        )
-        .route("/api/v1/stats", get(stats))
-        .route("/api/v1/fleet", get(fleet::fleet))
-        .route("/api/v1/gateways/{gw}/labels", put(fleet::put_labels))
-        .route(
-            "/api/v1/rollouts",
-            post(fleet::post_rollout)
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_CONFIG))
-                .get(fleet::rollouts),
-        )
-        .route("/api/v1/rollouts/{id}", get(fleet::rollout))
-        .route("/metrics", get(fleet::metrics))
-        .route("/api/v1/audit", get(audit))
-        .route_layer(axum::middleware::from_fn_with_state(
-            super::tokens::bearer(tokens),
-            crate::serve::require_bearer,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(shared);
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/api/v1/openapi.json",
-            get(|| async { Json(super::openapi::document()) }),
-        )
-        .merge(super::page::routes())
-        .merge(api)
-}
-
-/// Records a change in the audit log, durably, before it is answered:
-/// `details` with the time, the `action` and who made the call (the
-/// token's name, or `local` where the API has no tokens: loopback only).
-pub(crate) async fn audited(
-    shared: &Arc<Shared>,
-    principal: Option<Extension<Principal>>,
-    action: &str,
-    mut details: Json_,
-) -> Result<(), ApiError> {
-    details["ts"] = json!(rfc3339(SystemTime::now()));
-    details["actor"] = json!(principal.map_or_else(|| "local".to_string(), |p| p.name.clone()));
-    details["action"] = json!(action);
-    let store = shared.store.clone();
-    blocking(move || store.record_audit(&details)).await?;
-    Ok(())
-}
 
 #[derive(Deserialize)]
-struct AuditQuery {
+pub(crate) struct AuditQuery {
     limit: Option<usize>,
 }
 
 /// The newest audit entries (default 100, at most 10 000), oldest first.
 #[utoipa::path(get, operation_id = "audit", path = "/api/v1/audit", tag = "control plane", params(("limit" = Option<usize>, Query, description = "Newest entries (default 100)")), responses((status = 200, description = "Who changed what", body = Object), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-async fn audit(
+pub(crate) async fn audit(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
@@ -164,47 +57,22 @@ async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let ms = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    rfc3339_ms(ms)
-}
-
-pub(crate) fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
-        || ms.to_string(),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    )
-}
-
 #[utoipa::path(get, operation_id = "gateways", path = "/api/v1/gateways", tag = "control plane", responses((status = 200, description = "Every gateway known", body = Vec<Object>), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-async fn gateways(State(shared): State<Arc<Shared>>) -> ApiResult {
+pub(crate) async fn gateways(State(shared): State<Arc<Shared>>) -> ApiResult {
     let store = shared.store.clone();
     let known = blocking(move || store.gateways()).await?;
     let list: Vec<Json_> = known
         .iter()
-        .map(|g| super::fleet::gateway_json(&shared, g))
+        .map(|g| super::http::gateway_json(&shared, g))
         .collect();
     Ok(Json(Json_::Array(list)))
 }
 
-pub(crate) async fn known(shared: &Arc<Shared>, gateway: &str) -> Result<(), ApiError> {
-    let store = shared.store.clone();
-    let gw = gateway.to_string();
-    if blocking(move || store.knows(&gw)).await? {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_gateway",
-            format!("no gateway `{gateway}` has connected yet"),
-        ))
-    }
-}
-
 #[utoipa::path(get, operation_id = "devices", path = "/api/v1/gateways/{gw}/devices", tag = "control plane", params(("gw" = String, Path, description = "Gateway id")), responses((status = 200, description = "Devices with a twin", body = Vec<String>), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-async fn devices(State(shared): State<Arc<Shared>>, Path(gw): Path<String>) -> ApiResult {
+pub(crate) async fn devices(
+    State(shared): State<Arc<Shared>>,
+    Path(gw): Path<String>,
+) -> ApiResult {
     known(&shared, &gw).await?;
     let store = shared.store.clone();
     let devices = blocking(move || store.devices(&gw)).await?;
@@ -216,7 +84,7 @@ fn stored_json(s: &Stored) -> Json_ {
 }
 
 #[utoipa::path(get, operation_id = "twin", path = "/api/v1/gateways/{gw}/devices/{dev}", tag = "control plane", params(("gw" = String, Path, description = "Gateway id"), ("dev" = String, Path, description = "Device name")), responses((status = 200, description = "The device twin", body = Object), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-async fn twin(
+pub(crate) async fn twin(
     State(shared): State<Arc<Shared>>,
     Path((gw, dev)): Path<(String, String)>,
 ) -> ApiResult {
@@ -263,7 +131,7 @@ async fn twin(
 }
 
 #[utoipa::path(put, operation_id = "putDesired", path = "/api/v1/gateways/{gw}/devices/{dev}/desired", tag = "control plane", params(("gw" = String, Path, description = "Gateway id"), ("dev" = String, Path, description = "Device name")), request_body(content = Object, description = "{PROPERTY: VALUE}"), responses((status = 202, description = "Stored and sent", body = Object), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-async fn desired(
+pub(crate) async fn desired(
     State(shared): State<Arc<Shared>>,
     Path((gw, dev)): Path<(String, String)>,
     principal: Option<Extension<Principal>>,
@@ -301,112 +169,12 @@ async fn desired(
     ))
 }
 
-/// A desired patch's body: `{PROPERTY: VALUE, ...}`, each value a
-/// boolean, number or string.
-pub(crate) fn properties_of(body: Json_) -> Result<BTreeMap<String, Value>, ApiError> {
-    let Json_::Object(map) = body else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            "the body must be a JSON object: {\"PROPERTY\": VALUE, ...}",
-        ));
-    };
-    if map.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            "no properties given",
-        ));
-    }
-    let mut properties = BTreeMap::new();
-    for (name, value) in map {
-        if ferrite_models::units::check_name(&name).is_err() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!("`{name}` is not a property name"),
-            ));
-        }
-        // A model value is a boolean, a number or a string, as the gateway's
-        // own API takes it (Value's untagged form: integers stay integers).
-        let value = match serde_json::from_value::<Value>(value.clone()) {
-            Ok(value) => value,
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    format!("`{name}`: {value} is not a boolean, number or string"),
-                ));
-            }
-        };
-        properties.insert(name, value);
-    }
-    Ok(properties)
-}
-
-/// The kinds of a bundle, as its body and the wire name them.
-const KINDS: [(&str, &str); 3] = [
-    ("models", "model"),
-    ("devices", "device"),
-    ("rules", "rule"),
-];
-
-pub(crate) fn bad_body(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_body", message)
-}
-
-/// A bundle body's documents, each as its file's text.
-pub(crate) fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiError> {
-    let Json_::Object(mut kinds) = body else {
-        return Err(bad_body(
-            "the body must be {\"models\": {NAME: DOC}, \"devices\": {...}, \"rules\": {...}}",
-        ));
-    };
-    if let Some(other) = kinds
-        .keys()
-        .find(|k| !KINDS.iter().any(|(key, _)| key == k))
-    {
-        return Err(bad_body(format!(
-            "unknown key `{other}`; a bundle holds models, devices and rules"
-        )));
-    }
-    let mut documents = Vec::new();
-    for (key, kind) in KINDS {
-        let named = match kinds.remove(key) {
-            None | Some(Json_::Null) => continue,
-            Some(Json_::Object(named)) => named,
-            Some(_) => return Err(bad_body(format!("`{key}` must map names to documents"))),
-        };
-        for (name, doc) in named {
-            ferrite_models::units::check_name(&name)
-                .map_err(|e| bad_body(format!("{kind} `{name}`: {e}")))?;
-            // A document given as JSON is kept as JSON text: it is YAML too.
-            let text = match doc {
-                Json_::String(text) => text,
-                doc @ Json_::Object(_) => serde_json::to_string_pretty(&doc)
-                    .map_err(|e| bad_body(format!("{kind} `{name}`: {e}")))?,
-                _ => {
-                    return Err(bad_body(format!(
-                        "{kind} `{name}`: a document is its YAML or JSON text, or a JSON object"
-                    )));
-                }
-            };
-            documents.push(ConfigDocument {
-                kind: kind.to_string(),
-                name,
-                text,
-            });
-        }
-    }
-    Ok(documents)
-}
-
 /// Sends a gateway its whole configuration (the next bundle version). A
 /// gateway that is offline, or has not connected yet, gets it at its next
 /// Hello. The gateway checks the whole set and reports `applied` or
 /// `rejected` with every problem (see `GET`).
 #[utoipa::path(put, operation_id = "putConfig", path = "/api/v1/gateways/{gw}/config", tag = "control plane", params(("gw" = String, Path, description = "Gateway id")), request_body(content = Object, description = "{models, devices, rules}"), responses((status = 202, description = "Stored and sent", body = Object), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-async fn put_config(
+pub(crate) async fn put_config(
     State(shared): State<Arc<Shared>>,
     Path(gw): Path<String>,
     principal: Option<Extension<Principal>>,
@@ -452,7 +220,10 @@ async fn put_config(
 
 /// The configuration sent to a gateway, and what became of it.
 #[utoipa::path(get, operation_id = "getConfig", path = "/api/v1/gateways/{gw}/config", tag = "control plane", params(("gw" = String, Path, description = "Gateway id")), responses((status = 200, description = "The bundle and its state", body = Object), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-async fn get_config(State(shared): State<Arc<Shared>>, Path(gw): Path<String>) -> ApiResult {
+pub(crate) async fn get_config(
+    State(shared): State<Arc<Shared>>,
+    Path(gw): Path<String>,
+) -> ApiResult {
     let store = shared.store.clone();
     let g = gw.clone();
     let (bundle, report) =
@@ -494,7 +265,7 @@ async fn get_config(State(shared): State<Arc<Shared>>, Path(gw): Path<String>) -
 }
 
 #[derive(Deserialize)]
-struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     after: Option<u64>,
     limit: Option<usize>,
 }
@@ -503,7 +274,7 @@ struct HistoryQuery {
 const MAX_PAGE: usize = 100_000;
 
 #[utoipa::path(get, operation_id = "history", path = "/api/v1/gateways/{gw}/devices/{dev}/properties/{p}/history", tag = "control plane", params(("gw" = String, Path, description = "Gateway id"), ("dev" = String, Path, description = "Device name"), ("p" = String, Path, description = "Property"), ("after" = Option<u64>, Query, description = "After this seq"), ("limit" = Option<usize>, Query, description = "At most (default 10 000)")), responses((status = 200, description = "Changes in order", body = Vec<Object>), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-async fn history(
+pub(crate) async fn history(
     State(shared): State<Arc<Shared>>,
     Path((gw, dev, prop)): Path<(String, String, String)>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
@@ -519,7 +290,7 @@ async fn history(
 }
 
 #[utoipa::path(get, operation_id = "stats", path = "/api/v1/stats", tag = "control plane", responses((status = 200, description = "Counters since start", body = Object), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-async fn stats(State(shared): State<Arc<Shared>>) -> Json<Json_> {
+pub(crate) async fn stats(State(shared): State<Arc<Shared>>) -> Json<Json_> {
     let s = &shared.stats;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let (wire, points, naive) = (get(&s.wire_bytes), get(&s.points), get(&s.naive_json_bytes));

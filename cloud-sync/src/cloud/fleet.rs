@@ -30,12 +30,12 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
-use super::api::{
-    ApiError, ApiResult, audited, bad_body, known, properties_of, rfc3339, rfc3339_ms,
+use super::http::{
+    ApiError, ApiResult, ErrorBody, audited, bad_body, bundle_documents, gateway_json, known,
+    properties_of, rfc3339,
 };
-use super::openapi::ErrorBody;
-use super::plane::{Shared, blocking};
-use super::store::GatewayRecord;
+use super::plane::Shared;
+use super::store::{GatewayRecord, blocking};
 use super::tokens::Principal;
 
 /// Gateways per page, at most.
@@ -65,45 +65,6 @@ fn parse_selector(text: &str) -> Result<Selector, ApiError> {
 
 fn bad_query(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
-}
-
-/// A gateway as the API shows it.
-pub fn gateway_json(shared: &Shared, g: &GatewayRecord) -> Json_ {
-    let presence = shared.presence(&g.id);
-    // The newest outbox sequence either told: a batch (stored) or a Hello
-    // seen by this replica.
-    let outbox_last = g.outbox_last.max(presence.outbox_last);
-    json!({
-        "id": g.id,
-        "connected": presence.connected,
-        "last_seen": presence.last_seen.map(rfc3339),
-        "last_applied": g.last_applied_ms.map(rfc3339_ms),
-        "last_seq": g.last_change,
-        "backlog": outbox_last.saturating_sub(g.last_change),
-        "lost_at_edge": g.lost_at_edge,
-        "labels": g.labels,
-        "desired_version": g.desired_version,
-        "applied_version": g.applied_version,
-        "config_version": g.config_version,
-        "config_state": config_state(g),
-        "replica": super::replicas::owner(&g.id, &shared.replicas.live()),
-    })
-}
-
-/// Where a gateway stands with its newest bundle: `none` sent, `pending`,
-/// `applied` or `rejected`.
-fn config_state(g: &GatewayRecord) -> &'static str {
-    match (g.config_version, g.config_reported) {
-        (0, _) => "none",
-        (v, Some((r, applied))) if r == v => {
-            if applied {
-                "applied"
-            } else {
-                "rejected"
-            }
-        }
-        _ => "pending",
-    }
 }
 
 #[derive(Deserialize)]
@@ -261,7 +222,7 @@ pub(crate) async fn post_rollout(
                 .ok_or_else(|| bad_body("`desired.properties` is missing"))?;
             What::Desired(device, properties_of(properties)?)
         }
-        (None, Some(config)) => What::Config(super::api::bundle_documents(config)?),
+        (None, Some(config)) => What::Config(bundle_documents(config)?),
         _ => {
             return Err(bad_body(
                 "a rollout carries either `desired` ({\"device\", \"properties\"}) or `config` (a bundle)",

@@ -5,11 +5,9 @@
 //! replica, and their backlog.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::plane::Shared;
@@ -17,28 +15,6 @@ use super::store::GatewayRecord;
 
 /// The content type of a scrape.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The series counted as things happen.
-#[derive(Debug)]
-pub struct CloudMetrics {
-    apply_seconds: Histogram,
-}
-
-impl Default for CloudMetrics {
-    fn default() -> CloudMetrics {
-        CloudMetrics {
-            // 0.1 ms .. 3.3 s.
-            apply_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-        }
-    }
-}
-
-impl CloudMetrics {
-    /// A batch was stored in `took`.
-    pub fn observe_apply(&self, took: Duration, _changes: u64) {
-        self.apply_seconds.observe(took.as_secs_f64());
-    }
-}
 
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(

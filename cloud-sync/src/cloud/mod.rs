@@ -11,9 +11,10 @@
 //! - [`replicas`]: which replica applies which gateway (rendezvous hashing
 //!   over the replicas alive, from their heartbeats in the store).
 //! - [`fleet`]: fleet status, labels and rollouts in the API; [`metrics`]:
-//!   `GET /metrics`; [`page`]: the fleet page at `/`; [`openapi`]: the
-//!   API's OpenAPI document.
-//! - [`api`]: the REST API, behind [`tokens`] (bearer tokens with roles).
+//!   `GET /metrics`; [`page`]: the fleet page at `/`.
+//! - [`api`]: the REST API's twin, config, history and stats handlers,
+//!   behind [`tokens`] (bearer tokens with roles); [`http`]: what the
+//!   handlers share; [`routes`]: the routes and their OpenAPI document.
 //! - [`gateways`]: the gateways enrolled in `[[gateways]]`, who alone may
 //!   log in to the embedded broker; [`guard`]: the listener in front of
 //!   rumqttd that checks their logins and keeps each to its own topics;
@@ -26,11 +27,12 @@ pub mod enrol;
 pub mod fleet;
 pub mod gateways;
 pub mod guard;
+pub mod http;
 pub mod metrics;
-pub mod openapi;
 pub mod page;
 pub mod plane;
 pub mod replicas;
+pub mod routes;
 pub mod store;
 pub mod tokens;
 
@@ -266,7 +268,7 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
     let replicas = replicas::Replicas::new(format!("replica-{}", random_hex(6)));
     // Who else is alive, before the first message is taken.
     let (me, first) = (replicas.me().to_string(), store.clone());
-    replicas.set_live(plane::blocking(move || first.replicas(&me)).await?);
+    replicas.set_live(store::blocking(move || first.replicas(&me)).await?);
     let guard_stats = Arc::new(guard::GuardStats::default());
     // The control plane's own client id: unguessable, so that no one can
     // take its session over.
@@ -310,7 +312,7 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
         guard_stats,
     );
     replicas.spawn_heartbeat(store, shared.broker_connected.clone());
-    let app = api::router(shared.clone(), tokens);
+    let app = routes::router(shared.clone(), tokens);
     // The gateway's accept loop: HTTPS, a connection cap, header timeouts.
     let options = crate::serve::ServeOptions {
         tls,
@@ -347,7 +349,7 @@ impl Running {
             self.shared.store.clone(),
             self.shared.replicas.me().to_string(),
         );
-        if let Err(e) = plane::blocking(move || store.leave(&me)).await {
+        if let Err(e) = store::blocking(move || store.leave(&me)).await {
             tracing::warn!("cannot say this replica leaves: {e}");
         }
     }

@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use ferrite_models::Value;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::mpsc;
 
 use super::replicas::Replicas;
-use super::store::{CloudStoreError, NewChanges, Store};
+use super::store::{CloudStoreError, NewChanges, Store, blocking};
 use crate::delta::{self, naive_json_bytes, publish_packet_bytes};
 use crate::session::{Applied, Applier};
 use crate::topics::{self, Down, Up};
@@ -77,7 +78,7 @@ pub struct Shared {
     /// Counters.
     pub stats: Stats,
     /// `/metrics`' running series.
-    pub metrics: super::metrics::CloudMetrics,
+    pub metrics: CloudMetrics,
     /// What the embedded broker's guard refused.
     pub guard: Arc<super::guard::GuardStats>,
     /// This replica's broker connection is up (a replica cut off from its
@@ -146,13 +147,27 @@ impl Shared {
     }
 }
 
-/// Runs a blocking store call off the async threads.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CloudStoreError> + Send + 'static,
-) -> Result<T, CloudStoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CloudStoreError::Corrupt(format!("store task failed: {e}")))?
+/// `/metrics`' series counted as things happen ([`super::metrics`] renders
+/// them with the rest).
+#[derive(Debug)]
+pub struct CloudMetrics {
+    pub(crate) apply_seconds: Histogram,
+}
+
+impl Default for CloudMetrics {
+    fn default() -> CloudMetrics {
+        CloudMetrics {
+            // 0.1 ms .. 3.3 s.
+            apply_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
+}
+
+impl CloudMetrics {
+    /// A batch was stored in `took`.
+    pub fn observe_apply(&self, took: Duration, _changes: u64) {
+        self.apply_seconds.observe(took.as_secs_f64());
+    }
 }
 
 /// Worker tasks applying batches, each for its share of the gateways.
@@ -171,7 +186,7 @@ pub fn start(
         replicas,
         client: client.clone(),
         stats: Stats::default(),
-        metrics: super::metrics::CloudMetrics::default(),
+        metrics: CloudMetrics::default(),
         guard,
         broker_connected: Arc::default(),
         presence: Mutex::new(HashMap::new()),

@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::plane::blocking;
-use super::store::Store;
+use super::store::{Store, blocking};
 
 /// How often a replica stamps its row and rereads who is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);

@@ -8,7 +8,7 @@
 //!   and set), so a batch is applied once whichever replica applies it.
 //!
 //! Calls block (sled does I/O, the PostgreSQL store waits for its
-//! database): the control plane makes them through [`super::plane::blocking`].
+//! database): the control plane makes them through [`blocking`].
 
 pub mod postgres;
 pub mod sled;
@@ -222,6 +222,15 @@ pub trait Store: Send + Sync + 'static {
     fn desired_version(&self, gateway: &str) -> Result<u64> {
         Ok(self.gateway(gateway)?.map_or(0, |g| g.desired_version))
     }
+}
+
+/// Runs a blocking store call off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CloudStoreError::Corrupt(format!("store task failed: {e}")))?
 }
 
 /// Opens the PostgreSQL store at `url` (`password` overrides the URL's).

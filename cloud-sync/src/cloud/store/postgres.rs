@@ -15,7 +15,7 @@
 //! Device and property names become ids once (`series`), cached.
 //!
 //! Calls block their thread on the runtime the store was opened on, so
-//! they are made from blocking threads (`plane::blocking`), never from a
+//! they are made from blocking threads (`store::blocking`), never from a
 //! task.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
