@@ -165,7 +165,7 @@ impl Default for CloudMetrics {
 
 impl CloudMetrics {
     /// A batch was stored in `took`.
-    pub fn observe_apply(&self, took: Duration, _changes: u64) {
+    pub fn observe_apply(&self, took: Duration) {
         self.apply_seconds.observe(took.as_secs_f64());
     }
 }
@@ -415,6 +415,18 @@ impl Processor {
             .await;
     }
 
+    /// Refuses a batch and sends the gateway back to where the store ends.
+    async fn refuse_from_store(&self, gateway: &str, epoch: u64) -> Result<(), String> {
+        let store = self.shared.store.clone();
+        let gw = gateway.to_string();
+        let last = blocking(move || store.last_change(&gw))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.resume(gateway, last, epoch).await;
+        Ok(())
+    }
+
     async fn ack(&self, gateway: &str, seq: u64) {
         self.shared
             .publish(gateway, Down::Ack, Ack { seq }.encode_to_vec())
@@ -444,14 +456,7 @@ impl Processor {
                 // A batch before any Hello since this control plane started:
                 // its dictionary is unknown here. Tell it where to resume
                 // (it says Hello again).
-                let store = self.shared.store.clone();
-                let gw = gateway.to_string();
-                let last = blocking(move || store.last_change(&gw))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-                self.resume(gateway, last, batch.epoch).await;
-                return Ok(());
+                return self.refuse_from_store(gateway, batch.epoch).await;
             }
         };
         let last = applier.last_change();
@@ -474,13 +479,7 @@ impl Processor {
                 // A session newer than ours: it said Hello to another
                 // replica meanwhile. Send it back to where the store ends.
                 self.appliers.remove(gateway);
-                let store = self.shared.store.clone();
-                let gw = gateway.to_string();
-                let last = blocking(move || store.last_change(&gw))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-                self.resume(gateway, last, batch.epoch).await;
+                self.refuse_from_store(gateway, batch.epoch).await?;
             }
             Ok(Applied::Stale) => {
                 tracing::debug!("{gateway}: a batch of an older session, ignored");
@@ -528,7 +527,7 @@ impl Processor {
                     self.resume(gateway, from, batch.epoch).await;
                     return Err(format!("a batch was not stored: {e}"));
                 }
-                self.shared.metrics.observe_apply(started.elapsed(), count);
+                self.shared.metrics.observe_apply(started.elapsed());
                 stats.applied.fetch_add(1, Ordering::Relaxed);
                 stats.points.fetch_add(count, Ordering::Relaxed);
                 stats

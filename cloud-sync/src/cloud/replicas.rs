@@ -33,17 +33,27 @@ pub struct Replicas {
     changes: watch::Sender<u64>,
 }
 
-/// FNV-1a, 64 bits: the same in every replica and every release.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a, 64 bits, continued from `hash` over `bytes`.
+fn fnv1a_from(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
-/// The score of `replica` for `gateway`: FNV-1a of both, then
-/// splitmix64's finalizer, so that close names spread.
+/// FNV-1a, 64 bits: the same in every replica and every release.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
+/// The score of `replica` for `gateway`: FNV-1a of `gateway\0replica`
+/// (hashed in place: this runs for every message), then splitmix64's
+/// finalizer, so that close names spread.
 fn score(gateway: &str, replica: &str) -> u64 {
-    let mut z = fnv1a(format!("{gateway}\0{replica}").as_bytes());
+    let mut z = [gateway.as_bytes(), b"\0", replica.as_bytes()]
+        .iter()
+        .fold(FNV_OFFSET, |hash, part| fnv1a_from(hash, part));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -171,6 +181,15 @@ mod tests {
             }
         }
         assert_eq!(owner("gw", &[]), None);
+    }
+
+    #[test]
+    fn the_score_hashes_the_joined_names() {
+        let joined = fnv1a(b"gw-1\0replica-a");
+        let parts = [&b"gw-1"[..], b"\0", b"replica-a"]
+            .iter()
+            .fold(FNV_OFFSET, |hash, part| fnv1a_from(hash, part));
+        assert_eq!(joined, parts);
     }
 
     #[test]
