@@ -30,8 +30,25 @@ pub fn open(config: sled::Config, path: &Path) -> sled::Result<(sled::Db, Vec<Pa
             file.display()
         );
     }
-    Ok((config.open()?, removed))
+    // A database dropped a moment ago can still be locked: sled's flusher
+    // thread lets go of the file lock when it ends, shortly after the drop.
+    // Wait for it a little rather than fail a reopen after an error.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok((other?, removed)),
+        }
+    }
 }
+
+/// How long `open` waits for a lock that a dropped database still holds.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Removes `path/snap.*.generating`, unless another process holds the
 /// database's lock.
