@@ -137,3 +137,42 @@ fn the_model_schema_rejects_what_check_rejects() {
     assert_eq!(config["type"], "object");
     assert!(config["properties"]["gateway"].is_object(), "{config}");
 }
+
+/// Copies `from` into `to`, folders and all.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn warnings_alone_pass_unless_strict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("demo");
+    copy_tree(&workspace().join("examples/demo"), &project);
+    // A second rule writing what another writes: a warning, not an error.
+    let rule = std::fs::read_to_string(project.join("rules/boiler-overheat.yaml"))
+        .expect("boiler-overheat.yaml");
+    let twin = rule.replacen("name: boiler-overheat", "name: boiler-overheat-twin", 1);
+    assert_ne!(rule, twin, "the demo rule is named boiler-overheat");
+    std::fs::write(project.join("rules/twin.yaml"), twin).expect("write twin.yaml");
+    let config = project.join("ferrite.toml");
+    let config = config.to_str().expect("UTF-8 path");
+
+    let out = ferrite(&["check", "--config", config]);
+    let text = stdout(&out);
+    assert!(text.contains(": warning: rules `"), "{text}");
+    assert!(text.contains("0 errors, 1 warning\n"), "{text}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+
+    let strict = ferrite(&["check", "--strict", "--config", config]);
+    assert_eq!(strict.status.code(), Some(1), "{}", stdout(&strict));
+    assert_eq!(stdout(&strict), text, "--strict changes the exit code only");
+}

@@ -517,6 +517,47 @@ async fn history_keeps_changes_past_the_deadband_only() {
         .filter_map(|e| e["value"].as_f64())
         .collect();
     assert_eq!(values, vec![20.0, 21.0, 25.0]);
+
+    // Which end `limit` keeps: without `since` the newest, in time order.
+    let values_of = |query: &str| {
+        let api = &api;
+        let url = format!("/api/v1/devices/d/properties/t/history{query}");
+        async move {
+            let (status, body) = api.get(&url).await;
+            assert_eq!(status, 200, "{url}: {body}");
+            body.as_array()
+                .expect("array")
+                .iter()
+                .filter_map(|e| e["value"].as_f64())
+                .collect::<Vec<f64>>()
+        }
+    };
+    assert_eq!(values_of("?limit=2").await, vec![21.0, 25.0]);
+    assert_eq!(values_of("?limit=2&order=oldest").await, vec![20.0, 21.0]);
+    assert_eq!(values_of("?since=&until=&limit=2").await, vec![21.0, 25.0]);
+    // A `since` with an offset: the first entry's time, spelt at UTC+02:00.
+    let first = history[0]["ts"].as_str().expect("ts");
+    let at = ferrite_gateway::time::parse_rfc3339(first).expect("RFC 3339");
+    let shifted = std::time::UNIX_EPOCH
+        + std::time::Duration::from_micros(at as u64)
+        + std::time::Duration::from_secs(2 * 3600);
+    let local = humantime::format_rfc3339_millis(shifted)
+        .to_string()
+        .replace('Z', "+02:00");
+    let since = local.replace('+', "%2B");
+    assert_eq!(
+        values_of(&format!("?since={since}&limit=1")).await,
+        vec![20.0],
+        "since={local}"
+    );
+    assert_eq!(
+        values_of(&format!("?since={since}&limit=1&order=newest")).await,
+        vec![25.0]
+    );
+    let (status, body) = api
+        .get("/api/v1/devices/d/properties/t/history?order=sideways")
+        .await;
+    assert_eq!(status, 400, "{body}");
     assert!(gw.stop().await);
     sim.stop().await;
 }

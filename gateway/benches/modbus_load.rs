@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrite_gateway::drivers::modbus::link::{self, LinkKey, Op};
+use ferrite_drivers::modbus::link::{self, LinkKey, Op};
 use ferrite_models::model::Table;
 use ferrite_sim::bank::Endpoint;
 use ferrite_sim::server::TcpSim;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ferrite_gateway::drivers::{BoxFuture, DeviceWriter, DriverError, Written};
+use ferrite_core::driver::{BoxFuture, DeviceWriter, DriverError, Written};
 use ferrite_gateway::journal::{Journal, Retention};
 use ferrite_gateway::live::{Sample, Update};
 use ferrite_gateway::rules::{self, Clock, Deps, Source};

@@ -23,11 +23,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the config and every model, device and rule it names. Prints
-    /// each problem as file:line:col: message; exits 1 on any error.
+    /// each problem as file:line:col: level: message; exits 1 on any error,
+    /// 0 when there are only warnings or nothing.
     Check {
         /// The gateway's TOML config.
         #[arg(long, short)]
         config: PathBuf,
+        /// Warnings fail the check too (exit 1).
+        #[arg(long)]
+        strict: bool,
     },
     /// Run the gateway. Validates everything first and refuses to start on
     /// any error; SIGTERM or Ctrl-C stops it cleanly.

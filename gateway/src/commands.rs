@@ -7,14 +7,14 @@ use std::process::ExitCode;
 use ferrite_models::schema::{SchemaKind, schema};
 
 /// `ferrite check`: prints every finding, then a summary line. Exit code 1 if
-/// any finding is an error.
-pub fn check(config: &Path, out: &mut dyn Write) -> std::io::Result<ExitCode> {
+/// any finding is an error, or with `strict` any finding at all.
+pub fn check(config: &Path, strict: bool, out: &mut dyn Write) -> std::io::Result<ExitCode> {
     let report = ferrite_models::check(config);
     for finding in &report.diagnostics {
         writeln!(out, "{finding}")?;
     }
     writeln!(out, "{}", report.summary())?;
-    Ok(if report.is_ok() {
+    Ok(if report.is_ok() && !(strict && report.warnings > 0) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

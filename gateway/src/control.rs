@@ -11,11 +11,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use ferrite_models::value::{Value, WriteCheckError, check_write};
 use serde_json::json;
 
-use crate::drivers::{DeviceWriter, DriverError, Written};
 use crate::journal::Journal;
 use crate::live::Live;
 use crate::running::Running;
 use crate::store::Log;
+use ferrite_core::driver::{DeviceWriter, DriverError, Written};
 
 /// Who asks for a write.
 #[derive(Debug, Clone, PartialEq, Eq)]

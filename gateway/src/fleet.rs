@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::Writers;
-use crate::drivers::{DeviceEntry, Driver, DriverContext};
 use crate::live::Live;
+use crate::metrics::Metrics;
+use ferrite_core::driver::{DeviceEntry, Driver, DriverContext};
 
 /// How long a stopping device's tasks may take before they are left to
 /// finish on their own.
@@ -57,17 +58,26 @@ pub struct Fleet {
     ctx: DriverContext,
     live: Arc<Live>,
     writers: Arc<Writers>,
+    /// Counts device starts for `/metrics`.
+    metrics: Arc<Metrics>,
     running: tokio::sync::Mutex<HashMap<String, Running>>,
 }
 
 impl Fleet {
-    /// A fleet on this build's drivers, made on `ctx` (the gateway's).
-    pub fn new(ctx: DriverContext, live: Arc<Live>, writers: Arc<Writers>) -> Fleet {
+    /// A fleet on `drivers`, which were made on `ctx` (the gateway's).
+    pub fn new(
+        drivers: Vec<Box<dyn Driver>>,
+        ctx: DriverContext,
+        live: Arc<Live>,
+        writers: Arc<Writers>,
+        metrics: Arc<Metrics>,
+    ) -> Fleet {
         Fleet {
-            drivers: crate::drivers::all(&ctx),
+            drivers,
             ctx,
             live,
             writers,
+            metrics,
             running: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -147,12 +157,12 @@ impl Fleet {
             ..self.ctx.clone()
         };
         let protocol = device.protocol().map_or("none", |p| p.key());
-        self.ctx.metrics.started(name, protocol);
+        self.metrics.started(name, protocol);
         match driver.start(&entry, ctx) {
             Ok(writer) => self.writers.insert(name, writer),
             Err(why) => {
                 tracing::error!(device = name, "cannot start: {why}");
-                self.live.unserved(name, why);
+                self.live.unserved(name, why.to_string());
             }
         }
         tasks.close();

@@ -33,16 +33,10 @@
 //! - [`names`]: stable numbers for device and property names, which the
 //!   hot path uses instead of the names.
 //! - [`service`]: systemd readiness and watchdog (sd_notify).
-//! - [`drivers`]: the [`drivers::Driver`] trait (made once, starting
-//!   devices one at a time; device loops restarted after a panic) and one
-//!   folder per protocol, each behind a cargo feature: `modbus/` (coalescing
-//!   plan, one task per connection shared by its devices, pollers) and
-//!   `opcua/` (connect and trust, one session task per device with
-//!   subscriptions or polls, status-code mapping) and `mqtt/` (a reader on
-//!   the broker's in-process link: plain topics, Sparkplug B
-//!   births/data/deaths, status topics, timeouts; writes as command
-//!   publishes or DCMD).
-//! - `broker` (feature `mqtt`): the embedded rumqttd broker from `[mqtt]`.
+//! - The drivers live in their own crate, `ferrite-drivers` (one folder
+//!   per protocol, and the embedded broker), on the contract of
+//!   `ferrite-core` (the `Driver` trait, readings, times). Neither depends on
+//!   this crate: [`runtime`] makes the drivers and hands them to [`fleet`].
 //! - [`store`]: the storage trait, its sled implementation, and the writer
 //!   task that batches, fsyncs, then publishes.
 //! - [`live`]: statuses and latest readings, as the API shows them.
@@ -57,18 +51,14 @@
 //!   outbox, and the twin's desired state through [`control`].
 //! - `demo` (feature `demo`): `ferrite demo`, the gateway plus simulated
 //!   devices.
-//! - [`time`] holds the timestamp helpers, [`backoff`] the retry delays.
+//! - `time` and `backoff` are `ferrite-core`'s, re-exported.
 
 pub mod api;
-pub mod backoff;
-#[cfg(feature = "mqtt")]
-pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod control;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod drivers;
 pub mod fleet;
 pub mod journal;
 pub mod live;
@@ -80,5 +70,8 @@ pub mod running;
 pub mod runtime;
 pub mod service;
 pub mod store;
-pub mod time;
 pub mod uplink;
+
+pub use ferrite_core::{backoff, time};
+#[cfg(feature = "mqtt")]
+pub use ferrite_drivers::broker;

@@ -8,34 +8,10 @@ use std::sync::{Arc, RwLock};
 
 use ferrite_models::{Project, Value};
 use indexmap::IndexMap;
-use serde::Serialize;
 
 use crate::names::Names;
-use crate::time::Micros;
-
-/// How much a reading can be trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Quality {
-    /// Read in the last poll.
-    Good,
-    /// The last read failed; this is the last good value.
-    Stale,
-    /// The device answered, but the value could not be read or decoded.
-    Bad,
-}
-
-/// Device status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Answering.
-    Online,
-    /// Not reachable, or not answering in time.
-    Offline,
-    /// Answering with errors (Modbus exceptions, undecodable values).
-    Error,
-}
+pub use ferrite_core::reading::{Quality, Sample, Status, Update};
+use ferrite_core::time::Micros;
 
 impl DeviceState {
     /// The state without its readings.
@@ -94,17 +70,6 @@ pub struct Summary {
     pub last_seen: Option<Micros>,
     /// Why it is offline or in error.
     pub error: Option<String>,
-}
-
-/// What a driver learned about one property in one cycle.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Sample {
-    /// A fresh value.
-    Good(Value),
-    /// The read failed; keep the last value, marked stale.
-    Stale,
-    /// The device answered but the value is unusable.
-    Bad,
 }
 
 /// All devices' live state, by device number ([`Names`]), so that the hot
@@ -353,20 +318,3 @@ const EMPTY: Reading = Reading {
     quality: Quality::Bad,
     ts: None,
 };
-
-/// What a driver reports after a poll cycle or a write.
-#[derive(Debug)]
-pub struct Update {
-    /// The device's number ([`Names`], [`Live::index`]).
-    pub device: usize,
-    /// When the values were read.
-    pub ts: Micros,
-    /// New status, if it should change.
-    pub status: Option<(Status, Option<String>)>,
-    /// Whether the device answered at all.
-    pub seen: bool,
-    /// Per-property results, by the property's number ([`Names`]).
-    pub samples: Vec<(u16, Sample)>,
-    /// Signalled once the update is durable and visible.
-    pub applied: Option<tokio::sync::oneshot::Sender<()>>,
-}

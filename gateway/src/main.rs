@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let mut stdout = std::io::stdout();
     match cli.command {
-        Command::Check { config } => Ok(commands::check(&config, &mut stdout)?),
+        Command::Check { config, strict } => Ok(commands::check(&config, strict, &mut stdout)?),
         Command::Schema { kind } => Ok(commands::schema_cmd(kind.into(), &mut stdout)?),
         Command::Run {
             config,

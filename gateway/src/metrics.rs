@@ -238,10 +238,18 @@ pub struct DeviceMeter {
     seconds: Histogram,
 }
 
-impl DeviceMeter {
-    /// Counts a poll that took `took`; `ok` unless the device failed to
-    /// answer, or answered with an error.
-    pub fn poll(&self, took: Duration, ok: bool) {
+impl ferrite_core::driver::DriverMeters for Metrics {
+    fn device(&self, device: &str, protocol: &str) -> Arc<dyn ferrite_core::driver::PollMeter> {
+        Arc::new(Metrics::device(self, device, protocol))
+    }
+
+    fn panicked(&self, device: &str, protocol: &str) {
+        Metrics::panicked(self, device, protocol);
+    }
+}
+
+impl ferrite_core::driver::PollMeter for DeviceMeter {
+    fn poll(&self, took: Duration, ok: bool) {
         self.polls.inc();
         if !ok {
             self.errors.inc();
@@ -254,17 +262,17 @@ impl DeviceMeter {
 /// store writer's sample counter), until `shutdown`.
 pub async fn track_rate(
     metrics: Arc<Metrics>,
-    total: Arc<crate::store::writer::WriterStats>,
+    total: impl Fn() -> u64 + Send + 'static,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(RATE_WINDOW);
-    let mut last = (Instant::now(), total.samples.load(Ordering::Relaxed));
+    let mut last = (Instant::now(), total());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = (Instant::now(), total.samples.load(Ordering::Relaxed));
+        let now = (Instant::now(), total());
         let seconds = now.0.duration_since(last.0).as_secs_f64();
         if seconds > 0.0 {
             let rate = now.1.saturating_sub(last.1) as f64 / seconds;
@@ -348,6 +356,7 @@ pub struct RuleLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrite_core::driver::PollMeter;
 
     #[test]
     fn running_and_snapshot_series_share_one_scrape() {

@@ -19,7 +19,6 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::control::Writers;
 use crate::control::{Control, Holds};
-use crate::drivers::{self, DriverContext};
 use crate::fleet::Fleet;
 use crate::journal::{Journal, Retention};
 use crate::live::Live;
@@ -29,6 +28,7 @@ use crate::rules::{Clock, Deps, Feed, Source};
 use crate::running::Running;
 use crate::store::writer::{self, Writer, WriterStats};
 use crate::store::{SledStore, Store};
+use ferrite_core::driver::{self, DriverContext};
 
 /// How long stopping may take before the rest is abandoned.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
@@ -156,7 +156,7 @@ impl Gateway {
         let running = Running::new(project);
         let project = running.project();
         let stats = Arc::new(WriterStats::default());
-        let driver_stats = Arc::new(drivers::DriverStats::default());
+        let driver_stats = Arc::new(driver::DriverStats::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -164,7 +164,7 @@ impl Gateway {
         let (output, updates) = mpsc::channel(UPDATE_QUEUE);
         let (urgent, urgent_rx) = mpsc::channel(256);
         let feed = Arc::new(Feed::new());
-        let crashes = Arc::new(drivers::Crashes::default());
+        let crashes = Arc::new(driver::Crashes::default());
         let ctx = DriverContext {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
@@ -172,16 +172,27 @@ impl Gateway {
             urgent,
             data_dir: data_dir.clone(),
             stats: driver_stats.clone(),
-            metrics: metrics.clone(),
-            #[cfg(feature = "mqtt")]
-            broker: Arc::new(std::sync::Mutex::new(broker)),
+            meters: metrics.clone(),
             crashes: crashes.clone(),
         };
+        let drivers = ferrite_drivers::all(
+            &ctx,
+            ferrite_drivers::Links {
+                #[cfg(feature = "mqtt")]
+                broker,
+            },
+        );
         let writers = Arc::new(Writers::default());
         // Every device shows in the live view before the writer restores
         // their last values into it; what drivers send meanwhile waits in
         // the queue for the writer.
-        let fleet = Arc::new(Fleet::new(ctx, live.clone(), writers.clone()));
+        let fleet = Arc::new(Fleet::new(
+            drivers,
+            ctx,
+            live.clone(),
+            writers.clone(),
+            metrics.clone(),
+        ));
         fleet.start_all(&project).await;
         let writer = Writer::new(store.clone(), live.clone(), running.clone(), stats.clone())
             .with_feed(feed.clone())
@@ -232,9 +243,10 @@ impl Gateway {
             outlet,
             clock: Clock::system(),
         };
+        let samples = stats.clone();
         tasks.spawn(crate::metrics::track_rate(
             metrics.clone(),
-            stats.clone(),
+            move || samples.samples.load(std::sync::atomic::Ordering::Relaxed),
             shutdown.clone(),
         ));
         let rules = crate::rules::start(deps, sources, rules_dir, &tasks, shutdown.clone());

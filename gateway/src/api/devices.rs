@@ -15,9 +15,58 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use crate::control::Actor;
-use crate::drivers::Written;
 use crate::live::{Quality, Reading, Status, Summary};
+use crate::store::End;
 use crate::time::{Micros, parse_rfc3339, rfc3339};
+use ferrite_core::driver::Written;
+
+/// A reading's quality as the API shows it (`ferrite_core`'s
+/// [`Quality`], which knows nothing of the API, spelled out for the
+/// OpenAPI document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Quality)]
+pub enum QualityView {
+    /// Read in the last poll.
+    Good,
+    /// The last read failed; this is the last good value.
+    Stale,
+    /// The device answered, but the value could not be read or decoded.
+    Bad,
+}
+
+impl From<Quality> for QualityView {
+    fn from(q: Quality) -> Self {
+        match q {
+            Quality::Good => QualityView::Good,
+            Quality::Stale => QualityView::Stale,
+            Quality::Bad => QualityView::Bad,
+        }
+    }
+}
+
+/// A device's status as the API shows it (`ferrite_core`'s [`Status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Status)]
+pub enum DeviceStatusView {
+    /// Answering.
+    Online,
+    /// Not reachable, or not answering in time.
+    Offline,
+    /// Answering with errors (Modbus exceptions, undecodable values).
+    Error,
+}
+
+impl From<Status> for DeviceStatusView {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Online => DeviceStatusView::Online,
+            Status::Offline => DeviceStatusView::Offline,
+            Status::Error => DeviceStatusView::Error,
+        }
+    }
+}
 
 /// One property's latest reading.
 #[derive(Debug, Serialize, ToSchema)]
@@ -28,7 +77,7 @@ pub struct ReadingView {
     /// The model's unit.
     pub unit: Option<String>,
     /// `good`, `stale` (the last read failed) or `bad` (undecodable).
-    pub quality: Quality,
+    pub quality: QualityView,
     /// When it was read, RFC 3339.
     pub ts: Option<String>,
 }
@@ -38,7 +87,7 @@ impl ReadingView {
         ReadingView {
             value: reading.value.clone(),
             unit: property.and_then(|p| p.unit.clone()),
-            quality: reading.quality,
+            quality: reading.quality.into(),
             ts: reading.ts.map(rfc3339),
         }
     }
@@ -54,7 +103,7 @@ pub struct DeviceView {
     /// `modbus-tcp`, `modbus-rtu`, `opcua` or `mqtt`.
     pub protocol: String,
     /// `online`, `offline` or `error`.
-    pub status: Status,
+    pub status: DeviceStatusView,
     /// When it last answered, RFC 3339.
     pub last_seen: Option<String>,
     /// Why it is offline or in error.
@@ -67,7 +116,7 @@ impl From<&Summary> for DeviceView {
             id: s.id.clone(),
             model: s.model.clone(),
             protocol: s.protocol.to_string(),
-            status: s.status,
+            status: s.status.into(),
             last_seen: s.last_seen.map(rfc3339),
             error: s.error.clone(),
         }
@@ -278,24 +327,44 @@ pub async fn write(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
-    /// From this time on (RFC 3339, inclusive).
+    /// From this time on (RFC 3339 with any offset, inclusive). Empty counts
+    /// as absent.
+    #[param(format = DateTime)]
     since: Option<String>,
-    /// Up to this time (RFC 3339, inclusive).
+    /// Up to this time (RFC 3339 with any offset, inclusive). Empty counts as
+    /// absent.
+    #[param(format = DateTime)]
     until: Option<String>,
-    /// At most this many entries, oldest first (1 to 10 000; default 1000).
+    /// At most this many entries (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
+    /// Which end of the range `limit` keeps: `oldest` (the default with
+    /// `since`) or `newest` (the default without). The answer is in time
+    /// order either way.
+    order: Option<HistoryOrder>,
+}
+
+/// Which end of the range a history query keeps.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryOrder {
+    /// The first `limit` entries from `since` on.
+    Oldest,
+    /// The last `limit` entries up to `until`.
+    Newest,
 }
 
 /// Most history entries one call returns.
 pub const MAX_HISTORY: usize = 10_000;
 
-/// A property's stored history, oldest first. A device removed from the
-/// configuration keeps its history here until retention drops it.
+/// A property's stored history, in time order: from `since` on, or without
+/// it the newest `limit` entries. A device removed from the configuration
+/// keeps its history here until retention drops it.
 #[utoipa::path(get, operation_id = "getHistory", path = "/api/v1/devices/{id}/properties/{name}/history", tag = "devices",
     params(PropertyPath, HistoryQuery),
     responses(
-        (status = 200, description = "Entries, oldest first", body = Vec<HistoryEntry>),
-        (status = 400, description = "A bad time or limit", body = ErrorBody),
+        (status = 200, description = "Entries in time order", body = Vec<HistoryEntry>),
+        (status = 400, description = "A bad time, limit or order", body = ErrorBody),
         (status = 404, description = "No such device or property", body = ErrorBody),
     ))]
 pub async fn history(
@@ -305,6 +374,9 @@ pub async fn history(
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     let configured = known_property(&state, &id, &name);
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // An empty parameter (`?since=&until=`, as forms send) counts as absent.
+    let given = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let (since, until) = (given(q.since), given(q.until));
     let time = |s: &Option<String>, default: Micros| -> Result<Micros, ApiError> {
         match s {
             None => Ok(default),
@@ -315,8 +387,14 @@ pub async fn history(
             }),
         }
     };
-    let since = time(&q.since, i64::MIN)?;
-    let until = time(&q.until, i64::MAX)?;
+    let end = match q.order {
+        Some(HistoryOrder::Oldest) => End::Oldest,
+        Some(HistoryOrder::Newest) => End::Newest,
+        None if since.is_some() => End::Oldest,
+        None => End::Newest,
+    };
+    let since = time(&since, i64::MIN)?;
+    let until = time(&until, i64::MAX)?;
     let limit = q.limit.unwrap_or(1000);
     if limit == 0 || limit > MAX_HISTORY {
         return Err(ApiError::bad_request(format!(
@@ -325,7 +403,7 @@ pub async fn history(
     }
     let store = state.store.clone();
     let entries =
-        tokio::task::spawn_blocking(move || store.history(&id, &name, since, until, limit))
+        tokio::task::spawn_blocking(move || store.history(&id, &name, since, until, limit, end))
             .await
             .map_err(|e| ApiError::bad_request(e.to_string()))??;
     if let Err(unknown) = configured

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ferrite_models::value::WriteCheckError;
 
-use crate::drivers::DriverError;
 use crate::store::StoreError;
+use ferrite_core::driver::DriverError;
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq)]

@@ -72,7 +72,7 @@ pub struct AppState {
     /// Store writer counters.
     pub stats: Arc<WriterStats>,
     /// Driver counters.
-    pub driver_stats: Arc<crate::drivers::DriverStats>,
+    pub driver_stats: Arc<ferrite_core::driver::DriverStats>,
     /// The checked write path.
     pub control: Arc<Control>,
     /// The rule engine.

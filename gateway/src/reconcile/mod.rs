@@ -39,13 +39,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::drivers::Crashes;
 use crate::fleet::{Changed, Fleet};
 use crate::journal::Journal;
 use crate::rules::{Rules, Source};
 use crate::running::Running;
 use crate::store::{Log, Store};
 use crate::time::{now, rfc3339};
+use ferrite_core::driver::Crashes;
 
 pub use snapshot::Snapshot;
 

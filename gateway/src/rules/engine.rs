@@ -34,13 +34,13 @@ use super::machine::{Phase, Step, Verdict};
 use super::program::{Cell, Expr, Scope, Template};
 use crate::backoff::Backoff;
 use crate::control::{Actor, Control, Holds, WriteError};
-use crate::drivers::DriverError;
 use crate::journal::Journal;
 use crate::live::{Live, Quality, Sample};
 use crate::names::Names;
 use crate::running::Running;
 use crate::store::{Log, Store};
 use crate::time::{Micros, now, rfc3339};
+use ferrite_core::driver::DriverError;
 
 /// Where the MQTT `publish` action goes (the embedded broker), if this build
 /// and config have one.
@@ -368,7 +368,7 @@ impl Deps {
     pub fn standalone(
         project: Project,
         store: Arc<dyn Store>,
-        writers: HashMap<String, Arc<dyn crate::drivers::DeviceWriter>>,
+        writers: HashMap<String, Arc<dyn ferrite_core::driver::DeviceWriter>>,
         journal: Arc<Journal>,
         clock: Clock,
     ) -> Deps {

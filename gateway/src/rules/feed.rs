@@ -98,3 +98,9 @@ impl Feed {
         std::mem::take(&mut *self.inbox.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
+
+impl crate::store::writer::Tap for Feed {
+    fn observe(&self, update: &Update) {
+        Feed::observe(self, update);
+    }
+}

@@ -13,10 +13,10 @@ use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::control::{Actor, Control, WriteError};
-use crate::drivers::{BoxFuture, DeviceWriter, DriverError, Written};
 use crate::journal::{Journal, Retention};
 use crate::live::{Sample, Update};
 use crate::store::{Log, SledStore, Store};
+use ferrite_core::driver::{BoxFuture, DeviceWriter, DriverError, Written};
 
 const MODEL: &str = r#"
 kind: DeviceModel
@@ -139,7 +139,7 @@ impl Harness {
     async fn write_by_hand(
         &self,
         setpoint: f64,
-    ) -> Result<(Value, crate::drivers::Written), WriteError> {
+    ) -> Result<(Value, ferrite_core::driver::Written), WriteError> {
         let actor = Actor::Api {
             token: None,
             peer: None,

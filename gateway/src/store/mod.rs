@@ -106,6 +106,16 @@ pub struct OutboxState {
     pub dropped: u64,
 }
 
+/// Which end of a time range a limited history query keeps. The answer is in
+/// time order either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The first `limit` entries from `since` on.
+    Oldest,
+    /// The last `limit` entries up to `until`.
+    Newest,
+}
+
 /// The storage interface.
 pub trait Store: Send + Sync + 'static {
     /// Records changes durably (fsync): each becomes the latest value of its
@@ -115,8 +125,8 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError>;
     /// Every property's latest value, for start-up.
     fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError>;
-    /// History of one property between `since` and `until` (inclusive),
-    /// oldest first, at most `limit` entries.
+    /// History of one property between `since` and `until` (inclusive), in
+    /// time order: at most `limit` entries, taken from the range's `end`.
     fn history(
         &self,
         device: &str,
@@ -124,6 +134,7 @@ pub trait Store: Send + Sync + 'static {
         since: Micros,
         until: Micros,
         limit: usize,
+        end: End,
     ) -> Result<Vec<Stamped>, StoreError>;
     /// Drops history older than `before`, then the oldest entries until the
     /// store is under `max_bytes`.

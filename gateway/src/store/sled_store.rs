@@ -23,7 +23,7 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use ferrite_models::Value;
 use ferrite_sync::outbox::OutboxError;
 
-use super::{Change, Entry, Log, Stamped, Store, StoreError, Trimmed};
+use super::{Change, End, Entry, Log, Stamped, Store, StoreError, Trimmed};
 use crate::time::Micros;
 
 /// The sled-backed store.
@@ -467,6 +467,7 @@ impl Store for SledStore {
         since: Micros,
         until: Micros,
         limit: usize,
+        end: End,
     ) -> Result<Vec<Stamped>, StoreError> {
         let guard = self.read();
         let inner = guard.as_ref().ok_or_else(reopening)?;
@@ -477,17 +478,23 @@ impl Store for SledStore {
         else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        for entry in inner
+        let range = inner
             .history
-            .range(history_key(id, since)..=history_key(id, until))
-            .take(limit)
-        {
+            .range(history_key(id, since)..=history_key(id, until));
+        let entries: Box<dyn Iterator<Item = _>> = match end {
+            End::Oldest => Box::new(range.take(limit)),
+            End::Newest => Box::new(range.rev().take(limit)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
             let (k, v) = entry?;
             out.push(Stamped {
                 ts: ts_from_key(&k)?,
                 value: decode_value(&v)?,
             });
+        }
+        if end == End::Newest {
+            out.reverse();
         }
         Ok(out)
     }
@@ -739,7 +746,10 @@ mod tests {
         store.commit(&batch)?;
         assert_eq!(store.last().map_err(io)?, 2, "nothing appended again");
         assert!(OutboxAccess::read(&store, 1, 10).map_err(io)?.is_empty());
-        assert_eq!(store.history("d", "n", 0, i64::MAX, 10)?.len(), 1);
+        assert_eq!(
+            store.history("d", "n", 0, i64::MAX, 10, End::Oldest)?.len(),
+            1
+        );
         // The next commit, even of equal changes, is new.
         store.commit(&batch)?;
         assert_eq!(store.last().map_err(io)?, 4);
@@ -818,12 +828,27 @@ mod tests {
             .collect();
         store.commit(&changes)?;
         store.commit(&[change("d", "q", 5, Value::Bool(true))])?;
-        let all = store.history("d", "p", 0, i64::MAX, 1000)?;
+        let all = store.history("d", "p", 0, i64::MAX, 1000, End::Oldest)?;
         assert_eq!(all.len(), 100);
         assert!(all.windows(2).all(|w| w[0].ts < w[1].ts));
-        assert_eq!(store.history("d", "p", 1010, 1019, 1000)?.len(), 10);
-        assert_eq!(store.history("d", "p", 0, i64::MAX, 3)?.len(), 3);
-        assert!(store.history("d", "nope", 0, i64::MAX, 10)?.is_empty());
+        assert_eq!(
+            store
+                .history("d", "p", 1010, 1019, 1000, End::Oldest)?
+                .len(),
+            10
+        );
+        let oldest = store.history("d", "p", 0, i64::MAX, 3, End::Oldest)?;
+        let ts = |v: &[Stamped]| v.iter().map(|s| s.ts).collect::<Vec<_>>();
+        assert_eq!(ts(&oldest), [1000, 1001, 1002]);
+        let newest = store.history("d", "p", 0, i64::MAX, 3, End::Newest)?;
+        assert_eq!(ts(&newest), [1097, 1098, 1099], "the newest, in time order");
+        let newest_until = store.history("d", "p", 0, 1050, 2, End::Newest)?;
+        assert_eq!(ts(&newest_until), [1049, 1050]);
+        assert!(
+            store
+                .history("d", "nope", 0, i64::MAX, 10, End::Oldest)?
+                .is_empty()
+        );
         let latest = store.latest_all()?;
         assert!(latest.contains(&(
             "d".into(),
@@ -838,7 +863,12 @@ mod tests {
             trimmed.by_age, 51,
             "everything before 1050 from p, and q's entry at 5"
         );
-        assert_eq!(store.history("d", "p", 0, i64::MAX, 1000)?.len(), 50);
+        assert_eq!(
+            store
+                .history("d", "p", 0, i64::MAX, 1000, End::Oldest)?
+                .len(),
+            50
+        );
         let trimmed = store.trim(0, 0)?;
         assert!(trimmed.by_size > 0);
         Ok(())

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use super::{Change, Stamped, Store};
 use crate::backoff::Backoff;
 use crate::live::{Live, Sample, Update};
-use crate::rules::Feed;
 use crate::running::Running;
 use crate::time::{Micros, now};
 
@@ -29,6 +28,15 @@ pub const MAX_BATCH: usize = 32;
 
 /// How long a batch waits for company before it is committed.
 pub const GROUP_WINDOW: Duration = Duration::from_millis(20);
+
+/// What watches updates on their way into the store (the rule engine's
+/// feed), injected by the runtime so that the store knows nothing of rules.
+/// `observe` runs on the writer's task, before the batch is committed: it
+/// must not block.
+pub trait Tap: Send + Sync {
+    /// Sees one update.
+    fn observe(&self, update: &Update);
+}
 
 /// Counters the writer keeps, for `/metrics` and benchmarks.
 #[derive(Debug, Default)]
@@ -76,7 +84,7 @@ pub struct Writer {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The rule engine's tap: sees each update as it arrives, before the
     /// group commit, so that control does not wait for the fsync.
-    feed: Option<Arc<Feed>>,
+    feed: Option<Arc<dyn Tap>>,
 }
 
 /// The two queues into the writer.
@@ -196,8 +204,8 @@ impl Writer {
         }
     }
 
-    /// Shows every update to the rule engine as it arrives.
-    pub fn with_feed(mut self, feed: Arc<Feed>) -> Self {
+    /// Shows every update to `feed` (the rule engine's) as it arrives.
+    pub fn with_feed(mut self, feed: Arc<dyn Tap>) -> Self {
         self.feed = Some(feed);
         self
     }

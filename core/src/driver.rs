@@ -1,25 +1,16 @@
-//! Protocol drivers, each in its own folder behind the one [`Driver`] trait.
+//! The contract between the gateway and its protocol drivers: the
+//! [`Driver`] trait, the [`DriverContext`] each runs on, the
+//! [`DeviceWriter`] a started device answers writes with, and their typed
+//! errors.
 //!
-//! Each driver is made once, when the gateway starts, with the gateway-wide
+//! A driver is made once, when the gateway starts, with the gateway-wide
 //! [`DriverContext`] (the output queues to the store writer, the data
-//! folder, the counters). The [`crate::fleet`] then starts devices on it one
-//! at a time, each with a context of its own (its own shutdown token and task
+//! folder, the counters). The gateway then starts devices on it one at a
+//! time, each with a context of its own (its own shutdown token and task
 //! tracker), and stops them one at a time, so that a reconfiguration touches
 //! only the devices it changes. A driver shares what devices share (a Modbus
 //! TCP connection or serial bus, the broker link) and lets go of it in
 //! [`Driver::sweep`] once no running device uses it.
-//!
-//! `start` returns the device's [`DeviceWriter`], which the API, the rules
-//! and the twin write through.
-//!
-//! Adding a protocol means adding a folder and one line in [`all`].
-
-#[cfg(feature = "modbus")]
-pub mod modbus;
-#[cfg(feature = "mqtt")]
-pub mod mqtt;
-#[cfg(feature = "opcua")]
-pub mod opcua;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -33,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::live::Update;
+use crate::reading::{Sample, Update};
 
 /// What a running driver needs from the gateway. A driver is made with the
 /// gateway's; each device starts with one whose `shutdown` and `tasks` are
@@ -56,10 +47,7 @@ pub struct DriverContext {
     /// Counters the API shows in `/metrics`.
     pub stats: Arc<DriverStats>,
     /// Per-device poll counters and latencies for `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The embedded broker's link, for the MQTT driver to take.
-    #[cfg(feature = "mqtt")]
-    pub broker: Arc<std::sync::Mutex<Option<(crate::broker::BrokerLink, rumqttd::local::LinkRx)>>>,
+    pub meters: Arc<dyn DriverMeters>,
     /// Where device loops that panicked are counted.
     pub crashes: Arc<Crashes>,
 }
@@ -126,13 +114,8 @@ impl Crashes {
 /// again after a panic (a bug must not stop the device for good, nor any
 /// other), after a growing delay, until the device stops. Each panic is
 /// logged and counted in `ctx.crashes`.
-#[cfg(any(feature = "modbus", feature = "opcua"))]
-pub(crate) fn supervise<F, Fut>(
-    ctx: &DriverContext,
-    device: Arc<str>,
-    protocol: &'static str,
-    make: F,
-) where
+pub fn supervise<F, Fut>(ctx: &DriverContext, device: Arc<str>, protocol: &'static str, make: F)
+where
     F: Fn(DriverContext) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -155,7 +138,7 @@ pub(crate) fn supervise<F, Fut>(
             let delay = backoff.next_delay();
             tracing::error!(device = %device, "the device's loop panicked ({why}); restarting it in {delay:.1?}");
             ctx.crashes.report(&device, why);
-            ctx.metrics.panicked(&device, protocol);
+            ctx.meters.panicked(&device, protocol);
             tokio::select! {
                 () = ctx.shutdown.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
@@ -163,26 +146,6 @@ pub(crate) fn supervise<F, Fut>(
         }
     });
 }
-
-/// A fail point in every device loop, for tests of what a crashing
-/// configuration does (the `failpoints` feature, for tests only):
-/// `fail::cfg("device-loop", "return(NAME)")` makes device `NAME`'s loop
-/// panic each time it passes here.
-#[cfg(all(feature = "failpoints", any(feature = "modbus", feature = "opcua")))]
-pub(crate) fn crash_point(device: &str) {
-    fail::fail_point!("device-loop", |target: Option<String>| {
-        if target.as_deref() == Some(device) {
-            panic!("fail point device-loop for {device}");
-        }
-    });
-}
-
-/// Without the `failpoints` feature, nothing.
-#[cfg(all(
-    not(feature = "failpoints"),
-    any(feature = "modbus", feature = "opcua")
-))]
-pub(crate) fn crash_point(_device: &str) {}
 
 /// Counters shared by the drivers.
 #[derive(Debug, Default)]
@@ -248,7 +211,7 @@ pub trait DeviceWriter: Send + Sync {
 /// One device of the project as a driver starts it: its number (which
 /// [`Update`]s carry), name, file, model, and its properties' numbers.
 pub struct DeviceEntry<'a> {
-    /// The device's number ([`crate::names::Names`]).
+    /// The device's number (the gateway numbers devices by name).
     pub index: usize,
     /// Its name.
     pub name: &'a str,
@@ -278,14 +241,13 @@ impl DeviceEntry<'_> {
     }
 }
 
-#[cfg(any(feature = "modbus", feature = "opcua"))]
 /// Sends the read-back of a write on the urgent queue, and waits until it is
 /// stored and visible, so that the API's answer shows it.
-pub(crate) async fn show_written(
+pub async fn show_written(
     urgent: &mpsc::Sender<Update>,
     device: usize,
     property: u16,
-    sample: crate::live::Sample,
+    sample: Sample,
 ) -> Result<Written, DriverError> {
     let (applied, visible) = tokio::sync::oneshot::channel();
     let update = Update {
@@ -317,20 +279,51 @@ pub trait Driver: Send + Sync {
         &self,
         device: &DeviceEntry<'_>,
         ctx: DriverContext,
-    ) -> Result<Arc<dyn DeviceWriter>, String>;
+    ) -> Result<Arc<dyn DeviceWriter>, StartError>;
     /// Lets go of shared connections that no running device uses any more.
     fn sweep(&self) {}
 }
 
-/// Every driver this build has, made on the gateway's `ctx`.
-#[allow(unused_variables)]
-pub fn all(ctx: &DriverContext) -> Vec<Box<dyn Driver>> {
-    vec![
-        #[cfg(feature = "modbus")]
-        Box::new(modbus::ModbusDriver::new(ctx.clone())),
-        #[cfg(feature = "opcua")]
-        Box::new(opcua::OpcuaDriver::new(ctx.clone())),
-        #[cfg(feature = "mqtt")]
-        Box::new(mqtt::MqttDriver::new(ctx.clone())),
-    ]
+/// Why a driver cannot start a device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The device speaks another protocol (the gateway asks the driver that
+    /// [`Driver::serves`] it, so this is a bug).
+    #[error("not a {0} device")]
+    WrongProtocol(&'static str),
+    /// Something the device needs is not configured (an MQTT device without
+    /// the embedded broker).
+    #[error("{0}")]
+    Missing(&'static str),
+}
+
+/// Where drivers count polls and panics (the gateway's `/metrics`). A trait,
+/// so that the drivers need not know the metrics library.
+pub trait DriverMeters: Send + Sync {
+    /// The meter one device's polls are counted with.
+    fn device(&self, device: &str, protocol: &str) -> Arc<dyn PollMeter>;
+    /// Counts a panic of `device`'s loop.
+    fn panicked(&self, device: &str, protocol: &str);
+}
+
+/// One device's poll counter.
+pub trait PollMeter: Send + Sync {
+    /// Counts a poll that took `took`; `ok` unless the device failed to
+    /// answer, or answered with an error.
+    fn poll(&self, took: Duration, ok: bool);
+}
+
+/// Meters that count nothing, for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct NoMeters;
+
+impl DriverMeters for NoMeters {
+    fn device(&self, _: &str, _: &str) -> Arc<dyn PollMeter> {
+        Arc::new(NoMeters)
+    }
+    fn panicked(&self, _: &str, _: &str) {}
+}
+
+impl PollMeter for NoMeters {
+    fn poll(&self, _: Duration, _: bool) {}
 }

@@ -28,8 +28,10 @@ use crate::broker::BrokerLink;
 use tokio::sync::oneshot;
 
 use self::ingest::{Ingest, Outcome, Waiter, unix_ms};
-use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, Written};
-use crate::live::Status;
+use ferrite_core::driver::{
+    BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, StartError, Written,
+};
+use ferrite_core::reading::Status;
 
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -42,14 +44,9 @@ pub struct MqttDriver {
 }
 
 impl MqttDriver {
-    /// Takes the broker's link from `ctx` (if the config starts a broker)
-    /// and starts the reader on it.
-    pub fn new(ctx: DriverContext) -> Self {
-        let link = ctx
-            .broker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+    /// Starts the reader on the broker's `link` (`None` when the config
+    /// starts no broker: MQTT devices then cannot start).
+    pub fn new(ctx: DriverContext, link: Option<(BrokerLink, rumqttd::local::LinkRx)>) -> Self {
         let Some((mut link, rx)) = link else {
             return MqttDriver { shared: None };
         };
@@ -98,14 +95,16 @@ impl Driver for MqttDriver {
 
     fn start(
         &self,
-        entry: &super::DeviceEntry<'_>,
+        entry: &ferrite_core::driver::DeviceEntry<'_>,
         ctx: DriverContext,
-    ) -> Result<Arc<dyn DeviceWriter>, String> {
-        let shared = self
-            .shared
-            .clone()
-            .ok_or("MQTT devices need the embedded broker, and the config has no [mqtt]")?;
-        let (_, first) = shared.ingest().add(entry).ok_or("not an MQTT device")?;
+    ) -> Result<Arc<dyn DeviceWriter>, StartError> {
+        let shared = self.shared.clone().ok_or(StartError::Missing(
+            "MQTT devices need the embedded broker, and the config has no [mqtt]",
+        ))?;
+        let (_, first) = shared
+            .ingest()
+            .add(entry)
+            .ok_or(StartError::WrongProtocol("MQTT"))?;
         let name: Arc<str> = Arc::from(entry.name);
         let (remover, removed) = (shared.clone(), name.clone());
         ctx.tasks.spawn(async move {

@@ -26,17 +26,18 @@ use tokio_util::sync::CancellationToken;
 
 use self::link::{LinkHandle, LinkKey, Op, Reply};
 use self::plan::{ReadBlock, plan};
-use super::{
-    BoxFuture, DeviceEntry, DeviceWriter, Driver, DriverContext, DriverError, Written, show_written,
+use ferrite_core::driver::{
+    BoxFuture, DeviceEntry, DeviceWriter, Driver, DriverContext, DriverError, StartError, Written,
+    show_written,
 };
-use crate::live::{Sample, Status, Update};
-use crate::time::now;
+use ferrite_core::reading::{Sample, Status, Update};
+use ferrite_core::time::now;
 
 /// One property as the driver sees it.
 #[derive(Debug, Clone)]
 struct Point {
     name: Arc<str>,
-    /// The property's number ([`crate::names::Names`]).
+    /// The property's number (numbered by the gateway, by name).
     index: u16,
     ty: ValueType,
     readable: bool,
@@ -47,7 +48,7 @@ struct Point {
 #[derive(Debug)]
 struct Device {
     name: Arc<str>,
-    /// The device's number ([`crate::names::Names`]).
+    /// The device's number (numbered by the gateway, by name).
     index: usize,
     link: LinkKey,
     unit: u8,
@@ -142,18 +143,18 @@ impl Driver for ModbusDriver {
         &self,
         entry: &DeviceEntry<'_>,
         ctx: DriverContext,
-    ) -> Result<Arc<dyn DeviceWriter>, String> {
-        let device = device_of(entry).ok_or("not a Modbus device")?;
+    ) -> Result<Arc<dyn DeviceWriter>, StartError> {
+        let device = device_of(entry).ok_or(StartError::WrongProtocol("Modbus"))?;
         let (link, users) = self.link(&device.link);
         let protocol = match device.link {
             LinkKey::Tcp { .. } => Protocol::ModbusTcp,
             LinkKey::Rtu { .. } => Protocol::ModbusRtu,
         };
-        let meter = ctx.metrics.device(&device.name, protocol.key());
+        let meter = ctx.meters.device(&device.name, protocol.key());
         let device = Arc::new(device);
         tracing::debug!(device = %device.name, link = %device.link, "modbus: polling");
         let (poller, link_of_poller) = (device.clone(), link.clone());
-        super::supervise(&ctx, device.name.clone(), protocol.key(), move |ctx| {
+        ferrite_core::driver::supervise(&ctx, device.name.clone(), protocol.key(), move |ctx| {
             poll_loop(
                 poller.clone(),
                 link_of_poller.clone(),
@@ -186,7 +187,7 @@ impl Driver for ModbusDriver {
 async fn poll_loop(
     device: Arc<Device>,
     link: LinkHandle,
-    meter: crate::metrics::DeviceMeter,
+    meter: std::sync::Arc<dyn ferrite_core::driver::PollMeter>,
     output: mpsc::Sender<Update>,
     shutdown: CancellationToken,
     // Held while polling: the link stays while a device uses it.

@@ -35,14 +35,16 @@ use opcua::types::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::{BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, Written, show_written};
-use crate::live::{Sample, Update};
+use ferrite_core::driver::{
+    BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, StartError, Written, show_written,
+};
+use ferrite_core::reading::{Sample, Update};
 
 /// One property as the driver sees it.
 #[derive(Debug, Clone)]
 struct Point {
     name: Arc<str>,
-    /// The property's number ([`crate::names::Names`]).
+    /// The property's number (numbered by the gateway, by name).
     index: u16,
     ty: ValueType,
     readable: bool,
@@ -57,7 +59,7 @@ struct Point {
 #[derive(Debug)]
 struct Device {
     name: Arc<str>,
-    /// The device's number ([`crate::names::Names`]).
+    /// The device's number (numbered by the gateway, by name).
     index: usize,
     settings: Opcua,
     /// The device file's folder: relative paths in `settings` start here.
@@ -117,7 +119,7 @@ impl OpcuaDriver {
 }
 
 /// The device as the OPC UA driver runs it.
-fn device_of(entry: &super::DeviceEntry<'_>) -> Option<Device> {
+fn device_of(entry: &ferrite_core::driver::DeviceEntry<'_>) -> Option<Device> {
     let d = &entry.located.value;
     let settings = d.opcua.as_ref()?;
     let points = entry
@@ -160,10 +162,10 @@ impl Driver for OpcuaDriver {
 
     fn start(
         &self,
-        entry: &super::DeviceEntry<'_>,
+        entry: &ferrite_core::driver::DeviceEntry<'_>,
         ctx: DriverContext,
-    ) -> Result<Arc<dyn DeviceWriter>, String> {
-        let device = Arc::new(device_of(entry).ok_or("not an OPC UA device")?);
+    ) -> Result<Arc<dyn DeviceWriter>, StartError> {
+        let device = Arc::new(device_of(entry).ok_or(StartError::WrongProtocol("OPC UA"))?);
         let shared_pki = self.ctx.data_dir.join("pki");
         let (link, seen) = watch::channel(Err("not connected yet".to_string()));
         let link = Arc::new(link);
@@ -182,7 +184,7 @@ impl Driver for OpcuaDriver {
         // (a panic may have left the first one half-used).
         let first = std::sync::Mutex::new(Some(client));
         let protocol = ferrite_models::device::Protocol::Opcua.key();
-        super::supervise(&ctx, device.name.clone(), protocol, move |ctx| {
+        ferrite_core::driver::supervise(&ctx, device.name.clone(), protocol, move |ctx| {
             let client = first
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

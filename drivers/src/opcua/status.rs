@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use opcua::types::StatusCode;
 
-use crate::drivers::DriverError;
+use ferrite_core::driver::DriverError;
 
 /// The error a status code from a service call means.
 pub(super) fn error(code: StatusCode) -> DriverError {

@@ -32,10 +32,10 @@ use tokio::task::JoinHandle;
 use super::{
     Connected, Device, Link, Point, connect, read_attribute, read_values, sample_of, status,
 };
-use crate::backoff::Backoff;
-use crate::drivers::DriverContext;
-use crate::live::{Sample, Status, Update};
-use crate::time::now;
+use ferrite_core::backoff::Backoff;
+use ferrite_core::driver::DriverContext;
+use ferrite_core::reading::{Sample, Status, Update};
+use ferrite_core::time::now;
 
 /// Nodes per Read or CreateMonitoredItems request.
 const CHUNK: usize = 1000;
@@ -141,7 +141,7 @@ pub(super) async fn run(
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
     loop {
-        crate::drivers::crash_point(&device.name);
+        crate::crash_point(&device.name);
         let mut session = Running {
             device: &device,
             client: &client,
@@ -281,7 +281,7 @@ impl Running<'_> {
         let polling = device.settings.mode == ferrite_models::device::OpcuaMode::Poll;
         let meter = self
             .ctx
-            .metrics
+            .meters
             .device(&device.name, ferrite_models::device::Protocol::Opcua.key());
         loop {
             if !stable && since.elapsed() >= STABLE {
@@ -322,7 +322,7 @@ impl Running<'_> {
                     for (k, round) in rounds(batch).iter().enumerate() {
                         let samples = to_samples(device, round, &mut bad);
                         let mut update = health.update(device, &bad, samples);
-                        update.ts = base + k as crate::time::Micros;
+                        update.ts = base + k as ferrite_core::time::Micros;
                         updates.push(update);
                     }
                     updates
@@ -507,7 +507,7 @@ async fn read_all(
     session: &opcua::client::Session,
     ids: &[&opcua::types::NodeId],
     attribute: AttributeId,
-) -> Result<Vec<DataValue>, crate::drivers::DriverError> {
+) -> Result<Vec<DataValue>, ferrite_core::driver::DriverError> {
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let read = read_attribute(chunk, attribute);
@@ -519,7 +519,7 @@ async fn read_all(
         // Values are matched to nodes by position: a short (or long) answer
         // would give values to the wrong properties.
         if values.len() != chunk.len() {
-            return Err(crate::drivers::DriverError::Refused(format!(
+            return Err(ferrite_core::driver::DriverError::Refused(format!(
                 "the server answered {} values to a Read of {} nodes",
                 values.len(),
                 chunk.len()

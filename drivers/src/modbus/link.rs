@@ -21,8 +21,8 @@ use tokio_modbus::prelude::{Slave, SlaveContext};
 use tokio_modbus::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::drivers::DriverError;
+use ferrite_core::backoff::Backoff;
+use ferrite_core::driver::DriverError;
 
 /// Where a link goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -20,8 +20,8 @@ use ferrite_proto::sparkplug::payload::Metric;
 use prost::Message;
 use tokio::sync::oneshot;
 
-use crate::drivers::DeviceEntry;
-use crate::live::{Sample, Status, Update};
+use ferrite_core::driver::DeviceEntry;
+use ferrite_core::reading::{Sample, Status, Update};
 
 /// How often at most a device's malformed payloads are logged.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -678,7 +678,7 @@ fn update(
 ) -> Update {
     Update {
         device,
-        ts: crate::time::now(),
+        ts: ferrite_core::time::now(),
         status,
         seen,
         samples,
@@ -688,5 +688,5 @@ fn update(
 
 /// Milliseconds since the Unix epoch, as Sparkplug timestamps are.
 pub(super) fn unix_ms() -> u64 {
-    u64::try_from(crate::time::now() / 1000).unwrap_or(0)
+    u64::try_from(ferrite_core::time::now() / 1000).unwrap_or(0)
 }
