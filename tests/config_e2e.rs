@@ -321,6 +321,31 @@ async fn devices_change_through_files_and_rest_while_the_others_keep_their_caden
         )
         .await;
     assert_eq!(status, 409, "{body}");
+    // Only an object (or null) is a rollback body; `3.0` is the integer 3.
+    for (bad, code) in [
+        ("[]", 400),
+        ("[3]", 400),
+        ("3", 400),
+        (r#"{"version": 3.5}"#, 400),
+    ] {
+        let (status, body, _) = api
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/config/rollback",
+                Some(bad.into()),
+            )
+            .await;
+        assert_eq!(status, code, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{bad}: {body}");
+    }
+    let (status, body, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/config/rollback",
+            Some(r#"{"version": 99.0}"#.into()),
+        )
+        .await;
+    assert_eq!(status, 409, "99.0 reads as version 99: {body}");
 
     // The same set again (a SIGHUP, or an edit that changes nothing) is no
     // new version.

@@ -415,6 +415,12 @@ async fn bad_requests_get_clear_errors() {
             api.put_raw("/api/v1/devices/d/properties/sp", "{\"valu\": 30}".into())
                 .await,
         ),
+        (
+            400,
+            "bad_request",
+            api.put_raw("/api/v1/devices/d/properties/sp", "[30]".into())
+                .await,
+        ),
         (404, "unknown_device", api.get("/api/v1/devices/nope").await),
         (
             404,

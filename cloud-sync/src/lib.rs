@@ -38,6 +38,8 @@ pub mod sled_open;
 pub mod topics;
 pub mod uplink;
 
+#[cfg(feature = "serve")]
+pub mod api_shape;
 #[cfg(feature = "cloud")]
 pub mod cloud;
 #[cfg(feature = "serve")]

@@ -19,17 +19,13 @@ pub fn rfc3339(t: Micros) -> String {
 }
 
 /// Parses RFC 3339 with any offset (`2026-11-27T13:00:00Z`,
-/// `2026-11-27T14:00:00.5+01:00`, with or without fractions); a time with no
-/// offset at all is read as UTC. Times before 1970 are fine.
+/// `2026-11-27T14:00:00.5+01:00`, with or without fractions), as the
+/// OpenAPI `date-time` format means it: a time without an offset is refused,
+/// since it names no instant. Times before 1970 are fine.
 pub fn parse_rfc3339(s: &str) -> Option<Micros> {
-    let with_offset = chrono::DateTime::parse_from_rfc3339(s)
+    chrono::DateTime::parse_from_rfc3339(s)
         .ok()
-        .map(|t| t.timestamp_micros());
-    with_offset.or_else(|| {
-        let t = humantime::parse_rfc3339_weak(s).ok()?;
-        let d = t.duration_since(UNIX_EPOCH).ok()?;
-        i64::try_from(d.as_micros()).ok()
-    })
+        .map(|t| t.timestamp_micros())
 }
 
 #[cfg(test)]
@@ -47,7 +43,7 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-27T14:00:00+01:00"), utc);
         assert_eq!(parse_rfc3339("2026-11-27T08:30:00-04:30"), utc);
         assert_eq!(parse_rfc3339("2026-11-27t13:00:00z"), utc);
-        assert_eq!(parse_rfc3339("2026-11-27T13:00:00"), utc, "no offset: UTC");
+        assert_eq!(parse_rfc3339("2026-11-27T13:00:00"), None, "no offset");
         assert_eq!(
             parse_rfc3339("2026-11-27T13:00:00.25Z"),
             utc.map(|t| t + 250_000)

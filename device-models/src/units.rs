@@ -74,14 +74,23 @@ impl JsonSchema for Span {
     }
 }
 
+/// The names [`check_name`] accepts, as a regular expression (for the
+/// OpenAPI document's path parameters and the JSON Schemas).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+
+/// The longest name [`check_name`] accepts.
+pub const NAME_MAX: usize = 64;
+
 /// Checks a name used in URLs, MQTT topics and CEL: letters, digits, `-`, `_`
 /// and `.`, starting with a letter or digit, at most 64 characters.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("the name is empty".into());
     }
-    if name.len() > 64 {
-        return Err(format!("the name `{name}` is longer than 64 characters"));
+    if name.len() > NAME_MAX {
+        return Err(format!(
+            "the name `{name}` is longer than {NAME_MAX} characters"
+        ));
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
@@ -100,6 +109,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The pattern the OpenAPI document declares is the check itself.
+        #[test]
+        fn the_name_pattern_agrees_with_check_name(name in "[A-Za-z0-9._ /%-]{0,70}") {
+            let schema = serde_json::json!({"type": "string", "pattern": NAME_PATTERN});
+            let validator = jsonschema::validator_for(&schema).expect("a valid pattern");
+            let matches = validator.is_valid(&serde_json::json!(name));
+            proptest::prop_assert_eq!(matches, check_name(&name).is_ok(), "{:?}", name);
+        }
+    }
 
     #[test]
     fn durations_are_bounded_so_no_arithmetic_overflows() {

@@ -163,7 +163,26 @@ pub async fn get(State(state): State<AppState>) -> Json<ConfigView> {
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     /// A version kept; without it, the one before the running one.
+    #[serde(default, deserialize_with = "integral")]
+    #[schema(minimum = 0)]
     pub version: Option<u64>,
+}
+
+/// A version number as JSON Schema's `integer` means it: `3` or `3.0`.
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(v) = n.as_u64() {
+        return Ok(Some(v));
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(Some(f as u64)),
+        _ => Err(D::Error::custom(format!(
+            "version must be a whole number from 0, not {n}"
+        ))),
+    }
 }
 
 /// Returns to the previous version (or the one named), as a new version.
@@ -183,12 +202,18 @@ pub async fn rollback(
     let body: RollbackBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         RollbackBody::default()
     } else {
-        let parsed: Result<Json<RollbackBody>, JsonRejection> = Json::from_bytes(&bytes);
-        parsed
-            .map_err(|e| {
-                ApiError::bad_request(format!("expected {{\"version\": N}}: {}", e.body_text()))
-            })?
-            .0
+        // `null` is the document's "no body" too; anything but an object
+        // or null is refused (serde would take `[]` for a struct).
+        let expected =
+            |why: String| ApiError::bad_request(format!("expected {{\"version\": N}}: {why}"));
+        let parsed: Result<Json<serde_json::Value>, JsonRejection> = Json::from_bytes(&bytes);
+        match parsed.map_err(|e| expected(e.body_text()))?.0 {
+            serde_json::Value::Null => RollbackBody::default(),
+            object @ serde_json::Value::Object(_) => {
+                serde_json::from_value(object).map_err(|e| expected(e.to_string()))?
+            }
+            other => return Err(expected(format!("got {other}"))),
+        }
     };
     let who = who(principal, peer);
     let applied = state

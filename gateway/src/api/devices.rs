@@ -168,8 +168,10 @@ pub struct HistoryEntry {
 #[into_params(parameter_in = Path)]
 pub struct PropertyPath {
     /// Device name.
+    #[param(example = "boiler-1")]
     pub id: String,
     /// Property name.
+    #[param(example = "setpoint")]
     pub name: String,
 }
 
@@ -189,7 +191,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<DeviceView>> {
 
 /// One device with its latest readings.
 #[utoipa::path(get, operation_id = "getDevice", path = "/api/v1/devices/{id}", tag = "devices",
-    params(("id" = String, Path, description = "Device name")),
+    params(("id" = String, Path, description = "Device name", example = "boiler-1")),
     responses(
         (status = 200, description = "The device", body = DeviceDetail),
         (status = 404, description = "No such device", body = ErrorBody),
@@ -255,13 +257,28 @@ fn known_property(state: &AppState, id: &str, name: &str) -> Result<Property, Ap
         .ok_or_else(|| ApiError::no_property(id, name))
 }
 
-/// The body of a write.
+/// The body of a write: an object with `value` and nothing else (read
+/// through a map, since serde would also take `[V]` for the struct).
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Map<String, Json_>")]
 pub struct WriteBody {
     /// The new value: a number, boolean or string as the model types it.
-    #[schema(example = 42)]
+    #[schema(example = 42.5)]
     pub value: Json_,
+}
+
+impl TryFrom<serde_json::Map<String, Json_>> for WriteBody {
+    type Error = String;
+
+    fn try_from(mut fields: serde_json::Map<String, Json_>) -> Result<Self, String> {
+        let value = fields
+            .remove("value")
+            .ok_or_else(|| "missing field `value`".to_string())?;
+        match fields.keys().next() {
+            Some(other) => Err(format!("unknown field `{other}`, expected `value`")),
+            None => Ok(WriteBody { value }),
+        }
+    }
 }
 
 /// Writes a property.
@@ -329,11 +346,11 @@ pub async fn write(
 pub struct HistoryQuery {
     /// From this time on (RFC 3339 with any offset, inclusive). Empty counts
     /// as absent.
-    #[param(format = DateTime)]
+    #[param(schema_with = time_or_empty)]
     since: Option<String>,
     /// Up to this time (RFC 3339 with any offset, inclusive). Empty counts as
     /// absent.
-    #[param(format = DateTime)]
+    #[param(schema_with = time_or_empty)]
     until: Option<String>,
     /// At most this many entries (default 1000).
     #[param(minimum = 1, maximum = 10000)]
@@ -341,7 +358,29 @@ pub struct HistoryQuery {
     /// Which end of the range `limit` keeps: `oldest` (the default with
     /// `since`) or `newest` (the default without). The answer is in time
     /// order either way.
+    #[param(inline)]
     order: Option<HistoryOrder>,
+}
+
+/// A query time: RFC 3339 (`date-time`), or empty for none.
+fn time_or_empty() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{
+        AnyOfBuilder, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type,
+    };
+    Schema::AnyOf(
+        AnyOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(0)),
+            )
+            .build(),
+    )
 }
 
 /// Which end of the range a history query keeps.

@@ -175,7 +175,9 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// `request_timeout`.
 pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Duration) -> Router {
     let (guarded, open, doc) = documented();
-    let docs_ui = utoipa_swagger_ui::SwaggerUi::new("/api/docs").url(OPENAPI_PATH, doc);
+    let doc = exact(doc, tokens.enabled());
+    let docs_ui =
+        utoipa_swagger_ui::SwaggerUi::new("/api/docs").external_url_unchecked(OPENAPI_PATH, doc);
     guarded
         .route_layer(axum::middleware::from_fn_with_state(
             auth::bearer(tokens),
@@ -195,7 +197,35 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Durat
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // Outermost: it also sees the timeout layer's 408.
+        .layer(axum::middleware::from_fn(
+            ferrite_sync::api_shape::json_errors,
+        ))
         .with_state(state)
+}
+
+/// The document as this gateway serves it: bearer auth only with tokens,
+/// names' pattern on path parameters, and every error each operation can
+/// answer with ([`ferrite_sync::api_shape::exact_document`]). JSON, since
+/// utoipa's types do not all read back what they write.
+pub fn exact(doc: utoipa::openapi::OpenApi, tokens: bool) -> serde_json::Value {
+    use ferrite_sync::api_shape::{DocumentRules, exact_document};
+    let rules = DocumentRules {
+        tokens,
+        open_paths: &["/healthz", "/readyz"],
+        name_params: &["id", "name"],
+        name_pattern: ferrite_models::units::NAME_PATTERN,
+        name_max: ferrite_models::units::NAME_MAX,
+        same_origin_writes: true,
+        error_schema: "ErrorBody",
+    };
+    match serde_json::to_value(&doc) {
+        Ok(json) => exact_document(json, &rules),
+        Err(e) => {
+            tracing::error!("the OpenAPI document does not serialise ({e})");
+            serde_json::json!({"openapi": "3.1.0", "info": {"title": "unavailable", "version": "0"}, "paths": {}})
+        }
+    }
 }
 
 /// The gateway as a whole.

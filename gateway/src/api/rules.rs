@@ -157,9 +157,11 @@ pub async fn delete(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct JournalQuery {
-    /// At most this many entries (1 to 1000; default 100).
+    /// At most this many entries (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Entries with a `seq` below this (the next page).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     before: Option<u64>,
     /// Only this rule's entries.
     rule: Option<String>,
@@ -215,6 +217,12 @@ async fn journal(
     query: Result<Query<JournalQuery>, QueryRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if q.before.is_some_and(|b| b > i64::MAX as u64) {
+        return Err(ApiError::bad_request(format!(
+            "before must be 0 to {}",
+            i64::MAX
+        )));
+    }
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_ENTRIES {
         return Err(ApiError::bad_request(format!(
