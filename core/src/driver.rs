@@ -152,6 +152,9 @@ where
 pub struct DriverStats {
     /// Payloads that did not decode (MQTT, Sparkplug).
     pub malformed_payloads: std::sync::atomic::AtomicU64,
+    /// OPC UA data changes that found a session's queue full (the session
+    /// then reads every node's current value, so no latest value is lost).
+    pub overflowed_changes: std::sync::atomic::AtomicU64,
 }
 
 /// How far a write got when it succeeded.

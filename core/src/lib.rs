@@ -21,10 +21,13 @@
 //!   ([`driver::DriverError`], [`driver::StartError`]), the meters drivers
 //!   count with, and [`driver::supervise`], which restarts a device loop
 //!   after a panic.
+//! - [`queue`]: a bounded queue that drops its oldest entry when full, for
+//!   producers that must never wait.
 //! - [`time`]: timestamps in microseconds since the Unix epoch, RFC 3339.
 //! - [`backoff`]: retry delays that grow, with jitter.
 
 pub mod backoff;
 pub mod driver;
+pub mod queue;
 pub mod reading;
 pub mod time;

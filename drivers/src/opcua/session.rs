@@ -37,6 +37,36 @@ use ferrite_core::driver::DriverContext;
 use ferrite_core::reading::{Sample, Status, Update};
 use ferrite_core::time::now;
 
+/// Most data changes waiting between the subscription's callback and the
+/// session's loop (about 100 bytes each). The callback cannot wait (it runs
+/// inside the client's event loop). Full-queue policy: the change is dropped
+/// and counted (`ferrite_opcua_changes_overflowed_total`), and once the loop
+/// has drained the queue it reads every node's current value, so no node is
+/// left at an old value; only intermediate changes during the overload are
+/// lost, and they are counted.
+const DATA_QUEUE: usize = 65_536;
+
+/// The subscription callback's end of the data queue.
+#[derive(Clone)]
+struct DataSender {
+    queue: mpsc::Sender<(u32, DataValue)>,
+    overflowed: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<ferrite_core::driver::DriverStats>,
+}
+
+impl DataSender {
+    /// Queues a change, or drops it at a full queue and says so.
+    fn send(&self, handle: u32, value: DataValue) {
+        use std::sync::atomic::Ordering;
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send((handle, value)) {
+            self.overflowed.store(true, Ordering::Relaxed);
+            self.stats
+                .overflowed_changes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Nodes per Read or CreateMonitoredItems request.
 const CHUNK: usize = 1000;
 /// The most notifications one Publish response may carry, well inside the
@@ -142,7 +172,7 @@ pub(super) async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
     loop {
         crate::crash_point(&device.name);
-        let mut session = Running {
+        let mut session = OpenSession {
             device: &device,
             client: &client,
             pki: &pki,
@@ -207,7 +237,7 @@ async fn send(ctx: &DriverContext, update: Update) -> bool {
 }
 
 /// One session's life.
-struct Running<'a> {
+struct OpenSession<'a> {
     device: &'a Arc<Device>,
     client: &'a Client,
     pki: &'a std::path::Path,
@@ -217,7 +247,7 @@ struct Running<'a> {
     pump: Option<(JoinHandle<()>, Arc<opcua::client::Session>)>,
 }
 
-impl Running<'_> {
+impl OpenSession<'_> {
     /// Connects and serves until the session is lost (`Err`) or the gateway
     /// stops (`Ok`).
     async fn serve(&mut self, backoff: &mut Backoff) -> Result<(), Failure> {
@@ -260,7 +290,13 @@ impl Running<'_> {
             types: Arc::new(types),
         };
         self.link.send_modify(|l| *l = Ok(connected.clone()));
-        let (data_tx, mut data) = mpsc::unbounded_channel();
+        let (data_tx, mut data) = mpsc::channel(DATA_QUEUE);
+        let overflowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let data_tx = DataSender {
+            queue: data_tx,
+            overflowed: overflowed.clone(),
+            stats: self.ctx.stats.clone(),
+        };
         let subscribed = match device.settings.mode {
             ferrite_models::device::OpcuaMode::Subscribe => {
                 tokio::select! {
@@ -325,6 +361,20 @@ impl Running<'_> {
                         update.ts = base + k as ferrite_core::time::Micros;
                         updates.push(update);
                     }
+                    // Changes were dropped at a full queue: read every
+                    // node's value now, so that each ends at its latest.
+                    if data.is_empty()
+                        && overflowed.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::warn!(device = %device.name, "data changes overflowed the session's queue; reading every node again");
+                        let polled = poll_once(device, &session, &bad).await?;
+                        let mut status_bad = bad.clone();
+                        let samples = polled
+                            .into_iter()
+                            .map(|(i, r)| classify(i, r, &mut status_bad))
+                            .collect();
+                        updates.push(health.update(device, &status_bad, samples));
+                    }
                     updates
                 }
                 _ = tick.tick(), if polling => {
@@ -361,7 +411,7 @@ impl Running<'_> {
     }
 }
 
-impl Drop for Running<'_> {
+impl Drop for OpenSession<'_> {
     fn drop(&mut self) {
         if let Some((pump, _)) = self.pump.take() {
             pump.abort();
@@ -538,7 +588,7 @@ async fn subscribe(
     device: &Device,
     connected: &Connected,
     bad: &BTreeMap<u16, String>,
-    data: mpsc::UnboundedSender<(u32, DataValue)>,
+    data: DataSender,
 ) -> Result<BTreeMap<u16, String>, Failure> {
     let session = &connected.session;
     let sampling = device.sampling();
@@ -628,7 +678,7 @@ async fn new_subscription(
     device: &Device,
     session: &opcua::client::Session,
     sampling: Duration,
-    data: mpsc::UnboundedSender<(u32, DataValue)>,
+    data: DataSender,
 ) -> Result<u32, Failure> {
     // The server sends a keep-alive after this many empty intervals (about
     // every 5 s) and drops the subscription after four missed ones.
@@ -636,7 +686,7 @@ async fn new_subscription(
         u32::try_from((Duration::from_secs(5).as_millis() / sampling.as_millis().max(1)).max(1))
             .unwrap_or(u32::MAX);
     let callback = DataChangeCallback::new(move |dv, item| {
-        let _ = data.send((item.client_handle(), dv));
+        data.send(item.client_handle(), dv);
     });
     status::within(
         device.timeout,
@@ -760,4 +810,30 @@ async fn poll_once(
         .zip(values)
         .map(|((p, _), dv)| (p.index, sample_of(p, &dv)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_data_queue_drops_counts_and_flags_a_reread() {
+        let (queue, mut rx) = mpsc::channel(2);
+        let sender = DataSender {
+            queue,
+            overflowed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            stats: Arc::default(),
+        };
+        for handle in 0..5 {
+            sender.send(handle, DataValue::default());
+        }
+        use std::sync::atomic::Ordering;
+        assert!(
+            sender.overflowed.load(Ordering::Relaxed),
+            "a re-read is due"
+        );
+        assert_eq!(sender.stats.overflowed_changes.load(Ordering::Relaxed), 3);
+        let kept: Vec<u32> = std::iter::from_fn(|| rx.try_recv().ok().map(|(h, _)| h)).collect();
+        assert_eq!(kept, [0, 1], "the queue holds what fitted, in order");
+    }
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::live::Status;
-use crate::metrics::{DeviceLabels, RuleLabels, Snapshot};
+use crate::metrics::{DeviceLabels, RuleLabels, ScrapeSnapshot};
 
 /// Liveness: answers `ok` whenever the API serves. No token needed.
 #[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "gateway", security(()),
@@ -104,8 +104,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// The series read at scrape time from what the gateway already keeps.
-async fn snapshot(state: &AppState) -> Snapshot {
-    let mut s = Snapshot::default();
+async fn snapshot(state: &AppState) -> ScrapeSnapshot {
+    let mut s = ScrapeSnapshot::default();
     let w = &state.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     s.counter(
@@ -151,6 +151,11 @@ async fn snapshot(state: &AppState) -> Snapshot {
         "MQTT and Sparkplug payloads that did not decode",
         load(&state.driver_stats.malformed_payloads),
     );
+    s.counter(
+        "ferrite_opcua_changes_overflowed",
+        "OPC UA data changes past a session's queue; each overflow re-reads the device's current values",
+        load(&state.driver_stats.overflowed_changes),
+    );
     let rules = state.rules.stats();
     s.counter(
         "ferrite_rule_evaluations",
@@ -161,6 +166,11 @@ async fn snapshot(state: &AppState) -> Snapshot {
         "ferrite_rule_firings",
         "Rule firings (then actions run), all rules",
         load(&rules.firings),
+    );
+    s.counter(
+        "ferrite_rule_jobs_dropped",
+        "Rule jobs dropped because a rule's worker fell a full queue behind (the oldest firing goes)",
+        load(&rules.jobs_dropped),
     );
     s.counters(
         "ferrite_rule_fired",

@@ -41,6 +41,7 @@ use crate::running::Running;
 use crate::store::{Log, Store};
 use crate::time::{Micros, now, rfc3339};
 use ferrite_core::driver::DriverError;
+use ferrite_core::queue::DropOldest;
 
 /// Where the MQTT `publish` action goes (the embedded broker), if this build
 /// and config have one.
@@ -274,7 +275,26 @@ struct Slot {
     /// Bumped at each fire, clear and disable: a worker retries a write
     /// only while the firing that asked for it is still the latest.
     generation: Arc<AtomicU64>,
-    worker: mpsc::UnboundedSender<(u64, &'static str, Vec<Job>)>,
+    /// The rule's worker's queue (see [`JOB_QUEUE`]).
+    worker: Arc<Jobs>,
+}
+
+/// A rule's pending jobs: the firing's generation, what fired, the jobs.
+type Jobs = DropOldest<(u64, &'static str, Vec<Job>)>;
+
+/// Most firings waiting for a rule's worker. A worker only falls this far
+/// behind when its writes keep timing out while the rule keeps firing (its
+/// rate limit allows at most `rate_limit.firings` per `per`); the engine's
+/// loop must never wait for it. Full-queue policy: the oldest firing's jobs
+/// are dropped (a newer firing supersedes its writes anyway), counted in
+/// `ferrite_rule_jobs_dropped_total` and logged.
+const JOB_QUEUE: usize = 64;
+
+impl Drop for Slot {
+    /// The worker ends once it has done what is queued.
+    fn drop(&mut self) {
+        self.worker.close();
+    }
 }
 
 impl Slot {
@@ -407,7 +427,7 @@ pub(super) struct Engine {
     views: watch::Sender<Arc<Vec<RuleView>>>,
     commands_tx: mpsc::Sender<Command>,
     stats: Arc<super::RuleStats>,
-    save: mpsc::UnboundedSender<(String, Option<Vec<u8>>)>,
+    save: Arc<PendingStates>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -423,8 +443,12 @@ impl Engine {
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Engine {
-        let (save, saves) = mpsc::unbounded_channel();
-        tasks.spawn(save_states(deps.store.clone(), saves, shutdown.clone()));
+        let save = Arc::new(PendingStates::default());
+        tasks.spawn(save_states(
+            deps.store.clone(),
+            save.clone(),
+            shutdown.clone(),
+        ));
         let holds = deps.control.holds.clone();
         let mut engine = Engine {
             deps,
@@ -605,7 +629,7 @@ impl Engine {
             message: format!("rule {name} {}", if on { "enabled" } else { "disabled" }),
         };
         let generation = slot.generation.load(Ordering::Relaxed);
-        let _ = slot.worker.send((generation, "", vec![job]));
+        dispatch_to(slot, &self.stats, (generation, "", vec![job]));
         self.save_state(i);
         Ok(())
     }
@@ -646,7 +670,7 @@ impl Engine {
         }
         for (name, gone) in old {
             retire(&gone, &self.holds);
-            let _ = self.save.send((name, None));
+            self.save.put(name, None);
         }
         self.slots = slots;
         self.readers.clear();
@@ -719,11 +743,11 @@ impl Engine {
             Phase::Pending { since } => Some(self.deps.clock.instant(since.saturating_add(hold))),
             _ => None,
         };
-        let (worker, jobs) = mpsc::unbounded_channel();
+        let worker = Arc::new(Jobs::new(JOB_QUEUE));
         let generation = Arc::new(AtomicU64::new(0));
         self.tasks.spawn(run_jobs(
             name.clone(),
-            jobs,
+            worker.clone(),
             generation.clone(),
             self.deps.control.clone(),
             self.deps.journal.clone(),
@@ -865,14 +889,14 @@ impl Engine {
                 self.stats.firings.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("rule `{name}` fired");
                 let jobs = plan_jobs(slot, &slot.then, &scope, now, "fired");
-                dispatch(slot, "fired", jobs);
+                dispatch(slot, &self.stats, "fired", jobs);
             }
             Step::Clear => {
                 slot.saved.last_cleared = Some(wall);
                 self.holds.release(&name);
                 tracing::info!("rule `{name}` cleared");
                 let jobs = plan_jobs(slot, &slot.on_clear, &scope, now, "cleared");
-                dispatch(slot, "cleared", jobs);
+                dispatch(slot, &self.stats, "cleared", jobs);
             }
         }
         if slot.saved.phase != before {
@@ -886,7 +910,7 @@ impl Engine {
         let slot = &self.slots[i];
         match serde_json::to_vec(&slot.saved) {
             Ok(bytes) => {
-                let _ = self.save.send((slot.source.rule.name.clone(), Some(bytes)));
+                self.save.put(slot.source.rule.name.clone(), Some(bytes));
             }
             Err(e) => tracing::error!("cannot encode rule state: {e}"),
         }
@@ -1025,7 +1049,7 @@ fn plan_jobs(
 }
 
 /// Takes a rate-limit token if the jobs act, and hands them to the worker.
-fn dispatch(slot: &mut Slot, kind: &'static str, jobs: Vec<Job>) {
+fn dispatch(slot: &mut Slot, stats: &super::RuleStats, kind: &'static str, jobs: Vec<Job>) {
     let acts = jobs
         .iter()
         .any(|j| matches!(j, Job::Write { .. } | Job::Publish { .. }));
@@ -1033,8 +1057,21 @@ fn dispatch(slot: &mut Slot, kind: &'static str, jobs: Vec<Job>) {
         slot.bucket.take(Instant::now());
     }
     let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
-    if slot.worker.send((generation, kind, jobs)).is_err() {
-        tracing::error!("rule `{}`: its worker has stopped", slot.source.rule.name);
+    dispatch_to(slot, stats, (generation, kind, jobs));
+}
+
+/// Queues a firing's jobs for the rule's worker; a full queue drops its
+/// oldest firing ([`JOB_QUEUE`]).
+fn dispatch_to(slot: &Slot, stats: &super::RuleStats, firing: (u64, &'static str, Vec<Job>)) {
+    if let Some((_, kind, dropped)) = slot.worker.push(firing) {
+        stats
+            .jobs_dropped
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            "rule `{}`: its worker is {JOB_QUEUE} firings behind; dropped the oldest ({kind}, {} jobs)",
+            slot.source.rule.name,
+            dropped.len()
+        );
     }
 }
 
@@ -1046,7 +1083,7 @@ const WRITE_RETRIES: u32 = 5;
 #[allow(clippy::too_many_arguments)]
 async fn run_jobs(
     rule: String,
-    mut jobs: mpsc::UnboundedReceiver<(u64, &'static str, Vec<Job>)>,
+    jobs: Arc<Jobs>,
     generation: Arc<AtomicU64>,
     control: Arc<Control>,
     journal: Arc<Journal>,
@@ -1067,7 +1104,7 @@ async fn run_jobs(
         }
     };
     while let Some((asked_at, _kind, batch)) = tokio::select! {
-        job = jobs.recv() => job,
+        job = jobs.pop() => job,
         () = shutdown.cancelled() => None,
     } {
         for job in batch {
@@ -1162,23 +1199,61 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-/// Saves rule states in order, batching what queued up; retries failures.
+/// Rule states waiting to be saved: the newest per rule, so the queue is
+/// bounded by the number of rules. Full-queue policy: none is needed; a
+/// newer state of a rule replaces its unsaved older one (only the newest is
+/// ever restored).
+#[derive(Debug, Default)]
+pub(super) struct PendingStates {
+    states: std::sync::Mutex<indexmap::IndexMap<String, Option<Vec<u8>>>>,
+    ready: tokio::sync::Notify,
+}
+
+impl PendingStates {
+    /// `state` is `rule`'s newest (`None`: forget it).
+    pub(super) fn put(&self, rule: String, state: Option<Vec<u8>>) {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        states.shift_remove(&rule);
+        states.insert(rule, state);
+        drop(states);
+        self.ready.notify_one();
+    }
+
+    /// Everything waiting, oldest change first.
+    pub(super) fn take(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        std::mem::take(
+            &mut *self
+                .states
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect()
+    }
+}
+
+/// Saves rule states as they change, a batch at a time, retrying a failed
+/// save; on shutdown, what is waiting is saved once more.
 async fn save_states(
     store: Arc<dyn Store>,
-    mut saves: mpsc::UnboundedReceiver<(String, Option<Vec<u8>>)>,
+    pending: Arc<PendingStates>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let first = tokio::select! {
-            s = saves.recv() => s,
-            () = shutdown.cancelled() => saves.try_recv().ok(),
+        let stopping = tokio::select! {
+            () = pending.ready.notified() => false,
+            () = shutdown.cancelled() => true,
         };
-        let Some(first) = first else { return };
-        let mut latest: Vec<(String, Option<Vec<u8>>)> = vec![first];
-        while let Ok(next) = saves.try_recv() {
-            latest.retain(|(n, _)| *n != next.0);
-            latest.push(next);
+        let latest = pending.take();
+        if latest.is_empty() {
+            if stopping {
+                return;
+            }
+            continue;
         }
         let latest = Arc::new(latest);
         loop {
@@ -1199,6 +1274,9 @@ async fn save_states(
                     break;
                 }
             }
+        }
+        if stopping {
+            return;
         }
     }
 }

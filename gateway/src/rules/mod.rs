@@ -1,6 +1,6 @@
 //! # Control rules
 //!
-//! Rules are YAML files (`kind: Rule`, see CONTRACT.md and `docs/rules.md`)
+//! Rules are YAML files (`kind: Rule`, see docs/contract.md and `docs/rules.md`)
 //! whose conditions and values are CEL. They run in the gateway's process,
 //! need nothing but the local store, and so keep running with the cloud
 //! gone.
@@ -42,6 +42,9 @@ pub struct RuleStats {
     pub firings: std::sync::atomic::AtomicU64,
     /// Readings the engine took from the feed.
     pub observations: std::sync::atomic::AtomicU64,
+    /// Jobs dropped because a rule's worker was a full queue behind
+    /// (`engine::JOB_QUEUE`).
+    pub jobs_dropped: std::sync::atomic::AtomicU64,
 }
 
 /// The handle the API and the folder watcher use.

@@ -487,3 +487,19 @@ async fn a_replace_keeps_unchanged_rules_as_they_are_and_starts_changed_ones() {
     );
     h.stop().await;
 }
+
+#[test]
+fn pending_rule_states_keep_only_the_newest_per_rule() {
+    let pending = super::engine::PendingStates::default();
+    for i in 0..1000u32 {
+        pending.put("a".into(), Some(i.to_be_bytes().to_vec()));
+    }
+    pending.put("b".into(), None);
+    pending.put("a".into(), Some(vec![7]));
+    assert_eq!(
+        pending.take(),
+        vec![("b".to_string(), None), ("a".to_string(), Some(vec![7]))],
+        "one entry per rule, the newest, in the order of their last change"
+    );
+    assert!(pending.take().is_empty());
+}
