@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Running, free_port, signal, spawn_serving, wait_until};
+use common::{ServingProcess, free_port, signal, spawn_serving, wait_until};
 use ferrite_sim::fleet::{Fleet, FleetOptions};
 use serde_json::{Value as Json, json};
 
@@ -166,7 +166,7 @@ impl Drop for Brokers {
 }
 
 /// Replica processes, killed when the test ends, passed or not.
-struct Replicas(Vec<Running>);
+struct Replicas(Vec<ServingProcess>);
 
 impl Drop for Replicas {
     fn drop(&mut self) {
@@ -178,7 +178,7 @@ impl Drop for Replicas {
 }
 
 /// A control plane replica on `database`, through `broker`.
-async fn replica(database: &str, broker: &str, data: &Path) -> Running {
+async fn replica(database: &str, broker: &str, data: &Path) -> ServingProcess {
     spawn_serving(
         &cloud_binary().to_string_lossy(),
         &[
@@ -277,7 +277,7 @@ async fn run_fleet(
 
 /// Desired state PUT on one replica is read back on another; a rollout to
 /// 50 gateways (a label) is reported applied by each.
-async fn fleet_operations(a: &Running, b: &Running, fleet: &Fleet) {
+async fn fleet_operations(a: &ServingProcess, b: &ServingProcess, fleet: &Fleet) {
     let gw = &fleet.gateways[7].id;
     let (status, body) = a
         .api

@@ -7,11 +7,11 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Api, Files, Running, counting_sim, signal, spawn_serving, wait_until};
+use common::{Api, Files, ServingProcess, counting_sim, signal, spawn_serving, wait_until};
 use serde_json::Value as Json;
 
 /// Starts `ferrite run` for `files`.
-async fn start(files: &Files) -> Running {
+async fn start(files: &Files) -> ServingProcess {
     let config = files.config();
     spawn_serving(
         env!("CARGO_BIN_EXE_ferrite"),
@@ -27,7 +27,7 @@ async fn online(
 ) -> (
     ferrite_sim::server::TcpSim,
     tokio::task::JoinHandle<()>,
-    Running,
+    ServingProcess,
 ) {
     let (sim, counter) = counting_sim(files).await;
     let run = start(files).await;
@@ -157,7 +157,7 @@ async fn sigkill_loses_nothing_the_api_had_shown() {
 
 #[tokio::test]
 async fn the_demo_serves_changing_modbus_values() {
-    let Running {
+    let ServingProcess {
         mut child,
         api,
         log: _log,

@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Api, Files, Running, counting_sim, free_port, signal, spawn_serving, wait_until};
+use common::{
+    Api, Files, ServingProcess, counting_sim, free_port, signal, spawn_serving, wait_until,
+};
 use serde_json::{Value as Json, json};
 
 /// The `ferrite-cloud` binary, built beside `ferrite` by `cargo test
@@ -151,7 +153,7 @@ impl World {
         (world, sim, counter)
     }
 
-    async fn gateway(&self) -> Running {
+    async fn gateway(&self) -> ServingProcess {
         let config = self.files.config();
         spawn_serving(
             env!("CARGO_BIN_EXE_ferrite"),
@@ -161,7 +163,7 @@ impl World {
         .await
     }
 
-    async fn cloud(&self) -> Running {
+    async fn cloud(&self) -> ServingProcess {
         let binary = cloud_binary();
         let data = self.cloud_data.path().as_os_str().to_owned();
         let mut args = vec!["run".into(), "--data-dir".into(), data];
@@ -183,7 +185,7 @@ impl World {
     }
 }
 
-fn kill(run: &mut Running) {
+fn kill(run: &mut ServingProcess) {
     signal(&run.child, "KILL");
     let _ = run.child.wait();
 }
@@ -214,8 +216,8 @@ async fn cloud_history(cloud: &Api, gateway: &str) -> Vec<Json> {
 /// that the control plane has exactly the gateway's history: same values and
 /// times, same order, each once.
 async fn assert_in_sync(
-    gateway: &Running,
-    cloud: &Running,
+    gateway: &ServingProcess,
+    cloud: &ServingProcess,
     id: &str,
     counter: tokio::task::JoinHandle<()>,
 ) -> usize {
@@ -481,7 +483,12 @@ async fn cloud_config(cloud: &Api, gateway: &str) -> Json {
 
 /// Waits until the control plane has the gateway's report on bundle
 /// `version`; returns its view.
-async fn reported(cloud: &Running, gateway: &Running, id: &str, version: u64) -> Json {
+async fn reported(
+    cloud: &ServingProcess,
+    gateway: &ServingProcess,
+    id: &str,
+    version: u64,
+) -> Json {
     let done = wait_until(Duration::from_secs(20), || async {
         cloud_config(&cloud.api, id).await["report"]["version"] == json!(version)
     })

@@ -100,10 +100,10 @@ pub struct UaSim {
     nodes: Vec<UaNode>,
     /// Position of each node in `nodes`.
     index: HashMap<NodeId, usize>,
-    running: Mutex<Option<Running>>,
+    running: Mutex<Option<ServerTasks>>,
 }
 
-struct Running {
+struct ServerTasks {
     handle: ServerHandle,
     /// The node manager of each namespace index.
     managers: BTreeMap<u16, Arc<SimpleNodeManager>>,
@@ -147,7 +147,7 @@ impl UaSim {
         self.options.pki_dir.join("own").join("cert.der")
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Running>> {
+    fn lock(&self) -> MutexGuard<'_, Option<ServerTasks>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -201,7 +201,7 @@ impl UaSim {
                 tracing::warn!("sim OPC UA server ended: {e}");
             }
         });
-        *self.lock() = Some(Running {
+        *self.lock() = Some(ServerTasks {
             handle,
             managers,
             task,

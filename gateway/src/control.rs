@@ -1,5 +1,6 @@
-//! The one checked write path. A REST write, a rule's write (and later the
-//! device twin's) all come through [`Control::write`], so that each is
+//! The one checked write path. A REST write, a rule's write and the device
+//! twin's desired state (from the uplink) all come through
+//! [`Control::write`], so that each is
 //! checked the same way against the model's type, access and limits, refused
 //! while another rule holds the property, and recorded in the audit log:
 //! who, what, when, the old value and the new one, and how it ended.

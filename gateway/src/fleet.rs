@@ -45,7 +45,7 @@ impl Changed {
 }
 
 /// One running device.
-struct Running {
+struct RunningDevice {
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -60,7 +60,7 @@ pub struct Fleet {
     writers: Arc<Writers>,
     /// Counts device starts for `/metrics`.
     metrics: Arc<Metrics>,
-    running: tokio::sync::Mutex<HashMap<String, Running>>,
+    running: tokio::sync::Mutex<HashMap<String, RunningDevice>>,
 }
 
 impl Fleet {
@@ -127,7 +127,7 @@ impl Fleet {
             .map(AsRef::as_ref)
     }
 
-    fn start(&self, project: &Project, name: &str, running: &mut HashMap<String, Running>) {
+    fn start(&self, project: &Project, name: &str, running: &mut HashMap<String, RunningDevice>) {
         let Some(located) = project.devices.get(name) else {
             return;
         };
@@ -169,12 +169,12 @@ impl Fleet {
         // The gateway's stop waits for every device's tasks.
         let done = tasks.clone();
         self.ctx.tasks.spawn(async move { done.wait().await });
-        running.insert(name.to_string(), Running { stop, tasks });
+        running.insert(name.to_string(), RunningDevice { stop, tasks });
     }
 
     /// Stops `names` together: all are told at once, then waited for (a
     /// device in the middle of a slow poll finishes that poll first).
-    async fn stop(&self, names: &[&String], running: &mut HashMap<String, Running>) {
+    async fn stop(&self, names: &[&String], running: &mut HashMap<String, RunningDevice>) {
         let mut stopping = Vec::new();
         for name in names {
             self.writers.remove(name);

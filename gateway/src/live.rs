@@ -15,8 +15,8 @@ use ferrite_core::time::Micros;
 
 impl DeviceState {
     /// The state without its readings.
-    pub fn summary(&self, id: &str) -> Summary {
-        Summary {
+    pub fn summary(&self, id: &str) -> DeviceSummary {
+        DeviceSummary {
             id: id.to_string(),
             model: self.model.clone(),
             protocol: self.protocol,
@@ -57,7 +57,7 @@ pub struct DeviceState {
 
 /// A device's status without its readings.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub struct DeviceSummary {
     /// Device name.
     pub id: String,
     /// Model name.
@@ -79,14 +79,14 @@ pub struct Live {
     names: Arc<Names>,
     /// By device number; `None` for a number whose device is not configured
     /// (any more).
-    devices: RwLock<Vec<Option<Entry>>>,
+    devices: RwLock<Vec<Option<LiveDevice>>>,
     /// Bumped after every applied update, for the live stream to wait on.
     version: tokio::sync::watch::Sender<u64>,
 }
 
 /// One configured device.
 #[derive(Debug, Clone)]
-struct Entry {
+struct LiveDevice {
     name: String,
     state: DeviceState,
     /// Property number → its position in `state.readings` (the model's
@@ -154,7 +154,7 @@ impl Live {
             Some(o) => (o.state.status, o.state.last_seen, o.state.error.clone()),
             None => (Status::Offline, None, Some("not polled yet".into())),
         };
-        devices[layout.device] = Some(Entry {
+        devices[layout.device] = Some(LiveDevice {
             name: device.to_string(),
             state: DeviceState {
                 model: d.model.clone(),
@@ -224,9 +224,9 @@ impl Live {
 
     /// Every device's status, without its readings, sorted by name: what the
     /// device list needs, without copying every reading.
-    pub fn summaries(&self) -> Vec<Summary> {
+    pub fn summaries(&self) -> Vec<DeviceSummary> {
         let devices = self.read();
-        let mut all: Vec<Summary> = devices
+        let mut all: Vec<DeviceSummary> = devices
             .iter()
             .flatten()
             .map(|e| e.state.summary(&e.name))
@@ -298,14 +298,14 @@ impl Live {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Option<Entry>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Option<LiveDevice>>> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.devices
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Option<Entry>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Option<LiveDevice>>> {
         self.devices
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

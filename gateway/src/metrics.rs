@@ -286,11 +286,11 @@ pub async fn track_rate(
 
 /// Builds a registry of values read at scrape time.
 #[derive(Default)]
-pub struct Snapshot {
+pub struct ScrapeSnapshot {
     registry: Registry,
 }
 
-impl Snapshot {
+impl ScrapeSnapshot {
     /// A counter with a known total.
     pub fn counter(&mut self, name: &str, help: &str, total: u64) {
         let counter = Counter::<u64>::default();
@@ -371,7 +371,7 @@ mod tests {
             404,
             Duration::from_micros(300),
         );
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = ScrapeSnapshot::default();
         snapshot.gauge("ferrite_store_bytes", "Store size", 4096);
         let text = metrics.encode(snapshot.registry()).expect("encodes");
         for line in [

@@ -8,9 +8,9 @@
 //! ## A tour
 //! - [`sync::v1`]: the uplink between a gateway and `ferrite-cloud`: Hello and
 //!   Resume, DeltaBatch (a dictionary, then the points column by column),
-//!   Ack, and the device twin's DesiredPatch and Reported.
-//!   DeltaBatch is encoded by `ferrite-sync`'s `delta`; the rest is a draft
-//!   until the transport lands.
+//!   Ack, the device twin's DesiredPatch and Reported, and configuration
+//!   bundles. DeltaBatch is encoded by `ferrite-sync`'s `delta`; the uplink
+//!   and the control plane (`ferrite-sync`) speak all of them over MQTT.
 //! - [`sparkplug`]: the Sparkplug B payload (Eclipse Tahu's schema), which
 //!   MQTT devices publish in NBIRTH/NDATA/DBIRTH/DDATA and receive in
 //!   NCMD/DCMD, plus its data type codes.

@@ -319,14 +319,14 @@ impl Drop for Proxy {
 }
 
 /// A gateway or control-plane process serving its REST API.
-pub struct Running {
+pub struct ServingProcess {
     pub child: Child,
     pub api: Api,
     /// The process's log (stderr), for failure messages.
     pub log: tempfile::NamedTempFile,
 }
 
-impl Running {
+impl ServingProcess {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
         let start = text.len().saturating_sub(4000);
@@ -343,7 +343,11 @@ pub fn free_port() -> u16 {
 }
 
 /// Starts `BINARY ARGS --listen 127.0.0.1:PORT` and waits until it serves.
-pub async fn spawn_serving(binary: &str, args: &[&std::ffi::OsStr], stdout: Stdio) -> Running {
+pub async fn spawn_serving(
+    binary: &str,
+    args: &[&std::ffi::OsStr],
+    stdout: Stdio,
+) -> ServingProcess {
     spawn_serving_with_env(binary, args, &[], stdout).await
 }
 
@@ -353,7 +357,7 @@ pub async fn spawn_serving_with_env(
     args: &[&std::ffi::OsStr],
     env: &[(&str, &str)],
     stdout: Stdio,
-) -> Running {
+) -> ServingProcess {
     let port = free_port();
     let log = tempfile::NamedTempFile::new().expect("log file");
     let child = Command::new(binary)
@@ -371,7 +375,7 @@ pub async fn spawn_serving_with_env(
             .is_ok_and(|r| r.status().is_success())
     })
     .await;
-    let running = Running { child, api, log };
+    let running = ServingProcess { child, api, log };
     assert!(
         up,
         "{binary} did not start serving:\n{}",

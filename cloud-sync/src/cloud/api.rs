@@ -1,4 +1,4 @@
-//! The control plane's REST API (CONTRACT.md, "The control plane").
+//! The control plane's REST API (docs/contract.md, "The control plane").
 //!
 //! - `GET /api/v1/gateways`
 //! - `GET /api/v1/gateways/{gw}/devices` (an addition: the devices with a twin)
@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use ferrite_models::Value;
 use serde::Deserialize;
-use serde_json::{Value as Json_, json};
+use serde_json::{Value as JsonValue, json};
 
 use super::http::{
     ApiError, ApiResult, ErrorBody, audited, bad_body, bundle_documents, known, properties_of,
@@ -61,11 +61,11 @@ pub(crate) async fn audit(
 pub(crate) async fn gateways(State(shared): State<Arc<Shared>>) -> ApiResult {
     let store = shared.store.clone();
     let known = blocking(move || store.gateways()).await?;
-    let list: Vec<Json_> = known
+    let list: Vec<JsonValue> = known
         .iter()
         .map(|g| super::http::gateway_json(&shared, g))
         .collect();
-    Ok(Json(Json_::Array(list)))
+    Ok(Json(JsonValue::Array(list)))
 }
 
 #[utoipa::path(get, operation_id = "devices", path = "/api/v1/gateways/{gw}/devices", tag = "control plane", params(("gw" = String, Path, description = "Gateway id")), responses((status = 200, description = "Devices with a twin", body = Vec<String>), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
@@ -79,7 +79,7 @@ pub(crate) async fn devices(
     Ok(Json(json!(devices)))
 }
 
-fn stored_json(s: &Stored) -> Json_ {
+fn stored_json(s: &Stored) -> JsonValue {
     json!({"value": s.value, "ts": rfc3339_ms(s.ts_ms), "seq": s.seq})
 }
 
@@ -103,7 +103,7 @@ pub(crate) async fn twin(
         twin.reported.iter().map(|(k, s)| (k, &s.value)).collect();
     let desired: BTreeMap<&String, &Value> =
         twin.desired.iter().map(|(k, d)| (k, &d.value)).collect();
-    let reported_meta: BTreeMap<&String, Json_> = twin
+    let reported_meta: BTreeMap<&String, JsonValue> = twin
         .reported
         .iter()
         .map(|(k, s)| (k, json!({"ts": rfc3339_ms(s.ts_ms), "seq": s.seq})))
@@ -135,8 +135,8 @@ pub(crate) async fn desired(
     State(shared): State<Arc<Shared>>,
     Path((gw, dev)): Path<(String, String)>,
     principal: Option<Extension<Principal>>,
-    body: Result<Json<Json_>, JsonRejection>,
-) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    body: Result<Json<JsonValue>, JsonRejection>,
+) -> Result<(StatusCode, Json<JsonValue>), ApiError> {
     let Json(body) =
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
     let properties = properties_of(body)?;
@@ -178,8 +178,8 @@ pub(crate) async fn put_config(
     State(shared): State<Arc<Shared>>,
     Path(gw): Path<String>,
     principal: Option<Extension<Principal>>,
-    body: Result<Json<Json_>, JsonRejection>,
-) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    body: Result<Json<JsonValue>, JsonRejection>,
+) -> Result<(StatusCode, Json<JsonValue>), ApiError> {
     ferrite_models::units::check_name(&gw).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -240,7 +240,7 @@ pub(crate) async fn get_config(
         Some(r) if r.version == bundle.version => "rejected",
         _ => "pending",
     };
-    let documents: Vec<Json_> = bundle
+    let documents: Vec<JsonValue> = bundle
         .documents
         .iter()
         .map(|d| json!({"kind": d.kind, "name": d.name}))
@@ -286,11 +286,13 @@ pub(crate) async fn history(
     let after = query.after.unwrap_or(0);
     let store = shared.store.clone();
     let rows = blocking(move || store.history(&gw, &dev, &prop, after, limit)).await?;
-    Ok(Json(Json_::Array(rows.iter().map(stored_json).collect())))
+    Ok(Json(JsonValue::Array(
+        rows.iter().map(stored_json).collect(),
+    )))
 }
 
 #[utoipa::path(get, operation_id = "stats", path = "/api/v1/stats", tag = "control plane", responses((status = 200, description = "Counters since start", body = Object), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
-pub(crate) async fn stats(State(shared): State<Arc<Shared>>) -> Json<Json_> {
+pub(crate) async fn stats(State(shared): State<Arc<Shared>>) -> Json<JsonValue> {
     let s = &shared.stats;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let (wire, points, naive) = (get(&s.wire_bytes), get(&s.points), get(&s.naive_json_bytes));

@@ -28,7 +28,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::{Value as Json_, json};
+use serde_json::{Value as JsonValue, json};
 
 use super::http::{
     ApiError, ApiResult, ErrorBody, audited, bad_body, bundle_documents, gateway_json, known,
@@ -105,7 +105,7 @@ pub(crate) async fn fleet(
             .saturating_sub(g.last_change);
         lost += g.lost_at_edge;
     }
-    let page: Vec<Json_> = selected
+    let page: Vec<JsonValue> = selected
         .iter()
         .filter(|g| {
             query
@@ -143,7 +143,7 @@ pub(crate) async fn put_labels(
     State(shared): State<Arc<Shared>>,
     Path(gw): Path<String>,
     principal: Option<Extension<Principal>>,
-    body: Result<Json<Json_>, JsonRejection>,
+    body: Result<Json<JsonValue>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body.map_err(|e| bad_body(e.body_text()))?;
     let labels = labels_of(body)?;
@@ -162,8 +162,8 @@ pub(crate) async fn put_labels(
 }
 
 /// Labels (or a selector): names as config names, values short strings.
-fn labels_of(body: Json_) -> Result<BTreeMap<String, String>, ApiError> {
-    let Json_::Object(map) = body else {
+fn labels_of(body: JsonValue) -> Result<BTreeMap<String, String>, ApiError> {
+    let JsonValue::Object(map) = body else {
         return Err(bad_body(
             "labels are a JSON object: {\"KEY\": \"VALUE\", ...}",
         ));
@@ -171,7 +171,7 @@ fn labels_of(body: Json_) -> Result<BTreeMap<String, String>, ApiError> {
     let mut out = BTreeMap::new();
     for (k, v) in map {
         ferrite_models::units::check_name(&k).map_err(|e| bad_body(format!("label `{k}`: {e}")))?;
-        let Json_::String(v) = v else {
+        let JsonValue::String(v) = v else {
             return Err(bad_body(format!("label `{k}`: the value must be a string")));
         };
         if v.is_empty() || v.len() > 128 || v.contains(',') || v.contains('=') {
@@ -190,10 +190,10 @@ fn labels_of(body: Json_) -> Result<BTreeMap<String, String>, ApiError> {
 pub(crate) async fn post_rollout(
     State(shared): State<Arc<Shared>>,
     principal: Option<Extension<Principal>>,
-    body: Result<Json<Json_>, JsonRejection>,
-) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    body: Result<Json<JsonValue>, JsonRejection>,
+) -> Result<(StatusCode, Json<JsonValue>), ApiError> {
     let Json(mut body) = body.map_err(|e| bad_body(e.body_text()))?;
-    let Some(selector) = body.get_mut("selector").map(Json_::take) else {
+    let Some(selector) = body.get_mut("selector").map(JsonValue::take) else {
         return Err(bad_body(
             "a rollout needs a `selector` ({} for every gateway)",
         ));
@@ -204,21 +204,21 @@ pub(crate) async fn post_rollout(
         Config(Vec<crate::wire::ConfigDocument>),
     }
     let (desired, config) = (
-        body.get_mut("desired").map(Json_::take),
-        body.get_mut("config").map(Json_::take),
+        body.get_mut("desired").map(JsonValue::take),
+        body.get_mut("config").map(JsonValue::take),
     );
     let what = match (desired, config) {
         (Some(mut desired), None) => {
             let device = desired
                 .get("device")
-                .and_then(Json_::as_str)
+                .and_then(JsonValue::as_str)
                 .ok_or_else(|| bad_body("`desired.device` is missing"))?
                 .to_string();
             ferrite_models::units::check_name(&device)
                 .map_err(|e| bad_body(format!("device {e}")))?;
             let properties = desired
                 .get_mut("properties")
-                .map(Json_::take)
+                .map(JsonValue::take)
                 .ok_or_else(|| bad_body("`desired.properties` is missing"))?;
             What::Desired(device, properties_of(properties)?)
         }
@@ -354,7 +354,11 @@ fn gateway_state(
     }
 }
 
-async fn rollout_state(shared: &Arc<Shared>, id: u64, record: Json_) -> Result<Json_, ApiError> {
+async fn rollout_state(
+    shared: &Arc<Shared>,
+    id: u64,
+    record: JsonValue,
+) -> Result<JsonValue, ApiError> {
     let kind = record["kind"].as_str().unwrap_or("").to_string();
     let device = record["detail"]["device"]
         .as_str()
@@ -394,7 +398,7 @@ async fn rollout_state(shared: &Arc<Shared>, id: u64, record: Json_) -> Result<J
         .into_iter()
         .map(|s| (s, 0))
         .collect();
-    let gateways: Vec<Json_> = states
+    let gateways: Vec<JsonValue> = states
         .iter()
         .map(|(gw, version, state, errors)| {
             *summary.entry(state).or_default() += 1;

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ferrite_models::Value;
-use serde_json::{Value as Json_, json};
+use serde_json::{Value as JsonValue, json};
 
 use super::plane::Shared;
 use super::store::{GatewayRecord, blocking};
@@ -54,7 +54,7 @@ impl From<super::store::CloudStoreError> for ApiError {
 }
 
 /// What a JSON handler answers.
-pub type ApiResult = Result<Json<Json_>, ApiError>;
+pub type ApiResult = Result<Json<JsonValue>, ApiError>;
 
 /// Records a change in the audit log, durably, before it is answered:
 /// `details` with the time, the `action` and who made the call (the
@@ -63,7 +63,7 @@ pub(crate) async fn audited(
     shared: &Arc<Shared>,
     principal: Option<Extension<Principal>>,
     action: &str,
-    mut details: Json_,
+    mut details: JsonValue,
 ) -> Result<(), ApiError> {
     details["ts"] = json!(rfc3339(SystemTime::now()));
     details["actor"] = json!(principal.map_or_else(|| "local".to_string(), |p| p.name.clone()));
@@ -103,8 +103,8 @@ pub(crate) async fn known(shared: &Arc<Shared>, gateway: &str) -> Result<(), Api
 
 /// A desired patch's body: `{PROPERTY: VALUE, ...}`, each value a
 /// boolean, number or string.
-pub(crate) fn properties_of(body: Json_) -> Result<BTreeMap<String, Value>, ApiError> {
-    let Json_::Object(map) = body else {
+pub(crate) fn properties_of(body: JsonValue) -> Result<BTreeMap<String, Value>, ApiError> {
+    let JsonValue::Object(map) = body else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_body",
@@ -156,8 +156,8 @@ pub(crate) fn bad_body(message: impl Into<String>) -> ApiError {
 }
 
 /// A bundle body's documents, each as its file's text.
-pub(crate) fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiError> {
-    let Json_::Object(mut kinds) = body else {
+pub(crate) fn bundle_documents(body: JsonValue) -> Result<Vec<ConfigDocument>, ApiError> {
+    let JsonValue::Object(mut kinds) = body else {
         return Err(bad_body(
             "the body must be {\"models\": {NAME: DOC}, \"devices\": {...}, \"rules\": {...}}",
         ));
@@ -173,8 +173,8 @@ pub(crate) fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiEr
     let mut documents = Vec::new();
     for (key, kind) in KINDS {
         let named = match kinds.remove(key) {
-            None | Some(Json_::Null) => continue,
-            Some(Json_::Object(named)) => named,
+            None | Some(JsonValue::Null) => continue,
+            Some(JsonValue::Object(named)) => named,
             Some(_) => return Err(bad_body(format!("`{key}` must map names to documents"))),
         };
         for (name, doc) in named {
@@ -182,8 +182,8 @@ pub(crate) fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiEr
                 .map_err(|e| bad_body(format!("{kind} `{name}`: {e}")))?;
             // A document given as JSON is kept as JSON text: it is YAML too.
             let text = match doc {
-                Json_::String(text) => text,
-                doc @ Json_::Object(_) => serde_json::to_string_pretty(&doc)
+                JsonValue::String(text) => text,
+                doc @ JsonValue::Object(_) => serde_json::to_string_pretty(&doc)
                     .map_err(|e| bad_body(format!("{kind} `{name}`: {e}")))?,
                 _ => {
                     return Err(bad_body(format!(
@@ -202,7 +202,7 @@ pub(crate) fn bundle_documents(body: Json_) -> Result<Vec<ConfigDocument>, ApiEr
 }
 
 /// A gateway as the API shows it.
-pub fn gateway_json(shared: &Shared, g: &GatewayRecord) -> Json_ {
+pub fn gateway_json(shared: &Shared, g: &GatewayRecord) -> JsonValue {
     let presence = shared.presence(&g.id);
     // The newest outbox sequence either told: a batch (stored) or a Hello
     // seen by this replica.

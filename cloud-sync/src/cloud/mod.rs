@@ -201,7 +201,7 @@ pub enum CloudError {
 }
 
 /// A running control plane.
-pub struct Running {
+pub struct ControlPlane {
     /// The REST API's address.
     pub rest: SocketAddr,
     /// `http` or `https`.
@@ -215,7 +215,7 @@ pub struct Running {
 /// Starts the control plane. It runs until the process ends (rumqttd has
 /// no shutdown; the store is flushed after every write, so ending the
 /// process at any point loses nothing acknowledged).
-pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
+pub async fn start(config: CloudConfig) -> Result<ControlPlane, CloudError> {
     let tokens = Arc::new(
         Tokens::load(&config.api.tokens, &|p| p.to_path_buf())
             .map_err(|e| CloudError::Config(e.to_string()))?,
@@ -334,7 +334,7 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
         "control plane {}: REST on {scheme}://{rest}, broker {broker}, {engine} store",
         replicas.me()
     );
-    Ok(Running {
+    Ok(ControlPlane {
         rest,
         scheme,
         broker,
@@ -342,7 +342,7 @@ pub async fn start(config: CloudConfig) -> Result<Running, CloudError> {
     })
 }
 
-impl Running {
+impl ControlPlane {
     /// This replica leaves: the others take its gateways at once.
     pub async fn leave(&self) {
         let (store, me) = (

@@ -9,13 +9,13 @@ use axum::{Extension, Json};
 use ferrite_models::model::Property;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json_;
+use serde_json::Value as JsonValue;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use crate::control::Actor;
-use crate::live::{Quality, Reading, Status, Summary};
+use crate::live::{DeviceSummary, Quality, Reading, Status};
 use crate::store::End;
 use crate::time::{Micros, parse_rfc3339, rfc3339};
 use ferrite_core::driver::Written;
@@ -110,8 +110,8 @@ pub struct DeviceView {
     pub error: Option<String>,
 }
 
-impl From<&Summary> for DeviceView {
-    fn from(s: &Summary) -> Self {
+impl From<&DeviceSummary> for DeviceView {
+    fn from(s: &DeviceSummary) -> Self {
         DeviceView {
             id: s.id.clone(),
             model: s.model.clone(),
@@ -260,17 +260,17 @@ fn known_property(state: &AppState, id: &str, name: &str) -> Result<Property, Ap
 /// The body of a write: an object with `value` and nothing else (read
 /// through a map, since serde would also take `[V]` for the struct).
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(try_from = "serde_json::Map<String, Json_>")]
+#[serde(try_from = "serde_json::Map<String, JsonValue>")]
 pub struct WriteBody {
     /// The new value: a number, boolean or string as the model types it.
     #[schema(example = 42.5)]
-    pub value: Json_,
+    pub value: JsonValue,
 }
 
-impl TryFrom<serde_json::Map<String, Json_>> for WriteBody {
+impl TryFrom<serde_json::Map<String, JsonValue>> for WriteBody {
     type Error = String;
 
-    fn try_from(mut fields: serde_json::Map<String, Json_>) -> Result<Self, String> {
+    fn try_from(mut fields: serde_json::Map<String, JsonValue>) -> Result<Self, String> {
         let value = fields
             .remove("value")
             .ok_or_else(|| "missing field `value`".to_string())?;

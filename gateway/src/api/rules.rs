@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use ferrite_models::project::DocKind;
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json_;
+use serde_json::Value as JsonValue;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
@@ -200,10 +200,10 @@ pub struct JournalEntry {
     pub property: Option<String>,
     /// The value before (audit).
     #[schema(value_type = Option<serde_json::Value>)]
-    pub old: Option<Json_>,
+    pub old: Option<JsonValue>,
     /// The value asked for (audit).
     #[schema(value_type = Option<serde_json::Value>)]
-    pub new: Option<Json_>,
+    pub new: Option<JsonValue>,
     /// `confirmed`, `sent` or the error (audit).
     pub result: Option<String>,
 }
@@ -215,7 +215,7 @@ async fn journal(
     state: &AppState,
     log: Log,
     query: Result<Query<JournalQuery>, QueryRejection>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Json<JsonValue>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if q.before.is_some_and(|b| b > i64::MAX as u64) {
         return Err(ApiError::bad_request(format!(
@@ -238,16 +238,16 @@ async fn journal(
     .into_iter()
     .filter_map(|(k, v)| v.map(|v| (k, v)))
     .collect();
-    let keep = move |entry: &Json_| {
+    let keep = move |entry: &JsonValue| {
         filters
             .iter()
-            .all(|(k, v)| entry.get(*k).and_then(Json_::as_str) == Some(v.as_str()))
+            .all(|(k, v)| entry.get(*k).and_then(JsonValue::as_str) == Some(v.as_str()))
     };
     let entries = state
         .journal
         .recent(log, q.before.unwrap_or(u64::MAX), limit, keep)
         .await?;
-    Ok(Json(Json_::Array(entries)))
+    Ok(Json(JsonValue::Array(entries)))
 }
 
 /// Events (rule firings, store and sync troubles), newest first.
@@ -260,7 +260,7 @@ async fn journal(
 pub async fn events(
     State(state): State<AppState>,
     query: Result<Query<JournalQuery>, QueryRejection>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Json<JsonValue>, ApiError> {
     journal(&state, Log::Events, query).await
 }
 
@@ -274,6 +274,6 @@ pub async fn events(
 pub async fn audit(
     State(state): State<AppState>,
     query: Result<Query<JournalQuery>, QueryRejection>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Json<JsonValue>, ApiError> {
     journal(&state, Log::Audit, query).await
 }
