@@ -43,6 +43,8 @@ pub mod api_shape;
 #[cfg(feature = "cloud")]
 pub mod cloud;
 #[cfg(feature = "serve")]
+pub mod origin;
+#[cfg(feature = "serve")]
 pub mod serve;
 
 /// The wire messages this crate speaks.

@@ -1,6 +1,8 @@
-//! No cross-site writes. A web page the operator has open can make the
-//! browser send requests to the gateway; without tokens nothing else stops
-//! them, and with tokens a page still must not ride on a dashboard's.
+//! No cross-site writes, on both APIs (the gateway's and `ferrite-cloud`'s;
+//! feature `serve`). A web page the operator has open can make the browser
+//! send requests to the gateway or the control plane; without tokens nothing
+//! else stops them, and with tokens a page still must not ride on a
+//! dashboard's.
 //!
 //! So every state-changing call (PUT, POST, DELETE, PATCH) is refused with
 //! 403 `cross_origin` when:
@@ -15,20 +17,19 @@
 //! that leaves `Origin` out. Clients that are not browsers (curl, scripts,
 //! the control plane) send no `Origin` and are unaffected, so long as a body
 //! they send names its type (`application/json`, `application/yaml`).
-//! The dashboard is served by the gateway itself, so its calls are
-//! same-origin.
+//! The dashboard (and the fleet page) is served by the API itself, so its
+//! calls are same-origin.
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
-
 /// Middleware: refuses cross-site writes (see the module's docs).
 pub async fn same_origin_writes(request: Request, next: Next) -> Response {
     if let Err(message) = check(request.method(), request.headers()) {
-        return ApiError::new(StatusCode::FORBIDDEN, "cross_origin", message).into_response();
+        let body = serde_json::json!({"error": {"code": "cross_origin", "message": message}});
+        return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
     }
     next.run(request).await
 }
@@ -47,7 +48,7 @@ pub fn check(method: &Method, headers: &HeaderMap) -> Result<(), String> {
         && authority(source).is_none_or(|a| !a.eq_ignore_ascii_case(host))
     {
         return Err(format!(
-            "{method} from another site ({which}: {source}) is refused; the gateway takes changes from its own pages and from clients that are not browsers"
+            "{method} from another site ({which}: {source}) is refused; this API takes changes from its own pages and from clients that are not browsers"
         ));
     }
     if headers.contains_key(header::AUTHORIZATION) {

@@ -389,8 +389,51 @@ async fn the_rest_api_takes_tokens_by_role_and_audits_who() {
         .0,
         403
     );
-    let (status, body) = call(Method::PUT, "/gateways/a/config", Some("t-admin"), bundle).await;
+    let (status, body) = call(
+        Method::PUT,
+        "/gateways/a/config",
+        Some("t-admin"),
+        bundle.clone(),
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
+
+    // A page on another site cannot ride on an admin's browser: a write
+    // with a foreign Origin is refused before auth, and nothing is sent.
+    let response = http
+        .put(format!("{base}/gateways/a/config"))
+        .bearer_auth("t-admin")
+        .header("origin", "https://evil.example")
+        .json(&bundle)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Json = response.json().await.unwrap_or(Json::Null);
+    assert_eq!(body["error"]["code"], "cross_origin", "{body}");
+    // The framework's own errors come in the error shape: a method the path
+    // does not take.
+    let response = http
+        .delete(format!("{base}/stats"))
+        .bearer_auth("t-admin")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status().as_u16(), 405);
+    let body: Json = response.json().await.unwrap_or(Json::Null);
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    // The document declares bearer auth, since this control plane has tokens.
+    let doc: Json = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .expect("document")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        doc["paths"]["/api/v1/gateways"]["get"]["security"],
+        serde_json::json!([{"bearer": []}])
+    );
+    assert!(doc["paths"]["/api/v1/gateways"]["get"]["responses"]["401"].is_object());
 
     let (status, audit) = call(Method::GET, "/audit", Some("t-read"), None).await;
     assert_eq!(status, 200, "{audit}");

@@ -21,6 +21,7 @@ const MAX_CONFIG: usize = 4 * 1024 * 1024;
 
 /// The router: `/api/v1` behind `tokens`.
 pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
+    let served = Arc::new(served_document(tokens.enabled()));
     let api = Router::new()
         .route("/api/v1/gateways", get(api::gateways))
         .route("/api/v1/gateways/{gw}/devices", get(api::devices))
@@ -59,9 +60,39 @@ pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
         .with_state(shared);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/api/v1/openapi.json", get(|| async { Json(document()) }))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { Json(served.as_ref().clone()) }),
+        )
         .merge(super::page::routes())
         .merge(api)
+        .layer(axum::middleware::from_fn(crate::origin::same_origin_writes))
+        // Outermost: the framework's own errors in the error shape too.
+        .layer(axum::middleware::from_fn(crate::api_shape::json_errors))
+}
+
+/// The document as this control plane serves it: bearer auth declared only
+/// with tokens, and the errors every operation can answer
+/// ([`crate::api_shape::exact_document`]). Name parameters keep their plain
+/// string schema here: the control plane checks names where it stores
+/// them, not on every path.
+pub fn served_document(tokens: bool) -> serde_json::Value {
+    let rules = crate::api_shape::DocumentRules {
+        tokens,
+        open_paths: &["/healthz", "/api/v1/openapi.json"],
+        name_params: &[],
+        name_pattern: ferrite_models::units::NAME_PATTERN,
+        name_max: ferrite_models::units::NAME_MAX,
+        same_origin_writes: true,
+        error_schema: "ErrorBody",
+    };
+    match serde_json::to_value(document()) {
+        Ok(doc) => crate::api_shape::exact_document(doc, &rules),
+        Err(e) => {
+            tracing::error!("the OpenAPI document does not serialise ({e})");
+            serde_json::json!({"openapi": "3.1.0", "info": {"title": "unavailable", "version": "0"}, "paths": {}})
+        }
+    }
 }
 
 #[derive(OpenApi)]

@@ -1,5 +1,5 @@
 //! API errors: `{"error":{"code":"...","message":"..."}}` with a fitting
-//! HTTP status, as CONTRACT.md fixes.
+//! HTTP status, as docs/contract.md fixes.
 
 use axum::Json;
 use axum::http::StatusCode;

@@ -1,4 +1,4 @@
-//! The REST API, on axum: CONTRACT.md's routes and the additions docs/gateway.md lists.
+//! The REST API, on axum: docs/contract.md's routes and the additions docs/gateway.md lists.
 //!
 //! - `error`: the error JSON and the status each failure maps to.
 //! - `auth`: bearer tokens and roles (401/403) from `[[api.tokens]]`.
@@ -14,6 +14,10 @@
 //! - `observe`: `/metrics`, `/healthz`, `/readyz`, and the layer that counts
 //!   requests.
 //! - `dashboard`: the browser dashboard at `/`, embedded.
+//! - shared with the control plane (`ferrite_sync`): `origin` refuses
+//!   cross-site writes (403 `cross_origin`), `api_shape` puts the
+//!   framework's own errors in the error shape and makes the served OpenAPI
+//!   document exact ([`exact`]).
 //!
 //! [`documented`] builds the routes and the OpenAPI document together
 //! (utoipa-axum), so every route is documented; Swagger UI serves the
@@ -30,7 +34,6 @@ mod devices;
 pub mod error;
 mod models;
 pub mod observe;
-pub mod origin;
 mod rules;
 mod stream;
 
@@ -95,7 +98,7 @@ pub struct AppState {
 #[openapi(
     info(
         title = "Ferrite gateway API",
-        description = "Every device behind one REST API: read, write (checked against the model) and history; rules, events, the audit log, sync and status. See CONTRACT.md and docs/gateway.md.",
+        description = "Every device behind one REST API: read, write (checked against the model) and history; rules, events, the audit log, sync and status. See docs/contract.md and docs/gateway.md.",
     ),
     tags(
         (name = "devices", description = "Devices, readings, writes and history"),
@@ -191,7 +194,9 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Durat
         ))
         .merge(docs_ui)
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(origin::same_origin_writes))
+        .layer(axum::middleware::from_fn(
+            ferrite_sync::origin::same_origin_writes,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
