@@ -180,7 +180,7 @@ async fn the_openapi_document_matches_the_routes() {
             );
         }
     }
-    // Every route CONTRACT.md fixes, and the ones this issue adds, is
+    // Every route docs/contract.md fixes, and the ones this issue adds, is
     // documented.
     for route in [
         "GET /api/v1/devices",

@@ -10,7 +10,7 @@
 //!   hard limits (file size, nesting depth, alias expansion); a serde
 //!   deserializer over that tree reports every error at its `line:col`.
 //! - [`model`], [`device`], [`rule`], [`config`]: the typed documents of
-//!   CONTRACT.md. A model is a kind of device (typed properties with a binding
+//!   docs/contract.md. A model is a kind of device (typed properties with a binding
 //!   per protocol); a device is one instance (a model plus one protocol
 //!   section); a rule is a CEL condition plus actions; the config ties
 //!   folders of them together.

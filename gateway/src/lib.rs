@@ -44,7 +44,7 @@
 //!   checks, rule holds, the audit log.
 //! - [`rules`]: the CEL rule engine: feed, state machine, actions, reload.
 //! - [`journal`]: events and the audit log, kept within limits.
-//! - [`api`]: the REST API of CONTRACT.md on axum, the OpenAPI document
+//! - [`api`]: the REST API of docs/contract.md on axum, the OpenAPI document
 //!   and the dashboard it serves at `/`.
 //! - [`metrics`]: the Prometheus series of `/metrics`.
 //! - [`uplink`]: with `[cloud]`, ferrite-sync's uplink on the store's

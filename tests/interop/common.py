@@ -25,7 +25,9 @@ def http(method, url, body=None):
             return res.status, json.loads(res.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
-    except (urllib.error.URLError, ConnectionError):
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        # No answer (yet), or not within the timeout: a slow start under
+        # qemu, say. Callers retry.
         return 0, None
 
 
