@@ -368,12 +368,7 @@ impl OpenSession<'_> {
                     {
                         tracing::warn!(device = %device.name, "data changes overflowed the session's queue; reading every node again");
                         let polled = poll_once(device, &session, &bad).await?;
-                        let mut status_bad = bad.clone();
-                        let samples = polled
-                            .into_iter()
-                            .map(|(i, r)| classify(i, r, &mut status_bad))
-                            .collect();
-                        updates.push(health.update(device, &status_bad, samples));
+                        updates.push(polled_update(device, &mut health, &bad, polled));
                     }
                     updates
                 }
@@ -382,15 +377,7 @@ impl OpenSession<'_> {
                     let polled = poll_once(device, &session, &bad).await;
                     let ok = polled.as_ref().is_ok_and(|p| p.iter().all(|(_, r)| r.is_ok()));
                     meter.poll(started.elapsed(), ok);
-                    let polled = polled?;
-                    // A failed read marks the status of this poll only: the
-                    // point stays in the next poll.
-                    let mut status_bad = bad.clone();
-                    let samples = polled
-                        .into_iter()
-                        .map(|(i, r)| classify(i, r, &mut status_bad))
-                        .collect();
-                    vec![health.update(device, &status_bad, samples)]
+                    vec![polled_update(device, &mut health, &bad, polled?)]
                 }
             };
             for update in updates {
@@ -787,6 +774,22 @@ fn classify(
             (index, Sample::Bad)
         }
     }
+}
+
+/// The update of one batched Read ([`poll_once`]). A failed read marks the
+/// status of this update only: the point stays in the next poll.
+fn polled_update(
+    device: &Device,
+    health: &mut Health,
+    bad: &BTreeMap<u16, String>,
+    polled: Vec<(u16, Result<ferrite_models::Value, String>)>,
+) -> Update {
+    let mut status_bad = bad.clone();
+    let samples = polled
+        .into_iter()
+        .map(|(i, r)| classify(i, r, &mut status_bad))
+        .collect();
+    health.update(device, &status_bad, samples)
 }
 
 /// One batched Read of every readable point.
