@@ -85,13 +85,9 @@ pub struct DocumentRules<'a> {
     pub tokens: bool,
     /// Paths that stay open with tokens (`/healthz`, `/readyz`).
     pub open_paths: &'a [&'a str],
-    /// Path parameters that are names (devices, properties, models, rules,
-    /// gateways), with the pattern the server enforces.
+    /// Path parameters that are names (devices, properties, models, rules),
+    /// which the server checks against `ferrite_models::units::NAME_PATTERN`.
     pub name_params: &'a [&'a str],
-    /// That pattern (a regular expression, anchored).
-    pub name_pattern: &'a str,
-    /// The longest name.
-    pub name_max: usize,
     /// Whether state-changing calls from a foreign `Origin` are refused with
     /// 403 (both APIs do).
     pub same_origin_writes: bool,
@@ -99,9 +95,20 @@ pub struct DocumentRules<'a> {
     pub error_schema: &'a str,
 }
 
-/// The document `doc` (utoipa's, as JSON) made exact by `rules`: see the
-/// module's notes.
-pub fn exact_document(mut doc: Value, rules: &DocumentRules<'_>) -> Value {
+/// The document `doc` (utoipa's) as JSON, made exact by `rules`: see the
+/// module's notes. JSON, since utoipa's types do not all read back what
+/// they write.
+pub fn exact_document(doc: &impl serde::Serialize, rules: &DocumentRules<'_>) -> Value {
+    match serde_json::to_value(doc) {
+        Ok(doc) => made_exact(doc, rules),
+        Err(e) => {
+            tracing::error!("the OpenAPI document does not serialise ({e})");
+            json!({"openapi": "3.1.0", "info": {"title": "unavailable", "version": "0"}, "paths": {}})
+        }
+    }
+}
+
+fn made_exact(mut doc: Value, rules: &DocumentRules<'_>) -> Value {
     if let Some(map) = doc.as_object_mut() {
         map.remove("security");
     }
@@ -120,9 +127,9 @@ pub fn exact_document(mut doc: Value, rules: &DocumentRules<'_>) -> Value {
     };
     let name_schema = json!({
         "type": "string",
-        "pattern": rules.name_pattern,
+        "pattern": ferrite_models::units::NAME_PATTERN,
         "minLength": 1,
-        "maxLength": rules.name_max,
+        "maxLength": ferrite_models::units::NAME_MAX,
     });
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return doc;
@@ -218,8 +225,6 @@ mod tests {
             tokens,
             open_paths: &["/healthz"],
             name_params: &["id"],
-            name_pattern: "^[a-z]+$",
-            name_max: 64,
             same_origin_writes: true,
             error_schema: "ErrorBody",
         }
@@ -227,13 +232,16 @@ mod tests {
 
     #[test]
     fn without_tokens_nothing_declares_security() {
-        let out = exact_document(doc(), &rules(false));
+        let out = exact_document(&doc(), &rules(false));
         assert!(out.get("security").is_none());
         assert!(out.pointer("/components/securitySchemes/bearer").is_none());
         let get = &out["paths"]["/api/v1/devices/{id}"]["get"];
         assert!(get.get("security").is_none());
         assert!(get["responses"].get("401").is_none());
-        assert_eq!(get["parameters"][0]["schema"]["pattern"], "^[a-z]+$");
+        assert_eq!(
+            get["parameters"][0]["schema"]["pattern"],
+            ferrite_models::units::NAME_PATTERN
+        );
         assert_eq!(
             get["responses"]["404"]["description"], "no such device",
             "what the handler declared stays"
@@ -256,7 +264,7 @@ mod tests {
 
     #[test]
     fn with_tokens_guarded_operations_declare_bearer_and_401() {
-        let out = exact_document(doc(), &rules(true));
+        let out = exact_document(&doc(), &rules(true));
         assert!(out.get("security").is_none());
         assert!(out.pointer("/components/securitySchemes/bearer").is_some());
         let get = &out["paths"]["/api/v1/devices/{id}"]["get"];
