@@ -17,13 +17,6 @@ use serde_json::Value as Json;
 
 const GATEWAY: &str = "gw-proto";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
 /// The control plane, killed when dropped.
 struct Cloud {
     child: Child,
@@ -39,34 +32,57 @@ impl Drop for Cloud {
     }
 }
 
+/// Starts `ferrite-cloud` on ports of its own choosing (port 0: no port
+/// picked here can be taken by a neighbour before the child binds it) and
+/// reads them from the line it prints once it serves. A start that fails
+/// or hangs panics with the child's log.
 async fn cloud() -> Cloud {
-    let (rest, mqtt) = (free_port(), free_port());
     let data = tempfile::tempdir().expect("tempdir");
-    let child = Command::new(env!("CARGO_BIN_EXE_ferrite-cloud"))
-        .args(["run", "--listen", &format!("127.0.0.1:{rest}")])
-        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+    let log = data.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite-cloud"))
+        .args(["run", "--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("ferrite-cloud starts");
-    let cloud = Cloud {
+    let stdout = child.stdout.take().expect("stdout");
+    // "ferrite-cloud: REST on http://ADDR, gateways connect to mqtt://ADDR";
+    // the rest of its output is drained, so that the pipe never fills or
+    // breaks under it.
+    let (first_line, read) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let _ = first_line.send(lines.next());
+        lines.for_each(drop);
+    });
+    let line = tokio::time::timeout(Duration::from_secs(60), read).await;
+    let addresses = match line {
+        Ok(Ok(Some(Ok(line)))) => line
+            .split_once("REST on http://")
+            .and_then(|(_, rest)| rest.split_once(", gateways connect to mqtt://"))
+            .and_then(|(rest, mqtt)| {
+                let mqtt: std::net::SocketAddr = mqtt.trim().parse().ok()?;
+                Some((rest.to_string(), mqtt.port()))
+            }),
+        _ => None,
+    };
+    let Some((rest, mqtt)) = addresses else {
+        let _ = child.kill();
+        let status = child.wait();
+        panic!(
+            "ferrite-cloud did not start ({status:?}):\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    Cloud {
         child,
-        rest: format!("http://127.0.0.1:{rest}"),
+        rest: format!("http://{rest}"),
         mqtt,
         _data: data,
-    };
-    for _ in 0..250 {
-        if reqwest::get(format!("{}/healthz", cloud.rest))
-            .await
-            .is_ok()
-        {
-            return cloud;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("ferrite-cloud did not start");
 }
 
 async fn get(cloud: &Cloud, path: &str) -> Json {

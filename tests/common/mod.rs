@@ -369,7 +369,7 @@ pub async fn spawn_serving_with_env(
         .spawn()
         .expect("ferrite starts");
     let api = Api::new(format!("127.0.0.1:{port}").parse().expect("addr"));
-    let up = wait_until(Duration::from_secs(10), || async {
+    let up = wait_until(Duration::from_secs(30), || async {
         reqwest::get(format!("{}/healthz", api.base))
             .await
             .is_ok_and(|r| r.status().is_success())
