@@ -40,7 +40,13 @@ async fn cloud() -> Cloud {
     let data = tempfile::tempdir().expect("tempdir");
     let log = data.path().join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite-cloud"))
-        .args(["run", "--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(data.path())
         .stdout(Stdio::piped())

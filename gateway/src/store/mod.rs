@@ -3,12 +3,23 @@
 //! (two [`Log`]s); and each rule's state, so that a restart resumes it.
 //!
 //! - [`Store`]: the small storage interface the rest of the gateway sees.
-//! - [`sled_store`]: its implementation on sled, one `Db` per process.
+//! - [`sled_store`]: its implementation on sled, one `Db` per process: one
+//!   commit record per group commit in a log, which is also the sync
+//!   outbox, and each series' history in compressed blocks:
+//!   - [`record`]: a commit record's encoding;
+//!   - [`chunk`]: a series' points, compressed (times as delta of deltas,
+//!     floats XORed with the one before);
+//!   - [`blocks`]: history at rest, per series, in non-overlapping blocks;
+//!   - [`migrate`]: data dirs of the older layout, converted at open.
 //! - [`writer`]: the one task that writes: it batches driver updates, makes
 //!   them durable, and only then shows them in the live view.
 //! - [`health`]: events when store writes start failing and recover.
 
+pub mod blocks;
+pub mod chunk;
 pub mod health;
+pub mod migrate;
+pub mod record;
 pub mod sled_store;
 pub mod writer;
 

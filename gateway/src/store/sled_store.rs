@@ -1,30 +1,48 @@
-//! [`Store`] on sled.
+//! [`Store`] on sled, laid out for time series: one write per commit.
 //!
 //! Trees:
-//! - `series`: `device \0 property` → series id (u32, big-endian);
-//! - `history`: series id + ts (both BE, so a prefix scan is time-ordered) →
-//!   value;
+//! - `log`: one commit record per group commit ([`record`]), keyed by the
+//!   sequence number of its first change (BE); every change has a sequence
+//!   number, rising across restarts. The log is the write-ahead log of the
+//!   heads below and, with `[cloud]`, the outbox itself.
+//! - `blocks`: each series' history in compressed blocks ([`blocks`]).
+//! - `series`: `device \0 property` → series id (u32, BE), the one place
+//!   names are kept; `cuts`: series id → the last sequence in its blocks.
+//! - `outbox_meta`: the next sequence; with `[cloud]` the last acknowledged
+//!   one, the outbox's floor, and the twin's and the config's versions.
 //! - `events`, `audit` (the [`Log`]s): sequence number (BE, from sled's
 //!   `generate_id`, which grows across restarts) → ts (BE) + body;
 //! - `rule_state`: rule name → its state (JSON);
 //! - `config`: version (BE) → an applied configuration (JSON: its files,
-//!   hash and source), the newest few;
-//! - with `[cloud]`, `outbox` and `outbox_meta` (ferrite-sync's outbox):
-//!   every committed change again, until the control plane acknowledges it.
+//!   hash and source), the newest few.
 //!
-//! Values are one tag byte plus the payload. sled can fail to re-acquire its
-//! file lock when a `Db` is reopened right after a drop (sled #1234), so the
-//! gateway opens exactly one per process and shares it.
+//! A series' newest points wait in its head, in memory (a [`Chunk`]), until
+//! [`CUT_POINTS`] of them are cut into a block in the commit that completes
+//! them. A restart rebuilds the heads from the log records after each
+//! series' cut. A record goes once each of its points is in a block and,
+//! with `[cloud]`, acknowledged or dropped over the outbox's budget; the
+//! minute's retention pass cuts heads that hold back more than
+//! [`LOG_TAIL_BYTES`] of log.
+//!
+//! sled can fail to re-acquire its file lock when a `Db` is reopened right
+//! after a drop (sled #1234), so the gateway opens exactly one per process
+//! and shares it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use ferrite_models::Value;
 use ferrite_sync::outbox::OutboxError;
 
-use super::{Change, End, Entry, Log, Stamped, Store, StoreError, Trimmed};
+use super::blocks::{Blocks, CUT_POINTS, Point};
+use super::chunk::{self, Chunk};
+use super::{Change, End, Entry, Log, Stamped, Store, StoreError, Trimmed, migrate, record};
 use crate::time::Micros;
+
+/// Log bytes the heads may hold back from being dropped; past it, the
+/// retention pass cuts the heads of the oldest records (small blocks for
+/// series that change rarely, instead of an ever longer log).
+pub const LOG_TAIL_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The sled-backed store.
 ///
@@ -33,21 +51,20 @@ use crate::time::Micros;
 /// database on the next write, which recovers everything flushed so far;
 /// the writer retries the failed batch, so nothing is lost.
 ///
-/// Part of a failed commit may have reached the disk, and a reopen makes it
+/// A failed commit's record may have reached the disk, and a reopen makes it
 /// visible. Whoever reopens (often the journal, before the writer's retry)
-/// therefore first finishes that commit, under the same lock: otherwise the
-/// uplink could send and trim the half that was there, and the retry, no
-/// longer finding it, would put it into the outbox a second time (the fault
-/// campaign's "1 doubled").
+/// therefore looks for it first, under the same lock, and writes it if it is
+/// missing; the writer's retry then finds the commit done. A commit is one
+/// record, so it is on disk whole or not at all.
 pub struct SledStore {
     dir: PathBuf,
     cache_bytes: u64,
     /// With `[cloud]`: the outbox's budget in bytes.
     outbox_budget: Option<u64>,
-    /// Outbox entries dropped over the budget, since start.
+    /// Outbox changes dropped over the budget before the last reopen.
     outbox_dropped: std::sync::atomic::AtomicU64,
     /// The last commit, if it failed (see [`Unfinished`]).
-    unfinished: std::sync::Mutex<Unfinished>,
+    unfinished: Mutex<Unfinished>,
     /// The same for appends to the events and the audit log.
     append_failed: [std::sync::atomic::AtomicBool; 2],
     /// Held for writing from the first insert to the fsync, and for reading
@@ -60,16 +77,72 @@ pub struct SledStore {
 struct Inner {
     db: sled::Db,
     series: sled::Tree,
-    history: sled::Tree,
+    log: sled::Tree,
+    cuts: sled::Tree,
+    meta: sled::Tree,
+    blocks: Blocks,
     events: sled::Tree,
     audit: sled::Tree,
     rule_state: sled::Tree,
     /// Applied configuration versions (see `crate::reconcile`).
     config: sled::Tree,
-    /// With `[cloud]`: changes waiting for the control plane.
-    outbox: Option<ferrite_sync::outbox::Outbox>,
+    /// Series ids by name, and names by id.
     ids: HashMap<(String, String), u32>,
+    names: Vec<(String, String)>,
+    /// Each series' points not yet in a block, by id.
+    heads: Vec<Option<Box<Head>>>,
+    /// The sequence number of the next change.
+    next_seq: u64,
+    /// The log's records, by first sequence.
+    records: BTreeMap<u64, RecordInfo>,
+    /// With `[cloud]`: where the control plane stands.
+    cloud: Option<Mutex<Cursor>>,
 }
+
+/// A series' newest points, and the sequences of the first and last.
+struct Head {
+    chunk: Chunk,
+    first_seq: u64,
+    last_seq: u64,
+}
+
+/// A commit record, as the store keeps count of it.
+#[derive(Debug, Clone, Copy)]
+struct RecordInfo {
+    count: u32,
+    bytes: u64,
+}
+
+impl RecordInfo {
+    fn last(&self, first: u64) -> u64 {
+        first + u64::from(self.count) - 1
+    }
+}
+
+/// The outbox's state: what is owed to the control plane is every change
+/// from [`Cursor::owed_from`] on.
+#[derive(Debug)]
+struct Cursor {
+    budget: u64,
+    acked: u64,
+    /// Changes below it were dropped over the budget.
+    floor: u64,
+    /// Bytes of the records that hold owed changes.
+    owed_bytes: u64,
+    dropped: u64,
+}
+
+impl Cursor {
+    fn owed_from(&self) -> u64 {
+        (self.acked + 1).max(self.floor)
+    }
+}
+
+const NEXT: &[u8] = b"next";
+const ACKED: &[u8] = b"acked";
+const FLOOR: &[u8] = b"floor";
+const DESIRED: &[u8] = b"desired_version";
+const CONFIG: &[u8] = b"config_version";
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`, with the config's default cache.
@@ -84,9 +157,9 @@ impl SledStore {
         Self::open_with(dir, cache_bytes, None)
     }
 
-    /// Opens the store; with `outbox_budget`, every committed change is also
-    /// appended to the sync outbox (in the same fsync), which keeps at most
-    /// that many bytes.
+    /// Opens the store; with `outbox_budget`, committed changes also wait for
+    /// the control plane (the log is the outbox), up to that many bytes of
+    /// records beyond the newest.
     pub fn open_with(
         dir: &Path,
         cache_bytes: u64,
@@ -98,7 +171,7 @@ impl SledStore {
             cache_bytes,
             outbox_budget,
             outbox_dropped: std::sync::atomic::AtomicU64::new(0),
-            unfinished: std::sync::Mutex::new(Unfinished::None),
+            unfinished: Mutex::new(Unfinished::None),
             append_failed: Default::default(),
             inner: RwLock::new(Some(inner)),
         })
@@ -111,6 +184,47 @@ impl SledStore {
     fn write(&self) -> RwLockWriteGuard<'_, Option<Inner>> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Blocks, points in them, and their bytes; the log's records and
+    /// bytes; points in heads and the heap bytes those take. For benches
+    /// and the docs' figures.
+    pub fn layout(&self) -> Result<Layout, StoreError> {
+        let guard = self.read();
+        let inner = guard.as_ref().ok_or_else(reopening)?;
+        let (blocks, block_points, block_bytes) = inner.blocks.stats()?;
+        let heads = inner.heads.iter().flatten();
+        Ok(Layout {
+            series: inner.names.len() as u64,
+            blocks,
+            block_points,
+            block_bytes,
+            records: inner.records.len() as u64,
+            record_bytes: inner.records.values().map(|r| r.bytes).sum(),
+            head_points: heads.clone().map(|h| u64::from(h.chunk.len())).sum(),
+            head_bytes: heads.map(|h| h.chunk.heap_bytes() as u64).sum(),
+        })
+    }
+}
+
+/// Where the store's data is (see [`SledStore::layout`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Series known.
+    pub series: u64,
+    /// History blocks.
+    pub blocks: u64,
+    /// Points in them.
+    pub block_points: u64,
+    /// Their keys' and values' bytes.
+    pub block_bytes: u64,
+    /// Commit records in the log.
+    pub records: u64,
+    /// Their bytes.
+    pub record_bytes: u64,
+    /// Points in the heads.
+    pub head_points: u64,
+    /// Heap bytes the heads take.
+    pub head_bytes: u64,
 }
 
 /// A commit that failed, until its changes are stored.
@@ -119,10 +233,11 @@ enum Unfinished {
     /// The last commit succeeded.
     #[default]
     None,
-    /// These changes failed to commit; some may be on disk.
-    Failed(Vec<Change>),
-    /// A reopen stored them before the writer retried: the retry has
-    /// nothing left to do.
+    /// These changes failed to commit as the record at `first`; it may be
+    /// on disk.
+    Failed { changes: Vec<Change>, first: u64 },
+    /// A reopen found or stored them before the writer retried: the retry
+    /// has nothing left to do.
     Finished(Vec<Change>),
 }
 
@@ -138,11 +253,13 @@ impl SledStore {
         if guard.is_none() {
             let mut inner = Inner::open(&self.dir, self.cache_bytes, self.outbox_budget)?;
             let mut unfinished = self.unfinished();
-            if let Unfinished::Failed(changes) = std::mem::take(&mut *unfinished) {
-                // On error `inner` goes unused: the next write reopens again.
-                if let Err(e) = inner.commit(&changes, true) {
-                    *unfinished = Unfinished::Failed(changes);
-                    return Err(e);
+            if let Unfinished::Failed { changes, first } = std::mem::take(&mut *unfinished) {
+                if !inner.records.contains_key(&first) {
+                    // On error `inner` goes unused: the next write reopens.
+                    if let Err(e) = inner.commit(&changes) {
+                        *unfinished = Unfinished::Failed { changes, first };
+                        return Err(e);
+                    }
                 }
                 *unfinished = Unfinished::Finished(changes);
             }
@@ -153,9 +270,9 @@ impl SledStore {
         let inner = guard.as_mut().ok_or_else(reopening)?;
         let result = write(inner);
         if result.is_err() {
-            if let Some(outbox) = guard.as_ref().and_then(|i| i.outbox.as_ref()) {
+            if let Some(cursor) = guard.as_ref().and_then(|i| i.cloud.as_ref()) {
                 self.outbox_dropped
-                    .fetch_add(outbox.dropped(), std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(lock(cursor).dropped, std::sync::atomic::Ordering::Relaxed);
             }
             *guard = None;
         }
@@ -163,10 +280,12 @@ impl SledStore {
     }
 
     fn unfinished(&self) -> std::sync::MutexGuard<'_, Unfinished> {
-        self.unfinished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.unfinished)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The uplink reads the outbox through the store, under its lock: it sees
@@ -178,55 +297,77 @@ impl ferrite_sync::outbox::OutboxAccess for SledStore {
         from: u64,
         max: usize,
     ) -> Result<Vec<(u64, ferrite_sync::delta::Change)>, OutboxError> {
-        self.with_outbox(|o| o.read(from, max))
+        self.with_outbox(|inner, cursor| inner.owed(from.max(cursor.owed_from()), max))
     }
 
     fn acknowledge(&self, seq: u64) -> Result<(), OutboxError> {
-        self.with_outbox(|o| o.acknowledge(seq).map(drop))
+        self.with_outbox(|inner, cursor| {
+            let seq = seq.min(inner.next_seq - 1);
+            if seq > cursor.acked {
+                inner.meta.insert(ACKED, &seq.to_be_bytes())?;
+                cursor.acked = seq;
+                cursor.owed_bytes = inner.owed_bytes(cursor.owed_from());
+            }
+            Ok(())
+        })
     }
 
     fn acknowledged(&self) -> Result<u64, OutboxError> {
-        self.with_outbox(|o| o.acknowledged())
+        self.with_outbox(|_, cursor| Ok(cursor.acked))
     }
 
     fn last(&self) -> Result<u64, OutboxError> {
-        self.with_outbox(|o| Ok(o.last()))
+        self.with_outbox(|inner, _| Ok(inner.next_seq - 1))
     }
 
     fn desired_version(&self) -> Result<u64, OutboxError> {
-        self.with_outbox(|o| o.desired_version())
+        self.with_outbox(|inner, _| meta_u64(&inner.meta, DESIRED))
     }
 
     fn set_desired_version(&self, version: u64) -> Result<(), OutboxError> {
-        // The outbox's own implementation flushes the database.
-        self.with_outbox(|o| ferrite_sync::outbox::OutboxAccess::set_desired_version(o, version))
+        self.with_outbox(|inner, _| {
+            inner.meta.insert(DESIRED, &version.to_be_bytes())?;
+            inner.db.flush()?;
+            Ok(())
+        })
     }
 
     fn config_version(&self) -> Result<u64, OutboxError> {
-        self.with_outbox(|o| o.config_version())
+        self.with_outbox(|inner, _| meta_u64(&inner.meta, CONFIG))
     }
 
     fn set_config_version(&self, version: u64) -> Result<(), OutboxError> {
-        self.with_outbox(|o| ferrite_sync::outbox::OutboxAccess::set_config_version(o, version))
+        self.with_outbox(|inner, _| {
+            inner.meta.insert(CONFIG, &version.to_be_bytes())?;
+            inner.db.flush()?;
+            Ok(())
+        })
     }
 }
 
 impl SledStore {
     fn with_outbox<T>(
         &self,
-        f: impl FnOnce(&ferrite_sync::outbox::Outbox) -> Result<T, OutboxError>,
+        f: impl FnOnce(&Inner, &mut Cursor) -> Result<T, OutboxError>,
     ) -> Result<T, OutboxError> {
         let guard = self.read();
-        let outbox = guard
+        let Some((inner, cursor)) = guard
             .as_ref()
-            .and_then(|i| i.outbox.as_ref())
-            .ok_or_else(|| {
-                OutboxError::Io(sled::Error::Unsupported(
-                    "the outbox is not open (no [cloud], or the store is reopening)".into(),
-                ))
-            })?;
-        f(outbox)
+            .and_then(|i| i.cloud.as_ref().map(|cursor| (i, cursor)))
+        else {
+            return Err(OutboxError::Io(sled::Error::Unsupported(
+                "the outbox is not open (no [cloud], or the store is reopening)".into(),
+            )));
+        };
+        f(inner, &mut lock(cursor))
     }
+}
+
+fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<u64, OutboxError> {
+    Ok(meta
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes))
 }
 
 /// Runs `write`, telling it whether the last write guarded by `failed`
@@ -245,6 +386,10 @@ fn reopening() -> StoreError {
     StoreError::Io("the store is reopening after a failed write".into())
 }
 
+fn io(e: OutboxError) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
 impl Inner {
     fn open(dir: &Path, cache_bytes: u64, outbox_budget: Option<u64>) -> Result<Inner, StoreError> {
         std::fs::create_dir_all(dir)
@@ -258,34 +403,186 @@ impl Inner {
         // Past an unfinished snapshot a full disk or a crash left behind.
         let (db, _) = ferrite_sync::sled_open::open(config, &path)?;
         let series = db.open_tree("series")?;
-        let history = db.open_tree("history")?;
-        let events = db.open_tree(Log::Events.tree())?;
-        let audit = db.open_tree(Log::Audit.tree())?;
-        let rule_state = db.open_tree("rule_state")?;
-        let config = db.open_tree("config")?;
-        let outbox = outbox_budget
-            .map(|budget| ferrite_sync::outbox::Outbox::open(&db, budget))
-            .transpose()
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        let mut ids = HashMap::new();
-        for entry in series.iter() {
+        let mut inner = Inner {
+            log: db.open_tree("log")?,
+            cuts: db.open_tree("cuts")?,
+            meta: db.open_tree("outbox_meta")?,
+            blocks: Blocks::open(&db)?,
+            events: db.open_tree(Log::Events.tree())?,
+            audit: db.open_tree(Log::Audit.tree())?,
+            rule_state: db.open_tree("rule_state")?,
+            config: db.open_tree("config")?,
+            db,
+            series,
+            ids: HashMap::new(),
+            names: Vec::new(),
+            heads: Vec::new(),
+            next_seq: 1,
+            records: BTreeMap::new(),
+            cloud: None,
+        };
+        for entry in inner.series.iter() {
             let (k, v) = entry?;
             let name = String::from_utf8_lossy(&k).into_owned();
             let (device, property) = name
                 .split_once('\0')
                 .ok_or_else(|| StoreError::Corrupt(name.clone()))?;
-            ids.insert((device.to_string(), property.to_string()), id_from(&v)?);
+            let id = id_from(&v)?;
+            let slot = id as usize;
+            if inner.names.len() <= slot {
+                inner.names.resize(slot + 1, Default::default());
+            }
+            inner.names[slot] = (device.to_string(), property.to_string());
+            inner
+                .ids
+                .insert((device.to_string(), property.to_string()), id);
         }
-        Ok(Inner {
-            db,
-            series,
-            history,
-            events,
-            audit,
-            rule_state,
-            config,
-            outbox,
-            ids,
+        inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.max(1);
+        if migrate::needed(&inner.db) {
+            inner.migrate()?;
+        }
+        inner.replay()?;
+        if let Some(budget) = outbox_budget {
+            inner.open_outbox(budget)?;
+        }
+        Ok(inner)
+    }
+
+    /// Converts an old data dir (see [`migrate`]).
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let points = migrate::history(&self.db, &self.blocks)?;
+        let mut waiting = 0u64;
+        let first = migrate::outbox(&self.db.clone(), |page| {
+            waiting += page.len() as u64;
+            self.convert_outbox_page(page)
+        })?;
+        if let Some(first) = first {
+            self.meta.insert(FLOOR, &first.to_be_bytes())?;
+        }
+        self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
+        self.db.flush()?;
+        tracing::info!(
+            "converted the store to the commit log: {points} history point(s) into blocks, {waiting} change(s) waiting for the control plane"
+        );
+        Ok(())
+    }
+
+    /// Old outbox entries as commit records of consecutive sequences, marked
+    /// as history already.
+    fn convert_outbox_page(
+        &mut self,
+        page: &[(u64, String, String, Micros, ferrite_models::Value)],
+    ) -> Result<(), StoreError> {
+        let mut start = 0;
+        while start < page.len() {
+            let mut end = start + 1;
+            while end < page.len() && page[end].0 == page[end - 1].0 + 1 {
+                end += 1;
+            }
+            let run = &page[start..end];
+            let ids = run
+                .iter()
+                .map(|(_, device, property, _, _)| self.id(device, property))
+                .collect::<Result<Vec<u32>, _>>()?;
+            let points = ids
+                .iter()
+                .zip(run)
+                .map(|(id, (_, _, _, ts, value))| (*id, *ts, value));
+            self.log
+                .insert(run[0].0.to_be_bytes(), record::encode(true, points))?;
+            self.next_seq = self.next_seq.max(run[run.len() - 1].0 + 1);
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Reads the log: its records, and each series' points after its cut
+    /// into the heads.
+    fn replay(&mut self) -> Result<(), StoreError> {
+        let mut cuts = HashMap::new();
+        for item in self.cuts.iter() {
+            let (k, v) = item?;
+            let seq = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("cut".into()))?;
+            cuts.insert(id_from(&k)?, seq);
+        }
+        for item in self.log.iter() {
+            let (k, v) = item?;
+            let first = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("commit record key".into()))?;
+            let record = record::decode(first, &v)?;
+            let count = u32::try_from(record.points.len())
+                .map_err(|_| StoreError::Corrupt(format!("commit record {first}")))?;
+            if count == 0 {
+                continue;
+            }
+            self.records.insert(
+                first,
+                RecordInfo {
+                    count,
+                    bytes: (k.len() + v.len()) as u64,
+                },
+            );
+            self.next_seq = self.next_seq.max(first + u64::from(count));
+            if record.outbox_only {
+                continue;
+            }
+            for (seq, (id, (ts, value))) in (first..).zip(record.ids.into_iter().zip(record.points))
+            {
+                if (id as usize) >= self.names.len() {
+                    return Err(StoreError::Corrupt(format!(
+                        "commit record {first}: unknown series {id}"
+                    )));
+                }
+                if seq > cuts.get(&id).copied().unwrap_or(0) {
+                    self.head(id).push(seq, ts, &value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// With `[cloud]`: the outbox's cursor. A store that never had one owes
+    /// nothing from before.
+    fn open_outbox(&mut self, budget: u64) -> Result<(), StoreError> {
+        let acked = meta_u64(&self.meta, ACKED).map_err(io)?;
+        let floor = match self.meta.get(FLOOR)? {
+            Some(_) => meta_u64(&self.meta, FLOOR).map_err(io)?,
+            None => {
+                let floor = if self.meta.get(ACKED)?.is_some() {
+                    acked + 1
+                } else {
+                    self.next_seq
+                };
+                self.meta.insert(FLOOR, &floor.to_be_bytes())?;
+                floor
+            }
+        };
+        let mut cursor = Cursor {
+            budget,
+            acked,
+            floor,
+            owed_bytes: 0,
+            dropped: 0,
+        };
+        cursor.owed_bytes = self.owed_bytes(cursor.owed_from());
+        self.cloud = Some(Mutex::new(cursor));
+        Ok(())
+    }
+
+    fn head(&mut self, id: u32) -> &mut Head {
+        let slot = id as usize;
+        if self.heads.len() <= slot {
+            self.heads.resize_with(slot + 1, || None);
+        }
+        self.heads[slot].get_or_insert_with(|| {
+            Box::new(Head {
+                chunk: Chunk::new(),
+                first_seq: 0,
+                last_seq: 0,
+            })
         })
     }
 
@@ -293,7 +590,7 @@ impl Inner {
         if let Some(id) = self.ids.get(&(device.to_string(), property.to_string())) {
             return Ok(*id);
         }
-        let id = u32::try_from(self.ids.len())
+        let id = u32::try_from(self.names.len())
             .map_err(|_| StoreError::Corrupt("too many series".into()))?;
         self.series.insert(
             format!("{device}\0{property}").as_bytes(),
@@ -301,70 +598,225 @@ impl Inner {
         )?;
         self.ids
             .insert((device.to_string(), property.to_string()), id);
+        self.names.push((device.to_string(), property.to_string()));
         Ok(id)
     }
 
-    /// Appends `changes` to history (and the outbox) and flushes. A
-    /// `retry` follows a failed commit of the same changes, some of which
-    /// may have reached the disk: history keys are simply written again,
-    /// but outbox entries already there are not appended twice (the control
-    /// plane would count a second copy, under a new sequence, as new).
-    fn commit(&mut self, changes: &[Change], retry: bool) -> Result<(), StoreError> {
-        // Plain inserts, not `sled::Batch`: in sled 0.34 a large batch keeps
-        // several times more memory (measured: 830 MB against 110 MB for
-        // 300k entries). Atomicity is not needed: nothing here is visible
-        // before the flush below, each entry stands alone, and a retry
-        // skips what a failed attempt left in the outbox.
-        let mut buf = Vec::with_capacity(32);
-        for change in changes {
-            let id = self.id(&change.device, &change.property)?;
-            buf.clear();
-            change.at.value.encode_into(&mut buf);
-            self.history
-                .insert(&history_key(id, change.at.ts)[..], buf.as_slice())?;
+    /// Appends `changes` as one commit record, adds them to their heads
+    /// (cutting full heads into blocks), and flushes. Returns the sequence
+    /// of the first change.
+    fn commit(&mut self, changes: &[Change]) -> Result<u64, StoreError> {
+        let first = self.next_seq;
+        if changes.is_empty() {
+            return Ok(first);
         }
-        if let Some(outbox) = &self.outbox {
-            let mut synced: Vec<ferrite_sync::delta::Change> = changes
-                .iter()
-                .map(|c| ferrite_sync::delta::Change {
-                    device: c.device.clone(),
-                    property: c.property.clone(),
-                    ts_ms: c.at.ts.div_euclid(1000),
-                    value: c.at.value.clone(),
-                })
-                .collect();
-            if retry {
-                // The failed attempt's entries, if any, are the newest: the
-                // writer appends nothing else before its retry succeeds.
-                let kept = outbox
-                    .newest(synced.len())
-                    .map_err(|e| StoreError::Io(e.to_string()))?;
-                synced.retain(|c| !kept.iter().any(|(_, k)| k == c));
-                if synced.len() < changes.len() {
-                    tracing::info!(
-                        "{} change(s) of the failed commit were already in the outbox",
-                        changes.len() - synced.len()
-                    );
-                }
+        let ids = changes
+            .iter()
+            .map(|c| self.id(&c.device, &c.property))
+            .collect::<Result<Vec<u32>, _>>()?;
+        let points = ids
+            .iter()
+            .zip(changes)
+            .map(|(id, c)| (*id, c.at.ts, &c.at.value));
+        let bytes = record::encode(false, points);
+        let count = u32::try_from(changes.len())
+            .map_err(|_| StoreError::Io("a commit of more than 4 billion changes".into()))?;
+        // The record first: whatever else this commit writes, a crash
+        // leaves it recoverable from the record.
+        self.log.insert(first.to_be_bytes(), bytes.as_slice())?;
+        self.next_seq = first + u64::from(count);
+        self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
+        let info = RecordInfo {
+            count,
+            bytes: 8 + bytes.len() as u64,
+        };
+        self.records.insert(first, info);
+        for (seq, (id, change)) in (first..).zip(ids.iter().zip(changes)) {
+            let head = self.head(*id);
+            head.push(seq, change.at.ts, &change.at.value);
+            if head.chunk.len() >= CUT_POINTS {
+                self.cut(*id)?;
             }
-            outbox
-                .append(&synced)
-                .map_err(|e| StoreError::Io(e.to_string()))?;
         }
+        if let Some(cursor) = self
+            .cloud
+            .as_mut()
+            .map(|c| c.get_mut().unwrap_or_else(PoisonError::into_inner))
+        {
+            cursor.owed_bytes += info.bytes;
+        }
+        self.keep_outbox_budget()?;
         self.db.flush()?;
+        Ok(first)
+    }
+
+    /// Writes series `id`'s head as a block.
+    fn cut(&mut self, id: u32) -> Result<(), StoreError> {
+        let Some(head) = self.heads.get_mut(id as usize).and_then(Option::take) else {
+            return Ok(());
+        };
+        self.blocks.write(id, head.chunk.points())?;
+        self.cuts
+            .insert(id.to_be_bytes(), &head.last_seq.to_be_bytes())?;
         Ok(())
     }
 
-    /// Removes history keys one by one (see `commit` on why not a batch).
-    fn remove_keys(
-        &self,
-        keys: impl Iterator<Item = sled::Result<sled::IVec>>,
-    ) -> Result<u64, StoreError> {
-        let keys: Vec<sled::IVec> = keys.collect::<Result<_, _>>()?;
-        for key in &keys {
-            self.history.remove(key)?;
+    /// Over the outbox's budget, the oldest owed records are dropped from
+    /// it (never the newest), and counted.
+    fn keep_outbox_budget(&mut self) -> Result<(), StoreError> {
+        let Some(cursor) = self.cloud.as_ref() else {
+            return Ok(());
+        };
+        let mut cursor = lock(cursor);
+        let newest = self.records.keys().next_back().copied().unwrap_or(0);
+        let mut moved = false;
+        while cursor.owed_bytes > cursor.budget {
+            let from = cursor.owed_from();
+            let Some((first, info)) = self
+                .records
+                .iter()
+                .find(|(first, info)| info.last(**first) >= from)
+            else {
+                break;
+            };
+            if *first >= newest {
+                break;
+            }
+            let end = info.last(*first) + 1;
+            cursor.dropped += end - from.max(*first);
+            cursor.floor = end;
+            cursor.owed_bytes = cursor.owed_bytes.saturating_sub(info.bytes);
+            moved = true;
         }
-        Ok(keys.len() as u64)
+        if moved {
+            self.meta.insert(FLOOR, &cursor.floor.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the records holding changes from `from` on.
+    fn owed_bytes(&self, from: u64) -> u64 {
+        self.records
+            .iter()
+            .filter(|(first, info)| info.last(**first) >= from)
+            .map(|(_, info)| info.bytes)
+            .sum()
+    }
+
+    /// Up to `max` changes from `from` on, as the uplink sends them.
+    fn owed(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, ferrite_sync::delta::Change)>, OutboxError> {
+        let start = self
+            .records
+            .range(..=from)
+            .next_back()
+            .map_or(from, |(first, _)| *first);
+        let mut out = Vec::new();
+        for first in self.records.range(start..).map(|(first, _)| *first) {
+            if out.len() >= max {
+                break;
+            }
+            let Some(bytes) = self.log.get(first.to_be_bytes())? else {
+                continue;
+            };
+            let record = record::decode(first, &bytes).map_err(|_| OutboxError::Corrupt(first))?;
+            for (seq, (id, (ts, value))) in (first..).zip(record.ids.into_iter().zip(record.points))
+            {
+                if seq < from {
+                    continue;
+                }
+                if out.len() >= max {
+                    break;
+                }
+                let (device, property) = self
+                    .names
+                    .get(id as usize)
+                    .ok_or(OutboxError::Corrupt(seq))?;
+                out.push((
+                    seq,
+                    ferrite_sync::delta::Change {
+                        device: device.clone(),
+                        property: property.clone(),
+                        ts_ms: ts.div_euclid(1000),
+                        value,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops the records nothing needs any more, after cutting the heads that
+    /// hold back more than [`LOG_TAIL_BYTES`] of log. Returns how many went.
+    fn collect_log(&mut self) -> Result<u64, StoreError> {
+        // The oldest record the tail budget keeps.
+        let mut kept = 0u64;
+        let mut keep_from = 0u64;
+        for (first, info) in self.records.iter().rev() {
+            kept += info.bytes;
+            if kept > LOG_TAIL_BYTES {
+                keep_from = first + u64::from(info.count);
+                break;
+            }
+        }
+        let stale: Vec<u32> = self
+            .heads
+            .iter()
+            .enumerate()
+            .filter_map(|(id, h)| {
+                h.as_ref()
+                    .filter(|h| h.first_seq < keep_from)
+                    .map(|_| id as u32)
+            })
+            .collect();
+        for id in stale {
+            self.cut(id)?;
+        }
+        let held = self
+            .heads
+            .iter()
+            .flatten()
+            .map(|h| h.first_seq)
+            .min()
+            .unwrap_or(u64::MAX);
+        let owed = self
+            .cloud
+            .as_ref()
+            .map_or(u64::MAX, |c| lock(c).owed_from());
+        let doomed: Vec<u64> = self
+            .records
+            .iter()
+            .take_while(|(first, info)| info.last(**first) < held.min(owed))
+            .map(|(first, _)| *first)
+            .collect();
+        for first in &doomed {
+            self.log.remove(first.to_be_bytes())?;
+            self.records.remove(first);
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    /// Every series' points in a block.
+    fn cut_all(&mut self) -> Result<(), StoreError> {
+        for id in 0..self.heads.len() {
+            if self.heads[id].is_some() {
+                self.cut(id as u32)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Head {
+    fn push(&mut self, seq: u64, ts: Micros, value: &ferrite_models::Value) {
+        if self.chunk.is_empty() {
+            self.first_seq = seq;
+        }
+        self.last_seq = seq;
+        self.chunk.push(ts, value);
     }
 }
 
@@ -373,6 +825,24 @@ impl Inner {
         match log {
             Log::Events => &self.events,
             Log::Audit => &self.audit,
+        }
+    }
+
+    /// Series `id`'s points between `since` and `until` in its head.
+    fn head_points(&self, id: u32, since: Micros, until: Micros) -> Vec<Point> {
+        match self.heads.get(id as usize).and_then(Option::as_ref) {
+            Some(head) => {
+                let (min, max) = head.chunk.span();
+                if max < since || min > until {
+                    return Vec::new();
+                }
+                head.chunk
+                    .points()
+                    .into_iter()
+                    .filter(|p| p.0 >= since && p.0 <= until)
+                    .collect()
+            }
+            None => Vec::new(),
         }
     }
 }
@@ -396,27 +866,6 @@ fn id_from(bytes: &[u8]) -> Result<u32, StoreError> {
     Ok(u32::from_be_bytes(arr))
 }
 
-fn history_key(id: u32, ts: Micros) -> [u8; 12] {
-    let mut key = [0u8; 12];
-    key[..4].copy_from_slice(&id.to_be_bytes());
-    // Flip the sign bit so that negative times sort before positive ones.
-    key[4..].copy_from_slice(&((ts as u64) ^ (1 << 63)).to_be_bytes());
-    key
-}
-
-fn ts_from_key(key: &[u8]) -> Result<Micros, StoreError> {
-    let arr: [u8; 8] = key
-        .get(4..12)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| StoreError::Corrupt("history key".into()))?;
-    Ok((u64::from_be_bytes(arr) ^ (1 << 63)) as i64)
-}
-
-/// Decodes a stored value ([`Value::encode_into`]'s form).
-fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
-    Value::decode(bytes).ok_or_else(|| StoreError::Corrupt(format!("value {bytes:02x?}")))
-}
-
 impl Store for SledStore {
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
         // After a failed commit, the writer's next one retries the same
@@ -431,10 +880,14 @@ impl Store for SledStore {
                 *unfinished = Unfinished::None;
                 return Ok(());
             }
-            let result = inner.commit(changes, false);
+            let first = inner.next_seq;
+            let result = inner.commit(changes).map(drop);
             *unfinished = match result {
                 Ok(()) => Unfinished::None,
-                Err(_) => Unfinished::Failed(changes.to_vec()),
+                Err(_) => Unfinished::Failed {
+                    changes: changes.to_vec(),
+                    first,
+                },
             };
             result
         })
@@ -443,19 +896,19 @@ impl Store for SledStore {
     fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError> {
         let guard = self.read();
         let inner = guard.as_ref().ok_or_else(reopening)?;
-        let mut out = Vec::with_capacity(inner.ids.len());
-        for ((device, property), id) in &inner.ids {
-            // The latest value is the last history entry: keeping it twice
-            // would double the writes.
-            let Some(entry) = inner.history.scan_prefix(id.to_be_bytes()).next_back() else {
-                continue;
+        let mut out = Vec::with_capacity(inner.names.len());
+        for (id, (device, property)) in inner.names.iter().enumerate() {
+            let id = id as u32;
+            // The head's points are newer, so they win a tie.
+            let at_rest = inner.blocks.last(id)?;
+            let in_head = inner.head_points(id, Micros::MIN, Micros::MAX).pop();
+            let latest = match (at_rest, in_head) {
+                (Some(old), Some(new)) => Some(if old.0 > new.0 { old } else { new }),
+                (old, new) => new.or(old),
             };
-            let (key, value) = entry?;
-            let at = Stamped {
-                ts: ts_from_key(&key)?,
-                value: decode_value(&value)?,
-            };
-            out.push((device.clone(), property.clone(), at));
+            if let Some((ts, value)) = latest {
+                out.push((device.clone(), property.clone(), Stamped { ts, value }));
+            }
         }
         Ok(out)
     }
@@ -478,61 +931,69 @@ impl Store for SledStore {
         else {
             return Ok(Vec::new());
         };
-        let range = inner
-            .history
-            .range(history_key(id, since)..=history_key(id, until));
-        let entries: Box<dyn Iterator<Item = _>> = match end {
-            End::Oldest => Box::new(range.take(limit)),
-            End::Newest => Box::new(range.rev().take(limit)),
+        let mut points = inner.blocks.range(id, since, until, limit, end)?;
+        let head = inner.head_points(id, since, until);
+        if !head.is_empty() {
+            // After the blocks' points, so that the head's win a tie.
+            points.extend(head);
+            points = chunk::in_time_order(points);
+        }
+        let skip = match end {
+            End::Oldest => 0,
+            End::Newest => points.len().saturating_sub(limit),
         };
-        let mut out = Vec::new();
-        for entry in entries {
-            let (k, v) = entry?;
-            out.push(Stamped {
-                ts: ts_from_key(&k)?,
-                value: decode_value(&v)?,
-            });
-        }
-        if end == End::Newest {
-            out.reverse();
-        }
-        Ok(out)
+        Ok(points
+            .into_iter()
+            .skip(skip)
+            .take(limit)
+            .map(|(ts, value)| Stamped { ts, value })
+            .collect())
     }
 
     fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError> {
-        let guard = self.write();
-        let Some(inner) = guard.as_ref() else {
-            return Ok(Trimmed::default());
-        };
-        let ids: Vec<u32> = inner.ids.values().copied().collect();
-        let mut trimmed = Trimmed::default();
-        for id in &ids {
-            let range = history_key(*id, i64::MIN)..history_key(*id, before);
-            trimmed.by_age += inner.remove_keys(inner.history.range(range).keys())?;
-        }
-        // Over budget: drop the oldest tenth of every series, until under it
-        // or nothing is left to drop. sled reclaims space lazily, so the loop
-        // is bounded rather than trusting the size to fall at once.
-        for _ in 0..10 {
-            if inner.db.size_on_disk()? <= max_bytes {
-                break;
+        self.with_writable(|inner| {
+            let mut trimmed = Trimmed::default();
+            // Heads reaching back before `before` are cut first, so that
+            // their old points go with the blocks'.
+            let old: Vec<u32> = inner
+                .heads
+                .iter()
+                .enumerate()
+                .filter_map(|(id, h)| {
+                    h.as_ref()
+                        .filter(|h| h.chunk.span().0 < before)
+                        .map(|_| id as u32)
+                })
+                .collect();
+            for id in old {
+                inner.cut(id)?;
             }
-            let mut removed = 0;
-            for id in &ids {
-                let count = inner.history.scan_prefix(id.to_be_bytes()).count();
-                let oldest = inner
-                    .history
-                    .scan_prefix(id.to_be_bytes())
-                    .keys()
-                    .take(count.div_ceil(10));
-                removed += inner.remove_keys(oldest)?;
+            for id in 0..inner.names.len() as u32 {
+                trimmed.by_age += inner.blocks.trim_before(id, before)?;
             }
-            trimmed.by_size += removed;
-            if removed == 0 {
-                break;
+            // Over budget: drop each series' oldest block, until under it or
+            // nothing is left. sled reclaims space lazily, so the loop is
+            // bounded rather than trusting the size to fall at once.
+            for round in 0..10 {
+                if inner.db.size_on_disk()? <= max_bytes {
+                    break;
+                }
+                if round == 0 {
+                    inner.cut_all()?;
+                }
+                let mut removed = 0;
+                for id in 0..inner.names.len() as u32 {
+                    removed += inner.blocks.drop_oldest(id)?;
+                }
+                trimmed.by_size += removed;
+                if removed == 0 {
+                    break;
+                }
             }
-        }
-        Ok(trimmed)
+            inner.collect_log()?;
+            inner.db.flush()?;
+            Ok(trimmed)
+        })
     }
 
     fn append(&self, log: Log, entries: &[(Micros, Vec<u8>)]) -> Result<Vec<u64>, StoreError> {
@@ -626,14 +1087,15 @@ impl Store for SledStore {
 
     fn outbox(&self) -> Option<super::OutboxState> {
         let guard = self.read();
-        let outbox = guard.as_ref()?.outbox.as_ref()?;
+        let inner = guard.as_ref()?;
+        let cursor = lock(inner.cloud.as_ref()?);
         Some(super::OutboxState {
-            backlog: outbox.backlog() as u64,
-            bytes: outbox.bytes(),
+            backlog: inner.next_seq.saturating_sub(cursor.owed_from()),
+            bytes: cursor.owed_bytes,
             dropped: self
                 .outbox_dropped
                 .load(std::sync::atomic::Ordering::Relaxed)
-                + outbox.dropped(),
+                + cursor.dropped,
         })
     }
 
@@ -701,6 +1163,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrite_models::Value;
 
     fn change(device: &str, property: &str, ts: Micros, value: Value) -> Change {
         Change {
@@ -717,8 +1180,11 @@ mod tests {
         batch: &[Change],
     ) -> Result<(), StoreError> {
         let mut guard = store.write();
-        guard.as_mut().ok_or_else(reopening)?.commit(batch, false)?;
-        *store.unfinished() = Unfinished::Failed(batch.to_vec());
+        let first = guard.as_mut().ok_or_else(reopening)?.commit(batch)?;
+        *store.unfinished() = Unfinished::Failed {
+            changes: batch.to_vec(),
+            first,
+        };
         *guard = None;
         Ok(())
     }
@@ -800,23 +1266,6 @@ mod tests {
         store.append(Log::Audit, &entries[..1])?;
         assert_eq!(store.recent(Log::Audit, u64::MAX, 10, &|_| true)?.len(), 3);
         Ok(())
-    }
-
-    #[test]
-    fn values_encode_and_decode() {
-        for v in [
-            Value::Bool(true),
-            Value::Int(-5),
-            Value::Float(2.5),
-            Value::String("hé".into()),
-        ] {
-            let mut buf = Vec::new();
-            v.encode_into(&mut buf);
-            assert_eq!(decode_value(&buf).ok(), Some(v));
-        }
-        assert!(decode_value(&[9, 1]).is_err());
-        assert!(decode_value(&[]).is_err());
-        assert!(decode_value(&[1, 0]).is_err());
     }
 
     #[test]
@@ -916,15 +1365,25 @@ mod tests {
         let state = store.outbox().expect("outbox");
         assert_eq!((state.backlog, state.dropped), (3, 0));
         assert!(state.bytes > 0);
-        // A budget of one entry keeps the newest and counts the rest.
-        let tight = SledStore::open_with(&dir.path().join("c"), 1 << 20, Some(30))?;
-        tight.commit(
+        // A budget of one record keeps the newest and counts the rest.
+        let tight = SledStore::open_with(&dir.path().join("c"), 1 << 20, Some(20))?;
+        for i in 0..5 {
+            tight.commit(&[change("d", "p", i, Value::Int(i))])?;
+        }
+        let state = tight.outbox().expect("outbox");
+        assert_eq!((state.backlog, state.dropped), (1, 4));
+        use ferrite_sync::outbox::OutboxAccess;
+        let left = OutboxAccess::read(&tight, 0, 10).map_err(io)?;
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, 5, "the newest stays");
+        // The newest record stays even when it alone is over the budget.
+        let one = SledStore::open_with(&dir.path().join("d"), 1 << 20, Some(10))?;
+        one.commit(
             &(0..5)
                 .map(|i| change("d", "p", i, Value::Int(i)))
                 .collect::<Vec<_>>(),
         )?;
-        let state = tight.outbox().expect("outbox");
-        assert_eq!((state.backlog, state.dropped), (1, 4));
+        assert_eq!(one.outbox().map(|s| (s.backlog, s.dropped)), Some((5, 0)));
         Ok(())
     }
 
@@ -938,6 +1397,161 @@ mod tests {
         ])?;
         store.save_rule_states(&[("a".into(), None), ("b".into(), Some(b"3".to_vec()))])?;
         assert_eq!(store.rule_states()?, vec![("b".to_string(), b"3".to_vec())]);
+        Ok(())
+    }
+
+    fn all(store: &SledStore, property: &str) -> Result<Vec<(Micros, Value)>, StoreError> {
+        Ok(store
+            .history("d", property, i64::MIN, i64::MAX, usize::MAX, End::Oldest)?
+            .into_iter()
+            .map(|s| (s.ts, s.value))
+            .collect())
+    }
+
+    #[test]
+    fn a_commit_is_one_record_and_history_reads_the_same_across_cuts_and_reopens()
+    -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut expected = Vec::new();
+        {
+            let store = SledStore::open(dir.path())?;
+            // 3 commits of 100 points per series: heads are cut at 120.
+            for commit in 0..3i64 {
+                let batch: Vec<Change> = (0..100)
+                    .flat_map(|i| {
+                        let ts = (commit * 100 + i) * 1_000_000;
+                        [
+                            change("d", "p", ts, Value::Float(20.0 + i as f64 / 10.0)),
+                            change("d", "q", ts, Value::Int(i)),
+                        ]
+                    })
+                    .collect();
+                expected.extend(
+                    batch
+                        .iter()
+                        .filter(|c| c.property == "p")
+                        .map(|c| (c.at.ts, c.at.value.clone())),
+                );
+                store.commit(&batch)?;
+            }
+            // A clock set back: into a block already cut, and a repeated time.
+            store.commit(&[
+                change("d", "p", 5_500_000, Value::Float(-1.0)),
+                change("d", "p", 7_000_000, Value::Float(-2.0)),
+            ])?;
+            expected.push((5_500_000, Value::Float(-1.0)));
+            expected.retain(|p| p.0 != 7_000_000);
+            expected.push((7_000_000, Value::Float(-2.0)));
+            expected.sort_by_key(|p| p.0);
+            let layout = store.layout()?;
+            assert_eq!(layout.records, 4, "one record per commit");
+            assert_eq!(layout.block_points + layout.head_points, 602);
+            assert!(layout.blocks >= 4, "{layout:?}");
+            assert_eq!(all(&store, "p")?, expected);
+            let newest = store.history("d", "p", 0, 250_000_000, 3, End::Newest)?;
+            let ts: Vec<Micros> = newest.iter().map(|s| s.ts).collect();
+            assert_eq!(ts, [248_000_000, 249_000_000, 250_000_000]);
+            let oldest = store.history("d", "p", 5_000_000, i64::MAX, 2, End::Oldest)?;
+            assert_eq!(oldest[1].ts, 5_500_000);
+        }
+        // The heads come back from the log.
+        let store = reopened(dir.path())?;
+        assert_eq!(all(&store, "p")?, expected);
+        assert_eq!(all(&store, "q")?.len(), 300);
+        let latest = store.latest_all()?;
+        assert!(latest.contains(&(
+            "d".into(),
+            "q".into(),
+            Stamped {
+                ts: 299_000_000,
+                value: Value::Int(99)
+            }
+        )));
+        Ok(())
+    }
+
+    /// sled may refuse a reopen straight after a drop (its file lock).
+    fn reopened(dir: &Path) -> Result<SledStore, StoreError> {
+        for _ in 0..50 {
+            match SledStore::open(dir) {
+                Ok(store) => return Ok(store),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+        SledStore::open(dir)
+    }
+
+    #[test]
+    fn records_go_once_cut_and_acknowledged() -> Result<(), StoreError> {
+        use ferrite_sync::outbox::OutboxAccess;
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open_with(dir.path(), 1 << 20, Some(1 << 30))?;
+        for i in 0..CUT_POINTS as i64 {
+            store.commit(&[change("d", "p", i, Value::Int(i))])?;
+        }
+        store.commit(&[change("d", "q", 1, Value::Int(1))])?;
+        store.trim(i64::MIN, u64::MAX)?;
+        assert_eq!(store.layout()?.records, 121, "nothing acknowledged yet");
+        OutboxAccess::acknowledge(&store, 121).map_err(io)?;
+        store.trim(i64::MIN, u64::MAX)?;
+        assert_eq!(
+            store.layout()?.records,
+            1,
+            "the record of q's point waits in q's head"
+        );
+        assert_eq!(store.outbox().map(|s| s.backlog), Some(0));
+        let sent = OutboxAccess::read(&store, 0, 10).map_err(io)?;
+        assert!(sent.is_empty());
+        store.commit(&[change("d", "p", 500, Value::Int(5))])?;
+        let sent = OutboxAccess::read(&store, 0, 10).map_err(io)?;
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0, sent[0].1.ts_ms), (122, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn a_data_dir_of_the_old_layout_keeps_its_history_and_its_unsent_outbox()
+    -> Result<(), StoreError> {
+        use ferrite_sync::outbox::OutboxAccess;
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        {
+            // What the store before the commit log wrote.
+            let db = sled::Config::new().path(dir.path().join("store")).open()?;
+            db.open_tree("series")?
+                .insert(b"d\0p", &0u32.to_be_bytes())?;
+            let history = db.open_tree("history")?;
+            for i in 0..300i64 {
+                let mut value = Vec::new();
+                Value::Float(i as f64).encode_into(&mut value);
+                history.insert(migrate::old_history_key(0, i * 1000), value)?;
+            }
+            let outbox = ferrite_sync::outbox::Outbox::open(&db, u64::MAX).map_err(io)?;
+            let synced: Vec<ferrite_sync::delta::Change> = (0..300i64)
+                .map(|i| ferrite_sync::delta::Change {
+                    device: "d".into(),
+                    property: "p".into(),
+                    ts_ms: i,
+                    value: Value::Float(i as f64),
+                })
+                .collect();
+            outbox.append(&synced).map_err(io)?;
+            outbox.acknowledge(100).map_err(io)?;
+            db.flush()?;
+        }
+        let store = SledStore::open_with(dir.path(), 1 << 20, Some(1 << 30))?;
+        let history = all(&store, "p")?;
+        assert_eq!(history.len(), 300);
+        assert_eq!(history[299], (299_000, Value::Float(299.0)));
+        assert_eq!(OutboxAccess::acknowledged(&store).map_err(io)?, 100);
+        let waiting = OutboxAccess::read(&store, 0, 1000).map_err(io)?;
+        assert_eq!(waiting.len(), 200, "the unacknowledged");
+        assert_eq!(waiting[0].0, 101);
+        assert_eq!(waiting[199].1.ts_ms, 299);
+        // New changes carry on the numbering; history does not double.
+        store.commit(&[change("d", "p", 300_000, Value::Float(300.0))])?;
+        assert_eq!(OutboxAccess::last(&store).map_err(io)?, 301);
+        assert_eq!(all(&store, "p")?.len(), 301);
+        assert!(!migrate::needed(&store.read().as_ref().expect("open").db));
         Ok(())
     }
 }

@@ -1,0 +1,124 @@
+//! Data dirs written by the store before the commit log (Ferrite 0.x up to
+//! issue 20): one `history` key per point, and with `[cloud]` an `outbox`
+//! key per change, names spelled out. Converted once, at open: history into
+//! blocks, the outbox into commit records marked as history already. Each
+//! old tree is dropped only after its conversion is flushed; a crash in
+//! between converts it again, which the blocks' merge makes harmless.
+
+use ferrite_models::Value;
+
+use super::StoreError;
+use super::blocks::{Blocks, CUT_POINTS, Point};
+use crate::time::Micros;
+
+/// The old history tree.
+const HISTORY: &[u8] = b"history";
+/// The old outbox tree.
+const OUTBOX: &[u8] = b"outbox";
+
+/// What was converted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Converted {
+    /// History points now in blocks.
+    pub points: u64,
+    /// Outbox changes now in commit records.
+    pub waiting: u64,
+}
+
+/// Whether `db` holds trees of the old layout.
+pub fn needed(db: &sled::Db) -> bool {
+    db.tree_names()
+        .iter()
+        .any(|name| name.as_ref() == HISTORY || name.as_ref() == OUTBOX)
+}
+
+/// Moves the old `history` tree (key: series id + flipped time, value: a
+/// [`Value::encode_into`]) into `blocks`, then drops it.
+pub fn history(db: &sled::Db, blocks: &Blocks) -> Result<u64, StoreError> {
+    if !db.tree_names().iter().any(|n| n.as_ref() == HISTORY) {
+        return Ok(0);
+    }
+    let old = db.open_tree(HISTORY)?;
+    let mut converted = 0u64;
+    let mut series: Option<u32> = None;
+    let mut points: Vec<Point> = Vec::new();
+    for item in old.iter() {
+        let (k, v) = item?;
+        let (id, ts) = old_key(&k)?;
+        let value = Value::decode(&v)
+            .ok_or_else(|| StoreError::Corrupt(format!("old history value {v:02x?}")))?;
+        if series != Some(id) || points.len() >= CUT_POINTS as usize {
+            if let Some(id) = series {
+                converted += points.len() as u64;
+                blocks.write(id, std::mem::take(&mut points))?;
+            }
+            series = Some(id);
+        }
+        points.push((ts, value));
+    }
+    if let Some(id) = series {
+        converted += points.len() as u64;
+        blocks.write(id, points)?;
+    }
+    db.flush()?;
+    db.drop_tree(HISTORY)?;
+    Ok(converted)
+}
+
+/// The old outbox's waiting changes, in order, in pages: `write` gets each
+/// page (sequence, device, property, time, value) and stores it; the old
+/// tree is dropped after. Returns the first waiting sequence, if any.
+pub fn outbox(
+    db: &sled::Db,
+    mut write: impl FnMut(&[(u64, String, String, Micros, Value)]) -> Result<(), StoreError>,
+) -> Result<Option<u64>, StoreError> {
+    if !db.tree_names().iter().any(|n| n.as_ref() == OUTBOX) {
+        return Ok(None);
+    }
+    let old = ferrite_sync::outbox::Outbox::open(db, u64::MAX)
+        .map_err(|e| StoreError::Io(e.to_string()))?;
+    let mut first = None;
+    let mut from = 0;
+    loop {
+        let page = old
+            .read(from, 4096)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        from = last + 1;
+        first = first.or(page.first().map(|(seq, _)| *seq));
+        let page: Vec<_> = page
+            .into_iter()
+            .map(|(seq, c)| (seq, c.device, c.property, c.ts_ms * 1000, c.value))
+            .collect();
+        write(&page)?;
+    }
+    drop(old);
+    db.flush()?;
+    db.drop_tree(OUTBOX)?;
+    Ok(first)
+}
+
+fn old_key(key: &[u8]) -> Result<(u32, Micros), StoreError> {
+    let bad = || StoreError::Corrupt(format!("old history key {key:02x?}"));
+    let id = key
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .ok_or_else(bad)?;
+    let ts = key
+        .get(4..12)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .ok_or_else(bad)?;
+    Ok((
+        u32::from_be_bytes(id),
+        (u64::from_be_bytes(ts) ^ (1 << 63)) as i64,
+    ))
+}
+
+/// The old history key of series `id` at `ts`, for tests that write the old
+/// layout.
+#[cfg(test)]
+pub fn old_history_key(id: u32, ts: Micros) -> [u8; 12] {
+    super::blocks::key(id, ts)
+}
