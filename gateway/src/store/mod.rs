@@ -10,6 +10,7 @@
 //!   - [`chunk`]: a series' points, compressed (times as delta of deltas,
 //!     floats XORed with the one before);
 //!   - [`blocks`]: history at rest, per series, in non-overlapping blocks;
+//!   - [`dictionary`]: series ids and names, each name held once;
 //!   - [`migrate`]: data dirs of the older layout, converted at open.
 //! - [`writer`]: the one task that writes: it batches driver updates, makes
 //!   them durable, and only then shows them in the live view.
@@ -17,6 +18,7 @@
 
 pub mod blocks;
 pub mod chunk;
+pub mod dictionary;
 pub mod health;
 pub mod migrate;
 pub mod record;

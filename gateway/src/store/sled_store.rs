@@ -36,6 +36,7 @@ use ferrite_sync::outbox::OutboxError;
 
 use super::blocks::{Blocks, CUT_POINTS, Point};
 use super::chunk::{self, Chunk};
+use super::dictionary::Dictionary;
 use super::{Change, End, Entry, Log, Stamped, Store, StoreError, Trimmed, migrate, record};
 use crate::time::Micros;
 
@@ -87,8 +88,7 @@ struct Inner {
     /// Applied configuration versions (see `crate::reconcile`).
     config: sled::Tree,
     /// Series ids by name, and names by id.
-    ids: HashMap<(String, String), u32>,
-    names: Vec<(String, String)>,
+    names: Dictionary,
     /// Each series' points not yet in a block, by id.
     heads: Vec<Option<Box<Head>>>,
     /// The sequence number of the next change.
@@ -414,8 +414,7 @@ impl Inner {
             config: db.open_tree("config")?,
             db,
             series,
-            ids: HashMap::new(),
-            names: Vec::new(),
+            names: Dictionary::default(),
             heads: Vec::new(),
             next_seq: 1,
             records: BTreeMap::new(),
@@ -427,15 +426,7 @@ impl Inner {
             let (device, property) = name
                 .split_once('\0')
                 .ok_or_else(|| StoreError::Corrupt(name.clone()))?;
-            let id = id_from(&v)?;
-            let slot = id as usize;
-            if inner.names.len() <= slot {
-                inner.names.resize(slot + 1, Default::default());
-            }
-            inner.names[slot] = (device.to_string(), property.to_string());
-            inner
-                .ids
-                .insert((device.to_string(), property.to_string()), id);
+            inner.names.insert(id_from(&v)?, device, property);
         }
         inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.max(1);
         if migrate::needed(&inner.db) {
@@ -587,8 +578,8 @@ impl Inner {
     }
 
     fn id(&mut self, device: &str, property: &str) -> Result<u32, StoreError> {
-        if let Some(id) = self.ids.get(&(device.to_string(), property.to_string())) {
-            return Ok(*id);
+        if let Some(id) = self.names.get(device, property) {
+            return Ok(id);
         }
         let id = u32::try_from(self.names.len())
             .map_err(|_| StoreError::Corrupt("too many series".into()))?;
@@ -596,9 +587,7 @@ impl Inner {
             format!("{device}\0{property}").as_bytes(),
             &id.to_be_bytes(),
         )?;
-        self.ids
-            .insert((device.to_string(), property.to_string()), id);
-        self.names.push((device.to_string(), property.to_string()));
+        self.names.insert(id, device, property);
         Ok(id)
     }
 
@@ -731,15 +720,12 @@ impl Inner {
                 if out.len() >= max {
                     break;
                 }
-                let (device, property) = self
-                    .names
-                    .get(id as usize)
-                    .ok_or(OutboxError::Corrupt(seq))?;
+                let (device, property) = self.names.names(id).ok_or(OutboxError::Corrupt(seq))?;
                 out.push((
                     seq,
                     ferrite_sync::delta::Change {
-                        device: device.clone(),
-                        property: property.clone(),
+                        device: device.to_string(),
+                        property: property.to_string(),
                         ts_ms: ts.div_euclid(1000),
                         value,
                     },
@@ -897,8 +883,7 @@ impl Store for SledStore {
         let guard = self.read();
         let inner = guard.as_ref().ok_or_else(reopening)?;
         let mut out = Vec::with_capacity(inner.names.len());
-        for (id, (device, property)) in inner.names.iter().enumerate() {
-            let id = id as u32;
+        for (id, device, property) in inner.names.iter() {
             // The head's points are newer, so they win a tie.
             let at_rest = inner.blocks.last(id)?;
             let in_head = inner.head_points(id, Micros::MIN, Micros::MAX).pop();
@@ -907,7 +892,11 @@ impl Store for SledStore {
                 (old, new) => new.or(old),
             };
             if let Some((ts, value)) = latest {
-                out.push((device.clone(), property.clone(), Stamped { ts, value }));
+                out.push((
+                    device.to_string(),
+                    property.to_string(),
+                    Stamped { ts, value },
+                ));
             }
         }
         Ok(out)
@@ -924,11 +913,7 @@ impl Store for SledStore {
     ) -> Result<Vec<Stamped>, StoreError> {
         let guard = self.read();
         let inner = guard.as_ref().ok_or_else(reopening)?;
-        let Some(id) = inner
-            .ids
-            .get(&(device.to_string(), property.to_string()))
-            .copied()
-        else {
+        let Some(id) = inner.names.get(device, property) else {
             return Ok(Vec::new());
         };
         let mut points = inner.blocks.range(id, since, until, limit, end)?;
