@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "ferrite/sync/v1/sync.proto",
         "org/eclipse/tahu/sparkplug_b.proto",
+        "perftools/profiles/profile.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     prost_build::Config::new().compile_fds(descriptors)?;

@@ -340,3 +340,98 @@ async fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_profile_comes_in_the_pprof_format_and_memory_figures_add_up() {
+    use prost::Message;
+    let files = Files::new();
+    let (_sim, _counter) = counting_sim(&files).await;
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(api.wait_status("d", "online", Duration::from_secs(5)).await);
+    let client = reqwest::Client::new();
+    let profile_url = |query: &str| format!("{}/api/v1/debug/pprof/profile?{query}", api.base);
+    for bad in [
+        "seconds=0",
+        "seconds=21",
+        "frequency=0",
+        "frequency=5000",
+        "seconds=x",
+    ] {
+        let res = client.get(profile_url(bad)).send().await.expect("GET");
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    // Work for the profiler to see: the API under a stream of requests.
+    let base = api.base.clone();
+    let load = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let end = std::time::Instant::now() + Duration::from_millis(1500);
+        while std::time::Instant::now() < end {
+            let _ = client.get(format!("{base}/api/v1/devices")).send().await;
+        }
+    });
+    let first = tokio::spawn(client.get(profile_url("seconds=1&frequency=499")).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = client
+        .get(profile_url("seconds=1"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(second.status(), 409, "one profile at a time");
+    let res = first.await.expect("task").expect("GET");
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/octet-stream"[..])
+    );
+    let bytes = res.bytes().await.expect("body");
+    let _ = load.await;
+    let profile = ferrite_proto::pprof::Profile::decode(bytes.as_ref()).expect("a pprof profile");
+    let string = |i: i64| profile.string_table[usize::try_from(i).expect("index")].as_str();
+    assert_eq!(profile.string_table.first().map(String::as_str), Some(""));
+    let types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (string(t.r#type), string(t.unit)))
+        .collect();
+    assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
+    assert!(
+        (900_000_000..5_000_000_000).contains(&profile.duration_nanos),
+        "{}",
+        profile.duration_nanos
+    );
+    assert!(
+        !profile.sample.is_empty(),
+        "a second of load leaves samples"
+    );
+    let locations: HashMap<u64, &ferrite_proto::pprof::Location> =
+        profile.location.iter().map(|l| (l.id, l)).collect();
+    let functions: HashMap<u64, &ferrite_proto::pprof::Function> =
+        profile.function.iter().map(|f| (f.id, f)).collect();
+    let mut names = BTreeSet::new();
+    for sample in &profile.sample {
+        assert_eq!(sample.value.len(), 2);
+        assert_eq!(sample.value[1], sample.value[0] * profile.period);
+        for id in &sample.location_id {
+            let location = locations.get(id).expect("a known location");
+            for line in &location.line {
+                let function = functions.get(&line.function_id).expect("a known function");
+                names.insert(string(function.name).to_string());
+            }
+        }
+    }
+    assert!(
+        names.iter().any(|n| n.contains("ferrite_gateway")),
+        "the gateway's own code is on the stacks: {names:?}"
+    );
+
+    let (status, memory) = api.get("/api/v1/debug/memory").await;
+    assert_eq!(status, 200, "{memory}");
+    let rss = memory["rss_bytes"].as_u64().expect("rss");
+    assert!(rss > 1 << 20, "{memory}");
+    assert!(memory["peak_rss_bytes"].as_u64() >= Some(rss), "{memory}");
+    let parts = memory["anonymous_bytes"].as_u64().unwrap_or(0)
+        + memory["file_bytes"].as_u64().unwrap_or(0);
+    assert!(parts <= rss + (1 << 20), "{memory}");
+    assert!(memory["store"]["series"].as_u64() >= Some(1), "{memory}");
+}

@@ -128,6 +128,7 @@ async fn main() {
     let samples0 = metric(&client, &base, "ferrite_samples_total").await;
     let changes0 = metric(&client, &base, "ferrite_changes_stored_total").await;
     let cpu0 = gw.cpu_ticks();
+    let written0 = gw.write_bytes();
     let t0 = Instant::now();
     let mut latencies = Vec::new();
     let mut failures = 0;
@@ -152,6 +153,10 @@ async fn main() {
     println!("points/s ingested       {:>10.0}", samples / elapsed);
     println!("changes/s stored        {:>10.0}", changes / elapsed);
     print_usage(&gw, cpu0, elapsed);
+    println!(
+        "disk writes             {:>10.0} KiB/s (/proc/PID/io write_bytes)",
+        (gw.write_bytes() - written0) as f64 / 1024.0 / elapsed
+    );
     println!(
         "REST write latency      p50 {:.2} ms, p99 {:.2} ms ({} writes, {failures} failed)",
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,

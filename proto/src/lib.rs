@@ -14,6 +14,8 @@
 //! - [`sparkplug`]: the Sparkplug B payload (Eclipse Tahu's schema), which
 //!   MQTT devices publish in NBIRTH/NDATA/DBIRTH/DDATA and receive in
 //!   NCMD/DCMD, plus its data type codes.
+//! - [`pprof`]: the pprof profile format, in which the gateway's admin-only
+//!   `/api/v1/debug/pprof/profile` returns a CPU profile.
 
 /// `ferrite.sync.*` packages.
 pub mod sync {
@@ -47,6 +49,12 @@ pub mod sparkplug {
         pub const DATETIME: u32 = 13;
         pub const TEXT: u32 = 14;
     }
+}
+
+/// The pprof profile format, package `perftools.profiles`.
+#[allow(missing_docs)]
+pub mod pprof {
+    include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
 }
 
 #[cfg(test)]

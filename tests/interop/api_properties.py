@@ -46,9 +46,10 @@ CHECKS = ",".join([
     "allow_header_conformance",
     "ignored_auth",
 ])
-# The live stream (server-sent events) never ends by design; its own tests
-# are in tests/observability.rs.
-EXCLUDE_PATH_REGEX = r"/stream$"
+# The live stream (server-sent events) never ends by design, and a CPU
+# profile takes seconds by design; their own tests are in
+# tests/observability.rs.
+EXCLUDE_PATH_REGEX = r"/stream$|/debug/pprof/profile$"
 
 
 def until(probe, seconds):

@@ -22,9 +22,13 @@ pub use ferrite_models::tokens::{Principal, TokenError, Tokens, sha256_hex};
 pub const WRITE_PATH: &str = "/api/v1/devices/{id}/properties/{name}";
 
 /// The role a call needs: GET (and HEAD) read; a PUT on [`WRITE_PATH`]
-/// writes; anything else changes the gateway itself.
+/// writes; anything else changes the gateway itself, and `/api/v1/debug/`
+/// (profiles) is for admins too.
 pub fn required_role(method: &Method, route: Option<&str>) -> Role {
-    if method == Method::GET || method == Method::HEAD {
+    if route.is_some_and(|r| r.starts_with("/api/v1/debug/")) {
+        // Profiles show the code's inner workings and cost CPU.
+        Role::Admin
+    } else if method == Method::GET || method == Method::HEAD {
         Role::Read
     } else if method == Method::PUT && route == Some(WRITE_PATH) {
         Role::Write
@@ -66,5 +70,9 @@ mod tests {
         );
         assert_eq!(required_role(&Method::POST, Some(WRITE_PATH)), Role::Admin);
         assert_eq!(required_role(&Method::DELETE, None), Role::Admin);
+        assert_eq!(
+            required_role(&Method::GET, Some("/api/v1/debug/memory")),
+            Role::Admin
+        );
     }
 }

@@ -14,6 +14,7 @@
 //! - `observe`: `/metrics`, `/healthz`, `/readyz`, and the layer that counts
 //!   requests.
 //! - `dashboard`: the browser dashboard at `/`, embedded.
+//! - `debug`: a CPU profile (pprof format) and memory figures, admin only.
 //! - shared with the control plane (`ferrite_sync`): `origin` refuses
 //!   cross-site writes (403 `cross_origin`), `api_shape` puts the
 //!   framework's own errors in the error shape and makes the served OpenAPI
@@ -30,6 +31,7 @@
 pub mod auth;
 mod config;
 mod dashboard;
+mod debug;
 mod devices;
 pub mod error;
 mod models;
@@ -160,6 +162,8 @@ pub fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(sync))
         .routes(routes!(stream::values))
         .routes(routes!(observe::metrics))
+        .routes(routes!(debug::profile))
+        .routes(routes!(debug::memory))
         .split_for_parts();
     let (open, open_doc) = OpenApiRouter::new()
         .routes(routes!(observe::healthz))

@@ -29,7 +29,7 @@ use ferrite_models::Value;
 
 use crate::time::Micros;
 
-pub use sled_store::SledStore;
+pub use sled_store::{Layout, SledStore};
 
 /// Store failures. A full disk shows here as `Io`.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +176,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes the store takes on disk, if it is open.
     fn size_on_disk(&self) -> Option<u64> {
+        None
+    }
+
+    /// Where the store's data is, if it can tell.
+    fn layout(&self) -> Option<Layout> {
         None
     }
 

@@ -188,7 +188,7 @@ impl SledStore {
     /// Blocks, points in them, and their bytes; the log's records and
     /// bytes; points in heads and the heap bytes those take. For benches
     /// and the docs' figures.
-    pub fn layout(&self) -> Result<Layout, StoreError> {
+    pub fn measure(&self) -> Result<Layout, StoreError> {
         let guard = self.read();
         let inner = guard.as_ref().ok_or_else(reopening)?;
         let (blocks, block_points, block_bytes) = inner.blocks.stats()?;
@@ -206,7 +206,7 @@ impl SledStore {
     }
 }
 
-/// Where the store's data is (see [`SledStore::layout`]).
+/// Where the store's data is (see [`SledStore::measure`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Layout {
     /// Series known.
@@ -1066,6 +1066,10 @@ impl Store for SledStore {
         Ok(doomed.len() as u64)
     }
 
+    fn layout(&self) -> Option<Layout> {
+        self.measure().ok()
+    }
+
     fn size_on_disk(&self) -> Option<u64> {
         self.read().as_ref()?.db.size_on_disk().ok()
     }
@@ -1428,7 +1432,7 @@ mod tests {
             expected.retain(|p| p.0 != 7_000_000);
             expected.push((7_000_000, Value::Float(-2.0)));
             expected.sort_by_key(|p| p.0);
-            let layout = store.layout()?;
+            let layout = store.measure()?;
             assert_eq!(layout.records, 4, "one record per commit");
             assert_eq!(layout.block_points + layout.head_points, 602);
             assert!(layout.blocks >= 4, "{layout:?}");
@@ -1476,11 +1480,11 @@ mod tests {
         }
         store.commit(&[change("d", "q", 1, Value::Int(1))])?;
         store.trim(i64::MIN, u64::MAX)?;
-        assert_eq!(store.layout()?.records, 121, "nothing acknowledged yet");
+        assert_eq!(store.measure()?.records, 121, "nothing acknowledged yet");
         OutboxAccess::acknowledge(&store, 121).map_err(io)?;
         store.trim(i64::MIN, u64::MAX)?;
         assert_eq!(
-            store.layout()?.records,
+            store.measure()?.records,
             1,
             "the record of q's point waits in q's head"
         );
