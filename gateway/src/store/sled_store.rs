@@ -138,6 +138,12 @@ impl Cursor {
     }
 }
 
+/// What a record costs beyond its value, as the outbox's budget counts it:
+/// its key, sled's per-key overhead and the store's index entry. Without
+/// it, a budget of small records (a change or two per commit) would hold
+/// millions of them.
+const RECORD_OVERHEAD: u64 = 64;
+
 const NEXT: &[u8] = b"next";
 const ACKED: &[u8] = b"acked";
 const FLOOR: &[u8] = b"floor";
@@ -500,20 +506,28 @@ impl Inner {
         }
         for item in self.log.iter() {
             let (k, v) = item?;
-            let first = <[u8; 8]>::try_from(k.as_ref())
+            // A record that does not read (a foreign or damaged value) is
+            // left where it is and reported: refusing to open would stop
+            // the gateway, and with it every reading after it.
+            let record = <[u8; 8]>::try_from(k.as_ref())
                 .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt("commit record key".into()))?;
-            let record = record::decode(first, &v)?;
-            let count = u32::try_from(record.points.len())
-                .map_err(|_| StoreError::Corrupt(format!("commit record {first}")))?;
-            if count == 0 {
+                .map_err(|_| StoreError::Corrupt(format!("commit record key {k:02x?}")))
+                .and_then(|first| Ok((first, record::decode(first, &v)?)));
+            let (first, record) = match record {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::error!("the store skips a commit record: {e}");
+                    continue;
+                }
+            };
+            let Some(count) = u32::try_from(record.points.len()).ok().filter(|n| *n > 0) else {
                 continue;
-            }
+            };
             self.records.insert(
                 first,
                 RecordInfo {
                     count,
-                    bytes: (k.len() + v.len()) as u64,
+                    bytes: RECORD_OVERHEAD + v.len() as u64,
                 },
             );
             self.next_seq = self.next_seq.max(first + u64::from(count));
@@ -523,9 +537,8 @@ impl Inner {
             for (seq, (id, (ts, value))) in (first..).zip(record.ids.into_iter().zip(record.points))
             {
                 if (id as usize) >= self.names.len() {
-                    return Err(StoreError::Corrupt(format!(
-                        "commit record {first}: unknown series {id}"
-                    )));
+                    tracing::error!("commit record {first}: unknown series {id}, skipped");
+                    continue;
                 }
                 if seq > cuts.get(&id).copied().unwrap_or(0) {
                     self.head(id).push(seq, ts, &value);
@@ -617,7 +630,7 @@ impl Inner {
         self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
         let info = RecordInfo {
             count,
-            bytes: 8 + bytes.len() as u64,
+            bytes: RECORD_OVERHEAD + bytes.len() as u64,
         };
         self.records.insert(first, info);
         for (seq, (id, change)) in (first..).zip(ids.iter().zip(changes)) {
@@ -1541,6 +1554,26 @@ mod tests {
         assert_eq!(OutboxAccess::last(&store).map_err(io)?, 301);
         assert_eq!(all(&store, "p")?.len(), 301);
         assert!(!migrate::needed(&store.read().as_ref().expect("open").db));
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_record_is_skipped_and_the_rest_opens() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        {
+            let store = SledStore::open(dir.path())?;
+            store.commit(&[change("d", "p", 1, Value::Int(1))])?;
+            store.commit(&[change("d", "p", 2, Value::Int(2))])?;
+            let guard = store.read();
+            let inner = guard.as_ref().ok_or_else(reopening)?;
+            inner.log.insert(1u64.to_be_bytes(), &[1u8, 0, 9, 9][..])?;
+            inner.log.insert(b"short", &[0u8][..])?;
+            inner.db.flush()?;
+        }
+        let store = reopened(dir.path())?;
+        assert_eq!(all(&store, "p")?, [(2, Value::Int(2))], "the other record");
+        store.commit(&[change("d", "p", 3, Value::Int(3))])?;
+        assert_eq!(all(&store, "p")?.len(), 2);
         Ok(())
     }
 }
