@@ -238,8 +238,9 @@ impl Control {
         };
         let old = self
             .live
-            .device(device)
-            .and_then(|d| d.readings.get(property).and_then(|r| r.value.clone()));
+            .reading(device, property)
+            .ok()
+            .and_then(|r| r.value);
         let result = self
             .attempt(actor, device, property, model_property, json)
             .await;

@@ -38,6 +38,15 @@ pub struct Reading {
     pub ts: Option<Micros>,
 }
 
+/// What [`Live::reading`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// No such device.
+    Device,
+    /// The device has no such property.
+    Property,
+}
+
 /// A device's live state.
 #[derive(Debug, Clone)]
 pub struct DeviceState {
@@ -220,6 +229,23 @@ impl Live {
     pub fn device(&self, name: &str) -> Option<DeviceState> {
         let i = self.names.find(name)?;
         Some(self.read().get(i)?.as_ref()?.state.clone())
+    }
+
+    /// One property's reading, without copying the device's others: what a
+    /// GET of a property and the old value of a write need.
+    pub fn reading(&self, device: &str, property: &str) -> Result<Reading, Missing> {
+        let i = self.names.find(device).ok_or(Missing::Device)?;
+        let devices = self.read();
+        let entry = devices
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or(Missing::Device)?;
+        entry
+            .state
+            .readings
+            .get(property)
+            .cloned()
+            .ok_or(Missing::Property)
     }
 
     /// Every device's status, without its readings, sorted by name: what the

@@ -230,16 +230,15 @@ pub async fn property(
     State(state): State<AppState>,
     Path(PropertyPath { id, name }): Path<PropertyPath>,
 ) -> Result<Json<ReadingView>, ApiError> {
-    let device = state
+    let reading = state
         .live
-        .device(&id)
-        .ok_or_else(|| ApiError::no_device(&id))?;
-    let reading = device
-        .readings
-        .get(&name)
-        .ok_or_else(|| ApiError::no_property(&id, &name))?;
+        .reading(&id, &name)
+        .map_err(|missing| match missing {
+            crate::live::Missing::Device => ApiError::no_device(&id),
+            crate::live::Missing::Property => ApiError::no_property(&id, &name),
+        })?;
     Ok(Json(ReadingView::new(
-        reading,
+        &reading,
         state.running.project().property(&id, &name),
     )))
 }

@@ -314,4 +314,45 @@ mod tests {
         assert!(decode(&[0, TEXT, 200], 1).is_none(), "text past the end");
         assert!(decode(&[0xff; 12], u32::MAX).is_none());
     }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            // Compared by bits below: NaN and -0.0 included.
+            any::<u64>().prop_map(|bits| Value::Float(f64::from_bits(bits))),
+            ".{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
+            _ => a == b,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_points_round_trip_in_arrival_order(
+            points in proptest::collection::vec((proptest::prelude::any::<i64>(), value()), 0..64)
+        ) {
+            let chunk = Chunk::of(&points);
+            let back = decode_in_arrival_order(chunk.bytes(), chunk.len()).expect("decodes");
+            proptest::prop_assert_eq!(back.len(), points.len());
+            for ((t1, v1), (t2, v2)) in points.iter().zip(&back) {
+                proptest::prop_assert_eq!(t1, t2);
+                proptest::prop_assert!(same(v1, v2), "{v1:?} != {v2:?}");
+            }
+        }
+
+        #[test]
+        fn any_bytes_decode_or_are_refused_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            count in 0u32..100,
+        ) {
+            let _ = decode(&bytes, count);
+        }
+    }
 }

@@ -123,4 +123,14 @@ mod tests {
         assert!(decode(1, &[1, 0, 5, 1]).is_err(), "short");
         assert!(count(1, &[1]).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_or_are_refused_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)
+        ) {
+            let _ = decode(1, &bytes);
+            let _ = count(1, &bytes);
+        }
+    }
 }

@@ -144,6 +144,14 @@ impl Cursor {
 /// millions of them.
 const RECORD_OVERHEAD: u64 = 64;
 
+/// Changes per commit record, at most. sled splits its tree nodes by count,
+/// not size, and rewrites the leaf the log appends to every few commits,
+/// values and all, so large records make every later commit write more
+/// (measured with 100 000 points held in the log: records of 1000 changes,
+/// 640 KiB written per second of one-change commits at 10/s; of 32
+/// changes, 80 KiB). A commit's records go in one atomic sled batch.
+const RECORD_POINTS: usize = 32;
+
 const NEXT: &[u8] = b"next";
 const ACKED: &[u8] = b"acked";
 const FLOOR: &[u8] = b"floor";
@@ -604,7 +612,7 @@ impl Inner {
         Ok(id)
     }
 
-    /// Appends `changes` as one commit record, adds them to their heads
+    /// Appends `changes` as commit records, adds them to their heads
     /// (cutting full heads into blocks), and flushes. Returns the sequence
     /// of the first change.
     fn commit(&mut self, changes: &[Change]) -> Result<u64, StoreError> {
@@ -616,23 +624,33 @@ impl Inner {
             .iter()
             .map(|c| self.id(&c.device, &c.property))
             .collect::<Result<Vec<u32>, _>>()?;
-        let points = ids
-            .iter()
-            .zip(changes)
-            .map(|(id, c)| (*id, c.at.ts, &c.at.value));
-        let bytes = record::encode(false, points);
-        let count = u32::try_from(changes.len())
+        u32::try_from(changes.len())
             .map_err(|_| StoreError::Io("a commit of more than 4 billion changes".into()))?;
-        // The record first: whatever else this commit writes, a crash
-        // leaves it recoverable from the record.
-        self.log.insert(first.to_be_bytes(), bytes.as_slice())?;
-        self.next_seq = first + u64::from(count);
+        // Records of at most RECORD_POINTS changes, written in one atomic
+        // sled batch, before anything else: whatever else this commit
+        // writes, a crash leaves it recoverable from its records.
+        let mut batch = sled::Batch::default();
+        let mut infos = Vec::with_capacity(changes.len().div_ceil(RECORD_POINTS));
+        let mut seq = first;
+        for (ids, changes) in ids.chunks(RECORD_POINTS).zip(changes.chunks(RECORD_POINTS)) {
+            let points = ids
+                .iter()
+                .zip(changes)
+                .map(|(id, c)| (*id, c.at.ts, &c.at.value));
+            let bytes = record::encode(false, points);
+            let info = RecordInfo {
+                count: changes.len() as u32,
+                bytes: RECORD_OVERHEAD + bytes.len() as u64,
+            };
+            batch.insert(&seq.to_be_bytes(), bytes);
+            infos.push((seq, info));
+            seq += changes.len() as u64;
+        }
+        self.log.apply_batch(batch)?;
+        self.next_seq = seq;
         self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
-        let info = RecordInfo {
-            count,
-            bytes: RECORD_OVERHEAD + bytes.len() as u64,
-        };
-        self.records.insert(first, info);
+        let owed: u64 = infos.iter().map(|(_, info)| info.bytes).sum();
+        self.records.extend(infos);
         for (seq, (id, change)) in (first..).zip(ids.iter().zip(changes)) {
             let head = self.head(*id);
             head.push(seq, change.at.ts, &change.at.value);
@@ -645,7 +663,7 @@ impl Inner {
             .as_mut()
             .map(|c| c.get_mut().unwrap_or_else(PoisonError::into_inner))
         {
-            cursor.owed_bytes += info.bytes;
+            cursor.owed_bytes += owed;
         }
         self.keep_outbox_budget()?;
         self.db.flush()?;
@@ -1446,7 +1464,11 @@ mod tests {
             expected.push((7_000_000, Value::Float(-2.0)));
             expected.sort_by_key(|p| p.0);
             let layout = store.measure()?;
-            assert_eq!(layout.records, 4, "one record per commit");
+            assert_eq!(
+                layout.records,
+                3 * 200usize.div_ceil(RECORD_POINTS) as u64 + 1,
+                "records of at most RECORD_POINTS changes"
+            );
             assert_eq!(layout.block_points + layout.head_points, 602);
             assert!(layout.blocks >= 4, "{layout:?}");
             assert_eq!(all(&store, "p")?, expected);

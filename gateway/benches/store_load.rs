@@ -1,0 +1,190 @@
+//! The store on its own: what a commit costs per change, what a point costs
+//! on disk and in memory, how fast a day of one series reads back, and what
+//! the disk is asked to write. Prints figures; asserts nothing.
+//!
+//! ```sh
+//! cargo bench -p ferrite-gateway --bench store_load
+//! # other sizes: SERIES=100000 CHANGES=1000000 BATCH=10000 cargo bench ...
+//! ```
+//!
+//! 1. **Many series.** SERIES properties (NG Gateway's S3 shape: 100 000)
+//!    get their first value, 1000 per commit: time, RSS, the heads' memory.
+//! 2. **Changes.** CHANGES float changes spread over those series, BATCH per
+//!    commit (each commit fsynced, as the writer does): CPU per change, and
+//!    bytes written to disk per change (`/proc/self/io`).
+//! 3. **A day of one series.** 86 400 float readings at 1 s (a sensor:
+//!    slow drift, one decimal) committed 100 at a time, then the whole day
+//!    read back (`history`, oldest first, and the newest 1000), median of
+//!    20 queries; bytes per point in its blocks.
+
+use std::time::{Duration, Instant};
+
+use ferrite_gateway::store::{Change, End, SledStore, Stamped, Store};
+use ferrite_models::Value;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn proc_field(file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_mib() -> f64 {
+    proc_field("/proc/self/status", "VmRSS:") as f64 / 1024.0
+}
+
+fn written() -> u64 {
+    proc_field("/proc/self/io", "write_bytes:")
+}
+
+/// User + system CPU of this process, in seconds.
+fn cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+fn change(device: usize, property: usize, ts: i64, value: f64) -> Change {
+    Change {
+        device: format!("dev{device}"),
+        property: format!("r{property}"),
+        at: Stamped {
+            ts,
+            value: Value::Float(value),
+        },
+    }
+}
+
+fn main() {
+    let series = env("SERIES", 100_000).max(1000);
+    let changes = env("CHANGES", 1_000_000);
+    let batch = env("BATCH", 10_000).max(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = ferrite_models::config::StoreSection::default().cache_mib * 1024 * 1024;
+    let store = SledStore::open_with_cache(dir.path(), cache).expect("store");
+    println!("store_load: {series} series, {changes} changes in commits of {batch}");
+    let rss0 = rss_mib();
+
+    let t = Instant::now();
+    for device in 0..series / 1000 {
+        let first: Vec<Change> = (0..1000)
+            .map(|p| change(device, p, 1_700_000_000_000_000, p as f64 / 10.0))
+            .collect();
+        store.commit(&first).expect("commit");
+    }
+    let layout = store.measure().expect("layout");
+    println!(
+        "first values            {:>8.2} s; RSS {:.1} MiB (+{:.1}); heads {} points, {:.1} MiB of chunks",
+        t.elapsed().as_secs_f64(),
+        rss_mib(),
+        rss_mib() - rss0,
+        layout.head_points,
+        layout.head_bytes as f64 / 1048576.0
+    );
+
+    let (cpu0, written0, t) = (cpu(), written(), Instant::now());
+    let mut done = 0;
+    let mut step = 0i64;
+    while done < changes {
+        step += 1;
+        let commit: Vec<Change> = (0..batch)
+            .map(|i| {
+                let n = (done + i) * 7919 % series;
+                change(
+                    n / 1000,
+                    n % 1000,
+                    1_700_000_000_000_000 + step * 1_000_000,
+                    (step as f64 + n as f64) / 10.0,
+                )
+            })
+            .collect();
+        store.commit(&commit).expect("commit");
+        done += batch;
+    }
+    let (elapsed, cpu_s) = (t.elapsed().as_secs_f64(), cpu() - cpu0);
+    let layout = store.measure().expect("layout");
+    println!(
+        "changes                 {:>8.0} /s committed; {:.2} µs CPU and {:.1} bytes written per change; RSS {:.1} MiB",
+        changes as f64 / elapsed,
+        cpu_s * 1e6 / changes as f64,
+        (written() - written0) as f64 / changes as f64,
+        rss_mib()
+    );
+    println!(
+        "layout                  {} blocks ({} points, {:.2} bytes/point), {} log records ({:.1} MiB), heads {} points",
+        layout.blocks,
+        layout.block_points,
+        layout.block_bytes as f64 / layout.block_points.max(1) as f64,
+        layout.records,
+        layout.record_bytes as f64 / 1048576.0,
+        layout.head_points
+    );
+
+    // A day of one sensor at 1 s.
+    let ahead = store.measure().expect("layout");
+    let day = 86_400i64;
+    let start = 1_800_000_000_000_000i64;
+    for chunk in 0..day / 100 {
+        let commit: Vec<Change> = (0..100)
+            .map(|i| {
+                let s = chunk * 100 + i;
+                let value = (200.0 + ((s as f64) / 600.0).sin() * 30.0).round() / 10.0;
+                Change {
+                    device: "sensor".into(),
+                    property: "temperature".into(),
+                    at: Stamped {
+                        ts: start + s * 1_000_000,
+                        value: Value::Float(value),
+                    },
+                }
+            })
+            .collect();
+        store.commit(&commit).expect("commit");
+    }
+    let query = |limit: usize, end: End| {
+        let mut times: Vec<Duration> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                let points = store
+                    .history("sensor", "temperature", start, i64::MAX, limit, end)
+                    .expect("history");
+                assert_eq!(points.len(), limit.min(day as usize));
+                t.elapsed()
+            })
+            .collect();
+        times.sort_unstable();
+        times[10].as_secs_f64() * 1000.0
+    };
+    let whole = query(100_000, End::Oldest);
+    let newest = query(1000, End::Newest);
+    let before = store.measure().expect("layout");
+    println!(
+        "a day at 1 s            history of 86 400 points {whole:.1} ms, newest 1000 {newest:.2} ms (median of 20)"
+    );
+    println!(
+        "on disk                 the day: {:.2} bytes/point in its blocks; sled says {:.1} MiB for the whole store",
+        (before.block_bytes - ahead.block_bytes) as f64
+            / (before.block_points - ahead.block_points).max(1) as f64,
+        store.size_on_disk().unwrap_or(0) as f64 / 1048576.0
+    );
+}
