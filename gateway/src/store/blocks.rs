@@ -146,44 +146,41 @@ impl Blocks {
         let mut blocks: Vec<Vec<Point>> = Vec::new();
         let mut taken = 0;
         let within = |p: &Point| p.0 >= since && p.0 <= until;
-        match end {
+        type Items<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
+        let items: Items = match end {
             End::Oldest => {
                 // The block that starts before `since` may reach into it.
                 let before = self
                     .tree
                     .range(key(id, Micros::MIN)..key(id, since))
                     .next_back();
-                let from_since = self.tree.range(key(id, since)..=key(id, until));
-                for item in before.into_iter().chain(from_since) {
-                    let (k, v) = item?;
-                    let block = parse(&k, &v)?;
-                    if block.max_ts < since {
-                        continue;
-                    }
-                    let points: Vec<Point> = block.points(&k)?.into_iter().filter(within).collect();
-                    taken += points.len();
-                    blocks.push(points);
-                    if taken >= limit {
-                        break;
-                    }
+                Box::new(
+                    before
+                        .into_iter()
+                        .chain(self.tree.range(key(id, since)..=key(id, until))),
+                )
+            }
+            End::Newest => Box::new(self.tree.range(key(id, Micros::MIN)..=key(id, until)).rev()),
+        };
+        for item in items {
+            let (k, v) = item?;
+            let block = parse(&k, &v)?;
+            if block.max_ts < since {
+                // Going back in time, every block further is older still.
+                match end {
+                    End::Oldest => continue,
+                    End::Newest => break,
                 }
             }
-            End::Newest => {
-                for item in self.tree.range(key(id, Micros::MIN)..=key(id, until)).rev() {
-                    let (k, v) = item?;
-                    let block = parse(&k, &v)?;
-                    if block.max_ts < since {
-                        break;
-                    }
-                    let points: Vec<Point> = block.points(&k)?.into_iter().filter(within).collect();
-                    taken += points.len();
-                    blocks.push(points);
-                    if taken >= limit {
-                        break;
-                    }
-                }
-                blocks.reverse();
+            let points: Vec<Point> = block.points(&k)?.into_iter().filter(within).collect();
+            taken += points.len();
+            blocks.push(points);
+            if taken >= limit {
+                break;
             }
+        }
+        if end == End::Newest {
+            blocks.reverse();
         }
         Ok(blocks.into_iter().flatten().collect())
     }

@@ -4,6 +4,11 @@
 //! name is one `Arc<str>` however many devices have it, and a device name one
 //! however many properties. Lookups by `&str` allocate nothing (the commit
 //! path and every history query make one per change or request).
+//!
+//! On disk the names are kept in pages of [`PAGE`] ids, one sled value
+//! each (a varint length and `device NUL property` per id, in id order):
+//! sled holds about 200 bytes of memory per key, which one key per series
+//! made 19 MiB for 100 000 series.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -78,6 +83,31 @@ impl Dictionary {
     }
 }
 
+/// Series ids per page of names on disk.
+pub const PAGE: u32 = 256;
+
+/// Appends `device`'s `property` to a page's bytes.
+pub fn put_entry(page: &mut Vec<u8>, device: &str, property: &str) {
+    super::chunk::put_varint(page, (device.len() + 1 + property.len()) as u64);
+    page.extend_from_slice(device.as_bytes());
+    page.push(0);
+    page.extend_from_slice(property.as_bytes());
+}
+
+/// A page's entries, in id order; `None` if the bytes are not a page. An
+/// empty entry (an id with no name) comes back as two empty names.
+pub fn read_page(mut page: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    while !page.is_empty() {
+        let len = usize::try_from(super::chunk::get_varint(&mut page)?).ok()?;
+        let entry = std::str::from_utf8(page.get(..len)?).ok()?;
+        page = &page[len..];
+        let (device, property) = entry.split_once('\0').unwrap_or(("", ""));
+        out.push((device.to_string(), property.to_string()));
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +127,23 @@ mod tests {
         let (a, b) = (&dictionary.names[0].1, &dictionary.names[1].1);
         assert!(Arc::ptr_eq(a, b), "one `power` for both meters");
         assert_eq!(dictionary.iter().count(), 4);
+    }
+
+    #[test]
+    fn pages_round_trip_and_junk_is_refused() {
+        let mut page = Vec::new();
+        put_entry(&mut page, "meter-1", "power");
+        page.push(0);
+        put_entry(&mut page, "é", "x");
+        assert_eq!(
+            read_page(&page),
+            Some(vec![
+                ("meter-1".into(), "power".into()),
+                (String::new(), String::new()),
+                ("é".into(), "x".into()),
+            ])
+        );
+        assert_eq!(read_page(&[9, b'a']), None);
+        assert_eq!(read_page(&[2, 0xff, 0xfe]), None);
     }
 }

@@ -15,6 +15,8 @@ use crate::time::Micros;
 const HISTORY: &[u8] = b"history";
 /// The old outbox tree.
 const OUTBOX: &[u8] = b"outbox";
+/// The old names tree: `device NUL property` → series id, a key per series.
+const SERIES: &[u8] = b"series";
 
 /// What was converted.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -30,6 +32,38 @@ pub fn needed(db: &sled::Db) -> bool {
     db.tree_names()
         .iter()
         .any(|name| name.as_ref() == HISTORY || name.as_ref() == OUTBOX)
+}
+
+/// The old names tree's names by id (an id nobody has: empty names), if
+/// `db` has that tree. [`drop_series`] drops it once the caller has saved
+/// them the new way.
+pub fn series(db: &sled::Db) -> Result<Option<Vec<(String, String)>>, StoreError> {
+    if !db.tree_names().iter().any(|n| n.as_ref() == SERIES) {
+        return Ok(None);
+    }
+    let mut names: Vec<(String, String)> = Vec::new();
+    for item in db.open_tree(SERIES)?.iter() {
+        let (k, v) = item?;
+        let id = <[u8; 4]>::try_from(v.as_ref())
+            .map(u32::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt(format!("old series id {v:02x?}")))?;
+        let name = String::from_utf8_lossy(&k);
+        let (device, property) = name
+            .split_once('\0')
+            .ok_or_else(|| StoreError::Corrupt(format!("old series name {name:?}")))?;
+        let slot = id as usize;
+        if names.len() <= slot {
+            names.resize(slot + 1, Default::default());
+        }
+        names[slot] = (device.to_string(), property.to_string());
+    }
+    Ok(Some(names))
+}
+
+/// Drops the old names tree.
+pub fn drop_series(db: &sled::Db) -> Result<(), StoreError> {
+    db.drop_tree(SERIES)?;
+    Ok(())
 }
 
 /// Moves the old `history` tree (key: series id + flipped time, value: a

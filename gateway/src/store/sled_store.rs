@@ -6,8 +6,9 @@
 //!   number, rising across restarts. The log is the write-ahead log of the
 //!   heads below and, with `[cloud]`, the outbox itself.
 //! - `blocks`: each series' history in compressed blocks ([`blocks`]).
-//! - `series`: `device \0 property` → series id (u32, BE), the one place
-//!   names are kept; `cuts`: series id → the last sequence in its blocks.
+//! - `names`: the series' names, in pages of 256 ids ([`dictionary`]), the
+//!   one place names are kept; `cuts`: series id → the last sequence in its
+//!   blocks.
 //! - `outbox_meta`: the next sequence; with `[cloud]` the last acknowledged
 //!   one, the outbox's floor, and the twin's and the config's versions.
 //! - `events`, `audit` (the [`Log`]s): sequence number (BE, from sled's
@@ -36,7 +37,7 @@ use ferrite_sync::outbox::OutboxError;
 
 use super::blocks::{Blocks, CUT_POINTS, Point};
 use super::chunk::{self, Chunk};
-use super::dictionary::Dictionary;
+use super::dictionary::{self, Dictionary};
 use super::{Change, End, Entry, Log, Stamped, Store, StoreError, Trimmed, migrate, record};
 use crate::time::Micros;
 
@@ -77,7 +78,11 @@ pub struct SledStore {
 /// The open database.
 struct Inner {
     db: sled::Db,
-    series: sled::Tree,
+    names_tree: sled::Tree,
+    /// The last page of names, as on disk, and whether it has changed
+    /// since it was written.
+    names_page: Vec<u8>,
+    names_dirty: bool,
     log: sled::Tree,
     cuts: sled::Tree,
     meta: sled::Tree,
@@ -416,8 +421,10 @@ impl Inner {
             .cache_capacity(cache_bytes);
         // Past an unfinished snapshot a full disk or a crash left behind.
         let (db, _) = ferrite_sync::sled_open::open(config, &path)?;
-        let series = db.open_tree("series")?;
         let mut inner = Inner {
+            names_tree: db.open_tree("names")?,
+            names_page: Vec::new(),
+            names_dirty: false,
             log: db.open_tree("log")?,
             cuts: db.open_tree("cuts")?,
             meta: db.open_tree("outbox_meta")?,
@@ -427,21 +434,13 @@ impl Inner {
             rule_state: db.open_tree("rule_state")?,
             config: db.open_tree("config")?,
             db,
-            series,
             names: Dictionary::default(),
             heads: Vec::new(),
             next_seq: 1,
             records: BTreeMap::new(),
             cloud: None,
         };
-        for entry in inner.series.iter() {
-            let (k, v) = entry?;
-            let name = String::from_utf8_lossy(&k).into_owned();
-            let (device, property) = name
-                .split_once('\0')
-                .ok_or_else(|| StoreError::Corrupt(name.clone()))?;
-            inner.names.insert(id_from(&v)?, device, property);
-        }
+        inner.read_names()?;
         inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.max(1);
         if migrate::needed(&inner.db) {
             inner.migrate()?;
@@ -464,6 +463,7 @@ impl Inner {
         if let Some(first) = first {
             self.meta.insert(FLOOR, &first.to_be_bytes())?;
         }
+        self.write_names_page()?;
         self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
         self.db.flush()?;
         tracing::info!(
@@ -598,18 +598,66 @@ impl Inner {
         })
     }
 
+    /// The names from their pages, after converting the one-key-per-series
+    /// tree of earlier versions.
+    fn read_names(&mut self) -> Result<(), StoreError> {
+        if let Some(old) = migrate::series(&self.db)? {
+            for (id, (device, property)) in old.iter().enumerate() {
+                let id = u32::try_from(id).map_err(|_| StoreError::Corrupt("series id".into()))?;
+                self.add_name(id, device, property)?;
+            }
+            self.write_names_page()?;
+            self.db.flush()?;
+            migrate::drop_series(&self.db)?;
+            return Ok(());
+        }
+        for item in self.names_tree.iter() {
+            let (k, v) = item?;
+            let page = id_from(&k)?;
+            let entries = dictionary::read_page(&v)
+                .ok_or_else(|| StoreError::Corrupt(format!("names page {page}")))?;
+            for (i, (device, property)) in (0u32..).zip(&entries) {
+                self.names
+                    .insert(page * dictionary::PAGE + i, device, property);
+            }
+            self.names_page = v.to_vec();
+        }
+        Ok(())
+    }
+
     fn id(&mut self, device: &str, property: &str) -> Result<u32, StoreError> {
         if let Some(id) = self.names.get(device, property) {
             return Ok(id);
         }
         let id = u32::try_from(self.names.len())
             .map_err(|_| StoreError::Corrupt("too many series".into()))?;
-        self.series.insert(
-            format!("{device}\0{property}").as_bytes(),
-            &id.to_be_bytes(),
-        )?;
-        self.names.insert(id, device, property);
+        self.add_name(id, device, property)?;
         Ok(id)
+    }
+
+    /// Gives `id` (the next one) to `device`'s `property`, in memory and in
+    /// the last page of names (written by [`Inner::write_names_page`]).
+    fn add_name(&mut self, id: u32, device: &str, property: &str) -> Result<(), StoreError> {
+        if id.is_multiple_of(dictionary::PAGE) && id > 0 {
+            self.write_names_page()?;
+            self.names_page.clear();
+        }
+        dictionary::put_entry(&mut self.names_page, device, property);
+        self.names.insert(id, device, property);
+        self.names_dirty = true;
+        Ok(())
+    }
+
+    /// Writes the last page of names, if it changed.
+    fn write_names_page(&mut self) -> Result<(), StoreError> {
+        if self.names_dirty {
+            let last = u32::try_from(self.names.len().saturating_sub(1)).unwrap_or(u32::MAX);
+            let page = last / dictionary::PAGE;
+            self.names_tree
+                .insert(page.to_be_bytes(), self.names_page.as_slice())?;
+            self.names_dirty = false;
+        }
+        Ok(())
     }
 
     /// Appends `changes` as commit records, adds them to their heads
@@ -624,6 +672,7 @@ impl Inner {
             .iter()
             .map(|c| self.id(&c.device, &c.property))
             .collect::<Result<Vec<u32>, _>>()?;
+        self.write_names_page()?;
         u32::try_from(changes.len())
             .map_err(|_| StoreError::Io("a commit of more than 4 billion changes".into()))?;
         // Records of at most RECORD_POINTS changes, written in one atomic
@@ -1596,6 +1645,32 @@ mod tests {
         assert_eq!(all(&store, "p")?, [(2, Value::Int(2))], "the other record");
         store.commit(&[change("d", "p", 3, Value::Int(3))])?;
         assert_eq!(all(&store, "p")?.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn names_fill_pages_and_come_back_after_a_reopen() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        {
+            let store = SledStore::open(dir.path())?;
+            for part in 0..3 {
+                let batch: Vec<Change> = (part * 200..(part + 1) * 200)
+                    .map(|i| change("d", &format!("p{i}"), 1, Value::Int(i)))
+                    .collect();
+                store.commit(&batch)?;
+            }
+            assert_eq!(store.measure()?.series, 600);
+        }
+        let store = reopened(dir.path())?;
+        assert_eq!(store.measure()?.series, 600);
+        for i in [0i64, 255, 256, 511, 512, 599] {
+            assert_eq!(all(&store, &format!("p{i}"))?, [(1, Value::Int(i))], "p{i}");
+        }
+        store.commit(&[change("e", "new", 2, Value::Int(7))])?;
+        let guard = store.read();
+        let inner = guard.as_ref().ok_or_else(reopening)?;
+        assert_eq!(inner.names.get("e", "new"), Some(600));
+        assert_eq!(inner.names_tree.len(), 3, "pages of 256");
         Ok(())
     }
 }
