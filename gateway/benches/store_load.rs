@@ -9,10 +9,13 @@
 //!
 //! 1. **Many series.** SERIES properties (NG Gateway's S3 shape: 100 000)
 //!    get their first value, 1000 per commit: time, RSS, the heads' memory.
-//! 2. **Changes.** CHANGES float changes spread over those series, BATCH per
+//! 2. **Steady.** 20 one-change commits a second for 5 s (STEADY_SECONDS):
+//!    what the disk is
+//!    asked to write when values hold still.
+//! 3. **Changes.** CHANGES float changes spread over those series, BATCH per
 //!    commit (each commit fsynced, as the writer does): CPU per change, and
 //!    bytes written to disk per change (`/proc/self/io`).
-//! 3. **A day of one series.** 86 400 float readings at 1 s (a sensor:
+//! 4. **A day of one series.** 86 400 float readings at 1 s (a sensor:
 //!    slow drift, one decimal) committed 100 at a time, then the whole day
 //!    read back (`history`, oldest first, and the newest 1000), median of
 //!    20 queries; bytes per point in its blocks.
@@ -100,6 +103,21 @@ fn main() {
         rss_mib() - rss0,
         layout.head_points,
         layout.head_bytes as f64 / 1048576.0
+    );
+
+    // Values steady: a trickle of small commits, as a gateway whose values
+    // hold still makes (a REST write's read-back, the odd change).
+    let steady = env("STEADY_SECONDS", 5).max(1);
+    let written0 = written();
+    for i in 0..steady as i64 * 20 {
+        store
+            .commit(&[change(0, 0, 1_700_000_000_000_000 + i, i as f64)])
+            .expect("commit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "steady, 20 commits/s    {:>8.0} KiB/s written to disk",
+        (written() - written0) as f64 / 1024.0 / steady as f64
     );
 
     let (cpu0, written0, t) = (cpu(), written(), Instant::now());
