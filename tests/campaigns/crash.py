@@ -31,7 +31,12 @@ The devices are `ferrite-sim` (Modbus TCP) with counters that only rise, so
 each reading has a unique value. Figures count distinct values, never
 repeated GETs.
 
+With `--upgrade-from OLD_FERRITE`, the first half of the trials run an
+older gateway and the rest FERRITE on the same data dir: an upgrade after a
+`kill -9`, under the same checks (docs/gateway.md, "Upgrading").
+
 Usage: python3 crash.py FERRITE FERRITE_SIM FERRITE_CLOUD [--trials N] [--seed S]
+                        [--upgrade-from OLD_FERRITE]
 Prints a line per trial and a summary; exits 1 on any loss or corruption.
 """
 import argparse
@@ -273,6 +278,9 @@ def main():
     parser.add_argument("cloud")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--upgrade-from", metavar="OLD_FERRITE",
+                        help="run the first half of the trials with this (older) ferrite, the rest "
+                             "with FERRITE: the upgrade, under the same checks")
     args = parser.parse_args()
     random.seed(args.seed)
     work = Path(tempfile.mkdtemp(prefix="ferrite-crash-"))
@@ -306,7 +314,10 @@ def main():
     try:
         for trial in range(1, args.trials + 2):
             last = trial == args.trials + 1     # a final start, to check the last kill
-            proc = subprocess.Popen([args.ferrite, "run", "--config", str(work / "ferrite.toml"),
+            old = args.upgrade_from and trial <= args.trials // 2
+            if args.upgrade_from and trial == args.trials // 2 + 1:
+                print(f"trial {trial}: upgraded to {args.ferrite} on the same data dir", flush=True)
+            proc = subprocess.Popen([args.upgrade_from if old else args.ferrite, "run", "--config", str(work / "ferrite.toml"),
                                      "--listen", f"127.0.0.1:{api_port}"],
                                     stdout=subprocess.DEVNULL, stderr=log)
             took = wait_serving(base, proc)
