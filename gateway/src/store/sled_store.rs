@@ -149,12 +149,14 @@ impl Cursor {
 /// millions of them.
 const RECORD_OVERHEAD: u64 = 64;
 
-/// Changes per commit record, at most. sled splits its tree nodes by count,
-/// not size, and rewrites the leaf the log appends to every few commits,
-/// values and all, so large records make every later commit write more
-/// (measured with 100 000 points held in the log: records of 1000 changes,
-/// 640 KiB written per second of one-change commits at 10/s; of 32
-/// changes, 80 KiB). A commit's records go in one atomic sled batch.
+/// Changes per commit record, at most. sled 0.34 splits a leaf past 16
+/// items and writes a page whole every 10 updates (its
+/// `PAGE_CONSOLIDATION_THRESHOLD`), so the leaf the log appends to is
+/// rewritten with every record in it: large records make every later
+/// commit write more (measured with 100 000 points held in the log: records
+/// of 1000 changes, 640 KiB written per second of one-change commits at
+/// 10/s; of 32 changes, 80 KiB). A commit's records go in one atomic sled
+/// batch.
 const RECORD_POINTS: usize = 32;
 
 const NEXT: &[u8] = b"next";
