@@ -491,12 +491,13 @@ impl Inner {
                 .iter()
                 .map(|(_, device, property, _, _)| self.id(device, property))
                 .collect::<Result<Vec<u32>, _>>()?;
-            let points = ids
+            let points: Vec<(u32, Micros, &ferrite_models::Value)> = ids
                 .iter()
                 .zip(run)
-                .map(|(id, (_, _, _, ts, value))| (*id, *ts, value));
-            self.log
-                .insert(run[0].0.to_be_bytes(), record::encode(true, points))?;
+                .map(|(id, (_, _, _, ts, value))| (*id, *ts, value))
+                .collect();
+            // Replay reads these records back into the store's index.
+            self.write_records(run[0].0, true, &points)?;
             self.next_seq = self.next_seq.max(run[run.len() - 1].0 + 1);
             start = end;
         }
@@ -675,30 +676,15 @@ impl Inner {
             .map(|c| self.id(&c.device, &c.property))
             .collect::<Result<Vec<u32>, _>>()?;
         self.write_names_page()?;
-        u32::try_from(changes.len())
-            .map_err(|_| StoreError::Io("a commit of more than 4 billion changes".into()))?;
-        // Records of at most RECORD_POINTS changes, written in one atomic
-        // sled batch, before anything else: whatever else this commit
+        let points: Vec<(u32, Micros, &ferrite_models::Value)> = ids
+            .iter()
+            .zip(changes)
+            .map(|(id, c)| (*id, c.at.ts, &c.at.value))
+            .collect();
+        // The records before anything else: whatever else this commit
         // writes, a crash leaves it recoverable from its records.
-        let mut batch = sled::Batch::default();
-        let mut infos = Vec::with_capacity(changes.len().div_ceil(RECORD_POINTS));
-        let mut seq = first;
-        for (ids, changes) in ids.chunks(RECORD_POINTS).zip(changes.chunks(RECORD_POINTS)) {
-            let points = ids
-                .iter()
-                .zip(changes)
-                .map(|(id, c)| (*id, c.at.ts, &c.at.value));
-            let bytes = record::encode(false, points);
-            let info = RecordInfo {
-                count: changes.len() as u32,
-                bytes: RECORD_OVERHEAD + bytes.len() as u64,
-            };
-            batch.insert(&seq.to_be_bytes(), bytes);
-            infos.push((seq, info));
-            seq += changes.len() as u64;
-        }
-        self.log.apply_batch(batch)?;
-        self.next_seq = seq;
+        let infos = self.write_records(first, false, &points)?;
+        self.next_seq = first + changes.len() as u64;
         self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
         let owed: u64 = infos.iter().map(|(_, info)| info.bytes).sum();
         self.records.extend(infos);
@@ -719,6 +705,33 @@ impl Inner {
         self.keep_outbox_budget()?;
         self.db.flush()?;
         Ok(first)
+    }
+
+    /// Writes `points` (series id, time, value), numbered from `first` on,
+    /// as commit records of at most [`RECORD_POINTS`] in one atomic sled
+    /// batch; returns each record's first sequence and size.
+    fn write_records(
+        &self,
+        first: u64,
+        outbox_only: bool,
+        points: &[(u32, Micros, &ferrite_models::Value)],
+    ) -> Result<Vec<(u64, RecordInfo)>, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut infos = Vec::with_capacity(points.len().div_ceil(RECORD_POINTS));
+        let mut seq = first;
+        for part in points.chunks(RECORD_POINTS) {
+            let bytes = record::encode(outbox_only, part.iter().copied());
+            let info = RecordInfo {
+                // At most RECORD_POINTS.
+                count: part.len() as u32,
+                bytes: RECORD_OVERHEAD + bytes.len() as u64,
+            };
+            batch.insert(&seq.to_be_bytes(), bytes);
+            infos.push((seq, info));
+            seq += part.len() as u64;
+        }
+        self.log.apply_batch(batch)?;
+        Ok(infos)
     }
 
     /// Writes series `id`'s head as a block.
