@@ -843,19 +843,7 @@ impl Inner {
                 break;
             }
         }
-        let stale: Vec<u32> = self
-            .heads
-            .iter()
-            .enumerate()
-            .filter_map(|(id, h)| {
-                h.as_ref()
-                    .filter(|h| h.first_seq < keep_from)
-                    .map(|_| id as u32)
-            })
-            .collect();
-        for id in stale {
-            self.cut(id)?;
-        }
+        self.cut_where(|head| head.first_seq < keep_from)?;
         let held = self
             .heads
             .iter()
@@ -880,10 +868,10 @@ impl Inner {
         Ok(doomed.len() as u64)
     }
 
-    /// Every series' points in a block.
-    fn cut_all(&mut self) -> Result<(), StoreError> {
+    /// Cuts the heads that `stale` picks into blocks.
+    fn cut_where(&mut self, stale: impl Fn(&Head) -> bool) -> Result<(), StoreError> {
         for id in 0..self.heads.len() {
-            if self.heads[id].is_some() {
+            if self.heads[id].as_deref().is_some_and(&stale) {
                 self.cut(id as u32)?;
             }
         }
@@ -1035,19 +1023,7 @@ impl Store for SledStore {
             let mut trimmed = Trimmed::default();
             // Heads reaching back before `before` are cut first, so that
             // their old points go with the blocks'.
-            let old: Vec<u32> = inner
-                .heads
-                .iter()
-                .enumerate()
-                .filter_map(|(id, h)| {
-                    h.as_ref()
-                        .filter(|h| h.chunk.span().0 < before)
-                        .map(|_| id as u32)
-                })
-                .collect();
-            for id in old {
-                inner.cut(id)?;
-            }
+            inner.cut_where(|head| head.chunk.span().0 < before)?;
             for id in 0..inner.names.len() as u32 {
                 trimmed.by_age += inner.blocks.trim_before(id, before)?;
             }
@@ -1059,7 +1035,7 @@ impl Store for SledStore {
                     break;
                 }
                 if round == 0 {
-                    inner.cut_all()?;
+                    inner.cut_where(|_| true)?;
                 }
                 let mut removed = 0;
                 for id in 0..inner.names.len() as u32 {
