@@ -41,12 +41,21 @@ pub struct Outbox {
     dropped: AtomicU64,
 }
 
-const NEXT: &[u8] = b"next";
-const ACKED: &[u8] = b"acked";
-const DESIRED: &[u8] = b"desired_version";
-const CONFIG: &[u8] = b"config_version";
+/// The tree beside the entries, and its keys (u64, big-endian, each). The
+/// gateway's store keeps the same tree and keys, so that a data dir written
+/// with this outbox upgrades in place.
+pub const META_TREE: &str = "outbox_meta";
+/// The next sequence number to hand out.
+pub const NEXT: &[u8] = b"next";
+/// The highest sequence the control plane acknowledged.
+pub const ACKED: &[u8] = b"acked";
+/// The highest desired-state version applied.
+pub const DESIRED: &[u8] = b"desired_version";
+/// The newest config bundle version handled.
+pub const CONFIG: &[u8] = b"config_version";
 
-fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, OutboxError> {
+/// The u64 at `key` of the meta tree, if any.
+pub fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, OutboxError> {
     Ok(meta
         .get(key)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -57,7 +66,7 @@ impl Outbox {
     /// Opens the outbox in `db`, keeping at most `budget` bytes of entries.
     pub fn open(db: &sled::Db, budget: u64) -> Result<Outbox, OutboxError> {
         let entries = db.open_tree("outbox")?;
-        let meta = db.open_tree("outbox_meta")?;
+        let meta = db.open_tree(META_TREE)?;
         let stored = meta_u64(&meta, NEXT)?.unwrap_or(1);
         let last = entries
             .last()?

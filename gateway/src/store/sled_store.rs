@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use ferrite_sync::outbox::OutboxError;
+use ferrite_sync::outbox::{ACKED, CONFIG, DESIRED, META_TREE, NEXT, OutboxError, meta_u64};
 
 use super::blocks::{Blocks, CUT_POINTS, Point};
 use super::chunk::{self, Chunk};
@@ -159,11 +159,8 @@ const RECORD_OVERHEAD: u64 = 64;
 /// batch.
 const RECORD_POINTS: usize = 32;
 
-const NEXT: &[u8] = b"next";
-const ACKED: &[u8] = b"acked";
+/// The outbox's floor, in the meta tree beside ferrite-sync's keys.
 const FLOOR: &[u8] = b"floor";
-const DESIRED: &[u8] = b"desired_version";
-const CONFIG: &[u8] = b"config_version";
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`, with the config's default cache.
@@ -342,27 +339,19 @@ impl ferrite_sync::outbox::OutboxAccess for SledStore {
     }
 
     fn desired_version(&self) -> Result<u64, OutboxError> {
-        self.with_outbox(|inner, _| meta_u64(&inner.meta, DESIRED))
+        self.with_outbox(|inner, _| Ok(meta_u64(&inner.meta, DESIRED)?.unwrap_or(0)))
     }
 
     fn set_desired_version(&self, version: u64) -> Result<(), OutboxError> {
-        self.with_outbox(|inner, _| {
-            inner.meta.insert(DESIRED, &version.to_be_bytes())?;
-            inner.db.flush()?;
-            Ok(())
-        })
+        self.with_outbox(|inner, _| inner.set_durably(DESIRED, version))
     }
 
     fn config_version(&self) -> Result<u64, OutboxError> {
-        self.with_outbox(|inner, _| meta_u64(&inner.meta, CONFIG))
+        self.with_outbox(|inner, _| Ok(meta_u64(&inner.meta, CONFIG)?.unwrap_or(0)))
     }
 
     fn set_config_version(&self, version: u64) -> Result<(), OutboxError> {
-        self.with_outbox(|inner, _| {
-            inner.meta.insert(CONFIG, &version.to_be_bytes())?;
-            inner.db.flush()?;
-            Ok(())
-        })
+        self.with_outbox(|inner, _| inner.set_durably(CONFIG, version))
     }
 }
 
@@ -382,13 +371,6 @@ impl SledStore {
         };
         f(inner, &mut lock(cursor))
     }
-}
-
-fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<u64, OutboxError> {
-    Ok(meta
-        .get(key)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map_or(0, u64::from_be_bytes))
 }
 
 /// Runs `write`, telling it whether the last write guarded by `failed`
@@ -429,7 +411,7 @@ impl Inner {
             names_dirty: false,
             log: db.open_tree("log")?,
             cuts: db.open_tree("cuts")?,
-            meta: db.open_tree("outbox_meta")?,
+            meta: db.open_tree(META_TREE)?,
             blocks: Blocks::open(&db)?,
             events: db.open_tree(Log::Events.tree())?,
             audit: db.open_tree(Log::Audit.tree())?,
@@ -443,7 +425,7 @@ impl Inner {
             cloud: None,
         };
         inner.read_names()?;
-        inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.max(1);
+        inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.unwrap_or(1).max(1);
         if migrate::needed(&inner.db) {
             inner.migrate()?;
         }
@@ -563,18 +545,15 @@ impl Inner {
     /// nothing from before.
     fn open_outbox(&mut self, budget: u64) -> Result<(), StoreError> {
         let acked = meta_u64(&self.meta, ACKED).map_err(io)?;
-        let floor = match self.meta.get(FLOOR)? {
-            Some(_) => meta_u64(&self.meta, FLOOR).map_err(io)?,
+        let floor = match meta_u64(&self.meta, FLOOR).map_err(io)? {
+            Some(floor) => floor,
             None => {
-                let floor = if self.meta.get(ACKED)?.is_some() {
-                    acked + 1
-                } else {
-                    self.next_seq
-                };
+                let floor = acked.map_or(self.next_seq, |acked| acked + 1);
                 self.meta.insert(FLOOR, &floor.to_be_bytes())?;
                 floor
             }
         };
+        let acked = acked.unwrap_or(0);
         let mut cursor = Cursor {
             budget,
             acked,
@@ -584,6 +563,13 @@ impl Inner {
         };
         cursor.owed_bytes = self.owed_bytes(cursor.owed_from());
         self.cloud = Some(Mutex::new(cursor));
+        Ok(())
+    }
+
+    /// Sets `key` of the meta tree to `value` and flushes.
+    fn set_durably(&self, key: &[u8], value: u64) -> Result<(), OutboxError> {
+        self.meta.insert(key, &value.to_be_bytes())?;
+        self.db.flush()?;
         Ok(())
     }
 
