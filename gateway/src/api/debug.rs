@@ -11,7 +11,7 @@
 //!   and where the store's data is (series, blocks, heads, log records).
 
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -121,9 +121,7 @@ pub async fn memory(State(state): State<AppState>) -> Result<axum::Json<MemoryVi
             .unwrap_or(0)
     };
     let store = state.store.clone();
-    let layout = tokio::task::spawn_blocking(move || store.layout())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let layout = tokio::task::spawn_blocking(move || store.layout()).await?;
     Ok(axum::Json(MemoryView {
         rss_bytes: field("VmRSS:") * 1024,
         peak_rss_bytes: field("VmHWM:") * 1024,
@@ -199,8 +197,7 @@ mod cpu {
             let report = guard.report().build().map_err(failed)?;
             Ok(encode(&report, frequency).encode_to_vec())
         })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .await?
     }
 
     /// Strings of a profile, each once; index 0 is "".
