@@ -23,7 +23,8 @@ pub const CUT_POINTS: u32 = 120;
 /// A point: its time and value.
 pub type Point = (Micros, Value);
 
-/// The blocks tree.
+/// The blocks tree (a handle: clones share it).
+#[derive(Clone)]
 pub struct Blocks {
     tree: sled::Tree,
 }

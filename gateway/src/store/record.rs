@@ -79,14 +79,6 @@ pub fn decode(key: u64, bytes: &[u8]) -> Result<Record, StoreError> {
     })
 }
 
-/// The number of points a record holds, without decoding them.
-pub fn count(key: u64, bytes: &[u8]) -> Result<u32, StoreError> {
-    let mut rest = bytes.get(2..).unwrap_or_default();
-    chunk::get_varint(&mut rest)
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| StoreError::Corrupt(format!("commit record {key}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,7 +103,6 @@ mod tests {
                 (20, values[2].clone())
             ]
         );
-        assert_eq!(count(1, &bytes)?, 3);
         assert!(decode(1, &encode(true, points.iter().copied()))?.outbox_only);
         Ok(())
     }
@@ -121,7 +112,6 @@ mod tests {
         assert!(decode(1, &[]).is_err());
         assert!(decode(1, &[2, 0, 0]).is_err(), "a future version");
         assert!(decode(1, &[1, 0, 5, 1]).is_err(), "short");
-        assert!(count(1, &[1]).is_err());
     }
 
     proptest::proptest! {
@@ -130,7 +120,6 @@ mod tests {
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)
         ) {
             let _ = decode(1, &bytes);
-            let _ = count(1, &bytes);
         }
     }
 }

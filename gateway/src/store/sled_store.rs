@@ -207,20 +207,24 @@ impl SledStore {
     /// bytes; points in heads and the heap bytes those take. For benches
     /// and the docs' figures.
     pub fn measure(&self) -> Result<Layout, StoreError> {
-        let guard = self.read();
-        let inner = guard.as_ref().ok_or_else(reopening)?;
-        let (blocks, block_points, block_bytes) = inner.blocks.stats()?;
-        let heads = inner.heads.iter().flatten();
-        Ok(Layout {
-            series: inner.names.len() as u64,
-            blocks,
-            block_points,
-            block_bytes,
-            records: inner.records.len() as u64,
-            record_bytes: inner.records.values().map(|r| r.bytes).sum(),
-            head_points: heads.clone().map(|h| u64::from(h.chunk.len())).sum(),
-            head_bytes: heads.map(|h| h.chunk.heap_bytes() as u64).sum(),
-        })
+        let (mut layout, blocks) = {
+            let guard = self.read();
+            let inner = guard.as_ref().ok_or_else(reopening)?;
+            let heads = inner.heads.iter().flatten();
+            let layout = Layout {
+                series: inner.names.len() as u64,
+                records: inner.records.len() as u64,
+                record_bytes: inner.records.values().map(|r| r.bytes).sum(),
+                head_points: heads.clone().map(|h| u64::from(h.chunk.len())).sum(),
+                head_bytes: heads.map(|h| h.chunk.heap_bytes() as u64).sum(),
+                ..Layout::default()
+            };
+            (layout, inner.blocks.clone())
+        };
+        // Every block is read: outside the store's lock, so that commits
+        // do not wait for the count.
+        (layout.blocks, layout.block_points, layout.block_bytes) = blocks.stats()?;
+        Ok(layout)
     }
 }
 
