@@ -37,6 +37,14 @@ pub fn key(id: u32, ts: Micros) -> [u8; 12] {
     key
 }
 
+/// The series id and time of a [`key`]; `None` for anything else. (The
+/// store before issue 20 keyed each history point the same way.)
+pub fn split_key(key: &[u8]) -> Option<(u32, Micros)> {
+    let id = <[u8; 4]>::try_from(key.get(..4)?).ok()?;
+    let ts = <[u8; 8]>::try_from(key.get(4..)?).ok()?;
+    Some((u32::from_be_bytes(id), unflip(u64::from_be_bytes(ts))))
+}
+
 /// Times as unsigned, so that negative times sort first.
 fn flip(ts: Micros) -> u64 {
     (ts as u64) ^ (1 << 63)

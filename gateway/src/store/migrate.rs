@@ -78,7 +78,9 @@ pub fn history(db: &sled::Db, blocks: &Blocks) -> Result<u64, StoreError> {
     let mut points: Vec<Point> = Vec::new();
     for item in old.iter() {
         let (k, v) = item?;
-        let (id, ts) = old_key(&k)?;
+        // Series id + sign-flipped time: the blocks' key layout.
+        let (id, ts) = super::blocks::split_key(&k)
+            .ok_or_else(|| StoreError::Corrupt(format!("old history key {k:02x?}")))?;
         let value = Value::decode(&v)
             .ok_or_else(|| StoreError::Corrupt(format!("old history value {v:02x?}")))?;
         if series != Some(id) || points.len() >= CUT_POINTS as usize {
@@ -132,22 +134,6 @@ pub fn outbox(
     db.flush()?;
     db.drop_tree(OUTBOX)?;
     Ok(first)
-}
-
-fn old_key(key: &[u8]) -> Result<(u32, Micros), StoreError> {
-    let bad = || StoreError::Corrupt(format!("old history key {key:02x?}"));
-    let id = key
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .ok_or_else(bad)?;
-    let ts = key
-        .get(4..12)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .ok_or_else(bad)?;
-    Ok((
-        u32::from_be_bytes(id),
-        (u64::from_be_bytes(ts) ^ (1 << 63)) as i64,
-    ))
 }
 
 /// The old history key of series `id` at `ts`, for tests that write the old
