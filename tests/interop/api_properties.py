@@ -70,7 +70,7 @@ def run_schemathesis(schemathesis, base, examples, headers, label):
         "--max-examples", str(examples),
         "--phases", "examples,coverage,fuzzing",
         "--request-timeout", "15",
-        "--workers", "2",
+        "--workers", "1",
         "--seed", "20261202",
         "--generation-database", "none",
         "--no-color",
