@@ -224,6 +224,10 @@ pub struct DeviceEntry<'a> {
     pub model: &'a ferrite_models::DeviceModel,
     /// Each model property's number, in model order.
     pub numbers: &'a [u16],
+    /// Each model property's name, in model order: the gateway's shared
+    /// copies, so that a driver keeping names per point holds pointers, not
+    /// strings.
+    pub names: &'a [std::sync::Arc<str>],
 }
 
 impl DeviceEntry<'_> {
@@ -232,14 +236,22 @@ impl DeviceEntry<'_> {
     pub fn properties<'b, B: 'b>(
         &'b self,
         binding: impl Fn(&'b ferrite_models::Property) -> Option<&'b B> + 'b,
-    ) -> impl Iterator<Item = (u16, &'b str, &'b ferrite_models::Property, &'b B)> + 'b {
+    ) -> impl Iterator<
+        Item = (
+            u16,
+            &'b std::sync::Arc<str>,
+            &'b ferrite_models::Property,
+            &'b B,
+        ),
+    > + 'b {
         self.model
             .properties
-            .iter()
+            .values()
             .zip(self.numbers)
-            .filter_map(move |((name, p), number)| {
+            .zip(self.names)
+            .filter_map(move |((p, number), name)| {
                 let b = binding(p)?;
-                Some((*number, name.as_str(), p, b))
+                Some((*number, name, p, b))
             })
     }
 }

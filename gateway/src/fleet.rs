@@ -148,6 +148,7 @@ impl Fleet {
             located,
             model: &model.value,
             numbers: &layout.properties,
+            names: &layout.names,
         };
         let stop = self.ctx.shutdown.child_token();
         let tasks = TaskTracker::new();

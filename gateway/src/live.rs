@@ -61,7 +61,8 @@ pub struct DeviceState {
     /// Why it is offline or in error.
     pub error: Option<String>,
     /// Latest reading per property, in model order.
-    pub readings: IndexMap<String, Reading>,
+    /// The keys are [`Names`]' own, shared by every device of a model.
+    pub readings: IndexMap<Arc<str>, Reading>,
 }
 
 /// A device's status without its readings.
@@ -100,7 +101,8 @@ struct LiveDevice {
     state: DeviceState,
     /// Property number → its position in `state.readings` (the model's
     /// order); `None` for a number the model no longer has.
-    positions: Vec<Option<usize>>,
+    /// (`u16`: a model has at most 65 536 properties, the numbers' range.)
+    positions: Vec<Option<u16>>,
 }
 
 impl Live {
@@ -136,28 +138,24 @@ impl Live {
         };
         let layout = self.names.layout(project, device);
         let d = &located.value;
-        let properties: Vec<&String> = project
-            .models
-            .get(&d.model)
-            .map(|m| m.value.properties.keys().collect())
-            .unwrap_or_default();
         let mut devices = self.write();
         if devices.len() <= layout.device {
             devices.resize(layout.device + 1, None);
         }
         let old = devices[layout.device].take();
-        let mut readings = IndexMap::with_capacity(properties.len());
-        for p in &properties {
-            let kept = old.as_ref().and_then(|o| o.state.readings.get(*p)).cloned();
-            readings.insert((*p).clone(), kept.unwrap_or(EMPTY));
+        let mut readings = IndexMap::with_capacity(layout.names.len());
+        for p in &layout.names {
+            let kept = old.as_ref().and_then(|o| o.state.readings.get(p)).cloned();
+            readings.insert(p.clone(), kept.unwrap_or(EMPTY));
         }
-        let mut positions = Vec::new();
+        let slots = layout
+            .properties
+            .iter()
+            .max()
+            .map_or(0, |n| usize::from(*n) + 1);
+        let mut positions = vec![None; slots];
         for (position, number) in layout.properties.iter().enumerate() {
-            let n = usize::from(*number);
-            if positions.len() <= n {
-                positions.resize(n + 1, None);
-            }
-            positions[n] = Some(position);
+            positions[usize::from(*number)] = u16::try_from(position).ok();
         }
         let (status, last_seen, error) = match &old {
             Some(o) => (o.state.status, o.state.last_seen, o.state.error.clone()),
@@ -299,7 +297,7 @@ impl Live {
             let Some(Some(position)) = entry.positions.get(usize::from(*property)) else {
                 continue;
             };
-            let Some((_, reading)) = state.readings.get_index_mut(*position) else {
+            let Some((_, reading)) = state.readings.get_index_mut(usize::from(*position)) else {
                 continue;
             };
             // A write's read-back can overtake an older poll on its way

@@ -13,7 +13,7 @@
 //! number (one entry per distinct device and property name ever
 //! configured), which bounds the table by what was configured, not by time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use ferrite_models::Project;
@@ -28,13 +28,40 @@ pub struct Names {
 struct Table {
     devices: Vec<DeviceNames>,
     by_name: HashMap<Arc<str>, usize>,
+    /// Every distinct property table, once: the devices of one model (the
+    /// usual case: a thousand devices of a few models) share theirs, so the
+    /// table costs a pointer per device, not a map per device.
+    shared: HashSet<Arc<PropertyNames>>,
+    /// Every property name, once.
+    strings: HashSet<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
 struct DeviceNames {
     name: Arc<str>,
-    properties: Vec<Arc<str>>,
+    properties: Arc<PropertyNames>,
+}
+
+/// One device's property numbers: number → name and back. Only grows.
+#[derive(Debug, Default, Clone)]
+struct PropertyNames {
+    names: Vec<Arc<str>>,
     by_name: HashMap<Arc<str>, u16>,
+}
+
+// Two tables with the same names in the same order are the same table.
+impl PartialEq for PropertyNames {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+    }
+}
+
+impl Eq for PropertyNames {}
+
+impl std::hash::Hash for PropertyNames {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.names.hash(state);
+    }
 }
 
 /// Where a device's model puts each of its properties: the property numbers
@@ -45,6 +72,9 @@ pub struct Layout {
     pub device: usize,
     /// Each model property's number, in model order.
     pub properties: Vec<u16>,
+    /// Each model property's name, in model order (shared: every device
+    /// holds the same `Arc` for one name).
+    pub names: Vec<Arc<str>>,
 }
 
 impl Names {
@@ -93,25 +123,63 @@ impl Names {
             .map(|m| m.value.properties.keys().map(String::as_str).collect())
             .unwrap_or_default();
         let mut table = self.write();
-        let entry = &mut table.devices[index];
-        let properties = properties
-            .into_iter()
-            .map(|p| {
-                if let Some(n) = entry.by_name.get(p) {
-                    return *n;
+        let Table {
+            devices,
+            shared,
+            strings,
+            ..
+        } = &mut *table;
+        let entry = &mut devices[index];
+        if properties
+            .iter()
+            .any(|p| !entry.properties.by_name.contains_key(*p))
+        {
+            let mut grown = PropertyNames::clone(&entry.properties);
+            for p in &properties {
+                if grown.by_name.contains_key(*p) {
+                    continue;
                 }
                 // A model has far fewer than 65 536 properties (the
                 // checker's limits); saturate rather than wrap.
-                let n = u16::try_from(entry.properties.len()).unwrap_or(u16::MAX);
-                let name: Arc<str> = Arc::from(p);
-                entry.properties.push(name.clone());
-                entry.by_name.insert(name, n);
-                n
+                let n = u16::try_from(grown.names.len()).unwrap_or(u16::MAX);
+                let name = match strings.get(*p) {
+                    Some(name) => name.clone(),
+                    None => {
+                        let name: Arc<str> = Arc::from(*p);
+                        strings.insert(name.clone());
+                        name
+                    }
+                };
+                grown.names.push(name.clone());
+                grown.by_name.insert(name, n);
+            }
+            entry.properties = match shared.get(&grown) {
+                Some(table) => table.clone(),
+                None => {
+                    let table = Arc::new(grown);
+                    shared.insert(table.clone());
+                    table
+                }
+            };
+        }
+        let table = &entry.properties;
+        let numbers = properties
+            .iter()
+            .map(|p| table.by_name.get(*p).copied().unwrap_or(u16::MAX))
+            .collect();
+        let names = properties
+            .iter()
+            .map(|p| {
+                table
+                    .by_name
+                    .get_key_value(*p)
+                    .map_or_else(|| Arc::from(*p), |(name, _)| name.clone())
             })
             .collect();
         Layout {
             device: index,
-            properties,
+            properties: numbers,
+            names,
         }
     }
 
@@ -120,9 +188,18 @@ impl Names {
         self.read()
             .devices
             .get(device)?
+            .properties
             .by_name
             .get(property)
             .copied()
+    }
+
+    /// How many property numbers device number `device` has handed out.
+    pub fn property_count(&self, device: usize) -> usize {
+        self.read()
+            .devices
+            .get(device)
+            .map_or(0, |d| d.properties.names.len())
     }
 
     /// The name of device number `device`.
@@ -134,7 +211,7 @@ impl Names {
     pub fn property_name(&self, device: usize, property: u16) -> Option<(Arc<str>, Arc<str>)> {
         let table = self.read();
         let entry = table.devices.get(device)?;
-        let property = entry.properties.get(usize::from(property))?.clone();
+        let property = entry.properties.names.get(usize::from(property))?.clone();
         Some((entry.name.clone(), property))
     }
 
@@ -190,7 +267,8 @@ mod tests {
             d2,
             Layout {
                 device: 1,
-                properties: vec![2, 1]
+                properties: vec![2, 1],
+                names: vec![Arc::from("c"), Arc::from("b")],
             }
         );
         assert_eq!(names.layout(&second, "d3").device, 2);
@@ -204,5 +282,34 @@ mod tests {
         );
         assert_eq!(names.property(1, "c"), Some(2));
         assert_eq!(names.find("nope"), None);
+    }
+
+    #[test]
+    fn devices_of_one_model_share_one_table_until_one_grows() {
+        let first = project(&[
+            MODEL,
+            "kind: Device\nname: d1\nmodel: m\nmqtt: {}\n",
+            "kind: Device\nname: d2\nmodel: m\nmqtt: {}\n",
+        ]);
+        let names = Names::of(&first);
+        let shared = |names: &Names| {
+            let table = names.read();
+            Arc::ptr_eq(&table.devices[0].properties, &table.devices[1].properties)
+        };
+        assert!(shared(&names));
+        let (d1, d2) = (names.layout(&first, "d1"), names.layout(&first, "d2"));
+        assert!(Arc::ptr_eq(&d1.names[1], &d2.names[1]), "one Arc per name");
+        // d2's model gains `c`: d2 gets a table of its own, d1 keeps its.
+        let second = project(&[
+            MODEL,
+            "kind: DeviceModel\nname: n\nproperties:\n  c: { type: int }\n  a: { type: int }\n",
+            "kind: Device\nname: d1\nmodel: m\nmqtt: {}\n",
+            "kind: Device\nname: d2\nmodel: n\nmqtt: {}\n",
+        ]);
+        assert_eq!(names.layout(&second, "d2").properties, [2, 0]);
+        assert!(!shared(&names));
+        assert_eq!(names.layout(&second, "d1").properties, [0, 1]);
+        assert_eq!(names.property(1, "c"), Some(2));
+        assert_eq!(names.property(0, "c"), None);
     }
 }

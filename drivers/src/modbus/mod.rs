@@ -54,8 +54,10 @@ struct Device {
     unit: u8,
     poll: Duration,
     timeout: Duration,
-    points: Vec<Point>,
-    blocks: Vec<ReadBlock>,
+    /// Boxed slices, not vectors: sized to fit (a thousand devices of a
+    /// hundred points each would otherwise carry the vectors' spare room).
+    points: Box<[Point]>,
+    blocks: Box<[ReadBlock]>,
 }
 
 /// The Modbus driver: the links (one per TCP endpoint or serial bus) and
@@ -104,7 +106,7 @@ fn device_of(entry: &DeviceEntry<'_>) -> Option<Device> {
     let points: Vec<Point> = entry
         .properties(|p| p.modbus.as_ref())
         .map(|(index, name, p, b)| Point {
-            name: Arc::from(name),
+            name: name.clone(),
             index,
             ty: p.ty,
             readable: p.readable(),
@@ -125,8 +127,8 @@ fn device_of(entry: &DeviceEntry<'_>) -> Option<Device> {
         unit,
         poll: d.poll(),
         timeout: d.timeout(),
-        points,
-        blocks,
+        points: points.into_boxed_slice(),
+        blocks: blocks.into_boxed_slice(),
     })
 }
 

@@ -57,6 +57,9 @@ pub fn plan(props: &[(usize, &ModbusBinding)], limits: &Coalesce) -> Vec<ReadBlo
             items: vec![(*index, 0)],
         });
     }
+    for block in &mut blocks {
+        block.items.shrink_to_fit();
+    }
     blocks
 }
 

@@ -147,7 +147,7 @@ impl Ingest {
         let points: Vec<Point> = entry
             .properties(|p| p.mqtt.as_ref())
             .map(|(index, name, p, b)| Point {
-                name: name.into(),
+                name: name.clone(),
                 index,
                 ty: p.ty,
                 binding: b.clone(),

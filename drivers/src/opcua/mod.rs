@@ -125,7 +125,7 @@ fn device_of(entry: &ferrite_core::driver::DeviceEntry<'_>) -> Option<Device> {
     let points = entry
         .properties(|p| p.opcua.as_ref())
         .map(|(index, name, p, b)| Point {
-            name: Arc::from(name),
+            name: name.clone(),
             index,
             ty: p.ty,
             readable: p.readable(),

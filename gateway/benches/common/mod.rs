@@ -77,12 +77,18 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Starts `ferrite run` on the project in `root`, on a free port. Returns
 /// the process, its /proc view and the API's base URL.
+///
+/// `FERRITE_BIN` runs another binary in its place: an older build to
+/// compare with, or a script that starts ferrite under a profiler (then the
+/// CPU and RSS figures are the script's, not the gateway's).
 pub fn spawn_gateway(root: &Path) -> (Child, Proc, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let child: Child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+    let bin =
+        std::env::var_os("FERRITE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ferrite").into());
+    let child: Child = Command::new(bin)
         .args(["run", "--config"])
         .arg(root.join("ferrite.toml"))
         .args(["--listen", &format!("127.0.0.1:{port}")])

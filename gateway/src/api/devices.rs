@@ -210,7 +210,7 @@ pub async fn one(
         .iter()
         .map(|(name, r)| {
             let reading = ReadingView::new(r, project.property(&id, name));
-            (name.clone(), reading)
+            (name.to_string(), reading)
         })
         .collect();
     Ok(Json(DeviceDetail {
@@ -332,7 +332,7 @@ pub async fn write(
     let reading = state
         .live
         .device(&id)
-        .and_then(|d| d.readings.get(&name).cloned())
+        .and_then(|d| d.readings.get(name.as_str()).cloned())
         .ok_or_else(|| ApiError::no_property(&id, &name))?;
     let view = ReadingView::new(&reading, Some(&property));
     Ok((StatusCode::OK, Json(WriteAnswer::Confirmed(view))))

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -68,13 +69,16 @@ pub async fn values(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+/// One property as a client last saw it: name, value and quality.
+type Sent = (Arc<str>, Option<Value>, Quality);
+
 /// One client's place in the stream: what it has been sent.
 struct Cursor {
     state: AppState,
     changes: tokio::sync::watch::Receiver<u64>,
     /// Per device, per property (in model order, by name): the value and
     /// quality last sent.
-    sent: HashMap<String, Vec<(String, Option<Value>, Quality)>>,
+    sent: HashMap<String, Vec<Sent>>,
     /// Per device: the status and error last sent.
     statuses: HashMap<String, (Status, Option<String>)>,
     first: bool,
@@ -141,7 +145,7 @@ impl Cursor {
                 }
                 readings.push(ChangedReading {
                     device: name.to_string(),
-                    property: property.clone(),
+                    property: property.to_string(),
                     reading: ReadingView::new(reading, project.property(name, property)),
                 });
             }

@@ -164,7 +164,9 @@ impl Writer {
             let values = metrics.as_ref().map(|m| values_counter(m, project, &name));
             devices[d] = Some(DeviceTrack {
                 name,
-                properties: Vec::new(),
+                // Sized once: grown one property at a time, the vector
+                // would keep up to half again in spare room per device.
+                properties: Vec::with_capacity(names.property_count(d)),
                 values,
             });
         }
