@@ -442,8 +442,7 @@ pub async fn history(
     let store = state.store.clone();
     let entries =
         tokio::task::spawn_blocking(move || store.history(&id, &name, since, until, limit, end))
-            .await
-            .map_err(|e| ApiError::bad_request(e.to_string()))??;
+            .await??;
     if let Err(unknown) = configured
         && entries.is_empty()
     {
