@@ -36,14 +36,24 @@ pub fn open(config: sled::Config, path: &Path) -> sled::Result<(sled::Db, Vec<Pa
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match config.open() {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(e) if lock_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return Ok((other?, removed)),
         }
+    }
+}
+
+/// Whether `e` is sled's "the file lock is held". sled 0.34 wraps the
+/// `WouldBlock` of its `try_lock_exclusive` in an error of kind `Other`
+/// whose text starts "could not acquire lock", so the kind alone misses it.
+fn lock_busy(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().starts_with("could not acquire lock")
+        }
+        _ => false,
     }
 }
 
@@ -82,6 +92,26 @@ pub fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<Vec<PathBuf>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_waits_for_a_lock_that_is_let_go_of_soon() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let held = sled::Config::new().path(&path).open().expect("open");
+        let busy = sled::Config::new()
+            .path(&path)
+            .open()
+            .err()
+            .expect("locked");
+        assert!(lock_busy(&busy), "sled's lock error is recognised: {busy}");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let opened = open(sled::Config::new().path(&path), &path);
+        release.join().expect("join");
+        assert!(opened.is_ok(), "{:?}", opened.err());
+    }
 
     #[test]
     fn an_unfinished_snapshot_no_longer_locks_the_database_out() {
