@@ -98,11 +98,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db");
         let held = sled::Config::new().path(&path).open().expect("open");
-        let busy = sled::Config::new()
-            .path(&path)
-            .open()
-            .err()
-            .expect("locked");
+        let Err(busy) = sled::Config::new().path(&path).open() else {
+            panic!("a second open succeeded while the lock was held");
+        };
         assert!(lock_busy(&busy), "sled's lock error is recognised: {busy}");
         let release = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(300));
