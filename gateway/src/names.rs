@@ -162,20 +162,15 @@ impl Names {
                 }
             };
         }
+        // One lookup per property gives its number and the shared name.
         let table = &entry.properties;
-        let numbers = properties
+        let (numbers, names) = properties
             .iter()
-            .map(|p| table.by_name.get(*p).copied().unwrap_or(u16::MAX))
-            .collect();
-        let names = properties
-            .iter()
-            .map(|p| {
-                table
-                    .by_name
-                    .get_key_value(*p)
-                    .map_or_else(|| Arc::from(*p), |(name, _)| name.clone())
+            .map(|p| match table.by_name.get_key_value(*p) {
+                Some((name, n)) => (*n, name.clone()),
+                None => (u16::MAX, Arc::from(*p)),
             })
-            .collect();
+            .unzip();
         Layout {
             device: index,
             properties: numbers,
