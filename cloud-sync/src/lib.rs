@@ -28,7 +28,9 @@
 //!   plane: embedded rumqttd or an external broker, a sled store written
 //!   once per batch, atomically, and the REST API.
 //! - [`serve`] (feature `serve`): the accept loop both REST APIs run on
-//!   (HTTPS, a connection cap, header timeouts).
+//!   (HTTPS, a connection cap, header timeouts); [`health_probe`], the
+//!   `GET /healthz` client behind both binaries' `health` command (a
+//!   container's `HEALTHCHECK`).
 
 pub mod delta;
 pub mod link;
@@ -42,6 +44,8 @@ pub mod uplink;
 pub mod api_shape;
 #[cfg(feature = "cloud")]
 pub mod cloud;
+#[cfg(feature = "serve")]
+pub mod health_probe;
 #[cfg(feature = "serve")]
 pub mod origin;
 #[cfg(feature = "serve")]

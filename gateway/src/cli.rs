@@ -37,7 +37,7 @@ pub enum Command {
     /// any error; SIGTERM or Ctrl-C stops it cleanly.
     Run {
         /// The gateway's TOML config.
-        #[arg(long, short)]
+        #[arg(long, short, env = "FERRITE_CONFIG")]
         config: PathBuf,
         /// Override the API's listen address.
         #[arg(long)]
@@ -54,6 +54,22 @@ pub enum Command {
         /// The data folder (default: a fresh temporary folder, removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Probe a running gateway: GET /healthz on the API its config names
+    /// (an unspecified address as loopback; HTTPS trusting the config's
+    /// certificate). Exits 0 when it answers 200, 1 otherwise: a container
+    /// image's HEALTHCHECK, since a `scratch` image has no curl.
+    Health {
+        /// The gateway's TOML config. Without it (or when it cannot be
+        /// read), the default address 127.0.0.1:8080 over HTTP.
+        #[arg(long, short, env = "FERRITE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Probe this address instead of the config's.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
     },
     /// Print the JSON Schema of a document kind.
     Schema {

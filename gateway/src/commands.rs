@@ -28,6 +28,55 @@ pub fn schema_cmd(kind: SchemaKind, out: &mut dyn Write) -> std::io::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ferrite health`: `GET /healthz` on the API that `config` names (or
+/// `listen`), printing the outcome; exit 0 on 200, 1 on anything else.
+/// Without a readable config it probes the default `127.0.0.1:8080`, so a
+/// container run with its config elsewhere still gets a probe.
+pub async fn health(
+    config: Option<&Path>,
+    listen: Option<std::net::SocketAddr>,
+    timeout: std::time::Duration,
+    out: &mut dyn Write,
+) -> std::io::Result<ExitCode> {
+    use ferrite_sync::health_probe::{ProbeTarget, probe_health};
+    let mut loader = ferrite_models::project::Loader::default();
+    let api = config
+        .filter(|path| path.exists())
+        .and_then(|path| Some((path, loader.load_config(path)?.value.api)));
+    let target = match &api {
+        Some((path, api)) => {
+            let base = path.parent().unwrap_or(Path::new("."));
+            let certificate = api.tls.as_ref().map(|tls| base.join(&tls.certificate));
+            ProbeTarget::new(listen.unwrap_or(api.listen), certificate.as_deref())
+        }
+        None => {
+            for finding in loader.diagnostics.into_sorted() {
+                writeln!(out, "{finding}")?;
+            }
+            ProbeTarget::new(listen.unwrap_or(([127, 0, 0, 1], 8080).into()), None)
+        }
+    };
+    let scheme = if target.certificate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    match probe_health(&target, timeout).await {
+        Ok(()) => {
+            writeln!(
+                out,
+                "healthy: {scheme}://{}/healthz answered 200",
+                target.addr
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            writeln!(out, "unhealthy: {e}")?;
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 /// `ferrite run`: validates, starts, and runs until SIGTERM or Ctrl-C.
 pub async fn run(
     config: &Path,

@@ -26,6 +26,16 @@ fn main() -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(commands::run(&config, options, &mut stdout))
         }
+        Command::Health {
+            config,
+            listen,
+            timeout,
+        } => {
+            let timeout = std::time::Duration::try_from_secs_f64(timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout {timeout}: {e}"))?;
+            let probe = commands::health(config.as_deref(), listen, timeout, &mut stdout);
+            Ok(probe_runtime()?.block_on(probe)?)
+        }
         #[cfg(feature = "demo")]
         Command::Demo { listen, data_dir } => {
             init_logs(cli.log_format);
@@ -47,6 +57,14 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// One thread is plenty for a probe, and starts the fastest: a health
+/// check runs every few seconds for the container's whole life.
+fn probe_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// Log levels without `RUST_LOG`. The demo's OPC UA server narrates every
 /// connection at info, and async-opcua's client warns at every start that
 /// its config names no endpoints (the driver picks them itself).
@@ -57,6 +75,8 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a terminal: not in a container's or journald's log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -17,9 +17,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def http(method, url, body=None):
+def http(method, url, body=None, token=None):
+    """(status, decoded JSON) of one call, with a bearer token if given;
+    status 0 when nothing answered."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as res:
             return res.status, json.loads(res.read() or b"null")
@@ -36,8 +41,10 @@ class Checks:
         self.passed = 0
         self.failed = 0
 
-    def check(self, name, ok, detail=""):
-        print(("ok    " if ok else "FAIL  ") + name + ("" if ok else f": {detail}"), flush=True)
+    def check(self, name, ok, detail="", show=False):
+        """One check's line; its detail on failure, or always with `show`
+        (a measured figure)."""
+        print(("ok    " if ok else "FAIL  ") + name + ("" if ok and not show else f": {detail}"), flush=True)
         if ok:
             self.passed += 1
         else:
