@@ -6,8 +6,9 @@
 #   packaging/build-deb.sh ARCH BINARY OUTDIR
 #   packaging/build-deb.sh amd64 target/release/ferrite dist/
 #   packaging/build-deb.sh arm64 target/aarch64-unknown-linux-gnu/release/ferrite dist/
+#   packaging/build-deb.sh armhf target/armv7-unknown-linux-gnueabihf/release/ferrite dist/
 #
-# The binary is stripped on the way in (with the cross strip for arm64).
+# The binary is stripped on the way in (with the cross strip for ARM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch="${1:?usage: packaging/build-deb.sh ARCH BINARY OUTDIR}"
@@ -16,7 +17,8 @@ out="${3:?output folder}"
 case "$arch" in
   amd64) strip=strip ;;
   arm64) strip=aarch64-linux-gnu-strip ;;
-  *) echo "build-deb.sh: unknown architecture $arch (amd64, arm64)" >&2; exit 2 ;;
+  armhf) strip=arm-linux-gnueabihf-strip ;;
+  *) echo "build-deb.sh: unknown architecture $arch (amd64, arm64, armhf)" >&2; exit 2 ;;
 esac
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 stage=$(mktemp -d)

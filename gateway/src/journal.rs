@@ -110,7 +110,7 @@ impl Journal {
         keep: impl Fn(&serde_json::Value) -> bool + Send + 'static,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::store::blocking::spawn(move || {
             let entries = store.recent(log, before, limit, &|e: &Entry| keep(&to_json(e)))?;
             Ok(entries.iter().map(to_json).collect())
         })
@@ -183,7 +183,7 @@ async fn commit(store: &Arc<dyn Store>, batch: &mut Vec<Pending>, shutdown: &Can
         let entries = Arc::new(entries);
         loop {
             let (store, entries2) = (store.clone(), entries.clone());
-            let result = tokio::task::spawn_blocking(move || store.append(log, &entries2))
+            let result = crate::store::blocking::spawn(move || store.append(log, &entries2))
                 .await
                 .map_err(|e| StoreError::Io(e.to_string()))
                 .and_then(|r| r);
@@ -224,7 +224,7 @@ async fn trim_logs(store: &Arc<dyn Store>, retention: Retention) {
     for log in [Log::Events, Log::Audit] {
         let store = store.clone();
         let max = retention.max_entries;
-        match tokio::task::spawn_blocking(move || store.trim_log(log, before, max)).await {
+        match crate::store::blocking::spawn(move || store.trim_log(log, before, max)).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!("retention dropped {n} {} entries", log.tree()),
             Ok(Err(e)) => tracing::error!("{} retention failed: {e}", log.tree()),

@@ -36,7 +36,7 @@ pub fn ready(store: Arc<dyn Store>, shutdown: CancellationToken) {
                 _ = tick.tick() => {}
             }
             let store = store.clone();
-            let probe = tokio::task::spawn_blocking(move || {
+            let probe = crate::store::blocking::spawn(move || {
                 store.recent(Log::Events, u64::MAX, 1, &|_| true).is_ok()
             });
             match tokio::time::timeout(half, probe).await {

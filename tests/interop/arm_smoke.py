@@ -1,13 +1,14 @@
-"""Smoke test of the ARM build under qemu-user: the aarch64 `ferrite`,
+"""Smoke test of an ARM build under qemu-user: the aarch64 (or, with the
+runner qemu-arm, the armv7) `ferrite`,
 `ferrite-sim` and `ferrite-cloud`, three processes as on an edge box and its
 cloud, on the demo's devices.
 
-Checks: the binaries are aarch64 ELF files; the gateway reads the simulated
+Checks: the binaries are ELF files for the architecture; the gateway reads the simulated
 Modbus boiler; a REST write reaches the device and reads back; a rule fires
 (its event in the API); the changes sync to the control plane.
 
 Usage: python3 arm_smoke.py DIR_WITH_AARCH64_BINARIES [RUNNER] [--sim PATH] [--cloud PATH]
-RUNNER defaults to qemu-aarch64. With `--sim PATH` the simulator, and with
+RUNNER defaults to qemu-aarch64; qemu-arm runs an armv7 build. With `--sim PATH` the simulator, and with
 `--cloud PATH` the control plane, is that (native) binary instead: CI builds
 for ARM only what an edge box runs (`ferrite` with the field features); the
 simulator is a test tool, and the control plane runs in the cloud (its x86
@@ -32,13 +33,14 @@ when: 'devices["boiler-1"].temperature > 0'
 then:
   - event: { severity: info, message: "boiler-1 is warm" }
 """
-EM_AARCH64 = 183
+# ELF machine numbers, by the qemu-user runner that runs them.
+MACHINES = {"qemu-aarch64": ("aarch64", 183), "qemu-arm": ("armv7 (32-bit ARM)", 40)}
 
 
-def is_aarch64(path):
+def is_elf_for(path, machine):
     with open(path, "rb") as f:
         header = f.read(20)
-    return header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
+    return header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == machine
 
 
 def start(runner, binary, args, cwd, log):
@@ -66,7 +68,8 @@ async def main(bindir, runner, sim, cloud_path=None):
     for name, path in bins.items():
         if name in native:
             continue
-        checks.check(f"{name} is an aarch64 ELF binary", path.exists() and is_aarch64(path), path)
+        arch, machine = MACHINES.get(Path(runner).name, MACHINES["qemu-aarch64"])
+        checks.check(f"{name} is an {arch} ELF binary", path.exists() and is_elf_for(path, machine), path)
     if checks.failed:
         return 1
     work = Path(tempfile.mkdtemp(prefix="ferrite-arm-smoke-"))
@@ -91,7 +94,7 @@ async def main(bindir, runner, sim, cloud_path=None):
                            ["run", "--config", str(project / "ferrite.toml"), "--listen", f"127.0.0.1:{api_port}"],
                            work, work / "ferrite.log"))
         up = await wait_for(lambda: http("GET", f"{api}/api/v1/devices")[0] == 200, 90, step=0.5)
-        checks.check("the aarch64 gateway serves its API under qemu", up, tail(work / "ferrite.log"))
+        checks.check("the ARM gateway serves its API under qemu", up, tail(work / "ferrite.log"))
         sim_args = ["--config", str(project / "sim.toml")]
         if sim:
             procs.append(subprocess.Popen([str(bins["ferrite-sim"]), *sim_args], cwd=work,

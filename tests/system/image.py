@@ -15,7 +15,8 @@ binary FERRITE the image was built from:
     with the same config, both on this machine: within 1 MB.
 
 `--arch arm64|armv7` checks `ferrite:TAG-ARCH` instead: its platform in
-`docker image inspect`, and, where qemu-user's binfmt handlers are
+`docker image inspect`, the same configuration (its size is reported, not
+held to 20 MB: CI builds ARM in debug), and, where qemu-user's binfmt handlers are
 registered (with the F flag, so that they work inside a container), that
 it runs under them and its health check turns healthy. Without binfmt it
 says so and checks only the image.
@@ -39,11 +40,14 @@ MAX_IMAGE_BYTES = 20 * 1000 * 1000
 PLATFORMS = {"arm64": ("linux/arm64", "arm64", "", "aarch64"), "armv7": ("linux/arm/v7", "arm", "v7", "arm")}
 
 
-def check_image(checks, image, arch, variant=""):
+def check_image(checks, image, arch, variant="", size_limit=True):
     config = image_config(image)
     c = config["Config"]
     size = config["Size"]
-    checks.check(f"{image}: at most 20 MB", size <= MAX_IMAGE_BYTES, f"{size / 1e6:.1f} MB", show=True)
+    if size_limit:
+        checks.check(f"{image}: at most 20 MB", size <= MAX_IMAGE_BYTES, f"{size / 1e6:.1f} MB", show=True)
+    else:
+        print(f"  {image}: {size / 1e6:.1f} MB")
     checks.check(f"{image}: for {arch}{'/' + variant if variant else ''}",
                  config["Architecture"] == arch and config.get("Variant", "") == variant,
                  f"{config['Os']}/{config['Architecture']}/{config.get('Variant', '')}")
@@ -178,7 +182,9 @@ def binfmt_registered(qemu):
 def arm(checks, tag, arch):
     platform, architecture, variant, qemu = PLATFORMS[arch]
     image = f"ferrite:{tag}-{arch}"
-    check_image(checks, image, architecture, variant)
+    # CI's ARM binaries are debug builds (minutes cheaper under qemu's
+    # smoke test); the 20 MB limit is for the field build (docs/deploy.md).
+    check_image(checks, image, architecture, variant, size_limit=False)
     if not binfmt_registered(qemu):
         print(f"  (not run: no qemu-{qemu} binfmt handler with the F flag is registered here)")
         return

@@ -121,7 +121,7 @@ pub async fn memory(State(state): State<AppState>) -> Result<axum::Json<MemoryVi
             .unwrap_or(0)
     };
     let store = state.store.clone();
-    let layout = tokio::task::spawn_blocking(move || store.layout()).await?;
+    let layout = crate::store::blocking::spawn(move || store.layout()).await?;
     Ok(axum::Json(MemoryView {
         rss_bytes: field("VmRSS:") * 1024,
         peak_rss_bytes: field("VmHWM:") * 1024,

@@ -441,7 +441,7 @@ pub async fn history(
     }
     let store = state.store.clone();
     let entries =
-        tokio::task::spawn_blocking(move || store.history(&id, &name, since, until, limit, end))
+        crate::store::blocking::spawn(move || store.history(&id, &name, since, until, limit, end))
             .await??;
     if let Err(unknown) = configured
         && entries.is_empty()

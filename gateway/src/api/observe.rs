@@ -139,7 +139,7 @@ async fn snapshot(state: &AppState) -> ScrapeSnapshot {
         i64::from(w.failing.load(Ordering::Relaxed)),
     );
     let store = state.store.clone();
-    if let Ok(Some(bytes)) = tokio::task::spawn_blocking(move || store.size_on_disk()).await {
+    if let Ok(Some(bytes)) = crate::store::blocking::spawn(move || store.size_on_disk()).await {
         s.gauge(
             "ferrite_store_bytes",
             "Bytes the store takes on disk",

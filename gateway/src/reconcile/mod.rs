@@ -1021,7 +1021,7 @@ fn view_of(
 /// The versions in the store, oldest first; unreadable ones skipped.
 async fn stored_versions(store: &Arc<dyn Store>) -> Vec<Version> {
     let store = store.clone();
-    let read = tokio::task::spawn_blocking(move || store.config_versions())
+    let read = crate::store::blocking::spawn(move || store.config_versions())
         .await
         .unwrap_or_else(|e| Err(crate::store::StoreError::Io(e.to_string())));
     match read {
@@ -1053,10 +1053,11 @@ async fn save(store: &Arc<dyn Store>, version: &Version) {
         }
     };
     let (store, number) = (store.clone(), version.version);
-    let saved = tokio::task::spawn_blocking(move || store.save_config_version(number, &body, KEEP))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let saved =
+        crate::store::blocking::spawn(move || store.save_config_version(number, &body, KEEP))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
     if let Err(e) = saved {
         tracing::error!(
             "cannot store configuration v{number} (it runs, and the folders hold it): {e}"

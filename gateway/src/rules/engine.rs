@@ -1258,7 +1258,7 @@ async fn save_states(
         let latest = Arc::new(latest);
         loop {
             let (store, batch) = (store.clone(), latest.clone());
-            match tokio::task::spawn_blocking(move || store.save_rule_states(&batch)).await {
+            match crate::store::blocking::spawn(move || store.save_rule_states(&batch)).await {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) if !shutdown.is_cancelled() => {
                     let delay = backoff.next_delay();

@@ -15,7 +15,10 @@
 //! - [`writer`]: the one task that writes: it batches driver updates, makes
 //!   them durable, and only then shows them in the live view.
 //! - [`health`]: events when store writes start failing and recover.
+//! - [`blocking`]: the threads every blocking store call runs on, apart from
+//!   tokio's shared pool (where host-name lookups can pile up).
 
+pub mod blocking;
 pub mod blocks;
 pub mod chunk;
 pub mod dictionary;

@@ -371,7 +371,7 @@ impl Writer {
 
     async fn persist(&self, changes: Arc<Vec<Change>>) -> Result<(), super::StoreError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit(&changes))
+        crate::store::blocking::spawn(move || store.commit(&changes))
             .await
             .map_err(|e| super::StoreError::Io(format!("store task failed: {e}")))?
     }
@@ -395,7 +395,7 @@ pub async fn retention(
         }
         let before: Micros = now() - i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX);
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.trim(before, max_bytes)).await {
+        match crate::store::blocking::spawn(move || store.trim(before, max_bytes)).await {
             Ok(Ok(t)) if t.by_age + t.by_size > 0 => {
                 tracing::info!(
                     "retention dropped {} entries by age and {} by size",
