@@ -244,6 +244,54 @@ async fn https_serves_with_the_configured_certificate_and_refuses_plain_http() {
     gw.stop().await;
 }
 
+/// `ferrite health`, as a container's HEALTHCHECK runs it against this
+/// config: over HTTPS it trusts the config's certificate and no other.
+#[tokio::test]
+async fn the_health_command_probes_https_pinned_to_the_configured_certificate() {
+    let (files, _sim) =
+        secured("[api.tls]\ncertificate = \"api.crt\"\nprivate_key = \"api.key\"\n").await;
+    certificate(&files);
+    let gw = files.start().await;
+    let addr = gw.addr;
+    let timeout = Duration::from_secs(3);
+    let probe = |config: std::path::PathBuf| async move {
+        let mut out = Vec::new();
+        ferrite_gateway::commands::health(Some(&config), Some(addr), timeout, &mut out)
+            .await
+            .expect("health");
+        String::from_utf8(out).expect("text")
+    };
+    let answer = probe(files.config()).await;
+    assert!(answer.starts_with("healthy: https://"), "{answer}");
+
+    // Another certificate in the config (the one served is not it): refused.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+    files.write("other.crt", &other.cert.pem());
+    let config = std::fs::read_to_string(files.config()).expect("config");
+    files.write(
+        "other.toml",
+        &config.replace("certificate = \"api.crt\"", "certificate = \"other.crt\""),
+    );
+    let answer = probe(files.config().with_file_name("other.toml")).await;
+    assert!(answer.starts_with("unhealthy: HTTPS to"), "{answer}");
+
+    // Plain HTTP to the HTTPS port (a config without [api.tls]): unhealthy.
+    files.write(
+        "plain.toml",
+        &config.replace(
+            "[api.tls]\ncertificate = \"api.crt\"\nprivate_key = \"api.key\"\n",
+            "",
+        ),
+    );
+    let answer = probe(files.config().with_file_name("plain.toml")).await;
+    assert!(answer.starts_with("unhealthy: GET /healthz"), "{answer}");
+    gw.stop().await;
+
+    // And nothing listening at all.
+    let answer = probe(files.config()).await;
+    assert!(answer.contains("cannot connect"), "{answer}");
+}
+
 #[tokio::test]
 async fn slow_clients_are_cut_off_and_connections_are_capped() {
     let (files, _sim) = secured("max_connections = 2\nheader_timeout = \"1s\"\n").await;

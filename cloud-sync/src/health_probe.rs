@@ -196,36 +196,38 @@ mod tests {
 
     #[test]
     fn an_unspecified_listen_address_is_probed_on_loopback() {
-        let v4 = ProbeTarget::new("0.0.0.0:8080".parse().unwrap(), None);
-        assert_eq!(v4.addr, "127.0.0.1:8080".parse().unwrap());
-        let v6 = ProbeTarget::new("[::]:8090".parse().unwrap(), None);
-        assert_eq!(v6.addr, "[::1]:8090".parse().unwrap());
-        let given = ProbeTarget::new("10.1.2.3:80".parse().unwrap(), None);
-        assert_eq!(given.addr, "10.1.2.3:80".parse().unwrap());
+        let v4 = ProbeTarget::new("0.0.0.0:8080".parse().expect("test setup"), None);
+        assert_eq!(v4.addr, "127.0.0.1:8080".parse().expect("test setup"));
+        let v6 = ProbeTarget::new("[::]:8090".parse().expect("test setup"), None);
+        assert_eq!(v6.addr, "[::1]:8090".parse().expect("test setup"));
+        let given = ProbeTarget::new("10.1.2.3:80".parse().expect("test setup"), None);
+        assert_eq!(given.addr, "10.1.2.3:80".parse().expect("test setup"));
     }
 
     #[tokio::test]
     async fn nothing_listening_is_a_connect_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("test setup");
+        let addr = listener.local_addr().expect("test setup");
         drop(listener);
         let err = probe_health(&ProbeTarget::new(addr, None), Duration::from_secs(2))
             .await
-            .unwrap_err();
+            .expect_err("the probe must fail");
         assert!(matches!(err, ProbeError::Connect(..)), "{err}");
     }
 
     #[tokio::test]
     async fn a_server_that_never_answers_times_out() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("test setup");
+        let addr = listener.local_addr().expect("test setup");
         let _held = tokio::spawn(async move {
-            let (_socket, _) = listener.accept().await.unwrap();
+            let (_socket, _) = listener.accept().await.expect("test setup");
             std::future::pending::<()>().await
         });
         let err = probe_health(&ProbeTarget::new(addr, None), Duration::from_millis(300))
             .await
-            .unwrap_err();
+            .expect_err("the probe must fail");
         assert!(matches!(err, ProbeError::Timeout(..)), "{err}");
     }
 }

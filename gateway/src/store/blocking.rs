@@ -57,7 +57,7 @@ mod tests {
             .max_blocking_threads(2)
             .enable_all()
             .build()
-            .unwrap();
+            .expect("runtime");
         let (release, held) = mpsc::channel::<()>();
         let held = std::sync::Arc::new(std::sync::Mutex::new(held));
         runtime.block_on(async move {
@@ -65,21 +65,24 @@ mod tests {
             for _ in 0..4 {
                 let held = held.clone();
                 stuck.push(tokio::task::spawn_blocking(move || {
-                    let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(10));
+                    let _ = held
+                        .lock()
+                        .expect("lock")
+                        .recv_timeout(Duration::from_secs(10));
                 }));
             }
             let answer = tokio::time::timeout(Duration::from_secs(2), spawn(|| 6 * 7)).await;
             for _ in 0..4 {
-                release.send(()).unwrap();
+                release.send(()).expect("release");
             }
             assert_eq!(
                 answer
                     .expect("store work waited for the shared pool")
-                    .unwrap(),
+                    .expect("store work"),
                 42
             );
             for handle in stuck {
-                handle.await.unwrap();
+                handle.await.expect("stuck call");
             }
         });
     }
