@@ -14,6 +14,8 @@
 # One-time setup (as root), printed again if something is missing:
 #   dpkg --add-architecture arm64 && apt-get update
 #   apt-get install rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
+#   (armv7: dpkg --add-architecture armhf, then libstd-rust-web-dev:armhf
+#   gcc-arm-linux-gnueabihf lld)
 # To run the results here: qemu-user from bookworm-backports (see docs/deploy.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,12 @@ case "$target" in
 esac
 
 missing=()
+# armv7 links with lld: Debian 12's GNU ld (2.40) writes static glibc's
+# IRELATIVE entries without their Thumb bit once the code outgrows a
+# branch's reach (a debug build, 30-38 MB of code), and the binary then
+# crashes before main. A release-small build (14 MB) links right with
+# either; lld links both right.
+[ "$arch" != armhf ] || command -v ld.lld >/dev/null || missing+=(lld)
 [ -x /usr/bin/rustc ] || missing+=(rustc-web)
 [ -d "/usr/lib/rustlib/$target/lib" ] || missing+=("libstd-rust-web-dev:$arch")
 command -v "$gcc" >/dev/null || missing+=("gcc-${gcc%-gcc}")
@@ -50,6 +58,13 @@ export "AR_${target//-/_}=${gcc%-gcc}-ar"
 relocation="-C relocation-model=static"
 [ "${FERRITE_PIE:-0}" = 1 ] && relocation=""
 export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static $relocation"
+if [ "$arch" = armhf ]; then
+  # The cross gcc drives the link; -B makes it run lld as its `ld`.
+  lld_dir="${CARGO_TARGET_DIR:-target}/lld-as-ld"
+  mkdir -p "$lld_dir"
+  ln -sf "$(command -v ld.lld)" "$lld_dir/ld"
+  RUSTFLAGS="$RUSTFLAGS -C link-arg=-B$(cd "$lld_dir" && pwd)"
+fi
 
 # By default all three binaries; with -p/--package in the arguments, only
 # what they name (e.g. a slim gateway: -p ferrite-gateway
