@@ -24,7 +24,24 @@ static POOL: OnceLock<Runtime> = OnceLock::new();
 /// Runs `work` on one of the store's threads; await the handle for its result
 /// (from any tokio runtime). A panic in `work` comes back as the handle's
 /// `JoinError`, as with `tokio::task::spawn_blocking`.
+///
+/// In this crate's unit tests it is tokio's `spawn_blocking` instead: tests
+/// on paused time (`start_paused`) rely on tokio not moving the clock while
+/// its own pool works, which it cannot know of another runtime's pool. The
+/// integration tests (tests/), like the binary, run on the store's threads.
 pub fn spawn<F, R>(work: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    #[cfg(test)]
+    return tokio::task::spawn_blocking(work);
+    #[cfg(not(test))]
+    on_store_threads(work)
+}
+
+/// Runs `work` on the store's own threads, whatever the build.
+pub fn on_store_threads<F, R>(work: F) -> JoinHandle<R>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
@@ -71,7 +88,8 @@ mod tests {
                         .recv_timeout(Duration::from_secs(10));
                 }));
             }
-            let answer = tokio::time::timeout(Duration::from_secs(2), spawn(|| 6 * 7)).await;
+            let answer =
+                tokio::time::timeout(Duration::from_secs(2), on_store_threads(|| 6 * 7)).await;
             for _ in 0..4 {
                 release.send(()).expect("release");
             }
