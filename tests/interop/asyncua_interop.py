@@ -145,7 +145,15 @@ async def main():
             checks.check(f"{name}: session open", bool(body), log_tail())
             error = (body or {}).get("error") or ""
             checks.check(f"{name}: the missing node is named", "missing" in error and "BadNodeIdUnknown" in error, error)
-            props = (body or {}).get("properties", {})
+
+            # The missing node's error can come before the first values (a
+            # signed and encrypted session's first notification, on a busy
+            # machine): wait for them, bounded.
+            def all_values(n=name):
+                props = (get(n) or {}).get("properties", {})
+                return all(props.get(node.lower(), {}).get("value") is not None for node in NODES)
+            await wait_for(all_values, 30)
+            props = (get(name) or {}).get("properties", {})
             for node, (_, _, _, initial, _) in NODES.items():
                 got = props.get(node.lower(), {}).get("value")
                 checks.check(f"{name}: reads {node}", same(got, initial), f"got {got!r}, want {initial!r}")

