@@ -132,15 +132,8 @@ fn main() -> ExitCode {
     settings.broker = broker.or(settings.broker);
     settings.data_dir = data_dir.unwrap_or(settings.data_dir);
     settings.store = store.or(settings.store);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferrite-cloud: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         match cloud::start(settings).await {
@@ -186,15 +179,9 @@ fn health(config: Option<PathBuf>, listen: Option<SocketAddr>, timeout: f64) -> 
         .as_ref()
         .map(|tls| tls.certificate.as_path());
     let target = ProbeTarget::new(listen.unwrap_or(settings.listen), certificate);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferrite-cloud: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    // One thread is plenty for a probe, and starts the fastest.
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(probe_health(&target, timeout)) {
         Ok(()) => {
@@ -206,6 +193,16 @@ fn health(config: Option<PathBuf>, listen: Option<SocketAddr>, timeout: f64) -> 
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime `builder` makes, with I/O and timers; `None` (said on
+/// stderr) if it cannot start.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("ferrite-cloud: cannot start the runtime: {e}"))
+        .ok()
 }
 
 /// `ferrite-cloud gateway ...`.
