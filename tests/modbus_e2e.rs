@@ -9,9 +9,10 @@ use std::time::Duration;
 use common::{Api, Files, put, tcp_device, wait_until};
 use ferrite_models::codec::{self, Encoded};
 use ferrite_models::model::ModbusBinding;
+use ferrite_models::model::Table;
 use ferrite_models::{Project, Value};
 use ferrite_sim::bank::{Endpoint, Fault};
-use ferrite_sim::server::{RtuSim, TcpSim};
+use ferrite_sim::server::{RtuSim, TcpFraming, TcpSim};
 use serde_json::json;
 use tokio_modbus::ExceptionCode;
 
@@ -261,7 +262,13 @@ async fn faults_show_and_recover() {
             "models/t.yaml",
             "kind: DeviceModel\nname: t\nproperties:\n  v: { type: int, access: readwrite, modbus: { table: holding, address: 0 } }\n",
         )
-        .write("devices/d.yaml", &tcp_device("d", "t", sim.addr.port(), 1, "100ms"));
+        // Demoted after three timeouts, the silent device is probed every
+        // second (not every 10 s), so its recovery shows within the wait.
+        .write(
+            "devices/d.yaml",
+            &tcp_device("d", "t", sim.addr.port(), 1, "100ms")
+                .replace("unit: 1 }", "unit: 1, demote: 1s }"),
+        );
     let project = files.project();
     put(
         &sim.endpoint,
@@ -366,6 +373,248 @@ async fn a_dead_device_does_not_slow_the_others() {
     assert!(gw.stop().await);
     healthy.stop().await;
     dead.stop().await;
+}
+
+/// Six units behind one TCP gateway, each holding its own number times 100
+/// in holding register 0; the sixth has `fault`. Every device polls at
+/// 100 ms with a 300 ms timeout.
+async fn six_units_one_faulty(fault: Fault, demote: &str) -> (TcpSim, Files) {
+    let sim = sim().await;
+    let files = Files::new();
+    files.write(
+        "models/t.yaml",
+        "kind: DeviceModel\nname: t\nproperties:\n  v: { type: int, modbus: { table: holding, address: 0 } }\n",
+    );
+    for unit in 1..=6u8 {
+        files.write(
+            &format!("devices/u{unit}.yaml"),
+            &format!(
+                "kind: Device\nname: u{unit}\nmodel: t\npoll: 100ms\ntimeout: 300ms\n\
+                 modbus-tcp: {{ host: 127.0.0.1, port: {}, unit: {unit}, demote: {demote} }}\n",
+                sim.addr.port()
+            ),
+        );
+    }
+    let project = files.project();
+    for unit in 1..=6u8 {
+        put(
+            &sim.endpoint,
+            unit,
+            &binding(&project, &format!("u{unit}"), "v"),
+            &Value::Int(i64::from(unit) * 100),
+        );
+    }
+    sim.endpoint.set_fault(6, fault);
+    (sim, files)
+}
+
+/// Requests each unit got in what `endpoint` has seen.
+fn requests_by_unit(endpoint: &Endpoint) -> std::collections::HashMap<u8, usize> {
+    let mut by_unit = std::collections::HashMap::new();
+    for seen in endpoint.seen() {
+        *by_unit.entry(seen.unit).or_default() += 1;
+    }
+    by_unit
+}
+
+#[tokio::test]
+async fn a_unit_that_never_answers_costs_its_neighbours_neither_the_connection_nor_their_polls() {
+    let (sim, files) = six_units_one_faulty(Fault::Silent, "10s").await;
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    for unit in 1..=5 {
+        assert!(api.wait_status(&format!("u{unit}"), "online", SECS).await);
+    }
+    assert!(api.wait_status("u6", "offline", SECS).await);
+    // Three timeouts in a row demote u6: probed once per 10 s from then on.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sim.endpoint.clear_seen();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let by_unit = requests_by_unit(&sim.endpoint);
+    for unit in 1..=5u8 {
+        let polls = by_unit.get(&unit).copied().unwrap_or(0);
+        assert!(
+            polls >= 17,
+            "unit {unit}: {polls} polls in 2 s at 100 ms ({by_unit:?})"
+        );
+        let d = api.device(&format!("u{unit}")).await;
+        assert_eq!(d["properties"]["v"]["value"], i64::from(unit) * 100, "{d}");
+    }
+    assert!(
+        by_unit.get(&6).copied().unwrap_or(0) <= 1,
+        "a demoted unit is probed once per 10 s: {by_unit:?}"
+    );
+    assert_eq!(
+        sim.endpoint.connections(),
+        1,
+        "the silent unit's timeouts must not cost the link its connection"
+    );
+    let d = api.device("u6").await;
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not answer"),
+        "{d}"
+    );
+    // It answers again: found at the next probe (demotion lasts 10 s).
+    sim.endpoint.set_fault(6, Fault::None);
+    assert!(
+        api.wait_status("u6", "online", Duration::from_secs(15))
+            .await,
+        "{}",
+        api.device("u6").await
+    );
+    assert_eq!(api.device("u6").await["properties"]["v"]["value"], 600);
+    assert!(gw.stop().await);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn late_answers_are_dropped_and_never_read_as_a_neighbours_value() {
+    // Unit 6 answers after 450 ms, past its 300 ms timeout, and the simulated
+    // gateway serves one request at a time (as TCP-to-RTU gateways do), so
+    // its late answer arrives while the link waits for a neighbour's. Not
+    // demoted: it keeps coming back every poll.
+    let (sim, files) = six_units_one_faulty(Fault::Late(Duration::from_millis(450)), "0s").await;
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    for unit in 1..=5 {
+        assert!(api.wait_status(&format!("u{unit}"), "online", SECS).await);
+    }
+    assert!(api.wait_status("u6", "offline", SECS).await);
+    sim.endpoint.clear_seen();
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        for unit in 1..=5u8 {
+            let d = api.device(&format!("u{unit}")).await;
+            assert_eq!(d["status"], "online", "{d}");
+            assert_eq!(d["properties"]["v"]["value"], i64::from(unit) * 100, "{d}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let six = requests_by_unit(&sim.endpoint)
+        .get(&6)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        six >= 3,
+        "unit 6 kept being asked ({six} requests), so late answers kept coming"
+    );
+    assert_eq!(
+        sim.endpoint.connections(),
+        1,
+        "late answers must be dropped on the connection, not end it"
+    );
+    assert!(gw.stop().await);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn rtu_framing_over_tcp_reads_writes_and_keeps_its_connection() {
+    let sim = TcpSim::start_framed(
+        "127.0.0.1:0".parse().expect("addr"),
+        Endpoint::new(false),
+        TcpFraming::Rtu,
+    )
+    .await
+    .expect("sim");
+    let files = Files::new();
+    files.write(
+        "models/t.yaml",
+        "kind: DeviceModel\nname: t\nproperties:\n  v: { type: int, access: readwrite, modbus: { table: holding, address: 3, format: i32 } }\n",
+    );
+    for unit in [4u8, 5, 6] {
+        files.write(
+            &format!("devices/s{unit}.yaml"),
+            &format!(
+                "kind: Device\nname: s{unit}\nmodel: t\npoll: 100ms\ntimeout: 300ms\n\
+                 modbus-rtu-over-tcp: {{ host: 127.0.0.1, port: {}, unit: {unit} }}\n",
+                sim.addr.port()
+            ),
+        );
+    }
+    let project = files.project();
+    put(
+        &sim.endpoint,
+        4,
+        &binding(&project, "s4", "v"),
+        &Value::Int(-70_000),
+    );
+    put(
+        &sim.endpoint,
+        5,
+        &binding(&project, "s5", "v"),
+        &Value::Int(123_456),
+    );
+    // Unit 6 is not on the bus: silence, as on a serial line.
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(
+        api.wait_status("s4", "online", SECS).await,
+        "{}",
+        api.device("s4").await
+    );
+    assert!(api.wait_status("s5", "online", SECS).await);
+    assert!(api.wait_status("s6", "offline", SECS).await);
+    assert_eq!(api.device("s4").await["properties"]["v"]["value"], -70_000);
+    assert_eq!(api.device("s5").await["properties"]["v"]["value"], 123_456);
+    let (status, body) = api.write("s5", "v", json!(-1)).await;
+    assert_eq!(status, 200, "{body}");
+    let words = sim.endpoint.units()[&5]
+        .bank
+        .registers(Table::Holding, 3, 2);
+    assert_eq!(
+        words,
+        [0xffff, 0xffff],
+        "the write landed in the simulator's bank"
+    );
+    assert_eq!(api.device("s4").await["protocol"], "modbus-rtu-over-tcp");
+    assert_eq!(sim.endpoint.connections(), 1);
+    assert!(gw.stop().await);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn an_rtu_bus_keeps_three_and_a_half_characters_of_silence_between_frames() {
+    // At 1200 baud 3.5 characters of 11 bits last 32 ms; the simulator
+    // answers at once and two devices poll every 10 ms, so without the gap
+    // requests would follow answers within a millisecond or two.
+    let endpoint = Endpoint::new(false);
+    let rtu = RtuSim::start(endpoint.clone(), None).expect("pty pair");
+    let files = Files::new();
+    files.write(
+        "models/t.yaml",
+        "kind: DeviceModel\nname: t\nproperties:\n  v: { type: int, modbus: { table: holding, address: 0 } }\n",
+    );
+    for (name, unit) in [("a", 1), ("b", 2)] {
+        let device = format!(
+            "kind: Device\nname: {name}\nmodel: t\npoll: 10ms\ntimeout: 500ms\nmodbus-rtu: {{ port: {}, baud: 1200, unit: {unit} }}\n",
+            rtu.path.display()
+        );
+        files.write(&format!("devices/{name}.yaml"), &device);
+        endpoint.add_unit(unit);
+    }
+    let gw = files.start().await;
+    let api = Api::new(gw.addr);
+    assert!(api.wait_status("a", "online", SECS).await);
+    assert!(api.wait_status("b", "online", SECS).await);
+    endpoint.clear_seen();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let seen = endpoint.seen();
+    assert!(seen.len() >= 10, "{} requests", seen.len());
+    let gap = ferrite_drivers::modbus::link::rtu_gap(1200);
+    let shortest = seen
+        .windows(2)
+        .map(|w| w[1].at - w[0].at)
+        .min()
+        .expect("two requests");
+    assert!(
+        shortest >= gap - Duration::from_millis(2),
+        "requests {shortest:?} apart on a 1200 baud bus, where {gap:?} of silence is due"
+    );
+    assert!(gw.stop().await);
+    rtu.stop().await;
 }
 
 #[tokio::test]

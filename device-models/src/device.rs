@@ -49,6 +49,14 @@ pub struct Device {
         skip_serializing_if = "Option::is_none"
     )]
     pub modbus_rtu: Option<ModbusRtu>,
+    /// Modbus RTU frames over a TCP socket (a serial device server in
+    /// transparent mode).
+    #[serde(
+        rename = "modbus-rtu-over-tcp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub modbus_rtu_over_tcp: Option<ModbusTcp>,
     /// OPC UA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opcua: Option<Opcua>,
@@ -65,6 +73,8 @@ pub enum Protocol {
     ModbusTcp,
     /// Modbus RTU.
     ModbusRtu,
+    /// Modbus RTU framing over TCP.
+    ModbusRtuOverTcp,
     /// OPC UA.
     Opcua,
     /// MQTT.
@@ -77,6 +87,7 @@ impl Protocol {
         match self {
             Protocol::ModbusTcp => "modbus-tcp",
             Protocol::ModbusRtu => "modbus-rtu",
+            Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
             Protocol::Opcua => "opcua",
             Protocol::Mqtt => "mqtt",
         }
@@ -85,7 +96,7 @@ impl Protocol {
     /// The model binding the protocol reads: `modbus`, `opcua` or `mqtt`.
     pub fn binding_key(self) -> &'static str {
         match self {
-            Protocol::ModbusTcp | Protocol::ModbusRtu => "modbus",
+            Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => "modbus",
             Protocol::Opcua => "opcua",
             Protocol::Mqtt => "mqtt",
         }
@@ -107,6 +118,9 @@ impl Device {
         }
         if self.modbus_rtu.is_some() {
             found.push(Protocol::ModbusRtu);
+        }
+        if self.modbus_rtu_over_tcp.is_some() {
+            found.push(Protocol::ModbusRtuOverTcp);
         }
         if self.opcua.is_some() {
             found.push(Protocol::Opcua);
@@ -190,7 +204,8 @@ impl Default for Coalesce {
     }
 }
 
-/// Modbus TCP, possibly through a TCP-to-RTU gateway (give its `unit`).
+/// Modbus TCP, possibly through a TCP-to-RTU gateway (give its `unit`). The
+/// same keys address an RTU-over-TCP device (`modbus-rtu-over-tcp`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusTcp {
@@ -205,6 +220,11 @@ pub struct ModbusTcp {
     /// Read-coalescing limits.
     #[serde(default)]
     pub coalesce: Coalesce,
+    /// Auto-demotion: after three timeouts in a row the unit is polled only
+    /// once per this long until it answers, so that it stops holding the
+    /// shared link for its neighbours. Default 10s; `0s` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demote: Option<Span>,
 }
 
 /// Serial parity.
@@ -243,6 +263,11 @@ pub struct ModbusRtu {
     /// Read-coalescing limits.
     #[serde(default)]
     pub coalesce: Coalesce,
+    /// Auto-demotion: after three timeouts in a row the unit is polled only
+    /// once per this long until it answers, so that it stops holding the
+    /// shared link for its neighbours. Default 10s; `0s` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demote: Option<Span>,
 }
 
 impl ModbusRtu {

@@ -761,6 +761,8 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
     let secret_places = SecretPlaces::of(project);
     let mut buses: HashMap<&Path, (&Located<Device>, &ModbusRtu)> = HashMap::new();
     let mut rtu_units: HashMap<(&Path, u8), &str> = HashMap::new();
+    // Each TCP endpoint and the framing its first device gave it.
+    let mut framings: HashMap<(&str, u16), (&str, &str)> = HashMap::new();
     for device in project.devices.values().chain(&project.shadowed.devices) {
         let d = &device.value;
         let file = &device.file;
@@ -785,7 +787,7 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
                 file,
                 device.pos(&["name"]),
                 format!(
-                    "device `{}` needs one of modbus-tcp, modbus-rtu, opcua or mqtt",
+                    "device `{}` needs one of modbus-tcp, modbus-rtu, modbus-rtu-over-tcp, opcua or mqtt",
                     d.name
                 ),
             ),
@@ -801,11 +803,35 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
             }
         }
         check_device_model(project, device, protocols.first().copied(), diags);
-        if let Some(tcp) = &d.modbus_tcp {
+        for (key, tcp) in [
+            ("modbus-tcp", &d.modbus_tcp),
+            ("modbus-rtu-over-tcp", &d.modbus_rtu_over_tcp),
+        ] {
+            let Some(tcp) = tcp else { continue };
             if tcp.host.trim().is_empty() {
-                diags.error(file, device.pos(&["modbus-tcp", "host"]), "host is empty");
+                diags.error(file, device.pos(&[key, "host"]), "host is empty");
             }
-            check_coalesce(&tcp.coalesce, device, "modbus-tcp", diags);
+            if key == "modbus-rtu-over-tcp" && !(1..=247).contains(&tcp.unit) {
+                diags.error(
+                    file,
+                    device.pos(&[key, "unit"]),
+                    format!("RTU unit {} is outside 1..247", tcp.unit),
+                );
+            }
+            check_coalesce(&tcp.coalesce, device, key, diags);
+            let first = framings
+                .entry((tcp.host.as_str(), tcp.port))
+                .or_insert((key, &d.name));
+            if first.0 != key {
+                diags.error(
+                    file,
+                    device.pos(&[key]),
+                    format!(
+                        "{}:{} speaks {} for device `{}`; one endpoint speaks one framing",
+                        tcp.host, tcp.port, first.0, first.1
+                    ),
+                );
+            }
         }
         if let Some(rtu) = &d.modbus_rtu {
             let at = |key: &str| device.pos(&["modbus-rtu", key]);
@@ -1035,7 +1061,9 @@ fn check_device_model(
         .properties
         .iter()
         .filter(|(_, p)| match protocol {
-            Protocol::ModbusTcp | Protocol::ModbusRtu => p.modbus.is_none(),
+            Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
+                p.modbus.is_none()
+            }
             Protocol::Opcua => p.opcua.is_none(),
             Protocol::Mqtt => p.mqtt.is_none(),
         })

@@ -182,6 +182,43 @@ fn a_device_speaks_exactly_one_protocol() {
 }
 
 #[test]
+fn rtu_over_tcp_needs_a_serial_unit_and_its_own_endpoint() {
+    let rtu_tcp = "kind: Device\nname: s-1\nmodel: boiler\nmodbus-rtu-over-tcp: { host: 10.0.0.9, port: 4001, unit: 0, demote: 30s }\n";
+    one_error(
+        &with(BASE_MODEL, rtu_tcp, None),
+        "device.yaml:4:58",
+        "RTU unit 0 is outside 1..247",
+    );
+    // One endpoint, two framings: the second device is the mistake.
+    let modbus_tcp = "kind: Device\nname: m-1\nmodel: boiler\nmodbus-tcp: { host: 10.0.0.9, port: 4001, unit: 2 }\n";
+    let rtu_tcp = rtu_tcp.replace("unit: 0", "unit: 3");
+    one_error(
+        &load(&[
+            ("model.yaml", BASE_MODEL),
+            ("a.yaml", modbus_tcp),
+            ("b.yaml", &rtu_tcp),
+        ]),
+        "b.yaml:4:22",
+        "10.0.0.9:4001 speaks modbus-tcp for device `m-1`; one endpoint speaks one framing",
+    );
+    let report = with(BASE_MODEL, &rtu_tcp, None);
+    assert!(report.is_ok(), "{:?}", report.diagnostics);
+    let device = &report.project.devices["s-1"].value;
+    assert_eq!(
+        device.protocol(),
+        Some(ferrite_models::Protocol::ModbusRtuOverTcp)
+    );
+    assert_eq!(
+        device
+            .modbus_rtu_over_tcp
+            .as_ref()
+            .and_then(|t| t.demote)
+            .map(|d| d.get()),
+        Some(std::time::Duration::from_secs(30))
+    );
+}
+
+#[test]
 fn min_above_max_is_refused() {
     let model = BASE_MODEL.replace("min: 20", "min: 95");
     one_error(

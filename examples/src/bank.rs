@@ -102,6 +102,9 @@ pub enum Fault {
     Silent,
     /// Answer every request with this exception.
     Exception(ExceptionCode),
+    /// Answer normally, but this much later (a slow unit behind a gateway,
+    /// whose answers come after the client has given up).
+    Late(Duration),
 }
 
 /// One unit id: its bank and its fault.
@@ -134,6 +137,7 @@ pub struct Endpoint {
     units: Mutex<HashMap<u8, Unit>>,
     seen: Mutex<VecDeque<Seen>>,
     requests: AtomicU64,
+    connections: AtomicU64,
     /// Added to every answer, to make request overlap measurable.
     delay: Mutex<Duration>,
     /// Behave as a TCP gateway (unknown unit → exception 0x0B) rather than a
@@ -151,6 +155,16 @@ impl Endpoint {
             gateway,
             ..Endpoint::default()
         })
+    }
+
+    /// Counts a connection accepted (by a TCP server over this endpoint).
+    pub fn connected(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// The units, locked.
@@ -201,6 +215,16 @@ impl Endpoint {
         *self.delay.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The delay before `unit` answers: the endpoint's, plus the unit's own
+    /// if it is [`Fault::Late`].
+    fn delay_of(&self, unit: u8) -> Duration {
+        let late = match self.units().get(&unit).map(|u| u.fault) {
+            Some(Fault::Late(by)) => by,
+            _ => Duration::ZERO,
+        };
+        self.delay() + late
+    }
+
     /// Answers one request. `None` means no answer at all.
     pub fn answer(
         &self,
@@ -233,7 +257,7 @@ impl Endpoint {
         match u.fault {
             Fault::Silent => return Ok(None),
             Fault::Exception(code) => return Err(code),
-            Fault::None => {}
+            Fault::None | Fault::Late(_) => {}
         }
         let bank = &mut u.bank;
         let limit = |count: u16, max: u16| {
@@ -321,7 +345,7 @@ impl tokio_modbus::server::Service for Service {
 
     fn call(&self, req: Self::Request) -> Self::Future {
         let answer = self.endpoint.answer(req.slave, &req.request);
-        let delay = self.endpoint.delay();
+        let delay = self.endpoint.delay_of(req.slave);
         if delay.is_zero() {
             let ready: Ready<Answer> = ready(answer);
             Box::pin(ready)

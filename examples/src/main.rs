@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use ferrite_sim::server::TcpFraming;
 use ferrite_sim::sim::{Simulator, load_config};
 
 /// Serve simulated Modbus TCP, Modbus RTU and OPC UA devices, or a fleet
@@ -126,8 +127,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let simulator = Simulator::start(&report.project, &sim, true).await?;
     for ((host, port), server) in &simulator.tcp {
+        let framing = match server.framing {
+            TcpFraming::Mbap => "Modbus TCP ",
+            TcpFraming::Rtu => "RTU/TCP    ",
+        };
         println!(
-            "Modbus TCP  {host}:{port} (bound {}) units {:?}",
+            "{framing} {host}:{port} (bound {}) units {:?}",
             server.addr,
             units(&server.endpoint)
         );

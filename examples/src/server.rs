@@ -1,5 +1,5 @@
-//! Modbus servers over [`Endpoint`]s: TCP listeners and RTU slaves on pty
-//! pairs. Each can be stopped, which drops every connection, and started
+//! Modbus servers over [`Endpoint`]s: TCP listeners (Modbus TCP, or RTU
+//! framing over TCP) and RTU slaves on pty pairs. Each can be stopped, which drops every connection, and started
 //! again on the same address.
 
 use std::io;
@@ -10,10 +10,21 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_modbus::server::rtu::Server as RtuServer;
+use tokio_modbus::server::rtu_over_tcp;
 use tokio_modbus::server::tcp::{Server as TcpServer, accept_tcp_connection};
 use tokio_util::sync::CancellationToken;
 
 use crate::bank::{Endpoint, Service};
+
+/// How a [`TcpSim`] frames requests and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpFraming {
+    /// Modbus TCP (MBAP header).
+    Mbap,
+    /// RTU frames with their CRC over the socket, as a serial device server
+    /// in transparent mode passes them.
+    Rtu,
+}
 
 /// A Modbus TCP server.
 pub struct TcpSim {
@@ -21,33 +32,72 @@ pub struct TcpSim {
     pub addr: SocketAddr,
     /// What it serves.
     pub endpoint: Arc<Endpoint>,
+    /// Its framing.
+    pub framing: TcpFraming,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl TcpSim {
-    /// Serves `endpoint` on `addr` (port 0 picks a free port).
+    /// Serves `endpoint` on `addr` (port 0 picks a free port) as Modbus TCP.
     pub async fn start(addr: SocketAddr, endpoint: Arc<Endpoint>) -> io::Result<TcpSim> {
+        TcpSim::start_framed(addr, endpoint, TcpFraming::Mbap).await
+    }
+
+    /// Serves `endpoint` on `addr` with `framing`. Each connection accepted
+    /// counts in [`Endpoint::connections`].
+    pub async fn start_framed(
+        addr: SocketAddr,
+        endpoint: Arc<Endpoint>,
+        framing: TcpFraming,
+    ) -> io::Result<TcpSim> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let service = Service::new(endpoint.clone());
         let token = stop.clone();
+        let counted = endpoint.clone();
         let task = tokio::spawn(async move {
-            let server = TcpServer::new(listener);
-            let on_connected = |stream, socket_addr| {
-                let service = service.clone();
-                async move { accept_tcp_connection(stream, socket_addr, |_| Ok(Some(service.clone()))) }
-            };
             let on_error = |e| tracing::debug!("sim connection ended: {e}");
             let abort = async move { token.cancelled().await };
-            if let Err(e) = server.serve_until(&on_connected, on_error, abort).await {
+            let served = match framing {
+                TcpFraming::Mbap => {
+                    let on_connected = |stream, socket_addr| {
+                        counted.connected();
+                        let service = service.clone();
+                        async move {
+                            accept_tcp_connection(stream, socket_addr, |_| {
+                                Ok(Some(service.clone()))
+                            })
+                        }
+                    };
+                    TcpServer::new(listener)
+                        .serve_until(&on_connected, on_error, abort)
+                        .await
+                }
+                TcpFraming::Rtu => {
+                    let on_connected = |stream, socket_addr| {
+                        counted.connected();
+                        let service = service.clone();
+                        async move {
+                            rtu_over_tcp::accept_tcp_connection(stream, socket_addr, |_| {
+                                Ok(Some(service.clone()))
+                            })
+                        }
+                    };
+                    rtu_over_tcp::Server::new(listener)
+                        .serve_until(&on_connected, on_error, abort)
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::warn!("sim server failed: {e}");
             }
         });
         Ok(TcpSim {
             addr,
             endpoint,
+            framing,
             stop,
             task,
         })
@@ -62,9 +112,9 @@ impl TcpSim {
     /// Stops, then listens again on the same address: every client loses its
     /// connection and must reconnect.
     pub async fn restart(self) -> io::Result<TcpSim> {
-        let (addr, endpoint) = (self.addr, self.endpoint.clone());
+        let (addr, endpoint, framing) = (self.addr, self.endpoint.clone(), self.framing);
         self.stop().await;
-        TcpSim::start(addr, endpoint).await
+        TcpSim::start_framed(addr, endpoint, framing).await
     }
 }
 

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bank::Endpoint;
 use crate::mqtt_publisher::{MqttSim, SimMqtt};
 use crate::opcua_server::{UaNode, UaSim, UaSimOptions, UaUser};
-use crate::server::{RtuSim, TcpSim};
+use crate::server::{RtuSim, TcpFraming, TcpSim};
 use crate::waves::Wave;
 
 /// `sim.toml`.
@@ -139,11 +139,19 @@ impl Simulator {
         let mut ua_devices: Vec<(&String, &str)> = Vec::new();
         for (name, located) in &project.devices {
             let d = &located.value;
-            let (endpoint, unit) = if let Some(t) = &d.modbus_tcp {
+            let tcp_framed = match (&d.modbus_tcp, &d.modbus_rtu_over_tcp) {
+                (Some(t), _) => Some((t, TcpFraming::Mbap)),
+                (None, Some(t)) => Some((t, TcpFraming::Rtu)),
+                (None, None) => None,
+            };
+            let (endpoint, unit) = if let Some((t, framing)) = tcp_framed {
                 let key = (t.host.clone(), t.port);
                 if !tcp.contains_key(&key) {
                     let addr = resolve(&t.host, t.port)?;
-                    let server = TcpSim::start(addr, Endpoint::new(true)).await?;
+                    // A TCP gateway answers 0x0B for a unit it lacks; behind
+                    // a transparent serial server, the bus stays silent.
+                    let endpoint = Endpoint::new(framing == TcpFraming::Mbap);
+                    let server = TcpSim::start_framed(addr, endpoint, framing).await?;
                     tcp.insert(key.clone(), server);
                 }
                 (tcp[&key].endpoint.clone(), t.unit)

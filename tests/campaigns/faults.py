@@ -243,9 +243,12 @@ class Campaign:
         (self.work / "devices" / "good.yaml").write_text(
             "kind: Device\nname: good\nmodel: line\npoll: 50ms\ntimeout: 300ms\n"
             f"modbus-tcp: {{ host: 127.0.0.1, port: {self.sim_port}, unit: 1 }}\n")
+        # Demoted after three timeouts (silent, hang), the fault device is
+        # probed every second rather than every 10 s, so that "online again
+        # within 5 s of healing" measures the link's recovery.
         (self.work / "devices" / "faulty.yaml").write_text(
             "kind: Device\nname: faulty\nmodel: line\npoll: 100ms\ntimeout: 300ms\n"
-            f"modbus-tcp: {{ host: 127.0.0.1, port: {self.fault_device.port}, unit: 1 }}\n")
+            f"modbus-tcp: {{ host: 127.0.0.1, port: {self.fault_device.port}, unit: 1, demote: 1s }}\n")
         (self.work / "ferrite.toml").write_text(
             '[gateway]\nid = "faults"\ndata_dir = "data"\n'
             f'[cloud]\nbroker = "mqtt://127.0.0.1:{self.broker_port}"\nbatch_interval = "500ms"\nack_timeout = "3s"\n')

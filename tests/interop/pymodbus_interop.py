@@ -2,8 +2,14 @@
 """Interop: Ferrite's Modbus driver against pymodbus, a device written by others.
 
 The register images are built here with Python's `struct`, independently of
-Ferrite's codec. The script starts a pymodbus TCP server with two unit ids,
-runs `ferrite run` against it, and checks reads and writes through the REST API.
+Ferrite's codec. Three parts, each a pymodbus server and `ferrite run`:
+
+1. A TCP server with two unit ids: reads and writes through the REST API.
+2. A TCP gateway of 20 unit ids where unit 20 is missing and pymodbus stays
+   silent for it (`ignore_missing_slaves`): the other 19 keep their polls and
+   the gateway keeps its one connection (pymodbus counts them).
+3. RTU framing over TCP (pymodbus's RTU framer on a TCP server): reads and a
+   write, for `modbus-rtu-over-tcp` devices.
 
     python3 tests/interop/pymodbus_interop.py target/debug/ferrite
 
@@ -16,6 +22,7 @@ import time
 
 from common import Checks, free_port, http, project, same, start_ferrite, stop_ferrite
 
+from pymodbus import FramerType
 from pymodbus.datastore import ModbusSequentialDataBlock, ModbusServerContext, ModbusSlaveContext
 from pymodbus.server import ModbusTcpServer
 
@@ -86,8 +93,127 @@ def expected(seed):
     }
 
 
+async def wait_statuses(base, want, limit=20):
+    """Waits until every device in `want` (name -> status) has its status."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        got = {}
+        for name in want:
+            code, body = await asyncio.to_thread(http, "GET", f"{base}/{name}")
+            got[name] = body.get("status") if code == 200 and body else None
+        if got == want:
+            return True, got
+        await asyncio.sleep(0.2)
+    return False, got
+
+
+def established_peers(port):
+    """The client ports of the established TCP connections to our `port`,
+    from /proc/net/tcp (a connection counted by the kernel, not by pymodbus,
+    whose connect callback fires twice per connection)."""
+    peers = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                peers.add(int(remote.rsplit(":", 1)[1], 16))
+    return peers
+
+
+async def a_silent_unit_of_twenty(checks):
+    """Part 2: pymodbus as a TCP gateway with one unit that never answers."""
+    units = {u: unit_context(u % 10) for u in range(1, 20)}
+    context = ModbusServerContext(slaves=units, single=False)
+    requests = {}
+
+    def on_pdu(sending, pdu):
+        if not sending:
+            requests[pdu.dev_id] = requests.get(pdu.dev_id, 0) + 1
+        return pdu
+
+    modbus_port, api_port = free_port(), free_port()
+    server = ModbusTcpServer(context, address=("127.0.0.1", modbus_port), ignore_missing_slaves=True,
+                             trace_pdu=on_pdu)
+    serving = asyncio.create_task(server.serve_forever())
+    work = project("ferrite-pymodbus-silent-", MODEL)
+    for unit in range(1, 21):
+        (work / "devices" / f"u{unit}.yaml").write_text(
+            f"kind: Device\nname: u{unit}\nmodel: meter\npoll: 200ms\ntimeout: 300ms\n"
+            f"modbus-tcp: {{ host: 127.0.0.1, port: {modbus_port}, unit: {unit} }}\n"
+        )
+    gateway = start_ferrite(FERRITE, work, api_port)
+    base = f"http://127.0.0.1:{api_port}/api/v1/devices"
+    try:
+        want = {f"u{u}": "online" for u in range(1, 20)} | {"u20": "offline"}
+        ok, got = await wait_statuses(base, want)
+        checks.check("19 units online and the silent one offline", ok, got)
+        # Its three timeouts demote it; then a 5 s window.
+        await asyncio.sleep(1.5)
+        before, peers_before = dict(requests), established_peers(modbus_port)
+        await asyncio.sleep(5)
+        peers_after = established_peers(modbus_port)
+        asked = {u: requests.get(u, 0) - before.get(u, 0) for u in range(1, 21)}
+        worst = min(asked[u] for u in range(1, 20))
+        # 25 polls are due in 5 s at 200 ms; a shared link that reconnected
+        # after every timeout, or waited out the silent unit every cycle,
+        # would leave far fewer.
+        checks.check("each of the 19 kept at least 23 of 25 polls", worst >= 23, asked)
+        checks.check("the demoted unit was asked at most once", asked[20] <= 1, asked)
+        checks.check("one connection, the same before and after the window",
+                     len(peers_before) == 1 and peers_after == peers_before, (peers_before, peers_after))
+        code, body = await asyncio.to_thread(http, "GET", f"{base}/u7/properties/count")
+        checks.check("a neighbour reads its own value", code == 200 and body["value"] == 1007, body)
+        code, body = await asyncio.to_thread(http, "GET", f"{base}/u20")
+        checks.check("the silent unit says why", "did not answer" in (body or {}).get("error", ""), body)
+    finally:
+        stop_ferrite(gateway, checks)
+        await server.shutdown()
+        serving.cancel()
+
+
+async def rtu_over_tcp(checks):
+    """Part 3: RTU frames over a TCP socket (a serial device server's raw mode)."""
+    units = {3: unit_context(3), 4: unit_context(4)}
+    context = ModbusServerContext(slaves=units, single=False)
+    modbus_port, api_port = free_port(), free_port()
+    server = ModbusTcpServer(context, address=("127.0.0.1", modbus_port), framer=FramerType.RTU)
+    serving = asyncio.create_task(server.serve_forever())
+    work = project("ferrite-pymodbus-rtu-tcp-", MODEL)
+    for unit in units:
+        (work / "devices" / f"r{unit}.yaml").write_text(
+            f"kind: Device\nname: r{unit}\nmodel: meter\npoll: 200ms\n"
+            f"modbus-rtu-over-tcp: {{ host: 127.0.0.1, port: {modbus_port}, unit: {unit} }}\n"
+        )
+    gateway = start_ferrite(FERRITE, work, api_port)
+    base = f"http://127.0.0.1:{api_port}/api/v1/devices"
+    try:
+        ok, got = await wait_statuses(base, {"r3": "online", "r4": "online"})
+        checks.check("RTU over TCP: both units online", ok, (got, (work / "ferrite.log").read_text()[-2000:]))
+        for unit in units:
+            _, body = await asyncio.to_thread(http, "GET", f"{base}/r{unit}")
+            props = (body or {}).get("properties", {})
+            for name, want in expected(unit).items():
+                got = props.get(name, {}).get("value")
+                checks.check(f"RTU over TCP: unit {unit} reads {name}", same(got, want), f"got {got!r}, want {want!r}")
+        code, body = await asyncio.to_thread(http, "PUT", f"{base}/r4/properties/setpoint", {"value": 7.5})
+        landed = units[4].getValues(3, 2, 2)
+        checks.check("RTU over TCP: a write lands in pymodbus's datastore",
+                     code == 200 and landed == list(reversed(words("f", 7.5))), (code, body, landed))
+    finally:
+        stop_ferrite(gateway, checks)
+        await server.shutdown()
+        serving.cancel()
+
+
 async def main():
     checks = Checks()
+    await a_silent_unit_of_twenty(checks)
+    await rtu_over_tcp(checks)
     units = {1: unit_context(1), 2: unit_context(2)}
     context = ModbusServerContext(slaves=units, single=False)
     modbus_port, api_port = free_port(), free_port()

@@ -1,14 +1,21 @@
 //! One task owns each Modbus connection: a TCP socket (shared by every unit
-//! behind it) or a serial bus (shared by every device on it).
+//! behind it, with Modbus TCP or RTU framing) or a serial bus (shared by
+//! every device on it).
 //!
 //! Others hold a cloneable [`LinkHandle`] and send requests over a bounded
 //! channel, each with a oneshot for the reply, so one request is on the wire
 //! at a time, whatever the number of devices. While the link is down,
 //! requests fail at once with the reason, and reconnects follow a capped,
 //! jittered exponential backoff, so a dead device costs the others nothing.
-
+//!
+//! A unit that does not answer in time costs its neighbours nothing either:
+//! the connection stays up, and its [answer gate](super::answer_gate) drops
+//! the late answer if one comes. Only [`SILENT_TIMEOUTS`] timeouts in a row
+//! with nothing at all heard from the peer in between count as a dead
+//! connection, which is then opened afresh.
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_models::device::{ModbusRtu, Parity};
@@ -21,6 +28,7 @@ use tokio_modbus::prelude::{Slave, SlaveContext};
 use tokio_modbus::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
+use super::answer_gate::{AnswerGate, Framing, Gate};
 use ferrite_core::backoff::Backoff;
 use ferrite_core::driver::DriverError;
 
@@ -29,6 +37,14 @@ use ferrite_core::driver::DriverError;
 pub enum LinkKey {
     /// A TCP endpoint.
     Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A TCP endpoint that speaks RTU framing (a serial device server in
+    /// transparent mode): no MBAP header, a CRC on every frame.
+    RtuOverTcp {
         /// Host name or address.
         host: String,
         /// Port.
@@ -66,6 +82,7 @@ impl std::fmt::Display for LinkKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkKey::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            LinkKey::RtuOverTcp { host, port } => write!(f, "rtu-over-tcp://{host}:{port}"),
             LinkKey::Rtu { path, baud, .. } => write!(f, "rtu://{}@{baud}", path.display()),
         }
     }
@@ -197,10 +214,25 @@ async fn run(key: &LinkKey, rx: &mut mpsc::Receiver<Job>, shutdown: &Cancellatio
     tracing::debug!(link = %key, "link stopped");
 }
 
+/// Timeouts in a row, with not one frame from the peer in between, after
+/// which the connection counts as dead and is opened afresh. Timeouts of one
+/// unit while its neighbours answer never add up to this.
+pub const SILENT_TIMEOUTS: u32 = 3;
+
+/// An open connection and what its gate has seen.
+struct Connection {
+    ctx: Context,
+    gate: Arc<Gate>,
+    /// The gate's frame count at the last timeout.
+    frames_at_timeout: u64,
+    /// Timeouts in a row with no frame in between.
+    silent_timeouts: u32,
+}
+
 /// The connection a link task owns, and how it is doing.
 struct Link<'a> {
     key: &'a LinkKey,
-    conn: Option<Context>,
+    conn: Option<Connection>,
     backoff: Backoff,
     /// No reconnect before this, after a failed one.
     retry_at: Instant,
@@ -210,17 +242,22 @@ struct Link<'a> {
 
 impl Link<'_> {
     /// The open connection, connecting first if the backoff allows.
-    async fn connection(&mut self) -> Result<&mut Context, DriverError> {
+    async fn connection(&mut self) -> Result<&mut Connection, DriverError> {
         if self.conn.is_none() {
             if Instant::now() < self.retry_at {
                 return Err(DriverError::Unreachable(self.down_reason.clone()));
             }
             let key = self.key;
             match timeout(CONNECT_TIMEOUT, connect(key)).await {
-                Ok(Ok(ctx)) => {
+                Ok(Ok((ctx, gate))) => {
                     tracing::info!(link = %key, "connected");
                     self.backoff.reset();
-                    self.conn = Some(ctx);
+                    self.conn = Some(Connection {
+                        ctx,
+                        gate,
+                        frames_at_timeout: 0,
+                        silent_timeouts: 0,
+                    });
                 }
                 Ok(Err(e)) => self.down_reason = format!("{key}: {e}"),
                 Err(_) => {
@@ -229,7 +266,7 @@ impl Link<'_> {
             }
         }
         match self.conn.as_mut() {
-            Some(ctx) => Ok(ctx),
+            Some(conn) => Ok(conn),
             None => {
                 let delay = self.backoff.next_delay();
                 tracing::warn!(link = %self.key, "{}; retrying in {delay:.1?}", self.down_reason);
@@ -241,9 +278,9 @@ impl Link<'_> {
 
     /// Performs one job on the wire.
     async fn serve(&mut self, job: &Job) -> Result<Reply, DriverError> {
-        let ctx = self.connection().await?;
-        ctx.set_slave(Slave(job.unit));
-        match timeout(job.timeout, perform(ctx, &job.op)).await {
+        let conn = self.connection().await?;
+        conn.ctx.set_slave(Slave(job.unit));
+        match timeout(job.timeout, perform(&mut conn.ctx, &job.op)).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(refusal))) => Err(DriverError::Refused(refusal.to_string())),
             Ok(Err(e)) => {
@@ -254,27 +291,63 @@ impl Link<'_> {
                 Err(DriverError::Unreachable(self.down_reason.clone()))
             }
             Err(_) => {
-                // A late answer would confuse the next request, so start over
-                // with a fresh connection (at once: the peer may be fine).
-                close(&mut self.conn).await;
+                // The gate drops the late answer, if one comes; the
+                // connection stays unless the peer has gone quiet altogether.
+                conn.gate.abandon();
+                let frames = conn.gate.frames();
+                if frames == conn.frames_at_timeout {
+                    conn.silent_timeouts += 1;
+                } else {
+                    conn.silent_timeouts = 1;
+                    conn.frames_at_timeout = frames;
+                }
+                if conn.silent_timeouts >= SILENT_TIMEOUTS {
+                    tracing::warn!(
+                        link = %self.key,
+                        "nothing heard for {SILENT_TIMEOUTS} requests in a row; reconnecting"
+                    );
+                    // At once: the peer may be fine and the path to it not.
+                    close(&mut self.conn).await;
+                }
                 Err(DriverError::Timeout(job.timeout))
             }
         }
     }
 }
 
-async fn close(conn: &mut Option<Context>) {
-    if let Some(mut ctx) = conn.take() {
-        let _ = timeout(Duration::from_millis(200), ctx.disconnect()).await;
+async fn close(conn: &mut Option<Connection>) {
+    if let Some(mut conn) = conn.take() {
+        let _ = timeout(Duration::from_millis(200), conn.ctx.disconnect()).await;
     }
 }
 
-async fn connect(key: &LinkKey) -> std::io::Result<Context> {
-    match key {
+/// The quiet time RTU framing needs between frames on a serial line: 3.5
+/// characters of 11 bits at `baud`, and 1.75 ms above 19 200 baud (the
+/// Modbus serial line specification, 2.5.1.1).
+pub fn rtu_gap(baud: u32) -> Duration {
+    if baud > 19_200 || baud == 0 {
+        Duration::from_micros(1750)
+    } else {
+        Duration::from_secs_f64(3.5 * 11.0 / f64::from(baud))
+    }
+}
+
+async fn tcp_stream(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect(key: &LinkKey) -> std::io::Result<(Context, Arc<Gate>)> {
+    let gate = Arc::new(Gate::default());
+    let ctx = match key {
         LinkKey::Tcp { host, port } => {
-            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            stream.set_nodelay(true)?;
-            Ok(tokio_modbus::client::tcp::attach(stream))
+            let stream = tcp_stream(host, *port).await?;
+            tokio_modbus::client::tcp::attach(AnswerGate::new(stream, Framing::Mbap, gate.clone()))
+        }
+        LinkKey::RtuOverTcp { host, port } => {
+            let stream = tcp_stream(host, *port).await?;
+            tokio_modbus::client::rtu::attach(AnswerGate::new(stream, Framing::Rtu, gate.clone()))
         }
         LinkKey::Rtu {
             path,
@@ -302,9 +375,11 @@ async fn connect(key: &LinkKey) -> std::io::Result<Context> {
                 })
                 .open_native_async()
                 .map_err(std::io::Error::other)?;
-            Ok(tokio_modbus::client::rtu::attach(port))
+            let gated = AnswerGate::new(port, Framing::Rtu, gate.clone()).with_gap(rtu_gap(*baud));
+            tokio_modbus::client::rtu::attach(gated)
         }
-    }
+    };
+    Ok((ctx, gate))
 }
 
 /// What one request came to: the transport failed (outer error), the device

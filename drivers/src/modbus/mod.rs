@@ -1,7 +1,10 @@
-//! The Modbus driver (TCP and RTU), on tokio-modbus.
+//! The Modbus driver (TCP, RTU, and RTU framing over TCP), on tokio-modbus.
 //!
 //! - `plan`: read coalescing.
 //! - `link`: one task per TCP endpoint or serial bus, owning the connection.
+//! - `answer_gate`: between tokio-modbus and the wire, lets through only the
+//!   answer to the request on it, so a unit's timeout costs its neighbours
+//!   nothing.
 //! - here: the per-device pollers, and writes.
 //!
 //! Each device polls on its own `poll` period. Its reads go to the link its
@@ -9,6 +12,7 @@
 //! (by unit id), devices on one RS-485 port share the bus, one request at a
 //! time.
 
+pub mod answer_gate;
 pub mod link;
 pub mod plan;
 
@@ -20,6 +24,7 @@ use ferrite_models::Value;
 use ferrite_models::codec::{self, Encoded};
 use ferrite_models::device::{Coalesce, Protocol};
 use ferrite_models::model::{ModbusBinding, ValueType};
+use ferrite_models::units::Span;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +59,8 @@ struct Device {
     unit: u8,
     poll: Duration,
     timeout: Duration,
+    /// Auto-demotion's period (zero: off).
+    demote: Duration,
     /// Boxed slices, not vectors: sized to fit (a thousand devices of a
     /// hundred points each would otherwise carry the vectors' spare room).
     points: Box<[Point]>,
@@ -92,14 +99,21 @@ impl ModbusDriver {
 /// The device as the Modbus driver runs it.
 fn device_of(entry: &DeviceEntry<'_>) -> Option<Device> {
     let d = &entry.located.value;
-    let (link, unit, coalesce): (LinkKey, u8, &Coalesce) = if let Some(tcp) = &d.modbus_tcp {
+    type Settings<'a> = (LinkKey, u8, &'a Coalesce, Option<Span>);
+    let (link, unit, coalesce, demote): Settings<'_> = if let Some(tcp) = &d.modbus_tcp {
         let key = LinkKey::Tcp {
             host: tcp.host.clone(),
             port: tcp.port,
         };
-        (key, tcp.unit, &tcp.coalesce)
+        (key, tcp.unit, &tcp.coalesce, tcp.demote)
+    } else if let Some(tcp) = &d.modbus_rtu_over_tcp {
+        let key = LinkKey::RtuOverTcp {
+            host: tcp.host.clone(),
+            port: tcp.port,
+        };
+        (key, tcp.unit, &tcp.coalesce, tcp.demote)
     } else if let Some(rtu) = &d.modbus_rtu {
-        (LinkKey::rtu(rtu), rtu.unit, &rtu.coalesce)
+        (LinkKey::rtu(rtu), rtu.unit, &rtu.coalesce, rtu.demote)
     } else {
         return None;
     };
@@ -127,6 +141,7 @@ fn device_of(entry: &DeviceEntry<'_>) -> Option<Device> {
         unit,
         poll: d.poll(),
         timeout: d.timeout(),
+        demote: demote.map_or(DEMOTE_FOR, Span::get),
         points: points.into_boxed_slice(),
         blocks: blocks.into_boxed_slice(),
     })
@@ -138,7 +153,9 @@ impl Driver for ModbusDriver {
     }
 
     fn serves(&self, device: &ferrite_models::Device) -> bool {
-        device.modbus_tcp.is_some() || device.modbus_rtu.is_some()
+        device.modbus_tcp.is_some()
+            || device.modbus_rtu.is_some()
+            || device.modbus_rtu_over_tcp.is_some()
     }
 
     fn start(
@@ -150,6 +167,7 @@ impl Driver for ModbusDriver {
         let (link, users) = self.link(&device.link);
         let protocol = match device.link {
             LinkKey::Tcp { .. } => Protocol::ModbusTcp,
+            LinkKey::RtuOverTcp { .. } => Protocol::ModbusRtuOverTcp,
             LinkKey::Rtu { .. } => Protocol::ModbusRtu,
         };
         let meter = ctx.meters.device(&device.name, protocol.key());
@@ -200,14 +218,19 @@ async fn poll_loop(
     // of unrelated series together, and sled spent 1.5-2x the CPU.
     let mut tick = tokio::time::interval(device.poll);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut demotion = Demotion::new(device.demote);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
+        if demotion.holds() {
+            continue;
+        }
         super::crash_point(&device.name);
         let started = std::time::Instant::now();
-        let update = poll_once(&device, &link).await;
+        let (update, timed_out) = poll_once(&device, &link).await;
+        demotion.after_poll(&device.name, timed_out);
         let ok = matches!(update.status, Some((Status::Online, _)));
         meter.poll(started.elapsed(), ok);
         let sent = tokio::select! {
@@ -216,6 +239,61 @@ async fn poll_loop(
         };
         if sent.is_err() {
             break;
+        }
+    }
+}
+
+/// Timeouts in a row after which a device is demoted.
+pub const DEMOTE_AFTER: u32 = 3;
+/// How long a demoted device goes unpolled between probes, unless its
+/// `demote` key says otherwise.
+pub const DEMOTE_FOR: Duration = Duration::from_secs(10);
+
+/// Auto-demotion, as SCADA drivers do it: a device that timed out
+/// [`DEMOTE_AFTER`] polls in a row is polled only once per its `demote`
+/// period ([`DEMOTE_FOR`] by default) until it answers again. Every request to it holds the shared link for the
+/// whole timeout, which its neighbours would otherwise wait out each cycle.
+/// Writes to it are still tried.
+#[derive(Debug)]
+struct Demotion {
+    period: Duration,
+    timeouts: u32,
+    until: Option<tokio::time::Instant>,
+}
+
+impl Demotion {
+    fn new(period: Duration) -> Self {
+        Demotion {
+            period,
+            timeouts: 0,
+            until: None,
+        }
+    }
+
+    /// True while this poll is to be left out.
+    fn holds(&self) -> bool {
+        self.until
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    fn after_poll(&mut self, device: &str, timed_out: bool) {
+        if !timed_out {
+            if self.until.take().is_some() {
+                tracing::info!(device, "modbus: answers again; polled at its period");
+            }
+            self.timeouts = 0;
+            return;
+        }
+        self.timeouts = self.timeouts.saturating_add(1);
+        if self.timeouts >= DEMOTE_AFTER && !self.period.is_zero() {
+            if self.until.is_none() {
+                tracing::warn!(
+                    device,
+                    "modbus: {DEMOTE_AFTER} timeouts in a row; probed once per {:?} until it answers",
+                    self.period
+                );
+            }
+            self.until = Some(tokio::time::Instant::now() + self.period);
         }
     }
 }
@@ -234,14 +312,16 @@ impl Device {
     }
 }
 
-/// Reads every block once and reports what came back.
-async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
+/// Reads every block once and reports what came back, and whether the
+/// device let a request time out.
+async fn poll_once(device: &Device, link: &LinkHandle) -> (Update, bool) {
     let ts = now();
     let mut samples = Vec::with_capacity(device.points.len());
     let mut status = Status::Online;
     let mut error = None;
     let mut seen = false;
     let mut link_down = false;
+    let mut timed_out = false;
     for block in &device.blocks {
         if link_down {
             samples.extend(device.all_of(block, Sample::Stale));
@@ -280,6 +360,7 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
                 samples.extend(device.all_of(block, Sample::Bad));
             }
             Err(e) => {
+                timed_out |= matches!(e, DriverError::Timeout(_));
                 status = Status::Offline;
                 error = Some(e.to_string());
                 link_down = true;
@@ -287,14 +368,15 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> Update {
             }
         }
     }
-    Update {
+    let update = Update {
         device: device.index,
         ts,
         status: Some((status, error)),
         seen,
         samples,
         applied: None,
-    }
+    };
+    (update, timed_out)
 }
 
 fn decode(point: &Point, reply: &Reply, offset: usize) -> Result<Value, String> {

@@ -100,7 +100,7 @@ pub struct DeviceView {
     pub id: String,
     /// Model name.
     pub model: String,
-    /// `modbus-tcp`, `modbus-rtu`, `opcua` or `mqtt`.
+    /// `modbus-tcp`, `modbus-rtu`, `modbus-rtu-over-tcp`, `opcua` or `mqtt`.
     pub protocol: String,
     /// `online`, `offline` or `error`.
     pub status: DeviceStatusView,
