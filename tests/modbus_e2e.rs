@@ -198,10 +198,9 @@ async fn neighbouring_registers_are_read_in_one_request() {
     sim.stop().await;
 }
 
-#[tokio::test]
-async fn two_devices_share_one_rtu_bus_one_request_at_a_time() {
-    let endpoint = Endpoint::new(false);
-    endpoint.set_delay(Duration::from_millis(15));
+/// Devices `a` (unit 1) and `b` (unit 2) on one pty bus served from
+/// `endpoint`, each with one holding register `v`, polled every `poll`.
+fn two_devices_on_a_pty_bus(endpoint: &Arc<Endpoint>, poll: &str, baud: u32) -> (RtuSim, Files) {
     let rtu = RtuSim::start(endpoint.clone(), None).expect("pty pair");
     let files = Files::new();
     files.write(
@@ -210,11 +209,19 @@ async fn two_devices_share_one_rtu_bus_one_request_at_a_time() {
     );
     for (name, unit) in [("a", 1), ("b", 2)] {
         let device = format!(
-            "kind: Device\nname: {name}\nmodel: t\npoll: 50ms\ntimeout: 500ms\nmodbus-rtu: {{ port: {}, baud: 19200, unit: {unit} }}\n",
+            "kind: Device\nname: {name}\nmodel: t\npoll: {poll}\ntimeout: 500ms\nmodbus-rtu: {{ port: {}, baud: {baud}, unit: {unit} }}\n",
             rtu.path.display()
         );
         files.write(&format!("devices/{name}.yaml"), &device);
     }
+    (rtu, files)
+}
+
+#[tokio::test]
+async fn two_devices_share_one_rtu_bus_one_request_at_a_time() {
+    let endpoint = Endpoint::new(false);
+    endpoint.set_delay(Duration::from_millis(15));
+    let (rtu, files) = two_devices_on_a_pty_bus(&endpoint, "50ms", 19200);
     let project = files.project();
     put(&endpoint, 1, &binding(&project, "a", "v"), &Value::Int(111));
     put(&endpoint, 2, &binding(&project, "b", "v"), &Value::Int(222));
@@ -581,20 +588,9 @@ async fn an_rtu_bus_keeps_three_and_a_half_characters_of_silence_between_frames(
     // answers at once and two devices poll every 10 ms, so without the gap
     // requests would follow answers within a millisecond or two.
     let endpoint = Endpoint::new(false);
-    let rtu = RtuSim::start(endpoint.clone(), None).expect("pty pair");
-    let files = Files::new();
-    files.write(
-        "models/t.yaml",
-        "kind: DeviceModel\nname: t\nproperties:\n  v: { type: int, modbus: { table: holding, address: 0 } }\n",
-    );
-    for (name, unit) in [("a", 1), ("b", 2)] {
-        let device = format!(
-            "kind: Device\nname: {name}\nmodel: t\npoll: 10ms\ntimeout: 500ms\nmodbus-rtu: {{ port: {}, baud: 1200, unit: {unit} }}\n",
-            rtu.path.display()
-        );
-        files.write(&format!("devices/{name}.yaml"), &device);
-        endpoint.add_unit(unit);
-    }
+    endpoint.add_unit(1);
+    endpoint.add_unit(2);
+    let (rtu, files) = two_devices_on_a_pty_bus(&endpoint, "10ms", 1200);
     let gw = files.start().await;
     let api = Api::new(gw.addr);
     assert!(api.wait_status("a", "online", SECS).await);

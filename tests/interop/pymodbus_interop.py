@@ -16,6 +16,7 @@ Ferrite's codec. Three parts, each a pymodbus server and `ferrite run`:
 Prints one line per check and ends with "N passed, M failed"; exits 1 on any failure.
 """
 import asyncio
+import contextlib
 import struct
 import sys
 import time
@@ -93,6 +94,30 @@ def expected(seed):
     }
 
 
+@contextlib.asynccontextmanager
+async def pymodbus_server(units, **options):
+    """A pymodbus TCP server for `units` (unit id -> context) on a free port."""
+    port = free_port()
+    server = ModbusTcpServer(ModbusServerContext(slaves=units, single=False),
+                             address=("127.0.0.1", port), **options)
+    serving = asyncio.create_task(server.serve_forever())
+    try:
+        yield port
+    finally:
+        await server.shutdown()
+        serving.cancel()
+
+
+async def check_reads(checks, base, devices, label=""):
+    """Every property of each device (name -> unit) reads what unit_context holds."""
+    for name, unit in devices.items():
+        _, body = await asyncio.to_thread(http, "GET", f"{base}/{name}")
+        props = (body or {}).get("properties", {})
+        for prop, want in expected(unit).items():
+            got = props.get(prop, {}).get("value")
+            checks.check(f"{label}unit {unit} reads {prop}", same(got, want), f"got {got!r}, want {want!r}")
+
+
 async def wait_statuses(base, want, limit=20):
     """Waits until every device in `want` (name -> status) has its status."""
     deadline = time.monotonic() + limit
@@ -128,7 +153,6 @@ def established_peers(port):
 async def a_silent_unit_of_twenty(checks):
     """Part 2: pymodbus as a TCP gateway with one unit that never answers."""
     units = {u: unit_context(u % 10) for u in range(1, 20)}
-    context = ModbusServerContext(slaves=units, single=False)
     requests = {}
 
     def on_pdu(sending, pdu):
@@ -136,10 +160,12 @@ async def a_silent_unit_of_twenty(checks):
             requests[pdu.dev_id] = requests.get(pdu.dev_id, 0) + 1
         return pdu
 
-    modbus_port, api_port = free_port(), free_port()
-    server = ModbusTcpServer(context, address=("127.0.0.1", modbus_port), ignore_missing_slaves=True,
-                             trace_pdu=on_pdu)
-    serving = asyncio.create_task(server.serve_forever())
+    async with pymodbus_server(units, ignore_missing_slaves=True, trace_pdu=on_pdu) as modbus_port:
+        await silent_unit_checks(checks, modbus_port, requests)
+
+
+async def silent_unit_checks(checks, modbus_port, requests):
+    api_port = free_port()
     work = project("ferrite-pymodbus-silent-", MODEL)
     for unit in range(1, 21):
         (work / "devices" / f"u{unit}.yaml").write_text(
@@ -172,17 +198,17 @@ async def a_silent_unit_of_twenty(checks):
         checks.check("the silent unit says why", "did not answer" in (body or {}).get("error", ""), body)
     finally:
         stop_ferrite(gateway, checks)
-        await server.shutdown()
-        serving.cancel()
 
 
 async def rtu_over_tcp(checks):
     """Part 3: RTU frames over a TCP socket (a serial device server's raw mode)."""
     units = {3: unit_context(3), 4: unit_context(4)}
-    context = ModbusServerContext(slaves=units, single=False)
-    modbus_port, api_port = free_port(), free_port()
-    server = ModbusTcpServer(context, address=("127.0.0.1", modbus_port), framer=FramerType.RTU)
-    serving = asyncio.create_task(server.serve_forever())
+    async with pymodbus_server(units, framer=FramerType.RTU) as modbus_port:
+        await rtu_over_tcp_checks(checks, modbus_port, units)
+
+
+async def rtu_over_tcp_checks(checks, modbus_port, units):
+    api_port = free_port()
     work = project("ferrite-pymodbus-rtu-tcp-", MODEL)
     for unit in units:
         (work / "devices" / f"r{unit}.yaml").write_text(
@@ -194,20 +220,13 @@ async def rtu_over_tcp(checks):
     try:
         ok, got = await wait_statuses(base, {"r3": "online", "r4": "online"})
         checks.check("RTU over TCP: both units online", ok, (got, (work / "ferrite.log").read_text()[-2000:]))
-        for unit in units:
-            _, body = await asyncio.to_thread(http, "GET", f"{base}/r{unit}")
-            props = (body or {}).get("properties", {})
-            for name, want in expected(unit).items():
-                got = props.get(name, {}).get("value")
-                checks.check(f"RTU over TCP: unit {unit} reads {name}", same(got, want), f"got {got!r}, want {want!r}")
+        await check_reads(checks, base, {f"r{u}": u for u in units}, "RTU over TCP: ")
         code, body = await asyncio.to_thread(http, "PUT", f"{base}/r4/properties/setpoint", {"value": 7.5})
         landed = units[4].getValues(3, 2, 2)
         checks.check("RTU over TCP: a write lands in pymodbus's datastore",
                      code == 200 and landed == list(reversed(words("f", 7.5))), (code, body, landed))
     finally:
         stop_ferrite(gateway, checks)
-        await server.shutdown()
-        serving.cancel()
 
 
 async def main():
@@ -215,11 +234,14 @@ async def main():
     await a_silent_unit_of_twenty(checks)
     await rtu_over_tcp(checks)
     units = {1: unit_context(1), 2: unit_context(2)}
-    context = ModbusServerContext(slaves=units, single=False)
-    modbus_port, api_port = free_port(), free_port()
-    server = ModbusTcpServer(context, address=("127.0.0.1", modbus_port))
-    serving = asyncio.create_task(server.serve_forever())
+    async with pymodbus_server(units) as modbus_port:
+        await two_units(checks, modbus_port, units)
+    return checks.finish()
 
+
+async def two_units(checks, modbus_port, units):
+    """Part 1: two units behind one connection, read and written."""
+    api_port = free_port()
     work = project("ferrite-pymodbus-", MODEL)
     for unit in units:
         (work / "devices" / f"m{unit}.yaml").write_text(
@@ -239,13 +261,7 @@ async def main():
                 statuses.append(code == 200 and body["status"] == "online")
             online = all(statuses)
         checks.check("both units online behind one TCP connection", online, (work / "ferrite.log").read_text()[-2000:])
-
-        for unit in units:
-            _, body = await asyncio.to_thread(http, "GET", f"{base}/m{unit}")
-            props = (body or {}).get("properties", {})
-            for name, want in expected(unit).items():
-                got = props.get(name, {}).get("value")
-                checks.check(f"unit {unit} reads {name}", same(got, want), f"got {got!r}, want {want!r}")
+        await check_reads(checks, base, {f"m{u}": u for u in units})
 
         # Writes, checked in pymodbus's own datastore.
         hr = lambda unit, addr, n: units[unit].getValues(3, addr, n)  # noqa: E731
@@ -278,9 +294,6 @@ async def main():
         checks.check("a change on the device shows within a few polls", seen, body)
     finally:
         stop_ferrite(gateway, checks)
-        await server.shutdown()
-        serving.cancel()
-    return checks.finish()
 
 
 if __name__ == "__main__":

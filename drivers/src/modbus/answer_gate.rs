@@ -52,6 +52,7 @@ pub enum Framing {
 #[derive(Debug, Default)]
 pub struct Gate {
     abandoned: AtomicBool,
+    writing: AtomicBool,
     frames: AtomicU64,
     dropped: AtomicU64,
 }
@@ -61,6 +62,13 @@ impl Gate {
     /// what has arrived before the next request goes out.
     pub fn abandon(&self) {
         self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    /// True while a request is part-way out (started, not yet flushed). A
+    /// timeout then leaves the stream in an unknown state: the link must
+    /// not send on it again.
+    pub fn torn(&self) -> bool {
+        self.writing.load(Ordering::Relaxed)
     }
 
     /// Frames received so far, passed on or dropped: proof of a live peer.
@@ -280,6 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AnswerGate<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.frame_start {
+            this.gate.writing.store(true, Ordering::Relaxed);
             if let (Some(gap), Some(last)) = (this.gap, this.last_frame_at) {
                 let until = last + gap;
                 if Instant::now() < until {
@@ -319,6 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AnswerGate<S> {
         ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
         // tokio-modbus writes one request, then flushes.
         this.frame_start = true;
+        this.gate.writing.store(false, Ordering::Relaxed);
         Poll::Ready(Ok(()))
     }
 
@@ -368,6 +378,26 @@ mod tests {
         gated.read_exact(&mut got).await.expect("read");
         assert_eq!(got, awaited);
         assert_eq!((gate.frames(), gate.dropped()), (2, 1));
+        assert!(!gate.torn(), "the request went out whole");
+    }
+
+    #[tokio::test]
+    async fn a_request_cut_off_half_written_leaves_the_gate_torn() {
+        // Four bytes of room: the 12-byte request cannot go out whole.
+        let (ours, mut peer) = duplex(4);
+        let gate = Arc::new(Gate::default());
+        let mut gated = AnswerGate::new(ours, Framing::Mbap, gate.clone());
+        let frame = mbap(1, &[3, 0, 0, 0, 1]);
+        let sent = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            gated.write_all(&frame),
+        )
+        .await;
+        assert!(sent.is_err(), "the write waits for room");
+        assert!(gate.torn());
+        let mut head = [0; 4];
+        peer.read_exact(&mut head).await.expect("what got out");
+        assert_eq!(head, frame[..4]);
     }
 
     #[tokio::test]

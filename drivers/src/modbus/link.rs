@@ -13,6 +13,7 @@
 //! the late answer if one comes. Only [`SILENT_TIMEOUTS`] timeouts in a row
 //! with nothing at all heard from the peer in between count as a dead
 //! connection, which is then opened afresh.
+
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -301,7 +302,13 @@ impl Link<'_> {
                     conn.silent_timeouts = 1;
                     conn.frames_at_timeout = frames;
                 }
-                if conn.silent_timeouts >= SILENT_TIMEOUTS {
+                if conn.gate.torn() {
+                    // The request was cut off half-written (a send that
+                    // never drained, or the wait for RTU's gap): what the
+                    // peer has seen is unknown.
+                    tracing::warn!(link = %self.key, "a request timed out before it was sent whole; reconnecting");
+                    close(&mut self.conn).await;
+                } else if conn.silent_timeouts >= SILENT_TIMEOUTS {
                     tracing::warn!(
                         link = %self.key,
                         "nothing heard for {SILENT_TIMEOUTS} requests in a row; reconnecting"
