@@ -182,7 +182,7 @@ impl<S> AnswerGate<S> {
         }
     }
 
-    /// The key of a complete frame.
+    /// The key of a frame (its first two bytes).
     fn key_of(&self, frame: &[u8]) -> Expected {
         match self.framing {
             Framing::Mbap => Expected::Transaction(u16::from_be_bytes([frame[0], frame[1]])),
@@ -235,20 +235,25 @@ impl<S> AnswerGate<S> {
 
 impl<S: AsyncRead + Unpin> AnswerGate<S> {
     /// Reads what is already there without waiting, and drops it: what an
-    /// abandoned request's late answer left on the line.
+    /// abandoned request's late answer left on the line. Its frames are
+    /// sorted (with no answer awaited) so that they count as heard, then
+    /// whatever is left, a frame's start or noise, goes too.
     fn drain(&mut self, cx: &mut Context<'_>) {
         let mut scratch = [0u8; 512];
         loop {
             let mut buf = ReadBuf::new(&mut scratch);
             match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                    self.gate.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.incoming.extend_from_slice(buf.filled());
                 }
                 // End of stream, an error or nothing more: the read that
                 // follows the request will see the first two again.
                 _ => break,
             }
         }
+        self.expected = None;
+        // A malformed length here is the old answer's: dropped with it.
+        let _ = self.sort();
         self.incoming.clear();
         self.ready.clear();
     }
@@ -313,11 +318,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AnswerGate<S> {
             let want = (2 - this.head.len()).min(written);
             this.head.extend_from_slice(&data[..want]);
             if this.head.len() == 2 {
-                let (a, b) = (this.head[0], this.head[1]);
-                this.expected = Some(match this.framing {
-                    Framing::Mbap => Expected::Transaction(u16::from_be_bytes([a, b])),
-                    Framing::Rtu => Expected::UnitFunction(a, b & 0x7f),
-                });
+                // A request's first two bytes key it as its answer's do.
+                this.expected = Some(this.key_of(&this.head));
             }
         }
         Poll::Ready(Ok(written))
@@ -471,6 +473,11 @@ mod tests {
         let mut got = vec![0; awaited.len()];
         gated.read_exact(&mut got).await.expect("read");
         assert_eq!(got, awaited);
+        assert_eq!(
+            (gate.frames(), gate.dropped()),
+            (2, 1),
+            "the drained late answer counts as heard, and as dropped"
+        );
         let mut sent = vec![0; 16];
         peer.read_exact(&mut sent).await.expect("both requests");
     }
