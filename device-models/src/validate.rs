@@ -761,8 +761,8 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
     let secret_places = SecretPlaces::of(project);
     let mut buses: HashMap<&Path, (&Located<Device>, &ModbusRtu)> = HashMap::new();
     let mut rtu_units: HashMap<(&Path, u8), &str> = HashMap::new();
-    // Each TCP endpoint and the framing its first device gave it.
-    let mut framings: HashMap<(&str, u16), (&str, &str)> = HashMap::new();
+    // Each TCP endpoint and the framing (protocol) its first device gave it.
+    let mut framings: HashMap<(&str, u16), (Protocol, &str)> = HashMap::new();
     for device in project.devices.values().chain(&project.shadowed.devices) {
         let d = &device.value;
         let file = &device.file;
@@ -803,15 +803,16 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
             }
         }
         check_device_model(project, device, protocols.first().copied(), diags);
-        for (key, tcp) in [
-            ("modbus-tcp", &d.modbus_tcp),
-            ("modbus-rtu-over-tcp", &d.modbus_rtu_over_tcp),
+        for (protocol, tcp) in [
+            (Protocol::ModbusTcp, &d.modbus_tcp),
+            (Protocol::ModbusRtuOverTcp, &d.modbus_rtu_over_tcp),
         ] {
             let Some(tcp) = tcp else { continue };
+            let key = protocol.key();
             if tcp.host.trim().is_empty() {
                 diags.error(file, device.pos(&[key, "host"]), "host is empty");
             }
-            if key == "modbus-rtu-over-tcp" && !(1..=247).contains(&tcp.unit) {
+            if protocol == Protocol::ModbusRtuOverTcp && !(1..=247).contains(&tcp.unit) {
                 diags.error(
                     file,
                     device.pos(&[key, "unit"]),
@@ -821,8 +822,8 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
             check_coalesce(&tcp.coalesce, device, key, diags);
             let first = framings
                 .entry((tcp.host.as_str(), tcp.port))
-                .or_insert((key, &d.name));
-            if first.0 != key {
+                .or_insert((protocol, &d.name));
+            if first.0 != protocol {
                 diags.error(
                     file,
                     device.pos(&[key]),

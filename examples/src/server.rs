@@ -1,6 +1,6 @@
 //! Modbus servers over [`Endpoint`]s: TCP listeners (Modbus TCP, or RTU
-//! framing over TCP) and RTU slaves on pty pairs. Each can be stopped, which drops every connection, and started
-//! again on the same address.
+//! framing over TCP) and RTU slaves on pty pairs. Each can be stopped, which
+//! drops every connection, and started again on the same address.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_modbus::server::rtu::Server as RtuServer;
 use tokio_modbus::server::rtu_over_tcp;
-use tokio_modbus::server::tcp::{Server as TcpServer, accept_tcp_connection};
+use tokio_modbus::server::tcp::Server as TcpServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::bank::{Endpoint, Service};
@@ -58,33 +58,22 @@ impl TcpSim {
         let token = stop.clone();
         let counted = endpoint.clone();
         let task = tokio::spawn(async move {
+            // Both servers take the same callback: count the connection and
+            // serve it with the endpoint's service.
+            let on_connected = |stream, _addr| {
+                counted.connected();
+                let service = service.clone();
+                async move { Ok(Some((service, stream))) }
+            };
             let on_error = |e| tracing::debug!("sim connection ended: {e}");
             let abort = async move { token.cancelled().await };
             let served = match framing {
                 TcpFraming::Mbap => {
-                    let on_connected = |stream, socket_addr| {
-                        counted.connected();
-                        let service = service.clone();
-                        async move {
-                            accept_tcp_connection(stream, socket_addr, |_| {
-                                Ok(Some(service.clone()))
-                            })
-                        }
-                    };
                     TcpServer::new(listener)
                         .serve_until(&on_connected, on_error, abort)
                         .await
                 }
                 TcpFraming::Rtu => {
-                    let on_connected = |stream, socket_addr| {
-                        counted.connected();
-                        let service = service.clone();
-                        async move {
-                            rtu_over_tcp::accept_tcp_connection(stream, socket_addr, |_| {
-                                Ok(Some(service.clone()))
-                            })
-                        }
-                    };
                     rtu_over_tcp::Server::new(listener)
                         .serve_until(&on_connected, on_error, abort)
                         .await

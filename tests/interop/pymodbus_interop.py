@@ -118,6 +118,18 @@ async def check_reads(checks, base, devices, label=""):
             checks.check(f"{label}unit {unit} reads {prop}", same(got, want), f"got {got!r}, want {want!r}")
 
 
+def start_gateway(prefix, devices):
+    """`ferrite run` on a new project with MODEL and `devices` (name -> the
+    device file's text). Returns the process, the project folder and the
+    devices' REST base URL."""
+    api_port = free_port()
+    work = project(prefix, MODEL)
+    for name, text in devices.items():
+        (work / "devices" / f"{name}.yaml").write_text(text)
+    gateway = start_ferrite(FERRITE, work, api_port)
+    return gateway, work, f"http://127.0.0.1:{api_port}/api/v1/devices"
+
+
 async def wait_statuses(base, want, limit=20):
     """Waits until every device in `want` (name -> status) has its status."""
     deadline = time.monotonic() + limit
@@ -165,15 +177,11 @@ async def a_silent_unit_of_twenty(checks):
 
 
 async def silent_unit_checks(checks, modbus_port, requests):
-    api_port = free_port()
-    work = project("ferrite-pymodbus-silent-", MODEL)
-    for unit in range(1, 21):
-        (work / "devices" / f"u{unit}.yaml").write_text(
-            f"kind: Device\nname: u{unit}\nmodel: meter\npoll: 200ms\ntimeout: 300ms\n"
-            f"modbus-tcp: {{ host: 127.0.0.1, port: {modbus_port}, unit: {unit} }}\n"
-        )
-    gateway = start_ferrite(FERRITE, work, api_port)
-    base = f"http://127.0.0.1:{api_port}/api/v1/devices"
+    gateway, _, base = start_gateway("ferrite-pymodbus-silent-", {
+        f"u{unit}": f"kind: Device\nname: u{unit}\nmodel: meter\npoll: 200ms\ntimeout: 300ms\n"
+                    f"modbus-tcp: {{ host: 127.0.0.1, port: {modbus_port}, unit: {unit} }}\n"
+        for unit in range(1, 21)
+    })
     try:
         want = {f"u{u}": "online" for u in range(1, 20)} | {"u20": "offline"}
         ok, got = await wait_statuses(base, want)
@@ -208,15 +216,11 @@ async def rtu_over_tcp(checks):
 
 
 async def rtu_over_tcp_checks(checks, modbus_port, units):
-    api_port = free_port()
-    work = project("ferrite-pymodbus-rtu-tcp-", MODEL)
-    for unit in units:
-        (work / "devices" / f"r{unit}.yaml").write_text(
-            f"kind: Device\nname: r{unit}\nmodel: meter\npoll: 200ms\n"
-            f"modbus-rtu-over-tcp: {{ host: 127.0.0.1, port: {modbus_port}, unit: {unit} }}\n"
-        )
-    gateway = start_ferrite(FERRITE, work, api_port)
-    base = f"http://127.0.0.1:{api_port}/api/v1/devices"
+    gateway, work, base = start_gateway("ferrite-pymodbus-rtu-tcp-", {
+        f"r{unit}": f"kind: Device\nname: r{unit}\nmodel: meter\npoll: 200ms\n"
+                    f"modbus-rtu-over-tcp: {{ host: 127.0.0.1, port: {modbus_port}, unit: {unit} }}\n"
+        for unit in units
+    })
     try:
         ok, got = await wait_statuses(base, {"r3": "online", "r4": "online"})
         checks.check("RTU over TCP: both units online", ok, (got, (work / "ferrite.log").read_text()[-2000:]))
@@ -241,25 +245,13 @@ async def main():
 
 async def two_units(checks, modbus_port, units):
     """Part 1: two units behind one connection, read and written."""
-    api_port = free_port()
-    work = project("ferrite-pymodbus-", MODEL)
-    for unit in units:
-        (work / "devices" / f"m{unit}.yaml").write_text(
-            f"kind: Device\nname: m{unit}\nmodel: meter\npoll: 200ms\n"
-            f"modbus-tcp: {{ host: 127.0.0.1, port: {modbus_port}, unit: {unit} }}\n"
-        )
-    gateway = start_ferrite(FERRITE, work, api_port)
-    base = f"http://127.0.0.1:{api_port}/api/v1/devices"
+    gateway, work, base = start_gateway("ferrite-pymodbus-", {
+        f"m{unit}": f"kind: Device\nname: m{unit}\nmodel: meter\npoll: 200ms\n"
+                    f"modbus-tcp: {{ host: 127.0.0.1, port: {modbus_port}, unit: {unit} }}\n"
+        for unit in units
+    })
     try:
-        deadline = time.monotonic() + 20
-        online = False
-        while time.monotonic() < deadline and not online:
-            await asyncio.sleep(0.1)
-            statuses = []
-            for unit in units:
-                code, body = await asyncio.to_thread(http, "GET", f"{base}/m{unit}")
-                statuses.append(code == 200 and body["status"] == "online")
-            online = all(statuses)
+        online, _ = await wait_statuses(base, {f"m{unit}": "online" for unit in units})
         checks.check("both units online behind one TCP connection", online, (work / "ferrite.log").read_text()[-2000:])
         await check_reads(checks, base, {f"m{u}": u for u in units})
 

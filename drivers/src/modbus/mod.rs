@@ -251,9 +251,9 @@ pub const DEMOTE_FOR: Duration = Duration::from_secs(10);
 
 /// Auto-demotion, as SCADA drivers do it: a device that timed out
 /// [`DEMOTE_AFTER`] polls in a row is polled only once per its `demote`
-/// period ([`DEMOTE_FOR`] by default) until it answers again. Every request to it holds the shared link for the
-/// whole timeout, which its neighbours would otherwise wait out each cycle.
-/// Writes to it are still tried.
+/// period ([`DEMOTE_FOR`] by default) until it answers again. Every request
+/// to it holds the shared link for the whole timeout, which its neighbours
+/// would otherwise wait out each cycle. Writes to it are still tried.
 #[derive(Debug)]
 struct Demotion {
     period: Duration,
