@@ -176,3 +176,38 @@ fn warnings_alone_pass_unless_strict() {
     assert_eq!(strict.status.code(), Some(1), "{}", stdout(&strict));
     assert_eq!(stdout(&strict), text, "--strict changes the exit code only");
 }
+
+#[test]
+fn a_bad_sparkplug_host_section_is_refused_at_its_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("demo");
+    copy_tree(&workspace().join("examples/demo"), &project);
+    let config = project.join("ferrite.toml");
+    let text = std::fs::read_to_string(&config).expect("ferrite.toml");
+    let bad =
+        format!("{text}\n[mqtt.sparkplug]\nhost_id = \"plant/1\"\nreorder_timeout = \"5m\"\n");
+    std::fs::write(&config, &bad).expect("write ferrite.toml");
+    let line = |needle: &str| {
+        1 + bad
+            .lines()
+            .position(|l| l.starts_with(needle))
+            .expect("line")
+    };
+    let out = ferrite(&["check", "--config", config.to_str().expect("UTF-8 path")]);
+    let printed = stdout(&out);
+    assert!(
+        printed.contains(&format!(
+            "ferrite.toml:{}:11: error: Sparkplug host ID `plant/1` must be non-empty, without `/`",
+            line("host_id")
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!(
+            "ferrite.toml:{}:19: error: reorder_timeout is at most 60s",
+            line("reorder_timeout")
+        )),
+        "{printed}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+}

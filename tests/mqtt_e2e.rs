@@ -452,10 +452,11 @@ async fn sparkplug_births_data_commands_and_deaths() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn sparkplug_from_a_foreign_node_is_decoded_and_unknown_aliases_ask_for_rebirth() {
+/// A gateway whose device `n1` is the Sparkplug node `g/n1` (`extra` goes
+/// into `[mqtt]`), and a connected client to play that node.
+async fn foreign_node(extra: &str) -> (Files, ferrite_gateway::runtime::Gateway, Api, Client) {
     let port = free_port();
-    let files = files(port, "");
+    let files = files(port, extra);
     files.write("models/tank.yaml", SPB_MODEL).write(
         "devices/n1.yaml",
         "kind: Device\nname: n1\nmodel: tank\nmqtt: { sparkplug: { group: g, node: n1 } }\n",
@@ -464,13 +465,20 @@ async fn sparkplug_from_a_foreign_node_is_decoded_and_unknown_aliases_ask_for_re
     let api = Api::new(gw.addr);
     let mut node = Client::start(port, "n1", None, None);
     node.connected().await.expect("connect");
+    (files, gw, api, node)
+}
+
+#[tokio::test]
+async fn sparkplug_from_a_foreign_node_is_decoded_and_unknown_aliases_ask_for_rebirth() {
+    let (_files, gw, api, mut node) = foreign_node("").await;
     node.mqtt
         .subscribe("spBv1.0/g/NCMD/n1", QoS::AtLeastOnce)
         .await
         .expect("subscribe");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // NDATA with an alias the gateway never saw born: it asks for a rebirth.
+    // NDATA before any birth, by an alias the gateway never saw born: not
+    // taken, and the gateway asks for a rebirth.
     let data = Payload {
         seq: Some(1),
         metrics: vec![Metric {
@@ -562,5 +570,115 @@ async fn sparkplug_from_a_foreign_node_is_decoded_and_unknown_aliases_ask_for_re
         .await;
     api.expect_status("n1", "offline", Duration::from_secs(5))
         .await;
+    gw.stop().await;
+}
+
+/// The gateway as a Sparkplug host over a real broker connection: its
+/// STATE (retained, answered when someone says it is offline), and a gap in
+/// a node's `seq` (the message ahead of it waits the reorder timeout, then
+/// the node's other values go stale and it is asked to rebirth).
+#[tokio::test]
+async fn sparkplug_host_state_and_a_seq_gap_over_the_broker() {
+    use ferrite_proto::sparkplug::payload::metric::Value as V;
+    let (_files, gw, api, mut node) =
+        foreign_node("[mqtt.sparkplug]\nhost_id = \"ferrite\"\nreorder_timeout = \"500ms\"").await;
+
+    // tck-id-host-topic-phid-birth-topic/-retain/-payload: the STATE is
+    // there, retained, for a node that subscribes after the host started.
+    node.mqtt
+        .subscribe("spBv1.0/STATE/ferrite", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (topic, body) = node
+        .next_publish(Duration::from_secs(5))
+        .await
+        .expect("the retained STATE");
+    assert_eq!(topic, "spBv1.0/STATE/ferrite");
+    let state: serde_json::Value = serde_json::from_slice(&body).expect("STATE is JSON");
+    assert_eq!(state["online"], json!(true), "{state}");
+    assert!(state["timestamp"].as_u64().is_some(), "{state}");
+    // tck-id-message-flow-hid-sparkplug-state-message-delivered.
+    node.publish(
+        "spBv1.0/STATE/ferrite",
+        json!({"online": false, "timestamp": 1}).to_string(),
+    )
+    .await;
+    let answered = async {
+        while let Some((topic, body)) = node.next_publish(Duration::from_secs(5)).await {
+            let state: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if topic == "spBv1.0/STATE/ferrite" && state["online"] == json!(true) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(answered.await, "the host did not restate that it is online");
+
+    node.mqtt
+        .subscribe("spBv1.0/g/NCMD/n1", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metric = |name: Option<&str>, alias: u64, value: V| Metric {
+        name: name.map(str::to_string),
+        alias: Some(alias),
+        datatype: Some(if matches!(value, V::DoubleValue(_)) {
+            10
+        } else {
+            4
+        }),
+        value: Some(value),
+        ..Metric::default()
+    };
+    let birth = Payload {
+        seq: Some(0),
+        timestamp: Some(1),
+        metrics: vec![
+            metric(Some("bdSeq"), 100, V::LongValue(0)),
+            metric(Some("Inputs/Level"), 1, V::DoubleValue(1.0)),
+            metric(Some("Inputs/Count"), 2, V::LongValue(5)),
+        ],
+        ..Payload::default()
+    };
+    node.publish("spBv1.0/g/NBIRTH/n1", birth.encode_to_vec())
+        .await;
+    wait_value(&api, "n1", "level", json!(1.0)).await;
+    let data = |seq: u64, level: f64| Payload {
+        seq: Some(seq),
+        timestamp: Some(1),
+        metrics: vec![metric(None, 1, V::DoubleValue(level))],
+        ..Payload::default()
+    };
+    node.publish("spBv1.0/g/NDATA/n1", data(1, 2.0).encode_to_vec())
+        .await;
+    wait_value(&api, "n1", "level", json!(2.0)).await;
+    // seq 2 is lost on the way; 3 waits for it, then is taken.
+    node.publish("spBv1.0/g/NDATA/n1", data(3, 4.0).encode_to_vec())
+        .await;
+    let (topic, payload) = node
+        .next_publish(Duration::from_secs(5))
+        .await
+        .expect("a rebirth request after the reorder timeout");
+    assert_eq!(topic, "spBv1.0/g/NCMD/n1");
+    let request = Payload::decode(payload.as_slice()).expect("Sparkplug");
+    assert_eq!(
+        request.metrics[0].name.as_deref(),
+        Some("Node Control/Rebirth")
+    );
+    wait_value(&api, "n1", "level", json!(4.0)).await;
+    assert_eq!(property(&api, "n1", "level").await["quality"], "good");
+    // Count may have changed in the lost message: stale until the birth.
+    let count = property(&api, "n1", "count").await;
+    assert_eq!(
+        (count["value"].clone(), count["quality"].clone()),
+        (json!(5), json!("stale"))
+    );
+    node.publish("spBv1.0/g/NBIRTH/n1", birth.encode_to_vec())
+        .await;
+    let fresh = wait_until(Duration::from_secs(5), || async {
+        property(&api, "n1", "count").await["quality"] == "good"
+    })
+    .await;
+    assert!(fresh, "{}", property(&api, "n1", "count").await);
     gw.stop().await;
 }

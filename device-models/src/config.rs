@@ -198,6 +198,43 @@ pub struct MqttSection {
     /// An extra listener that speaks MQTT over TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<MqttTls>,
+    /// How the gateway acts as a Sparkplug B host application towards the
+    /// edge nodes that publish to this broker.
+    #[serde(default)]
+    pub sparkplug: SparkplugHost,
+}
+
+/// `[mqtt.sparkplug]`: the gateway as a Sparkplug B host application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugHost {
+    /// The host ID. When set, the gateway publishes its STATE message,
+    /// `{"online": true, "bdSeq": N, "timestamp": MS}`, retained at QoS 1
+    /// on `spBv1.0/STATE/{host_id}`, so that edge nodes configured to wait
+    /// for this primary host publish their births. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// How long a message that arrived ahead of a missing `seq` waits for
+    /// the missing one. When it passes, the gateway takes what it holds,
+    /// marks the node's other values stale and asks the node to rebirth.
+    /// Default 2s; `0s` asks at the first gap.
+    #[serde(default = "SparkplugHost::default_reorder_timeout")]
+    pub reorder_timeout: Span,
+}
+
+impl SparkplugHost {
+    fn default_reorder_timeout() -> Span {
+        Span(std::time::Duration::from_secs(2))
+    }
+}
+
+impl Default for SparkplugHost {
+    fn default() -> Self {
+        SparkplugHost {
+            host_id: None,
+            reorder_timeout: SparkplugHost::default_reorder_timeout(),
+        }
+    }
 }
 
 impl MqttSection {

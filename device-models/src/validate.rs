@@ -212,6 +212,22 @@ fn check_broker_section(
             "max_payload must be at least 16 bytes",
         );
     }
+    if let Some(id) = &mqtt.sparkplug.host_id
+        && !crate::sparkplug::valid_id(id)
+    {
+        diags.error(
+            file,
+            config.pos(&["mqtt", "sparkplug", "host_id"]),
+            format!("Sparkplug host ID `{id}` must be non-empty, without `/`, `+`, `#` or NUL"),
+        );
+    }
+    if mqtt.sparkplug.reorder_timeout.get() > std::time::Duration::from_secs(60) {
+        diags.error(
+            file,
+            config.pos(&["mqtt", "sparkplug", "reorder_timeout"]),
+            "reorder_timeout is at most 60s: the node's values wait that long for a missing message",
+        );
+    }
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, user) in mqtt.users.iter().enumerate() {
         let index = i.to_string();
@@ -994,7 +1010,7 @@ fn check_mqtt_device(
         ];
         for (key, id) in ids {
             let Some(id) = id else { continue };
-            if id.is_empty() || id.contains(['/', '+', '#', '\0']) {
+            if !crate::sparkplug::valid_id(id) {
                 diags.error(
                     file,
                     device.pos(&["mqtt", "sparkplug", key]),

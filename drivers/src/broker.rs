@@ -93,6 +93,23 @@ impl BrokerLink {
             .map_err(|e| e.to_string())
     }
 
+    /// Publishes a retained message on the live link, which the broker
+    /// keeps for clients that subscribe later. At QoS 0: rumqttd's local
+    /// links publish nothing else (the link itself cannot lose it).
+    pub fn publish_retained(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        use futures_util::FutureExt;
+        let publish = rumqttd::protocol::Publish::new(topic.into_bytes(), payload, true);
+        // `send` only queues the packet and wakes the router: it never
+        // waits, so it completes on the first poll.
+        self.lock()
+            .1
+            .send(rumqttd::protocol::Packet::Publish(publish, None))
+            .now_or_never()
+            .ok_or_else(|| "the broker link would block".to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// The live link's client id.
     pub fn client_id(&self) -> String {
         self.lock().0.clone()

@@ -39,6 +39,9 @@ pub struct Links {
     /// without `[mqtt]`).
     #[cfg(feature = "mqtt")]
     pub broker: Option<(broker::BrokerLink, rumqttd::local::LinkRx)>,
+    /// `[mqtt.sparkplug]`: the gateway as a Sparkplug host application.
+    #[cfg(feature = "mqtt")]
+    pub sparkplug: ferrite_models::config::SparkplugHost,
 }
 
 /// Every driver this build has, made on the gateway's `ctx`.
@@ -50,7 +53,11 @@ pub fn all(ctx: &DriverContext, links: Links) -> Vec<Box<dyn Driver>> {
         #[cfg(feature = "opcua")]
         Box::new(opcua::OpcuaDriver::new(ctx.clone())),
         #[cfg(feature = "mqtt")]
-        Box::new(mqtt::MqttDriver::new(ctx.clone(), links.broker)),
+        Box::new(mqtt::MqttDriver::new(
+            ctx.clone(),
+            links.broker,
+            &links.sparkplug,
+        )),
     ]
 }
 

@@ -64,6 +64,17 @@ struct Client {
     devices: Vec<usize>,
     /// Cancelling it drops the connection without a DISCONNECT.
     cut: Mutex<CancellationToken>,
+    /// A Sparkplug node's `seq`: 0 at its NBIRTH, then one more for each
+    /// message it publishes (wrapping after 255), as the spec requires.
+    seq: std::sync::atomic::AtomicU8,
+}
+
+impl Client {
+    /// The `seq` for the next message after the NBIRTH.
+    fn next_seq(&self) -> u64 {
+        let previous = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        u64::from(previous.wrapping_add(1))
+    }
 }
 
 /// Running MQTT publishers.
@@ -133,6 +144,7 @@ impl MqttSim {
                 id: client,
                 devices: vec![slot],
                 cut: Mutex::new(CancellationToken::new()),
+                seq: std::sync::atomic::AtomicU8::new(0),
             });
         }
         let sim = Arc::new(MqttSim {
@@ -363,9 +375,11 @@ fn births(devices: &[SimDevice], client: &Client, mqtt: &AsyncClient, sp: &Spark
         .encode_to_vec()
     };
     let topic = Topic::node_of(sp, MessageType::NBirth).render();
+    client.seq.store(0, std::sync::atomic::Ordering::Relaxed);
     let _ = mqtt.try_publish(topic, QoS::AtMostOnce, false, birth(node_metrics, 0));
-    for (seq, (own, metrics)) in (1..).zip(device_births) {
+    for (own, metrics) in device_births {
         let topic = Topic::of(own, MessageType::DBirth).render();
+        let seq = client.next_seq();
         let _ = mqtt.try_publish(topic, QoS::AtMostOnce, false, birth(metrics, seq));
     }
 }
@@ -397,6 +411,7 @@ fn publish_state(
             let body = Payload {
                 timestamp: Some(unix_ms()),
                 metrics,
+                seq: Some(client.next_seq()),
                 ..Payload::default()
             };
             let topic = Topic::of(own, MessageType::NData).render();

@@ -180,6 +180,12 @@ impl Gateway {
             ferrite_drivers::Links {
                 #[cfg(feature = "mqtt")]
                 broker,
+                #[cfg(feature = "mqtt")]
+                sparkplug: config
+                    .mqtt
+                    .as_ref()
+                    .map(|m| m.sparkplug.clone())
+                    .unwrap_or_default(),
             },
         );
         let writers = Arc::new(Writers::default());

@@ -6,7 +6,7 @@
 //! any Sparkplug rebirth request to publish. The reader task in `mod.rs`
 //! does the I/O around it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ use ferrite_core::reading::{Sample, Status, Update};
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How often at most a Sparkplug node is asked to rebirth.
 const REBIRTH_EVERY: Duration = Duration::from_secs(5);
+/// Most messages a Sparkplug node may have waiting behind a missing `seq`;
+/// one more gives up on it at once.
+const MAX_HELD: usize = 64;
 
 /// One property of an MQTT device.
 #[derive(Debug, Clone)]
@@ -87,14 +90,73 @@ pub(super) struct Waiter {
     pub done: oneshot::Sender<()>,
 }
 
-/// A Sparkplug edge node as the gateway tracks it.
+/// A Sparkplug edge node as the gateway tracks it: the host side of the
+/// spec's session state machine.
 #[derive(Debug, Default)]
 struct Node {
     /// Devices (by ID; `None` for the node's own metrics) → device slot.
     members: HashMap<Option<String>, usize>,
     /// The bdSeq of the node's current session, from its NBIRTH.
     bd_seq: Option<u64>,
+    /// The `seq` of the last message taken in order; `None` outside a
+    /// session (before the first NBIRTH the gateway sees, after an NDEATH),
+    /// when data is not taken.
+    seq: Option<u8>,
+    /// Devices born (DBIRTH) in this session.
+    born: HashSet<String>,
+    /// Messages that arrived ahead of a missing `seq`, by `seq`.
+    held: HashMap<u8, Held>,
+    /// When the first of `held` arrived: the reorder timeout runs from here.
+    held_since: Option<Instant>,
+    /// A rebirth was asked for and its NBIRTH has not come: asked again
+    /// every [`REBIRTH_EVERY`].
+    awaiting_birth: bool,
     last_rebirth: Option<Instant>,
+    /// Rebirth requests sent to this node, for tests and logs.
+    rebirths_asked: u64,
+    warned_no_seq: bool,
+}
+
+impl Node {
+    /// The slots of the node's devices, in order.
+    fn slots(&self) -> Vec<usize> {
+        let mut slots: Vec<usize> = self.members.values().copied().collect();
+        slots.sort_unstable();
+        slots
+    }
+
+    /// Forgets the session: what is held, and which devices are born.
+    fn end_session(&mut self) {
+        self.seq = None;
+        self.born.clear();
+        self.held.clear();
+        self.held_since = None;
+        self.awaiting_birth = false;
+    }
+}
+
+/// A held message of a node's stream.
+#[derive(Debug)]
+struct Held {
+    kind: MessageType,
+    device: Option<String>,
+    payload: Payload,
+}
+
+/// A Sparkplug edge node's IDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NodeId {
+    pub group: String,
+    pub node: String,
+}
+
+impl NodeId {
+    fn of(t: &Topic<'_>) -> Self {
+        NodeId {
+            group: t.group.to_string(),
+            node: t.node.to_string(),
+        }
+    }
 }
 
 /// What one publish or tick produced.
@@ -106,6 +168,8 @@ pub(super) struct Outcome {
     pub confirmed: Vec<oneshot::Sender<()>>,
     /// Publishes to make (a Sparkplug rebirth request).
     pub publish: Vec<(String, Vec<u8>)>,
+    /// Retained publishes to make (the host's STATE).
+    pub retained: Vec<(String, Vec<u8>)>,
     /// Payloads that did not decode.
     pub malformed: u64,
 }
@@ -134,6 +198,17 @@ pub(super) struct Ingest {
     /// Devices removed during a reconfiguration, until it ends: one that
     /// comes back (reconfigured) takes over its state.
     retired: HashMap<Arc<str>, DeviceState>,
+    /// How long a Sparkplug message ahead of a missing `seq` waits for it.
+    pub reorder_timeout: Duration,
+    /// The STATE topic of the gateway as a Sparkplug host, with a host ID.
+    pub state_topic: Option<String>,
+}
+
+/// The payload of the host's STATE message (Sparkplug 3.0, 4.2.3.1.2).
+pub(super) fn host_state(online: bool) -> Vec<u8> {
+    serde_json::json!({ "online": online, "timestamp": unix_ms() })
+        .to_string()
+        .into_bytes()
 }
 
 impl Ingest {
@@ -316,8 +391,24 @@ impl Ingest {
         }
         if let Some(t) = Topic::parse(topic) {
             self.sparkplug(t, body, now, &mut out);
+        } else if self.state_topic.as_deref() == Some(topic) {
+            self.host_state_seen(topic, body, &mut out);
         }
         out
+    }
+
+    /// A STATE message on the gateway's own host ID. One that says the
+    /// host is offline (another client's, or a stale will) is answered
+    /// with the host's STATE at once, as the spec requires
+    /// (`tck-id-message-flow-hid-sparkplug-state-message-delivered`).
+    fn host_state_seen(&mut self, topic: &str, body: &[u8], out: &mut Outcome) {
+        let online = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("online")?.as_bool());
+        if online != Some(true) {
+            tracing::info!("{topic} said the gateway is not online; publishing its STATE again");
+            out.retained.push((topic.to_string(), host_state(true)));
+        }
     }
 
     /// Marks devices offline whose timeout has passed.
@@ -332,6 +423,7 @@ impl Ingest {
                 self.go_offline(slot, why, &mut out);
             }
         }
+        self.sparkplug_tick(now, &mut out);
         out
     }
 
@@ -369,21 +461,24 @@ impl Ingest {
     }
 
     fn sparkplug(&mut self, t: Topic<'_>, body: &[u8], now: Instant, out: &mut Outcome) {
+        if matches!(t.kind, MessageType::NCmd | MessageType::DCmd) {
+            return;
+        }
         let Some(node) = self.node(&t) else {
             return;
-        };
-        let slots: Vec<usize> = match t.kind {
-            MessageType::NDeath => node.members.values().copied().collect(),
-            MessageType::NCmd | MessageType::DCmd => return,
-            _ => match node.members.get(&t.device.map(str::to_string)) {
-                Some(slot) => vec![*slot],
-                None if t.kind == MessageType::NBirth => Vec::new(),
-                None => return,
-            },
         };
         let payload = match Payload::decode(body) {
             Ok(p) => p,
             Err(e) => {
+                let slots: Vec<usize> = match t.kind {
+                    MessageType::NDeath => node.members.values().copied().collect(),
+                    _ => node
+                        .members
+                        .get(&t.device.map(str::to_string))
+                        .into_iter()
+                        .copied()
+                        .collect(),
+                };
                 for slot in slots {
                     let why = format!("{} is not a Sparkplug B payload: {e}", t.render());
                     self.malformed(slot, &why, now, out);
@@ -391,45 +486,281 @@ impl Ingest {
                 return;
             }
         };
+        let id = NodeId::of(&t);
         match t.kind {
-            MessageType::NBirth => {
-                if let Some(node) = self.node_mut(&t) {
-                    node.bd_seq = bd_seq(&payload.metrics);
-                }
-                for slot in slots {
-                    self.birth(slot, &payload.metrics, now, out);
-                }
+            MessageType::NDeath => self.node_death(&id, &payload, out),
+            MessageType::NBirth => self.node_birth(&id, payload, now, out),
+            _ => self.sequenced(&id, t.kind, t.device, payload, now, out),
+        }
+    }
+
+    /// An NDEATH: every device of the node goes offline, its values stale,
+    /// and nothing more is taken from it until its next NBIRTH. A death
+    /// certificate from an older session (it can arrive after the new
+    /// birth) does not kill the new one.
+    fn node_death(&mut self, id: &NodeId, payload: &Payload, out: &mut Outcome) {
+        let Some(node) = self.node_at(id) else {
+            return;
+        };
+        if let (Some(dead), Some(current)) = (bd_seq(&payload.metrics), node.bd_seq)
+            && dead != current
+        {
+            return;
+        }
+        node.end_session();
+        for slot in node.slots() {
+            let why = format!("its edge node {}/{} died (NDEATH)", id.group, id.node);
+            self.go_offline(slot, why, out);
+        }
+    }
+
+    /// An NBIRTH starts the node's session: its `seq` is where the count
+    /// starts, its bdSeq names the session, and its devices must be born
+    /// again (DBIRTH) before their data is taken.
+    fn node_birth(&mut self, id: &NodeId, payload: Payload, now: Instant, out: &mut Outcome) {
+        let Some(node) = self.node_at(id) else {
+            return;
+        };
+        node.end_session();
+        node.bd_seq = bd_seq(&payload.metrics);
+        node.seq = Some(payload.seq.and_then(|s| u8::try_from(s).ok()).unwrap_or(0));
+        self.take(id, MessageType::NBirth, None, &payload, now, out);
+    }
+
+    /// Any other message of the node's stream (DBIRTH, NDATA, DDATA,
+    /// DDEATH): taken in `seq` order. One that arrives ahead of a missing
+    /// `seq` is held until the missing one comes (then both are taken, in
+    /// order), or until the reorder timeout passes (see [`Ingest::give_up`]).
+    fn sequenced(
+        &mut self,
+        id: &NodeId,
+        kind: MessageType,
+        device: Option<&str>,
+        payload: Payload,
+        now: Instant,
+        out: &mut Outcome,
+    ) {
+        let reorder_timeout = self.reorder_timeout;
+        let Some(node) = self.node_at(id) else {
+            return;
+        };
+        let Some(last) = node.seq else {
+            let why = format!("it published {} before its NBIRTH", kind.as_str());
+            let slots = node.slots();
+            self.unborn(id, &slots, &why, now, out);
+            return;
+        };
+        let Some(seq) = payload.seq.and_then(|s| u8::try_from(s).ok()) else {
+            // Without a seq (which the spec requires) the message cannot be
+            // ordered: it is taken as it comes.
+            if !node.warned_no_seq {
+                node.warned_no_seq = true;
+                tracing::warn!(
+                    "Sparkplug node {}/{} publishes without a seq (0-255): gaps cannot be noticed",
+                    id.group,
+                    id.node
+                );
             }
-            MessageType::DBirth => {
-                for slot in slots {
-                    self.birth(slot, &payload.metrics, now, out);
+            self.take(id, kind, device, &payload, now, out);
+            return;
+        };
+        let expected = last.wrapping_add(1);
+        if seq == expected {
+            node.seq = Some(seq);
+            self.take(id, kind, device, &payload, now, out);
+            self.release(id, now, out);
+            return;
+        }
+        // Ahead by up to half the ring: a gap so far. Behind: a duplicate,
+        // or one already given up on.
+        if seq.wrapping_sub(expected) >= 128 || node.held.contains_key(&seq) {
+            tracing::debug!(
+                "Sparkplug node {}/{}: dropped {} with seq {seq}, expecting {expected}",
+                id.group,
+                id.node,
+                kind.as_str()
+            );
+            return;
+        }
+        node.held.insert(
+            seq,
+            Held {
+                kind,
+                device: device.map(str::to_string),
+                payload,
+            },
+        );
+        node.held_since.get_or_insert(now);
+        if reorder_timeout.is_zero() || node.held.len() >= MAX_HELD {
+            self.give_up(id, now, out);
+        }
+    }
+
+    /// Takes the held messages that follow the node's `seq` now.
+    fn release(&mut self, id: &NodeId, now: Instant, out: &mut Outcome) {
+        loop {
+            let Some(node) = self.node_at(id) else {
+                return;
+            };
+            let Some(next) = node.seq.map(|s| s.wrapping_add(1)) else {
+                return;
+            };
+            let Some(held) = node.held.remove(&next) else {
+                if node.held.is_empty() {
+                    node.held_since = None;
                 }
+                return;
+            };
+            node.seq = Some(next);
+            self.take(
+                id,
+                held.kind,
+                held.device.as_deref(),
+                &held.payload,
+                now,
+                out,
+            );
+        }
+    }
+
+    /// The reorder timeout passed with a `seq` still missing (or too many
+    /// messages wait behind it): the node's values are marked stale, what
+    /// is held is taken in order (those values are fresh again), and the
+    /// node is asked to rebirth, which brings every current value.
+    fn give_up(&mut self, id: &NodeId, now: Instant, out: &mut Outcome) {
+        let Some(node) = self.node_at(id) else {
+            return;
+        };
+        let Some(expected) = node.seq.map(|s| s.wrapping_add(1)) else {
+            return;
+        };
+        let mut held: Vec<(u8, Held)> = std::mem::take(&mut node.held).into_iter().collect();
+        node.held_since = None;
+        held.sort_by_key(|(seq, _)| seq.wrapping_sub(expected));
+        let missing = held
+            .first()
+            .map_or(0, |(seq, _)| seq.wrapping_sub(expected));
+        let slots = node.slots();
+        let why = format!(
+            "{missing} message(s) missing before seq {}",
+            held.first().map_or(expected, |(seq, _)| *seq)
+        );
+        for &slot in &slots {
+            self.stale(slot, out);
+        }
+        for (seq, h) in held {
+            if let Some(node) = self.node_at(id) {
+                node.seq = Some(seq);
             }
-            MessageType::NDeath => {
-                // A death certificate from an older session (it can arrive
-                // after the new birth) does not kill the new one.
-                let current = self.node(&t).and_then(|n| n.bd_seq);
-                if let (Some(dead), Some(current)) = (bd_seq(&payload.metrics), current)
-                    && dead != current
-                {
-                    return;
+            self.take(id, h.kind, h.device.as_deref(), &h.payload, now, out);
+        }
+        if let Some(node) = self.node_at(id) {
+            node.awaiting_birth = true;
+        }
+        self.request_rebirth(id, &why, now, out);
+    }
+
+    /// Data that cannot be trusted until a birth (data before the NBIRTH,
+    /// or a device's before its DBIRTH): dropped; the devices' values go
+    /// stale, once, and the node is asked to rebirth.
+    fn unborn(&mut self, id: &NodeId, slots: &[usize], why: &str, now: Instant, out: &mut Outcome) {
+        let Some(node) = self.node_at(id) else {
+            return;
+        };
+        if !node.awaiting_birth {
+            node.awaiting_birth = true;
+            for &slot in slots {
+                self.stale(slot, out);
+            }
+        }
+        self.request_rebirth(id, why, now, out);
+    }
+
+    /// Takes one message of the node's stream, in order.
+    fn take(
+        &mut self,
+        id: &NodeId,
+        kind: MessageType,
+        device: Option<&str>,
+        payload: &Payload,
+        now: Instant,
+        out: &mut Outcome,
+    ) {
+        let Some(node) = self.node_at(id) else {
+            return;
+        };
+        let slot = node.members.get(&device.map(str::to_string)).copied();
+        match kind {
+            MessageType::NBirth | MessageType::DBirth => {
+                if let Some(d) = device {
+                    node.born.insert(d.to_string());
                 }
-                for slot in slots {
-                    let why = format!("its edge node {}/{} died (NDEATH)", t.group, t.node);
-                    self.go_offline(slot, why, out);
+                if let Some(slot) = slot {
+                    self.birth(slot, &payload.metrics, now, out);
                 }
             }
             MessageType::DDeath => {
-                for slot in slots {
+                if let Some(d) = device {
+                    node.born.remove(d);
+                }
+                if let Some(slot) = slot {
                     self.go_offline(slot, "it died (DDEATH)".to_string(), out);
                 }
             }
             MessageType::NData | MessageType::DData => {
-                for slot in slots {
-                    self.data(slot, &payload.metrics, &t, now, out);
+                let Some(slot) = slot else { return };
+                if let Some(d) = device
+                    && !node.born.contains(d)
+                {
+                    let why = format!("device {d} published DDATA before its DBIRTH");
+                    self.unborn(id, &[slot], &why, now, out);
+                    return;
+                }
+                self.data(slot, id, &payload.metrics, now, out);
+            }
+            MessageType::NDeath | MessageType::NCmd | MessageType::DCmd => {}
+        }
+    }
+
+    /// Every value of the device goes stale (its status stays).
+    fn stale(&mut self, slot: usize, out: &mut Outcome) {
+        let Some(d) = self.device(slot) else {
+            return;
+        };
+        let samples = d.points.iter().map(|p| (p.index, Sample::Stale)).collect();
+        out.updates.push(update(d.index, None, false, samples));
+    }
+
+    /// Nodes whose held messages have waited the reorder timeout, and
+    /// nodes still owing the birth they were asked for.
+    fn sparkplug_tick(&mut self, now: Instant, out: &mut Outcome) {
+        let mut late = Vec::new();
+        let mut owing = Vec::new();
+        for (group, nodes) in &self.nodes {
+            for (name, node) in nodes {
+                let id = || NodeId {
+                    group: group.clone(),
+                    node: name.clone(),
+                };
+                if node
+                    .held_since
+                    .is_some_and(|since| now.duration_since(since) >= self.reorder_timeout)
+                {
+                    late.push(id());
+                } else if node.awaiting_birth
+                    && node
+                        .last_rebirth
+                        .is_none_or(|at| now.duration_since(at) >= REBIRTH_EVERY)
+                {
+                    owing.push(id());
                 }
             }
-            MessageType::NCmd | MessageType::DCmd => {}
+        }
+        for id in late {
+            self.give_up(&id, now, out);
+        }
+        for id in owing {
+            self.request_rebirth(&id, "the birth asked for has not come", now, out);
         }
     }
 
@@ -467,8 +798,8 @@ impl Ingest {
     fn data(
         &mut self,
         slot: usize,
+        id: &NodeId,
         metrics: &[Metric],
-        t: &Topic<'_>,
         now: Instant,
         out: &mut Outcome,
     ) {
@@ -491,7 +822,7 @@ impl Ingest {
             }
         }
         if unknown_alias {
-            self.request_rebirth(t, now, out);
+            self.request_rebirth(id, "it used an alias it never announced", now, out);
         }
         let samples = self.metric_samples(slot, found, now, out);
         self.seen(slot, now, out, samples);
@@ -527,8 +858,8 @@ impl Ingest {
 
     /// Asks an edge node to publish its births again (it published an alias
     /// the gateway never saw born, for example after the gateway restarted).
-    fn request_rebirth(&mut self, t: &Topic<'_>, now: Instant, out: &mut Outcome) {
-        let Some(node) = self.node_mut(t) else {
+    fn request_rebirth(&mut self, id: &NodeId, why: &str, now: Instant, out: &mut Outcome) {
+        let Some(node) = self.node_at(id) else {
             return;
         };
         if node
@@ -538,6 +869,7 @@ impl Ingest {
             return;
         }
         node.last_rebirth = Some(now);
+        node.rebirths_asked += 1;
         let mut metric = match sparkplug::metric_of(
             ferrite_proto::sparkplug::datatype::BOOLEAN,
             &Value::Bool(true),
@@ -546,21 +878,22 @@ impl Ingest {
             Err(_) => return,
         };
         metric.name = Some("Node Control/Rebirth".into());
+        metric.timestamp = Some(unix_ms());
         let payload = Payload {
             timestamp: Some(unix_ms()),
             metrics: vec![metric],
             ..Payload::default()
         };
         let topic = Topic {
-            group: t.group,
+            group: &id.group,
             kind: MessageType::NCmd,
-            node: t.node,
+            node: &id.node,
             device: None,
         };
         tracing::info!(
-            "asking Sparkplug node {}/{} to rebirth: it used an alias it never announced",
-            t.group,
-            t.node
+            "asking Sparkplug node {}/{} to rebirth: {why}",
+            id.group,
+            id.node
         );
         out.publish.push((topic.render(), payload.encode_to_vec()));
     }
@@ -569,8 +902,8 @@ impl Ingest {
         self.nodes.get(t.group)?.get(t.node)
     }
 
-    fn node_mut(&mut self, t: &Topic<'_>) -> Option<&mut Node> {
-        self.nodes.get_mut(t.group)?.get_mut(t.node)
+    fn node_at(&mut self, id: &NodeId) -> Option<&mut Node> {
+        self.nodes.get_mut(&id.group)?.get_mut(&id.node)
     }
 
     /// The device published: it is online, and these are its samples.
@@ -689,4 +1022,433 @@ fn update(
 /// Milliseconds since the Unix epoch, as Sparkplug timestamps are.
 pub(super) fn unix_ms() -> u64 {
     u64::try_from(ferrite_core::time::now() / 1000).unwrap_or(0)
+}
+
+/// The host side of the Sparkplug session state machine, one publish and
+/// one tick at a time. Each test is named after the Sparkplug 3.0 TCK
+/// requirement it covers; the end-to-end tests in `tests/mqtt_e2e.rs` and
+/// the pysparkplug interop run the same rules over real sockets.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrite_models::project::{DocKind, Loader};
+    use ferrite_proto::sparkplug::payload::metric;
+    use std::path::Path;
+
+    const DOCS: &str = r#"kind: DeviceModel
+name: tank
+properties:
+  level: { type: float, mqtt: { metric: "Inputs/Level" } }
+  count: { type: int, mqtt: { metric: "Inputs/Count" } }
+---
+kind: Device
+name: n1
+model: tank
+mqtt: { sparkplug: { group: g, node: n1 } }
+---
+kind: Device
+name: d1
+model: tank
+mqtt: { sparkplug: { group: g, node: n1, device: d1 } }
+"#;
+
+    const NODE: usize = 0;
+    const DEVICE: usize = 1;
+
+    /// An ingest with the node `g/n1` (device `n1`, number 0) and its
+    /// device `d1` (number 1).
+    fn ingest(reorder_timeout: Duration) -> Ingest {
+        let mut loader = Loader::default();
+        loader.load_text(
+            Path::new("docs.yaml"),
+            DOCS,
+            &[DocKind::DeviceModel, DocKind::Device],
+        );
+        let report = loader.finish();
+        assert_eq!(report.errors, 0, "{:?}", report.diagnostics);
+        let project = report.project;
+        let mut ingest = Ingest {
+            reorder_timeout,
+            ..Ingest::default()
+        };
+        let model = &project.models["tank"].value;
+        let names: Vec<Arc<str>> = model
+            .properties
+            .keys()
+            .map(|k| Arc::from(k.as_str()))
+            .collect();
+        let numbers: Vec<u16> = (0..names.len() as u16).collect();
+        for (index, name) in ["n1", "d1"].into_iter().enumerate() {
+            let entry = DeviceEntry {
+                index,
+                name,
+                located: &project.devices[name],
+                model,
+                numbers: &numbers,
+                names: &names,
+            };
+            ingest.add(&entry).expect("an MQTT device");
+        }
+        ingest
+    }
+
+    fn float(name: Option<&str>, alias: u64, v: f64) -> Metric {
+        Metric {
+            name: name.map(str::to_string),
+            alias: Some(alias),
+            datatype: Some(ferrite_proto::sparkplug::datatype::DOUBLE),
+            value: Some(metric::Value::DoubleValue(v)),
+            ..Metric::default()
+        }
+    }
+
+    fn payload(seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
+        Payload {
+            timestamp: Some(1),
+            seq,
+            metrics,
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn bd_seq_metric(bd: u64) -> Metric {
+        Metric {
+            name: Some("bdSeq".into()),
+            datatype: Some(ferrite_proto::sparkplug::datatype::INT64),
+            value: Some(metric::Value::LongValue(bd)),
+            ..Metric::default()
+        }
+    }
+
+    fn nbirth(bd: u64, level: f64) -> Vec<u8> {
+        payload(
+            Some(0),
+            vec![bd_seq_metric(bd), float(Some("Inputs/Level"), 1, level)],
+        )
+    }
+
+    fn data(seq: u64, level: f64) -> Vec<u8> {
+        payload(Some(seq), vec![float(None, 1, level)])
+    }
+
+    /// The `level` values the store would get, by device, in order.
+    fn levels(out: &Outcome) -> Vec<(usize, f64)> {
+        out.updates
+            .iter()
+            .flat_map(|u| {
+                u.samples.iter().filter_map(move |(p, s)| match s {
+                    Sample::Good(Value::Float(v)) if *p == 0 => Some((u.device, *v)),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
+    /// The devices whose values went stale, in order.
+    fn staled(out: &Outcome) -> Vec<usize> {
+        out.updates
+            .iter()
+            .filter(|u| !u.samples.is_empty() && u.samples.iter().all(|(_, s)| *s == Sample::Stale))
+            .map(|u| u.device)
+            .collect()
+    }
+
+    /// Rebirth requests in `out`: NCMD `Node Control/Rebirth` = true.
+    fn rebirths(out: &Outcome) -> usize {
+        out.publish
+            .iter()
+            .filter(|(topic, body)| {
+                let Ok(p) = Payload::decode(body.as_slice()) else {
+                    return false;
+                };
+                topic == "spBv1.0/g/NCMD/n1"
+                    && p.metrics.iter().any(|m| {
+                        m.name.as_deref() == Some("Node Control/Rebirth")
+                            && m.value == Some(metric::Value::BooleanValue(true))
+                    })
+            })
+            .count()
+    }
+
+    const NBIRTH: &str = "spBv1.0/g/NBIRTH/n1";
+    const NDATA: &str = "spBv1.0/g/NDATA/n1";
+    const NDEATH: &str = "spBv1.0/g/NDEATH/n1";
+    const DBIRTH: &str = "spBv1.0/g/DBIRTH/n1/d1";
+    const DDATA: &str = "spBv1.0/g/DDATA/n1/d1";
+
+    #[test]
+    fn tck_id_payloads_sequence_num_incrementing_wraps_after_255() {
+        let mut ingest = ingest(Duration::from_secs(2));
+        let t0 = Instant::now();
+        assert_eq!(
+            levels(&ingest.publish(NBIRTH, &nbirth(0, 0.0), t0)),
+            [(NODE, 0.0)]
+        );
+        // 1..=255, then 0, 1, 2: every one taken, none held, no rebirth.
+        for i in 1..=258u64 {
+            let out = ingest.publish(NDATA, &data(i % 256, i as f64), t0);
+            assert_eq!(levels(&out), [(NODE, i as f64)], "seq {}", i % 256);
+            assert_eq!(rebirths(&out), 0);
+        }
+        let out = ingest.tick(t0 + Duration::from_secs(60));
+        assert_eq!(rebirths(&out), 0);
+    }
+
+    #[test]
+    fn tck_id_operational_behavior_host_reordering_success() {
+        let mut ingest = ingest(Duration::from_secs(2));
+        let t0 = Instant::now();
+        ingest.publish(NBIRTH, &nbirth(0, 0.0), t0);
+        assert_eq!(
+            levels(&ingest.publish(NDATA, &data(1, 1.0), t0)),
+            [(NODE, 1.0)]
+        );
+        // 3 and 4 arrive before 2: held, not taken out of order.
+        assert!(levels(&ingest.publish(NDATA, &data(3, 3.0), t0)).is_empty());
+        assert!(levels(&ingest.publish(NDATA, &data(4, 4.0), t0)).is_empty());
+        // 2 arrives within the reorder timeout: all three, in seq order.
+        let out = ingest.publish(NDATA, &data(2, 2.0), t0 + Duration::from_secs(1));
+        assert_eq!(levels(&out), [(NODE, 2.0), (NODE, 3.0), (NODE, 4.0)]);
+        assert!(staled(&out).is_empty());
+        // The timer stopped with it: nothing happens when it would have run out.
+        let out = ingest.tick(t0 + Duration::from_secs(3));
+        assert_eq!(rebirths(&out), 0);
+        assert_eq!(
+            levels(&ingest.publish(NDATA, &data(5, 5.0), t0)),
+            [(NODE, 5.0)]
+        );
+    }
+
+    #[test]
+    fn tck_id_operational_behavior_host_reordering_rebirth() {
+        let timeout = Duration::from_secs(2);
+        let mut ingest = ingest(timeout);
+        let t0 = Instant::now();
+        ingest.publish(NBIRTH, &nbirth(0, 0.0), t0);
+        ingest.publish(
+            DBIRTH,
+            &payload(Some(1), vec![float(Some("Inputs/Level"), 2, 10.0)]),
+            t0,
+        );
+        // seq 2 never comes; 3 waits for it.
+        assert!(levels(&ingest.publish(NDATA, &data(3, 3.0), t0)).is_empty());
+        let out = ingest.tick(t0 + timeout / 2);
+        assert_eq!(
+            (rebirths(&out), out.updates.len()),
+            (0, 0),
+            "still within the reorder timeout"
+        );
+        // The timeout passes: every value of the node goes stale, what was
+        // held is taken (fresh again), and the node is asked to rebirth.
+        let out = ingest.tick(t0 + timeout);
+        assert_eq!(staled(&out), [NODE, DEVICE]);
+        assert_eq!(levels(&out), [(NODE, 3.0)]);
+        assert_eq!(rebirths(&out), 1);
+        // The stream goes on from what was taken.
+        assert_eq!(
+            levels(&ingest.publish(NDATA, &data(4, 4.0), t0 + timeout)),
+            [(NODE, 4.0)]
+        );
+        // The birth has not come: asked again after REBIRTH_EVERY, not before.
+        assert_eq!(
+            rebirths(&ingest.tick(t0 + timeout + Duration::from_secs(1))),
+            0
+        );
+        assert_eq!(rebirths(&ingest.tick(t0 + timeout + REBIRTH_EVERY)), 1);
+        // It comes: no more requests.
+        let born = t0 + timeout + REBIRTH_EVERY;
+        assert_eq!(
+            levels(&ingest.publish(NBIRTH, &nbirth(0, 9.0), born)),
+            [(NODE, 9.0)]
+        );
+        assert_eq!(rebirths(&ingest.tick(born + REBIRTH_EVERY * 3)), 0);
+    }
+
+    #[test]
+    fn tck_id_operational_behavior_host_reordering_param() {
+        // A reorder timeout of zero: the first gap gives up at once.
+        let mut ingest = ingest(Duration::ZERO);
+        let t0 = Instant::now();
+        ingest.publish(NBIRTH, &nbirth(0, 0.0), t0);
+        let out = ingest.publish(NDATA, &data(2, 2.0), t0);
+        assert_eq!(staled(&out), [NODE, DEVICE]);
+        assert_eq!(levels(&out), [(NODE, 2.0)]);
+        assert_eq!(rebirths(&out), 1);
+        // Too many waiting behind a gap gives up too, whatever the timeout.
+        let mut ingest = super::tests::ingest(Duration::from_secs(60));
+        ingest.publish(NBIRTH, &nbirth(0, 0.0), t0);
+        for seq in 2..(2 + MAX_HELD as u64 - 1) {
+            let out = ingest.publish(NDATA, &data(seq, seq as f64), t0);
+            assert_eq!(rebirths(&out), 0, "seq {seq}");
+        }
+        let last = 2 + MAX_HELD as u64 - 1;
+        let out = ingest.publish(NDATA, &data(last, 0.5), t0);
+        assert_eq!(rebirths(&out), 1);
+        assert_eq!(levels(&out).len(), MAX_HELD, "every held message taken");
+        assert_eq!(levels(&out).last(), Some(&(NODE, 0.5)));
+    }
+
+    #[test]
+    fn duplicates_and_late_messages_are_dropped() {
+        let mut ingest = ingest(Duration::from_secs(2));
+        let t0 = Instant::now();
+        ingest.publish(NBIRTH, &nbirth(0, 0.0), t0);
+        assert_eq!(levels(&ingest.publish(NDATA, &data(1, 1.0), t0)).len(), 1);
+        // The same seq again (a QoS 1 redelivery): not taken twice.
+        assert!(levels(&ingest.publish(NDATA, &data(1, 1.0), t0)).is_empty());
+        // An older one: behind what was taken.
+        assert!(levels(&ingest.publish(NDATA, &data(200, 7.0), t0)).is_empty());
+        assert_eq!(rebirths(&ingest.tick(t0 + Duration::from_secs(10))), 0);
+        assert_eq!(
+            levels(&ingest.publish(NDATA, &data(2, 2.0), t0)),
+            [(NODE, 2.0)]
+        );
+    }
+
+    #[test]
+    fn tck_id_payloads_alias_data_cmd_requirement_unknown_alias_asks_for_rebirth() {
+        // NDATA by an alias its NBIRTH never announced: what the gateway
+        // knows is taken, and the node is asked to rebirth.
+        let mut ingest = ingest(Duration::from_secs(2));
+        let t0 = Instant::now();
+        ingest.publish(NBIRTH, &nbirth(0, 0.0), t0);
+        let out = ingest.publish(
+            NDATA,
+            &payload(Some(1), vec![float(None, 1, 1.0), float(None, 99, 5.0)]),
+            t0,
+        );
+        assert_eq!(levels(&out), [(NODE, 1.0)]);
+        assert_eq!(rebirths(&out), 1);
+    }
+
+    #[test]
+    fn tck_id_payloads_sequence_num_always_included_or_taken_unordered() {
+        // A node that leaves out seq (the spec requires it) still has its
+        // data taken, as it comes: nothing is lost for want of a number.
+        let mut ingest = ingest(Duration::from_secs(2));
+        let t0 = Instant::now();
+        ingest.publish(
+            NBIRTH,
+            &payload(None, vec![float(Some("Inputs/Level"), 1, 1.0)]),
+            t0,
+        );
+        for v in [2.0, 3.0] {
+            let out = ingest.publish(NDATA, &payload(None, vec![float(None, 1, v)]), t0);
+            assert_eq!(levels(&out), [(NODE, v)]);
+        }
+    }
+
+    #[test]
+    fn tck_id_payloads_dbirth_order_data_before_birth_asks_for_rebirth() {
+        let mut ingest = ingest(Duration::from_secs(2));
+        let t0 = Instant::now();
+        // NDATA before any NBIRTH (the node was up before the gateway):
+        // not taken, the node's values stale, a rebirth asked for.
+        let out = ingest.publish(
+            NDATA,
+            &payload(Some(7), vec![float(Some("Inputs/Level"), 1, 7.0)]),
+            t0,
+        );
+        assert!(levels(&out).is_empty());
+        assert_eq!(staled(&out), [NODE, DEVICE]);
+        assert_eq!(rebirths(&out), 1);
+        // More data: no second request within REBIRTH_EVERY, no second stale.
+        let out = ingest.publish(NDATA, &data(8, 8.0), t0);
+        assert_eq!(
+            (rebirths(&out), staled(&out).len(), levels(&out).len()),
+            (0, 0, 0)
+        );
+        assert_eq!(rebirths(&ingest.tick(t0 + REBIRTH_EVERY)), 1);
+        // The birth: the node's values; its device must be born too.
+        assert_eq!(
+            levels(&ingest.publish(NBIRTH, &nbirth(1, 1.0), t0)),
+            [(NODE, 1.0)]
+        );
+        let out = ingest.publish(DDATA, &data(1, 5.0), t0 + REBIRTH_EVERY * 2);
+        assert!(levels(&out).is_empty(), "DDATA before its DBIRTH");
+        assert_eq!(staled(&out), [DEVICE]);
+        assert_eq!(rebirths(&out), 1);
+        // The node answers the request: NBIRTH, then the device's DBIRTH.
+        ingest.publish(NBIRTH, &nbirth(1, 1.0), t0);
+        let dbirth = payload(Some(1), vec![float(Some("Inputs/Level"), 2, 20.0)]);
+        assert_eq!(
+            levels(&ingest.publish(DBIRTH, &dbirth, t0)),
+            [(DEVICE, 20.0)]
+        );
+        let ddata = payload(Some(2), vec![float(None, 2, 21.0)]);
+        assert_eq!(levels(&ingest.publish(DDATA, &ddata, t0)), [(DEVICE, 21.0)]);
+        assert_eq!(rebirths(&ingest.tick(t0 + REBIRTH_EVERY * 5)), 0);
+    }
+
+    #[test]
+    fn tck_id_operational_behavior_edge_node_termination_host_action_ndeath_node_tags_stale() {
+        let mut ingest = ingest(Duration::from_secs(2));
+        let t0 = Instant::now();
+        ingest.publish(NBIRTH, &nbirth(3, 1.0), t0);
+        ingest.publish(
+            DBIRTH,
+            &payload(Some(1), vec![float(Some("Inputs/Level"), 2, 2.0)]),
+            t0,
+        );
+        // tck-id-payloads-ndeath-bdseq: an NDEATH of an older session
+        // (bdSeq 2) does not end this one (bdSeq 3).
+        let out = ingest.publish(NDEATH, &payload(None, vec![bd_seq_metric(2)]), t0);
+        assert!(out.updates.is_empty());
+        assert_eq!(
+            levels(&ingest.publish(NDATA, &data(2, 2.5), t0)),
+            [(NODE, 2.5)]
+        );
+        // The current one does: both devices offline, their values stale.
+        let out = ingest.publish(NDEATH, &payload(None, vec![bd_seq_metric(3)]), t0);
+        let offline: Vec<usize> = out
+            .updates
+            .iter()
+            .filter(|u| matches!(u.status, Some((Status::Offline, _))))
+            .map(|u| u.device)
+            .collect();
+        assert_eq!(offline, [NODE, DEVICE]);
+        assert!(
+            out.updates
+                .iter()
+                .all(|u| u.samples.iter().all(|(_, s)| *s == Sample::Stale))
+        );
+        // Data after the death and before a new birth is not taken.
+        let out = ingest.publish(NDATA, &data(3, 3.0), t0);
+        assert!(levels(&out).is_empty());
+        assert_eq!(rebirths(&out), 1);
+    }
+
+    #[test]
+    fn tck_id_message_flow_hid_sparkplug_state_message_delivered() {
+        let mut ingest = ingest(Duration::from_secs(2));
+        ingest.state_topic = Some("spBv1.0/STATE/ferrite".into());
+        let t0 = Instant::now();
+        // Its own `online: true` (the gateway reads its own publishes): nothing.
+        let out = ingest.publish("spBv1.0/STATE/ferrite", &host_state(true), t0);
+        assert!(out.retained.is_empty());
+        // Someone says the host is offline: the host says otherwise at once.
+        let out = ingest.publish(
+            "spBv1.0/STATE/ferrite",
+            br#"{"online":false,"timestamp":1}"#,
+            t0,
+        );
+        assert_eq!(out.retained.len(), 1);
+        let (topic, body) = &out.retained[0];
+        assert_eq!(topic, "spBv1.0/STATE/ferrite");
+        let state: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+        assert_eq!(state["online"], serde_json::json!(true));
+        assert!(
+            state["timestamp"]
+                .as_u64()
+                .is_some_and(|t| t > 1_600_000_000_000)
+        );
+        // Another host's STATE is none of its business.
+        let out = ingest.publish(
+            "spBv1.0/STATE/other",
+            br#"{"online":false,"timestamp":1}"#,
+            t0,
+        );
+        assert!(out.retained.is_empty());
+    }
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferrite_models::config::SparkplugHost;
 use ferrite_models::sparkplug::{self, MessageType, Topic};
 use ferrite_models::{Value, payload};
 use ferrite_proto::sparkplug::Payload;
@@ -46,15 +47,34 @@ pub struct MqttDriver {
 impl MqttDriver {
     /// Starts the reader on the broker's `link` (`None` when the config
     /// starts no broker: MQTT devices then cannot start).
-    pub fn new(ctx: DriverContext, link: Option<(BrokerLink, rumqttd::local::LinkRx)>) -> Self {
+    /// `host` says how the gateway acts as a Sparkplug host: with a host ID
+    /// it publishes its STATE (retained) once subscribed, and `offline`
+    /// when it stops.
+    pub fn new(
+        ctx: DriverContext,
+        link: Option<(BrokerLink, rumqttd::local::LinkRx)>,
+        host: &SparkplugHost,
+    ) -> Self {
         let Some((mut link, rx)) = link else {
             return MqttDriver { shared: None };
         };
         if let Err(e) = link.subscribe("#") {
             tracing::error!("cannot subscribe the gateway's broker link: {e}");
         }
+        let state_topic = host
+            .host_id
+            .as_ref()
+            .map(|id| format!("{}/STATE/{id}", sparkplug::NAMESPACE));
+        if let Some(topic) = &state_topic
+            && let Err(e) = link.publish_retained(topic.clone(), ingest::host_state(true))
+        {
+            tracing::error!("cannot publish the Sparkplug host STATE on {topic}: {e}");
+        }
+        let mut ingest = Ingest::default();
+        ingest.reorder_timeout = host.reorder_timeout.get();
+        ingest.state_topic = state_topic;
         let shared = Arc::new(Shared {
-            ingest: Mutex::new(Ingest::default()),
+            ingest: Mutex::new(ingest),
             link,
         });
         ctx.tasks.spawn(read(shared.clone(), rx, ctx.clone()));
@@ -130,7 +150,15 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let outcome = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
+            () = ctx.shutdown.cancelled() => {
+                let state = shared.ingest().state_topic.clone();
+                if let Some(topic) = state
+                    && let Err(e) = shared.link.publish_retained(topic, ingest::host_state(false))
+                {
+                    tracing::warn!("cannot publish the Sparkplug host's offline STATE: {e}");
+                }
+                return;
+            }
             _ = tick.tick() => shared.ingest().tick(Instant::now()),
             next = rx.next() => match next {
                 Ok(Some(Notification::Forward(f))) => {
@@ -176,6 +204,11 @@ async fn deliver(shared: &Shared, outcome: Outcome, ctx: &DriverContext) -> Resu
     for (topic, body) in outcome.publish {
         if let Err(e) = shared.publish(topic, body) {
             tracing::warn!("{e}");
+        }
+    }
+    for (topic, body) in outcome.retained {
+        if let Err(e) = shared.link.publish_retained(topic, body) {
+            tracing::warn!("the broker link failed: {e}");
         }
     }
     let last = outcome.updates.len().checked_sub(1);
