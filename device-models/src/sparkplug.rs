@@ -18,12 +18,6 @@ use crate::value::{Value, whole_number};
 /// The topic namespace of Sparkplug B.
 pub const NAMESPACE: &str = "spBv1.0";
 
-/// Whether `id` may be a Sparkplug group, edge node, device or host ID: a
-/// topic level, so non-empty and without `/`, `+`, `#` or NUL.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && !id.contains(['/', '+', '#', '\0'])
-}
-
 /// The message types of Sparkplug B topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageType {

@@ -213,7 +213,7 @@ fn check_broker_section(
         );
     }
     if let Some(id) = &mqtt.sparkplug.host_id
-        && !crate::sparkplug::valid_id(id)
+        && !valid_sparkplug_id(id)
     {
         diags.error(
             file,
@@ -1010,7 +1010,7 @@ fn check_mqtt_device(
         ];
         for (key, id) in ids {
             let Some(id) = id else { continue };
-            if !crate::sparkplug::valid_id(id) {
+            if !valid_sparkplug_id(id) {
                 diags.error(
                     file,
                     device.pos(&["mqtt", "sparkplug", key]),
@@ -1400,4 +1400,10 @@ fn rule_scalar_is_quoted(rule: &Located<Rule>, path: &[&str]) -> bool {
         rule.node.find(path).map(|n| &n.value),
         Some(crate::source::NodeValue::Scalar { plain: false, .. })
     )
+}
+
+/// Whether `id` may be a Sparkplug group, edge node, device or host ID: a
+/// topic level, so non-empty and without `/`, `+`, `#` or NUL.
+fn valid_sparkplug_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains(['/', '+', '#', '\0'])
 }

@@ -143,20 +143,12 @@ struct Held {
     payload: Payload,
 }
 
-/// A Sparkplug edge node's IDs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct NodeId {
-    pub group: String,
-    pub node: String,
-}
-
-impl NodeId {
-    fn of(t: &Topic<'_>) -> Self {
-        NodeId {
-            group: t.group.to_string(),
-            node: t.node.to_string(),
-        }
-    }
+/// A Sparkplug edge node's IDs, borrowed from the topic (so a message
+/// costs no copy of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodeId<'a> {
+    group: &'a str,
+    node: &'a str,
 }
 
 /// What one publish or tick produced.
@@ -486,7 +478,10 @@ impl Ingest {
                 return;
             }
         };
-        let id = NodeId::of(&t);
+        let id = NodeId {
+            group: t.group,
+            node: t.node,
+        };
         match t.kind {
             MessageType::NDeath => self.node_death(&id, &payload, out),
             MessageType::NBirth => self.node_birth(&id, payload, now, out),
@@ -498,7 +493,7 @@ impl Ingest {
     /// and nothing more is taken from it until its next NBIRTH. A death
     /// certificate from an older session (it can arrive after the new
     /// birth) does not kill the new one.
-    fn node_death(&mut self, id: &NodeId, payload: &Payload, out: &mut Outcome) {
+    fn node_death(&mut self, id: &NodeId<'_>, payload: &Payload, out: &mut Outcome) {
         let Some(node) = self.node_at(id) else {
             return;
         };
@@ -517,7 +512,7 @@ impl Ingest {
     /// An NBIRTH starts the node's session: its `seq` is where the count
     /// starts, its bdSeq names the session, and its devices must be born
     /// again (DBIRTH) before their data is taken.
-    fn node_birth(&mut self, id: &NodeId, payload: Payload, now: Instant, out: &mut Outcome) {
+    fn node_birth(&mut self, id: &NodeId<'_>, payload: Payload, now: Instant, out: &mut Outcome) {
         let Some(node) = self.node_at(id) else {
             return;
         };
@@ -533,7 +528,7 @@ impl Ingest {
     /// order), or until the reorder timeout passes (see [`Ingest::give_up`]).
     fn sequenced(
         &mut self,
-        id: &NodeId,
+        id: &NodeId<'_>,
         kind: MessageType,
         device: Option<&str>,
         payload: Payload,
@@ -597,7 +592,7 @@ impl Ingest {
     }
 
     /// Takes the held messages that follow the node's `seq` now.
-    fn release(&mut self, id: &NodeId, now: Instant, out: &mut Outcome) {
+    fn release(&mut self, id: &NodeId<'_>, now: Instant, out: &mut Outcome) {
         loop {
             let Some(node) = self.node_at(id) else {
                 return;
@@ -627,7 +622,7 @@ impl Ingest {
     /// messages wait behind it): the node's values are marked stale, what
     /// is held is taken in order (those values are fresh again), and the
     /// node is asked to rebirth, which brings every current value.
-    fn give_up(&mut self, id: &NodeId, now: Instant, out: &mut Outcome) {
+    fn give_up(&mut self, id: &NodeId<'_>, now: Instant, out: &mut Outcome) {
         let Some(node) = self.node_at(id) else {
             return;
         };
@@ -663,7 +658,14 @@ impl Ingest {
     /// Data that cannot be trusted until a birth (data before the NBIRTH,
     /// or a device's before its DBIRTH): dropped; the devices' values go
     /// stale, once, and the node is asked to rebirth.
-    fn unborn(&mut self, id: &NodeId, slots: &[usize], why: &str, now: Instant, out: &mut Outcome) {
+    fn unborn(
+        &mut self,
+        id: &NodeId<'_>,
+        slots: &[usize],
+        why: &str,
+        now: Instant,
+        out: &mut Outcome,
+    ) {
         let Some(node) = self.node_at(id) else {
             return;
         };
@@ -679,7 +681,7 @@ impl Ingest {
     /// Takes one message of the node's stream, in order.
     fn take(
         &mut self,
-        id: &NodeId,
+        id: &NodeId<'_>,
         kind: MessageType,
         device: Option<&str>,
         payload: &Payload,
@@ -738,10 +740,7 @@ impl Ingest {
         let mut owing = Vec::new();
         for (group, nodes) in &self.nodes {
             for (name, node) in nodes {
-                let id = || NodeId {
-                    group: group.clone(),
-                    node: name.clone(),
-                };
+                let id = || (group.clone(), name.clone());
                 if node
                     .held_since
                     .is_some_and(|since| now.duration_since(since) >= self.reorder_timeout)
@@ -756,11 +755,12 @@ impl Ingest {
                 }
             }
         }
-        for id in late {
-            self.give_up(&id, now, out);
+        for (group, node) in &late {
+            self.give_up(&NodeId { group, node }, now, out);
         }
-        for id in owing {
-            self.request_rebirth(&id, "the birth asked for has not come", now, out);
+        for (group, node) in &owing {
+            let why = "the birth asked for has not come";
+            self.request_rebirth(&NodeId { group, node }, why, now, out);
         }
     }
 
@@ -798,7 +798,7 @@ impl Ingest {
     fn data(
         &mut self,
         slot: usize,
-        id: &NodeId,
+        id: &NodeId<'_>,
         metrics: &[Metric],
         now: Instant,
         out: &mut Outcome,
@@ -858,7 +858,7 @@ impl Ingest {
 
     /// Asks an edge node to publish its births again (it published an alias
     /// the gateway never saw born, for example after the gateway restarted).
-    fn request_rebirth(&mut self, id: &NodeId, why: &str, now: Instant, out: &mut Outcome) {
+    fn request_rebirth(&mut self, id: &NodeId<'_>, why: &str, now: Instant, out: &mut Outcome) {
         let Some(node) = self.node_at(id) else {
             return;
         };
@@ -885,9 +885,9 @@ impl Ingest {
             ..Payload::default()
         };
         let topic = Topic {
-            group: &id.group,
+            group: id.group,
             kind: MessageType::NCmd,
-            node: &id.node,
+            node: id.node,
             device: None,
         };
         tracing::info!(
@@ -902,8 +902,8 @@ impl Ingest {
         self.nodes.get(t.group)?.get(t.node)
     }
 
-    fn node_at(&mut self, id: &NodeId) -> Option<&mut Node> {
-        self.nodes.get_mut(&id.group)?.get_mut(&id.node)
+    fn node_at(&mut self, id: &NodeId<'_>) -> Option<&mut Node> {
+        self.nodes.get_mut(id.group)?.get_mut(id.node)
     }
 
     /// The device published: it is online, and these are its samples.
