@@ -119,6 +119,21 @@ impl Client {
         tokio::time::timeout(limit, wait).await.ok().flatten()
     }
 
+    /// Waits up to 5 s for the gateway's NCMD `Node Control/Rebirth` to
+    /// node `g/n1` (`what` names it in the failure).
+    async fn expect_rebirth_request(&mut self, what: &str) {
+        let (topic, payload) = self
+            .next_publish(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("no {what} within 5 s"));
+        assert_eq!(topic, "spBv1.0/g/NCMD/n1");
+        let request = Payload::decode(payload.as_slice()).expect("Sparkplug");
+        assert_eq!(
+            request.metrics[0].name.as_deref(),
+            Some("Node Control/Rebirth")
+        );
+    }
+
     async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.mqtt
             .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -491,16 +506,7 @@ async fn sparkplug_from_a_foreign_node_is_decoded_and_unknown_aliases_ask_for_re
     };
     node.publish("spBv1.0/g/NDATA/n1", data.encode_to_vec())
         .await;
-    let (topic, payload) = node
-        .next_publish(Duration::from_secs(5))
-        .await
-        .expect("a rebirth request");
-    assert_eq!(topic, "spBv1.0/g/NCMD/n1");
-    let request = Payload::decode(payload.as_slice()).expect("Sparkplug");
-    assert_eq!(
-        request.metrics[0].name.as_deref(),
-        Some("Node Control/Rebirth")
-    );
+    node.expect_rebirth_request("a rebirth request").await;
 
     // NBIRTH built by hand from the Tahu schema: Int16 -2 as two's
     // complement in int_value, a Double by name with alias.
@@ -655,16 +661,8 @@ async fn sparkplug_host_state_and_a_seq_gap_over_the_broker() {
     // seq 2 is lost on the way; 3 waits for it, then is taken.
     node.publish("spBv1.0/g/NDATA/n1", data(3, 4.0).encode_to_vec())
         .await;
-    let (topic, payload) = node
-        .next_publish(Duration::from_secs(5))
-        .await
-        .expect("a rebirth request after the reorder timeout");
-    assert_eq!(topic, "spBv1.0/g/NCMD/n1");
-    let request = Payload::decode(payload.as_slice()).expect("Sparkplug");
-    assert_eq!(
-        request.metrics[0].name.as_deref(),
-        Some("Node Control/Rebirth")
-    );
+    node.expect_rebirth_request("a rebirth request after the reorder timeout")
+        .await;
     wait_value(&api, "n1", "level", json!(4.0)).await;
     assert_eq!(property(&api, "n1", "level").await["quality"], "good");
     // Count may have changed in the lost message: stale until the birth.

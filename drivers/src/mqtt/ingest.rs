@@ -112,8 +112,6 @@ struct Node {
     /// every [`REBIRTH_EVERY`].
     awaiting_birth: bool,
     last_rebirth: Option<Instant>,
-    /// Rebirth requests sent to this node, for tests and logs.
-    rebirths_asked: u64,
     warned_no_seq: bool,
 }
 
@@ -726,11 +724,21 @@ impl Ingest {
 
     /// Every value of the device goes stale (its status stays).
     fn stale(&mut self, slot: usize, out: &mut Outcome) {
+        self.stale_with(slot, None, out);
+    }
+
+    /// Every value of the device goes stale, with `status` if it changed.
+    fn stale_with(
+        &mut self,
+        slot: usize,
+        status: Option<(Status, Option<String>)>,
+        out: &mut Outcome,
+    ) {
         let Some(d) = self.device(slot) else {
             return;
         };
         let samples = d.points.iter().map(|p| (p.index, Sample::Stale)).collect();
-        out.updates.push(update(d.index, None, false, samples));
+        out.updates.push(update(d.index, status, false, samples));
     }
 
     /// Nodes whose held messages have waited the reorder timeout, and
@@ -869,7 +877,6 @@ impl Ingest {
             return;
         }
         node.last_rebirth = Some(now);
-        node.rebirths_asked += 1;
         let mut metric = match sparkplug::metric_of(
             ferrite_proto::sparkplug::datatype::BOOLEAN,
             &Value::Bool(true),
@@ -953,13 +960,7 @@ impl Ingest {
         };
         d.status = Status::Offline;
         d.why.clone_from(&why);
-        let samples = d.points.iter().map(|p| (p.index, Sample::Stale)).collect();
-        out.updates.push(update(
-            d.index,
-            Some((Status::Offline, Some(why))),
-            false,
-            samples,
-        ));
+        self.stale_with(slot, Some((Status::Offline, Some(why))), out);
     }
 
     fn malformed(&mut self, slot: usize, why: &str, now: Instant, out: &mut Outcome) {
@@ -1128,6 +1129,11 @@ mqtt: { sparkplug: { group: g, node: n1, device: d1 } }
         )
     }
 
+    /// A DBIRTH of `d1`, whose level has alias 2.
+    fn dbirth(seq: u64, level: f64) -> Vec<u8> {
+        payload(Some(seq), vec![float(Some("Inputs/Level"), 2, level)])
+    }
+
     fn data(seq: u64, level: f64) -> Vec<u8> {
         payload(Some(seq), vec![float(None, 1, level)])
     }
@@ -1226,11 +1232,7 @@ mqtt: { sparkplug: { group: g, node: n1, device: d1 } }
         let mut ingest = ingest(timeout);
         let t0 = Instant::now();
         ingest.publish(NBIRTH, &nbirth(0, 0.0), t0);
-        ingest.publish(
-            DBIRTH,
-            &payload(Some(1), vec![float(Some("Inputs/Level"), 2, 10.0)]),
-            t0,
-        );
+        ingest.publish(DBIRTH, &dbirth(1, 10.0), t0);
         // seq 2 never comes; 3 waits for it.
         assert!(levels(&ingest.publish(NDATA, &data(3, 3.0), t0)).is_empty());
         let out = ingest.tick(t0 + timeout / 2);
@@ -1371,9 +1373,8 @@ mqtt: { sparkplug: { group: g, node: n1, device: d1 } }
         assert_eq!(rebirths(&out), 1);
         // The node answers the request: NBIRTH, then the device's DBIRTH.
         ingest.publish(NBIRTH, &nbirth(1, 1.0), t0);
-        let dbirth = payload(Some(1), vec![float(Some("Inputs/Level"), 2, 20.0)]);
         assert_eq!(
-            levels(&ingest.publish(DBIRTH, &dbirth, t0)),
+            levels(&ingest.publish(DBIRTH, &dbirth(1, 20.0), t0)),
             [(DEVICE, 20.0)]
         );
         let ddata = payload(Some(2), vec![float(None, 2, 21.0)]);
@@ -1386,11 +1387,7 @@ mqtt: { sparkplug: { group: g, node: n1, device: d1 } }
         let mut ingest = ingest(Duration::from_secs(2));
         let t0 = Instant::now();
         ingest.publish(NBIRTH, &nbirth(3, 1.0), t0);
-        ingest.publish(
-            DBIRTH,
-            &payload(Some(1), vec![float(Some("Inputs/Level"), 2, 2.0)]),
-            t0,
-        );
+        ingest.publish(DBIRTH, &dbirth(1, 2.0), t0);
         // tck-id-payloads-ndeath-bdseq: an NDEATH of an older session
         // (bdSeq 2) does not end this one (bdSeq 3).
         let out = ingest.publish(NDEATH, &payload(None, vec![bd_seq_metric(2)]), t0);
