@@ -84,6 +84,9 @@ async fn metrics_scrape_cleanly_and_count_what_happens() {
             OpenMetricsType::Histogram,
         ),
         ("ferrite_device_up", OpenMetricsType::Gauge),
+        ("ferrite_mqtt_dropped", OpenMetricsType::Counter),
+        ("ferrite_mqtt_held_milliseconds", OpenMetricsType::Counter),
+        ("ferrite_mqtt_hold_timeouts", OpenMetricsType::Counter),
     ] {
         assert_eq!(kind(name), expected, "{name}");
     }

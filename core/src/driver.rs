@@ -155,6 +155,15 @@ pub struct DriverStats {
     /// OPC UA data changes that found a session's queue full (the session
     /// then reads every node's current value, so no latest value is lost).
     pub overflowed_changes: std::sync::atomic::AtomicU64,
+    /// MQTT messages the embedded broker dropped before the gateway read
+    /// them (its log overflowed): the gap in the log's offsets.
+    pub mqtt_dropped: std::sync::atomic::AtomicU64,
+    /// Microseconds the broker's router was held because the store's queue
+    /// was nearly full (back-pressure on MQTT publishers).
+    pub mqtt_held_micros: std::sync::atomic::AtomicU64,
+    /// Holds of the router that ran out (the store took nothing for a
+    /// whole hold) and let a batch through regardless.
+    pub mqtt_hold_timeouts: std::sync::atomic::AtomicU64,
 }
 
 /// How far a write got when it succeeded.

@@ -4,12 +4,21 @@
 //! ```sh
 //! cargo bench -p ferrite-gateway --bench mqtt_load
 //! # other sizes: PUBLISHERS=200 INTERVAL_MS=10 SECONDS=10 cargo bench ...
+//! # QoS 1 above the ceiling (issue 23): every acknowledged message stored?
+//! QOS=1 INTERVAL_MS=20 SECONDS=10 cargo bench -p ferrite-gateway --bench mqtt_load
 //! ```
 //!
 //! Setup: PUBLISHERS rumqttc clients (in this process; the gateway runs in
 //! its own, so the figures are the gateway's alone), one device each, each
 //! publishing `{"v": N}` (N always new) on its own topic every INTERVAL_MS,
-//! QoS 0, over loopback TCP.
+//! at QOS (0 by default, or 1), over loopback TCP. A publisher that cannot
+//! send in time skips that tick: what was offered and what went out differ
+//! when the broker holds publishers back.
+//!
+//! At the end the publishers stop, the bench waits until the gateway's
+//! sample counter stands still, and compares everything sent (QoS 0: handed
+//! to the client; QoS 1: acknowledged by the broker) with everything
+//! stored: the difference is what was lost.
 //!
 //! Figures: messages/s published and ingested (the gateway's own sample
 //! counter), the gateway's CPU and RSS, and the latency from a publish to
@@ -33,8 +42,13 @@ async fn main() {
     let publishers = env("PUBLISHERS", 1000).max(1);
     let interval_ms = env("INTERVAL_MS", 100).max(1);
     let seconds = env("SECONDS", 20);
+    let qos = if env("QOS", 0) >= 1 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    };
     println!(
-        "mqtt_load: {publishers} publishers, one JSON message each every {interval_ms} ms, {seconds} s window"
+        "mqtt_load: {publishers} publishers, one JSON message each every {interval_ms} ms at {qos:?}, {seconds} s window"
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -70,30 +84,38 @@ async fn main() {
     let (mut child, gw, base) = spawn_gateway(root);
     let http = reqwest::Client::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let offered = Arc::new(AtomicU64::new(0));
     let published = Arc::new(AtomicU64::new(0));
+    let samples_before = metric(&http, &base, "ferrite_samples_total").await;
     for n in 0..publishers {
         let stop = stop.clone();
+        let offered = offered.clone();
         let published = published.clone();
         tokio::spawn(async move {
             let mut options = MqttOptions::new(format!("bench-{n}"), "127.0.0.1", port);
             options.set_keep_alive(Duration::from_secs(30));
             let (client, mut events) = AsyncClient::new(options, 64);
-            tokio::spawn(async move { drive(&mut events).await });
+            let acked = (qos == QoS::AtLeastOnce).then(|| published.clone());
+            tokio::spawn(async move { drive(&mut events, acked).await });
             // Spread the publishers over the interval.
             tokio::time::sleep(Duration::from_millis(
                 (n * interval_ms / publishers.max(1)) as u64,
             ))
             .await;
             let mut tick = tokio::time::interval(Duration::from_millis(interval_ms as u64));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut value: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 value += 1;
+                offered.fetch_add(1, Ordering::Relaxed);
                 let body = format!("{{\"v\": {value}}}");
-                if client
-                    .try_publish(format!("b/d{n}/state"), QoS::AtMostOnce, false, body)
-                    .is_ok()
-                {
+                let topic = format!("b/d{n}/state");
+                if qos == QoS::AtLeastOnce {
+                    // Waits while the client's window of 100 unacknowledged
+                    // publishes is full: the broker's back-pressure.
+                    let _ = client.publish(topic, qos, false, body).await;
+                } else if client.try_publish(topic, qos, false, body).is_ok() {
                     published.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -104,11 +126,12 @@ async fn main() {
     let mut probe_options = MqttOptions::new("bench-probe", "127.0.0.1", port);
     probe_options.set_keep_alive(Duration::from_secs(30));
     let (probe, mut probe_events) = AsyncClient::new(probe_options, 16);
-    tokio::spawn(async move { drive(&mut probe_events).await });
+    tokio::spawn(async move { drive(&mut probe_events, None).await });
 
     let t0 = Instant::now();
     let cpu0 = gw.cpu_ticks();
     let samples0 = metric(&http, &base, "ferrite_samples_total").await;
+    let offered0 = offered.load(Ordering::Relaxed);
     let published0 = published.load(Ordering::Relaxed);
     let mut latencies = Vec::new();
     let mut probe_value: i64 = 0;
@@ -147,11 +170,21 @@ async fn main() {
     let elapsed = t0.elapsed().as_secs_f64();
     let samples = metric(&http, &base, "ferrite_samples_total").await - samples0;
     let sent = published.load(Ordering::Relaxed) - published0;
+    let tried = offered.load(Ordering::Relaxed) - offered0;
     stop.store(true, Ordering::Relaxed);
     latencies.sort();
     println!(
-        "published               {:>9.0} msg/s",
-        sent as f64 / elapsed
+        "offered                 {:>9.0} msg/s",
+        tried as f64 / elapsed
+    );
+    println!(
+        "published               {:>9.0} msg/s{}",
+        sent as f64 / elapsed,
+        if qos == QoS::AtLeastOnce {
+            " (acknowledged by the broker)"
+        } else {
+            ""
+        }
     );
     println!("ingested                {:>9.0} msg/s", samples / elapsed);
     print_usage(&gw, cpu0, elapsed);
@@ -163,15 +196,46 @@ async fn main() {
         latencies.len(),
         probe_value as usize - latencies.len()
     );
+
+    // The reckoning: wait for the last acknowledgements and for the store
+    // to stand still, then compare what went out with what was stored.
+    let mut stored = metric(&http, &base, "ferrite_samples_total").await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = metric(&http, &base, "ferrite_samples_total").await;
+        if now == stored {
+            break;
+        }
+        stored = now;
+    }
+    let stored = (stored - samples_before) as u64;
+    let went_out = published.load(Ordering::Relaxed) + probe_value as u64;
+    println!(
+        "sent {went_out} (publishers and probe), stored {stored}: {} lost",
+        went_out.saturating_sub(stored)
+    );
+    println!(
+        "broker: {} dropped unread, publishers held {} ms in all, {} holds ran out",
+        metric(&http, &base, "ferrite_mqtt_dropped_total").await,
+        metric(&http, &base, "ferrite_mqtt_held_milliseconds_total").await,
+        metric(&http, &base, "ferrite_mqtt_hold_timeouts_total").await
+    );
     stop_gateway(&mut child);
 }
 
 /// Polls a client's event loop until the process ends; after an error
-/// (the broker not up yet), retries after a pause.
-async fn drive(events: &mut rumqttc::EventLoop) {
+/// (the broker not up yet), retries after a pause. Counts PUBACKs in
+/// `acked` when given.
+async fn drive(events: &mut rumqttc::EventLoop, acked: Option<Arc<AtomicU64>>) {
     loop {
-        if events.poll().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match events.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                if let Some(acked) = &acked {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }

@@ -71,15 +71,23 @@ fn probe_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 const DEFAULT_LOG: &str = "info,opcua_server=warn,opcua_client::config=error,rumqttd=warn";
 
 fn init_logs(format: LogFormat) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
         // Colours only for a terminal: not in a container's or journald's log.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    let subscriber = tracing_subscriber::registry().with(logs.with_filter(filter));
+    // The MQTT broker's back-pressure on publishers is a layer of its own,
+    // with its own filter: `RUST_LOG` does not turn it off.
+    #[cfg(feature = "mqtt")]
+    let subscriber = subscriber.with(ferrite_drivers::broker::gate::layer());
+    subscriber.init();
 }

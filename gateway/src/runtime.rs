@@ -232,6 +232,12 @@ impl Gateway {
             data_dir.clone(),
             shutdown.clone(),
         ));
+        #[cfg(feature = "mqtt")]
+        tasks.spawn(watch_mqtt_losses(
+            driver_stats.clone(),
+            journal.clone(),
+            shutdown.clone(),
+        ));
         let control = Arc::new(Control {
             running: running.clone(),
             live: live.clone(),
@@ -365,5 +371,44 @@ impl Gateway {
             tracing::error!("stop took longer than {STOP_DEADLINE:?}; some tasks were abandoned");
         }
         done
+    }
+}
+
+/// Raises an event whenever the embedded broker dropped MQTT messages
+/// before the gateway read them. With the router gate this takes a store
+/// that took nothing for a whole hold, or a QoS 0 flood larger than the
+/// broker's log; the messages are gone unread, so their devices are not
+/// known, only how many.
+#[cfg(feature = "mqtt")]
+async fn watch_mqtt_losses(
+    stats: Arc<driver::DriverStats>,
+    journal: Arc<Journal>,
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    let mut seen = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let dropped = stats.mqtt_dropped.load(Ordering::Relaxed);
+        if dropped > seen {
+            let lost = dropped - seen;
+            seen = dropped;
+            let message = format!(
+                "the MQTT broker dropped {lost} message(s) before the gateway read them ({dropped} since start): its log overflowed while the store could not keep up"
+            );
+            tracing::warn!("{message}");
+            let event = serde_json::json!({
+                "source": "mqtt",
+                "severity": "warning",
+                "kind": "mqtt_dropped",
+                "dropped": lost,
+                "message": message,
+            });
+            journal.record(crate::store::Log::Events, &event).await;
+        }
     }
 }

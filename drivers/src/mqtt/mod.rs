@@ -70,6 +70,18 @@ impl MqttDriver {
         {
             tracing::error!("cannot publish the Sparkplug host STATE on {topic}: {e}");
         }
+        // Back-pressure: the broker's router waits while the store's queue
+        // is nearly full, rather than appending what its log would trim
+        // unread (see `broker::gate`).
+        let output = ctx.output.downgrade();
+        crate::broker::gate::install(
+            move || {
+                output
+                    .upgrade()
+                    .is_some_and(|tx| tx.capacity() < tx.max_capacity() / 8)
+            },
+            ctx.stats.clone(),
+        );
         let mut ingest = Ingest::default();
         ingest.reorder_timeout = host.reorder_timeout.get();
         ingest.state_topic = state_topic;
@@ -146,6 +158,7 @@ impl Driver for MqttDriver {
 /// The reader: every publish the broker routes to the gateway, and a clock
 /// for timeouts, until shutdown.
 async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
+    let mut offsets = LogOffsets::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -162,6 +175,10 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
             _ = tick.tick() => shared.ingest().tick(Instant::now()),
             next = rx.next() => match next {
                 Ok(Some(Notification::Forward(f))) => {
+                    let lost = offsets.next(f.cursor);
+                    if lost > 0 {
+                        ctx.stats.mqtt_dropped.fetch_add(lost, Ordering::Relaxed);
+                    }
                     let topic = String::from_utf8_lossy(&f.publish.topic);
                     shared.ingest().publish(&topic, &f.publish.payload, Instant::now())
                 }
@@ -170,7 +187,7 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
                     if let Err(e) = rx.wake().await {
                         tracing::warn!("the broker link failed: {e}");
                         match shared.link.relink() {
-                            Some(spare) => rx = spare,
+                            Some(spare) => (rx, offsets) = (spare, LogOffsets::default()),
                             None => return tracing::error!("no spare broker link is left; MQTT devices stop updating"),
                         }
                     }
@@ -180,7 +197,7 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
                 Err(e) => {
                     tracing::warn!("the broker link failed: {e}");
                     match shared.link.relink() {
-                        Some(spare) => rx = spare,
+                        Some(spare) => (rx, offsets) = (spare, LogOffsets::default()),
                         None => return tracing::error!("no spare broker link is left; MQTT devices stop updating"),
                     }
                     continue;
@@ -190,6 +207,27 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
         if deliver(&shared, outcome, &ctx).await.is_err() {
             return;
         }
+    }
+}
+
+/// Where the gateway's link stands in the broker's log for its filter.
+/// rumqttd numbers the messages of a log one by one and drops its oldest
+/// segment when it is full, read or not; a forward further on than the
+/// next number tells how many were dropped unread.
+#[derive(Debug, Default)]
+pub(crate) struct LogOffsets {
+    next: Option<u64>,
+}
+
+impl LogOffsets {
+    /// Takes the log position of a forwarded message (`None` for a
+    /// retained one, which is not in the log) and returns how many
+    /// messages were skipped before it.
+    pub(crate) fn next(&mut self, cursor: Option<(u64, u64)>) -> u64 {
+        let Some((_, offset)) = cursor else { return 0 };
+        let lost = self.next.map_or(0, |next| offset.saturating_sub(next));
+        self.next = Some(offset.saturating_add(1));
+        lost
     }
 }
 
@@ -356,5 +394,24 @@ impl DeviceWriter for MqttWriter {
                 .retain(|(_, w)| !w.done.is_closed());
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogOffsets;
+
+    #[test]
+    fn a_jump_in_the_log_offsets_counts_the_messages_dropped_unread() {
+        let mut offsets = LogOffsets::default();
+        // Where a new link starts reading is not a gap.
+        assert_eq!(offsets.next(Some((3, 5000))), 0);
+        assert_eq!(offsets.next(Some((3, 5001))), 0);
+        // Retained messages come from outside the log.
+        assert_eq!(offsets.next(None), 0);
+        assert_eq!(offsets.next(Some((3, 5002))), 0);
+        // The router trimmed a segment: 5003..5100 never arrived.
+        assert_eq!(offsets.next(Some((4, 5100))), 97);
+        assert_eq!(offsets.next(Some((4, 5101))), 0);
     }
 }

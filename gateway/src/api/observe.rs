@@ -156,6 +156,22 @@ async fn snapshot(state: &AppState) -> ScrapeSnapshot {
         "OPC UA data changes past a session's queue; each overflow re-reads the device's current values",
         load(&state.driver_stats.overflowed_changes),
     );
+    let driver_stats = &state.driver_stats;
+    s.counter(
+        "ferrite_mqtt_dropped",
+        "MQTT messages the embedded broker dropped before the gateway read them",
+        load(&driver_stats.mqtt_dropped),
+    );
+    s.counter(
+        "ferrite_mqtt_held_milliseconds",
+        "Time the embedded broker held MQTT publishers back while the store's queue was nearly full",
+        load(&driver_stats.mqtt_held_micros) / 1000,
+    );
+    s.counter(
+        "ferrite_mqtt_hold_timeouts",
+        "Holds of MQTT publishers that ran out (the store took nothing for a second) and let a batch through",
+        load(&driver_stats.mqtt_hold_timeouts),
+    );
     let rules = state.rules.stats();
     s.counter(
         "ferrite_rule_evaluations",

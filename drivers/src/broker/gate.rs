@@ -1,0 +1,129 @@
+//! Back-pressure from the store onto MQTT publishers, through the broker's
+//! router thread.
+//!
+//! rumqttd has one router thread. It takes each batch of packets a client
+//! sent, acknowledges the publishes in it (PUBACK at QoS 1) and appends them
+//! to an in-memory log per subscription filter, from which the gateway's
+//! link reads. When a log is full, the router drops its oldest segment, read
+//! or not: rumqttd has no flow control from a slow subscriber back to the
+//! publishers. So a gateway whose store fell behind lost the oldest messages
+//! it had not read yet, QoS 1 or not.
+//!
+//! The gate is that flow control. Before the router takes a batch, rumqttd
+//! opens its `incoming_payload` span; [`layer`], a tracing layer, sees the
+//! span open and holds the router thread there for as long as the gate is
+//! pressed. The MQTT driver presses it while the store's update queue is
+//! nearly full. While it is held, the router acknowledges nothing and reads
+//! nothing more. Its event queue fills, the clients' connection tasks stop
+//! reading their sockets, and TCP pushes back on the publishers: a QoS 1
+//! publisher waits for its PUBACKs, a QoS 0 one for its socket. Nothing is
+//! appended that the gateway could not take, so nothing is trimmed unread.
+//!
+//! - A hold lasts at most [`MAX_HOLD`]; then one batch goes through. The
+//!   broker then still answers pings and connects while the store is
+//!   wedged (a full disk, say), so clients stay connected. Should a log
+//!   overflow after all, the reader counts the messages lost (the gap in
+//!   the log's offsets).
+//! - The gate is process-wide, like the tracing subscriber it sits in: one
+//!   process runs one embedded broker.
+//! - It depends on the name of a span inside rumqttd. The test
+//!   `the_gate_holds_publishers_and_nothing_is_trimmed_unread` fails if an
+//!   upgrade moves it.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ferrite_core::driver::DriverStats;
+use tracing::{Metadata, Subscriber, span};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The longest the router is held at one batch.
+pub const MAX_HOLD: Duration = Duration::from_secs(1);
+
+/// How often a held router looks at the gate again.
+const RECHECK: Duration = Duration::from_millis(1);
+
+/// Says whether the gate is pressed (the consumer cannot take more now).
+type Pressed = Box<dyn Fn() -> bool + Send + Sync>;
+
+struct Gate {
+    pressed: Pressed,
+    stats: Arc<DriverStats>,
+}
+
+static GATE: RwLock<Option<Gate>> = RwLock::new(None);
+
+/// Makes `pressed` the gate's condition, replacing any earlier one. Time
+/// spent held and holds that ran out are counted in `stats`.
+pub fn install(pressed: impl Fn() -> bool + Send + Sync + 'static, stats: Arc<DriverStats>) {
+    let gate = Gate {
+        pressed: Box::new(pressed),
+        stats,
+    };
+    *GATE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(gate);
+}
+
+/// Holds the calling thread, the router's, while the gate is pressed, for
+/// at most [`MAX_HOLD`].
+fn hold() {
+    let gate = GATE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(gate) = gate.as_ref() else { return };
+    if !(gate.pressed)() {
+        return;
+    }
+    let start = Instant::now();
+    let released = loop {
+        std::thread::sleep(RECHECK);
+        if !(gate.pressed)() {
+            break true;
+        }
+        if start.elapsed() >= MAX_HOLD {
+            break false;
+        }
+    };
+    let held = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    gate.stats
+        .mqtt_held_micros
+        .fetch_add(held, Ordering::Relaxed);
+    if !released {
+        gate.stats
+            .mqtt_hold_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// rumqttd's router opening a batch of packets from one client.
+fn is_router_batch(metadata: &Metadata<'_>) -> bool {
+    metadata.is_span()
+        && metadata.name() == "incoming_payload"
+        && metadata.target() == "rumqttd::router::routing"
+}
+
+/// The tracing layer that holds the router. It must be part of the
+/// process's subscriber for the gate to act. It carries its own filter, so
+/// `RUST_LOG` does not switch it off, and it enables only the one span.
+pub fn layer<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let only_router_batches = tracing_subscriber::filter::filter_fn(is_router_batch)
+        .with_max_level_hint(tracing::Level::ERROR);
+    RouterGate.with_filter(only_router_batches)
+}
+
+struct RouterGate;
+
+impl<S: Subscriber> Layer<S> for RouterGate {
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, _: &span::Id, _: Context<'_, S>) {
+        if is_router_batch(attrs.metadata()) {
+            hold();
+        }
+    }
+}
