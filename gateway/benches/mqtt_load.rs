@@ -87,7 +87,13 @@ async fn main() {
     let offered = Arc::new(AtomicU64::new(0));
     let published = Arc::new(AtomicU64::new(0));
     let samples_before = metric(&http, &base, "ferrite_samples_total").await;
+    // Every publisher connects first, and all start together: connects
+    // during the load would race the broker's back-pressure.
+    let connected = Arc::new(AtomicU64::new(0));
+    let (start, started) = tokio::sync::watch::channel(false);
     for n in 0..publishers {
+        let connected = connected.clone();
+        let mut started = started.clone();
         let stop = stop.clone();
         let offered = offered.clone();
         let published = published.clone();
@@ -96,7 +102,8 @@ async fn main() {
             options.set_keep_alive(Duration::from_secs(30));
             let (client, mut events) = AsyncClient::new(options, 64);
             let acked = (qos == QoS::AtLeastOnce).then(|| published.clone());
-            tokio::spawn(async move { drive(&mut events, acked).await });
+            tokio::spawn(async move { drive(&mut events, acked, Some(connected)).await });
+            let _ = started.wait_for(|go| *go).await;
             // Spread the publishers over the interval.
             tokio::time::sleep(Duration::from_millis(
                 (n * interval_ms / publishers.max(1)) as u64,
@@ -121,12 +128,24 @@ async fn main() {
             }
         });
     }
+    let waiting = Instant::now();
+    while connected.load(Ordering::Relaxed) < publishers as u64
+        && waiting.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{} of {publishers} publishers connected after {:.1?}",
+        connected.load(Ordering::Relaxed),
+        waiting.elapsed()
+    );
+    let _ = start.send(true);
     wait_online(&http, &base, publishers).await;
 
     let mut probe_options = MqttOptions::new("bench-probe", "127.0.0.1", port);
     probe_options.set_keep_alive(Duration::from_secs(30));
     let (probe, mut probe_events) = AsyncClient::new(probe_options, 16);
-    tokio::spawn(async move { drive(&mut probe_events, None).await });
+    tokio::spawn(async move { drive(&mut probe_events, None, None).await });
 
     let t0 = Instant::now();
     let cpu0 = gw.cpu_ticks();
@@ -225,10 +244,19 @@ async fn main() {
 
 /// Polls a client's event loop until the process ends; after an error
 /// (the broker not up yet), retries after a pause. Counts PUBACKs in
-/// `acked` when given.
-async fn drive(events: &mut rumqttc::EventLoop, acked: Option<Arc<AtomicU64>>) {
+/// `acked` when given, and the client's first CONNACK in `connected`.
+async fn drive(
+    events: &mut rumqttc::EventLoop,
+    acked: Option<Arc<AtomicU64>>,
+    mut connected: Option<Arc<AtomicU64>>,
+) {
     loop {
         match events.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                if let Some(connected) = connected.take() {
+                    connected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
                 if let Some(acked) = &acked {
                     acked.fetch_add(1, Ordering::Relaxed);

@@ -292,7 +292,7 @@ fn broker_config(
         router: RouterConfig {
             // The gateway's own links (and spares) count as connections.
             max_connections: section.max_connections + 2 + SPARE_LINKS,
-            max_outgoing_packet_count: 200,
+            max_outgoing_packet_count: 10_000,
             // Every publish sits in an in-memory log per subscription
             // filter; keep each log within a few MiB on an edge box.
             max_segment_size: section.max_payload.max(1024 * 1024),
