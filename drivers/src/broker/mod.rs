@@ -448,13 +448,8 @@ mod tests {
         (consumer.await.expect("consumer"), lost, held)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_gate_holds_publishers_and_nothing_is_trimmed_unread() {
-        use tracing_subscriber::layer::SubscriberExt;
-        // The gate acts through the process's subscriber.
-        let _ = tracing::subscriber::set_global_default(
-            tracing_subscriber::registry().with(gate::layer()),
-        );
+    /// A broker on a free loopback port with the default `[mqtt]` section.
+    async fn broker_on_loopback() -> (u16, BrokerLink, LinkRx, Publisher) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port")
@@ -462,8 +457,18 @@ mod tests {
         let section: MqttSection =
             serde_json::from_value(serde_json::json!({"listen": format!("127.0.0.1:{port}")}))
                 .expect("section");
-        let (mut link, mut rx, _publisher) =
-            start(&section, &|p| p.to_path_buf()).await.expect("broker");
+        let (link, rx, publisher) = start(&section, &|p| p.to_path_buf()).await.expect("broker");
+        (port, link, rx, publisher)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gate_holds_publishers_and_nothing_is_trimmed_unread() {
+        use tracing_subscriber::layer::SubscriberExt;
+        // The gate acts through the process's subscriber.
+        let _ = tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(gate::layer()),
+        );
+        let (port, mut link, mut rx, _publisher) = broker_on_loopback().await;
         link.subscribe("load/#").expect("subscribe");
 
         // Without the gate the router acknowledges faster than the consumer
@@ -485,15 +490,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_link_knocked_off_by_its_client_id_is_made_good_by_a_spare() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let section: MqttSection =
-            serde_json::from_value(serde_json::json!({"listen": format!("127.0.0.1:{port}")}))
-                .expect("section");
-        let (mut link, mut rx, _publisher) =
-            start(&section, &|p| p.to_path_buf()).await.expect("broker");
+        let (port, mut link, mut rx, _publisher) = broker_on_loopback().await;
         link.subscribe("#").expect("subscribe");
         let first = link.client_id();
         assert!(
