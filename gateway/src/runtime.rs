@@ -376,9 +376,10 @@ impl Gateway {
 
 /// Raises an event whenever the embedded broker dropped MQTT messages
 /// before the gateway read them. With the router gate this takes a store
-/// that took nothing for a whole hold, or a QoS 0 flood larger than the
-/// broker's log; the messages are gone unread, so their devices are not
-/// known, only how many.
+/// that took nothing for a whole hold, a QoS 0 flood larger than the
+/// broker's log, or a load that the broker's router and the gateway's
+/// reader cannot share the CPU for (see docs/gateway.md). The messages are
+/// gone unread, so their devices are not known, only how many.
 #[cfg(feature = "mqtt")]
 async fn watch_mqtt_losses(
     stats: Arc<driver::DriverStats>,
@@ -398,7 +399,7 @@ async fn watch_mqtt_losses(
             let lost = dropped - seen;
             seen = dropped;
             let message = format!(
-                "the MQTT broker dropped {lost} message(s) before the gateway read them ({dropped} since start): its log overflowed while the store could not keep up"
+                "the MQTT broker dropped {lost} message(s) before the gateway read them ({dropped} since start): its log overflowed while the gateway could not keep up"
             );
             tracing::warn!("{message}");
             let event = serde_json::json!({
@@ -410,5 +411,55 @@ async fn watch_mqtt_losses(
             });
             journal.record(crate::store::Log::Events, &event).await;
         }
+    }
+}
+
+#[cfg(all(test, feature = "mqtt"))]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::store::Log;
+
+    #[tokio::test(start_paused = true)]
+    async fn each_rise_in_mqtt_losses_is_one_event_with_its_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let retention = Retention {
+            max_entries: 100,
+            max_age: Duration::from_secs(3600),
+        };
+        let journal = Journal::start(store, retention, &tasks, shutdown.clone());
+        let stats = Arc::new(driver::DriverStats::default());
+        tasks.spawn(watch_mqtt_losses(
+            stats.clone(),
+            journal.clone(),
+            shutdown.clone(),
+        ));
+        let events = || async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            journal
+                .recent(Log::Events, u64::MAX, 100, |e| e["kind"] == "mqtt_dropped")
+                .await
+                .expect("recent")
+        };
+        assert!(events().await.is_empty(), "nothing lost, nothing raised");
+        stats.mqtt_dropped.fetch_add(5, Ordering::Relaxed);
+        let raised = events().await;
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0]["dropped"], 5);
+        stats.mqtt_dropped.fetch_add(3, Ordering::Relaxed);
+        let raised = events().await;
+        assert_eq!(raised.len(), 2, "{raised:?}");
+        assert_eq!(
+            raised[0]["dropped"], 3,
+            "the newest first, with only its own count"
+        );
+        assert_eq!(raised[0]["severity"], "warning");
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
     }
 }
