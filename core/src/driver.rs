@@ -158,12 +158,28 @@ pub struct DriverStats {
     /// MQTT messages the embedded broker dropped before the gateway read
     /// them (its log overflowed): the gap in the log's offsets.
     pub mqtt_dropped: std::sync::atomic::AtomicU64,
+    /// Of those, by the device whose topic each was published on (a
+    /// message for two devices counts for both).
+    pub mqtt_dropped_by_device: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Of those, the ones on no device's topic, or on a topic the broker
+    /// no longer told (see `broker::ledger`).
+    pub mqtt_dropped_unrouted: std::sync::atomic::AtomicU64,
     /// Microseconds the broker's router was held because the store's queue
     /// was nearly full (back-pressure on MQTT publishers).
     pub mqtt_held_micros: std::sync::atomic::AtomicU64,
     /// Holds of the router that ran out (the store took nothing for a
     /// whole hold) and let a batch through regardless.
     pub mqtt_hold_timeouts: std::sync::atomic::AtomicU64,
+}
+
+impl DriverStats {
+    /// MQTT messages dropped unread, by device: a copy.
+    pub fn mqtt_dropped_by_device(&self) -> std::collections::BTreeMap<String, u64> {
+        self.mqtt_dropped_by_device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// How far a write got when it succeeded.

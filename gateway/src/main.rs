@@ -85,9 +85,10 @@ fn init_logs(format: LogFormat) {
         LogFormat::Json => logs.json().boxed(),
     };
     let subscriber = tracing_subscriber::registry().with(logs.with_filter(filter));
-    // The MQTT broker's back-pressure on publishers is a layer of its own,
-    // with its own filter: `RUST_LOG` does not turn it off.
+    // The MQTT broker's back-pressure on publishers, and its loss ledger,
+    // are a layer of their own, with their own filter: `RUST_LOG` does not
+    // turn them off.
     #[cfg(feature = "mqtt")]
-    let subscriber = subscriber.with(ferrite_drivers::broker::gate::layer());
+    let subscriber = subscriber.with(ferrite_drivers::broker::tracing_layer());
     subscriber.init();
 }

@@ -374,12 +374,12 @@ impl Gateway {
     }
 }
 
-/// Raises an event whenever the embedded broker dropped MQTT messages
-/// before the gateway read them. With the router gate this takes a store
-/// that took nothing for a whole hold, a QoS 0 flood larger than the
-/// broker's log, or a load that the broker's router and the gateway's
-/// reader cannot share the CPU for (see docs/gateway.md). The messages are
-/// gone unread, so their devices are not known, only how many.
+/// Raises events whenever the embedded broker dropped MQTT messages before
+/// the gateway read them: each second with losses, one per device that lost
+/// messages, and one for messages on no device's topic. With the router
+/// gate this takes a store that took nothing for a whole hold, a QoS 0
+/// flood larger than the broker's log, or a load that the broker's router
+/// and the gateway's reader cannot share the CPU for (see docs/gateway.md).
 #[cfg(feature = "mqtt")]
 async fn watch_mqtt_losses(
     stats: Arc<driver::DriverStats>,
@@ -387,30 +387,49 @@ async fn watch_mqtt_losses(
     shutdown: CancellationToken,
 ) {
     use std::sync::atomic::Ordering;
-    let mut seen = 0;
+    let mut seen_by_device = std::collections::BTreeMap::new();
+    let mut seen_unrouted = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let dropped = stats.mqtt_dropped.load(Ordering::Relaxed);
-        if dropped > seen {
-            let lost = dropped - seen;
-            seen = dropped;
+        let by_device = stats.mqtt_dropped_by_device();
+        let mut rises: Vec<(Option<&str>, u64)> = by_device
+            .iter()
+            .filter_map(|(device, &total)| {
+                let seen = seen_by_device.get(device).copied().unwrap_or(0);
+                (total > seen).then(|| (Some(device.as_str()), total - seen))
+            })
+            .collect();
+        let unrouted = stats.mqtt_dropped_unrouted.load(Ordering::Relaxed);
+        if unrouted > seen_unrouted {
+            rises.push((None, unrouted - seen_unrouted));
+        }
+        for (device, lost) in rises {
+            let whose = match device {
+                Some(device) => format!("of device `{device}`"),
+                None => "on no device's topic".to_string(),
+            };
             let message = format!(
-                "the MQTT broker dropped {lost} message(s) before the gateway read them ({dropped} since start): its log overflowed while the gateway could not keep up"
+                "the MQTT broker dropped {lost} message(s) {whose} before the gateway read them: its log overflowed while the gateway could not keep up"
             );
             tracing::warn!("{message}");
-            let event = serde_json::json!({
+            let mut event = serde_json::json!({
                 "source": "mqtt",
                 "severity": "warning",
                 "kind": "mqtt_dropped",
                 "dropped": lost,
                 "message": message,
             });
+            if let Some(device) = device {
+                event["device"] = serde_json::json!(device);
+            }
             journal.record(crate::store::Log::Events, &event).await;
         }
+        seen_by_device = by_device;
+        seen_unrouted = unrouted;
     }
 }
 
@@ -422,7 +441,7 @@ mod tests {
     use crate::store::Log;
 
     #[tokio::test(start_paused = true)]
-    async fn each_rise_in_mqtt_losses_is_one_event_with_its_count() {
+    async fn each_rise_in_mqtt_losses_is_one_event_per_device_with_its_count() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
         let tasks = TaskTracker::new();
@@ -446,16 +465,44 @@ mod tests {
                 .expect("recent")
         };
         assert!(events().await.is_empty(), "nothing lost, nothing raised");
-        stats.mqtt_dropped.fetch_add(5, Ordering::Relaxed);
+        let lose = |device: Option<&str>, n: u64| {
+            stats.mqtt_dropped.fetch_add(n, Ordering::Relaxed);
+            match device {
+                Some(device) => {
+                    *stats
+                        .mqtt_dropped_by_device
+                        .lock()
+                        .expect("lock")
+                        .entry(device.to_string())
+                        .or_default() += n;
+                }
+                None => {
+                    stats.mqtt_dropped_unrouted.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        };
+        lose(Some("meter-1"), 5);
         let raised = events().await;
         assert_eq!(raised.len(), 1, "{raised:?}");
         assert_eq!(raised[0]["dropped"], 5);
-        stats.mqtt_dropped.fetch_add(3, Ordering::Relaxed);
+        assert_eq!(raised[0]["device"], "meter-1");
+        lose(Some("meter-1"), 3);
+        lose(Some("meter-2"), 2);
+        lose(None, 7);
         let raised = events().await;
-        assert_eq!(raised.len(), 2, "{raised:?}");
+        assert_eq!(raised.len(), 4, "{raised:?}");
+        let newest: Vec<(&serde_json::Value, &serde_json::Value)> = raised[..3]
+            .iter()
+            .map(|e| (&e["device"], &e["dropped"]))
+            .collect();
         assert_eq!(
-            raised[0]["dropped"], 3,
-            "the newest first, with only its own count"
+            newest,
+            [
+                (&serde_json::Value::Null, &serde_json::json!(7)),
+                (&serde_json::json!("meter-2"), &serde_json::json!(2)),
+                (&serde_json::json!("meter-1"), &serde_json::json!(3)),
+            ],
+            "one event per device, newest first, each with only its own rise"
         );
         assert_eq!(raised[0]["severity"], "warning");
         shutdown.cancel();

@@ -27,7 +27,7 @@
 //! - The gate is process-wide, like the tracing subscriber it sits in: one
 //!   process runs one embedded broker.
 //! - It depends on the name of a span inside rumqttd. The test
-//!   `the_gate_holds_publishers_and_nothing_is_trimmed_unread` fails if an
+//!   `the_gate_holds_publishers_and_the_ledger_names_what_was_lost` fails if an
 //!   upgrade moves it.
 
 use std::sync::atomic::Ordering;

@@ -14,10 +14,15 @@
 //! logged, every listen address is bound once here first, so that a taken
 //! port fails the start with a clear error.
 //!
-//! `gate`: back-pressure from the store onto publishers, by holding the
-//! router thread while the store's queue is nearly full.
+//! - `gate`: back-pressure from the store onto publishers, by holding the
+//!   router thread while the store's queue is nearly full.
+//! - `ledger`: the topic of each message in the gateway's log, so that
+//!   messages dropped unread all the same are counted per device.
+//!
+//! Both act through the process's tracing subscriber: [`tracing_layer`].
 
 pub mod gate;
+pub mod ledger;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +31,17 @@ use std::path::{Path, PathBuf};
 use ferrite_models::config::MqttSection;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
+
+/// The router gate and the ledger, as one tracing layer. It must be part
+/// of the process's subscriber for either to act; it has its own filters,
+/// so `RUST_LOG` does not turn it off.
+pub fn tracing_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    gate::layer().and_then(ledger::layer())
+}
 
 /// The client ID of the gateway's own link: `ferrite-gateway-` and 16
 /// random hex digits, made anew at each start. rumqttd drops the older of
@@ -82,11 +98,17 @@ impl BrokerLink {
     /// [`BrokerLink::relink`] subscribes to it too.
     pub fn subscribe(&mut self, filter: &str) -> Result<(), String> {
         self.filter = filter.to_string();
+        ledger::watch(filter);
         self.lock()
             .1
             .subscribe(filter)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// The filter the gateway's links subscribe to.
+    pub fn filter(&self) -> &str {
+        &self.filter
     }
 
     /// Publishes on the live link.
@@ -305,7 +327,7 @@ fn broker_config(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -360,15 +382,16 @@ mod tests {
     /// messages as fast as the broker acknowledges them, while the
     /// gateway's link reads them into a queue of 64 that a consumer empties
     /// at 500 messages/s. With `gated`, the queue presses the gate.
-    /// Returns the messages the consumer got, those lost in the log, and
-    /// the microseconds the router was held.
+    /// Returns the messages the consumer got, those lost in the log (by
+    /// topic, as the ledger tells), and the microseconds the router was
+    /// held.
     async fn gate_round(
         rx: &mut LinkRx,
         offsets: &mut crate::mqtt::LogOffsets,
         port: u16,
         round: u8,
         gated: bool,
-    ) -> (u32, u64, u64) {
+    ) -> Round {
         let (queue, mut taken) = tokio::sync::mpsc::channel::<u32>(64);
         let stats = Arc::new(ferrite_core::driver::DriverStats::default());
         if gated {
@@ -395,20 +418,21 @@ mod tests {
             }
             got
         });
-        let topic = format!("load/{round}");
+        // Three topics in turn, so that the ledger must put each lost
+        // message to the right one.
+        let topic = move |n: u32| format!("load/{round}/{}", n % 3);
         let publisher = {
             let (client, mut events) = AsyncClient::new(
                 MqttOptions::new(format!("load-{round}"), "127.0.0.1", port),
                 100,
             );
-            let topic = topic.clone();
             tokio::spawn(async move {
                 let sender = tokio::spawn(async move {
                     for n in 0..ROUND {
                         let mut body = n.to_be_bytes().to_vec();
                         body.resize(BODY, 0);
                         client
-                            .publish(topic.as_str(), QoS::AtLeastOnce, false, body)
+                            .publish(topic(n), QoS::AtLeastOnce, false, body)
                             .await
                             .expect("publish");
                     }
@@ -424,13 +448,33 @@ mod tests {
             })
         };
         let mut lost = 0;
+        let mut lost_by_topic: HashMap<String, u64> = HashMap::new();
+        let mut missing_by_topic: HashMap<String, u64> =
+            (0..ROUND).fold(HashMap::new(), |mut m, n| {
+                *m.entry(topic(n)).or_default() += 1;
+                m
+            });
+        let prefix = format!("load/{round}/");
         loop {
             match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
                 Ok(Ok(Some(rumqttd::Notification::Forward(f))))
-                    if *f.publish.topic == *topic.as_bytes() =>
+                    if f.publish.topic.starts_with(prefix.as_bytes()) =>
                 {
-                    lost += offsets.next(f.cursor);
+                    let gap = offsets.next(f.cursor);
+                    if !gap.is_empty() {
+                        lost += gap.end - gap.start;
+                        let (by_topic, unknown) = ledger::lost("load/#", gap.start, gap.end);
+                        for (topic, n) in by_topic {
+                            *lost_by_topic.entry(topic).or_default() += n;
+                        }
+                        if unknown > 0 {
+                            *lost_by_topic.entry("?".into()).or_default() += unknown;
+                        }
+                    }
                     let n = u32::from_be_bytes(f.publish.payload[..4].try_into().expect("index"));
+                    if let Some(missing) = missing_by_topic.get_mut(&topic(n)) {
+                        *missing -= 1;
+                    }
                     queue.send(n).await.expect("consumer");
                     if n == ROUND - 1 {
                         break;
@@ -445,11 +489,33 @@ mod tests {
         let held = stats
             .mqtt_held_micros
             .load(std::sync::atomic::Ordering::Relaxed);
-        (consumer.await.expect("consumer"), lost, held)
+        Round {
+            got: consumer.await.expect("consumer"),
+            lost,
+            lost_by_topic,
+            missing_by_topic: missing_by_topic
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            held,
+        }
     }
 
+    /// What one round of the gate test saw.
+    struct Round {
+        got: u32,
+        lost: u64,
+        lost_by_topic: HashMap<String, u64>,
+        /// Per topic, the messages that did not arrive.
+        missing_by_topic: HashMap<String, u64>,
+        held: u64,
+    }
+
+    /// Tests that install their own gate (it is process-wide) take turns.
+    pub(crate) static GATE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// A broker on a free loopback port with the default `[mqtt]` section.
-    async fn broker_on_loopback() -> (u16, BrokerLink, LinkRx, Publisher) {
+    pub(crate) async fn broker_on_loopback() -> (u16, BrokerLink, LinkRx, Publisher) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port")
@@ -462,30 +528,40 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_gate_holds_publishers_and_nothing_is_trimmed_unread() {
+    async fn the_gate_holds_publishers_and_the_ledger_names_what_was_lost() {
         use tracing_subscriber::layer::SubscriberExt;
         // The gate acts through the process's subscriber.
         let _ = tracing::subscriber::set_global_default(
-            tracing_subscriber::registry().with(gate::layer()),
+            tracing_subscriber::registry().with(tracing_layer()),
         );
+        let _turn = GATE_TESTS.lock().await;
         let (port, mut link, mut rx, _publisher) = broker_on_loopback().await;
         link.subscribe("load/#").expect("subscribe");
 
         // Without the gate the router acknowledges faster than the consumer
         // takes, and trims its log unread: this is what the gate is for, and
         // it shows that the test can see a loss.
-        let mut offsets = crate::mqtt::LogOffsets::default();
-        let (got, lost, _) = gate_round(&mut rx, &mut offsets, port, 1, false).await;
-        assert!(lost > 0, "a slow consumer lost nothing without the gate");
+        let mut offsets = crate::mqtt::LogOffsets::of("load/#");
+        let ungated = gate_round(&mut rx, &mut offsets, port, 1, false).await;
+        assert!(
+            ungated.lost > 0,
+            "a slow consumer lost nothing without the gate"
+        );
         assert_eq!(
-            u64::from(got) + lost,
+            u64::from(ungated.got) + ungated.lost,
             u64::from(ROUND),
             "gaps counted exactly"
         );
+        // The ledger knew the topic of each message lost.
+        assert_eq!(ungated.lost_by_topic, ungated.missing_by_topic);
 
-        let (got, lost, held) = gate_round(&mut rx, &mut offsets, port, 2, true).await;
-        assert_eq!((got, lost), (ROUND, 0), "with the gate nothing is lost");
-        assert!(held > 0, "the publisher was never held");
+        let gated = gate_round(&mut rx, &mut offsets, port, 2, true).await;
+        assert_eq!(
+            (gated.got, gated.lost),
+            (ROUND, 0),
+            "with the gate nothing is lost"
+        );
+        assert!(gated.held > 0, "the publisher was never held");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -304,6 +304,34 @@ impl Ingest {
         self.devices.get(slot)?.as_ref()
     }
 
+    /// The names of the devices a publish on `topic` is for: those with a
+    /// property or their status on it, or the Sparkplug device it names
+    /// (for a node's own topics, the node's devices).
+    pub fn devices_on(&self, topic: &str) -> Vec<Arc<str>> {
+        let mut slots: Vec<usize> = Vec::new();
+        if let Some(routes) = self.topics.get(topic) {
+            slots.extend(routes.iter().map(|(slot, _)| *slot));
+        }
+        if let Some(entries) = self.status.get(topic) {
+            slots.extend(entries.iter().map(|e| e.slot));
+        }
+        if let Some(t) = Topic::parse(topic)
+            && let Some(node) = self.node(&t)
+        {
+            match node.members.get(&t.device.map(str::to_string)) {
+                Some(slot) => slots.push(*slot),
+                None if t.device.is_none() => slots.extend(node.slots()),
+                None => {}
+            }
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        slots
+            .into_iter()
+            .filter_map(|slot| Some(self.device(slot)?.name.clone()))
+            .collect()
+    }
+
     fn device_mut(&mut self, slot: usize) -> Option<&mut DeviceState> {
         self.devices.get_mut(slot)?.as_mut()
     }
@@ -1051,6 +1079,16 @@ kind: Device
 name: d1
 model: tank
 mqtt: { sparkplug: { group: g, node: n1, device: d1 } }
+---
+kind: DeviceModel
+name: meter
+properties:
+  power: { type: float, mqtt: { topic: "plant/{device}/power" } }
+---
+kind: Device
+name: m1
+model: meter
+mqtt: { status: { topic: plant/status } }
 "#;
 
     const NODE: usize = 0;
@@ -1091,6 +1129,42 @@ mqtt: { sparkplug: { group: g, node: n1, device: d1 } }
             ingest.add(&entry).expect("an MQTT device");
         }
         ingest
+    }
+
+    #[test]
+    fn a_topic_names_the_devices_it_is_for() {
+        let mut ingest = ingest(Duration::from_millis(500));
+        let mut loader = Loader::default();
+        loader.load_text(
+            Path::new("docs.yaml"),
+            DOCS,
+            &[DocKind::DeviceModel, DocKind::Device],
+        );
+        let project = loader.finish().project;
+        let names: Vec<Arc<str>> = vec![Arc::from("power")];
+        let entry = DeviceEntry {
+            index: 2,
+            name: "m1",
+            located: &project.devices["m1"],
+            model: &project.models["meter"].value,
+            numbers: &[0],
+            names: &names,
+        };
+        ingest.add(&entry).expect("an MQTT device");
+        let names = |topic: &str| -> Vec<String> {
+            ingest
+                .devices_on(topic)
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert_eq!(names("spBv1.0/g/NDATA/n1"), ["n1"]);
+        assert_eq!(names("spBv1.0/g/DDATA/n1/d1"), ["d1"]);
+        assert!(names("spBv1.0/g/DDATA/n1/d9").is_empty());
+        assert!(names("spBv1.0/other/NDATA/n1").is_empty());
+        assert_eq!(names("plant/m1/power"), ["m1"]);
+        assert_eq!(names("plant/status"), ["m1"]);
+        assert!(names("plant/unknown").is_empty());
     }
 
     fn float(name: Option<&str>, alias: u64, v: f64) -> Metric {

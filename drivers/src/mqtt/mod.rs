@@ -158,7 +158,7 @@ impl Driver for MqttDriver {
 /// The reader: every publish the broker routes to the gateway, and a clock
 /// for timeouts, until shutdown.
 async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
-    let mut offsets = LogOffsets::default();
+    let mut offsets = LogOffsets::of(shared.link.filter());
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -175,9 +175,9 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
             _ = tick.tick() => shared.ingest().tick(Instant::now()),
             next = rx.next() => match next {
                 Ok(Some(Notification::Forward(f))) => {
-                    let lost = offsets.next(f.cursor);
-                    if lost > 0 {
-                        ctx.stats.mqtt_dropped.fetch_add(lost, Ordering::Relaxed);
+                    let gap = offsets.next(f.cursor);
+                    if !gap.is_empty() {
+                        count_losses(&shared, &ctx.stats, gap);
                     }
                     let topic = String::from_utf8_lossy(&f.publish.topic);
                     shared.ingest().publish(&topic, &f.publish.payload, Instant::now())
@@ -187,7 +187,7 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
                     if let Err(e) = rx.wake().await {
                         tracing::warn!("the broker link failed: {e}");
                         match shared.link.relink() {
-                            Some(spare) => (rx, offsets) = (spare, LogOffsets::default()),
+                            Some(spare) => (rx, offsets) = (spare, LogOffsets::of(shared.link.filter())),
                             None => return tracing::error!("no spare broker link is left; MQTT devices stop updating"),
                         }
                     }
@@ -197,7 +197,7 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
                 Err(e) => {
                     tracing::warn!("the broker link failed: {e}");
                     match shared.link.relink() {
-                        Some(spare) => (rx, offsets) = (spare, LogOffsets::default()),
+                        Some(spare) => (rx, offsets) = (spare, LogOffsets::of(shared.link.filter())),
                         None => return tracing::error!("no spare broker link is left; MQTT devices stop updating"),
                     }
                     continue;
@@ -213,22 +213,74 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
 /// Where the gateway's link stands in the broker's log for its filter.
 /// rumqttd numbers the messages of a log one by one and drops its oldest
 /// segment when it is full, read or not; a forward further on than the
-/// next number tells how many were dropped unread.
+/// next number tells which messages were dropped unread.
 #[derive(Debug, Default)]
 pub(crate) struct LogOffsets {
+    /// The filter whose log it is.
+    filter: String,
     next: Option<u64>,
 }
 
+/// How many forwards pass between two trims of the broker's ledger.
+const FORGET_EVERY: u64 = 4096;
+
 impl LogOffsets {
-    /// Takes the log position of a forwarded message (`None` for a
-    /// retained one, which is not in the log) and returns how many
-    /// messages were skipped before it.
-    pub(crate) fn next(&mut self, cursor: Option<(u64, u64)>) -> u64 {
-        let Some((_, offset)) = cursor else { return 0 };
-        let lost = self.next.map_or(0, |next| offset.saturating_sub(next));
-        self.next = Some(offset.saturating_add(1));
-        lost
+    /// At the start of `filter`'s log.
+    pub(crate) fn of(filter: &str) -> Self {
+        LogOffsets {
+            filter: filter.to_string(),
+            next: None,
+        }
     }
+
+    /// Takes the log position of a forwarded message (`None` for a
+    /// retained one, which is not in the log) and returns the positions
+    /// skipped before it (empty when none was).
+    pub(crate) fn next(&mut self, cursor: Option<(u64, u64)>) -> std::ops::Range<u64> {
+        let Some((_, offset)) = cursor else {
+            return 0..0;
+        };
+        let gap = self
+            .next
+            .map_or(offset..offset, |next| next.min(offset)..offset);
+        self.next = Some(offset.saturating_add(1));
+        if offset.is_multiple_of(FORGET_EVERY) {
+            crate::broker::ledger::forget_below(&self.filter, offset);
+        }
+        gap
+    }
+}
+
+/// The broker dropped the messages at `gap` of the gateway's log unread:
+/// counts them, in all and per device, from the topics the broker's
+/// ledger kept.
+fn count_losses(
+    shared: &Shared,
+    stats: &ferrite_core::driver::DriverStats,
+    gap: std::ops::Range<u64>,
+) {
+    stats
+        .mqtt_dropped
+        .fetch_add(gap.end - gap.start, Ordering::Relaxed);
+    let filter = shared.link.filter();
+    let (by_topic, mut unrouted) = crate::broker::ledger::lost(filter, gap.start, gap.end);
+    let ingest = shared.ingest();
+    let mut by_device = stats
+        .mqtt_dropped_by_device
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (topic, lost) in by_topic {
+        let devices = ingest.devices_on(&topic);
+        if devices.is_empty() {
+            unrouted += lost;
+        }
+        for device in devices {
+            *by_device.entry(device.to_string()).or_default() += lost;
+        }
+    }
+    stats
+        .mqtt_dropped_unrouted
+        .fetch_add(unrouted, Ordering::Relaxed);
 }
 
 /// Sends an outcome's updates to the store, answers confirmed writes once
@@ -399,19 +451,168 @@ impl DeviceWriter for MqttWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::LogOffsets;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ferrite_core::driver::{DriverContext, DriverStats, NoMeters};
+    use ferrite_models::project::{DocKind, Loader};
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    use super::{Driver, LogOffsets, MqttDriver};
+    use crate::broker;
+
+    /// Two plain MQTT devices, `m1` and `m2`, each on its own topic.
+    const DOCS: &str = r#"kind: DeviceModel
+name: meter
+properties:
+  power: { type: float, mqtt: { topic: "plant/{device}/power" } }
+---
+kind: Device
+name: m1
+model: meter
+mqtt: {}
+---
+kind: Device
+name: m2
+model: meter
+mqtt: {}
+"#;
+
+    /// Messages published, and the size of each: together more than the
+    /// broker's log for one filter (4 MiB).
+    const SENT: u32 = 1500;
+    const BODY: usize = 4096;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_dropped_unread_are_counted_for_their_devices() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let _ = tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(broker::tracing_layer()),
+        );
+        let _turn = broker::tests::GATE_TESTS.lock().await;
+        let (port, link, rx, _publisher) = broker::tests::broker_on_loopback().await;
+        let (output, mut updates) = tokio::sync::mpsc::channel(16);
+        let ctx = DriverContext {
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            output,
+            urgent: tokio::sync::mpsc::channel(16).0,
+            data_dir: std::env::temp_dir(),
+            stats: Arc::new(DriverStats::default()),
+            meters: Arc::new(NoMeters),
+            crashes: Arc::default(),
+        };
+        let driver = MqttDriver::new(ctx.clone(), Some((link, rx)), &Default::default());
+        // No back-pressure here: the store below takes nothing until the
+        // broker's log has overflowed.
+        broker::gate::install(|| false, ctx.stats.clone());
+
+        let mut loader = Loader::default();
+        loader.load_text(
+            Path::new("docs.yaml"),
+            DOCS,
+            &[DocKind::DeviceModel, DocKind::Device],
+        );
+        let project = loader.finish().project;
+        let model = &project.models["meter"].value;
+        let names: Vec<Arc<str>> = vec![Arc::from("power")];
+        for (index, name) in ["m1", "m2"].into_iter().enumerate() {
+            let entry = ferrite_core::driver::DeviceEntry {
+                index,
+                name,
+                located: &project.devices[name],
+                model,
+                numbers: &[0],
+                names: &names,
+            };
+            driver.start(&entry, ctx.clone()).expect("an MQTT device");
+        }
+
+        // One in three messages is m2's. Each is a JSON number, padded.
+        let device_of = |n: u32| if n.is_multiple_of(3) { "m2" } else { "m1" };
+        let (client, mut events) =
+            AsyncClient::new(MqttOptions::new("meters", "127.0.0.1", port), 100);
+        let sender = tokio::spawn(async move {
+            for n in 0..SENT {
+                let mut body = format!("{n}").into_bytes();
+                body.resize(BODY, b' ');
+                let topic = format!("plant/{}/power", device_of(n));
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, body)
+                    .await
+                    .expect("publish");
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < SENT {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.poll())
+                .await
+                .expect("acknowledged within 10 s")
+                .expect("poll");
+            if let Event::Incoming(Packet::PubAck(_)) = event {
+                acked += 1;
+            }
+        }
+        let _client = sender.await.expect("sender");
+
+        // Now the store takes everything: what arrives, per device.
+        let mut arrived: BTreeMap<String, u64> = BTreeMap::new();
+        let last = f64::from(SENT - 1);
+        let mut done = false;
+        while !done {
+            let update = tokio::time::timeout(Duration::from_secs(10), updates.recv())
+                .await
+                .expect("the last message within 10 s")
+                .expect("updates");
+            for (_, sample) in &update.samples {
+                let ferrite_core::reading::Sample::Good(ferrite_models::Value::Float(v)) = sample
+                else {
+                    continue;
+                };
+                *arrived
+                    .entry(["m1", "m2"][update.device].into())
+                    .or_default() += 1;
+                done |= *v == last;
+            }
+        }
+        let lost = |device: &str| {
+            let sent = (0..SENT).filter(|n| device_of(*n) == device).count() as u64;
+            sent - arrived.get(device).copied().unwrap_or(0)
+        };
+        let stats = &ctx.stats;
+        let dropped = stats
+            .mqtt_dropped
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(dropped > 0, "the log never overflowed");
+        assert_eq!(dropped, lost("m1") + lost("m2"), "every loss counted");
+        assert_eq!(
+            stats.mqtt_dropped_by_device(),
+            BTreeMap::from([("m1".into(), lost("m1")), ("m2".into(), lost("m2"))]),
+            "each loss put to its device"
+        );
+        assert_eq!(
+            stats
+                .mqtt_dropped_unrouted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        ctx.shutdown.cancel();
+    }
 
     #[test]
     fn a_jump_in_the_log_offsets_counts_the_messages_dropped_unread() {
         let mut offsets = LogOffsets::default();
         // Where a new link starts reading is not a gap.
-        assert_eq!(offsets.next(Some((3, 5000))), 0);
-        assert_eq!(offsets.next(Some((3, 5001))), 0);
+        assert!(offsets.next(Some((3, 5000))).is_empty());
+        assert!(offsets.next(Some((3, 5001))).is_empty());
         // Retained messages come from outside the log.
-        assert_eq!(offsets.next(None), 0);
-        assert_eq!(offsets.next(Some((3, 5002))), 0);
+        assert!(offsets.next(None).is_empty());
+        assert!(offsets.next(Some((3, 5002))).is_empty());
         // The router trimmed a segment: 5003..5100 never arrived.
-        assert_eq!(offsets.next(Some((4, 5100))), 97);
-        assert_eq!(offsets.next(Some((4, 5101))), 0);
+        assert_eq!(offsets.next(Some((4, 5100))), 5003..5100);
+        assert!(offsets.next(Some((4, 5101))).is_empty());
     }
 }

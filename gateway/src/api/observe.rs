@@ -162,6 +162,20 @@ async fn snapshot(state: &AppState) -> ScrapeSnapshot {
         "MQTT messages the embedded broker dropped before the gateway read them",
         load(&driver_stats.mqtt_dropped),
     );
+    s.counters(
+        "ferrite_mqtt_device_dropped",
+        "MQTT messages of a device that the embedded broker dropped before the gateway read them",
+        driver_stats
+            .mqtt_dropped_by_device()
+            .into_iter()
+            .map(|(device, lost)| {
+                let labels = DeviceLabels {
+                    device,
+                    protocol: "mqtt".to_string(),
+                };
+                (labels, lost)
+            }),
+    );
     s.counter(
         "ferrite_mqtt_held_milliseconds",
         "Time the embedded broker held MQTT publishers back while the store's queue was nearly full",
