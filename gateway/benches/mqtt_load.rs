@@ -34,7 +34,8 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 
 mod common;
 use common::{
-    env, metric, percentile, print_usage, project_dir, spawn_gateway, stop_gateway, wait_online,
+    env, metric, metric_sum, percentile, print_usage, project_dir, spawn_gateway, stop_gateway,
+    wait_online,
 };
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +239,10 @@ async fn main() {
         metric(&http, &base, "ferrite_mqtt_dropped_total").await,
         metric(&http, &base, "ferrite_mqtt_held_milliseconds_total").await,
         metric(&http, &base, "ferrite_mqtt_hold_timeouts_total").await
+    );
+    println!(
+        "of those dropped, put to devices: {}",
+        metric_sum(&http, &base, "ferrite_mqtt_device_dropped_total").await
     );
     stop_gateway(&mut child);
 }

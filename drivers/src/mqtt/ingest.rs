@@ -1060,9 +1060,8 @@ pub(super) fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrite_models::project::{DocKind, Loader};
+    use crate::mqtt::fixtures;
     use ferrite_proto::sparkplug::payload::metric;
-    use std::path::Path;
 
     const DOCS: &str = r#"kind: DeviceModel
 name: tank
@@ -1079,16 +1078,6 @@ kind: Device
 name: d1
 model: tank
 mqtt: { sparkplug: { group: g, node: n1, device: d1 } }
----
-kind: DeviceModel
-name: meter
-properties:
-  power: { type: float, mqtt: { topic: "plant/{device}/power" } }
----
-kind: Device
-name: m1
-model: meter
-mqtt: { status: { topic: plant/status } }
 "#;
 
     const NODE: usize = 0;
@@ -1097,35 +1086,14 @@ mqtt: { status: { topic: plant/status } }
     /// An ingest with the node `g/n1` (device `n1`, number 0) and its
     /// device `d1` (number 1).
     fn ingest(reorder_timeout: Duration) -> Ingest {
-        let mut loader = Loader::default();
-        loader.load_text(
-            Path::new("docs.yaml"),
-            DOCS,
-            &[DocKind::DeviceModel, DocKind::Device],
-        );
-        let report = loader.finish();
-        assert_eq!(report.errors, 0, "{:?}", report.diagnostics);
-        let project = report.project;
+        let project = fixtures::project(DOCS);
         let mut ingest = Ingest {
             reorder_timeout,
             ..Ingest::default()
         };
-        let model = &project.models["tank"].value;
-        let names: Vec<Arc<str>> = model
-            .properties
-            .keys()
-            .map(|k| Arc::from(k.as_str()))
-            .collect();
-        let numbers: Vec<u16> = (0..names.len() as u16).collect();
+        let properties = fixtures::properties(&project, "tank");
         for (index, name) in ["n1", "d1"].into_iter().enumerate() {
-            let entry = DeviceEntry {
-                index,
-                name,
-                located: &project.devices[name],
-                model,
-                numbers: &numbers,
-                names: &names,
-            };
+            let entry = fixtures::entry(&project, index, name, &properties);
             ingest.add(&entry).expect("an MQTT device");
         }
         ingest
@@ -1134,22 +1102,9 @@ mqtt: { status: { topic: plant/status } }
     #[test]
     fn a_topic_names_the_devices_it_is_for() {
         let mut ingest = ingest(Duration::from_millis(500));
-        let mut loader = Loader::default();
-        loader.load_text(
-            Path::new("docs.yaml"),
-            DOCS,
-            &[DocKind::DeviceModel, DocKind::Device],
-        );
-        let project = loader.finish().project;
-        let names: Vec<Arc<str>> = vec![Arc::from("power")];
-        let entry = DeviceEntry {
-            index: 2,
-            name: "m1",
-            located: &project.devices["m1"],
-            model: &project.models["meter"].value,
-            numbers: &[0],
-            names: &names,
-        };
+        let meters = fixtures::project(fixtures::METERS);
+        let properties = fixtures::properties(&meters, "meter");
+        let entry = fixtures::entry(&meters, 2, "m1", &properties);
         ingest.add(&entry).expect("an MQTT device");
         let names = |topic: &str| -> Vec<String> {
             ingest

@@ -449,22 +449,18 @@ impl DeviceWriter for MqttWriter {
     }
 }
 
+/// Device documents for the MQTT driver's tests.
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
+pub(crate) mod fixtures {
     use std::path::Path;
     use std::sync::Arc;
-    use std::time::Duration;
 
-    use ferrite_core::driver::{DriverContext, DriverStats, NoMeters};
-    use ferrite_models::project::{DocKind, Loader};
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use ferrite_core::driver::DeviceEntry;
+    use ferrite_models::project::{DocKind, Loader, Project};
 
-    use super::{Driver, LogOffsets, MqttDriver};
-    use crate::broker;
-
-    /// Two plain MQTT devices, `m1` and `m2`, each on its own topic.
-    const DOCS: &str = r#"kind: DeviceModel
+    /// Two plain MQTT devices, `m1` and `m2`, each on its own topic;
+    /// `m1` also announces itself on `plant/status`.
+    pub(crate) const METERS: &str = r#"kind: DeviceModel
 name: meter
 properties:
   power: { type: float, mqtt: { topic: "plant/{device}/power" } }
@@ -472,13 +468,70 @@ properties:
 kind: Device
 name: m1
 model: meter
-mqtt: {}
+mqtt: { status: { topic: plant/status } }
 ---
 kind: Device
 name: m2
 model: meter
 mqtt: {}
 "#;
+
+    /// The project of `docs`, which must load without errors.
+    pub(crate) fn project(docs: &str) -> Project {
+        let mut loader = Loader::default();
+        loader.load_text(
+            Path::new("docs.yaml"),
+            docs,
+            &[DocKind::DeviceModel, DocKind::Device],
+        );
+        let report = loader.finish();
+        assert_eq!(report.errors, 0, "{:?}", report.diagnostics);
+        report.project
+    }
+
+    /// Each property's name in `model` of `project`, and its number
+    /// (model order).
+    pub(crate) fn properties(project: &Project, model: &str) -> (Vec<Arc<str>>, Vec<u16>) {
+        let names: Vec<Arc<str>> = project.models[model]
+            .value
+            .properties
+            .keys()
+            .map(|k| Arc::from(k.as_str()))
+            .collect();
+        let numbers = (0..names.len() as u16).collect();
+        (names, numbers)
+    }
+
+    /// The entry of device `name` of `project`, numbered `index`.
+    pub(crate) fn entry<'a>(
+        project: &'a Project,
+        index: usize,
+        name: &'a str,
+        (names, numbers): &'a (Vec<Arc<str>>, Vec<u16>),
+    ) -> DeviceEntry<'a> {
+        let located = &project.devices[name];
+        DeviceEntry {
+            index,
+            name,
+            located,
+            model: &project.models[&located.value.model].value,
+            numbers,
+            names,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ferrite_core::driver::{DriverContext, DriverStats, NoMeters};
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    use super::{Driver, LogOffsets, MqttDriver, fixtures};
+    use crate::broker;
 
     /// Messages published, and the size of each: together more than the
     /// broker's log for one filter (4 MiB).
@@ -509,24 +562,10 @@ mqtt: {}
         // broker's log has overflowed.
         broker::gate::install(|| false, ctx.stats.clone());
 
-        let mut loader = Loader::default();
-        loader.load_text(
-            Path::new("docs.yaml"),
-            DOCS,
-            &[DocKind::DeviceModel, DocKind::Device],
-        );
-        let project = loader.finish().project;
-        let model = &project.models["meter"].value;
-        let names: Vec<Arc<str>> = vec![Arc::from("power")];
+        let project = fixtures::project(fixtures::METERS);
+        let properties = fixtures::properties(&project, "meter");
         for (index, name) in ["m1", "m2"].into_iter().enumerate() {
-            let entry = ferrite_core::driver::DeviceEntry {
-                index,
-                name,
-                located: &project.devices[name],
-                model,
-                numbers: &[0],
-                names: &names,
-            };
+            let entry = fixtures::entry(&project, index, name, &properties);
             driver.start(&entry, ctx.clone()).expect("an MQTT device");
         }
 

@@ -56,15 +56,31 @@ impl Proc {
 }
 
 pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let Ok(res) = client.get(format!("{base}/metrics")).send().await else {
-        return 0.0;
-    };
-    let text = res.text().await.unwrap_or_default();
-    text.lines()
+    metrics_text(client, base)
+        .await
+        .lines()
         .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The sum of a metric family's labelled series (`name{...} value`).
+pub async fn metric_sum(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    metrics_text(client, base)
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The gateway's /metrics page; empty when it does not answer.
+async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    let Ok(res) = client.get(format!("{base}/metrics")).send().await else {
+        return String::new();
+    };
+    res.text().await.unwrap_or_default()
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
