@@ -242,7 +242,7 @@ async fn main() {
     );
     println!(
         "of those dropped, put to devices: {}",
-        metric_sum(&http, &base, "ferrite_mqtt_device_dropped_total").await
+        metric_sum(&http, &base, "ferrite_mqtt_device_dropped_total").await as u64
     );
     stop_gateway(&mut child);
 }

@@ -374,12 +374,17 @@ impl Gateway {
     }
 }
 
+/// How often at most one device raises an `mqtt_dropped` event.
+#[cfg(feature = "mqtt")]
+const LOSS_EVENT_EVERY: Duration = Duration::from_secs(60);
+
 /// Raises events whenever the embedded broker dropped MQTT messages before
-/// the gateway read them: each second with losses, one per device that lost
-/// messages, and one for messages on no device's topic. With the router
-/// gate this takes a store that took nothing for a whole hold, a QoS 0
-/// flood larger than the broker's log, or a load that the broker's router
-/// and the gateway's reader cannot share the CPU for (see docs/gateway.md).
+/// the gateway read them: per device, and for messages on no device's topic
+/// (see [`LossEvents`]), with one warning in the log per second of losses.
+/// With the router gate this takes a store that took nothing for a whole
+/// hold, a QoS 0 flood larger than the broker's log, or a load that the
+/// broker's router and the gateway's reader cannot share the CPU for (see
+/// docs/gateway.md).
 #[cfg(feature = "mqtt")]
 async fn watch_mqtt_losses(
     stats: Arc<driver::DriverStats>,
@@ -387,35 +392,46 @@ async fn watch_mqtt_losses(
     shutdown: CancellationToken,
 ) {
     use std::sync::atomic::Ordering;
-    let mut seen_by_device = std::collections::BTreeMap::new();
-    let mut seen_unrouted = 0;
+    let mut events = LossEvents::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let by_device = stats.mqtt_dropped_by_device();
-        let mut rises: Vec<(Option<&str>, u64)> = by_device
-            .iter()
-            .filter_map(|(device, &total)| {
-                let seen = seen_by_device.get(device).copied().unwrap_or(0);
-                (total > seen).then(|| (Some(device.as_str()), total - seen))
-            })
+        let mut totals: std::collections::BTreeMap<Option<String>, u64> = stats
+            .mqtt_dropped_by_device()
+            .into_iter()
+            .map(|(device, lost)| (Some(device), lost))
             .collect();
-        let unrouted = stats.mqtt_dropped_unrouted.load(Ordering::Relaxed);
-        if unrouted > seen_unrouted {
-            rises.push((None, unrouted - seen_unrouted));
+        totals.insert(None, stats.mqtt_dropped_unrouted.load(Ordering::Relaxed));
+        let (rises, due) = events.tick(totals, tokio::time::Instant::now());
+        if !rises.is_empty() {
+            let lost: u64 = rises.iter().map(|(_, n)| n).sum();
+            let mut whose: Vec<String> = rises
+                .iter()
+                .take(5)
+                .map(|(device, n)| match device {
+                    Some(device) => format!("{device}: {n}"),
+                    None => format!("no device's: {n}"),
+                })
+                .collect();
+            if rises.len() > 5 {
+                whose.push(format!("and {} more", rises.len() - 5));
+            }
+            tracing::warn!(
+                "the MQTT broker dropped {lost} message(s) before the gateway read them ({}): its log overflowed while the gateway could not keep up",
+                whose.join(", ")
+            );
         }
-        for (device, lost) in rises {
-            let whose = match device {
+        for (device, lost) in due {
+            let whose = match &device {
                 Some(device) => format!("of device `{device}`"),
                 None => "on no device's topic".to_string(),
             };
             let message = format!(
                 "the MQTT broker dropped {lost} message(s) {whose} before the gateway read them: its log overflowed while the gateway could not keep up"
             );
-            tracing::warn!("{message}");
             let mut event = serde_json::json!({
                 "source": "mqtt",
                 "severity": "warning",
@@ -428,8 +444,67 @@ async fn watch_mqtt_losses(
             }
             journal.record(crate::store::Log::Events, &event).await;
         }
-        seen_by_device = by_device;
-        seen_unrouted = unrouted;
+    }
+}
+
+/// Messages lost: whose (a device; `None` for no device's topic), and how
+/// many.
+#[cfg(feature = "mqtt")]
+type Lost = (Option<String>, u64);
+
+/// Turns the running loss counts (per device; `None` for no device's
+/// topic) into events. A device's first losses raise an event at once;
+/// after that it raises at most one per [`LOSS_EVENT_EVERY`], with what it
+/// lost since its last one. An overload that costs a thousand devices
+/// messages every second then writes a thousand events a minute, not a
+/// second.
+#[cfg(feature = "mqtt")]
+#[derive(Default)]
+struct LossEvents {
+    /// The counts at the last tick.
+    seen: std::collections::BTreeMap<Option<String>, u64>,
+    /// Losses not yet in an event, and when each device last raised one.
+    pending: std::collections::BTreeMap<Option<String>, u64>,
+    raised: std::collections::HashMap<Option<String>, tokio::time::Instant>,
+}
+
+#[cfg(feature = "mqtt")]
+impl LossEvents {
+    /// Takes the counts now; returns the rises since the last tick, and
+    /// the events due (whose, how many).
+    fn tick(
+        &mut self,
+        totals: std::collections::BTreeMap<Option<String>, u64>,
+        now: tokio::time::Instant,
+    ) -> (Vec<Lost>, Vec<Lost>) {
+        let mut rises = Vec::new();
+        for (whose, &total) in &totals {
+            let seen = self.seen.get(whose).copied().unwrap_or(0);
+            if total > seen {
+                rises.push((whose.clone(), total - seen));
+                *self.pending.entry(whose.clone()).or_default() += total - seen;
+            }
+        }
+        self.seen = totals;
+        let due: Vec<Option<String>> = self
+            .pending
+            .keys()
+            .filter(|whose| {
+                self.raised
+                    .get(*whose)
+                    .is_none_or(|last| now.duration_since(*last) >= LOSS_EVENT_EVERY)
+            })
+            .cloned()
+            .collect();
+        let events = due
+            .into_iter()
+            .filter_map(|whose| {
+                let lost = self.pending.remove(&whose)?;
+                self.raised.insert(whose.clone(), now);
+                Some((whose, lost))
+            })
+            .collect();
+        (rises, events)
     }
 }
 
@@ -441,7 +516,7 @@ mod tests {
     use crate::store::Log;
 
     #[tokio::test(start_paused = true)]
-    async fn each_rise_in_mqtt_losses_is_one_event_per_device_with_its_count() {
+    async fn mqtt_losses_raise_events_per_device_at_most_one_a_minute() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
         let tasks = TaskTracker::new();
@@ -486,25 +561,35 @@ mod tests {
         assert_eq!(raised.len(), 1, "{raised:?}");
         assert_eq!(raised[0]["dropped"], 5);
         assert_eq!(raised[0]["device"], "meter-1");
+        assert_eq!(raised[0]["severity"], "warning");
         lose(Some("meter-1"), 3);
         lose(Some("meter-2"), 2);
         lose(None, 7);
         let raised = events().await;
-        assert_eq!(raised.len(), 4, "{raised:?}");
-        let newest: Vec<(&serde_json::Value, &serde_json::Value)> = raised[..3]
+        assert_eq!(raised.len(), 3, "{raised:?}");
+        let newest: Vec<(&serde_json::Value, &serde_json::Value)> = raised[..2]
             .iter()
             .map(|e| (&e["device"], &e["dropped"]))
             .collect();
         assert_eq!(
             newest,
             [
-                (&serde_json::Value::Null, &serde_json::json!(7)),
                 (&serde_json::json!("meter-2"), &serde_json::json!(2)),
-                (&serde_json::json!("meter-1"), &serde_json::json!(3)),
+                (&serde_json::Value::Null, &serde_json::json!(7)),
             ],
-            "one event per device, newest first, each with only its own rise"
+            "a first loss is raised at once, one event per device, newest first"
         );
-        assert_eq!(raised[0]["severity"], "warning");
+        // meter-1 raised an event a second ago: its 3, and what it loses
+        // next, wait for the minute to pass.
+        lose(Some("meter-1"), 4);
+        tokio::time::sleep(LOSS_EVENT_EVERY).await;
+        let raised = events().await;
+        assert_eq!(raised.len(), 4, "{raised:?}");
+        assert_eq!(
+            (&raised[0]["device"], &raised[0]["dropped"]),
+            (&serde_json::json!("meter-1"), &serde_json::json!(7)),
+            "held back, then raised with the sum"
+        );
         shutdown.cancel();
         tasks.close();
         tasks.wait().await;
