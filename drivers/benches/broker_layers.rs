@@ -7,7 +7,9 @@
 //! - the log layer only (info level, to a sink), as without the broker's
 //!   layers;
 //! - with the router gate (it only looks at batches, not at messages);
-//! - with the gate and the ledger, as `ferrite run` has them.
+//! - with the gate and the ledger;
+//! - as `ferrite run` has them: the gate, the ledger, and the log layer
+//!   without the router's spans (`broker::is_router_span`).
 //!
 //! `cargo bench -p ferrite-drivers --bench broker_layers` prints ns per
 //! message for each. `MESSAGES` sets how many (default 2 000 000).
@@ -29,7 +31,16 @@ fn main() {
             .with_filter(LevelFilter::INFO)
     };
     ferrite_drivers::broker::ledger::watch("#");
-    let cases: [(&str, tracing::Dispatch); 3] = [
+    let log_without_router_spans = || {
+        use tracing_subscriber::filter::FilterExt;
+        let filter = LevelFilter::INFO.and(tracing_subscriber::filter::filter_fn(|m| {
+            !ferrite_drivers::broker::is_router_span(m)
+        }));
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(filter)
+    };
+    let cases: [(&str, tracing::Dispatch); 4] = [
         (
             "log layer only",
             tracing::Dispatch::new(tracing_subscriber::registry().with(log())),
@@ -47,6 +58,14 @@ fn main() {
             tracing::Dispatch::new(
                 tracing_subscriber::registry()
                     .with(log())
+                    .with(ferrite_drivers::broker::tracing_layer()),
+            ),
+        ),
+        (
+            "as `ferrite run` has them",
+            tracing::Dispatch::new(
+                tracing_subscriber::registry()
+                    .with(log_without_router_spans())
                     .with(ferrite_drivers::broker::tracing_layer()),
             ),
         ),

@@ -15,8 +15,11 @@
 //! - `mqtt/` (feature `mqtt`): a reader on the embedded broker's in-process
 //!   link: plain topics, Sparkplug B births/data/deaths, status topics,
 //!   timeouts (`ingest`); writes as command publishes or DCMD.
-//! - `broker` (feature `mqtt`): the embedded rumqttd broker from `[mqtt]`,
-//!   its in-process links, and the publisher the rules use.
+//! - `broker/` (feature `mqtt`): the embedded rumqttd broker from `[mqtt]`,
+//!   its in-process links, and the publisher the rules use; two tracing
+//!   layers on its router thread: back-pressure on publishers (`gate`) and
+//!   the topic of each message in the gateway's log, so that a loss is put
+//!   to its device (`ledger`).
 //!
 //! Adding a protocol means a folder here, a feature, a line in [`all`], and
 //! its binding in `ferrite-models`.

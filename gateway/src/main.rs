@@ -84,6 +84,15 @@ fn init_logs(format: LogFormat) {
             .boxed(),
         LogFormat::Json => logs.json().boxed(),
     };
+    // Without the spans of the MQTT broker's router: formatting them would
+    // cost every MQTT message time on the router thread.
+    #[cfg(feature = "mqtt")]
+    let filter = {
+        use tracing_subscriber::filter::FilterExt;
+        let router_spans =
+            tracing_subscriber::filter::filter_fn(|m| !ferrite_drivers::broker::is_router_span(m));
+        filter.and(router_spans)
+    };
     let subscriber = tracing_subscriber::registry().with(logs.with_filter(filter));
     // The MQTT broker's back-pressure on publishers, and its loss ledger,
     // are a layer of their own, with their own filter: `RUST_LOG` does not

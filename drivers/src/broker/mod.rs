@@ -43,6 +43,15 @@ where
     gate::layer().and_then(ledger::layer())
 }
 
+/// Whether `metadata` is a span of rumqttd's router, which opens some for
+/// each batch of packets and each publish. The gateway's log layer leaves
+/// them out: it would format their fields (the topic, say) for every
+/// message on the router thread, for the few warnings logged inside them
+/// (`broker_layers` bench).
+pub fn is_router_span(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.target().starts_with("rumqttd::router")
+}
+
 /// The client ID of the gateway's own link: `ferrite-gateway-` and 16
 /// random hex digits, made anew at each start. rumqttd drops the older of
 /// two connections with one client id, so a fixed id would let any MQTT
