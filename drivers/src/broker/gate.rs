@@ -103,7 +103,7 @@ fn hold() {
 fn is_router_batch(metadata: &Metadata<'_>) -> bool {
     metadata.is_span()
         && metadata.name() == "incoming_payload"
-        && metadata.target() == "rumqttd::router::routing"
+        && metadata.target() == super::ROUTER_TARGET
 }
 
 /// The tracing layer that holds the router. It must be part of the

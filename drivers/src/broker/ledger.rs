@@ -34,6 +34,8 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use super::ROUTER_TARGET;
+
 /// Most offsets the ledger keeps per filter (about 24 bytes each, plus
 /// each distinct topic once).
 pub const MAX_ENTRIES: usize = 1 << 18;
@@ -44,8 +46,6 @@ const MAX_INTERNED: usize = 1 << 14;
 
 /// What rumqttd's router logs once a message is in a filter's log.
 const APPENDED: &str = "Appended to commitlog: ";
-
-const ROUTER_TARGET: &str = "rumqttd::router::routing";
 
 /// One filter's log: (offset, topic as rumqttd's span recorded it),
 /// offsets rising.
@@ -115,21 +115,23 @@ pub fn watch(filter: &str) {
 /// the ledger does not know. Forgets every offset below `to`.
 pub fn lost(filter: &str, from: u64, to: u64) -> (HashMap<String, u64>, u64) {
     let mut ledger = ledger();
-    let mut by_topic: HashMap<String, u64> = HashMap::new();
-    let mut known = 0;
+    // Counted by the topic as noted, so that a gap of many messages on few
+    // topics reads each topic back once.
+    let mut by_printed: HashMap<Arc<str>, u64> = HashMap::new();
     if let Some(entries) = ledger.logs.get(filter) {
         let start = entries.partition_point(|(o, _)| *o < from);
-        for (offset, topic) in entries.range(start..) {
-            if *offset >= to {
-                break;
-            }
-            if let Some(topic) = topic {
-                known += 1;
-                *by_topic.entry(unescape(topic)).or_default() += 1;
-            }
+        let gap = entries.range(start..).take_while(|(o, _)| *o < to);
+        for topic in gap.filter_map(|(_, topic)| topic.clone()) {
+            *by_printed.entry(topic).or_default() += 1;
         }
     }
     ledger.forget_below(filter, to);
+    drop(ledger);
+    let known: u64 = by_printed.values().sum();
+    let by_topic = by_printed
+        .into_iter()
+        .map(|(printed, n)| (unescape(&printed), n))
+        .collect();
     (by_topic, to.saturating_sub(from).saturating_sub(known))
 }
 

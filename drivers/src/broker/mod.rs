@@ -32,6 +32,10 @@ use ferrite_models::config::MqttSection;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 
+/// Where rumqttd's router logs and opens its spans, which the gate and the
+/// ledger look for.
+const ROUTER_TARGET: &str = "rumqttd::router::routing";
+
 /// The router gate and the ledger, as one tracing layer. It must be part
 /// of the process's subscriber for either to act; it has its own filters,
 /// so `RUST_LOG` does not turn it off.
