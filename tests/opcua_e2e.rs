@@ -381,11 +381,24 @@ async fn data_resumes_after_a_server_restart_and_a_network_drop() {
     );
 
     // It comes back (empty: a reboot); a new session and subscription
-    // carry new values without restarting the gateway.
+    // carry new values without restarting the gateway, and an event says
+    // that changes while it was away may be missing.
     tokio::time::sleep(Duration::from_secs(1)).await;
     rig.sim.restart().await.expect("restart");
     api.expect_status("d", "online", Duration::from_secs(20))
         .await;
+    assert!(
+        wait_until(WAIT, || async {
+            !events_of(&api, "opcua_data_may_be_missing")
+                .await
+                .is_empty()
+        })
+        .await
+    );
+    let missing = events_of(&api, "opcua_data_may_be_missing").await;
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert_eq!(missing[0]["device"], "d");
+    assert_eq!(missing[0]["severity"], "warning");
     rig.set("ns=2;s=Level", Value::Float(2.0));
     assert!(
         wait_until(WAIT, || value_is(&api, "d", "level", json!(2.0))).await,
@@ -408,6 +421,110 @@ async fn data_resumes_after_a_server_restart_and_a_network_drop() {
         api.device("d").await
     );
     assert_eq!(api.status("d").await, "online");
+    // The server kept the session through the drop: nothing is missing.
+    assert_eq!(events_of(&api, "opcua_data_may_be_missing").await.len(), 1);
+    rig.finish(gateway).await;
+}
+
+/// `device`'s history of `property`: (time in µs, value), oldest first.
+async fn history(api: &Api, device: &str, property: &str) -> Vec<(i64, f64)> {
+    let (_, body) = api
+        .get(&format!(
+            "/api/v1/devices/{device}/properties/{property}/history?limit=10000"
+        ))
+        .await;
+    let mut points: Vec<(i64, f64)> = body
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|p| {
+                    let ts = ferrite_gateway::time::parse_rfc3339(p["ts"].as_str()?)?;
+                    Some((ts, p["value"].as_f64()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    points.sort_by_key(|(ts, _)| *ts);
+    points
+}
+
+/// The events of `kind` in the journal.
+async fn events_of(api: &Api, kind: &str) -> Vec<Json> {
+    let events = api.get("/api/v1/events?limit=1000").await.1;
+    events
+        .as_array()
+        .map(|all| all.iter().filter(|e| e["kind"] == kind).cloned().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_the_link_is_silent_are_all_stored_after_it_returns() {
+    // The server queues up to 200 changes per node while nobody asks.
+    let device = "kind: Device\nname: d\nmodel: small\ntimeout: 300ms\nopcua: { endpoint: \"{url}\", sampling: 50ms, queue: 200 }\n";
+    let rig = rig(SMALL_MODEL, &[("d", device)], &[], &[]).await;
+    let proxy = Proxy::start(rig.sim.addr).await;
+    rig.point(&[("d", device)], &format!("opc.tcp://{}/sim", proxy.addr));
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    api.expect_status("d", "online", WAIT).await;
+    rig.set("ns=2;s=Level", Value::Float(0.0));
+    assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(0.0))).await);
+
+    // The link goes silent for 6 s; 60 changes are made meanwhile. The
+    // gateway notices (keep-alives fail), shows the device offline and
+    // keeps trying.
+    proxy.stall(true);
+    let changes = 60;
+    for i in 1..=changes {
+        rig.set("ns=2;s=Level", Value::Float(f64::from(i)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        api.status("d").await,
+        "offline",
+        "{}",
+        api.device("d").await
+    );
+    assert_eq!(
+        api.device("d").await["properties"]["level"]["quality"],
+        "stale"
+    );
+    proxy.stall(false);
+
+    // Back: the same subscription, and every change it queued.
+    api.expect_status("d", "online", Duration::from_secs(30))
+        .await;
+    let last = json!(f64::from(changes));
+    assert!(
+        wait_until(WAIT, || value_is(&api, "d", "level", last.clone())).await,
+        "{}",
+        api.device("d").await
+    );
+    // From the 0 set before the cut (the node's first value comes before).
+    let stored = history(&api, "d", "level").await;
+    let values: Vec<f64> = stored.iter().map(|(_, v)| *v).collect();
+    let from = values.iter().position(|v| *v == 0.0).unwrap_or(0);
+    let want: Vec<f64> = (0..=changes).map(f64::from).collect();
+    assert_eq!(
+        values[from..],
+        want,
+        "every change, once and in order: {stored:?}"
+    );
+    // Each is stamped when it changed on the server (`timestamps: source`,
+    // the default), 100 ms apart, not when the gateway got them back.
+    let first = stored[from + 1].0;
+    let last = stored[from + changes as usize].0;
+    let spread = Duration::from_micros(u64::try_from(last - first).unwrap_or(0));
+    assert!(
+        spread >= Duration::from_secs(5),
+        "the changes span {spread:?}: {stored:?}"
+    );
+    assert!(
+        events_of(&api, "opcua_data_may_be_missing")
+            .await
+            .is_empty(),
+        "nothing was missing"
+    );
     rig.finish(gateway).await;
 }
 

@@ -50,6 +50,59 @@ pub struct DriverContext {
     pub meters: Arc<dyn DriverMeters>,
     /// Where device loops that panicked are counted.
     pub crashes: Arc<Crashes>,
+    /// Events a device raises for the events journal (and so the cloud):
+    /// data that may be missing after a reconnect, say. Bounded; see
+    /// [`DriverContext::raise`].
+    pub events: mpsc::Sender<DeviceEvent>,
+}
+
+impl DriverContext {
+    /// Raises an event for the journal. It never waits: an event that finds
+    /// the queue full (a storm of them, a store that takes nothing) is
+    /// logged instead, as every event also is.
+    pub fn raise(&self, event: DeviceEvent) {
+        match event.severity {
+            Severity::Info => tracing::info!(device = %event.device, "{}", event.message),
+            Severity::Warning => tracing::warn!(device = %event.device, "{}", event.message),
+        }
+        if self.events.try_send(event).is_err() {
+            tracing::warn!("the events queue is full: the event above is in the log only");
+        }
+    }
+}
+
+/// How much an event matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// For the record.
+    Info,
+    /// Someone should look: data may be missing, say.
+    Warning,
+}
+
+impl Severity {
+    /// As the journal spells it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+/// Something that happened to a device, for the events journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceEvent {
+    /// The device's name.
+    pub device: String,
+    /// The protocol that raised it (`opcua`, say).
+    pub source: &'static str,
+    /// How much it matters.
+    pub severity: Severity,
+    /// What happened, as a stable key (`opcua_data_may_be_missing`).
+    pub kind: &'static str,
+    /// What happened, in words an operator can act on.
+    pub message: String,
 }
 
 /// Device loops that panicked, for the logs and for the reconciler, which
@@ -289,10 +342,22 @@ pub async fn show_written(
     property: u16,
     sample: Sample,
 ) -> Result<Written, DriverError> {
+    show_written_at(urgent, device, property, sample, crate::time::now()).await
+}
+
+/// [`show_written`], with the read-back stamped `ts` (the device's own
+/// time of the value, where the driver keeps that).
+pub async fn show_written_at(
+    urgent: &mpsc::Sender<Update>,
+    device: usize,
+    property: u16,
+    sample: Sample,
+    ts: crate::time::Micros,
+) -> Result<Written, DriverError> {
     let (applied, visible) = tokio::sync::oneshot::channel();
     let update = Update {
         device,
-        ts: crate::time::now(),
+        ts,
         status: None,
         seen: true,
         samples: vec![(property, sample)],

@@ -359,6 +359,24 @@ pub struct Opcua {
     /// Queue size of monitored items. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<u32>,
+    /// Which clock stamps the values a subscription delivers. Default
+    /// `source`.
+    #[serde(default)]
+    pub timestamps: OpcuaTimestamps,
+}
+
+/// Which clock stamps an OPC UA value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OpcuaTimestamps {
+    /// When the value changed at its source (the device), as the server
+    /// says; the server's time, then the gateway's, when it does not say.
+    #[default]
+    Source,
+    /// When the server saw the value.
+    Server,
+    /// When the gateway received it (for a source whose clock is wrong).
+    Gateway,
 }
 
 /// A device that publishes to the embedded broker.

@@ -20,6 +20,8 @@
 //! - [`waves`]: values that change over time (sine, ramp, square, noise,
 //!   counter), written into the banks through the shared register codec, or
 //!   into the OPC UA nodes.
+//! - [`link`]: a TCP proxy standing in for the network, which tests cut
+//!   or stall.
 //! - [`fleet`]: a fleet of simulated gateways speaking the real sync
 //!   protocol (`ferrite-sim fleet`), for the control plane's tests and
 //!   benches.
@@ -28,6 +30,7 @@
 
 pub mod bank;
 pub mod fleet;
+pub mod link;
 pub mod mqtt_publisher;
 pub mod opcua_server;
 pub mod server;

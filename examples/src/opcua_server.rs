@@ -268,6 +268,10 @@ impl UaSim {
         let limits = &mut builder.limits_mut().subscriptions;
         limits.max_subscriptions_per_session = 200;
         limits.max_pending_publish_requests = 400;
+        // Queues long enough to hold a node's changes through an outage of
+        // a minute or so, as servers that buffer for reconnects do (the
+        // library's default is 10).
+        limits.max_monitored_item_queue_size = 10_000;
         // A sampling interval of 0 means "report every change". (With a
         // non-zero one, async-opcua 0.19 holds back a change that follows
         // another within the interval, and publishes it only when a later

@@ -290,7 +290,9 @@ impl Live {
             state.status = *status;
             state.error.clone_from(error);
         }
-        if update.seen {
+        // Values stamped by the device's clock (OPC UA `timestamps`) may come
+        // older than what was seen already: last seen never goes back.
+        if update.seen && state.last_seen.is_none_or(|t| t < update.ts) {
             state.last_seen = Some(update.ts);
         }
         for (property, sample) in &update.samples {

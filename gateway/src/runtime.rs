@@ -165,6 +165,7 @@ impl Gateway {
         let (urgent, urgent_rx) = mpsc::channel(256);
         let feed = Arc::new(Feed::new());
         let crashes = Arc::new(driver::Crashes::default());
+        let (events, device_events) = mpsc::channel(DEVICE_EVENTS_QUEUE);
         let ctx = DriverContext {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
@@ -174,6 +175,7 @@ impl Gateway {
             stats: driver_stats.clone(),
             meters: metrics.clone(),
             crashes: crashes.clone(),
+            events,
         };
         let drivers = ferrite_drivers::all(
             &ctx,
@@ -230,6 +232,11 @@ impl Gateway {
             stats.clone(),
             journal.clone(),
             data_dir.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(journal_device_events(
+            device_events,
+            journal.clone(),
             shutdown.clone(),
         ));
         #[cfg(feature = "mqtt")]
@@ -377,6 +384,41 @@ impl Gateway {
 /// How often at most one device raises an `mqtt_dropped` event.
 #[cfg(feature = "mqtt")]
 const LOSS_EVENT_EVERY: Duration = Duration::from_secs(60);
+
+/// Most device events waiting for the journal (see
+/// [`DriverContext::raise`]).
+const DEVICE_EVENTS_QUEUE: usize = 1024;
+
+/// Writes the events devices raise into the events journal, until the
+/// gateway stops (then what is queued is written first).
+async fn journal_device_events(
+    mut events: mpsc::Receiver<driver::DeviceEvent>,
+    journal: Arc<Journal>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            biased;
+            event = events.recv() => event,
+            () = shutdown.cancelled() => events.try_recv().ok(),
+        };
+        let Some(event) = event else { return };
+        journal
+            .record(crate::store::Log::Events, &device_event_json(&event))
+            .await;
+    }
+}
+
+/// A device event as the journal (and the API, and the cloud) shows it.
+fn device_event_json(event: &driver::DeviceEvent) -> serde_json::Value {
+    serde_json::json!({
+        "source": event.source,
+        "severity": event.severity.key(),
+        "kind": event.kind,
+        "device": event.device,
+        "message": event.message,
+    })
+}
 
 /// Raises events whenever the embedded broker dropped MQTT messages before
 /// the gateway read them: per device, and for messages on no device's topic

@@ -259,62 +259,24 @@ pub async fn counting_sim(
     (sim, counter)
 }
 
-/// A TCP proxy on 127.0.0.1 that counts the connections it accepts, and can
-/// cut them all (a network drop the server does not see coming).
-pub struct Proxy {
-    pub addr: std::net::SocketAddr,
-    accepted: Arc<std::sync::atomic::AtomicUsize>,
-    cut: tokio::sync::watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// A proxy that counts connections and can cut or stall them.
+pub struct Proxy(ferrite_sim::link::Proxy);
 
 impl Proxy {
     pub async fn start(target: std::net::SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (cut, cuts) = tokio::sync::watch::channel(0u64);
-        let count = accepted.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let mut cuts = cuts.clone();
-                cuts.mark_unchanged();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cuts.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            accepted,
-            cut,
-            task,
-        }
-    }
-
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Drops every open connection.
-    pub fn cut(&self) {
-        self.cut.send_modify(|n| *n += 1);
+        Proxy(
+            ferrite_sim::link::Proxy::start(target)
+                .await
+                .expect("a proxy on 127.0.0.1"),
+        )
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
+impl std::ops::Deref for Proxy {
+    type Target = ferrite_sim::link::Proxy;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 

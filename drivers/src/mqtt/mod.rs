@@ -556,6 +556,7 @@ mod tests {
             stats: Arc::new(DriverStats::default()),
             meters: Arc::new(NoMeters),
             crashes: Arc::default(),
+            events: tokio::sync::mpsc::channel(16).0,
         };
         let driver = MqttDriver::new(ctx.clone(), Some((link, rx)), &Default::default());
         // No back-pressure here: the store below takes nothing until the

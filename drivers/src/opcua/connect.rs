@@ -29,13 +29,49 @@ use super::Device;
 /// The most elements of one array the client decodes.
 const MAX_ARRAY: usize = 100_000;
 
+/// How long the server keeps the gateway's session (and so its
+/// subscriptions' queues) once the connection is gone: an outage shorter
+/// than this loses no change the server's queues hold.
+pub(super) const SESSION_TIMEOUT_MS: u32 = 120_000;
+
 /// The gateway's OPC UA application URI; it is also in its certificate.
 const APPLICATION_URI: &str = "urn:ferrite:gateway";
 
-/// A client for `device`: its timeouts, the gateway's certificate, no
-/// automatic reconnects (the session task owns those) and no trust on first
-/// use.
-pub(super) fn client(device: &Device, pki: &Path) -> Result<Client, String> {
+/// A device's two clients, sharing its PKI folder.
+pub(super) struct Clients {
+    /// Asks for the endpoints: once per call, no retries, so that the
+    /// session task sees why a first connect fails.
+    discovery: Client,
+    /// Runs the sessions: it reconnects a lost session by itself
+    /// (reactivating it where the server still has it), forever, with a
+    /// backoff from 0.5 s to 15 s. Taking the subscriptions back is the
+    /// session task's (see `resume`), so the library's own re-creation is
+    /// off.
+    sessions: Client,
+}
+
+/// The clients for `device`: its timeouts, the gateway's certificate, and
+/// no trust on first use.
+pub(super) fn client(device: &Device, pki: &Path) -> Result<Clients, String> {
+    let discovery = builder(device, pki)
+        .session_retry_limit(0)
+        .client()
+        .map_err(|errors| errors.join("; "))?;
+    let sessions = builder(device, pki)
+        .session_retry_limit(-1)
+        .session_retry_initial(Duration::from_millis(500))
+        .session_retry_max(Duration::from_secs(15))
+        .recreate_subscriptions(false)
+        .session_timeout(SESSION_TIMEOUT_MS)
+        .client()
+        .map_err(|errors| errors.join("; "))?;
+    Ok(Clients {
+        discovery,
+        sessions,
+    })
+}
+
+fn builder(device: &Device, pki: &Path) -> ClientBuilder {
     ClientBuilder::new()
         .application_name("Ferrite gateway")
         .application_uri(APPLICATION_URI)
@@ -44,7 +80,6 @@ pub(super) fn client(device: &Device, pki: &Path) -> Result<Client, String> {
         .pki_dir(pki)
         .trust_server_certs(false)
         .verify_server_certs(true)
-        .session_retry_limit(0)
         .request_timeout(device.timeout)
         .keep_alive_interval(keep_alive(device))
         .max_failed_keep_alive_count(2)
@@ -55,8 +90,6 @@ pub(super) fn client(device: &Device, pki: &Path) -> Result<Client, String> {
         .max_message_size(64 * 1024 * 1024)
         .max_chunk_count(1024)
         .session_name(format!("ferrite {}", device.name))
-        .client()
-        .map_err(|errors| errors.join("; "))
 }
 
 /// How often the session checks the server is alive: a hung server is
@@ -186,7 +219,8 @@ pub(super) enum OpenError {
 
 /// Asks the server for its endpoints, picks the one the device's security
 /// asks for, and builds a session on it with the device's identity.
-pub(super) async fn open(device: &Device, client: &Client) -> Result<Opened, OpenError> {
+pub(super) async fn open(device: &Device, clients: &Clients) -> Result<Opened, OpenError> {
+    let client = &clients.discovery;
     trust_configured(device, client).map_err(OpenError::Unusable)?;
     let identity = identity(device).map_err(OpenError::Unusable)?;
     let url = device.settings.endpoint.as_str();
@@ -196,6 +230,7 @@ pub(super) async fn open(device: &Device, client: &Client) -> Result<Opened, Ope
         .map_err(|_| OpenError::Unreachable(format!("no answer from {url} within {wait:?}")))?
         .map_err(|e| OpenError::Unreachable(format!("cannot get the endpoints of {url}: {e}")))?;
     let endpoint = choose(device, &endpoints, &identity).map_err(OpenError::Unusable)?;
+    let client = &clients.sessions;
     client
         .session_builder()
         .connect_to_endpoint_directly(endpoint)

@@ -1,22 +1,28 @@
 //! The OPC UA driver, on async-opcua's client.
 //!
 //! - `connect`: the client (its certificate under `data_dir/pki`, which
-//!   server certificates it trusts), endpoint selection, identity, and one
-//!   session attempt.
+//!   server certificates it trusts, its reconnects), endpoint selection,
+//!   identity, and one session.
 //! - `session`: one task per device that owns its session: it reads each
 //!   node's DataType once, subscribes (or polls with batched Reads), marks
-//!   values stale when the session is lost, and reconnects with a capped
-//!   backoff, re-creating the subscription on the new session.
+//!   values stale while the connection is down, and takes its
+//!   subscriptions back when the client has reconnected.
+//! - `resume`: how a subscription survives a lost connection
+//!   (TransferSubscriptions, Republish of what never arrived, the current
+//!   values sent again), and each subscription's callback, which follows
+//!   the notifications' sequence numbers.
 //! - `status`: OPC UA status codes mapped onto [`DriverError`]s, and so onto
 //!   the REST API's errors.
 //! - here: the devices as the driver sees them, and writes.
 //!
-//! The library's own reconnect is switched off: a lost session ends the
-//! session task's inner loop, and the outer loop builds a fresh session and
-//! subscription. One path for "the server restarted", "the network dropped"
-//! and "the first connect failed" keeps recovery testable.
+//! Two loops recover: the client's own reconnects a lost connection and,
+//! where the server still has the session, keeps it; the session task's
+//! outer loop builds a fresh session and subscription when the first
+//! connect fails, when the server no longer has the subscriptions (it
+//! restarted), or when the session cannot go on.
 
 mod connect;
+mod resume;
 mod session;
 mod status;
 
@@ -36,7 +42,8 @@ use opcua::types::{
 use tokio::sync::{mpsc, watch};
 
 use ferrite_core::driver::{
-    BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, StartError, Written, show_written,
+    BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, StartError, Written,
+    show_written_at,
 };
 use ferrite_core::reading::{Sample, Update};
 
@@ -206,6 +213,34 @@ impl Driver for OpcuaDriver {
     }
 }
 
+/// The time a value is stamped with under `policy`: when it changed at the
+/// source, when the server saw it, or `now` (when the gateway received it;
+/// also when the server gave no time). Never later than `now`: a clock
+/// running ahead would otherwise stamp values in the future, and the live
+/// view keeps a property's newest value, so it would hide the next ones.
+fn stamp(
+    policy: ferrite_models::device::OpcuaTimestamps,
+    dv: &DataValue,
+    now: ferrite_core::time::Micros,
+) -> ferrite_core::time::Micros {
+    use ferrite_models::device::OpcuaTimestamps;
+    let micros = |t: &Option<opcua::types::DateTime>| {
+        t.as_ref()
+            .filter(|t| !t.is_null())
+            .map(|t| t.as_chrono().timestamp_micros())
+    };
+    let at = match policy {
+        OpcuaTimestamps::Source => {
+            micros(&dv.source_timestamp).or_else(|| micros(&dv.server_timestamp))
+        }
+        OpcuaTimestamps::Server => {
+            micros(&dv.server_timestamp).or_else(|| micros(&dv.source_timestamp))
+        }
+        OpcuaTimestamps::Gateway => None,
+    };
+    at.map_or(now, |t| t.min(now))
+}
+
 /// Reads the Value attribute of `nodes`.
 fn read_values(nodes: &[&NodeId]) -> Vec<ReadValueId> {
     read_attribute(nodes, AttributeId::Value)
@@ -249,7 +284,7 @@ impl OpcuaWriter {
         &self,
         property: &str,
         value: Value,
-    ) -> Result<(u16, Sample), DriverError> {
+    ) -> Result<(u16, Sample, ferrite_core::time::Micros), DriverError> {
         let device = &self.device;
         let Some((i, point)) = device
             .points
@@ -291,19 +326,24 @@ impl OpcuaWriter {
             None => return Err(DriverError::Refused("empty write response".into())),
         }
         if !point.readable {
-            return Ok((point.index, Sample::Good(value)));
+            return Ok((point.index, Sample::Good(value), ferrite_core::time::now()));
         }
-        // Read the value back, so the API shows what the server holds.
+        // Read the value back, so the API shows what the server holds,
+        // stamped as the subscription's values are (one clock for both).
         let read = read_values(&[node]);
         let values = status::within(
             device.timeout,
-            session.read(&read, TimestampsToReturn::Neither, 0.0),
+            session.read(&read, TimestampsToReturn::Both, 0.0),
         )
         .await?;
+        let now = ferrite_core::time::now();
+        let ts = values
+            .first()
+            .map_or(now, |dv| stamp(device.settings.timestamps, dv, now));
         let sample = values.first().map_or(Sample::Bad, |dv| {
             sample_of(point, dv).map_or(Sample::Bad, Sample::Good)
         });
-        Ok((point.index, sample))
+        Ok((point.index, sample, ts))
     }
 }
 
@@ -314,8 +354,8 @@ impl DeviceWriter for OpcuaWriter {
         value: Value,
     ) -> BoxFuture<'a, Result<Written, DriverError>> {
         Box::pin(async move {
-            let (index, sample) = self.write_value(property, value).await?;
-            show_written(&self.output, self.device.index, index, sample).await
+            let (index, sample, ts) = self.write_value(property, value).await?;
+            show_written_at(&self.output, self.device.index, index, sample, ts).await
         })
     }
 }

@@ -5,10 +5,16 @@
 //!     open a session (endpoint, security, identity)     -- connect.rs
 //!     read every node's DataType once
 //!     subscribe (or poll), forward values to the store
-//!     ... until the session is lost or the gateway stops
+//!     connection lost: values stale, device offline; the client reconnects
+//!         and the subscriptions are taken back          -- resume.rs
+//!     ... until the session cannot go on or the gateway stops
 //!     mark every value stale, report why, wait a capped backoff
 //! }
 //! ```
+//!
+//! A subscription the server no longer has after a reconnect ends the
+//! inner loop at once: the outer one subscribes afresh, reading every
+//! current value, and raises an event that changes may be missing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,9 +24,7 @@ use std::time::{Duration, Instant};
 use ferrite_models::model::UaDataType;
 use futures_util::StreamExt;
 use opcua::client::transport::TcpConnector;
-use opcua::client::{
-    Client, DataChangeCallback, SessionActivity, SessionEventLoop, SessionPollResult,
-};
+use opcua::client::{SessionActivity, SessionConnectMode, SessionEventLoop, SessionPollResult};
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, ExtensionObject,
     MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, StatusCode,
@@ -29,13 +33,15 @@ use opcua::types::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::resume::{self, Notifications, Sequence, Subscription};
 use super::{
     Connected, Device, Link, Point, connect, read_attribute, read_values, sample_of, status,
 };
 use ferrite_core::backoff::Backoff;
-use ferrite_core::driver::DriverContext;
+use ferrite_core::driver::{DeviceEvent, DriverContext, Severity};
 use ferrite_core::reading::{Sample, Status, Update};
-use ferrite_core::time::now;
+use ferrite_core::time::{Micros, now};
+use ferrite_models::device::OpcuaTimestamps;
 
 /// Most data changes waiting between the subscription's callback and the
 /// session's loop (about 100 bytes each). The callback cannot wait (it runs
@@ -48,7 +54,7 @@ const DATA_QUEUE: usize = 65_536;
 
 /// The subscription callback's end of the data queue.
 #[derive(Clone)]
-struct DataSender {
+pub(super) struct DataSender {
     queue: mpsc::Sender<(u32, DataValue)>,
     overflowed: Arc<std::sync::atomic::AtomicBool>,
     stats: Arc<ferrite_core::driver::DriverStats>,
@@ -56,7 +62,7 @@ struct DataSender {
 
 impl DataSender {
     /// Queues a change, or drops it at a full queue and says so.
-    fn send(&self, handle: u32, value: DataValue) {
+    pub(super) fn send(&self, handle: u32, value: DataValue) {
         use std::sync::atomic::Ordering;
         if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send((handle, value)) {
             self.overflowed.store(true, Ordering::Relaxed);
@@ -80,6 +86,9 @@ const STABLE: Duration = Duration::from_secs(10);
 struct Failure {
     status: Status,
     why: String,
+    /// The server no longer had the subscriptions after a reconnect:
+    /// subscribe again at once, and say that changes may be missing.
+    resubscribe: bool,
 }
 
 impl Failure {
@@ -87,6 +96,7 @@ impl Failure {
         Failure {
             status: Status::Offline,
             why: why.into(),
+            resubscribe: false,
         }
     }
 
@@ -94,6 +104,15 @@ impl Failure {
         Failure {
             status: Status::Error,
             why: why.into(),
+            resubscribe: false,
+        }
+    }
+
+    fn resubscribe(why: impl Into<String>) -> Self {
+        Failure {
+            status: Status::Offline,
+            why: why.into(),
+            resubscribe: true,
         }
     }
 
@@ -138,16 +157,24 @@ impl Failure {
 /// What the session's event loop reports to the device task.
 #[derive(Debug)]
 enum Event {
-    Connected,
+    /// Connected: the first time, and after every reconnect.
+    Connected(SessionConnectMode),
+    /// The connection is gone; the client is reconnecting.
+    Lost(StatusCode),
+    /// A reconnect attempt failed; the client tries again.
+    Retrying(StatusCode),
     Alive,
     Failed(StatusCode),
     Ended,
 }
 
+/// The event kind for changes that may be missing after a reconnect.
+pub(super) const DATA_MAY_BE_MISSING: &str = "opcua_data_may_be_missing";
+
 /// Runs the device until the gateway stops.
 pub(super) async fn run(
     device: Arc<Device>,
-    client: Result<Client, String>,
+    client: Result<connect::Clients, String>,
     pki: PathBuf,
     link: Arc<watch::Sender<Link>>,
     ctx: DriverContext,
@@ -179,12 +206,27 @@ pub(super) async fn run(
             link: &link,
             ctx: &ctx,
             pump: None,
+            opened: false,
         };
         let failure = match session.serve(&mut backoff).await {
             Ok(()) => break,
             Err(f) => f,
         };
         session.close().await;
+        if failure.resubscribe {
+            ctx.raise(DeviceEvent {
+                device: device.name.to_string(),
+                source: "opcua",
+                severity: Severity::Warning,
+                kind: DATA_MAY_BE_MISSING,
+                message: format!(
+                    "{}: changes made on {} while the connection was down may be missing; \
+                     subscribing again, which reads every current value",
+                    failure.why, device.settings.endpoint
+                ),
+            });
+            continue;
+        }
         tracing::warn!(device = %device.name, "{}", failure.why);
         link.send_modify(|l| *l = Err(failure.why.clone()));
         if !report(
@@ -239,12 +281,14 @@ async fn send(ctx: &DriverContext, update: Update) -> bool {
 /// One session's life.
 struct OpenSession<'a> {
     device: &'a Arc<Device>,
-    client: &'a Client,
+    client: &'a connect::Clients,
     pki: &'a std::path::Path,
     link: &'a watch::Sender<Link>,
     ctx: &'a DriverContext,
     /// The task polling the session's event loop, and the session.
     pump: Option<(JoinHandle<()>, Arc<opcua::client::Session>)>,
+    /// Whether the session ever connected (there is something to close).
+    opened: bool,
 }
 
 impl OpenSession<'_> {
@@ -261,9 +305,6 @@ impl OpenSession<'_> {
                         connect::OpenError::Unreachable(why) => Failure::offline(why),
                         connect::OpenError::Unusable(why) => Failure::error(why),
                     })?;
-            // Reconnects are this task's job: a lost connection must end
-            // the event loop rather than retry inside it.
-            session.disable_reconnects();
             let (events_tx, mut events) = mpsc::channel(64);
             let pump = tokio::spawn(pump(event_loop, events_tx));
             self.pump = Some((pump, session.clone()));
@@ -274,7 +315,10 @@ impl OpenSession<'_> {
                     device.settings.endpoint
                 ))),
                 Ok(Err(code)) => Err(Failure::from_code(code, device, self.pki)),
-                Ok(Ok(())) => Ok((session, events)),
+                Ok(Ok(())) => {
+                    self.opened = true;
+                    Ok((session, events))
+                }
             }
         };
         let (session, mut events) = tokio::select! {
@@ -297,16 +341,18 @@ impl OpenSession<'_> {
             overflowed: overflowed.clone(),
             stats: self.ctx.stats.clone(),
         };
-        let subscribed = match device.settings.mode {
+        // Told when a notification is found missing.
+        let gaps = Arc::new(tokio::sync::Notify::new());
+        let (refused, subscriptions) = match device.settings.mode {
             ferrite_models::device::OpcuaMode::Subscribe => {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
-                    r = subscribe(device, &connected, &bad, data_tx) => r?,
+                    r = subscribe(device, &connected, &bad, data_tx.clone(), &gaps) => r?,
                 }
             }
-            ferrite_models::device::OpcuaMode::Poll => BTreeMap::new(),
+            ferrite_models::device::OpcuaMode::Poll => (BTreeMap::new(), Vec::new()),
         };
-        bad.extend(subscribed);
+        bad.extend(refused);
         tracing::info!(device = %device.name, "session open on {}", device.settings.endpoint);
         let since = Instant::now();
         let mut stable = false;
@@ -315,6 +361,17 @@ impl OpenSession<'_> {
         let mut tick = tokio::time::interval(device.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let polling = device.settings.mode == ferrite_models::device::OpcuaMode::Poll;
+        // Since when, and why, the connection is down (the client is
+        // reconnecting).
+        let mut down: Option<(ferrite_core::time::Micros, String)> = None;
+        // When to read every value again, for a server that would not send
+        // them after a resume.
+        let mut reread_at: Option<tokio::time::Instant> = None;
+        // After a resume in the same session: until when, and from which
+        // count of notifications received, to ask for what the server sent
+        // to the dead connection (see `resume::catch_up`).
+        let mut catching_up: Option<(tokio::time::Instant, u64)> = None;
+        let mut catch_up_tick = tokio::time::interval(CATCH_UP_EVERY);
         let meter = self
             .ctx
             .meters
@@ -327,8 +384,56 @@ impl OpenSession<'_> {
             let updates = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 event = events.recv() => match event {
-                    Some(Event::Alive) => vec![health.update(device, &bad, Vec::new())],
-                    Some(Event::Connected) => continue,
+                    Some(Event::Alive) if down.is_none() => vec![health.update(device, &bad, Vec::new())],
+                    Some(Event::Alive | Event::Retrying(_)) => continue,
+                    Some(Event::Lost(code)) => {
+                        let why = format!(
+                            "{code}: lost the connection to {}; reconnecting",
+                            device.settings.endpoint
+                        );
+                        tracing::warn!(device = %device.name, "{why}");
+                        self.link.send_modify(|l| *l = Err(why.clone()));
+                        down = Some((now(), why.clone()));
+                        health = Health::default();
+                        if !report(device, self.ctx, Status::Offline, Some(why), Sample::Stale).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Some(Event::Connected(mode)) => {
+                        let Some((since, _)) = down.take() else { continue };
+                        let same = matches!(mode, SessionConnectMode::ReactivatedSession(_));
+                        let resumed = tokio::select! {
+                            () = shutdown.cancelled() => return Ok(()),
+                            r = resume::resume(&session, &subscriptions, same, &data_tx, &device.name, device.timeout.max(Duration::from_secs(2))) => r,
+                        };
+                        let resumed = resumed.map_err(|resume::Lost(why)| Failure::resubscribe(format!(
+                            "the connection to {} was lost at {} and {why}",
+                            device.settings.endpoint,
+                            ferrite_core::time::rfc3339(since),
+                        )))?;
+                        tracing::info!(
+                            device = %device.name,
+                            "reconnected to {} ({}); subscriptions taken back, {} notification(s) republished",
+                            device.settings.endpoint,
+                            if same { "same session" } else { "new session" },
+                            resumed.republished,
+                        );
+                        if resumed.missing > 0 {
+                            self.missing_event(resumed.missing, Some(since));
+                        }
+                        if same {
+                            catching_up = Some((
+                                tokio::time::Instant::now() + CATCH_UP_FOR,
+                                resume::live_count(&subscriptions),
+                            ));
+                        }
+                        if resumed.reread {
+                            reread_at = Some(tokio::time::Instant::now() + REREAD_AFTER.max(device.sampling() * 4));
+                        }
+                        self.link.send_modify(|l| *l = Ok(connected.clone()));
+                        vec![health.update(device, &bad, Vec::new())]
+                    }
                     Some(Event::Failed(code)) => {
                         return Err(Failure::offline(format!(
                             "{code}: lost the session on {}",
@@ -350,15 +455,14 @@ impl OpenSession<'_> {
                             Err(_) => break,
                         }
                     }
-                    // One update per round of values, a microsecond apart,
-                    // so that queued values of one node keep their order
-                    // and each is stored.
-                    let base = now();
+                    // One update per time stamp (`timestamps`), in time
+                    // order; queued values of one node keep their order and
+                    // each is stored.
                     let mut updates = Vec::new();
-                    for (k, round) in rounds(batch).iter().enumerate() {
-                        let samples = to_samples(device, round, &mut bad);
+                    for (ts, group) in stamped(batch, device.settings.timestamps, now()) {
+                        let samples = to_samples(device, &group, &mut bad);
                         let mut update = health.update(device, &bad, samples);
-                        update.ts = base + k as ferrite_core::time::Micros;
+                        update.ts = ts;
                         updates.push(update);
                     }
                     // Changes were dropped at a full queue: read every
@@ -372,7 +476,38 @@ impl OpenSession<'_> {
                     }
                     updates
                 }
-                _ = tick.tick(), if polling => {
+                _ = catch_up_tick.tick(), if catching_up.is_some() && down.is_none() => {
+                    let Some((until, live)) = catching_up else { continue };
+                    if resume::live_since(&subscriptions, live) || tokio::time::Instant::now() >= until {
+                        catching_up = None;
+                        continue;
+                    }
+                    let caught = tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        n = resume::catch_up(&session, &subscriptions, &data_tx, &device.name, device.timeout.max(Duration::from_secs(2))) => n,
+                    };
+                    if caught > 0 {
+                        tracing::debug!(device = %device.name, "{caught} notification(s) sent to the dead connection republished");
+                    }
+                    continue;
+                }
+                () = gaps.notified(), if down.is_none() => {
+                    let repaired = tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        r = resume::repair(&session, &subscriptions, &data_tx, &device.name, device.timeout.max(Duration::from_secs(2))) => r,
+                    };
+                    tracing::info!(device = %device.name, "notifications were missing: {} republished, {} lost", repaired.republished, repaired.missing);
+                    if repaired.missing > 0 {
+                        self.missing_event(repaired.missing, None);
+                    }
+                    continue;
+                }
+                () = sleep_until(reread_at), if reread_at.is_some() && down.is_none() => {
+                    reread_at = None;
+                    let polled = poll_once(device, &session, &bad).await?;
+                    vec![polled_update(device, &mut health, &bad, polled)]
+                }
+                _ = tick.tick(), if polling && down.is_none() => {
                     let started = Instant::now();
                     let polled = poll_once(device, &session, &bad).await;
                     let ok = polled.as_ref().is_ok_and(|p| p.iter().all(|(_, r)| r.is_ok()));
@@ -388,11 +523,34 @@ impl OpenSession<'_> {
         }
     }
 
+    /// Raises the event that `lost` notifications never arrived and the
+    /// server could no longer send them (during an outage from `since`).
+    fn missing_event(&self, lost: u64, since: Option<ferrite_core::time::Micros>) {
+        let when = since.map_or_else(String::new, |t| {
+            format!(" during the outage from {}", ferrite_core::time::rfc3339(t))
+        });
+        self.ctx.raise(DeviceEvent {
+            device: self.device.name.to_string(),
+            source: "opcua",
+            severity: Severity::Warning,
+            kind: DATA_MAY_BE_MISSING,
+            message: format!(
+                "{lost} notification(s) from {}{when} never arrived and the server could not send them again: the changes they carried are missing",
+                self.device.settings.endpoint,
+            ),
+        });
+    }
+
     /// Closes the session (briefly: the server may be gone) and stops its
     /// event loop.
     async fn close(&mut self) {
         if let Some((pump, session)) = self.pump.take() {
-            let _ = tokio::time::timeout(Duration::from_millis(500), session.disconnect()).await;
+            // A session that never connected has nothing to close: stop the
+            // client's retries at once.
+            if self.opened {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(500), session.disconnect()).await;
+            }
             pump.abort();
         }
     }
@@ -446,13 +604,36 @@ impl Health {
     }
 }
 
+/// A server that would not send its values again after a resume is read
+/// this long after it (at least four publishing intervals): by then the
+/// changes it queued during the outage have arrived, and the read is newer.
+const REREAD_AFTER: Duration = Duration::from_secs(1);
+
+/// How often, and for how long at most after a resume in the same session,
+/// the session asks for notifications the server sent to the dead
+/// connection: until one arrives on the new one, after which any left are
+/// a gap in the numbers, repaired as usual. (The library's Publish requests
+/// wait 60 s at most, so none of the dead ones is answered later.)
+const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
+const CATCH_UP_FOR: Duration = Duration::from_secs(60);
+
+/// Sleeps until `at` (forever when there is none).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Polls the event loop, forwarding what the device task needs to know.
 async fn pump(event_loop: SessionEventLoop<TcpConnector>, events: mpsc::Sender<Event>) {
     let stream = event_loop.enter();
     tokio::pin!(stream);
     loop {
         let event = match stream.next().await {
-            Some(Ok(SessionPollResult::Reconnected(_))) => Event::Connected,
+            Some(Ok(SessionPollResult::Reconnected(mode))) => Event::Connected(mode),
+            Some(Ok(SessionPollResult::ConnectionLost(code))) => Event::Lost(code),
+            Some(Ok(SessionPollResult::ReconnectFailed(code))) => Event::Retrying(code),
             Some(Ok(SessionPollResult::SessionActivity(SessionActivity::KeepAliveSucceeded))) => {
                 let _ = events.try_send(Event::Alive);
                 continue;
@@ -471,9 +652,9 @@ async fn pump(event_loop: SessionEventLoop<TcpConnector>, events: mpsc::Sender<E
 async fn wait_connected(events: &mut mpsc::Receiver<Event>) -> Result<(), StatusCode> {
     loop {
         match events.recv().await {
-            Some(Event::Connected) => return Ok(()),
-            Some(Event::Alive) => {}
-            Some(Event::Failed(code)) => return Err(code),
+            Some(Event::Connected(_)) => return Ok(()),
+            Some(Event::Alive | Event::Lost(_)) => {}
+            Some(Event::Failed(code) | Event::Retrying(code)) => return Err(code),
             Some(Event::Ended) | None => return Err(StatusCode::BadConnectionClosed),
         }
     }
@@ -570,13 +751,14 @@ async fn read_all(
 /// Creates a monitored item per readable point that is not bad, in as
 /// many subscriptions as the server needs (servers cap the items per
 /// subscription and per call). Returns the points the server refused to
-/// monitor.
+/// monitor, and the subscriptions.
 async fn subscribe(
-    device: &Device,
+    device: &Arc<Device>,
     connected: &Connected,
     bad: &BTreeMap<u16, String>,
     data: DataSender,
-) -> Result<BTreeMap<u16, String>, Failure> {
+    gaps: &Arc<tokio::sync::Notify>,
+) -> Result<(BTreeMap<u16, String>, Vec<Subscription>), Failure> {
     let session = &connected.session;
     let sampling = device.sampling();
     let queue = device.settings.queue.unwrap_or(1);
@@ -591,6 +773,9 @@ async fn subscribe(
         })
         .collect();
     let mut refused = BTreeMap::new();
+    let mut subscriptions = Vec::new();
+    // The queue length the server granted, when it is less than asked.
+    let mut capped = None;
     let mut chunk = CHUNK;
     let mut current: Option<(u32, usize)> = None;
     // The server's cap on items per subscription, once it told us.
@@ -600,7 +785,10 @@ async fn subscribe(
         let (subscription, held) = match current {
             Some(c) => c,
             None => {
-                let id = new_subscription(device, session, sampling, data.clone()).await?;
+                let made =
+                    new_subscription(device, session, sampling, data.clone(), gaps.clone()).await?;
+                let id = made.id;
+                subscriptions.push(made);
                 (id, 0)
             }
         };
@@ -613,7 +801,7 @@ async fn subscribe(
         let requests = rest[..take].iter().map(|(_, r)| r.clone()).collect();
         let created = status::within_code(
             device.timeout,
-            session.create_monitored_items(subscription, TimestampsToReturn::Source, requests),
+            session.create_monitored_items(subscription, TimestampsToReturn::Both, requests),
         )
         .await;
         match created {
@@ -626,6 +814,10 @@ async fn subscribe(
                 }
                 for ((index, request), result) in rest[..take].iter().zip(results) {
                     let code = result.result.status_code;
+                    let granted = result.result.revised_queue_size;
+                    if code.is_good() && granted < queue && capped.is_none() {
+                        capped = Some(granted);
+                    }
                     if code.is_bad() {
                         let handle = request.requested_parameters.client_handle as usize;
                         let name = handle
@@ -657,29 +849,37 @@ async fn subscribe(
             }
         }
     }
-    Ok(refused)
+    if let Some(granted) = capped {
+        tracing::warn!(
+            device = %device.name,
+            "{} keeps at most {granted} changes per node while the gateway is away (asked for {queue}): an outage with more changes than that loses the older ones",
+            device.settings.endpoint
+        );
+    }
+    Ok((refused, subscriptions))
 }
 
 /// A subscription publishing every `sampling`, its values going to `data`.
 async fn new_subscription(
-    device: &Device,
+    device: &Arc<Device>,
     session: &opcua::client::Session,
     sampling: Duration,
     data: DataSender,
-) -> Result<u32, Failure> {
-    // The server sends a keep-alive after this many empty intervals (about
-    // every 5 s) and drops the subscription after four missed ones.
-    let keep_alive =
-        u32::try_from((Duration::from_secs(5).as_millis() / sampling.as_millis().max(1)).max(1))
-            .unwrap_or(u32::MAX);
-    let callback = DataChangeCallback::new(move |dv, item| {
-        data.send(item.client_handle(), dv);
-    });
-    status::within(
+    gaps: Arc<tokio::sync::Notify>,
+) -> Result<Subscription, Failure> {
+    let (keep_alive, lifetime) = counts(sampling);
+    let sequence = Arc::new(std::sync::Mutex::new(Sequence::default()));
+    let callback = Notifications {
+        data,
+        sequence: sequence.clone(),
+        device: device.name.clone(),
+        gaps,
+    };
+    let id = status::within(
         device.timeout,
         session.create_subscription(
             sampling,
-            keep_alive.saturating_mul(4),
+            lifetime,
             keep_alive,
             NOTIFICATIONS_PER_PUBLISH,
             0,
@@ -688,7 +888,25 @@ async fn new_subscription(
         ),
     )
     .await
-    .map_err(|e| Failure::offline(format!("creating a subscription: {e}")))
+    .map_err(|e| Failure::offline(format!("creating a subscription: {e}")))?;
+    Ok(Subscription { id, sequence })
+}
+
+/// A subscription's keep-alive and lifetime counts, in publishing
+/// intervals of `sampling`. The server sends a keep-alive after about 5 s
+/// without changes, and keeps a subscription nobody asks for as long as it
+/// keeps the session ([`connect::SESSION_TIMEOUT_MS`]), so that its queue
+/// outlives the outages the session does (at least three keep-alives, as
+/// the standard requires).
+fn counts(sampling: Duration) -> (u32, u32) {
+    let intervals = |span: Duration| {
+        u32::try_from((span.as_millis() / sampling.as_millis().max(1)).max(1)).unwrap_or(u32::MAX)
+    };
+    let keep_alive = intervals(Duration::from_secs(5));
+    let session = intervals(Duration::from_millis(u64::from(
+        connect::SESSION_TIMEOUT_MS,
+    )));
+    (keep_alive, session.max(keep_alive.saturating_mul(3)))
 }
 
 /// The monitored item for point number `i` (its client handle is `i + 1`:
@@ -720,26 +938,45 @@ fn monitored_item(
     }
 }
 
-/// Splits notifications into rounds in which each monitored item appears
-/// once, in the order the server stamped them (arrival order where it did
-/// not).
-fn rounds(mut batch: Vec<(u32, DataValue)>) -> Vec<Vec<(u32, DataValue)>> {
-    batch.sort_by_key(|(_, dv)| {
-        dv.source_timestamp
-            .or(dv.server_timestamp)
-            .map(|t| t.checked_ticks())
+/// Groups notifications by the time each is stamped with under `policy`
+/// (see [`super::stamp`]), in time order (the server's order where times
+/// are equal, arrival order where it gave none). A monitored item appears
+/// at most once per group, and the groups' times strictly increase (a
+/// group that would repeat one is a microsecond later): every value is
+/// stored, none overwrites another.
+fn stamped(
+    batch: Vec<(u32, DataValue)>,
+    policy: OpcuaTimestamps,
+    now: Micros,
+) -> Vec<(Micros, Vec<(u32, DataValue)>)> {
+    let mut batch: Vec<(Micros, u32, DataValue)> = batch
+        .into_iter()
+        .map(|(handle, dv)| (super::stamp(policy, &dv, now), handle, dv))
+        .collect();
+    batch.sort_by_key(|(ts, _, dv)| {
+        (
+            *ts,
+            dv.source_timestamp
+                .or(dv.server_timestamp)
+                .map(|t| t.checked_ticks()),
+        )
     });
-    let mut rounds: Vec<Vec<(u32, DataValue)>> = Vec::new();
-    let mut round_of: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
-    for (handle, dv) in batch {
-        let round = round_of.get(&handle).map_or(0, |r| r + 1);
-        round_of.insert(handle, round);
-        if rounds.len() <= round {
-            rounds.push(Vec::new());
+    let mut groups: Vec<(Micros, Vec<(u32, DataValue)>)> = Vec::new();
+    // The last group's own stamp, and the items in it.
+    let mut last: Option<(Micros, std::collections::HashSet<u32>)> = None;
+    for (ts, handle, dv) in batch {
+        if let (Some((stamp, items)), Some((_, group))) = (&mut last, groups.last_mut())
+            && *stamp == ts
+            && items.insert(handle)
+        {
+            group.push((handle, dv));
+            continue;
         }
-        rounds[round].push((handle, dv));
+        let at = groups.last().map_or(ts, |(prev, _)| ts.max(prev + 1));
+        groups.push((at, vec![(handle, dv)]));
+        last = Some((ts, std::collections::HashSet::from([handle])));
     }
-    rounds
+    groups
 }
 
 /// Turns a batch of notifications into samples, keeping `bad` up to date.
@@ -818,6 +1055,88 @@ async fn poll_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change of value `v` stamped at the source `source_s` seconds after
+    /// 2026-01-01 (none for `None`).
+    fn change(v: f64, source_s: Option<i64>) -> DataValue {
+        let mut dv = DataValue::value_only(Variant::Double(v));
+        // In ticks of 100 ns since 1601.
+        const UNIX_EPOCH_TICKS: i64 = 116_444_736_000_000_000;
+        dv.source_timestamp = source_s.map(|s| {
+            opcua::types::DateTime::from(UNIX_EPOCH_TICKS + (1_767_225_600 + s) * 10_000_000)
+        });
+        dv
+    }
+
+    fn micros(s: i64) -> Micros {
+        (1_767_225_600 + s) * 1_000_000
+    }
+
+    fn values(group: &[(u32, DataValue)]) -> Vec<(u32, f64)> {
+        group
+            .iter()
+            .map(|(h, dv)| match dv.value {
+                Some(Variant::Double(v)) => (*h, v),
+                _ => (*h, f64::NAN),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn source_stamps_group_values_by_when_they_changed_in_time_order() {
+        let now = micros(100);
+        let batch = vec![
+            (1, change(2.0, Some(20))),
+            (2, change(9.0, Some(10))),
+            (1, change(1.0, Some(10))),
+            (2, change(8.0, None)),
+            (1, change(3.0, Some(500))), // a clock ahead: no later than now
+        ];
+        let groups = stamped(batch, OpcuaTimestamps::Source, now);
+        let got: Vec<(Micros, Vec<(u32, f64)>)> =
+            groups.iter().map(|(t, g)| (*t, values(g))).collect();
+        assert_eq!(
+            got,
+            vec![
+                (micros(10), vec![(2, 9.0), (1, 1.0)]),
+                (micros(20), vec![(1, 2.0)]),
+                (now, vec![(2, 8.0), (1, 3.0)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn gateway_stamps_keep_each_nodes_values_apart_a_microsecond_each() {
+        let now = micros(100);
+        let batch = vec![
+            (1, change(2.0, Some(20))),
+            (1, change(1.0, Some(10))),
+            (2, change(5.0, Some(15))),
+        ];
+        let groups = stamped(batch, OpcuaTimestamps::Gateway, now);
+        let got: Vec<(Micros, Vec<(u32, f64)>)> =
+            groups.iter().map(|(t, g)| (*t, values(g))).collect();
+        // In the server's order, node 1's two values a microsecond apart.
+        assert_eq!(
+            got,
+            vec![(now, vec![(1, 1.0), (2, 5.0)]), (now + 1, vec![(1, 2.0)]),]
+        );
+    }
+
+    #[test]
+    fn equal_source_stamps_of_one_node_still_make_two_points() {
+        let now = micros(100);
+        let batch = vec![
+            (1, change(1.0, Some(10))),
+            (1, change(2.0, Some(10))),
+            (1, change(3.0, Some(11))),
+        ];
+        let times: Vec<Micros> = stamped(batch, OpcuaTimestamps::Source, now)
+            .iter()
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(times, vec![micros(10), micros(10) + 1, micros(11)]);
+    }
 
     #[test]
     fn a_full_data_queue_drops_counts_and_flags_a_reread() {
