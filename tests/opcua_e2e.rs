@@ -360,17 +360,29 @@ async fn a_pinned_server_certificate_trusts_that_device_only() {
     rig.finish(gateway).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn data_resumes_after_a_server_restart_and_a_network_drop() {
-    let device = "kind: Device\nname: d\nmodel: small\ntimeout: 300ms\nopcua: { endpoint: \"{url}\", sampling: 50ms }\n";
-    let rig = rig(SMALL_MODEL, &[("d", device)], &[], &[]).await;
+/// Device `d` (sampling 50 ms, and `settings`) reaching the simulator
+/// through a proxy, online, with `level` at `start`.
+async fn behind_a_proxy(
+    settings: &str,
+    start: f64,
+) -> (Rig, Proxy, ferrite_gateway::runtime::Gateway, Api) {
+    let device = format!(
+        "kind: Device\nname: d\nmodel: small\ntimeout: 300ms\nopcua: {{ endpoint: \"{{url}}\", sampling: 50ms{settings} }}\n"
+    );
+    let rig = rig(SMALL_MODEL, &[("d", &device)], &[], &[]).await;
     let proxy = Proxy::start(rig.sim.addr).await;
-    rig.point(&[("d", device)], &format!("opc.tcp://{}/sim", proxy.addr));
+    rig.point(&[("d", &device)], &format!("opc.tcp://{}/sim", proxy.addr));
     let gateway = rig.files.start().await;
     let api = Api::new(gateway.addr);
     api.expect_status("d", "online", WAIT).await;
-    rig.set("ns=2;s=Level", Value::Float(1.0));
-    assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(1.0))).await);
+    rig.set("ns=2;s=Level", Value::Float(start));
+    assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(start))).await);
+    (rig, proxy, gateway, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_resumes_after_a_server_restart_and_a_network_drop() {
+    let (rig, proxy, gateway, api) = behind_a_proxy("", 1.0).await;
 
     // The server goes away: values turn stale, the device offline.
     rig.sim.stop().await;
@@ -460,15 +472,7 @@ async fn events_of(api: &Api, kind: &str) -> Vec<Json> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_while_the_link_is_silent_are_all_stored_after_it_returns() {
     // The server queues up to 200 changes per node while nobody asks.
-    let device = "kind: Device\nname: d\nmodel: small\ntimeout: 300ms\nopcua: { endpoint: \"{url}\", sampling: 50ms, queue: 200 }\n";
-    let rig = rig(SMALL_MODEL, &[("d", device)], &[], &[]).await;
-    let proxy = Proxy::start(rig.sim.addr).await;
-    rig.point(&[("d", device)], &format!("opc.tcp://{}/sim", proxy.addr));
-    let gateway = rig.files.start().await;
-    let api = Api::new(gateway.addr);
-    api.expect_status("d", "online", WAIT).await;
-    rig.set("ns=2;s=Level", Value::Float(0.0));
-    assert!(wait_until(WAIT, || value_is(&api, "d", "level", json!(0.0))).await);
+    let (rig, proxy, gateway, api) = behind_a_proxy(", queue: 200", 0.0).await;
 
     // The link goes silent for 6 s; 60 changes are made meanwhile. The
     // gateway notices (keep-alives fail), shows the device offline and

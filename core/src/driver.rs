@@ -361,6 +361,7 @@ pub async fn show_written_at(
         status: None,
         seen: true,
         samples: vec![(property, sample)],
+        stamps: Vec::new(),
         applied: Some(applied),
     };
     urgent

@@ -55,6 +55,17 @@ pub struct Update {
     pub seen: bool,
     /// Per-property results, by the property's number.
     pub samples: Vec<(u16, Sample)>,
+    /// Each sample's own time, where they differ (values stamped by the
+    /// device's clock, OPC UA `timestamps`): `stamps[i]` is `samples[i]`'s.
+    /// Empty: every sample was read at `ts`.
+    pub stamps: Vec<Micros>,
     /// Signalled once the update is durable and visible.
     pub applied: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Update {
+    /// When sample `i` was read (or changed at its source).
+    pub fn ts_of(&self, i: usize) -> Micros {
+        self.stamps.get(i).copied().unwrap_or(self.ts)
+    }
 }

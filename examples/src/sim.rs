@@ -133,7 +133,10 @@ impl Simulator {
         link_rtu: bool,
     ) -> std::io::Result<Simulator> {
         let tick = config.tick.map_or(Duration::from_millis(100), Span::get);
-        let mut tcp: HashMap<(String, u16), TcpSim> = HashMap::new();
+        // TCP servers start once every unit behind them has its bank and
+        // start values: a client that connects at once finds them all.
+        let mut tcp_endpoints: HashMap<(String, u16), (SocketAddr, Arc<Endpoint>, TcpFraming)> =
+            HashMap::new();
         let mut rtu: HashMap<PathBuf, RtuSim> = HashMap::new();
         let mut animated = Vec::new();
         let mut ua_devices: Vec<(&String, &str)> = Vec::new();
@@ -146,15 +149,14 @@ impl Simulator {
             };
             let (endpoint, unit) = if let Some((t, framing)) = tcp_framed {
                 let key = (t.host.clone(), t.port);
-                if !tcp.contains_key(&key) {
+                if !tcp_endpoints.contains_key(&key) {
                     let addr = resolve(&t.host, t.port)?;
                     // A TCP gateway answers 0x0B for a unit it lacks; behind
                     // a transparent serial server, the bus stays silent.
                     let endpoint = Endpoint::new(framing == TcpFraming::Mbap);
-                    let server = TcpSim::start_framed(addr, endpoint, framing).await?;
-                    tcp.insert(key.clone(), server);
+                    tcp_endpoints.insert(key.clone(), (addr, endpoint, framing));
                 }
-                (tcp[&key].endpoint.clone(), t.unit)
+                (tcp_endpoints[&key].1.clone(), t.unit)
             } else if let Some(r) = &d.modbus_rtu {
                 if !rtu.contains_key(&r.port) {
                     let link = link_rtu.then_some(r.port.as_path());
@@ -180,6 +182,10 @@ impl Simulator {
                 };
                 animate_or_start(target, name, pname, p, &config.wave, &mut animated);
             }
+        }
+        let mut tcp: HashMap<(String, u16), TcpSim> = HashMap::new();
+        for (key, (addr, endpoint, framing)) in tcp_endpoints {
+            tcp.insert(key, TcpSim::start_framed(addr, endpoint, framing).await?);
         }
         let opcua = start_opcua(project, config, &ua_devices, &mut animated).await?;
         let mqtt = start_mqtt(project, config, tick, &mut animated);

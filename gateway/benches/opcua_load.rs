@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench -p ferrite-gateway --bench opcua_load
 //! # other sizes: NODES=2000 SAMPLING_MS=50 SECONDS=10 cargo bench ...
+//! # the values stamped on arrival instead: TIMESTAMPS=gateway cargo bench ...
 //! ```
 //!
 //! Setup: NODES Double variables on one simulated async-opcua server (in
@@ -38,8 +39,10 @@ async fn main() {
     let nodes = env("NODES", 10_000).max(1);
     let sampling_ms = env("SAMPLING_MS", 100).max(1);
     let seconds = env("SECONDS", 20);
+    // Which clock stamps the values (`source`, `server` or `gateway`).
+    let timestamps = std::env::var("TIMESTAMPS").unwrap_or_else(|_| "source".into());
     println!(
-        "opcua_load: {nodes} nodes changing every {sampling_ms} ms, one subscription, {seconds} s window"
+        "opcua_load: {nodes} nodes changing every {sampling_ms} ms, one subscription, {seconds} s window, timestamps: {timestamps}"
     );
 
     let dir = project_dir();
@@ -88,7 +91,7 @@ async fn main() {
     std::fs::write(
         root.join("devices/d.yaml"),
         format!(
-            "kind: Device\nname: d\nmodel: m\ntimeout: 5s\nopcua: {{ endpoint: \"{}\", sampling: {sampling_ms}ms, queue: 4 }}\n",
+            "kind: Device\nname: d\nmodel: m\ntimeout: 5s\nopcua: {{ endpoint: \"{}\", sampling: {sampling_ms}ms, queue: 4, timestamps: {timestamps} }}\n",
             sim.url()
         ),
     )

@@ -158,6 +158,7 @@ async fn throughput() {
                 status: None,
                 seen: true,
                 samples,
+                stamps: Vec::new(),
                 applied: None,
             });
         }

@@ -290,21 +290,20 @@ impl Live {
             state.status = *status;
             state.error.clone_from(error);
         }
-        // Values stamped by the device's clock (OPC UA `timestamps`) may come
-        // older than what was seen already: last seen never goes back.
-        if update.seen && state.last_seen.is_none_or(|t| t < update.ts) {
+        if update.seen {
             state.last_seen = Some(update.ts);
         }
-        for (property, sample) in &update.samples {
+        for (i, (property, sample)) in update.samples.iter().enumerate() {
             let Some(Some(position)) = entry.positions.get(usize::from(*property)) else {
                 continue;
             };
             let Some((_, reading)) = state.readings.get_index_mut(usize::from(*position)) else {
                 continue;
             };
+            let ts = update.ts_of(i);
             // A write's read-back can overtake an older poll on its way
             // here; the older value must not win.
-            if reading.ts.is_some_and(|t| t > update.ts) {
+            if reading.ts.is_some_and(|t| t > ts) {
                 continue;
             }
             match sample {
@@ -312,13 +311,13 @@ impl Live {
                     *reading = Reading {
                         value: Some(v.clone()),
                         quality: Quality::Good,
-                        ts: Some(update.ts),
+                        ts: Some(ts),
                     }
                 }
                 Sample::Stale => reading.quality = Quality::Stale,
                 Sample::Bad => {
                     reading.quality = Quality::Bad;
-                    reading.ts = Some(update.ts);
+                    reading.ts = Some(ts);
                 }
             }
         }

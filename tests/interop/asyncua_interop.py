@@ -9,11 +9,16 @@ devices on it:
 - `plain`: security none, anonymous, subscription;
 - `secure`: Basic256Sha256 sign-and-encrypt, username login, the server's
   certificate named in `server_certificate`;
-- `polled`: security none, batched Reads every 100 ms.
+- `polled`: security none, batched Reads every 100 ms;
+- `behind`: security none, subscription with a queue of 100, through a TCP
+  proxy in this script that can go silent (nothing passes, new connections
+  hang).
 
 It checks reads of every type, server-side changes arriving, writes landing in
-asyncua's address space with the node's own type, refusals, and recovery after
-the server is stopped and started again.
+asyncua's address space with the node's own type, refusals; that changes made
+while `behind`'s link is silent are all stored once it returns, or reported by
+an `opcua_data_may_be_missing` event when asyncua dropped the subscription;
+and recovery after the server is stopped and started again.
 
     python3 tests/interop/asyncua_interop.py target/debug/ferrite
 
@@ -98,6 +103,68 @@ async def make_server(port, cert, key):
     return server, ns, variables
 
 
+class SilentLink:
+    """A TCP proxy on 127.0.0.1 that can go silent: while `silent`, nothing
+    passes either way and new connections wait; the connections open when it
+    went silent are closed when it comes back (found dead)."""
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.silent = False
+        self.quiet = []  # connections held while silent
+        self.back = asyncio.Event()
+        self.back.set()
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def serve(self, reader, writer):
+        await self.back.wait()
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        conn = (writer, up_writer)
+
+        async def pipe(src, dst):
+            try:
+                while True:
+                    data = await src.read(65536)
+                    if not data:
+                        break
+                    if self.silent:
+                        # Silent: this byte never arrives; the connection
+                        # is dead once the link is back.
+                        self.quiet.append(conn)
+                        await self.back.wait()
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            for w in conn:
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def go_silent(self):
+        self.silent = True
+        self.back.clear()
+
+    def come_back(self):
+        self.silent = False
+        for conn in self.quiet:
+            for w in conn:
+                w.close()
+        self.quiet = []
+        self.back.set()
+
+    def close(self):
+        self.server.close()
+
+
 def device(name, port, extra):
     return (
         f"kind: Device\nname: {name}\nmodel: plant\npoll: 100ms\ntimeout: 1s\n"
@@ -126,9 +193,12 @@ async def main():
         f"  password_file: password.txt\n  server_certificate: {cert}\n",
     ))
     (work / "devices" / "polled.yaml").write_text(device("polled", ua_port, "  mode: poll\n"))
+    link = SilentLink(ua_port)
+    await link.start()
+    (work / "devices" / "behind.yaml").write_text(device("behind", link.port, "  queue: 100\n"))
     gateway = start_ferrite(FERRITE, work, api_port)
     base = f"http://127.0.0.1:{api_port}/api/v1/devices"
-    names = ("plain", "secure", "polled")
+    names = ("plain", "secure", "polled")  # `behind` is checked on its own
 
     def get(name):
         code, body = http("GET", f"{base}/{name}")
@@ -184,6 +254,39 @@ async def main():
         value = await variables["Octet"].read_value()
         checks.check("and never reaches the server", value == 17, value)
 
+        # The link to `behind` goes silent for 10 s while Real changes 40
+        # times; the gateway notices, shows it offline, and when the link is
+        # back either takes its subscription back with every queued change,
+        # or (asyncua dropped the session) subscribes again and says that
+        # changes may be missing.
+        await wait_for(lambda: (get("behind") or {}).get("properties", {}).get("real", {}).get("value") is not None, 30)
+        link.go_silent()
+        changes = [1000.0 + i for i in range(40)]  # over 10 s
+        for v in changes:
+            await variables["Real"].write_value(ua.Variant(v, ua.VariantType.Double))
+            await asyncio.sleep(0.25)
+        status = (get("behind") or {}).get("status")
+        checks.check("behind: offline while its link is silent", status == "offline", status)
+        link.come_back()
+        ok = await wait_for(lambda: (get("behind") or {}).get("properties", {}).get("real", {}).get("value") == changes[-1], 60)
+        checks.check("behind: the last change arrives once the link is back", bool(ok), get("behind"))
+        code, history = http("GET", f"{base}/behind/properties/real/history?limit=10000")
+        stored = [p.get("value") for p in (history if code == 200 else [])]
+        kept = [v for v in changes if v in stored]
+        code, events = http("GET", f"http://127.0.0.1:{api_port}/api/v1/events?device=behind&limit=100")
+        missing = [e for e in (events if code == 200 else []) if e.get("kind") == "opcua_data_may_be_missing"]
+        print(f"      behind: {len(kept)} of {len(changes)} changes made during the silence stored; {len(missing)} data-may-be-missing event(s)")
+        checks.check(
+            "behind: every change made during the silence stored, or the gap reported as an event",
+            len(kept) == len(changes) or len(missing) > 0,
+            (len(kept), missing),
+        )
+        checks.check(
+            "behind: the changes that were stored are in order",
+            [v for v in stored if v in changes] == kept,
+            stored[-50:],
+        )
+
         # The server goes away and comes back (a new process would do the
         # same): every device recovers without restarting the gateway.
         await server.stop()
@@ -199,6 +302,7 @@ async def main():
             checks.check(f"{name}: data flows again after the restart", bool(ok), get(name))
     finally:
         stop_ferrite(gateway, checks)
+        link.close()
         await server.stop()
     return checks.finish()
 

@@ -374,6 +374,7 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> (Update, bool) {
         status: Some((status, error)),
         seen,
         samples,
+        stamps: Vec::new(),
         applied: None,
     };
     (update, timed_out)

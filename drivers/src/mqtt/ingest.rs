@@ -1044,6 +1044,7 @@ fn update(
         status,
         seen,
         samples,
+        stamps: Vec::new(),
         applied: None,
     }
 }

@@ -219,9 +219,9 @@ pub(super) struct Subscription {
     pub(super) sequence: Arc<Mutex<Sequence>>,
 }
 
-/// What a resume did.
+/// What a resume or a repair did.
 #[derive(Debug, Default, PartialEq)]
-pub(super) struct Resumed {
+pub(super) struct Repaired {
     /// Notifications sent again by `Republish`.
     pub(super) republished: u64,
     /// Notifications that never arrived and that the server no longer had.
@@ -231,128 +231,180 @@ pub(super) struct Resumed {
     pub(super) reread: bool,
 }
 
+impl std::ops::AddAssign for Repaired {
+    fn add_assign(&mut self, other: Repaired) {
+        self.republished += other.republished;
+        self.missing += other.missing;
+        self.reread |= other.reread;
+    }
+}
+
 /// Why a subscription could not be resumed.
 pub(super) struct Lost(pub(super) String);
 
-/// Takes the subscriptions back after a reconnect (see the module's
-/// comment). `same_session`: the server reactivated the old session.
-pub(super) async fn resume(
-    session: &Session,
-    subscriptions: &[Subscription],
-    same_session: bool,
-    deliver_to: &DataSender,
-    device: &str,
-    timeout: std::time::Duration,
-) -> Result<Resumed, Lost> {
-    let mut resumed = Resumed::default();
-    if subscriptions.is_empty() {
-        return Ok(resumed);
-    }
-    let ids: Vec<u32> = subscriptions.iter().map(|s| s.id).collect();
-    let results = tokio::time::timeout(timeout, session.transfer_subscriptions(&ids, true))
-        .await
-        .map_err(|_| {
-            Lost(format!(
-                "no answer to TransferSubscriptions within {timeout:?}"
-            ))
-        })?
-        .map_err(|e| Lost(format!("TransferSubscriptions failed: {e}")))?;
-    if results.len() != ids.len() {
-        return Err(Lost(format!(
-            "the server answered {} results to transferring {} subscriptions",
-            results.len(),
-            ids.len()
-        )));
-    }
-    for (subscription, result) in subscriptions.iter().zip(&results) {
-        if result.status_code.is_bad() {
+/// What taking subscriptions back, and asking for notifications again,
+/// works with: the session, where data changes go, and how long a request
+/// may take.
+pub(super) struct Resumer<'a> {
+    pub(super) session: &'a Session,
+    pub(super) data: &'a DataSender,
+    pub(super) device: &'a str,
+    pub(super) timeout: std::time::Duration,
+}
+
+impl Resumer<'_> {
+    /// Takes the subscriptions back after a reconnect (see the module's
+    /// comment). `same_session`: the server reactivated the old session.
+    pub(super) async fn resume(
+        &self,
+        subscriptions: &[Subscription],
+        same_session: bool,
+    ) -> Result<Repaired, Lost> {
+        let mut resumed = Repaired::default();
+        if subscriptions.is_empty() {
+            return Ok(resumed);
+        }
+        let timeout = self.timeout;
+        let ids: Vec<u32> = subscriptions.iter().map(|s| s.id).collect();
+        let results =
+            tokio::time::timeout(timeout, self.session.transfer_subscriptions(&ids, true))
+                .await
+                .map_err(|_| {
+                    Lost(format!(
+                        "no answer to TransferSubscriptions within {timeout:?}"
+                    ))
+                })?
+                .map_err(|e| Lost(format!("TransferSubscriptions failed: {e}")))?;
+        if results.len() != ids.len() {
             return Err(Lost(format!(
-                "the server no longer has subscription {} ({})",
-                subscription.id, result.status_code
+                "the server answered {} results to transferring {} subscriptions",
+                results.len(),
+                ids.len()
             )));
         }
-    }
-    for (subscription, result) in subscriptions.iter().zip(results) {
-        // Sent on the old connection as it died, never received.
-        let unseen: Vec<u32> = {
-            let sequence = lock(&subscription.sequence);
-            result
-                .available_sequence_numbers
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|n| sequence.lacks(*n))
-                .collect()
-        };
-        let repaired = republish(session, subscription, unseen, deliver_to, device, timeout).await;
-        resumed.republished += repaired.republished;
-        resumed.missing += repaired.missing;
-        if same_session && !resend_data(session, subscription.id, timeout).await {
-            resumed.reread = true;
-        }
-    }
-    Ok(resumed)
-}
-
-/// What a repair did.
-#[derive(Debug, Default, PartialEq)]
-pub(super) struct Repaired {
-    /// Notifications sent again by `Republish`.
-    pub(super) republished: u64,
-    /// Notifications that never arrived and that the server no longer had.
-    pub(super) missing: u64,
-}
-
-/// Asks again for every notification found missing (a gap in the sequence
-/// numbers: a Publish response lost with its connection, say).
-pub(super) async fn repair(
-    session: &Session,
-    subscriptions: &[Subscription],
-    deliver_to: &DataSender,
-    device: &str,
-    timeout: std::time::Duration,
-) -> Repaired {
-    let mut repaired = Repaired::default();
-    for subscription in subscriptions {
-        let missing = lock(&subscription.sequence).missing();
-        let one = republish(session, subscription, missing, deliver_to, device, timeout).await;
-        repaired.republished += one.republished;
-        repaired.missing += one.missing;
-    }
-    repaired
-}
-
-/// Asks for the notifications after the newest seen, one by one, until the
-/// server has no more: those it sent since a reconnect in answer to Publish
-/// requests of the dead connection (a server may keep them queued, and
-/// answer them first). Returns how many it sent again.
-pub(super) async fn catch_up(
-    session: &Session,
-    subscriptions: &[Subscription],
-    deliver_to: &DataSender,
-    device: &str,
-    timeout: std::time::Duration,
-) -> u64 {
-    let mut caught = 0;
-    for subscription in subscriptions {
-        loop {
-            let next = lock(&subscription.sequence).next();
-            let again =
-                tokio::time::timeout(timeout, session.republish(subscription.id, next)).await;
-            let Ok(Ok(message)) = again else { break };
-            let fresh = {
-                let mut sequence = lock(&subscription.sequence);
-                let fresh = sequence.lacks(message.sequence_number);
-                sequence.see(message.sequence_number, false);
-                fresh
-            };
-            if !fresh {
-                break;
+        for (subscription, result) in subscriptions.iter().zip(&results) {
+            if result.status_code.is_bad() {
+                return Err(Lost(format!(
+                    "the server no longer has subscription {} ({})",
+                    subscription.id, result.status_code
+                )));
             }
-            deliver(deliver_to, device, message);
-            caught += 1;
+        }
+        for (subscription, result) in subscriptions.iter().zip(results) {
+            // Sent on the old connection as it died, never received.
+            let unseen: Vec<u32> = {
+                let sequence = lock(&subscription.sequence);
+                result
+                    .available_sequence_numbers
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| sequence.lacks(*n))
+                    .collect()
+            };
+            resumed += self.republish(subscription, unseen).await;
+            if same_session && !self.resend_data(subscription.id).await {
+                resumed.reread = true;
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Asks again for every notification found missing (a gap in the
+    /// sequence numbers: a Publish response lost with its connection, say).
+    pub(super) async fn repair(&self, subscriptions: &[Subscription]) -> Repaired {
+        let mut repaired = Repaired::default();
+        for subscription in subscriptions {
+            let missing = lock(&subscription.sequence).missing();
+            repaired += self.republish(subscription, missing).await;
+        }
+        repaired
+    }
+
+    /// Asks for the notifications after the newest seen, one by one, until
+    /// the server has no more: those it sent since a reconnect in answer to
+    /// Publish requests of the dead connection (a server may keep them
+    /// queued, and answer them first). Returns how many it sent again.
+    pub(super) async fn catch_up(&self, subscriptions: &[Subscription]) -> u64 {
+        let mut caught = 0;
+        for subscription in subscriptions {
+            loop {
+                let next = lock(&subscription.sequence).next();
+                match self.again(subscription, next).await {
+                    Ok(true) => caught += 1,
+                    Ok(false) | Err(_) => break,
+                }
+            }
+        }
+        caught
+    }
+
+    /// Republishes `numbers` of `subscription` (those still lacking), then
+    /// counts what is still missing as lost (and forgets it).
+    async fn republish(&self, subscription: &Subscription, numbers: Vec<u32>) -> Repaired {
+        let mut repaired = Repaired::default();
+        for number in numbers {
+            // It may have come meanwhile.
+            if !lock(&subscription.sequence).lacks(number) {
+                continue;
+            }
+            match self.again(subscription, number).await {
+                Ok(true) => repaired.republished += 1,
+                Ok(false) => {}
+                Err(code) => tracing::debug!(
+                    device = self.device,
+                    "cannot republish notification {number} of subscription {}: {code}",
+                    subscription.id
+                ),
+            }
+        }
+        repaired.missing = lock(&subscription.sequence).take_missing();
+        repaired
+    }
+
+    /// Asks for notification `number` again and delivers it, unless it
+    /// came meanwhile (`Ok(false)`).
+    async fn again(&self, subscription: &Subscription, number: u32) -> Result<bool, StatusCode> {
+        let message = tokio::time::timeout(
+            self.timeout,
+            self.session.republish(subscription.id, number),
+        )
+        .await
+        .map_err(|_| StatusCode::BadTimeout)?
+        .map_err(|e| e.status())?;
+        let fresh = {
+            let mut sequence = lock(&subscription.sequence);
+            let fresh = sequence.lacks(message.sequence_number);
+            // Seen now; a number skipped before it stays missing.
+            sequence.see(message.sequence_number, false);
+            fresh
+        };
+        if fresh {
+            deliver(self.data, self.device, message);
+        }
+        Ok(fresh)
+    }
+
+    /// Asks the server to send every item's current value again (the
+    /// `ResendData` method, OPC UA Part 5 9.4); false when it will not.
+    async fn resend_data(&self, subscription: u32) -> bool {
+        let call = CallMethodRequest {
+            object_id: NodeId::from(ObjectId::Server),
+            method_id: NodeId::from(MethodId::Server_ResendData),
+            input_arguments: Some(vec![Variant::UInt32(subscription)]),
+        };
+        match tokio::time::timeout(self.timeout, self.session.call_one(call)).await {
+            Ok(Ok(result)) if result.status_code.is_good() => true,
+            Ok(Ok(result)) => {
+                tracing::debug!(device = self.device, "ResendData: {}", result.status_code);
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(device = self.device, "ResendData: {e}");
+                false
+            }
+            Err(_) => false,
         }
     }
-    caught
 }
 
 /// Whether a notification has come by Publish on any of `subscriptions`
@@ -364,75 +416,6 @@ pub(super) fn live_since(subscriptions: &[Subscription], live: u64) -> bool {
 /// Notifications received by Publish on `subscriptions`, in all.
 pub(super) fn live_count(subscriptions: &[Subscription]) -> u64 {
     subscriptions.iter().map(|s| lock(&s.sequence).live()).sum()
-}
-
-/// Republishes `numbers` of `subscription` (those still lacking), then
-/// counts what is still missing as lost (and forgets it).
-async fn republish(
-    session: &Session,
-    subscription: &Subscription,
-    numbers: Vec<u32>,
-    deliver_to: &DataSender,
-    device: &str,
-    timeout: std::time::Duration,
-) -> Repaired {
-    let mut repaired = Repaired::default();
-    for number in numbers {
-        // It may have come meanwhile.
-        if !lock(&subscription.sequence).lacks(number) {
-            continue;
-        }
-        let again = tokio::time::timeout(timeout, session.republish(subscription.id, number))
-            .await
-            .map_err(|_| StatusCode::BadTimeout)
-            .and_then(|r| r.map_err(|e| e.status()));
-        match again {
-            Ok(message) => {
-                // Seen now; a number skipped before it stays missing.
-                let fresh = {
-                    let mut sequence = lock(&subscription.sequence);
-                    let fresh = sequence.lacks(message.sequence_number);
-                    sequence.see(message.sequence_number, false);
-                    fresh
-                };
-                if fresh {
-                    deliver(deliver_to, device, message);
-                    repaired.republished += 1;
-                }
-            }
-            Err(code) => {
-                tracing::debug!(
-                    device,
-                    "cannot republish notification {number} of subscription {}: {code}",
-                    subscription.id
-                );
-            }
-        }
-    }
-    repaired.missing = lock(&subscription.sequence).take_missing();
-    repaired
-}
-
-/// Asks the server to send every item's current value again (the
-/// `ResendData` method, OPC UA Part 5 9.4); false when it will not.
-async fn resend_data(session: &Session, subscription: u32, timeout: std::time::Duration) -> bool {
-    let call = CallMethodRequest {
-        object_id: NodeId::from(ObjectId::Server),
-        method_id: NodeId::from(MethodId::Server_ResendData),
-        input_arguments: Some(vec![Variant::UInt32(subscription)]),
-    };
-    match tokio::time::timeout(timeout, session.call_one(call)).await {
-        Ok(Ok(result)) if result.status_code.is_good() => true,
-        Ok(Ok(result)) => {
-            tracing::debug!("ResendData: {}", result.status_code);
-            false
-        }
-        Ok(Err(e)) => {
-            tracing::debug!("ResendData: {e}");
-            false
-        }
-        Err(_) => false,
-    }
 }
 
 #[cfg(test)]

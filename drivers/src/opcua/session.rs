@@ -264,6 +264,7 @@ async fn report(
         status: Some((status, why)),
         seen: false,
         samples: device.all(&sample),
+        stamps: Vec::new(),
         applied: None,
     };
     send(ctx, update).await
@@ -372,6 +373,12 @@ impl OpenSession<'_> {
         // to the dead connection (see `resume::catch_up`).
         let mut catching_up: Option<(tokio::time::Instant, u64)> = None;
         let mut catch_up_tick = tokio::time::interval(CATCH_UP_EVERY);
+        let resumer = resume::Resumer {
+            session: &session,
+            data: &data_tx,
+            device: &device.name,
+            timeout: device.timeout.max(Duration::from_secs(2)),
+        };
         let meter = self
             .ctx
             .meters
@@ -387,8 +394,11 @@ impl OpenSession<'_> {
                     Some(Event::Alive) if down.is_none() => vec![health.update(device, &bad, Vec::new())],
                     Some(Event::Alive | Event::Retrying(_)) => continue,
                     Some(Event::Lost(code)) => {
+                        // A connection the client closed itself after
+                        // failed keep-alives ends with Good.
+                        let cause = if code.is_good() { "keep-alives failed".to_string() } else { code.to_string() };
                         let why = format!(
-                            "{code}: lost the connection to {}; reconnecting",
+                            "{cause}: lost the connection to {}; reconnecting",
                             device.settings.endpoint
                         );
                         tracing::warn!(device = %device.name, "{why}");
@@ -405,7 +415,7 @@ impl OpenSession<'_> {
                         let same = matches!(mode, SessionConnectMode::ReactivatedSession(_));
                         let resumed = tokio::select! {
                             () = shutdown.cancelled() => return Ok(()),
-                            r = resume::resume(&session, &subscriptions, same, &data_tx, &device.name, device.timeout.max(Duration::from_secs(2))) => r,
+                            r = resumer.resume(&subscriptions, same) => r,
                         };
                         let resumed = resumed.map_err(|resume::Lost(why)| Failure::resubscribe(format!(
                             "the connection to {} was lost at {} and {why}",
@@ -455,14 +465,14 @@ impl OpenSession<'_> {
                             Err(_) => break,
                         }
                     }
-                    // One update per time stamp (`timestamps`), in time
-                    // order; queued values of one node keep their order and
-                    // each is stored.
+                    // One update per round of values, each stamped by
+                    // `timestamps`; queued values of one node keep their
+                    // order and each is stored.
                     let mut updates = Vec::new();
-                    for (ts, group) in stamped(batch, device.settings.timestamps, now()) {
-                        let samples = to_samples(device, &group, &mut bad);
+                    for round in stamped(batch, device.settings.timestamps, now()) {
+                        let (samples, stamps) = to_samples(device, round, &mut bad);
                         let mut update = health.update(device, &bad, samples);
-                        update.ts = ts;
+                        update.stamps = stamps;
                         updates.push(update);
                     }
                     // Changes were dropped at a full queue: read every
@@ -484,7 +494,7 @@ impl OpenSession<'_> {
                     }
                     let caught = tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
-                        n = resume::catch_up(&session, &subscriptions, &data_tx, &device.name, device.timeout.max(Duration::from_secs(2))) => n,
+                        n = resumer.catch_up(&subscriptions) => n,
                     };
                     if caught > 0 {
                         tracing::debug!(device = %device.name, "{caught} notification(s) sent to the dead connection republished");
@@ -494,7 +504,7 @@ impl OpenSession<'_> {
                 () = gaps.notified(), if down.is_none() => {
                     let repaired = tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
-                        r = resume::repair(&session, &subscriptions, &data_tx, &device.name, device.timeout.max(Duration::from_secs(2))) => r,
+                        r = resumer.repair(&subscriptions) => r,
                     };
                     tracing::info!(device = %device.name, "notifications were missing: {} republished, {} lost", repaired.republished, repaired.missing);
                     if repaired.missing > 0 {
@@ -599,6 +609,7 @@ impl Health {
             status: changed.then_some(status),
             seen: true,
             samples,
+            stamps: Vec::new(),
             applied: None,
         }
     }
@@ -938,17 +949,21 @@ fn monitored_item(
     }
 }
 
-/// Groups notifications by the time each is stamped with under `policy`
-/// (see [`super::stamp`]), in time order (the server's order where times
-/// are equal, arrival order where it gave none). A monitored item appears
-/// at most once per group, and the groups' times strictly increase (a
-/// group that would repeat one is a microsecond later): every value is
-/// stored, none overwrites another.
+/// A notification of monitored item (handle), with the time it is stamped
+/// with.
+type Stamped = (u32, DataValue, Micros);
+
+/// Splits notifications into rounds in which each monitored item appears
+/// at most once, stamping each with its time under `policy` (see
+/// [`super::stamp`]), in time order (the server's order where times are
+/// equal, arrival order where it gave none). One item's times strictly
+/// increase (a repeated one is a microsecond later), so every value is
+/// stored and none overwrites another.
 fn stamped(
     batch: Vec<(u32, DataValue)>,
     policy: OpcuaTimestamps,
     now: Micros,
-) -> Vec<(Micros, Vec<(u32, DataValue)>)> {
+) -> Vec<Vec<Stamped>> {
     let mut batch: Vec<(Micros, u32, DataValue)> = batch
         .into_iter()
         .map(|(handle, dv)| (super::stamp(policy, &dv, now), handle, dv))
@@ -961,37 +976,37 @@ fn stamped(
                 .map(|t| t.checked_ticks()),
         )
     });
-    let mut groups: Vec<(Micros, Vec<(u32, DataValue)>)> = Vec::new();
-    // The last group's own stamp, and the items in it.
-    let mut last: Option<(Micros, std::collections::HashSet<u32>)> = None;
+    let mut rounds: Vec<Vec<Stamped>> = Vec::new();
+    // Each item's round and time so far.
+    let mut seen: std::collections::HashMap<u32, (usize, Micros)> =
+        std::collections::HashMap::new();
     for (ts, handle, dv) in batch {
-        if let (Some((stamp, items)), Some((_, group))) = (&mut last, groups.last_mut())
-            && *stamp == ts
-            && items.insert(handle)
-        {
-            group.push((handle, dv));
-            continue;
+        let (round, at) = seen
+            .get(&handle)
+            .map_or((0, ts), |(round, last)| (round + 1, ts.max(last + 1)));
+        seen.insert(handle, (round, at));
+        if rounds.len() <= round {
+            rounds.push(Vec::new());
         }
-        let at = groups.last().map_or(ts, |(prev, _)| ts.max(prev + 1));
-        groups.push((at, vec![(handle, dv)]));
-        last = Some((ts, std::collections::HashSet::from([handle])));
+        rounds[round].push((handle, dv, at));
     }
-    groups
+    rounds
 }
 
-/// Turns a batch of notifications into samples, keeping `bad` up to date.
+/// Turns a round of notifications into samples and their times, keeping
+/// `bad` up to date.
 fn to_samples(
     device: &Device,
-    batch: &[(u32, DataValue)],
+    round: Vec<Stamped>,
     bad: &mut BTreeMap<u16, String>,
-) -> Vec<(u16, Sample)> {
-    batch
-        .iter()
-        .filter_map(|(handle, dv)| {
-            let point = device.points.get((*handle as usize).checked_sub(1)?)?;
-            Some(classify(point.index, sample_of(point, dv), bad))
+) -> (Vec<(u16, Sample)>, Vec<Micros>) {
+    round
+        .into_iter()
+        .filter_map(|(handle, dv, ts)| {
+            let point = device.points.get((handle as usize).checked_sub(1)?)?;
+            Some((classify(point.index, sample_of(point, &dv), bad), ts))
         })
-        .collect()
+        .unzip()
 }
 
 /// The sample a read result makes for property `index`, keeping `bad` (why
@@ -1072,18 +1087,24 @@ mod tests {
         (1_767_225_600 + s) * 1_000_000
     }
 
-    fn values(group: &[(u32, DataValue)]) -> Vec<(u32, f64)> {
-        group
+    /// Each round's (handle, value, time)s.
+    fn shown(rounds: &[Vec<Stamped>]) -> Vec<Vec<(u32, f64, Micros)>> {
+        rounds
             .iter()
-            .map(|(h, dv)| match dv.value {
-                Some(Variant::Double(v)) => (*h, v),
-                _ => (*h, f64::NAN),
+            .map(|round| {
+                round
+                    .iter()
+                    .map(|(h, dv, t)| match dv.value {
+                        Some(Variant::Double(v)) => (*h, v, *t),
+                        _ => (*h, f64::NAN, *t),
+                    })
+                    .collect()
             })
             .collect()
     }
 
     #[test]
-    fn source_stamps_group_values_by_when_they_changed_in_time_order() {
+    fn source_stamps_are_when_values_changed_each_node_once_per_round() {
         let now = micros(100);
         let batch = vec![
             (1, change(2.0, Some(20))),
@@ -1092,15 +1113,12 @@ mod tests {
             (2, change(8.0, None)),
             (1, change(3.0, Some(500))), // a clock ahead: no later than now
         ];
-        let groups = stamped(batch, OpcuaTimestamps::Source, now);
-        let got: Vec<(Micros, Vec<(u32, f64)>)> =
-            groups.iter().map(|(t, g)| (*t, values(g))).collect();
         assert_eq!(
-            got,
+            shown(&stamped(batch, OpcuaTimestamps::Source, now)),
             vec![
-                (micros(10), vec![(2, 9.0), (1, 1.0)]),
-                (micros(20), vec![(1, 2.0)]),
-                (now, vec![(2, 8.0), (1, 3.0)]),
+                vec![(2, 9.0, micros(10)), (1, 1.0, micros(10))],
+                vec![(1, 2.0, micros(20)), (2, 8.0, now)],
+                vec![(1, 3.0, now)],
             ]
         );
     }
@@ -1113,13 +1131,10 @@ mod tests {
             (1, change(1.0, Some(10))),
             (2, change(5.0, Some(15))),
         ];
-        let groups = stamped(batch, OpcuaTimestamps::Gateway, now);
-        let got: Vec<(Micros, Vec<(u32, f64)>)> =
-            groups.iter().map(|(t, g)| (*t, values(g))).collect();
         // In the server's order, node 1's two values a microsecond apart.
         assert_eq!(
-            got,
-            vec![(now, vec![(1, 1.0), (2, 5.0)]), (now + 1, vec![(1, 2.0)]),]
+            shown(&stamped(batch, OpcuaTimestamps::Gateway, now)),
+            vec![vec![(1, 1.0, now), (2, 5.0, now)], vec![(1, 2.0, now + 1)]]
         );
     }
 
@@ -1133,7 +1148,8 @@ mod tests {
         ];
         let times: Vec<Micros> = stamped(batch, OpcuaTimestamps::Source, now)
             .iter()
-            .map(|(t, _)| *t)
+            .flatten()
+            .map(|(_, _, t)| *t)
             .collect();
         assert_eq!(times, vec![micros(10), micros(10) + 1, micros(11)]);
     }

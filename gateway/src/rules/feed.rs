@@ -67,13 +67,13 @@ impl Feed {
             let Some(flags) = watched.get(update.device) else {
                 return;
             };
-            for (property, sample) in &update.samples {
+            for (i, (property, sample)) in update.samples.iter().enumerate() {
                 if flags.get(usize::from(*property)).copied().unwrap_or(false) {
                     kept.push(Observation {
                         device: update.device,
                         property: *property,
                         sample: sample.clone(),
-                        ts: update.ts,
+                        ts: update.ts_of(i),
                     });
                 }
             }

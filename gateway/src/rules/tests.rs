@@ -157,6 +157,7 @@ impl Harness {
             status: None,
             seen: true,
             samples: vec![(0, Sample::Good(Value::Float(t)))],
+            stamps: Vec::new(),
             applied: None,
         });
     }

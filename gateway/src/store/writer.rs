@@ -330,7 +330,7 @@ impl Writer {
                 .samples
                 .fetch_add(update.samples.len() as u64, Ordering::Relaxed);
             let mut good = 0;
-            for (property, sample) in &update.samples {
+            for (i, (property, sample)) in update.samples.iter().enumerate() {
                 let Sample::Good(value) = sample else {
                     continue;
                 };
@@ -352,7 +352,7 @@ impl Writer {
                         device,
                         property: name,
                         at: Stamped {
-                            ts: update.ts,
+                            ts: update.ts_of(i),
                             value: value.clone(),
                         },
                     });
