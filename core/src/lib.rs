@@ -17,7 +17,9 @@
 //! - [`driver`]: the [`driver::Driver`] trait (made once, starting devices
 //!   one at a time), the [`driver::DriverContext`] it runs on (bounded
 //!   queues to the store writer, shutdown, task tracker), the
-//!   [`driver::DeviceWriter`] writes go through, typed errors
+//!   [`driver::DeviceWriter`] writes go through, the
+//!   [`driver::DeviceEvent`]s a device raises for the events journal, typed
+//!   errors
 //!   ([`driver::DriverError`], [`driver::StartError`]), the meters drivers
 //!   count with, and [`driver::supervise`], which restarts a device loop
 //!   after a panic.

@@ -10,8 +10,9 @@
 //!   per TCP connection or serial bus shared by its devices (`link`), and
 //!   the pollers.
 //! - `opcua/` (feature `opcua`): connect and trust (`connect`), one session
-//!   task per device with subscriptions or polls (`session`), status-code
-//!   mapping (`status`).
+//!   task per device with subscriptions or polls (`session`), subscriptions
+//!   taken back after a reconnect with nothing missed (`resume`),
+//!   status-code mapping (`status`).
 //! - `mqtt/` (feature `mqtt`): a reader on the embedded broker's in-process
 //!   link: plain topics, Sparkplug B births/data/deaths, status topics,
 //!   timeouts (`ingest`); writes as command publishes or DCMD.

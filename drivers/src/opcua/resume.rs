@@ -255,14 +255,30 @@ pub(super) struct Resumer<'a> {
 impl Resumer<'_> {
     /// Takes the subscriptions back after a reconnect (see the module's
     /// comment). `same_session`: the server reactivated the old session.
+    /// `started`: the server's start time when the subscriptions were made.
+    ///
+    /// Into a new session, only from the same run of the server: a server
+    /// that restarted numbers subscriptions afresh, and some (asyncua) hand
+    /// over whichever subscription has the number asked for, another
+    /// client's included.
     pub(super) async fn resume(
         &self,
         subscriptions: &[Subscription],
         same_session: bool,
+        started: Option<i64>,
     ) -> Result<Repaired, Lost> {
         let mut resumed = Repaired::default();
         if subscriptions.is_empty() {
             return Ok(resumed);
+        }
+        if !same_session {
+            let now = start_time(self.session, self.timeout).await;
+            if started.is_none() || now != started {
+                return Err(Lost(
+                    "the server no longer had the session, and restarted (or does not say when it started)"
+                        .into(),
+                ));
+            }
         }
         let timeout = self.timeout;
         let ids: Vec<u32> = subscriptions.iter().map(|s| s.id).collect();
@@ -404,6 +420,27 @@ impl Resumer<'_> {
             }
             Err(_) => false,
         }
+    }
+}
+
+/// The server's start time (`Server.ServerStatus.StartTime`), in 100 ns
+/// ticks; `None` when it does not say.
+pub(super) async fn start_time(session: &Session, timeout: std::time::Duration) -> Option<i64> {
+    let read = [opcua::types::ReadValueId {
+        node_id: opcua::types::VariableId::Server_ServerStatus_StartTime.into(),
+        attribute_id: opcua::types::AttributeId::Value as u32,
+        ..Default::default()
+    }];
+    let values = tokio::time::timeout(
+        timeout,
+        session.read(&read, opcua::types::TimestampsToReturn::Neither, 0.0),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    match values.first()?.value.as_ref()? {
+        Variant::DateTime(t) if !t.is_null() => Some(t.checked_ticks()),
+        _ => None,
     }
 }
 

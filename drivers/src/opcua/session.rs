@@ -354,6 +354,12 @@ impl OpenSession<'_> {
             ferrite_models::device::OpcuaMode::Poll => (BTreeMap::new(), Vec::new()),
         };
         bad.extend(refused);
+        // Which run of the server the subscriptions belong to.
+        let started = if subscriptions.is_empty() {
+            None
+        } else {
+            resume::start_time(&session, device.timeout.max(Duration::from_secs(2))).await
+        };
         tracing::info!(device = %device.name, "session open on {}", device.settings.endpoint);
         let since = Instant::now();
         let mut stable = false;
@@ -415,7 +421,7 @@ impl OpenSession<'_> {
                         let same = matches!(mode, SessionConnectMode::ReactivatedSession(_));
                         let resumed = tokio::select! {
                             () = shutdown.cancelled() => return Ok(()),
-                            r = resumer.resume(&subscriptions, same) => r,
+                            r = resumer.resume(&subscriptions, same, started) => r,
                         };
                         let resumed = resumed.map_err(|resume::Lost(why)| Failure::resubscribe(format!(
                             "the connection to {} was lost at {} and {why}",
@@ -628,6 +634,9 @@ const REREAD_AFTER: Duration = Duration::from_secs(1);
 const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
 const CATCH_UP_FOR: Duration = Duration::from_secs(60);
 
+/// How long after a lost connection the client first tries again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
 /// Sleeps until `at` (forever when there is none).
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -654,8 +663,15 @@ async fn pump(event_loop: SessionEventLoop<TcpConnector>, events: mpsc::Sender<E
             None => Event::Ended,
         };
         let last = matches!(event, Event::Failed(_) | Event::Ended);
+        let lost = matches!(event, Event::Lost(_));
         if events.send(event).await.is_err() || last {
             return;
+        }
+        // The client's first reconnect would go out at once, into a server
+        // that is often still shutting down (asyncua's stop then waits for
+        // that connection forever): a pause first.
+        if lost {
+            tokio::time::sleep(RECONNECT_PAUSE).await;
         }
     }
 }
