@@ -61,6 +61,18 @@ struct Rig {
 /// starts a simulator with the nodes they need (but `missing`), and points
 /// the devices at it, or at `via` when it forwards to it.
 async fn rig(model: &str, devices: &[(&str, &str)], users: &[UaUser], missing: &[&str]) -> Rig {
+    rig_serving(model, devices, users, missing, |_| {}).await
+}
+
+/// [`rig`], with each method the server offers passed through `adjust`
+/// first (to serve other DataTypes than the defaults, say).
+async fn rig_serving(
+    model: &str,
+    devices: &[(&str, &str)],
+    users: &[UaUser],
+    missing: &[&str],
+    adjust: impl Fn(&mut ferrite_sim::opcua_server::UaMethod),
+) -> Rig {
     let files = Files::new();
     files.write("models/m.yaml", model);
     for (name, text) in devices {
@@ -82,10 +94,21 @@ async fn rig(model: &str, devices: &[(&str, &str)], users: &[UaUser], missing: &
             }
         }
     }
+    let mut methods: Vec<ferrite_sim::opcua_server::UaMethod> = Vec::new();
+    for (name, _) in devices {
+        for mut m in ferrite_sim::sim::ua_methods(&project, name) {
+            if !missing.contains(&m.name.as_str()) && !methods.iter().any(|known| known.id == m.id)
+            {
+                adjust(&mut m);
+                methods.push(m);
+            }
+        }
+    }
     let options = UaSimOptions {
         path: "/sim".into(),
         pki_dir: files.dir.path().join("sim-pki"),
         users: users.to_vec(),
+        methods,
     };
     let sim = UaSim::start("127.0.0.1:0".parse().expect("addr"), nodes, options)
         .await
@@ -530,6 +553,197 @@ async fn changes_made_while_the_link_is_silent_are_all_stored_after_it_returns()
         "nothing was missing"
     );
     rig.finish(gateway).await;
+}
+
+const PUMP_MODEL: &str = r#"kind: DeviceModel
+name: pump
+properties:
+  level: { type: float, opcua: { node: "ns=2;s=Level" } }
+methods:
+  scale:
+    description: value × times
+    opcua: { object: "ns=2;s=Pump", method: "ns=2;s=Pump.Scale" }
+    inputs:
+      - { name: value, type: float, min: 0, max: 1000 }
+      - { name: times, type: int }
+    outputs:
+      - { name: result, type: float }
+      - { name: note, type: string }
+  reset:
+    opcua: { object: "ns=2;s=Pump", method: "ns=2;s=Pump.Reset" }
+    outputs:
+      - { name: count, type: int }
+  ghost:
+    opcua: { object: "ns=2;s=Pump", method: "ns=2;s=Pump.Ghost" }
+"#;
+
+async fn call_method(api: &Api, device: &str, method: &str, body: Option<Json>) -> (u16, Json) {
+    let (status, body, _) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/devices/{device}/methods/{method}"),
+            body.map(|b| b.to_string()),
+        )
+        .await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_are_called_with_checked_inputs_and_audited() {
+    let device = "kind: Device\nname: d\nmodel: pump\ntimeout: 2s\nopcua: { endpoint: \"{url}\", sampling: 50ms }\n";
+    // The server declares `times` a UInt16: the call must send that type,
+    // which the gateway learns from the method's InputArguments (the
+    // simulator refuses any other with Bad_TypeMismatch).
+    let rig = rig_serving(PUMP_MODEL, &[("d", device)], &[], &["ghost"], |m| {
+        for input in &mut m.inputs {
+            if input.name == "times" {
+                input.datatype = ferrite_models::model::UaDataType::UInt16;
+            }
+        }
+    })
+    .await;
+    let scale = NodeId::from_str("ns=2;s=Pump.Scale").expect("node id");
+    rig.sim.on_call(&scale, |inputs| match inputs {
+        [Value::Float(v), Value::Int(t)] if *t > 0 => Ok(vec![
+            Value::Float(v * *t as f64),
+            Value::String(format!("{t} times")),
+        ]),
+        _ => Err(opcua::types::StatusCode::BadInvalidArgument),
+    });
+    let gateway = rig.files.start().await;
+    let api = Api::new(gateway.addr);
+    api.expect_status("d", "online", WAIT).await;
+
+    let (status, body) = call_method(
+        &api,
+        "d",
+        "scale",
+        Some(json!({"inputs": {"value": 2.5, "times": 4}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["outputs"],
+        json!({"result": 10.0, "note": "4 times"}),
+        "{body}"
+    );
+    assert_eq!(
+        rig.sim.calls(&scale),
+        vec![vec![Value::Float(2.5), Value::Int(4)]]
+    );
+
+    // Refused before the device: each kind of bad input.
+    for (inputs, code) in [
+        (json!({"value": 2000, "times": 1}), "out_of_range"),
+        (json!({"value": 1}), "missing_input"),
+        (json!({"value": 1, "times": 1, "speed": 3}), "unknown_input"),
+        (json!({"value": "high", "times": 1}), "wrong_type"),
+        (json!({"value": 1, "times": 1.5}), "wrong_type"),
+    ] {
+        let (status, body) =
+            call_method(&api, "d", "scale", Some(json!({ "inputs": inputs }))).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{inputs}: {body}"
+        );
+    }
+    let (status, body) = call_method(&api, "d", "scale", Some(json!({"input": {}}))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    assert_eq!(
+        rig.sim.calls(&scale).len(),
+        1,
+        "no bad call reached the device"
+    );
+
+    // Refused by the device, which got the call.
+    let (status, body) = call_method(
+        &api,
+        "d",
+        "scale",
+        Some(json!({"inputs": {"value": 1, "times": 0}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "device_rejected", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BadInvalidArgument"),
+        "{body}"
+    );
+    assert_eq!(rig.sim.calls(&scale).len(), 2);
+
+    // No inputs: an empty body will do; the simulator answers with the
+    // number of calls.
+    let (status, body) = call_method(&api, "d", "reset", None).await;
+    assert_eq!(
+        (status, &body["outputs"]),
+        (200, &json!({"count": 1})),
+        "{body}"
+    );
+    let (status, body) = call_method(&api, "d", "reset", Some(json!({}))).await;
+    assert_eq!(
+        (status, &body["outputs"]),
+        (200, &json!({"count": 2})),
+        "{body}"
+    );
+
+    // Declared but not on the server; not declared at all.
+    let (status, body) = call_method(&api, "d", "ghost", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("device_refused")),
+        "{body}"
+    );
+    let (status, body) = call_method(&api, "d", "nope", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_method")),
+        "{body}"
+    );
+    let (status, body) = call_method(&api, "nobody", "reset", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_device")),
+        "{body}"
+    );
+
+    // Every call of a known method is audited, with inputs and outputs.
+    let (_, audit) = api.get("/api/v1/audit?device=d&limit=100").await;
+    let calls: Vec<&Json> = audit
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["method"].is_string())
+        .collect();
+    assert_eq!(calls.len(), 10, "{audit}");
+    let first = calls.last().expect("oldest");
+    assert_eq!(first["method"], "scale");
+    assert_eq!(first["inputs"], json!({"value": 2.5, "times": 4}));
+    assert_eq!(first["outputs"], json!({"result": 10.0, "note": "4 times"}));
+    assert_eq!(first["result"], "ok");
+    assert!(
+        calls
+            .iter()
+            .any(|e| e["result"] == "out_of_range" && e["outputs"].is_null())
+    );
+
+    // The server goes away: the call says so.
+    rig.sim.stop().await;
+    api.expect_status("d", "offline", WAIT).await;
+    let (status, body) = call_method(&api, "d", "reset", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("device_unreachable")),
+        "{body}"
+    );
+    assert!(gateway.stop().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -287,6 +287,23 @@ pub trait DeviceWriter: Send + Sync {
         property: &'a str,
         value: Value,
     ) -> BoxFuture<'a, Result<Written, DriverError>>;
+
+    /// Calls the model's method `method` with `inputs` (already checked
+    /// against the model, in declared order) and returns its outputs, in
+    /// declared order. Only protocols with methods (OPC UA) answer; the
+    /// others refuse.
+    fn call<'a>(
+        &'a self,
+        method: &'a str,
+        inputs: Vec<Value>,
+    ) -> BoxFuture<'a, Result<Vec<Value>, DriverError>> {
+        let _ = inputs;
+        Box::pin(async move {
+            Err(DriverError::Refused(format!(
+                "this device's protocol has no methods, so `{method}` cannot be called"
+            )))
+        })
+    }
 }
 
 /// One device of the project as a driver starts it: its number (which

@@ -359,8 +359,8 @@ pub struct Opcua {
     /// Queue size of monitored items. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<u32>,
-    /// Which clock stamps the values a subscription delivers. Default
-    /// `source`.
+    /// Which clock stamps the values a subscription delivers, a poll
+    /// reads and a write reads back. Default `source`.
     #[serde(default)]
     pub timestamps: OpcuaTimestamps,
 }

@@ -31,6 +31,74 @@ pub struct DeviceModel {
     /// Properties by name, in file order.
     #[serde(default)]
     pub properties: IndexMap<String, Property>,
+    /// Methods (commands the device runs, with typed inputs and outputs)
+    /// by name, in file order. OPC UA only.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub methods: IndexMap<String, Method>,
+}
+
+/// A method of a model: a command the device runs when called through the
+/// API (`POST /api/v1/devices/{id}/methods/{name}`), such as "reset the
+/// counters" or "start a batch", with typed inputs and outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Method {
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// What a call takes, in the order the device expects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Argument>,
+    /// What a call returns, in the order the device returns it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<Argument>,
+    /// Where the method lives on an OPC UA server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opcua: Option<OpcuaMethodBinding>,
+}
+
+/// One input or output of a [`Method`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Argument {
+    /// Its name: the key of the call's `inputs` and of the answer's
+    /// `outputs`.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: ValueType,
+    /// Engineering unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Lowest value a call may pass (inputs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Highest value a call may pass (inputs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+impl Argument {
+    /// Whether `v` lies outside `min`..`max`.
+    pub fn outside_limits(&self, v: f64) -> bool {
+        self.min.is_some_and(|min| v < min) || self.max.is_some_and(|max| v > max)
+    }
+}
+
+/// Where a method lives on an OPC UA server: the object it is called on and
+/// the method node. The DataType of each input is read from the method's
+/// `InputArguments` (default: Boolean, Int32, Double or String after the
+/// input's type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaMethodBinding {
+    /// The object the method is a component of, such as `ns=2;s=Boiler`.
+    pub object: NodeId,
+    /// The method node, such as `ns=2;s=Boiler.Reset`.
+    pub method: NodeId,
 }
 
 /// One property of a model.

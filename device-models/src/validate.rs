@@ -9,7 +9,7 @@
 //! - rules: CEL that parses, references to known devices and properties,
 //!   writes to writable properties within limits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -454,6 +454,73 @@ fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
                 file,
                 diags,
             );
+        }
+    }
+    check_methods(model, diags);
+}
+
+/// A model's methods: valid names, an OPC UA binding, and inputs and
+/// outputs that are named once each and limited only where numeric.
+fn check_methods(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
+    let file = &model.file;
+    for (name, method) in &model.value.methods {
+        if let Err(e) = check_name(name) {
+            diags.error(
+                file,
+                model.pos(&["methods", &format!("@{name}")]),
+                format!("method {e}"),
+            );
+        }
+        if method.opcua.is_none() {
+            diags.error(
+                file,
+                model.pos(&["methods", &format!("@{name}")]),
+                format!("method `{name}` needs an `opcua: {{object, method}}` binding: only OPC UA devices have methods"),
+            );
+        }
+        for (list, args) in [("inputs", &method.inputs), ("outputs", &method.outputs)] {
+            let mut seen = HashSet::new();
+            for (i, arg) in args.iter().enumerate() {
+                let index = i.to_string();
+                let at = |key: &str| model.pos(&["methods", name, list, &index, key]);
+                if let Err(e) = check_name(&arg.name) {
+                    diags.error(file, at("name"), format!("{} {e}", &list[..list.len() - 1]));
+                }
+                if !seen.insert(arg.name.as_str()) {
+                    diags.error(
+                        file,
+                        at("name"),
+                        format!("method `{name}` has two {list} named `{}`", arg.name),
+                    );
+                }
+                for (key, limit) in [("min", arg.min), ("max", arg.max)] {
+                    let Some(v) = limit else { continue };
+                    if list == "outputs" {
+                        diags.warning(
+                            file,
+                            at(key),
+                            format!("`{key}` limits what a call passes; outputs are not checked"),
+                        );
+                    } else if !arg.ty.is_numeric() {
+                        diags.error(
+                            file,
+                            at(key),
+                            format!("`{key}` applies to int and float inputs, not {}", arg.ty),
+                        );
+                    } else if !v.is_finite() {
+                        diags.error(file, at(key), format!("`{key}` must be a finite number"));
+                    }
+                }
+                if let (Some(min), Some(max)) = (arg.min, arg.max)
+                    && min > max
+                {
+                    diags.error(
+                        file,
+                        at("min"),
+                        format!("min ({min}) is greater than max ({max})"),
+                    );
+                }
+            }
         }
     }
 }

@@ -659,3 +659,94 @@ fn a_document_in_the_wrong_folder_is_refused() {
         "a Device does not belong in this folder, which holds DeviceModel",
     );
 }
+
+/// BASE_MODEL with `methods` appended.
+fn with_methods(methods: &str) -> Report {
+    with(
+        &format!("{BASE_MODEL}methods:\n{methods}"),
+        BASE_DEVICE,
+        None,
+    )
+}
+
+const RESET: &str =
+    "  reset:\n    opcua: { object: \"ns=2;s=Boiler\", method: \"ns=2;s=Boiler.Reset\" }\n";
+
+#[test]
+fn a_clean_method_loads_with_its_inputs_and_outputs() {
+    let report = with_methods(&format!(
+        "{RESET}    inputs:\n      - {{ name: to, type: float, min: 0, max: 10 }}\n    outputs:\n      - {{ name: was, type: float, unit: kWh }}\n"
+    ));
+    assert!(report.diagnostics.is_empty(), "{:#?}", report.diagnostics);
+    let reset = &report.project.models["boiler"].value.methods["reset"];
+    assert_eq!(reset.inputs[0].name, "to");
+    assert_eq!(reset.outputs[0].unit.as_deref(), Some("kWh"));
+}
+
+#[test]
+fn a_method_needs_an_opcua_binding() {
+    let report = with_methods("  reset:\n    inputs: []\n");
+    one_error(
+        &report,
+        "model.yaml:14:3",
+        "needs an `opcua: {object, method}` binding",
+    );
+}
+
+#[test]
+fn a_method_binding_needs_valid_node_ids() {
+    let report =
+        with_methods("  reset:\n    opcua: { object: \"ns=2;q=x\", method: \"ns=2;s=M\" }\n");
+    assert!(report.errors > 0, "{:#?}", report.diagnostics);
+}
+
+#[test]
+fn a_method_name_must_be_valid() {
+    let report = with_methods(&RESET.replace("reset", "re set"));
+    one_error(&report, "model.yaml:14:3", "method the name `re set`");
+}
+
+#[test]
+fn method_inputs_are_named_once() {
+    let report = with_methods(&format!(
+        "{RESET}    inputs:\n      - {{ name: a, type: int }}\n      - {{ name: a, type: float }}\n"
+    ));
+    one_error(&report, "model.yaml:18:17", "two inputs named `a`");
+}
+
+#[test]
+fn limits_apply_to_numeric_inputs_only() {
+    let report = with_methods(&format!(
+        "{RESET}    inputs:\n      - {{ name: s, type: string, max: 3 }}\n"
+    ));
+    one_error(
+        &report,
+        "model.yaml:17:39",
+        "`max` applies to int and float inputs",
+    );
+    let report = with_methods(&format!(
+        "{RESET}    inputs:\n      - {{ name: n, type: int, min: 5, max: 1 }}\n"
+    ));
+    one_error(
+        &report,
+        "model.yaml:17:36",
+        "min (5) is greater than max (1)",
+    );
+}
+
+#[test]
+fn limits_on_outputs_are_a_warning() {
+    let report = with_methods(&format!(
+        "{RESET}    outputs:\n      - {{ name: n, type: int, max: 1 }}\n"
+    ));
+    assert_eq!(report.errors, 0, "{:#?}", report.diagnostics);
+    assert!(
+        report
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Warning
+                && d.message.contains("outputs are not checked")),
+        "{:#?}",
+        report.diagnostics
+    );
+}

@@ -12,6 +12,15 @@
 //! or X.509 certificate). It trusts
 //! every client certificate (it is a simulator); its own certificate is
 //! created under its `pki` folder on first start, at `own/cert.der`.
+//!
+//! Methods ([`UaMethod`]) are served as components of their object, with
+//! `InputArguments` and `OutputArguments` properties. A call checks the
+//! count and the DataType of each input as a strict server does
+//! (Bad_ArgumentsMissing, Bad_TooManyArguments, Bad_TypeMismatch), is
+//! recorded ([`UaSim::calls`]) and answered by the handler a test set
+//! ([`UaSim::on_call`]), else by echoing: output *i* is input *i*
+//! converted to the output's type where there is one, else the number of
+//! calls so far.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -22,11 +31,13 @@ use ferrite_models::Value;
 use ferrite_models::model::{UaDataType, ValueType};
 use ferrite_models::ua::{from_variant, to_variant};
 use opcua::crypto::SecurityPolicy;
-use opcua::nodes::{AccessLevel, VariableBuilder};
+use opcua::nodes::{AccessLevel, MethodBuilder, ObjectBuilder, VariableBuilder};
 use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager};
 use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerHandle, ServerUserToken};
-use opcua::types::{DataValue, MessageSecurityMode, NodeId, ObjectId, StatusCode, Variant};
+use opcua::types::{
+    Argument, DataValue, MessageSecurityMode, NodeId, ObjectId, StatusCode, Variant,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -47,8 +58,38 @@ pub struct UaNode {
     pub initial: Value,
 }
 
-/// How a [`UaSim`] is set up.
+/// One method the server offers.
 #[derive(Debug, Clone)]
+pub struct UaMethod {
+    /// The object it is a component of (created in namespace 2 and up
+    /// when it does not exist; `i=85`, the Objects folder, always does).
+    pub object: NodeId,
+    /// The method node, in namespace 2 or above.
+    pub id: NodeId,
+    /// Its browse and display name.
+    pub name: String,
+    /// What it takes.
+    pub inputs: Vec<UaArgument>,
+    /// What it returns.
+    pub outputs: Vec<UaArgument>,
+}
+
+/// One input or output of a [`UaMethod`].
+#[derive(Debug, Clone)]
+pub struct UaArgument {
+    /// Its name.
+    pub name: String,
+    /// Its DataType on the wire.
+    pub datatype: UaDataType,
+    /// The type handlers see it as.
+    pub ty: ValueType,
+}
+
+/// What a method does: from its inputs to its outputs, or a refusal.
+pub type MethodHandler = Arc<dyn Fn(&[Value]) -> Result<Vec<Value>, StatusCode> + Send + Sync>;
+
+/// How a [`UaSim`] is set up.
+#[derive(Debug, Clone, Default)]
 pub struct UaSimOptions {
     /// The endpoint path, such as `/ferrite`.
     pub path: String,
@@ -56,6 +97,8 @@ pub struct UaSimOptions {
     pub pki_dir: PathBuf,
     /// Users it accepts, besides anonymous.
     pub users: Vec<UaUser>,
+    /// Methods it offers.
+    pub methods: Vec<UaMethod>,
 }
 
 /// A user the server accepts: by password, or by X.509 certificate.
@@ -101,6 +144,10 @@ pub struct UaSim {
     /// Position of each node in `nodes`.
     index: HashMap<NodeId, usize>,
     running: Mutex<Option<ServerTasks>>,
+    /// Handlers set by [`UaSim::on_call`], by method node.
+    handlers: Arc<Mutex<HashMap<NodeId, MethodHandler>>>,
+    /// The inputs of every call, by method node.
+    calls: Arc<Mutex<HashMap<NodeId, Vec<Vec<Value>>>>>,
 }
 
 struct ServerTasks {
@@ -132,6 +179,8 @@ impl UaSim {
             nodes,
             index,
             running: Mutex::new(None),
+            handlers: Arc::default(),
+            calls: Arc::default(),
         };
         sim.serve(listener)?;
         Ok(sim)
@@ -176,16 +225,8 @@ impl UaSim {
             let Some(nm) = managers.get(&node.id.namespace) else {
                 continue;
             };
-            let folder = NodeId::new(node.id.namespace, "Ferrite");
             let mut space = nm.address_space().write();
-            if !space.node_exists(&folder) {
-                space.add_folder(
-                    &folder,
-                    "Ferrite",
-                    "Ferrite",
-                    &ObjectId::ObjectsFolder.into(),
-                );
-            }
+            let folder = ferrite_folder(&mut space, node.id.namespace);
             let initial = to_variant(&node.initial, node.datatype).unwrap_or(Variant::Empty);
             let access = access(node.writable);
             VariableBuilder::new(&node.id, node.name.as_str(), node.name.as_str())
@@ -195,6 +236,16 @@ impl UaSim {
                 .user_access_level(access)
                 .organized_by(folder)
                 .insert(&mut *space);
+        }
+        for method in &self.options.methods {
+            let Some(nm) = managers.get(&method.id.namespace) else {
+                tracing::warn!(
+                    "sim serves methods in namespaces 2 and up, not {}",
+                    method.id
+                );
+                continue;
+            };
+            self.add_method(nm, method);
         }
         let task = tokio::spawn(async move {
             if let Err(e) = server.run_with(listener).await {
@@ -209,9 +260,75 @@ impl UaSim {
         Ok(())
     }
 
-    /// Namespace indexes the nodes use, 2 and up.
+    /// Puts `method` (and its object, where it is missing) in the address
+    /// space, and answers its calls.
+    fn add_method(&self, nm: &SimpleNodeManager, method: &UaMethod) {
+        let arguments = |list: &[UaArgument]| -> Vec<Argument> {
+            list.iter()
+                .map(|a| (a.name.as_str(), a.datatype.id()).into())
+                .collect()
+        };
+        let property_id = |what: &str| {
+            NodeId::new(
+                method.id.namespace,
+                format!("{}.{what}", method.id.identifier),
+            )
+        };
+        {
+            let mut space = nm.address_space().write();
+            if !space.node_exists(&method.object) && method.object.namespace >= 2 {
+                let folder = ferrite_folder(&mut space, method.object.namespace);
+                let name = method.object.identifier.to_string();
+                ObjectBuilder::new(&method.object, name.as_str(), name.as_str())
+                    .organized_by(folder)
+                    .insert(&mut *space);
+            }
+            let mut builder =
+                MethodBuilder::new(&method.id, method.name.as_str(), method.name.as_str())
+                    .component_of(method.object.clone())
+                    .executable(true)
+                    .user_executable(true);
+            if !method.inputs.is_empty() {
+                let id = property_id("InputArguments");
+                builder = builder.input_args(&mut *space, &id, &arguments(&method.inputs));
+            }
+            if !method.outputs.is_empty() {
+                let id = property_id("OutputArguments");
+                builder = builder.output_args(&mut *space, &id, &arguments(&method.outputs));
+            }
+            builder.insert(&mut *space);
+        }
+        let (method_def, handlers, calls) =
+            (method.clone(), self.handlers.clone(), self.calls.clone());
+        nm.inner()
+            .add_method_callback(method.id.clone(), move |args| {
+                answer(&method_def, args, &handlers, &calls)
+            });
+    }
+
+    /// From now on, calls of `method` are answered by `handler`.
+    pub fn on_call(
+        &self,
+        method: &NodeId,
+        handler: impl Fn(&[Value]) -> Result<Vec<Value>, StatusCode> + Send + Sync + 'static,
+    ) {
+        lock(&self.handlers).insert(method.clone(), Arc::new(handler));
+    }
+
+    /// The inputs of every call of `method` so far, oldest first.
+    pub fn calls(&self, method: &NodeId) -> Vec<Vec<Value>> {
+        lock(&self.calls).get(method).cloned().unwrap_or_default()
+    }
+
+    /// Namespace indexes the nodes and methods use, 2 and up.
     fn namespaces(&self) -> Vec<u16> {
-        let max = self.nodes.iter().map(|n| n.id.namespace).max().unwrap_or(2);
+        let max = self
+            .nodes
+            .iter()
+            .map(|n| n.id.namespace)
+            .chain(self.options.methods.iter().map(|m| m.id.namespace))
+            .max()
+            .unwrap_or(2);
         (2..=max.max(2)).collect()
     }
 
@@ -368,6 +485,94 @@ impl UaSim {
         let listener = TcpListener::bind(self.addr).await?;
         self.serve(listener)
     }
+}
+
+/// The `Objects/Ferrite` folder of namespace `ns`, made if missing.
+fn ferrite_folder(space: &mut opcua::server::address_space::AddressSpace, ns: u16) -> NodeId {
+    let folder = NodeId::new(ns, "Ferrite");
+    if !space.node_exists(&folder) {
+        space.add_folder(
+            &folder,
+            "Ferrite",
+            "Ferrite",
+            &ObjectId::ObjectsFolder.into(),
+        );
+    }
+    folder
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Answers a call of `method`, as a strict server would.
+fn answer(
+    method: &UaMethod,
+    args: &[Variant],
+    handlers: &Mutex<HashMap<NodeId, MethodHandler>>,
+    calls: &Mutex<HashMap<NodeId, Vec<Vec<Value>>>>,
+) -> Result<Vec<Variant>, StatusCode> {
+    if args.len() < method.inputs.len() {
+        return Err(StatusCode::BadArgumentsMissing);
+    }
+    if args.len() > method.inputs.len() {
+        return Err(StatusCode::BadTooManyArguments);
+    }
+    let mut inputs = Vec::with_capacity(args.len());
+    for (arg, declared) in args.iter().zip(&method.inputs) {
+        // The variant must be of the declared DataType, not merely
+        // convertible to it.
+        let value = from_variant(arg, declared.ty).map_err(|_| StatusCode::BadTypeMismatch)?;
+        let expected =
+            to_variant(&value, declared.datatype).map_err(|_| StatusCode::BadTypeMismatch)?;
+        if std::mem::discriminant(arg) != std::mem::discriminant(&expected) {
+            return Err(StatusCode::BadTypeMismatch);
+        }
+        inputs.push(value);
+    }
+    let count = {
+        let mut calls = lock(calls);
+        let seen = calls.entry(method.id.clone()).or_default();
+        seen.push(inputs.clone());
+        seen.len()
+    };
+    let handler = lock(handlers).get(&method.id).cloned();
+    let outputs = match handler {
+        Some(handler) => handler(&inputs)?,
+        None => method
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, out)| {
+                inputs
+                    .get(i)
+                    .and_then(|v| convert(v, out.ty))
+                    .unwrap_or_else(|| {
+                        convert(&Value::Int(count as i64), out.ty).unwrap_or(Value::Int(0))
+                    })
+            })
+            .collect(),
+    };
+    method
+        .outputs
+        .iter()
+        .zip(&outputs)
+        .map(|(out, v)| to_variant(v, out.datatype).map_err(|_| StatusCode::BadInternalError))
+        .collect()
+}
+
+/// `v` as a value of type `ty`, where that makes sense.
+fn convert(v: &Value, ty: ValueType) -> Option<Value> {
+    Some(match (v, ty) {
+        (Value::String(s), ValueType::String) => Value::String(s.clone()),
+        (v, ValueType::String) => Value::String(v.to_string()),
+        (Value::Bool(b), ValueType::Bool) => Value::Bool(*b),
+        (Value::Bool(b), ValueType::Int) => Value::Int(i64::from(*b)),
+        (Value::Int(i), ValueType::Bool) => Value::Bool(*i != 0),
+        (v, ValueType::Int) => Value::Int(ferrite_models::value::whole_number(v.as_f64()?)?),
+        (v, ValueType::Float) => Value::Float(v.as_f64()?),
+        _ => return None,
+    })
 }
 
 /// Read, and write when `writable`.

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bank::Endpoint;
 use crate::mqtt_publisher::{MqttSim, SimMqtt};
-use crate::opcua_server::{UaNode, UaSim, UaSimOptions, UaUser};
+use crate::opcua_server::{UaArgument, UaMethod, UaNode, UaSim, UaSimOptions, UaUser};
 use crate::server::{RtuSim, TcpFraming, TcpSim};
 use crate::waves::Wave;
 
@@ -367,6 +367,42 @@ pub fn ua_nodes(project: &Project, device: &str) -> Vec<UaNode> {
     nodes
 }
 
+/// The OPC UA methods one device's model declares, each input and output
+/// of the default DataType for its type.
+pub fn ua_methods(project: &Project, device: &str) -> Vec<UaMethod> {
+    let Some(model) = project
+        .devices
+        .get(device)
+        .and_then(|d| project.models.get(&d.value.model))
+    else {
+        return Vec::new();
+    };
+    let arguments = |list: &[ferrite_models::model::Argument]| {
+        list.iter()
+            .map(|a| UaArgument {
+                name: a.name.clone(),
+                datatype: UaDataType::default_for(a.ty),
+                ty: a.ty,
+            })
+            .collect()
+    };
+    model
+        .value
+        .methods
+        .iter()
+        .filter_map(|(name, m)| {
+            let b = m.opcua.as_ref()?;
+            Some(UaMethod {
+                object: UaNodeId::from_str(&b.object.0).ok()?,
+                id: UaNodeId::from_str(&b.method.0).ok()?,
+                name: name.clone(),
+                inputs: arguments(&m.inputs),
+                outputs: arguments(&m.outputs),
+            })
+        })
+        .collect()
+}
+
 /// Splits `opc.tcp://host:port/path` into an address and a path.
 pub fn split_endpoint(url: &str) -> std::io::Result<(SocketAddr, String)> {
     let bad = || std::io::Error::other(format!("cannot serve endpoint {url}"));
@@ -407,10 +443,19 @@ async fn start_opcua(
             .map(|n| (n, ua_nodes(project, n)))
             .collect();
         let nodes = per_device.iter().flat_map(|(_, n)| n.clone()).collect();
+        let mut methods: Vec<UaMethod> = Vec::new();
+        for (name, _) in &per_device {
+            for m in ua_methods(project, name) {
+                if !methods.iter().any(|known| known.id == m.id) {
+                    methods.push(m);
+                }
+            }
+        }
         let options = UaSimOptions {
             path,
             pki_dir: pki.clone(),
             users: users.clone(),
+            methods,
         };
         let server = Arc::new(UaSim::start(addr, nodes, options).await?);
         for (name, nodes) in per_device {

@@ -74,6 +74,7 @@ async fn main() {
         path: "/bench".into(),
         pki_dir: root.join("sim-pki"),
         users: Vec::new(),
+        methods: Vec::new(),
     };
     let sim = Arc::new(
         UaSim::start("127.0.0.1:0".parse().expect("addr"), sim_nodes, options)

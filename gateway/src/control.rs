@@ -4,12 +4,14 @@
 //! checked the same way against the model's type, access and limits, refused
 //! while another rule holds the property, and recorded in the audit log:
 //! who, what, when, the old value and the new one, and how it ended.
+//! Method calls come through [`Control::call`]: inputs checked against the
+//! model's method, and each call audited with its inputs and outputs.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use ferrite_models::value::{Value, WriteCheckError, check_write};
+use ferrite_models::value::{CallCheckError, Value, WriteCheckError, check_inputs, check_write};
 use serde_json::json;
 
 use crate::journal::Journal;
@@ -103,16 +105,67 @@ impl WriteError {
             WriteError::Check(WriteCheckError::OutOfRange { .. }) => "out_of_range",
             WriteError::Held { .. } => "held_by_rule",
             WriteError::NoDriver(_) => "no_driver",
-            WriteError::Driver(DriverError::Refused(_)) => "device_refused",
-            WriteError::Driver(DriverError::Denied(_)) => "device_denied",
-            WriteError::Driver(DriverError::Rejected(_)) => "device_rejected",
-            WriteError::Driver(DriverError::Unreachable(_)) => "device_unreachable",
-            WriteError::Driver(DriverError::Timeout(_)) => "device_timeout",
-            WriteError::Driver(DriverError::Encode(_)) => "out_of_range",
-            WriteError::Driver(DriverError::Stopped) => "shutting_down",
+            WriteError::Driver(e) => driver_code(e),
         }
     }
 }
+
+/// The code of a device failure, for the audit log and the API.
+fn driver_code(e: &DriverError) -> &'static str {
+    match e {
+        DriverError::Refused(_) => "device_refused",
+        DriverError::Denied(_) => "device_denied",
+        DriverError::Rejected(_) => "device_rejected",
+        DriverError::Unreachable(_) => "device_unreachable",
+        DriverError::Timeout(_) => "device_timeout",
+        DriverError::Encode(_) => "out_of_range",
+        DriverError::Stopped => "shutting_down",
+    }
+}
+
+/// Why a method call did not happen.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// No such device.
+    #[error("no device `{0}`")]
+    NoDevice(String),
+    /// The device's model has no such method.
+    #[error("device `{device}` has no method `{method}`")]
+    NoMethod {
+        /// Device.
+        device: String,
+        /// Method.
+        method: String,
+    },
+    /// The inputs failed the model's checks.
+    #[error(transparent)]
+    Check(#[from] CallCheckError),
+    /// No driver serves the device in this build.
+    #[error("no driver serves `{0}` in this build")]
+    NoDriver(String),
+    /// The device or its link failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
+
+impl CallError {
+    /// A short code for the audit log and the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::NoDevice(_) => "unknown_device",
+            CallError::NoMethod { .. } => "unknown_method",
+            CallError::Check(CallCheckError::UnknownInput { .. }) => "unknown_input",
+            CallError::Check(CallCheckError::MissingInput { .. }) => "missing_input",
+            CallError::Check(CallCheckError::WrongType { .. }) => "wrong_type",
+            CallError::Check(CallCheckError::OutOfRange { .. }) => "out_of_range",
+            CallError::NoDriver(_) => "no_driver",
+            CallError::Driver(e) => driver_code(e),
+        }
+    }
+}
+
+/// A method's outputs by name, in declared order.
+pub type Outputs = serde_json::Map<String, serde_json::Value>;
 
 /// Properties that active rules hold: `(device, property)` → rule.
 #[derive(Debug, Default)]
@@ -249,7 +302,7 @@ impl Control {
             Ok((_, Written::Sent)) => ("sent", None),
             Err(e) => (e.code(), Some(e.to_string())),
         };
-        let mut entry = json!({
+        let entry = json!({
             "who": actor.to_string(),
             "device": device,
             "property": property,
@@ -258,16 +311,88 @@ impl Control {
             "result": outcome,
             "message": message,
         });
+        self.audit(actor, entry).await;
+        result
+    }
+
+    /// Records `entry` in the audit log, with the API client's address,
+    /// durably before the caller hears of it: a write or call that was
+    /// answered is in the audit log, whatever happens next.
+    async fn audit(&self, actor: &Actor, mut entry: serde_json::Value) {
         if let Actor::Api {
             peer: Some(peer), ..
         } = actor
         {
             entry["peer"] = json!(peer.to_string());
         }
-        // Durable before the caller hears of it: a write that was answered
-        // is in the audit log, whatever happens next.
         self.journal.record_durably(Log::Audit, &entry).await;
+    }
+
+    /// Checks `inputs` against `device`'s method `method` and calls it.
+    /// Every call of a known method lands in the audit log, with its
+    /// inputs, outputs and outcome, before the caller hears of it.
+    pub async fn call(
+        &self,
+        actor: &Actor,
+        device: &str,
+        method: &str,
+        inputs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Outputs, CallError> {
+        let project = self.running.project();
+        let Some(located) = project.devices.get(device) else {
+            return Err(CallError::NoDevice(device.into()));
+        };
+        let Some(declared) = project
+            .models
+            .get(&located.value.model)
+            .and_then(|m| m.value.methods.get(method))
+        else {
+            return Err(CallError::NoMethod {
+                device: device.into(),
+                method: method.into(),
+            });
+        };
+        let result = self
+            .attempt_call(actor, device, method, declared, inputs)
+            .await;
+        let (outcome, message) = match &result {
+            Ok(_) => ("ok", None),
+            Err(e) => (e.code(), Some(e.to_string())),
+        };
+        let entry = json!({
+            "who": actor.to_string(),
+            "device": device,
+            "method": method,
+            "inputs": inputs,
+            "outputs": result.as_ref().ok(),
+            "result": outcome,
+            "message": message,
+        });
+        self.audit(actor, entry).await;
         result
+    }
+
+    async fn attempt_call(
+        &self,
+        actor: &Actor,
+        device: &str,
+        method: &str,
+        declared: &ferrite_models::model::Method,
+        inputs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Outputs, CallError> {
+        let values = check_inputs(method, declared, inputs)?;
+        let writer = self
+            .writers
+            .get(device)
+            .ok_or_else(|| CallError::NoDriver(device.into()))?;
+        tracing::info!(who = %actor, device, method, "call");
+        let outputs = writer.call(method, values).await?;
+        Ok(declared
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(arg, value)| (arg.name.clone(), json!(value)))
+            .collect())
     }
 
     async fn attempt(

@@ -163,6 +163,8 @@ pub async fn run(
          Try a write (the setpoint accepts 20..90; while boiler-overheat is active it\n\
          holds the setpoint and refuses this with 409):\n  \
          curl -X PUT -H 'content-type: application/json' -d '{{\"value\": 55.5}}' {base}/api/v1/devices/boiler-1/properties/setpoint\n\n\
+         Call a method (an OPC UA method of line-1, its inputs checked against the model):\n  \
+         curl -X POST -H 'content-type: application/json' -d '{{\"inputs\": {{\"batch\": \"B-7\", \"parts\": 250}}}}' {base}/api/v1/devices/line-1/methods/start_batch\n\n\
          Simulated: boiler-1 and meter-1 on Modbus TCP 127.0.0.1:5020 (units 1 and 2),\n\
          line-1 on OPC UA opc.tcp://127.0.0.1:4840/ferrite,\n\
          env-1 (JSON) and tank-1 (Sparkplug B) publish to the embedded broker mqtt://127.0.0.1:1883:\n  \

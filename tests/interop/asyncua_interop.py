@@ -15,7 +15,9 @@ devices on it:
   hang).
 
 It checks reads of every type, server-side changes arriving, writes landing in
-asyncua's address space with the node's own type, refusals; that changes made
+asyncua's address space with the node's own type, refusals; a method call
+(Plant.Dose) with its inputs in asyncua's declared types, its outputs, and
+its refusals; that changes made
 while `behind`'s link is silent are all stored once it returns, or reported by
 an `opcua_data_may_be_missing` event when asyncua dropped the subscription;
 and recovery after the server is stopped and started again.
@@ -64,7 +66,34 @@ def model(ns):
             f'opcua: {{ node: "ns={ns};s=Plant.{name}", datatype: {datatype} }} }}'
         )
     lines.append(f'  missing: {{ type: int, opcua: {{ node: "ns={ns};s=Plant.Nowhere" }} }}')
+    lines += [
+        "methods:",
+        "  dose:",
+        f'    opcua: {{ object: "ns={ns};s=Plant", method: "ns={ns};s=Plant.Dose" }}',
+        "    inputs:",
+        "      - { name: amount, type: float, min: 0, max: 100 }",
+        "      - { name: pump, type: int }",
+        "    outputs:",
+        "      - { name: delivered, type: float }",
+        "      - { name: label, type: string }",
+    ]
     return "\n".join(lines) + "\n"
+
+
+# Every call of Plant.Dose: (amount, its VariantType, pump, its VariantType).
+DOSED = []
+
+
+async def dose(parent, amount, pump):
+    """Plant.Dose(amount: Double, pump: UInt16) -> (delivered: Double,
+    label: String); pump 0 is refused with Bad_InvalidArgument."""
+    DOSED.append((amount.Value, amount.VariantType, pump.Value, pump.VariantType))
+    if pump.Value == 0:
+        return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
+    return [
+        ua.Variant(amount.Value * 2, ua.VariantType.Double),
+        ua.Variant(f"pump {pump.Value}", ua.VariantType.String),
+    ]
 
 
 class Operators(UserManager):
@@ -100,6 +129,11 @@ async def make_server(port, cert, key):
         var = await plant.add_variable(ua.NodeId(f"Plant.{name}", ns), name, ua.Variant(initial, vtype))
         await var.set_writable()
         variables[name] = var
+    await plant.add_method(
+        ua.NodeId("Plant.Dose", ns), "Dose", dose,
+        [ua.VariantType.Double, ua.VariantType.UInt16],
+        [ua.VariantType.Double, ua.VariantType.String],
+    )
     return server, ns, variables
 
 
@@ -253,6 +287,36 @@ async def main():
         checks.check("256 for a Byte node is refused with 400", code == 400, (code, body))
         value = await variables["Octet"].read_value()
         checks.check("and never reaches the server", value == 17, value)
+
+        # Methods: Plant.Dose called through the API, each input sent in
+        # the type asyncua declares in the method's InputArguments.
+        for name in ("plain", "secure"):
+            before = len(DOSED)
+            code, body = await asyncio.to_thread(
+                http, "POST", f"{base}/{name}/methods/dose", {"inputs": {"amount": 12.5, "pump": 3}})
+            checks.check(
+                f"{name}: method call answers with its outputs",
+                code == 200 and body.get("outputs") == {"delivered": 25.0, "label": "pump 3"},
+                (code, body),
+            )
+            checks.check(
+                f"{name}: asyncua got the inputs as Double and UInt16",
+                DOSED[before:] == [(12.5, ua.VariantType.Double, 3, ua.VariantType.UInt16)],
+                DOSED[before:],
+            )
+        code, body = await asyncio.to_thread(
+            http, "POST", f"{base}/plain/methods/dose", {"inputs": {"amount": 1, "pump": 0}})
+        checks.check(
+            "a call asyncua refuses is a 400 device_rejected",
+            code == 400 and body.get("error", {}).get("code") == "device_rejected", (code, body))
+        before = len(DOSED)
+        code, body = await asyncio.to_thread(
+            http, "POST", f"{base}/plain/methods/dose", {"inputs": {"amount": 500, "pump": 1}})
+        checks.check(
+            "an input over the model's max is refused with 400 and never reaches asyncua",
+            code == 400 and body.get("error", {}).get("code") == "out_of_range" and len(DOSED) == before,
+            (code, body, DOSED[before:]),
+        )
 
         # The link to `behind` goes silent for 10 s while Real changes 40
         # times; the gateway notices, shows it offline, and when the link is

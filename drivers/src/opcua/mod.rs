@@ -11,6 +11,7 @@
 //!   (TransferSubscriptions, Republish of what never arrived, the current
 //!   values sent again), and each subscription's callback, which follows
 //!   the notifications' sequence numbers.
+//! - `methods`: the model's methods, called with the Call service.
 //! - `status`: OPC UA status codes mapped onto [`DriverError`]s, and so onto
 //!   the REST API's errors.
 //! - here: the devices as the driver sees them, and writes.
@@ -22,6 +23,7 @@
 //! restarted), or when the session cannot go on.
 
 mod connect;
+mod methods;
 mod resume;
 mod session;
 mod status;
@@ -74,6 +76,7 @@ struct Device {
     poll: Duration,
     timeout: Duration,
     points: Vec<Point>,
+    methods: Vec<methods::MethodPoint>,
 }
 
 impl Device {
@@ -155,6 +158,7 @@ fn device_of(entry: &ferrite_core::driver::DeviceEntry<'_>) -> Option<Device> {
         poll: d.poll(),
         timeout: d.timeout(),
         points,
+        methods: methods::methods_of(entry.model),
     })
 }
 
@@ -209,6 +213,7 @@ impl Driver for OpcuaDriver {
             device,
             link: seen,
             output: ctx.urgent.clone(),
+            input_types: methods::InputTypes::default(),
         }))
     }
 }
@@ -275,6 +280,7 @@ struct OpcuaWriter {
     device: Arc<Device>,
     link: watch::Receiver<Link>,
     output: mpsc::Sender<Update>,
+    input_types: methods::InputTypes,
 }
 
 impl OpcuaWriter {
@@ -356,6 +362,30 @@ impl DeviceWriter for OpcuaWriter {
         Box::pin(async move {
             let (index, sample, ts) = self.write_value(property, value).await?;
             show_written_at(&self.output, self.device.index, index, sample, ts).await
+        })
+    }
+
+    fn call<'a>(
+        &'a self,
+        method: &'a str,
+        inputs: Vec<Value>,
+    ) -> BoxFuture<'a, Result<Vec<Value>, DriverError>> {
+        Box::pin(async move {
+            let connected = self
+                .link
+                .borrow()
+                .clone()
+                .map_err(DriverError::Unreachable)?;
+            let device = &self.device;
+            methods::call(
+                &device.methods,
+                &self.input_types,
+                &connected.session,
+                device.timeout,
+                method,
+                inputs,
+            )
+            .await
         })
     }
 }

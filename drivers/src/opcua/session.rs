@@ -526,7 +526,7 @@ impl OpenSession<'_> {
                 _ = tick.tick(), if polling && down.is_none() => {
                     let started = Instant::now();
                     let polled = poll_once(device, &session, &bad).await;
-                    let ok = polled.as_ref().is_ok_and(|p| p.iter().all(|(_, r)| r.is_ok()));
+                    let ok = polled.as_ref().is_ok_and(|p| p.iter().all(|(_, r, _)| r.is_ok()));
                     meter.poll(started.elapsed(), ok);
                     vec![polled_update(device, &mut health, &bad, polled?)]
                 }
@@ -756,11 +756,14 @@ async fn read_all(
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let read = read_attribute(chunk, attribute);
-        let values = status::within(
-            device.timeout,
-            session.read(&read, TimestampsToReturn::Neither, 0.0),
-        )
-        .await?;
+        // Values carry their times (see `Polled`); other attributes have
+        // none.
+        let timestamps = if attribute == AttributeId::Value {
+            TimestampsToReturn::Both
+        } else {
+            TimestampsToReturn::Neither
+        };
+        let values = status::within(device.timeout, session.read(&read, timestamps, 0.0)).await?;
         // Values are matched to nodes by position: a short (or long) answer
         // would give values to the wrong properties.
         if values.len() != chunk.len() {
@@ -1050,22 +1053,36 @@ fn polled_update(
     device: &Device,
     health: &mut Health,
     bad: &BTreeMap<u16, String>,
-    polled: Vec<(u16, Result<ferrite_models::Value, String>)>,
+    polled: Vec<Polled>,
 ) -> Update {
     let mut status_bad = bad.clone();
+    let mut stamps = Vec::with_capacity(polled.len());
     let samples = polled
         .into_iter()
-        .map(|(i, r)| classify(i, r, &mut status_bad))
+        .map(|(i, r, ts)| {
+            stamps.push(ts);
+            classify(i, r, &mut status_bad)
+        })
         .collect();
-    health.update(device, &status_bad, samples)
+    let mut update = health.update(device, &status_bad, samples);
+    // The samples of a status change that follow have no stamp of their
+    // own: they take the update's time.
+    update.stamps = stamps;
+    update
 }
+
+/// One point's value from a Read, stamped by the device's `timestamps`
+/// policy, as subscriptions and write read-backs are (one clock for all:
+/// a Read answered just after a write must not outdate the write's
+/// read-back by being stamped on another clock).
+type Polled = (u16, Result<ferrite_models::Value, String>, Micros);
 
 /// One batched Read of every readable point.
 async fn poll_once(
     device: &Device,
     session: &opcua::client::Session,
     bad: &BTreeMap<u16, String>,
-) -> Result<Vec<(u16, Result<ferrite_models::Value, String>)>, Failure> {
+) -> Result<Vec<Polled>, Failure> {
     let points: Vec<(&Point, &opcua::types::NodeId)> = device
         .points
         .iter()
@@ -1076,10 +1093,12 @@ async fn poll_once(
     let values = read_all(device, session, &ids, AttributeId::Value)
         .await
         .map_err(|e| Failure::offline(format!("polling: {e}")))?;
+    let now = now();
+    let policy = device.settings.timestamps;
     Ok(points
         .iter()
         .zip(values)
-        .map(|((p, _), dv)| (p.index, sample_of(p, &dv)))
+        .map(|((p, _), dv)| (p.index, sample_of(p, &dv), super::stamp(policy, &dv, now)))
         .collect())
 }
 

@@ -18,14 +18,18 @@ pub(super) fn error(code: StatusCode) -> DriverError {
         | StatusCode::BadNotReadable
         | StatusCode::BadSecurityModeInsufficient
         | StatusCode::BadIdentityTokenRejected
-        | StatusCode::BadIdentityTokenInvalid => DriverError::Denied(text),
+        | StatusCode::BadIdentityTokenInvalid
+        | StatusCode::BadNotExecutable => DriverError::Denied(text),
         StatusCode::BadOutOfRange
         | StatusCode::BadTypeMismatch
         | StatusCode::BadDataEncodingInvalid
         | StatusCode::BadDataEncodingUnsupported
         | StatusCode::BadIndexRangeInvalid
         | StatusCode::BadIndexRangeNoData
-        | StatusCode::BadWriteNotSupported => DriverError::Rejected(text),
+        | StatusCode::BadWriteNotSupported
+        | StatusCode::BadInvalidArgument
+        | StatusCode::BadArgumentsMissing
+        | StatusCode::BadTooManyArguments => DriverError::Rejected(text),
         StatusCode::BadTimeout | StatusCode::BadRequestTimeout => {
             DriverError::Timeout(Duration::ZERO)
         }

@@ -5,7 +5,8 @@
 //!   of a file holding it (`token_file`, hashed as it is read). A presented
 //!   token is hashed and compared in constant time against every one.
 //! - Roles: `read` may GET; `write` may also write device properties
-//!   ([`WRITE_PATH`]); `admin` may do everything else (rules, config).
+//!   ([`WRITE_PATH`]) and call device methods ([`CALL_PATH`]); `admin` may
+//!   do everything else (rules, config).
 //! - Without tokens there is no authentication, and the gateway refuses to
 //!   serve anything but loopback (`runtime`, `ferrite check`).
 //!
@@ -21,8 +22,11 @@ pub use ferrite_models::tokens::{Principal, TokenError, Tokens, sha256_hex};
 /// The one route that the `write` role opens, for PUT.
 pub const WRITE_PATH: &str = "/api/v1/devices/{id}/properties/{name}";
 
+/// The one route that the `write` role opens for POST: a method call.
+pub const CALL_PATH: &str = "/api/v1/devices/{id}/methods/{name}";
+
 /// The role a call needs: GET (and HEAD) read; a PUT on [`WRITE_PATH`]
-/// writes; anything else changes the gateway itself, and `/api/v1/debug/`
+/// and a POST on [`CALL_PATH`] write; anything else changes the gateway itself, and `/api/v1/debug/`
 /// (profiles) is for admins too.
 pub fn required_role(method: &Method, route: Option<&str>) -> Role {
     if route.is_some_and(|r| r.starts_with("/api/v1/debug/")) {
@@ -30,7 +34,9 @@ pub fn required_role(method: &Method, route: Option<&str>) -> Role {
         Role::Admin
     } else if method == Method::GET || method == Method::HEAD {
         Role::Read
-    } else if method == Method::PUT && route == Some(WRITE_PATH) {
+    } else if (method == Method::PUT && route == Some(WRITE_PATH))
+        || (method == Method::POST && route == Some(CALL_PATH))
+    {
         Role::Write
     } else {
         Role::Admin
@@ -69,6 +75,8 @@ mod tests {
             Role::Admin
         );
         assert_eq!(required_role(&Method::POST, Some(WRITE_PATH)), Role::Admin);
+        assert_eq!(required_role(&Method::POST, Some(CALL_PATH)), Role::Write);
+        assert_eq!(required_role(&Method::PUT, Some(CALL_PATH)), Role::Admin);
         assert_eq!(required_role(&Method::DELETE, None), Role::Admin);
         assert_eq!(
             required_role(&Method::GET, Some("/api/v1/debug/memory")),

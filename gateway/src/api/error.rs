@@ -140,6 +140,23 @@ impl From<crate::control::WriteError> for ApiError {
     }
 }
 
+impl From<crate::control::CallError> for ApiError {
+    fn from(e: crate::control::CallError) -> Self {
+        use crate::control::CallError;
+        match e {
+            CallError::NoDevice(d) => Self::no_device(&d),
+            e @ CallError::NoMethod { .. } => {
+                Self::new(StatusCode::NOT_FOUND, e.code(), e.to_string())
+            }
+            e @ CallError::Check(_) => Self::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
+            CallError::Driver(e) => e.into(),
+            e @ CallError::NoDriver(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+            }
+        }
+    }
+}
+
 /// A blocking task that panicked or was cancelled.
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {

@@ -5,6 +5,7 @@
 //! - served by `ferrite_sync::serve`: HTTP or HTTPS, the connection limit
 //!   and header timeouts.
 //! - `devices`: devices, properties, writes and history.
+//! - `methods`: calls of the methods a model declares.
 //! - `models`: the device models as loaded.
 //! - `config`: live configuration: the running version and its history,
 //!   rollback, and `PUT`/`DELETE` of models and devices (rules: `rules`).
@@ -34,6 +35,7 @@ mod dashboard;
 mod debug;
 mod devices;
 pub mod error;
+mod methods;
 mod models;
 pub mod observe;
 mod rules;
@@ -144,6 +146,7 @@ pub fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::Ope
         ))
         .routes(routes!(devices::property, devices::write))
         .routes(routes!(devices::history))
+        .routes(routes!(methods::call))
         .routes(routes!(models::list))
         .routes(routes!(
             models::one,

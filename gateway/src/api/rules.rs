@@ -175,7 +175,8 @@ pub struct JournalQuery {
 
 /// An event or audit entry. Events carry `kind`, `severity`, `message` and,
 /// from rules, `rule`; audit entries carry `who`, `device`, `property`,
-/// `old`, `new` and `result`.
+/// `old`, `new` and `result`, or for a method call `who`, `device`,
+/// `method`, `inputs`, `outputs` and `result`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JournalEntry {
     /// Sequence number, newest highest (page with `before`).
@@ -198,6 +199,14 @@ pub struct JournalEntry {
     pub device: Option<String>,
     /// The property written (audit).
     pub property: Option<String>,
+    /// The method called (audit of a call).
+    pub method: Option<String>,
+    /// The inputs of a call, by name (audit).
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<JsonValue>,
+    /// The outputs of a call, by name, when it succeeded (audit).
+    #[schema(value_type = Option<Object>)]
+    pub outputs: Option<JsonValue>,
     /// The value before (audit).
     #[schema(value_type = Option<serde_json::Value>)]
     pub old: Option<JsonValue>,
