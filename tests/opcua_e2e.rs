@@ -555,6 +555,78 @@ async fn changes_made_while_the_link_is_silent_are_all_stored_after_it_returns()
     rig.finish(gateway).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_the_journal_and_survive_a_silent_link() {
+    let (rig, proxy, gateway, api) =
+        behind_a_proxy(", events: { notifier: \"i=2253\", min_severity: 100 }", 0.0).await;
+    // The events item is created after the data items: wait until an
+    // event raised now is seen, then check what it carries.
+    let mut raised = Vec::new();
+    let seen = wait_until(WAIT, || {
+        raised.push(
+            rig.sim
+                .raise_event("Boiler", "too hot", 900)
+                .expect("raised"),
+        );
+        async { !events_of(&api, "opcua_event").await.is_empty() }
+    })
+    .await;
+    assert!(seen, "{}", api.get("/api/v1/events").await.1);
+    let first = events_of(&api, "opcua_event").await.pop().expect("one");
+    assert_eq!(first["device"], "d");
+    assert_eq!(first["severity"], "critical");
+    assert_eq!(first["message"], "too hot");
+    assert_eq!(first["details"]["source_name"], "Boiler");
+    assert_eq!(first["details"]["ua_severity"], 900);
+    assert_eq!(first["details"]["event_type"], "i=2041");
+    assert!(first["details"]["time"].is_string(), "{first}");
+    let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert!(
+        raised
+            .iter()
+            .any(|id| first["details"]["event_id"] == hex(id)),
+        "{first}"
+    );
+    // Below min_severity: left out.
+    rig.sim
+        .raise_event("Boiler", "just so", 50)
+        .expect("raised");
+    // The link goes silent; events raised meanwhile wait in the server's
+    // queue and arrive once it returns, each once.
+    let before = events_of(&api, "opcua_event").await.len();
+    proxy.stall(true);
+    let mut during = Vec::new();
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        during.push(hex(&rig
+            .sim
+            .raise_event("Pump", &format!("fault {i}"), 500)
+            .expect("raised")));
+    }
+    api.expect_status("d", "offline", WAIT).await;
+    proxy.stall(false);
+    api.expect_status("d", "online", Duration::from_secs(30))
+        .await;
+    let arrived = wait_until(WAIT, || async {
+        events_of(&api, "opcua_event").await.len() >= before + during.len()
+    })
+    .await;
+    let all = events_of(&api, "opcua_event").await;
+    assert!(arrived, "{all:?}");
+    let ids: Vec<&str> = all
+        .iter()
+        .filter_map(|e| e["details"]["event_id"].as_str())
+        .collect();
+    for id in &during {
+        assert_eq!(ids.iter().filter(|got| *got == id).count(), 1, "{all:?}");
+    }
+    assert!(all.iter().all(|e| e["message"] != "just so"), "{all:?}");
+    let faults = all.iter().filter(|e| e["details"]["source_name"] == "Pump");
+    assert!(faults.clone().all(|e| e["severity"] == "warning"));
+    assert_eq!(faults.count(), during.len());
+    rig.finish(gateway).await;
+}
+
 const PUMP_MODEL: &str = r#"kind: DeviceModel
 name: pump
 properties:

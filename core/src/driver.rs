@@ -57,13 +57,32 @@ pub struct DriverContext {
 }
 
 impl DriverContext {
+    /// A context of its own, for tests and benchmarks: its output queues
+    /// lead nowhere, its counters count for no one, and its events go to
+    /// `events`.
+    pub fn standalone(events: mpsc::Sender<DeviceEvent>) -> Self {
+        DriverContext {
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            output: mpsc::channel(1).0,
+            urgent: mpsc::channel(1).0,
+            data_dir: std::env::temp_dir(),
+            stats: Arc::default(),
+            meters: Arc::new(NoMeters),
+            crashes: Arc::default(),
+            events,
+        }
+    }
+
     /// Raises an event for the journal. It never waits: an event that finds
     /// the queue full (a storm of them, a store that takes nothing) is
     /// logged instead, as every event also is.
     pub fn raise(&self, event: DeviceEvent) {
         match event.severity {
             Severity::Info => tracing::info!(device = %event.device, "{}", event.message),
-            Severity::Warning => tracing::warn!(device = %event.device, "{}", event.message),
+            Severity::Warning | Severity::Critical => {
+                tracing::warn!(device = %event.device, "{}", event.message)
+            }
         }
         if self.events.try_send(event).is_err() {
             tracing::warn!("the events queue is full: the event above is in the log only");
@@ -78,6 +97,8 @@ pub enum Severity {
     Info,
     /// Someone should look: data may be missing, say.
     Warning,
+    /// Someone must act now (an OPC UA event of severity 801 and up).
+    Critical,
 }
 
 impl Severity {
@@ -86,6 +107,7 @@ impl Severity {
         match self {
             Severity::Info => "info",
             Severity::Warning => "warning",
+            Severity::Critical => "critical",
         }
     }
 }
@@ -103,6 +125,9 @@ pub struct DeviceEvent {
     pub kind: &'static str,
     /// What happened, in words an operator can act on.
     pub message: String,
+    /// What the source said besides, by name (an OPC UA event's time,
+    /// type, source and severity, say); empty for most.
+    pub details: Vec<(&'static str, Value)>,
 }
 
 /// Device loops that panicked, for the logs and for the reconciler, which

@@ -363,6 +363,32 @@ pub struct Opcua {
     /// reads and a write reads back. Default `source`.
     #[serde(default)]
     pub timestamps: OpcuaTimestamps,
+    /// Events and alarms to take into the events journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<OpcuaEvents>,
+}
+
+/// Where a device's OPC UA events and alarms (A&C) come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaEvents {
+    /// The object whose events to take (its EventNotifier attribute):
+    /// `i=2253`, the Server object, reports every event of the server.
+    pub notifier: crate::model::NodeId,
+    /// Events of a lower severity (1 to 1000) are left out. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_severity: Option<u16>,
+    /// Events the server keeps for the gateway while it is away. Default
+    /// 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<u32>,
+}
+
+impl OpcuaEvents {
+    /// The events queue asked of the server.
+    pub fn queue(&self) -> u32 {
+        self.queue.unwrap_or(1000)
+    }
 }
 
 /// Which clock stamps an OPC UA value.

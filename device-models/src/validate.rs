@@ -975,6 +975,25 @@ fn check_devices(project: &Project, diags: &mut Diagnostics) {
         }
         if let Some(ua) = &d.opcua {
             let at = |key: &str| device.pos(&["opcua", key]);
+            if let Some(events) = &ua.events {
+                if events
+                    .min_severity
+                    .is_some_and(|s| !(1..=1000).contains(&s))
+                {
+                    diags.error(
+                        file,
+                        device.pos(&["opcua", "events", "min_severity"]),
+                        "min_severity is an OPC UA severity: 1 to 1000",
+                    );
+                }
+                if events.queue == Some(0) {
+                    diags.error(
+                        file,
+                        device.pos(&["opcua", "events", "queue"]),
+                        "the events queue must hold at least 1",
+                    );
+                }
+            }
             if !ua.endpoint.starts_with("opc.tcp://") || ua.endpoint.len() <= "opc.tcp://".len() {
                 diags.error(
                     file,

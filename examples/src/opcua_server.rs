@@ -36,7 +36,7 @@ use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager};
 use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerHandle, ServerUserToken};
 use opcua::types::{
-    Argument, DataValue, MessageSecurityMode, NodeId, ObjectId, StatusCode, Variant,
+    Argument, DataValue, MessageSecurityMode, NodeId, ObjectId, ObjectTypeId, StatusCode, Variant,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -304,6 +304,35 @@ impl UaSim {
             .add_method_callback(method.id.clone(), move |args| {
                 answer(&method_def, args, &handlers, &calls)
             });
+    }
+
+    /// Reports an event (BaseEventType) from `source` through the Server
+    /// object (`i=2253`), as a device reporting a fault would. Returns
+    /// its EventId.
+    pub fn raise_event(
+        &self,
+        source: &str,
+        message: &str,
+        severity: u16,
+    ) -> Result<Vec<u8>, String> {
+        let running = self.lock();
+        let Some(r) = running.as_ref() else {
+            return Err("the server is stopped".into());
+        };
+        let id: Vec<u8> = (0..16).map(|_| rand::random::<u8>()).collect();
+        let event = opcua::nodes::BaseEventType::new_now(
+            ObjectTypeId::BaseEventType,
+            opcua::types::ByteString::from(id.clone()),
+            message,
+        )
+        .set_source_node(ObjectId::Server.into())
+        .set_source_name(source.into())
+        .set_severity(severity);
+        let server: NodeId = ObjectId::Server.into();
+        r.handle
+            .subscriptions()
+            .notify_events([(&event as &dyn opcua::nodes::Event, &server)].into_iter());
+        Ok(id)
     }
 
     /// From now on, calls of `method` are answered by `handler`.

@@ -411,13 +411,22 @@ async fn journal_device_events(
 
 /// A device event as the journal (and the API, and the cloud) shows it.
 fn device_event_json(event: &driver::DeviceEvent) -> serde_json::Value {
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "source": event.source,
         "severity": event.severity.key(),
         "kind": event.kind,
         "device": event.device,
         "message": event.message,
-    })
+    });
+    if !event.details.is_empty() {
+        let details: serde_json::Map<String, serde_json::Value> = event
+            .details
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), serde_json::json!(v)))
+            .collect();
+        json["details"] = details.into();
+    }
+    json
 }
 
 /// Raises events whenever the embedded broker dropped MQTT messages before

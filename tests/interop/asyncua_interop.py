@@ -9,7 +9,8 @@ devices on it:
 - `plain`: security none, anonymous, subscription;
 - `secure`: Basic256Sha256 sign-and-encrypt, username login, the server's
   certificate named in `server_certificate`;
-- `polled`: security none, batched Reads every 100 ms;
+- `polled`: security none, batched Reads every 100 ms, and the events of
+  asyncua's Server object;
 - `behind`: security none, subscription with a queue of 100, through a TCP
   proxy in this script that can go silent (nothing passes, new connections
   hang).
@@ -17,7 +18,7 @@ devices on it:
 It checks reads of every type, server-side changes arriving, writes landing in
 asyncua's address space with the node's own type, refusals; a method call
 (Plant.Dose) with its inputs in asyncua's declared types, its outputs, and
-its refusals; that changes made
+its refusals; an event and an alarm journalled, one below min_severity not; that changes made
 while `behind`'s link is silent are all stored once it returns, or reported by
 an `opcua_data_may_be_missing` event when asyncua dropped the subscription;
 and recovery after the server is stopped and started again.
@@ -226,7 +227,8 @@ async def main():
         "  security: sign-and-encrypt\n  policy: Basic256Sha256\n  username: operator\n"
         f"  password_file: password.txt\n  server_certificate: {cert}\n",
     ))
-    (work / "devices" / "polled.yaml").write_text(device("polled", ua_port, "  mode: poll\n"))
+    (work / "devices" / "polled.yaml").write_text(device(
+        "polled", ua_port, '  mode: poll\n  events: { notifier: "i=2253", min_severity: 100 }\n'))
     link = SilentLink(ua_port)
     await link.start()
     (work / "devices" / "behind.yaml").write_text(device("behind", link.port, "  queue: 100\n"))
@@ -316,6 +318,47 @@ async def main():
             "an input over the model's max is refused with 400 and never reaches asyncua",
             code == 400 and body.get("error", {}).get("code") == "out_of_range" and len(DOSED) == before,
             (code, body, DOSED[before:]),
+        )
+
+        # Events and alarms: asyncua's Server object reports a BaseEventType
+        # event and an AlarmConditionType one; `polled` takes the Server's
+        # events into the journal (a polled device's events come by a
+        # subscription all the same); one below min_severity is left out.
+        events_url = f"http://127.0.0.1:{api_port}/api/v1/events?device=polled&limit=100"
+
+        def journalled(kind):
+            code, events = http("GET", events_url)
+            return [e for e in (events if code == 200 else []) if e.get("kind") == kind]
+
+        plain = await server.get_event_generator()
+        plain.event.Severity = 50
+        plain.event.Message = ua.LocalizedText("too low to keep")
+        await plain.trigger()
+        plain.event.Severity = 700
+        plain.event.Message = ua.LocalizedText("door opened")
+        await plain.trigger()
+        alarm = await server.get_event_generator(ua.ObjectIds.AlarmConditionType)
+        alarm.event.Severity = 900
+        alarm.event.Message = ua.LocalizedText("tank level high")
+        alarm.event.ConditionName = "TankHigh"
+        await alarm.trigger()
+        got = await wait_for(lambda: journalled("opcua_event") and journalled("opcua_alarm"), 15)
+        events = journalled("opcua_event")
+        checks.check(
+            "an asyncua event is journalled with its message, severity and source",
+            any(e.get("message") == "door opened" and e.get("severity") == "warning"
+                and e.get("details", {}).get("ua_severity") == 700 for e in events),
+            events,
+        )
+        checks.check(
+            "an event below min_severity is left out",
+            bool(got) and not any(e.get("message") == "too low to keep" for e in events), events)
+        alarms = journalled("opcua_alarm")
+        checks.check(
+            "an asyncua alarm is journalled as opcua_alarm with its condition",
+            any(e.get("message") == "tank level high" and e.get("severity") == "critical"
+                and e.get("details", {}).get("condition") == "TankHigh" for e in alarms),
+            alarms,
         )
 
         # The link to `behind` goes silent for 10 s while Real changes 40

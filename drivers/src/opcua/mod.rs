@@ -12,6 +12,8 @@
 //!   values sent again), and each subscription's callback, which follows
 //!   the notifications' sequence numbers.
 //! - `methods`: the model's methods, called with the Call service.
+//! - `events`: events and alarms (A&C) from the device's notifier, into
+//!   the events journal.
 //! - `status`: OPC UA status codes mapped onto [`DriverError`]s, and so onto
 //!   the REST API's errors.
 //! - here: the devices as the driver sees them, and writes.
@@ -23,6 +25,7 @@
 //! restarted), or when the session cannot go on.
 
 mod connect;
+mod events;
 mod methods;
 mod resume;
 mod session;

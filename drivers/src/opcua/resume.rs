@@ -31,8 +31,8 @@ use std::sync::{Arc, Mutex};
 
 use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore, Session};
 use opcua::types::{
-    CallMethodRequest, DataChangeNotification, MethodId, NodeId, NotificationMessage, ObjectId,
-    StatusChangeNotification, StatusCode, Variant,
+    CallMethodRequest, DataChangeNotification, EventNotificationList, MethodId, NodeId,
+    NotificationMessage, ObjectId, StatusChangeNotification, StatusCode, Variant,
 };
 
 use super::session::DataSender;
@@ -185,7 +185,8 @@ impl OnSubscriptionNotificationCore for Notifications {
     }
 }
 
-/// Queues the data changes of `notification` (received, or republished).
+/// Queues the data changes of `notification` (received, or republished),
+/// and journals its events.
 pub(super) fn deliver(data: &DataSender, device: &str, notification: NotificationMessage) {
     for object in notification.notification_data.into_iter().flatten() {
         if object.inner_as::<DataChangeNotification>().is_some() {
@@ -196,6 +197,14 @@ pub(super) fn deliver(data: &DataSender, device: &str, notification: Notificatio
                 .flatten()
             {
                 data.send(change.client_handle, change.value);
+            }
+        } else if object.inner_as::<EventNotificationList>().is_some() {
+            let events = object.into_inner_as::<EventNotificationList>();
+            let Some(sink) = &data.events else { continue };
+            for event in events.into_iter().flat_map(|e| e.events).flatten() {
+                if event.client_handle == super::events::EVENTS_HANDLE {
+                    sink.take(event.event_fields.as_deref().unwrap_or_default());
+                }
             }
         } else if let Some(status) = object.inner_as::<StatusChangeNotification>() {
             tracing::warn!(

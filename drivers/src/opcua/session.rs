@@ -58,6 +58,8 @@ pub(super) struct DataSender {
     queue: mpsc::Sender<(u32, DataValue)>,
     overflowed: Arc<std::sync::atomic::AtomicBool>,
     stats: Arc<ferrite_core::driver::DriverStats>,
+    /// Where events go, when the device takes them.
+    pub(super) events: Option<Arc<super::events::EventSink>>,
 }
 
 impl DataSender {
@@ -224,6 +226,7 @@ pub(super) async fn run(
                      subscribing again, which reads every current value",
                     failure.why, device.settings.endpoint
                 ),
+                details: Vec::new(),
             });
             continue;
         }
@@ -341,6 +344,14 @@ impl OpenSession<'_> {
             queue: data_tx,
             overflowed: overflowed.clone(),
             stats: self.ctx.stats.clone(),
+            events: device.settings.events.as_ref().map(|e| {
+                Arc::new(super::events::EventSink {
+                    device: device.name.clone(),
+                    endpoint: device.settings.endpoint.clone(),
+                    min_severity: e.min_severity.unwrap_or(1),
+                    ctx: self.ctx.clone(),
+                })
+            }),
         };
         // Told when a notification is found missing.
         let gaps = Arc::new(tokio::sync::Notify::new());
@@ -353,6 +364,24 @@ impl OpenSession<'_> {
             }
             ferrite_models::device::OpcuaMode::Poll => (BTreeMap::new(), Vec::new()),
         };
+        let mut subscriptions = subscriptions;
+        if let Some(settings) = &device.settings.events {
+            let made = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                r = subscribe_events(device, &session, settings, data_tx.clone(), &gaps) => r?,
+            };
+            match made {
+                Ok(events) => subscriptions.push(events),
+                Err(why) => self.ctx.raise(DeviceEvent {
+                    device: device.name.to_string(),
+                    source: "opcua",
+                    severity: Severity::Warning,
+                    kind: EVENTS_REFUSED,
+                    message: why,
+                    details: Vec::new(),
+                }),
+            }
+        }
         bad.extend(refused);
         // Which run of the server the subscriptions belong to.
         let started = if subscriptions.is_empty() {
@@ -554,6 +583,7 @@ impl OpenSession<'_> {
                 "{lost} notification(s) from {}{when} never arrived and the server could not send them again: the changes they carried are missing",
                 self.device.settings.endpoint,
             ),
+            details: Vec::new(),
         });
     }
 
@@ -889,6 +919,47 @@ async fn subscribe(
     Ok((refused, subscriptions))
 }
 
+/// The kind of the event raised when the server will not report the
+/// notifier's events (an unknown node, or one that is no event notifier).
+const EVENTS_REFUSED: &str = "opcua_events_refused";
+
+/// A subscription of its own for the events of `settings.notifier`:
+/// `Ok(Err(why))` when the server refuses the item (the data flows on).
+async fn subscribe_events(
+    device: &Arc<Device>,
+    session: &opcua::client::Session,
+    settings: &ferrite_models::device::OpcuaEvents,
+    data: DataSender,
+    gaps: &Arc<tokio::sync::Notify>,
+) -> Result<Result<Subscription, String>, Failure> {
+    let notifier = &settings.notifier;
+    let Ok(node) = <opcua::types::NodeId as std::str::FromStr>::from_str(&notifier.0) else {
+        return Ok(Err(format!(
+            "cannot parse the events notifier `{notifier}`"
+        )));
+    };
+    let made = new_subscription(device, session, device.sampling(), data, gaps.clone()).await?;
+    let item = super::events::monitored_item(&node, settings);
+    let created = status::within(
+        device.timeout,
+        session.create_monitored_items(made.id, TimestampsToReturn::Neither, vec![item]),
+    )
+    .await
+    .map_err(|e| Failure::offline(format!("creating the events item: {e}")))?;
+    match created.first().map(|r| r.result.status_code) {
+        Some(code) if code.is_good() => Ok(Ok(made)),
+        code => {
+            let code = code.map_or_else(|| "no answer".to_string(), |c| c.to_string());
+            // The subscription without its item would only keep alive.
+            let _ = status::within(device.timeout, session.delete_subscription(made.id)).await;
+            Ok(Err(format!(
+                "{} will not report the events of {notifier}: {code}",
+                device.settings.endpoint
+            )))
+        }
+    }
+}
+
 /// A subscription publishing every `sampling`, its values going to `data`.
 async fn new_subscription(
     device: &Arc<Device>,
@@ -1196,6 +1267,7 @@ mod tests {
             queue,
             overflowed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             stats: Arc::default(),
+            events: None,
         };
         for handle in 0..5 {
             sender.send(handle, DataValue::default());
