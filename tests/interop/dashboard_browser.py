@@ -6,7 +6,8 @@ chromium and chromium-driver, driven by Selenium from PyPI), against
 - the Swagger UI at /api/docs/ shows every operation the document lists;
 - the dashboard at / shows every demo device online, its values change
   live, sparklines draw, a write through the form reaches the device, a
-  value outside the model's limits is stopped by the form, and the page
+  value outside the model's limits is stopped by the form, a method called
+  through its form shows its outputs and is audited, and the page
   fetches nothing from anywhere but the gateway and logs no error;
 - the control plane's fleet page (the demo's ferrite-cloud) lists the
   gateway online with its backlog, shows its twin, a rollout to a label's
@@ -241,6 +242,26 @@ def main():
         time.sleep(1)
         status, body = http("GET", f"{base}/api/v1/devices/boiler-1/properties/setpoint")
         checks.check("a value above max is stopped by the form", overflow and body["value"] == 55.5, (overflow, body))
+
+        # A method call through the form (line-1's start_batch).
+        form = driver.find_element(By.CSS_SELECTOR, 'article[data-device="line-1"] form.call[data-method="start_batch"]')
+        batch = form.find_element(By.CSS_SELECTOR, 'input[name="batch"]')
+        parts = form.find_element(By.CSS_SELECTOR, 'input[name="parts"]')
+        checks.check("the method form carries the input's limits", (parts.get_attribute("min"), parts.get_attribute("max")) == ("1", "10000"), (parts.get_attribute("min"), parts.get_attribute("max")))
+        batch.send_keys("B-9")
+        parts.send_keys("12")
+        form.find_element(By.TAG_NAME, "button").click()
+        answered = until(lambda: form.find_element(By.TAG_NAME, "output").text not in ("", "…") and form.find_element(By.TAG_NAME, "output").text, 15)
+        checks.check("a method called through the form shows its outputs", answered == "batch: B-9, parts: 12", form.find_element(By.TAG_NAME, "output").text)
+        status, audit = http("GET", f"{base}/api/v1/audit?device=line-1&limit=1")
+        checks.check("the audit log has the call", status == 200 and audit and audit[0].get("method") == "start_batch" and audit[0].get("inputs") == {"batch": "B-9", "parts": 12}, audit)
+        parts.clear()
+        parts.send_keys("20000")
+        form.find_element(By.TAG_NAME, "button").click()
+        overflow = driver.execute_script("return arguments[0].validity.rangeOverflow", parts)
+        time.sleep(1)
+        status, audit = http("GET", f"{base}/api/v1/audit?device=line-1&limit=1")
+        checks.check("an input above max is stopped by the form", overflow and audit and audit[0].get("inputs", {}).get("parts") == 12, (overflow, audit))
 
         # Events, sync.
         synced = until(lambda: "yes" in driver.find_element(By.ID, "sync").text, 20)

@@ -122,44 +122,78 @@ function drawSpark(svg, points) {
 
 // ---- devices ------------------------------------------------------------
 
-function writeForm(deviceId, name, property) {
-  const form = el('form', { class: 'write', 'data-property': name });
-  let input;
-  if (property.type === 'bool') {
-    input = el('select', { name: 'value' }, el('option', { value: 'true', text: 'true' }), el('option', { value: 'false', text: 'false' }));
-  } else if (property.type === 'int' || property.type === 'float') {
-    input = el('input', {
-      type: 'number', name: 'value', required: '',
-      step: property.type === 'int' ? '1' : 'any',
-      min: property.min, max: property.max,
-      title: limitsText(property),
-    });
-  } else {
-    input = el('input', { type: 'text', name: 'value', required: '' });
+// A field for one value of `typed` (a property or a method input): a
+// select for bool, a number field carrying the model's limits, else text.
+function typedInput(name, typed) {
+  if (typed.type === 'bool') {
+    return el('select', { name }, el('option', { value: 'true', text: 'true' }), el('option', { value: 'false', text: 'false' }));
   }
-  const output = el('output');
-  form.append(input, el('button', { text: 'write' }), output);
+  if (typed.type === 'int' || typed.type === 'float') {
+    return el('input', {
+      type: 'number', name, required: '',
+      step: typed.type === 'int' ? '1' : 'any',
+      min: typed.min, max: typed.max,
+      title: limitsText(typed),
+      placeholder: name,
+    });
+  }
+  return el('input', { type: 'text', name, required: '', placeholder: name });
+}
+
+// The field's value as the model types it.
+function typedValue(input, type) {
+  if (type === 'bool') return input.value === 'true';
+  if (type === 'int') return parseInt(input.value, 10);
+  if (type === 'float') return parseFloat(input.value);
+  return input.value;
+}
+
+// Sends what `send` makes on submit, showing `done(answer)` or the error.
+function submitting(form, output, send, done) {
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
-    let value = input.value;
-    if (property.type === 'bool') value = value === 'true';
-    else if (property.type === 'int') value = parseInt(value, 10);
-    else if (property.type === 'float') value = parseFloat(value);
     output.className = '';
     output.textContent = '…';
     try {
-      const answer = await api(`/api/v1/devices/${encodeURIComponent(deviceId)}/properties/${encodeURIComponent(name)}`, {
-        method: 'PUT',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ value }),
-      });
+      const answer = await send();
       output.className = 'ok';
-      output.textContent = answer && answer.confirmed === false ? 'sent' : 'written';
+      output.textContent = done(answer);
     } catch (err) {
       output.className = 'fail';
       output.textContent = err.message;
     }
   });
+}
+
+function writeForm(deviceId, name, property) {
+  const form = el('form', { class: 'write', 'data-property': name });
+  const input = typedInput('value', property);
+  const output = el('output');
+  form.append(input, el('button', { text: 'write' }), output);
+  submitting(form, output,
+    () => api(`/api/v1/devices/${encodeURIComponent(deviceId)}/properties/${encodeURIComponent(name)}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ value: typedValue(input, property.type) }),
+    }),
+    (answer) => (answer && answer.confirmed === false ? 'sent' : 'written'));
+  return form;
+}
+
+// A method of the model: a field per input, and the outputs once called.
+function callForm(deviceId, name, method) {
+  const form = el('form', { class: 'call', 'data-method': name });
+  const inputs = (method.inputs || []).map((arg) => [arg, typedInput(arg.name, arg)]);
+  const output = el('output');
+  form.append(el('span', { class: 'method', text: name, title: method.description || '' }),
+    ...inputs.map(([, input]) => input), el('button', { text: 'call' }), output);
+  submitting(form, output,
+    () => api(`/api/v1/devices/${encodeURIComponent(deviceId)}/methods/${encodeURIComponent(name)}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ inputs: Object.fromEntries(inputs.map(([arg, input]) => [arg.name, typedValue(input, arg.type)])) }),
+    }),
+    (answer) => Object.entries(answer.outputs || {}).map(([k, v]) => `${k}: ${v}`).join(', ') || 'done');
   return form;
 }
 
@@ -193,6 +227,9 @@ function deviceCard(view) {
     rows.set(name, { row, value: row.querySelector('td.value'), spark, type: property.type });
   }
   card.append(table);
+  for (const [name, method] of Object.entries(model.methods || {})) {
+    card.append(callForm(view.id, name, method));
+  }
   const entry = { card, badge, error: card.querySelector('.error'), rows };
   historyWhenSeen.observe(card);
   card.ferrite = entry;
