@@ -84,7 +84,12 @@ pub struct Argument {
 impl Argument {
     /// Whether `v` lies outside `min`..`max`.
     pub fn outside_limits(&self, v: f64) -> bool {
-        self.min.is_some_and(|min| v < min) || self.max.is_some_and(|max| v > max)
+        outside_limits(self.min, self.max, v)
+    }
+
+    /// The limits as text for messages, `…` where there is none.
+    pub fn limits_text(&self) -> (String, String) {
+        limits_text(self.min, self.max)
     }
 }
 
@@ -150,14 +155,24 @@ impl Property {
 
     /// Whether `v` lies outside `min`..`max`.
     pub fn outside_limits(&self, v: f64) -> bool {
-        self.min.is_some_and(|min| v < min) || self.max.is_some_and(|max| v > max)
+        outside_limits(self.min, self.max, v)
     }
 
     /// The limits as text for messages, `…` where there is none.
     pub fn limits_text(&self) -> (String, String) {
-        let text = |l: Option<f64>| l.map_or_else(|| "…".to_string(), |x| x.to_string());
-        (text(self.min), text(self.max))
+        limits_text(self.min, self.max)
     }
+}
+
+/// Whether `v` lies outside `min`..`max` (a property's or an input's).
+fn outside_limits(min: Option<f64>, max: Option<f64>, v: f64) -> bool {
+    min.is_some_and(|min| v < min) || max.is_some_and(|max| v > max)
+}
+
+/// Limits as text for messages, `…` where there is none.
+fn limits_text(min: Option<f64>, max: Option<f64>) -> (String, String) {
+    let text = |l: Option<f64>| l.map_or_else(|| "…".to_string(), |x| x.to_string());
+    (text(min), text(max))
 }
 
 /// The type of a property's value.

@@ -493,33 +493,19 @@ fn check_methods(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
                         format!("method `{name}` has two {list} named `{}`", arg.name),
                     );
                 }
-                for (key, limit) in [("min", arg.min), ("max", arg.max)] {
-                    let Some(v) = limit else { continue };
-                    if list == "outputs" {
+                let limits = [("min", arg.min), ("max", arg.max)];
+                if list == "outputs" {
+                    for (key, _) in limits.iter().filter(|(_, limit)| limit.is_some()) {
                         diags.warning(
                             file,
                             at(key),
                             format!("`{key}` limits what a call passes; outputs are not checked"),
                         );
-                    } else if !arg.ty.is_numeric() {
-                        diags.error(
-                            file,
-                            at(key),
-                            format!("`{key}` applies to int and float inputs, not {}", arg.ty),
-                        );
-                    } else if !v.is_finite() {
-                        diags.error(file, at(key), format!("`{key}` must be a finite number"));
                     }
+                } else {
+                    check_numeric_keys(arg.ty, "inputs", &limits, &at, file, diags);
                 }
-                if let (Some(min), Some(max)) = (arg.min, arg.max)
-                    && min > max
-                {
-                    diags.error(
-                        file,
-                        at("min"),
-                        format!("min ({min}) is greater than max ({max})"),
-                    );
-                }
+                check_min_max(arg.min, arg.max, &at, file, diags);
             }
         }
     }
@@ -595,26 +581,52 @@ fn check_mqtt_binding(
 }
 
 fn check_limits(prop: &Property, at: &dyn Fn(&str) -> Pos, file: &Path, diags: &mut Diagnostics) {
-    for (key, value) in [
+    let keys = [
         ("min", prop.min),
         ("max", prop.max),
         ("deadband", prop.deadband),
-    ] {
+    ];
+    check_numeric_keys(prop.ty, "properties", &keys, at, file, diags);
+    check_min_max(prop.min, prop.max, at, file, diags);
+    if prop.deadband.is_some_and(|d| d < 0.0) {
+        diags.error(file, at("deadband"), "deadband must not be negative");
+    }
+}
+
+/// Numeric keys (`min`, `max`, `deadband`) given on a value of type `ty`
+/// (of a property, or a method input: `what`): only on int and float, and
+/// finite.
+fn check_numeric_keys(
+    ty: ValueType,
+    what: &str,
+    keys: &[(&str, Option<f64>)],
+    at: &dyn Fn(&str) -> Pos,
+    file: &Path,
+    diags: &mut Diagnostics,
+) {
+    for (key, value) in keys {
         let Some(v) = value else { continue };
-        if !prop.ty.is_numeric() {
+        if !ty.is_numeric() {
             diags.error(
                 file,
                 at(key),
-                format!(
-                    "`{key}` applies to int and float properties, not {}",
-                    prop.ty
-                ),
+                format!("`{key}` applies to int and float {what}, not {ty}"),
             );
         } else if !v.is_finite() {
             diags.error(file, at(key), format!("`{key}` must be a finite number"));
         }
     }
-    if let (Some(min), Some(max)) = (prop.min, prop.max)
+}
+
+/// `min` no greater than `max`.
+fn check_min_max(
+    min: Option<f64>,
+    max: Option<f64>,
+    at: &dyn Fn(&str) -> Pos,
+    file: &Path,
+    diags: &mut Diagnostics,
+) {
+    if let (Some(min), Some(max)) = (min, max)
         && min > max
     {
         diags.error(
@@ -622,9 +634,6 @@ fn check_limits(prop: &Property, at: &dyn Fn(&str) -> Pos, file: &Path, diags: &
             at("min"),
             format!("min ({min}) is greater than max ({max})"),
         );
-    }
-    if prop.deadband.is_some_and(|d| d < 0.0) {
-        diags.error(file, at("deadband"), "deadband must not be negative");
     }
 }
 

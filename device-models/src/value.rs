@@ -247,12 +247,12 @@ pub fn check_inputs(
                 found: json_kind(json).to_string(),
             })?;
             if let Some(v) = value.as_f64().filter(|v| arg.outside_limits(*v)) {
-                let text = |l: Option<f64>| l.map_or_else(|| "…".to_string(), |x| x.to_string());
+                let (min, max) = arg.limits_text();
                 return Err(CallCheckError::OutOfRange {
                     input: arg.name.clone(),
                     value: v,
-                    min: text(arg.min),
-                    max: text(arg.max),
+                    min,
+                    max,
                 });
             }
             Ok(value)
