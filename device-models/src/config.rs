@@ -26,6 +26,10 @@ pub struct Config {
     /// The uplink to `ferrite-cloud`. Leave it out to run without a cloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<CloudSection>,
+    /// The northbound: every device published to an external MQTT broker,
+    /// as a Sparkplug B edge node or as JSON topics of a Unified Namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub north: Option<NorthSection>,
 }
 
 /// `[gateway]`.
@@ -325,6 +329,102 @@ impl CloudSection {
 
     fn default_ack_timeout() -> Span {
         Span(std::time::Duration::from_secs(10))
+    }
+}
+
+/// `[north]`: the gateway's devices on an external broker (SCADA, a UNS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NorthSection {
+    /// The external broker, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub broker: String,
+    /// `sparkplug` (a Sparkplug B edge node, the default) or `uns` (JSON
+    /// on `uns_root/DEVICE/PROPERTY`, retained).
+    #[serde(default)]
+    pub format: NorthFormat,
+    /// Sparkplug: the group id. Default `ferrite`.
+    #[serde(default = "NorthSection::default_group")]
+    pub group: String,
+    /// Sparkplug: the edge node id. Default: the gateway's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Sparkplug: the primary host application's id. With it, the node
+    /// publishes only while `spBv1.0/STATE/<id>` says the host is online,
+    /// and stores (then forwards, marked historical) while it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_host: Option<String>,
+    /// UNS: the topic root, as `site/area/line`. Default
+    /// `ferrite/<gateway id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uns_root: Option<String>,
+    /// The QoS of data messages. Sparkplug wants 0 (the default there):
+    /// a change leaves the backlog once written to the connection. With 1
+    /// (the default for `uns`) it leaves on the broker's PUBACK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<u8>,
+    /// Changes not yet published take at most this many MiB while the
+    /// broker (or the primary host) is away; beyond it the oldest go,
+    /// counted. Default 64.
+    #[serde(default = "NorthSection::default_backlog")]
+    pub backlog_mib: u64,
+    /// New changes are published at least this often. Default 100ms.
+    #[serde(default = "NorthSection::default_interval")]
+    pub interval: Span,
+    /// Writes from the broker (Sparkplug DCMD, UNS `.../PROPERTY/set`) go
+    /// through the checked write path. Default true; false ignores them.
+    #[serde(default = "NorthSection::default_writes")]
+    pub writes: bool,
+    /// MQTT username. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// With `mqtts://`: the CA certificate(s) of the broker, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// With `mqtts://`: a client certificate chain, PEM. Needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<PathBuf>,
+    /// The client certificate's private key, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+}
+
+/// How `[north]` publishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NorthFormat {
+    /// A Sparkplug B edge node: NBIRTH/DBIRTH, DDATA, DCMD, NDEATH.
+    #[default]
+    Sparkplug,
+    /// Plain JSON per property under a Unified Namespace root.
+    Uns,
+}
+
+impl NorthSection {
+    fn default_group() -> String {
+        "ferrite".into()
+    }
+
+    fn default_backlog() -> u64 {
+        64
+    }
+
+    fn default_interval() -> Span {
+        Span(std::time::Duration::from_millis(100))
+    }
+
+    fn default_writes() -> bool {
+        true
+    }
+
+    /// The QoS of data messages, by `qos` or the format's default.
+    pub fn data_qos(&self) -> u8 {
+        self.qos.unwrap_or(match self.format {
+            NorthFormat::Sparkplug => 0,
+            NorthFormat::Uns => 1,
+        })
     }
 }
 

@@ -127,25 +127,39 @@ fn check_config(config: &Located<Config>, project: &Project, diags: &mut Diagnos
     if let Some(cloud) = &c.cloud {
         check_cloud_section(project, config, cloud, diags);
     }
+    if let Some(north) = &c.north {
+        check_north_section(project, config, north, diags);
+    }
 }
 
-fn check_cloud_section(
+/// An outgoing broker link's keys (`[cloud]`'s, `[north]`'s): the URL, the
+/// files it reads, TLS-only keys without TLS.
+struct BrokerLink<'a> {
+    section: &'a str,
+    broker: &'a str,
+    password_file: &'a Option<std::path::PathBuf>,
+    ca_file: &'a Option<std::path::PathBuf>,
+    client_certificate: &'a Option<std::path::PathBuf>,
+    client_key: &'a Option<std::path::PathBuf>,
+}
+
+fn check_broker_link(
     project: &Project,
     config: &Located<crate::config::Config>,
-    cloud: &crate::config::CloudSection,
+    link: BrokerLink<'_>,
     diags: &mut Diagnostics,
 ) {
     let file = &config.file;
-    let at = |key: &str| config.pos(&["cloud", key]);
-    if let Err(e) = check_broker_url(&cloud.broker) {
+    let at = |key: &str| config.pos(&[link.section, key]);
+    if let Err(e) = check_broker_url(link.broker) {
         diags.error(file, at("broker"), e);
     }
-    let tls = cloud.broker.starts_with("mqtts://");
+    let tls = link.broker.starts_with("mqtts://");
     for (key, path) in [
-        ("password_file", &cloud.password_file),
-        ("ca_file", &cloud.ca_file),
-        ("client_certificate", &cloud.client_certificate),
-        ("client_key", &cloud.client_key),
+        ("password_file", link.password_file),
+        ("ca_file", link.ca_file),
+        ("client_certificate", link.client_certificate),
+        ("client_key", link.client_key),
     ] {
         let Some(path) = path else { continue };
         if key != "password_file" && !tls {
@@ -160,13 +174,117 @@ fn check_cloud_section(
             );
         }
     }
-    if cloud.client_certificate.is_some() != cloud.client_key.is_some() {
+    if link.client_certificate.is_some() != link.client_key.is_some() {
         diags.error(
             file,
             at("client_certificate"),
             "client_certificate and client_key go together",
         );
     }
+}
+
+fn check_north_section(
+    project: &Project,
+    config: &Located<crate::config::Config>,
+    north: &crate::config::NorthSection,
+    diags: &mut Diagnostics,
+) {
+    use crate::config::NorthFormat;
+    check_broker_link(
+        project,
+        config,
+        BrokerLink {
+            section: "north",
+            broker: &north.broker,
+            password_file: &north.password_file,
+            ca_file: &north.ca_file,
+            client_certificate: &north.client_certificate,
+            client_key: &north.client_key,
+        },
+        diags,
+    );
+    let file = &config.file;
+    let at = |key: &str| config.pos(&["north", key]);
+    // Sparkplug ids are one topic level each: no separators, no wildcards.
+    let id_ok = |id: &str| !id.is_empty() && !id.contains(['/', '+', '#']);
+    if !id_ok(&north.group) {
+        diags.error(
+            file,
+            at("group"),
+            format!(
+                "group `{}` must be one topic level (no /, + or #)",
+                north.group
+            ),
+        );
+    }
+    if let Some(node) = north.node.as_ref().filter(|n| !id_ok(n)) {
+        diags.error(
+            file,
+            at("node"),
+            format!("node `{node}` must be one topic level (no /, + or #)"),
+        );
+    }
+    if let Some(host) = &north.primary_host {
+        if !id_ok(host) {
+            diags.error(
+                file,
+                at("primary_host"),
+                format!("primary_host `{host}` must be one topic level (no /, + or #)"),
+            );
+        }
+        if north.format != NorthFormat::Sparkplug {
+            diags.error(
+                file,
+                at("primary_host"),
+                "primary_host is a Sparkplug setting (format = \"sparkplug\")",
+            );
+        }
+    }
+    let root_ok = |root: &str| {
+        !(root.is_empty()
+            || root.contains(['+', '#'])
+            || root.starts_with('/')
+            || root.ends_with('/'))
+    };
+    if let Some(root) = north.uns_root.as_ref().filter(|r| !root_ok(r)) {
+        diags.error(
+            file,
+            at("uns_root"),
+            format!("uns_root `{root}` must be topic levels like site/area/line (no + or #, no leading or trailing /)"),
+        );
+    }
+    if let Some(qos) = north.qos.filter(|q| *q > 1) {
+        diags.error(file, at("qos"), format!("qos {qos}: 0 or 1"));
+    }
+    if north.interval.get().is_zero() {
+        diags.error(file, at("interval"), "interval must be longer than zero");
+    }
+    if north.backlog_mib == 0 {
+        diags.error(file, at("backlog_mib"), "backlog_mib must be at least 1");
+    }
+}
+
+fn check_cloud_section(
+    project: &Project,
+    config: &Located<crate::config::Config>,
+    cloud: &crate::config::CloudSection,
+    diags: &mut Diagnostics,
+) {
+    check_broker_link(
+        project,
+        config,
+        BrokerLink {
+            section: "cloud",
+            broker: &cloud.broker,
+            password_file: &cloud.password_file,
+            ca_file: &cloud.ca_file,
+            client_certificate: &cloud.client_certificate,
+            client_key: &cloud.client_key,
+        },
+        diags,
+    );
+    let file = &config.file;
+    let at = |key: &str| config.pos(&["cloud", key]);
     if cloud.batch_interval.get().is_zero() || cloud.ack_timeout.get().is_zero() {
         diags.error(
             file,

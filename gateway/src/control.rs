@@ -35,6 +35,8 @@ pub enum Actor {
     Rule(String),
     /// The device twin's desired state from the control plane, by version.
     Cloud(u64),
+    /// A command from the northbound broker (`sparkplug DCMD`, `uns`).
+    North(String),
 }
 
 impl fmt::Display for Actor {
@@ -53,6 +55,7 @@ impl fmt::Display for Actor {
             } => f.write_str("api"),
             Actor::Rule(name) => write!(f, "rule {name}"),
             Actor::Cloud(version) => write!(f, "cloud desired v{version}"),
+            Actor::North(via) => write!(f, "north {via}"),
         }
     }
 }

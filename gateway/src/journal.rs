@@ -64,6 +64,23 @@ impl Journal {
         self.queue(log, body, None).await;
     }
 
+    /// Logs a warning of the gateway's own and records it as an event
+    /// `{"source", "severity": "warning", "kind", "message", ...fields}`
+    /// (`fields` is an object of extra keys, such as `dropped`).
+    pub async fn warn(&self, source: &str, kind: &str, message: &str, fields: serde_json::Value) {
+        tracing::warn!("{message}");
+        let mut event = serde_json::json!({
+            "source": source,
+            "severity": "warning",
+            "kind": kind,
+            "message": message,
+        });
+        if let (Some(event), serde_json::Value::Object(fields)) = (event.as_object_mut(), fields) {
+            event.extend(fields);
+        }
+        self.record(Log::Events, &event).await;
+    }
+
     /// Like [`Journal::record`], and returns once the entry is durable, or
     /// once the gateway stops without having kept it (then `false`).
     pub async fn record_durably(&self, log: Log, body: &impl Serialize) -> bool {

@@ -12,8 +12,10 @@
 //!  control ◀───────────── live          │ writes
 //!    ▲  ▲  ▲                            │
 //!   api │  └────────────────────────────┘
-//!       └── uplink (desired state) ◀──MQTT──▶ ferrite-cloud
-//!            ▲ reads the outbox the writer fills (with [cloud])
+//!       ├── uplink (desired state) ◀──MQTT──▶ ferrite-cloud
+//!       │    ▲ reads the outbox the writer fills (with [cloud])
+//!       └── north (DCMD, /set) ◀──MQTT──▶ SCADA, a UNS broker
+//!            ▲ reads the same log from its own cursor (with [north])
 //!
 //! folders, api, uplink (bundles) ──▶ reconcile ──▶ running (the project)
 //!                                        └──▶ fleet (start/stop devices), rules
@@ -49,6 +51,9 @@
 //! - [`metrics`]: the Prometheus series of `/metrics`.
 //! - [`uplink`]: with `[cloud]`, ferrite-sync's uplink on the store's
 //!   outbox, and the twin's desired state through [`control`].
+//! - [`north`]: with `[north]`, every device on an external broker as a
+//!   Sparkplug B edge node or a Unified Namespace, stored and forwarded
+//!   from the store's log; DCMD and UNS writes through [`control`].
 //! - `demo` (feature `demo`): `ferrite demo`, the gateway plus simulated
 //!   devices.
 //! - `time` and `backoff` are `ferrite-core`'s, re-exported.
@@ -64,6 +69,7 @@ pub mod journal;
 pub mod live;
 pub mod metrics;
 pub mod names;
+pub mod north;
 pub mod reconcile;
 pub mod rules;
 pub mod running;

@@ -130,10 +130,16 @@ impl Gateway {
             SledStore::open_with(
                 &data_dir,
                 config.store.cache_mib.saturating_mul(1024 * 1024),
-                config
-                    .cloud
-                    .as_ref()
-                    .map(|c| c.outbox_mib.saturating_mul(1024 * 1024)),
+                crate::store::Backlogs {
+                    cloud: config
+                        .cloud
+                        .as_ref()
+                        .map(|c| c.outbox_mib.saturating_mul(1024 * 1024)),
+                    north: config
+                        .north
+                        .as_ref()
+                        .map(|n| n.backlog_mib.saturating_mul(1024 * 1024)),
+                },
             )
             .map_err(|e| StartError::Store(data_dir.clone(), e))?,
         );
@@ -295,6 +301,20 @@ impl Gateway {
                 shutdown.clone(),
             )
         });
+        let north = config.north.as_ref().map(|section| {
+            crate::north::start(
+                crate::north::NorthConfig::new(&project, &config.gateway.id, &data_dir, section),
+                crate::north::NorthDeps {
+                    store: sled_store.clone(),
+                    running: running.clone(),
+                    live: live.clone(),
+                    control: control.clone(),
+                    journal: journal.clone(),
+                },
+                &tasks,
+                shutdown.clone(),
+            )
+        });
 
         let state = AppState {
             running,
@@ -309,6 +329,7 @@ impl Gateway {
             rules,
             journal,
             uplink,
+            north,
             metrics,
             started: std::time::Instant::now(),
             shutdown: shutdown.clone(),

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::control::{Actor, Control};
 use crate::journal::Journal;
 use crate::reconcile::{ApplyError, Change, Origin, Reconciler};
-use crate::store::{Log, Store};
+use crate::store::Store;
 
 /// Desired state, written through the control path.
 struct DesiredWrites {
@@ -239,14 +239,14 @@ async fn watch(
                 "the uplink refused {refused} message(s) from the control plane's topics that made no sense and changed nothing; the last: {}",
                 uplink.last_refused.unwrap_or_default()
             );
-            let event = json!({
-                "source": "sync",
-                "severity": "warning",
-                "kind": "sync_refused",
-                "refused": refused,
-                "message": message,
-            });
-            journal.record(Log::Events, &event).await;
+            journal
+                .warn(
+                    "sync",
+                    "sync_refused",
+                    &message,
+                    json!({"refused": refused}),
+                )
+                .await;
         }
         let Some(state) = store.outbox() else {
             continue;
@@ -258,15 +258,14 @@ async fn watch(
                 "the sync outbox is full: dropped the {dropped} oldest change(s) not yet acknowledged by the control plane ({} dropped since start); raise [cloud] outbox_mib or restore the uplink",
                 state.dropped
             );
-            tracing::warn!("{message}");
-            let event = json!({
-                "source": "sync",
-                "severity": "warning",
-                "kind": "outbox_dropped",
-                "dropped": dropped,
-                "message": message,
-            });
-            journal.record(Log::Events, &event).await;
+            journal
+                .warn(
+                    "sync",
+                    "outbox_dropped",
+                    &message,
+                    json!({"dropped": dropped}),
+                )
+                .await;
         }
     }
 }

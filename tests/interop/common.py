@@ -63,6 +63,16 @@ def ferrite_and_cloud(argv):
     return ferrite, cloud
 
 
+def until(what, limit=10.0):
+    """Polls `what()` until it is truthy or `limit` seconds pass; its last value."""
+    deadline = time.monotonic() + limit
+    while True:
+        got = what()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
 def same(a, b):
     if isinstance(a, float) or isinstance(b, float):
         return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)

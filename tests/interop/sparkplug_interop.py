@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from common import Checks, free_port, http, project, start_ferrite, stop_ferrite
+from common import Checks, free_port, http, project, start_ferrite, stop_ferrite, until
 
 import pysparkplug as spb
 
@@ -39,16 +39,6 @@ properties:
 
 def metric(name, datatype, value):
     return spb.Metric(timestamp=spb.get_current_timestamp(), name=name, datatype=datatype, value=value)
-
-
-def until(what, limit=10.0):
-    """Polls `what()` until it is truthy or `limit` seconds pass; its last value."""
-    deadline = time.monotonic() + limit
-    while True:
-        got = what()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(0.1)
 
 
 def main():

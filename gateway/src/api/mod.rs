@@ -88,6 +88,8 @@ pub struct AppState {
     pub journal: Arc<Journal>,
     /// The uplink's state, with `[cloud]`.
     pub uplink: Option<Arc<ferrite_sync::uplink::UplinkStatus>>,
+    /// The northbound's state, with `[north]`.
+    pub north: Option<Arc<crate::north::NorthStatus>>,
     /// The Prometheus series.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// When the gateway started.
@@ -163,6 +165,7 @@ pub fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(rules::audit))
         .routes(routes!(status))
         .routes(routes!(sync))
+        .routes(routes!(north))
         .routes(routes!(stream::values))
         .routes(routes!(observe::metrics))
         .routes(routes!(debug::profile))
@@ -361,6 +364,36 @@ async fn sync(State(state): State<AppState>) -> axum::Json<SyncView> {
         config_bundle: uplink.as_ref().map(|u| u.config_version),
         refused: uplink.as_ref().map(|u| u.refused),
         last_error: uplink.and_then(|u| u.last_error),
+    })
+}
+
+/// The northbound to an external broker (`[north]`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NorthView {
+    /// Whether `[north]` is configured.
+    pub configured: bool,
+    /// `sparkplug` or `uns`.
+    pub format: Option<String>,
+    /// The external broker.
+    pub broker: Option<String>,
+    /// The counters and the backlog, with `[north]`.
+    pub status: Option<crate::north::NorthSnapshot>,
+}
+
+/// The northbound's state: connection, backlog, what was published.
+#[utoipa::path(get, operation_id = "getNorth", path = "/api/v1/north", tag = "gateway",
+    responses((status = 200, description = "The northbound's state", body = NorthView)))]
+async fn north(State(state): State<AppState>) -> axum::Json<NorthView> {
+    let project = state.running.project();
+    let section = project.config.as_ref().and_then(|c| c.value.north.as_ref());
+    axum::Json(NorthView {
+        configured: section.is_some(),
+        format: section.map(|n| match n.format {
+            ferrite_models::config::NorthFormat::Sparkplug => "sparkplug".to_string(),
+            ferrite_models::config::NorthFormat::Uns => "uns".to_string(),
+        }),
+        broker: section.map(|n| n.broker.clone()),
+        status: state.north.as_ref().map(|n| n.snapshot()),
     })
 }
 

@@ -32,7 +32,7 @@ use ferrite_models::Value;
 
 use crate::time::Micros;
 
-pub use sled_store::{Layout, SledStore};
+pub use sled_store::{Backlogs, Layout, Reader, SledStore};
 
 /// Store failures. A full disk shows here as `Io`.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,8 @@
 //!   one place names are kept; `cuts`: series id → the last sequence in its
 //!   blocks.
 //! - `outbox_meta`: the next sequence; with `[cloud]` the last acknowledged
-//!   one, the outbox's floor, and the twin's and the config's versions.
+//!   one, the outbox's floor, and the twin's and the config's versions; with
+//!   `[north]` the northbound's own acknowledged sequence and floor.
 //! - `events`, `audit` (the [`Log`]s): sequence number (BE, from sled's
 //!   `generate_id`, which grows across restarts) → ts (BE) + body;
 //! - `rule_state`: rule name → its state (JSON);
@@ -21,7 +22,8 @@
 //! [`CUT_POINTS`] of them are cut into a block in the commit that completes
 //! them. A restart rebuilds the heads from the log records after each
 //! series' cut. A record goes once each of its points is in a block and,
-//! with `[cloud]`, acknowledged or dropped over the outbox's budget; the
+//! for each [`Reader`] of the log (`[cloud]`'s uplink, `[north]`'s
+//! publisher), acknowledged or dropped over that reader's budget; the
 //! minute's retention pass cuts heads that hold back more than
 //! [`LOG_TAIL_BYTES`] of log.
 //!
@@ -61,10 +63,10 @@ pub const LOG_TAIL_BYTES: u64 = 16 * 1024 * 1024;
 pub struct SledStore {
     dir: PathBuf,
     cache_bytes: u64,
-    /// With `[cloud]`: the outbox's budget in bytes.
-    outbox_budget: Option<u64>,
-    /// Outbox changes dropped over the budget before the last reopen.
-    outbox_dropped: std::sync::atomic::AtomicU64,
+    /// Each reader's budget in bytes, for the readers configured.
+    budgets: Backlogs,
+    /// Each reader's changes dropped over its budget before the last reopen.
+    outbox_dropped: [std::sync::atomic::AtomicU64; 2],
     /// The last commit, if it failed (see [`Unfinished`]).
     unfinished: Mutex<Unfinished>,
     /// The same for appends to the events and the audit log.
@@ -100,8 +102,65 @@ struct Inner {
     next_seq: u64,
     /// The log's records, by first sequence.
     records: BTreeMap<u64, RecordInfo>,
-    /// With `[cloud]`: where the control plane stands.
-    cloud: Option<Mutex<Cursor>>,
+    /// Where each reader of the log stands (by [`Reader`]), if configured.
+    cursors: [Option<Mutex<Cursor>>; 2],
+}
+
+/// Who reads the log as an outbox, each from a cursor of its own: a record
+/// stays until every configured reader has it (or has dropped it over its
+/// budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// The uplink to the control plane (`[cloud]`).
+    Cloud = 0,
+    /// The northbound publisher to an external broker (`[north]`).
+    North = 1,
+}
+
+impl Reader {
+    const ALL: [Reader; 2] = [Reader::Cloud, Reader::North];
+
+    /// The meta keys of its last acknowledged sequence and of its floor.
+    fn keys(self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            Reader::Cloud => (ACKED, FLOOR),
+            Reader::North => (b"north_acked", b"north_floor"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Reader::Cloud => "the outbox (no [cloud], or the store is reopening)",
+            Reader::North => "the northbound backlog (no [north], or the store is reopening)",
+        }
+    }
+}
+
+/// The byte budget of each reader of the log; `None`: that reader is not
+/// configured, and the log does not wait for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlogs {
+    /// `[cloud] outbox_mib`, in bytes.
+    pub cloud: Option<u64>,
+    /// `[north] backlog_mib`, in bytes.
+    pub north: Option<u64>,
+}
+
+impl Backlogs {
+    /// Only the cloud's outbox, of `budget` bytes.
+    pub fn cloud(budget: u64) -> Backlogs {
+        Backlogs {
+            cloud: Some(budget),
+            north: None,
+        }
+    }
+
+    fn of(&self, reader: Reader) -> Option<u64> {
+        match reader {
+            Reader::Cloud => self.cloud,
+            Reader::North => self.north,
+        }
+    }
 }
 
 /// A series' newest points, and the sequences of the first and last.
@@ -128,6 +187,7 @@ impl RecordInfo {
 /// from [`Cursor::owed_from`] on.
 #[derive(Debug)]
 struct Cursor {
+    reader: Reader,
     budget: u64,
     acked: u64,
     /// Changes below it were dropped over the budget.
@@ -172,23 +232,19 @@ impl SledStore {
     /// Opens (or creates) the store in `dir` with a page cache of
     /// `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        Self::open_with(dir, cache_bytes, None)
+        Self::open_with(dir, cache_bytes, Backlogs::default())
     }
 
-    /// Opens the store; with `outbox_budget`, committed changes also wait for
-    /// the control plane (the log is the outbox), up to that many bytes of
-    /// records beyond the newest.
-    pub fn open_with(
-        dir: &Path,
-        cache_bytes: u64,
-        outbox_budget: Option<u64>,
-    ) -> Result<Self, StoreError> {
-        let inner = Inner::open(dir, cache_bytes, outbox_budget)?;
+    /// Opens the store; for each reader `budgets` configures, committed
+    /// changes also wait for it (the log is its outbox), up to that many
+    /// bytes of records beyond the newest.
+    pub fn open_with(dir: &Path, cache_bytes: u64, budgets: Backlogs) -> Result<Self, StoreError> {
+        let inner = Inner::open(dir, cache_bytes, budgets)?;
         Ok(SledStore {
             dir: dir.to_path_buf(),
             cache_bytes,
-            outbox_budget,
-            outbox_dropped: std::sync::atomic::AtomicU64::new(0),
+            budgets,
+            outbox_dropped: Default::default(),
             unfinished: Mutex::new(Unfinished::None),
             append_failed: Default::default(),
             inner: RwLock::new(Some(inner)),
@@ -273,7 +329,7 @@ impl SledStore {
     ) -> Result<T, StoreError> {
         let mut guard = self.write();
         if guard.is_none() {
-            let mut inner = Inner::open(&self.dir, self.cache_bytes, self.outbox_budget)?;
+            let mut inner = Inner::open(&self.dir, self.cache_bytes, self.budgets)?;
             let mut unfinished = self.unfinished();
             if let Unfinished::Failed { changes, first } = std::mem::take(&mut *unfinished) {
                 if !inner.records.contains_key(&first) {
@@ -292,9 +348,13 @@ impl SledStore {
         let inner = guard.as_mut().ok_or_else(reopening)?;
         let result = write(inner);
         if result.is_err() {
-            if let Some(cursor) = guard.as_ref().and_then(|i| i.cloud.as_ref()) {
-                self.outbox_dropped
-                    .fetch_add(lock(cursor).dropped, std::sync::atomic::Ordering::Relaxed);
+            if let Some(inner) = guard.as_ref() {
+                for (cursor, dropped) in inner.cursors.iter().zip(&self.outbox_dropped) {
+                    if let Some(cursor) = cursor {
+                        dropped
+                            .fetch_add(lock(cursor).dropped, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
             }
             *guard = None;
         }
@@ -319,23 +379,15 @@ impl ferrite_sync::outbox::OutboxAccess for SledStore {
         from: u64,
         max: usize,
     ) -> Result<Vec<(u64, ferrite_sync::delta::Change)>, OutboxError> {
-        self.with_outbox(|inner, cursor| inner.owed(from.max(cursor.owed_from()), max))
+        self.owed(Reader::Cloud, from, max)
     }
 
     fn acknowledge(&self, seq: u64) -> Result<(), OutboxError> {
-        self.with_outbox(|inner, cursor| {
-            let seq = seq.min(inner.next_seq - 1);
-            if seq > cursor.acked {
-                inner.meta.insert(ACKED, &seq.to_be_bytes())?;
-                cursor.acked = seq;
-                cursor.owed_bytes = inner.owed_bytes(cursor.owed_from());
-            }
-            Ok(())
-        })
+        self.acknowledge_for(Reader::Cloud, seq)
     }
 
     fn acknowledged(&self) -> Result<u64, OutboxError> {
-        self.with_outbox(|_, cursor| Ok(cursor.acked))
+        self.acknowledged_by(Reader::Cloud)
     }
 
     fn last(&self) -> Result<u64, OutboxError> {
@@ -360,18 +412,79 @@ impl ferrite_sync::outbox::OutboxAccess for SledStore {
 }
 
 impl SledStore {
+    /// Up to `max` changes from `from` on that `reader` still needs, in
+    /// order, with their sequences; only what a commit has flushed.
+    pub fn owed(
+        &self,
+        reader: Reader,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, ferrite_sync::delta::Change)>, OutboxError> {
+        self.with_cursor(reader, |inner, cursor| {
+            inner.owed(from.max(cursor.owed_from()), max)
+        })
+    }
+
+    /// `reader` has every change up to and including `seq`: the log need
+    /// not keep them for it any more. Durable with the next commit.
+    pub fn acknowledge_for(&self, reader: Reader, seq: u64) -> Result<(), OutboxError> {
+        self.with_cursor(reader, |inner, cursor| {
+            let seq = seq.min(inner.next_seq - 1);
+            if seq > cursor.acked {
+                inner.meta.insert(reader.keys().0, &seq.to_be_bytes())?;
+                cursor.acked = seq;
+                cursor.owed_bytes = inner.owed_bytes(cursor.owed_from());
+            }
+            Ok(())
+        })
+    }
+
+    /// The sequence of the newest change committed (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.read().as_ref().map_or(0, |inner| inner.next_seq - 1)
+    }
+
+    /// The highest sequence `reader` acknowledged.
+    pub fn acknowledged_by(&self, reader: Reader) -> Result<u64, OutboxError> {
+        self.with_cursor(reader, |_, cursor| Ok(cursor.acked))
+    }
+
+    /// What waits for `reader`, if it is configured.
+    pub fn backlog(&self, reader: Reader) -> Option<super::OutboxState> {
+        let guard = self.read();
+        let inner = guard.as_ref()?;
+        let cursor = lock(inner.cursors[reader as usize].as_ref()?);
+        Some(super::OutboxState {
+            backlog: inner.next_seq.saturating_sub(cursor.owed_from()),
+            bytes: cursor.owed_bytes,
+            dropped: self.outbox_dropped[reader as usize]
+                .load(std::sync::atomic::Ordering::Relaxed)
+                + cursor.dropped,
+        })
+    }
+
     fn with_outbox<T>(
         &self,
         f: impl FnOnce(&Inner, &mut Cursor) -> Result<T, OutboxError>,
     ) -> Result<T, OutboxError> {
+        self.with_cursor(Reader::Cloud, f)
+    }
+
+    fn with_cursor<T>(
+        &self,
+        reader: Reader,
+        f: impl FnOnce(&Inner, &mut Cursor) -> Result<T, OutboxError>,
+    ) -> Result<T, OutboxError> {
         let guard = self.read();
-        let Some((inner, cursor)) = guard
-            .as_ref()
-            .and_then(|i| i.cloud.as_ref().map(|cursor| (i, cursor)))
-        else {
-            return Err(OutboxError::Io(sled::Error::Unsupported(
-                "the outbox is not open (no [cloud], or the store is reopening)".into(),
-            )));
+        let Some((inner, cursor)) = guard.as_ref().and_then(|i| {
+            i.cursors[reader as usize]
+                .as_ref()
+                .map(|cursor| (i, cursor))
+        }) else {
+            return Err(OutboxError::Io(sled::Error::Unsupported(format!(
+                "{} is not open",
+                reader.name()
+            ))));
         };
         f(inner, &mut lock(cursor))
     }
@@ -398,7 +511,7 @@ fn io(e: OutboxError) -> StoreError {
 }
 
 impl Inner {
-    fn open(dir: &Path, cache_bytes: u64, outbox_budget: Option<u64>) -> Result<Inner, StoreError> {
+    fn open(dir: &Path, cache_bytes: u64, budgets: Backlogs) -> Result<Inner, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
         let path = dir.join("store");
@@ -426,7 +539,7 @@ impl Inner {
             heads: Vec::new(),
             next_seq: 1,
             records: BTreeMap::new(),
-            cloud: None,
+            cursors: [None, None],
         };
         inner.read_names()?;
         inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.unwrap_or(1).max(1);
@@ -434,8 +547,10 @@ impl Inner {
             inner.migrate()?;
         }
         inner.replay()?;
-        if let Some(budget) = outbox_budget {
-            inner.open_outbox(budget)?;
+        for reader in Reader::ALL {
+            if let Some(budget) = budgets.of(reader) {
+                inner.open_outbox(reader, budget)?;
+            }
         }
         Ok(inner)
     }
@@ -545,20 +660,22 @@ impl Inner {
         Ok(())
     }
 
-    /// With `[cloud]`: the outbox's cursor. A store that never had one owes
-    /// nothing from before.
-    fn open_outbox(&mut self, budget: u64) -> Result<(), StoreError> {
-        let acked = meta_u64(&self.meta, ACKED).map_err(io)?;
-        let floor = match meta_u64(&self.meta, FLOOR).map_err(io)? {
+    /// `reader`'s cursor. A store that never had one owes it nothing from
+    /// before.
+    fn open_outbox(&mut self, reader: Reader, budget: u64) -> Result<(), StoreError> {
+        let (acked_key, floor_key) = reader.keys();
+        let acked = meta_u64(&self.meta, acked_key).map_err(io)?;
+        let floor = match meta_u64(&self.meta, floor_key).map_err(io)? {
             Some(floor) => floor,
             None => {
                 let floor = acked.map_or(self.next_seq, |acked| acked + 1);
-                self.meta.insert(FLOOR, &floor.to_be_bytes())?;
+                self.meta.insert(floor_key, &floor.to_be_bytes())?;
                 floor
             }
         };
         let acked = acked.unwrap_or(0);
         let mut cursor = Cursor {
+            reader,
             budget,
             acked,
             floor,
@@ -566,7 +683,7 @@ impl Inner {
             dropped: 0,
         };
         cursor.owed_bytes = self.owed_bytes(cursor.owed_from());
-        self.cloud = Some(Mutex::new(cursor));
+        self.cursors[reader as usize] = Some(Mutex::new(cursor));
         Ok(())
     }
 
@@ -685,12 +802,11 @@ impl Inner {
                 self.cut(*id)?;
             }
         }
-        if let Some(cursor) = self
-            .cloud
-            .as_mut()
-            .map(|c| c.get_mut().unwrap_or_else(PoisonError::into_inner))
-        {
-            cursor.owed_bytes += owed;
+        for cursor in self.cursors.iter_mut().flatten() {
+            cursor
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .owed_bytes += owed;
         }
         self.keep_outbox_budget()?;
         self.db.flush()?;
@@ -735,13 +851,16 @@ impl Inner {
         Ok(())
     }
 
-    /// Over the outbox's budget, the oldest owed records are dropped from
-    /// it (never the newest), and counted.
+    /// Over a reader's budget, the oldest records it is owed are dropped
+    /// from its backlog (never the newest), and counted.
     fn keep_outbox_budget(&mut self) -> Result<(), StoreError> {
-        let Some(cursor) = self.cloud.as_ref() else {
-            return Ok(());
-        };
-        let mut cursor = lock(cursor);
+        for cursor in self.cursors.iter().flatten() {
+            self.keep_budget(&mut lock(cursor))?;
+        }
+        Ok(())
+    }
+
+    fn keep_budget(&self, cursor: &mut Cursor) -> Result<(), StoreError> {
         let newest = self.records.keys().next_back().copied().unwrap_or(0);
         let mut moved = false;
         while cursor.owed_bytes > cursor.budget {
@@ -763,7 +882,8 @@ impl Inner {
             moved = true;
         }
         if moved {
-            self.meta.insert(FLOOR, &cursor.floor.to_be_bytes())?;
+            self.meta
+                .insert(cursor.reader.keys().1, &cursor.floor.to_be_bytes())?;
         }
         Ok(())
     }
@@ -842,9 +962,12 @@ impl Inner {
             .min()
             .unwrap_or(u64::MAX);
         let owed = self
-            .cloud
-            .as_ref()
-            .map_or(u64::MAX, |c| lock(c).owed_from());
+            .cursors
+            .iter()
+            .flatten()
+            .map(|c| lock(c).owed_from())
+            .min()
+            .unwrap_or(u64::MAX);
         let doomed: Vec<u64> = self
             .records
             .iter()
@@ -1136,17 +1259,7 @@ impl Store for SledStore {
     }
 
     fn outbox(&self) -> Option<super::OutboxState> {
-        let guard = self.read();
-        let inner = guard.as_ref()?;
-        let cursor = lock(inner.cloud.as_ref()?);
-        Some(super::OutboxState {
-            backlog: inner.next_seq.saturating_sub(cursor.owed_from()),
-            bytes: cursor.owed_bytes,
-            dropped: self
-                .outbox_dropped
-                .load(std::sync::atomic::Ordering::Relaxed)
-                + cursor.dropped,
-        })
+        self.backlog(Reader::Cloud)
     }
 
     fn save_config_version(
@@ -1245,7 +1358,7 @@ mod tests {
         use ferrite_sync::outbox::OutboxAccess;
         let io = |e: ferrite_sync::outbox::OutboxError| StoreError::Io(e.to_string());
         let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
-        let store = SledStore::open_with(dir.path(), 1 << 20, Some(1 << 20))?;
+        let store = SledStore::open_with(dir.path(), 1 << 20, Backlogs::cloud(1 << 20))?;
         let batch = [
             change("d", "n", 2_000, Value::Int(2)),
             change("d", "m", 2_000, Value::Float(0.5)),
@@ -1276,7 +1389,7 @@ mod tests {
     fn a_retried_commit_does_not_put_its_changes_in_the_outbox_twice() -> Result<(), StoreError> {
         use ferrite_sync::outbox::OutboxAccess;
         let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
-        let store = SledStore::open_with(dir.path(), 1 << 20, Some(1 << 20))?;
+        let store = SledStore::open_with(dir.path(), 1 << 20, Backlogs::cloud(1 << 20))?;
         let first = [change("d", "n", 1_000, Value::Int(1))];
         let batch = [
             change("d", "n", 2_000, Value::Int(2)),
@@ -1406,7 +1519,7 @@ mod tests {
         let plain = SledStore::open(&dir.path().join("a"))?;
         plain.commit(&[change("d", "p", 1, Value::Int(1))])?;
         assert_eq!(plain.outbox(), None, "no [cloud], no outbox");
-        let store = SledStore::open_with(&dir.path().join("b"), 1 << 20, Some(1 << 20))?;
+        let store = SledStore::open_with(&dir.path().join("b"), 1 << 20, Backlogs::cloud(1 << 20))?;
         store.commit(&[
             change("d", "p", 1_000, Value::Int(1)),
             change("d", "q", 1_000, Value::Bool(true)),
@@ -1416,7 +1529,7 @@ mod tests {
         assert_eq!((state.backlog, state.dropped), (3, 0));
         assert!(state.bytes > 0);
         // A budget of one record keeps the newest and counts the rest.
-        let tight = SledStore::open_with(&dir.path().join("c"), 1 << 20, Some(20))?;
+        let tight = SledStore::open_with(&dir.path().join("c"), 1 << 20, Backlogs::cloud(20))?;
         for i in 0..5 {
             tight.commit(&[change("d", "p", i, Value::Int(i))])?;
         }
@@ -1427,7 +1540,7 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, 5, "the newest stays");
         // The newest record stays even when it alone is over the budget.
-        let one = SledStore::open_with(&dir.path().join("d"), 1 << 20, Some(10))?;
+        let one = SledStore::open_with(&dir.path().join("d"), 1 << 20, Backlogs::cloud(10))?;
         one.commit(
             &(0..5)
                 .map(|i| change("d", "p", i, Value::Int(i)))
@@ -1526,20 +1639,66 @@ mod tests {
 
     /// sled may refuse a reopen straight after a drop (its file lock).
     fn reopened(dir: &Path) -> Result<SledStore, StoreError> {
+        reopened_with(dir, Backlogs::default())
+    }
+
+    /// Reopens past sled's file lock, which a drop releases late.
+    fn reopened_with(dir: &Path, budgets: Backlogs) -> Result<SledStore, StoreError> {
+        let cache = ferrite_models::config::StoreSection::default().cache_mib * 1024 * 1024;
         for _ in 0..50 {
-            match SledStore::open(dir) {
+            match SledStore::open_with(dir, cache, budgets) {
                 Ok(store) => return Ok(store),
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
             }
         }
-        SledStore::open(dir)
+        SledStore::open_with(dir, cache, budgets)
+    }
+
+    #[test]
+    fn a_record_stays_until_every_reader_has_it_and_each_cursor_survives_a_reopen()
+    -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let both = Backlogs {
+            cloud: Some(1 << 30),
+            north: Some(1 << 30),
+        };
+        let store = SledStore::open_with(dir.path(), 1 << 20, both)?;
+        for i in 0..CUT_POINTS as i64 {
+            store.commit(&[change("d", "p", i, Value::Int(i))])?;
+        }
+        store.acknowledge_for(Reader::Cloud, 120).map_err(io)?;
+        store.trim(i64::MIN, u64::MAX)?;
+        assert_eq!(store.measure()?.records, 120, "the north has none yet");
+        assert_eq!(store.backlog(Reader::Cloud).map(|s| s.backlog), Some(0));
+        assert_eq!(store.backlog(Reader::North).map(|s| s.backlog), Some(120));
+        store.acknowledge_for(Reader::North, 100).map_err(io)?;
+        let owed = store.owed(Reader::North, 0, 1000).map_err(io)?;
+        assert_eq!(owed.first().map(|o| o.0), Some(101), "from its own cursor");
+        assert_eq!(owed.len(), 20);
+        store.trim(i64::MIN, u64::MAX)?;
+        assert_eq!(store.measure()?.records, 20);
+        store.commit(&[change("d", "q", 1, Value::Int(1))])?;
+        drop(store);
+        let store = reopened_with(dir.path(), both)?;
+        assert_eq!(store.acknowledged_by(Reader::North).map_err(io)?, 100);
+        assert_eq!(store.acknowledged_by(Reader::Cloud).map_err(io)?, 120);
+        let owed = store.owed(Reader::North, 0, 1000).map_err(io)?;
+        assert_eq!(owed.len(), 21, "after a restart too");
+        assert_eq!(store.owed(Reader::Cloud, 0, 1000).map_err(io)?.len(), 1);
+        drop(store);
+        let cloud_only = reopened_with(dir.path(), Backlogs::cloud(1 << 30))?;
+        assert!(
+            cloud_only.owed(Reader::North, 0, 1).is_err(),
+            "without [north], no northbound backlog"
+        );
+        Ok(())
     }
 
     #[test]
     fn records_go_once_cut_and_acknowledged() -> Result<(), StoreError> {
         use ferrite_sync::outbox::OutboxAccess;
         let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
-        let store = SledStore::open_with(dir.path(), 1 << 20, Some(1 << 30))?;
+        let store = SledStore::open_with(dir.path(), 1 << 20, Backlogs::cloud(1 << 30))?;
         for i in 0..CUT_POINTS as i64 {
             store.commit(&[change("d", "p", i, Value::Int(i))])?;
         }
@@ -1592,7 +1751,7 @@ mod tests {
             outbox.acknowledge(100).map_err(io)?;
             db.flush()?;
         }
-        let store = SledStore::open_with(dir.path(), 1 << 20, Some(1 << 30))?;
+        let store = SledStore::open_with(dir.path(), 1 << 20, Backlogs::cloud(1 << 30))?;
         let history = all(&store, "p")?;
         assert_eq!(history.len(), 300);
         assert_eq!(history[299], (299_000, Value::Float(299.0)));
