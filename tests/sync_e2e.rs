@@ -352,6 +352,99 @@ async fn kill_9_of_either_end_loses_nothing_and_duplicates_nothing() {
     sim.stop().await;
 }
 
+/// The gateway's journal events (newest first), as its API shows them.
+async fn gateway_events(api: &Api) -> Vec<Json> {
+    let (status, body) = api.get("/api/v1/events?limit=1000").await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_events_reach_the_control_plane_each_once_across_a_kill_9() {
+    let (world, sim, counter) = World::new("events").await;
+    // A rule that raises an event every 200 ms or so (n counts up).
+    world.files.write(
+        "rules/tick.yaml",
+        "kind: Rule\nname: tick\nwhen: 'devices[\"d\"].n % 20 < 10'\nclear_when: 'devices[\"d\"].n % 20 >= 10'\n\
+         rate_limit: { firings: 1000, per: 1m }\nthen:\n  - event: { severity: warning, message: 'n at {devices[\"d\"].n}' }\n",
+    );
+    let mut cloud = world.cloud().await;
+    let gateway = world.gateway().await;
+    let id = world.gateway_id.clone();
+    let path = format!("/api/v1/gateways/{id}/events?limit=10000");
+    let cloud_events = |api: Api| {
+        let path = path.clone();
+        async move {
+            api.get(&path)
+                .await
+                .1
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            cloud_events(cloud.api.clone()).await.len() >= 5
+        })
+        .await,
+        "no events synced:\n{}",
+        gateway.log_tail()
+    );
+    // The control plane killed mid-stream; events keep coming and wait.
+    kill(&mut cloud);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cloud = world.cloud().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counter.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let newest = gateway_events(&gateway.api).await[0]["seq"]
+        .as_u64()
+        .expect("seq");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            gateway.api.get("/api/v1/sync").await.1["events_acked"].as_u64() >= Some(newest)
+        })
+        .await,
+        "{}",
+        gateway.api.get("/api/v1/sync").await.1
+    );
+    let at_gateway = gateway_events(&gateway.api).await;
+    let in_cloud = cloud_events(cloud.api.clone()).await;
+    let seqs: Vec<u64> = in_cloud.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    let unique: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(unique.len(), seqs.len(), "each event once");
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let by_seq: std::collections::BTreeMap<u64, &Json> = in_cloud
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap_or(0), e))
+        .collect();
+    let rule_events: Vec<&Json> = at_gateway
+        .iter()
+        .filter(|e| e["rule"] == json!("tick"))
+        .collect();
+    assert!(
+        rule_events.len() >= 10,
+        "{} events at the gateway",
+        rule_events.len()
+    );
+    for event in &rule_events {
+        let seq = event["seq"].as_u64().expect("seq");
+        let synced = by_seq
+            .get(&seq)
+            .unwrap_or_else(|| panic!("event {seq} missing in the cloud: {event}"));
+        assert_eq!(
+            synced["event"]["message"], event["message"],
+            "{synced} vs {event}"
+        );
+        assert_eq!(synced["event"]["severity"], json!("warning"));
+    }
+    let mut gateway = gateway;
+    kill(&mut gateway);
+    kill(&mut cloud);
+    sim.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desired_state_goes_down_is_written_and_reported_back() {
     let (world, sim, counter) = World::new("twin").await;

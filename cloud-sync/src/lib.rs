@@ -19,6 +19,7 @@
 //!   username and password, client certificates).
 //! - [`uplink`]: the gateway's side: Hello and Resume, batches cut by time
 //!   and size, at most a window in flight, the outbox trimmed on Ack; the
+//!   gateway's journal events beside them (`EventBatch`/`EventAck`); the
 //!   twin's desired patches applied in version order through the gateway's
 //!   write path.
 //! - [`sled_open`]: opens sled past an unfinished snapshot file (left by a

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ferrite_models::Value;
 
 use crate::delta::Change;
+use crate::wire::JournalEvent;
 
 /// Outbox failures.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +220,19 @@ pub trait OutboxAccess: Send + Sync + 'static {
     /// Records (durably, before it returns) that config bundle `version`
     /// is handled.
     fn set_config_version(&self, version: u64) -> Result<(), OutboxError>;
+    /// Up to `max` journal events after sequence `seq`, in order, for the
+    /// control plane. None by default: an outbox without a journal.
+    fn events_after(&self, _seq: u64, _max: usize) -> Result<Vec<JournalEvent>, OutboxError> {
+        Ok(Vec::new())
+    }
+    /// The highest journal event sequence the control plane acknowledged.
+    fn events_acked(&self) -> Result<u64, OutboxError> {
+        Ok(0)
+    }
+    /// The control plane has every journal event up to `seq`.
+    fn acknowledge_events(&self, _seq: u64) -> Result<(), OutboxError> {
+        Ok(())
+    }
 }
 
 impl OutboxAccess for Outbox {

@@ -5,11 +5,13 @@
 //!                   ferrite/v1/gw/GW/up/batch      DeltaBatch, zstd
 //!                   ferrite/v1/gw/GW/up/reported   Reported
 //!                   ferrite/v1/gw/GW/up/config     ConfigReport
+//!                   ferrite/v1/gw/GW/up/events     EventBatch
 //!                   ferrite/v1/gw/GW/up/status     "online" / "offline" (its will), retained
 //! cloud → gateway   ferrite/v1/gw/GW/down/resume   Resume
 //!                   ferrite/v1/gw/GW/down/ack      Ack
 //!                   ferrite/v1/gw/GW/down/desired  DesiredPatch
 //!                   ferrite/v1/gw/GW/down/config   ConfigBundle
+//!                   ferrite/v1/gw/GW/down/events_ack EventAck
 //! the cloud         ferrite/v1/cloud/status        "online" / "offline", retained
 //! ```
 //!
@@ -37,6 +39,8 @@ pub enum Up {
     Reported,
     /// A `ConfigReport`.
     Config,
+    /// An `EventBatch`.
+    Events,
     /// `online` / `offline`.
     Status,
 }
@@ -52,11 +56,20 @@ pub enum Down {
     Desired,
     /// `ConfigBundle`.
     Config,
+    /// `EventAck`.
+    EventsAck,
 }
 
 impl Up {
     /// Every kind.
-    pub const ALL: [Up; 5] = [Up::Hello, Up::Batch, Up::Reported, Up::Config, Up::Status];
+    pub const ALL: [Up; 6] = [
+        Up::Hello,
+        Up::Batch,
+        Up::Reported,
+        Up::Config,
+        Up::Events,
+        Up::Status,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -64,6 +77,7 @@ impl Up {
             Up::Batch => "batch",
             Up::Reported => "reported",
             Up::Config => "config",
+            Up::Events => "events",
             Up::Status => "status",
         }
     }
@@ -71,13 +85,20 @@ impl Up {
 
 impl Down {
     /// Every kind.
-    pub const ALL: [Down; 4] = [Down::Resume, Down::Ack, Down::Desired, Down::Config];
+    pub const ALL: [Down; 5] = [
+        Down::Resume,
+        Down::Ack,
+        Down::Desired,
+        Down::Config,
+        Down::EventsAck,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Down::Resume => "resume",
             Down::Ack => "ack",
             Down::Desired => "desired",
+            Down::EventsAck => "events_ack",
             Down::Config => "config",
         }
     }

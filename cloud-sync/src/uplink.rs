@@ -19,6 +19,11 @@
 //! outbox, inside the store's commit. Over its budget the outbox drops its
 //! oldest entries, counted, and the next batch tells the cloud how many.
 //!
+//! Journal events (alarms, OPC UA events, warnings) go up beside the
+//! changes, when the outbox has any ([`OutboxAccess::events_after`]): one
+//! `EventBatch` at a time, sent again after `ack_timeout` or a new session,
+//! the journal's cursor moved on each `EventAck`.
+//!
 //! Desired patches go to a second task, which applies them one at a time in
 //! version order through the gateway's [`DesiredHandler`] (its checked write
 //! path), records the version durably, and reports the result.
@@ -46,7 +51,9 @@ use crate::link::LinkOptions;
 use crate::outbox::OutboxAccess;
 use crate::session::{Batcher, Outgoing};
 use crate::topics::{self, Down, Up};
-use crate::wire::{Ack, ConfigBundle, ConfigReport, DesiredPatch, Hello, Reported, Resume};
+use crate::wire::{
+    Ack, ConfigBundle, ConfigReport, DesiredPatch, EventAck, EventBatch, Hello, Reported, Resume,
+};
 
 /// How the uplink runs.
 #[derive(Debug, Clone)]
@@ -120,6 +127,8 @@ pub struct UplinkStatus {
     desired_version: AtomicU64,
     config_version: AtomicU64,
     refused: AtomicU64,
+    events_sent: AtomicU64,
+    events_acked: AtomicU64,
     last_error: Mutex<Option<String>>,
     last_refused: Mutex<Option<String>>,
 }
@@ -148,6 +157,10 @@ pub struct UplinkSnapshot {
     pub refused: u64,
     /// Why the last of those was refused.
     pub last_refused: Option<String>,
+    /// Journal events sent since start (resends included).
+    pub events_sent: u64,
+    /// The highest journal event sequence the control plane acknowledged.
+    pub events_acked: u64,
     /// The last connection, protocol or outbox error since the control
     /// plane last acknowledged a batch, if any.
     pub last_error: Option<String>,
@@ -166,6 +179,8 @@ impl UplinkStatus {
             desired_version: self.desired_version.load(Ordering::Relaxed),
             config_version: self.config_version.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            events_sent: self.events_sent.load(Ordering::Relaxed),
+            events_acked: self.events_acked.load(Ordering::Relaxed),
             last_refused: self
                 .last_refused
                 .lock()
@@ -200,6 +215,9 @@ impl UplinkStatus {
             .unwrap_or_else(PoisonError::into_inner) = error;
     }
 }
+
+/// Journal events per EventBatch, at most.
+const EVENTS_PER_BATCH: usize = 200;
 
 /// What the twin task tells the connection task.
 enum FromTwin {
@@ -241,6 +259,9 @@ pub async fn run(
     if let Ok(version) = outbox.config_version() {
         status.config_version.store(version, Ordering::Relaxed);
     }
+    if let Ok(acked) = outbox.events_acked() {
+        status.events_acked.store(acked, Ordering::Relaxed);
+    }
     let (client, eventloop) = AsyncClient::new(options, 64);
     let (patches, patches_rx) = mpsc::channel(256);
     let (twin_tx, twin_rx) = mpsc::channel(256);
@@ -268,6 +289,8 @@ pub async fn run(
         patches,
         bundles: bundle_tx,
         sent_high: 0,
+        events_in_flight: None,
+        events_sent_high: 0,
         resubscribe_at: None,
     };
     connection.drive(eventloop, twin_rx, shutdown).await;
@@ -288,6 +311,12 @@ struct Connection {
     /// The highest change sequence this process has sent: no Ack can
     /// rightly go past it.
     sent_high: u64,
+    /// The event batch awaiting its EventAck: its last sequence, and when
+    /// it went.
+    events_in_flight: Option<(u64, Instant)>,
+    /// The highest journal event sequence sent: no EventAck can rightly go
+    /// past it.
+    events_sent_high: u64,
     /// The broker refused a subscription (a cluster busy electing, say):
     /// when to ask again.
     resubscribe_at: Option<Instant>,
@@ -371,6 +400,7 @@ impl Connection {
                     }
                     self.check_timeouts();
                     self.pump(false);
+                    self.pump_events();
                 }
                 Some(message) = twin.recv() => match message {
                     FromTwin::Report(report) => {
@@ -464,6 +494,7 @@ impl Connection {
                 // Only the newest counts; the bundle task takes it.
                 self.bundles.send_replace(Some(b));
             }),
+            Down::EventsAck => EventAck::decode(payload).map(|a| self.on_events_ack(a.seq)),
         };
         if let Err(e) = result {
             tracing::warn!("the uplink got a malformed {kind:?} on {topic}: {e}");
@@ -480,6 +511,7 @@ impl Connection {
         session.hello_at = Instant::now();
         session.in_flight.clear();
         session.batcher = batcher(&self.config, session.epoch);
+        self.events_in_flight = None;
         self.status.sessions.fetch_add(1, Ordering::Relaxed);
         let hello = Hello {
             gateway_id: self.config.gateway.clone(),
@@ -521,6 +553,7 @@ impl Connection {
         self.session.resumed = true;
         self.session.from = from;
         self.pump(false);
+        self.pump_events();
     }
 
     fn on_ack(&mut self, seq: u64) {
@@ -623,6 +656,62 @@ impl Connection {
                 humanize(timeout)
             );
             self.hello();
+        }
+    }
+
+    /// Sends the next journal events when none await their EventAck (or
+    /// the last batch went unanswered for `ack_timeout`).
+    fn pump_events(&mut self) {
+        if !self.session.resumed || !self.status.connected.load(Ordering::Relaxed) {
+            return;
+        }
+        if self
+            .events_in_flight
+            .is_some_and(|(_, at)| at.elapsed() < self.config.ack_timeout)
+        {
+            return;
+        }
+        let acked = self.status.events_acked.load(Ordering::Relaxed);
+        let events = match self.outbox.events_after(acked, EVENTS_PER_BATCH) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!("cannot read the events journal: {e}");
+                return;
+            }
+        };
+        let Some(last) = events.iter().map(|e| e.seq).max() else {
+            self.events_in_flight = None;
+            return;
+        };
+        let count = events.len() as u64;
+        let batch = EventBatch {
+            gateway_id: self.config.gateway.clone(),
+            events,
+        };
+        let topic = topics::up(&self.config.gateway, Up::Events);
+        if self.publish(topic, batch.encode_to_vec(), false) {
+            self.events_in_flight = Some((last, Instant::now()));
+            self.events_sent_high = self.events_sent_high.max(last);
+            self.status.events_sent.fetch_add(count, Ordering::Relaxed);
+        }
+    }
+
+    fn on_events_ack(&mut self, seq: u64) {
+        if seq > self.events_sent_high {
+            self.status.refuse(format!(
+                "an EventAck of event {seq}, past the last event sent ({})",
+                self.events_sent_high
+            ));
+            return;
+        }
+        if let Err(e) = self.outbox.acknowledge_events(seq) {
+            tracing::warn!("cannot record the events acknowledged: {e}");
+            return;
+        }
+        self.status.events_acked.fetch_max(seq, Ordering::Relaxed);
+        if self.events_in_flight.is_some_and(|(last, _)| last <= seq) {
+            self.events_in_flight = None;
+            self.pump_events();
         }
     }
 
@@ -771,6 +860,8 @@ mod tests {
             patches,
             bundles,
             sent_high: 0,
+            events_in_flight: None,
+            events_sent_high: 0,
             resubscribe_at: None,
         }
     }
@@ -806,9 +897,13 @@ mod tests {
             topics::down("gw", Down::Resume),
         );
 
-        // Nothing was sent yet: an Ack of anything trims nothing.
+        // Nothing was sent yet: an Ack of anything trims nothing, nor does
+        // an EventAck move the events' cursor.
         link.on_publish(&ack_topic, &ack(5));
         link.on_publish(&ack_topic, &ack(u64::MAX));
+        let events_ack = EventAck { seq: 7 }.encode_to_vec();
+        link.on_publish(&topics::down("gw", Down::EventsAck), &events_ack);
+        assert_eq!(link.status.snapshot().events_acked, 0);
         // A Resume past the outbox's end, or at the end of the numbers.
         let epoch = link.session.epoch;
         link.on_publish(&resume_topic, &resume(epoch, 11));
@@ -816,7 +911,7 @@ mod tests {
         assert_eq!(outbox.acknowledged().expect("acked"), 0);
         assert_eq!(outbox.read(1, 100).expect("read").len(), 10);
         let status = link.status.snapshot();
-        assert_eq!(status.refused, 4);
+        assert_eq!(status.refused, 5);
         assert!(status.last_refused.expect("why").contains("past"));
         assert!(!link.session.resumed);
 
@@ -829,6 +924,6 @@ mod tests {
         // Still nothing sent by this process past 3: an Ack of 9 is refused.
         link.on_publish(&ack_topic, &ack(9));
         assert_eq!(outbox.read(1, 100).expect("read").len(), 7);
-        assert_eq!(link.status.snapshot().refused, 5);
+        assert_eq!(link.status.snapshot().refused, 6);
     }
 }

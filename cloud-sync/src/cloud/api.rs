@@ -11,6 +11,8 @@
 //!   object), and `GET` of it with the gateway's report
 //! - `GET /api/v1/audit?limit=N` (an addition: who set desired state or sent
 //!   a bundle, by token name)
+//! - `GET /api/v1/gateways/{gw}/events?limit=N` (an addition: the gateway's
+//!   journal events, newest first)
 //! - `GET /api/v1/stats`
 //! - `GET /healthz` (open: no token needed)
 //!
@@ -55,6 +57,26 @@ pub(crate) async fn audit(
     let store = shared.store.clone();
     let entries = blocking(move || store.audit(limit)).await?;
     Ok(Json(json!({ "entries": entries })))
+}
+
+/// A gateway's journal events (alarms, OPC UA events, rule events, its own
+/// warnings) as synced, newest first (default 100, at most 10 000).
+#[utoipa::path(get, operation_id = "events", path = "/api/v1/gateways/{gw}/events", tag = "control plane", params(("gw" = String, Path, description = "Gateway id"), ("limit" = Option<usize>, Query, description = "Newest events (default 100)")), responses((status = 200, description = "The gateway's events, newest first: {seq, ts, event}", body = Vec<Object>), (status = 404, description = "No such gateway (never connected) or item", body = ErrorBody), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]
+pub(crate) async fn events(
+    State(shared): State<Arc<Shared>>,
+    Path(gw): Path<String>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| bad_body(e.body_text()))?;
+    known(&shared, &gw).await?;
+    let limit = query.limit.unwrap_or(100).min(10_000);
+    let store = shared.store.clone();
+    let events = blocking(move || store.events(&gw, limit)).await?;
+    let list: Vec<JsonValue> = events
+        .iter()
+        .map(|e| json!({"seq": e.seq, "ts": rfc3339_ms(e.ts_ms), "event": e.body}))
+        .collect();
+    Ok(Json(JsonValue::Array(list)))
 }
 
 #[utoipa::path(get, operation_id = "gateways", path = "/api/v1/gateways", tag = "control plane", responses((status = 200, description = "Every gateway known", body = Vec<Object>), (status = 400, description = "A bad body or query", body = ErrorBody), (status = 401, description = "No or an unknown token", body = ErrorBody), (status = 403, description = "A role too low", body = ErrorBody)))]

@@ -22,11 +22,13 @@ use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::mpsc;
 
 use super::replicas::Replicas;
-use super::store::{CloudStoreError, NewChanges, Store, blocking};
+use super::store::{CloudStoreError, GatewayEvent, NewChanges, Store, blocking};
 use crate::delta::{self, naive_json_bytes, publish_packet_bytes};
 use crate::session::{Applied, Applier};
 use crate::topics::{self, Down, Up};
-use crate::wire::{Ack, ConfigDocument, ConfigReport, DesiredPatch, Hello, Reported, Resume};
+use crate::wire::{
+    Ack, ConfigDocument, ConfigReport, DesiredPatch, EventAck, EventBatch, Hello, Reported, Resume,
+};
 
 /// Counters since start, for `/api/v1/stats`.
 #[derive(Debug, Default)]
@@ -318,6 +320,7 @@ impl Processor {
                 Up::Batch => self.batch(&gateway, &topic, &payload).await,
                 Up::Reported => self.reported(&gateway, &payload).await,
                 Up::Config => self.config_report(&gateway, &payload).await,
+                Up::Events => self.events(&gateway, &payload).await,
                 Up::Status => Ok(()),
             };
             if let Err(e) = result {
@@ -403,6 +406,51 @@ impl Processor {
         blocking(move || store.record_config_report(&gw, &report))
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Keeps a gateway's journal events, then acknowledges up to the last
+    /// (resent ones are kept once). A body that is not JSON is kept as text.
+    async fn events(&self, gateway: &str, payload: &[u8]) -> Result<(), String> {
+        let batch =
+            EventBatch::decode(payload).map_err(|e| format!("malformed EventBatch: {e}"))?;
+        if batch.gateway_id != gateway {
+            return Err(format!(
+                "an EventBatch for `{}` on its topic",
+                batch.gateway_id
+            ));
+        }
+        let Some(last) = batch.events.iter().map(|e| e.seq).max() else {
+            return Ok(());
+        };
+        let events: Vec<GatewayEvent> = batch
+            .events
+            .into_iter()
+            .map(|e| GatewayEvent {
+                seq: e.seq,
+                ts_ms: e.ts_ms,
+                body: serde_json::from_str(&e.body).unwrap_or(serde_json::Value::String(e.body)),
+            })
+            .collect();
+        let store = self.shared.store.clone();
+        let gw = gateway.to_string();
+        blocking(move || {
+            if !store.knows(&gw)? {
+                return Ok(false);
+            }
+            store.put_events(&gw, &events).map(|()| true)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .then_some(())
+        .ok_or_else(|| "events from a gateway that never said Hello".to_string())?;
+        self.shared
+            .publish(
+                gateway,
+                Down::EventsAck,
+                EventAck { seq: last }.encode_to_vec(),
+            )
+            .await;
+        Ok(())
     }
 
     async fn resume(&self, gateway: &str, last: u64, epoch: u64) {

@@ -25,6 +25,7 @@ pub fn router(shared: Arc<Shared>, tokens: Arc<Tokens>) -> Router {
     let api = Router::new()
         .route("/api/v1/gateways", get(api::gateways))
         .route("/api/v1/gateways/{gw}/devices", get(api::devices))
+        .route("/api/v1/gateways/{gw}/events", get(api::events))
         .route("/api/v1/gateways/{gw}/devices/{dev}", get(api::twin))
         .route(
             "/api/v1/gateways/{gw}/devices/{dev}/desired",
@@ -103,6 +104,7 @@ pub fn served_document(tokens: bool) -> serde_json::Value {
         api::history,
         api::stats,
         api::audit,
+        api::events,
         fleet::fleet,
         fleet::put_labels,
         fleet::post_rollout,
@@ -156,7 +158,7 @@ mod tests {
             })
             .sum();
         // The router's /api/v1 and /metrics routes (api.rs), one each.
-        assert_eq!(operations, 15);
+        assert_eq!(operations, 16);
         assert!(doc.paths.paths.contains_key("/api/v1/rollouts/{id}"));
     }
 }

@@ -338,6 +338,11 @@ pub struct SyncView {
     /// or Resume past what was ever sent) and were refused, changing
     /// nothing; each also raises a `sync_refused` event.
     pub refused: Option<u64>,
+    /// Journal events sent to the control plane since start (resends
+    /// included).
+    pub events_sent: Option<u64>,
+    /// The newest journal event sequence the control plane has stored.
+    pub events_acked: Option<u64>,
 }
 
 /// The uplink's state: connection, backlog, what was sent.
@@ -363,6 +368,8 @@ async fn sync(State(state): State<AppState>) -> axum::Json<SyncView> {
         desired_version: uplink.as_ref().map(|u| u.desired_version),
         config_bundle: uplink.as_ref().map(|u| u.config_version),
         refused: uplink.as_ref().map(|u| u.refused),
+        events_sent: uplink.as_ref().map(|u| u.events_sent),
+        events_acked: uplink.as_ref().map(|u| u.events_acked),
         last_error: uplink.and_then(|u| u.last_error),
     })
 }

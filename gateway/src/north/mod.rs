@@ -351,6 +351,9 @@ struct Session<'a> {
     next: u64,
     /// Changes up to it were stored before the births: historical.
     historical_through: u64,
+    /// More may wait in the backlog: read on after each delivery, not only
+    /// on the next tick.
+    reading: bool,
     deliveries: Deliveries,
 }
 
@@ -374,6 +377,7 @@ impl<'a> Session<'a> {
             generation: 0,
             next: 0,
             historical_through: 0,
+            reading: false,
             deliveries: Deliveries::default(),
         }
     }
@@ -545,43 +549,46 @@ impl<'a> Session<'a> {
                 Format::Uns(uns) => uns.set_units(units(&project)),
             }
         }
-        if tick && self.host_online && !self.births_due {
-            while self.deliveries.len() < WINDOW {
-                let owed = self
-                    .deps
-                    .store
-                    .owed(
-                        Reader::North,
-                        self.next,
-                        READ_BATCH.min((WINDOW - self.deliveries.len()) * sparkplug::MAX_METRICS),
-                    )
-                    .map_err(|e| e.to_string())?;
-                let Some(last) = owed.last().map(|(seq, _)| *seq) else {
-                    break;
-                };
-                let messages = match format {
-                    Format::Sparkplug(node) => node.data(&owed, self.historical_through),
-                    Format::Uns(uns) => uns.data(&owed, self.historical_through),
-                };
-                let mut from = self.next;
-                for (message, through) in messages {
-                    let points = through + 1 - from;
-                    from = through + 1;
-                    match message {
-                        Some(m) => {
-                            let retain = matches!(format, Format::Uns(_));
-                            self.publish(
-                                m.topic,
-                                m.payload,
-                                retain,
-                                self.config.qos,
-                                Some((through, points)),
-                            )?;
-                        }
-                        None => self.deliveries.covered(through),
-                    }
-                }
-                self.next = last + 1;
+        if tick {
+            self.reading = true;
+        }
+        while self.reading && self.host_online && !self.births_due && self.deliveries.len() < WINDOW
+        {
+            let room = WINDOW - self.deliveries.len();
+            let owed = self
+                .deps
+                .store
+                .owed(Reader::North, self.next, READ_BATCH)
+                .map_err(|e| e.to_string())?;
+            if owed.len() < READ_BATCH {
+                // All there is: the next tick reads again.
+                self.reading = false;
+            }
+            if owed.is_empty() {
+                break;
+            }
+            let data = match format {
+                Format::Sparkplug(node) => node.data(&owed, self.historical_through, room),
+                Format::Uns(uns) => uns.data(&owed, self.historical_through, room),
+            };
+            let Some((through, _)) = data.used.checked_sub(1).and_then(|i| owed.get(i)) else {
+                break;
+            };
+            let through = *through;
+            let points = data.used as u64;
+            let retain = matches!(format, Format::Uns(_));
+            let last = data.messages.len();
+            for (i, m) in data.messages.into_iter().enumerate() {
+                let covers = (i + 1 == last).then_some((through, points));
+                self.publish(m.topic, m.payload, retain, self.config.qos, covers)?;
+            }
+            if last == 0 {
+                self.deliveries.covered(through);
+            }
+            self.next = through + 1;
+            if data.used < owed.len() {
+                // The window is full: go on once deliveries free it.
+                self.reading = true;
             }
         }
         if let Some((through, points, messages)) = self.deliveries.take_delivered() {

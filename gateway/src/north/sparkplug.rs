@@ -46,6 +46,15 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
+/// Data messages made from the first `used` changes given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Data {
+    /// The messages, in the order to publish.
+    pub messages: Vec<Message>,
+    /// How many changes they cover (skipped ones included).
+    pub used: usize,
+}
+
 /// A device as its DBIRTH describes it.
 #[derive(Debug, Clone)]
 pub struct DeviceBirth {
@@ -189,42 +198,43 @@ impl EdgeNode {
         out
     }
 
-    /// DDATA for `changes` (in sequence order), grouped by device as they
-    /// come, at most [`MAX_METRICS`] a message. Each message comes with the
-    /// last sequence it covers; changes of properties the births did not
-    /// name are skipped (`None`: nothing to publish, but covered). Changes up
-    /// to `historical_through` are marked historical.
+    /// DDATA for the first of `changes` (in sequence order): one message
+    /// per device, its metrics in order, at most [`MAX_METRICS`] each, and
+    /// at most `max_messages` messages. Changes of properties the births did
+    /// not name are skipped. Changes up to `historical_through` are marked
+    /// historical. Returns the messages and how many of `changes` they
+    /// cover (the rest is for the next call).
     pub fn data(
         &mut self,
         changes: &[(u64, Change)],
         historical_through: u64,
-    ) -> Vec<(Option<Message>, u64)> {
+        max_messages: usize,
+    ) -> Data {
         let now = now_ms();
-        let mut out = Vec::new();
-        let mut device: Option<&str> = None;
-        let mut metrics: Vec<Metric> = Vec::new();
-        let mut through = 0;
+        // Messages being filled, by device, in order of first change; and
+        // those already full.
+        let mut open: Vec<(&str, Vec<Metric>)> = Vec::new();
+        let mut full: Vec<(&str, Vec<Metric>)> = Vec::new();
+        let mut used = 0;
         for (seq, change) in changes {
             let Some((alias, ty)) = self
                 .aliases
                 .get(&(change.device.clone(), change.property.clone()))
                 .copied()
             else {
-                through = *seq;
+                used += 1;
                 continue;
             };
-            if device != Some(change.device.as_str()) || metrics.len() >= MAX_METRICS {
-                if let Some(d) = device.filter(|_| !metrics.is_empty()) {
-                    let topic = self.device_topic(MessageType::DData, d);
-                    out.push((
-                        Some(self.message(topic, std::mem::take(&mut metrics), now)),
-                        through,
-                    ));
+            let slot = match open.iter().position(|(d, _)| *d == change.device) {
+                Some(i) => i,
+                None if open.len() + full.len() >= max_messages => break,
+                None => {
+                    open.push((change.device.as_str(), Vec::new()));
+                    open.len() - 1
                 }
-                device = Some(change.device.as_str());
-            }
+            };
             let Ok(mut m) = metric_of(datatype_for(ty), &change.value) else {
-                through = *seq;
+                used += 1;
                 continue;
             };
             m.alias = Some(alias);
@@ -233,18 +243,22 @@ impl EdgeNode {
             if *seq <= historical_through {
                 m.is_historical = Some(true);
             }
-            metrics.push(m);
-            through = *seq;
-        }
-        match device.filter(|_| !metrics.is_empty()) {
-            Some(d) => {
-                let topic = self.device_topic(MessageType::DData, d);
-                out.push((Some(self.message(topic, metrics, now)), through));
+            open[slot].1.push(m);
+            used += 1;
+            if open[slot].1.len() >= MAX_METRICS {
+                let (device, metrics) = open.remove(slot);
+                full.push((device, metrics));
             }
-            None if through > 0 => out.push((None, through)),
-            None => {}
         }
-        out
+        full.extend(open);
+        let messages = full
+            .into_iter()
+            .map(|(device, metrics)| {
+                let topic = self.device_topic(MessageType::DData, device);
+                self.message(topic, metrics, now)
+            })
+            .collect();
+        Data { messages, used }
     }
 
     /// Reads a command. `Ok(None)`: a topic or metric this node does not

@@ -127,7 +127,7 @@ fn births_carry_bd_seq_rebirth_types_units_limits_and_current_values() {
 }
 
 #[test]
-fn data_goes_by_alias_grouped_by_device_with_seq_rising_and_history_marked() {
+fn data_goes_by_alias_one_message_per_device_with_seq_rising_and_history_marked() {
     let mut node = EdgeNode::new("plant", "gw-1", 0);
     node.births(&[
         boiler(),
@@ -141,20 +141,22 @@ fn data_goes_by_alias_grouped_by_device_with_seq_rising_and_history_marked() {
             10,
             change("boiler-1", "temperature", 1_000, Value::Float(22.0)),
         ),
-        (11, change("boiler-1", "setpoint", 1_001, Value::Int(60))),
+        (11, change("pump", "temperature", 1_001, Value::Float(5.0))),
         (12, change("gone", "x", 1_002, Value::Int(1))),
-        (13, change("pump", "temperature", 1_003, Value::Float(5.0))),
+        (13, change("boiler-1", "setpoint", 1_003, Value::Int(60))),
         (14, change("boiler-1", "nope", 1_004, Value::Int(1))),
     ];
-    let out = node.data(&changes, 10);
-    assert_eq!(out.len(), 2, "one message per run of one device's changes");
-    let (first, through) = &out[0];
-    let first = first.as_ref().expect("a message");
+    let out = node.data(&changes, 10, 8);
+    assert_eq!(
+        out.used, 5,
+        "every change covered, the unknown ones skipped"
+    );
+    assert_eq!(out.messages.len(), 2, "one message per device");
+    let first = &out.messages[0];
     assert_eq!(first.topic, "spBv1.0/plant/DDATA/gw-1/boiler-1");
-    assert_eq!(*through, 12, "the unknown change after it is covered by it");
     let p = decode(&first.payload);
     assert_eq!(p.seq, Some(3), "NBIRTH 0, two DBIRTHs, then 3");
-    assert_eq!(p.metrics.len(), 2);
+    assert_eq!(p.metrics.len(), 2, "the device's changes, in order");
     assert_eq!(
         (p.metrics[0].alias, p.metrics[0].name.as_deref()),
         (Some(1), None),
@@ -169,25 +171,30 @@ fn data_goes_by_alias_grouped_by_device_with_seq_rising_and_history_marked() {
     assert_eq!(p.metrics[1].value, Some(metric::Value::LongValue(60)));
     assert_eq!(
         p.metrics[1].timestamp,
-        Some(1_001),
+        Some(1_003),
         "the reading's own time"
     );
-    let (second, through) = &out[1];
+    let second = decode(&out.messages[1].payload);
+    assert_eq!(out.messages[1].topic, "spBv1.0/plant/DDATA/gw-1/pump");
+    assert_eq!((second.seq, second.metrics[0].alias), (Some(4), Some(3)));
+
+    let only_unknown = node.data(&[(20, change("gone", "x", 1, Value::Int(1)))], 0, 8);
     assert_eq!(
-        second.as_ref().map(|m| m.topic.as_str()),
-        Some("spBv1.0/plant/DDATA/gw-1/pump")
-    );
-    assert_eq!(*through, 14);
-    assert_eq!(
-        decode(&second.as_ref().expect("pump").payload).metrics[0].alias,
-        Some(3)
+        (only_unknown.messages.len(), only_unknown.used),
+        (0, 1),
+        "covered, nothing to publish"
     );
 
-    let only_unknown = node.data(&[(20, change("gone", "x", 1, Value::Int(1)))], 0);
+    let capped = node.data(&changes, 0, 1);
+    assert_eq!(capped.messages.len(), 1, "at most max_messages");
     assert_eq!(
-        only_unknown,
-        vec![(None, 20)],
-        "covered, nothing to publish"
+        capped.used, 1,
+        "stops at the change that would need a second"
+    );
+    assert_eq!(
+        decode(&capped.messages[0].payload).seq,
+        Some(5),
+        "no seq spent on what was not made"
     );
 
     let many: Vec<(u64, Change)> = (0..MAX_METRICS as u64 + 1)
@@ -198,9 +205,9 @@ fn data_goes_by_alias_grouped_by_device_with_seq_rising_and_history_marked() {
             )
         })
         .collect();
-    let out = node.data(&many, 0);
-    assert_eq!(out.len(), 2, "split at MAX_METRICS");
-    assert_eq!(out[0].1, 100 + MAX_METRICS as u64 - 1);
+    let out = node.data(&many, 0, 8);
+    assert_eq!(out.messages.len(), 2, "split at MAX_METRICS");
+    assert_eq!(decode(&out.messages[0].payload).metrics.len(), MAX_METRICS);
 }
 
 #[test]
@@ -212,10 +219,9 @@ fn seq_wraps_after_255() {
         let out = node.data(
             &[(i + 1, change("boiler-1", "setpoint", 0, Value::Int(1)))],
             0,
+            1,
         );
-        last = decode(&out[0].0.as_ref().expect("message").payload)
-            .seq
-            .expect("seq");
+        last = decode(&out.messages[0].payload).seq.expect("seq");
         assert!(last <= 255);
     }
     assert_eq!(last, (2 + 300 - 1) % 256);
@@ -335,8 +341,9 @@ fn uns_values_status_and_writes() {
             change("boiler-1", "temperature", 1_000, Value::Float(21.5)),
         )],
         5,
+        8,
     );
-    let message = out[0].0.as_ref().expect("message");
+    let message = &out.messages[0];
     assert_eq!(message.topic, "acme/plant-1/line-1/boiler-1/temperature");
     let body: serde_json::Value = serde_json::from_slice(&message.payload).expect("json");
     assert_eq!(

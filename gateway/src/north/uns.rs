@@ -15,7 +15,7 @@ use ferrite_sync::delta::Change;
 use serde_json::json;
 
 use super::now_ms;
-use super::sparkplug::Message;
+use super::sparkplug::{Data, Message};
 
 /// The namespace under `root`.
 #[derive(Debug, Clone)]
@@ -56,14 +56,16 @@ impl Uns {
         format!("{}/+/+/set", self.root)
     }
 
-    /// One message per change, each covering its own sequence.
+    /// One message per change, for the first `max_messages` of `changes`.
     pub fn data(
         &self,
         changes: &[(u64, Change)],
         historical_through: u64,
-    ) -> Vec<(Option<Message>, u64)> {
-        changes
+        max_messages: usize,
+    ) -> Data {
+        let messages: Vec<Message> = changes
             .iter()
+            .take(max_messages)
             .map(|(seq, c)| {
                 let mut body = json!({"value": c.value, "ts": c.ts_ms});
                 if let Some(unit) = self.units.get(&(c.device.clone(), c.property.clone())) {
@@ -72,13 +74,16 @@ impl Uns {
                 if *seq <= historical_through {
                     body["historical"] = json!(true);
                 }
-                let message = Message {
+                Message {
                     topic: format!("{}/{}/{}", self.root, c.device, c.property),
                     payload: body.to_string().into_bytes(),
-                };
-                (Some(message), *seq)
+                }
             })
-            .collect()
+            .collect();
+        Data {
+            used: messages.len(),
+            messages,
+        }
     }
 
     /// A write: device, property and the JSON value, or why not.

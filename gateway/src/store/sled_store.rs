@@ -409,7 +409,49 @@ impl ferrite_sync::outbox::OutboxAccess for SledStore {
     fn set_config_version(&self, version: u64) -> Result<(), OutboxError> {
         self.with_outbox(|inner, _| inner.set_durably(CONFIG, version))
     }
+
+    /// The events journal, from just after `seq`: what a commit of the
+    /// journal has made durable.
+    fn events_after(
+        &self,
+        seq: u64,
+        max: usize,
+    ) -> Result<Vec<ferrite_sync::wire::JournalEvent>, OutboxError> {
+        self.with_outbox(|inner, _| {
+            let from = seq.saturating_add(1).to_be_bytes();
+            inner
+                .events
+                .range(from..)
+                .take(max)
+                .map(|item| {
+                    let (k, v) = item?;
+                    let entry = entry_from(&k, &v).map_err(|_| OutboxError::Corrupt(seq))?;
+                    Ok(ferrite_sync::wire::JournalEvent {
+                        seq: entry.seq,
+                        ts_ms: entry.ts.div_euclid(1000),
+                        body: String::from_utf8_lossy(&entry.body).into_owned(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn events_acked(&self) -> Result<u64, OutboxError> {
+        self.with_outbox(|inner, _| Ok(meta_u64(&inner.meta, EVENTS_ACKED)?.unwrap_or(0)))
+    }
+
+    fn acknowledge_events(&self, seq: u64) -> Result<(), OutboxError> {
+        self.with_outbox(|inner, _| {
+            if seq > meta_u64(&inner.meta, EVENTS_ACKED)?.unwrap_or(0) {
+                inner.meta.insert(EVENTS_ACKED, &seq.to_be_bytes())?;
+            }
+            Ok(())
+        })
+    }
 }
+
+/// The highest journal event the control plane has, in the meta tree.
+const EVENTS_ACKED: &[u8] = b"events_acked";
 
 impl SledStore {
     /// Up to `max` changes from `from` on that `reader` still needs, in

@@ -105,6 +105,20 @@ pub struct GatewayRecord {
     pub config_reported: Option<(u64, bool)>,
 }
 
+/// Events kept per gateway, at most (the oldest go first).
+pub const EVENTS_KEPT: usize = 10_000;
+
+/// One entry of a gateway's events journal, as the control plane keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayEvent {
+    /// The gateway journal's sequence.
+    pub seq: u64,
+    /// When it was raised, ms since the epoch.
+    pub ts_ms: i64,
+    /// The entry, as the gateway's `GET /api/v1/events` shows it.
+    pub body: serde_json::Value,
+}
+
 /// A batch to apply: what the gateway's session decided is new.
 #[derive(Debug, Clone, Copy)]
 pub struct NewChanges<'a> {
@@ -187,6 +201,12 @@ pub trait Store: Send + Sync + 'static {
     fn record_config_report(&self, gateway: &str, report: &ConfigReport) -> Result<()>;
     /// The gateway's newest report on a bundle.
     fn config_report(&self, gateway: &str) -> Result<Option<ConfigReport>>;
+
+    /// Keeps `events` of `gateway`, durably, each (gateway, seq) once (a
+    /// resent one changes nothing), and only the newest [`EVENTS_KEPT`].
+    fn put_events(&self, gateway: &str, events: &[GatewayEvent]) -> Result<()>;
+    /// The newest `limit` events of `gateway`, newest first.
+    fn events(&self, gateway: &str, limit: usize) -> Result<Vec<GatewayEvent>>;
 
     /// Records a rollout (a patch or bundle sent to a group); returns its
     /// id.

@@ -30,8 +30,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, NoTls};
 
 use super::{
-    CloudStoreError, GatewayRecord, NewChanges, Result, Store, Stored, Twin, corrupt,
-    latest_per_property,
+    CloudStoreError, EVENTS_KEPT, GatewayEvent, GatewayRecord, NewChanges, Result, Store, Stored,
+    Twin, corrupt, latest_per_property,
 };
 use crate::delta::to_wire;
 use crate::wire::{ConfigBundle, ConfigDocument, ConfigReport, DesiredPatch, Reported};
@@ -789,6 +789,49 @@ impl Store for PgStore {
             Ok(())
         })?;
         self.set_applied_version(gateway, report.version)
+    }
+
+    fn put_events(&self, gateway: &str, events: &[GatewayEvent]) -> Result<()> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            for event in events {
+                tx.execute(
+                    "INSERT INTO events (gateway, seq, ts_ms, body) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (gateway, seq) DO NOTHING",
+                    &[&gateway, &seq(event.seq), &event.ts_ms, &event.body],
+                )
+                .await?;
+            }
+            tx.execute(
+                "DELETE FROM events WHERE gateway = $1 AND seq < (SELECT seq FROM events \
+                 WHERE gateway = $1 ORDER BY seq DESC OFFSET $2 LIMIT 1)",
+                &[&gateway, &(EVENTS_KEPT as i64 - 1)],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn events(&self, gateway: &str, limit: usize) -> Result<Vec<GatewayEvent>> {
+        self.run(async {
+            let client = self.pool.get().await?;
+            let rows = client
+                .query(
+                    "SELECT seq, ts_ms, body FROM events WHERE gateway = $1 ORDER BY seq DESC LIMIT $2",
+                    &[&gateway, &seq(limit as u64)],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| GatewayEvent {
+                    seq: unseq(r.get(0)),
+                    ts_ms: r.get(1),
+                    body: r.get(2),
+                })
+                .collect())
+        })
     }
 
     fn put_bundle(&self, gateway: &str, documents: Vec<ConfigDocument>) -> Result<ConfigBundle> {

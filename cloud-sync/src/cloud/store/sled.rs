@@ -20,6 +20,8 @@
 //!
 //! Tree `rollouts`: id (big endian) → the rollout, JSON.
 //!
+//! Tree `events`: GW SEQ → the gateway's journal event: ts (ms), JSON.
+//!
 //! Names are length-prefixed (u16), numbers big-endian, so prefix scans are
 //! exact and ordered.
 
@@ -30,8 +32,8 @@ use ferrite_models::Value;
 use prost::Message;
 
 use super::{
-    CloudStoreError, GatewayRecord, NewChanges, Result, Store, Stored, Twin, corrupt,
-    latest_per_property,
+    CloudStoreError, EVENTS_KEPT, GatewayEvent, GatewayRecord, NewChanges, Result, Store, Stored,
+    Twin, corrupt, latest_per_property,
 };
 use crate::delta::to_wire;
 use crate::wire::{ConfigBundle, ConfigDocument, ConfigReport, DesiredPatch, Reported};
@@ -46,6 +48,8 @@ pub struct SledStore {
     audit: sled::Tree,
     /// Rollouts: id (big endian) → JSON.
     rollouts: sled::Tree,
+    /// The gateways' journal events.
+    events: sled::Tree,
 }
 
 /// Audit entries kept, at most (the oldest go first).
@@ -96,12 +100,14 @@ impl SledStore {
         let twin = db.open_tree("twin")?;
         let audit = db.open_tree("audit")?;
         let rollouts = db.open_tree("rollouts")?;
+        let events = db.open_tree("events")?;
         Ok(SledStore {
             db,
             data,
             twin,
             audit,
             rollouts,
+            events,
         })
     }
 
@@ -395,6 +401,52 @@ impl Store for SledStore {
         self.set_applied_version(gateway, report.version)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    fn put_events(&self, gateway: &str, events: &[GatewayEvent]) -> Result<()> {
+        let prefix = key(b'e', &[gateway]);
+        let mut batch = sled::Batch::default();
+        for event in events {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&event.seq.to_be_bytes());
+            let mut v = event.ts_ms.to_be_bytes().to_vec();
+            v.extend_from_slice(event.body.to_string().as_bytes());
+            batch.insert(k, v);
+        }
+        self.events.apply_batch(batch)?;
+        let old: Vec<sled::IVec> = self
+            .events
+            .scan_prefix(&prefix)
+            .rev()
+            .skip(EVENTS_KEPT)
+            .map(|item| item.map(|(k, _)| k))
+            .collect::<std::result::Result<_, _>>()?;
+        for k in old {
+            self.events.remove(k)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn events(&self, gateway: &str, limit: usize) -> Result<Vec<GatewayEvent>> {
+        let prefix = key(b'e', &[gateway]);
+        self.events
+            .scan_prefix(&prefix)
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item?;
+                let seq = u64_at(&k, prefix.len()).ok_or_else(|| corrupt("event key"))?;
+                let ts_ms = i64::from_be_bytes(
+                    v.get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| corrupt("event"))?,
+                );
+                let body =
+                    serde_json::from_slice(&v[8..]).map_err(|e| corrupt(&format!("event: {e}")))?;
+                Ok(GatewayEvent { seq, ts_ms, body })
+            })
+            .collect()
     }
 
     fn put_bundle(&self, gateway: &str, documents: Vec<ConfigDocument>) -> Result<ConfigBundle> {
