@@ -548,3 +548,104 @@ async fn uns_publishes_retained_json_and_takes_writes_on_set() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_across_many_devices_goes_out_whole_in_full_messages_with_seq_unbroken() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let host = Subscriber::start(broker.port, "spBv1.0/plant/#");
+    let files = Files::new();
+    let mut model = String::from("kind: DeviceModel\nname: m\nproperties:\n");
+    for p in 0..5 {
+        model.push_str(&format!(
+            "  p{p}: {{ type: float, mqtt: {{ topic: \"x/{{device}}/p{p}\" }} }}\n"
+        ));
+    }
+    files.write("models/m.yaml", &model);
+    for d in 0..40 {
+        files.write(
+            &format!("devices/d{d}.yaml"),
+            &format!("kind: Device\nname: d{d}\nmodel: m\nmqtt: {{}}\n"),
+        );
+    }
+    let config = std::fs::read_to_string(files.config()).expect("config");
+    files.write(
+        "ferrite.toml",
+        &format!(
+            "{config}[mqtt]\nlisten = \"127.0.0.1:{}\"\n[north]\nbroker = \"{}\"\ngroup = \"plant\"\nnode = \"gw-1\"\nqos = 1\ninterval = \"50ms\"\n",
+            free_port(),
+            broker.url()
+        ),
+    );
+    let gw = files.start().await;
+    assert!(host.wait_for("spBv1.0/plant/DBIRTH/gw-1/d39", 1).await);
+    // 20 000 changes, round robin over the devices, straight into the store
+    // (as the writer commits them): far more than one read, one window or
+    // the client's queue.
+    let store = gw.state.store.clone();
+    let total = 20_000usize;
+    tokio::task::spawn_blocking(move || {
+        for batch in 0..total / 1000 {
+            let changes: Vec<ferrite_gateway::store::Change> = (0..1000)
+                .map(|i| {
+                    let n = batch * 1000 + i;
+                    ferrite_gateway::store::Change {
+                        device: format!("d{}", n % 40),
+                        property: format!("p{}", (n / 40) % 5),
+                        at: ferrite_gateway::store::Stamped {
+                            ts: 1_700_000_000_000_000 + n as i64 * 1000,
+                            value: ferrite_models::Value::Float(n as f64),
+                        },
+                    }
+                })
+                .collect();
+            store.commit(&changes).expect("commit");
+        }
+    })
+    .await
+    .expect("commits");
+    let received = || {
+        host.all()
+            .into_iter()
+            .filter(|(t, _)| t.starts_with("spBv1.0/plant/DDATA/"))
+            .map(|(_, p)| Payload::decode(p.as_slice()).expect("payload"))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            received().iter().map(|p| p.metrics.len()).sum::<usize>() >= total
+        })
+        .await,
+        "{} of {total}: {}",
+        received().iter().map(|p| p.metrics.len()).sum::<usize>(),
+        Api::new(gw.addr).get("/api/v1/north").await.1
+    );
+    let ddata = received();
+    let values: std::collections::BTreeSet<i64> = ddata
+        .iter()
+        .flat_map(|p| p.metrics.iter())
+        .filter_map(|m| match m.value {
+            Some(metric::Value::DoubleValue(v)) => Some(v as i64),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values.len(), total, "every change, once");
+    let per_message = total as f64 / ddata.len() as f64;
+    assert!(
+        per_message >= 10.0,
+        "{per_message:.1} metrics per DDATA: not grouped by device"
+    );
+    let seqs: Vec<u64> = ddata.iter().filter_map(|p| p.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == (w[0] + 1) % 256),
+        "a Sparkplug seq gap would make a host ask for a rebirth"
+    );
+    let (_, north) = Api::new(gw.addr).get("/api/v1/north").await;
+    assert_eq!(
+        north["status"]["sessions"],
+        json!(1),
+        "one session throughout: {north}"
+    );
+    assert!(gw.stop().await);
+}

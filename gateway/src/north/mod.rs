@@ -354,6 +354,11 @@ struct Session<'a> {
     /// More may wait in the backlog: read on after each delivery, not only
     /// on the next tick.
     reading: bool,
+    /// Messages made but not yet handed to the client (the window was
+    /// full), with what each covers.
+    queued: VecDeque<(sparkplug::Message, Option<(u64, u64)>)>,
+    /// The last change whose read was handed to the client whole.
+    handed: u64,
     deliveries: Deliveries,
 }
 
@@ -378,6 +383,8 @@ impl<'a> Session<'a> {
             next: 0,
             historical_through: 0,
             reading: false,
+            queued: VecDeque::new(),
+            handed: 0,
             deliveries: Deliveries::default(),
         }
     }
@@ -428,6 +435,8 @@ impl<'a> Session<'a> {
                     .acknowledged_by(Reader::North)
                     .map_err(|e| e.to_string())?;
                 self.next = acked + 1;
+                self.handed = acked;
+                self.queued.clear();
                 let mut topics = match format {
                     Format::Sparkplug(node) => node.command_topics().to_vec(),
                     Format::Uns(uns) => vec![uns.command_topic()],
@@ -537,6 +546,11 @@ impl<'a> Session<'a> {
         if self.births_due && self.host_online && self.deliveries.len() < WINDOW {
             self.births_due = false;
             self.generation = generation;
+            // Messages made before the births carry the old seq and
+            // aliases: made again after them, from the first change not
+            // handed out (a read half handed out comes again in part).
+            self.queued.clear();
+            self.next = self.handed + 1;
             // Everything stored so far is older than what the births show.
             self.historical_through = self.deps.store.last_seq();
             let project = self.deps.running.project();
@@ -552,9 +566,20 @@ impl<'a> Session<'a> {
         if tick {
             self.reading = true;
         }
-        while self.reading && self.host_online && !self.births_due && self.deliveries.len() < WINDOW
-        {
-            let room = WINDOW - self.deliveries.len();
+        while self.host_online && !self.births_due && self.deliveries.len() < WINDOW {
+            // Messages made from the last read go out first, in order (their
+            // Sparkplug seq is already given).
+            if let Some((m, covers)) = self.queued.pop_front() {
+                let retain = matches!(format, Format::Uns(_));
+                self.publish(m.topic, m.payload, retain, self.config.qos, covers)?;
+                if let Some((through, _)) = covers {
+                    self.handed = through;
+                }
+                continue;
+            }
+            if !self.reading {
+                break;
+            }
             let owed = self
                 .deps
                 .store
@@ -564,32 +589,27 @@ impl<'a> Session<'a> {
                 // All there is: the next tick reads again.
                 self.reading = false;
             }
-            if owed.is_empty() {
-                break;
-            }
-            let data = match format {
-                Format::Sparkplug(node) => node.data(&owed, self.historical_through, room),
-                Format::Uns(uns) => uns.data(&owed, self.historical_through, room),
-            };
-            let Some((through, _)) = data.used.checked_sub(1).and_then(|i| owed.get(i)) else {
+            let Some(&(through, _)) = owed.last() else {
                 break;
             };
-            let through = *through;
-            let points = data.used as u64;
-            let retain = matches!(format, Format::Uns(_));
-            let last = data.messages.len();
-            for (i, m) in data.messages.into_iter().enumerate() {
-                let covers = (i + 1 == last).then_some((through, points));
-                self.publish(m.topic, m.payload, retain, self.config.qos, covers)?;
-            }
+            let messages = match format {
+                Format::Sparkplug(node) => node.data(&owed, self.historical_through),
+                Format::Uns(uns) => uns.data(&owed, self.historical_through),
+            };
+            let last = messages.len();
             if last == 0 {
                 self.deliveries.covered(through);
             }
+            // The last message of a read covers all of it: the backlog
+            // moves once every message before it is delivered too.
+            let covers = (through, owed.len() as u64);
+            self.queued.extend(
+                messages
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, m)| (m, (i + 1 == last).then_some(covers))),
+            );
             self.next = through + 1;
-            if data.used < owed.len() {
-                // The window is full: go on once deliveries free it.
-                self.reading = true;
-            }
         }
         if let Some((through, points, messages)) = self.deliveries.take_delivered() {
             self.status.messages.fetch_add(messages, Ordering::Relaxed);

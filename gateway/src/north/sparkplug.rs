@@ -46,15 +46,6 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
-/// Data messages made from the first `used` changes given.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Data {
-    /// The messages, in the order to publish.
-    pub messages: Vec<Message>,
-    /// How many changes they cover (skipped ones included).
-    pub used: usize,
-}
-
 /// A device as its DBIRTH describes it.
 #[derive(Debug, Clone)]
 pub struct DeviceBirth {
@@ -198,43 +189,26 @@ impl EdgeNode {
         out
     }
 
-    /// DDATA for the first of `changes` (in sequence order): one message
-    /// per device, its metrics in order, at most [`MAX_METRICS`] each, and
-    /// at most `max_messages` messages. Changes of properties the births did
-    /// not name are skipped. Changes up to `historical_through` are marked
-    /// historical. Returns the messages and how many of `changes` they
-    /// cover (the rest is for the next call).
-    pub fn data(
-        &mut self,
-        changes: &[(u64, Change)],
-        historical_through: u64,
-        max_messages: usize,
-    ) -> Data {
+    /// DDATA for `changes` (in sequence order): one message per device,
+    /// its metrics in order, at most [`MAX_METRICS`] each (a device with
+    /// more gets more messages), in the order of each device's first
+    /// change. Changes of properties the births did not name are skipped.
+    /// Changes up to `historical_through` are marked historical.
+    pub fn data(&mut self, changes: &[(u64, Change)], historical_through: u64) -> Vec<Message> {
         let now = now_ms();
         // Messages being filled, by device, in order of first change; and
         // those already full.
         let mut open: Vec<(&str, Vec<Metric>)> = Vec::new();
         let mut full: Vec<(&str, Vec<Metric>)> = Vec::new();
-        let mut used = 0;
         for (seq, change) in changes {
             let Some((alias, ty)) = self
                 .aliases
                 .get(&(change.device.clone(), change.property.clone()))
                 .copied()
             else {
-                used += 1;
                 continue;
             };
-            let slot = match open.iter().position(|(d, _)| *d == change.device) {
-                Some(i) => i,
-                None if open.len() + full.len() >= max_messages => break,
-                None => {
-                    open.push((change.device.as_str(), Vec::new()));
-                    open.len() - 1
-                }
-            };
             let Ok(mut m) = metric_of(datatype_for(ty), &change.value) else {
-                used += 1;
                 continue;
             };
             m.alias = Some(alias);
@@ -243,22 +217,25 @@ impl EdgeNode {
             if *seq <= historical_through {
                 m.is_historical = Some(true);
             }
+            let slot = match open.iter().position(|(d, _)| *d == change.device) {
+                Some(i) => i,
+                None => {
+                    open.push((change.device.as_str(), Vec::new()));
+                    open.len() - 1
+                }
+            };
             open[slot].1.push(m);
-            used += 1;
             if open[slot].1.len() >= MAX_METRICS {
-                let (device, metrics) = open.remove(slot);
-                full.push((device, metrics));
+                full.push(open.remove(slot));
             }
         }
         full.extend(open);
-        let messages = full
-            .into_iter()
+        full.into_iter()
             .map(|(device, metrics)| {
                 let topic = self.device_topic(MessageType::DData, device);
                 self.message(topic, metrics, now)
             })
-            .collect();
-        Data { messages, used }
+            .collect()
     }
 
     /// Reads a command. `Ok(None)`: a topic or metric this node does not

@@ -146,13 +146,13 @@ fn data_goes_by_alias_one_message_per_device_with_seq_rising_and_history_marked(
         (13, change("boiler-1", "setpoint", 1_003, Value::Int(60))),
         (14, change("boiler-1", "nope", 1_004, Value::Int(1))),
     ];
-    let out = node.data(&changes, 10, 8);
+    let out = node.data(&changes, 10);
     assert_eq!(
-        out.used, 5,
-        "every change covered, the unknown ones skipped"
+        out.len(),
+        2,
+        "one message per device, the unknown ones skipped"
     );
-    assert_eq!(out.messages.len(), 2, "one message per device");
-    let first = &out.messages[0];
+    let first = &out[0];
     assert_eq!(first.topic, "spBv1.0/plant/DDATA/gw-1/boiler-1");
     let p = decode(&first.payload);
     assert_eq!(p.seq, Some(3), "NBIRTH 0, two DBIRTHs, then 3");
@@ -174,28 +174,14 @@ fn data_goes_by_alias_one_message_per_device_with_seq_rising_and_history_marked(
         Some(1_003),
         "the reading's own time"
     );
-    let second = decode(&out.messages[1].payload);
-    assert_eq!(out.messages[1].topic, "spBv1.0/plant/DDATA/gw-1/pump");
+    let second = decode(&out[1].payload);
+    assert_eq!(out[1].topic, "spBv1.0/plant/DDATA/gw-1/pump");
     assert_eq!((second.seq, second.metrics[0].alias), (Some(4), Some(3)));
 
-    let only_unknown = node.data(&[(20, change("gone", "x", 1, Value::Int(1)))], 0, 8);
-    assert_eq!(
-        (only_unknown.messages.len(), only_unknown.used),
-        (0, 1),
-        "covered, nothing to publish"
-    );
-
-    let capped = node.data(&changes, 0, 1);
-    assert_eq!(capped.messages.len(), 1, "at most max_messages");
-    assert_eq!(
-        capped.used, 1,
-        "stops at the change that would need a second"
-    );
-    assert_eq!(
-        decode(&capped.messages[0].payload).seq,
-        Some(5),
-        "no seq spent on what was not made"
-    );
+    let only_unknown = node.data(&[(20, change("gone", "x", 1, Value::Int(1)))], 0);
+    assert!(only_unknown.is_empty(), "nothing to publish");
+    let next = decode(&node.data(&changes[..1], 0)[0].payload);
+    assert_eq!(next.seq, Some(5), "no seq spent on what was not made");
 
     let many: Vec<(u64, Change)> = (0..MAX_METRICS as u64 + 1)
         .map(|i| {
@@ -205,9 +191,9 @@ fn data_goes_by_alias_one_message_per_device_with_seq_rising_and_history_marked(
             )
         })
         .collect();
-    let out = node.data(&many, 0, 8);
-    assert_eq!(out.messages.len(), 2, "split at MAX_METRICS");
-    assert_eq!(decode(&out.messages[0].payload).metrics.len(), MAX_METRICS);
+    let out = node.data(&many, 0);
+    assert_eq!(out.len(), 2, "split at MAX_METRICS");
+    assert_eq!(decode(&out[0].payload).metrics.len(), MAX_METRICS);
 }
 
 #[test]
@@ -219,9 +205,8 @@ fn seq_wraps_after_255() {
         let out = node.data(
             &[(i + 1, change("boiler-1", "setpoint", 0, Value::Int(1)))],
             0,
-            1,
         );
-        last = decode(&out.messages[0].payload).seq.expect("seq");
+        last = decode(&out[0].payload).seq.expect("seq");
         assert!(last <= 255);
     }
     assert_eq!(last, (2 + 300 - 1) % 256);
@@ -341,9 +326,8 @@ fn uns_values_status_and_writes() {
             change("boiler-1", "temperature", 1_000, Value::Float(21.5)),
         )],
         5,
-        8,
     );
-    let message = &out.messages[0];
+    let message = &out[0];
     assert_eq!(message.topic, "acme/plant-1/line-1/boiler-1/temperature");
     let body: serde_json::Value = serde_json::from_slice(&message.payload).expect("json");
     assert_eq!(

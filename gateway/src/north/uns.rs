@@ -15,7 +15,7 @@ use ferrite_sync::delta::Change;
 use serde_json::json;
 
 use super::now_ms;
-use super::sparkplug::{Data, Message};
+use super::sparkplug::Message;
 
 /// The namespace under `root`.
 #[derive(Debug, Clone)]
@@ -56,16 +56,10 @@ impl Uns {
         format!("{}/+/+/set", self.root)
     }
 
-    /// One message per change, for the first `max_messages` of `changes`.
-    pub fn data(
-        &self,
-        changes: &[(u64, Change)],
-        historical_through: u64,
-        max_messages: usize,
-    ) -> Data {
-        let messages: Vec<Message> = changes
+    /// One message per change.
+    pub fn data(&self, changes: &[(u64, Change)], historical_through: u64) -> Vec<Message> {
+        changes
             .iter()
-            .take(max_messages)
             .map(|(seq, c)| {
                 let mut body = json!({"value": c.value, "ts": c.ts_ms});
                 if let Some(unit) = self.units.get(&(c.device.clone(), c.property.clone())) {
@@ -79,11 +73,7 @@ impl Uns {
                     payload: body.to_string().into_bytes(),
                 }
             })
-            .collect();
-        Data {
-            used: messages.len(),
-            messages,
-        }
+            .collect()
     }
 
     /// A write: device, property and the JSON value, or why not.
