@@ -27,16 +27,23 @@ use crate::control::Actor;
 use crate::reconcile::{Applied, ApplyError, Change, ConfigView, Origin};
 use crate::store::Log;
 
+/// Who made a REST call: its token's name and its address, when known.
+pub(super) fn api_actor(
+    principal: Option<Extension<super::auth::Principal>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Actor {
+    Actor::Api {
+        token: principal.map(|Extension(p)| p.name),
+        peer: peer.map(|Extension(ConnectInfo(addr))| addr),
+    }
+}
+
 /// Who made a call, as the audit log and the versions name them.
 pub(super) fn who(
     principal: Option<Extension<super::auth::Principal>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> String {
-    Actor::Api {
-        token: principal.map(|Extension(p)| p.name),
-        peer: peer.map(|Extension(ConnectInfo(addr))| addr),
-    }
-    .to_string()
+    api_actor(principal, peer).to_string()
 }
 
 /// The error code a refused document of `kind` gets.

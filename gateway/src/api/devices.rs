@@ -14,7 +14,6 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use crate::control::Actor;
 use crate::live::{DeviceSummary, Quality, Reading, Status};
 use crate::store::End;
 use crate::time::{Micros, parse_rfc3339, rfc3339};
@@ -315,10 +314,7 @@ pub async fn write(
             ApiError::bad_request(format!("expected {{\"value\": ...}}: {}", e.body_text()))
         }
     })?;
-    let actor = Actor::Api {
-        token: principal.map(|Extension(p)| p.name),
-        peer: peer.map(|Extension(ConnectInfo(addr))| addr),
-    };
+    let actor = super::config::api_actor(principal, peer);
     let (value, written) = state.control.write(&actor, &id, &name, &body.value).await?;
     if written == Written::Sent {
         // The device does not confirm writes: say so, rather than show the

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use crate::control::{Actor, Outputs};
+use crate::control::Outputs;
 
 /// Device and method in the path.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -80,10 +80,7 @@ pub async fn call(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("expected {{\"inputs\": {{...}}}}: {e}")))?
     };
-    let actor = Actor::Api {
-        token: principal.map(|Extension(p)| p.name),
-        peer: peer.map(|Extension(ConnectInfo(addr))| addr),
-    };
+    let actor = super::config::api_actor(principal, peer);
     let outputs = state.control.call(&actor, &id, &name, &body.inputs).await?;
     Ok(Json(CallAnswer {
         device: id,
