@@ -1038,3 +1038,166 @@ async fn reconfiguring_one_device_leaves_the_other_session_alone() {
     assert_eq!(p1.accepted(), before1, "one's session was never reopened");
     rig.finish(gateway).await;
 }
+
+/// `ferrite discover opcua` as a user runs it (the binary, over
+/// sign-and-encrypt with a password): the model it writes passes `check`
+/// unchanged, types every node after its DataType, lists the method as
+/// skipped, and a gateway on the written files reads every value the server
+/// holds and writes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_writes_a_model_the_gateway_runs_as_is() {
+    let model = format!(
+        "{TYPES_MODEL}methods:\n  reset:\n    opcua: {{ object: \"ns=2;s=Pump\", method: \"ns=2;s=Pump.Reset\" }}\n"
+    );
+    let device = "kind: Device\nname: d\nmodel: all\nopcua: { endpoint: \"{url}\" }\n";
+    let rig = rig(
+        &model,
+        &[("d", device)],
+        &[UaUser::password("operator", "s3cret")],
+        &[],
+    )
+    .await;
+    for (property, from_server, _) in cases() {
+        rig.set(node_of(property), to_value(&from_server));
+    }
+    let out = common::Files::new();
+    out.write("password.txt", "s3cret\n");
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["discover", "opcua", &rig.sim.url(), "--name", "found"])
+        .args(["--security", "sign-and-encrypt", "--username", "operator"])
+        .arg("--out")
+        .arg(out.dir.path())
+        .arg("--password-file")
+        .arg(out.dir.path().join("password.txt"))
+        .arg("--server-certificate")
+        .arg(rig.sim.certificate_path())
+        .arg("--pki")
+        .arg(out.data().join("pki"))
+        .output()
+        .await
+        .expect("ferrite discover runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("12 variables as properties, 1 skipped"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("skipped Ferrite/s=Pump/reset (ns=2;s=Pump.Reset): a method"),
+        "{stdout}"
+    );
+
+    // `check` passes on the files as written, and they say what the server does.
+    let project = out.project();
+    let found = &project.models["found"].value;
+    assert_eq!(found.properties.len(), 12, "{:?}", found.properties.keys());
+    for (property, _, _) in cases() {
+        let p = &found.properties[&format!("Ferrite.{property}")];
+        let binding = p.opcua.as_ref().expect("an opcua binding");
+        assert_eq!(binding.node.0, node_of(property));
+        assert_eq!(
+            p.access,
+            ferrite_models::model::Access::ReadWrite,
+            "{property}"
+        );
+        assert_eq!(
+            p.ty,
+            ferrite_drivers::opcua::discover::value_type(binding.datatype.expect("a datatype")),
+            "{property}"
+        );
+    }
+    let datatype = |p: &str| found.properties[p].opcua.as_ref().and_then(|b| b.datatype);
+    assert_eq!(
+        datatype("Ferrite.u16"),
+        Some(ferrite_models::model::UaDataType::UInt16)
+    );
+    assert_eq!(
+        datatype("Ferrite.f32"),
+        Some(ferrite_models::model::UaDataType::Float)
+    );
+
+    // A gateway on those files reads every value and writes through them.
+    let gateway = out.start().await;
+    let api = Api::new(gateway.addr);
+    api.expect_status("found", "online", WAIT).await;
+    for (property, from_server, _) in cases() {
+        let name = format!("Ferrite.{property}");
+        assert!(
+            wait_until(WAIT, || value_is(&api, "found", &name, from_server.clone())).await,
+            "{name}: wanted {from_server}, have {}",
+            api.device("found").await["properties"][&name]
+        );
+    }
+    let (status, body) = api.write("found", "Ferrite.u16", json!(4242)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(rig.get(node_of("u16")), Some(Value::Int(4242)));
+
+    // Discovering again over the same files is refused without --force.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["discover", "opcua", &rig.sim.url(), "--name", "found"])
+        .arg("--out")
+        .arg(out.dir.path())
+        .output()
+        .expect("ferrite discover runs");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists; pass --force"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(gateway.stop().await);
+    rig.sim.stop().await;
+}
+
+/// A server that is not there, and a root it does not have: clear errors,
+/// exit code 1, and no files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_errors_are_clear_and_leave_no_files() {
+    let rig = rig(SMALL_MODEL, &[], &[], &[]).await;
+    let out = tempfile::tempdir().expect("tempdir");
+    let discover = |url: String, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(["discover", "opcua", &url, "--name", "x", "--timeout", "1"])
+            .args(extra)
+            .arg("--out")
+            .arg(out.path())
+            .arg("--pki")
+            .arg(out.path().join("pki"))
+            .output()
+            .expect("ferrite discover runs")
+    };
+    let port = common::free_port();
+    let cases = [
+        (
+            format!("opc.tcp://127.0.0.1:{port}/none"),
+            vec![],
+            "cannot get the endpoints",
+        ),
+        (
+            rig.sim.url(),
+            vec!["--root", "ns=2;s=Nowhere"],
+            "has no node ns=2;s=Nowhere",
+        ),
+        (
+            rig.sim.url(),
+            vec!["--root", "ns=2;x"],
+            "cannot parse NodeId",
+        ),
+        (
+            rig.sim.url(),
+            vec!["--security", "loud"],
+            "unknown variant `loud`",
+        ),
+        ("http://x".into(), vec![], "an endpoint is opc.tcp://"),
+    ];
+    for (url, extra, wanted) in cases {
+        let run = discover(url.clone(), &extra);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{url} {extra:?}: {stderr}");
+        assert!(stderr.contains(wanted), "{url} {extra:?}: {stderr}");
+    }
+    assert!(!out.path().join("models").exists());
+    assert!(!out.path().join("devices").exists());
+    rig.sim.stop().await;
+}

@@ -71,11 +71,89 @@ pub enum Command {
         #[arg(long, default_value_t = 3.0)]
         timeout: f64,
     },
+    /// Find what a device holds and write a model and a device file for
+    /// it (docs/onboarding.md). Nothing is written to the device.
+    Discover {
+        /// Which protocol.
+        #[command(subcommand)]
+        target: DiscoverTarget,
+    },
     /// Print the JSON Schema of a document kind.
     Schema {
         /// Which document.
         kind: SchemaArg,
     },
+}
+
+/// `ferrite discover` targets.
+#[derive(Debug, Subcommand)]
+pub enum DiscoverTarget {
+    /// Browse an OPC UA server and write a DeviceModel (every variable
+    /// typed from its DataType, with its access, EURange as min/max and
+    /// EngineeringUnits as unit) and a Device for it: OUT/models/NAME.yaml
+    /// and OUT/devices/NAME.yaml. Prints what it skipped and why.
+    Opcua(Box<DiscoverOpcua>),
+}
+
+/// `ferrite discover opcua` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DiscoverOpcua {
+    /// The server, such as opc.tcp://10.0.0.5:4840/path.
+    pub endpoint: String,
+    /// The model's and the device's name.
+    #[arg(long)]
+    pub name: String,
+    /// Where to write models/NAME.yaml and devices/NAME.yaml: the folder
+    /// of a gateway's config adds the device to a running gateway.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// Start here instead of the Objects folder (a NodeId such as
+    /// ns=2;s=Line1).
+    #[arg(long)]
+    pub root: Option<String>,
+    /// How many levels below the root to walk.
+    #[arg(long, default_value_t = 10)]
+    pub depth: usize,
+    /// Stop after this many variables.
+    #[arg(long, default_value_t = 50_000)]
+    pub max: usize,
+    /// Also take the properties of objects (such as Manufacturer or
+    /// SerialNumber); by default only data variables become properties.
+    #[arg(long)]
+    pub object_properties: bool,
+    /// Message security: none, sign or sign-and-encrypt.
+    #[arg(long, default_value = "none")]
+    pub security: String,
+    /// Security policy with sign or sign-and-encrypt: Basic256Sha256,
+    /// Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// User-name login; needs --password-file.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// The file holding the password.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// X.509 login: the user's certificate; needs --user-private-key.
+    #[arg(long)]
+    pub user_certificate: Option<PathBuf>,
+    /// The private key (PEM) of --user-certificate.
+    #[arg(long)]
+    pub user_private_key: Option<PathBuf>,
+    /// A server certificate (DER or PEM) to trust.
+    #[arg(long)]
+    pub server_certificate: Option<PathBuf>,
+    /// The PKI folder: the client certificate (made on first use), and
+    /// trusted/ and rejected/ server certificates. Use the gateway's
+    /// DATA_DIR/pki so that a server trusts one certificate.
+    #[arg(long, default_value = "pki")]
+    pub pki: PathBuf,
+    /// Seconds each request may take.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Replace files that exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `ferrite schema` arguments.

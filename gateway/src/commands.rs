@@ -21,6 +21,30 @@ pub fn check(config: &Path, strict: bool, out: &mut dyn Write) -> std::io::Resul
     })
 }
 
+/// `ferrite discover ...`: writes a model and a device for what it finds,
+/// and prints what it left out. Exit code 1 when nothing could be found.
+pub async fn discover(
+    target: crate::cli::DiscoverTarget,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    use crate::cli::DiscoverTarget;
+    let outcome = match target {
+        #[cfg(feature = "opcua")]
+        DiscoverTarget::Opcua(args) => crate::onboard::opcua::discover(&args, out).await,
+        #[cfg(not(feature = "opcua"))]
+        DiscoverTarget::Opcua(_) => {
+            Err("this ferrite was built without the `opcua` feature".into())
+        }
+    };
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(why) => {
+            eprintln!("error: {why}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 /// `ferrite schema KIND`: prints the JSON Schema.
 pub fn schema_cmd(kind: SchemaKind, out: &mut dyn Write) -> std::io::Result<ExitCode> {
     let text = serde_json::to_string_pretty(&schema(kind)).map_err(std::io::Error::other)?;

@@ -23,7 +23,9 @@
 //!
 //! ## A tour
 //! - [`cli`], [`commands`]: the command line (`check`, `schema`, `run`,
-//!   `demo`).
+//!   `demo`, `discover`).
+//! - [`onboard`]: `ferrite discover`: models and devices made from what a
+//!   device says about itself.
 //! - [`runtime`]: starts and stops everything together; clean shutdown.
 //! - [`reconcile`]: live configuration: a change to models, devices or
 //!   rules (from the folders, the API or the control plane) checked whole,
@@ -70,6 +72,7 @@ pub mod live;
 pub mod metrics;
 pub mod names;
 pub mod north;
+pub mod onboard;
 pub mod reconcile;
 pub mod rules;
 pub mod running;

@@ -13,6 +13,10 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config, strict } => Ok(commands::check(&config, strict, &mut stdout)?),
         Command::Schema { kind } => Ok(commands::schema_cmd(kind.into(), &mut stdout)?),
+        Command::Discover { target } => {
+            init_logs_with(cli.log_format, DISCOVER_LOG);
+            runtime()?.block_on(commands::discover(target, &mut stdout))
+        }
         Command::Run {
             config,
             listen,
@@ -70,12 +74,20 @@ fn probe_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// its config names no endpoints (the driver picks them itself).
 const DEFAULT_LOG: &str = "info,opcua_server=warn,opcua_client::config=error,rumqttd=warn";
 
+/// Log levels of `ferrite discover` without `RUST_LOG`: it reports what it
+/// did itself; the OPC UA client's narration of its session is noise there.
+const DISCOVER_LOG: &str = "warn,opcua_client=error";
+
 fn init_logs(format: LogFormat) {
+    init_logs_with(format, DEFAULT_LOG);
+}
+
+fn init_logs_with(format: LogFormat, default: &str) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match format {
         // Colours only for a terminal: not in a container's or journald's log.

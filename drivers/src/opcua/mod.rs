@@ -14,6 +14,8 @@
 //! - `methods`: the model's methods, called with the Call service.
 //! - `events`: events and alarms (A&C) from the device's notifier, into
 //!   the events journal.
+//! - `discover`: browses a server and types each variable for a model
+//!   (`ferrite discover opcua`), on the same connect.
 //! - `status`: OPC UA status codes mapped onto [`DriverError`]s, and so onto
 //!   the REST API's errors.
 //! - here: the devices as the driver sees them, and writes.
@@ -25,6 +27,7 @@
 //! restarted), or when the session cannot go on.
 
 mod connect;
+pub mod discover;
 mod events;
 mod methods;
 mod resume;
@@ -255,15 +258,17 @@ fn read_values(nodes: &[&NodeId]) -> Vec<ReadValueId> {
 }
 
 fn read_attribute(nodes: &[&NodeId], attribute: AttributeId) -> Vec<ReadValueId> {
-    nodes
-        .iter()
-        .map(|id| ReadValueId {
-            node_id: (*id).clone(),
-            attribute_id: attribute as u32,
-            index_range: NumericRange::None,
-            data_encoding: QualifiedName::null(),
-        })
-        .collect()
+    nodes.iter().map(|id| read_id(id, attribute)).collect()
+}
+
+/// A Read of `attribute` of `node`.
+fn read_id(node: &NodeId, attribute: AttributeId) -> ReadValueId {
+    ReadValueId {
+        node_id: node.clone(),
+        attribute_id: attribute as u32,
+        index_range: NumericRange::None,
+        data_encoding: QualifiedName::null(),
+    }
 }
 
 /// What a DataValue from the server means for a point.

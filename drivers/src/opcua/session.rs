@@ -85,9 +85,9 @@ const STABLE: Duration = Duration::from_secs(10);
 
 /// Why a session ended, and whether the server was reachable at all (a
 /// refused login or certificate is an `error`, no answer is `offline`).
-struct Failure {
+pub(super) struct Failure {
     status: Status,
-    why: String,
+    pub(super) why: String,
     /// The server no longer had the subscriptions after a reconnect:
     /// subscribe again at once, and say that changes may be missing.
     resubscribe: bool,
@@ -120,7 +120,7 @@ impl Failure {
 
     /// What a status code from connecting means, in words an operator can
     /// act on.
-    fn from_code(code: StatusCode, device: &Device, pki: &std::path::Path) -> Self {
+    pub(super) fn from_code(code: StatusCode, device: &Device, pki: &std::path::Path) -> Self {
         let url = &device.settings.endpoint;
         match code {
             StatusCode::BadCertificateUntrusted
@@ -158,7 +158,7 @@ impl Failure {
 
 /// What the session's event loop reports to the device task.
 #[derive(Debug)]
-enum Event {
+pub(super) enum Event {
     /// Connected: the first time, and after every reconnect.
     Connected(SessionConnectMode),
     /// The connection is gone; the client is reconnecting.
@@ -676,7 +676,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// Polls the event loop, forwarding what the device task needs to know.
-async fn pump(event_loop: SessionEventLoop<TcpConnector>, events: mpsc::Sender<Event>) {
+pub(super) async fn pump(event_loop: SessionEventLoop<TcpConnector>, events: mpsc::Sender<Event>) {
     let stream = event_loop.enter();
     tokio::pin!(stream);
     loop {
@@ -706,7 +706,7 @@ async fn pump(event_loop: SessionEventLoop<TcpConnector>, events: mpsc::Sender<E
     }
 }
 
-async fn wait_connected(events: &mut mpsc::Receiver<Event>) -> Result<(), StatusCode> {
+pub(super) async fn wait_connected(events: &mut mpsc::Receiver<Event>) -> Result<(), StatusCode> {
     loop {
         match events.recv().await {
             Some(Event::Connected(_)) => return Ok(()),
@@ -783,17 +783,21 @@ async fn read_all(
     ids: &[&opcua::types::NodeId],
     attribute: AttributeId,
 ) -> Result<Vec<DataValue>, ferrite_core::driver::DriverError> {
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
-        let read = read_attribute(chunk, attribute);
-        // Values carry their times (see `Polled`); other attributes have
-        // none.
-        let timestamps = if attribute == AttributeId::Value {
-            TimestampsToReturn::Both
-        } else {
-            TimestampsToReturn::Neither
-        };
-        let values = status::within(device.timeout, session.read(&read, timestamps, 0.0)).await?;
+    read_chunked(device.timeout, session, &read_attribute(ids, attribute)).await
+}
+
+/// Reads `reads` in Reads of [`CHUNK`] each, every Read within `timeout`;
+/// the values come back in the order asked. Values come with their times
+/// (see `Polled`); other attributes have none.
+pub(super) async fn read_chunked(
+    timeout: Duration,
+    session: &opcua::client::Session,
+    reads: &[opcua::types::ReadValueId],
+) -> Result<Vec<DataValue>, ferrite_core::driver::DriverError> {
+    let mut out = Vec::with_capacity(reads.len());
+    for chunk in reads.chunks(CHUNK) {
+        let values =
+            status::within(timeout, session.read(chunk, TimestampsToReturn::Both, 0.0)).await?;
         // Values are matched to nodes by position: a short (or long) answer
         // would give values to the wrong properties.
         if values.len() != chunk.len() {
