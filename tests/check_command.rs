@@ -211,3 +211,121 @@ fn a_bad_sparkplug_host_section_is_refused_at_its_place() {
     );
     assert_eq!(out.status.code(), Some(1), "{printed}");
 }
+
+/// `ferrite import csv` on the bad tag list: every mistake at its place, the
+/// same lines the unit test expects (the path as typed), exit 1, nothing
+/// written.
+#[test]
+fn importing_a_bad_tag_list_prints_every_mistake_and_writes_nothing() {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out_arg = out_dir.path().to_string_lossy().into_owned();
+    let out = ferrite(&[
+        "import",
+        "csv",
+        "examples/taglists/bad.csv",
+        "--name",
+        "bad",
+        "--out",
+        &out_arg,
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let expected = std::fs::read_to_string(workspace().join("examples/taglists/bad.expected.txt"))
+        .expect("bad.expected.txt");
+    let expected: String = expected
+        .lines()
+        .map(|l| format!("examples/taglists/{l}\n"))
+        .collect();
+    assert_eq!(
+        text,
+        format!("{expected}17 error(s), 0 warning(s); nothing written\n")
+    );
+    assert!(!out_dir.path().join("models").exists());
+}
+
+/// Both layouts import into a project that `ferrite check` passes with a
+/// device on each model; export then import gives the same file back.
+#[test]
+fn imported_tag_lists_pass_check_and_export_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    for sub in ["devices", "rules"] {
+        std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+    }
+    std::fs::write(
+        root.join("ferrite.toml"),
+        "[gateway]\nid = \"t\"\ndata_dir = \"data\"\n",
+    )
+    .expect("config");
+    let out_arg = root.to_string_lossy().into_owned();
+    for (file, name, unit) in [("plain.csv", "boiler", 1), ("kepware.csv", "meter", 2)] {
+        let path = format!("examples/taglists/{file}");
+        let out = ferrite(&["import", "csv", &path, "--name", name, "--out", &out_arg]);
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+        std::fs::write(
+            root.join(format!("devices/{name}.yaml")),
+            format!(
+                "kind: Device\nname: {name}-1\nmodel: {name}\nmodbus-tcp: {{ host: 127.0.0.1, port: 5020, unit: {unit} }}\n"
+            ),
+        )
+        .expect("device");
+    }
+    let config = root.join("ferrite.toml").to_string_lossy().into_owned();
+    let out = ferrite(&["check", "--config", &config]);
+    assert_eq!(
+        stdout(&out),
+        "checked 2 models, 2 devices, 0 rules: 0 errors, 0 warnings\n"
+    );
+
+    // Again without --force: refused, the model left as it was.
+    let model = root.join("models/boiler.yaml");
+    let before = std::fs::read_to_string(&model).expect("model");
+    let out = ferrite(&[
+        "import",
+        "csv",
+        "examples/taglists/plain.csv",
+        "--name",
+        "boiler",
+        "--out",
+        &out_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("exists; pass --force"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&model).expect("model"), before);
+
+    // export, import the export: the same model file but its header.
+    let exported = root.join("boiler.csv");
+    let model_arg = model.to_string_lossy().into_owned();
+    let exported_arg = exported.to_string_lossy().into_owned();
+    let out = ferrite(&["export", "csv", &model_arg, "--out", &exported_arg]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = tempfile::tempdir().expect("tempdir");
+    let again_arg = again.path().to_string_lossy().into_owned();
+    let out = ferrite(&[
+        "import",
+        "csv",
+        &exported_arg,
+        "--name",
+        "boiler",
+        "--out",
+        &again_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let body = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("description: Imported"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let round = std::fs::read_to_string(again.path().join("models/boiler.yaml")).expect("model");
+    assert_eq!(body(&round), body(&before));
+}

@@ -23,6 +23,8 @@
 //! - [`diag`]: `file:line:col: message` findings.
 //! - [`value`]: property values, and the one check every write goes
 //!   through (access, type, limits).
+//! - [`taglist`]: CSV tag lists (Kepware's and a plain layout) to Modbus
+//!   models and back, every bad cell a `file:line:col` finding.
 //! - [`codec`]: Modbus register encoding, shared by the driver and the
 //!   simulator.
 //! - [`payload`]: plain MQTT payloads (JSON Pointer or bare value) to
@@ -53,6 +55,7 @@ pub mod schema;
 pub mod source;
 #[cfg(feature = "sparkplug")]
 pub mod sparkplug;
+pub mod taglist;
 pub mod tokens;
 #[cfg(feature = "opcua")]
 pub mod ua;

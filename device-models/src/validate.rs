@@ -525,17 +525,32 @@ pub fn check_broker_url(url: &str) -> Result<(), String> {
 }
 
 fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
-    let file = &model.file;
-    if let Err(e) = check_name(&model.value.name) {
-        diags.error(file, model.pos(&["name"]), format!("model {e}"));
+    check_model_at(&model.value, &model.file, &|path| model.pos(path), diags);
+}
+
+/// Where a part of a model is, by its path of keys (`["properties", NAME,
+/// "modbus", "address"]`; `@NAME` for a key itself): in a YAML file, or for
+/// a model made from a tag list, the row and column it came from.
+pub type Locate<'a> = &'a dyn Fn(&[&str]) -> Pos;
+
+/// Every check `ferrite check` makes of a model, with its findings placed
+/// by `locate` in `file`.
+pub fn check_model_at(
+    model: &DeviceModel,
+    file: &Path,
+    locate: Locate<'_>,
+    diags: &mut Diagnostics,
+) {
+    if let Err(e) = check_name(&model.name) {
+        diags.error(file, locate(&["name"]), format!("model {e}"));
     }
     let mut seen_ranges: Vec<(&str, &ModbusBinding)> = Vec::new();
-    for (name, prop) in &model.value.properties {
-        let at = |key: &str| model.pos(&["properties", name, key]);
+    for (name, prop) in &model.properties {
+        let at = |key: &str| locate(&["properties", name, key]);
         if let Err(e) = check_name(name) {
             diags.error(
                 file,
-                model.pos(&["properties", &format!("@{name}")]),
+                locate(&["properties", &format!("@{name}")]),
                 format!("property {e}"),
             );
         }
@@ -543,12 +558,12 @@ fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
         if prop.modbus.is_none() && prop.opcua.is_none() && prop.mqtt.is_none() {
             diags.warning(
                 file,
-                model.pos(&["properties", &format!("@{name}")]),
+                locate(&["properties", &format!("@{name}")]),
                 format!("property `{name}` has no modbus, opcua or mqtt binding, so no device can serve it"),
             );
         }
         if let Some(binding) = &prop.modbus {
-            let at_modbus = |key: &str| model.pos(&["properties", name, "modbus", key]);
+            let at_modbus = |key: &str| locate(&["properties", name, "modbus", key]);
             check_modbus(name, prop, binding, &at_modbus, file, diags);
             check_overlap(name, binding, &seen_ranges, &at_modbus, file, diags);
             seen_ranges.push((name, binding));
@@ -559,7 +574,7 @@ fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
         {
             diags.error(
                 file,
-                model.pos(&["properties", name, "opcua", "datatype"]),
+                locate(&["properties", name, "opcua", "datatype"]),
                 format!("a {} property cannot live in a {datatype} node", prop.ty),
             );
         }
@@ -568,31 +583,30 @@ fn check_model(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
                 name,
                 prop,
                 mqtt,
-                &|key| model.pos(&["properties", name, "mqtt", key]),
+                &|key| locate(&["properties", name, "mqtt", key]),
                 file,
                 diags,
             );
         }
     }
-    check_methods(model, diags);
+    check_methods(model, file, locate, diags);
 }
 
 /// A model's methods: valid names, an OPC UA binding, and inputs and
 /// outputs that are named once each and limited only where numeric.
-fn check_methods(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
-    let file = &model.file;
-    for (name, method) in &model.value.methods {
+fn check_methods(model: &DeviceModel, file: &Path, locate: Locate<'_>, diags: &mut Diagnostics) {
+    for (name, method) in &model.methods {
         if let Err(e) = check_name(name) {
             diags.error(
                 file,
-                model.pos(&["methods", &format!("@{name}")]),
+                locate(&["methods", &format!("@{name}")]),
                 format!("method {e}"),
             );
         }
         if method.opcua.is_none() {
             diags.error(
                 file,
-                model.pos(&["methods", &format!("@{name}")]),
+                locate(&["methods", &format!("@{name}")]),
                 format!("method `{name}` needs an `opcua: {{object, method}}` binding: only OPC UA devices have methods"),
             );
         }
@@ -600,7 +614,7 @@ fn check_methods(model: &Located<DeviceModel>, diags: &mut Diagnostics) {
             let mut seen = HashSet::new();
             for (i, arg) in args.iter().enumerate() {
                 let index = i.to_string();
-                let at = |key: &str| model.pos(&["methods", name, list, &index, key]);
+                let at = |key: &str| locate(&["methods", name, list, &index, key]);
                 if let Err(e) = check_name(&arg.name) {
                     diags.error(file, at("name"), format!("{} {e}", &list[..list.len() - 1]));
                 }

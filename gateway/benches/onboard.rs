@@ -52,7 +52,7 @@ const TYPES: [(UaDataType, ValueType); 12] = [
 fn value_of(n: usize, datatype: UaDataType) -> Value {
     let small = i64::try_from(n % 100).unwrap_or(0);
     match datatype {
-        UaDataType::Boolean => Value::Bool(n % 2 == 0),
+        UaDataType::Boolean => Value::Bool(n.is_multiple_of(2)),
         UaDataType::SByte | UaDataType::Byte => Value::Int(small),
         UaDataType::Float => Value::Float(n as f64 * 0.5),
         UaDataType::Double => Value::Float(n as f64 * 0.25 + 0.125),
@@ -89,7 +89,7 @@ async fn run(size: usize) {
             name,
             datatype,
             ty,
-            writable: n % 3 == 0,
+            writable: n.is_multiple_of(3),
             initial,
         });
     }
@@ -111,7 +111,10 @@ async fn run(size: usize) {
         .await
         .map_or(true, |r| !r.status().is_success())
     {
-        assert!(up.elapsed() < Duration::from_secs(60), "the gateway did not start");
+        assert!(
+            up.elapsed() < Duration::from_secs(60),
+            "the gateway did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -153,9 +156,9 @@ async fn run(size: usize) {
             let right = expected
                 .iter()
                 .filter(|(name, want)| {
-                    properties.get(*name).is_some_and(|p| {
-                        p["quality"] == "good" && p["value"] == **want
-                    })
+                    properties
+                        .get(*name)
+                        .is_some_and(|p| p["quality"] == "good" && p["value"] == **want)
                 })
                 .count();
             last = format!("{right} of {size} values right");

@@ -78,6 +78,18 @@ pub enum Command {
         #[command(subcommand)]
         target: DiscoverTarget,
     },
+    /// Read a tag list into a DeviceModel (docs/onboarding.md).
+    Import {
+        /// What kind of file.
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+    /// Write a model's Modbus properties as a tag list.
+    Export {
+        /// What kind of file.
+        #[command(subcommand)]
+        target: ExportTarget,
+    },
     /// Print the JSON Schema of a document kind.
     Schema {
         /// Which document.
@@ -154,6 +166,46 @@ pub struct DiscoverOpcua {
     /// Replace files that exist.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `ferrite import` sources.
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// A CSV tag list, Kepware's export or the plain layout (name, address,
+    /// type, access, scale, offset, unit, min, max, description), to
+    /// OUT/models/NAME.yaml. Prints every bad row as FILE:line:col and
+    /// writes nothing when there is one; exits 1 then.
+    Csv {
+        /// The tag list.
+        file: PathBuf,
+        /// The model's name.
+        #[arg(long)]
+        name: String,
+        /// Where to write models/NAME.yaml.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Word order of 32- and 64-bit values the file does not give one
+        /// for: ABCD (default), DCBA, BADC or CDAB.
+        #[arg(long)]
+        order: Option<String>,
+        /// Replace the model file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `ferrite export` targets.
+#[derive(Debug, Subcommand)]
+pub enum ExportTarget {
+    /// A model's Modbus properties as a plain CSV tag list, which `ferrite
+    /// import csv` reads back into the same properties.
+    Csv {
+        /// The model's YAML file.
+        model: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `ferrite schema` arguments.

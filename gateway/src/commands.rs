@@ -45,6 +45,41 @@ pub async fn discover(
     }
 }
 
+/// `ferrite import csv`: every finding, a summary, and the model written
+/// when there is no error. Exit code 1 on any error.
+pub fn import(source: crate::cli::ImportSource, out: &mut dyn Write) -> std::io::Result<ExitCode> {
+    let crate::cli::ImportSource::Csv {
+        file,
+        name,
+        out: dir,
+        order,
+        force,
+    } = source;
+    let request = crate::onboard::csv::ImportCsv {
+        file,
+        name,
+        out: dir,
+        order,
+        force,
+    };
+    Ok(match crate::onboard::csv::import(&request, out)? {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(1),
+    })
+}
+
+/// `ferrite export csv`: the model's Modbus properties as a tag list;
+/// what was left out on standard error.
+pub fn export(target: crate::cli::ExportTarget, out: &mut dyn Write) -> std::io::Result<ExitCode> {
+    let crate::cli::ExportTarget::Csv { model, out: file } = target;
+    Ok(
+        match crate::onboard::csv::export(&model, file.as_deref(), out)? {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::from(1),
+        },
+    )
+}
+
 /// `ferrite schema KIND`: prints the JSON Schema.
 pub fn schema_cmd(kind: SchemaKind, out: &mut dyn Write) -> std::io::Result<ExitCode> {
     let text = serde_json::to_string_pretty(&schema(kind)).map_err(std::io::Error::other)?;

@@ -13,6 +13,8 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config, strict } => Ok(commands::check(&config, strict, &mut stdout)?),
         Command::Schema { kind } => Ok(commands::schema_cmd(kind.into(), &mut stdout)?),
+        Command::Import { source } => Ok(commands::import(source, &mut stdout)?),
+        Command::Export { target } => Ok(commands::export(target, &mut stdout)?),
         Command::Discover { target } => {
             init_logs_with(cli.log_format, DISCOVER_LOG);
             runtime()?.block_on(commands::discover(target, &mut stdout))

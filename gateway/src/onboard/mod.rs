@@ -4,10 +4,13 @@
 //! - `opcua`: `ferrite discover opcua`: the driver's browse
 //!   (`ferrite_drivers::opcua::discover`) turned into a DeviceModel and a
 //!   Device.
+//! - `csv`: `ferrite import csv` and `ferrite export csv`: tag lists to
+//!   models and back (`ferrite_models::taglist`), with the files around it.
 //! - here: what every path shares: property names made valid and unique
 //!   from a device's own names, and writing the files (YAML, each file
 //!   whole or not at all, never over an existing one unless asked).
 
+pub mod csv;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 
