@@ -105,6 +105,69 @@ pub enum DiscoverTarget {
     /// EngineeringUnits as unit) and a Device for it: OUT/models/NAME.yaml
     /// and OUT/devices/NAME.yaml. Prints what it skipped and why.
     Opcua(Box<DiscoverOpcua>),
+    /// Find the unit ids that answer on a Modbus link and the readable
+    /// ranges of each table, print them, and with --out write a draft
+    /// model and device per unit (raw u16 and bool properties to type by
+    /// hand). Only reads go out: nothing is written to a device.
+    Modbus(Box<DiscoverModbus>),
+}
+
+/// `ferrite discover modbus` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DiscoverModbus {
+    /// tcp://HOST:PORT, rtu-over-tcp://HOST:PORT (a serial device server),
+    /// or rtu:///dev/ttyUSB0 (a serial port; see --baud).
+    pub link: String,
+    /// Unit ids to try: 1-247, or a list such as 1,2,10-20.
+    #[arg(long, default_value = "1-247")]
+    pub units: String,
+    /// Addresses to probe in each table, 0-based: FIRST-LAST. A readable
+    /// block costs one read; an unreadable span about 1.14 reads per
+    /// address, so a wide span on a slow bus takes long.
+    #[arg(long, default_value = "0-999")]
+    pub addresses: String,
+    /// Tables to probe: any of coil, discrete, input, holding.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "coil,discrete,input,holding"
+    )]
+    pub tables: Vec<String>,
+    /// Milliseconds one request may take.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_ms: u64,
+    /// Connections at once over TCP (a serial bus always takes one request
+    /// at a time).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Requests the range probe of one unit may take.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_requests: usize,
+    /// Serial line: baud rate (rtu:// only).
+    #[arg(long, default_value_t = 9600)]
+    pub baud: u32,
+    /// Serial line: none, even or odd.
+    #[arg(long, default_value = "none")]
+    pub parity: String,
+    /// Serial line: data bits, 7 or 8.
+    #[arg(long, default_value_t = 8)]
+    pub data_bits: u8,
+    /// Serial line: stop bits, 1 or 2.
+    #[arg(long, default_value_t = 1)]
+    pub stop_bits: u8,
+    /// Write a draft model and device per unit here (models/NAME-uUNIT.yaml,
+    /// devices/NAME-uUNIT.yaml).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The drafts' name prefix.
+    #[arg(long, default_value = "draft")]
+    pub name: String,
+    /// The most properties one draft model gets.
+    #[arg(long, default_value_t = 1000)]
+    pub max_properties: usize,
+    /// Replace files that exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `ferrite discover opcua` arguments.

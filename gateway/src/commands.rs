@@ -35,6 +35,12 @@ pub async fn discover(
         DiscoverTarget::Opcua(_) => {
             Err("this ferrite was built without the `opcua` feature".into())
         }
+        #[cfg(feature = "modbus")]
+        DiscoverTarget::Modbus(args) => crate::onboard::modbus::discover(&args, out).await,
+        #[cfg(not(feature = "modbus"))]
+        DiscoverTarget::Modbus(_) => {
+            Err("this ferrite was built without the `modbus` feature".into())
+        }
     };
     match outcome {
         Ok(()) => Ok(ExitCode::SUCCESS),

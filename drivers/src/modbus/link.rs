@@ -411,6 +411,12 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// Whether `error` is a device's refusal with exception `code` (what
+/// [`LinkHandle::call`] makes of a [`Refusal::Exception`]).
+pub fn refused_with(error: &DriverError, code: tokio_modbus::ExceptionCode) -> bool {
+    matches!(error, DriverError::Refused(text) if text.starts_with(&format!("{code:?} (")))
+}
+
 /// Sends one request with `Client::call` and checks the answer's size here:
 /// tokio-modbus's convenience readers only `debug_assert!` it (and so panic
 /// in debug builds on a short answer, and pass it on in release builds).

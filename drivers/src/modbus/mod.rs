@@ -5,6 +5,8 @@
 //! - `answer_gate`: between tokio-modbus and the wire, lets through only the
 //!   answer to the request on it, so a unit's timeout costs its neighbours
 //!   nothing.
+//! - `discover`: which units answer on a link and what they let a client
+//!   read (`ferrite discover modbus`); reads only, over `link`.
 //! - here: the per-device pollers, and writes.
 //!
 //! Each device polls on its own `poll` period. Its reads go to the link its
@@ -13,6 +15,7 @@
 //! time.
 
 pub mod answer_gate;
+pub mod discover;
 pub mod link;
 pub mod plan;
 

@@ -4,6 +4,9 @@
 //! - `opcua`: `ferrite discover opcua`: the driver's browse
 //!   (`ferrite_drivers::opcua::discover`) turned into a DeviceModel and a
 //!   Device.
+//! - `modbus`: `ferrite discover modbus`: the driver's scan
+//!   (`ferrite_drivers::modbus::discover`) printed as a table, and drafts of
+//!   a model and a device per unit.
 //! - `csv`: `ferrite import csv` and `ferrite export csv`: tag lists to
 //!   models and back (`ferrite_models::taglist`), with the files around it.
 //! - here: what every path shares: property names made valid and unique
@@ -11,6 +14,8 @@
 //!   whole or not at all, never over an existing one unless asked).
 
 pub mod csv;
+#[cfg(feature = "modbus")]
+pub mod modbus;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 
