@@ -11,14 +11,17 @@ pub mod yaml;
 
 use std::fmt;
 
-/// Largest source file accepted. Models, devices and rules are small; a bigger
-/// file is a mistake (or an attack) and is refused before it is read whole.
-pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Largest source file accepted, refused before it is read whole. Devices
+/// and rules are small; a model of a discovered server holds ~100 bytes per
+/// property, so this holds some 80 000 properties, and a bigger file is a
+/// mistake (or an attack).
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// Deepest nesting accepted. Real documents nest 5 or 6 levels.
 pub const MAX_DEPTH: usize = 64;
 /// Most nodes one file may hold once YAML aliases are expanded. This is what
-/// stops "billion laughs" alias bombs.
-pub const MAX_NODES: usize = 100_000;
+/// stops "billion laughs" alias bombs. A discovered property takes 10 to 17
+/// nodes, so a model of some 25 000 properties fits.
+pub const MAX_NODES: usize = 500_000;
 
 /// A 1-based line and column in a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
