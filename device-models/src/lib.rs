@@ -18,6 +18,8 @@
 //!   problem rather than stopping at the first.
 //! - [`validate`]: the checks that span documents (a device's model exists and
 //!   has bindings for its protocol, a rule's references resolve, ...).
+//! - [`extends`]: templates: a model that `extends` another, flattened once
+//!   loaded so that everything downstream sees one model.
 //! - [`expr`]: CEL parsing and the device properties an expression reads.
 //! - [`schema`]: JSON Schemas generated from the same types.
 //! - [`diag`]: `file:line:col: message` findings.
@@ -47,6 +49,7 @@ pub mod config;
 pub mod device;
 pub mod diag;
 pub mod expr;
+pub mod extends;
 pub mod model;
 pub mod payload;
 pub mod project;

@@ -28,6 +28,12 @@ pub struct DeviceModel {
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The model this one builds on (a template): its properties and
+    /// methods come first, then this model's own, which add to them or
+    /// override one of the same name (keeping its type). Once loaded, a
+    /// model holds the whole chain's properties and methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
     /// Properties by name, in file order.
     #[serde(default)]
     pub properties: IndexMap<String, Property>,

@@ -263,7 +263,7 @@ pub struct Loader {
 impl Loader {
     /// Validates what was loaded and returns the report.
     pub fn finish(mut self) -> Report {
-        validate::validate(&self.project, &mut self.diagnostics);
+        validate::validate(&mut self.project, &mut self.diagnostics);
         let errors = self.diagnostics.errors();
         let warnings = self.diagnostics.warnings();
         Report {

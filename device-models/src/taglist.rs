@@ -346,6 +346,7 @@ pub fn import(
     let model = DeviceModel {
         kind: ModelKind::DeviceModel,
         name: name.to_string(),
+        extends: None,
         description: Some(format!(
             "Imported from {} ({layout:?} layout, {rows} tags)",
             file.file_name().map_or_else(

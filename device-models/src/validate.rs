@@ -24,13 +24,19 @@ use crate::source::Pos;
 use crate::units::check_name;
 
 /// Runs every cross-document check over `project`.
-pub fn validate(project: &Project, diags: &mut Diagnostics) {
+///
+/// Each model is checked as written; then the `extends` chains are
+/// followed and flattened ([`crate::extends`]), and devices and rules are
+/// checked against the flat models.
+pub fn validate(project: &mut Project, diags: &mut Diagnostics) {
     if let Some(config) = &project.config {
         check_config(config, project, diags);
     }
     for model in project.models.values().chain(&project.shadowed.models) {
         check_model(model, diags);
     }
+    crate::extends::resolve(project, diags);
+    let project = &*project;
     check_devices(project, diags);
     check_rules(project, diags);
 }

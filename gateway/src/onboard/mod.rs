@@ -20,7 +20,6 @@ pub mod modbus;
 pub mod opcua;
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ferrite_models::units::NAME_MAX;
@@ -127,9 +126,9 @@ pub fn refuse_existing(paths: &[&Path], force: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes `file` whole: into a hidden temporary file beside it, synced,
-/// then renamed over it, so a gateway watching the folder never reads half
-/// a file.
+/// Writes `file` whole (the reconciler's atomic write: a hidden temporary
+/// file, synced, renamed over), so a gateway watching the folder never
+/// reads half a file.
 pub fn write_yaml<T: serde::Serialize>(file: &YamlFile<'_, T>) -> Result<(), String> {
     let body = serde_yaml::to_string(file.value)
         .map_err(|e| format!("cannot write {}: {e}", file.path.display()))?;
@@ -144,24 +143,8 @@ pub fn write_yaml<T: serde::Serialize>(file: &YamlFile<'_, T>) -> Result<(), Str
     for line in file.footer {
         text.push_str(&comment(line));
     }
-    let dir = file.path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-    let name = file
-        .path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.partial"));
-    let written = std::fs::File::create(&temporary).and_then(|mut f| {
-        f.write_all(text.as_bytes())?;
-        f.sync_all()
-    });
-    written
-        .and_then(|()| std::fs::rename(&temporary, &file.path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&temporary);
-            format!("cannot write {}: {e}", file.path.display())
-        })
+    crate::reconcile::snapshot::write_atomically(&file.path, &text)
+        .map_err(|e| format!("cannot write {}: {e}", file.path.display()))
 }
 
 fn comment(line: &str) -> String {

@@ -282,6 +282,7 @@ fn draft_model(name: &str, unit: &UnitFound, max: usize) -> (DeviceModel, usize)
     let model = DeviceModel {
         kind: ModelKind::DeviceModel,
         name: name.into(),
+        extends: None,
         description: Some(format!(
             "Draft from unit {}: raw registers and bits",
             unit.unit

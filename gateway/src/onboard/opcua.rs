@@ -214,6 +214,7 @@ fn model_of(name: &str, found: &Discovered) -> Result<DeviceModel, String> {
     Ok(DeviceModel {
         kind: ModelKind::DeviceModel,
         name: name.into(),
+        extends: None,
         description: Some(format!(
             "Discovered by ferrite discover opcua ({} variables)",
             found.variables.len()
