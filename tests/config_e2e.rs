@@ -545,3 +545,81 @@ async fn a_configuration_whose_device_loop_keeps_crashing_is_rolled_back() {
     api.expect_status("steady", "online", SECS).await;
     assert!(gw.stop().await);
 }
+
+/// `POST /api/v1/devices/{id}/probe`: a device tried before it is saved.
+/// Its values come from one poll through the real driver; nothing is saved
+/// (no file, no device, no history), nothing is written to the device (only
+/// reads in the simulator's log); a dead address shows offline with the
+/// driver's reason; a file that does not check is a 400 at its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_polls_once_through_the_driver_and_saves_nothing() {
+    let files = Files::new();
+    let plant = Plant::start(&files).await;
+    let gateway = files.start().await;
+    let api = Api::new(gateway.addr);
+    // The counter has counted past 0 by then.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = plant._sim.endpoint.requests();
+
+    let body = plant.device("trial", 3, "1s");
+    let (status, probe, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/devices/trial/probe",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200, "{probe}");
+    assert_eq!(probe["status"], "online", "{probe}");
+    assert_eq!(probe["values"]["n"]["quality"], "good", "{probe}");
+    // The counter at unit 3 counts up from 0 every 20 ms: a value it has had.
+    let n = probe["values"]["n"]["value"].as_i64().expect("an int");
+    assert!(n > 0, "{probe}");
+    // Nothing saved: no file, no device, no history; only reads went out.
+    assert!(!files.dir.path().join("devices/trial.yaml").exists());
+    let (status, _) = api.get("/api/v1/devices/trial").await;
+    assert_eq!(status, 404);
+    let seen = plant._sim.endpoint.seen();
+    assert!(plant._sim.endpoint.requests() > before);
+    assert!(
+        seen.iter().all(|s| matches!(s.function, 1..=4)),
+        "{:?}",
+        seen.iter().map(|s| s.function).collect::<Vec<_>>()
+    );
+    let (_, config) = api.get("/api/v1/config").await;
+    assert_eq!(config["version"], 1, "{config}");
+
+    // A dead address: offline, with the driver's reason.
+    let port = common::free_port();
+    let dead = tcp_device("nobody", "t", port, 1, "1s");
+    let (status, probe, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/devices/nobody/probe",
+            Some(dead),
+        )
+        .await;
+    assert_eq!(status, 200, "{probe}");
+    assert_eq!(probe["status"], "offline", "{probe}");
+    assert!(
+        probe["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&port.to_string())),
+        "{probe}"
+    );
+    assert_eq!(probe["values"]["n"]["quality"], "stale", "{probe}");
+
+    // A file that does not check: 400, at its place.
+    let wrong = "kind: Device\nname: bad\nmodel: nowhere\nmodbus-tcp: { host: 127.0.0.1 }\n";
+    let (status, refusal, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/devices/bad/probe",
+            Some(wrong.into()),
+        )
+        .await;
+    assert_eq!(status, 400, "{refusal}");
+    let message = refusal.to_string();
+    assert!(message.contains("bad.yaml:3:8"), "{message}");
+    assert!(gateway.stop().await);
+}

@@ -21,6 +21,7 @@ use crate::control::Writers;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use ferrite_core::driver::{DeviceEntry, Driver, DriverContext};
+use ferrite_core::reading::{Sample, Status};
 
 /// How long a stopping device's tasks may take before they are left to
 /// finish on their own.
@@ -48,6 +49,32 @@ impl Changed {
 struct RunningDevice {
     stop: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// What one poll of a device showed ([`Fleet::probe`]).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Probe {
+    /// The device's status after the poll: `online`, `offline`, `error`,
+    /// or `none` when the driver said nothing in time.
+    pub status: String,
+    /// Why it is not online, when it is not.
+    pub error: Option<String>,
+    /// Each readable property, in model order.
+    #[schema(value_type = Object)]
+    pub values: indexmap::IndexMap<String, ProbedValue>,
+    /// How long the probe took, connecting included.
+    pub took_ms: u64,
+}
+
+/// One property's outcome in a [`Probe`].
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ProbedValue {
+    /// The value read, typed by the model.
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<ferrite_models::Value>,
+    /// `good`, `bad` (the device answered something unusable), `stale` (the
+    /// read failed) or `none` (no answer in time).
+    pub quality: &'static str,
 }
 
 /// The running devices.
@@ -117,6 +144,122 @@ impl Fleet {
             driver.sweep();
         }
         changed
+    }
+
+    /// Polls device `name` of `project` once through its driver, without
+    /// running it: a context of its own whose updates come here, not to the
+    /// store, until every readable property has a sample or `wait` has
+    /// passed; then the device is stopped. Nothing is stored or written.
+    pub async fn probe(
+        &self,
+        project: &Project,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Probe, String> {
+        let located = project
+            .devices
+            .get(name)
+            .ok_or_else(|| format!("no device `{name}`"))?;
+        let model = project
+            .models
+            .get(&located.value.model)
+            .ok_or_else(|| format!("no model `{}`", located.value.model))?;
+        let driver = self
+            .driver_of(project, name)
+            .ok_or_else(|| "no driver in this build serves its protocol".to_string())?;
+        if driver.name() == "mqtt" {
+            return Err("an MQTT device publishes by itself: there is nothing to poll; save it and watch its values".into());
+        }
+        let properties: Vec<(&String, bool)> = model
+            .value
+            .properties
+            .iter()
+            .map(|(n, p)| (n, p.readable()))
+            .collect();
+        let names: Vec<Arc<str>> = properties
+            .iter()
+            .map(|(n, _)| Arc::from(n.as_str()))
+            .collect();
+        let numbers: Vec<u16> = (0..properties.len())
+            .map(|i| u16::try_from(i).unwrap_or(u16::MAX))
+            .collect();
+        let entry = DeviceEntry {
+            index: usize::MAX,
+            name,
+            located,
+            model: &model.value,
+            numbers: &numbers,
+            names: &names,
+        };
+        let (output, mut updates) = tokio::sync::mpsc::channel(64);
+        let stop = self.ctx.shutdown.child_token();
+        let tasks = TaskTracker::new();
+        let ctx = DriverContext {
+            shutdown: stop.clone(),
+            tasks: tasks.clone(),
+            output: output.clone(),
+            urgent: output,
+            stats: Arc::default(),
+            meters: Arc::new(ferrite_core::driver::NoMeters),
+            ..self.ctx.clone()
+        };
+        let started = std::time::Instant::now();
+        driver.start(&entry, ctx).map_err(|e| e.to_string())?;
+        let mut samples: Vec<Option<Sample>> = vec![None; properties.len()];
+        let mut status = None;
+        let deadline = tokio::time::Instant::now() + wait;
+        while samples.iter().zip(&properties).any(|(s, (_, readable))| {
+            *readable && !matches!(s, Some(Sample::Good(_) | Sample::Bad))
+        }) {
+            match tokio::time::timeout_at(deadline, updates.recv()).await {
+                Ok(Some(update)) => {
+                    // A poll that failed as a whole ends the probe: that is
+                    // its answer.
+                    let failed =
+                        matches!(&update.status, Some((Status::Offline | Status::Error, _)));
+                    if update.status.is_some() {
+                        status = update.status;
+                    }
+                    for (number, sample) in update.samples {
+                        if let Some(slot) = samples.get_mut(usize::from(number)) {
+                            *slot = Some(sample);
+                        }
+                    }
+                    if failed && !update.seen {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        stop.cancel();
+        tasks.close();
+        let _ = tokio::time::timeout(STOP_DEVICE, tasks.wait()).await;
+        driver.sweep();
+        let values = properties
+            .iter()
+            .zip(samples)
+            .filter(|((_, readable), _)| *readable)
+            .map(|((name, _), sample)| {
+                let (value, quality) = match sample {
+                    Some(Sample::Good(v)) => (Some(v), "good"),
+                    Some(Sample::Bad) => (None, "bad"),
+                    Some(Sample::Stale) => (None, "stale"),
+                    None => (None, "none"),
+                };
+                ((*name).clone(), ProbedValue { value, quality })
+            })
+            .collect();
+        let (status, error) = match status {
+            Some((s, why)) => (format!("{s:?}").to_lowercase(), why),
+            None => ("none".into(), Some(format!("no answer within {wait:?}"))),
+        };
+        Ok(Probe {
+            status,
+            error,
+            values,
+            took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
     }
 
     fn driver_of(&self, project: &Project, name: &str) -> Option<&dyn Driver> {

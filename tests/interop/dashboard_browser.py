@@ -9,6 +9,9 @@ chromium and chromium-driver, driven by Selenium from PyPI), against
   value outside the model's limits is stopped by the form, a method called
   through its form shows its outputs and is audited, and the page
   fetches nothing from anywhere but the gateway and logs no error;
+- "add a device": a try through the real driver (values shown, nothing
+  saved), a dead address shown offline with save kept off, then a save that
+  adds the device live;
 - the control plane's fleet page (the demo's ferrite-cloud) lists the
   gateway online with its backlog, shows its twin, a rollout to a label's
   group with the gateway's state, and filters by label.
@@ -31,6 +34,7 @@ from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import Checks, free_port, http, stop_ferrite  # noqa: E402
@@ -103,6 +107,51 @@ def token_phase(driver, ferrite, checks):
         checks.check("and its live stream is open (the token in a header)", live, driver.find_element(By.ID, "live").text)
     finally:
         stop_ferrite(gateway, checks)
+
+
+def add_device_phase(driver, base, cards, online, checks):
+    """'Add a device' on the page: a try through the driver that saves
+    nothing, a dead address shown offline with save kept off, then a save
+    that adds the device live."""
+    form = driver.find_element(By.ID, "add-device")
+    field = lambda name: form.find_element(By.NAME, name)  # noqa: E731
+
+    def fill(name, value):
+        field(name).clear()
+        field(name).send_keys(value)
+
+    fill("name", "meter-3")
+    Select(field("model")).select_by_value("power-meter")
+    fill("port", "5020")
+    fill("unit", "2")
+    field("try").click()
+    output = lambda: form.find_element(By.TAG_NAME, "output").text  # noqa: E731
+    probed = lambda: {r.get_attribute("data-property"): r.find_element(By.CSS_SELECTOR, "td.value").text  # noqa: E731
+                      for r in form.find_elements(By.CSS_SELECTOR, "table.probe tr")}
+    tried = until(lambda: output().startswith("online"), 15)
+    checks.check("'try it' polls the device through its driver: online", tried, safe(output))
+    values = safe(probed)
+    checks.check("and shows each value it read", isinstance(values, dict) and len(values) >= 5
+                 and all(v not in ("none", "stale", "bad", "") for v in values.values()), values)
+    status, _ = http("GET", f"{base}/api/v1/devices/meter-3")
+    checks.check("nothing was saved by trying", status == 404, status)
+    checks.check("save is offered once the try went well", field("save").is_enabled())
+
+    fill("port", str(free_port()))
+    field("try").click()
+    offline = until(lambda: output().startswith("offline"), 15)
+    checks.check("a dead address shows offline, with the reason", offline and "127.0.0.1" in output(), safe(output))
+    checks.check("and save stays off", not field("save").is_enabled())
+
+    fill("port", "5020")
+    field("try").click()
+    until(lambda: output().startswith("online") and field("save").is_enabled(), 15)
+    field("save").click()
+    saved = until(lambda: output().startswith("saved: configuration v"), 15)
+    checks.check("save applies it through the live configuration", saved, safe(output))
+    checks.check("the new device shows up, online", until(lambda: "meter-3" in online(), 20), safe(cards))
+    status, body = http("DELETE", f"{base}/api/v1/devices/meter-3")
+    checks.check("(removed again through the API)", status == 200 and until(lambda: cards() == DEMO_DEVICES, 20), body)
 
 
 def fleet_phase(driver, checks):
@@ -293,6 +342,7 @@ def main():
         checks.check("the dashboard drops it", until(lambda: cards() == DEMO_DEVICES, 20), safe(cards))
         checks.check("and shows every other device online again", until(lambda: online() == DEMO_DEVICES, 20), safe(online))
 
+        add_device_phase(driver, base, cards, online, checks)
         fleet_phase(driver, checks)
         token_phase(driver, args.ferrite, checks)
     finally:

@@ -3,7 +3,9 @@
 //! that last changed it, the versions kept, the last refusal),
 //! `POST /api/v1/config/rollback`, and `PUT`/`DELETE` of one model, device
 //! or rule (`/api/v1/models/{name}`, `/api/v1/devices/{id}`,
-//! `/api/v1/rules/{name}`; the rules' own handlers are in `rules`).
+//! `/api/v1/rules/{name}`; the rules' own handlers are in `rules`), and
+//! `POST /api/v1/devices/{id}/probe`, which tries a device before it is
+//! saved.
 //!
 //! A `PUT` takes the document as its file would hold it, YAML or JSON (JSON
 //! is YAML), and writes that file into the folder (`FOLDER/NAME.yaml` for a
@@ -105,24 +107,15 @@ pub(super) async fn edit(
     body: Option<String>,
     who: String,
 ) -> Result<Applied, ApiError> {
-    // The name becomes a file name: nothing that could leave the folder.
-    ferrite_models::units::check_name(name)
-        .map_err(|e| ApiError::bad_request(format!("{} {e}", kind.name())))?;
     let project = state.running.project();
     let exists = match kind {
         DocKind::DeviceModel => project.models.contains_key(name),
         DocKind::Device => project.devices.contains_key(name),
         DocKind::Rule => project.rules.contains_key(name),
     };
-    let file = state
-        .reconciler
-        .file_of(kind, name)
-        .map_err(|e| refused(Some(kind), e))?;
     let verb = if body.is_some() { "PUT" } else { "DELETE" };
-    if let Some(body) = &body {
-        // The body must hold exactly this one document.
-        crate::reconcile::holds_exactly(kind, name, &file, body).map_err(ApiError::bad_request)?;
-    } else if !exists {
+    document_file(state, kind, name, body.as_deref())?;
+    if body.is_none() && !exists {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             not_found_code(kind),
@@ -148,6 +141,62 @@ pub(super) async fn edit(
         .apply(change, origin)
         .await
         .map_err(|e| refused(Some(kind), e))
+}
+
+/// The file that holds (or will hold) document `kind` `name`, after
+/// checking the name (it becomes a file name: nothing that could leave the
+/// folder) and that `body`, if any, holds exactly that one document.
+fn document_file(
+    state: &AppState,
+    kind: DocKind,
+    name: &str,
+    body: Option<&str>,
+) -> Result<std::path::PathBuf, ApiError> {
+    ferrite_models::units::check_name(name)
+        .map_err(|e| ApiError::bad_request(format!("{} {e}", kind.name())))?;
+    let file = state
+        .reconciler
+        .file_of(kind, name)
+        .map_err(|e| refused(Some(kind), e))?;
+    if let Some(body) = body {
+        crate::reconcile::holds_exactly(kind, name, &file, body).map_err(ApiError::bad_request)?;
+    }
+    Ok(file)
+}
+
+/// How long a probe waits for every property's first value.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tries a device before it is saved: its file is checked with the rest
+/// of the configuration as a `PUT` would be, then the device is polled once
+/// through its driver and what came back is shown. Nothing is saved,
+/// stored or written to the device.
+#[utoipa::path(post, operation_id = "probeDevice", path = "/api/v1/devices/{id}/probe", tag = "config",
+    params(("id" = String, Path, description = "Device name")),
+    request_body(content = String, content_type = "application/yaml",
+        description = "The device's file, as for PUT: one `kind: Device` document named `id`"),
+    responses(
+        (status = 200, description = "What one poll showed; nothing was saved", body = crate::fleet::Probe),
+        (status = 400, description = "Refused, with each `file:line:col: message`; or a device that cannot be polled (MQTT)", body = ErrorBody),
+        (status = 409, description = "Its file holds other documents too", body = ErrorBody),
+    ))]
+pub async fn probe(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<String, StringRejection>,
+) -> Result<Json<crate::fleet::Probe>, ApiError> {
+    let body = body_text(body, "device")?;
+    document_file(&state, DocKind::Device, &id, Some(&body))?;
+    let project = state
+        .reconciler
+        .candidate(DocKind::Device, &id, body)
+        .map_err(|e| refused(Some(DocKind::Device), e))?;
+    let probe = state
+        .fleet
+        .probe(&project, &id, PROBE_WAIT)
+        .await
+        .map_err(ApiError::bad_request)?;
+    Ok(Json(probe))
 }
 
 fn not_found_code(kind: DocKind) -> &'static str {

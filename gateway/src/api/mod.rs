@@ -146,6 +146,7 @@ pub fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::Ope
             config::put_device,
             config::delete_device
         ))
+        .routes(routes!(config::probe))
         .routes(routes!(devices::property, devices::write))
         .routes(routes!(devices::history))
         .routes(routes!(methods::call))

@@ -475,6 +475,48 @@ impl Reconciler {
         }
     }
 
+    /// The project the folders would make with `kind` `name` set to `text`,
+    /// checked whole as [`Reconciler::apply`] checks a change, but neither
+    /// written nor run: what `POST /api/v1/devices/{id}/probe` tries.
+    pub fn candidate(
+        &self,
+        kind: DocKind,
+        name: &str,
+        text: String,
+    ) -> Result<Project, ApplyError> {
+        let on_disk = Snapshot::read(&self.folders()).map_err(|e| ApplyError::Invalid(vec![e]))?;
+        let target = self.edited(&on_disk, kind, name, Some(text))?;
+        let report = check_files(self.config.clone(), &self.base, &target);
+        if !report.is_ok() {
+            return Err(invalid(&report));
+        }
+        Ok(report.project)
+    }
+
+    /// `on_disk` with `kind` `name` set to `text`, or removed (`None`).
+    fn edited(
+        &self,
+        on_disk: &Snapshot,
+        kind: DocKind,
+        name: &str,
+        text: Option<String>,
+    ) -> Result<Snapshot, ApplyError> {
+        let mut target = on_disk.clone();
+        let file = self.file_of(kind, name)?;
+        if let Some(dir) = file.parent() {
+            target.missing.remove(dir);
+        }
+        match text {
+            Some(text) => {
+                target.files.insert(file, text);
+            }
+            None => {
+                target.files.remove(&file);
+            }
+        }
+        Ok(target)
+    }
+
     /// Applies `change`, from `origin`: validated whole, written to the
     /// folders, then only what changed is restarted. One change at a time.
     pub async fn apply(&self, change: Change, origin: Origin) -> Result<Applied, ApplyError> {
@@ -524,22 +566,7 @@ impl Reconciler {
         let on_disk = Snapshot::read(&dirs).map_err(|e| ApplyError::Invalid(vec![e]))?;
         let target = match change {
             Change::Reread => on_disk.clone(),
-            Change::Edit { kind, name, text } => {
-                let mut target = on_disk.clone();
-                let file = self.file_of(kind, &name)?;
-                if let Some(dir) = file.parent() {
-                    target.missing.remove(dir);
-                }
-                match text {
-                    Some(text) => {
-                        target.files.insert(file, text);
-                    }
-                    None => {
-                        target.files.remove(&file);
-                    }
-                }
-                target
-            }
+            Change::Edit { kind, name, text } => self.edited(&on_disk, kind, &name, text)?,
             Change::Bundle(documents) => self.bundle_files(&documents)?,
             Change::Version(n) => state
                 .history
@@ -576,13 +603,7 @@ impl Reconciler {
             tracing::warn!("{warning}");
         }
         if !report.is_ok() {
-            let errors = report
-                .diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .map(ToString::to_string)
-                .collect();
-            return Err(ApplyError::Invalid(errors));
+            return Err(invalid(&report));
         }
         // The folders first: if they cannot be written, nothing else moves.
         if on_disk != target
@@ -858,6 +879,18 @@ fn trim(history: &mut Vec<Version>) {
 
 /// The project `files` make with `config` (for the first version's summary
 /// against the last stored one); empty if they do not load.
+/// A refusal listing `report`'s errors.
+fn invalid(report: &Report) -> ApplyError {
+    ApplyError::Invalid(
+        report
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect(),
+    )
+}
+
 fn project_of(config: &Located<Config>, base: &Path, files: &Snapshot) -> Project {
     check_files(config.clone(), base, files).project
 }

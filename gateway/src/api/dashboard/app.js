@@ -347,6 +347,7 @@ async function watchConfig() {
     `configuration v${c.version} (${c.origin.kind}) · ${c.hash.slice(0, 19)}`;
   if (state.config !== null && c.version !== state.config) {
     await loadModels();
+    fillModels(document.querySelector('#add-device select[name=model]'));
     state.devices.clear();
     const container = document.getElementById('devices');
     container.replaceChildren(el('p', { class: 'empty', text: 'configuration changed; reloading…' }));
@@ -418,6 +419,76 @@ async function loadModels() {
   for (const m of models) state.models.set(m.name, m);
 }
 
+// "Add a device": the device's file made from the form, tried through its
+// driver (POST .../probe: checked, polled once, nothing saved), then saved
+// (PUT /api/v1/devices/{id}) once the values look right.
+function deviceFile(form) {
+  const f = form.elements;
+  const doc = { kind: 'Device', name: f.name.value, model: f.model.value, poll: f.poll.value };
+  if (f.protocol.value === 'opcua') {
+    doc.opcua = { endpoint: f.endpoint.value };
+  } else {
+    doc[f.protocol.value] = { host: f.host.value, port: parseInt(f.port.value, 10), unit: parseInt(f.unit.value, 10) };
+  }
+  return JSON.stringify(doc);
+}
+
+function fillModels(select) {
+  const chosen = select.value;
+  select.replaceChildren(...[...state.models.keys()].sort().map((name) => el('option', { value: name, text: name })));
+  if (state.models.has(chosen)) select.value = chosen;
+}
+
+function setupAddDevice() {
+  const form = document.getElementById('add-device');
+  const output = form.querySelector('output');
+  const rows = form.querySelector('table.probe tbody');
+  const save = form.elements.save;
+  const protocolFields = () => {
+    const opcua = form.elements.protocol.value === 'opcua';
+    for (const label of form.querySelectorAll('label[data-for]')) {
+      label.hidden = (label.dataset.for === 'opcua') !== opcua;
+    }
+  };
+  form.elements.protocol.addEventListener('change', protocolFields);
+  // Any change means trying again before saving.
+  form.addEventListener('input', () => { save.disabled = true; });
+  fillModels(form.elements.model);
+  const path = () => `/api/v1/devices/${encodeURIComponent(form.elements.name.value)}`;
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    save.disabled = true;
+    rows.replaceChildren();
+    output.className = '';
+    output.textContent = 'trying…';
+    try {
+      const probe = await api(path() + '/probe', { method: 'POST', headers: { 'content-type': 'application/json' }, body: deviceFile(form) });
+      for (const [name, v] of Object.entries(probe.values)) {
+        rows.append(el('tr', { 'data-property': name, class: 'q-' + v.quality },
+          el('th', { text: name }), el('td', { class: 'value', text: v.quality === 'good' ? formatValue(v.value) : v.quality })));
+      }
+      output.className = probe.status === 'online' ? 'ok' : 'fail';
+      output.textContent = probe.status + (probe.error ? ': ' + probe.error : '') + ` (${probe.took_ms} ms)`;
+      save.disabled = probe.status !== 'online';
+    } catch (err) {
+      output.className = 'fail';
+      output.textContent = err.message;
+    }
+  });
+  save.addEventListener('click', async () => {
+    save.disabled = true;
+    try {
+      const applied = await api(path(), { method: 'PUT', headers: { 'content-type': 'application/json' }, body: deviceFile(form) });
+      output.className = 'ok';
+      output.textContent = `saved: configuration v${applied.version}`;
+      watchConfig().catch(() => {});
+    } catch (err) {
+      output.className = 'fail';
+      output.textContent = err.message;
+    }
+  });
+}
+
 function refreshSlow() {
   for (const show of [showStatus, showSync, showRules, showEvents, watchConfig]) show().catch(() => {});
 }
@@ -427,6 +498,7 @@ async function main() {
   for (;;) {
     try { await loadModels(); break; } catch (_) { await sleep(2000); }
   }
+  setupAddDevice();
   refreshSlow();
   setInterval(refreshSlow, SLOW_REFRESH_MS);
   stream();
