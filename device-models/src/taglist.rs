@@ -423,17 +423,19 @@ fn with_bit(
     }
 }
 
-fn plain_row(
-    row: &Row<'_>,
+/// A row's name (from `column`), its address as written, and the address
+/// parsed; or why not, in `diags`.
+fn name_and_address<'r>(
+    row: &'r Row<'_>,
+    column: &str,
     file: &Path,
-    order: Option<WordOrder>,
     diags: &mut Diagnostics,
-) -> Option<(String, Property, RowAt)> {
-    let Some(name) = row.get("name").map(str::to_string) else {
-        diags.error(file, row.pos("name"), "a tag needs a name");
+) -> Option<(String, &'r str, Address)> {
+    let Some(name) = row.get(column).map(str::to_string) else {
+        diags.error(file, row.pos(column), format!("a tag needs a {column}"));
         return None;
     };
-    let Some(address_text) = row.get("address") else {
+    let Some(text) = row.get("address") else {
         diags.error(
             file,
             row.pos("address"),
@@ -441,13 +443,22 @@ fn plain_row(
         );
         return None;
     };
-    let address = match parse_address(address_text) {
-        Ok(a) => a,
+    match parse_address(text) {
+        Ok(address) => Some((name, text, address)),
         Err(e) => {
             diags.error(file, row.pos("address"), e);
-            return None;
+            None
         }
-    };
+    }
+}
+
+fn plain_row(
+    row: &Row<'_>,
+    file: &Path,
+    order: Option<WordOrder>,
+    diags: &mut Diagnostics,
+) -> Option<(String, Property, RowAt)> {
+    let (name, _, address) = name_and_address(row, "name", file, diags)?;
     let (address, bit) = with_bit(address, row, file, diags)?;
     let format = match row.get("type") {
         None => None,
@@ -528,25 +539,7 @@ fn kepware_row(
     order: Option<WordOrder>,
     diags: &mut Diagnostics,
 ) -> Option<(String, Property, RowAt)> {
-    let Some(name) = row.get("tag name").map(str::to_string) else {
-        diags.error(file, row.pos("tag name"), "a tag needs a Tag Name");
-        return None;
-    };
-    let Some(address_text) = row.get("address") else {
-        diags.error(
-            file,
-            row.pos("address"),
-            format!("`{name}` needs an Address"),
-        );
-        return None;
-    };
-    let address = match parse_address(address_text) {
-        Ok(a) => a,
-        Err(e) => {
-            diags.error(file, row.pos("address"), e);
-            return None;
-        }
-    };
+    let (name, address_text, address) = name_and_address(row, "tag name", file, diags)?;
     let data_type = row
         .get("data type")
         .unwrap_or("Default")

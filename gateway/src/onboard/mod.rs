@@ -147,6 +147,29 @@ pub fn write_yaml<T: serde::Serialize>(file: &YamlFile<'_, T>) -> Result<(), Str
         .map_err(|e| format!("cannot write {}: {e}", file.path.display()))
 }
 
+/// Writes a model, then the device on it (so that a gateway watching the
+/// folders never sees the device without its model), both headed by
+/// `header` (the device by its first line), the model ended by `footer`.
+pub fn write_model_and_device(
+    (model_path, model): (&Path, &ferrite_models::DeviceModel),
+    (device_path, device): (&Path, &ferrite_models::Device),
+    header: &[String],
+    footer: &[String],
+) -> Result<(), String> {
+    write_yaml(&YamlFile {
+        path: model_path.to_path_buf(),
+        header,
+        value: model,
+        footer,
+    })?;
+    write_yaml(&YamlFile {
+        path: device_path.to_path_buf(),
+        header: &header[..header.len().min(1)],
+        value: device,
+        footer: &[],
+    })
+}
+
 fn comment(line: &str) -> String {
     if line.is_empty() {
         "#\n".into()

@@ -13,7 +13,7 @@ use ferrite_models::model::{
 };
 use indexmap::IndexMap;
 
-use super::{YamlFile, refuse_existing, write_yaml};
+use super::{refuse_existing, write_model_and_device};
 use crate::cli::DiscoverModbus;
 
 /// Scans the link, prints what answered, and with `--out` writes drafts.
@@ -121,18 +121,7 @@ pub async fn discover(args: &DiscoverModbus, out: &mut dyn Write) -> Result<(), 
                 args.max_properties
             ));
         }
-        write_yaml(&YamlFile {
-            path: model_path.clone(),
-            header: &header,
-            value: &model,
-            footer: &[],
-        })?;
-        write_yaml(&YamlFile {
-            path: device_path.clone(),
-            header: &header[..1],
-            value: &device,
-            footer: &[],
-        })?;
+        write_model_and_device((model_path, &model), (device_path, &device), &header, &[])?;
         written.push(format!(
             "{} and {}",
             model_path.display(),

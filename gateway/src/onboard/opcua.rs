@@ -10,7 +10,7 @@ use ferrite_models::device::{Device, DeviceKind, Opcua};
 use ferrite_models::model::{DeviceModel, ModelKind, NodeId, OpcuaBinding, Property};
 use indexmap::IndexMap;
 
-use super::{YamlFile, refuse_existing, unique_names, write_yaml};
+use super::{refuse_existing, unique_names, write_model_and_device};
 use crate::cli::DiscoverOpcua;
 
 /// Browses the server, writes the two files and prints a report to `out`.
@@ -91,18 +91,12 @@ pub async fn discover(args: &DiscoverOpcua, out: &mut dyn Write) -> Result<(), S
         .chain(skipped_list(&found).into_iter().map(|s| format!("  {s}")))
         .filter(|_| !found.skipped.is_empty())
         .collect();
-    write_yaml(&YamlFile {
-        path: model_path.clone(),
-        header: &header,
-        value: &model,
-        footer: &footer,
-    })?;
-    write_yaml(&YamlFile {
-        path: device_path.clone(),
-        header: &header[..1],
-        value: &device,
-        footer: &[],
-    })?;
+    write_model_and_device(
+        (&model_path, &model),
+        (&device_path, &device),
+        &header,
+        &footer,
+    )?;
     report(out, args, &found, took, &model_path, &device_path).map_err(|e| e.to_string())
 }
 
