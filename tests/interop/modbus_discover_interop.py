@@ -12,7 +12,9 @@ and checks that exactly units 1, 2 and 5 are found, with exactly the readable
 ranges of each table; that nothing was written to the server (the write
 counter stays 0); that it takes less than the stated time; that a server which
 stays silent for missing units (ignore_missing_slaves, as on a serial bus)
-gives the same answer through timeouts; and that the drafts it wrote pass
+gives the same answer through timeouts, and so does RTU framing over TCP
+(`rtu-over-tcp://`, a serial device server: one request at a time); and that
+the drafts it wrote pass
 `ferrite check` and read the server's values through `ferrite run`.
 
     python3 tests/interop/modbus_discover_interop.py target/debug/ferrite
@@ -26,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pymodbus import FramerType
 from pymodbus.datastore import ModbusServerContext, ModbusSlaveContext, ModbusSparseDataBlock
 from pymodbus.pdu import bit_message
 from pymodbus.pdu.pdu import ExceptionResponse
@@ -105,10 +108,10 @@ def context():
     return ModbusServerContext(slaves=units, single=False)
 
 
-def discover(port, work, extra=()):
+def discover(port, work, extra=(), scheme="tcp"):
     started = time.monotonic()
     run = subprocess.run(
-        [FERRITE, "discover", "modbus", f"tcp://127.0.0.1:{port}", "--units", "1-10",
+        [FERRITE, "discover", "modbus", f"{scheme}://127.0.0.1:{port}", "--units", "1-10",
          "--addresses", "0-999", *extra],
         capture_output=True, text=True, timeout=120, cwd=work)
     return run, time.monotonic() - started
@@ -187,6 +190,23 @@ async def main():
                  run.returncode == 0 and rows == EXPECTED, f"{rows} {run.stderr[-300:]}")
     checks.check("and nothing was written to it", WRITES["count"] == 0, WRITES["count"])
     closed = quiet.shutdown()
+    if asyncio.iscoroutine(closed):
+        await closed
+    serving.cancel()
+
+    # RTU framing over TCP (a serial device server): the bus's rules, one
+    # request at a time, and missing units silent, as on a real bus.
+    port = free_port()
+    rtu = ModbusTcpServer(context(), address=("127.0.0.1", port), framer=FramerType.RTU,
+                          ignore_missing_slaves=True)
+    serving = asyncio.create_task(rtu.serve_forever())
+    await asyncio.sleep(0.5)
+    run, took = await asyncio.to_thread(discover, port, work, ("--timeout-ms", "200"), "rtu-over-tcp")
+    rows = found_rows(run.stdout)
+    checks.check(f"over RTU framing (rtu-over-tcp://), the same answer ({took:.2f} s)",
+                 run.returncode == 0 and rows == EXPECTED, f"{rows} {run.stderr[-300:]}")
+    checks.check("and nothing was written there either", WRITES["count"] == 0, WRITES["count"])
+    closed = rtu.shutdown()
     if asyncio.iscoroutine(closed):
         await closed
     serving.cancel()
