@@ -108,17 +108,7 @@ pub fn parse_address(text: &str) -> Result<Address, String> {
     };
     let expected = "an address is Modicon (40001, 400001, 4x0001) or table:address (holding:0)";
     if let Some((table, number)) = main.split_once(':') {
-        let table = match table.trim().to_ascii_lowercase().as_str() {
-            "coil" | "coils" => Table::Coil,
-            "discrete" => Table::Discrete,
-            "input" => Table::Input,
-            "holding" => Table::Holding,
-            other => {
-                return Err(format!(
-                    "unknown table `{other}`: coil, discrete, input or holding"
-                ));
-            }
-        };
+        let table = table_named(table)?;
         let address = number
             .trim()
             .parse::<u16>()
@@ -162,6 +152,25 @@ pub fn parse_address(text: &str) -> Result<Address, String> {
         address: u16::try_from(one_based - 1).unwrap_or(u16::MAX),
         suffix,
     })
+}
+
+/// A table by name: `coil` (or `coils`), `discrete`, `input`, `holding`.
+pub fn table_named(text: &str) -> Result<Table, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "coil" | "coils" => Ok(Table::Coil),
+        "discrete" => Ok(Table::Discrete),
+        "input" => Ok(Table::Input),
+        "holding" => Ok(Table::Holding),
+        other => Err(format!(
+            "unknown table `{other}`: coil, discrete, input or holding"
+        )),
+    }
+}
+
+/// A word order by name, in any case: `ABCD`, `DCBA`, `BADC` or `CDAB`.
+pub fn word_order_named(text: &str) -> Result<WordOrder, String> {
+    serde_json::from_value(serde_json::json!(text.trim().to_ascii_uppercase()))
+        .map_err(|_| format!("order `{text}`: ABCD, DCBA, BADC or CDAB"))
 }
 
 /// Where one row's parts are: its line and each column's start.
@@ -472,20 +481,13 @@ fn plain_row(
     };
     let order = match row.get("order") {
         None => order,
-        Some(text) => {
-            match serde_json::from_value::<WordOrder>(serde_json::json!(text.to_ascii_uppercase()))
-            {
-                Ok(o) => Some(o),
-                Err(_) => {
-                    diags.error(
-                        file,
-                        row.pos("order"),
-                        format!("order `{text}`: ABCD, DCBA, BADC or CDAB"),
-                    );
-                    return None;
-                }
+        Some(text) => match word_order_named(text) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                diags.error(file, row.pos("order"), e);
+                return None;
             }
-        }
+        },
     };
     let access = access_of(row, "access", file, diags)?;
     let scale = row.number("scale", file, diags);

@@ -29,10 +29,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrite_models::Value;
 use ferrite_models::device::Opcua;
 use ferrite_models::model::{Access, UaDataType, ValueType};
-use ferrite_models::ua::from_variant;
 use futures_util::StreamExt;
 use opcua::client::Session;
 use opcua::client::browser::BrowseResultItem;
@@ -87,8 +85,6 @@ pub struct FoundVariable {
     pub unit: Option<String>,
     /// Its Description, when not empty.
     pub description: Option<String>,
-    /// Its value when browsed, when it could be read and fits the type.
-    pub value: Option<Value>,
 }
 
 /// A node that does not become a property, and why.
@@ -412,7 +408,7 @@ impl<'a> Walk<'a> {
             // Many servers repeat the name as the Description: no news.
             let description = text_of(&attrs[4]).filter(|d| Some(d) != path.last());
             match self.variable(attrs, &mut types).await? {
-                Ok((datatype, ty, access, value)) => out.variables.push(FoundVariable {
+                Ok((datatype, ty, access)) => out.variables.push(FoundVariable {
                     path,
                     node: id.to_string(),
                     datatype,
@@ -421,7 +417,6 @@ impl<'a> Walk<'a> {
                     range: ranges.get(*id).copied(),
                     unit: units.get(*id).cloned(),
                     description,
-                    value,
                 }),
                 Err(reason) => out.skipped.push(SkippedNode {
                     path,
@@ -437,14 +432,14 @@ impl<'a> Walk<'a> {
         Ok(out)
     }
 
-    /// One variable's type, access and value from its attributes, or why it
+    /// One variable's type and access from its attributes, or why it
     /// cannot be a property. The outer error is the link's.
     #[allow(clippy::type_complexity)]
     async fn variable(
         &self,
         attrs: &[DataValue],
         types: &mut DataTypes<'_>,
-    ) -> Result<Result<(UaDataType, ValueType, Access, Option<Value>), String>, String> {
+    ) -> Result<Result<(UaDataType, ValueType, Access), String>, String> {
         let [datatype, rank, access, user_access, _, value] = attrs else {
             return Ok(Err("the server's answer was short".into()));
         };
@@ -489,9 +484,7 @@ impl<'a> Walk<'a> {
                 ));
             }
         };
-        let ty = value_type(resolved);
-        let value = current.and_then(|v| from_variant(v, ty).ok());
-        Ok(Ok((resolved, ty, access, value)))
+        Ok(Ok((resolved, value_type(resolved), access)))
     }
 
     /// The EURange and EngineeringUnits of the candidates that have them.

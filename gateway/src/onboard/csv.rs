@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ferrite_models::diag::Diagnostics;
-use ferrite_models::model::WordOrder;
 use ferrite_models::project::{DocKind, Loader};
 use ferrite_models::source::Pos;
 use ferrite_models::taglist;
@@ -38,18 +37,9 @@ pub fn import(request: &ImportCsv, out: &mut dyn Write) -> std::io::Result<bool>
     }
     let order = match request.order.as_deref() {
         None => None,
-        Some(text) => {
-            let parsed =
-                serde_json::from_value::<WordOrder>(serde_json::json!(text.to_ascii_uppercase()));
-            if parsed.is_err() {
-                diags.error(
-                    file,
-                    start,
-                    format!("--order {text}: ABCD, DCBA, BADC or CDAB"),
-                );
-            }
-            parsed.ok()
-        }
+        Some(text) => taglist::word_order_named(text)
+            .map_err(|e| diags.error(file, start, format!("--{e}")))
+            .ok(),
     };
     let target = request
         .out

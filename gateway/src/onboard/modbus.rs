@@ -9,7 +9,7 @@ use ferrite_drivers::modbus::discover::{ScanOptions, UnitFound, ranges_text, sca
 use ferrite_drivers::modbus::link::LinkKey;
 use ferrite_models::device::{Device, Parity};
 use ferrite_models::model::{
-    Access, DeviceModel, Format, ModbusBinding, ModelKind, Property, Table, ValueType,
+    Access, DeviceModel, Format, ModbusBinding, ModelKind, Property, ValueType,
 };
 use indexmap::IndexMap;
 
@@ -24,7 +24,7 @@ pub async fn discover(args: &DiscoverModbus, out: &mut dyn Write) -> Result<(), 
     let tables = args
         .tables
         .iter()
-        .map(|t| parse_table(t))
+        .map(|t| ferrite_models::taglist::table_named(t).map_err(|e| format!("--tables: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     ferrite_models::units::check_name(&args.name).map_err(|e| format!("--name: {e}"))?;
     let serial = !matches!(key, LinkKey::Tcp { .. });
@@ -214,18 +214,6 @@ fn parse_span(text: &str) -> Result<(u16, u16), String> {
         return Err(bad());
     }
     Ok((first, last))
-}
-
-fn parse_table(text: &str) -> Result<Table, String> {
-    match text.trim() {
-        "coil" | "coils" => Ok(Table::Coil),
-        "discrete" => Ok(Table::Discrete),
-        "input" => Ok(Table::Input),
-        "holding" => Ok(Table::Holding),
-        other => Err(format!(
-            "--tables: `{other}` is not coil, discrete, input or holding"
-        )),
-    }
 }
 
 /// A property per readable address, up to `max`; how many were left out.
