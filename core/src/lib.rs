@@ -27,9 +27,12 @@
 //!   producers that must never wait.
 //! - [`time`]: timestamps in microseconds since the Unix epoch, RFC 3339.
 //! - [`backoff`]: retry delays that grow, with jitter.
+//! - [`shared`]: an [`shared::Interner`] that holds equal tables once (a
+//!   model's, for all of its devices).
 
 pub mod backoff;
 pub mod driver;
 pub mod queue;
 pub mod reading;
+pub mod shared;
 pub mod time;

@@ -27,6 +27,8 @@
 
 #[cfg(feature = "mqtt")]
 pub mod broker;
+#[cfg(test)]
+mod fixtures;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 #[cfg(feature = "mqtt")]

@@ -4,13 +4,14 @@
 //! Only the store writer updates it, and only after the values it carries are
 //! durable, so nothing the API has shown can be lost to a crash.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use ferrite_models::{Project, Value};
-use indexmap::IndexMap;
 
 use crate::names::Names;
 pub use ferrite_core::reading::{Quality, Sample, Status, Update};
+use ferrite_core::shared::Interner;
 use ferrite_core::time::Micros;
 
 impl DeviceState {
@@ -61,8 +62,106 @@ pub struct DeviceState {
     /// Why it is offline or in error.
     pub error: Option<String>,
     /// Latest reading per property, in model order.
-    /// The keys are [`Names`]' own, shared by every device of a model.
-    pub readings: IndexMap<Arc<str>, Reading>,
+    pub readings: Readings,
+}
+
+/// A device's latest reading per property, in model order: one [`Reading`]
+/// per property, and the model's names and positions held once for every
+/// device of that model (a thousand devices of one model share one).
+#[derive(Debug, Clone)]
+pub struct Readings {
+    shape: Arc<Shape>,
+    values: Box<[Reading]>,
+}
+
+/// Where a model's properties sit in [`Readings`]: names in model order, and
+/// each property's position by name and by property number ([`Names`]).
+#[derive(Debug, Default)]
+struct Shape {
+    /// In model order ([`Names`]' own `Arc`s).
+    names: Vec<Arc<str>>,
+    /// Each name's property number, in model order.
+    numbers: Vec<u16>,
+    by_name: HashMap<Arc<str>, u16>,
+    /// Property number → position; `None` for a number the model does not
+    /// have (any more). (`u16`: a model has at most 65 536 properties, the
+    /// numbers' range.)
+    positions: Vec<Option<u16>>,
+}
+
+// Two shapes with the same names and numbers in the same order are one.
+impl PartialEq for Shape {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names && self.numbers == other.numbers
+    }
+}
+
+impl Eq for Shape {}
+
+impl std::hash::Hash for Shape {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.names.hash(state);
+        self.numbers.hash(state);
+    }
+}
+
+impl Shape {
+    fn of(layout: crate::names::Layout) -> Shape {
+        let slots = layout
+            .properties
+            .iter()
+            .max()
+            .map_or(0, |n| usize::from(*n) + 1);
+        let mut positions = vec![None; slots];
+        let mut by_name = HashMap::with_capacity(layout.names.len());
+        for (position, (number, name)) in layout.properties.iter().zip(&layout.names).enumerate() {
+            let position = u16::try_from(position).ok();
+            positions[usize::from(*number)] = position;
+            if let Some(position) = position {
+                by_name.insert(name.clone(), position);
+            }
+        }
+        Shape {
+            names: layout.names,
+            numbers: layout.properties,
+            by_name,
+            positions,
+        }
+    }
+}
+
+impl Readings {
+    /// The reading of `property`, if the model has it.
+    pub fn get(&self, property: &str) -> Option<&Reading> {
+        let position = self.shape.by_name.get(property)?;
+        self.values.get(usize::from(*position))
+    }
+
+    fn get_mut(&mut self, property: &str) -> Option<&mut Reading> {
+        let position = self.shape.by_name.get(property)?;
+        self.values.get_mut(usize::from(*position))
+    }
+
+    /// The reading of property number `number` ([`Names`]).
+    fn by_number_mut(&mut self, number: u16) -> Option<&mut Reading> {
+        let position = (*self.shape.positions.get(usize::from(number))?)?;
+        self.values.get_mut(usize::from(position))
+    }
+
+    /// Each property's name and reading, in model order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&Arc<str>, &Reading)> {
+        self.shape.names.iter().zip(self.values.iter())
+    }
+
+    /// Properties.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the model has no properties.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
 }
 
 /// A device's status without its readings.
@@ -90,6 +189,8 @@ pub struct Live {
     /// By device number; `None` for a number whose device is not configured
     /// (any more).
     devices: RwLock<Vec<Option<LiveDevice>>>,
+    /// Every distinct shape of readings, once.
+    shapes: Interner<Shape>,
     /// Bumped after every applied update, for the live stream to wait on.
     version: tokio::sync::watch::Sender<u64>,
 }
@@ -99,10 +200,6 @@ pub struct Live {
 struct LiveDevice {
     name: String,
     state: DeviceState,
-    /// Property number → its position in `state.readings` (the model's
-    /// order); `None` for a number the model no longer has.
-    /// (`u16`: a model has at most 65 536 properties, the numbers' range.)
-    positions: Vec<Option<u16>>,
 }
 
 impl Live {
@@ -111,6 +208,7 @@ impl Live {
         Arc::new(Live {
             names,
             devices: RwLock::new(Vec::new()),
+            shapes: Interner::default(),
             version: tokio::sync::watch::Sender::new(0),
         })
     }
@@ -137,31 +235,27 @@ impl Live {
             return;
         };
         let layout = self.names.layout(project, device);
+        let index = layout.device;
+        let shape = self.shape(layout);
         let d = &located.value;
         let mut devices = self.write();
-        if devices.len() <= layout.device {
-            devices.resize(layout.device + 1, None);
+        if devices.len() <= index {
+            devices.resize(index + 1, None);
         }
-        let old = devices[layout.device].take();
-        let mut readings = IndexMap::with_capacity(layout.names.len());
-        for p in &layout.names {
-            let kept = old.as_ref().and_then(|o| o.state.readings.get(p)).cloned();
-            readings.insert(p.clone(), kept.unwrap_or(EMPTY));
-        }
-        let slots = layout
-            .properties
+        let old = devices[index].take();
+        let values = shape
+            .names
             .iter()
-            .max()
-            .map_or(0, |n| usize::from(*n) + 1);
-        let mut positions = vec![None; slots];
-        for (position, number) in layout.properties.iter().enumerate() {
-            positions[usize::from(*number)] = u16::try_from(position).ok();
-        }
+            .map(|p| {
+                let kept = old.as_ref().and_then(|o| o.state.readings.get(p));
+                kept.cloned().unwrap_or(EMPTY)
+            })
+            .collect();
         let (status, last_seen, error) = match &old {
             Some(o) => (o.state.status, o.state.last_seen, o.state.error.clone()),
             None => (Status::Offline, None, Some("not polled yet".into())),
         };
-        devices[layout.device] = Some(LiveDevice {
+        devices[index] = Some(LiveDevice {
             name: device.to_string(),
             state: DeviceState {
                 model: d.model.clone(),
@@ -169,12 +263,16 @@ impl Live {
                 status,
                 last_seen,
                 error,
-                readings,
+                readings: Readings { shape, values },
             },
-            positions,
         });
         drop(devices);
         self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The one shape of `layout`'s readings.
+    fn shape(&self, layout: crate::names::Layout) -> Arc<Shape> {
+        self.shapes.share(Box::new(Shape::of(layout)))
     }
 
     /// Stops showing `device` (removed from the configuration).
@@ -294,10 +392,7 @@ impl Live {
             state.last_seen = Some(update.ts);
         }
         for (i, (property, sample)) in update.samples.iter().enumerate() {
-            let Some(Some(position)) = entry.positions.get(usize::from(*property)) else {
-                continue;
-            };
-            let Some((_, reading)) = state.readings.get_index_mut(usize::from(*position)) else {
+            let Some(reading) = state.readings.by_number_mut(*property) else {
                 continue;
             };
             let ts = update.ts_of(i);
@@ -343,3 +438,84 @@ const EMPTY: Reading = Reading {
     quality: Quality::Bad,
     ts: None,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::tests::project;
+
+    const MODEL: &str =
+        "kind: DeviceModel\nname: m\nproperties:\n  a: { type: int }\n  b: { type: int }\n";
+
+    fn update(device: usize, samples: Vec<(u16, Sample)>) -> Update {
+        Update {
+            device,
+            ts: 1_000,
+            status: None,
+            seen: true,
+            samples,
+            stamps: Vec::new(),
+            applied: None,
+        }
+    }
+
+    #[test]
+    fn devices_of_one_model_share_one_shape_and_readings_land_by_number() {
+        let first = project(&[
+            MODEL,
+            "kind: Device\nname: d1\nmodel: m\nmqtt: {}\n",
+            "kind: Device\nname: d2\nmodel: m\nmqtt: {}\n",
+        ]);
+        let live = Live::of(&first, Names::of(&first));
+        let both = |live: &Live| {
+            (
+                live.device("d1").expect("d1"),
+                live.device("d2").expect("d2"),
+            )
+        };
+        let (d1, d2) = both(&live);
+        assert!(Arc::ptr_eq(&d1.readings.shape, &d2.readings.shape));
+        assert_eq!(live.shapes.len(), 1);
+        live.apply(&update(1, vec![(1, Sample::Good(Value::Int(7)))]));
+        let d2 = live.device("d2").expect("d2");
+        assert_eq!(
+            d2.readings.get("b").and_then(|r| r.value.clone()),
+            Some(Value::Int(7))
+        );
+        assert_eq!(d2.readings.get("a"), Some(&EMPTY));
+        assert_eq!(d2.readings.get("c"), None);
+        let order: Vec<&str> = d2.readings.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(order, ["a", "b"]);
+        assert_eq!(live.reading("d1", "b"), Ok(EMPTY));
+        assert_eq!(live.reading("d2", "c"), Err(Missing::Property));
+
+        // d2's model loses `a` and gains `c` (first): d2 gets a shape of its
+        // own and keeps `b`'s reading; d1 keeps the shared one.
+        let second = project(&[
+            MODEL,
+            "kind: DeviceModel\nname: n\nproperties:\n  c: { type: int }\n  b: { type: int }\n",
+            "kind: Device\nname: d1\nmodel: m\nmqtt: {}\n",
+            "kind: Device\nname: d2\nmodel: n\nmqtt: {}\n",
+        ]);
+        live.install(&second, "d2");
+        let (d1, d2) = both(&live);
+        assert!(!Arc::ptr_eq(&d1.readings.shape, &d2.readings.shape));
+        let order: Vec<&str> = d2.readings.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(order, ["c", "b"]);
+        assert_eq!(
+            d2.readings.get("b").and_then(|r| r.value.clone()),
+            Some(Value::Int(7))
+        );
+        // `c` is property number 2 of d2; `a` (number 0) is gone from it.
+        live.apply(&update(
+            1,
+            vec![(2, Sample::Good(Value::Int(3))), (0, Sample::Bad)],
+        ));
+        let d2 = live.device("d2").expect("d2");
+        assert_eq!(
+            d2.readings.get("c").and_then(|r| r.value.clone()),
+            Some(Value::Int(3))
+        );
+        assert_eq!(d2.readings.len(), 2);
+    }
+}

@@ -220,10 +220,11 @@ impl Names {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn project(files: &[&str]) -> Project {
+    /// A project of YAML documents (models and devices).
+    pub(crate) fn project(files: &[&str]) -> Project {
         let mut loader = ferrite_models::project::Loader::default();
         for (i, text) in files.iter().enumerate() {
             loader.load_text(

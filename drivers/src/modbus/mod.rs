@@ -39,10 +39,11 @@ use ferrite_core::driver::{
     show_written,
 };
 use ferrite_core::reading::{Sample, Status, Update};
+use ferrite_core::shared::Interner;
 use ferrite_core::time::now;
 
 /// One property as the driver sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Point {
     name: Arc<str>,
     /// The property's number (numbered by the gateway, by name).
@@ -50,6 +51,22 @@ struct Point {
     ty: ValueType,
     readable: bool,
     binding: ModbusBinding,
+}
+
+// Points are shared by value (`Interner`); a NaN scale, never equal to
+// itself, only goes unshared.
+impl Eq for Point {}
+
+impl std::hash::Hash for Point {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (
+            &self.name,
+            self.index,
+            self.binding.table,
+            self.binding.address,
+        )
+            .hash(state);
+    }
 }
 
 /// One Modbus device, ready to poll.
@@ -64,10 +81,10 @@ struct Device {
     timeout: Duration,
     /// Auto-demotion's period (zero: off).
     demote: Duration,
-    /// Boxed slices, not vectors: sized to fit (a thousand devices of a
-    /// hundred points each would otherwise carry the vectors' spare room).
-    points: Box<[Point]>,
-    blocks: Box<[ReadBlock]>,
+    /// Shared by every device of the same model (and layout): a thousand
+    /// devices of a hundred points hold one table, not a thousand.
+    points: Arc<[Point]>,
+    blocks: Arc<[ReadBlock]>,
 }
 
 /// The Modbus driver: the links (one per TCP endpoint or serial bus) and
@@ -77,6 +94,8 @@ pub struct ModbusDriver {
     /// Each link with a token every device on it holds a copy of: a link
     /// whose token nobody else holds has no device left (see `sweep`).
     links: Mutex<HashMap<LinkKey, (LinkHandle, Arc<()>)>>,
+    points: Interner<[Point]>,
+    blocks: Interner<[ReadBlock]>,
 }
 
 impl ModbusDriver {
@@ -85,6 +104,8 @@ impl ModbusDriver {
         ModbusDriver {
             ctx,
             links: Mutex::new(HashMap::new()),
+            points: Interner::default(),
+            blocks: Interner::default(),
         }
     }
 
@@ -100,7 +121,7 @@ impl ModbusDriver {
 }
 
 /// The device as the Modbus driver runs it.
-fn device_of(entry: &DeviceEntry<'_>) -> Option<Device> {
+fn device_of(entry: &DeviceEntry<'_>, driver: &ModbusDriver) -> Option<Device> {
     let d = &entry.located.value;
     type Settings<'a> = (LinkKey, u8, &'a Coalesce, Option<Span>);
     let (link, unit, coalesce, demote): Settings<'_> = if let Some(tcp) = &d.modbus_tcp {
@@ -145,8 +166,8 @@ fn device_of(entry: &DeviceEntry<'_>) -> Option<Device> {
         poll: d.poll(),
         timeout: d.timeout(),
         demote: demote.map_or(DEMOTE_FOR, Span::get),
-        points: points.into_boxed_slice(),
-        blocks: blocks.into_boxed_slice(),
+        points: driver.points.share(points.into_boxed_slice()),
+        blocks: driver.blocks.share(blocks.into_boxed_slice()),
     })
 }
 
@@ -166,7 +187,7 @@ impl Driver for ModbusDriver {
         entry: &DeviceEntry<'_>,
         ctx: DriverContext,
     ) -> Result<Arc<dyn DeviceWriter>, StartError> {
-        let device = device_of(entry).ok_or(StartError::WrongProtocol("Modbus"))?;
+        let device = device_of(entry, self).ok_or(StartError::WrongProtocol("Modbus"))?;
         let (link, users) = self.link(&device.link);
         let protocol = match device.link {
             LinkKey::Tcp { .. } => Protocol::ModbusTcp,
@@ -325,7 +346,7 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> (Update, bool) {
     let mut seen = false;
     let mut link_down = false;
     let mut timed_out = false;
-    for block in &device.blocks {
+    for block in device.blocks.iter() {
         if link_down {
             samples.extend(device.all_of(block, Sample::Stale));
             continue;
@@ -450,5 +471,65 @@ impl DeviceWriter for ModbusWriter {
             };
             show_written(&self.output, device.index, point.index, sample).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{entry, project, properties};
+
+    const PLANT: &str = r#"kind: DeviceModel
+name: meter
+properties:
+  power: { type: float, modbus: { table: holding, address: 0, format: f32 } }
+  energy: { type: float, modbus: { table: input, address: 10, format: u32, scale: 0.1 } }
+---
+kind: DeviceModel
+name: pump
+properties:
+  power: { type: float, modbus: { table: holding, address: 2, format: f32 } }
+---
+kind: Device
+name: m1
+model: meter
+modbus-tcp: { host: 127.0.0.1, port: 5020, unit: 1 }
+---
+kind: Device
+name: m2
+model: meter
+modbus-tcp: { host: 127.0.0.1, port: 5021, unit: 7 }
+---
+kind: Device
+name: p1
+model: pump
+modbus-tcp: { host: 127.0.0.1, port: 5020, unit: 2 }
+"#;
+
+    #[test]
+    fn devices_of_one_model_share_their_points_and_read_plan() {
+        let project = project(PLANT);
+        let driver = ModbusDriver::new(DriverContext::standalone(mpsc::channel(1).0));
+        let (meters, pumps) = (properties(&project, "meter"), properties(&project, "pump"));
+        let device = |index, name, properties| {
+            device_of(&entry(&project, index, name, properties), &driver).expect("modbus")
+        };
+        let (m1, m2, p1) = (
+            device(0, "m1", &meters),
+            device(1, "m2", &meters),
+            device(2, "p1", &pumps),
+        );
+        assert!(Arc::ptr_eq(&m1.points, &m2.points));
+        assert!(Arc::ptr_eq(&m1.blocks, &m2.blocks));
+        assert_eq!(
+            (m1.unit, m2.unit),
+            (1, 7),
+            "the device's own settings stay its own"
+        );
+        assert_eq!(m1.points.len(), 2);
+        assert_eq!(m1.blocks.len(), 2, "two tables, two reads");
+        assert!(!Arc::ptr_eq(&m1.points, &p1.points));
+        assert_eq!(&*p1.points[0].name, "power");
+        assert_eq!(p1.points[0].binding.address, 2);
     }
 }

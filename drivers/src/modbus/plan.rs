@@ -9,7 +9,7 @@ use ferrite_models::device::Coalesce;
 use ferrite_models::model::{ModbusBinding, Table};
 
 /// One read request and the properties it serves.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReadBlock {
     /// The table.
     pub table: Table,

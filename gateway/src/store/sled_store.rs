@@ -97,7 +97,9 @@ struct Inner {
     /// Series ids by name, and names by id.
     names: Dictionary,
     /// Each series' points not yet in a block, by id.
-    heads: Vec<Option<Box<Head>>>,
+    /// By series id, inline (a box each cost 24 bytes more per series);
+    /// an empty chunk is no head.
+    heads: Vec<Head>,
     /// The sequence number of the next change.
     next_seq: u64,
     /// The log's records, by first sequence.
@@ -164,6 +166,7 @@ impl Backlogs {
 }
 
 /// A series' newest points, and the sequences of the first and last.
+#[derive(Default)]
 struct Head {
     chunk: Chunk,
     first_seq: u64,
@@ -266,7 +269,7 @@ impl SledStore {
         let (mut layout, blocks) = {
             let guard = self.read();
             let inner = guard.as_ref().ok_or_else(reopening)?;
-            let heads = inner.heads.iter().flatten();
+            let heads = inner.heads.iter().filter(|h| !h.chunk.is_empty());
             let layout = Layout {
                 series: inner.names.len() as u64,
                 records: inner.records.len() as u64,
@@ -739,15 +742,9 @@ impl Inner {
     fn head(&mut self, id: u32) -> &mut Head {
         let slot = id as usize;
         if self.heads.len() <= slot {
-            self.heads.resize_with(slot + 1, || None);
+            self.heads.resize_with(slot + 1, Head::default);
         }
-        self.heads[slot].get_or_insert_with(|| {
-            Box::new(Head {
-                chunk: Chunk::new(),
-                first_seq: 0,
-                last_seq: 0,
-            })
-        })
+        &mut self.heads[slot]
     }
 
     /// The names from their pages, after converting the one-key-per-series
@@ -884,9 +881,12 @@ impl Inner {
 
     /// Writes series `id`'s head as a block.
     fn cut(&mut self, id: u32) -> Result<(), StoreError> {
-        let Some(head) = self.heads.get_mut(id as usize).and_then(Option::take) else {
+        let Some(head) = self.heads.get_mut(id as usize).map(std::mem::take) else {
             return Ok(());
         };
+        if head.chunk.is_empty() {
+            return Ok(());
+        }
         self.blocks.write(id, head.chunk.points())?;
         self.cuts
             .insert(id.to_be_bytes(), &head.last_seq.to_be_bytes())?;
@@ -999,7 +999,7 @@ impl Inner {
         let held = self
             .heads
             .iter()
-            .flatten()
+            .filter(|h| !h.chunk.is_empty())
             .map(|h| h.first_seq)
             .min()
             .unwrap_or(u64::MAX);
@@ -1026,7 +1026,8 @@ impl Inner {
     /// Cuts the heads that `stale` picks into blocks.
     fn cut_where(&mut self, stale: impl Fn(&Head) -> bool) -> Result<(), StoreError> {
         for id in 0..self.heads.len() {
-            if self.heads[id].as_deref().is_some_and(&stale) {
+            let head = &self.heads[id];
+            if !head.chunk.is_empty() && stale(head) {
                 self.cut(id as u32)?;
             }
         }
@@ -1054,7 +1055,7 @@ impl Inner {
 
     /// Series `id`'s points between `since` and `until` in its head.
     fn head_points(&self, id: u32, since: Micros, until: Micros) -> Vec<Point> {
-        match self.heads.get(id as usize).and_then(Option::as_ref) {
+        match self.heads.get(id as usize).filter(|h| !h.chunk.is_empty()) {
             Some(head) => {
                 let (min, max) = head.chunk.span();
                 if max < since || min > until {

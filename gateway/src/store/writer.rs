@@ -56,8 +56,11 @@ pub struct WriterStats {
 }
 
 /// Per device (by number): its name, and per property (by number) the
-/// name, the deadband and the last stored value. Built as updates arrive, so
-/// that devices added while running need no set-up here.
+/// deadband and the last stored value (names come from [`Names`], which
+/// holds them once). Built as updates arrive, so that devices added while
+/// running need no set-up here.
+///
+/// [`Names`]: crate::names::Names
 struct DeviceTrack {
     name: Arc<str>,
     properties: Vec<Option<PropertyTrack>>,
@@ -66,8 +69,9 @@ struct DeviceTrack {
 }
 
 struct PropertyTrack {
-    name: Arc<str>,
-    deadband: Option<f64>,
+    /// The model's deadband; 0 where it has none (the same test: any
+    /// change is stored).
+    deadband: f64,
     last: Option<Value>,
 }
 
@@ -180,7 +184,6 @@ impl Writer {
             let (device_name, name) = names.property_name(d, p)?;
             *slot = Some(PropertyTrack {
                 deadband: deadband(project, &device_name, &name),
-                name,
                 last: None,
             });
         }
@@ -196,12 +199,17 @@ impl Writer {
         }
         self.generation = generation;
         let project = self.running.project();
-        for device in self.devices.iter_mut().flatten() {
+        let names = self.live.names();
+        for (d, device) in self.devices.iter_mut().enumerate() {
+            let Some(device) = device else { continue };
             if let Some(metrics) = &self.metrics {
                 device.values = Some(values_counter(metrics, &project, &device.name));
             }
-            for track in device.properties.iter_mut().flatten() {
-                track.deadband = deadband(&project, &device.name, &track.name);
+            for (p, track) in (0u16..).zip(device.properties.iter_mut()) {
+                let Some(track) = track else { continue };
+                if let Some((_, name)) = names.property_name(d, p) {
+                    track.deadband = deadband(&project, &device.name, &name);
+                }
             }
         }
     }
@@ -341,13 +349,15 @@ impl Writer {
                 let changed = track
                     .last
                     .as_ref()
-                    .is_none_or(|prev| value.changed_from(prev, track.deadband));
+                    .is_none_or(|prev| value.changed_from(prev, Some(track.deadband)));
                 if changed {
-                    let name = track.name.to_string();
                     track.last = Some(value.clone());
-                    let device = self.devices[update.device]
-                        .as_ref()
-                        .map_or_else(String::new, |d| d.name.to_string());
+                    let Some((device, name)) =
+                        self.live.names().property_name(update.device, *property)
+                    else {
+                        continue;
+                    };
+                    let (device, name) = (device.to_string(), name.to_string());
                     changes.push(Change {
                         device,
                         property: name,
@@ -411,8 +421,11 @@ pub async fn retention(
 }
 
 /// The model's deadband of `device.property` in `project`.
-fn deadband(project: &Project, device: &str, property: &str) -> Option<f64> {
-    project.property(device, property).and_then(|p| p.deadband)
+fn deadband(project: &Project, device: &str, property: &str) -> f64 {
+    project
+        .property(device, property)
+        .and_then(|p| p.deadband)
+        .unwrap_or(0.0)
 }
 
 /// The `/metrics` counter of `device`'s good values.
