@@ -591,8 +591,8 @@ async fn a_backlog_across_many_devices_goes_out_whole_in_full_messages_with_seq_
                 .map(|i| {
                     let n = batch * 1000 + i;
                     ferrite_gateway::store::Change {
-                        device: format!("d{}", n % 40),
-                        property: format!("p{}", (n / 40) % 5),
+                        device: format!("d{}", n % 40).into(),
+                        property: format!("p{}", (n / 40) % 5).into(),
                         at: ferrite_gateway::store::Stamped {
                             ts: 1_700_000_000_000_000 + n as i64 * 1000,
                             value: ferrite_models::Value::Float(n as f64),

@@ -188,8 +188,8 @@ async fn main() {
             .map(|_| {
                 n += 1;
                 Change {
-                    device: format!("d{}", n as usize % devices),
-                    property: format!("p{}", (n / devices as u64) % 20),
+                    device: format!("d{}", n as usize % devices).into(),
+                    property: format!("p{}", (n / devices as u64) % 20).into(),
                     at: Stamped {
                         ts,
                         value: Value::Float(20.0 + (n % 1000) as f64 / 100.0),

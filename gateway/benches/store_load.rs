@@ -69,8 +69,8 @@ fn cpu() -> f64 {
 
 fn change(device: usize, property: usize, ts: i64, value: f64) -> Change {
     Change {
-        device: format!("dev{device}"),
-        property: format!("r{property}"),
+        device: format!("dev{device}").into(),
+        property: format!("r{property}").into(),
         at: Stamped {
             ts,
             value: Value::Float(value),

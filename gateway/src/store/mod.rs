@@ -28,6 +28,7 @@ pub mod record;
 pub mod sled_store;
 pub mod writer;
 
+use std::sync::Arc;
 use ferrite_models::Value;
 
 use crate::time::Micros;
@@ -63,10 +64,11 @@ pub struct Stamped {
 /// One change to record: a new value past the deadband.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    /// Device name.
-    pub device: String,
+    /// Device name (the writer hands on the name table's own `Arc`s, so a
+    /// change costs no copy of its names).
+    pub device: Arc<str>,
     /// Property name.
-    pub property: String,
+    pub property: Arc<str>,
     /// The new value and its time.
     pub at: Stamped,
 }

@@ -1635,7 +1635,7 @@ mod tests {
                 expected.extend(
                     batch
                         .iter()
-                        .filter(|c| c.property == "p")
+                        .filter(|c| &*c.property == "p")
                         .map(|c| (c.at.ts, c.at.value.clone())),
                 );
                 store.commit(&batch)?;

@@ -357,7 +357,6 @@ impl Writer {
                     else {
                         continue;
                     };
-                    let (device, name) = (device.to_string(), name.to_string());
                     changes.push(Change {
                         device,
                         property: name,
