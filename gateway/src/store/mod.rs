@@ -29,6 +29,7 @@ pub mod sled_store;
 pub mod writer;
 
 use std::sync::Arc;
+
 use ferrite_models::Value;
 
 use crate::time::Micros;
