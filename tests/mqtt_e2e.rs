@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Api, Files, wait_until};
+use common::{Api, Files, free_port, wait_until};
 use ferrite_models::Value;
 use ferrite_proto::sparkplug::Payload;
 use ferrite_proto::sparkplug::payload::Metric;
@@ -33,12 +33,6 @@ properties:
   count: { type: int, mqtt: { metric: "Inputs/Count" } }
   pump:  { type: bool, access: readwrite, mqtt: { metric: "Outputs/Pump", confirm: 2s } }
 "#;
-
-/// A free loopback port for the broker.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 /// A project with an MQTT broker on a free port; `extra` goes into `[mqtt]`.
 fn files(port: u16, extra: &str) -> Files {

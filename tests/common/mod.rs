@@ -296,12 +296,28 @@ impl ServingProcess {
     }
 }
 
-/// A free local port.
+/// A free local port for a process to listen on later (or again, after a
+/// restart), taken below Linux's ephemeral range (32768-60999): a port the
+/// kernel handed out, as `bind(":0")` did here before, can be handed out
+/// again at any moment as the source port of another test's connection, and
+/// a control plane restarted on it then found it taken. Within a test
+/// binary each call gets another port (a stride through 20000-31999).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // 7919 is prime to 12 000: the stride visits every port once.
+        let port = FIRST + (start + n.wrapping_mul(7919) % SPAN) % SPAN;
+        let port = u16::try_from(port).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999")
 }
 
 /// Starts `BINARY ARGS --listen 127.0.0.1:PORT` and waits until it serves.
