@@ -126,16 +126,28 @@ def found_rows(stdout):
     return rows
 
 
+async def serve(**options):
+    """A pymodbus server of the test's units on a free port: (port, stop)."""
+    port = free_port()
+    server = ModbusTcpServer(context(), address=("127.0.0.1", port), **options)
+    serving = asyncio.create_task(server.serve_forever())
+    await asyncio.sleep(0.5)
+
+    async def stop():
+        closed = server.shutdown()
+        if asyncio.iscoroutine(closed):
+            await closed
+        serving.cancel()
+    return port, stop
+
+
 async def main():
     checks = Checks()
     work = Path(tempfile.mkdtemp(prefix="ferrite-mbdiscover-"))
     (work / "rules").mkdir()
     (work / "ferrite.toml").write_text('[gateway]\nid = "mbdiscover"\ndata_dir = "data"\n')
 
-    port = free_port()
-    server = ModbusTcpServer(context(), address=("127.0.0.1", port))
-    serving = asyncio.create_task(server.serve_forever())
-    await asyncio.sleep(0.5)
+    port, stop = await serve()
     run, took = await asyncio.to_thread(
         discover, port, work, ("--out", str(work), "--name", "rig"))
     print(run.stdout, end="")
@@ -174,42 +186,25 @@ async def main():
                  got == (1005, True, 65535, 3), got)
     stop_ferrite(gateway, checks)
     checks.check("still nothing written to the server", WRITES["count"] == 0, WRITES["count"])
-    server_closed = server.shutdown()
-    if asyncio.iscoroutine(server_closed):
-        await server_closed
-    serving.cancel()
+    await stop()
 
-    # A server silent for missing units (a serial bus): timeouts, same answer.
-    port = free_port()
-    quiet = ModbusTcpServer(context(), address=("127.0.0.1", port), ignore_missing_slaves=True)
-    serving = asyncio.create_task(quiet.serve_forever())
-    await asyncio.sleep(0.5)
-    run, took = await asyncio.to_thread(discover, port, work, ("--timeout-ms", "200"))
-    rows = found_rows(run.stdout)
-    checks.check(f"a server silent for missing units gives the same answer ({took:.2f} s)",
-                 run.returncode == 0 and rows == EXPECTED, f"{rows} {run.stderr[-300:]}")
-    checks.check("and nothing was written to it", WRITES["count"] == 0, WRITES["count"])
-    closed = quiet.shutdown()
-    if asyncio.iscoroutine(closed):
-        await closed
-    serving.cancel()
-
-    # RTU framing over TCP (a serial device server): the bus's rules, one
-    # request at a time, and missing units silent, as on a real bus.
-    port = free_port()
-    rtu = ModbusTcpServer(context(), address=("127.0.0.1", port), framer=FramerType.RTU,
-                          ignore_missing_slaves=True)
-    serving = asyncio.create_task(rtu.serve_forever())
-    await asyncio.sleep(0.5)
-    run, took = await asyncio.to_thread(discover, port, work, ("--timeout-ms", "200"), "rtu-over-tcp")
-    rows = found_rows(run.stdout)
-    checks.check(f"over RTU framing (rtu-over-tcp://), the same answer ({took:.2f} s)",
-                 run.returncode == 0 and rows == EXPECTED, f"{rows} {run.stderr[-300:]}")
-    checks.check("and nothing was written there either", WRITES["count"] == 0, WRITES["count"])
-    closed = rtu.shutdown()
-    if asyncio.iscoroutine(closed):
-        await closed
-    serving.cancel()
+    # The same answer from servers silent for missing units, as a serial bus
+    # is: timeouts instead of exceptions. First over TCP framing; then RTU
+    # framing over TCP (a serial device server: the bus's rules, one request
+    # at a time).
+    for answer, unwritten, options, scheme in (
+        ("a server silent for missing units gives the same answer",
+         "and nothing was written to it", {}, "tcp"),
+        ("over RTU framing (rtu-over-tcp://), the same answer",
+         "and nothing was written there either", {"framer": FramerType.RTU}, "rtu-over-tcp"),
+    ):
+        port, stop = await serve(ignore_missing_slaves=True, **options)
+        run, took = await asyncio.to_thread(discover, port, work, ("--timeout-ms", "200"), scheme)
+        rows = found_rows(run.stdout)
+        checks.check(f"{answer} ({took:.2f} s)",
+                     run.returncode == 0 and rows == EXPECTED, f"{rows} {run.stderr[-300:]}")
+        checks.check(unwritten, WRITES["count"] == 0, WRITES["count"])
+        await stop()
 
     # Nothing listening: a clear error, exit 1.
     run, _ = await asyncio.to_thread(discover, free_port(), work)
