@@ -352,6 +352,28 @@ async fn rest_writes_publish_on_the_command_topic_and_wait_for_confirmation() {
     // Limits are checked before anything is published.
     let (code, _) = api.write("d1", "sp", json!(101)).await;
     assert_eq!(code, 400);
+    // Each attempt is in the audit log once, with how it ended; the
+    // confirmed one came in with its read-back.
+    let (_, audit) = api.get("/api/v1/audit?limit=10").await;
+    let mut results: Vec<(&str, &str)> = audit
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| Some((e["property"].as_str()?, e["result"].as_str()?)))
+        .collect();
+    results.reverse();
+    assert_eq!(
+        results,
+        [
+            ("on", "device_unreachable"),
+            ("on", "sent"),
+            ("sp", "device_timeout"),
+            ("sp", "ok"),
+            ("sp", "out_of_range"),
+        ],
+        "{audit}"
+    );
     echo.abort();
     gw.stop().await;
 }

@@ -302,15 +302,53 @@ pub enum DriverError {
 /// A boxed future, for object-safe async methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A write's audit entry (JSON), as the gateway would record it if the
+/// device confirms the write, handed to the driver with the write.
+///
+/// A driver that confirms a write with a read-back takes the entry
+/// ([`WriteAudit::take`]) into the read-back's [`Update::audit`], so that
+/// the store keeps the entry and the read-back in one commit: one fsync per
+/// write, not two. Taken at most once. Whoever called
+/// [`DeviceWriter::write`] sees afterwards whether it was taken
+/// ([`WriteAudit::is_taken`]) and records the entry itself if not (a write
+/// that failed or was only sent, a driver that does not carry it).
+#[derive(Debug, Clone, Default)]
+pub struct WriteAudit(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
+
+impl WriteAudit {
+    /// An entry for the read-back to carry.
+    pub fn new(body: Vec<u8>) -> Self {
+        WriteAudit(Arc::new(std::sync::Mutex::new(Some(body))))
+    }
+
+    /// The entry, the first time; `None` after that (or if there is none).
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.slot().take()
+    }
+
+    /// Whether a driver has taken the entry.
+    pub fn is_taken(&self) -> bool {
+        self.slot().is_none()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Writes to one device. The value has already passed the model's checks.
 pub trait DeviceWriter: Send + Sync {
     /// Writes `value` to `property` and returns once the device confirmed it
     /// and the new reading is visible, or, for devices that do not confirm,
-    /// once the command went out.
+    /// once the command went out. A driver that confirms with a read-back
+    /// hands `audit` on with it (see [`WriteAudit`]).
     fn write<'a>(
         &'a self,
         property: &'a str,
         value: Value,
+        audit: WriteAudit,
     ) -> BoxFuture<'a, Result<Written, DriverError>>;
 
     /// Calls the model's method `method` with `inputs` (already checked
@@ -376,15 +414,17 @@ impl DeviceEntry<'_> {
     }
 }
 
-/// Sends the read-back of a write on the urgent queue, and waits until it is
-/// stored and visible, so that the API's answer shows it.
+/// Sends the read-back of a write on the urgent queue, with the write's
+/// audit entry, and waits until both are stored and the value is visible, so
+/// that the API's answer shows it.
 pub async fn show_written(
     urgent: &mpsc::Sender<Update>,
     device: usize,
     property: u16,
     sample: Sample,
+    audit: &WriteAudit,
 ) -> Result<Written, DriverError> {
-    show_written_at(urgent, device, property, sample, crate::time::now()).await
+    show_written_at(urgent, device, property, sample, crate::time::now(), audit).await
 }
 
 /// [`show_written`], with the read-back stamped `ts` (the device's own
@@ -395,6 +435,7 @@ pub async fn show_written_at(
     property: u16,
     sample: Sample,
     ts: crate::time::Micros,
+    audit: &WriteAudit,
 ) -> Result<Written, DriverError> {
     let (applied, visible) = tokio::sync::oneshot::channel();
     let update = Update {
@@ -405,6 +446,7 @@ pub async fn show_written_at(
         samples: vec![(property, sample)],
         stamps: Vec::new(),
         applied: Some(applied),
+        audit: audit.take().into_iter().collect(),
     };
     urgent
         .send(update)

@@ -61,6 +61,13 @@ pub struct Update {
     pub stamps: Vec<Micros>,
     /// Signalled once the update is durable and visible.
     pub applied: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The audit entries (JSON bodies, from [`WriteAudit`]s) of the writes
+    /// this read-back confirms: the store keeps them in the same commit as
+    /// the update, so that a confirmed write costs one fsync. Empty for
+    /// polls.
+    ///
+    /// [`WriteAudit`]: crate::driver::WriteAudit
+    pub audit: Vec<Vec<u8>>,
 }
 
 impl Update {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ferrite_core::driver::{BoxFuture, DeviceWriter, DriverError, Written};
+use ferrite_core::driver::{BoxFuture, DeviceWriter, DriverError, WriteAudit, Written};
 use ferrite_gateway::journal::{Journal, Retention};
 use ferrite_gateway::live::{Sample, Update};
 use ferrite_gateway::rules::{self, Clock, Deps, Source};
@@ -52,7 +52,12 @@ async fn main() {
 struct Nowhere;
 
 impl DeviceWriter for Nowhere {
-    fn write<'a>(&'a self, _: &'a str, _: Value) -> BoxFuture<'a, Result<Written, DriverError>> {
+    fn write<'a>(
+        &'a self,
+        _: &'a str,
+        _: Value,
+        _: WriteAudit,
+    ) -> BoxFuture<'a, Result<Written, DriverError>> {
         Box::pin(async { Ok(Written::Confirmed) })
     }
 }
@@ -160,6 +165,7 @@ async fn throughput() {
                 samples,
                 stamps: Vec::new(),
                 applied: None,
+                audit: Vec::new(),
             });
         }
     }

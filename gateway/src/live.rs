@@ -456,6 +456,7 @@ mod tests {
             samples,
             stamps: Vec::new(),
             applied: None,
+            audit: Vec::new(),
         }
     }
 

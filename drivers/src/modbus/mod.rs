@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use self::link::{LinkHandle, LinkKey, Op, Reply};
 use self::plan::{ReadBlock, plan};
 use ferrite_core::driver::{
-    BoxFuture, DeviceEntry, DeviceWriter, Driver, DriverContext, DriverError, StartError, Written,
-    show_written,
+    BoxFuture, DeviceEntry, DeviceWriter, Driver, DriverContext, DriverError, StartError,
+    WriteAudit, Written, show_written,
 };
 use ferrite_core::reading::{Sample, Status, Update};
 use ferrite_core::shared::Interner;
@@ -400,6 +400,7 @@ async fn poll_once(device: &Device, link: &LinkHandle) -> (Update, bool) {
         samples,
         stamps: Vec::new(),
         applied: None,
+        audit: Vec::new(),
     };
     (update, timed_out)
 }
@@ -430,6 +431,7 @@ impl DeviceWriter for ModbusWriter {
         &'a self,
         property: &'a str,
         value: Value,
+        audit: WriteAudit,
     ) -> BoxFuture<'a, Result<Written, DriverError>> {
         Box::pin(async move {
             let device = &self.device;
@@ -469,7 +471,7 @@ impl DeviceWriter for ModbusWriter {
                 Err(DriverError::Refused(_)) => Sample::Good(value),
                 Err(e) => return Err(e),
             };
-            show_written(&self.output, device.index, point.index, sample).await
+            show_written(&self.output, device.index, point.index, sample, &audit).await
         })
     }
 }

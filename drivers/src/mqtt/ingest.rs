@@ -20,7 +20,7 @@ use ferrite_proto::sparkplug::payload::Metric;
 use prost::Message;
 use tokio::sync::oneshot;
 
-use ferrite_core::driver::DeviceEntry;
+use ferrite_core::driver::{DeviceEntry, WriteAudit};
 use ferrite_core::reading::{Sample, Status, Update};
 
 /// How often at most a device's malformed payloads are logged.
@@ -88,6 +88,8 @@ pub(super) struct Waiter {
     pub point: usize,
     pub value: Value,
     pub done: oneshot::Sender<()>,
+    /// The write's audit entry, for the confirming update to carry.
+    pub audit: WriteAudit,
 }
 
 /// A Sparkplug edge node as the gateway tracks it: the host side of the
@@ -156,6 +158,8 @@ pub(super) struct Outcome {
     pub updates: Vec<Update>,
     /// Confirmed writes, answered once `updates` are visible.
     pub confirmed: Vec<oneshot::Sender<()>>,
+    /// The confirmed writes' audit entries, stored with `updates`.
+    pub audit: Vec<Vec<u8>>,
     /// Publishes to make (a Sparkplug rebirth request).
     pub publish: Vec<(String, Vec<u8>)>,
     /// Retained publishes to make (the host's STATE).
@@ -966,6 +970,7 @@ impl Ingest {
                     if *s == slot && w.point == *point && same(&w.value, v) {
                         let (_, w) = self.waiters.swap_remove(i);
                         out.confirmed.push(w.done);
+                        out.audit.extend(w.audit.take());
                     } else {
                         i += 1;
                     }
@@ -1046,6 +1051,7 @@ fn update(
         samples,
         stamps: Vec::new(),
         applied: None,
+        audit: Vec::new(),
     }
 }
 

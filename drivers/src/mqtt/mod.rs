@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use self::ingest::{Ingest, Outcome, Waiter, unix_ms};
 use ferrite_core::driver::{
-    BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, StartError, Written,
+    BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, StartError, WriteAudit, Written,
 };
 use ferrite_core::reading::Status;
 
@@ -303,15 +303,17 @@ async fn deliver(shared: &Shared, outcome: Outcome, ctx: &DriverContext) -> Resu
     }
     let last = outcome.updates.len().checked_sub(1);
     let mut confirmed = Some(outcome.confirmed).filter(|c| !c.is_empty());
+    let mut audit = outcome.audit;
     for (i, mut u) in outcome.updates.into_iter().enumerate() {
         if Some(i) == last
             && let Some(writes) = confirmed.take()
         {
             // A write's read-back: on the urgent queue, as every driver's
             // (see `show_written`), so the answer does not wait behind a
-            // burst of publishes.
+            // burst of publishes; the writes' audit entries go with it.
             let (applied, visible) = oneshot::channel();
             u.applied = Some(applied);
+            u.audit = std::mem::take(&mut audit);
             tokio::spawn(answer(visible, writes));
             ctx.urgent.send(u).await.map_err(|_| ())?;
             continue;
@@ -408,6 +410,7 @@ impl DeviceWriter for MqttWriter {
         &'a self,
         property: &'a str,
         value: Value,
+        audit: WriteAudit,
     ) -> BoxFuture<'a, Result<Written, DriverError>> {
         Box::pin(async move {
             let Command {
@@ -423,10 +426,15 @@ impl DeviceWriter for MqttWriter {
             };
             // Wait from before the publish, so a quick answer is not missed.
             let (done, confirmed) = oneshot::channel();
-            self.shared
-                .ingest()
-                .waiters
-                .push((slot, Waiter { point, value, done }));
+            self.shared.ingest().waiters.push((
+                slot,
+                Waiter {
+                    point,
+                    value,
+                    done,
+                    audit,
+                },
+            ));
             let result = match self.shared.publish(topic, body) {
                 Err(e) => {
                     drop(confirmed);

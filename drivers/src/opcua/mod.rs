@@ -50,7 +50,7 @@ use opcua::types::{
 use tokio::sync::{mpsc, watch};
 
 use ferrite_core::driver::{
-    BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, StartError, Written,
+    BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, StartError, WriteAudit, Written,
     show_written_at,
 };
 use ferrite_core::reading::{Sample, Update};
@@ -366,10 +366,11 @@ impl DeviceWriter for OpcuaWriter {
         &'a self,
         property: &'a str,
         value: Value,
+        audit: WriteAudit,
     ) -> BoxFuture<'a, Result<Written, DriverError>> {
         Box::pin(async move {
             let (index, sample, ts) = self.write_value(property, value).await?;
-            show_written_at(&self.output, self.device.index, index, sample, ts).await
+            show_written_at(&self.output, self.device.index, index, sample, ts, &audit).await
         })
     }
 

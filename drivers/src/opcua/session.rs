@@ -269,6 +269,7 @@ async fn report(
         samples: device.all(&sample),
         stamps: Vec::new(),
         applied: None,
+        audit: Vec::new(),
     };
     send(ctx, update).await
 }
@@ -647,6 +648,7 @@ impl Health {
             samples,
             stamps: Vec::new(),
             applied: None,
+            audit: Vec::new(),
         }
     }
 }

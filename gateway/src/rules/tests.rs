@@ -16,7 +16,7 @@ use crate::control::{Actor, Control, WriteError};
 use crate::journal::{Journal, Retention};
 use crate::live::{Sample, Update};
 use crate::store::{Log, SledStore, Store};
-use ferrite_core::driver::{BoxFuture, DeviceWriter, DriverError, Written};
+use ferrite_core::driver::{BoxFuture, DeviceWriter, DriverError, WriteAudit, Written};
 
 const MODEL: &str = r#"
 kind: DeviceModel
@@ -40,6 +40,7 @@ impl DeviceWriter for Recorder {
         &'a self,
         property: &'a str,
         value: Value,
+        _: WriteAudit,
     ) -> BoxFuture<'a, Result<Written, DriverError>> {
         Box::pin(async move {
             let mut fail = self.fail.lock().expect("lock");
@@ -159,6 +160,7 @@ impl Harness {
             samples: vec![(0, Sample::Good(Value::Float(t)))],
             stamps: Vec::new(),
             applied: None,
+            audit: Vec::new(),
         });
     }
 

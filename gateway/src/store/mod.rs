@@ -141,7 +141,17 @@ pub trait Store: Send + Sync + 'static {
     /// property and an entry in its history. Readers never see a change
     /// before it is durable, so nothing the API showed can be lost to a
     /// crash.
-    fn commit(&self, changes: &[Change]) -> Result<(), StoreError>;
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.commit_with_audit(changes, &[])
+    }
+    /// [`Store::commit`], with `audit` entries `(ts, body)` appended to
+    /// [`Log::Audit`] in the same commit (one fsync for both): a write's
+    /// read-back and its audit entry are durable together.
+    fn commit_with_audit(
+        &self,
+        changes: &[Change],
+        audit: &[(Micros, Vec<u8>)],
+    ) -> Result<(), StoreError>;
     /// Every property's latest value, for start-up.
     fn latest_all(&self) -> Result<Vec<(String, String, Stamped)>, StoreError>;
     /// History of one property between `since` and `until` (inclusive), in

@@ -314,13 +314,26 @@ enum Unfinished {
     /// The last commit succeeded.
     #[default]
     None,
-    /// These changes failed to commit as the record at `first`; it may be
-    /// on disk.
-    Failed { changes: Vec<Change>, first: u64 },
+    /// These changes failed to commit as the record at `first`, with these
+    /// audit entries under the sequence numbers they were given; any of it
+    /// may be on disk.
+    Failed {
+        changes: Vec<Change>,
+        audit: Vec<Numbered>,
+        first: u64,
+    },
     /// A reopen found or stored them before the writer retried: the retry
-    /// has nothing left to do.
-    Finished(Vec<Change>),
+    /// (of the same changes and audit entries) has nothing left to do.
+    Finished {
+        changes: Vec<Change>,
+        audit: Vec<(Micros, Vec<u8>)>,
+    },
 }
+
+/// A journal entry with its sequence number: `(seq, ts, body)`. A failed
+/// commit's retry writes its audit entries under the same numbers, so an
+/// entry that reached the disk is not written twice.
+type Numbered = (u64, Micros, Vec<u8>);
 
 impl SledStore {
     /// Runs a write, reopening the database first if the last write failed
@@ -334,15 +347,33 @@ impl SledStore {
         if guard.is_none() {
             let mut inner = Inner::open(&self.dir, self.cache_bytes, self.budgets)?;
             let mut unfinished = self.unfinished();
-            if let Unfinished::Failed { changes, first } = std::mem::take(&mut *unfinished) {
-                if !inner.records.contains_key(&first) {
-                    // On error `inner` goes unused: the next write reopens.
-                    if let Err(e) = inner.commit(&changes) {
-                        *unfinished = Unfinished::Failed { changes, first };
-                        return Err(e);
-                    }
+            if let Unfinished::Failed {
+                changes,
+                audit,
+                first,
+            } = std::mem::take(&mut *unfinished)
+            {
+                // The audit entries are written again whatever is found:
+                // under their own numbers, that changes nothing if they
+                // are there.
+                let missing = if inner.records.contains_key(&first) {
+                    &[][..]
+                } else {
+                    &changes[..]
+                };
+                // On error `inner` goes unused: the next write reopens.
+                if let Err(e) = inner.commit(missing, &audit) {
+                    *unfinished = Unfinished::Failed {
+                        changes,
+                        audit,
+                        first,
+                    };
+                    return Err(e);
                 }
-                *unfinished = Unfinished::Finished(changes);
+                *unfinished = Unfinished::Finished {
+                    changes,
+                    audit: audit.into_iter().map(|(_, ts, body)| (ts, body)).collect(),
+                };
             }
             drop(unfinished);
             *guard = Some(inner);
@@ -810,11 +841,15 @@ impl Inner {
     }
 
     /// Appends `changes` as commit records, adds them to their heads
-    /// (cutting full heads into blocks), and flushes. Returns the sequence
-    /// of the first change.
-    fn commit(&mut self, changes: &[Change]) -> Result<u64, StoreError> {
+    /// (cutting full heads into blocks), appends `audit` to the audit log,
+    /// and flushes. Returns the sequence of the first change.
+    fn commit(&mut self, changes: &[Change], audit: &[Numbered]) -> Result<u64, StoreError> {
         let first = self.next_seq;
         if changes.is_empty() {
+            if !audit.is_empty() {
+                self.insert_entries(Log::Audit, audit)?;
+                self.db.flush()?;
+            }
             return Ok(first);
         }
         let ids = changes
@@ -830,6 +865,7 @@ impl Inner {
         // The records before anything else: whatever else this commit
         // writes, a crash leaves it recoverable from its records.
         let infos = self.write_records(first, false, &points)?;
+        self.insert_entries(Log::Audit, audit)?;
         self.next_seq = first + changes.len() as u64;
         self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
         let owed: u64 = infos.iter().map(|(_, info)| info.bytes).sum();
@@ -850,6 +886,24 @@ impl Inner {
         self.keep_outbox_budget()?;
         self.db.flush()?;
         Ok(first)
+    }
+
+    /// Gives each of `entries` the next sequence number of the journals.
+    fn number(&self, entries: &[(Micros, Vec<u8>)]) -> Result<Vec<Numbered>, StoreError> {
+        entries
+            .iter()
+            // Starts at 1, so that 0 can mean "before everything".
+            .map(|(ts, body)| Ok((self.db.generate_id()? + 1, *ts, body.clone())))
+            .collect()
+    }
+
+    /// Writes numbered `entries` to `log` (not flushed).
+    fn insert_entries(&self, log: Log, entries: &[Numbered]) -> Result<(), StoreError> {
+        let tree = self.log(log);
+        for (seq, ts, body) in entries {
+            tree.insert(seq.to_be_bytes(), entry_value(*ts, body))?;
+        }
+        Ok(())
     }
 
     /// Writes `points` (series id, time, value), numbered from `first` on,
@@ -1072,6 +1126,14 @@ impl Inner {
     }
 }
 
+/// A journal entry's value on disk: its time (BE), then its body.
+fn entry_value(ts: Micros, body: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + body.len());
+    value.extend_from_slice(&ts.to_be_bytes());
+    value.extend_from_slice(body);
+    value
+}
+
 fn entry_from(key: &[u8], value: &[u8]) -> Result<Entry, StoreError> {
     let corrupt = || StoreError::Corrupt("journal entry".into());
     let seq: [u8; 8] = key.try_into().map_err(|_| corrupt())?;
@@ -1092,25 +1154,33 @@ fn id_from(bytes: &[u8]) -> Result<u32, StoreError> {
 }
 
 impl Store for SledStore {
-    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+    fn commit_with_audit(
+        &self,
+        changes: &[Change],
+        audit: &[(Micros, Vec<u8>)],
+    ) -> Result<(), StoreError> {
         // After a failed commit, the writer's next one retries the same
-        // changes (the writer is the only one that commits); the reopen in
-        // `with_writable` stores them, and the retry itself then does
-        // nothing. Any other commit is new.
+        // changes and entries (the writer is the only one that commits);
+        // the reopen in `with_writable` stores them, and the retry itself
+        // then does nothing. Any other commit is new.
         // A failure is recorded before the lock is released, so that no
         // other write can reopen the store without finishing this commit.
         self.with_writable(|inner| {
             let mut unfinished = self.unfinished();
-            if matches!(&*unfinished, Unfinished::Finished(done) if done == changes) {
+            if matches!(&*unfinished, Unfinished::Finished { changes: done, audit: kept }
+                if done == changes && kept == audit)
+            {
                 *unfinished = Unfinished::None;
                 return Ok(());
             }
             let first = inner.next_seq;
-            let result = inner.commit(changes).map(drop);
+            let audit = inner.number(audit)?;
+            let result = inner.commit(changes, &audit).map(drop);
             *unfinished = match result {
                 Ok(()) => Unfinished::None,
                 Err(_) => Unfinished::Failed {
                     changes: changes.to_vec(),
+                    audit,
                     first,
                 },
             };
@@ -1229,9 +1299,7 @@ impl Store for SledStore {
                 };
                 let mut seqs = Vec::with_capacity(entries.len());
                 for (ts, body) in entries {
-                    let mut value = Vec::with_capacity(8 + body.len());
-                    value.extend_from_slice(&ts.to_be_bytes());
-                    value.extend_from_slice(body);
+                    let value = entry_value(*ts, body);
                     if let Some((key, kept)) =
                         kept.iter().find(|(_, v)| v.as_ref() == value.as_slice())
                     {
@@ -1385,13 +1453,79 @@ mod tests {
         store: &SledStore,
         batch: &[Change],
     ) -> Result<(), StoreError> {
+        failed_with_audit_after_reaching_the_disk(store, batch, &[])
+    }
+
+    /// The same, for a commit with audit entries.
+    fn failed_with_audit_after_reaching_the_disk(
+        store: &SledStore,
+        batch: &[Change],
+        audit: &[(Micros, Vec<u8>)],
+    ) -> Result<(), StoreError> {
         let mut guard = store.write();
-        let first = guard.as_mut().ok_or_else(reopening)?.commit(batch)?;
+        let inner = guard.as_mut().ok_or_else(reopening)?;
+        let audit = inner.number(audit)?;
+        let first = inner.commit(batch, &audit)?;
         *store.unfinished() = Unfinished::Failed {
             changes: batch.to_vec(),
+            audit,
             first,
         };
         *guard = None;
+        Ok(())
+    }
+
+    #[test]
+    fn audit_entries_are_kept_in_the_commit_and_a_retry_keeps_them_once() -> Result<(), StoreError>
+    {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        let bodies = |store: &SledStore| -> Result<Vec<Vec<u8>>, StoreError> {
+            let mut entries = store.recent(Log::Audit, u64::MAX, 10, &|_| true)?;
+            entries.reverse();
+            Ok(entries.into_iter().map(|e| e.body).collect())
+        };
+        // With a change, and with none (a read-back of the value it had).
+        store.commit_with_audit(
+            &[change("d", "p", 1_000, Value::Int(1))],
+            &[(1_000, b"first".to_vec())],
+        )?;
+        store.commit_with_audit(&[], &[(2_000, b"second".to_vec())])?;
+        assert_eq!(bodies(&store)?, [b"first".to_vec(), b"second".to_vec()]);
+        let times: Vec<Micros> = store
+            .recent(Log::Audit, u64::MAX, 10, &|_| true)?
+            .iter()
+            .map(|e| e.ts)
+            .collect();
+        assert_eq!(times, [2_000, 1_000], "newest first, with their times");
+        // A commit that reached the disk and failed, then the writer's retry.
+        let batch = [change("d", "p", 3_000, Value::Int(3))];
+        let audit = [(3_000, b"third".to_vec())];
+        failed_with_audit_after_reaching_the_disk(&store, &batch, &audit)?;
+        store.commit_with_audit(&batch, &audit)?;
+        assert_eq!(
+            bodies(&store)?,
+            [b"first".to_vec(), b"second".to_vec(), b"third".to_vec()],
+            "the retry kept the entry once"
+        );
+        assert_eq!(
+            store.history("d", "p", 0, i64::MAX, 10, End::Oldest)?.len(),
+            2
+        );
+        // The same with nothing but an entry, where no record tells that
+        // the failed commit reached the disk.
+        let audit = [(4_000, b"fourth".to_vec())];
+        failed_with_audit_after_reaching_the_disk(&store, &[], &audit)?;
+        store.append(Log::Events, &[(4_000, b"reopens".to_vec())])?;
+        store.commit_with_audit(&[], &audit)?;
+        assert_eq!(bodies(&store)?.len(), 4, "{:?}", bodies(&store)?);
+        // The next commit of an equal entry is new.
+        store.commit_with_audit(&[], &audit)?;
+        assert_eq!(bodies(&store)?.len(), 5);
+        // Reopened, everything is there.
+        drop(store);
+        let store = reopened(dir.path())?;
+        assert_eq!(bodies(&store)?.len(), 5);
         Ok(())
     }
 

@@ -2,7 +2,8 @@
 //! history and then into what the API shows.
 //!
 //! Per batch (everything queued, up to [`MAX_BATCH`] updates): find the
-//! values that moved past their deadband, append them, fsync, and only then
+//! values that moved past their deadband, append them (with the audit
+//! entries of the writes whose read-backs are in the batch), fsync, and only then
 //! apply the batch to the live view and wake the writers waiting on it. If the
 //! store fails (a full disk, say), the batch is kept and retried with backoff;
 //! drivers then wait on the bounded queue (backpressure), so readings are
@@ -283,12 +284,22 @@ impl Writer {
 
     async fn commit(&mut self, batch: &mut Vec<Update>, shutdown: &CancellationToken) {
         let changes = Arc::new(self.changes(batch));
-        if !changes.is_empty() {
+        // The audit entries of the writes these read-backs confirm: stamped
+        // now, kept in the same commit.
+        let ts = now();
+        let audit: Arc<Vec<(Micros, Vec<u8>)>> = Arc::new(
+            batch
+                .iter_mut()
+                .flat_map(|u| std::mem::take(&mut u.audit))
+                .map(|body| (ts, body))
+                .collect(),
+        );
+        if !changes.is_empty() || !audit.is_empty() {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 // The batch stays here while the blocking task commits it, so
                 // a failure retries it rather than losing it.
-                match self.persist(changes.clone()).await {
+                match self.persist(changes.clone(), audit.clone()).await {
                     Ok(()) => {
                         self.stats.failing.store(false, Ordering::Relaxed);
                         break;
@@ -306,8 +317,9 @@ impl Writer {
                         tracing::error!("store write failed, will retry in {delay:.1?}: {e}");
                         if shutdown.is_cancelled() {
                             tracing::error!(
-                                "shutting down with {} changes not stored",
-                                changes.len()
+                                "shutting down with {} changes and {} audit entries not stored",
+                                changes.len(),
+                                audit.len()
                             );
                             break;
                         }
@@ -378,9 +390,13 @@ impl Writer {
         changes
     }
 
-    async fn persist(&self, changes: Arc<Vec<Change>>) -> Result<(), super::StoreError> {
+    async fn persist(
+        &self,
+        changes: Arc<Vec<Change>>,
+        audit: Arc<Vec<(Micros, Vec<u8>)>>,
+    ) -> Result<(), super::StoreError> {
         let store = self.store.clone();
-        crate::store::blocking::spawn(move || store.commit(&changes))
+        crate::store::blocking::spawn(move || store.commit_with_audit(&changes, &audit))
             .await
             .map_err(|e| super::StoreError::Io(format!("store task failed: {e}")))?
     }
