@@ -907,16 +907,20 @@ impl Inner {
     }
 
     /// Writes `points` (series id, time, value), numbered from `first` on,
-    /// as commit records of at most [`RECORD_POINTS`] in one atomic sled
-    /// batch; returns each record's first sequence and size.
+    /// as commit records of at most [`RECORD_POINTS`], all or none; returns
+    /// each record's first sequence and size.
+    ///
+    /// One record is one insert. Several go in one atomic sled batch, which
+    /// costs a write and a sync of its own: sled puts a batch's manifest in an
+    /// I/O buffer of its own (`pin_log` rolls the buffer before and after
+    /// it). Most commits a write waits on (its read-back) are one record.
     fn write_records(
         &self,
         first: u64,
         outbox_only: bool,
         points: &[(u32, Micros, &ferrite_models::Value)],
     ) -> Result<Vec<(u64, RecordInfo)>, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut infos = Vec::with_capacity(points.len().div_ceil(RECORD_POINTS));
+        let mut records = Vec::with_capacity(points.len().div_ceil(RECORD_POINTS));
         let mut seq = first;
         for part in points.chunks(RECORD_POINTS) {
             let bytes = record::encode(outbox_only, part.iter().copied());
@@ -925,12 +929,22 @@ impl Inner {
                 count: part.len() as u32,
                 bytes: RECORD_OVERHEAD + bytes.len() as u64,
             };
-            batch.insert(&seq.to_be_bytes(), bytes);
-            infos.push((seq, info));
+            records.push((seq, info, bytes));
             seq += part.len() as u64;
         }
-        self.log.apply_batch(batch)?;
-        Ok(infos)
+        if let [(seq, _, bytes)] = records.as_slice() {
+            self.log.insert(seq.to_be_bytes(), bytes.as_slice())?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (seq, _, bytes) in &records {
+                batch.insert(&seq.to_be_bytes(), bytes.as_slice());
+            }
+            self.log.apply_batch(batch)?;
+        }
+        Ok(records
+            .into_iter()
+            .map(|(seq, info, _)| (seq, info))
+            .collect())
     }
 
     /// Writes series `id`'s head as a block.
