@@ -32,7 +32,7 @@ use self::ingest::{Ingest, Outcome, Waiter, unix_ms};
 use ferrite_core::driver::{
     BoxFuture, DeviceWriter, Driver, DriverContext, DriverError, StartError, WriteAudit, Written,
 };
-use ferrite_core::reading::Status;
+use ferrite_core::reading::{Status, Update};
 
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -301,24 +301,41 @@ async fn deliver(shared: &Shared, outcome: Outcome, ctx: &DriverContext) -> Resu
             tracing::warn!("the broker link failed: {e}");
         }
     }
-    let last = outcome.updates.len().checked_sub(1);
-    let mut confirmed = Some(outcome.confirmed).filter(|c| !c.is_empty());
-    let mut audit = outcome.audit;
-    for (i, mut u) in outcome.updates.into_iter().enumerate() {
-        if Some(i) == last
-            && let Some(writes) = confirmed.take()
+    store_updates(outcome.updates, outcome.confirmed, outcome.audit, ctx).await
+}
+
+/// Sends an outcome's updates to the store writer. An outcome that confirms
+/// writes goes on the urgent queue whole, as every driver's read-backs do
+/// (see `show_written`), so that the answer neither waits behind a burst of
+/// publishes nor comes before any of the outcome's values is stored (one
+/// publish can update several devices). Its last update carries `applied`,
+/// which answers the writes once it is visible (the writer commits the
+/// urgent queue in order, so the ones before it are too), and the writes'
+/// audit entries.
+async fn store_updates(
+    updates: Vec<Update>,
+    confirmed: Vec<oneshot::Sender<()>>,
+    audit: Vec<Vec<u8>>,
+    ctx: &DriverContext,
+) -> Result<(), ()> {
+    if confirmed.is_empty() {
+        for u in updates {
+            ctx.output.send(u).await.map_err(|_| ())?;
+        }
+        return Ok(());
+    }
+    let last = updates.len().saturating_sub(1);
+    let mut writes = Some((confirmed, audit));
+    for (i, mut u) in updates.into_iter().enumerate() {
+        if i == last
+            && let Some((confirmed, audit)) = writes.take()
         {
-            // A write's read-back: on the urgent queue, as every driver's
-            // (see `show_written`), so the answer does not wait behind a
-            // burst of publishes; the writes' audit entries go with it.
             let (applied, visible) = oneshot::channel();
             u.applied = Some(applied);
-            u.audit = std::mem::take(&mut audit);
-            tokio::spawn(answer(visible, writes));
-            ctx.urgent.send(u).await.map_err(|_| ())?;
-            continue;
+            u.audit = audit;
+            tokio::spawn(answer(visible, confirmed));
         }
-        ctx.output.send(u).await.map_err(|_| ())?;
+        ctx.urgent.send(u).await.map_err(|_| ())?;
     }
     Ok(())
 }
@@ -600,6 +617,63 @@ mod tests {
             0
         );
         ctx.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_outcome_that_confirms_a_write_goes_to_the_store_whole_on_the_urgent_queue() {
+        use ferrite_core::reading::Update;
+        use tokio::sync::{mpsc, oneshot};
+        let (output, mut polls) = mpsc::channel(16);
+        let (urgent, mut urgents) = mpsc::channel(16);
+        let ctx = DriverContext {
+            output,
+            urgent,
+            ..DriverContext::standalone(mpsc::channel(16).0)
+        };
+        let update = |device| Update {
+            device,
+            ts: 0,
+            status: None,
+            seen: true,
+            samples: Vec::new(),
+            stamps: Vec::new(),
+            applied: None,
+            audit: Vec::new(),
+        };
+        // Without a write to confirm: behind the polls.
+        super::store_updates(vec![update(0)], Vec::new(), Vec::new(), &ctx)
+            .await
+            .expect("sent");
+        assert_eq!(polls.try_recv().expect("a poll").device, 0);
+        assert!(urgents.try_recv().is_err());
+        // One publish that updates two devices and confirms a write to the
+        // first: both ahead of the polls, the entry and the answer with the
+        // last.
+        let (done, answered) = oneshot::channel();
+        let entry = b"audit entry".to_vec();
+        super::store_updates(
+            vec![update(0), update(1)],
+            vec![done],
+            vec![entry.clone()],
+            &ctx,
+        )
+        .await
+        .expect("sent");
+        assert!(polls.try_recv().is_err(), "nothing behind the polls");
+        let first = urgents.try_recv().expect("the first device's update");
+        let mut last = urgents.try_recv().expect("the second's");
+        assert_eq!((first.device, last.device), (0, 1));
+        assert!(first.applied.is_none() && first.audit.is_empty());
+        assert_eq!(last.audit, [entry]);
+        last.applied
+            .take()
+            .expect("applied")
+            .send(())
+            .expect("the answer waits");
+        tokio::time::timeout(Duration::from_secs(5), answered)
+            .await
+            .expect("in time")
+            .expect("answered once the last is visible");
     }
 
     #[test]
