@@ -313,7 +313,7 @@ async fn deliver(shared: &Shared, outcome: Outcome, ctx: &DriverContext) -> Resu
 /// urgent queue in order, so the ones before it are too), and the writes'
 /// audit entries.
 async fn store_updates(
-    updates: Vec<Update>,
+    mut updates: Vec<Update>,
     confirmed: Vec<oneshot::Sender<()>>,
     audit: Vec<Vec<u8>>,
     ctx: &DriverContext,
@@ -324,20 +324,17 @@ async fn store_updates(
         }
         return Ok(());
     }
-    let last = updates.len().saturating_sub(1);
-    let mut writes = Some((confirmed, audit));
-    for (i, mut u) in updates.into_iter().enumerate() {
-        if i == last
-            && let Some((confirmed, audit)) = writes.take()
-        {
-            let (applied, visible) = oneshot::channel();
-            u.applied = Some(applied);
-            u.audit = audit;
-            tokio::spawn(answer(visible, confirmed));
-        }
+    let Some(mut last) = updates.pop() else {
+        return Ok(());
+    };
+    for u in updates {
         ctx.urgent.send(u).await.map_err(|_| ())?;
     }
-    Ok(())
+    let (applied, visible) = oneshot::channel();
+    last.applied = Some(applied);
+    last.audit = audit;
+    tokio::spawn(answer(visible, confirmed));
+    ctx.urgent.send(last).await.map_err(|_| ())
 }
 
 async fn answer(visible: oneshot::Receiver<()>, writes: Vec<oneshot::Sender<()>>) {
