@@ -67,9 +67,11 @@ def wait_for(predicate, seconds, step=0.25):
         time.sleep(step)
 
 
-def vm_rss_kib(pid):
-    """Resident memory of a process, from /proc (KiB)."""
+def rss_kib(pid, field="VmRSS"):
+    """Resident memory of a process, from /proc/PID/status (KiB): `VmRSS`,
+    the whole, or one of its parts, `RssAnon` (what the process allocated)
+    and `RssFile` (pages of its binary and other files)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {field} for {pid}")
