@@ -420,7 +420,10 @@ pub async fn retention(
         }
         let before: Micros = now() - i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX);
         let store = store.clone();
-        match crate::store::blocking::spawn(move || store.trim(before, max_bytes)).await {
+        let started = std::time::Instant::now();
+        let pass = crate::store::blocking::spawn(move || store.trim(before, max_bytes)).await;
+        tracing::debug!("retention pass: {:?}", started.elapsed());
+        match pass {
             Ok(Ok(t)) if t.by_age + t.by_size > 0 => {
                 tracing::info!(
                     "retention dropped {} entries by age and {} by size",
