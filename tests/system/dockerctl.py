@@ -67,11 +67,17 @@ def wait_for(predicate, seconds, step=0.25):
         time.sleep(step)
 
 
-def rss_kib(pid, field="VmRSS"):
-    """Resident memory of a process, from /proc/PID/status (KiB): `VmRSS`,
-    the whole, or one of its parts, `RssAnon` (what the process allocated)
+def rss_kib(pid):
+    """Resident memory of a process from one read of /proc/PID/status (KiB):
+    `VmRSS`, the whole, and its parts `RssAnon` (what the process allocated)
     and `RssFile` (pages of its binary and other files)."""
+    fields = ("VmRSS", "RssAnon", "RssFile")
+    rss = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} for {pid}")
+        name, _, value = line.partition(":")
+        if name in fields:
+            rss[name] = int(value.split()[0])
+    missing = [f for f in fields if f not in rss]
+    if missing:
+        raise RuntimeError(f"no {', '.join(missing)} for {pid}")
+    return rss

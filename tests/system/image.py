@@ -170,8 +170,7 @@ def idle_memory(checks, ferrite, tag, work):
         wait_healthy(name, 30)
         time.sleep(5)
         pids = {"image": inspect(name, "{{.State.Pid}}"), "bare": bare.pid}
-        rss = {where: {field: rss_kib(pid, field) for field in ("VmRSS", "RssAnon", "RssFile")}
-               for where, pid in pids.items()}
+        rss = {where: rss_kib(pid) for where, pid in pids.items()}
         # What the process allocates is compared. Its binary's pages are
         # not: how many are mapped follows the disk's read-ahead (the same
         # binary bare had ~1 MB more file pages than in the image, run
