@@ -27,7 +27,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    Api, Files, ServingProcess, counting_sim, free_port, signal, spawn_serving, wait_until,
+    Api, Files, ForgetfulBroker, ServingProcess, counting_sim, free_port, signal, spawn_serving,
+    wait_until,
 };
 use serde_json::{Value as Json, json};
 
@@ -90,12 +91,14 @@ impl Broker {
         Broker::Mosquitto(port, child, dir)
     }
 
-    fn url(&self) -> String {
+    fn port(&self) -> u16 {
         match self {
-            Broker::Embedded(port) | Broker::Mosquitto(port, ..) => {
-                format!("mqtt://127.0.0.1:{port}")
-            }
+            Broker::Embedded(port) | Broker::Mosquitto(port, ..) => *port,
         }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port())
     }
 }
 
@@ -131,14 +134,6 @@ impl World {
         let (sim, counter) = counting_sim(&files).await;
         let broker = Broker::pick();
         let gateway_id = format!("{name}-{}", std::process::id());
-        files.write(
-            "ferrite.toml",
-            &format!(
-                "[gateway]\nid = \"{gateway_id}\"\ndata_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
-                 [cloud]\nbroker = \"{}\"\nbatch_interval = \"200ms\"\nack_timeout = \"2s\"\n",
-                broker.url()
-            ),
-        );
         let world = World {
             files,
             broker,
@@ -150,7 +145,21 @@ impl World {
             )),
             gateway_id,
         };
+        world.route_gateway_through(&world.broker.url());
         (world, sim, counter)
+    }
+
+    /// Points the gateway's uplink at `broker` (the broker itself, or a
+    /// proxy in front of it).
+    fn route_gateway_through(&self, broker: &str) {
+        self.files.write(
+            "ferrite.toml",
+            &format!(
+                "[gateway]\nid = \"{}\"\ndata_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
+                 [cloud]\nbroker = \"{broker}\"\nbatch_interval = \"200ms\"\nack_timeout = \"2s\"\n",
+                self.gateway_id
+            ),
+        );
     }
 
     async fn gateway(&self) -> ServingProcess {
@@ -312,6 +321,80 @@ async fn an_outage_of_the_control_plane_loses_nothing() {
     assert_eq!(me["connected"], json!(true), "{gateways}");
     assert_eq!(me["backlog"], json!(0), "{gateways}");
     let mut gateway = gateway;
+    kill(&mut gateway);
+    kill(&mut cloud);
+    sim.stop().await;
+}
+
+/// A broker that loses the uplink's subscriptions but keeps its connection
+/// (a NATS node's restart did): the uplink subscribes again with the Hello
+/// that follows its timeout, on the same connection, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_forgets_the_uplinks_subscriptions_is_asked_again() {
+    deaf_uplink(false).await;
+}
+
+/// A connection that stays deaf however often the uplink subscribes again
+/// is dropped and made anew, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uplink_connection_that_stays_deaf_is_made_anew() {
+    deaf_uplink(true).await;
+}
+
+async fn deaf_uplink(until_reconnect: bool) {
+    let name = if until_reconnect {
+        "deaf-for-good"
+    } else {
+        "deaf"
+    };
+    let (world, sim, counter) = World::new(name).await;
+    let mut cloud = world.cloud().await;
+    let forgetful = ForgetfulBroker::start(([127, 0, 0, 1], world.broker.port()).into()).await;
+    world.route_gateway_through(&forgetful.url());
+    let mut gateway = world.gateway().await;
+    let id = world.gateway_id.clone();
+    let flowing = wait_until(Duration::from_secs(15), || async {
+        cloud_history(&cloud.api, &id).await.len() >= 20
+    })
+    .await;
+    assert!(flowing, "nothing synced:\n{}", gateway.log_tail());
+
+    // (The gateway may have connected more than once by now: readiness
+    // probes connect too.)
+    let connections = forgetful.connections();
+    forgetful.forget(until_reconnect);
+    // With ack_timeout 2 s: a resubscription after ~2 s; a new connection
+    // after three unanswered Hellos, ~6 s.
+    let cured = wait_until(Duration::from_secs(30), || async { forgetful.hearing() }).await;
+    assert!(
+        cured,
+        "the uplink stayed deaf ({} PUBLISHes dropped):\n{}",
+        forgetful.dropped(),
+        gateway.log_tail()
+    );
+    assert!(forgetful.dropped() > 0, "nothing was sent while deaf");
+    if until_reconnect {
+        assert!(
+            forgetful.subscribes_while_deaf() >= 2,
+            "it should subscribe again before giving up on the connection"
+        );
+        assert_eq!(
+            forgetful.connections(),
+            connections + 1,
+            "{}",
+            gateway.log_tail()
+        );
+    } else {
+        assert_eq!(forgetful.subscribes_while_deaf(), 1);
+        assert_eq!(
+            forgetful.connections(),
+            connections,
+            "{}",
+            gateway.log_tail()
+        );
+    }
+    let synced = assert_in_sync(&gateway, &cloud, &id, counter).await;
+    assert!(synced > 100, "only {synced} changes");
     kill(&mut gateway);
     kill(&mut cloud);
     sim.stop().await;

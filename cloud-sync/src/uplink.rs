@@ -13,7 +13,10 @@
 //! that it (re)started, starts a new epoch with another Hello: the resend
 //! begins where the cloud's store ends, so nothing is lost and nothing is
 //! applied twice (the cloud checks outbox sequences). A `Resume` of an
-//! older epoch is ignored.
+//! older epoch is ignored. Before that Hello the uplink subscribes again, in
+//! case the broker lost its subscriptions but kept the connection; after
+//! three such Hellos in a row while the cloud says it is online, it drops
+//! the connection and connects anew.
 //!
 //! The drivers and rules never wait for this task: they only append to the
 //! outbox, inside the store's commit. Over its budget the outbox drops its
@@ -292,6 +295,8 @@ pub async fn run(
         events_in_flight: None,
         events_sent_high: 0,
         resubscribe_at: None,
+        unanswered_hellos: 0,
+        cloud_online: true,
     };
     connection.drive(eventloop, twin_rx, shutdown).await;
     twin.abort();
@@ -320,6 +325,28 @@ struct Connection {
     /// The broker refused a subscription (a cluster busy electing, say):
     /// when to ask again.
     resubscribe_at: Option<Instant>,
+    /// Hellos in a row that timed out while the cloud said it was online:
+    /// at [`DEAF_HELLOS`] the connection is dropped and made anew.
+    unanswered_hellos: u32,
+    /// The cloud's last word on its status topic (online until it says
+    /// otherwise): while it is offline, silence is no fault of the link.
+    cloud_online: bool,
+}
+
+/// Hellos in a row that go unanswered, with the cloud online, before the
+/// uplink gives up on its connection and connects again. A broker can lose
+/// a client's subscriptions and keep the connection (NATS did, losing a
+/// JetStream consumer while a cluster node restarted): the uplink then
+/// sends and hears nothing. Each timed-out Hello subscribes again first;
+/// if that does not cure it, a new connection does.
+const DEAF_HELLOS: u32 = 3;
+
+/// Whether the connection still carries the cloud's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Fine,
+    /// Hellos keep going unanswered while the cloud is online.
+    Deaf,
 }
 
 /// One epoch: from a Hello to the next.
@@ -398,7 +425,15 @@ impl Connection {
                         self.resubscribe_at = None;
                         self.subscribe();
                     }
-                    self.check_timeouts();
+                    if self.check_timeouts() == Link::Deaf {
+                        // Dropping the connection makes the next poll
+                        // connect again (with a clean session), and the
+                        // ConnAck subscribes and says Hello.
+                        eventloop.clean();
+                        self.status.connected.store(false, Ordering::Relaxed);
+                        self.session.resumed = false;
+                        continue;
+                    }
                     self.pump(false);
                     self.pump_events();
                 }
@@ -470,6 +505,7 @@ impl Connection {
 
     fn on_publish(&mut self, topic: &str, payload: &[u8]) {
         if topic == topics::CLOUD_STATUS {
+            self.cloud_online = payload != b"offline";
             if payload == b"online" {
                 // The cloud (re)started: it may have lost what was in
                 // flight, and its dictionary.
@@ -548,6 +584,7 @@ impl Connection {
             return;
         };
         tracing::debug!("the cloud resumes after change {}", resume.last_applied_seq);
+        self.unanswered_hellos = 0;
         self.acknowledge(resume.last_applied_seq);
         self.sent_high = self.sent_high.max(resume.last_applied_seq);
         self.session.resumed = true;
@@ -565,6 +602,7 @@ impl Connection {
             return;
         }
         self.acknowledge(seq);
+        self.unanswered_hellos = 0;
         let mut freed = false;
         while let Some((batch, _)) = self.session.in_flight.front() {
             if *batch.changes.end() > seq {
@@ -640,9 +678,12 @@ impl Connection {
         }
     }
 
-    fn check_timeouts(&mut self) {
+    /// Says Hello again when the cloud has not answered for `ack_timeout`,
+    /// subscribing again first; [`Link::Deaf`] when that has not helped
+    /// [`DEAF_HELLOS`] times in a row.
+    fn check_timeouts(&mut self) -> Link {
         if !self.status.connected.load(Ordering::Relaxed) {
-            return;
+            return Link::Fine;
         }
         let timeout = self.config.ack_timeout;
         let waiting_since = if self.session.resumed {
@@ -650,13 +691,35 @@ impl Connection {
         } else {
             Some(self.session.hello_at)
         };
-        if waiting_since.is_some_and(|at| at.elapsed() >= timeout) {
-            tracing::info!(
-                "the cloud has not answered for {}; saying Hello again",
-                humanize(timeout)
-            );
-            self.hello();
+        if !waiting_since.is_some_and(|at| at.elapsed() >= timeout) {
+            return Link::Fine;
         }
+        if self.cloud_online {
+            self.unanswered_hellos += 1;
+        }
+        if self.unanswered_hellos >= DEAF_HELLOS {
+            tracing::warn!(
+                "the cloud is online but has not answered {DEAF_HELLOS} Hellos in a row; connecting to {} again",
+                self.config.link.broker
+            );
+            self.status.error(format!(
+                "no answer through {} although the cloud is online; connecting again",
+                self.config.link.broker
+            ));
+            self.unanswered_hellos = 0;
+            return Link::Deaf;
+        }
+        tracing::info!(
+            "the cloud has not answered for {}; subscribing and saying Hello again",
+            humanize(timeout)
+        );
+        // The broker may have lost the subscriptions without a word (a
+        // second SUBSCRIBE of the same filter replaces the first). The
+        // cloud's retained status comes again with it, and an "online" there
+        // starts one more epoch: harmless, the Resume of this one is ignored.
+        self.subscribe();
+        self.hello();
+        Link::Fine
     }
 
     /// Sends the next journal events when none await their EventAck (or
@@ -863,6 +926,8 @@ mod tests {
             events_in_flight: None,
             events_sent_high: 0,
             resubscribe_at: None,
+            unanswered_hellos: 0,
+            cloud_online: true,
         }
     }
 

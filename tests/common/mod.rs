@@ -396,3 +396,174 @@ pub fn fresh_database(name: &str) -> Option<String> {
     let (base, _) = admin.rsplit_once('/').expect("a URL ending in /DATABASE");
     Some(format!("{base}/{name}"))
 }
+
+/// A proxy in front of an MQTT broker that can make the broker seem to forget
+/// a client's subscriptions while the connection stays up (as a NATS node's
+/// restart did): from [`forget`](ForgetfulBroker::forget) on, the broker's
+/// PUBLISHes to the client are dropped (and acknowledged to the broker, as
+/// if they had never been routed), until the client SUBSCRIBEs again or, with
+/// `until_reconnect`, until it connects anew. It reads MQTT's framing only:
+/// a fixed header and the remaining length, then the packet.
+pub struct ForgetfulBroker {
+    pub port: u16,
+    state: Arc<Forgetting>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Forgetting {
+    /// 0 hearing; 1 deaf until a SUBSCRIBE; 2 deaf until a new connection.
+    mode: std::sync::atomic::AtomicU8,
+    connections: std::sync::atomic::AtomicUsize,
+    subscribes_while_deaf: std::sync::atomic::AtomicUsize,
+    dropped: std::sync::atomic::AtomicUsize,
+}
+
+impl ForgetfulBroker {
+    pub async fn start(broker: std::net::SocketAddr) -> ForgetfulBroker {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port on 127.0.0.1");
+        let port = listener.local_addr().expect("local addr").port();
+        let state = Arc::new(Forgetting::default());
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(broker).await else {
+                    continue;
+                };
+                let _ = shared.mode.compare_exchange(
+                    2,
+                    0,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                shared
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(forgetful_connection(client, upstream, shared.clone()));
+            }
+        });
+        ForgetfulBroker { port, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on the client hears nothing, until it subscribes again (or,
+    /// with `until_reconnect`, until it connects again).
+    pub fn forget(&self, until_reconnect: bool) {
+        self.state.mode.store(
+            1 + u8::from(until_reconnect),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// Whether the client hears the broker.
+    pub fn hearing(&self) -> bool {
+        self.state.mode.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// SUBSCRIBEs the client sent while it heard nothing.
+    pub fn subscribes_while_deaf(&self) -> usize {
+        self.state
+            .subscribes_while_deaf
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// PUBLISHes dropped on their way to the client.
+    pub fn dropped(&self) -> usize {
+        self.state.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ForgetfulBroker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One MQTT packet off a stream: the fixed header's first byte and the
+/// whole packet's bytes (header included). `None` at the end of the stream.
+async fn mqtt_packet(stream: &mut tokio::net::tcp::OwnedReadHalf) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let first = stream.read_u8().await.ok()?;
+    let mut bytes = vec![first];
+    let mut length = 0usize;
+    for shift in [0, 7, 14, 21] {
+        let byte = stream.read_u8().await.ok()?;
+        bytes.push(byte);
+        length |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let start = bytes.len();
+    bytes.resize(start + length, 0);
+    stream.read_exact(&mut bytes[start..]).await.ok()?;
+    Some((first, bytes))
+}
+
+async fn forgetful_connection(
+    client: tokio::net::TcpStream,
+    upstream: tokio::net::TcpStream,
+    state: Arc<Forgetting>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::AsyncWriteExt;
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut broker_rx, broker_tx) = upstream.into_split();
+    // Both directions write to the broker: whole packets, one at a time.
+    let broker_tx = Arc::new(tokio::sync::Mutex::new(broker_tx));
+    let to_broker = broker_tx.clone();
+    let subscribe_state = state.clone();
+    let up = tokio::spawn(async move {
+        while let Some((first, packet)) = mqtt_packet(&mut client_rx).await {
+            if first >> 4 == 8 {
+                // SUBSCRIBE: a client that asks again is heard again.
+                if subscribe_state.mode.load(SeqCst) != 0 {
+                    subscribe_state.subscribes_while_deaf.fetch_add(1, SeqCst);
+                }
+                let _ = subscribe_state.mode.compare_exchange(1, 0, SeqCst, SeqCst);
+            }
+            if to_broker.lock().await.write_all(&packet).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_broker.lock().await.shutdown().await;
+    });
+    while let Some((first, packet)) = mqtt_packet(&mut broker_rx).await {
+        if first >> 4 == 3 && state.mode.load(SeqCst) != 0 {
+            state.dropped.fetch_add(1, SeqCst);
+            let qos = (first >> 1) & 3;
+            if qos == 1 {
+                // The broker routed it: it waits for a PUBACK. Give it one
+                // so its window stays open, as if nothing had been routed.
+                // The fixed header ends with the remaining length's last
+                // byte (the first without its high bit).
+                let header = 1 + (1..=4).find(|i| packet[*i] & 0x80 == 0).unwrap_or(4);
+                let topic_len =
+                    usize::from(u16::from_be_bytes([packet[header], packet[header + 1]]));
+                let id = &packet[header + 2 + topic_len..header + 4 + topic_len];
+                let puback = [0x40, 0x02, id[0], id[1]];
+                if broker_tx.lock().await.write_all(&puback).await.is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
+        if client_tx.write_all(&packet).await.is_err() {
+            break;
+        }
+    }
+    let _ = client_tx.shutdown().await;
+    up.abort();
+}
