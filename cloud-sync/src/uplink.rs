@@ -691,7 +691,7 @@ impl Connection {
         } else {
             Some(self.session.hello_at)
         };
-        if !waiting_since.is_some_and(|at| at.elapsed() >= timeout) {
+        if waiting_since.is_none_or(|at| at.elapsed() < timeout) {
             return Link::Fine;
         }
         if self.cloud_online {
