@@ -18,7 +18,8 @@
 //!
 //! Figures: points/s ingested (from the gateway's own counter), the gateway's
 //! CPU (from /proc, as a percentage of one core) and RSS, REST write latency
-//! p50/p99 under that load, and the requests/s one TCP connection carries.
+//! p50/p99/max under that load (and the five slowest writes over 100 ms, with
+//! when they came), and the requests/s one TCP connection carries.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ mod common;
 use common::{
     env, metric, percentile, print_usage, project_dir, spawn_gateway, stop_gateway, wait_online,
 };
+
+/// A REST write slower than this is listed with its time in the window.
+const SLOW_WRITE: Duration = Duration::from_millis(100);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -131,6 +135,8 @@ async fn main() {
     let written0 = gw.write_bytes();
     let t0 = Instant::now();
     let mut latencies = Vec::new();
+    // Writes slower than SLOW_WRITE: when in the window, and how slow.
+    let mut slow = Vec::new();
     let mut failures = 0;
     let mut i = 0u32;
     while t0.elapsed() < Duration::from_secs(seconds as u64) {
@@ -139,7 +145,13 @@ async fn main() {
         let body = serde_json::json!({ "value": i % 60000 });
         let sent = Instant::now();
         match client.put(url).json(&body).send().await {
-            Ok(res) if res.status().is_success() => latencies.push(sent.elapsed()),
+            Ok(res) if res.status().is_success() => {
+                let took = sent.elapsed();
+                latencies.push(took);
+                if took > SLOW_WRITE {
+                    slow.push((sent.duration_since(t0).as_secs(), took));
+                }
+            }
             _ => failures += 1,
         }
         i += 1;
@@ -158,11 +170,27 @@ async fn main() {
         (gw.write_bytes() - written0) as f64 / 1024.0 / elapsed
     );
     println!(
-        "REST write latency      p50 {:.2} ms, p99 {:.2} ms ({} writes, {failures} failed)",
+        "REST write latency      p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} writes, {failures} failed)",
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
         percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
         latencies.len()
     );
+    if !slow.is_empty() {
+        let mut worst = slow.clone();
+        worst.sort_unstable_by_key(|(_, took)| std::cmp::Reverse(*took));
+        let shown: Vec<String> = worst
+            .iter()
+            .take(5)
+            .map(|(at, took)| format!("{} ms at {at} s", took.as_millis()))
+            .collect();
+        println!(
+            "REST writes over {} ms  {} (worst: {})",
+            SLOW_WRITE.as_millis(),
+            slow.len(),
+            shown.join(", ")
+        );
+    }
 
     for stream in streams {
         if let Ok((events, bytes, first)) = stream.await {

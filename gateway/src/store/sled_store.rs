@@ -335,7 +335,45 @@ enum Unfinished {
 /// entry that reached the disk is not written twice.
 type Numbered = (u64, Micros, Vec<u8>);
 
+/// Series per slice of a retention pass. A pass takes the store's lock once
+/// per slice, so the writer's commits (and with them REST writes) wait for
+/// one slice at most, not for the whole pass: cutting every head of 100 000
+/// series took 2.1 s in one piece.
+const TRIM_SLICE: u32 = 2048;
+
 impl SledStore {
+    /// Runs `each` on every series, [`TRIM_SLICE`] series per turn of the
+    /// store's lock; returns the sum of what it returned.
+    fn in_slices(
+        &self,
+        mut each: impl FnMut(&mut Inner, u32) -> Result<u64, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let mut sum = 0u64;
+        let mut start = 0u32;
+        let (mut slices, mut longest) = (0u32, std::time::Duration::ZERO);
+        loop {
+            let began = std::time::Instant::now();
+            let more = self.with_writable(|inner| {
+                // Series added between slices are in a later slice.
+                let series = inner.names.len() as u32;
+                let end = start.saturating_add(TRIM_SLICE).min(series);
+                for id in start..end {
+                    sum += each(inner, id)?;
+                }
+                start = end;
+                Ok(end < series)
+            })?;
+            slices += 1;
+            longest = longest.max(began.elapsed());
+            if !more {
+                tracing::debug!(
+                    "a walk of the series in {slices} slices; the longest held the store {longest:?}"
+                );
+                return Ok(sum);
+            }
+        }
+    }
+
     /// Runs a write, reopening the database first if the last write failed
     /// (and finishing a failed commit before anything else), and dropping it
     /// after a failure: sled would repeat that error forever.
@@ -1053,16 +1091,7 @@ impl Inner {
     /// Drops the records nothing needs any more, after cutting the heads that
     /// hold back more than [`LOG_TAIL_BYTES`] of log. Returns how many went.
     fn collect_log(&mut self) -> Result<u64, StoreError> {
-        // The oldest record the tail budget keeps.
-        let mut kept = 0u64;
-        let mut keep_from = 0u64;
-        for (first, info) in self.records.iter().rev() {
-            kept += info.bytes;
-            if kept > LOG_TAIL_BYTES {
-                keep_from = first + u64::from(info.count);
-                break;
-            }
-        }
+        let keep_from = self.tail_start();
         self.cut_where(|head| head.first_seq < keep_from)?;
         let held = self
             .heads
@@ -1089,6 +1118,19 @@ impl Inner {
             self.records.remove(first);
         }
         Ok(doomed.len() as u64)
+    }
+
+    /// The first sequence of the newest [`LOG_TAIL_BYTES`] of log: heads
+    /// holding records before it are cut.
+    fn tail_start(&self) -> u64 {
+        let mut kept = 0u64;
+        for (first, info) in self.records.iter().rev() {
+            kept += info.bytes;
+            if kept > LOG_TAIL_BYTES {
+                return first + u64::from(info.count);
+            }
+        }
+        0
     }
 
     /// Cuts the heads that `stale` picks into blocks.
@@ -1259,37 +1301,44 @@ impl Store for SledStore {
     }
 
     fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError> {
-        self.with_writable(|inner| {
-            let mut trimmed = Trimmed::default();
-            // Heads reaching back before `before` are cut first, so that
-            // their old points go with the blocks'.
-            inner.cut_where(|head| head.chunk.span().0 < before)?;
-            for id in 0..inner.names.len() as u32 {
-                trimmed.by_age += inner.blocks.trim_before(id, before)?;
+        let mut trimmed = Trimmed::default();
+        // Heads reaching back before `before`, or holding back records the
+        // log's tail budget lets go, are cut first, so that their old points
+        // go with the blocks'.
+        let keep_from = self.with_writable(|inner| Ok(inner.tail_start()))?;
+        trimmed.by_age = self.in_slices(|inner, id| {
+            if inner.heads.get(id as usize).is_some_and(|head| {
+                !head.chunk.is_empty()
+                    && (head.chunk.span().0 < before || head.first_seq < keep_from)
+            }) {
+                inner.cut(id)?;
             }
-            // Over budget: drop each series' oldest block, until under it or
-            // nothing is left. sled reclaims space lazily, so the loop is
-            // bounded rather than trusting the size to fall at once.
-            for round in 0..10 {
-                if inner.db.size_on_disk()? <= max_bytes {
-                    break;
-                }
+            inner.blocks.trim_before(id, before)
+        })?;
+        // Over budget: drop each series' oldest block, until under it or
+        // nothing is left. sled reclaims space lazily, so the loop is
+        // bounded rather than trusting the size to fall at once.
+        for round in 0..10 {
+            if self.with_writable(|inner| Ok(inner.db.size_on_disk()?))? <= max_bytes {
+                break;
+            }
+            let removed = self.in_slices(|inner, id| {
                 if round == 0 {
-                    inner.cut_where(|_| true)?;
+                    inner.cut(id)?;
                 }
-                let mut removed = 0;
-                for id in 0..inner.names.len() as u32 {
-                    removed += inner.blocks.drop_oldest(id)?;
-                }
-                trimmed.by_size += removed;
-                if removed == 0 {
-                    break;
-                }
+                inner.blocks.drop_oldest(id)
+            })?;
+            trimmed.by_size += removed;
+            if removed == 0 {
+                break;
             }
+        }
+        self.with_writable(|inner| {
             inner.collect_log()?;
             inner.db.flush()?;
-            Ok(trimmed)
-        })
+            Ok(())
+        })?;
+        Ok(trimmed)
     }
 
     fn append(&self, log: Log, entries: &[(Micros, Vec<u8>)]) -> Result<Vec<u64>, StoreError> {
@@ -1674,6 +1723,34 @@ mod tests {
         );
         let trimmed = store.trim(0, 0)?;
         assert!(trimmed.by_size > 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_retention_pass_in_slices_reaches_every_series() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        let series = 2 * TRIM_SLICE as i64 + 5;
+        let names: Vec<String> = (0..series).map(|i| format!("p{i}")).collect();
+        for ts in [10, 2000] {
+            let changes: Vec<Change> = names
+                .iter()
+                .map(|p| change("d", p, ts, Value::Int(ts)))
+                .collect();
+            store.commit(&changes)?;
+        }
+        let trimmed = store.trim(1000, u64::MAX)?;
+        assert_eq!(trimmed.by_age, series as u64, "one old point of each");
+        let last = names.last().map_or("", String::as_str);
+        let kept = store.history("d", last, 0, i64::MAX, 10, End::Oldest)?;
+        assert_eq!(kept.iter().map(|s| s.ts).collect::<Vec<_>>(), [2000]);
+        let trimmed = store.trim(0, 0)?;
+        assert_eq!(trimmed.by_size, series as u64, "the other point of each");
+        assert!(
+            store
+                .history("d", last, 0, i64::MAX, 10, End::Oldest)?
+                .is_empty()
+        );
         Ok(())
     }
 
