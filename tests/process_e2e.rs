@@ -157,16 +157,14 @@ async fn sigkill_loses_nothing_the_api_had_shown() {
 
 #[tokio::test]
 async fn the_demo_serves_changing_modbus_values() {
-    let ServingProcess {
-        mut child,
-        api,
-        log: _log,
-    } = spawn_serving(
+    let mut demo = spawn_serving(
         env!("CARGO_BIN_EXE_ferrite"),
         &["demo".as_ref()],
         Stdio::piped(),
     )
     .await;
+    let api = demo.api.clone();
+    let child = &mut demo.child;
     let since = Instant::now();
     assert!(
         api.wait_status("boiler-1", "online", Duration::from_secs(2))
@@ -204,7 +202,7 @@ async fn the_demo_serves_changing_modbus_values() {
         (200, Some(61.5)),
         "{body}"
     );
-    signal(&child, "TERM");
+    signal(child, "TERM");
     let status = child.wait().expect("exit");
     assert!(status.success());
     let mut out = String::new();

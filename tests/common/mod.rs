@@ -288,6 +288,18 @@ pub struct ServingProcess {
     pub log: tempfile::NamedTempFile,
 }
 
+/// A test that fails (panics) still stops its processes: without this, a
+/// failed run left its gateways and control planes running, polling and
+/// holding ports, under every later run on the machine.
+impl Drop for ServingProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl ServingProcess {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
