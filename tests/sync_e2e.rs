@@ -359,8 +359,9 @@ async fn deaf_uplink(until_reconnect: bool) {
     .await;
     assert!(flowing, "nothing synced:\n{}", gateway.log_tail());
 
-    // (The gateway may have connected more than once by now: readiness
-    // probes connect too.)
+    // Counted from here: the proxy has sometimes seen a connection more
+    // than the gateway's log shows (a first attempt that failed before its
+    // CONNACK, which the uplink logs at debug level).
     let connections = forgetful.connections();
     forgetful.forget(until_reconnect);
     // With ack_timeout 2 s: a resubscription after ~2 s; a new connection

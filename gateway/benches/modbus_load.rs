@@ -177,9 +177,9 @@ async fn main() {
         latencies.len()
     );
     if !slow.is_empty() {
-        let mut worst = slow.clone();
-        worst.sort_unstable_by_key(|(_, took)| std::cmp::Reverse(*took));
-        let shown: Vec<String> = worst
+        let count = slow.len();
+        slow.sort_unstable_by_key(|(_, took)| std::cmp::Reverse(*took));
+        let shown: Vec<String> = slow
             .iter()
             .take(5)
             .map(|(at, took)| format!("{} ms at {at} s", took.as_millis()))
@@ -187,7 +187,7 @@ async fn main() {
         println!(
             "REST writes over {} ms  {} (worst: {})",
             SLOW_WRITE.as_millis(),
-            slow.len(),
+            count,
             shown.join(", ")
         );
     }

@@ -7,6 +7,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicU8, AtomicUsize};
 use std::time::Duration;
 
 use ferrite_gateway::runtime::{Gateway, Options};
@@ -425,10 +427,10 @@ pub struct ForgetfulBroker {
 #[derive(Default)]
 struct Forgetting {
     /// 0 hearing; 1 deaf until a SUBSCRIBE; 2 deaf until a new connection.
-    mode: std::sync::atomic::AtomicU8,
-    connections: std::sync::atomic::AtomicUsize,
-    subscribes_while_deaf: std::sync::atomic::AtomicUsize,
-    dropped: std::sync::atomic::AtomicUsize,
+    mode: AtomicU8,
+    connections: AtomicUsize,
+    subscribes_while_deaf: AtomicUsize,
+    dropped: AtomicUsize,
 }
 
 impl ForgetfulBroker {
@@ -444,15 +446,8 @@ impl ForgetfulBroker {
                 let Ok(upstream) = tokio::net::TcpStream::connect(broker).await else {
                     continue;
                 };
-                let _ = shared.mode.compare_exchange(
-                    2,
-                    0,
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                );
-                shared
-                    .connections
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = shared.mode.compare_exchange(2, 0, SeqCst, SeqCst);
+                shared.connections.fetch_add(1, SeqCst);
                 tokio::spawn(forgetful_connection(client, upstream, shared.clone()));
             }
         });
@@ -466,34 +461,27 @@ impl ForgetfulBroker {
     /// From now on the client hears nothing, until it subscribes again (or,
     /// with `until_reconnect`, until it connects again).
     pub fn forget(&self, until_reconnect: bool) {
-        self.state.mode.store(
-            1 + u8::from(until_reconnect),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        self.state.mode.store(1 + u8::from(until_reconnect), SeqCst);
     }
 
     /// Whether the client hears the broker.
     pub fn hearing(&self) -> bool {
-        self.state.mode.load(std::sync::atomic::Ordering::SeqCst) == 0
+        self.state.mode.load(SeqCst) == 0
     }
 
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
-        self.state
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.state.connections.load(SeqCst)
     }
 
     /// SUBSCRIBEs the client sent while it heard nothing.
     pub fn subscribes_while_deaf(&self) -> usize {
-        self.state
-            .subscribes_while_deaf
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.state.subscribes_while_deaf.load(SeqCst)
     }
 
     /// PUBLISHes dropped on their way to the client.
     pub fn dropped(&self) -> usize {
-        self.state.dropped.load(std::sync::atomic::Ordering::SeqCst)
+        self.state.dropped.load(SeqCst)
     }
 }
 
@@ -529,7 +517,6 @@ async fn forgetful_connection(
     upstream: tokio::net::TcpStream,
     state: Arc<Forgetting>,
 ) {
-    use std::sync::atomic::Ordering::SeqCst;
     use tokio::io::AsyncWriteExt;
     let (mut client_rx, mut client_tx) = client.into_split();
     let (mut broker_rx, broker_tx) = upstream.into_split();
