@@ -338,7 +338,7 @@ enum Unfinished {
 type Numbered = (u64, Micros, Vec<u8>);
 
 /// Series per slice of a retention pass. A pass takes the store's lock once
-/// per slice (and gives it up fairly: [`SledStore::with_writable_fair`]), so
+/// per slice (and gives it up fairly: [`SledStore::in_turns`]), so
 /// the writer's commits (and with them REST writes) wait for one slice at
 /// most, not for the whole pass: cutting every head of 100 000 series took
 /// 2.1 s in one piece; a slice that cuts 512 heads takes under 20 ms.
@@ -358,26 +358,37 @@ impl SledStore {
     ) -> Result<u64, StoreError> {
         let mut sum = 0u64;
         let mut start = 0u32;
-        let (mut slices, mut longest) = (0u32, std::time::Duration::ZERO);
+        let (slices, longest) = self.in_turns(|inner| {
+            // Series added between slices are in a later slice.
+            let series = inner.names.len() as u32;
+            let end = start.saturating_add(TRIM_SLICE).min(series);
+            for id in start..end {
+                sum += each(inner, id)?;
+            }
+            start = end;
+            Ok(end < series)
+        })?;
+        tracing::debug!(
+            "a walk of the series in {slices} slices; the longest held the store {longest:?}"
+        );
+        Ok(sum)
+    }
+
+    /// Runs `turn` under the store's lock until it says nothing is left,
+    /// giving the lock up fairly after each turn, so that a commit waiting
+    /// for it goes before the next. Returns the turns taken and the longest.
+    fn in_turns(
+        &self,
+        mut turn: impl FnMut(&mut Inner) -> Result<bool, StoreError>,
+    ) -> Result<(u32, std::time::Duration), StoreError> {
+        let (mut turns, mut longest) = (0u32, std::time::Duration::ZERO);
         loop {
             let began = std::time::Instant::now();
-            let more = self.with_writable_fair(|inner| {
-                // Series added between slices are in a later slice.
-                let series = inner.names.len() as u32;
-                let end = start.saturating_add(TRIM_SLICE).min(series);
-                for id in start..end {
-                    sum += each(inner, id)?;
-                }
-                start = end;
-                Ok(end < series)
-            })?;
-            slices += 1;
+            let more = self.writing(&mut turn, true)?;
+            turns += 1;
             longest = longest.max(began.elapsed());
             if !more {
-                tracing::debug!(
-                    "a walk of the series in {slices} slices; the longest held the store {longest:?}"
-                );
-                return Ok(sum);
+                return Ok((turns, longest));
             }
         }
     }
@@ -392,16 +403,8 @@ impl SledStore {
         self.writing(write, false)
     }
 
-    /// [`Self::with_writable`] for one slice of a long walk: the lock is
-    /// given up fairly afterwards, so a commit waiting for it goes before
-    /// the walk's next slice.
-    fn with_writable_fair<T>(
-        &self,
-        write: impl FnOnce(&mut Inner) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.writing(write, true)
-    }
-
+    /// [`Self::with_writable`], giving the lock up fairly after it when
+    /// `fair` ([`Self::in_turns`]).
     fn writing<T>(
         &self,
         write: impl FnOnce(&mut Inner) -> Result<T, StoreError>,
@@ -471,18 +474,14 @@ impl SledStore {
     fn collect_log(&self) -> Result<u64, StoreError> {
         let began = std::time::Instant::now();
         let limit = self.with_writable(Inner::collectable_before)?;
-        let (mut dropped, mut slices, mut longest) = (0u64, 0u32, began.elapsed());
-        loop {
-            let turn = std::time::Instant::now();
-            let (went, more) =
-                self.with_writable_fair(|inner| inner.drop_records_before(limit, COLLECT_SLICE))?;
+        let first = began.elapsed();
+        let mut dropped = 0u64;
+        let (slices, longest) = self.in_turns(|inner| {
+            let (went, more) = inner.drop_records_before(limit, COLLECT_SLICE)?;
             dropped += went;
-            slices += 1;
-            longest = longest.max(turn.elapsed());
-            if !more {
-                break;
-            }
-        }
+            Ok(more)
+        })?;
+        let longest = longest.max(first);
         tracing::debug!(
             "{dropped} log records dropped in {slices} slices; the longest held the store {longest:?}"
         );
