@@ -10,6 +10,13 @@
 //! with them before it is written. So a range query reads the blocks in key
 //! order and stops at the first past its end, and two points at one time
 //! cannot hide in two blocks.
+//!
+//! The blocks also keep a lower bound of the oldest time at rest, so that
+//! the minute's retention pass can tell without reading a block that none
+//! is old enough to go (see [`Blocks::oldest`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use ferrite_models::Value;
 
@@ -27,6 +34,12 @@ pub type Point = (Micros, Value);
 #[derive(Clone)]
 pub struct Blocks {
     tree: sled::Tree,
+    /// No block at rest starts before this. `Micros::MIN` (anything may be
+    /// there) until a retention walk has looked at every series; each
+    /// block written lowers it, a walk raises it ([`Blocks::settle`]).
+    oldest: Arc<AtomicI64>,
+    /// The earliest start written since the last walk began.
+    written: Arc<AtomicI64>,
 }
 
 /// A block's key.
@@ -103,7 +116,44 @@ impl Blocks {
     pub fn open(db: &sled::Db) -> Result<Blocks, StoreError> {
         Ok(Blocks {
             tree: db.open_tree("blocks")?,
+            oldest: Arc::new(AtomicI64::new(Micros::MIN)),
+            written: Arc::new(AtomicI64::new(Micros::MAX)),
         })
+    }
+
+    /// No block at rest starts before this time (a lower bound: the true
+    /// oldest may be later, after blocks went).
+    pub fn oldest(&self) -> Micros {
+        self.oldest.load(Ordering::Acquire)
+    }
+
+    /// A walk of every series, calling [`Blocks::trim_before`] on each,
+    /// begins: blocks written from now on are remembered for
+    /// [`Blocks::settle`].
+    pub fn walk_begins(&self) {
+        self.written.store(Micros::MAX, Ordering::Release);
+    }
+
+    /// The walk has looked at every series and `left` is the earliest start
+    /// it left behind: that, or an earlier block written during the walk,
+    /// is the oldest now.
+    pub fn settle(&self, left: Micros) {
+        let written = self.written.load(Ordering::Acquire);
+        self.oldest.store(left.min(written), Ordering::Release);
+    }
+
+    /// Whether `other` is this same handle's bookkeeping (not that of a
+    /// store reopened since).
+    pub fn is(&self, other: &Blocks) -> bool {
+        Arc::ptr_eq(&self.oldest, &other.oldest)
+    }
+
+    /// Inserts a block starting at `start`.
+    fn insert(&self, id: u32, start: Micros, points: &[Point]) -> Result<(), StoreError> {
+        self.oldest.fetch_min(start, Ordering::AcqRel);
+        self.written.fetch_min(start, Ordering::AcqRel);
+        self.tree.insert(key(id, start), encode(points))?;
+        Ok(())
     }
 
     /// Writes `points` (in time order, later points winning at equal
@@ -124,8 +174,7 @@ impl Blocks {
             overlapping.push((k.clone(), block.points(&k)?));
         }
         if overlapping.is_empty() {
-            self.tree.insert(key(id, min), encode(&points))?;
-            return Ok(());
+            return self.insert(id, min, &points);
         }
         // Older blocks first, then the new points, so that these win.
         let mut merged = Vec::new();
@@ -135,10 +184,10 @@ impl Blocks {
         }
         merged.extend(points);
         let merged = chunk::in_time_order(merged);
-        if let Some((start, _)) = merged.first() {
-            self.tree.insert(key(id, *start), encode(&merged))?;
+        match merged.first() {
+            Some((start, _)) => self.insert(id, *start, &merged),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Series `id`'s points between `since` and `until` (inclusive), in time
@@ -203,13 +252,27 @@ impl Blocks {
         Ok(parse(&k, &v)?.points(&k)?.pop())
     }
 
-    /// Drops series `id`'s points before `before`; returns how many.
-    pub fn trim_before(&self, id: u32, before: Micros) -> Result<u64, StoreError> {
+    /// Drops series `id`'s points before `before`; returns how many, and
+    /// the earliest time the series keeps at rest, if any.
+    pub fn trim_before(
+        &self,
+        id: u32,
+        before: Micros,
+    ) -> Result<(u64, Option<Micros>), StoreError> {
+        let mut doomed = Vec::new();
+        let mut left = None;
+        // In key order, so by time: the first block starting at or after
+        // `before` ends the scan.
+        for item in self.tree.scan_prefix(id.to_be_bytes()) {
+            let (k, v) = item?;
+            let start = split_key(&k).map_or(Micros::MIN, |(_, start)| start);
+            if start >= before {
+                left = Some(start);
+                break;
+            }
+            doomed.push((k, v));
+        }
         let mut removed = 0u64;
-        let doomed: Vec<_> = self
-            .tree
-            .range(key(id, Micros::MIN)..key(id, before))
-            .collect::<Result<_, _>>()?;
         for (k, v) in doomed {
             let block = parse(&k, &v)?;
             if block.max_ts < before {
@@ -217,16 +280,18 @@ impl Blocks {
                 self.tree.remove(&k)?;
                 continue;
             }
-            // Straddles `before`: keep its newer part.
+            // Straddles `before` (the last block that can: blocks do not
+            // overlap): keep its newer part, the series' earliest now.
             let points = block.points(&k)?;
             let kept: Vec<Point> = points.iter().filter(|p| p.0 >= before).cloned().collect();
             removed += (points.len() - kept.len()) as u64;
             self.tree.remove(&k)?;
             if let Some((start, _)) = kept.first() {
-                self.tree.insert(key(id, *start), encode(&kept))?;
+                self.insert(id, *start, &kept)?;
+                left = Some(*start);
             }
         }
-        Ok(removed)
+        Ok((removed, left))
     }
 
     /// Drops series `id`'s oldest block; returns its point count.
@@ -304,13 +369,32 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_time_at_rest_is_a_lower_bound_that_a_walk_raises() -> Result<(), StoreError> {
+        let (_dir, blocks) = blocks();
+        assert_eq!(blocks.oldest(), Micros::MIN, "unknown until a walk");
+        blocks.write(1, ints(5..10))?;
+        blocks.walk_begins();
+        let (_, left) = blocks.trim_before(1, 0)?;
+        assert_eq!(left, Some(50));
+        // Written during the walk, to a series it has already passed.
+        blocks.write(2, ints(2..4))?;
+        blocks.settle(left.unwrap_or(Micros::MAX));
+        assert_eq!(blocks.oldest(), 20);
+        blocks.write(3, ints(1..2))?;
+        assert_eq!(blocks.oldest(), 10, "a block written lowers it at once");
+        Ok(())
+    }
+
+    #[test]
     fn trimming_drops_whole_blocks_and_cuts_the_one_that_straddles() -> Result<(), StoreError> {
         let (_dir, blocks) = blocks();
         blocks.write(1, ints(0..5))?;
         blocks.write(1, ints(5..10))?;
-        assert_eq!(blocks.trim_before(1, 70)?, 7);
+        assert_eq!(blocks.trim_before(1, 70)?, (7, Some(70)));
         let left = blocks.range(1, i64::MIN, i64::MAX, 100, End::Oldest)?;
         assert_eq!(left, ints(7..10));
+        assert_eq!(blocks.trim_before(1, 70)?, (0, Some(70)), "nothing more");
+        assert_eq!(blocks.trim_before(2, 70)?, (0, None), "no blocks");
         assert_eq!(blocks.drop_oldest(1)?, 3);
         assert_eq!(blocks.drop_oldest(1)?, 0);
         Ok(())

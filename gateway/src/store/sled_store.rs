@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -898,6 +898,35 @@ impl Inner {
         Ok(())
     }
 
+    /// The series ids of `changes`, naming the series seen for the first
+    /// time. A commit's changes come a device at a time (the writer takes a
+    /// device's poll whole), so a device's name is looked up once per run
+    /// of its changes rather than once per change.
+    fn ids(&mut self, changes: &[Change]) -> Result<Vec<u32>, StoreError> {
+        let mut ids = Vec::with_capacity(changes.len());
+        let mut device: Option<(&Arc<str>, Option<u32>)> = None;
+        for change in changes {
+            let number = match device {
+                Some((name, number))
+                    if Arc::ptr_eq(name, &change.device) || *name == change.device =>
+                {
+                    number
+                }
+                _ => self.names.device(&change.device),
+            };
+            device = Some((&change.device, number));
+            match number.and_then(|n| self.names.get_in(n, &change.property)) {
+                Some(id) => ids.push(id),
+                None => {
+                    ids.push(self.id(&change.device, &change.property)?);
+                    // Naming it may have numbered the device.
+                    device = None;
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     fn id(&mut self, device: &str, property: &str) -> Result<u32, StoreError> {
         if let Some(id) = self.names.get(device, property) {
             return Ok(id);
@@ -945,10 +974,7 @@ impl Inner {
             }
             return Ok(first);
         }
-        let ids = changes
-            .iter()
-            .map(|c| self.id(&c.device, &c.property))
-            .collect::<Result<Vec<u32>, _>>()?;
+        let ids = self.ids(changes)?;
         self.write_names_page()?;
         let points: Vec<(u32, Micros, &ferrite_models::Value)> = ids
             .iter()
@@ -1372,7 +1398,18 @@ impl Store for SledStore {
         // Heads reaching back before `before`, or holding back records the
         // log's tail budget lets go, are cut first, so that their old points
         // go with the blocks'.
-        let keep_from = self.with_writable(|inner| Ok(inner.tail_start()))?;
+        // The blocks are read only when one may be old enough to go: under
+        // a steady load, history younger than `before` (or trimmed by size)
+        // would otherwise have every series' blocks looked up each minute,
+        // a pass that grew to a second with 20 minutes of history.
+        let (keep_from, walk) = self.with_writable(|inner| {
+            let walk = (before > inner.blocks.oldest()).then(|| inner.blocks.clone());
+            if let Some(blocks) = &walk {
+                blocks.walk_begins();
+            }
+            Ok((inner.tail_start(), walk))
+        })?;
+        let mut left = Micros::MAX;
         trimmed.by_age = self.in_slices(|inner, id| {
             if inner.heads.get(id as usize).is_some_and(|head| {
                 !head.chunk.is_empty()
@@ -1380,8 +1417,26 @@ impl Store for SledStore {
             }) {
                 inner.cut(id)?;
             }
-            inner.blocks.trim_before(id, before)
+            // Outside a walk, a head just cut may have put a block before
+            // `before` (its device's clock set back): that series is
+            // trimmed now. Any other series' blocks start after `before`.
+            if walk.is_none() && inner.blocks.oldest() >= before {
+                return Ok(0);
+            }
+            let (removed, kept_from) = inner.blocks.trim_before(id, before)?;
+            left = left.min(kept_from.unwrap_or(Micros::MAX));
+            Ok(removed)
         })?;
+        if let Some(walked) = walk {
+            // Not after a reopen between slices: blocks written before it
+            // were noted by the handle that went, so the bound starts over.
+            self.with_writable(|inner| {
+                if inner.blocks.is(&walked) {
+                    inner.blocks.settle(left);
+                }
+                Ok(())
+            })?;
+        }
         // Over budget: drop each series' oldest block, until under it or
         // nothing is left. sled reclaims space lazily, so the loop is
         // bounded rather than trusting the size to fall at once.
@@ -1932,6 +1987,96 @@ mod tests {
             .into_iter()
             .map(|s| (s.ts, s.value))
             .collect())
+    }
+
+    #[test]
+    fn retention_reads_blocks_only_when_one_may_be_old_enough() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        let points = |property: &str, times: std::ops::Range<i64>| -> Vec<Change> {
+            times
+                .map(|ts| change("d", property, ts, Value::Int(ts)))
+                .collect()
+        };
+        // 120 points: the head is cut into a block from 1000 to 1119.
+        store.commit(&points("a", 1000..1120))?;
+        let blocks = || -> Result<Micros, StoreError> {
+            let guard = store.read();
+            Ok(guard.as_ref().ok_or_else(reopening)?.blocks.oldest())
+        };
+        assert_eq!(blocks()?, Micros::MIN, "unknown until a walk");
+        assert_eq!(store.trim(500, u64::MAX)?.by_age, 0);
+        assert_eq!(blocks()?, 1000, "the walk found the oldest");
+        assert_eq!(
+            store.trim(900, u64::MAX)?.by_age,
+            0,
+            "no walk: nothing before 1000"
+        );
+        // A device whose clock went back: its head is cut in the pass and
+        // its block, older than `before`, goes in the same pass.
+        store.commit(&points("b", 10..11))?;
+        assert_eq!(store.trim(900, u64::MAX)?.by_age, 1);
+        assert_eq!(all(&store, "b")?, vec![]);
+        // The bound is 10 now (a lower bound): the next pass walks, trims,
+        // and raises it to what is left.
+        assert_eq!(store.trim(1050, u64::MAX)?.by_age, 50);
+        assert_eq!(all(&store, "a")?.first(), Some(&(1050, Value::Int(1050))));
+        assert_eq!(blocks()?, 1050);
+        assert_eq!(store.trim(1040, u64::MAX)?.by_age, 0);
+        assert_eq!(all(&store, "a")?.len(), 70);
+        Ok(())
+    }
+
+    #[test]
+    fn a_commit_finds_each_change_its_own_series_across_devices_and_new_names()
+    -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        let shared: Arc<str> = "x".into();
+        let named = |device: &str, ts: Micros, value: i64| Change {
+            device: device.into(),
+            property: shared.clone(),
+            at: Stamped {
+                ts,
+                value: Value::Int(value),
+            },
+        };
+        store.commit(&[named("a", 1, 1), named("b", 1, 2)])?;
+        // Runs of one device, a device after another with the same
+        // property name, a new property and a new device in the middle.
+        store.commit(&[
+            named("a", 2, 10),
+            change("a", "y", 2, Value::Int(11)),
+            named("a", 3, 12),
+            named("b", 2, 20),
+            named("c", 2, 30),
+            change("c", "y", 2, Value::Int(31)),
+            named("b", 3, 21),
+        ])?;
+        let history = |device: &str, property: &str| -> Result<Vec<(Micros, Value)>, StoreError> {
+            Ok(store
+                .history(
+                    device,
+                    property,
+                    i64::MIN,
+                    i64::MAX,
+                    usize::MAX,
+                    End::Oldest,
+                )?
+                .into_iter()
+                .map(|s| (s.ts, s.value))
+                .collect())
+        };
+        let int = |points: &[(Micros, i64)]| -> Vec<(Micros, Value)> {
+            points.iter().map(|(ts, v)| (*ts, Value::Int(*v))).collect()
+        };
+        assert_eq!(history("a", "x")?, int(&[(1, 1), (2, 10), (3, 12)]));
+        assert_eq!(history("a", "y")?, int(&[(2, 11)]));
+        assert_eq!(history("b", "x")?, int(&[(1, 2), (2, 20), (3, 21)]));
+        assert_eq!(history("c", "x")?, int(&[(2, 30)]));
+        assert_eq!(history("c", "y")?, int(&[(2, 31)]));
+        assert_eq!(store.measure()?.series, 5);
+        Ok(())
     }
 
     #[test]
