@@ -19,7 +19,19 @@
 //!    slow drift, one decimal) committed 100 at a time, then the whole day
 //!    read back (`history`, oldest first, and the newest 1000), median of
 //!    20 queries; bytes per point in its blocks.
+//!
+//! With `LONG_SECONDS=N` it runs only a fifth phase instead:
+//!
+//! 5. **A long run, simulated.** N seconds of `modbus_load`'s 10% shape on
+//!    simulated clocks, as fast as the store takes it: 1000 devices × 100
+//!    properties (SERIES), each device's 10 changes a second grouped 32
+//!    devices to a commit as the writer groups them (`GROUP`), and the retention pass
+//!    every simulated minute with the defaults (`history_mib` 256, 7 days).
+//!    Every simulated minute: RSS, the store on disk, blocks, log records,
+//!    head points. What the store alone holds after minutes of load, in a
+//!    minute or two of wall time.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrite_gateway::store::{Change, End, SledStore, Stamped, Store};
@@ -79,6 +91,11 @@ fn change(device: usize, property: usize, ts: i64, value: f64) -> Change {
 }
 
 fn main() {
+    let long = env("LONG_SECONDS", 0);
+    if long > 0 {
+        let group = env("GROUP", ferrite_gateway::store::writer::MAX_BATCH).max(1);
+        return long_run(env("SERIES", 100_000).max(1000), long as i64, group);
+    }
     let series = env("SERIES", 100_000).max(1000);
     let changes = env("CHANGES", 1_000_000);
     let batch = env("BATCH", 10_000).max(1);
@@ -204,5 +221,84 @@ fn main() {
         (before.block_bytes - ahead.block_bytes) as f64
             / (before.block_points - ahead.block_points).max(1) as f64,
         store.size_on_disk().unwrap_or(0) as f64 / 1048576.0
+    );
+}
+
+/// Phase 5: `seconds` of 10% changing over `series` (1000 devices' worth
+/// of properties each) on simulated clocks.
+fn long_run(series: usize, seconds: i64, group: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let defaults = ferrite_models::config::StoreSection::default();
+    let cache = defaults.cache_mib * 1024 * 1024;
+    let max_bytes = defaults.history_mib * 1024 * 1024;
+    let max_age = i64::try_from(defaults.history_age.0.as_micros()).unwrap_or(i64::MAX);
+    let store = SledStore::open_with_cache(dir.path(), cache).expect("store");
+    let devices = series / 100;
+    println!(
+        "store_load, long run: {seconds} simulated s, {devices} devices × 100 properties, 10% changing, {group} devices a commit"
+    );
+    println!("   sim s    wall s   RSS MiB  disk MiB  pass ms");
+    // The names as the gateway hands them on: one `Arc` per name.
+    let device_names: Vec<Arc<str>> = (0..devices).map(|d| format!("dev{d}").into()).collect();
+    let property_names: Vec<Arc<str>> = (0..100).map(|p| format!("r{p}").into()).collect();
+    let (device_names, property_names) = (&device_names, &property_names);
+    let start = 1_700_000_000_000_000i64;
+    let (t, cpu0, written0) = (Instant::now(), cpu(), written());
+    let mut pass_ms = 0.0;
+    for second in 0..seconds {
+        let ts = start + second * 1_000_000;
+        for devices in (0..devices).collect::<Vec<_>>().chunks(group) {
+            let commit: Vec<Change> = devices
+                .iter()
+                .flat_map(|&device| {
+                    // Ten of the device's hundred registers, a different
+                    // ten each second: each changes every ten seconds.
+                    (0..10).map(move |k| {
+                        let property = (k * 10 + (second as usize + device) % 10) % 100;
+                        Change {
+                            device: device_names[device].clone(),
+                            property: property_names[property].clone(),
+                            at: Stamped {
+                                ts,
+                                value: Value::Float((second * 7 + k as i64) as f64 / 10.0),
+                            },
+                        }
+                    })
+                })
+                .collect();
+            store.commit(&commit).expect("commit");
+        }
+        if (second + 1) % 60 == 0 {
+            let pass = Instant::now();
+            store.trim(ts - max_age, max_bytes).expect("trim");
+            pass_ms = pass.elapsed().as_secs_f64() * 1000.0;
+            println!(
+                "{:>8} {:>9.1} {:>9.1} {:>9.1} {:>8.0}",
+                second + 1,
+                t.elapsed().as_secs_f64(),
+                rss_mib(),
+                store.size_on_disk().unwrap_or(0) as f64 / 1048576.0,
+                pass_ms
+            );
+        }
+    }
+    let changes = seconds as f64 * devices as f64 * 10.0;
+    let (cpu_s, written_b) = (cpu() - cpu0, written() - written0);
+    // Counted once, at the end: the count reads every block, which would
+    // stir sled's cache if done every minute.
+    let layout = store.measure().expect("layout");
+    println!(
+        "layout                  {} blocks ({} points), {} log records ({:.1} MiB), heads {} points ({:.1} MiB)",
+        layout.blocks,
+        layout.block_points,
+        layout.records,
+        layout.record_bytes as f64 / 1048576.0,
+        layout.head_points,
+        layout.head_bytes as f64 / 1048576.0
+    );
+    println!(
+        "long run                {:.2} µs CPU and {:.1} bytes written per change; last pass {pass_ms:.0} ms",
+        cpu_s * 1e6 / changes,
+        written_b as f64 / changes
     );
 }
