@@ -23,20 +23,34 @@ use fs2::FileExt;
 /// folder `path` (the same path the config names). Returns the database and
 /// the files removed.
 pub fn open(config: sled::Config, path: &Path) -> sled::Result<(sled::Db, Vec<PathBuf>)> {
-    let removed = remove_unfinished_snapshots(path)?;
-    for file in &removed {
-        tracing::warn!(
-            "removed {}: an unfinished sled snapshot (left by a crash or a full disk) that sled would take for a corrupt database; the log has its contents",
-            file.display()
-        );
-    }
     // A database dropped a moment ago can still be locked: sled's flusher
     // thread lets go of the file lock when it ends, shortly after the drop.
-    // Wait for it a little rather than fail a reopen after an error.
+    // Wait for it a little rather than fail a reopen after an error. The
+    // unfinished snapshots are looked for on every turn: skipped while the
+    // lock was held, they would be there when sled opens a moment later.
     let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut removed = Vec::new();
     loop {
+        let waited_out = std::time::Instant::now() >= deadline;
+        match remove_unfinished_snapshots(path)? {
+            Some(files) => {
+                for file in &files {
+                    tracing::warn!(
+                        "removed {}: an unfinished sled snapshot (left by a crash or a full disk) that sled would take for a corrupt database; the log has its contents",
+                        file.display()
+                    );
+                }
+                removed.extend(files);
+            }
+            None if !waited_out => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            // Still in use: sled's own open says so.
+            None => {}
+        }
         match config.open() {
-            Err(e) if lock_busy(&e) && std::time::Instant::now() < deadline => {
+            Err(e) if lock_busy(&e) && !waited_out => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return Ok((other?, removed)),
@@ -60,20 +74,19 @@ fn lock_busy(e: &sled::Error) -> bool {
 /// How long `open` waits for a lock that a dropped database still holds.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Removes `path/snap.*.generating`, unless another process holds the
-/// database's lock.
-pub fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Removes `path/snap.*.generating` and returns them, or `None` (nothing
+/// touched) while something holds the database's lock.
+pub fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<Option<Vec<PathBuf>>> {
     let db_file = path.join("db");
     if !db_file.exists() {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
     let lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&db_file)?;
     if lock.try_lock_exclusive().is_err() {
-        // In use: sled's own open will say so.
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(path)? {
@@ -86,7 +99,7 @@ pub fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<Vec<PathBuf>>
         }
     }
     let _ = FileExt::unlock(&lock);
-    Ok(removed)
+    Ok(Some(removed))
 }
 
 #[cfg(test)]
@@ -109,6 +122,27 @@ mod tests {
         let opened = open(sled::Config::new().path(&path), &path);
         release.join().expect("join");
         assert!(opened.is_ok(), "{:?}", opened.err());
+    }
+
+    #[test]
+    fn an_unfinished_snapshot_behind_a_lock_let_go_of_soon_is_removed_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let held = sled::Config::new().path(&path).open().expect("open");
+        held.insert(b"k", b"v".as_slice()).expect("insert");
+        held.flush().expect("flush");
+        std::fs::write(path.join("snap.00000000000FFFFF.generating"), b"").expect("write");
+        // The lock is held when `open` first looks (as by a database that
+        // was just dropped), and let go of before it gives up.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let opened = open(sled::Config::new().path(&path), &path);
+        release.join().expect("join");
+        let (db, removed) = opened.expect("opens once the lock is free");
+        assert_eq!(removed.len(), 1);
+        assert_eq!(db.get(b"k").expect("get").as_deref(), Some(b"v".as_slice()));
     }
 
     #[test]
@@ -141,7 +175,7 @@ mod tests {
         let _live = sled::Config::new().path(&path).open().expect("open");
         let unfinished = path.join("snap.0000000000000001.generating");
         std::fs::write(&unfinished, b"").expect("write");
-        assert!(remove_unfinished_snapshots(&path).expect("scan").is_empty());
+        assert_eq!(remove_unfinished_snapshots(&path).expect("scan"), None);
         assert!(unfinished.exists(), "another process might be writing it");
     }
 }
