@@ -26,11 +26,13 @@
 //!    simulated clocks, as fast as the store takes it: 1000 devices × 100
 //!    properties (SERIES), each device's 10 changes a second grouped 32
 //!    devices to a commit as the writer groups them (`GROUP`), and the retention pass
-//!    every simulated minute with the defaults (`history_mib` 256, 7 days).
-//!    Every simulated minute: RSS, the store on disk and the pass's time; at
-//!    the end, the layout (blocks, log records, head points) and the CPU and
-//!    bytes written per change. What the store alone holds after minutes of
-//!    load, in a minute or two of wall time.
+//!    every simulated minute with the defaults (`history_mib` 256, or
+//!    `HISTORY_MIB`; 7 days). Every simulated minute: RSS, the store on disk
+//!    (sled's file), the history held (which `history_mib` limits) and the
+//!    pass's time; at the end, the layout (blocks, log records, head points),
+//!    the CPU and bytes written per change, then the store reopened and its
+//!    first pass (which counts the blocks) timed. What the store alone holds
+//!    after minutes of load, in a minute or two of wall time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -231,14 +233,15 @@ fn long_run(series: usize, seconds: i64, group: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let defaults = ferrite_models::config::StoreSection::default();
     let cache = defaults.cache_mib * 1024 * 1024;
-    let max_bytes = defaults.history_mib * 1024 * 1024;
+    let max_bytes = env("HISTORY_MIB", defaults.history_mib as usize) as u64 * 1024 * 1024;
     let max_age = i64::try_from(defaults.history_age.0.as_micros()).unwrap_or(i64::MAX);
     let store = SledStore::open_with_cache(dir.path(), cache).expect("store");
     let devices = series / 100;
     println!(
-        "store_load, long run: {seconds} simulated s, {devices} devices × 100 properties, 10% changing, {group} devices a commit"
+        "store_load, long run: {seconds} simulated s, {devices} devices × 100 properties, 10% changing, {group} devices a commit, history_mib {}",
+        max_bytes / 1048576
     );
-    println!("   sim s    wall s   RSS MiB  disk MiB  pass ms");
+    println!("   sim s    wall s   RSS MiB  disk MiB  held MiB  pass ms");
     // The names as the gateway hands them on: one `Arc` per name.
     let device_names: Vec<Arc<str>> = (0..devices).map(|d| format!("dev{d}").into()).collect();
     let property_names: Vec<Arc<str>> = (0..100).map(|p| format!("r{p}").into()).collect();
@@ -273,11 +276,12 @@ fn long_run(series: usize, seconds: i64, group: usize) {
             store.trim(ts - max_age, max_bytes).expect("trim");
             pass_ms = pass.elapsed().as_secs_f64() * 1000.0;
             println!(
-                "{:>8} {:>9.1} {:>9.1} {:>9.1} {:>8.0}",
+                "{:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.0}",
                 second + 1,
                 t.elapsed().as_secs_f64(),
                 rss_mib(),
                 store.size_on_disk().unwrap_or(0) as f64 / 1048576.0,
+                store.history_bytes().unwrap_or(0) as f64 / 1048576.0,
                 pass_ms
             );
         }
@@ -300,5 +304,31 @@ fn long_run(series: usize, seconds: i64, group: usize) {
         "long run                {:.2} µs CPU and {:.1} bytes written per change; last pass {pass_ms:.0} ms",
         cpu_s * 1e6 / changes,
         written_b as f64 / changes
+    );
+    // A restart: the first pass counts every block into the size ledger.
+    drop(store);
+    let reopened = Instant::now();
+    let store = loop {
+        // sled lets its file lock go a little after the drop.
+        match SledStore::open_with_cache(dir.path(), cache) {
+            Ok(store) => break store,
+            Err(e) if reopened.elapsed() < Duration::from_secs(10) => {
+                eprintln!("reopen: {e}; again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    let opened = reopened.elapsed();
+    let pass = Instant::now();
+    store
+        .trim(start + seconds * 1_000_000 - max_age, max_bytes)
+        .expect("trim");
+    println!(
+        "after a restart         opened in {:.2} s; the first pass (it counts the blocks) {:.2} s; {:.1} MiB held, RSS {:.1} MiB",
+        opened.as_secs_f64(),
+        pass.elapsed().as_secs_f64(),
+        store.history_bytes().unwrap_or(0) as f64 / 1048576.0,
+        rss_mib()
     );
 }

@@ -146,6 +146,14 @@ async fn snapshot(state: &AppState) -> ScrapeSnapshot {
             i64::try_from(bytes).unwrap_or(i64::MAX),
         );
     }
+    let store = state.store.clone();
+    if let Ok(Some(bytes)) = crate::store::blocking::spawn(move || store.history_bytes()).await {
+        s.gauge(
+            "ferrite_store_history_bytes",
+            "Bytes of history held (blocks and log), which history_mib limits",
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+        );
+    }
     s.counter(
         "ferrite_malformed_payloads",
         "MQTT and Sparkplug payloads that did not decode",

@@ -165,8 +165,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         end: End,
     ) -> Result<Vec<Stamped>, StoreError>;
-    /// Drops history older than `before`, then the oldest entries until the
-    /// store is under `max_bytes`.
+    /// Drops history older than `before`; then, while the history held
+    /// ([`Store::history_bytes`]) is over `max_bytes`, what ends first.
     fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError>;
 
     /// Appends `(ts, body)` entries to `log` durably, in order; returns their
@@ -192,6 +192,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes the store takes on disk, if it is open.
     fn size_on_disk(&self) -> Option<u64> {
+        None
+    }
+
+    /// Bytes of history held (what `trim`'s `max_bytes` is held to), once
+    /// known.
+    fn history_bytes(&self) -> Option<u64> {
         None
     }
 

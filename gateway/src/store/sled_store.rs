@@ -275,7 +275,7 @@ impl SledStore {
             let layout = Layout {
                 series: inner.names.len() as u64,
                 records: inner.records.len() as u64,
-                record_bytes: inner.records.values().map(|r| r.bytes).sum(),
+                record_bytes: inner.record_bytes(),
                 head_points: heads.clone().map(|h| u64::from(h.chunk.len())).sum(),
                 head_bytes: heads.map(|h| h.chunk.heap_bytes() as u64).sum(),
                 ..Layout::default()
@@ -308,6 +308,18 @@ pub struct Layout {
     pub head_points: u64,
     /// Heap bytes the heads take.
     pub head_bytes: u64,
+}
+
+/// One walk of a retention pass ([`Inner::plan_trim`]).
+struct TrimPlan {
+    /// Heads holding records before this are cut ([`Inner::tail_start`]).
+    keep_from: u64,
+    /// Blocks that end before this go for size; `Micros::MIN` within it.
+    ended_before: Micros,
+    /// The blocks, when every series' blocks are to be looked at.
+    walk: Option<Blocks>,
+    /// Whether the walk counts the blocks into their ledger.
+    counting: bool,
 }
 
 /// A commit that failed, until its changes are stored.
@@ -486,6 +498,62 @@ impl SledStore {
             "{dropped} log records dropped in {slices} slices; the longest held the store {longest:?}"
         );
         Ok(dropped)
+    }
+
+    /// One walk of a retention pass, as `plan` says: heads reaching back
+    /// before `before`, or holding back records the log's tail budget lets
+    /// go, are cut first, so that their old points go with the blocks'; then
+    /// each series' blocks are trimmed (and, the first time, counted).
+    ///
+    /// The blocks are read only when one may be old enough to go: under a
+    /// steady load, history younger than `before` would otherwise have every
+    /// series' blocks looked up each minute, a pass that grew to a second
+    /// with 20 minutes of history.
+    fn trim_as(
+        &self,
+        plan: &TrimPlan,
+        before: Micros,
+        trimmed: &mut Trimmed,
+    ) -> Result<(), StoreError> {
+        let mut left = Micros::MAX;
+        let mut by_size = 0u64;
+        trimmed.by_age += self.in_slices(|inner, id| {
+            if plan.counting {
+                inner.blocks.count(id)?;
+            }
+            if inner.heads.get(id as usize).is_some_and(|head| {
+                !head.chunk.is_empty()
+                    && (head.chunk.span().0 < before || head.first_seq < plan.keep_from)
+            }) {
+                inner.cut(id)?;
+            }
+            // Outside a walk, a head just cut may have put a block before
+            // `before` (its device's clock set back): that series is
+            // trimmed now. Any other series' blocks start after `before`.
+            if plan.walk.is_none() && inner.blocks.oldest() >= before {
+                return Ok(0);
+            }
+            let trim = inner.blocks.trim(id, before, plan.ended_before)?;
+            left = left.min(trim.left.unwrap_or(Micros::MAX));
+            by_size += trim.by_size;
+            Ok(trim.by_age)
+        })?;
+        trimmed.by_size += by_size;
+        if let Some(walked) = &plan.walk {
+            // Not after a reopen between slices: blocks written before it
+            // were noted by the handle that went, so the bound (and the
+            // count) starts over.
+            self.with_writable(|inner| {
+                if inner.blocks.is(walked) {
+                    inner.blocks.settle(left);
+                    if plan.counting {
+                        inner.blocks.finish_count(inner.names.len() as u32)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     fn unfinished(&self) -> std::sync::MutexGuard<'_, Unfinished> {
@@ -1169,6 +1237,44 @@ impl Inner {
         Ok(out)
     }
 
+    /// What the next walk of a retention pass is to do. Past `max_bytes`
+    /// (the blocks' bytes, from their ledger, and the log's), the blocks
+    /// that end before the time that frees the excess go too.
+    fn plan_trim(&self, before: Micros, max_bytes: u64) -> TrimPlan {
+        let counting = !self.blocks.counted();
+        let held = self
+            .blocks
+            .held()
+            .map(|blocks| blocks + self.record_bytes());
+        let ended_before = held
+            .and_then(|held| held.checked_sub(max_bytes))
+            .filter(|over| *over > 0)
+            .and_then(|over| self.blocks.ended_before_freeing(over))
+            .unwrap_or(Micros::MIN);
+        if ended_before > Micros::MIN {
+            tracing::debug!(
+                "the store holds {} bytes of history, over {max_bytes}: blocks that end before {ended_before} go",
+                held.unwrap_or(0)
+            );
+        }
+        let walk = (counting || before > self.blocks.oldest() || ended_before > Micros::MIN)
+            .then(|| self.blocks.clone());
+        if let Some(blocks) = &walk {
+            blocks.walk_begins();
+        }
+        TrimPlan {
+            keep_from: self.tail_start(),
+            ended_before,
+            walk,
+            counting,
+        }
+    }
+
+    /// The bytes of the log's records.
+    fn record_bytes(&self) -> u64 {
+        self.records.values().map(|r| r.bytes).sum()
+    }
+
     /// Cuts the heads that hold back more than [`LOG_TAIL_BYTES`] of log,
     /// and returns the sequence below which no record is needed any more:
     /// every point before it is in a block, and every reader has it or lost
@@ -1395,63 +1501,12 @@ impl Store for SledStore {
 
     fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError> {
         let mut trimmed = Trimmed::default();
-        // Heads reaching back before `before`, or holding back records the
-        // log's tail budget lets go, are cut first, so that their old points
-        // go with the blocks'.
-        // The blocks are read only when one may be old enough to go: under
-        // a steady load, history younger than `before` (or trimmed by size)
-        // would otherwise have every series' blocks looked up each minute,
-        // a pass that grew to a second with 20 minutes of history.
-        let (keep_from, walk) = self.with_writable(|inner| {
-            let walk = (before > inner.blocks.oldest()).then(|| inner.blocks.clone());
-            if let Some(blocks) = &walk {
-                blocks.walk_begins();
-            }
-            Ok((inner.tail_start(), walk))
-        })?;
-        let mut left = Micros::MAX;
-        trimmed.by_age = self.in_slices(|inner, id| {
-            if inner.heads.get(id as usize).is_some_and(|head| {
-                !head.chunk.is_empty()
-                    && (head.chunk.span().0 < before || head.first_seq < keep_from)
-            }) {
-                inner.cut(id)?;
-            }
-            // Outside a walk, a head just cut may have put a block before
-            // `before` (its device's clock set back): that series is
-            // trimmed now. Any other series' blocks start after `before`.
-            if walk.is_none() && inner.blocks.oldest() >= before {
-                return Ok(0);
-            }
-            let (removed, kept_from) = inner.blocks.trim_before(id, before)?;
-            left = left.min(kept_from.unwrap_or(Micros::MAX));
-            Ok(removed)
-        })?;
-        if let Some(walked) = walk {
-            // Not after a reopen between slices: blocks written before it
-            // were noted by the handle that went, so the bound starts over.
-            self.with_writable(|inner| {
-                if inner.blocks.is(&walked) {
-                    inner.blocks.settle(left);
-                }
-                Ok(())
-            })?;
-        }
-        // Over budget: drop each series' oldest block, until under it or
-        // nothing is left. sled reclaims space lazily, so the loop is
-        // bounded rather than trusting the size to fall at once.
-        for round in 0..10 {
-            if self.with_writable(|inner| Ok(inner.db.size_on_disk()?))? <= max_bytes {
-                break;
-            }
-            let removed = self.in_slices(|inner, id| {
-                if round == 0 {
-                    inner.cut(id)?;
-                }
-                inner.blocks.drop_oldest(id)
-            })?;
-            trimmed.by_size += removed;
-            if removed == 0 {
+        // A second round only after one that counted the blocks (the first
+        // pass after the store opens): only then is the size known.
+        for _ in 0..2 {
+            let plan = self.with_writable(|inner| Ok(inner.plan_trim(before, max_bytes)))?;
+            self.trim_as(&plan, before, &mut trimmed)?;
+            if !plan.counting {
                 break;
             }
         }
@@ -1544,6 +1599,12 @@ impl Store for SledStore {
 
     fn layout(&self) -> Option<Layout> {
         self.measure().ok()
+    }
+
+    fn history_bytes(&self) -> Option<u64> {
+        let guard = self.read();
+        let inner = guard.as_ref()?;
+        Some(inner.blocks.held()? + inner.record_bytes())
     }
 
     fn size_on_disk(&self) -> Option<u64> {
@@ -2024,6 +2085,88 @@ mod tests {
         assert_eq!(blocks()?, 1050);
         assert_eq!(store.trim(1040, u64::MAX)?.by_age, 0);
         assert_eq!(all(&store, "a")?.len(), 70);
+        Ok(())
+    }
+
+    #[test]
+    fn over_its_size_history_loses_the_blocks_that_end_first_and_no_more_pass_after_pass()
+    -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        // 30 series, a point every 10 s for an hour each, the n-th starting
+        // n minutes after the first: 3 blocks of 120 points a series, the
+        // 90 blocks ending in 90 different minutes.
+        const SECOND: Micros = 1_000_000;
+        let start = 1_700_000_000 * SECOND;
+        let series: Vec<String> = (0..30).map(|n| format!("s{n}")).collect();
+        for k in 0..(29 * 6 + 360i64) {
+            let changes: Vec<Change> = (0..30i64)
+                .filter(|n| (n * 6..n * 6 + 360).contains(&k))
+                .map(|n| {
+                    let ts = start + k * 10 * SECOND;
+                    change("d", &series[n as usize], ts, Value::Float(k as f64 * 0.37))
+                })
+                .collect();
+            store.commit(&changes)?;
+        }
+        let held = |store: &SledStore| -> Result<u64, StoreError> {
+            let layout = store.measure()?;
+            Ok(layout.block_bytes + layout.record_bytes)
+        };
+        let firsts = |store: &SledStore| -> Result<Vec<Micros>, StoreError> {
+            series
+                .iter()
+                .map(|s| Ok(all(store, s)?.first().map_or(Micros::MAX, |p| p.0)))
+                .collect()
+        };
+        assert_eq!(store.trim(Micros::MIN, u64::MAX)?, Trimmed::default());
+        let full = held(&store)?;
+        let budget = full / 2;
+        let trimmed = store.trim(Micros::MIN, budget)?;
+        let left = held(&store)?;
+        assert!(left <= budget, "{left} bytes left, over {budget}");
+        assert_eq!(store.history_bytes(), Some(left), "the ledger agrees");
+        // Only the blocks that end first went: about half of the bytes, not
+        // everything (a minute's blocks are 1/90 of them, or 2/90).
+        assert!(left > budget * 8 / 10, "{left} bytes left of {full}");
+        assert!(trimmed.by_size > 0 && trimmed.by_age == 0, "{trimmed:?}");
+        // Whole blocks, the ones that end first: each series keeps
+        // everything from one of its blocks' starts on, and every block that
+        // went ended before every block that stayed.
+        let kept = firsts(&store)?;
+        let (mut went, mut stayed) = (Micros::MIN, Micros::MAX);
+        for (n, first) in (0i64..).zip(&kept) {
+            let from = if *first == Micros::MAX {
+                3
+            } else {
+                let offset = (first - start) / (10 * SECOND) - n * 6;
+                assert!([0, 120, 240].contains(&offset), "series {n}: {offset}");
+                offset / 120
+            };
+            let end = |block: i64| start + (n * 6 + block * 120 + 119) * 10 * SECOND;
+            if from > 0 {
+                went = went.max(end(from - 1));
+            }
+            if from < 3 {
+                stayed = stayed.min(end(from));
+                assert_eq!(
+                    all(&store, &series[n as usize])?.len() as i64,
+                    360 - from * 120
+                );
+            }
+        }
+        assert!(
+            went < stayed,
+            "a block ending at {went} went, one at {stayed} stayed"
+        );
+        // The next passes find the history within its size, even though
+        // sled's file does not shrink; so does the first pass after a reopen,
+        // which counts the blocks again.
+        assert_eq!(store.trim(Micros::MIN, budget)?, Trimmed::default());
+        drop(store);
+        let store = reopened(dir.path())?;
+        assert_eq!(store.trim(Micros::MIN, budget)?, Trimmed::default());
+        assert_eq!(firsts(&store)?, kept);
         Ok(())
     }
 
