@@ -149,6 +149,8 @@ install -d "$work/ferrite/data"
   labels "ferrite" "Ferrite, the edge IoT gateway (Modbus, OPC UA, MQTT): the field build"
   cat <<'DOCKERFILE'
 ENV FERRITE_CONFIG=/etc/ferrite/ferrite.toml
+# Two malloc arenas (docs/deploy.md, "Memory"); the static glibc reads it.
+ENV MALLOC_ARENA_MAX=2
 USER 10001:10001
 WORKDIR /var/lib/ferrite
 VOLUME ["/etc/ferrite", "/var/lib/ferrite"]

@@ -94,7 +94,8 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Starts `ferrite run` on the project in `root`, on a free port. Returns
 /// the process, its /proc view and the API's base URL.
 ///
-/// `FERRITE_BIN` runs another binary in its place: an older build to
+/// The gateway gets two malloc arenas, as shipped, unless `MALLOC_ARENA_MAX`
+/// says otherwise. `FERRITE_BIN` runs another binary in its place: an older build to
 /// compare with, or a script that starts ferrite under a profiler (then the
 /// CPU and RSS figures are the script's, not the gateway's).
 pub fn spawn_gateway(root: &Path) -> (Child, Proc, String) {
@@ -109,6 +110,12 @@ pub fn spawn_gateway(root: &Path) -> (Child, Proc, String) {
         .arg(root.join("ferrite.toml"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
+        // As the systemd unit and the container image run it (docs/deploy.md,
+        // "Memory"); set MALLOC_ARENA_MAX to measure another count.
+        .env(
+            "MALLOC_ARENA_MAX",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("ferrite");
