@@ -477,7 +477,8 @@ pub struct StoreSection {
     /// History older than this is dropped. Default 7 days.
     #[serde(default = "StoreSection::default_age")]
     pub history_age: Span,
-    /// When the store grows past this many MiB, the oldest history goes first.
+    /// When the history held (its blocks and log, not sled's file, which
+    /// runs larger) grows past this many MiB, the blocks that end first go.
     /// Default 256.
     #[serde(default = "StoreSection::default_mib")]
     pub history_mib: u64,

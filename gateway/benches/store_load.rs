@@ -27,7 +27,7 @@
 //!    properties (SERIES), each device's 10 changes a second grouped 32
 //!    devices to a commit as the writer groups them (`GROUP`), and the retention pass
 //!    every simulated minute with the defaults (`history_mib` 256, or
-//!    `HISTORY_MIB`; 7 days). Every simulated minute: RSS, the store on disk
+//!    `HISTORY_MIB`; 7 days, or `HISTORY_AGE_S` seconds). Every simulated minute: RSS, the store on disk
 //!    (sled's file), the history held (which `history_mib` limits) and the
 //!    pass's time; at the end, the layout (blocks, log records, head points),
 //!    the CPU and bytes written per change, then the store reopened and its
@@ -234,7 +234,10 @@ fn long_run(series: usize, seconds: i64, group: usize) {
     let defaults = ferrite_models::config::StoreSection::default();
     let cache = defaults.cache_mib * 1024 * 1024;
     let max_bytes = env("HISTORY_MIB", defaults.history_mib as usize) as u64 * 1024 * 1024;
-    let max_age = i64::try_from(defaults.history_age.0.as_micros()).unwrap_or(i64::MAX);
+    let max_age = match env("HISTORY_AGE_S", 0) {
+        0 => i64::try_from(defaults.history_age.0.as_micros()).unwrap_or(i64::MAX),
+        seconds => seconds as i64 * 1_000_000,
+    };
     let store = SledStore::open_with_cache(dir.path(), cache).expect("store");
     let devices = series / 100;
     println!(
