@@ -27,7 +27,8 @@
 //!    properties (SERIES), each device's 10 changes a second grouped 32
 //!    devices to a commit as the writer groups them (`GROUP`), and the retention pass
 //!    every simulated minute with the defaults (`history_mib` 256, or
-//!    `HISTORY_MIB`; 7 days, or `HISTORY_AGE_S` seconds). Every simulated minute: RSS, the store on disk
+//!    `HISTORY_MIB`; 7 days, or `HISTORY_AGE_S` seconds, history left up to
+//!    the gateway's slack past it, or `RETENTION_SLACK_S`). Every simulated minute: RSS, the store on disk
 //!    (sled's file), the history held (which `history_mib` limits) and the
 //!    pass's time; at the end, the layout (blocks, log records, head points),
 //!    the CPU and bytes written per change, then the store reopened and its
@@ -239,6 +240,13 @@ fn long_run(series: usize, seconds: i64, group: usize) {
         seconds => seconds as i64 * 1_000_000,
     };
     let store = SledStore::open_with_cache(dir.path(), cache).expect("store");
+    // As the gateway's retention task leaves it, or RETENTION_SLACK_S.
+    let slack = match env("RETENTION_SLACK_S", 0) {
+        0 => ferrite_gateway::store::writer::retention_slack(Duration::from_micros(
+            u64::try_from(max_age).unwrap_or(u64::MAX),
+        )),
+        seconds => seconds as i64 * 1_000_000,
+    };
     let devices = series / 100;
     println!(
         "store_load, long run: {seconds} simulated s, {devices} devices × 100 properties, 10% changing, {group} devices a commit, history_mib {}",
@@ -276,7 +284,9 @@ fn long_run(series: usize, seconds: i64, group: usize) {
         }
         if (second + 1) % 60 == 0 {
             let pass = Instant::now();
-            store.trim(ts - max_age, max_bytes).expect("trim");
+            store
+                .trim_within(ts - max_age, slack, max_bytes)
+                .expect("trim");
             pass_ms = pass.elapsed().as_secs_f64() * 1000.0;
             println!(
                 "{:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.0}",

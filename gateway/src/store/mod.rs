@@ -167,7 +167,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Stamped>, StoreError>;
     /// Drops history older than `before`; then, while the history held
     /// ([`Store::history_bytes`]) is over `max_bytes`, what ends first.
-    fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError>;
+    fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError> {
+        self.trim_within(before, 0, max_bytes)
+    }
+    /// [`Store::trim`], but history less than `slack` older than `before`
+    /// may be left for a later pass: the store need not look at every
+    /// series' history each time `before` moves on.
+    fn trim_within(
+        &self,
+        before: Micros,
+        slack: Micros,
+        max_bytes: u64,
+    ) -> Result<Trimmed, StoreError>;
 
     /// Appends `(ts, body)` entries to `log` durably, in order; returns their
     /// sequence numbers.

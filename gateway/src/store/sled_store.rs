@@ -314,6 +314,9 @@ pub struct Layout {
 struct TrimPlan {
     /// Heads holding records before this are cut ([`Inner::tail_start`]).
     keep_from: u64,
+    /// A block starting before this is due to go by age: `before` less the
+    /// slack ([`Store::trim_within`]).
+    due: Micros,
     /// Blocks that end before this go for size; `Micros::MIN` within it.
     ended_before: Micros,
     /// The blocks, when every series' blocks are to be looked at.
@@ -528,9 +531,9 @@ impl SledStore {
                 inner.cut(id)?;
             }
             // Outside a walk, a head just cut may have put a block before
-            // `before` (its device's clock set back): that series is
-            // trimmed now. Any other series' blocks start after `before`.
-            if plan.walk.is_none() && inner.blocks.oldest() >= before {
+            // the slack (its device's clock set back): that series is
+            // trimmed now. Any other series' blocks start after it.
+            if plan.walk.is_none() && inner.blocks.oldest() >= plan.due {
                 return Ok(0);
             }
             let trim = inner.blocks.trim(id, before, plan.ended_before)?;
@@ -1237,10 +1240,11 @@ impl Inner {
         Ok(out)
     }
 
-    /// What the next walk of a retention pass is to do. Past `max_bytes`
-    /// (the blocks' bytes, from their ledger, and the log's), the blocks
-    /// that end before the time that frees the excess go too.
-    fn plan_trim(&self, before: Micros, max_bytes: u64) -> TrimPlan {
+    /// What the next walk of a retention pass is to do. It looks at every
+    /// series' blocks once a block may start before `before - slack`. Past
+    /// `max_bytes` (the blocks' bytes, from their ledger, and the log's),
+    /// the blocks that end before the time that frees the excess go too.
+    fn plan_trim(&self, before: Micros, slack: Micros, max_bytes: u64) -> TrimPlan {
         let counting = !self.blocks.counted();
         let held = self
             .blocks
@@ -1257,13 +1261,15 @@ impl Inner {
                 held.unwrap_or(0)
             );
         }
-        let walk = (counting || before > self.blocks.oldest() || ended_before > Micros::MIN)
+        let due = before.saturating_sub(slack.max(0));
+        let walk = (counting || due > self.blocks.oldest() || ended_before > Micros::MIN)
             .then(|| self.blocks.clone());
         if let Some(blocks) = &walk {
             blocks.walk_begins();
         }
         TrimPlan {
             keep_from: self.tail_start(),
+            due,
             ended_before,
             walk,
             counting,
@@ -1499,12 +1505,17 @@ impl Store for SledStore {
             .collect())
     }
 
-    fn trim(&self, before: Micros, max_bytes: u64) -> Result<Trimmed, StoreError> {
+    fn trim_within(
+        &self,
+        before: Micros,
+        slack: Micros,
+        max_bytes: u64,
+    ) -> Result<Trimmed, StoreError> {
         let mut trimmed = Trimmed::default();
         // A second round only after one that counted the blocks (the first
         // pass after the store opens): only then is the size known.
         for _ in 0..2 {
-            let plan = self.with_writable(|inner| Ok(inner.plan_trim(before, max_bytes)))?;
+            let plan = self.with_writable(|inner| Ok(inner.plan_trim(before, slack, max_bytes)))?;
             self.trim_as(&plan, before, &mut trimmed)?;
             if !plan.counting {
                 break;
@@ -2085,6 +2096,25 @@ mod tests {
         assert_eq!(blocks()?, 1050);
         assert_eq!(store.trim(1040, u64::MAX)?.by_age, 0);
         assert_eq!(all(&store, "a")?.len(), 70);
+        Ok(())
+    }
+
+    #[test]
+    fn history_within_the_slack_waits_for_a_later_pass() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let store = SledStore::open(dir.path())?;
+        let points: Vec<Change> = (1000..1120)
+            .map(|ts| change("d", "a", ts, Value::Int(ts)))
+            .collect();
+        // 120 points: one block from 1000 to 1119, found by a first walk.
+        store.commit(&points)?;
+        assert_eq!(store.trim(500, u64::MAX)?, Trimmed::default());
+        // 50 points are past the limit, but within the slack: no walk.
+        assert_eq!(store.trim_within(1050, 100, u64::MAX)?.by_age, 0);
+        assert_eq!(all(&store, "a")?.len(), 120);
+        // Past the slack: the walk trims to the limit itself.
+        assert_eq!(store.trim_within(1110, 100, u64::MAX)?.by_age, 110);
+        assert_eq!(all(&store, "a")?.first(), Some(&(1110, Value::Int(1110))));
         Ok(())
     }
 
