@@ -27,6 +27,7 @@ Usage: python3 tests/system/image.py FERRITE [--tag latest] [--arch amd64]
 Each check prints ok/FAIL; the exit status is 1 if any failed.
 """
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -162,9 +163,12 @@ def idle_memory(checks, ferrite, tag, work):
         (project / sub).mkdir(parents=True)
     shutil.copy(ROOT / "packaging" / "image" / "ferrite.toml", project / "ferrite.toml")
     name = f"ferrite-image-idle-{free_port()}"
+    # With the image's malloc setting (its ENV MALLOC_ARENA_MAX=2, as the
+    # systemd unit's): the image is compared, not the allocator's arenas.
     bare = subprocess.Popen([ferrite, "run", "--config", str(project / "ferrite.toml"),
                              "--data-dir", str(project / "data"), "--listen", f"127.0.0.1:{free_port()}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, MALLOC_ARENA_MAX="2"))
     try:
         docker("run", "-d", "--name", name, "--read-only", "--cap-drop", "ALL", f"ferrite:{tag}")
         wait_healthy(name, 30)
