@@ -139,20 +139,24 @@ async fn snapshot(state: &AppState) -> ScrapeSnapshot {
         i64::from(w.failing.load(Ordering::Relaxed)),
     );
     let store = state.store.clone();
-    if let Ok(Some(bytes)) = crate::store::blocking::spawn(move || store.size_on_disk()).await {
-        s.gauge(
+    let sizes =
+        crate::store::blocking::spawn(move || (store.size_on_disk(), store.history_bytes())).await;
+    let (on_disk, held) = sizes.unwrap_or((None, None));
+    for (name, help, bytes) in [
+        (
             "ferrite_store_bytes",
             "Bytes the store takes on disk",
-            i64::try_from(bytes).unwrap_or(i64::MAX),
-        );
-    }
-    let store = state.store.clone();
-    if let Ok(Some(bytes)) = crate::store::blocking::spawn(move || store.history_bytes()).await {
-        s.gauge(
+            on_disk,
+        ),
+        (
             "ferrite_store_history_bytes",
             "Bytes of history held (blocks and log), which history_mib limits",
-            i64::try_from(bytes).unwrap_or(i64::MAX),
-        );
+            held,
+        ),
+    ] {
+        if let Some(bytes) = bytes {
+            s.gauge(name, help, i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
     s.counter(
         "ferrite_malformed_payloads",
