@@ -26,6 +26,9 @@ pub enum OutboxError {
     /// sled failed (a full disk, say).
     #[error("outbox I/O failed: {0}")]
     Io(#[from] sled::Error),
+    /// Another store's files failed (the gateway's commit log).
+    #[error("outbox storage failed: {0}")]
+    Storage(String),
     /// An entry does not decode.
     #[error("corrupt outbox entry {0}")]
     Corrupt(u64),

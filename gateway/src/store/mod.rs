@@ -3,9 +3,10 @@
 //! (two [`Log`]s); and each rule's state, so that a restart resumes it.
 //!
 //! - [`Store`]: the small storage interface the rest of the gateway sees.
-//! - [`sled_store`]: its implementation on sled, one `Db` per process: one
-//!   commit record per group commit in a log, which is also the sync
-//!   outbox, and each series' history in compressed blocks:
+//! - [`sled_store`]: its implementation, one per process: each group commit
+//!   one append and one sync to a commit log, which is also the sync outbox,
+//!   and each series' history in compressed blocks in sled:
+//!   - [`commit_log`]: the log's segment files and frames;
 //!   - [`record`]: a commit record's encoding;
 //!   - [`chunk`]: a series' points, compressed (times as delta of deltas,
 //!     floats XORed with the one before);
@@ -21,6 +22,7 @@
 pub mod blocking;
 pub mod blocks;
 pub mod chunk;
+pub mod commit_log;
 pub mod dictionary;
 pub mod health;
 pub mod migrate;

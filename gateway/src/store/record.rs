@@ -49,6 +49,12 @@ pub fn encode<'a>(
     out
 }
 
+/// The count of changes a record holds, read without decoding the rest.
+pub fn count(bytes: &[u8]) -> Option<u64> {
+    let mut rest = bytes.get(2..)?;
+    chunk::get_varint(&mut rest)
+}
+
 /// Decodes a record; a record that does not decode is corrupt.
 pub fn decode(key: u64, bytes: &[u8]) -> Result<Record, StoreError> {
     let corrupt = || StoreError::Corrupt(format!("commit record {key}"));

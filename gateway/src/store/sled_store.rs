@@ -1,13 +1,19 @@
-//! [`Store`] on sled, laid out for time series: one write per commit.
+//! [`Store`] on sled and a commit log, laid out for time series: one append
+//! and one sync per commit.
 //!
-//! Trees:
-//! - `log`: one commit record per group commit ([`record`]), keyed by the
-//!   sequence number of its first change (BE); every change has a sequence
-//!   number, rising across restarts. The log is the write-ahead log of the
-//!   heads below and, with `[cloud]`, the outbox itself.
+//! Beside sled, in files of its own:
+//! - the [`commit_log`]: one append and one sync per group commit, holding
+//!   its commit records ([`record`]), each under the sequence number of its
+//!   first change (every change has one, rising across restarts), the names
+//!   of series seen for the first time and the audit entries of the writes
+//!   it confirms. It is the write-ahead log of everything below that a
+//!   commit changes, and, with `[cloud]`, the outbox itself.
+//!
+//! sled's trees (what a commit writes to them is flushed by the retention
+//! pass, before the commit log lets go of the frames that carry it; a crash
+//! before that replays them from the log):
 //! - `blocks`: each series' history in compressed blocks ([`blocks`]).
-//! - `names`: the series' names, in pages of 256 ids ([`dictionary`]), the
-//!   one place names are kept; `cuts`: series id → the last sequence in its
+//! - `names`: the series' names, in pages of 256 ids ([`dictionary`]); `cuts`: series id → the last sequence in its
 //!   blocks.
 //! - `outbox_meta`: the next sequence; with `[cloud]` the last acknowledged
 //!   one, the outbox's floor, and the twin's and the config's versions; with
@@ -25,7 +31,9 @@
 //! for each [`Reader`] of the log (`[cloud]`'s uplink, `[north]`'s
 //! publisher), acknowledged or dropped over that reader's budget; the
 //! minute's retention pass cuts heads that hold back more than
-//! [`LOG_TAIL_BYTES`] of log.
+//! [`LOG_TAIL_BYTES`] of log, flushes sled, and deletes the log's segments
+//! whose records have all gone (`outbox_meta`'s `collected` says where that
+//! stands, so that a reopen skips the records of a segment that stayed).
 //!
 //! sled can fail to re-acquire its file lock when a `Db` is reopened right
 //! after a drop (sled #1234), so the gateway opens exactly one per process
@@ -41,6 +49,7 @@ use ferrite_sync::outbox::{ACKED, CONFIG, DESIRED, META_TREE, NEXT, OutboxError,
 
 use super::blocks::{Blocks, CUT_POINTS, Point};
 use super::chunk::{self, Chunk};
+use super::commit_log::{At, CommitLog, Frame, Replayed};
 use super::dictionary::{self, Dictionary};
 use super::{Change, End, Entry, Log, Stamped, Store, StoreError, Trimmed, migrate, record};
 use crate::time::Micros;
@@ -61,7 +70,7 @@ pub const LOG_TAIL_BYTES: u64 = 16 * 1024 * 1024;
 /// visible. Whoever reopens (often the journal, before the writer's retry)
 /// therefore looks for it first, under the same lock, and writes it if it is
 /// missing; the writer's retry then finds the commit done. A commit is one
-/// record, so it is on disk whole or not at all.
+/// append to the commit log, so it is on disk whole or not at all.
 pub struct SledStore {
     dir: PathBuf,
     cache_bytes: u64,
@@ -87,7 +96,7 @@ struct Inner {
     /// since it was written.
     names_page: Vec<u8>,
     names_dirty: bool,
-    log: sled::Tree,
+    log: CommitLog,
     cuts: sled::Tree,
     meta: sled::Tree,
     blocks: Blocks,
@@ -180,6 +189,8 @@ struct Head {
 struct RecordInfo {
     count: u32,
     bytes: u64,
+    /// Where its frame is in the commit log.
+    at: At,
 }
 
 impl RecordInfo {
@@ -209,23 +220,25 @@ impl Cursor {
 }
 
 /// What a record costs beyond its value, as the outbox's budget counts it:
-/// its key, sled's per-key overhead and the store's index entry. Without
+/// its frame's header and first sequence (17 bytes) and the store's index
+/// entry. Without
 /// it, a budget of small records (a change or two per commit) would hold
 /// millions of them.
 const RECORD_OVERHEAD: u64 = 64;
 
-/// Changes per commit record, at most. sled 0.34 splits a leaf past 16
-/// items and writes a page whole every 10 updates (its
-/// `PAGE_CONSOLIDATION_THRESHOLD`), so the leaf the log appends to is
-/// rewritten with every record in it: large records make every later
-/// commit write more (measured with 100 000 points held in the log: records
-/// of 1000 changes, 640 KiB written per second of one-change commits at
-/// 10/s; of 32 changes, 80 KiB). A commit's records go in one atomic sled
-/// batch.
+/// Changes per commit record, at most: the uplink reads the log a record at
+/// a time. (When the records were sled values, this also kept sled's
+/// rewrites of the leaf they went to small.)
 const RECORD_POINTS: usize = 32;
 
 /// The outbox's floor, in the meta tree beside ferrite-sync's keys.
 const FLOOR: &[u8] = b"floor";
+
+/// The sequence below which the log's records are gone (collected: cut
+/// into blocks, and every reader has them), in the meta tree. The commit
+/// log deletes whole segments only, so a reopen skips the records of the
+/// last segments that were collected already.
+const COLLECTED: &[u8] = b"collected";
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`, with the config's default cache.
@@ -766,7 +779,7 @@ impl Inner {
             names_tree: db.open_tree("names")?,
             names_page: Vec::new(),
             names_dirty: false,
-            log: db.open_tree("log")?,
+            log: CommitLog::open(&dir.join("commitlog"))?,
             cuts: db.open_tree("cuts")?,
             meta: db.open_tree(META_TREE)?,
             blocks: Blocks::open(&db)?,
@@ -783,6 +796,7 @@ impl Inner {
         };
         inner.read_names()?;
         inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.unwrap_or(1).max(1);
+        inner.move_sled_log()?;
         if migrate::needed(&inner.db) {
             inner.migrate()?;
         }
@@ -815,6 +829,58 @@ impl Inner {
         Ok(())
     }
 
+    /// Moves the commit records of a data dir written before the commit log
+    /// had files of its own (sled's `log` tree) into it, once. A crash half
+    /// way moves the rest at the next open: the records already in the
+    /// file are known by their sequences.
+    fn move_sled_log(&mut self) -> Result<(), StoreError> {
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| name.as_ref() == b"log")
+        {
+            return Ok(());
+        }
+        let old = self.db.open_tree("log")?;
+        let end = self.log.records_end();
+        let mut moved = 0u64;
+        let mut page: Vec<(u64, sled::IVec)> = Vec::new();
+        let mut items = old.iter();
+        loop {
+            let item = items.next().transpose()?;
+            if let Some((key, value)) = &item {
+                match <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes) {
+                    Ok(first) if first >= end => page.push((first, value.clone())),
+                    Ok(_) => {}
+                    Err(_) => tracing::error!("the store skips a commit record: key {key:02x?}"),
+                }
+            }
+            if page.len() >= 1024 || (item.is_none() && !page.is_empty()) {
+                let frames: Vec<Frame<'_>> = page
+                    .iter()
+                    .map(|(first, bytes)| Frame::Record {
+                        first: *first,
+                        bytes,
+                    })
+                    .collect();
+                self.log.append(&frames)?;
+                moved += page.len() as u64;
+                page.clear();
+            }
+            if item.is_none() {
+                break;
+            }
+        }
+        drop(old);
+        self.db.drop_tree("log")?;
+        self.db.flush()?;
+        tracing::info!(
+            "moved {moved} commit record(s) from the store's sled tree into its commit log files"
+        );
+        Ok(())
+    }
+
     /// Old outbox entries as commit records of consecutive sequences, marked
     /// as history already.
     fn convert_outbox_page(
@@ -838,7 +904,15 @@ impl Inner {
                 .map(|(id, (_, _, _, ts, value))| (*id, *ts, value))
                 .collect();
             // Replay reads these records back into the store's index.
-            self.write_records(run[0].0, true, &points)?;
+            let records = encode_records(run[0].0, true, &points);
+            let frames: Vec<Frame<'_>> = records
+                .iter()
+                .map(|(first, _, bytes)| Frame::Record {
+                    first: *first,
+                    bytes,
+                })
+                .collect();
+            self.log.append(&frames)?;
             self.next_seq = self.next_seq.max(run[run.len() - 1].0 + 1);
             start = end;
         }
@@ -846,7 +920,8 @@ impl Inner {
     }
 
     /// Reads the log: its records, and each series' points after its cut
-    /// into the heads.
+    /// into the heads; and what sled may have lost of the commits in it (a
+    /// crash before the flush that follows them): names and audit entries.
     fn replay(&mut self) -> Result<(), StoreError> {
         let mut cuts = HashMap::new();
         for item in self.cuts.iter() {
@@ -856,48 +931,99 @@ impl Inner {
                 .map_err(|_| StoreError::Corrupt("cut".into()))?;
             cuts.insert(id_from(&k)?, seq);
         }
-        for item in self.log.iter() {
-            let (k, v) = item?;
-            // A record that does not read (a foreign or damaged value) is
-            // left where it is and reported: refusing to open would stop
-            // the gateway, and with it every reading after it.
-            let record = <[u8; 8]>::try_from(k.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt(format!("commit record key {k:02x?}")))
-                .and_then(|first| Ok((first, record::decode(first, &v)?)));
-            let (first, record) = match record {
-                Ok(read) => read,
-                Err(e) => {
-                    tracing::error!("the store skips a commit record: {e}");
-                    continue;
+        let audited = match self.audit.last()? {
+            Some((k, _)) => <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
+            None => 0,
+        };
+        let collected = meta_u64(&self.meta, COLLECTED).map_err(io)?.unwrap_or(0);
+        let mut restored = 0u64;
+        // The log is read by reference while the rest of `self` changes.
+        let log = std::mem::replace(&mut self.log, CommitLog::detached());
+        let replayed = log.replay(|frame| {
+            match frame {
+                Replayed::Name {
+                    id,
+                    device,
+                    property,
+                } => {
+                    let known = self.names.len() as u64;
+                    if u64::from(id) == known {
+                        self.add_name(id, &device, &property)?;
+                        restored += 1;
+                    } else if u64::from(id) > known {
+                        tracing::error!("the commit log names series {id} after {known}: skipped");
+                    }
                 }
-            };
-            let Some(count) = u32::try_from(record.points.len()).ok().filter(|n| *n > 0) else {
-                continue;
-            };
-            self.records.insert(
-                first,
-                RecordInfo {
-                    count,
-                    bytes: RECORD_OVERHEAD + v.len() as u64,
-                },
+                Replayed::Audit { seq, ts, body } => {
+                    if seq > audited {
+                        self.insert_entries(Log::Audit, &[(seq, ts, body)])?;
+                        restored += 1;
+                    }
+                }
+                Replayed::Record { first, bytes, at } => {
+                    self.replay_record(first, &bytes, at, &cuts, collected);
+                }
+            }
+            Ok(())
+        });
+        self.log = log;
+        replayed?;
+        if restored > 0 {
+            self.write_names_page()?;
+            self.db.flush()?;
+            tracing::info!(
+                "the store restored {restored} name(s) and audit entries from its commit log"
             );
-            self.next_seq = self.next_seq.max(first + u64::from(count));
-            if record.outbox_only {
-                continue;
-            }
-            for (seq, (id, (ts, value))) in (first..).zip(record.ids.into_iter().zip(record.points))
-            {
-                if (id as usize) >= self.names.len() {
-                    tracing::error!("commit record {first}: unknown series {id}, skipped");
-                    continue;
-                }
-                if seq > cuts.get(&id).copied().unwrap_or(0) {
-                    self.head(id).push(seq, ts, &value);
-                }
-            }
         }
         Ok(())
+    }
+
+    /// One commit record, read back: into the index, and its points after
+    /// their series' cut into the heads. A record that does not read (a
+    /// foreign or damaged one) is left where it is and reported: refusing to
+    /// open would stop the gateway, and with it every reading after it.
+    fn replay_record(
+        &mut self,
+        first: u64,
+        bytes: &[u8],
+        at: At,
+        cuts: &HashMap<u32, u64>,
+        collected: u64,
+    ) {
+        let record = match record::decode(first, bytes) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::error!("the store skips a commit record: {e}");
+                return;
+            }
+        };
+        let Some(count) = u32::try_from(record.points.len()).ok().filter(|n| *n > 0) else {
+            return;
+        };
+        self.next_seq = self.next_seq.max(first + u64::from(count));
+        if first + u64::from(count) <= collected {
+            return;
+        }
+        self.records.insert(
+            first,
+            RecordInfo {
+                count,
+                bytes: RECORD_OVERHEAD + bytes.len() as u64,
+                at,
+            },
+        );
+        if record.outbox_only {
+            return;
+        }
+        for (seq, (id, (ts, value))) in (first..).zip(record.ids.into_iter().zip(record.points)) {
+            if (id as usize) >= self.names.len() {
+                tracing::error!("commit record {first}: unknown series {id}, skipped");
+                continue;
+            }
+            if seq > cuts.get(&id).copied().unwrap_or(0) {
+                self.head(id).push(seq, ts, &value);
+            }
+        }
     }
 
     /// `reader`'s cursor. A store that never had one owes it nothing from
@@ -1033,9 +1159,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Appends `changes` as commit records, adds them to their heads
-    /// (cutting full heads into blocks), appends `audit` to the audit log,
-    /// and flushes. Returns the sequence of the first change.
+    /// Appends `changes` as commit records, with the names of new series and
+    /// `audit`, to the commit log and syncs it: from then on the commit is
+    /// durable. Then adds the changes to their heads (cutting full heads
+    /// into blocks) and writes the rest to sled, which the retention pass
+    /// flushes. Returns the sequence of the first change.
     fn commit(&mut self, changes: &[Change], audit: &[Numbered]) -> Result<u64, StoreError> {
         let first = self.next_seq;
         if changes.is_empty() {
@@ -1045,21 +1173,52 @@ impl Inner {
             }
             return Ok(first);
         }
+        let named = self.names.len() as u32;
         let ids = self.ids(changes)?;
-        self.write_names_page()?;
         let points: Vec<(u32, Micros, &ferrite_models::Value)> = ids
             .iter()
             .zip(changes)
             .map(|(id, c)| (*id, c.at.ts, &c.at.value))
             .collect();
-        // The records before anything else: whatever else this commit
-        // writes, a crash leaves it recoverable from its records.
-        let infos = self.write_records(first, false, &points)?;
+        let records = encode_records(first, false, &points);
+        let mut frames = Vec::with_capacity(records.len() + audit.len());
+        for id in named..self.names.len() as u32 {
+            let (device, property) = self
+                .names
+                .names(id)
+                .ok_or_else(|| StoreError::Corrupt(format!("series {id} unnamed")))?;
+            frames.push(Frame::Name {
+                id,
+                device,
+                property,
+            });
+        }
+        frames.extend(records.iter().map(|(first, _, bytes)| Frame::Record {
+            first: *first,
+            bytes,
+        }));
+        frames.extend(audit.iter().map(|(seq, ts, body)| Frame::Audit {
+            seq: *seq,
+            ts: *ts,
+            body,
+        }));
+        let places = self.log.append(&frames)?;
+        drop(frames);
+        self.write_names_page()?;
         self.insert_entries(Log::Audit, audit)?;
+        // The next sequence goes to sled when the log lets records go: until
+        // then a reopen reads it off the records.
         self.next_seq = first + changes.len() as u64;
-        self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
-        let owed: u64 = infos.iter().map(|(_, info)| info.bytes).sum();
-        self.records.extend(infos);
+        let mut owed = 0u64;
+        for ((first, count, bytes), at) in records.iter().zip(places) {
+            let info = RecordInfo {
+                count: *count,
+                bytes: RECORD_OVERHEAD + bytes.len() as u64,
+                at,
+            };
+            owed += info.bytes;
+            self.records.insert(*first, info);
+        }
         for (seq, (id, change)) in (first..).zip(ids.iter().zip(changes)) {
             let head = self.head(*id);
             head.push(seq, change.at.ts, &change.at.value);
@@ -1074,7 +1233,6 @@ impl Inner {
                 .owed_bytes += owed;
         }
         self.keep_outbox_budget()?;
-        self.db.flush()?;
         Ok(first)
     }
 
@@ -1094,47 +1252,6 @@ impl Inner {
             tree.insert(seq.to_be_bytes(), entry_value(*ts, body))?;
         }
         Ok(())
-    }
-
-    /// Writes `points` (series id, time, value), numbered from `first` on,
-    /// as commit records of at most [`RECORD_POINTS`], all or none; returns
-    /// each record's first sequence and size.
-    ///
-    /// One record is one insert. Several go in one atomic sled batch, which
-    /// costs a write and a sync of its own: sled puts a batch's manifest in an
-    /// I/O buffer of its own (`pin_log` rolls the buffer before and after
-    /// it). Most commits a write waits on (its read-back) are one record.
-    fn write_records(
-        &self,
-        first: u64,
-        outbox_only: bool,
-        points: &[(u32, Micros, &ferrite_models::Value)],
-    ) -> Result<Vec<(u64, RecordInfo)>, StoreError> {
-        let mut records = Vec::with_capacity(points.len().div_ceil(RECORD_POINTS));
-        let mut seq = first;
-        for part in points.chunks(RECORD_POINTS) {
-            let bytes = record::encode(outbox_only, part.iter().copied());
-            let info = RecordInfo {
-                // At most RECORD_POINTS.
-                count: part.len() as u32,
-                bytes: RECORD_OVERHEAD + bytes.len() as u64,
-            };
-            records.push((seq, info, bytes));
-            seq += part.len() as u64;
-        }
-        if let [(seq, _, bytes)] = records.as_slice() {
-            self.log.insert(seq.to_be_bytes(), bytes.as_slice())?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (seq, _, bytes) in &records {
-                batch.insert(&seq.to_be_bytes(), bytes.as_slice());
-            }
-            self.log.apply_batch(batch)?;
-        }
-        Ok(records
-            .into_iter()
-            .map(|(seq, info, _)| (seq, info))
-            .collect())
     }
 
     /// Writes series `id`'s head as a block.
@@ -1213,9 +1330,13 @@ impl Inner {
             if out.len() >= max {
                 break;
             }
-            let Some(bytes) = self.log.get(first.to_be_bytes())? else {
+            let Some(info) = self.records.get(&first) else {
                 continue;
             };
+            let bytes = self
+                .log
+                .read(info.at)
+                .map_err(|e| OutboxError::Storage(e.to_string()))?;
             let record = record::decode(first, &bytes).map_err(|_| OutboxError::Corrupt(first))?;
             for (seq, (id, (ts, value))) in (first..).zip(record.ids.into_iter().zip(record.points))
             {
@@ -1318,11 +1439,22 @@ impl Inner {
             .map(|(first, _)| *first)
             .collect();
         for first in &doomed {
-            self.log.remove(first.to_be_bytes())?;
             self.records.remove(first);
         }
-        self.db.flush()?;
-        Ok((doomed.len() as u64, doomed.len() == max))
+        let more = doomed.len() == max;
+        if !more {
+            // What the frames of the segments about to go carried (the
+            // names and audit entries of their commits, the blocks their
+            // records were cut into) is made durable in sled first.
+            self.meta.insert(COLLECTED, &limit.to_be_bytes())?;
+            self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
+            self.db.flush()?;
+            let went = self.log.drop_before(limit)?;
+            if went > 0 {
+                tracing::debug!("{went} commit log segment(s) deleted");
+            }
+        }
+        Ok((doomed.len() as u64, more))
     }
 
     /// The first sequence of the newest [`LOG_TAIL_BYTES`] of log: heads
@@ -1388,6 +1520,30 @@ impl Inner {
 }
 
 /// A journal entry's value on disk: its time (BE), then its body.
+/// `points` (series id, time, value), numbered from `first` on, as commit
+/// records of at most [`RECORD_POINTS`]: each one's first sequence, count
+/// and bytes.
+fn encode_records(
+    first: u64,
+    outbox_only: bool,
+    points: &[(u32, Micros, &ferrite_models::Value)],
+) -> Vec<(u64, u32, Vec<u8>)> {
+    let mut seq = first;
+    points
+        .chunks(RECORD_POINTS)
+        .map(|part| {
+            let record = (
+                seq,
+                // At most RECORD_POINTS.
+                part.len() as u32,
+                record::encode(outbox_only, part.iter().copied()),
+            );
+            seq += part.len() as u64;
+            record
+        })
+        .collect()
+}
+
 fn entry_value(ts: Micros, body: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(8 + body.len());
     value.extend_from_slice(&ts.to_be_bytes());
@@ -1619,7 +1775,9 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> Option<u64> {
-        self.read().as_ref()?.db.size_on_disk().ok()
+        let guard = self.read();
+        let inner = guard.as_ref()?;
+        Some(inner.db.size_on_disk().ok()? + inner.log.bytes())
     }
 
     fn outbox(&self) -> Option<super::OutboxState> {
@@ -2450,22 +2608,163 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_record_is_skipped_and_the_rest_opens() -> Result<(), StoreError> {
+    fn a_damaged_record_is_skipped_and_a_torn_append_cut_and_the_rest_opens()
+    -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
         {
             let store = SledStore::open(dir.path())?;
             store.commit(&[change("d", "p", 1, Value::Int(1))])?;
             store.commit(&[change("d", "p", 2, Value::Int(2))])?;
-            let guard = store.read();
-            let inner = guard.as_ref().ok_or_else(reopening)?;
-            inner.log.insert(1u64.to_be_bytes(), &[1u8, 0, 9, 9][..])?;
-            inner.log.insert(b"short", &[0u8][..])?;
-            inner.db.flush()?;
+            let mut guard = store.write();
+            let inner = guard.as_mut().ok_or_else(reopening)?;
+            // A frame that reads but holds no record this gateway knows.
+            inner.log.append(&[Frame::Record {
+                first: 3,
+                bytes: &[1u8, 0, 9, 9],
+            }])?;
         }
         let store = reopened(dir.path())?;
-        assert_eq!(all(&store, "p")?, [(2, Value::Int(2))], "the other record");
+        assert_eq!(all(&store, "p")?.len(), 2, "both records before it");
         store.commit(&[change("d", "p", 3, Value::Int(3))])?;
+        assert_eq!(all(&store, "p")?.len(), 3);
+        drop(store);
+        // Half a commit at the end (a crash mid-append): cut at the open.
+        let segment = dir.path().join("commitlog").join("00000001.log");
+        let whole = std::fs::metadata(&segment)
+            .map_err(|e| StoreError::Io(e.to_string()))?
+            .len();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        std::io::Write::write_all(&mut file, &[40, 0, 0, 0, 1, 2, 3, 4, 0x81, 0, 0])
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        drop(file);
+        let store = reopened(dir.path())?;
+        let cut = std::fs::metadata(&segment)
+            .map_err(|e| StoreError::Io(e.to_string()))?
+            .len();
+        assert_eq!(cut, whole, "the torn append is cut off");
+        store.commit(&[change("d", "p", 4, Value::Int(4))])?;
+        drop(store);
+        let store = reopened(dir.path())?;
+        let values: Vec<Value> = all(&store, "p")?.into_iter().map(|(_, v)| v).collect();
+        assert_eq!(
+            values,
+            [1, 2, 3, 4].map(Value::Int),
+            "every whole commit, the one after the cut too"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn what_sled_had_not_flushed_of_a_commit_comes_back_from_the_commit_log()
+    -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        {
+            let store = SledStore::open_with(dir.path(), 1 << 20, Backlogs::cloud(1 << 30))?;
+            store.commit(&[change("d", "p", 1, Value::Int(1))])?;
+            store.commit_with_audit(
+                &[
+                    change("d", "p", 2, Value::Int(2)),
+                    change("e", "q", 2, Value::Int(3)),
+                ],
+                &[(2, b"{\"write\":1}".to_vec())],
+            )?;
+            // As if the process had died before sled's next flush: sled
+            // has neither the new name nor the audit entry nor the next
+            // sequence; the commit log has all three.
+            let guard = store.read();
+            let inner = guard.as_ref().ok_or_else(reopening)?;
+            inner.names_tree.clear()?;
+            inner.audit.clear()?;
+            inner.meta.remove(NEXT)?;
+            inner.db.flush()?;
+        }
+        let store = reopened_with(dir.path(), Backlogs::cloud(1 << 30))?;
         assert_eq!(all(&store, "p")?.len(), 2);
+        let q = store.history("e", "q", i64::MIN, i64::MAX, 10, End::Oldest)?;
+        assert_eq!(q.len(), 1, "its name is back");
+        let audit = store.recent(Log::Audit, u64::MAX, 10, &|_| true)?;
+        assert_eq!(audit.len(), 1, "the audit entry is back");
+        let owed = store.owed(Reader::Cloud, 0, 10).map_err(io)?;
+        assert_eq!(owed.len(), 3);
+        assert_eq!((owed[2].0, owed[2].1.device.as_str()), (3, "e"));
+        store.commit(&[change("d", "p", 3, Value::Int(4))])?;
+        assert_eq!(store.last_seq(), 4, "numbering goes on");
+        // Once a pass has flushed sled and the log has let the records go,
+        // a reopen needs nothing from it.
+        store.acknowledge_for(Reader::Cloud, 4).map_err(io)?;
+        store.trim(Micros::MIN, u64::MAX)?;
+        drop(store);
+        let store = reopened_with(dir.path(), Backlogs::cloud(1 << 30))?;
+        assert_eq!(all(&store, "p")?.len(), 3);
+        assert_eq!(store.recent(Log::Audit, u64::MAX, 10, &|_| true)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_data_dir_with_the_log_in_sled_moves_it_to_files_once() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        {
+            let store = SledStore::open_with(dir.path(), 1 << 20, Backlogs::cloud(1 << 30))?;
+            for i in 0..50 {
+                store.commit(&[change("d", "p", i, Value::Int(i))])?;
+            }
+            store.acknowledge_for(Reader::Cloud, 20).map_err(io)?;
+            // The layout before the commit log had files: its records in
+            // sled's `log` tree, under their first sequence.
+            let mut guard = store.write();
+            let inner = guard.as_mut().ok_or_else(reopening)?;
+            let old = inner.db.open_tree("log")?;
+            let mut records = Vec::new();
+            inner.log.replay(|frame| {
+                if let Replayed::Record { first, bytes, .. } = frame {
+                    records.push((first, bytes));
+                }
+                Ok(())
+            })?;
+            for (first, bytes) in &records {
+                old.insert(first.to_be_bytes(), bytes.as_slice())?;
+            }
+            inner.db.flush()?;
+            *guard = None;
+        }
+        // Every record in sled, and the first 5 in the file: a crash half
+        // way through the move.
+        let log_dir = dir.path().join("commitlog");
+        let files = CommitLog::open(&log_dir)?;
+        let mut moved = Vec::new();
+        files.replay(|frame| {
+            if let Replayed::Record { first, bytes, .. } = frame
+                && first <= 5
+            {
+                moved.push((first, bytes));
+            }
+            Ok(())
+        })?;
+        drop(files);
+        std::fs::remove_dir_all(&log_dir).map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut files = CommitLog::open(&log_dir)?;
+        for (first, bytes) in &moved {
+            files.append(&[Frame::Record {
+                first: *first,
+                bytes,
+            }])?;
+        }
+        drop(files);
+        let store = reopened_with(dir.path(), Backlogs::cloud(1 << 30))?;
+        assert_eq!(all(&store, "p")?.len(), 50, "45 moved, 5 there already");
+        let owed = store.owed(Reader::Cloud, 0, 100).map_err(io)?;
+        assert_eq!(owed.first().map(|o| o.0), Some(21));
+        assert_eq!(owed.len(), 30, "each once");
+        drop(store);
+        let store = reopened_with(dir.path(), Backlogs::cloud(1 << 30))?;
+        assert_eq!(all(&store, "p")?.len(), 50, "moved once");
+        assert_eq!(store.owed(Reader::Cloud, 0, 100).map_err(io)?.len(), 30);
+        let guard = store.read();
+        let inner = guard.as_ref().ok_or_else(reopening)?;
+        assert!(!inner.db.tree_names().iter().any(|n| n.as_ref() == b"log"));
         Ok(())
     }
 
