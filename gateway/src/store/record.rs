@@ -21,7 +21,7 @@ const OUTBOX_ONLY: u8 = 1;
 /// A decoded commit record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// The points are already in history blocks (see [`OUTBOX_ONLY`]).
+    /// The points are already in history blocks (a flag byte of the record).
     pub outbox_only: bool,
     /// Each point's series id.
     pub ids: Vec<u32>,
