@@ -2,19 +2,21 @@
 //! and one sync per commit.
 //!
 //! Beside sled, in files of its own:
-//! - the [commit log](super::commit_log): one append and one sync per group commit, holding
-//!   its commit records ([`record`]), each under the sequence number of its
-//!   first change (every change has one, rising across restarts), the names
-//!   of series seen for the first time and the audit entries of the writes
-//!   it confirms. It is the write-ahead log of everything below that a
-//!   commit changes, and, with `[cloud]`, the outbox itself.
+//! - the [commit log](super::commit_log): one append and one sync per group
+//!   commit, holding its commit records ([`record`]), each under the
+//!   sequence number of its first change (every change has one, rising
+//!   across restarts), the names of series seen for the first time and the
+//!   audit entries of the writes it confirms. It is the write-ahead log of
+//!   everything below that a commit changes, and, with `[cloud]`, the
+//!   outbox itself.
 //!
 //! sled's trees (what a commit writes to them is flushed by the retention
 //! pass, before the commit log lets go of the frames that carry it; a crash
 //! before that replays them from the log):
-//! - `blocks`: each series' history in compressed blocks ([blocks](super::blocks)).
-//! - `names`: the series' names, in pages of 256 ids ([`dictionary`]); `cuts`: series id → the last sequence in its
-//!   blocks.
+//! - `blocks`: each series' history in compressed blocks
+//!   ([blocks](super::blocks)).
+//! - `names`: the series' names, in pages of 256 ids ([`dictionary`]);
+//!   `cuts`: series id → the last sequence in its blocks.
 //! - `outbox_meta`: the next sequence; with `[cloud]` the last acknowledged
 //!   one, the outbox's floor, and the twin's and the config's versions; with
 //!   `[north]` the northbound's own acknowledged sequence and floor.
