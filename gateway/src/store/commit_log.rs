@@ -443,7 +443,8 @@ impl CommitLog {
     }
 
     /// Its segments' numbers, oldest first.
-    pub fn segments(&self) -> Vec<u32> {
+    #[cfg(test)]
+    fn segments(&self) -> Vec<u32> {
         self.segments.keys().copied().collect()
     }
 }
