@@ -147,13 +147,23 @@ fn io(what: impl std::fmt::Display, e: std::io::Error) -> StoreError {
 }
 
 impl CommitLog {
-    /// Opens the log in `dir` (created if missing), cutting an unfinished
-    /// commit off its end.
-    pub fn open(dir: &Path) -> Result<CommitLog, StoreError> {
-        Self::open_sized(dir, SEGMENT_BYTES)
+    /// Opens the log in `dir` (created if missing) and reads it back:
+    /// `each` gets the frames of every whole commit, in the order they were
+    /// appended. An unfinished commit at the end is cut off. Each segment
+    /// is read once, so a long outbox costs one read at start, and nothing
+    /// can be appended before the log has been read.
+    pub fn open(
+        dir: &Path,
+        each: impl FnMut(Replayed) -> Result<(), StoreError>,
+    ) -> Result<CommitLog, StoreError> {
+        Self::open_sized(dir, SEGMENT_BYTES, each)
     }
 
-    fn open_sized(dir: &Path, segment_bytes: u64) -> Result<CommitLog, StoreError> {
+    fn open_sized(
+        dir: &Path,
+        segment_bytes: u64,
+        mut each: impl FnMut(Replayed) -> Result<(), StoreError>,
+    ) -> Result<CommitLog, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir.display(), e))?;
         let mut numbers = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io(dir.display(), e))? {
@@ -184,13 +194,35 @@ impl CommitLog {
                 .map_err(|e| io(path.display(), e))?;
             let bytes = std::fs::read(&path).map_err(|e| io(path.display(), e))?;
             let mut records_end = 0u64;
-            let whole = scan(&bytes, |_, _, kind, body| {
+            let mut failed = None;
+            let whole = scan(&bytes, |offset, len, kind, body| {
+                if failed.is_some() {
+                    return;
+                }
                 if kind == RECORD
                     && let Some((first, record)) = split_record(body)
                 {
                     records_end = records_end.max(first + record_count(record));
                 }
+                let at = At {
+                    segment: number,
+                    offset: offset as u32,
+                    len: len as u32,
+                };
+                match read_frame(kind, body, at) {
+                    Some(frame) => {
+                        if let Err(e) = each(frame) {
+                            failed = Some(e);
+                        }
+                    }
+                    None => tracing::error!(
+                        "commit log segment {number}: a frame at byte {offset} does not read; skipped"
+                    ),
+                }
             });
+            if let Some(e) = failed {
+                return Err(e);
+            }
             if whole < bytes.len() {
                 let cut = bytes.len() - whole;
                 if Some(number) == last {
@@ -220,9 +252,9 @@ impl CommitLog {
         Ok(log)
     }
 
-    /// A log of no segments that takes no appends: a stand-in while the
-    /// store's own is being read.
-    pub fn detached() -> CommitLog {
+    /// A log of no segments that takes no appends: the store's until
+    /// [`CommitLog::open`] has read its own back into it.
+    pub fn unopened() -> CommitLog {
         CommitLog {
             dir: PathBuf::new(),
             segments: BTreeMap::new(),
@@ -233,45 +265,6 @@ impl CommitLog {
 
     fn path(&self, number: u32) -> PathBuf {
         self.dir.join(format!("{number:08}.log"))
-    }
-
-    /// Reads every whole commit back, in order.
-    pub fn replay(
-        &self,
-        mut each: impl FnMut(Replayed) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        for (number, segment) in &self.segments {
-            let mut bytes = vec![0u8; segment.len as usize];
-            segment
-                .file
-                .read_exact_at(&mut bytes, 0)
-                .map_err(|e| io(self.path(*number).display(), e))?;
-            let mut failed = None;
-            scan(&bytes, |offset, len, kind, body| {
-                if failed.is_some() {
-                    return;
-                }
-                let at = At {
-                    segment: *number,
-                    offset: offset as u32,
-                    len: len as u32,
-                };
-                match read_frame(kind, body, at) {
-                    Some(frame) => {
-                        if let Err(e) = each(frame) {
-                            failed = Some(e);
-                        }
-                    }
-                    None => tracing::error!(
-                        "commit log segment {number}: a frame at byte {offset} does not read; skipped"
-                    ),
-                }
-            });
-            if let Some(e) = failed {
-                return Err(e);
-            }
-        }
-        Ok(())
     }
 
     /// Appends one commit's `frames` and syncs them; returns where each
@@ -559,25 +552,33 @@ mod tests {
         super::super::record::encode(false, (0..count).map(|i| (0u32, i as Micros, &value)))
     }
 
-    fn all(log: &CommitLog) -> Vec<Replayed> {
-        let mut out = Vec::new();
-        log.replay(|frame| {
-            out.push(frame);
+    /// Opens the log in `dir` with segments of `size` bytes: the log, and
+    /// what it read back.
+    fn open_all(dir: &Path, size: u64) -> Result<(CommitLog, Vec<Replayed>), StoreError> {
+        let mut frames = Vec::new();
+        let log = CommitLog::open_sized(dir, size, |frame| {
+            frames.push(frame);
             Ok(())
-        })
-        .expect("replay");
-        out
+        })?;
+        Ok((log, frames))
     }
 
-    /// The first sequences of the records replayed.
-    fn firsts(log: &CommitLog) -> Vec<u64> {
-        all(log)
+    /// Opens the log in `dir`: the log, and the first sequences of the
+    /// records it read back.
+    fn open_firsts(dir: &Path, size: u64) -> Result<(CommitLog, Vec<u64>), StoreError> {
+        let (log, frames) = open_all(dir, size)?;
+        let firsts = frames
             .into_iter()
             .filter_map(|frame| match frame {
                 Replayed::Record { first, .. } => Some(first),
                 _ => None,
             })
-            .collect()
+            .collect();
+        Ok((log, firsts))
+    }
+
+    fn open(dir: &Path) -> Result<CommitLog, StoreError> {
+        CommitLog::open(dir, |_| Ok(()))
     }
 
     #[test]
@@ -585,7 +586,7 @@ mod tests {
         let dir = tmp();
         let bytes = record(2);
         {
-            let mut log = CommitLog::open_sized(dir.path(), 100)?;
+            let mut log = open_all(dir.path(), 100)?.0;
             let at = log.append(&[
                 Frame::Name {
                     id: 0,
@@ -611,8 +612,7 @@ mod tests {
             }
             assert!(log.segments().len() > 3, "{:?}", log.segments());
         }
-        let log = CommitLog::open_sized(dir.path(), 100)?;
-        let frames = all(&log);
+        let (log, frames) = open_all(dir.path(), 100)?;
         assert_eq!(
             frames[0],
             Replayed::Name {
@@ -629,7 +629,10 @@ mod tests {
                 body: b"{}".to_vec()
             }
         );
-        assert_eq!(firsts(&log), (1..40).step_by(2).collect::<Vec<u64>>());
+        assert_eq!(
+            open_firsts(dir.path(), 100)?.1,
+            (1..40).step_by(2).collect::<Vec<u64>>()
+        );
         assert_eq!(log.records_end(), 41);
         for frame in frames {
             if let Replayed::Record {
@@ -650,7 +653,7 @@ mod tests {
         let bytes = record(1);
         let path = dir.path().join("00000001.log");
         let whole = {
-            let mut log = CommitLog::open(dir.path())?;
+            let mut log = open(dir.path())?;
             log.append(&[Frame::Record {
                 first: 1,
                 bytes: &bytes,
@@ -659,7 +662,7 @@ mod tests {
         };
         // A commit of two frames with only its first on disk, then one
         // whose last byte is damaged.
-        let mut log = CommitLog::open(dir.path())?;
+        let mut log = open(dir.path())?;
         log.append(&[
             Frame::Record {
                 first: 2,
@@ -674,21 +677,21 @@ mod tests {
         drop(log);
         let half = whole as usize + (two.len() - whole as usize) / 2;
         std::fs::write(&path, &two[..half]).expect("write");
-        let log = CommitLog::open(dir.path())?;
-        assert_eq!(firsts(&log), [1]);
+        let (log, firsts) = open_firsts(dir.path(), SEGMENT_BYTES)?;
+        assert_eq!(firsts, [1]);
         assert_eq!(std::fs::metadata(&path).expect("segment").len(), whole);
         drop(log);
         let mut damaged = two.clone();
         *damaged.last_mut().expect("bytes") ^= 0xff;
         std::fs::write(&path, &damaged).expect("write");
-        let mut log = CommitLog::open(dir.path())?;
-        assert_eq!(firsts(&log), [1], "a frame whose CRC fails ends the log");
+        let (mut log, firsts) = open_firsts(dir.path(), SEGMENT_BYTES)?;
+        assert_eq!(firsts, [1], "a frame whose CRC fails ends the log");
         log.append(&[Frame::Record {
             first: 2,
             bytes: &bytes,
         }])?;
         drop(log);
-        assert_eq!(firsts(&CommitLog::open(dir.path())?), [1, 2]);
+        assert_eq!(open_firsts(dir.path(), SEGMENT_BYTES)?.1, [1, 2]);
         Ok(())
     }
 
@@ -697,7 +700,7 @@ mod tests {
     {
         let dir = tmp();
         let bytes = record(10);
-        let mut log = CommitLog::open_sized(dir.path(), 1)?;
+        let mut log = open_all(dir.path(), 1)?.0;
         for first in [1u64, 11, 21] {
             log.append(&[Frame::Record {
                 first,
@@ -711,8 +714,7 @@ mod tests {
         assert_eq!(log.segments(), [3], "appends go to the last");
         assert!(!dir.path().join("00000001.log").exists());
         drop(log);
-        let log = CommitLog::open_sized(dir.path(), 1)?;
-        assert_eq!(firsts(&log), [21]);
+        assert_eq!(open_firsts(dir.path(), 1)?.1, [21]);
         Ok(())
     }
 
@@ -720,7 +722,7 @@ mod tests {
     fn a_read_of_a_damaged_frame_is_an_error() -> Result<(), StoreError> {
         let dir = tmp();
         let bytes = record(3);
-        let mut log = CommitLog::open(dir.path())?;
+        let mut log = open(dir.path())?;
         let at = log.append(&[Frame::Record {
             first: 1,
             bytes: &bytes,
@@ -740,8 +742,7 @@ mod tests {
         ) {
             let dir = tmp();
             std::fs::write(dir.path().join("00000001.log"), &bytes).expect("write");
-            let log = CommitLog::open(dir.path()).expect("open");
-            let _ = all(&log);
+            open(dir.path()).expect("open");
         }
     }
 }

@@ -325,6 +325,20 @@ pub struct Layout {
     pub head_bytes: u64,
 }
 
+/// What reading the commit log back at open needs, and counts
+/// ([`Inner::replay`]).
+struct Replay {
+    /// Series id → the last sequence in its blocks: later points go to
+    /// its head.
+    cuts: HashMap<u32, u64>,
+    /// The last audit entry sled holds: later ones in the log are put back.
+    audited: u64,
+    /// Records that end at or before this have gone (their segment stayed).
+    collected: u64,
+    /// Names and audit entries put back.
+    restored: u64,
+}
+
 /// One walk of a retention pass ([`Inner::plan_trim`]).
 struct TrimPlan {
     /// Heads holding records before this are cut ([`Inner::tail_start`]).
@@ -781,7 +795,7 @@ impl Inner {
             names_tree: db.open_tree("names")?,
             names_page: Vec::new(),
             names_dirty: false,
-            log: CommitLog::open(&dir.join("commitlog"))?,
+            log: CommitLog::unopened(),
             cuts: db.open_tree("cuts")?,
             meta: db.open_tree(META_TREE)?,
             blocks: Blocks::open(&db)?,
@@ -798,11 +812,22 @@ impl Inner {
         };
         inner.read_names()?;
         inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.unwrap_or(1).max(1);
-        inner.move_sled_log()?;
+        let mut replay = inner.replay_from()?;
+        inner.log = CommitLog::open(&dir.join("commitlog"), |frame| {
+            inner.replay(frame, &mut replay)
+        })?;
+        inner.move_sled_log(&replay)?;
         if migrate::needed(&inner.db) {
-            inner.migrate()?;
+            inner.migrate(&replay)?;
         }
-        inner.replay()?;
+        if replay.restored > 0 {
+            inner.write_names_page()?;
+            inner.db.flush()?;
+            tracing::info!(
+                "the store restored {} name(s) and audit entries from its commit log",
+                replay.restored
+            );
+        }
         for reader in Reader::ALL {
             if let Some(budget) = budgets.of(reader) {
                 inner.open_outbox(reader, budget)?;
@@ -811,13 +836,14 @@ impl Inner {
         Ok(inner)
     }
 
-    /// Converts an old data dir (see [`migrate`]).
-    fn migrate(&mut self) -> Result<(), StoreError> {
+    /// Converts an old data dir (see [`migrate`]); the commit records it
+    /// writes are read into the store as `replay` reads the log's.
+    fn migrate(&mut self, replay: &Replay) -> Result<(), StoreError> {
         let points = migrate::history(&self.db, &self.blocks)?;
         let mut waiting = 0u64;
         let first = migrate::outbox(&self.db.clone(), |page| {
             waiting += page.len() as u64;
-            self.convert_outbox_page(page)
+            self.convert_outbox_page(page, replay)
         })?;
         if let Some(first) = first {
             self.meta.insert(FLOOR, &first.to_be_bytes())?;
@@ -834,8 +860,9 @@ impl Inner {
     /// Moves the commit records of a data dir written before the commit log
     /// had files of its own (sled's `log` tree) into it, once. A crash half
     /// way moves the rest at the next open: the records already in the
-    /// file are known by their sequences.
-    fn move_sled_log(&mut self) -> Result<(), StoreError> {
+    /// file are known by their sequences. What it moves is read into the
+    /// store as `replay` reads the log's.
+    fn move_sled_log(&mut self, replay: &Replay) -> Result<(), StoreError> {
         if !self
             .db
             .tree_names()
@@ -866,7 +893,10 @@ impl Inner {
                         bytes,
                     })
                     .collect();
-                self.log.append(&frames)?;
+                let places = self.log.append(&frames)?;
+                for ((first, bytes), at) in page.iter().zip(places) {
+                    self.replay_record(*first, bytes, at, replay);
+                }
                 moved += page.len() as u64;
                 page.clear();
             }
@@ -888,6 +918,7 @@ impl Inner {
     fn convert_outbox_page(
         &mut self,
         page: &[(u64, String, String, Micros, ferrite_models::Value)],
+        replay: &Replay,
     ) -> Result<(), StoreError> {
         let mut start = 0;
         while start < page.len() {
@@ -905,7 +936,6 @@ impl Inner {
                 .zip(run)
                 .map(|(id, (_, _, _, ts, value))| (*id, *ts, value))
                 .collect();
-            // Replay reads these records back into the store's index.
             let records = encode_records(run[0].0, true, &points);
             let frames: Vec<Frame<'_>> = records
                 .iter()
@@ -914,17 +944,20 @@ impl Inner {
                     bytes,
                 })
                 .collect();
-            self.log.append(&frames)?;
+            let places = self.log.append(&frames)?;
+            for ((first, _, bytes), at) in records.iter().zip(places) {
+                self.replay_record(*first, bytes, at, replay);
+            }
             self.next_seq = self.next_seq.max(run[run.len() - 1].0 + 1);
             start = end;
         }
         Ok(())
     }
 
-    /// Reads the log: its records, and each series' points after its cut
-    /// into the heads; and what sled may have lost of the commits in it (a
-    /// crash before the flush that follows them): names and audit entries.
-    fn replay(&mut self) -> Result<(), StoreError> {
+    /// What reading the log back needs from sled: each series' cut, the
+    /// last audit entry sled holds, and where the log's collected records
+    /// end.
+    fn replay_from(&self) -> Result<Replay, StoreError> {
         let mut cuts = HashMap::new();
         for item in self.cuts.iter() {
             let (k, v) = item?;
@@ -937,45 +970,41 @@ impl Inner {
             Some((k, _)) => <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
             None => 0,
         };
-        let collected = meta_u64(&self.meta, COLLECTED).map_err(io)?.unwrap_or(0);
-        let mut restored = 0u64;
-        // The log is read by reference while the rest of `self` changes.
-        let log = std::mem::replace(&mut self.log, CommitLog::detached());
-        let replayed = log.replay(|frame| {
-            match frame {
-                Replayed::Name {
-                    id,
-                    device,
-                    property,
-                } => {
-                    let known = self.names.len() as u64;
-                    if u64::from(id) == known {
-                        self.add_name(id, &device, &property)?;
-                        restored += 1;
-                    } else if u64::from(id) > known {
-                        tracing::error!("the commit log names series {id} after {known}: skipped");
-                    }
-                }
-                Replayed::Audit { seq, ts, body } => {
-                    if seq > audited {
-                        self.insert_entries(Log::Audit, &[(seq, ts, body)])?;
-                        restored += 1;
-                    }
-                }
-                Replayed::Record { first, bytes, at } => {
-                    self.replay_record(first, &bytes, at, &cuts, collected);
+        Ok(Replay {
+            cuts,
+            audited,
+            collected: meta_u64(&self.meta, COLLECTED).map_err(io)?.unwrap_or(0),
+            restored: 0,
+        })
+    }
+
+    /// One frame of the log, read back at open: a record into the index
+    /// and the heads; a name or an audit entry sled lost (a crash before
+    /// the flush that follows the commit) put back.
+    fn replay(&mut self, frame: Replayed, replay: &mut Replay) -> Result<(), StoreError> {
+        match frame {
+            Replayed::Name {
+                id,
+                device,
+                property,
+            } => {
+                let known = self.names.len() as u64;
+                if u64::from(id) == known {
+                    self.add_name(id, &device, &property)?;
+                    replay.restored += 1;
+                } else if u64::from(id) > known {
+                    tracing::error!("the commit log names series {id} after {known}: skipped");
                 }
             }
-            Ok(())
-        });
-        self.log = log;
-        replayed?;
-        if restored > 0 {
-            self.write_names_page()?;
-            self.db.flush()?;
-            tracing::info!(
-                "the store restored {restored} name(s) and audit entries from its commit log"
-            );
+            Replayed::Audit { seq, ts, body } => {
+                if seq > replay.audited {
+                    self.insert_entries(Log::Audit, &[(seq, ts, body)])?;
+                    replay.restored += 1;
+                }
+            }
+            Replayed::Record { first, bytes, at } => {
+                self.replay_record(first, &bytes, at, replay);
+            }
         }
         Ok(())
     }
@@ -984,14 +1013,7 @@ impl Inner {
     /// their series' cut into the heads. A record that does not read (a
     /// foreign or damaged one) is left where it is and reported: refusing to
     /// open would stop the gateway, and with it every reading after it.
-    fn replay_record(
-        &mut self,
-        first: u64,
-        bytes: &[u8],
-        at: At,
-        cuts: &HashMap<u32, u64>,
-        collected: u64,
-    ) {
+    fn replay_record(&mut self, first: u64, bytes: &[u8], at: At, replay: &Replay) {
         let record = match record::decode(first, bytes) {
             Ok(record) => record,
             Err(e) => {
@@ -1003,7 +1025,7 @@ impl Inner {
             return;
         };
         self.next_seq = self.next_seq.max(first + u64::from(count));
-        if first + u64::from(count) <= collected {
+        if first + u64::from(count) <= replay.collected {
             return;
         }
         self.records.insert(
@@ -1022,7 +1044,7 @@ impl Inner {
                 tracing::error!("commit record {first}: unknown series {id}, skipped");
                 continue;
             }
-            if seq > cuts.get(&id).copied().unwrap_or(0) {
+            if seq > replay.cuts.get(&id).copied().unwrap_or(0) {
                 self.head(id).push(seq, ts, &value);
             }
         }
@@ -2719,15 +2741,9 @@ mod tests {
             let mut guard = store.write();
             let inner = guard.as_mut().ok_or_else(reopening)?;
             let old = inner.db.open_tree("log")?;
-            let mut records = Vec::new();
-            inner.log.replay(|frame| {
-                if let Replayed::Record { first, bytes, .. } = frame {
-                    records.push((first, bytes));
-                }
-                Ok(())
-            })?;
-            for (first, bytes) in &records {
-                old.insert(first.to_be_bytes(), bytes.as_slice())?;
+            assert_eq!(inner.records.len(), 50);
+            for (first, record) in &inner.records {
+                old.insert(first.to_be_bytes(), inner.log.read(record.at)?)?;
             }
             inner.db.flush()?;
             *guard = None;
@@ -2735,19 +2751,17 @@ mod tests {
         // Every record in sled, and the first 5 in the file: a crash half
         // way through the move.
         let log_dir = dir.path().join("commitlog");
-        let files = CommitLog::open(&log_dir)?;
         let mut moved = Vec::new();
-        files.replay(|frame| {
+        drop(CommitLog::open(&log_dir, |frame| {
             if let Replayed::Record { first, bytes, .. } = frame
                 && first <= 5
             {
                 moved.push((first, bytes));
             }
             Ok(())
-        })?;
-        drop(files);
+        })?);
         std::fs::remove_dir_all(&log_dir).map_err(|e| StoreError::Io(e.to_string()))?;
-        let mut files = CommitLog::open(&log_dir)?;
+        let mut files = CommitLog::open(&log_dir, |_| Ok(()))?;
         for (first, bytes) in &moved {
             files.append(&[Frame::Record {
                 first: *first,
