@@ -8,6 +8,11 @@
 //! CLOUD=1 cargo bench -p ferrite-gateway --bench modbus_load
 //! # with N dashboards open (clients of the live stream, /api/v1/stream):
 //! STREAM_CLIENTS=5 cargo bench -p ferrite-gateway --bench modbus_load
+//! # where the memory goes over a long run: every 60 s, RSS (anonymous and
+//! # file-backed) and the store's layout from /api/v1/debug/memory
+//! MEMORY_EVERY=60 SECONDS=600 cargo bench -p ferrite-gateway --bench modbus_load
+//! # more of the gateway's config (`\n` for a new line):
+//! CONFIG='[store]\ncache_mib = 2' cargo bench -p ferrite-gateway --bench modbus_load
 //! ```
 //!
 //! Setup: DEVICES devices × REGISTERS u16 holding registers, polled every
@@ -62,6 +67,13 @@ async fn main() {
     }
     let dir = project_dir();
     let root = dir.path();
+    if let Ok(extra) = std::env::var("CONFIG") {
+        // More of the gateway's config, e.g. CONFIG='[store]\ncache_mib = 2'.
+        let config = std::fs::read_to_string(root.join("ferrite.toml")).expect("config");
+        let extra = extra.replace("\\n", "\n");
+        std::fs::write(root.join("ferrite.toml"), format!("{config}{extra}\n")).expect("config");
+        println!("with config: {}", extra.replace('\n', "; "));
+    }
     if env("CLOUD", 0) == 1 {
         // An unreachable control plane: changes pile up in the outbox.
         let config = std::fs::read_to_string(root.join("ferrite.toml")).expect("config");
@@ -127,6 +139,17 @@ async fn main() {
     let streams: Vec<_> = (0..stream_clients)
         .map(|_| tokio::spawn(read_stream(client.clone(), base.clone(), seconds as u64)))
         .collect();
+
+    // Where the memory goes, every MEMORY_EVERY seconds of the window.
+    let memory_every = env("MEMORY_EVERY", 0) as u64;
+    let memory = (memory_every > 0).then(|| {
+        tokio::spawn(report_memory(
+            client.clone(),
+            base.clone(),
+            memory_every,
+            seconds as u64,
+        ))
+    });
 
     // The measured window, with writes going through.
     let samples0 = metric(&client, &base, "ferrite_samples_total").await;
@@ -203,6 +226,9 @@ async fn main() {
         }
     }
 
+    if let Some(memory) = memory {
+        memory.abort();
+    }
     stop_gateway(&mut child);
     animator.abort();
 
@@ -261,6 +287,46 @@ async fn main() {
     sim.stop().await;
     for sim in sims {
         sim.stop().await;
+    }
+}
+
+/// Prints a row of `/api/v1/debug/memory` every `every` seconds until
+/// `seconds` have passed: RSS, its anonymous and file-backed parts, and what
+/// the store holds in memory (heads, the log's index) and at rest.
+async fn report_memory(client: reqwest::Client, base: String, every: u64, seconds: u64) {
+    println!(
+        "memory every {every} s: s, RSS, anonymous, file (MiB); heads: points, heap MiB; log: records, MiB; blocks"
+    );
+    let t0 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(every));
+    tick.tick().await;
+    while t0.elapsed().as_secs() + every <= seconds {
+        tick.tick().await;
+        let Ok(res) = client
+            .get(format!("{base}/api/v1/debug/memory"))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(view) = res.json::<serde_json::Value>().await else {
+            continue;
+        };
+        let mib = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / 1048576.0;
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        let store = &view["store"];
+        println!(
+            "memory {:>5} s  {:>6.1} {:>6.1} {:>5.1}  heads {:>8} {:>6.1}  log {:>7} {:>6.1}  blocks {:>8}",
+            t0.elapsed().as_secs(),
+            mib(&view["rss_bytes"]),
+            mib(&view["anonymous_bytes"]),
+            mib(&view["file_bytes"]),
+            n(&store["head_points"]),
+            mib(&store["head_bytes"]),
+            n(&store["log_records"]),
+            mib(&store["log_bytes"]),
+            n(&store["blocks"]),
+        );
     }
 }
 

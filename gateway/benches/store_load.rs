@@ -33,7 +33,11 @@
 //!    pass's time; at the end, the layout (blocks, log records, head points),
 //!    the CPU and bytes written per change, then the store reopened and its
 //!    first pass (which counts the blocks) timed. What the store alone holds
-//!    after minutes of load, in a minute or two of wall time.
+//!    after minutes of load, in a minute or two of wall time. With
+//!    `OUTBOX_MIB=N` the store also keeps every change for a control plane
+//!    that never acknowledges (`[cloud]`'s outbox, up to N MiB), so the
+//!    reopen reads that much log back; with `DROP_CACHES=1` (root) the
+//!    kernel's page cache is dropped before the reopen, as after a power cut.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -239,7 +243,19 @@ fn long_run(series: usize, seconds: i64, group: usize) {
         0 => i64::try_from(defaults.history_age.0.as_micros()).unwrap_or(i64::MAX),
         seconds => seconds as i64 * 1_000_000,
     };
-    let store = SledStore::open_with_cache(dir.path(), cache).expect("store");
+    let outbox_mib = env("OUTBOX_MIB", 0) as u64;
+    let open = || {
+        if outbox_mib > 0 {
+            SledStore::open_with(
+                dir.path(),
+                cache,
+                ferrite_gateway::store::Backlogs::cloud(outbox_mib * 1024 * 1024),
+            )
+        } else {
+            SledStore::open_with_cache(dir.path(), cache)
+        }
+    };
+    let store = open().expect("store");
     // As the gateway's retention task leaves it, or RETENTION_SLACK_S.
     let slack = match env("RETENTION_SLACK_S", 0) {
         0 => ferrite_gateway::store::writer::retention_slack(Duration::from_micros(
@@ -320,10 +336,17 @@ fn long_run(series: usize, seconds: i64, group: usize) {
     );
     // A restart: the first pass counts every block into the size ledger.
     drop(store);
+    if env("DROP_CACHES", 0) == 1 {
+        let synced = std::process::Command::new("sync").status();
+        let dropped = std::fs::write("/proc/sys/vm/drop_caches", "3");
+        if synced.is_err() || dropped.is_err() {
+            println!("DROP_CACHES: could not drop the page cache (root only)");
+        }
+    }
     let reopened = Instant::now();
     let store = loop {
         // sled lets its file lock go a little after the drop.
-        match SledStore::open_with_cache(dir.path(), cache) {
+        match open() {
             Ok(store) => break store,
             Err(e) if reopened.elapsed() < Duration::from_secs(10) => {
                 eprintln!("reopen: {e}; again");
@@ -338,8 +361,9 @@ fn long_run(series: usize, seconds: i64, group: usize) {
         .trim(start + seconds * 1_000_000 - max_age, max_bytes)
         .expect("trim");
     println!(
-        "after a restart         opened in {:.2} s; the first pass (it counts the blocks) {:.2} s; {:.1} MiB held, RSS {:.1} MiB",
+        "after a restart         opened in {:.2} s ({:.1} MiB of log); the first pass (it counts the blocks) {:.2} s; {:.1} MiB held, RSS {:.1} MiB",
         opened.as_secs_f64(),
+        layout.record_bytes as f64 / 1048576.0,
         pass.elapsed().as_secs_f64(),
         store.history_bytes().unwrap_or(0) as f64 / 1048576.0,
         rss_mib()
