@@ -199,11 +199,6 @@ impl CommitLog {
                 if failed.is_some() {
                     return;
                 }
-                if kind == RECORD
-                    && let Some((first, record)) = split_record(body)
-                {
-                    records_end = records_end.max(first + record_count(record));
-                }
                 let at = At {
                     segment: number,
                     offset: offset as u32,
@@ -211,6 +206,9 @@ impl CommitLog {
                 };
                 match read_frame(kind, body, at) {
                     Some(frame) => {
+                        if let Replayed::Record { first, bytes, .. } = &frame {
+                            records_end = records_end.max(first + record_count(bytes));
+                        }
                         if let Err(e) = each(frame) {
                             failed = Some(e);
                         }

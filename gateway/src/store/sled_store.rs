@@ -886,17 +886,10 @@ impl Inner {
                 }
             }
             if page.len() >= 1024 || (item.is_none() && !page.is_empty()) {
-                let frames: Vec<Frame<'_>> = page
-                    .iter()
-                    .map(|(first, bytes)| Frame::Record {
-                        first: *first,
-                        bytes,
-                    })
-                    .collect();
-                let places = self.log.append(&frames)?;
-                for ((first, bytes), at) in page.iter().zip(places) {
-                    self.replay_record(*first, bytes, at, replay);
-                }
+                self.append_records(
+                    page.iter().map(|(first, bytes)| (*first, &bytes[..])),
+                    replay,
+                )?;
                 moved += page.len() as u64;
                 page.clear();
             }
@@ -910,6 +903,26 @@ impl Inner {
         tracing::info!(
             "moved {moved} commit record(s) from the store's sled tree into its commit log files"
         );
+        Ok(())
+    }
+
+    /// Appends commit records (first sequence, record) that a migration
+    /// writes, in one commit, and reads them into the store as `replay`
+    /// reads the log's.
+    fn append_records<'a>(
+        &mut self,
+        records: impl Iterator<Item = (u64, &'a [u8])>,
+        replay: &Replay,
+    ) -> Result<(), StoreError> {
+        let frames: Vec<Frame<'a>> = records
+            .map(|(first, bytes)| Frame::Record { first, bytes })
+            .collect();
+        let places = self.log.append(&frames)?;
+        for (frame, at) in frames.iter().zip(places) {
+            if let Frame::Record { first, bytes } = frame {
+                self.replay_record(*first, bytes, at, replay);
+            }
+        }
         Ok(())
     }
 
@@ -937,17 +950,10 @@ impl Inner {
                 .map(|(id, (_, _, _, ts, value))| (*id, *ts, value))
                 .collect();
             let records = encode_records(run[0].0, true, &points);
-            let frames: Vec<Frame<'_>> = records
-                .iter()
-                .map(|(first, _, bytes)| Frame::Record {
-                    first: *first,
-                    bytes,
-                })
-                .collect();
-            let places = self.log.append(&frames)?;
-            for ((first, _, bytes), at) in records.iter().zip(places) {
-                self.replay_record(*first, bytes, at, replay);
-            }
+            self.append_records(
+                records.iter().map(|(first, _, bytes)| (*first, &bytes[..])),
+                replay,
+            )?;
             self.next_seq = self.next_seq.max(run[run.len() - 1].0 + 1);
             start = end;
         }
