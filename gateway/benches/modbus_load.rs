@@ -37,7 +37,8 @@ use ferrite_sim::server::TcpSim;
 
 mod common;
 use common::{
-    env, metric, percentile, print_usage, project_dir, spawn_gateway, stop_gateway, wait_online,
+    add_config, env, metric, percentile, print_usage, project_dir, spawn_gateway, stop_gateway,
+    wait_online,
 };
 
 /// A REST write slower than this is listed with its time in the window.
@@ -69,19 +70,16 @@ async fn main() {
     let root = dir.path();
     if let Ok(extra) = std::env::var("CONFIG") {
         // More of the gateway's config, e.g. CONFIG='[store]\ncache_mib = 2'.
-        let config = std::fs::read_to_string(root.join("ferrite.toml")).expect("config");
         let extra = extra.replace("\\n", "\n");
-        std::fs::write(root.join("ferrite.toml"), format!("{config}{extra}\n")).expect("config");
+        add_config(root, &format!("{extra}\n"));
         println!("with config: {}", extra.replace('\n', "; "));
     }
     if env("CLOUD", 0) == 1 {
         // An unreachable control plane: changes pile up in the outbox.
-        let config = std::fs::read_to_string(root.join("ferrite.toml")).expect("config");
-        std::fs::write(
-            root.join("ferrite.toml"),
-            config + "[cloud]\nbroker = \"mqtt://127.0.0.1:1\"\noutbox_mib = 4096\n",
-        )
-        .expect("config");
+        add_config(
+            root,
+            "[cloud]\nbroker = \"mqtt://127.0.0.1:1\"\noutbox_mib = 4096\n",
+        );
         println!("with [cloud]: every stored change also waits in the sync outbox");
     }
     let mut model = String::from("kind: DeviceModel\nname: m\nproperties:\n");

@@ -25,7 +25,6 @@
 //! the new value in the REST API (a probe device, published to and polled
 //! for while the load runs).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,8 +33,8 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 
 mod common;
 use common::{
-    env, metric, metric_sum, percentile, print_usage, project_dir, spawn_gateway, stop_gateway,
-    wait_online,
+    add_config, env, metric, metric_sum, percentile, print_usage, project_dir, spawn_gateway,
+    stop_gateway, wait_online,
 };
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -57,13 +56,13 @@ async fn main() {
         .port();
     let dir = project_dir();
     let root = dir.path();
-    let mut config = std::fs::read_to_string(root.join("ferrite.toml")).expect("config");
-    let _ = write!(
-        config,
-        "[mqtt]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = {}\n",
-        publishers + 16
+    add_config(
+        root,
+        &format!(
+            "[mqtt]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = {}\n",
+            publishers + 16
+        ),
     );
-    std::fs::write(root.join("ferrite.toml"), config).expect("config");
     std::fs::write(
         root.join("models/m.yaml"),
         "kind: DeviceModel\nname: m\nproperties:\n  v: { type: int, mqtt: { topic: \"b/{device}/state\", json: /v } }\n",

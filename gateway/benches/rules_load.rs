@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod common;
-use common::{env, percentile, project_dir};
+use common::{add_config, env, percentile, project_dir};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -213,12 +213,7 @@ async fn latency() {
         .expect("sim");
     let dir = project_dir();
     let root = dir.path();
-    let config = std::fs::read_to_string(root.join("ferrite.toml")).expect("config");
-    std::fs::write(
-        root.join("ferrite.toml"),
-        config + "[api]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .expect("config");
+    add_config(root, "[api]\nlisten = \"127.0.0.1:0\"\n");
     std::fs::write(root.join("models/boiler.yaml"), BOILER).expect("model");
     std::fs::write(
         root.join("devices/boiler-1.yaml"),

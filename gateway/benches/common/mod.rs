@@ -180,6 +180,13 @@ pub fn print_usage(gw: &Proc, cpu0: u64, elapsed: f64) {
     );
 }
 
+/// Appends `text` (TOML) to the project's `ferrite.toml`.
+pub fn add_config(root: &Path, text: &str) {
+    let path = root.join("ferrite.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, config + text).expect("config");
+}
+
 /// A temporary project folder with an empty config, for the bench to fill.
 pub fn project_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
