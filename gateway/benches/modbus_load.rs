@@ -314,7 +314,7 @@ async fn report_memory(client: reqwest::Client, base: String, every: u64, second
         let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         let store = &view["store"];
         println!(
-            "memory {:>5} s  {:>6.1} {:>6.1} {:>5.1}  heads {:>8} {:>6.1}  log {:>7} {:>6.1}  blocks {:>8}",
+            "memory {:>5} s  {:>6.1} {:>6.1} {:>5.1}  heads {:>8} {:>6.1}  log {:>7} {:>6.1}  blocks {:>8} {:>6.1} index {:>5.1}",
             t0.elapsed().as_secs(),
             mib(&view["rss_bytes"]),
             mib(&view["anonymous_bytes"]),
@@ -324,6 +324,8 @@ async fn report_memory(client: reqwest::Client, base: String, every: u64, second
             n(&store["log_records"]),
             mib(&store["log_bytes"]),
             n(&store["blocks"]),
+            mib(&store["block_file_bytes"]),
+            mib(&store["block_index_bytes"]),
         );
     }
 }

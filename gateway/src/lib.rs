@@ -2,11 +2,12 @@
 //!
 //! The gateway wires the leaf crates together: devices are polled by
 //! drivers, their readings go through the store writer into the store (a
-//! commit log of its own, history blocks in sled) and the live view, and the
+//! commit log and history block files of its own, sled for names and
+//! metadata) and the live view, and the
 //! REST API serves both.
 //!
 //! ```text
-//! drivers ──Update──▶ store::writer ──▶ commit log + sled (history, latest)
+//! drivers ──Update──▶ store::writer ──▶ commit log + blocks + sled (history)
 //!    ▲                     │  │
 //!    │ DeviceWriter        │  └─feed─▶ rules ──▶ journal (events, audit)
 //!    │                     ▼            │
@@ -42,8 +43,8 @@
 //!   per protocol, and the embedded broker), on the contract of
 //!   `ferrite-core` (the `Driver` trait, readings, times). Neither depends on
 //!   this crate: [`runtime`] makes the drivers and hands them to [`fleet`].
-//! - [`store`]: the storage trait, its implementation (a commit log and
-//!   sled), and the writer task that batches, fsyncs, then publishes.
+//! - [`store`]: the storage trait, its implementation (a commit log, block
+//!   files and sled), and the writer task that batches, fsyncs, then publishes.
 //! - [`live`]: statuses and latest readings, as the API shows them.
 //! - [`control`]: the one checked write path (REST and rules): model
 //!   checks, rule holds, the audit log.

@@ -97,6 +97,11 @@ pub struct StoreLayoutView {
     pub block_points: u64,
     /// Their bytes.
     pub block_bytes: u64,
+    /// The bytes of the block files (with those of blocks replaced or
+    /// dropped, until their segment goes).
+    pub block_file_bytes: u64,
+    /// The memory the blocks' index takes, bytes.
+    pub block_index_bytes: u64,
     /// Commit records in the log.
     pub log_records: u64,
     /// Their bytes.
@@ -133,6 +138,8 @@ pub async fn memory(State(state): State<AppState>) -> Result<axum::Json<MemoryVi
             blocks: l.blocks,
             block_points: l.block_points,
             block_bytes: l.block_bytes,
+            block_file_bytes: l.block_file_bytes,
+            block_index_bytes: l.block_index_bytes,
             log_records: l.records,
             log_bytes: l.record_bytes,
             head_points: l.head_points,

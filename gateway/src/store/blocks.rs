@@ -1,64 +1,131 @@
-//! History at rest: each series' points in compressed blocks, one sled key
-//! per block.
+//! History at rest: each series' points in compressed blocks, appended to
+//! segment files of their own, with an index in memory.
 //!
-//! Key: series id (4 bytes) + the block's first time (8, sign-flipped, so
-//! keys sort by time). Value: the block's last time (8), its point count
-//! (varint), then a [`Chunk`].
+//! Until issue 20's last step the blocks were sled keys. sled kept its pages
+//! in memory whatever its cache was set to (about 200 bytes a block beyond
+//! the block itself, and growing with the history held), so the gateway's
+//! memory grew by megabytes a minute under load. Here a block costs its
+//! [`Loc`] in memory (32 bytes), and its bytes on disk.
 //!
-//! The blocks of a series never overlap in time: a block whose span meets
-//! existing blocks (a clock set back, a device's own timestamps) is merged
-//! with them before it is written. So a range query reads the blocks in key
-//! order and stops at the first past its end, and two points at one time
-//! cannot hide in two blocks.
+//! On disk: `data_dir/blocks/NNNNNNNN.blk`, rising numbers, appends to the
+//! last until it holds [`SEGMENT_BYTES`]. Each block is one frame, framed as
+//! the commit log's are (length, CRC-32, kind): kind [`BLOCK`], then the
+//! series id (u32 BE), the block's first and last times (i64 BE), the
+//! sequence of the last change it holds (u64 BE, 0 when not known: the
+//! series' cut, see below), its point count (varint) and a [`Chunk`].
 //!
-//! The blocks also keep a lower bound of the oldest time at rest, so that
-//! the minute's retention pass can tell without reading a block that none
-//! is old enough to go (see [`Blocks::oldest`]), and a ledger of the bytes
-//! at rest by the minute their blocks end, so that retention by size knows
-//! how much is held and which blocks to drop without asking sled, whose
-//! file does not shrink when data goes (see [`Blocks::held`]).
+//! Nothing is rewritten in place, and nothing records a removal. At open the
+//! frames are read in the order they were appended, and:
+//! - **a block replaces the blocks of its series it overlaps in time.** A
+//!   write merges the blocks it overlaps into the block it appends (a clock
+//!   set back), the straddling block an age limit cuts is appended again
+//!   without its older points, and a block moved out of a sparse segment is
+//!   appended again whole: each covers what it replaces. So the blocks of a
+//!   series never overlap, and a range query walks them in time order.
+//! - **blocks that end before the retention mark go** ([`Blocks::gone_before`],
+//!   kept in sled's meta tree): the age and size limits drop whole blocks
+//!   that end before a time, and the mark is the latest such time.
+//!
+//! A block's bytes are synced by [`Blocks::sync`], which the store calls
+//! before the flush of sled that lets the commit log drop the records the
+//! blocks hold. Until then a crash may lose a block, and the log still has
+//! its points: the series' cut (the last sequence in its blocks, which a
+//! reopen replays the log after) is written to sled only once the block is
+//! synced, and a block's own frame carries it too. A segment whose blocks
+//! have all been replaced or dropped is deleted by the sync, after what
+//! replaced them is on disk; one mostly empty is compacted (its blocks
+//! appended again) first.
+//!
+//! The index also keeps a lower bound of the oldest time at rest, so that
+//! the minute's retention pass can tell that no block is old enough to go
+//! (see [`Blocks::oldest`]), and a ledger of the bytes at rest by the minute
+//! their blocks end, so that retention by size knows how much is held and
+//! which blocks to drop (see [`Blocks::held`]).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferrite_models::Value;
 
 use super::chunk::{self, Chunk};
+use super::commit_log::{HEADER, scan_frames, seal};
 use super::{End, StoreError};
 use crate::time::Micros;
 
 /// Points a series' head gathers before it is cut into a block.
 pub const CUT_POINTS: u32 = 120;
 
-/// A point: its time and value.
+/// A segment takes appends until it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A segment (not the last) whose live blocks take less than this share of
+/// it is compacted: they are appended again and it goes.
+const COMPACT_BELOW: f64 = 0.25;
+
+/// The frame kind of a block.
+const BLOCK: u8 = 4;
+
+/// A block's frame before its chunk: kind, id, first and last time, cut.
+const BLOCK_HEAD: usize = 1 + 4 + 8 + 8 + 8;
+
+/// A point: its time and its value.
 pub type Point = (Micros, Value);
 
-/// The blocks tree (a handle: clones share it).
-#[derive(Clone)]
-pub struct Blocks {
-    tree: sled::Tree,
-    /// No block at rest starts before this. `Micros::MIN` (anything may be
-    /// there) until a retention walk has looked at every series; each
-    /// block written lowers it, a walk raises it ([`Blocks::settle`]).
-    oldest: Arc<AtomicI64>,
-    /// The earliest start written since the last walk began.
-    written: Arc<AtomicI64>,
-    /// The bytes at rest, once counted.
-    ledger: Arc<Mutex<Ledger>>,
+/// Where a block is, and what the index needs to know of it without
+/// reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    start: Micros,
+    max_ts: Micros,
+    segment: u32,
+    offset: u32,
+    /// The frame's bytes, header included.
+    len: u32,
+    count: u32,
 }
 
-/// The blocks' bytes (key and value) by the minute each block ends.
-///
-/// Counted series by series, in id order, by the first retention walk after
-/// the store opens ([`Blocks::count`]); from then on every block written or
-/// removed is booked as it goes. Until the count is done a series not yet
-/// counted is not booked (the count will find its blocks).
+struct Segment {
+    file: File,
+    /// Bytes of whole frames: where the next append goes.
+    len: u64,
+    /// Bytes of the frames of blocks in the index.
+    live: u64,
+}
+
+/// Tells one opening of the blocks from another (see [`Blocks::is`]).
+static OPENINGS: AtomicU64 = AtomicU64::new(0);
+
+/// The blocks (see the module's docs).
+pub struct Blocks {
+    dir: PathBuf,
+    segments: BTreeMap<u32, Segment>,
+    /// [`SEGMENT_BYTES`], but in tests.
+    segment_bytes: u64,
+    /// Each series' blocks in time order, by series id.
+    series: Vec<Vec<Loc>>,
+    /// Segments appended to since the last sync.
+    unsynced: BTreeSet<u32>,
+    /// Cuts (series id, sequence) of blocks appended since the last sync.
+    cuts: Vec<(u32, u64)>,
+    /// Blocks that end before this have gone.
+    gone_before: Micros,
+    /// No block at rest starts before this (see [`Blocks::oldest`]).
+    oldest: Micros,
+    /// The earliest start written since the last walk began.
+    written: Micros,
+    ledger: Ledger,
+    opening: u64,
+    /// A failed append could not be undone: no more appends until a
+    /// reopen, which cuts it.
+    broken: bool,
+}
+
+/// The blocks' bytes by the minute each block ends.
 #[derive(Debug, Default)]
 struct Ledger {
-    /// Series below this id are counted; `u32::MAX` once all are.
-    counted_below: u32,
-    /// Bytes by the minute their blocks' last points fall in.
     by_minute: BTreeMap<i64, u64>,
     /// Their sum.
     total: u64,
@@ -68,12 +135,9 @@ struct Ledger {
 const MINUTE: Micros = 60_000_000;
 
 impl Ledger {
-    fn book(&mut self, id: u32, max_ts: Micros, bytes: usize, added: bool) {
-        if id >= self.counted_below {
-            return;
-        }
-        let bytes = bytes as u64;
-        let minute = max_ts.div_euclid(MINUTE);
+    fn book(&mut self, loc: &Loc, added: bool) {
+        let bytes = u64::from(loc.len);
+        let minute = loc.max_ts.div_euclid(MINUTE);
         if added {
             *self.by_minute.entry(minute).or_default() += bytes;
             self.total += bytes;
@@ -89,20 +153,22 @@ impl Ledger {
     }
 }
 
-/// A block's key.
+/// The series id and time of a sled key laid out as series id (4 bytes BE)
+/// and sign-flipped time (8 bytes BE); `None` for anything else. The blocks
+/// were keyed so while they lived in sled, and the store before issue 20
+/// keyed each history point the same way.
+pub fn split_key(key: &[u8]) -> Option<(u32, Micros)> {
+    let id = <[u8; 4]>::try_from(key.get(..4)?).ok()?;
+    let ts = <[u8; 8]>::try_from(key.get(4..)?).ok()?;
+    Some((u32::from_be_bytes(id), unflip(u64::from_be_bytes(ts))))
+}
+
+/// A key in [`split_key`]'s layout.
 pub fn key(id: u32, ts: Micros) -> [u8; 12] {
     let mut key = [0u8; 12];
     key[..4].copy_from_slice(&id.to_be_bytes());
     key[4..].copy_from_slice(&flip(ts).to_be_bytes());
     key
-}
-
-/// The series id and time of a [`key`]; `None` for anything else. (The
-/// store before issue 20 keyed each history point the same way.)
-pub fn split_key(key: &[u8]) -> Option<(u32, Micros)> {
-    let id = <[u8; 4]>::try_from(key.get(..4)?).ok()?;
-    let ts = <[u8; 8]>::try_from(key.get(4..)?).ok()?;
-    Some((u32::from_be_bytes(id), unflip(u64::from_be_bytes(ts))))
 }
 
 /// Times as unsigned, so that negative times sort first.
@@ -125,124 +191,473 @@ pub struct Trim {
     pub left: Option<Micros>,
 }
 
-/// A block's header and its still encoded points.
-struct Block<'a> {
+/// What [`Blocks::sync`] made durable, for sled.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Series' cuts (id, the last sequence in its blocks) now on disk.
+    pub cuts: Vec<(u32, u64)>,
+    /// The retention mark.
+    pub gone_before: Micros,
+}
+
+fn io(what: impl std::fmt::Display, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("history blocks, {what}: {e}"))
+}
+
+/// A block frame's fields.
+struct Parsed<'a> {
+    id: u32,
+    start: Micros,
     max_ts: Micros,
+    cut: u64,
     count: u32,
     body: &'a [u8],
 }
 
-impl Block<'_> {
-    fn points(&self, key: &[u8]) -> Result<Vec<Point>, StoreError> {
-        chunk::decode(self.body, self.count).ok_or_else(|| corrupt(key))
+/// Reads a block frame's kind and body; `None` if it is not one.
+fn parse(kind: u8, body: &[u8]) -> Option<Parsed<'_>> {
+    if kind != BLOCK {
+        return None;
     }
-}
-
-fn corrupt(key: &[u8]) -> StoreError {
-    StoreError::Corrupt(format!("history block {key:02x?}"))
-}
-
-fn parse<'a>(key: &[u8], value: &'a [u8]) -> Result<Block<'a>, StoreError> {
-    if key.len() != 12 {
-        return Err(corrupt(key));
-    }
-    let (max, mut rest) = value.split_at_checked(8).ok_or_else(|| corrupt(key))?;
-    let max = <[u8; 8]>::try_from(max).map_err(|_| corrupt(key))?;
-    let count = chunk::get_varint(&mut rest)
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| corrupt(key))?;
-    Ok(Block {
-        max_ts: unflip(u64::from_be_bytes(max)),
+    let (id, rest) = body.split_first_chunk::<4>()?;
+    let (start, rest) = rest.split_first_chunk::<8>()?;
+    let (max_ts, rest) = rest.split_first_chunk::<8>()?;
+    let (cut, mut rest) = rest.split_first_chunk::<8>()?;
+    let count = u32::try_from(chunk::get_varint(&mut rest)?).ok()?;
+    Some(Parsed {
+        id: u32::from_be_bytes(*id),
+        start: i64::from_be_bytes(*start),
+        max_ts: i64::from_be_bytes(*max_ts),
+        cut: u64::from_be_bytes(*cut),
         count,
         body: rest,
     })
 }
 
-/// A block's value for `points` (in time order, not empty).
-fn encode(points: &[Point]) -> Vec<u8> {
+/// A block's frame for `points` (in time order, not empty).
+fn encode(id: u32, points: &[Point], cut: u64) -> Vec<u8> {
     let chunk = Chunk::of(points);
-    let (_, max) = chunk.span();
-    let mut out = Vec::with_capacity(12 + chunk.bytes().len());
-    out.extend_from_slice(&flip(max).to_be_bytes());
+    let (start, max) = chunk.span();
+    let mut out = Vec::with_capacity(HEADER + BLOCK_HEAD + 5 + chunk.bytes().len());
+    out.extend_from_slice(&[0u8; HEADER]);
+    out.push(BLOCK);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&start.to_be_bytes());
+    out.extend_from_slice(&max.to_be_bytes());
+    out.extend_from_slice(&cut.to_be_bytes());
     chunk::put_varint(&mut out, u64::from(chunk.len()));
     out.extend_from_slice(chunk.bytes());
+    seal(&mut out, 0);
     out
 }
 
+/// A block as sled held it (key: [`split_key`]'s layout; value: the last
+/// time, flipped, the count as a varint, the chunk): its series, points.
+fn from_sled(key: &[u8], value: &[u8]) -> Option<(u32, Vec<Point>)> {
+    let (id, _) = split_key(key)?;
+    let mut rest = value.get(8..)?;
+    let count = u32::try_from(chunk::get_varint(&mut rest)?).ok()?;
+    Some((id, chunk::decode(rest, count)?))
+}
+
 impl Blocks {
-    /// The blocks in `db`'s `blocks` tree.
-    pub fn open(db: &sled::Db) -> Result<Blocks, StoreError> {
-        Ok(Blocks {
-            tree: db.open_tree("blocks")?,
-            oldest: Arc::new(AtomicI64::new(Micros::MIN)),
-            written: Arc::new(AtomicI64::new(Micros::MAX)),
-            ledger: Arc::default(),
+    /// Opens the blocks in `dir` (created if missing), `gone_before` the
+    /// retention mark sled kept. Moves the blocks of a store that kept them
+    /// in `db`'s `blocks` tree into the files, once. Returns them and each
+    /// series' cut as the blocks' frames tell it.
+    pub fn open(
+        dir: &Path,
+        db: &sled::Db,
+        gone_before: Micros,
+    ) -> Result<(Blocks, HashMap<u32, u64>), StoreError> {
+        let (mut blocks, cuts) = Self::open_sized(dir, SEGMENT_BYTES, gone_before)?;
+        blocks.move_from_sled(db)?;
+        Ok((blocks, cuts))
+    }
+
+    fn open_sized(
+        dir: &Path,
+        segment_bytes: u64,
+        gone_before: Micros,
+    ) -> Result<(Blocks, HashMap<u32, u64>), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir.display(), e))?;
+        let mut numbers = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io(dir.display(), e))? {
+            let entry = entry.map_err(|e| io(dir.display(), e))?;
+            let number = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".blk"))
+                .and_then(|n| n.parse::<u32>().ok());
+            numbers.extend(number);
+        }
+        numbers.sort_unstable();
+        let mut blocks = Blocks {
+            dir: dir.to_path_buf(),
+            segments: BTreeMap::new(),
+            segment_bytes,
+            series: Vec::new(),
+            unsynced: BTreeSet::new(),
+            cuts: Vec::new(),
+            gone_before,
+            oldest: Micros::MAX,
+            written: Micros::MAX,
+            ledger: Ledger::default(),
+            opening: OPENINGS.fetch_add(1, Ordering::Relaxed),
+            broken: false,
+        };
+        let mut cuts: HashMap<u32, u64> = HashMap::new();
+        let last = numbers.last().copied();
+        for number in numbers {
+            let path = blocks.path(number);
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io(path.display(), e))?;
+            let bytes = std::fs::read(&path).map_err(|e| io(path.display(), e))?;
+            blocks.segments.insert(
+                number,
+                Segment {
+                    file,
+                    len: 0,
+                    live: 0,
+                },
+            );
+            let mut found = Vec::new();
+            let whole = scan_frames(&bytes, |offset, len, kind, body| {
+                match parse(kind, body) {
+                    Some(block) => {
+                        if block.cut > 0 {
+                            let cut = cuts.entry(block.id).or_default();
+                            *cut = (*cut).max(block.cut);
+                        }
+                        found.push((
+                            block.id,
+                            Loc {
+                                start: block.start,
+                                max_ts: block.max_ts,
+                                segment: number,
+                                offset: offset as u32,
+                                len: len as u32,
+                                count: block.count,
+                            },
+                        ));
+                    }
+                    None => tracing::error!(
+                        "history block segment {number}: a frame at byte {offset} is not a block; skipped"
+                    ),
+                }
+                true
+            });
+            for (id, loc) in found {
+                blocks.place(id, loc);
+            }
+            if whole < bytes.len() {
+                let cut = bytes.len() - whole;
+                if Some(number) == last {
+                    tracing::warn!(
+                        "the history blocks ended in an unfinished append ({cut} bytes of {}): cut off",
+                        path.display()
+                    );
+                    if let Some(segment) = blocks.segments.get(&number) {
+                        segment
+                            .file
+                            .set_len(whole as u64)
+                            .and_then(|()| segment.file.sync_data())
+                            .map_err(|e| io(path.display(), e))?;
+                    }
+                } else {
+                    tracing::error!(
+                        "history block segment {} is damaged after byte {whole}: its last {cut} bytes are skipped",
+                        path.display()
+                    );
+                }
+            }
+            if let Some(segment) = blocks.segments.get_mut(&number) {
+                segment.len = whole as u64;
+            }
+        }
+        // What retention dropped before the last close.
+        for id in 0..blocks.series.len() {
+            blocks.drop_where(id as u32, |loc| loc.max_ts < gone_before);
+        }
+        blocks.oldest = blocks
+            .series
+            .iter()
+            .filter_map(|locs| locs.first())
+            .map(|loc| loc.start)
+            .min()
+            .unwrap_or(Micros::MAX);
+        Ok((blocks, cuts))
+    }
+
+    /// Moves the blocks in `db`'s `blocks` tree (the store before this
+    /// layout) into the files, syncs them, then drops the tree. A crash half
+    /// way moves them all again: a block appended again replaces its copy.
+    fn move_from_sled(&mut self, db: &sled::Db) -> Result<(), StoreError> {
+        if !db.tree_names().iter().any(|n| n.as_ref() == b"blocks") {
+            return Ok(());
+        }
+        let tree = db.open_tree("blocks")?;
+        let mut moved = 0u64;
+        for item in tree.iter() {
+            let (key, value) = item?;
+            match from_sled(&key, &value) {
+                Some((id, points)) => {
+                    self.append_block(id, &points, 0)?;
+                    moved += 1;
+                }
+                None => tracing::error!("the store skips a history block: key {key:02x?}"),
+            }
+        }
+        self.sync()?;
+        drop(tree);
+        db.drop_tree("blocks")?;
+        db.flush()?;
+        tracing::info!(
+            "moved {moved} history block(s) from the store's sled tree into block files"
+        );
+        Ok(())
+    }
+
+    fn path(&self, number: u32) -> PathBuf {
+        self.dir.join(format!("{number:08}.blk"))
+    }
+
+    fn locs(&self, id: u32) -> &[Loc] {
+        self.series.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Puts `loc` into series `id`'s index, in place of the blocks it
+    /// overlaps.
+    fn place(&mut self, id: u32, loc: Loc) {
+        let index = id as usize;
+        if self.series.len() <= index {
+            self.series.resize_with(index + 1, Vec::new);
+        }
+        let locs = &mut self.series[index];
+        // Blocks do not overlap, so their starts and their ends both rise.
+        let from = locs.partition_point(|l| l.max_ts < loc.start);
+        let to = locs.partition_point(|l| l.start <= loc.max_ts);
+        let replaced: Vec<Loc> = locs.splice(from..to.max(from), [loc]).collect();
+        for old in replaced {
+            self.forget(&old);
+        }
+        if let Some(segment) = self.segments.get_mut(&loc.segment) {
+            segment.live += u64::from(loc.len);
+        }
+        self.ledger.book(&loc, true);
+    }
+
+    /// Takes a block out of the books (it is out of the index).
+    fn forget(&mut self, loc: &Loc) {
+        if let Some(segment) = self.segments.get_mut(&loc.segment) {
+            segment.live = segment.live.saturating_sub(u64::from(loc.len));
+        }
+        self.ledger.book(loc, false);
+    }
+
+    /// Drops series `id`'s blocks that `gone` picks; returns them.
+    fn drop_where(&mut self, id: u32, gone: impl Fn(&Loc) -> bool) -> Vec<Loc> {
+        let Some(locs) = self.series.get_mut(id as usize) else {
+            return Vec::new();
+        };
+        let (dropped, kept): (Vec<Loc>, Vec<Loc>) = locs.iter().partition(|l| gone(l));
+        if dropped.is_empty() {
+            return dropped;
+        }
+        *locs = kept;
+        for loc in &dropped {
+            self.forget(loc);
+        }
+        dropped
+    }
+
+    /// Appends a block of `points` (in time order, not empty) to series
+    /// `id`, replacing the blocks it overlaps; `cut` the last sequence it
+    /// holds (0: not known).
+    fn append_block(&mut self, id: u32, points: &[Point], cut: u64) -> Result<(), StoreError> {
+        let frame = encode(id, points, cut);
+        let (segment, offset) = self.append(&frame)?;
+        let (start, max_ts) = (
+            points.first().map_or(0, |p| p.0),
+            points.last().map_or(0, |p| p.0),
+        );
+        self.oldest = self.oldest.min(start);
+        self.written = self.written.min(start);
+        if cut > 0 {
+            self.cuts.push((id, cut));
+        }
+        self.place(
+            id,
+            Loc {
+                start,
+                max_ts,
+                segment,
+                offset,
+                len: frame.len() as u32,
+                count: points.len() as u32,
+            },
+        );
+        Ok(())
+    }
+
+    /// Appends a frame; returns its segment and offset. On failure nothing
+    /// of it stays.
+    fn append(&mut self, frame: &[u8]) -> Result<(u32, u32), StoreError> {
+        if self.broken {
+            return Err(StoreError::Io(
+                "history blocks: an earlier append could not be undone; reopening".into(),
+            ));
+        }
+        let number = match self.segments.last_key_value() {
+            Some((number, segment)) if segment.len < self.segment_bytes => *number,
+            last => self.begin_segment(last.map_or(1, |(n, _)| n + 1))?,
+        };
+        let path = self.path(number);
+        let Some(segment) = self.segments.get_mut(&number) else {
+            return Err(StoreError::Io("history blocks: no segment".into()));
+        };
+        let start = segment.len;
+        if let Err(e) = segment.file.write_all_at(frame, start) {
+            if segment
+                .file
+                .set_len(start)
+                .and_then(|()| segment.file.sync_data())
+                .is_err()
+            {
+                self.broken = true;
+            }
+            return Err(io(path.display(), e));
+        }
+        segment.len += frame.len() as u64;
+        self.unsynced.insert(number);
+        Ok((number, start as u32))
+    }
+
+    /// Creates segment `number`, its directory entry synced.
+    fn begin_segment(&mut self, number: u32) -> Result<u32, StoreError> {
+        let path = self.path(number);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| io(path.display(), e))?;
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| io(self.dir.display(), e))?;
+        self.segments.insert(
+            number,
+            Segment {
+                file,
+                len: 0,
+                live: 0,
+            },
+        );
+        Ok(number)
+    }
+
+    /// The points of the block at `loc`.
+    fn read(&self, loc: &Loc) -> Result<Vec<Point>, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("history block {loc:?}"));
+        let segment = self.segments.get(&loc.segment).ok_or_else(corrupt)?;
+        let mut frame = vec![0u8; loc.len as usize];
+        segment
+            .file
+            .read_exact_at(&mut frame, u64::from(loc.offset))
+            .map_err(|e| io(self.path(loc.segment).display(), e))?;
+        let mut points = None;
+        scan_frames(&frame, |_, _, kind, body| {
+            points = parse(kind, body).and_then(|b| chunk::decode(b.body, b.count));
+            false
+        });
+        points.ok_or_else(corrupt)
+    }
+
+    /// Makes every block appended so far durable; then deletes the
+    /// segments (but the last) none of whose blocks is left, after
+    /// compacting one that is mostly empty. Returns the cuts and the
+    /// retention mark the blocks on disk now stand for, for sled.
+    pub fn sync(&mut self) -> Result<Synced, StoreError> {
+        if let Some(number) = self.sparse_segment() {
+            self.compact(number)?;
+        }
+        for number in std::mem::take(&mut self.unsynced) {
+            if let Some(segment) = self.segments.get(&number)
+                && let Err(e) = segment.file.sync_data()
+            {
+                // Linux may have dropped the pages it could not write:
+                // a reopen reads what is really there.
+                self.broken = true;
+                return Err(io(self.path(number).display(), e));
+            }
+        }
+        let last = self.segments.last_key_value().map(|(n, _)| *n);
+        let empty: Vec<u32> = self
+            .segments
+            .iter()
+            .filter(|(number, segment)| Some(**number) != last && segment.live == 0)
+            .map(|(number, _)| *number)
+            .collect();
+        for number in empty {
+            let path = self.path(number);
+            std::fs::remove_file(&path).map_err(|e| io(path.display(), e))?;
+            self.segments.remove(&number);
+        }
+        Ok(Synced {
+            cuts: std::mem::take(&mut self.cuts),
+            gone_before: self.gone_before,
         })
     }
 
-    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The first segment (but the last) whose live blocks take less than
+    /// [`COMPACT_BELOW`] of it, if any is.
+    fn sparse_segment(&self) -> Option<u32> {
+        let last = self.segments.last_key_value().map(|(n, _)| *n);
+        self.segments
+            .iter()
+            .find(|(number, segment)| {
+                Some(**number) != last
+                    && segment.live > 0
+                    && (segment.live as f64) < segment.len as f64 * COMPACT_BELOW
+            })
+            .map(|(number, _)| *number)
     }
 
-    /// Whether every series' blocks are counted in the ledger.
-    pub fn counted(&self) -> bool {
-        self.ledger().counted_below == u32::MAX
-    }
-
-    /// Counts series `id`'s blocks into the ledger, if it is the next one
-    /// to count (series are counted in id order, each once).
-    pub fn count(&self, id: u32) -> Result<(), StoreError> {
-        if self.ledger().counted_below != id {
-            return Ok(());
+    /// Appends the blocks left in segment `number` again, at the end.
+    fn compact(&mut self, number: u32) -> Result<(), StoreError> {
+        let mut moving = Vec::new();
+        for (id, locs) in self.series.iter().enumerate() {
+            moving.extend(
+                locs.iter()
+                    .filter(|l| l.segment == number)
+                    .map(|l| (id as u32, *l)),
+            );
         }
-        let mut found = Vec::new();
-        for item in self.tree.scan_prefix(id.to_be_bytes()) {
-            let (k, v) = item?;
-            found.push((parse(&k, &v)?.max_ts, k.len() + v.len()));
+        let count = moving.len();
+        for (id, loc) in moving {
+            let points = self.read(&loc)?;
+            self.append_block(id, &points, 0)?;
         }
-        let mut ledger = self.ledger();
-        ledger.counted_below = id + 1;
-        for (max_ts, bytes) in found {
-            ledger.book(id, max_ts, bytes, true);
-        }
+        tracing::debug!("history block segment {number} compacted: {count} block(s) moved");
         Ok(())
     }
 
-    /// Counts the series from the next uncounted one up to (not including)
-    /// `series` (those added since the walk passed), then books every
-    /// series from now on: the count is done.
-    pub fn finish_count(&self, series: u32) -> Result<(), StoreError> {
-        let next = self.ledger().counted_below;
-        if next == u32::MAX {
-            return Ok(());
-        }
-        for id in next..series {
-            self.count(id)?;
-        }
-        let mut ledger = self.ledger();
-        if ledger.counted_below >= series {
-            ledger.counted_below = u32::MAX;
-        }
-        Ok(())
-    }
-
-    /// The bytes at rest (blocks' keys and values), once counted.
-    pub fn held(&self) -> Option<u64> {
-        let ledger = self.ledger();
-        (ledger.counted_below == u32::MAX).then_some(ledger.total)
+    /// The bytes at rest (the blocks' frames).
+    pub fn held(&self) -> u64 {
+        self.ledger.total
     }
 
     /// The earliest time such that dropping every block that ends before
     /// it frees at least `bytes` (all of them, if there are not so many);
-    /// `None` before the count is done or with nothing at rest.
+    /// `None` with nothing at rest.
     pub fn ended_before_freeing(&self, bytes: u64) -> Option<Micros> {
-        let ledger = self.ledger();
-        if ledger.counted_below != u32::MAX {
-            return None;
-        }
         let mut freed = 0u64;
         let mut last = None;
-        for (minute, held) in &ledger.by_minute {
+        for (minute, held) in &self.ledger.by_minute {
             freed += held;
             last = Some(minute.saturating_add(1).saturating_mul(MINUTE));
             if freed >= bytes {
@@ -255,84 +670,56 @@ impl Blocks {
     /// No block at rest starts before this time (a lower bound: the true
     /// oldest may be later, after blocks went).
     pub fn oldest(&self) -> Micros {
-        self.oldest.load(Ordering::Acquire)
+        self.oldest
     }
 
-    /// A walk of every series, calling [`Blocks::trim`] on each,
-    /// begins: blocks written from now on are remembered for
-    /// [`Blocks::settle`].
-    pub fn walk_begins(&self) {
-        self.written.store(Micros::MAX, Ordering::Release);
+    /// A walk of every series, calling [`Blocks::trim`] on each, begins:
+    /// blocks written from now on are remembered for [`Blocks::settle`].
+    /// Returns what tells this opening of the blocks from a later one.
+    pub fn walk_begins(&mut self) -> u64 {
+        self.written = Micros::MAX;
+        self.opening
     }
 
     /// The walk has looked at every series and `left` is the earliest start
     /// it left behind: that, or an earlier block written during the walk,
     /// is the oldest now.
-    pub fn settle(&self, left: Micros) {
-        let written = self.written.load(Ordering::Acquire);
-        self.oldest.store(left.min(written), Ordering::Release);
+    pub fn settle(&mut self, left: Micros) {
+        self.oldest = left.min(self.written);
     }
 
-    /// Whether `other` is this same handle's bookkeeping (not that of a
-    /// store reopened since).
-    pub fn is(&self, other: &Blocks) -> bool {
-        Arc::ptr_eq(&self.oldest, &other.oldest)
-    }
-
-    /// Inserts a block starting at `start`.
-    fn insert(&self, id: u32, start: Micros, points: &[Point]) -> Result<(), StoreError> {
-        self.oldest.fetch_min(start, Ordering::AcqRel);
-        self.written.fetch_min(start, Ordering::AcqRel);
-        let key = key(id, start);
-        let value = encode(points);
-        let bytes = key.len() + value.len();
-        self.tree.insert(key, value)?;
-        let max_ts = points.last().map_or(start, |p| p.0);
-        self.ledger().book(id, max_ts, bytes, true);
-        Ok(())
-    }
-
-    /// Removes the block at `key` (of series `id`, ending at `max_ts`,
-    /// `value` its value).
-    fn remove(&self, id: u32, key: &[u8], max_ts: Micros, value: &[u8]) -> Result<(), StoreError> {
-        self.tree.remove(key)?;
-        self.ledger()
-            .book(id, max_ts, key.len() + value.len(), false);
-        Ok(())
+    /// Whether `walk` ([`Blocks::walk_begins`]) began on these blocks, not
+    /// on those of a store reopened since.
+    pub fn is(&self, walk: u64) -> bool {
+        self.opening == walk
     }
 
     /// Writes `points` (in time order, later points winning at equal
     /// times: [`chunk::in_time_order`]'s form) to series `id`, merged with
-    /// any block they overlap.
-    pub fn write(&self, id: u32, points: Vec<Point>) -> Result<(), StoreError> {
+    /// any block they overlap; `cut` is the last sequence they hold (0: not
+    /// known).
+    pub fn write(&mut self, id: u32, points: Vec<Point>, cut: u64) -> Result<(), StoreError> {
         let (Some(first), Some(last)) = (points.first(), points.last()) else {
             return Ok(());
         };
         let (min, max) = (first.0, last.0);
-        let mut overlapping = Vec::new();
-        for item in self.tree.range(key(id, Micros::MIN)..=key(id, max)).rev() {
-            let (k, v) = item?;
-            let block = parse(&k, &v)?;
-            if block.max_ts < min {
-                break;
-            }
-            overlapping.push((block.points(&k)?, block.max_ts, k, v));
-        }
+        let overlapping: Vec<Loc> = self
+            .locs(id)
+            .iter()
+            .filter(|l| l.start <= max && l.max_ts >= min)
+            .copied()
+            .collect();
         if overlapping.is_empty() {
-            return self.insert(id, min, &points);
+            return self.append_block(id, &points, cut);
         }
         // Older blocks first, then the new points, so that these win.
         let mut merged = Vec::new();
-        for (old, max_ts, k, v) in overlapping.into_iter().rev() {
-            self.remove(id, &k, max_ts, &v)?;
-            merged.extend(old);
+        for loc in &overlapping {
+            merged.extend(self.read(loc)?);
         }
         merged.extend(points);
         let merged = chunk::in_time_order(merged);
-        match merged.first() {
-            Some((start, _)) => self.insert(id, *start, &merged),
-            None => Ok(()),
-        }
+        self.append_block(id, &merged, cut)
     }
 
     /// Series `id`'s points between `since` and `until` (inclusive), in time
@@ -346,55 +733,46 @@ impl Blocks {
         limit: usize,
         end: End,
     ) -> Result<Vec<Point>, StoreError> {
+        let locs = self.locs(id);
+        // Blocks do not overlap: those that reach into the range are a run.
+        let from = locs.partition_point(|l| l.max_ts < since);
+        let to = locs.partition_point(|l| l.start <= until);
+        let run = locs.get(from..to).unwrap_or(&[]);
+        let within = |p: &Point| p.0 >= since && p.0 <= until;
         let mut blocks: Vec<Vec<Point>> = Vec::new();
         let mut taken = 0;
-        let within = |p: &Point| p.0 >= since && p.0 <= until;
-        type Items<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
-        let items: Items = match end {
-            End::Oldest => {
-                // The block that starts before `since` may reach into it.
-                let before = self
-                    .tree
-                    .range(key(id, Micros::MIN)..key(id, since))
-                    .next_back();
-                Box::new(
-                    before
-                        .into_iter()
-                        .chain(self.tree.range(key(id, since)..=key(id, until))),
-                )
-            }
-            End::Newest => Box::new(self.tree.range(key(id, Micros::MIN)..=key(id, until)).rev()),
-        };
-        for item in items {
-            let (k, v) = item?;
-            let block = parse(&k, &v)?;
-            if block.max_ts < since {
-                // Going back in time, every block further is older still.
-                match end {
-                    End::Oldest => continue,
-                    End::Newest => break,
-                }
-            }
-            let points: Vec<Point> = block.points(&k)?.into_iter().filter(within).collect();
+        let mut each = |loc: &Loc| -> Result<bool, StoreError> {
+            let points: Vec<Point> = self.read(loc)?.into_iter().filter(within).collect();
             taken += points.len();
             blocks.push(points);
-            if taken >= limit {
-                break;
+            Ok(taken >= limit)
+        };
+        match end {
+            End::Oldest => {
+                for loc in run {
+                    if each(loc)? {
+                        break;
+                    }
+                }
             }
-        }
-        if end == End::Newest {
-            blocks.reverse();
+            End::Newest => {
+                for loc in run.iter().rev() {
+                    if each(loc)? {
+                        break;
+                    }
+                }
+                blocks.reverse();
+            }
         }
         Ok(blocks.into_iter().flatten().collect())
     }
 
     /// Series `id`'s latest point at rest.
     pub fn last(&self, id: u32) -> Result<Option<Point>, StoreError> {
-        let Some(item) = self.tree.scan_prefix(id.to_be_bytes()).next_back() else {
-            return Ok(None);
-        };
-        let (k, v) = item?;
-        Ok(parse(&k, &v)?.points(&k)?.pop())
+        match self.locs(id).last() {
+            Some(loc) => Ok(self.read(loc)?.pop()),
+            None => Ok(None),
+        }
     }
 
     /// Drops series `id`'s points before `before` (whole blocks, and the
@@ -402,66 +780,73 @@ impl Blocks {
     /// before `ended_before` (whole: none is cut for it). Returns the points
     /// dropped for each, and the earliest time the series keeps at rest, if
     /// any.
-    pub fn trim(&self, id: u32, before: Micros, ended_before: Micros) -> Result<Trim, StoreError> {
-        let mut doomed = Vec::new();
+    pub fn trim(
+        &mut self,
+        id: u32,
+        before: Micros,
+        ended_before: Micros,
+    ) -> Result<Trim, StoreError> {
         let mut trim = Trim::default();
-        // In key order, so by time (blocks do not overlap): the first block
-        // that neither ends before `ended_before` nor starts before `before`
-        // ends the scan.
-        for item in self.tree.scan_prefix(id.to_be_bytes()) {
-            let (k, v) = item?;
-            let block = parse(&k, &v)?;
-            let start = split_key(&k).map_or(Micros::MIN, |(_, start)| start);
-            if block.max_ts >= ended_before && start >= before {
-                trim.left = Some(start);
+        let mark = before.max(ended_before);
+        self.gone_before = self.gone_before.max(mark);
+        // Points older than `before` in the blocks that go for size would
+        // have gone anyway: counted for age.
+        let mut straddling = None;
+        let mut for_size = Vec::new();
+        for loc in self.locs(id) {
+            if loc.max_ts >= mark && loc.start >= before {
                 break;
             }
-            let max_ts = block.max_ts;
-            doomed.push((k, v, start, max_ts));
+            if loc.max_ts < before {
+                trim.by_age += u64::from(loc.count);
+            } else if loc.max_ts < ended_before {
+                for_size.push(*loc);
+            } else {
+                straddling = Some(*loc);
+            }
         }
-        for (k, v, start, max_ts) in doomed {
-            let block = parse(&k, &v)?;
-            if max_ts < before {
-                trim.by_age += u64::from(block.count);
-                self.remove(id, &k, max_ts, &v)?;
-                continue;
-            }
-            if max_ts < ended_before {
-                // Its points older than `before` would have gone anyway.
-                let old = if start < before {
-                    block.points(&k)?.iter().filter(|p| p.0 < before).count() as u64
-                } else {
-                    0
-                };
-                trim.by_age += old;
-                trim.by_size += u64::from(block.count) - old;
-                self.remove(id, &k, max_ts, &v)?;
-                continue;
-            }
-            // Straddles `before` (the last block that can: blocks do not
-            // overlap): keep its newer part, the series' earliest now.
-            let points = block.points(&k)?;
+        for loc in for_size {
+            let old = if loc.start < before {
+                self.read(&loc)?.iter().filter(|p| p.0 < before).count() as u64
+            } else {
+                0
+            };
+            trim.by_age += old;
+            trim.by_size += u64::from(loc.count) - old;
+        }
+        self.drop_where(id, |loc| loc.max_ts < mark);
+        if let Some(loc) = straddling {
+            // Keep its newer part, the series' earliest now: appended again,
+            // it replaces the block.
+            let points = self.read(&loc)?;
             let kept: Vec<Point> = points.iter().filter(|p| p.0 >= before).cloned().collect();
             trim.by_age += (points.len() - kept.len()) as u64;
-            self.remove(id, &k, max_ts, &v)?;
-            if let Some((start, _)) = kept.first() {
-                self.insert(id, *start, &kept)?;
-                trim.left = Some(*start);
-            }
+            self.append_block(id, &kept, 0)?;
         }
+        trim.left = self.locs(id).first().map(|l| l.start);
         Ok(trim)
     }
 
-    /// Blocks and points at rest, and the bytes their values take.
-    pub fn stats(&self) -> Result<(u64, u64, u64), StoreError> {
-        let (mut blocks, mut points, mut bytes) = (0u64, 0u64, 0u64);
-        for item in self.tree.iter() {
-            let (k, v) = item?;
+    /// Blocks and points at rest, and the bytes their frames take.
+    pub fn stats(&self) -> (u64, u64, u64) {
+        let (mut blocks, mut points) = (0u64, 0u64);
+        for loc in self.series.iter().flatten() {
             blocks += 1;
-            points += u64::from(parse(&k, &v)?.count);
-            bytes += (k.len() + v.len()) as u64;
+            points += u64::from(loc.count);
         }
-        Ok((blocks, points, bytes))
+        (blocks, points, self.ledger.total)
+    }
+
+    /// The bytes of the segment files, and the heap bytes of the index.
+    pub fn footprint(&self) -> (u64, u64) {
+        let files = self.segments.values().map(|s| s.len).sum();
+        let index = self.series.capacity() * std::mem::size_of::<Vec<Loc>>()
+            + self
+                .series
+                .iter()
+                .map(|l| l.capacity() * std::mem::size_of::<Loc>())
+                .sum::<usize>();
+        (files, index as u64)
     }
 }
 
@@ -469,26 +854,40 @@ impl Blocks {
 mod tests {
     use super::*;
 
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().expect("tempdir")
+    }
+
+    /// Blocks in `dir`, in segments of `segment_bytes`.
+    fn open_in(dir: &Path, segment_bytes: u64, gone_before: Micros) -> Blocks {
+        Blocks::open_sized(&dir.join("blocks"), segment_bytes, gone_before)
+            .expect("blocks")
+            .0
+    }
+
     fn blocks() -> (tempfile::TempDir, Blocks) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .expect("sled");
-        (dir, Blocks::open(&db).expect("blocks"))
+        let dir = tmp();
+        let blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        (dir, blocks)
     }
 
     fn ints(range: std::ops::Range<i64>) -> Vec<Point> {
         range.map(|i| (i * 10, Value::Int(i))).collect()
     }
 
+    fn all(blocks: &Blocks, id: u32) -> Vec<Point> {
+        blocks
+            .range(id, i64::MIN, i64::MAX, usize::MAX, End::Oldest)
+            .expect("range")
+    }
+
     #[test]
     fn ranges_read_across_blocks_from_either_end() -> Result<(), StoreError> {
-        let (_dir, blocks) = blocks();
+        let (_dir, mut blocks) = blocks();
         for part in [0..5, 5..10, 10..15] {
-            blocks.write(1, ints(part))?;
+            blocks.write(1, ints(part), 0)?;
         }
-        blocks.write(2, ints(0..3))?;
+        blocks.write(2, ints(0..3), 0)?;
         let ts = |v: Vec<Point>| v.into_iter().map(|p| p.0).collect::<Vec<_>>();
         assert_eq!(ts(blocks.range(1, 35, 65, 100, End::Oldest)?), [40, 50, 60]);
         let oldest = blocks.range(1, 0, i64::MAX, 3, End::Oldest)?;
@@ -497,74 +896,113 @@ mod tests {
         assert!(ts(newest).ends_with(&[120, 130, 140]));
         assert_eq!(blocks.last(1)?, Some((140, Value::Int(14))));
         assert!(blocks.range(3, 0, i64::MAX, 10, End::Oldest)?.is_empty());
+        assert!(blocks.range(1, 141, i64::MAX, 10, End::Oldest)?.is_empty());
+        assert!(blocks.range(1, i64::MIN, -1, 10, End::Newest)?.is_empty());
         Ok(())
     }
 
     #[test]
-    fn an_overlapping_block_is_merged_and_its_points_win() -> Result<(), StoreError> {
-        let (_dir, blocks) = blocks();
-        blocks.write(1, ints(0..5))?;
-        blocks.write(1, ints(10..15))?;
+    fn an_overlapping_block_is_merged_and_its_points_win_across_a_reopen() -> Result<(), StoreError>
+    {
+        let dir = tmp();
+        let mut blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        blocks.write(1, ints(0..5), 0)?;
+        blocks.write(1, ints(10..15), 0)?;
         // A clock set back: points inside both earlier blocks.
-        blocks.write(1, vec![(20, Value::Int(-2)), (105, Value::Int(-1))])?;
-        let all = blocks.range(1, 0, i64::MAX, 100, End::Oldest)?;
-        assert_eq!(all.len(), 11);
-        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
-        assert!(all.contains(&(20, Value::Int(-2))), "the later write wins");
-        assert_eq!(blocks.stats()?.0, 1, "one block now");
+        blocks.write(1, vec![(20, Value::Int(-2)), (105, Value::Int(-1))], 0)?;
+        let merged = all(&blocks, 1);
+        assert_eq!(merged.len(), 11);
+        assert!(merged.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(
+            merged.contains(&(20, Value::Int(-2))),
+            "the later write wins"
+        );
+        assert_eq!(blocks.stats().0, 1, "one block now");
+        let held = blocks.held();
+        drop(blocks);
+        // Three frames on disk: the last replaces the other two.
+        let blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        assert_eq!(all(&blocks, 1), merged);
+        assert_eq!(blocks.stats().0, 1);
+        assert_eq!(blocks.held(), held);
         Ok(())
     }
 
     #[test]
     fn the_oldest_time_at_rest_is_a_lower_bound_that_a_walk_raises() -> Result<(), StoreError> {
-        let (_dir, blocks) = blocks();
-        assert_eq!(blocks.oldest(), Micros::MIN, "unknown until a walk");
-        blocks.write(1, ints(5..10))?;
-        blocks.walk_begins();
-        let left = blocks.trim(1, 0, Micros::MIN)?.left;
-        assert_eq!(left, Some(50));
+        let dir = tmp();
+        let mut blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        assert_eq!(blocks.oldest(), Micros::MAX, "nothing at rest");
+        blocks.write(1, ints(5..10), 0)?;
+        assert_eq!(blocks.oldest(), 50);
+        blocks.write(1, ints(10..11), 0)?;
+        let walk = blocks.walk_begins();
+        let left = blocks.trim(1, 60, Micros::MIN)?.left;
+        assert_eq!(left, Some(60));
         // Written during the walk, to a series it has already passed.
-        blocks.write(2, ints(2..4))?;
+        blocks.write(2, ints(7..9), 0)?;
+        assert!(blocks.is(walk));
         blocks.settle(left.unwrap_or(Micros::MAX));
-        assert_eq!(blocks.oldest(), 20);
-        blocks.write(3, ints(1..2))?;
+        assert_eq!(blocks.oldest(), 60);
+        blocks.write(3, ints(1..2), 0)?;
         assert_eq!(blocks.oldest(), 10, "a block written lowers it at once");
+        drop(blocks);
+        let blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        assert_eq!(blocks.oldest(), 10, "exact at open");
+        assert!(!blocks.is(walk), "a walk of the blocks before the reopen");
         Ok(())
     }
 
     #[test]
     fn trimming_drops_whole_blocks_and_cuts_the_one_that_straddles() -> Result<(), StoreError> {
-        let (_dir, blocks) = blocks();
-        blocks.write(1, ints(0..5))?;
-        blocks.write(1, ints(5..10))?;
+        let dir = tmp();
+        let mut blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        blocks.write(1, ints(0..5), 0)?;
+        blocks.write(1, ints(5..10), 0)?;
+        blocks.write(2, ints(0..3), 0)?;
         let by_age = |by_age, left| Trim {
             by_age,
             by_size: 0,
             left,
         };
         assert_eq!(blocks.trim(1, 70, Micros::MIN)?, by_age(7, Some(70)));
-        let left = blocks.range(1, i64::MIN, i64::MAX, 100, End::Oldest)?;
-        assert_eq!(left, ints(7..10));
+        assert_eq!(all(&blocks, 1), ints(7..10));
         assert_eq!(blocks.trim(1, 70, 0)?, by_age(0, Some(70)), "nothing more");
-        assert_eq!(blocks.trim(2, 70, 0)?, by_age(0, None), "no blocks");
+        assert_eq!(blocks.trim(3, 70, 0)?, by_age(0, None), "no blocks");
+        let synced = blocks.sync()?;
+        assert_eq!(synced.gone_before, 70);
+        drop(blocks);
+        // Reopened with the mark sled kept: series 1 as trimmed, and series
+        // 2, not trimmed yet, as its trim would leave it.
+        let blocks = open_in(dir.path(), SEGMENT_BYTES, synced.gone_before);
+        assert_eq!(all(&blocks, 1), ints(7..10));
+        assert!(all(&blocks, 2).is_empty());
+        // Without the mark, the dropped block would be back: it is what
+        // keeps it gone.
+        drop(blocks);
+        let blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        assert_eq!(
+            all(&blocks, 1),
+            ints(0..5)
+                .into_iter()
+                .chain(ints(7..10))
+                .collect::<Vec<_>>()
+        );
         Ok(())
     }
 
     #[test]
     fn trimming_by_size_drops_only_whole_blocks_that_end_in_time() -> Result<(), StoreError> {
-        let (_dir, blocks) = blocks();
+        let (_dir, mut blocks) = blocks();
         for part in [0..5, 5..10, 10..15] {
-            blocks.write(1, ints(part))?;
+            blocks.write(1, ints(part), 0)?;
         }
         // 95 falls between the second block (50..=90) and the third
         // (100..=140): the first two go whole, their points before 20
         // counted as gone for age.
         let trim = blocks.trim(1, 20, 95)?;
         assert_eq!((trim.by_age, trim.by_size, trim.left), (2, 8, Some(100)));
-        assert_eq!(
-            blocks.range(1, i64::MIN, i64::MAX, 100, End::Oldest)?,
-            ints(10..15)
-        );
+        assert_eq!(all(&blocks, 1), ints(10..15));
         // 130 falls inside the third: it stays whole.
         let trim = blocks.trim(1, 20, 130)?;
         assert_eq!((trim.by_age, trim.by_size, trim.left), (0, 0, Some(100)));
@@ -572,47 +1010,174 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_counts_what_is_at_rest_and_books_every_change_after() -> Result<(), StoreError> {
-        let (_dir, blocks) = blocks();
+    fn the_ledger_books_every_block_and_agrees_after_a_reopen() -> Result<(), StoreError> {
+        let dir = tmp();
+        let mut blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
         let minute = |m: i64| m * MINUTE;
         let at = |m: i64, n: i64| -> Vec<Point> {
             (0..n).map(|i| (minute(m) + i, Value::Int(i))).collect()
         };
-        blocks.write(1, at(0, 3))?;
-        blocks.write(2, at(1, 3))?;
-        assert_eq!(blocks.held(), None, "not counted yet");
-        assert_eq!(blocks.ended_before_freeing(1), None);
-        // Counted in id order only: series 1 is not next.
-        blocks.count(1)?;
-        blocks.count(0)?;
-        blocks.count(0)?;
-        blocks.count(1)?;
-        assert_eq!(blocks.held(), None, "series 2 is not counted yet");
-        // A block written to series 2 now is not booked (its count finds
-        // it), one written to series 1 is.
-        blocks.write(2, at(5, 2))?;
-        blocks.write(1, at(3, 2))?;
-        blocks.finish_count(3)?;
-        let held = blocks.held().unwrap_or(0);
-        assert_eq!(
-            held,
-            blocks.stats()?.2,
-            "the ledger agrees with a full count"
-        );
+        assert_eq!(blocks.ended_before_freeing(1), None, "nothing at rest");
+        blocks.write(1, at(0, 3), 0)?;
+        blocks.write(2, at(1, 3), 0)?;
+        blocks.write(2, at(5, 2), 0)?;
+        blocks.write(1, at(3, 2), 0)?;
+        let held = blocks.held();
+        let frames =
+            |b: &Blocks| -> u64 { b.series.iter().flatten().map(|l| u64::from(l.len)).sum() };
+        assert_eq!(held, frames(&blocks));
         // Series 1's block that ends in minute 0 goes.
-        let all = blocks.stats()?.2;
         blocks.trim(1, Micros::MIN, minute(1))?;
-        let first = all - blocks.stats()?.2;
-        assert!(first > 0);
-        assert_eq!(blocks.held(), Some(held - first));
+        assert!(blocks.held() < held);
+        assert_eq!(blocks.held(), frames(&blocks));
         // The oldest minute left is minute 1: freeing one byte drops what
         // ends before minute 2; freeing everything, what ends before 6.
         assert_eq!(blocks.ended_before_freeing(1), Some(minute(2)));
         assert_eq!(blocks.ended_before_freeing(u64::MAX), Some(minute(6)));
         // Merges and cuts are booked too.
-        blocks.write(2, at(1, 5))?;
+        blocks.write(2, at(1, 5), 0)?;
         blocks.trim(2, minute(1) + 2, Micros::MIN)?;
-        assert_eq!(blocks.held(), Some(blocks.stats()?.2));
+        assert_eq!(blocks.held(), frames(&blocks));
+        let (held, gone_before) = (blocks.held(), blocks.sync()?.gone_before);
+        drop(blocks);
+        let blocks = open_in(dir.path(), SEGMENT_BYTES, gone_before);
+        assert_eq!(blocks.held(), held, "the same count from the files");
         Ok(())
+    }
+
+    #[test]
+    fn a_reopen_cuts_a_torn_append_and_tells_each_series_cut() -> Result<(), StoreError> {
+        let dir = tmp();
+        let mut blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        blocks.write(1, ints(0..5), 7)?;
+        blocks.write(1, ints(5..10), 12)?;
+        blocks.write(2, ints(0..5), 9)?;
+        let synced = blocks.sync()?;
+        assert_eq!(synced.cuts, [(1, 7), (1, 12), (2, 9)]);
+        assert!(blocks.sync()?.cuts.is_empty(), "each once");
+        let path = blocks.path(1);
+        drop(blocks);
+        // Half of a block appended when the power went.
+        let whole = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let torn = encode(2, &ints(5..10), 14);
+        let file = File::options().append(true).open(&path).expect("segment");
+        file.write_all_at(&torn[..torn.len() / 2], whole)
+            .expect("write");
+        drop(file);
+        let (mut blocks, cuts) =
+            Blocks::open_sized(&dir.path().join("blocks"), SEGMENT_BYTES, Micros::MIN)?;
+        assert_eq!(cuts, HashMap::from([(1, 12), (2, 9)]));
+        assert_eq!(all(&blocks, 2), ints(0..5));
+        assert_eq!(std::fs::metadata(&path).map(|m| m.len()).ok(), Some(whole));
+        // Appends go on after the cut.
+        blocks.write(2, ints(5..10), 14)?;
+        drop(blocks);
+        let blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        assert_eq!(all(&blocks, 2), ints(0..10));
+        Ok(())
+    }
+
+    #[test]
+    fn empty_segments_go_at_a_sync_and_a_sparse_one_is_compacted() -> Result<(), StoreError> {
+        let dir = tmp();
+        // Segments of about four blocks.
+        let mut blocks = open_in(dir.path(), 200, Micros::MIN);
+        for series in 1..=4 {
+            blocks.write(series, ints(0..10), 0)?;
+        }
+        for series in 1..=12 {
+            blocks.write(series, ints(100..110), 0)?;
+        }
+        let numbers = |b: &Blocks| b.segments.keys().copied().collect::<Vec<_>>();
+        let before = numbers(&blocks);
+        assert!(before.len() >= 4, "{before:?}");
+        // Series 1-3 lose their old blocks: the first segment keeps only
+        // series 4's, a quarter of it, and is compacted; the rest stay.
+        for series in 1..=3 {
+            blocks.trim(series, 500, Micros::MIN)?;
+        }
+        let gone_before = blocks.sync()?.gone_before;
+        assert_eq!(gone_before, 500);
+        let after = numbers(&blocks);
+        assert!(!after.contains(&before[0]), "{before:?} → {after:?}");
+        let expected: Vec<Vec<Point>> = (0..=12).map(|id| all(&blocks, id)).collect();
+        assert_eq!(
+            expected[4],
+            ints(0..10)
+                .into_iter()
+                .chain(ints(100..110))
+                .collect::<Vec<_>>()
+        );
+        drop(blocks);
+        // A reopen without the mark still agrees: what went went with its
+        // segment, and the moved block replaces nothing but itself.
+        let blocks = open_in(dir.path(), 200, Micros::MIN);
+        for (id, points) in expected.iter().enumerate() {
+            assert_eq!(&all(&blocks, id as u32), points, "series {id}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_blocks_sled_held_move_into_the_files_once() -> Result<(), StoreError> {
+        let dir = tmp();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .expect("sled");
+        {
+            // The layout of the blocks in sled: the last time, flipped, the
+            // count and the chunk.
+            let tree = db.open_tree("blocks")?;
+            for (id, part) in [(1, 0..5), (1, 5..10), (2, 0..3)] {
+                let points = ints(part);
+                let chunk = Chunk::of(&points);
+                let mut value = flip(chunk.span().1).to_be_bytes().to_vec();
+                chunk::put_varint(&mut value, u64::from(chunk.len()));
+                value.extend_from_slice(chunk.bytes());
+                tree.insert(key(id, points[0].0), value)?;
+            }
+            tree.insert(b"junk", b"junk".as_slice())?;
+        }
+        let (blocks, _) = Blocks::open(&dir.path().join("blocks"), &db, Micros::MIN)?;
+        assert_eq!(all(&blocks, 1), ints(0..10));
+        assert_eq!(all(&blocks, 2), ints(0..3));
+        assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"blocks"));
+        let held = blocks.held();
+        drop(blocks);
+        let (blocks, _) = Blocks::open(&dir.path().join("blocks"), &db, Micros::MIN)?;
+        assert_eq!(blocks.held(), held, "moved once");
+        assert_eq!(blocks.stats().0, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_block_reads_as_an_error() -> Result<(), StoreError> {
+        let (dir, mut blocks) = blocks();
+        blocks.write(1, ints(0..5), 0)?;
+        let path = dir.path().join("blocks").join("00000001.blk");
+        let file = File::options().write(true).open(&path).expect("segment");
+        file.write_all_at(&[0xff; 4], 40).expect("write");
+        assert!(matches!(
+            blocks.range(1, i64::MIN, i64::MAX, 10, End::Oldest),
+            Err(StoreError::Corrupt(_))
+        ));
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_open_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let dir = tmp();
+            let path = dir.path().join("blocks");
+            std::fs::create_dir_all(&path).expect("dir");
+            std::fs::write(path.join("00000001.blk"), &bytes).expect("write");
+            let opened = Blocks::open_sized(&path, SEGMENT_BYTES, Micros::MIN);
+            if let Ok((blocks, _)) = opened {
+                for id in 0..4 {
+                    let _ = blocks.range(id, i64::MIN, i64::MAX, 10, End::Newest);
+                }
+            }
+        }
     }
 }

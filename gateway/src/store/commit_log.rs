@@ -40,7 +40,7 @@ use crate::time::Micros;
 pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Bytes before a frame's kind: its length and its CRC.
-const HEADER: usize = 8;
+pub(super) const HEADER: usize = 8;
 
 /// A frame longer than this is damage, not a commit (a commit of 10 000
 /// changes is about 200 KB of frames).
@@ -316,10 +316,7 @@ impl CommitLog {
                     buf.extend_from_slice(body);
                 }
             }
-            let len = buf.len() - start - HEADER;
-            let crc = crc32fast::hash(&buf[start + HEADER..]);
-            buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-            buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+            seal(&mut buf, start);
         }
         let path = self.path(number);
         let Some(segment) = self.segments.get_mut(&number) else {
@@ -440,6 +437,15 @@ impl CommitLog {
     }
 }
 
+/// Fills in the header of the frame that begins at `start` of `buf` (its
+/// [`HEADER`] bytes reserved, its kind and body after them, to the end).
+pub(super) fn seal(buf: &mut [u8], start: usize) {
+    let len = buf.len() - start - HEADER;
+    let crc = crc32fast::hash(&buf[start + HEADER..]);
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// The body length a frame's header gives.
 fn frame_len(frame: &[u8]) -> usize {
     frame
@@ -451,7 +457,10 @@ fn frame_len(frame: &[u8]) -> usize {
 /// Calls `each(offset, frame length, kind, body)` for each frame that reads
 /// (its length in bounds, its CRC right), until one does not or `each`
 /// says stop; returns the bytes read.
-fn scan_frames(bytes: &[u8], mut each: impl FnMut(usize, usize, u8, &[u8]) -> bool) -> usize {
+pub(super) fn scan_frames(
+    bytes: &[u8],
+    mut each: impl FnMut(usize, usize, u8, &[u8]) -> bool,
+) -> usize {
     let mut offset = 0;
     while bytes.len() - offset > HEADER {
         let len = frame_len(&bytes[offset..]);

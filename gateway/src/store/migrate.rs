@@ -68,7 +68,7 @@ pub fn drop_series(db: &sled::Db) -> Result<(), StoreError> {
 
 /// Moves the old `history` tree (key: series id + flipped time, value: a
 /// [`Value::encode_into`]) into `blocks`, then drops it.
-pub fn history(db: &sled::Db, blocks: &Blocks) -> Result<u64, StoreError> {
+pub fn history(db: &sled::Db, blocks: &mut Blocks) -> Result<u64, StoreError> {
     if !db.tree_names().iter().any(|n| n.as_ref() == HISTORY) {
         return Ok(0);
     }
@@ -86,7 +86,7 @@ pub fn history(db: &sled::Db, blocks: &Blocks) -> Result<u64, StoreError> {
         if series != Some(id) || points.len() >= CUT_POINTS as usize {
             if let Some(id) = series {
                 converted += points.len() as u64;
-                blocks.write(id, std::mem::take(&mut points))?;
+                blocks.write(id, std::mem::take(&mut points), 0)?;
             }
             series = Some(id);
         }
@@ -94,8 +94,9 @@ pub fn history(db: &sled::Db, blocks: &Blocks) -> Result<u64, StoreError> {
     }
     if let Some(id) = series {
         converted += points.len() as u64;
-        blocks.write(id, points)?;
+        blocks.write(id, points, 0)?;
     }
+    blocks.sync()?;
     db.flush()?;
     db.drop_tree(HISTORY)?;
     Ok(converted)

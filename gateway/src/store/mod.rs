@@ -5,12 +5,14 @@
 //! - [`Store`]: the small storage interface the rest of the gateway sees.
 //! - [`sled_store`]: its implementation, one per process: each group commit
 //!   one append and one sync to a commit log, which is also the sync outbox,
-//!   and each series' history in compressed blocks in sled:
+//!   and each series' history in compressed blocks in block files of its
+//!   own, with sled for names, cuts and metadata:
 //!   - [`commit_log`]: the log's segment files and frames;
 //!   - [`record`]: a commit record's encoding;
 //!   - [`chunk`]: a series' points, compressed (times as delta of deltas,
 //!     floats XORed with the one before);
-//!   - [`blocks`]: history at rest, per series, in non-overlapping blocks;
+//!   - [`blocks`]: history at rest, per series, in non-overlapping blocks
+//!     appended to segment files, indexed in memory;
 //!   - [`dictionary`]: series ids and names, each name held once;
 //!   - [`migrate`]: data dirs of the older layout, converted at open.
 //! - [`writer`]: the one task that writes: it batches driver updates, makes

@@ -9,14 +9,19 @@
 //!   audit entries of the writes it confirms. It is the write-ahead log of
 //!   everything below that a commit changes, and, with `[cloud]`, the
 //!   outbox itself.
+//! - the [blocks](super::blocks): each series' history in compressed
+//!   blocks, appended to block files with an index in memory; synced by the
+//!   retention pass before sled's flush, which goes before the commit log
+//!   lets go of the records they hold.
 //!
 //! sled's trees (what a commit writes to them is flushed by the retention
 //! pass, before the commit log lets go of the frames that carry it; a crash
 //! before that replays them from the log):
-//! - `blocks`: each series' history in compressed blocks
-//!   ([blocks](super::blocks)).
 //! - `names`: the series' names, in pages of 256 ids ([`dictionary`]);
-//!   `cuts`: series id → the last sequence in its blocks.
+//!   `cuts`: series id → the last sequence in its blocks, written once
+//!   the blocks are synced (a block's frame carries it too).
+//! - `outbox_meta` also holds the blocks' retention mark
+//!   (`blocks_gone_before`).
 //! - `outbox_meta`: the next sequence; with `[cloud]` the last acknowledged
 //!   one, the outbox's floor, and the twin's and the config's versions; with
 //!   `[north]` the northbound's own acknowledged sequence and floor.
@@ -242,6 +247,10 @@ const FLOOR: &[u8] = b"floor";
 /// last segments that were collected already.
 const COLLECTED: &[u8] = b"collected";
 
+/// The blocks' retention mark ([`Blocks::open`]): blocks that end before it
+/// have gone.
+const GONE_BEFORE: &[u8] = b"blocks_gone_before";
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`, with the config's default cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -283,24 +292,23 @@ impl SledStore {
     /// bytes; points in heads and the heap bytes those take. For benches
     /// and the docs' figures.
     pub fn measure(&self) -> Result<Layout, StoreError> {
-        let (mut layout, blocks) = {
-            let guard = self.read();
-            let inner = guard.as_ref().ok_or_else(reopening)?;
-            let heads = inner.heads.iter().filter(|h| !h.chunk.is_empty());
-            let layout = Layout {
-                series: inner.names.len() as u64,
-                records: inner.records.len() as u64,
-                record_bytes: inner.record_bytes(),
-                head_points: heads.clone().map(|h| u64::from(h.chunk.len())).sum(),
-                head_bytes: heads.map(|h| h.chunk.heap_bytes() as u64).sum(),
-                ..Layout::default()
-            };
-            (layout, inner.blocks.clone())
-        };
-        // Every block is read: outside the store's lock, so that commits
-        // do not wait for the count.
-        (layout.blocks, layout.block_points, layout.block_bytes) = blocks.stats()?;
-        Ok(layout)
+        let guard = self.read();
+        let inner = guard.as_ref().ok_or_else(reopening)?;
+        let heads = inner.heads.iter().filter(|h| !h.chunk.is_empty());
+        let (blocks, block_points, block_bytes) = inner.blocks.stats();
+        let (block_file_bytes, block_index_bytes) = inner.blocks.footprint();
+        Ok(Layout {
+            series: inner.names.len() as u64,
+            blocks,
+            block_points,
+            block_bytes,
+            block_file_bytes,
+            block_index_bytes,
+            records: inner.records.len() as u64,
+            record_bytes: inner.record_bytes(),
+            head_points: heads.clone().map(|h| u64::from(h.chunk.len())).sum(),
+            head_bytes: heads.map(|h| h.chunk.heap_bytes() as u64).sum(),
+        })
     }
 }
 
@@ -313,8 +321,13 @@ pub struct Layout {
     pub blocks: u64,
     /// Points in them.
     pub block_points: u64,
-    /// Their keys' and values' bytes.
+    /// Their frames' bytes.
     pub block_bytes: u64,
+    /// The bytes of the block files (their frames, and those of blocks
+    /// replaced or dropped that wait for their segment to go).
+    pub block_file_bytes: u64,
+    /// Heap bytes of the blocks' index.
+    pub block_index_bytes: u64,
     /// Commit records in the log.
     pub records: u64,
     /// Their bytes.
@@ -348,10 +361,9 @@ struct TrimPlan {
     due: Micros,
     /// Blocks that end before this go for size; `Micros::MIN` within it.
     ended_before: Micros,
-    /// The blocks, when every series' blocks are to be looked at.
-    walk: Option<Blocks>,
-    /// Whether the walk counts the blocks into their ledger.
-    counting: bool,
+    /// The walk ([`Blocks::walk_begins`]), when every series' blocks are
+    /// to be looked at.
+    walk: Option<u64>,
 }
 
 /// A commit that failed, until its changes are stored.
@@ -550,9 +562,6 @@ impl SledStore {
         let mut left = Micros::MAX;
         let mut by_size = 0u64;
         trimmed.by_age += self.in_slices(|inner, id| {
-            if plan.counting {
-                inner.blocks.count(id)?;
-            }
             if inner.heads.get(id as usize).is_some_and(|head| {
                 !head.chunk.is_empty()
                     && (head.chunk.span().0 < before || head.first_seq < plan.keep_from)
@@ -576,11 +585,8 @@ impl SledStore {
             // were noted by the handle that went, so the bound (and the
             // count) starts over.
             self.with_writable(|inner| {
-                if inner.blocks.is(walked) {
+                if inner.blocks.is(*walked) {
                     inner.blocks.settle(left);
-                    if plan.counting {
-                        inner.blocks.finish_count(inner.names.len() as u32)?;
-                    }
                 }
                 Ok(())
             })?;
@@ -791,6 +797,10 @@ impl Inner {
             .cache_capacity(cache_bytes);
         // Past an unfinished snapshot a full disk or a crash left behind.
         let (db, _) = ferrite_sync::sled_open::open(config, &path)?;
+        let gone_before = meta_u64(&db.open_tree(META_TREE)?, GONE_BEFORE)
+            .map_err(io)?
+            .map_or(Micros::MIN, |mark| mark as Micros);
+        let (blocks, block_cuts) = Blocks::open(&dir.join("blocks"), &db, gone_before)?;
         let mut inner = Inner {
             names_tree: db.open_tree("names")?,
             names_page: Vec::new(),
@@ -798,7 +808,7 @@ impl Inner {
             log: CommitLog::unopened(),
             cuts: db.open_tree("cuts")?,
             meta: db.open_tree(META_TREE)?,
-            blocks: Blocks::open(&db)?,
+            blocks,
             events: db.open_tree(Log::Events.tree())?,
             audit: db.open_tree(Log::Audit.tree())?,
             rule_state: db.open_tree("rule_state")?,
@@ -813,6 +823,10 @@ impl Inner {
         inner.read_names()?;
         inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.unwrap_or(1).max(1);
         let mut replay = inner.replay_from()?;
+        for (id, cut) in block_cuts {
+            let known = replay.cuts.entry(id).or_default();
+            *known = (*known).max(cut);
+        }
         inner.log = CommitLog::open(&dir.join("commitlog"), |frame| {
             inner.replay(frame, &mut replay)
         })?;
@@ -839,7 +853,7 @@ impl Inner {
     /// Converts an old data dir (see [`migrate`]); the commit records it
     /// writes are read into the store as `replay` reads the log's.
     fn migrate(&mut self, replay: &Replay) -> Result<(), StoreError> {
-        let points = migrate::history(&self.db, &self.blocks)?;
+        let points = migrate::history(&self.db, &mut self.blocks)?;
         let mut waiting = 0u64;
         let first = migrate::outbox(&self.db.clone(), |page| {
             waiting += page.len() as u64;
@@ -1292,9 +1306,20 @@ impl Inner {
         if head.chunk.is_empty() {
             return Ok(());
         }
-        self.blocks.write(id, head.chunk.points())?;
-        self.cuts
-            .insert(id.to_be_bytes(), &head.last_seq.to_be_bytes())?;
+        // The cut goes to sled once the block is synced ([`Self::sync_blocks`]).
+        self.blocks.write(id, head.chunk.points(), head.last_seq)
+    }
+
+    /// Syncs the blocks, then writes to sled the cuts and the retention
+    /// mark they now stand for (flushed by the caller): a cut in sled is
+    /// never ahead of the blocks on disk.
+    fn sync_blocks(&mut self) -> Result<(), StoreError> {
+        let synced = self.blocks.sync()?;
+        for (id, seq) in synced.cuts {
+            self.cuts.insert(id.to_be_bytes(), &seq.to_be_bytes())?;
+        }
+        self.meta
+            .insert(GONE_BEFORE, &(synced.gone_before as u64).to_be_bytes())?;
         Ok(())
     }
 
@@ -1395,35 +1420,26 @@ impl Inner {
     /// series' blocks once a block may start before `before - slack`. Past
     /// `max_bytes` (the blocks' bytes, from their ledger, and the log's),
     /// the blocks that end before the time that frees the excess go too.
-    fn plan_trim(&self, before: Micros, slack: Micros, max_bytes: u64) -> TrimPlan {
-        let counting = !self.blocks.counted();
-        let held = self
-            .blocks
-            .held()
-            .map(|blocks| blocks + self.record_bytes());
+    fn plan_trim(&mut self, before: Micros, slack: Micros, max_bytes: u64) -> TrimPlan {
+        let held = self.blocks.held() + self.record_bytes();
         let ended_before = held
-            .and_then(|held| held.checked_sub(max_bytes))
+            .checked_sub(max_bytes)
             .filter(|over| *over > 0)
             .and_then(|over| self.blocks.ended_before_freeing(over))
             .unwrap_or(Micros::MIN);
         if ended_before > Micros::MIN {
             tracing::debug!(
-                "the store holds {} bytes of history, over {max_bytes}: blocks that end before {ended_before} go",
-                held.unwrap_or(0)
+                "the store holds {held} bytes of history, over {max_bytes}: blocks that end before {ended_before} go"
             );
         }
         let due = before.saturating_sub(slack.max(0));
-        let walk = (counting || due > self.blocks.oldest() || ended_before > Micros::MIN)
-            .then(|| self.blocks.clone());
-        if let Some(blocks) = &walk {
-            blocks.walk_begins();
-        }
+        let walk = (due > self.blocks.oldest() || ended_before > Micros::MIN)
+            .then(|| self.blocks.walk_begins());
         TrimPlan {
             keep_from: self.tail_start(),
             due,
             ended_before,
             walk,
-            counting,
         }
     }
 
@@ -1476,6 +1492,7 @@ impl Inner {
             // What the frames of the segments about to go carried (the
             // names and audit entries of their commits, the blocks their
             // records were cut into) is made durable in sled first.
+            self.sync_blocks()?;
             self.meta.insert(COLLECTED, &limit.to_be_bytes())?;
             self.meta.insert(NEXT, &self.next_seq.to_be_bytes())?;
             self.db.flush()?;
@@ -1698,15 +1715,8 @@ impl Store for SledStore {
         max_bytes: u64,
     ) -> Result<Trimmed, StoreError> {
         let mut trimmed = Trimmed::default();
-        // A second round only after one that counted the blocks (the first
-        // pass after the store opens): only then is the size known.
-        for _ in 0..2 {
-            let plan = self.with_writable(|inner| Ok(inner.plan_trim(before, slack, max_bytes)))?;
-            self.trim_as(&plan, before, &mut trimmed)?;
-            if !plan.counting {
-                break;
-            }
-        }
+        let plan = self.with_writable(|inner| Ok(inner.plan_trim(before, slack, max_bytes)))?;
+        self.trim_as(&plan, before, &mut trimmed)?;
         self.collect_log()?;
         Ok(trimmed)
     }
@@ -1801,7 +1811,7 @@ impl Store for SledStore {
     fn history_bytes(&self) -> Option<u64> {
         let guard = self.read();
         let inner = guard.as_ref()?;
-        Some(inner.blocks.held()? + inner.record_bytes())
+        Some(inner.blocks.held() + inner.record_bytes())
     }
 
     fn size_on_disk(&self) -> Option<u64> {
@@ -2264,9 +2274,9 @@ mod tests {
             let guard = store.read();
             Ok(guard.as_ref().ok_or_else(reopening)?.blocks.oldest())
         };
-        assert_eq!(blocks()?, Micros::MIN, "unknown until a walk");
+        assert_eq!(blocks()?, 1000, "the index knows the block written");
         assert_eq!(store.trim(500, u64::MAX)?.by_age, 0);
-        assert_eq!(blocks()?, 1000, "the walk found the oldest");
+        assert_eq!(blocks()?, 1000);
         assert_eq!(
             store.trim(900, u64::MAX)?.by_age,
             0,
