@@ -29,10 +29,10 @@
 //!    every simulated minute with the defaults (`history_mib` 256, or
 //!    `HISTORY_MIB`; 7 days, or `HISTORY_AGE_S` seconds, history left up to
 //!    the gateway's slack past it, or `RETENTION_SLACK_S`). Every simulated minute: RSS, the store on disk
-//!    (sled's file), the history held (which `history_mib` limits) and the
+//!    (sled's file, the commit log and the block files), the history held (which `history_mib` limits) and the
 //!    pass's time; at the end, the layout (blocks, log records, head points),
-//!    the CPU and bytes written per change, then the store reopened and its
-//!    first pass (which counts the blocks) timed. What the store alone holds
+//!    the CPU and bytes written per change, then the store reopened (which
+//!    reads the block files into their index) and its first pass timed. What the store alone holds
 //!    after minutes of load, in a minute or two of wall time. With
 //!    `OUTBOX_MIB=N` the store also keeps every change for a control plane
 //!    that never acknowledges (`[cloud]`'s outbox, up to N MiB), so the
@@ -225,7 +225,7 @@ fn main() {
         "a day at 1 s            history of 86 400 points {whole:.1} ms, newest 1000 {newest:.2} ms (median of 20)"
     );
     println!(
-        "on disk                 the day: {:.2} bytes/point in its blocks; sled says {:.1} MiB for the whole store",
+        "on disk                 the day: {:.2} bytes/point in its blocks; {:.1} MiB on disk for the whole store",
         (before.block_bytes - ahead.block_bytes) as f64
             / (before.block_points - ahead.block_points).max(1) as f64,
         store.size_on_disk().unwrap_or(0) as f64 / 1048576.0
@@ -317,13 +317,14 @@ fn long_run(series: usize, seconds: i64, group: usize) {
     }
     let changes = seconds as f64 * devices as f64 * 10.0;
     let (cpu_s, written_b) = (cpu() - cpu0, written() - written0);
-    // Counted once, at the end: the count reads every block, which would
-    // stir sled's cache if done every minute.
     let layout = store.measure().expect("layout");
     println!(
-        "layout                  {} blocks ({} points), {} log records ({:.1} MiB), heads {} points ({:.1} MiB)",
+        "layout                  {} blocks ({} points, {:.1} MiB; files {:.1} MiB, index {:.1} MiB in memory), {} log records ({:.1} MiB), heads {} points ({:.1} MiB)",
         layout.blocks,
         layout.block_points,
+        layout.block_bytes as f64 / 1048576.0,
+        layout.block_file_bytes as f64 / 1048576.0,
+        layout.block_index_bytes as f64 / 1048576.0,
         layout.records,
         layout.record_bytes as f64 / 1048576.0,
         layout.head_points,
@@ -334,7 +335,7 @@ fn long_run(series: usize, seconds: i64, group: usize) {
         cpu_s * 1e6 / changes,
         written_b as f64 / changes
     );
-    // A restart: the first pass counts every block into the size ledger.
+    // A restart: the block files are read into their index.
     drop(store);
     if env("DROP_CACHES", 0) == 1 {
         let synced = std::process::Command::new("sync").status();
@@ -361,7 +362,7 @@ fn long_run(series: usize, seconds: i64, group: usize) {
         .trim(start + seconds * 1_000_000 - max_age, max_bytes)
         .expect("trim");
     println!(
-        "after a restart         opened in {:.2} s ({:.1} MiB of log); the first pass (it counts the blocks) {:.2} s; {:.1} MiB held, RSS {:.1} MiB",
+        "after a restart         opened in {:.2} s ({:.1} MiB of log); the first pass {:.2} s; {:.1} MiB held, RSS {:.1} MiB",
         opened.as_secs_f64(),
         layout.record_bytes as f64 / 1048576.0,
         pass.elapsed().as_secs_f64(),

@@ -437,6 +437,11 @@ impl Blocks {
             self.series.resize_with(index + 1, Vec::new);
         }
         let locs = &mut self.series[index];
+        if locs.capacity() == 0 {
+            // Most series that change rarely have one block: room for one,
+            // not the four a first push makes room for.
+            locs.reserve_exact(1);
+        }
         // Blocks do not overlap, so their starts and their ends both rise.
         let from = locs.partition_point(|l| l.max_ts < loc.start);
         let to = locs.partition_point(|l| l.start <= loc.max_ts);

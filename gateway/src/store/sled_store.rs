@@ -1817,7 +1817,7 @@ impl Store for SledStore {
     fn size_on_disk(&self) -> Option<u64> {
         let guard = self.read();
         let inner = guard.as_ref()?;
-        Some(inner.db.size_on_disk().ok()? + inner.log.bytes())
+        Some(inner.db.size_on_disk().ok()? + inner.log.bytes() + inner.blocks.footprint().0)
     }
 
     fn outbox(&self) -> Option<super::OutboxState> {
