@@ -200,6 +200,27 @@ pub struct Synced {
     pub gone_before: Micros,
 }
 
+/// A sync begun under the store's lock, to finish without it
+/// ([`Blocks::begin_sync`]).
+pub struct SyncRound {
+    /// The segments appended to: handles of their own.
+    files: Vec<(PathBuf, File)>,
+    /// Segments that may go once the round is synced.
+    pub empty: Vec<u32>,
+    /// What sled may say once it is.
+    pub synced: Synced,
+}
+
+impl SyncRound {
+    /// Syncs the round's segments (no lock needed).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        for (path, file) in &self.files {
+            file.sync_data().map_err(|e| io(path.display(), e))?;
+        }
+        Ok(())
+    }
+}
+
 fn io(what: impl std::fmt::Display, e: std::io::Error) -> StoreError {
     StoreError::Io(format!("history blocks, {what}: {e}"))
 }
@@ -584,38 +605,54 @@ impl Blocks {
 
     /// Makes every block appended so far durable; then deletes the
     /// segments (but the last) none of whose blocks is left, after
-    /// compacting one that is mostly empty. Returns the cuts and the
-    /// retention mark the blocks on disk now stand for, for sled.
+    /// compacting the ones that are mostly empty. Returns the cuts and the
+    /// retention mark the blocks on disk now stand for, for sled. All in
+    /// one piece: the store's retention pass takes the same steps in turns
+    /// of its lock instead ([`Blocks::compact_some`], [`Blocks::begin_sync`],
+    /// [`SyncRound::sync`], [`Blocks::finish_sync`]).
     pub fn sync(&mut self) -> Result<Synced, StoreError> {
-        if let Some(number) = self.sparse_segment() {
-            self.compact(number)?;
+        while self.compact_some(usize::MAX)? {}
+        let round = self.begin_sync()?;
+        if let Err(e) = round.sync() {
+            self.sync_failed();
+            return Err(e);
         }
-        for number in std::mem::take(&mut self.unsynced) {
-            if let Some(segment) = self.segments.get(&number)
-                && let Err(e) = segment.file.sync_data()
-            {
-                // Linux may have dropped the pages it could not write:
-                // a reopen reads what is really there.
-                self.broken = true;
-                return Err(io(self.path(number).display(), e));
+        self.finish_sync(&round.empty)?;
+        Ok(round.synced)
+    }
+
+    /// Appends again up to `max` blocks of a segment (but the last) whose
+    /// live blocks take less than [`COMPACT_BELOW`] of it; says whether
+    /// there may be more to move.
+    pub fn compact_some(&mut self, max: usize) -> Result<bool, StoreError> {
+        let Some(number) = self.sparse_segment() else {
+            return Ok(false);
+        };
+        let mut moving = Vec::new();
+        for (id, locs) in self.series.iter().enumerate() {
+            moving.extend(
+                locs.iter()
+                    .filter(|l| l.segment == number)
+                    .map(|l| (id as u32, *l)),
+            );
+            if moving.len() >= max {
+                break;
             }
         }
-        let last = self.segments.last_key_value().map(|(n, _)| *n);
-        let empty: Vec<u32> = self
-            .segments
-            .iter()
-            .filter(|(number, segment)| Some(**number) != last && segment.live == 0)
-            .map(|(number, _)| *number)
-            .collect();
-        for number in empty {
-            let path = self.path(number);
-            std::fs::remove_file(&path).map_err(|e| io(path.display(), e))?;
-            self.segments.remove(&number);
+        moving.truncate(max);
+        if moving.is_empty() {
+            // Its bytes are booked live with no block in the index: a
+            // bookkeeping slip, not a reason to loop.
+            tracing::error!("history block segment {number}: counted live, but no block is in it");
+            return Ok(false);
         }
-        Ok(Synced {
-            cuts: std::mem::take(&mut self.cuts),
-            gone_before: self.gone_before,
-        })
+        let count = moving.len();
+        for (id, loc) in moving {
+            let points = self.read(&loc)?;
+            self.append_block(id, &points, 0)?;
+        }
+        tracing::debug!("history block segment {number}: {count} block(s) moved to compact it");
+        Ok(true)
     }
 
     /// The first segment (but the last) whose live blocks take less than
@@ -632,23 +669,62 @@ impl Blocks {
             .map(|(number, _)| *number)
     }
 
-    /// Appends the blocks left in segment `number` again, at the end.
-    fn compact(&mut self, number: u32) -> Result<(), StoreError> {
-        let mut moving = Vec::new();
-        for (id, locs) in self.series.iter().enumerate() {
-            moving.extend(
-                locs.iter()
-                    .filter(|l| l.segment == number)
-                    .map(|l| (id as u32, *l)),
-            );
+    /// Begins making what has been appended so far durable: the segments
+    /// to sync (handles of their own, so that the sync needs no lock), the
+    /// cuts and mark they stand for, and the segments that may go once they
+    /// are synced (none of their blocks is left, and what replaced them was
+    /// appended before now).
+    pub fn begin_sync(&mut self) -> Result<SyncRound, StoreError> {
+        let mut files = Vec::new();
+        for number in std::mem::take(&mut self.unsynced) {
+            if let Some(segment) = self.segments.get(&number) {
+                let path = self.path(number);
+                let file = segment
+                    .file
+                    .try_clone()
+                    .map_err(|e| io(path.display(), e))?;
+                files.push((path, file));
+            }
         }
-        let count = moving.len();
-        for (id, loc) in moving {
-            let points = self.read(&loc)?;
-            self.append_block(id, &points, 0)?;
+        let last = self.segments.last_key_value().map(|(n, _)| *n);
+        let empty = self
+            .segments
+            .iter()
+            .filter(|(number, segment)| Some(**number) != last && segment.live == 0)
+            .map(|(number, _)| *number)
+            .collect();
+        Ok(SyncRound {
+            files,
+            empty,
+            synced: Synced {
+                cuts: std::mem::take(&mut self.cuts),
+                gone_before: self.gone_before,
+            },
+        })
+    }
+
+    /// Deletes the segments of a round ([`Blocks::begin_sync`]) that is
+    /// synced, if none of their blocks has come back (none can: appends go
+    /// to the last segment). Returns how many went.
+    pub fn finish_sync(&mut self, empty: &[u32]) -> Result<u32, StoreError> {
+        let last = self.segments.last_key_value().map(|(n, _)| *n);
+        let mut went = 0;
+        for number in empty {
+            if Some(*number) == last || self.segments.get(number).is_none_or(|s| s.live > 0) {
+                continue;
+            }
+            let path = self.path(*number);
+            std::fs::remove_file(&path).map_err(|e| io(path.display(), e))?;
+            self.segments.remove(number);
+            went += 1;
         }
-        tracing::debug!("history block segment {number} compacted: {count} block(s) moved");
-        Ok(())
+        Ok(went)
+    }
+
+    /// A sync that failed: the pages the kernel could not write may be
+    /// gone, so no more appends until a reopen reads what is there.
+    pub fn sync_failed(&mut self) {
+        self.broken = true;
     }
 
     /// The bytes at rest (the blocks' frames).
