@@ -26,12 +26,17 @@
 //!   kept in sled's meta tree): the age and size limits drop whole blocks
 //!   that end before a time, and the mark is the latest such time.
 //!
+//! Each block's frame carries its series' cut: the last sequence in its
+//! blocks, after which a reopen replays the series' changes from the log
+//! into its head. A block appended again keeps the cut of what it replaces
+//! (a merge takes the newer head's), so a series' cut is the highest its
+//! frames carry, and sled is not written for it: a block and its cut are on
+//! disk together or not at all.
+//!
 //! A block's bytes are synced by [`Blocks::sync`], which the store calls
 //! before the flush of sled that lets the commit log drop the records the
 //! blocks hold. Until then a crash may lose a block, and the log still has
-//! its points: the series' cut (the last sequence in its blocks, which a
-//! reopen replays the log after) is written to sled only once the block is
-//! synced, and a block's own frame carries it too. A segment whose blocks
+//! its points. A segment whose blocks
 //! have all been replaced or dropped is deleted by the sync, after what
 //! replaced them is on disk; one mostly empty is compacted (its blocks
 //! appended again) first.
@@ -108,8 +113,6 @@ pub struct Blocks {
     series: Vec<Vec<Loc>>,
     /// Segments appended to since the last sync.
     unsynced: BTreeSet<u32>,
-    /// Cuts (series id, sequence) of blocks appended since the last sync.
-    cuts: Vec<(u32, u64)>,
     /// Blocks that end before this have gone.
     gone_before: Micros,
     /// No block at rest starts before this (see [`Blocks::oldest`]).
@@ -191,15 +194,6 @@ pub struct Trim {
     pub left: Option<Micros>,
 }
 
-/// What [`Blocks::sync`] made durable, for sled.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Synced {
-    /// Series' cuts (id, the last sequence in its blocks) now on disk.
-    pub cuts: Vec<(u32, u64)>,
-    /// The retention mark.
-    pub gone_before: Micros,
-}
-
 /// A sync begun under the store's lock, to finish without it
 /// ([`Blocks::begin_sync`]).
 pub struct SyncRound {
@@ -207,8 +201,8 @@ pub struct SyncRound {
     files: Vec<(PathBuf, File)>,
     /// Segments that may go once the round is synced.
     pub empty: Vec<u32>,
-    /// What sled may say once it is.
-    pub synced: Synced,
+    /// The retention mark sled may keep once it is.
+    pub gone_before: Micros,
 }
 
 impl SyncRound {
@@ -319,7 +313,6 @@ impl Blocks {
             segment_bytes,
             series: Vec::new(),
             unsynced: BTreeSet::new(),
-            cuts: Vec::new(),
             gone_before,
             oldest: Micros::MAX,
             written: Micros::MAX,
@@ -455,6 +448,11 @@ impl Blocks {
     fn place(&mut self, id: u32, loc: Loc) {
         let index = id as usize;
         if self.series.len() <= index {
+            // A quarter more at a time, not double: series come in one by
+            // one, and a doubling from a length a first cut set can leave
+            // room for twice as many series as there are.
+            let len = self.series.len();
+            self.series.reserve_exact((index + 1 - len).max(len / 4));
             self.series.resize_with(index + 1, Vec::new);
         }
         let locs = &mut self.series[index];
@@ -512,9 +510,6 @@ impl Blocks {
         );
         self.oldest = self.oldest.min(start);
         self.written = self.written.min(start);
-        if cut > 0 {
-            self.cuts.push((id, cut));
-        }
         self.place(
             id,
             Loc {
@@ -588,6 +583,11 @@ impl Blocks {
 
     /// The points of the block at `loc`.
     fn read(&self, loc: &Loc) -> Result<Vec<Point>, StoreError> {
+        Ok(self.read_with_cut(loc)?.0)
+    }
+
+    /// The points of the block at `loc`, and the cut its frame carries.
+    fn read_with_cut(&self, loc: &Loc) -> Result<(Vec<Point>, u64), StoreError> {
         let corrupt = || StoreError::Corrupt(format!("history block {loc:?}"));
         let segment = self.segments.get(&loc.segment).ok_or_else(corrupt)?;
         let mut frame = vec![0u8; loc.len as usize];
@@ -595,22 +595,22 @@ impl Blocks {
             .file
             .read_exact_at(&mut frame, u64::from(loc.offset))
             .map_err(|e| io(self.path(loc.segment).display(), e))?;
-        let mut points = None;
+        let mut read = None;
         scan_frames(&frame, |_, _, kind, body| {
-            points = parse(kind, body).and_then(|b| chunk::decode(b.body, b.count));
+            read = parse(kind, body).and_then(|b| Some((chunk::decode(b.body, b.count)?, b.cut)));
             false
         });
-        points.ok_or_else(corrupt)
+        read.ok_or_else(corrupt)
     }
 
     /// Makes every block appended so far durable; then deletes the
     /// segments (but the last) none of whose blocks is left, after
-    /// compacting the ones that are mostly empty. Returns the cuts and the
-    /// retention mark the blocks on disk now stand for, for sled. All in
+    /// compacting the ones that are mostly empty. Returns the retention
+    /// mark the blocks on disk now stand for, for sled. All in
     /// one piece: the store's retention pass takes the same steps in turns
     /// of its lock instead ([`Blocks::compact_some`], [`Blocks::begin_sync`],
     /// [`SyncRound::sync`], [`Blocks::finish_sync`]).
-    pub fn sync(&mut self) -> Result<Synced, StoreError> {
+    pub fn sync(&mut self) -> Result<Micros, StoreError> {
         while self.compact_some(usize::MAX)? {}
         let round = self.begin_sync()?;
         if let Err(e) = round.sync() {
@@ -618,7 +618,7 @@ impl Blocks {
             return Err(e);
         }
         self.finish_sync(&round.empty)?;
-        Ok(round.synced)
+        Ok(round.gone_before)
     }
 
     /// Appends again up to `max` blocks of a segment (but the last) whose
@@ -648,8 +648,8 @@ impl Blocks {
         }
         let count = moving.len();
         for (id, loc) in moving {
-            let points = self.read(&loc)?;
-            self.append_block(id, &points, 0)?;
+            let (points, cut) = self.read_with_cut(&loc)?;
+            self.append_block(id, &points, cut)?;
         }
         tracing::debug!("history block segment {number}: {count} block(s) moved to compact it");
         Ok(true)
@@ -671,7 +671,7 @@ impl Blocks {
 
     /// Begins making what has been appended so far durable: the segments
     /// to sync (handles of their own, so that the sync needs no lock), the
-    /// cuts and mark they stand for, and the segments that may go once they
+    /// retention mark they stand for, and the segments that may go once they
     /// are synced (none of their blocks is left, and what replaced them was
     /// appended before now).
     pub fn begin_sync(&mut self) -> Result<SyncRound, StoreError> {
@@ -696,10 +696,7 @@ impl Blocks {
         Ok(SyncRound {
             files,
             empty,
-            synced: Synced {
-                cuts: std::mem::take(&mut self.cuts),
-                gone_before: self.gone_before,
-            },
+            gone_before: self.gone_before,
         })
     }
 
@@ -794,9 +791,11 @@ impl Blocks {
             return self.append_block(id, &points, cut);
         }
         // Older blocks first, then the new points, so that these win.
-        let mut merged = Vec::new();
+        let (mut merged, mut cut) = (Vec::new(), cut);
         for loc in &overlapping {
-            merged.extend(self.read(loc)?);
+            let (points, old_cut) = self.read_with_cut(loc)?;
+            merged.extend(points);
+            cut = cut.max(old_cut);
         }
         merged.extend(points);
         let merged = chunk::in_time_order(merged);
@@ -898,11 +897,11 @@ impl Blocks {
         self.drop_where(id, |loc| loc.max_ts < mark);
         if let Some(loc) = straddling {
             // Keep its newer part, the series' earliest now: appended again,
-            // it replaces the block.
-            let points = self.read(&loc)?;
+            // with its cut, it replaces the block.
+            let (points, cut) = self.read_with_cut(&loc)?;
             let kept: Vec<Point> = points.iter().filter(|p| p.0 >= before).cloned().collect();
             trim.by_age += (points.len() - kept.len()) as u64;
-            self.append_block(id, &kept, 0)?;
+            self.append_block(id, &kept, cut)?;
         }
         trim.left = self.locs(id).first().map(|l| l.start);
         Ok(trim)
@@ -1050,12 +1049,12 @@ mod tests {
         assert_eq!(all(&blocks, 1), ints(7..10));
         assert_eq!(blocks.trim(1, 70, 0)?, by_age(0, Some(70)), "nothing more");
         assert_eq!(blocks.trim(3, 70, 0)?, by_age(0, None), "no blocks");
-        let synced = blocks.sync()?;
-        assert_eq!(synced.gone_before, 70);
+        let gone_before = blocks.sync()?;
+        assert_eq!(gone_before, 70);
         drop(blocks);
         // Reopened with the mark sled kept: series 1 as trimmed, and series
         // 2, not trimmed yet, as its trim would leave it.
-        let blocks = open_in(dir.path(), SEGMENT_BYTES, synced.gone_before);
+        let blocks = open_in(dir.path(), SEGMENT_BYTES, gone_before);
         assert_eq!(all(&blocks, 1), ints(7..10));
         assert!(all(&blocks, 2).is_empty());
         // Without the mark, the dropped block would be back: it is what
@@ -1119,7 +1118,7 @@ mod tests {
         blocks.write(2, at(1, 5), 0)?;
         blocks.trim(2, minute(1) + 2, Micros::MIN)?;
         assert_eq!(blocks.held(), frames(&blocks));
-        let (held, gone_before) = (blocks.held(), blocks.sync()?.gone_before);
+        let (held, gone_before) = (blocks.held(), blocks.sync()?);
         drop(blocks);
         let blocks = open_in(dir.path(), SEGMENT_BYTES, gone_before);
         assert_eq!(blocks.held(), held, "the same count from the files");
@@ -1133,9 +1132,7 @@ mod tests {
         blocks.write(1, ints(0..5), 7)?;
         blocks.write(1, ints(5..10), 12)?;
         blocks.write(2, ints(0..5), 9)?;
-        let synced = blocks.sync()?;
-        assert_eq!(synced.cuts, [(1, 7), (1, 12), (2, 9)]);
-        assert!(blocks.sync()?.cuts.is_empty(), "each once");
+        blocks.sync()?;
         let path = blocks.path(1);
         drop(blocks);
         // Half of a block appended when the power went.
@@ -1159,6 +1156,28 @@ mod tests {
     }
 
     #[test]
+    fn a_block_appended_again_keeps_its_cut_when_the_first_copy_has_gone() -> Result<(), StoreError>
+    {
+        let dir = tmp();
+        // A segment a block: each rewrite lands in a new one, and the sync
+        // deletes the one it left empty.
+        let mut blocks = open_in(dir.path(), 1, Micros::MIN);
+        blocks.write(1, ints(0..10), 7)?;
+        blocks.write(2, ints(0..10), 9)?;
+        // Series 1's block straddles the age limit: appended again.
+        blocks.trim(1, 50, Micros::MIN)?;
+        // Series 2's merged with a write that knows no cut.
+        blocks.write(2, vec![(45, Value::Int(-1))], 0)?;
+        blocks.sync()?;
+        assert!(!blocks.segments.contains_key(&1), "the first copies went");
+        assert!(!blocks.segments.contains_key(&2));
+        drop(blocks);
+        let (_, cuts) = Blocks::open_sized(&dir.path().join("blocks"), 1, 50)?;
+        assert_eq!(cuts, HashMap::from([(1, 7), (2, 9)]));
+        Ok(())
+    }
+
+    #[test]
     fn empty_segments_go_at_a_sync_and_a_sparse_one_is_compacted() -> Result<(), StoreError> {
         let dir = tmp();
         // Segments of about four blocks.
@@ -1177,7 +1196,7 @@ mod tests {
         for series in 1..=3 {
             blocks.trim(series, 500, Micros::MIN)?;
         }
-        let gone_before = blocks.sync()?.gone_before;
+        let gone_before = blocks.sync()?;
         assert_eq!(gone_before, 500);
         let after = numbers(&blocks);
         assert!(!after.contains(&before[0]), "{before:?} → {after:?}");

@@ -18,8 +18,9 @@
 //! pass, before the commit log lets go of the frames that carry it; a crash
 //! before that replays them from the log):
 //! - `names`: the series' names, in pages of 256 ids ([`dictionary`]);
-//!   `cuts`: series id → the last sequence in its blocks, written once
-//!   the blocks are synced (a block's frame carries it too).
+//!   `cuts`: series id → the last sequence in its blocks, as the store
+//!   before the block files kept it (read at open; the block frames carry
+//!   the cuts now).
 //! - `outbox_meta` also holds the blocks' retention mark
 //!   (`blocks_gone_before`).
 //! - `outbox_meta`: the next sequence; with `[cloud]` the last acknowledged
@@ -38,8 +39,9 @@
 //! for each [`Reader`] of the log (`[cloud]`'s uplink, `[north]`'s
 //! publisher), acknowledged or dropped over that reader's budget; the
 //! minute's retention pass cuts heads that hold back more than
-//! [`LOG_TAIL_BYTES`] of log, flushes sled, and deletes the log's segments
-//! whose records have all gone (`outbox_meta`'s `collected` says where that
+//! [`LOG_TAIL_BYTES`] of log, syncs the blocks (the `fdatasync` outside the
+//! store's lock) and writes their cuts to sled, flushes sled, and deletes
+//! the log's segments whose records have all gone (`outbox_meta`'s `collected` says where that
 //! stands, so that a reopen skips the records of a segment that stayed).
 //!
 //! sled can fail to re-acquire its file lock when a `Db` is reopened right
@@ -409,10 +411,6 @@ const COLLECT_SLICE: usize = 1024;
 /// compacted (about 200 bytes each: a read and an append).
 const COMPACT_SLICE: usize = 2048;
 
-/// Cuts written to sled per turn of the store's lock after the blocks are
-/// synced (a pass that cut every head has 100 000).
-const CUTS_SLICE: usize = 4096;
-
 impl SledStore {
     /// Runs `each` on every series, [`TRIM_SLICE`] series per turn of the
     /// store's lock; returns the sum of what it returned.
@@ -609,10 +607,10 @@ impl SledStore {
     }
 
     /// Syncs the blocks, the store's lock held only to compact (a slice
-    /// at a time), to begin the round, to write its cuts to sled (a slice
-    /// at a time) and to delete the segments it emptied, not for the
-    /// `fdatasync`: after a pass that cut 100 000 heads that took 0.7 s
-    /// in one hold. Returns the longest hold.
+    /// at a time), to begin the round and to delete the segments it
+    /// emptied, not for the `fdatasync`: after a pass that cut 100 000
+    /// heads, the sync and the cuts written to sled took 0.7 s in one hold.
+    /// Returns the longest hold.
     fn sync_blocks(&self) -> Result<std::time::Duration, StoreError> {
         let (_, compacting) = self.in_turns(|inner| inner.blocks.compact_some(COMPACT_SLICE))?;
         let began = std::time::Instant::now();
@@ -625,18 +623,8 @@ impl SledStore {
                 Err(e)
             });
         }
-        let mut cuts = round.synced.cuts.chunks(CUTS_SLICE);
-        let (_, writing) = self.in_turns(|inner| {
-            let Some(slice) = cuts.next() else {
-                return Ok(false);
-            };
-            for (id, seq) in slice {
-                inner.cuts.insert(id.to_be_bytes(), &seq.to_be_bytes())?;
-            }
-            Ok(true)
-        })?;
         let began = std::time::Instant::now();
-        let gone_before = round.synced.gone_before;
+        let gone_before = round.gone_before;
         let went = self.with_writable(|inner| {
             inner
                 .meta
@@ -646,7 +634,7 @@ impl SledStore {
         if went > 0 {
             tracing::debug!("{went} history block segment(s) deleted");
         }
-        longest = longest.max(writing).max(began.elapsed());
+        longest = longest.max(began.elapsed());
         Ok(longest)
     }
 
@@ -1362,9 +1350,8 @@ impl Inner {
         if head.chunk.is_empty() {
             return Ok(());
         }
-        // The cut goes to sled once the block is synced
-        // ([`SledStore::sync_blocks`]): a cut in sled is never ahead of the
-        // blocks on disk.
+        // The cut goes in the block's frame, not to sled: a block and its
+        // cut are on disk together or not at all.
         self.blocks.write(id, head.chunk.points(), head.last_seq)
     }
 
