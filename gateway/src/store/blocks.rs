@@ -49,7 +49,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,7 +56,7 @@ use ferrite_models::Value;
 
 use super::chunk::{self, Chunk};
 use super::commit_log::{HEADER, scan_frames, seal};
-use super::{End, StoreError};
+use super::{End, StoreError, segment_files};
 use crate::time::Micros;
 
 /// Points a series' head gathers before it is cut into a block.
@@ -69,6 +68,9 @@ pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 /// A segment (not the last) whose live blocks take less than this share of
 /// it is compacted: they are appended again and it goes.
 const COMPACT_BELOW: f64 = 0.25;
+
+/// A segment file's extension.
+const EXT: &str = "blk";
 
 /// The frame kind of a block.
 const BLOCK: u8 = 4;
@@ -295,18 +297,7 @@ impl Blocks {
         segment_bytes: u64,
         gone_before: Micros,
     ) -> Result<(Blocks, HashMap<u32, u64>), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir.display(), e))?;
-        let mut numbers = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| io(dir.display(), e))? {
-            let entry = entry.map_err(|e| io(dir.display(), e))?;
-            let number = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".blk"))
-                .and_then(|n| n.parse::<u32>().ok());
-            numbers.extend(number);
-        }
-        numbers.sort_unstable();
+        let numbers = segment_files::numbers(dir, EXT).map_err(|e| io(dir.display(), e))?;
         let mut blocks = Blocks {
             dir: dir.to_path_buf(),
             segments: BTreeMap::new(),
@@ -324,11 +315,7 @@ impl Blocks {
         let last = numbers.last().copied();
         for number in numbers {
             let path = blocks.path(number);
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| io(path.display(), e))?;
+            let file = segment_files::open(&path).map_err(|e| io(path.display(), e))?;
             let bytes = std::fs::read(&path).map_err(|e| io(path.display(), e))?;
             blocks.segments.insert(
                 number,
@@ -375,10 +362,7 @@ impl Blocks {
                         path.display()
                     );
                     if let Some(segment) = blocks.segments.get(&number) {
-                        segment
-                            .file
-                            .set_len(whole as u64)
-                            .and_then(|()| segment.file.sync_data())
+                        segment_files::cut(&segment.file, whole as u64)
                             .map_err(|e| io(path.display(), e))?;
                     }
                 } else {
@@ -436,7 +420,7 @@ impl Blocks {
     }
 
     fn path(&self, number: u32) -> PathBuf {
-        self.dir.join(format!("{number:08}.blk"))
+        segment_files::path(&self.dir, number, EXT)
     }
 
     fn locs(&self, id: u32) -> &[Loc] {
@@ -541,16 +525,9 @@ impl Blocks {
             return Err(StoreError::Io("history blocks: no segment".into()));
         };
         let start = segment.len;
-        if let Err(e) = segment.file.write_all_at(frame, start) {
-            if segment
-                .file
-                .set_len(start)
-                .and_then(|()| segment.file.sync_data())
-                .is_err()
-            {
-                self.broken = true;
-            }
-            return Err(io(path.display(), e));
+        if let Err(failed) = segment_files::append(&segment.file, frame, start, false) {
+            self.broken = !failed.cut;
+            return Err(io(path.display(), failed.error));
         }
         segment.len += frame.len() as u64;
         self.unsynced.insert(number);
@@ -560,16 +537,7 @@ impl Blocks {
     /// Creates segment `number`, its directory entry synced.
     fn begin_segment(&mut self, number: u32) -> Result<u32, StoreError> {
         let path = self.path(number);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| io(path.display(), e))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| io(self.dir.display(), e))?;
+        let file = segment_files::create(&self.dir, &path).map_err(|e| io(path.display(), e))?;
         self.segments.insert(
             number,
             Segment {
@@ -590,10 +558,7 @@ impl Blocks {
     fn read_with_cut(&self, loc: &Loc) -> Result<(Vec<Point>, u64), StoreError> {
         let corrupt = || StoreError::Corrupt(format!("history block {loc:?}"));
         let segment = self.segments.get(&loc.segment).ok_or_else(corrupt)?;
-        let mut frame = vec![0u8; loc.len as usize];
-        segment
-            .file
-            .read_exact_at(&mut frame, u64::from(loc.offset))
+        let frame = segment_files::read_at(&segment.file, u64::from(loc.offset), loc.len as usize)
             .map_err(|e| io(self.path(loc.segment).display(), e))?;
         let mut read = None;
         scan_frames(&frame, |_, _, kind, body| {
@@ -933,6 +898,7 @@ impl Blocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn tmp() -> tempfile::TempDir {
         tempfile::tempdir().expect("tempdir")

@@ -30,14 +30,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::StoreError;
+use super::{StoreError, segment_files};
 use crate::time::Micros;
 
 /// A segment takes appends until it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A segment file's extension.
+const EXT: &str = "log";
 
 /// Bytes before a frame's kind: its length and its CRC.
 pub(super) const HEADER: usize = 8;
@@ -164,20 +166,7 @@ impl CommitLog {
         segment_bytes: u64,
         mut each: impl FnMut(Replayed) -> Result<(), StoreError>,
     ) -> Result<CommitLog, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir.display(), e))?;
-        let mut numbers = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| io(dir.display(), e))? {
-            let entry = entry.map_err(|e| io(dir.display(), e))?;
-            let name = entry.file_name();
-            let number = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".log"))
-                .and_then(|n| n.parse::<u32>().ok());
-            if let Some(number) = number {
-                numbers.push(number);
-            }
-        }
-        numbers.sort_unstable();
+        let numbers = segment_files::numbers(dir, EXT).map_err(|e| io(dir.display(), e))?;
         let mut log = CommitLog {
             dir: dir.to_path_buf(),
             segments: BTreeMap::new(),
@@ -187,11 +176,7 @@ impl CommitLog {
         let last = numbers.last().copied();
         for number in numbers {
             let path = log.path(number);
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| io(path.display(), e))?;
+            let file = segment_files::open(&path).map_err(|e| io(path.display(), e))?;
             let bytes = std::fs::read(&path).map_err(|e| io(path.display(), e))?;
             let mut records_end = 0u64;
             let mut failed = None;
@@ -228,9 +213,7 @@ impl CommitLog {
                         "the commit log ended in an unfinished commit ({cut} bytes of {}): cut off",
                         path.display()
                     );
-                    file.set_len(whole as u64)
-                        .and_then(|()| file.sync_data())
-                        .map_err(|e| io(path.display(), e))?;
+                    segment_files::cut(&file, whole as u64).map_err(|e| io(path.display(), e))?;
                 } else {
                     tracing::error!(
                         "commit log segment {} is damaged after byte {whole}: its last {cut} bytes are skipped",
@@ -262,7 +245,7 @@ impl CommitLog {
     }
 
     fn path(&self, number: u32) -> PathBuf {
-        self.dir.join(format!("{number:08}.log"))
+        segment_files::path(&self.dir, number, EXT)
     }
 
     /// Appends one commit's `frames` and syncs them; returns where each
@@ -323,22 +306,9 @@ impl CommitLog {
             return Err(StoreError::Io("commit log: no segment".into()));
         };
         let start = segment.len;
-        let written = segment
-            .file
-            .write_all_at(&buf, start)
-            .and_then(|()| segment.file.sync_data());
-        if let Err(e) = written {
-            // Whatever part of it reached the file goes, so that the next
-            // commit does not follow half of this one.
-            if segment
-                .file
-                .set_len(start)
-                .and_then(|()| segment.file.sync_data())
-                .is_err()
-            {
-                self.broken = true;
-            }
-            return Err(io(path.display(), e));
+        if let Err(failed) = segment_files::append(&segment.file, &buf, start, true) {
+            self.broken = !failed.cut;
+            return Err(io(path.display(), failed.error));
         }
         segment.len += buf.len() as u64;
         segment.records_end = segment.records_end.max(records_end);
@@ -355,16 +325,7 @@ impl CommitLog {
     /// Creates segment `number`, its directory entry synced.
     fn begin_segment(&mut self, number: u32) -> Result<u32, StoreError> {
         let path = self.path(number);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| io(path.display(), e))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| io(self.dir.display(), e))?;
+        let file = segment_files::create(&self.dir, &path).map_err(|e| io(path.display(), e))?;
         self.segments.insert(
             number,
             Segment {
@@ -380,10 +341,7 @@ impl CommitLog {
     pub fn read(&self, at: At) -> Result<Vec<u8>, StoreError> {
         let corrupt = || StoreError::Corrupt(format!("commit log frame {at:?}"));
         let segment = self.segments.get(&at.segment).ok_or_else(corrupt)?;
-        let mut frame = vec![0u8; at.len as usize];
-        segment
-            .file
-            .read_exact_at(&mut frame, u64::from(at.offset))
+        let frame = segment_files::read_at(&segment.file, u64::from(at.offset), at.len as usize)
             .map_err(|e| io(self.path(at.segment).display(), e))?;
         let mut record = None;
         scan_frames(&frame, |_, _, kind, body| {

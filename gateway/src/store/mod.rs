@@ -8,6 +8,8 @@
 //!   and each series' history in compressed blocks in block files of its
 //!   own, with sled for names, cuts and metadata:
 //!   - [`commit_log`]: the log's segment files and frames;
+//!   - `segment_files`: numbered segment files, appended whole or not at
+//!     all (the log's and the blocks');
 //!   - [`record`]: a commit record's encoding;
 //!   - [`chunk`]: a series' points, compressed (times as delta of deltas,
 //!     floats XORed with the one before);
@@ -29,6 +31,7 @@ pub mod dictionary;
 pub mod health;
 pub mod migrate;
 pub mod record;
+mod segment_files;
 pub mod sled_store;
 pub mod writer;
 
