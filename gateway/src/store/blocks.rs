@@ -268,6 +268,14 @@ fn encode(id: u32, points: &[Point], cut: u64) -> Vec<u8> {
     out
 }
 
+/// Where in `locs` (a series' blocks, in time order) the run of blocks that
+/// reach into `since..=until` is: blocks do not overlap, so their starts and
+/// their ends both rise.
+fn overlapping(locs: &[Loc], since: Micros, until: Micros) -> std::ops::Range<usize> {
+    let from = locs.partition_point(|l| l.max_ts < since);
+    from..locs.partition_point(|l| l.start <= until).max(from)
+}
+
 /// A block as sled held it (key: [`split_key`]'s layout; value: the last
 /// time, flipped, the count as a varint, the chunk): its series, points.
 fn from_sled(key: &[u8], value: &[u8]) -> Option<(u32, Vec<Point>)> {
@@ -445,10 +453,9 @@ impl Blocks {
             // not the four a first push makes room for.
             locs.reserve_exact(1);
         }
-        // Blocks do not overlap, so their starts and their ends both rise.
-        let from = locs.partition_point(|l| l.max_ts < loc.start);
-        let to = locs.partition_point(|l| l.start <= loc.max_ts);
-        let replaced: Vec<Loc> = locs.splice(from..to.max(from), [loc]).collect();
+        let replaced: Vec<Loc> = locs
+            .splice(overlapping(locs, loc.start, loc.max_ts), [loc])
+            .collect();
         for old in replaced {
             self.forget(&old);
         }
@@ -466,20 +473,23 @@ impl Blocks {
         self.ledger.book(loc, false);
     }
 
-    /// Drops series `id`'s blocks that `gone` picks; returns them.
-    fn drop_where(&mut self, id: u32, gone: impl Fn(&Loc) -> bool) -> Vec<Loc> {
+    /// Drops series `id`'s blocks that `gone` picks (no allocation when
+    /// none is: every series at open, and each one a retention walk trims).
+    fn drop_where(&mut self, id: u32, gone: impl Fn(&Loc) -> bool) {
         let Some(locs) = self.series.get_mut(id as usize) else {
-            return Vec::new();
+            return;
         };
-        let (dropped, kept): (Vec<Loc>, Vec<Loc>) = locs.iter().partition(|l| gone(l));
-        if dropped.is_empty() {
-            return dropped;
-        }
-        *locs = kept;
+        let mut dropped = Vec::new();
+        locs.retain(|loc| {
+            let go = gone(loc);
+            if go {
+                dropped.push(*loc);
+            }
+            !go
+        });
         for loc in &dropped {
             self.forget(loc);
         }
-        dropped
     }
 
     /// Appends a block of `points` (in time order, not empty) to series
@@ -746,12 +756,8 @@ impl Blocks {
             return Ok(());
         };
         let (min, max) = (first.0, last.0);
-        let overlapping: Vec<Loc> = self
-            .locs(id)
-            .iter()
-            .filter(|l| l.start <= max && l.max_ts >= min)
-            .copied()
-            .collect();
+        let locs = self.locs(id);
+        let overlapping = locs[overlapping(locs, min, max)].to_vec();
         if overlapping.is_empty() {
             return self.append_block(id, &points, cut);
         }
@@ -779,10 +785,7 @@ impl Blocks {
         end: End,
     ) -> Result<Vec<Point>, StoreError> {
         let locs = self.locs(id);
-        // Blocks do not overlap: those that reach into the range are a run.
-        let from = locs.partition_point(|l| l.max_ts < since);
-        let to = locs.partition_point(|l| l.start <= until);
-        let run = locs.get(from..to).unwrap_or(&[]);
+        let run = &locs[overlapping(locs, since, until)];
         let within = |p: &Point| p.0 >= since && p.0 <= until;
         let mut blocks: Vec<Vec<Point>> = Vec::new();
         let mut taken = 0;
