@@ -22,8 +22,8 @@
 //!   without its older points, and a block moved out of a sparse segment is
 //!   appended again whole: each covers what it replaces. So the blocks of a
 //!   series never overlap, and a range query walks them in time order.
-//! - **blocks that end before the retention mark go** ([`Blocks::gone_before`],
-//!   kept in sled's meta tree): the age and size limits drop whole blocks
+//! - **blocks that end before the retention mark go** (`gone_before`, kept
+//!   in sled's meta tree): the age and size limits drop whole blocks
 //!   that end before a time, and the mark is the latest such time.
 //!
 //! Each block's frame carries its series' cut: the last sequence in its
@@ -33,9 +33,10 @@
 //! frames carry, and sled is not written for it: a block and its cut are on
 //! disk together or not at all.
 //!
-//! A block's bytes are synced by [`Blocks::sync`], which the store calls
-//! before the flush of sled that lets the commit log drop the records the
-//! blocks hold. Until then a crash may lose a block, and the log still has
+//! A block's bytes are synced before the flush of sled that lets the commit
+//! log drop the records the blocks hold: by the store's retention pass in
+//! turns of its lock ([`Blocks::begin_sync`], the `fdatasync` without the
+//! lock, [`Blocks::finish_sync`]), or in one piece by [`Blocks::sync`]. Until then a crash may lose a block, and the log still has
 //! its points. A segment whose blocks
 //! have all been replaced or dropped is deleted by the sync, after what
 //! replaced them is on disk; one mostly empty is compacted (its blocks

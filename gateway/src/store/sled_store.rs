@@ -21,11 +21,10 @@
 //!   `cuts`: series id → the last sequence in its blocks, as the store
 //!   before the block files kept it (read at open; the block frames carry
 //!   the cuts now).
-//! - `outbox_meta` also holds the blocks' retention mark
-//!   (`blocks_gone_before`).
 //! - `outbox_meta`: the next sequence; with `[cloud]` the last acknowledged
 //!   one, the outbox's floor, and the twin's and the config's versions; with
-//!   `[north]` the northbound's own acknowledged sequence and floor.
+//!   `[north]` the northbound's own acknowledged sequence and floor; the
+//!   blocks' retention mark (`blocks_gone_before`).
 //! - `events`, `audit` (the [`Log`]s): sequence number (BE, from sled's
 //!   `generate_id`, which grows across restarts) → ts (BE) + body;
 //! - `rule_state`: rule name → its state (JSON);
@@ -40,8 +39,8 @@
 //! publisher), acknowledged or dropped over that reader's budget; the
 //! minute's retention pass cuts heads that hold back more than
 //! [`LOG_TAIL_BYTES`] of log, syncs the blocks (the `fdatasync` outside the
-//! store's lock) and writes their cuts to sled, flushes sled, and deletes
-//! the log's segments whose records have all gone (`outbox_meta`'s `collected` says where that
+//! store's lock), flushes sled, and deletes the log's segments whose
+//! records have all gone (`outbox_meta`'s `collected` says where that
 //! stands, so that a reopen skips the records of a segment that stayed).
 //!
 //! sled can fail to re-acquire its file lock when a `Db` is reopened right
@@ -594,8 +593,8 @@ impl SledStore {
         trimmed.by_size += by_size;
         if let Some(walked) = &plan.walk {
             // Not after a reopen between slices: blocks written before it
-            // were noted by the handle that went, so the bound (and the
-            // count) starts over.
+            // were noted by the index that went, and the reopened one
+            // computed its bound at open.
             self.with_writable(|inner| {
                 if inner.blocks.is(*walked) {
                     inner.blocks.settle(left);
