@@ -5,11 +5,11 @@
 //! in memory whatever its cache was set to (about 200 bytes a block beyond
 //! the block itself, and growing with the history held), so the gateway's
 //! memory grew by megabytes a minute under load. Here a block costs its
-//! [`Loc`] in memory (32 bytes), and its bytes on disk.
+//! `Loc` in memory (32 bytes), and its bytes on disk.
 //!
 //! On disk: `data_dir/blocks/NNNNNNNN.blk`, rising numbers, appends to the
 //! last until it holds [`SEGMENT_BYTES`]. Each block is one frame, framed as
-//! the commit log's are (length, CRC-32, kind): kind [`BLOCK`], then the
+//! the commit log's are (length, CRC-32, kind): kind `BLOCK` (4), then the
 //! series id (u32 BE), the block's first and last times (i64 BE), the
 //! sequence of the last change it holds (u64 BE, 0 when not known: the
 //! series' cut, see below), its point count (varint) and a [`Chunk`].
@@ -598,7 +598,7 @@ impl Blocks {
     }
 
     /// Appends again up to `max` blocks of a segment (but the last) whose
-    /// live blocks take less than [`COMPACT_BELOW`] of it; says whether
+    /// live blocks take less than `COMPACT_BELOW` (a quarter) of it; says whether
     /// there may be more to move.
     pub fn compact_some(&mut self, max: usize) -> Result<bool, StoreError> {
         let Some(number) = self.sparse_segment() else {
