@@ -363,25 +363,17 @@ impl Blocks {
             for (id, loc) in found {
                 blocks.place(id, loc);
             }
-            if whole < bytes.len() {
-                let cut = bytes.len() - whole;
-                if Some(number) == last {
-                    tracing::warn!(
-                        "the history blocks ended in an unfinished append ({cut} bytes of {}): cut off",
-                        path.display()
-                    );
-                    if let Some(segment) = blocks.segments.get(&number) {
-                        segment_files::cut(&segment.file, whole as u64)
-                            .map_err(|e| io(path.display(), e))?;
-                    }
-                } else {
-                    tracing::error!(
-                        "history block segment {} is damaged after byte {whole}: its last {cut} bytes are skipped",
-                        path.display()
-                    );
-                }
-            }
             if let Some(segment) = blocks.segments.get_mut(&number) {
+                let last = Some(number) == last;
+                segment_files::settle_tail(
+                    &segment.file,
+                    &path,
+                    bytes.len(),
+                    whole,
+                    last,
+                    "history blocks",
+                )
+                .map_err(|e| io(path.display(), e))?;
                 segment.len = whole as u64;
             }
         }

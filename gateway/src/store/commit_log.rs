@@ -206,21 +206,9 @@ impl CommitLog {
             if let Some(e) = failed {
                 return Err(e);
             }
-            if whole < bytes.len() {
-                let cut = bytes.len() - whole;
-                if Some(number) == last {
-                    tracing::warn!(
-                        "the commit log ended in an unfinished commit ({cut} bytes of {}): cut off",
-                        path.display()
-                    );
-                    segment_files::cut(&file, whole as u64).map_err(|e| io(path.display(), e))?;
-                } else {
-                    tracing::error!(
-                        "commit log segment {} is damaged after byte {whole}: its last {cut} bytes are skipped",
-                        path.display()
-                    );
-                }
-            }
+            let last = Some(number) == last;
+            segment_files::settle_tail(&file, &path, bytes.len(), whole, last, "commit log")
+                .map_err(|e| io(path.display(), e))?;
             log.segments.insert(
                 number,
                 Segment {

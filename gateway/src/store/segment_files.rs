@@ -80,3 +80,33 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     file.read_exact_at(&mut bytes, offset)?;
     Ok(bytes)
 }
+
+/// After a segment of `read` bytes was scanned at open and its frames were
+/// `whole` up to there: a torn end of the last segment (`last`: a crash mid-
+/// append) is cut off the file; damage in an earlier one is only logged,
+/// its end skipped. `what` names the files in the log lines.
+pub fn settle_tail(
+    file: &File,
+    path: &Path,
+    read: usize,
+    whole: usize,
+    last: bool,
+    what: &str,
+) -> io::Result<()> {
+    if whole >= read {
+        return Ok(());
+    }
+    let cut_off = read - whole;
+    if last {
+        tracing::warn!(
+            "{what}: {} ended in an unfinished append ({cut_off} bytes): cut off",
+            path.display()
+        );
+        return cut(file, whole as u64);
+    }
+    tracing::error!(
+        "{what}: {} is damaged after byte {whole}: its last {cut_off} bytes are skipped",
+        path.display()
+    );
+    Ok(())
+}
