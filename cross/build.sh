@@ -27,9 +27,8 @@ cd "$(dirname "$0")/.."
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    aarch64-unknown-linux-gnu | armv7-unknown-linux-gnueabihf) targets+=("$1"); shift ;;
     -*) break ;;
-    *) echo "cross/build.sh: no recipe for $1 (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2; exit 2 ;;
+    *) targets+=("$1"); shift ;;
   esac
 done
 [ ${#targets[@]} -gt 0 ] || { sed -n '2,12p' "$0"; exit 2; }
@@ -48,18 +47,15 @@ unset RUSTFLAGS
 export RUSTC=/usr/bin/rustc
 missing=()
 [ -x /usr/bin/rustc ] || missing+=(rustc-web)
+archs=()
 target_flags=()
 for target in "${targets[@]}"; do
   case "$target" in
     aarch64-unknown-linux-gnu)     arch=arm64; gcc=aarch64-linux-gnu-gcc ;;
     armv7-unknown-linux-gnueabihf) arch=armhf; gcc=arm-linux-gnueabihf-gcc ;;
+    *) echo "cross/build.sh: no recipe for $target (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2; exit 2 ;;
   esac
-  # armv7 links with lld: Debian 12's GNU ld (2.40) writes static glibc's
-  # IRELATIVE entries without their Thumb bit once the code outgrows a
-  # branch's reach (a debug build, 30-38 MB of code), and the binary then
-  # crashes before main. A release-small build (14 MB) links right with
-  # either; lld links both right.
-  [ "$arch" != armhf ] || command -v ld.lld >/dev/null || missing+=(lld)
+  archs+=("dpkg --add-architecture $arch &&")
   [ -d "/usr/lib/rustlib/$target/lib" ] || missing+=("libstd-rust-web-dev:$arch")
   command -v "$gcc" >/dev/null || missing+=("gcc-${gcc%-gcc}")
   triple_env=$(echo "$target" | tr 'a-z-' 'A-Z_')
@@ -68,7 +64,14 @@ for target in "${targets[@]}"; do
   export "CC_${target//-/_}=$gcc"
   export "AR_${target//-/_}=${gcc%-gcc}-ar"
   flags="$extra_rustflags -C target-feature=+crt-static $relocation"
-  if [ "$arch" = armhf ]; then
+  # armv7 links with lld: Debian 12's GNU ld (2.40) writes static glibc's
+  # IRELATIVE entries without their Thumb bit once the code outgrows a
+  # branch's reach (a debug build, 30-38 MB of code), and the binary then
+  # crashes before main. A release-small build (14 MB) links right with
+  # either; lld links both right.
+  if [ "$arch" = armhf ] && ! command -v ld.lld >/dev/null; then
+    missing+=(lld)
+  elif [ "$arch" = armhf ]; then
     # The cross gcc drives the link; -B makes it run lld as its `ld`.
     lld_dir="${CARGO_TARGET_DIR:-target}/lld-as-ld"
     mkdir -p "$lld_dir"
@@ -80,7 +83,7 @@ for target in "${targets[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "cross/build.sh: missing Debian packages: ${missing[*]}" >&2
-  echo "  dpkg --add-architecture arm64 (or armhf) && apt-get update && apt-get install ${missing[*]}" >&2
+  echo "  ${archs[*]} apt-get update && apt-get install ${missing[*]}" >&2
   exit 1
 fi
 
