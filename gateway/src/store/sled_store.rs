@@ -25,8 +25,13 @@
 //!   one, the outbox's floor, and the twin's and the config's versions; with
 //!   `[north]` the northbound's own acknowledged sequence and floor; the
 //!   blocks' retention mark (`blocks_gone_before`).
-//! - `events`, `audit` (the [`Log`]s): sequence number (BE, from sled's
-//!   `generate_id`, which grows across restarts) → ts (BE) + body;
+//! - `events`, `audit` (the [`Log`]s): sequence number (BE) → ts (BE) +
+//!   body. The numbers are the store's own ([`Inner::next_entry`]): at open,
+//!   past every entry in either tree, in the commit log, and the mark a trim
+//!   leaves (`journal_next`). Not sled's `generate_id`: sled 0.34 does not
+//!   make its counter durable before handing out the ids it covers, so after
+//!   a crash with no flush since the start the same ids came again, a new
+//!   audit entry took an old one's key, and the old one was gone.
 //! - `rule_state`: rule name → its state (JSON);
 //! - `config`: version (BE) → an applied configuration (JSON: its files,
 //!   hash and source), the newest few.
@@ -121,6 +126,9 @@ struct Inner {
     heads: Vec<Head>,
     /// The sequence number of the next change.
     next_seq: u64,
+    /// The number of the next journal entry (events and audit share them):
+    /// past every entry on disk, so that no entry takes another's key.
+    next_entry: u64,
     /// The log's records, by first sequence.
     records: BTreeMap<u64, RecordInfo>,
     /// Where each reader of the log stands (by [`Reader`]), if configured.
@@ -252,6 +260,12 @@ const COLLECTED: &[u8] = b"collected";
 /// have gone.
 const GONE_BEFORE: &[u8] = b"blocks_gone_before";
 
+/// [`Inner::next_entry`] as a trim of the journal left it, in the meta tree:
+/// the trim may take the newest entries too, and a number must not come
+/// again after that. Written before the trim's removals, so a removal that
+/// survives a crash has its mark with it.
+const JOURNAL_NEXT: &[u8] = b"journal_next";
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`, with the config's default cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -345,7 +359,8 @@ struct Replay {
     /// Series id → the last sequence in its blocks: later points go to
     /// its head.
     cuts: HashMap<u32, u64>,
-    /// The last audit entry sled holds: later ones in the log are put back.
+    /// The last audit entry sled holds, or the last a trim saw: later ones
+    /// in the log are put back.
     audited: u64,
     /// Records that end at or before this have gone (their segment stayed).
     collected: u64,
@@ -860,12 +875,14 @@ impl Inner {
             names: Dictionary::default(),
             heads: Vec::new(),
             next_seq: 1,
+            next_entry: 1,
             records: BTreeMap::new(),
             cursors: [None, None],
         };
         inner.read_names()?;
         inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.unwrap_or(1).max(1);
         let mut replay = inner.replay_from()?;
+        inner.next_entry = inner.next_entry.max(replay.audited + 1);
         for (id, cut) in block_cuts {
             let known = replay.cuts.entry(id).or_default();
             *known = (*known).max(cut);
@@ -1020,7 +1037,7 @@ impl Inner {
     /// What reading the log back needs from sled: each series' cut, the
     /// last audit entry sled holds, and where the log's collected records
     /// end.
-    fn replay_from(&self) -> Result<Replay, StoreError> {
+    fn replay_from(&mut self) -> Result<Replay, StoreError> {
         let mut cuts = HashMap::new();
         for item in self.cuts.iter() {
             let (k, v) = item?;
@@ -1029,10 +1046,18 @@ impl Inner {
                 .map_err(|_| StoreError::Corrupt("cut".into()))?;
             cuts.insert(id_from(&k)?, seq);
         }
-        let audited = match self.audit.last()? {
-            Some((k, _)) => <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
-            None => 0,
+        let last = |tree: &sled::Tree| -> Result<u64, StoreError> {
+            Ok(match tree.last()? {
+                Some((k, _)) => <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
+                None => 0,
+            })
         };
+        let trimmed = meta_u64(&self.meta, JOURNAL_NEXT)
+            .map_err(io)?
+            .map_or(0, |next| next.saturating_sub(1));
+        let audited = last(&self.audit)?.max(trimmed);
+        // Numbers below an event are taken too.
+        self.next_entry = self.next_entry.max(last(&self.events)? + 1);
         Ok(Replay {
             cuts,
             audited,
@@ -1324,19 +1349,29 @@ impl Inner {
     }
 
     /// Gives each of `entries` the next sequence number of the journals.
-    fn number(&self, entries: &[(Micros, Vec<u8>)]) -> Result<Vec<Numbered>, StoreError> {
-        entries
+    fn number(&mut self, entries: &[(Micros, Vec<u8>)]) -> Result<Vec<Numbered>, StoreError> {
+        Ok(entries
             .iter()
-            // Starts at 1, so that 0 can mean "before everything".
-            .map(|(ts, body)| Ok((self.db.generate_id()? + 1, *ts, body.clone())))
-            .collect()
+            .map(|(ts, body)| (self.entry_number(), *ts, body.clone()))
+            .collect())
+    }
+
+    /// The next journal entry's number; from 1, so that 0 can mean "before
+    /// everything".
+    fn entry_number(&mut self) -> u64 {
+        let seq = self.next_entry;
+        self.next_entry += 1;
+        seq
     }
 
     /// Writes numbered `entries` to `log` (not flushed).
-    fn insert_entries(&self, log: Log, entries: &[Numbered]) -> Result<(), StoreError> {
-        let tree = self.log(log);
+    fn insert_entries(&mut self, log: Log, entries: &[Numbered]) -> Result<(), StoreError> {
+        let tree = self.log(log).clone();
         for (seq, ts, body) in entries {
             tree.insert(seq.to_be_bytes(), entry_value(*ts, body))?;
+            // A retry's entries keep the numbers they were given before a
+            // reopen counted again.
+            self.next_entry = self.next_entry.max(seq + 1);
         }
         Ok(())
     }
@@ -1762,7 +1797,7 @@ impl Store for SledStore {
         };
         retrying(failed, |retry| {
             self.with_writable(|inner| {
-                let tree = inner.log(log);
+                let tree = inner.log(log).clone();
                 let kept: Vec<(sled::IVec, sled::IVec)> = if retry {
                     tree.iter()
                         .rev()
@@ -1780,8 +1815,7 @@ impl Store for SledStore {
                         seqs.push(entry_from(key, kept)?.seq);
                         continue;
                     }
-                    // Starts at 1, so that 0 can mean "before everything".
-                    let seq = inner.db.generate_id()? + 1;
+                    let seq = inner.entry_number();
                     tree.insert(seq.to_be_bytes(), value)?;
                     seqs.push(seq);
                 }
@@ -1828,6 +1862,11 @@ impl Store for SledStore {
                 break;
             }
             doomed.push(k);
+        }
+        if !doomed.is_empty() {
+            inner
+                .meta
+                .insert(JOURNAL_NEXT, &inner.next_entry.to_be_bytes())?;
         }
         for key in &doomed {
             tree.remove(key)?;
@@ -2777,6 +2816,77 @@ mod tests {
         let store = reopened_with(dir.path(), Backlogs::cloud(1 << 30))?;
         assert_eq!(all(&store, "p")?.len(), 3);
         assert_eq!(store.recent(Log::Audit, u64::MAX, 10, &|_| true)?.len(), 1);
+        Ok(())
+    }
+
+    /// Set in the child processes of
+    /// [`audit_entries_keep_their_own_numbers_across_crashes`]: the data dir
+    /// to write to before dying.
+    const CRASH_CHILD_DIR: &str = "FERRITE_TEST_CRASH_CHILD_DIR";
+    /// Which of those children this is.
+    const CRASH_CHILD_RUN: &str = "FERRITE_TEST_CRASH_CHILD_RUN";
+    /// Audit entries each child commits.
+    const CRASH_CHILD_ENTRIES: i64 = 5;
+
+    /// Three processes in turn commit writes with their audit entries and
+    /// die with `abort` (no flush, no drop: as `kill -9`), then a fourth
+    /// opens the store: every entry is there, once. With sled's
+    /// `generate_id` for numbers, the third run got the second's numbers
+    /// again (sled had not made its counter durable) and the reopen kept
+    /// the second run's entries under them: the crash campaign's lost
+    /// writes.
+    #[test]
+    fn audit_entries_keep_their_own_numbers_across_crashes() -> Result<(), StoreError> {
+        if let Ok(dir) = std::env::var(CRASH_CHILD_DIR) {
+            let run: i64 = std::env::var(CRASH_CHILD_RUN)
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            let store = SledStore::open(Path::new(&dir))?;
+            for i in 0..CRASH_CHILD_ENTRIES {
+                let n = run * 100 + i;
+                store.commit_with_audit(
+                    &[change("d", "setpoint", n, Value::Int(n))],
+                    &[(n, format!("{{\"write\":{n}}}").into_bytes())],
+                )?;
+            }
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let me = std::env::current_exe().map_err(|e| StoreError::Io(e.to_string()))?;
+        for run in 0..3 {
+            let status = std::process::Command::new(&me)
+                .args([
+                    "store::sled_store::tests::audit_entries_keep_their_own_numbers_across_crashes",
+                    "--exact",
+                    "--test-threads=1",
+                ])
+                .env(CRASH_CHILD_DIR, dir.path())
+                .env(CRASH_CHILD_RUN, run.to_string())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map_err(|e| StoreError::Io(e.to_string()))?;
+            assert!(
+                !status.success(),
+                "run {run}: the child ran to the end instead of dying ({status})"
+            );
+        }
+        let store = reopened(dir.path())?;
+        let audit = store.recent(Log::Audit, u64::MAX, 100, &|_| true)?;
+        let mut bodies: Vec<String> = audit
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.body).into_owned())
+            .collect();
+        bodies.sort();
+        let mut wanted: Vec<String> = (0..3)
+            .flat_map(|run| (0..CRASH_CHILD_ENTRIES).map(move |i| run * 100 + i))
+            .map(|n| format!("{{\"write\":{n}}}"))
+            .collect();
+        wanted.sort();
+        assert_eq!(bodies, wanted, "every run's audit entries, once each");
+        let history = store.history("d", "setpoint", i64::MIN, i64::MAX, 100, End::Oldest)?;
+        assert_eq!(history.len(), 15, "and every run's changes");
         Ok(())
     }
 
