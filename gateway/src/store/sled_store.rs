@@ -882,7 +882,10 @@ impl Inner {
         inner.read_names()?;
         inner.next_seq = meta_u64(&inner.meta, NEXT).map_err(io)?.unwrap_or(1).max(1);
         let mut replay = inner.replay_from()?;
-        inner.next_entry = inner.next_entry.max(replay.audited + 1);
+        // Past every number on disk: the audit entries (and the trim's
+        // mark) and the events; the log's audit frames raise it as they are
+        // put back.
+        inner.next_entry = replay.audited.max(last_key(&inner.events)?) + 1;
         for (id, cut) in block_cuts {
             let known = replay.cuts.entry(id).or_default();
             *known = (*known).max(cut);
@@ -1035,9 +1038,9 @@ impl Inner {
     }
 
     /// What reading the log back needs from sled: each series' cut, the
-    /// last audit entry sled holds, and where the log's collected records
-    /// end.
-    fn replay_from(&mut self) -> Result<Replay, StoreError> {
+    /// last audit entry sled holds (or the trim's mark), and where the log's
+    /// collected records end.
+    fn replay_from(&self) -> Result<Replay, StoreError> {
         let mut cuts = HashMap::new();
         for item in self.cuts.iter() {
             let (k, v) = item?;
@@ -1046,21 +1049,12 @@ impl Inner {
                 .map_err(|_| StoreError::Corrupt("cut".into()))?;
             cuts.insert(id_from(&k)?, seq);
         }
-        let last = |tree: &sled::Tree| -> Result<u64, StoreError> {
-            Ok(match tree.last()? {
-                Some((k, _)) => <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
-                None => 0,
-            })
-        };
         let trimmed = meta_u64(&self.meta, JOURNAL_NEXT)
             .map_err(io)?
             .map_or(0, |next| next.saturating_sub(1));
-        let audited = last(&self.audit)?.max(trimmed);
-        // Numbers below an event are taken too.
-        self.next_entry = self.next_entry.max(last(&self.events)? + 1);
         Ok(Replay {
             cuts,
-            audited,
+            audited: last_key(&self.audit)?.max(trimmed),
             collected: meta_u64(&self.meta, COLLECTED).map_err(io)?.unwrap_or(0),
             restored: 0,
         })
@@ -1366,12 +1360,14 @@ impl Inner {
 
     /// Writes numbered `entries` to `log` (not flushed).
     fn insert_entries(&mut self, log: Log, entries: &[Numbered]) -> Result<(), StoreError> {
-        let tree = self.log(log).clone();
+        let tree = self.log(log);
         for (seq, ts, body) in entries {
             tree.insert(seq.to_be_bytes(), entry_value(*ts, body))?;
-            // A retry's entries keep the numbers they were given before a
-            // reopen counted again.
-            self.next_entry = self.next_entry.max(seq + 1);
+        }
+        // A retry's entries keep the numbers they were given before a
+        // reopen counted again.
+        if let Some(last) = entries.iter().map(|(seq, _, _)| *seq).max() {
+            self.next_entry = self.next_entry.max(last + 1);
         }
         Ok(())
     }
@@ -1673,6 +1669,15 @@ fn entry_from(key: &[u8], value: &[u8]) -> Result<Entry, StoreError> {
         seq: u64::from_be_bytes(seq),
         ts: i64::from_be_bytes(ts),
         body: body.to_vec(),
+    })
+}
+
+/// The number under `tree`'s last key (a journal's newest entry), 0 if it
+/// is empty.
+fn last_key(tree: &sled::Tree) -> Result<u64, StoreError> {
+    Ok(match tree.last()? {
+        Some((k, _)) => <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
+        None => 0,
     })
 }
 
