@@ -750,3 +750,37 @@ fn limits_on_outputs_are_a_warning() {
         report.diagnostics
     );
 }
+
+/// A running gateway keeps its project without the source trees (they are
+/// most of its size); what the documents say stays, and so does where each
+/// starts.
+#[test]
+fn forgetting_the_sources_keeps_every_document_and_its_start() {
+    let device = format!("{BASE_DEVICE}description: the one in the cellar\n");
+    let report = with(BASE_MODEL, &device, None);
+    assert!(report.is_ok(), "{:#?}", report.diagnostics);
+    let checked = report.project;
+    let mut running = checked.clone();
+    running.forget_sources();
+
+    let (model, was) = (&running.models["boiler"], &checked.models["boiler"]);
+    assert_eq!(model.value, was.value);
+    assert_eq!(model.file, was.file);
+    assert_eq!(
+        running.devices["boiler-1"].value,
+        checked.devices["boiler-1"].value
+    );
+    // The tree is gone: a path into it now finds the document's start.
+    let deep = ["properties", "setpoint", "max"];
+    assert_ne!(
+        was.pos(&deep),
+        was.node.pos,
+        "the checked tree locates the key"
+    );
+    assert_eq!(model.pos(&deep), was.node.pos);
+    assert_eq!(format!("{:?}", model.node.value), "Map([])");
+    assert_eq!(
+        running.property("boiler-1", "setpoint"),
+        checked.property("boiler-1", "setpoint")
+    );
+}

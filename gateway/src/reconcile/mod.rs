@@ -615,9 +615,8 @@ impl Reconciler {
             )));
         }
         let old = self.running.project();
-        let new = Arc::new(report.project);
+        let new = self.running.replace(report.project);
         let mut summary = summarize(&old, &new);
-        self.running.replace(new.clone());
         summary.devices = self.fleet.apply(&old, &new).await.into();
         if !summary.rules.is_empty() {
             self.rules.replace(Source::all(&new)).await;
