@@ -26,8 +26,10 @@ pub struct Chunk {
     bytes: Vec<u8>,
     state: Cursor,
     count: u32,
-    min_ts: Micros,
-    max_ts: Micros,
+    /// Whether no point came earlier than the one before it. Then the span
+    /// is the first time and the last, so it is not kept (a series' head is
+    /// a chunk, and there is one per series: 16 bytes each).
+    in_order: bool,
 }
 
 /// What each point is encoded against: the point before it.
@@ -59,8 +61,10 @@ impl Chunk {
         // The first time as it is; then the change of the step.
         let delta = if self.count == 0 {
             put_varint(&mut self.bytes, zigzag(ts));
+            self.in_order = true;
             0
         } else {
+            self.in_order &= ts >= self.state.ts;
             let delta = ts.wrapping_sub(self.state.ts);
             put_varint(
                 &mut self.bytes,
@@ -99,12 +103,6 @@ impl Chunk {
                 self.bytes.extend_from_slice(s.as_bytes());
             }
         }
-        if self.count == 0 {
-            (self.min_ts, self.max_ts) = (ts, ts);
-        } else {
-            self.min_ts = self.min_ts.min(ts);
-            self.max_ts = self.max_ts.max(ts);
-        }
         self.count += 1;
     }
 
@@ -120,7 +118,22 @@ impl Chunk {
 
     /// The earliest and latest time pushed (meaningless when empty).
     pub fn span(&self) -> (Micros, Micros) {
-        (self.min_ts, self.max_ts)
+        if self.count == 0 {
+            return (0, 0);
+        }
+        if self.in_order {
+            // The first time is the chunk's first varint, as it is.
+            let first = get_varint(&mut self.bytes.as_slice()).map_or(0, unzigzag);
+            return (first, self.state.ts);
+        }
+        // Points out of order (rare: a time set back): read them.
+        let times = decode_in_arrival_order(&self.bytes, self.count)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(ts, _)| ts);
+        times.fold((Micros::MAX, Micros::MIN), |(min, max), ts| {
+            (min.min(ts), max.max(ts))
+        })
     }
 
     /// The encoded points.
@@ -299,6 +312,34 @@ mod tests {
             ]
         );
         assert_eq!(chunk.span(), (10, 30));
+    }
+
+    #[test]
+    fn the_span_is_right_whatever_the_order() {
+        let mut chunk = Chunk::new();
+        assert_eq!(chunk.span(), (0, 0), "empty");
+        let mut expect = (Micros::MAX, Micros::MIN);
+        // In order, the same time twice, a time set back, then on again.
+        for ts in [-5, 100, 100, 250, 40, -20, 900, 910] {
+            chunk.push(ts, &Value::Int(ts));
+            expect = (expect.0.min(ts), expect.1.max(ts));
+            assert_eq!(chunk.span(), expect, "after {ts}");
+        }
+        let steady = Chunk::of(&[
+            (i64::MIN, Value::Bool(true)),
+            (i64::MAX, Value::Bool(false)),
+        ]);
+        assert_eq!(steady.span(), (i64::MIN, i64::MAX));
+    }
+
+    #[test]
+    fn a_chunk_is_small_enough_to_hold_one_per_series() {
+        // Its bytes (24), its cursor (32) and its count.
+        assert!(
+            std::mem::size_of::<Chunk>() <= 64,
+            "{}",
+            std::mem::size_of::<Chunk>()
+        );
     }
 
     #[test]
