@@ -54,28 +54,18 @@ impl Running {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use ferrite_models::project::{DocKind, Loader};
     use ferrite_models::source::NodeValue;
 
     use super::*;
+    use crate::names::tests::project as project_of;
 
     fn project(unit: u8) -> Project {
-        let mut loader = Loader::default();
-        loader.load_text(
-            Path::new("models.yaml"),
+        project_of(&[
             "kind: DeviceModel\nname: meter\nproperties:\n  volts: { type: float, modbus: { table: input, address: 0, format: f32 } }\n",
-            &[DocKind::DeviceModel],
-        );
-        loader.load_text(
-            Path::new("devices.yaml"),
-            &format!("kind: Device\nname: m1\nmodel: meter\nmodbus-tcp: {{ host: 127.0.0.1, port: 502, unit: {unit} }}\n"),
-            &[DocKind::Device],
-        );
-        let report = loader.finish();
-        assert!(report.is_ok(), "{:#?}", report.diagnostics);
-        report.project
+            &format!(
+                "kind: Device\nname: m1\nmodel: meter\nmodbus-tcp: {{ host: 127.0.0.1, port: 502, unit: {unit} }}\n"
+            ),
+        ])
     }
 
     fn without_trees(project: &Project) -> bool {
@@ -87,7 +77,7 @@ mod tests {
     #[test]
     fn the_running_project_keeps_no_source_trees() {
         let first = project(1);
-        assert!(!without_trees(&first), "a checked project has its trees");
+        assert!(!without_trees(&first), "a loaded project has its trees");
         let running = Running::new(first);
         assert!(without_trees(&running.project()));
         assert!(running.project().property("m1", "volts").is_some());
