@@ -17,13 +17,21 @@
 //! second write at one time replaces the first, as a key would).
 
 use ferrite_models::Value;
+use smallvec::SmallVec;
 
 use crate::time::Micros;
+
+/// Bytes a chunk keeps inline before it allocates: the first point of a
+/// steady series (its time, 8 bytes as a varint, and an int, a bool or a
+/// float that was an `f32`) fits, in the room a `Vec` takes anyway.
+const INLINE: usize = 16;
 
 /// Appends points to a byte buffer.
 #[derive(Debug, Default, Clone)]
 pub struct Chunk {
-    bytes: Vec<u8>,
+    /// Inline up to [`INLINE`] bytes: most series are steady, and a steady
+    /// series' head holds one point, for a long time.
+    bytes: SmallVec<[u8; INLINE]>,
     state: Cursor,
     count: u32,
     /// Whether no point came earlier than the one before it. Then the span
@@ -60,13 +68,13 @@ impl Chunk {
     pub fn push(&mut self, ts: Micros, value: &Value) {
         // The first time as it is; then the change of the step.
         let delta = if self.count == 0 {
-            put_varint(&mut self.bytes, zigzag(ts));
+            push_varint(&mut self.bytes, zigzag(ts));
             self.in_order = true;
             0
         } else {
             self.in_order &= ts >= self.state.ts;
             let delta = ts.wrapping_sub(self.state.ts);
-            put_varint(
+            push_varint(
                 &mut self.bytes,
                 zigzag(delta.wrapping_sub(self.state.delta)),
             );
@@ -78,7 +86,7 @@ impl Chunk {
             Value::Bool(b) => self.bytes.push(if *b { BOOL_TRUE } else { BOOL_FALSE }),
             Value::Int(i) => {
                 self.bytes.push(INT);
-                put_varint(&mut self.bytes, zigzag(i.wrapping_sub(self.state.int)));
+                push_varint(&mut self.bytes, zigzag(i.wrapping_sub(self.state.int)));
                 self.state.int = *i;
             }
             Value::Float(f) => {
@@ -99,7 +107,7 @@ impl Chunk {
             }
             Value::String(s) => {
                 self.bytes.push(TEXT);
-                put_varint(&mut self.bytes, s.len() as u64);
+                push_varint(&mut self.bytes, s.len() as u64);
                 self.bytes.extend_from_slice(s.as_bytes());
             }
         }
@@ -141,9 +149,13 @@ impl Chunk {
         &self.bytes
     }
 
-    /// Heap bytes held.
+    /// Heap bytes held (none while the bytes fit inline).
     pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity()
+        if self.bytes.spilled() {
+            self.bytes.capacity()
+        } else {
+            0
+        }
     }
 
     /// The points, by time (see the module's note on equal times).
@@ -244,6 +256,16 @@ pub fn put_varint(out: &mut Vec<u8>, value: u64) {
     prost::encoding::encode_varint(value, out);
 }
 
+/// [`put_varint`] into a chunk's bytes.
+fn push_varint(out: &mut SmallVec<[u8; INLINE]>, value: u64) {
+    let mut buf = [0u8; 10];
+    let room = buf.len();
+    let mut rest = &mut buf[..];
+    prost::encoding::encode_varint(value, &mut rest);
+    let written = room - rest.len();
+    out.extend_from_slice(&buf[..written]);
+}
+
 /// Reads a varint and advances `bytes` past it.
 pub fn get_varint(bytes: &mut &[u8]) -> Option<u64> {
     prost::encoding::decode_varint(bytes).ok()
@@ -334,11 +356,74 @@ mod tests {
 
     #[test]
     fn a_chunk_is_small_enough_to_hold_one_per_series() {
-        // Its bytes (24), its cursor (32) and its count.
+        // Its bytes (24, with 16 inline), its cursor (32) and its count.
         assert!(
             std::mem::size_of::<Chunk>() <= 64,
             "{}",
             std::mem::size_of::<Chunk>()
+        );
+    }
+
+    #[test]
+    fn the_first_point_of_a_steady_series_needs_no_allocation() {
+        // A time as it comes (micros since 1970, 8 bytes as a varint) and
+        // the values a register or a tag gives.
+        let ts = 1_780_000_000_000_000;
+        for value in [
+            Value::Int(65_535),
+            Value::Int(-32_768),
+            Value::Bool(true),
+            Value::Float(f64::from(21.37_f32)),
+        ] {
+            let chunk = Chunk::of(&[(ts, value.clone())]);
+            assert_eq!(
+                chunk.heap_bytes(),
+                0,
+                "{value:?}: {} bytes",
+                chunk.bytes().len()
+            );
+            assert_eq!(chunk.points(), [(ts, value)]);
+        }
+        // More than fits goes to the heap, and reads back whole.
+        let points: Vec<_> = (0..40)
+            .map(|i| (ts + i * 1_000_000, Value::Int(i)))
+            .collect();
+        let chunk = Chunk::of(&points);
+        assert!(chunk.heap_bytes() >= chunk.bytes().len());
+        assert_eq!(chunk.points(), points);
+    }
+
+    #[test]
+    fn the_bytes_are_the_format_on_disk() {
+        // Blocks and their files hold these bytes: where they sit in memory
+        // must not change them. The time 1 000 000 as a zigzag varint, an
+        // int of 5; a step of 1 000 000 (its delta of deltas), an int up 2;
+        // then the same step (0) and a float whose XOR keeps 3 bytes
+        // (no zero byte before them, 5 after).
+        let chunk = Chunk::of(&[
+            (1_000_000, Value::Int(5)),
+            (2_000_000, Value::Int(7)),
+            (3_000_000, Value::Float(21.5)),
+        ]);
+        assert_eq!(
+            chunk.bytes(),
+            [
+                128,
+                137,
+                122,
+                INT,
+                10, //
+                128,
+                137,
+                122,
+                INT,
+                4, //
+                0,
+                FLOAT | 5,
+                0x40,
+                0x35,
+                0x80,
+            ]
         );
     }
 
