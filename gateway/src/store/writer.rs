@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use ferrite_core::shared::Interner;
 use ferrite_models::{Project, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Change, Stamped, Store};
 use crate::backoff::Backoff;
 use crate::live::{Live, Sample, Update};
+use crate::names::Names;
 use crate::running::Running;
 use crate::time::{Micros, now};
 
@@ -64,16 +66,23 @@ pub struct WriterStats {
 /// [`Names`]: crate::names::Names
 struct DeviceTrack {
     name: Arc<str>,
-    properties: Vec<Option<PropertyTrack>>,
+    /// Each property's deadband (an `f64`'s bits) by property number; 0
+    /// where the model has none (the same test: any change is stored). One
+    /// table for every device whose deadbands are the same, as a model's
+    /// devices' are.
+    deadbands: Arc<[u64]>,
+    /// The last value stored, by property number.
+    last: Vec<Option<Value>>,
     /// Good values received, for `/metrics` (see [`Writer::with_metrics`]).
     values: Option<prometheus_client::metrics::counter::Counter>,
 }
 
-struct PropertyTrack {
-    /// The model's deadband; 0 where it has none (the same test: any
-    /// change is stored).
-    deadband: f64,
-    last: Option<Value>,
+impl DeviceTrack {
+    fn deadband(&self, property: u16) -> f64 {
+        self.deadbands
+            .get(usize::from(property))
+            .map_or(0.0, |bits| f64::from_bits(*bits))
+    }
 }
 
 /// The writer's state.
@@ -86,6 +95,8 @@ pub struct Writer {
     /// The project generation the tracks' deadbands come from.
     generation: u64,
     devices: Vec<Option<DeviceTrack>>,
+    /// The devices' deadband tables, held once each.
+    deadbands: Interner<[u64]>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The rule engine's tap: sees each update as it arrives, before the
     /// group commit, so that control does not wait for the fsync.
@@ -116,6 +127,7 @@ impl Writer {
             generation: running.generation(),
             running,
             devices: Vec::new(),
+            deadbands: Interner::default(),
             metrics: None,
             feed: None,
         };
@@ -131,9 +143,9 @@ impl Writer {
                         .find(&device)
                         .and_then(|d| Some((d, names.property(d, &property)?)));
                     if let Some((d, p)) = found
-                        && let Some(track) = writer.track(&project, d, p)
+                        && let Some((last, _)) = writer.track(&project, d, p)
                     {
-                        track.last = Some(at.value);
+                        *last = Some(at.value);
                     }
                 }
             }
@@ -152,12 +164,14 @@ impl Writer {
         self
     }
 
-    /// The track of device `d`'s property `p`, made on first use.
-    fn track(&mut self, project: &Project, d: usize, p: u16) -> Option<&mut PropertyTrack> {
+    /// The last value stored of device `d`'s property `p`, and its
+    /// deadband; the device's track is made on first use.
+    fn track(&mut self, project: &Project, d: usize, p: u16) -> Option<(&mut Option<Value>, f64)> {
         let Writer {
             devices,
             live,
             metrics,
+            deadbands,
             ..
         } = self;
         let names = live.names();
@@ -168,27 +182,23 @@ impl Writer {
             let name = names.device_name(d)?;
             let values = metrics.as_ref().map(|m| values_counter(m, project, &name));
             devices[d] = Some(DeviceTrack {
+                deadbands: deadbands.share(deadbands_of(project, names, d, &name)),
                 name,
                 // Sized once: grown one property at a time, the vector
                 // would keep up to half again in spare room per device.
-                properties: Vec::with_capacity(names.property_count(d)),
+                last: Vec::with_capacity(names.property_count(d)),
                 values,
             });
         }
         let device = devices[d].as_mut()?;
         let i = usize::from(p);
-        if device.properties.len() <= i {
-            device.properties.resize_with(i + 1, || None);
+        if device.last.len() <= i {
+            // Only for a property the device has.
+            names.property_name(d, p)?;
+            device.last.resize_with(i + 1, || None);
         }
-        let slot = &mut device.properties[i];
-        if slot.is_none() {
-            let (device_name, name) = names.property_name(d, p)?;
-            *slot = Some(PropertyTrack {
-                deadband: deadband(project, &device_name, &name),
-                last: None,
-            });
-        }
-        slot.as_mut()
+        let deadband = device.deadband(p);
+        Some((&mut device.last[i], deadband))
     }
 
     /// After a reconfiguration: deadbands and metric labels from the new
@@ -206,12 +216,8 @@ impl Writer {
             if let Some(metrics) = &self.metrics {
                 device.values = Some(values_counter(metrics, &project, &device.name));
             }
-            for (p, track) in (0u16..).zip(device.properties.iter_mut()) {
-                let Some(track) = track else { continue };
-                if let Some((_, name)) = names.property_name(d, p) {
-                    track.deadband = deadband(&project, &device.name, &name);
-                }
-            }
+            let table = deadbands_of(&project, names, d, &device.name);
+            device.deadbands = self.deadbands.share(table);
         }
     }
 
@@ -355,15 +361,14 @@ impl Writer {
                     continue;
                 };
                 good += 1;
-                let Some(track) = self.track(&project, update.device, *property) else {
+                let Some((last, deadband)) = self.track(&project, update.device, *property) else {
                     continue;
                 };
-                let changed = track
-                    .last
+                let changed = last
                     .as_ref()
-                    .is_none_or(|prev| value.changed_from(prev, Some(track.deadband)));
+                    .is_none_or(|prev| value.changed_from(prev, Some(deadband)));
                 if changed {
-                    track.last = Some(value.clone());
+                    *last = Some(value.clone());
                     let Some((device, name)) =
                         self.live.names().property_name(update.device, *property)
                     else {
@@ -452,6 +457,19 @@ pub fn retention_slack(max_age: Duration) -> Micros {
     i64::try_from(slack.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// Device number `d`'s deadbands (`f64` bits) by property number.
+fn deadbands_of(project: &Project, names: &Names, d: usize, device: &str) -> Box<[u64]> {
+    (0..names.property_count(d))
+        .map(|p| {
+            u16::try_from(p)
+                .ok()
+                .and_then(|p| names.property_name(d, p))
+                .map_or(0.0, |(_, name)| deadband(project, device, &name))
+                .to_bits()
+        })
+        .collect()
+}
+
 /// The model's deadband of `device.property` in `project`.
 fn deadband(project: &Project, device: &str, property: &str) -> f64 {
     project
@@ -472,4 +490,88 @@ fn values_counter(
         .and_then(|d| d.value.protocol())
         .map_or("none", |p| p.key());
     metrics.values_of(device, protocol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::tests::project;
+    use crate::store::SledStore;
+
+    fn model(deadband: f64) -> String {
+        format!(
+            "kind: DeviceModel\nname: m\nproperties:\n  t: {{ type: float, deadband: {deadband} }}\n  u: {{ type: int }}\n"
+        )
+    }
+
+    const DEVICES: [&str; 2] = [
+        "kind: Device\nname: d1\nmodel: m\nmqtt: {}\n",
+        "kind: Device\nname: d2\nmodel: m\nmqtt: {}\n",
+    ];
+
+    fn update(device: usize, samples: Vec<(u16, Value)>) -> Update {
+        Update {
+            device,
+            ts: now(),
+            status: None,
+            seen: true,
+            samples: samples
+                .into_iter()
+                .map(|(p, v)| (p, Sample::Good(v)))
+                .collect(),
+            stamps: Vec::new(),
+            applied: None,
+            audit: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn changes_past_the_deadband_are_kept_and_a_new_deadband_applies_after_a_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let first = project(&[&model(1.0), DEVICES[0], DEVICES[1]]);
+        let names = Names::of(&first);
+        let live = Live::of(&first, names.clone());
+        let running = Running::new(first);
+        let mut writer = Writer::new(store, live, running.clone(), Arc::default());
+        let (d1, d2) = (names.find("d1").expect("d1"), names.find("d2").expect("d2"));
+        let (t, u) = (
+            names.property(d1, "t").expect("t"),
+            names.property(d1, "u").expect("u"),
+        );
+        let mut kept = |writer: &mut Writer, device, property, value| {
+            let changes = writer.changes(&[update(device, vec![(property, value)])]);
+            changes
+                .iter()
+                .map(|c| c.at.value.clone())
+                .collect::<Vec<_>>()
+        };
+        let f = Value::Float;
+        assert_eq!(kept(&mut writer, d1, t, f(10.0)), [f(10.0)], "the first");
+        assert!(kept(&mut writer, d1, t, f(10.5)).is_empty(), "within 1.0");
+        assert_eq!(kept(&mut writer, d1, t, f(11.2)), [f(11.2)], "past 1.0");
+        assert_eq!(kept(&mut writer, d1, u, Value::Int(1)), [Value::Int(1)]);
+        assert!(
+            kept(&mut writer, d1, u, Value::Int(1)).is_empty(),
+            "the same"
+        );
+        assert_eq!(
+            kept(&mut writer, d1, u, Value::Int(2)),
+            [Value::Int(2)],
+            "no deadband"
+        );
+        // Each device has its own last values; d2's first is kept.
+        assert_eq!(kept(&mut writer, d2, t, f(10.5)), [f(10.5)]);
+        // One deadband table for the model's two devices.
+        let table = |writer: &Writer, d: usize| {
+            writer.devices[d].as_ref().expect("track").deadbands.clone()
+        };
+        assert!(Arc::ptr_eq(&table(&writer, d1), &table(&writer, d2)));
+
+        // A reload sets t's deadband to 5: 11.2 → 13.0 is now within it.
+        running.replace(project(&[&model(5.0), DEVICES[0], DEVICES[1]]));
+        assert!(kept(&mut writer, d1, t, f(13.0)).is_empty(), "within 5.0");
+        assert_eq!(kept(&mut writer, d1, t, f(16.3)), [f(16.3)], "past 5.0");
+        assert!(Arc::ptr_eq(&table(&writer, d1), &table(&writer, d2)));
+    }
 }
