@@ -23,14 +23,15 @@ use foldhash::fast::RandomState;
 /// Series ids by name and names by id.
 ///
 /// A series is a pair of numbers (device, property) into two tables of
-/// names, so its own cost is a few integers: 8 bytes by id and ~17 in the
-/// map back (a map of names per device, as it was, cost ~70 bytes a series).
+/// names, so its own cost is a few integers: 8 bytes by id and about 4 back
+/// (a map of names per device, as it was, cost ~70 bytes a series, and a
+/// map by the pair ~17).
 #[derive(Debug, Default)]
 pub struct Dictionary {
     devices: Strings,
     properties: Strings,
     /// (device, property) → id.
-    ids: HashMap<(u32, u32), u32, RandomState>,
+    ids: SeriesIds,
     /// By id: (device, property); `u32::MAX` twice for an id not yet named.
     names: Vec<(u32, u32)>,
 }
@@ -65,6 +66,114 @@ impl Strings {
 
 const UNNAMED: (u32, u32) = (u32::MAX, u32::MAX);
 
+/// Series ids by (device number, property number): each device's ids in a
+/// run by property number. A device's properties come with its model, so
+/// their names are numbered together, and its run is dense: 4 bytes a
+/// series, where a map by the pair took ~17. A property numbered far from
+/// the rest of its device's (a name its model shares with models that came
+/// first) goes to `sparse` instead, so that no run is mostly holes.
+#[derive(Debug, Default)]
+struct SeriesIds {
+    by_device: Vec<Run>,
+    sparse: HashMap<(u32, u32), u32, RandomState>,
+}
+
+/// One device's ids: `ids[i]` is property `first + i`'s, or [`NO_ID`].
+#[derive(Debug, Default)]
+struct Run {
+    first: u32,
+    /// Ids in `ids` that are not [`NO_ID`].
+    count: u32,
+    ids: Vec<u32>,
+}
+
+/// A hole in a [`Run`].
+const NO_ID: u32 = u32::MAX;
+
+/// A run may span up to twice its ids, and this many more.
+const RUN_SLACK: u64 = 16;
+
+/// A run of at most this many ids starts again at a property that does not
+/// fit it, its ids going to `sparse`.
+const RESTART_BELOW: u32 = 4;
+
+impl SeriesIds {
+    fn get(&self, device: u32, property: u32) -> Option<u32> {
+        let in_run = self.by_device.get(device as usize).and_then(|run| {
+            let i = property.checked_sub(run.first)?;
+            run.ids.get(i as usize).copied().filter(|id| *id != NO_ID)
+        });
+        match in_run {
+            Some(id) => Some(id),
+            None if self.sparse.is_empty() => None,
+            None => self.sparse.get(&(device, property)).copied(),
+        }
+    }
+
+    fn insert(&mut self, device: u32, property: u32, id: u32) {
+        let d = device as usize;
+        if self.by_device.len() <= d {
+            self.by_device.resize_with(d + 1, Run::default);
+        }
+        let run = &mut self.by_device[d];
+        if id == NO_ID {
+            self.sparse.insert((device, property), id);
+            return;
+        }
+        if !run.takes(property) {
+            if run.count > RESTART_BELOW {
+                self.sparse.insert((device, property), id);
+                return;
+            }
+            // A run of a few ids (a shared name that came first) gives way
+            // to the rest of the device's.
+            for (i, old) in (run.first..).zip(std::mem::take(&mut run.ids)) {
+                if old != NO_ID {
+                    self.sparse.insert((device, i), old);
+                }
+            }
+            run.count = 0;
+        }
+        if run.ids.is_empty() {
+            run.first = property;
+        } else if property < run.first {
+            let before = (run.first - property) as usize;
+            run.ids
+                .splice(0..0, std::iter::repeat_n(NO_ID, before))
+                .for_each(drop);
+            run.first = property;
+        }
+        let i = (property - run.first) as usize;
+        if run.ids.len() <= i {
+            run.ids.resize(i + 1, NO_ID);
+        }
+        if run.ids[i] == NO_ID {
+            run.count += 1;
+        }
+        run.ids[i] = id;
+        if !self.sparse.is_empty() {
+            self.sparse.remove(&(device, property));
+        }
+    }
+}
+
+impl Run {
+    /// Whether `property` can go in this run and leave it dense.
+    fn takes(&self, property: u32) -> bool {
+        if self.ids.is_empty() {
+            return true;
+        }
+        let first = u64::from(self.first);
+        let last = first + self.ids.len() as u64 - 1;
+        let p = u64::from(property);
+        if (first..=last).contains(&p) {
+            return true;
+        }
+        let span = last.max(p) - first.min(p) + 1;
+        span <= 2 * (u64::from(self.count) + 1) + RUN_SLACK
+    }
+}
+
 impl Dictionary {
     /// The id of `device`'s `property`, if it has one.
     pub fn get(&self, device: &str, property: &str) -> Option<u32> {
@@ -79,8 +188,7 @@ impl Dictionary {
 
     /// The id of the property of device number `device`, if it has one.
     pub fn get_in(&self, device: u32, property: &str) -> Option<u32> {
-        let key = (device, self.properties.find(property)?);
-        self.ids.get(&key).copied()
+        self.ids.get(device, self.properties.find(property)?)
     }
 
     /// The names of series `id`.
@@ -115,7 +223,7 @@ impl Dictionary {
             self.devices.number(device),
             self.properties.number(property),
         );
-        self.ids.insert(key, id);
+        self.ids.insert(key.0, key.1, id);
         let slot = id as usize;
         if self.names.len() <= slot {
             self.names.resize(slot + 1, UNNAMED);
@@ -183,6 +291,72 @@ mod tests {
         );
         assert_eq!(dictionary.properties.by_number.len(), 2);
         assert_eq!(dictionary.iter().count(), 7);
+    }
+
+    #[test]
+    fn a_model_s_devices_keep_their_ids_in_runs() {
+        let mut dictionary = Dictionary::default();
+        let mut id = 0;
+        for d in 0..50 {
+            for p in 0..100 {
+                dictionary.insert(id, &format!("d{d}"), &format!("p{p}"));
+                id += 1;
+            }
+        }
+        // A second model, numbered after the first's names, whose first
+        // name is one of the first's: its devices' runs start again at
+        // their own names, and the shared one goes to the side.
+        for d in 50..60 {
+            for p in ["p0", "q1", "q2", "q3"] {
+                dictionary.insert(id, &format!("d{d}"), p);
+                id += 1;
+            }
+        }
+        assert!(
+            dictionary.ids.sparse.len() <= 10,
+            "{}",
+            dictionary.ids.sparse.len()
+        );
+        let holes: usize = dictionary
+            .ids
+            .by_device
+            .iter()
+            .map(|r| r.ids.len() - r.count as usize)
+            .sum();
+        assert_eq!(holes, 0);
+        assert_eq!(dictionary.get("d7", "p42"), Some(742));
+        assert_eq!(dictionary.get("d55", "p0"), Some(5000 + 5 * 4));
+        assert_eq!(dictionary.get("d55", "q3"), Some(5000 + 5 * 4 + 3));
+        assert_eq!(dictionary.get("d55", "p1"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ids_are_found_as_a_map_would_find_them(
+            inserts in proptest::collection::vec((0u32..6, 0u32..400, 0u32..1000), 0..200)
+        ) {
+            let mut ids = SeriesIds::default();
+            let mut model = HashMap::new();
+            for (device, property, id) in inserts {
+                ids.insert(device, property, id);
+                model.insert((device, property), id);
+            }
+            for device in 0..7 {
+                for property in 0..401 {
+                    proptest::prop_assert_eq!(
+                        ids.get(device, property),
+                        model.get(&(device, property)).copied()
+                    );
+                }
+            }
+            for run in &ids.by_device {
+                let count = run.ids.iter().filter(|id| **id != NO_ID).count();
+                proptest::prop_assert_eq!(count, run.count as usize);
+                proptest::prop_assert!(
+                    run.ids.len() as u64 <= 2 * (u64::from(run.count) + 1) + RUN_SLACK
+                );
+            }
+        }
     }
 
     #[test]

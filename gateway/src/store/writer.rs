@@ -539,7 +539,7 @@ mod tests {
             names.property(d1, "t").expect("t"),
             names.property(d1, "u").expect("u"),
         );
-        let mut kept = |writer: &mut Writer, device, property, value| {
+        let kept = |writer: &mut Writer, device, property, value| {
             let changes = writer.changes(&[update(device, vec![(property, value)])]);
             changes
                 .iter()
