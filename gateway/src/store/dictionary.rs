@@ -117,6 +117,15 @@ impl SeriesIds {
         }
         let run = &mut self.by_device[d];
         if id == NO_ID {
+            // Not an id a store hands out; kept aside, as a map would.
+            if let Some(slot) = property
+                .checked_sub(run.first)
+                .and_then(|i| run.ids.get_mut(i as usize))
+                .filter(|slot| **slot != NO_ID)
+            {
+                *slot = NO_ID;
+                run.count -= 1;
+            }
             self.sparse.insert((device, property), id);
             return;
         }
@@ -333,7 +342,10 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn ids_are_found_as_a_map_would_find_them(
-            inserts in proptest::collection::vec((0u32..6, 0u32..400, 0u32..1000), 0..200)
+            inserts in proptest::collection::vec(
+                (0u32..6, 0u32..400, proptest::prop_oneof![0u32..1000, proptest::strategy::Just(NO_ID)]),
+                0..200,
+            )
         ) {
             let mut ids = SeriesIds::default();
             let mut model = HashMap::new();
