@@ -69,13 +69,13 @@ impl Chunk {
     pub fn push(&mut self, ts: Micros, value: &Value) {
         // The first time as it is; then the change of the step.
         let delta = if self.count == 0 {
-            push_varint(&mut self.bytes, zigzag(ts));
+            put_varint(&mut self.bytes, zigzag(ts));
             self.in_order = true;
             0
         } else {
             self.in_order &= ts >= self.state.ts;
             let delta = ts.wrapping_sub(self.state.ts);
-            push_varint(
+            put_varint(
                 &mut self.bytes,
                 zigzag(delta.wrapping_sub(self.state.delta)),
             );
@@ -87,7 +87,7 @@ impl Chunk {
             Value::Bool(b) => self.bytes.push(if *b { BOOL_TRUE } else { BOOL_FALSE }),
             Value::Int(i) => {
                 self.bytes.push(INT);
-                push_varint(&mut self.bytes, zigzag(i.wrapping_sub(self.state.int)));
+                put_varint(&mut self.bytes, zigzag(i.wrapping_sub(self.state.int)));
                 self.state.int = *i;
             }
             Value::Float(f) => {
@@ -108,7 +108,7 @@ impl Chunk {
             }
             Value::String(s) => {
                 self.bytes.push(TEXT);
-                push_varint(&mut self.bytes, s.len() as u64);
+                put_varint(&mut self.bytes, s.len() as u64);
                 self.bytes.extend_from_slice(s.as_bytes());
             }
         }
@@ -252,19 +252,15 @@ fn unzigzag(n: u64) -> i64 {
     ((n >> 1) as i64) ^ -((n & 1) as i64)
 }
 
-/// LEB128, as protobuf writes it.
-pub fn put_varint(out: &mut Vec<u8>, value: u64) {
-    prost::encoding::encode_varint(value, out);
-}
-
-/// [`put_varint`] into a chunk's bytes.
-fn push_varint(out: &mut SmallVec<[u8; INLINE]>, value: u64) {
+/// LEB128, as protobuf writes it, onto any byte buffer: a `Vec`, or a
+/// chunk's bytes (which prost cannot write to).
+pub fn put_varint(out: &mut impl Extend<u8>, value: u64) {
     let mut buf = [0u8; 10];
     let room = buf.len();
     let mut rest = &mut buf[..];
     prost::encoding::encode_varint(value, &mut rest);
     let written = room - rest.len();
-    out.extend_from_slice(&buf[..written]);
+    out.extend(buf[..written].iter().copied());
 }
 
 /// Reads a varint and advances `bytes` past it.
