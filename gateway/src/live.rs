@@ -440,14 +440,15 @@ const EMPTY: Reading = Reading {
 };
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::names::tests::project;
 
     const MODEL: &str =
         "kind: DeviceModel\nname: m\nproperties:\n  a: { type: int }\n  b: { type: int }\n";
 
-    fn update(device: usize, samples: Vec<(u16, Sample)>) -> Update {
+    /// A poll's update of `device`'s `samples`, at one time.
+    pub(crate) fn update(device: usize, samples: Vec<(u16, Sample)>) -> Update {
         Update {
             device,
             ts: 1_000,

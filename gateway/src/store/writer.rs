@@ -58,12 +58,10 @@ pub struct WriterStats {
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
-/// Per device (by number): its name, and per property (by number) the
-/// deadband and the last stored value (names come from [`Names`], which
-/// holds them once). Built as updates arrive, so that devices added while
-/// running need no set-up here.
-///
-/// [`Names`]: crate::names::Names
+/// Per device (by number): its name, its model's deadbands, and per
+/// property (by number) the last stored value (names come from [`Names`],
+/// which holds them once). Built as updates arrive, so that devices added
+/// while running need no set-up here.
 struct DeviceTrack {
     name: Arc<str>,
     /// Each property's deadband (an `f64`'s bits) by property number; 0
@@ -495,6 +493,7 @@ fn values_counter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::live::tests::update;
     use crate::names::tests::project;
     use crate::store::SledStore;
 
@@ -508,22 +507,6 @@ mod tests {
         "kind: Device\nname: d1\nmodel: m\nmqtt: {}\n",
         "kind: Device\nname: d2\nmodel: m\nmqtt: {}\n",
     ];
-
-    fn update(device: usize, samples: Vec<(u16, Value)>) -> Update {
-        Update {
-            device,
-            ts: now(),
-            status: None,
-            seen: true,
-            samples: samples
-                .into_iter()
-                .map(|(p, v)| (p, Sample::Good(v)))
-                .collect(),
-            stamps: Vec::new(),
-            applied: None,
-            audit: Vec::new(),
-        }
-    }
 
     #[test]
     fn changes_past_the_deadband_are_kept_and_a_new_deadband_applies_after_a_reload() {
@@ -540,7 +523,7 @@ mod tests {
             names.property(d1, "u").expect("u"),
         );
         let kept = |writer: &mut Writer, device, property, value| {
-            let changes = writer.changes(&[update(device, vec![(property, value)])]);
+            let changes = writer.changes(&[update(device, vec![(property, Sample::Good(value))])]);
             changes
                 .iter()
                 .map(|c| c.at.value.clone())
