@@ -39,6 +39,7 @@
 //! - [`names`]: stable numbers for device and property names, which the
 //!   hot path uses instead of the names.
 //! - [`service`]: systemd readiness and watchdog (sd_notify).
+//! - [`allocator`]: glibc's malloc set to give large blocks back.
 //! - The drivers live in their own crate, `ferrite-drivers` (one folder
 //!   per protocol, and the embedded broker), on the contract of
 //!   `ferrite-core` (the `Driver` trait, readings, times). Neither depends on
@@ -62,6 +63,7 @@
 //!   devices.
 //! - `time` and `backoff` are `ferrite-core`'s, re-exported.
 
+pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod commands;

@@ -8,6 +8,8 @@ use ferrite_gateway::commands;
 use ferrite_gateway::runtime::Options;
 
 fn main() -> anyhow::Result<ExitCode> {
+    // Before any thread starts (see the module's docs).
+    ferrite_gateway::allocator::tune();
     let cli = Cli::parse();
     let mut stdout = std::io::stdout();
     match cli.command {
