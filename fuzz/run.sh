@@ -12,7 +12,7 @@
 # per target.
 #
 # Stable Rust is enough: cargo-fuzz builds with sanitizer coverage; without
-# a sanitizer (our code forbids `unsafe`, so what there is to find are
+# a sanitizer (our code forbids `unsafe`, but for one mallopt call at start, so what there is to find are
 # panics, hangs and blow-ups, which libFuzzer catches by itself).
 set -euo pipefail
 cd "$(dirname "$0")"
