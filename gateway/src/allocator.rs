@@ -37,11 +37,14 @@
 //! touches no memory of ours. The crate denies `unsafe_code` (the workspace
 //! forbids it) so that this module alone can allow it.
 
-/// glibc's starting threshold, 128 KiB, kept fixed.
-pub const MMAP_THRESHOLD: usize = 128 * 1024;
+use std::ffi::c_int;
+
+/// glibc's starting threshold, 128 KiB, kept fixed (a C `int`, as
+/// `mallopt` takes it).
+pub const MMAP_THRESHOLD: c_int = 128 * 1024;
 
 /// Malloc arenas: the main heap and one more.
-pub const ARENAS: usize = 2;
+pub const ARENAS: c_int = 2;
 
 /// One of glibc's settings, as [`tune`] makes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +67,7 @@ impl Setting {
         }
     }
 
-    fn value(self) -> usize {
+    fn value(self) -> c_int {
         match self {
             Setting::MmapThreshold => MMAP_THRESHOLD,
             Setting::ArenaMax => ARENAS,
@@ -109,12 +112,9 @@ fn make(setting: Setting) -> Tuned {
         Setting::MmapThreshold => libc::M_MMAP_THRESHOLD,
         Setting::ArenaMax => libc::M_ARENA_MAX,
     };
-    let Ok(value) = libc::c_int::try_from(setting.value()) else {
-        return Tuned::NotAvailable;
-    };
     // SAFETY: mallopt takes two ints and changes the allocator's settings
     // under its own lock; no memory is handed over.
-    match unsafe { libc::mallopt(parameter, value) } {
+    match unsafe { libc::mallopt(parameter, setting.value()) } {
         1 => Tuned::Made,
         _ => Tuned::NotAvailable,
     }
