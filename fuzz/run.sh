@@ -12,8 +12,9 @@
 # per target.
 #
 # Stable Rust is enough: cargo-fuzz builds with sanitizer coverage; without
-# a sanitizer (our code forbids `unsafe`, but for one mallopt call at start, so what there is to find are
-# panics, hangs and blow-ups, which libFuzzer catches by itself).
+# a sanitizer (our code forbids `unsafe`, but for one mallopt call at
+# start, so what there is to find are panics, hangs and blow-ups, which
+# libFuzzer catches by itself).
 set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH="${1:-60}"
