@@ -5,7 +5,8 @@
 //! in memory whatever its cache was set to (about 200 bytes a block beyond
 //! the block itself, and growing with the history held), so the gateway's
 //! memory grew by megabytes a minute under load. Here a block costs its
-//! `Loc` in memory (32 bytes), and its bytes on disk.
+//! `Loc` in memory (32 bytes; a series' first is inline in its entry), and
+//! its bytes on disk.
 //!
 //! On disk: `data_dir/blocks/NNNNNNNN.blk`, rising numbers, appends to the
 //! last until it holds [`SEGMENT_BYTES`]. Each block is one frame, framed as
@@ -54,6 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferrite_models::Value;
+use smallvec::SmallVec;
 
 use super::chunk::{self, Chunk};
 use super::commit_log::{HEADER, scan_frames, seal};
@@ -95,6 +97,11 @@ struct Loc {
     count: u32,
 }
 
+/// A series' blocks in time order: one inline (most series that change
+/// rarely have one), more in one allocation that grows by an eighth (see
+/// [`Blocks::place`]).
+type Locs = SmallVec<[Loc; 1]>;
+
 struct Segment {
     file: File,
     /// Bytes of whole frames: where the next append goes.
@@ -113,7 +120,7 @@ pub struct Blocks {
     /// [`SEGMENT_BYTES`], but in tests.
     segment_bytes: u64,
     /// Each series' blocks in time order, by series id.
-    series: Vec<Vec<Loc>>,
+    series: Vec<Locs>,
     /// Segments appended to since the last sync.
     unsynced: BTreeSet<u32>,
     /// Blocks that end before this have gone.
@@ -425,7 +432,9 @@ impl Blocks {
     }
 
     fn locs(&self, id: u32) -> &[Loc] {
-        self.series.get(id as usize).map_or(&[], Vec::as_slice)
+        self.series
+            .get(id as usize)
+            .map_or(&[], |locs| locs.as_slice())
     }
 
     /// Puts `loc` into series `id`'s index, in place of the blocks it
@@ -438,17 +447,18 @@ impl Blocks {
             // room for twice as many series as there are.
             let len = self.series.len();
             self.series.reserve_exact((index + 1 - len).max(len / 4));
-            self.series.resize_with(index + 1, Vec::new);
+            self.series.resize_with(index + 1, Locs::new);
         }
         let locs = &mut self.series[index];
-        if locs.capacity() == 0 {
-            // Most series that change rarely have one block: room for one,
-            // not the four a first push makes room for.
-            locs.reserve_exact(1);
+        let range = overlapping(locs, loc.start, loc.max_ts);
+        if range.is_empty() && locs.len() == locs.capacity() {
+            // An eighth more at a time, not double: a doubling leaves a
+            // third of the index spare on average, across every series.
+            locs.reserve_exact((locs.len() / 8).max(1));
         }
-        let replaced: Vec<Loc> = locs
-            .splice(overlapping(locs, loc.start, loc.max_ts), [loc])
-            .collect();
+        let at = range.start;
+        let replaced: Vec<Loc> = locs.drain(range).collect();
+        locs.insert(at, loc);
         for old in replaced {
             self.forget(&old);
         }
@@ -480,6 +490,10 @@ impl Blocks {
             }
             !go
         });
+        if locs.capacity() > locs.len() + locs.len() / 4 + 1 {
+            // Retention took a good part: give its room back.
+            locs.shrink_to_fit();
+        }
         for loc in &dropped {
             self.forget(loc);
         }
@@ -881,10 +895,11 @@ impl Blocks {
     /// The bytes of the segment files, and the heap bytes of the index.
     pub fn footprint(&self) -> (u64, u64) {
         let files = self.segments.values().map(|s| s.len).sum();
-        let index = self.series.capacity() * std::mem::size_of::<Vec<Loc>>()
+        let index = self.series.capacity() * std::mem::size_of::<Locs>()
             + self
                 .series
                 .iter()
+                .filter(|l| l.spilled())
                 .map(|l| l.capacity() * std::mem::size_of::<Loc>())
                 .sum::<usize>();
         (files, index as u64)
@@ -940,6 +955,38 @@ mod tests {
         assert!(blocks.range(3, 0, i64::MAX, 10, End::Oldest)?.is_empty());
         assert!(blocks.range(1, 141, i64::MAX, 10, End::Oldest)?.is_empty());
         assert!(blocks.range(1, i64::MIN, -1, 10, End::Newest)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn the_index_keeps_one_block_inline_and_little_spare_room() -> Result<(), StoreError> {
+        let (_dir, mut blocks) = blocks();
+        blocks.write(1, ints(0..3), 0)?;
+        assert!(!blocks.series[1].spilled(), "one block: no allocation");
+        // 520 blocks: a doubling vector would have room for 1024.
+        for i in 1..520 {
+            blocks.write(1, ints(i * 3..i * 3 + 3), 0)?;
+        }
+        let spare = |b: &Blocks| (b.series[1].len(), b.series[1].capacity());
+        let (len, capacity) = spare(&blocks);
+        assert_eq!(len, 520);
+        assert!(
+            capacity <= len + len / 8 + 1,
+            "{len} blocks, room for {capacity}"
+        );
+        let (_, index) = blocks.footprint();
+        let wanted = blocks.series.capacity() * std::mem::size_of::<Locs>()
+            + capacity * std::mem::size_of::<Loc>();
+        assert_eq!(index, wanted as u64);
+        // The age limit takes all but the last 20: the room goes with them.
+        blocks.trim(1, 500 * 30, Micros::MIN)?;
+        let (len, capacity) = spare(&blocks);
+        assert_eq!(len, 20);
+        assert!(
+            capacity <= len + len / 4 + 1,
+            "{len} blocks, room for {capacity}"
+        );
+        assert_eq!(all(&blocks, 1), ints(1500..1560));
         Ok(())
     }
 
