@@ -653,6 +653,8 @@ impl Blocks {
     /// The merged block replaces the run as any later block replaces the
     /// earlier ones it overlaps (its span is exactly theirs), with the
     /// highest of their cuts: a crash before it is synced leaves the run.
+    /// A run with a block that cannot be read stays as it is (logged): a
+    /// damaged block must not stop every pass from syncing.
     pub fn merge_some(&mut self, from: u32, max: usize) -> Result<Option<u32>, StoreError> {
         let mut read = 0usize;
         let mut id = from;
@@ -661,14 +663,20 @@ impl Blocks {
                 return Ok(Some(id));
             }
             for run in small_runs(self.locs(id)) {
+                read += run.len();
                 let (mut points, mut cut) = (Vec::new(), 0u64);
-                for loc in &run {
+                let whole = run.iter().try_for_each(|loc| {
                     let (more, its_cut) = self.read_with_cut(loc)?;
                     points.extend(more);
                     cut = cut.max(its_cut);
+                    Ok::<(), StoreError>(())
+                });
+                match whole {
+                    Ok(()) => self.append_block(id, &chunk::in_time_order(points), cut)?,
+                    Err(e) => tracing::error!(
+                        "history series {id}: a run of small blocks is left unmerged: {e}"
+                    ),
                 }
-                read += run.len();
-                self.append_block(id, &chunk::in_time_order(points), cut)?;
             }
             id += 1;
         }
@@ -1390,6 +1398,28 @@ mod tests {
             blocks.range(1, i64::MIN, i64::MAX, 10, End::Oldest),
             Err(StoreError::Corrupt(_))
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_block_leaves_its_run_unmerged_and_the_rest_merges() -> Result<(), StoreError> {
+        let (dir, mut blocks) = blocks();
+        for id in [1, 2] {
+            for i in 0..4 {
+                blocks.write(id, ints(i * 20..i * 20 + 20), 0)?;
+            }
+        }
+        // Series 1's first block is the segment's first frame.
+        let path = dir.path().join("blocks").join("00000001.blk");
+        let file = File::options().write(true).open(&path).expect("segment");
+        file.write_all_at(&[0xff; 4], 40).expect("write");
+        assert_eq!(blocks.merge_some(0, usize::MAX)?, None);
+        assert_eq!(blocks.locs(1).len(), 4, "series 1 as it was");
+        assert_eq!(
+            blocks.locs(2).iter().map(|l| l.count).collect::<Vec<_>>(),
+            [80]
+        );
+        assert_eq!(all(&blocks, 2), ints(0..80));
         Ok(())
     }
 
