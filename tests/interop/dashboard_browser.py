@@ -257,6 +257,16 @@ def main():
         spark = lambda: len((cell(driver, "boiler-1", "temperature").find_element(By.CSS_SELECTOR, "polyline").get_attribute("points") or "").split())  # noqa: E731
         checks.check("the sparkline draws recent history", until(lambda: spark() >= 3, 20), "no polyline")
 
+        # Nothing drawn past its card, at a laptop's width and at this
+        # window's: a write form that did not fit once slid under the next
+        # card, its button cut off.
+        wider = "return [...document.querySelectorAll('article.device, aside section')].filter(e => e.scrollWidth > e.clientWidth + 1).map(e => (e.querySelector('h2, h3') || {}).textContent + ': ' + e.scrollWidth + ' > ' + e.clientWidth)"  # noqa: E501
+        for width in (1280, 1024):
+            driver.set_window_size(width, 900)
+            over = until(lambda: not driver.execute_script(wider), 5)
+            checks.check(f"every card and panel fits its box at {width} px", over, driver.execute_script(wider))
+        driver.set_window_size(1400, 1000)
+
         # Rules. boiler-overheat holds the setpoint while the simulated
         # boiler is hot (from about 20 s after start): disable it from the
         # page, which releases the hold, so that the write below is ours.
