@@ -1423,6 +1423,69 @@ mod tests {
         Ok(())
     }
 
+    /// Segment `number`'s file cut to `keep` bytes, as a crash leaves an
+    /// append that had not reached the disk.
+    fn tear(dir: &Path, number: u32, keep: u64) {
+        let path = dir.join("blocks").join(format!("{number:08}.{EXT}"));
+        let file = File::options().write(true).open(&path).expect("segment");
+        file.set_len(keep).expect("truncate");
+    }
+
+    /// The length of segment `number`'s file.
+    fn segment_len(dir: &Path, number: u32) -> u64 {
+        let path = dir.join("blocks").join(format!("{number:08}.{EXT}"));
+        std::fs::metadata(path).expect("segment").len()
+    }
+
+    #[test]
+    fn a_merge_cut_short_by_a_crash_loses_no_point() -> Result<(), StoreError> {
+        // One frame a segment: the run's three blocks in 1, 2 and 3, the
+        // merged block in 4.
+        let run = |dir: &Path| -> Result<Vec<Point>, StoreError> {
+            let mut blocks = open_in(dir, 1, Micros::MIN);
+            blocks.write(1, ints(0..20), 1)?;
+            blocks.write(1, ints(20..40), 2)?;
+            blocks.sync()?;
+            blocks.write(1, ints(40..60), 3)?;
+            let before = all(&blocks, 1);
+            assert_eq!(blocks.merge_some(0, usize::MAX)?, None);
+            assert_eq!(
+                blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>(),
+                [60]
+            );
+            // The crash: nothing synced after the first two blocks.
+            drop(blocks);
+            Ok(before)
+        };
+        let reopen = |dir: &Path| Blocks::open_sized(&dir.join("blocks"), 1, Micros::MIN);
+
+        // The merged block torn: the run is back, whole, with its cut.
+        let dir = tmp();
+        let before = run(dir.path())?;
+        tear(dir.path(), 4, segment_len(dir.path(), 4) / 2);
+        let (blocks, cuts) = reopen(dir.path())?;
+        assert_eq!(all(&blocks, 1), before);
+        assert_eq!(
+            blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>(),
+            [20, 20, 20]
+        );
+        assert_eq!(cuts.get(&1), Some(&3));
+
+        // The run's last block torn but the merged block on disk: the
+        // merged block holds every point of the run, and its cut.
+        let dir = tmp();
+        let before = run(dir.path())?;
+        tear(dir.path(), 3, segment_len(dir.path(), 3) / 2);
+        let (blocks, cuts) = reopen(dir.path())?;
+        assert_eq!(all(&blocks, 1), before);
+        assert_eq!(
+            blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>(),
+            [60]
+        );
+        assert_eq!(cuts.get(&1), Some(&3));
+        Ok(())
+    }
+
     proptest::proptest! {
         #[test]
         fn any_bytes_open_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
