@@ -1457,32 +1457,22 @@ mod tests {
             drop(blocks);
             Ok(before)
         };
-        let reopen = |dir: &Path| Blocks::open_sized(&dir.join("blocks"), 1, Micros::MIN);
-
-        // The merged block torn: the run is back, whole, with its cut.
-        let dir = tmp();
-        let before = run(dir.path())?;
-        tear(dir.path(), 4, segment_len(dir.path(), 4) / 2);
-        let (blocks, cuts) = reopen(dir.path())?;
-        assert_eq!(all(&blocks, 1), before);
-        assert_eq!(
-            blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>(),
-            [20, 20, 20]
-        );
-        assert_eq!(cuts.get(&1), Some(&3));
-
+        // The run, a crash with segment `torn` half written, and a reopen:
+        // every point is back; the blocks' counts and the series' cut.
+        let crash = |torn: u32| -> Result<(Vec<u32>, Option<u64>), StoreError> {
+            let dir = tmp();
+            let before = run(dir.path())?;
+            tear(dir.path(), torn, segment_len(dir.path(), torn) / 2);
+            let (blocks, cuts) = Blocks::open_sized(&dir.path().join("blocks"), 1, Micros::MIN)?;
+            assert_eq!(all(&blocks, 1), before);
+            let counts = blocks.locs(1).iter().map(|l| l.count).collect();
+            Ok((counts, cuts.get(&1).copied()))
+        };
+        // The merged block torn: the run is back, with its cut.
+        assert_eq!(crash(4)?, (vec![20, 20, 20], Some(3)));
         // The run's last block torn but the merged block on disk: the
         // merged block holds every point of the run, and its cut.
-        let dir = tmp();
-        let before = run(dir.path())?;
-        tear(dir.path(), 3, segment_len(dir.path(), 3) / 2);
-        let (blocks, cuts) = reopen(dir.path())?;
-        assert_eq!(all(&blocks, 1), before);
-        assert_eq!(
-            blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>(),
-            [60]
-        );
-        assert_eq!(cuts.get(&1), Some(&3));
+        assert_eq!(crash(3)?, (vec![60], Some(3)));
         Ok(())
     }
 
