@@ -289,33 +289,32 @@ fn overlapping(locs: &[Loc], since: Micros, until: Micros) -> std::ops::Range<us
     from..locs.partition_point(|l| l.start <= until).max(from)
 }
 
-/// The runs of `locs` (a series' blocks, in time order) that
-/// [`Blocks::merge_some`] merges: adjacent blocks of fewer than
+/// Where in `locs` (a series' blocks, in time order) the runs are that
+/// [`Blocks::merge_some`] merges, without copying a block's place for a
+/// series that has none (most, every pass): adjacent blocks of fewer than
 /// [`SMALL_POINTS`] each, at most [`CUT_POINTS`] together, and at least
 /// [`SMALL_POINTS`] together (a run still short waits for more blocks).
-fn small_runs(locs: &[Loc]) -> Vec<Vec<Loc>> {
+fn small_runs(locs: &[Loc]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
-    let mut run: Vec<Loc> = Vec::new();
-    let mut points = 0u32;
-    let mut close = |run: &mut Vec<Loc>, points: &mut u32| {
-        if run.len() >= 2 && *points >= SMALL_POINTS {
-            runs.push(std::mem::take(run));
+    let (mut start, mut points) = (0usize, 0u32);
+    let mut close = |run: std::ops::Range<usize>, points: u32| {
+        if run.len() >= 2 && points >= SMALL_POINTS {
+            runs.push(run);
         }
-        run.clear();
-        *points = 0;
     };
-    for loc in locs {
+    for (at, loc) in locs.iter().enumerate() {
         if loc.count >= SMALL_POINTS {
-            close(&mut run, &mut points);
+            close(start..at, points);
+            (start, points) = (at + 1, 0);
             continue;
         }
         if points + loc.count > CUT_POINTS {
-            close(&mut run, &mut points);
+            close(start..at, points);
+            (start, points) = (at, 0);
         }
-        run.push(*loc);
         points += loc.count;
     }
-    close(&mut run, &mut points);
+    close(start..locs.len(), points);
     runs
 }
 
@@ -662,7 +661,12 @@ impl Blocks {
             if read >= max {
                 return Ok(Some(id));
             }
-            for run in small_runs(self.locs(id)) {
+            let locs = self.locs(id);
+            let runs: Vec<Vec<Loc>> = small_runs(locs)
+                .into_iter()
+                .map(|run| locs[run].to_vec())
+                .collect();
+            for run in runs {
                 read += run.len();
                 let (mut points, mut cut) = (Vec::new(), 0u64);
                 let whole = run.iter().try_for_each(|loc| {
