@@ -38,6 +38,12 @@
 //!    that never acknowledges (`[cloud]`'s outbox, up to N MiB), so the
 //!    reopen reads that much log back; with `DROP_CACHES=1` (root) the
 //!    kernel's page cache is dropped before the reopen, as after a power cut.
+//!    With `RARE_SERIES=N` N more series (devices `rare0`, ... of 100
+//!    properties) each change once every `RARE_EVERY_S` simulated seconds
+//!    (default 600), in a commit of their own each second: a plant's
+//!    setpoints and states, whose heads hold a point or two when the pass
+//!    cuts them, so their blocks are tiny (what the second merge rule is
+//!    for: docs/gateway.md, "Memory").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -264,15 +270,26 @@ fn long_run(series: usize, seconds: i64, group: usize) {
         seconds => seconds as i64 * 1_000_000,
     };
     let devices = series / 100;
+    let rare_devices = env("RARE_SERIES", 0) / 100;
+    let rare_every = env("RARE_EVERY_S", 600).max(1);
     println!(
         "store_load, long run: {seconds} simulated s, {devices} devices × 100 properties, 10% changing, {group} devices a commit, history_mib {}",
         max_bytes / 1048576
     );
-    println!("   sim s    wall s   RSS MiB  disk MiB  held MiB  pass ms");
+    if rare_devices > 0 {
+        println!(
+            "  and {rare_devices} devices × 100 properties each changing once every {rare_every} s"
+        );
+    }
+    println!("   sim s    wall s   RSS MiB  disk MiB  held MiB  pass ms  index MiB   blocks");
     // The names as the gateway hands them on: one `Arc` per name.
     let device_names: Vec<Arc<str>> = (0..devices).map(|d| format!("dev{d}").into()).collect();
     let property_names: Vec<Arc<str>> = (0..100).map(|p| format!("r{p}").into()).collect();
+    let rare_names: Vec<Arc<str>> = (0..rare_devices)
+        .map(|d| format!("rare{d}").into())
+        .collect();
     let (device_names, property_names) = (&device_names, &property_names);
+    let mut rare_changes = 0usize;
     let start = 1_700_000_000_000_000i64;
     let (t, cpu0, written0) = (Instant::now(), cpu(), written());
     let mut pass_ms = 0.0;
@@ -298,24 +315,47 @@ fn long_run(series: usize, seconds: i64, group: usize) {
                 .collect();
             store.commit(&commit).expect("commit");
         }
+        // The rare series whose turn it is: series n changes at the
+        // seconds where n ≡ second (mod RARE_EVERY_S).
+        let turn = second as usize % rare_every;
+        let rare: Vec<Change> = (turn..rare_devices * 100)
+            .step_by(rare_every)
+            .map(|n| Change {
+                device: rare_names[n / 100].clone(),
+                property: property_names[n % 100].clone(),
+                at: Stamped {
+                    ts,
+                    value: Value::Float((second + n as i64) as f64 / 10.0),
+                },
+            })
+            .collect();
+        if !rare.is_empty() {
+            rare_changes += rare.len();
+            store.commit(&rare).expect("commit");
+        }
         if (second + 1) % 60 == 0 {
             let pass = Instant::now();
             store
                 .trim_within(ts - max_age, slack, max_bytes)
                 .expect("trim");
             pass_ms = pass.elapsed().as_secs_f64() * 1000.0;
+            let (index, blocks) = store
+                .measure()
+                .map_or((0, 0), |l| (l.block_index_bytes, l.blocks));
             println!(
-                "{:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.0}",
+                "{:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.0} {:>10.1} {:>8}",
                 second + 1,
                 t.elapsed().as_secs_f64(),
                 rss_mib(),
                 store.size_on_disk().unwrap_or(0) as f64 / 1048576.0,
                 store.history_bytes().unwrap_or(0) as f64 / 1048576.0,
-                pass_ms
+                pass_ms,
+                index as f64 / 1048576.0,
+                blocks
             );
         }
     }
-    let changes = seconds as f64 * devices as f64 * 10.0;
+    let changes = seconds as f64 * devices as f64 * 10.0 + rare_changes as f64;
     let (cpu_s, written_b) = (cpu() - cpu0, written() - written0);
     let layout = store.measure().expect("layout");
     println!(
