@@ -70,6 +70,12 @@ pub const CUT_POINTS: u32 = 120;
 /// runs of a series' small blocks ([`Blocks::merge_some`]).
 pub const SMALL_POINTS: u32 = CUT_POINTS / 2;
 
+/// A run of at least this many small blocks is merged even when it holds
+/// fewer than [`SMALL_POINTS`] points ([`Blocks::merge_some`]): a series
+/// that changes now and then gets a block of a point or two at each cut,
+/// and would otherwise keep up to 59 of them, 32 bytes of index each.
+pub const MERGE_BLOCKS: usize = 8;
+
 /// A segment takes appends until it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -293,12 +299,13 @@ fn overlapping(locs: &[Loc], since: Micros, until: Micros) -> std::ops::Range<us
 /// [`Blocks::merge_some`] merges, without copying a block's place for a
 /// series that has none (most, every pass): adjacent blocks of fewer than
 /// [`SMALL_POINTS`] each, at most [`CUT_POINTS`] together, and at least
-/// [`SMALL_POINTS`] together (a run still short waits for more blocks).
+/// [`SMALL_POINTS`] together or [`MERGE_BLOCKS`] blocks long (a run still
+/// short on both waits for more blocks).
 fn small_runs(locs: &[Loc]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let (mut start, mut points) = (0usize, 0u32);
     let mut close = |run: std::ops::Range<usize>, points: u32| {
-        if run.len() >= 2 && points >= SMALL_POINTS {
+        if run.len() >= 2 && (points >= SMALL_POINTS || run.len() >= MERGE_BLOCKS) {
             runs.push(run);
         }
     };
@@ -316,6 +323,16 @@ fn small_runs(locs: &[Loc]) -> Vec<std::ops::Range<usize>> {
     }
     close(start..locs.len(), points);
     runs
+}
+
+/// Gives a series' spare room back once retention or a merge has taken a
+/// good part of its blocks (back inline when one is left): a series whose
+/// blocks are merged again and again would otherwise keep the room of its
+/// longest run.
+fn give_room_back(locs: &mut Locs) {
+    if locs.capacity() > locs.len() + locs.len() / 4 + 1 {
+        locs.shrink_to_fit();
+    }
 }
 
 /// A block as sled held it (key: [`split_key`]'s layout; value: the last
@@ -524,10 +541,7 @@ impl Blocks {
             }
             !go
         });
-        if locs.capacity() > locs.len() + locs.len() / 4 + 1 {
-            // Retention took a good part: give its room back.
-            locs.shrink_to_fit();
-        }
+        give_room_back(locs);
         for loc in &dropped {
             self.forget(loc);
         }
@@ -644,10 +658,17 @@ impl Blocks {
     ///
     /// Why: the pass cuts a head once it holds back the log's tail, so
     /// under a steady load of many series each cut holds a few minutes of
-    /// points (about 20 under `modbus_load`), and each block costs the index
-    /// its 32 bytes however small it is. A run is merged only once it adds
-    /// up to at least [`SMALL_POINTS`], so a merged block is never small
-    /// and no point is written more than twice.
+    /// points (about 18 in `store_load`'s long run), and each block costs
+    /// the index its 32 bytes however small it is. A run is merged once it
+    /// adds up to at least [`SMALL_POINTS`] (the merged block is not small:
+    /// its points are written twice in all), or once it is
+    /// [`MERGE_BLOCKS`] blocks long, so a series keeps at most seven small
+    /// blocks in a row. The second rule is for series that change now and
+    /// then, with a point or two at each cut: their merged block may still
+    /// be small and join a later run, so with one point a cut a point is
+    /// written about six times in all (few points, since such series
+    /// change little), where the index would otherwise keep up to 59
+    /// blocks a series.
     ///
     /// The merged block replaces the run as any later block replaces the
     /// earlier ones it overlaps (its span is exactly theirs), with the
@@ -681,6 +702,9 @@ impl Blocks {
                         "history series {id}: a run of small blocks is left unmerged: {e}"
                     ),
                 }
+            }
+            if let Some(locs) = self.series.get_mut(id as usize) {
+                give_room_back(locs);
             }
             id += 1;
         }
@@ -1118,6 +1142,64 @@ mod tests {
             blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>(),
             [120, 120, 120]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_run_of_eight_small_blocks_merges_whatever_it_holds() {
+        let loc = |count| Loc {
+            start: 0,
+            max_ts: 0,
+            segment: 0,
+            offset: 0,
+            len: 0,
+            count,
+        };
+        let locs = |counts: &[u32]| counts.iter().map(|&c| loc(c)).collect::<Vec<_>>();
+        assert!(small_runs(&locs(&[1; MERGE_BLOCKS - 1])).is_empty());
+        let eight = small_runs(&locs(&[1; MERGE_BLOCKS]));
+        assert_eq!(eight.len(), 1);
+        assert_eq!(eight[0], 0..MERGE_BLOCKS);
+        // A full block ends a run; the points rule still merges two.
+        assert_eq!(
+            small_runs(&locs(&[120, 1, 1, 1, 1, 1, 1, 1, 1, 120, 30, 30])),
+            [1..9, 10..12]
+        );
+    }
+
+    #[test]
+    fn a_series_that_changes_now_and_then_keeps_at_most_seven_small_blocks()
+    -> Result<(), StoreError> {
+        let dir = tmp();
+        let mut blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        let small = |blocks: &Blocks| -> Vec<u32> {
+            let counts = blocks.locs(1).iter().map(|l| l.count);
+            counts.filter(|&c| c < SMALL_POINTS).collect()
+        };
+        // One point a cut, and a pass after each: a series that changes
+        // once every few minutes, as the retention pass sees it.
+        for i in 0..150 {
+            blocks.write(1, ints(i..i + 1), i as u64 + 1)?;
+            let mut from = 0;
+            while let Some(next) = blocks.merge_some(from, 1024)? {
+                from = next;
+            }
+            let small = small(&blocks);
+            assert!(small.len() < MERGE_BLOCKS, "after {i}: {small:?}");
+            // A merge gives the room of the run it took back.
+            let (len, room) = (blocks.series[1].len(), blocks.series[1].capacity());
+            assert!(room <= len + len / 4 + 1, "{len} blocks, room for {room}");
+        }
+        assert_eq!(all(&blocks, 1), ints(0..150));
+        // Two blocks of 60 or more, the rest in at most seven small ones.
+        assert!(blocks.stats().0 <= 2 + 7, "{:?}", blocks.stats());
+        blocks.sync()?;
+        drop(blocks);
+        let (blocks, cuts) =
+            Blocks::open_sized(&dir.path().join("blocks"), SEGMENT_BYTES, Micros::MIN)?;
+        assert_eq!(all(&blocks, 1), ints(0..150));
+        assert_eq!(cuts.get(&1), Some(&150));
+        assert!(small(&blocks).len() < MERGE_BLOCKS);
         Ok(())
     }
 
