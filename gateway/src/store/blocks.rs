@@ -1512,14 +1512,14 @@ mod tests {
     /// Segment `number`'s file cut to `keep` bytes, as a crash leaves an
     /// append that had not reached the disk.
     fn tear(dir: &Path, number: u32, keep: u64) {
-        let path = dir.join("blocks").join(format!("{number:08}.{EXT}"));
+        let path = segment_files::path(&dir.join("blocks"), number, EXT);
         let file = File::options().write(true).open(&path).expect("segment");
         file.set_len(keep).expect("truncate");
     }
 
     /// The length of segment `number`'s file.
     fn segment_len(dir: &Path, number: u32) -> u64 {
-        let path = dir.join("blocks").join(format!("{number:08}.{EXT}"));
+        let path = segment_files::path(&dir.join("blocks"), number, EXT);
         std::fs::metadata(path).expect("segment").len()
     }
 
