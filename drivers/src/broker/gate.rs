@@ -19,6 +19,24 @@
 //! publisher waits for its PUBACKs, a QoS 0 one for its socket. Nothing is
 //! appended that the gateway could not take, so nothing is trimmed unread.
 //!
+//! The store's queue is not the only consumer that can fall behind: the
+//! gateway's reader (parsing each message and routing it to its devices)
+//! shares the cores with the router and with every client's connection.
+//! Past its pace the queue never fills, yet the router appends faster than
+//! the reader reads, and trims its log under it. So the driver also presses
+//! the gate while the reader is behind in the log ([`ReaderPlace`]): its
+//! last message is in an older segment than the newest (rumqttd drops a
+//! filter's log a segment at a time, oldest first, and keeps four). That
+//! leaves at least two whole segments between the reader and a trim. The
+//! router is the one that forwards the log to the reader, so that hold lets
+//! go as soon as the reader has taken all it was handed and asked for more,
+//! or has taken nothing for [`STALE`]. Its ask reaches the router behind
+//! every batch the clients sent while it was held (up to their windows of
+//! unacknowledged messages), and all of them are appended before it; so the
+//! broker hands the reader the whole of its unread log at each ask (see
+//! `max_outgoing_packet_count`), not a fixed bite that those batches
+//! would outgrow.
+//!
 //! - A hold lasts at most [`MAX_HOLD`]; then one batch goes through. The
 //!   broker then still answers pings and connects while the store is
 //!   wedged (a full disk, say), so clients stay connected. Should a log
@@ -30,8 +48,8 @@
 //!   `the_gate_holds_publishers_and_the_ledger_names_what_was_lost` fails if an
 //!   upgrade moves it.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use ferrite_core::driver::DriverStats;
@@ -45,6 +63,80 @@ pub const MAX_HOLD: Duration = Duration::from_secs(1);
 
 /// How often a held router looks at the gate again.
 const RECHECK: Duration = Duration::from_millis(1);
+
+/// A reader that has taken nothing for this long is not holding the
+/// router back: it waits for it (or is not running at all).
+pub const STALE: Duration = Duration::from_millis(20);
+
+/// Where the gateway's reader stands in its filter's log, for the gate: the
+/// segment of the last message it took, whether it has asked the router
+/// for more, and when it last took one. Shared between the reader, which
+/// notes, and the gate's condition, which asks [`ReaderPlace::behind`].
+#[derive(Debug)]
+pub struct ReaderPlace {
+    /// The segment of the last message taken; [`UNKNOWN`] before the first.
+    segment: AtomicU64,
+    /// It took all it was handed and asked the router for more.
+    asked: AtomicBool,
+    /// When it last took a message, in milliseconds since [`EPOCH`].
+    took_at: AtomicU64,
+}
+
+/// No message taken yet (a new link).
+const UNKNOWN: u64 = u64::MAX;
+
+/// The clock of [`ReaderPlace::took_at`].
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn millis() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Default for ReaderPlace {
+    fn default() -> Self {
+        ReaderPlace {
+            segment: AtomicU64::new(UNKNOWN),
+            asked: AtomicBool::new(false),
+            took_at: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ReaderPlace {
+    /// The reader took a message from the log segment `segment`.
+    pub fn took(&self, segment: u64) {
+        self.segment.store(segment, Ordering::Relaxed);
+        self.took_at.store(millis(), Ordering::Relaxed);
+        if self.asked.load(Ordering::Relaxed) {
+            self.asked.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The reader took all it was handed and asks the router for more:
+    /// only the router can give it, so it must not be held now.
+    pub fn asked_for_more(&self) {
+        self.asked.store(true, Ordering::Relaxed);
+    }
+
+    /// The reader reads a new link, from wherever it starts.
+    pub fn restart(&self) {
+        self.segment.store(UNKNOWN, Ordering::Relaxed);
+        self.asked.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the reader is behind in the log whose newest message is in
+    /// segment `tail`, and busy with what it was handed: the router should
+    /// wait for it.
+    pub fn behind(&self, tail: Option<u64>) -> bool {
+        let segment = self.segment.load(Ordering::Relaxed);
+        let Some(tail) = tail else { return false };
+        segment != UNKNOWN
+            && tail > segment
+            && !self.asked.load(Ordering::Relaxed)
+            && millis().saturating_sub(self.took_at.load(Ordering::Relaxed))
+                < u64::try_from(STALE.as_millis()).unwrap_or(u64::MAX)
+    }
+}
 
 /// Says whether the gate is pressed (the consumer cannot take more now).
 type Pressed = Box<dyn Fn() -> bool + Send + Sync>;

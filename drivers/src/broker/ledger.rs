@@ -12,7 +12,8 @@
 //! a filter's log. [`layer`] sees both and notes offset → topic, for the
 //! filters the gateway subscribes to ([`watch`]). The MQTT driver asks which
 //! topics a gap held ([`lost`]) and lets the ledger forget what it has read
-//! ([`forget_below`]).
+//! ([`forget_below`]). The segment of the newest message ([`tail_segment`])
+//! tells the router gate how far behind the gateway's reader is.
 //!
 //! - Bounded: at most [`MAX_ENTRIES`] offsets are kept; a loss among older
 //!   ones counts with no topic, as does a will message (rumqttd appends it
@@ -55,13 +56,21 @@ type Entries = VecDeque<(u64, Option<Arc<str>>)>;
 struct Ledger {
     /// The logs of the filters the gateway subscribes to.
     logs: HashMap<String, Entries>,
+    /// The segment of each watched filter's newest message.
+    tails: HashMap<String, u64>,
     interned: HashSet<Arc<str>>,
 }
 
 impl Ledger {
-    fn note(&mut self, filter: &str, offset: u64, topic: Option<&str>) {
+    fn note(&mut self, filter: &str, segment: u64, offset: u64, topic: Option<&str>) {
         if !self.logs.contains_key(filter) {
             return;
+        }
+        match self.tails.get_mut(filter) {
+            Some(tail) => *tail = segment,
+            None => {
+                self.tails.insert(filter.to_string(), segment);
+            }
         }
         let topic = topic.map(|t| self.intern(t));
         let Some(entries) = self.logs.get_mut(filter) else {
@@ -140,6 +149,12 @@ pub fn forget_below(filter: &str, offset: u64) {
     ledger().forget_below(filter, offset);
 }
 
+/// The segment of the newest message in `filter`'s log (rumqttd numbers
+/// its segments one by one, as it does messages), once one is noted.
+pub fn tail_segment(filter: &str) -> Option<u64> {
+    ledger().tails.get(filter).copied()
+}
+
 /// The topic as `bytes::Bytes` prints it for debugging (`b"a/b\xc3\xa9"`),
 /// back to text.
 fn unescape(printed: &str) -> String {
@@ -174,12 +189,13 @@ fn unescape(printed: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// The filter and the next offset in "Appended to commitlog: f[s, o)".
-fn parse_appended(message: &str) -> Option<(&str, u64)> {
+/// The filter, the segment and the next offset in "Appended to
+/// commitlog: f[s, o)".
+fn parse_appended(message: &str) -> Option<(&str, u64, u64)> {
     let rest = message.strip_prefix(APPENDED)?;
     let (filter, cursor) = rest.rsplit_once('[')?;
-    let (_, next) = cursor.strip_suffix(')')?.split_once(", ")?;
-    Some((filter, next.parse().ok()?))
+    let (segment, next) = cursor.strip_suffix(')')?.split_once(", ")?;
+    Some((filter, segment.parse().ok()?, next.parse().ok()?))
 }
 
 fn is_publish_span(metadata: &Metadata<'_>) -> bool {
@@ -257,12 +273,12 @@ impl<S: Subscriber> Layer<S> for LedgerLayer {
                 field: "message",
                 into: message,
             });
-            let Some((filter, next)) = parse_appended(message) else {
+            let Some((filter, segment, next)) = parse_appended(message) else {
                 return;
             };
             TOPIC.with_borrow(|topic| {
                 let topic = Some(topic.as_str()).filter(|t| !t.is_empty());
-                ledger().note(filter, next.saturating_sub(1), topic);
+                ledger().note(filter, segment, next.saturating_sub(1), topic);
             });
         });
     }
@@ -283,11 +299,11 @@ mod tests {
     fn the_append_message_gives_filter_and_offset() {
         assert_eq!(
             parse_appended("Appended to commitlog: #[3, 4097)"),
-            Some(("#", 4097))
+            Some(("#", 3, 4097))
         );
         assert_eq!(
             parse_appended("Appended to commitlog: a/[b]/#[0, 1)"),
-            Some(("a/[b]/#", 1))
+            Some(("a/[b]/#", 0, 1))
         );
         assert_eq!(
             parse_appended("Read from commitlog, cursor = #[0, 1)"),
@@ -306,20 +322,26 @@ mod tests {
             } else {
                 "b\"odd\""
             };
-            ledger.note("#", offset, Some(topic));
-            ledger.note("other/#", offset, Some(topic));
+            ledger.note("#", offset / 4, offset, Some(topic));
+            ledger.note("other/#", offset / 4, offset, Some(topic));
         }
-        ledger.note("#", 10, None);
+        ledger.note("#", 3, 10, None);
         assert_eq!(ledger.logs.len(), 1, "a filter not watched is not noted");
+        assert_eq!(
+            ledger.tails.get("#"),
+            Some(&3),
+            "the newest message's segment"
+        );
+        assert_eq!(ledger.tails.get("other/#"), None);
         assert_eq!(ledger.interned.len(), 2, "each topic is kept once");
         ledger.forget_below("#", 4);
         let entries = |l: &Ledger| l.logs["#"].clone();
         assert_eq!(entries(&ledger).front().map(|e| e.0), Some(4));
         // Offsets going backwards: a new log.
-        ledger.note("#", 2, Some("b\"new\""));
+        ledger.note("#", 0, 2, Some("b\"new\""));
         assert_eq!(entries(&ledger).len(), 1);
         for offset in 3..(3 + MAX_ENTRIES as u64 + 5) {
-            ledger.note("#", offset, None);
+            ledger.note("#", 0, offset, None);
         }
         assert_eq!(entries(&ledger).len(), MAX_ENTRIES);
     }

@@ -26,6 +26,7 @@ use rumqttd::Notification;
 use rumqttd::local::LinkRx;
 
 use crate::broker::BrokerLink;
+use crate::broker::gate::ReaderPlace;
 use tokio::sync::oneshot;
 
 use self::ingest::{Ingest, Outcome, Waiter, unix_ms};
@@ -71,14 +72,17 @@ impl MqttDriver {
             tracing::error!("cannot publish the Sparkplug host STATE on {topic}: {e}");
         }
         // Back-pressure: the broker's router waits while the store's queue
-        // is nearly full, rather than appending what its log would trim
-        // unread (see `broker::gate`).
+        // is nearly full, or while the reader is behind in the log, rather
+        // than appending what its log would trim unread (see `broker::gate`).
         let output = ctx.output.downgrade();
+        let place = Arc::new(ReaderPlace::default());
+        let (reader, filter) = (place.clone(), link.filter().to_string());
         crate::broker::gate::install(
             move || {
                 output
                     .upgrade()
                     .is_some_and(|tx| tx.capacity() < tx.max_capacity() / 8)
+                    || reader.behind(crate::broker::ledger::tail_segment(&filter))
             },
             ctx.stats.clone(),
         );
@@ -88,6 +92,7 @@ impl MqttDriver {
         let shared = Arc::new(Shared {
             ingest: Mutex::new(ingest),
             link,
+            place,
         });
         ctx.tasks.spawn(read(shared.clone(), rx, ctx.clone()));
         MqttDriver {
@@ -100,6 +105,8 @@ impl MqttDriver {
 struct Shared {
     ingest: Mutex<Ingest>,
     link: BrokerLink,
+    /// Where the reader stands in the broker's log, for the router gate.
+    place: Arc<ReaderPlace>,
 }
 
 impl Shared {
@@ -107,6 +114,12 @@ impl Shared {
         self.ingest
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A spare link took over: the reader starts on its log afresh.
+    fn relinked(&self) -> LogOffsets {
+        self.place.restart();
+        LogOffsets::of(self.link.filter())
     }
 
     fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), DriverError> {
@@ -175,6 +188,9 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
             _ = tick.tick() => shared.ingest().tick(Instant::now()),
             next = rx.next() => match next {
                 Ok(Some(Notification::Forward(f))) => {
+                    if let Some((segment, _)) = f.cursor {
+                        shared.place.took(segment);
+                    }
                     let gap = offsets.next(f.cursor);
                     if !gap.is_empty() {
                         count_losses(&shared, &ctx.stats, gap);
@@ -184,10 +200,11 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
                 }
                 // The router paused us because our buffer was full: ask for more.
                 Ok(Some(Notification::Unschedule)) => {
+                    shared.place.asked_for_more();
                     if let Err(e) = rx.wake().await {
                         tracing::warn!("the broker link failed: {e}");
                         match shared.link.relink() {
-                            Some(spare) => (rx, offsets) = (spare, LogOffsets::of(shared.link.filter())),
+                            Some(spare) => (rx, offsets) = (spare, shared.relinked()),
                             None => return tracing::error!("no spare broker link is left; MQTT devices stop updating"),
                         }
                     }
@@ -197,7 +214,7 @@ async fn read(shared: Arc<Shared>, mut rx: LinkRx, ctx: DriverContext) {
                 Err(e) => {
                     tracing::warn!("the broker link failed: {e}");
                     match shared.link.relink() {
-                        Some(spare) => (rx, offsets) = (spare, LogOffsets::of(shared.link.filter())),
+                        Some(spare) => (rx, offsets) = (spare, shared.relinked()),
                         None => return tracing::error!("no spare broker link is left; MQTT devices stop updating"),
                     }
                     continue;
