@@ -219,3 +219,30 @@ impl<S: Subscriber> Layer<S> for RouterGate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reader_holds_the_router_only_while_it_is_behind_and_busy() {
+        let place = ReaderPlace::default();
+        assert!(!place.behind(Some(3)), "nothing taken yet: a new link");
+        place.took(2);
+        assert!(!place.behind(None), "no message noted in the log");
+        assert!(!place.behind(Some(2)), "in the newest segment");
+        assert!(place.behind(Some(3)), "a segment behind, taking");
+        place.asked_for_more();
+        assert!(
+            !place.behind(Some(3)),
+            "only the router can hand it more now"
+        );
+        place.took(2);
+        assert!(place.behind(Some(3)), "taking again");
+        std::thread::sleep(STALE + Duration::from_millis(5));
+        assert!(!place.behind(Some(3)), "took nothing for STALE");
+        place.took(2);
+        place.restart();
+        assert!(!place.behind(Some(5)), "a spare link starts afresh");
+    }
+}
