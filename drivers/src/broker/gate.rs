@@ -66,7 +66,8 @@ const RECHECK: Duration = Duration::from_millis(1);
 
 /// A reader that has taken nothing for this long is not holding the
 /// router back: it waits for it (or is not running at all).
-pub const STALE: Duration = Duration::from_millis(20);
+pub const STALE: Duration = Duration::from_millis(STALE_MS);
+const STALE_MS: u64 = 20;
 
 /// Where the gateway's reader stands in its filter's log, for the gate: the
 /// segment of the last message it took, whether it has asked the router
@@ -125,16 +126,16 @@ impl ReaderPlace {
     }
 
     /// Whether the reader is behind in the log whose newest message is in
-    /// segment `tail`, and busy with what it was handed: the router should
-    /// wait for it.
-    pub fn behind(&self, tail: Option<u64>) -> bool {
+    /// the segment `tail` gives, and busy with what it was handed: the
+    /// router should wait for it. `tail` is asked last, only when the
+    /// reader's own state leaves the answer open (it locks the ledger, and
+    /// the router asks before every batch).
+    pub fn behind(&self, tail: impl FnOnce() -> Option<u64>) -> bool {
         let segment = self.segment.load(Ordering::Relaxed);
-        let Some(tail) = tail else { return false };
         segment != UNKNOWN
-            && tail > segment
             && !self.asked.load(Ordering::Relaxed)
-            && millis().saturating_sub(self.took_at.load(Ordering::Relaxed))
-                < u64::try_from(STALE.as_millis()).unwrap_or(u64::MAX)
+            && millis().saturating_sub(self.took_at.load(Ordering::Relaxed)) < STALE_MS
+            && tail().is_some_and(|tail| tail > segment)
     }
 }
 
@@ -227,22 +228,22 @@ mod tests {
     #[test]
     fn the_reader_holds_the_router_only_while_it_is_behind_and_busy() {
         let place = ReaderPlace::default();
-        assert!(!place.behind(Some(3)), "nothing taken yet: a new link");
+        assert!(!place.behind(|| Some(3)), "nothing taken yet: a new link");
         place.took(2);
-        assert!(!place.behind(None), "no message noted in the log");
-        assert!(!place.behind(Some(2)), "in the newest segment");
-        assert!(place.behind(Some(3)), "a segment behind, taking");
+        assert!(!place.behind(|| None), "no message noted in the log");
+        assert!(!place.behind(|| Some(2)), "in the newest segment");
+        assert!(place.behind(|| Some(3)), "a segment behind, taking");
         place.asked_for_more();
         assert!(
-            !place.behind(Some(3)),
+            !place.behind(|| Some(3)),
             "only the router can hand it more now"
         );
         place.took(2);
-        assert!(place.behind(Some(3)), "taking again");
+        assert!(place.behind(|| Some(3)), "taking again");
         std::thread::sleep(STALE + Duration::from_millis(5));
-        assert!(!place.behind(Some(3)), "took nothing for STALE");
+        assert!(!place.behind(|| Some(3)), "took nothing for STALE");
         place.took(2);
         place.restart();
-        assert!(!place.behind(Some(5)), "a spare link starts afresh");
+        assert!(!place.behind(|| Some(5)), "a spare link starts afresh");
     }
 }

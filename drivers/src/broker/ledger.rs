@@ -52,12 +52,18 @@ const APPENDED: &str = "Appended to commitlog: ";
 /// offsets rising.
 type Entries = VecDeque<(u64, Option<Arc<str>>)>;
 
+/// What the ledger keeps of one watched filter's log.
+#[derive(Default)]
+struct Log {
+    entries: Entries,
+    /// The segment of the newest message, once one is noted.
+    tail: Option<u64>,
+}
+
 #[derive(Default)]
 struct Ledger {
     /// The logs of the filters the gateway subscribes to.
-    logs: HashMap<String, Entries>,
-    /// The segment of each watched filter's newest message.
-    tails: HashMap<String, u64>,
+    logs: HashMap<String, Log>,
     interned: HashSet<Arc<str>>,
 }
 
@@ -66,16 +72,12 @@ impl Ledger {
         if !self.logs.contains_key(filter) {
             return;
         }
-        match self.tails.get_mut(filter) {
-            Some(tail) => *tail = segment,
-            None => {
-                self.tails.insert(filter.to_string(), segment);
-            }
-        }
         let topic = topic.map(|t| self.intern(t));
-        let Some(entries) = self.logs.get_mut(filter) else {
+        let Some(log) = self.logs.get_mut(filter) else {
             return;
         };
+        log.tail = Some(segment);
+        let entries = &mut log.entries;
         if entries.back().is_some_and(|(last, _)| *last >= offset) {
             entries.clear();
         }
@@ -98,7 +100,7 @@ impl Ledger {
     }
 
     fn forget_below(&mut self, filter: &str, offset: u64) {
-        if let Some(entries) = self.logs.get_mut(filter) {
+        if let Some(Log { entries, .. }) = self.logs.get_mut(filter) {
             let keep_from = entries.partition_point(|(o, _)| *o < offset);
             entries.drain(..keep_from);
         }
@@ -127,7 +129,7 @@ pub fn lost(filter: &str, from: u64, to: u64) -> (HashMap<String, u64>, u64) {
     // Counted by the topic as noted, so that a gap of many messages on few
     // topics reads each topic back once.
     let mut by_printed: HashMap<Arc<str>, u64> = HashMap::new();
-    if let Some(entries) = ledger.logs.get(filter) {
+    if let Some(Log { entries, .. }) = ledger.logs.get(filter) {
         let start = entries.partition_point(|(o, _)| *o < from);
         let gap = entries.range(start..).take_while(|(o, _)| *o < to);
         for topic in gap.filter_map(|(_, topic)| topic.clone()) {
@@ -152,7 +154,7 @@ pub fn forget_below(filter: &str, offset: u64) {
 /// The segment of the newest message in `filter`'s log (rumqttd numbers
 /// its segments one by one, as it does messages), once one is noted.
 pub fn tail_segment(filter: &str) -> Option<u64> {
-    ledger().tails.get(filter).copied()
+    ledger().logs.get(filter).and_then(|log| log.tail)
 }
 
 /// The topic as `bytes::Bytes` prints it for debugging (`b"a/b\xc3\xa9"`),
@@ -315,7 +317,7 @@ mod tests {
     #[test]
     fn a_ledger_puts_a_gap_to_its_topics_and_stays_bounded() {
         let mut ledger = Ledger::default();
-        ledger.logs.insert("#".into(), Entries::default());
+        ledger.logs.insert("#".into(), Log::default());
         for offset in 0..10 {
             let topic = if offset % 2 == 0 {
                 "b\"even\""
@@ -328,14 +330,14 @@ mod tests {
         ledger.note("#", 3, 10, None);
         assert_eq!(ledger.logs.len(), 1, "a filter not watched is not noted");
         assert_eq!(
-            ledger.tails.get("#"),
-            Some(&3),
+            ledger.logs["#"].tail,
+            Some(3),
             "the newest message's segment"
         );
-        assert_eq!(ledger.tails.get("other/#"), None);
+        assert!(!ledger.logs.contains_key("other/#"));
         assert_eq!(ledger.interned.len(), 2, "each topic is kept once");
         ledger.forget_below("#", 4);
-        let entries = |l: &Ledger| l.logs["#"].clone();
+        let entries = |l: &Ledger| l.logs["#"].entries.clone();
         assert_eq!(entries(&ledger).front().map(|e| e.0), Some(4));
         // Offsets going backwards: a new log.
         ledger.note("#", 0, 2, Some("b\"new\""));

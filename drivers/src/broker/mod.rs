@@ -450,7 +450,7 @@ pub(crate) mod tests {
             Slow::ReaderGated => {
                 let place = place.clone();
                 gate::install(
-                    move || place.behind(ledger::tail_segment("load/#")),
+                    move || place.behind(|| ledger::tail_segment("load/#")),
                     stats.clone(),
                 );
             }

@@ -82,7 +82,7 @@ impl MqttDriver {
                 output
                     .upgrade()
                     .is_some_and(|tx| tx.capacity() < tx.max_capacity() / 8)
-                    || reader.behind(crate::broker::ledger::tail_segment(&filter))
+                    || reader.behind(|| crate::broker::ledger::tail_segment(&filter))
             },
             ctx.stats.clone(),
         );
