@@ -7,9 +7,8 @@
 #
 # It builds the shipped binary with its symbols kept (the same code and
 # the same names as the stripped one: only the symbol table differs), the
-# simulator and the
-# `modbus_load` bench (without LTO), then runs the gateway under valgrind's
-# callgrind three times:
+# simulator and the `modbus_load` bench (without LTO), then runs the
+# gateway under valgrind's callgrind three times:
 #   1. the image's config (no devices): start, 20 s idle, a few API calls;
 #   2. `modbus_load` at its default shape, 1000 devices × 100 registers,
 #      10% changing, REST writes, for 75 s (so that the store's minute
@@ -19,10 +18,12 @@
 #      JSON and Sparkplug B, rules): 60 s of polls, reads, writes, history.
 # The list is phase 1's functions, then phase 2's others, then phase 3's,
 # each by instructions run (self cost), so that what an idle gateway runs
-# is packed the tightest, and what a polling one runs next to it. Needs
-# valgrind (Debian's package) and curl. Takes ~25 minutes cold (three
-# builds), ~5 once built. BENCH_TARGET_DIR: where the bench is built
-# (default: the target dir).
+# is packed the tightest, and what a polling one runs next to it.
+#
+# Needs valgrind (Debian's package), curl, and the demo's ports free (8080,
+# 1883 and its devices': phases 1 and 3 use the configs as they are).
+# Takes ~25 minutes cold (three builds), ~5 once built. BENCH_TARGET_DIR:
+# where the bench is built (default: the target dir).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -69,11 +70,18 @@ profile() {
   valgrind --tool=callgrind --demangle=no --dump-line=no --dump-instr=no \
     --callgrind-out-file="$out" "$FERRITE" run --config "$config" \
     >"$out.log" 2>&1 &
-  local pid=$!
+  local pid=$! up=
   for _ in $(seq 600); do
-    curl -sf -o /dev/null http://127.0.0.1:8080/healthz && break
+    curl -sf -o /dev/null http://127.0.0.1:8080/healthz && { up=1; break; }
     sleep 0.5
   done
+  if [[ -z $up ]]; then
+    # A list from a gateway that never served would order start-up only.
+    echo "the gateway did not answer on 127.0.0.1:8080 within 300 s:" >&2
+    tail -20 "$out.log" >&2
+    kill -TERM "$pid" 2>/dev/null || true
+    exit 1
+  fi
   local end=$((SECONDS + seconds))
   while ((SECONDS < end)); do "$calls"; sleep 1; done
   kill -TERM "$pid"
