@@ -37,7 +37,7 @@ def self_costs(path):
             if line.startswith("calls="):
                 after_call = True
                 continue
-            if line[:1].isdigit() or line[:1] in "+-*":
+            if line and (line[0].isdigit() or line[0] in "+-*"):
                 if after_call:
                     after_call = False
                     continue
