@@ -10,8 +10,8 @@
 //!
 //! Only for optimised builds for x86_64 Linux, whose default linker is
 //! LLD (rustc ≥ 1.90); a build that names a linker of its own
-//! (`-fuse-ld=`, `-C linker=`, cargo's `linker`) or sets `FERRITE_CODE_LAYOUT=off` is
-//! linked in the compiler's order. A name in the list that the build does
+//! (`-fuse-ld=`, `-C linker=`, cargo's `linker`) or sets
+//! `FERRITE_CODE_LAYOUT=off` is linked in the compiler's order. A name in the list that the build does
 //! not have (the code changed since it was recorded) is skipped: a stale
 //! list costs pages, never correctness.
 

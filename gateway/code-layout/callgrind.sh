@@ -2,7 +2,7 @@
 # Runs a ferrite binary under callgrind in the load benches' place
 # (FERRITE_BIN), and passes SIGTERM on to it so that the bench's stop ends
 # the recording (callgrind writes OUT as the process exits). record.sh uses
-# it for its third phase.
+# it for its second phase.
 #
 #   FERRITE=path/to/ferrite OUT=/tmp/modbus.cg \
 #   FERRITE_BIN=gateway/code-layout/callgrind.sh \

@@ -69,13 +69,12 @@ struct Ledger {
 
 impl Ledger {
     fn note(&mut self, filter: &str, segment: u64, offset: u64, topic: Option<&str>) {
-        if !self.logs.contains_key(filter) {
-            return;
-        }
-        let topic = topic.map(|t| self.intern(t));
+        // One lookup per append (the router thread's path); a filter not
+        // watched interns nothing.
         let Some(log) = self.logs.get_mut(filter) else {
             return;
         };
+        let topic = topic.map(|t| intern(&mut self.interned, t));
         log.tail = Some(segment);
         let entries = &mut log.entries;
         if entries.back().is_some_and(|(last, _)| *last >= offset) {
@@ -87,24 +86,26 @@ impl Ledger {
         entries.push_back((offset, topic));
     }
 
-    fn intern(&mut self, topic: &str) -> Arc<str> {
-        if let Some(shared) = self.interned.get(topic) {
-            return shared.clone();
-        }
-        if self.interned.len() >= MAX_INTERNED {
-            self.interned.clear();
-        }
-        let shared: Arc<str> = Arc::from(topic);
-        self.interned.insert(shared.clone());
-        shared
-    }
-
     fn forget_below(&mut self, filter: &str, offset: u64) {
         if let Some(Log { entries, .. }) = self.logs.get_mut(filter) {
             let keep_from = entries.partition_point(|(o, _)| *o < offset);
             entries.drain(..keep_from);
         }
     }
+}
+
+/// The shared copy of `topic` (a filter's topics repeat), kept in `interned`
+/// up to [`MAX_INTERNED`], after which it starts again.
+fn intern(interned: &mut HashSet<Arc<str>>, topic: &str) -> Arc<str> {
+    if let Some(shared) = interned.get(topic) {
+        return shared.clone();
+    }
+    if interned.len() >= MAX_INTERNED {
+        interned.clear();
+    }
+    let shared: Arc<str> = Arc::from(topic);
+    interned.insert(shared.clone());
+    shared
 }
 
 static LEDGER: LazyLock<Mutex<Ledger>> = LazyLock::new(Mutex::default);
