@@ -299,7 +299,7 @@ impl Control {
             .live
             .reading(device, property)
             .ok()
-            .and_then(|r| r.value);
+            .and_then(|r| r.value());
         let entry = |new: serde_json::Value, outcome: &str, message: Option<String>| {
             with_peer(
                 actor,

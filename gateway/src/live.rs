@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use ferrite_models::value::Held;
 use ferrite_models::{Project, Value};
 
 use crate::names::Names;
@@ -28,15 +29,48 @@ impl DeviceState {
     }
 }
 
-/// One property's latest reading.
+/// One property's latest reading, in 32 bytes (there is one per property of
+/// every device: 100 000 of them for NG Gateway's S3 shape). The value is
+/// held as a [`Held`], 16 bytes where an `Option<Value>` takes 24, and "never
+/// read" is a time no clock gives ([`NEVER`]) rather than an
+/// `Option<Micros>` of 16 bytes: 48 bytes before.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
-    /// The value, if one was ever read.
-    pub value: Option<Value>,
+    value: Held,
+    /// When it was read (or last confirmed); [`NEVER`] if never.
+    ts: Micros,
+    quality: Quality,
+}
+
+/// The time of a reading never made. A device's own time this early (it
+/// can only come from a device that sends one) is shown as the next
+/// microsecond, so that it still reads as a time.
+const NEVER: Micros = Micros::MIN;
+
+impl Reading {
+    /// A reading of `value` (none if never read), with its quality and time.
+    pub fn new(value: Option<&Value>, quality: Quality, ts: Option<Micros>) -> Reading {
+        Reading {
+            value: value.map_or(Held::None, Held::of),
+            quality,
+            ts: ts.map_or(NEVER, |t| t.max(NEVER + 1)),
+        }
+    }
+
+    /// The value, if one was ever read (a copy).
+    pub fn value(&self) -> Option<Value> {
+        self.value.value()
+    }
+
     /// Its quality.
-    pub quality: Quality,
-    /// When it was read (or last confirmed).
-    pub ts: Option<Micros>,
+    pub fn quality(&self) -> Quality {
+        self.quality
+    }
+
+    /// When it was read (or last confirmed), if ever.
+    pub fn ts(&self) -> Option<Micros> {
+        (self.ts != NEVER).then_some(self.ts)
+    }
 }
 
 /// What [`Live::reading`] did not find.
@@ -362,11 +396,7 @@ impl Live {
     pub fn restore(&self, device: &str, property: &str, value: Value, ts: Micros) {
         self.with_device(device, |state| {
             if let Some(reading) = state.readings.get_mut(property) {
-                *reading = Reading {
-                    value: Some(value),
-                    quality: Quality::Stale,
-                    ts: Some(ts),
-                };
+                *reading = Reading::new(Some(&value), Quality::Stale, Some(ts));
             }
         });
     }
@@ -398,21 +428,15 @@ impl Live {
             let ts = update.ts_of(i);
             // A write's read-back can overtake an older poll on its way
             // here; the older value must not win.
-            if reading.ts.is_some_and(|t| t > ts) {
+            if reading.ts().is_some_and(|t| t > ts) {
                 continue;
             }
             match sample {
-                Sample::Good(v) => {
-                    *reading = Reading {
-                        value: Some(v.clone()),
-                        quality: Quality::Good,
-                        ts: Some(ts),
-                    }
-                }
+                Sample::Good(v) => *reading = Reading::new(Some(v), Quality::Good, Some(ts)),
                 Sample::Stale => reading.quality = Quality::Stale,
                 Sample::Bad => {
                     reading.quality = Quality::Bad;
-                    reading.ts = Some(ts);
+                    reading.ts = ts.max(NEVER + 1);
                 }
             }
         }
@@ -434,9 +458,9 @@ impl Live {
 
 /// A property never read.
 const EMPTY: Reading = Reading {
-    value: None,
+    value: Held::None,
     quality: Quality::Bad,
-    ts: None,
+    ts: NEVER,
 };
 
 #[cfg(test)]
@@ -461,6 +485,63 @@ pub(crate) mod tests {
         }
     }
 
+    /// One per property of every device: its size is the live view's
+    /// memory per series (docs/gateway.md, "Where the memory goes").
+    #[test]
+    fn a_reading_takes_32_bytes_and_gives_back_what_it_was_given() {
+        assert_eq!(std::mem::size_of::<Reading>(), 32);
+        for value in [
+            Value::Bool(true),
+            Value::Int(i64::MIN),
+            Value::Float(-0.5),
+            Value::String("21 °C".into()),
+        ] {
+            let r = Reading::new(Some(&value), Quality::Stale, Some(-7));
+            assert_eq!(r.value(), Some(value));
+            assert_eq!((r.quality(), r.ts()), (Quality::Stale, Some(-7)));
+        }
+        assert_eq!(EMPTY.value(), None);
+        assert_eq!(EMPTY.ts(), None);
+        // A device's time that would read as "never" is still a time.
+        let early = Reading::new(None, Quality::Good, Some(Micros::MIN));
+        assert_eq!(early.ts(), Some(Micros::MIN + 1));
+    }
+
+    #[test]
+    fn an_older_update_does_not_win_and_a_bad_read_keeps_the_value() {
+        let p = project(&[MODEL, "kind: Device\nname: d\nmodel: m\nmqtt: {}\n"]);
+        let live = Live::of(&p, Names::of(&p));
+        let at = |ts, sample| Update {
+            ts,
+            ..update(0, vec![(0, sample)])
+        };
+        live.apply(&at(2_000, Sample::Good(Value::Int(5))));
+        live.apply(&at(1_000, Sample::Good(Value::Int(4))));
+        let a = live.reading("d", "a").expect("a");
+        assert_eq!(
+            (a.value(), a.quality(), a.ts()),
+            (Some(Value::Int(5)), Quality::Good, Some(2_000))
+        );
+        live.apply(&at(3_000, Sample::Bad));
+        let a = live.reading("d", "a").expect("a");
+        assert_eq!(
+            (a.value(), a.quality(), a.ts()),
+            (Some(Value::Int(5)), Quality::Bad, Some(3_000))
+        );
+        live.apply(&at(4_000, Sample::Stale));
+        let a = live.reading("d", "a").expect("a");
+        assert_eq!(
+            (a.value(), a.quality(), a.ts()),
+            (Some(Value::Int(5)), Quality::Stale, Some(3_000))
+        );
+        live.restore("d", "b", Value::String("x".into()), 9);
+        let b = live.reading("d", "b").expect("b");
+        assert_eq!(
+            (b.value(), b.quality(), b.ts()),
+            (Some(Value::String("x".into())), Quality::Stale, Some(9))
+        );
+    }
+
     #[test]
     fn devices_of_one_model_share_one_shape_and_readings_land_by_number() {
         let first = project(&[
@@ -481,7 +562,7 @@ pub(crate) mod tests {
         live.apply(&update(1, vec![(1, Sample::Good(Value::Int(7)))]));
         let d2 = live.device("d2").expect("d2");
         assert_eq!(
-            d2.readings.get("b").and_then(|r| r.value.clone()),
+            d2.readings.get("b").and_then(Reading::value),
             Some(Value::Int(7))
         );
         assert_eq!(d2.readings.get("a"), Some(&EMPTY));
@@ -505,7 +586,7 @@ pub(crate) mod tests {
         let order: Vec<&str> = d2.readings.iter().map(|(n, _)| &**n).collect();
         assert_eq!(order, ["c", "b"]);
         assert_eq!(
-            d2.readings.get("b").and_then(|r| r.value.clone()),
+            d2.readings.get("b").and_then(Reading::value),
             Some(Value::Int(7))
         );
         // `c` is property number 2 of d2; `a` (number 0) is gone from it.
@@ -515,7 +596,7 @@ pub(crate) mod tests {
         ));
         let d2 = live.device("d2").expect("d2");
         assert_eq!(
-            d2.readings.get("c").and_then(|r| r.value.clone()),
+            d2.readings.get("c").and_then(Reading::value),
             Some(Value::Int(3))
         );
         assert_eq!(d2.readings.len(), 2);

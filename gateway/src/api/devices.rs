@@ -84,10 +84,10 @@ pub struct ReadingView {
 impl ReadingView {
     pub(super) fn new(reading: &Reading, property: Option<&Property>) -> ReadingView {
         ReadingView {
-            value: reading.value.clone(),
+            value: reading.value(),
             unit: property.and_then(|p| p.unit.clone()),
-            quality: reading.quality.into(),
-            ts: reading.ts.map(rfc3339),
+            quality: reading.quality().into(),
+            ts: reading.ts().map(rfc3339),
         }
     }
 }

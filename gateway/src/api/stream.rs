@@ -137,7 +137,7 @@ impl Cursor {
                 known.clear();
             }
             for (p, (property, reading)) in state.readings.iter().enumerate() {
-                let now = (property.clone(), reading.value.clone(), reading.quality);
+                let now = (property.clone(), reading.value(), reading.quality());
                 match known.get_mut(p) {
                     Some(before) if *before == now => continue,
                     Some(before) => *before = now,

@@ -824,7 +824,7 @@ fn births(project: &Project, live: &Live) -> Vec<DeviceBirth> {
                     ty: p.ty,
                     value: state.as_ref().and_then(|s| {
                         let r = s.readings.get(name.as_str())?;
-                        Some((r.value.clone()?, r.ts.map_or(0, |t| t.div_euclid(1000))))
+                        Some((r.value()?, r.ts().map_or(0, |t| t.div_euclid(1000))))
                     }),
                     unit: p.unit.clone(),
                     min: p.min,

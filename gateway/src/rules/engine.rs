@@ -346,9 +346,9 @@ fn ensure_cell(
             .device(device)
             .and_then(|s| s.readings.get(property).cloned());
         row[p] = Some(Cell {
-            value: reading.as_ref().and_then(|r| r.value.clone()),
+            value: reading.as_ref().and_then(crate::live::Reading::value),
             previous: None,
-            quality: reading.map_or(Quality::Bad, |r| r.quality),
+            quality: reading.map_or(Quality::Bad, |r| r.quality()),
             fresh: false,
         });
     }

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferrite_core::shared::Interner;
-use ferrite_models::{Project, Value};
+use ferrite_models::Project;
+use ferrite_models::value::Held;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -69,8 +70,8 @@ struct DeviceTrack {
     /// table for every device whose deadbands are the same, as a model's
     /// devices' are.
     deadbands: Arc<[u64]>,
-    /// The last value stored, by property number.
-    last: Vec<Option<Value>>,
+    /// The last value stored, by property number (16 bytes each).
+    last: Vec<Held>,
     /// Good values received, for `/metrics` (see [`Writer::with_metrics`]).
     values: Option<prometheus_client::metrics::counter::Counter>,
 }
@@ -143,7 +144,7 @@ impl Writer {
                     if let Some((d, p)) = found
                         && let Some((last, _)) = writer.track(&project, d, p)
                     {
-                        *last = Some(at.value);
+                        *last = Held::from(at.value);
                     }
                 }
             }
@@ -164,7 +165,7 @@ impl Writer {
 
     /// The last value stored of device `d`'s property `p`, and its
     /// deadband; the device's track is made on first use.
-    fn track(&mut self, project: &Project, d: usize, p: u16) -> Option<(&mut Option<Value>, f64)> {
+    fn track(&mut self, project: &Project, d: usize, p: u16) -> Option<(&mut Held, f64)> {
         let Writer {
             devices,
             live,
@@ -193,7 +194,7 @@ impl Writer {
         if device.last.len() <= i {
             // Only for a property the device has.
             names.property_name(d, p)?;
-            device.last.resize_with(i + 1, || None);
+            device.last.resize_with(i + 1, Held::default);
         }
         let deadband = device.deadband(p);
         Some((&mut device.last[i], deadband))
@@ -362,11 +363,8 @@ impl Writer {
                 let Some((last, deadband)) = self.track(&project, update.device, *property) else {
                     continue;
                 };
-                let changed = last
-                    .as_ref()
-                    .is_none_or(|prev| value.changed_from(prev, Some(deadband)));
-                if changed {
-                    *last = Some(value.clone());
+                if last.changed_to(value, Some(deadband)) {
+                    *last = Held::of(value);
                     let Some((device, name)) =
                         self.live.names().property_name(update.device, *property)
                     else {
@@ -496,6 +494,7 @@ mod tests {
     use crate::live::tests::update;
     use crate::names::tests::project;
     use crate::store::SledStore;
+    use ferrite_models::Value;
 
     fn model(deadband: f64) -> String {
         format!(
