@@ -190,7 +190,9 @@ def idle_memory(checks, ferrite, tag, work):
         # code a gateway runs at the start of the binary from a recorded
         # list (gateway/code-layout); a list gone stale (a dependency or the
         # toolchain updated since it was recorded) shows here first, at
-        # about 13 MiB: run gateway/code-layout/record.sh again.
+        # about 13 MiB: run gateway/code-layout/record.sh again. A change to
+        # the code a gateway runs under load does not show at idle
+        # (docs/deploy.md, "Code layout").
         checks.check("idle RSS of the bare binary at most 10 MiB (the code layout list applies)",
                      rss["bare"]["VmRSS"] <= 10 * 1024,
                      f"{rss['bare']['VmRSS'] / 1024:.1f} MiB, {rss['bare']['RssFile'] / 1024:.1f} of it the binary's pages", show=True)

@@ -327,9 +327,8 @@ pub async fn write(
     }
     let reading = state
         .live
-        .device(&id)
-        .and_then(|d| d.readings.get(name.as_str()).cloned())
-        .ok_or_else(|| ApiError::no_property(&id, &name))?;
+        .reading(&id, &name)
+        .map_err(|_| ApiError::no_property(&id, &name))?;
     let view = ReadingView::new(&reading, Some(&property));
     Ok((StatusCode::OK, Json(WriteAnswer::Confirmed(view))))
 }

@@ -342,9 +342,7 @@ fn ensure_cell(
         row.resize_with(p + 1, || None);
     }
     if row[p].is_none() {
-        let reading = live
-            .device(device)
-            .and_then(|s| s.readings.get(property).cloned());
+        let reading = live.reading(device, property).ok();
         row[p] = Some(Cell {
             value: reading.as_ref().and_then(crate::live::Reading::value),
             previous: None,
