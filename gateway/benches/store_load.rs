@@ -38,6 +38,10 @@
 //!    that never acknowledges (`[cloud]`'s outbox, up to N MiB), so the
 //!    reopen reads that much log back; with `DROP_CACHES=1` (root) the
 //!    kernel's page cache is dropped before the reopen, as after a power cut.
+//!    With `SAME_TEN=1` the same ten properties of each device change every
+//!    second and the other ninety never do, as in `modbus_load`: their
+//!    heads fill whole cuts of 120 points, the blocks the medium and large
+//!    merges join (docs/gateway.md, "Memory").
 //!    With `RARE_SERIES=N` N more series (devices `rare0`, ... of 100
 //!    properties) each change once every `RARE_EVERY_S` simulated seconds
 //!    (default 600), in a commit of their own each second: a plant's
@@ -270,10 +274,16 @@ fn long_run(series: usize, seconds: i64, group: usize) {
         seconds => seconds as i64 * 1_000_000,
     };
     let devices = series / 100;
+    let same_ten = env("SAME_TEN", 0) == 1;
     let rare_devices = env("RARE_SERIES", 0) / 100;
     let rare_every = env("RARE_EVERY_S", 600).max(1);
     println!(
-        "store_load, long run: {seconds} simulated s, {devices} devices × 100 properties, 10% changing, {group} devices a commit, history_mib {}",
+        "store_load, long run: {seconds} simulated s, {devices} devices × 100 properties, 10% changing ({}), {group} devices a commit, history_mib {}",
+        if same_ten {
+            "the same ten of each device every second"
+        } else {
+            "each property every ten seconds"
+        },
         max_bytes / 1048576
     );
     if rare_devices > 0 {
@@ -299,9 +309,15 @@ fn long_run(series: usize, seconds: i64, group: usize) {
             let commit: Vec<Change> = (first..(first + group).min(devices))
                 .flat_map(|device| {
                     // Ten of the device's hundred registers, a different
-                    // ten each second: each changes every ten seconds.
+                    // ten each second: each changes every ten seconds (or,
+                    // with SAME_TEN, the same ten every second).
                     (0..10).map(move |k| {
-                        let property = (k * 10 + (second as usize + device) % 10) % 100;
+                        let turn = if same_ten {
+                            0
+                        } else {
+                            second as usize + device
+                        };
+                        let property = (k * 10 + turn % 10) % 100;
                         Change {
                             device: device_names[device].clone(),
                             property: property_names[property].clone(),

@@ -21,9 +21,10 @@
 //!   write merges the blocks it overlaps into the block it appends (a clock
 //!   set back), the straddling block an age limit cuts is appended again
 //!   without its older points, a block moved out of a sparse segment is
-//!   appended again whole, and a run of small blocks is appended again as
-//!   one ([`Blocks::merge_some`]): each covers what it replaces. So the blocks of a
-//!   series never overlap, and a range query walks them in time order.
+//!   appended again whole, and a run of small or medium blocks is
+//!   appended again as one ([`Blocks::merge_some`]): each covers what it
+//!   replaces. So the blocks of a series never overlap, and a range query
+//!   walks them in time order.
 //! - **blocks that end before the retention mark go** (`gone_before`, kept
 //!   in sled's meta tree): the age and size limits drop whole blocks
 //!   that end before a time, and the mark is the latest such time.
@@ -75,6 +76,21 @@ pub const SMALL_POINTS: u32 = CUT_POINTS / 2;
 /// that changes now and then gets a block of a point or two at each cut,
 /// and would otherwise keep up to 59 of them, 32 bytes of index each.
 pub const MERGE_BLOCKS: usize = 8;
+
+/// Blocks of at least this many points are not merged again: the last of
+/// [`TIERS`] merges runs of blocks of fewer into blocks of this many or
+/// more (up to twice it).
+const LARGE_POINTS: u32 = 8 * CUT_POINTS;
+
+/// A run of medium blocks is merged only while it spans at most this share
+/// of its series' history at rest (1/16): retention by size drops whole
+/// blocks, so a series' oldest block is what it may drop beyond what it
+/// must.
+const MERGE_SPAN_SHARE: i64 = 16;
+
+/// The most bytes of frames a run that is merged holds (a series of long
+/// texts): a history query reads whole blocks.
+const MERGE_BYTES: u64 = 64 * 1024;
 
 /// A segment takes appends until it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
@@ -142,6 +158,8 @@ pub struct Blocks {
     written: Micros,
     ledger: Ledger,
     opening: u64,
+    /// Bytes of frames read to merge them since the blocks were opened.
+    merged: u64,
     /// A failed append could not be undone: no more appends until a
     /// reopen, which cuts it.
     broken: bool,
@@ -295,33 +313,85 @@ fn overlapping(locs: &[Loc], since: Micros, until: Micros) -> std::ops::Range<us
     from..locs.partition_point(|l| l.start <= until).max(from)
 }
 
+/// A size of block whose runs [`Blocks::merge_some`] merges.
+struct Tier {
+    /// A block of at least `from` and fewer than `below` points is of it.
+    from: u32,
+    below: u32,
+    /// A run holds at most `most` points (and [`MERGE_BYTES`]),
+    most: u32,
+    /// and is merged once it holds `enough` points or is `long` blocks long,
+    enough: u32,
+    long: usize,
+    /// and, where this is set, spans at most this share of its series'
+    /// history at rest.
+    span_share: Option<i64>,
+}
+
+/// Small blocks (fewer than [`SMALL_POINTS`], 60) are merged once a run
+/// holds 60 points, or is [`MERGE_BLOCKS`] blocks long whatever it holds;
+/// medium ones (60 to 959: full cuts of 120, and what the small merge
+/// made) once a run holds [`LARGE_POINTS`], 960, and spans at most a
+/// sixteenth of its series' history ([`MERGE_SPAN_SHARE`]). What a merge
+/// makes is of a later tier (but by the length rule), so a point is merged
+/// about once per tier; a large block is not merged again.
+const TIERS: [Tier; 2] = [
+    Tier {
+        from: 0,
+        below: SMALL_POINTS,
+        most: 2 * SMALL_POINTS,
+        enough: SMALL_POINTS,
+        long: MERGE_BLOCKS,
+        span_share: None,
+    },
+    Tier {
+        from: SMALL_POINTS,
+        below: LARGE_POINTS,
+        most: 2 * LARGE_POINTS,
+        enough: LARGE_POINTS,
+        long: usize::MAX,
+        span_share: Some(MERGE_SPAN_SHARE),
+    },
+];
+
 /// Where in `locs` (a series' blocks, in time order) the runs are that
-/// [`Blocks::merge_some`] merges, without copying a block's place for a
-/// series that has none (most, every pass): adjacent blocks of fewer than
-/// [`SMALL_POINTS`] each, at most [`CUT_POINTS`] together, and at least
-/// [`SMALL_POINTS`] together or [`MERGE_BLOCKS`] blocks long (a run still
-/// short on both waits for more blocks).
-fn small_runs(locs: &[Loc]) -> Vec<std::ops::Range<usize>> {
+/// [`Blocks::merge_some`] merges, in order, without copying a block's place
+/// for a series that has none (most, every pass): adjacent blocks of one
+/// [`Tier`], within its limits, and enough of them (a run still short
+/// waits for more blocks). A block of another tier ends a run.
+fn merge_runs(locs: &[Loc]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
-    let (mut start, mut points) = (0usize, 0u32);
-    let mut close = |run: std::ops::Range<usize>, points: u32| {
-        if run.len() >= 2 && (points >= SMALL_POINTS || run.len() >= MERGE_BLOCKS) {
-            runs.push(run);
-        }
+    let (Some(first), Some(last)) = (locs.first(), locs.last()) else {
+        return runs;
     };
-    for (at, loc) in locs.iter().enumerate() {
-        if loc.count >= SMALL_POINTS {
-            close(start..at, points);
-            (start, points) = (at + 1, 0);
-            continue;
+    let history = last.max_ts.saturating_sub(first.start);
+    for tier in &TIERS {
+        let widest = tier.span_share.map_or(Micros::MAX, |share| history / share);
+        let (mut start, mut points, mut bytes) = (0usize, 0u32, 0u64);
+        let mut close = |run: std::ops::Range<usize>, points: u32| {
+            if run.len() >= 2 && (points >= tier.enough || run.len() >= tier.long) {
+                runs.push(run);
+            }
+        };
+        for (at, loc) in locs.iter().enumerate() {
+            if loc.count < tier.from || loc.count >= tier.below {
+                close(start..at, points);
+                (start, points, bytes) = (at + 1, 0, 0);
+                continue;
+            }
+            if points + loc.count > tier.most
+                || bytes + u64::from(loc.len) > MERGE_BYTES
+                || loc.max_ts.saturating_sub(locs[start].start) > widest
+            {
+                close(start..at, points);
+                (start, points, bytes) = (at, 0, 0);
+            }
+            points += loc.count;
+            bytes += u64::from(loc.len);
         }
-        if points + loc.count > CUT_POINTS {
-            close(start..at, points);
-            (start, points) = (at, 0);
-        }
-        points += loc.count;
+        close(start..locs.len(), points);
     }
-    close(start..locs.len(), points);
+    runs.sort_by_key(|run| run.start);
     runs
 }
 
@@ -376,6 +446,7 @@ impl Blocks {
             written: Micros::MAX,
             ledger: Ledger::default(),
             opening: OPENINGS.fetch_add(1, Ordering::Relaxed),
+            merged: 0,
             broken: false,
         };
         let mut cuts: HashMap<u32, u64> = HashMap::new();
@@ -651,24 +722,36 @@ impl Blocks {
         Ok(round.gone_before)
     }
 
-    /// Merges runs of adjacent small blocks (each of fewer than
-    /// [`SMALL_POINTS`]) of the series from `from` on into blocks of up to
-    /// [`CUT_POINTS`], until about `max` blocks have been read. Returns the
-    /// series to go on from, or `None` when every series has been looked at.
+    /// Merges runs of a series' adjacent blocks of one of the [`TIERS`]
+    /// (small, medium) of the series from `from` on, until about
+    /// `max` blocks have been read. Returns the series to go on from, or
+    /// `None` when every series has been looked at.
     ///
-    /// Why: the pass cuts a head once it holds back the log's tail, so
-    /// under a steady load of many series each cut holds a few minutes of
-    /// points (about 18 in `store_load`'s long run), and each block costs
-    /// the index its 32 bytes however small it is. A run is merged once it
-    /// adds up to at least [`SMALL_POINTS`] (the merged block is not small:
-    /// its points are written twice in all), or once it is
-    /// [`MERGE_BLOCKS`] blocks long, so a series keeps at most seven small
-    /// blocks in a row. The second rule is for series that change now and
-    /// then, with a point or two at each cut: their merged block may still
-    /// be small and join a later run, so with one point a cut a point is
-    /// written about six times in all (few points, since such series
-    /// change little), where the index would otherwise keep up to 59
-    /// blocks a series.
+    /// Why: every block costs the index its 32 bytes however many points it
+    /// holds, and the index is the store's memory that grows with the
+    /// history held.
+    /// - **Small blocks.** The pass cuts a head once it holds back the log's
+    ///   tail, so under a steady load of many series each cut holds a few
+    ///   minutes of points (about 18 in `store_load`'s long run). A run is
+    ///   merged once it adds up to at least [`SMALL_POINTS`] (the merged
+    ///   block is not small: its points are written twice in all), or once
+    ///   it is [`MERGE_BLOCKS`] blocks long, so a series keeps at most seven
+    ///   small blocks in a row. The second rule is for series that change
+    ///   now and then, with a point or two at each cut: their merged block
+    ///   may still be small and join a later run, so with one point a cut a
+    ///   point is written about six times in all (few points, since such
+    ///   series change little), where the index would otherwise keep up to
+    ///   59 blocks a series.
+    /// - **Medium blocks.** A series that changes every second fills a
+    ///   head of [`CUT_POINTS`] every two minutes: 720 blocks a day, 32
+    ///   bytes of index each. A run of medium blocks (60 to 959 points) is
+    ///   merged once it holds [`LARGE_POINTS`] (at most twice that, and
+    ///   [`MERGE_BYTES`]), while it spans at most a sixteenth of the
+    ///   series' history at rest ([`MERGE_SPAN_SHARE`]): retention by size
+    ///   drops whole blocks, so a series whose history is short keeps its
+    ///   blocks short. Each point is written once more, and what the index
+    ///   keeps of a long history is a block per 960 to 1920 points, an
+    ///   eighth to a sixteenth of the cuts.
     ///
     /// The merged block replaces the run as any later block replaces the
     /// earlier ones it overlaps (its span is exactly theirs), with the
@@ -683,12 +766,13 @@ impl Blocks {
                 return Ok(Some(id));
             }
             let locs = self.locs(id);
-            let runs: Vec<Vec<Loc>> = small_runs(locs)
+            let runs: Vec<Vec<Loc>> = merge_runs(locs)
                 .into_iter()
                 .map(|run| locs[run].to_vec())
                 .collect();
             for run in runs {
                 read += run.len();
+                self.merged += run.iter().map(|loc| u64::from(loc.len)).sum::<u64>();
                 let (mut points, mut cut) = (Vec::new(), 0u64);
                 let whole = run.iter().try_for_each(|loc| {
                     let (more, its_cut) = self.read_with_cut(loc)?;
@@ -699,7 +783,7 @@ impl Blocks {
                 match whole {
                     Ok(()) => self.append_block(id, &chunk::in_time_order(points), cut)?,
                     Err(e) => tracing::error!(
-                        "history series {id}: a run of small blocks is left unmerged: {e}"
+                        "history series {id}: a run of blocks is left unmerged: {e}"
                     ),
                 }
             }
@@ -709,6 +793,12 @@ impl Blocks {
             id += 1;
         }
         Ok(None)
+    }
+
+    /// Bytes of frames read to merge them since the blocks were opened (a
+    /// pass's budget: `MERGE_PASS_BYTES` in the store).
+    pub fn merged_bytes(&self) -> u64 {
+        self.merged
     }
 
     /// Appends again up to `max` blocks of a segment (but the last) whose
@@ -1145,26 +1235,152 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn a_run_of_eight_small_blocks_merges_whatever_it_holds() {
-        let loc = |count| Loc {
-            start: 0,
-            max_ts: 0,
+    /// A block of `count` points and `len` bytes, of a series of one point
+    /// a second, after `before` points of it.
+    fn loc(before: u32, count: u32, len: u32) -> Loc {
+        let second = |points: u32| i64::from(points) * 1_000_000;
+        Loc {
+            start: second(before),
+            max_ts: second(before + count) - 1,
             segment: 0,
             offset: 0,
-            len: 0,
+            len,
             count,
+        }
+    }
+
+    /// Blocks of these counts, of 100 bytes each, of a series of one point a
+    /// second, after a week of it in one block (`history` is false: none).
+    fn counts_after(history: bool, counts: &[u32]) -> Vec<Loc> {
+        let week = 7 * 86_400;
+        let mut locs = if history {
+            vec![loc(0, week, 100)]
+        } else {
+            vec![]
         };
-        let locs = |counts: &[u32]| counts.iter().map(|&c| loc(c)).collect::<Vec<_>>();
-        assert!(small_runs(&locs(&[1; MERGE_BLOCKS - 1])).is_empty());
-        let eight = small_runs(&locs(&[1; MERGE_BLOCKS]));
-        assert_eq!(eight.len(), 1);
-        assert_eq!(eight[0], 0..MERGE_BLOCKS);
+        let mut before = week;
+        for &count in counts {
+            locs.push(loc(before, count, 100));
+            before += count;
+        }
+        locs
+    }
+
+    /// One run, as [`merge_runs`] answers it.
+    fn one(run: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
+        vec![run]
+    }
+
+    /// [`merge_runs`] of `counts`, after a week of history, as indexes of
+    /// `counts`.
+    fn runs_of(counts: &[u32]) -> Vec<std::ops::Range<usize>> {
+        let runs = merge_runs(&counts_after(true, counts));
+        runs.into_iter().map(|r| r.start - 1..r.end - 1).collect()
+    }
+
+    #[test]
+    fn a_run_of_eight_small_blocks_merges_whatever_it_holds() {
+        assert!(runs_of(&[1; MERGE_BLOCKS - 1]).is_empty());
+        assert_eq!(runs_of(&[1; MERGE_BLOCKS]), one(0..MERGE_BLOCKS));
         // A full block ends a run; the points rule still merges two.
         assert_eq!(
-            small_runs(&locs(&[120, 1, 1, 1, 1, 1, 1, 1, 1, 120, 30, 30])),
+            runs_of(&[120, 1, 1, 1, 1, 1, 1, 1, 1, 120, 30, 30]),
             [1..9, 10..12]
         );
+        // Whatever the series' history: small blocks have no span limit.
+        let short = counts_after(false, &[30, 30]);
+        assert_eq!(merge_runs(&short), one(0..2));
+    }
+
+    #[test]
+    fn runs_of_medium_blocks_merge_once_they_hold_960_points() {
+        // Seven full cuts are short of 960; eight make it.
+        assert!(runs_of(&[120; 7]).is_empty());
+        assert_eq!(runs_of(&[120; 8]), one(0..8));
+        assert!(runs_of(&[60; 15]).is_empty());
+        // At most 1920 together: then a new run.
+        assert_eq!(runs_of(&[120; 17]), one(0..16));
+        assert_eq!(runs_of(&[900, 900, 900, 900, 100]), [0..2, 2..5]);
+        // 960 or more is large, of no tier: it ends a run, is never merged.
+        assert!(runs_of(&[960, 1920, 5000]).is_empty());
+        assert_eq!(runs_of(&[480, 960, 480, 480, 30, 30]), [2..4, 4..6]);
+        // A block of another tier ends a run: the tiers' runs do not
+        // overlap, and come in order.
+        assert_eq!(
+            runs_of(&[300, 30, 30, 500, 500, 2000, 400, 600]),
+            [1..3, 3..5, 6..8]
+        );
+        // Nor more than MERGE_BYTES of frames (a series of long texts).
+        let mut texts = counts_after(true, &[480; 4]);
+        texts.iter_mut().skip(1).for_each(|l| l.len = 40 * 1024);
+        assert!(merge_runs(&texts).is_empty(), "two make 80 KiB");
+        texts.iter_mut().skip(1).for_each(|l| l.len = 30 * 1024);
+        assert_eq!(merge_runs(&texts), [1..3, 3..5]);
+    }
+
+    #[test]
+    fn a_run_of_medium_blocks_spans_at_most_a_sixteenth_of_its_series_history() {
+        // No history before eight full cuts (16 minutes at a point a
+        // second): a run of them would be the whole of it.
+        assert!(merge_runs(&counts_after(false, &[120; 8])).is_empty());
+        // After 16 × 960 - 960 seconds of history, the run is a sixteenth.
+        let mut locs = counts_after(false, &[15 * 960, 120, 120, 120, 120, 120, 120, 120, 120]);
+        // (The first block is large: 14 400 points.)
+        assert_eq!(merge_runs(&locs), one(1..9));
+        // A second less of history, and the run is a second too wide.
+        locs[0].start += 1_000_000;
+        assert!(merge_runs(&locs).is_empty());
+    }
+
+    #[test]
+    fn full_cuts_merge_into_large_blocks_and_stay_merged_across_a_reopen() -> Result<(), StoreError>
+    {
+        let dir = tmp();
+        let mut blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
+        let counts = |blocks: &Blocks| blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>();
+        let pass = |blocks: &mut Blocks| -> Result<(), StoreError> {
+            assert_eq!(blocks.merge_some(0, usize::MAX)?, None);
+            Ok(())
+        };
+        // Series 1 has history at rest from long before (a block of 60
+        // points, 10 s apart), then full cuts (cut i + 1 for the i-th) of
+        // points 10 µs apart, a pass after each.
+        let old: Vec<Point> = (0..60)
+            .map(|i| (-1_000_000_000 + i * 10_000_000, Value::Int(i)))
+            .collect();
+        blocks.write(1, old.clone(), 0)?;
+        let cut = |blocks: &mut Blocks, i: i64| -> Result<(), StoreError> {
+            blocks.write(1, ints(i * 120..i * 120 + 120), i as u64 + 1)?;
+            pass(blocks)
+        };
+        for i in 0..7 {
+            cut(&mut blocks, i)?;
+        }
+        assert_eq!(counts(&blocks), [60, 120, 120, 120, 120, 120, 120, 120]);
+        // The eighth makes 960 with the seven before it. The old block is
+        // medium too, but spans more than a sixteenth of the series'
+        // history by itself: never in a run.
+        cut(&mut blocks, 7)?;
+        assert_eq!(counts(&blocks), [60, 960]);
+        for i in 8..11 {
+            cut(&mut blocks, i)?;
+        }
+        assert_eq!(counts(&blocks), [60, 960, 120, 120, 120]);
+        let mut expected = old;
+        expected.extend(ints(0..1320));
+        assert_eq!(all(&blocks, 1), expected);
+        blocks.sync()?;
+        drop(blocks);
+        let (blocks, cuts) =
+            Blocks::open_sized(&dir.path().join("blocks"), SEGMENT_BYTES, Micros::MIN)?;
+        assert_eq!(counts(&blocks), [60, 960, 120, 120, 120]);
+        assert_eq!(all(&blocks, 1), expected);
+        assert_eq!(cuts.get(&1), Some(&11));
+        // A range inside the large block, from either end.
+        assert_eq!(blocks.range(1, 1000, 1090, 5, End::Oldest)?, ints(100..110));
+        let newest = blocks.range(1, 0, 9_000, 3, End::Newest)?;
+        assert_eq!(newest[newest.len() - 3..], ints(898..901)[..]);
+        Ok(())
     }
 
     #[test]

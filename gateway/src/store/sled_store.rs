@@ -95,6 +95,10 @@ pub struct SledStore {
     unfinished: Mutex<Unfinished>,
     /// The same for appends to the events and the audit log.
     append_failed: [std::sync::atomic::AtomicBool; 2],
+    /// The series the next pass's merges begin at: a pass that has read
+    /// `merge_pass_bytes` ([`MERGE_PASS_BYTES`]) leaves the rest to the next.
+    merge_from: std::sync::atomic::AtomicU32,
+    merge_pass_bytes: u64,
     /// Held for writing from the first insert to the fsync, and for reading
     /// by queries, so that a query never sees what a crash could still take
     /// away. `None` between a failure and the reopen.
@@ -291,6 +295,8 @@ impl SledStore {
             outbox_dropped: Default::default(),
             unfinished: Mutex::new(Unfinished::None),
             append_failed: Default::default(),
+            merge_from: Default::default(),
+            merge_pass_bytes: MERGE_PASS_BYTES,
             inner: RwLock::new(Some(inner)),
         })
     }
@@ -425,9 +431,18 @@ const COLLECT_SLICE: usize = 1024;
 /// compacted (about 200 bytes each: a read and an append).
 const COMPACT_SLICE: usize = 2048;
 
-/// Small blocks read per turn of the store's lock when runs of them are
-/// merged (a read of each, an append of the merged block per run).
+/// Blocks read per turn of the store's lock when runs of them are merged
+/// (a read of each, an append of the merged block per run).
 const MERGE_SLICE: usize = 1024;
+
+/// The most bytes of blocks a pass reads to merge them (and so about the
+/// most it appends); the next pass goes on where it stopped. Runs become
+/// mergeable all at once when a series' history grows to sixteen times
+/// their span (`blocks::MERGE_SPAN_SHARE`): 10 000 series changing every
+/// second had 1.2 GB of history to merge in one pass after four and a
+/// half hours, which took 10 s, and would take minutes of an SD card's
+/// writes.
+const MERGE_PASS_BYTES: u64 = 64 * 1024 * 1024;
 
 impl SledStore {
     /// Runs `each` on every series, [`TRIM_SLICE`] series per turn of the
@@ -624,19 +639,24 @@ impl SledStore {
         Ok(())
     }
 
-    /// Syncs the blocks, the store's lock held only to merge runs of small
-    /// blocks and to compact (a slice
+    /// Syncs the blocks, the store's lock held only to merge runs of
+    /// blocks (up to `merge_pass_bytes` of them a pass) and to compact (a slice
     /// at a time), to begin the round and to delete the segments it
     /// emptied, not for the `fdatasync`: after a pass that cut 100 000
     /// heads, the sync and the cuts written to sled took 0.7 s in one hold.
     /// Returns the longest hold.
     fn sync_blocks(&self) -> Result<std::time::Duration, StoreError> {
-        let mut from = 0u32;
+        let mut from = self.merge_from.load(std::sync::atomic::Ordering::Relaxed);
+        let mut read = 0u64;
         let (_, merging) = self.in_turns(|inner| {
+            let before = inner.blocks.merged_bytes();
             let next = inner.blocks.merge_some(from, MERGE_SLICE)?;
+            read += inner.blocks.merged_bytes().saturating_sub(before);
             from = next.unwrap_or(0);
-            Ok(next.is_some())
+            Ok(next.is_some() && read < self.merge_pass_bytes)
         })?;
+        self.merge_from
+            .store(from, std::sync::atomic::Ordering::Relaxed);
         let (_, compacting) = self.in_turns(|inner| inner.blocks.compact_some(COMPACT_SLICE))?;
         let compacting = compacting.max(merging);
         let began = std::time::Instant::now();
@@ -2406,6 +2426,56 @@ mod tests {
         // Past the slack: the walk trims to the limit itself.
         assert_eq!(store.trim_within(1110, 100, u64::MAX)?.by_age, 110);
         assert_eq!(all(&store, "a")?.first(), Some(&(1110, Value::Int(1110))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_pass_merges_up_to_its_budget_and_the_next_goes_on_where_it_stopped()
+    -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut store = SledStore::open(dir.path())?;
+        // Series of three small blocks each (20 points a block): six turns
+        // of MERGE_SLICE blocks read.
+        const SERIES: u64 = 2048;
+        store.with_writable(|inner| {
+            for id in 0..SERIES as u32 {
+                for b in 0..3i64 {
+                    let points = (b * 20..b * 20 + 20).map(|i| (i, Value::Int(i))).collect();
+                    inner.blocks.write(id, points, 0)?;
+                }
+            }
+            Ok(())
+        })?;
+        let layout = store.measure()?;
+        assert_eq!(layout.blocks, 3 * SERIES);
+        // A quarter of the bytes: the pass stops after the turn that
+        // reaches it (each merged series goes from three blocks to one).
+        store.merge_pass_bytes = layout.block_bytes / 4;
+        store.sync_blocks()?;
+        let merged = |store: &SledStore| -> Result<u64, StoreError> {
+            Ok((3 * SERIES - store.measure()?.blocks) / 2)
+        };
+        let first = merged(&store)?;
+        assert!(
+            (SERIES / 4..SERIES / 2).contains(&first),
+            "{first} series merged"
+        );
+        let from = store.merge_from.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(u64::from(from), first, "the next pass begins after them");
+        // The next pass goes on from there, as far again.
+        store.sync_blocks()?;
+        assert_eq!(merged(&store)?, 2 * first);
+        // Until every series is merged; a pass that reaches the last series
+        // leaves the next to begin at the first.
+        for _ in 0..2 {
+            store.sync_blocks()?;
+        }
+        assert_eq!(merged(&store)?, SERIES);
+        assert_eq!(
+            store.merge_from.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        assert_eq!(store.measure()?.block_points, 60 * SERIES);
         Ok(())
     }
 
