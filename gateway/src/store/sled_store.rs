@@ -439,9 +439,8 @@ const MERGE_SLICE: usize = 1024;
 /// most it appends); the next pass goes on where it stopped. Runs become
 /// mergeable all at once when a series' history grows to sixteen times
 /// their span (`blocks::MERGE_SPAN_SHARE`): 10 000 series changing every
-/// second had 1.2 GB of history to merge in one pass after four and a
-/// half hours, which took 10 s, and would take minutes of an SD card's
-/// writes.
+/// second had 1.2 GB of history to merge in one pass after 4.3 hours,
+/// which took 10 s, and would take minutes of an SD card's writes.
 const MERGE_PASS_BYTES: u64 = 64 * 1024 * 1024;
 
 impl SledStore {
