@@ -40,8 +40,8 @@
 //!    kernel's page cache is dropped before the reopen, as after a power cut.
 //!    With `SAME_TEN=1` the same ten properties of each device change every
 //!    second and the other ninety never do, as in `modbus_load`: their
-//!    heads fill whole cuts of 120 points, the blocks the medium and large
-//!    merges join (docs/gateway.md, "Memory").
+//!    heads fill whole cuts of 120 points, the medium blocks that a long
+//!    history merges into large ones (docs/gateway.md, "Memory").
 //!    With `RARE_SERIES=N` N more series (devices `rare0`, ... of 100
 //!    properties) each change once every `RARE_EVERY_S` simulated seconds
 //!    (default 600), in a commit of their own each second: a plant's

@@ -1136,6 +1136,11 @@ mod tests {
             .expect("range")
     }
 
+    /// Series `id`'s blocks' point counts, in time order.
+    fn block_counts(blocks: &Blocks, id: u32) -> Vec<u32> {
+        blocks.locs(id).iter().map(|l| l.count).collect()
+    }
+
     #[test]
     fn ranges_read_across_blocks_from_either_end() -> Result<(), StoreError> {
         let (_dir, mut blocks) = blocks();
@@ -1208,10 +1213,7 @@ mod tests {
         assert_eq!(blocks.merge_some(2, 1)?, None);
         // 6 + 6 small blocks (120 points each run), the full one, series 2's two.
         assert_eq!(blocks.stats().0, 5);
-        assert_eq!(
-            blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>(),
-            [120, 120, 120]
-        );
+        assert_eq!(block_counts(&blocks, 1), [120, 120, 120]);
         assert_eq!(all(&blocks, 1), before);
         assert_eq!(all(&blocks, 2), ints(0..20));
         assert!(
@@ -1228,10 +1230,7 @@ mod tests {
         assert_eq!(blocks.stats().0, 5);
         assert_eq!(all(&blocks, 1), before);
         assert_eq!(cuts.get(&1), Some(&13));
-        assert_eq!(
-            blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>(),
-            [120, 120, 120]
-        );
+        assert_eq!(block_counts(&blocks, 1), [120, 120, 120]);
         Ok(())
     }
 
@@ -1337,7 +1336,6 @@ mod tests {
     {
         let dir = tmp();
         let mut blocks = open_in(dir.path(), SEGMENT_BYTES, Micros::MIN);
-        let counts = |blocks: &Blocks| blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>();
         let pass = |blocks: &mut Blocks| -> Result<(), StoreError> {
             assert_eq!(blocks.merge_some(0, usize::MAX)?, None);
             Ok(())
@@ -1356,16 +1354,19 @@ mod tests {
         for i in 0..7 {
             cut(&mut blocks, i)?;
         }
-        assert_eq!(counts(&blocks), [60, 120, 120, 120, 120, 120, 120, 120]);
+        assert_eq!(
+            block_counts(&blocks, 1),
+            [60, 120, 120, 120, 120, 120, 120, 120]
+        );
         // The eighth makes 960 with the seven before it. The old block is
         // medium too, but spans more than a sixteenth of the series'
         // history by itself: never in a run.
         cut(&mut blocks, 7)?;
-        assert_eq!(counts(&blocks), [60, 960]);
+        assert_eq!(block_counts(&blocks, 1), [60, 960]);
         for i in 8..11 {
             cut(&mut blocks, i)?;
         }
-        assert_eq!(counts(&blocks), [60, 960, 120, 120, 120]);
+        assert_eq!(block_counts(&blocks, 1), [60, 960, 120, 120, 120]);
         let mut expected = old;
         expected.extend(ints(0..1320));
         assert_eq!(all(&blocks, 1), expected);
@@ -1373,7 +1374,7 @@ mod tests {
         drop(blocks);
         let (blocks, cuts) =
             Blocks::open_sized(&dir.path().join("blocks"), SEGMENT_BYTES, Micros::MIN)?;
-        assert_eq!(counts(&blocks), [60, 960, 120, 120, 120]);
+        assert_eq!(block_counts(&blocks, 1), [60, 960, 120, 120, 120]);
         assert_eq!(all(&blocks, 1), expected);
         assert_eq!(cuts.get(&1), Some(&11));
         // A range inside the large block, from either end.
@@ -1717,10 +1718,7 @@ mod tests {
         file.write_all_at(&[0xff; 4], 40).expect("write");
         assert_eq!(blocks.merge_some(0, usize::MAX)?, None);
         assert_eq!(blocks.locs(1).len(), 4, "series 1 as it was");
-        assert_eq!(
-            blocks.locs(2).iter().map(|l| l.count).collect::<Vec<_>>(),
-            [80]
-        );
+        assert_eq!(block_counts(&blocks, 2), [80]);
         assert_eq!(all(&blocks, 2), ints(0..80));
         Ok(())
     }
@@ -1751,10 +1749,7 @@ mod tests {
             blocks.write(1, ints(40..60), 3)?;
             let before = all(&blocks, 1);
             assert_eq!(blocks.merge_some(0, usize::MAX)?, None);
-            assert_eq!(
-                blocks.locs(1).iter().map(|l| l.count).collect::<Vec<_>>(),
-                [60]
-            );
+            assert_eq!(block_counts(&blocks, 1), [60]);
             // The crash: nothing synced after the first two blocks.
             drop(blocks);
             Ok(before)
@@ -1767,8 +1762,7 @@ mod tests {
             tear(dir.path(), torn, segment_len(dir.path(), torn) / 2);
             let (blocks, cuts) = Blocks::open_sized(&dir.path().join("blocks"), 1, Micros::MIN)?;
             assert_eq!(all(&blocks, 1), before);
-            let counts = blocks.locs(1).iter().map(|l| l.count).collect();
-            Ok((counts, cuts.get(&1).copied()))
+            Ok((block_counts(&blocks, 1), cuts.get(&1).copied()))
         };
         // The merged block torn: the run is back, with its cut.
         assert_eq!(crash(4)?, (vec![20, 20, 20], Some(3)));
