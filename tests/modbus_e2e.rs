@@ -596,9 +596,14 @@ async fn an_rtu_bus_keeps_three_and_a_half_characters_of_silence_between_frames(
     assert!(api.wait_status("a", "online", SECS).await);
     assert!(api.wait_status("b", "online", SECS).await);
     endpoint.clear_seen();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Ten requests (about a second at 1200 baud; longer on a loaded machine,
+    // which only spaces them further).
+    let ten = wait_until(Duration::from_secs(10), || async {
+        endpoint.seen().len() >= 10
+    })
+    .await;
     let seen = endpoint.seen();
-    assert!(seen.len() >= 10, "{} requests", seen.len());
+    assert!(ten, "{} requests in 10 s", seen.len());
     let gap = ferrite_drivers::modbus::link::rtu_gap(1200);
     let shortest = seen
         .windows(2)

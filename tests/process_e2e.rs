@@ -115,6 +115,7 @@ async fn sighup_rereads_the_folders_and_does_not_stop_the_gateway() {
 async fn sigkill_loses_nothing_the_api_had_shown() {
     let files = Files::new();
     let (sim, counter) = counting_sim(&files).await;
+    let mut stored_before = 0;
     for round in 0..3 {
         let mut run = start(&files).await;
         assert!(
@@ -122,18 +123,25 @@ async fn sigkill_loses_nothing_the_api_had_shown() {
                 .wait_status("d", "online", Duration::from_secs(5))
                 .await
         );
-        // Let it store for a while, then read what the API shows, and kill it
-        // while the counter is still running and new changes are in flight.
+        // Let it store for a while (at least five new changes: a loaded
+        // machine polls slower than the 20 ms asked), then read what the API
+        // shows, and kill it while the counter is still running and new
+        // changes are in flight.
         tokio::time::sleep(Duration::from_millis(300 + round * 170)).await;
+        let stored = wait_until(Duration::from_secs(15), || async {
+            history(&run.api).await.len() >= stored_before + 5
+        })
+        .await;
         let shown = history(&run.api).await;
         let latest = run.api.get("/api/v1/devices/d/properties/n").await.1;
         signal(&run.child, "KILL");
         let _ = run.child.wait();
         assert!(
-            shown.len() >= 5,
-            "round {round}: only {} changes stored",
+            stored,
+            "round {round}: only {} changes stored, {stored_before} before this run",
             shown.len()
         );
+        stored_before = shown.len();
 
         let mut after = start(&files).await;
         let kept = history(&after.api).await;

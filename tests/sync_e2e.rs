@@ -221,6 +221,24 @@ async fn cloud_history(cloud: &Api, gateway: &str) -> Vec<Json> {
     body.as_array().cloned().unwrap_or_default()
 }
 
+/// Waits until the gateway has stored more than `changes` changes of d.n.
+/// The counter and the polls run at 20 ms, but a loaded machine runs them
+/// slower (CI's last step shares two cores with PostgreSQL, Mosquitto and
+/// seven gateways): the tests wait for the changes they need to count,
+/// not for a time.
+async fn stored_more_than(gateway: &ServingProcess, changes: usize) {
+    let stored = wait_until(Duration::from_secs(60), || async {
+        gateway_history(&gateway.api).await.len() > changes
+    })
+    .await;
+    assert!(
+        stored,
+        "the gateway stored {} changes of d.n in 60 s, wanted more than {changes}:\n{}",
+        gateway_history(&gateway.api).await.len(),
+        gateway.log_tail()
+    );
+}
+
 /// Stops the counter, waits until the gateway's outbox is empty, and checks
 /// that the control plane has exactly the gateway's history: same values and
 /// times, same order, each once.
@@ -267,6 +285,7 @@ async fn assert_in_sync(
         seqs.windows(2).all(|w| w[0] < w[1]),
         "seq not rising: {seqs:?}"
     );
+    eprintln!("{id}: {} changes in sync", ours.len());
     // The counter only rises: values in order.
     let values: Vec<i64> = ours.iter().filter_map(|e| e["value"].as_i64()).collect();
     assert!(
@@ -296,14 +315,19 @@ async fn an_outage_of_the_control_plane_loses_nothing() {
         .as_u64()
         .unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = wait_until(Duration::from_secs(30), || async {
+        gateway.api.get("/api/v1/sync").await.1["backlog"]
+            .as_u64()
+            .unwrap_or(0)
+            > before + 50
+    })
+    .await;
     let during = gateway.api.get("/api/v1/sync").await.1;
-    assert!(
-        during["backlog"].as_u64().unwrap_or(0) > before + 50,
-        "changes should wait in the outbox: {during}"
-    );
+    assert!(waiting, "changes should wait in the outbox: {during}");
     // Back: everything arrives.
     cloud = world.cloud().await;
     let stats_before = cloud.api.get("/api/v1/stats").await.1;
+    stored_more_than(&gateway, 150).await;
     let synced = assert_in_sync(&gateway, &cloud, &id, counter).await;
     assert!(synced > 150, "only {synced} changes");
     let stats = cloud.api.get("/api/v1/stats").await.1;
@@ -394,6 +418,7 @@ async fn deaf_uplink(until_reconnect: bool) {
             gateway.log_tail()
         );
     }
+    stored_more_than(&gateway, 100).await;
     let synced = assert_in_sync(&gateway, &cloud, &id, counter).await;
     assert!(synced > 100, "only {synced} changes");
     kill(&mut gateway);
@@ -429,6 +454,7 @@ async fn kill_9_of_either_end_loses_nothing_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         cloud = world.cloud().await;
     }
+    stored_more_than(&gateway, 100).await;
     let synced = assert_in_sync(&gateway, &cloud, &id, counter).await;
     assert!(synced > 100, "only {synced} changes");
     kill(&mut gateway);
