@@ -109,6 +109,14 @@ fn change(device: usize, property: usize, ts: i64, value: f64) -> Change {
 }
 
 fn main() {
+    // RUST_LOG=ferrite_gateway::store=debug shows each pass's merges and
+    // compactions.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let long = env("LONG_SECONDS", 0);
     if long > 0 {
         let group = env("GROUP", ferrite_gateway::store::writer::MAX_BATCH).max(1);

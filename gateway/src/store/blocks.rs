@@ -160,6 +160,9 @@ pub struct Blocks {
     opening: u64,
     /// Bytes of frames read to merge them since the blocks were opened.
     merged: u64,
+    /// Bytes of frames appended again to compact segments since the
+    /// blocks were opened.
+    compacted: u64,
     /// A failed append could not be undone: no more appends until a
     /// reopen, which cuts it.
     broken: bool,
@@ -447,6 +450,7 @@ impl Blocks {
             ledger: Ledger::default(),
             opening: OPENINGS.fetch_add(1, Ordering::Relaxed),
             merged: 0,
+            compacted: 0,
             broken: false,
         };
         let mut cuts: HashMap<u32, u64> = HashMap::new();
@@ -801,6 +805,19 @@ impl Blocks {
         self.merged
     }
 
+    /// Segments of `bytes` from the next one on (tests: many segments from
+    /// few blocks).
+    #[cfg(test)]
+    pub(super) fn set_segment_bytes(&mut self, bytes: u64) {
+        self.segment_bytes = bytes;
+    }
+
+    /// Bytes of frames appended again to compact segments since the blocks
+    /// were opened (a pass's budget: `COMPACT_PASS_BYTES` in the store).
+    pub fn compacted_bytes(&self) -> u64 {
+        self.compacted
+    }
+
     /// Appends again up to `max` blocks of a segment (but the last) whose
     /// live blocks take less than `COMPACT_BELOW` (a quarter) of it; says whether
     /// there may be more to move.
@@ -830,6 +847,7 @@ impl Blocks {
         for (id, loc) in moving {
             let (points, cut) = self.read_with_cut(&loc)?;
             self.append_block(id, &points, cut)?;
+            self.compacted += u64::from(loc.len);
         }
         tracing::debug!("history block segment {number}: {count} block(s) moved to compact it");
         Ok(true)
