@@ -41,10 +41,19 @@ impl Mosquitto {
             );
             return None;
         };
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Started as root, Mosquitto drops to its own user: it must be able
+        // to write its database here, or a restart forgets every session
+        // (it logs "Permission denied" and goes on).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod");
         let mut broker = Mosquitto {
             bin: bin.into(),
             port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
             child: None,
         };
         broker.up();
@@ -60,17 +69,23 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
                 self.port,
                 self.dir.path().display()
             ),
         )
         .expect("mosquitto.conf");
+        // Its log, across restarts, for a failure's message.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .expect("mosquitto.log");
         let child = std::process::Command::new(&self.bin)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         for _ in 0..100 {
@@ -80,6 +95,14 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.child = Some(child);
+    }
+
+    /// The end of Mosquitto's log (connections, sessions, persistence).
+    fn log_tail(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default();
+        let start = text.len().saturating_sub(3000);
+        text.get(start..).unwrap_or_default().to_string()
     }
 
     /// SIGTERM: Mosquitto saves its sessions and goes.
@@ -108,6 +131,9 @@ type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 #[derive(Clone)]
 struct Subscriber {
     seen: Received,
+    /// Each CONNACK's session-present flag: whether the broker still had
+    /// the subscriber's session (and what it queued) when it came back.
+    sessions: Arc<Mutex<Vec<bool>>>,
     client: AsyncClient,
 }
 
@@ -120,12 +146,14 @@ impl Subscriber {
             .set_keep_alive(Duration::from_secs(5));
         let (client, mut events) = AsyncClient::new(options, 100);
         let seen: Received = Arc::new(Mutex::new(Vec::new()));
-        let (sub, into) = (client.clone(), seen.clone());
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let (sub, into, present) = (client.clone(), seen.clone(), sessions.clone());
         let filter = filter.to_string();
         tokio::spawn(async move {
             loop {
                 match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        present.lock().expect("sessions").push(ack.session_present);
                         let _ = sub.subscribe(&filter, QoS::AtLeastOnce).await;
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -138,7 +166,11 @@ impl Subscriber {
                 }
             }
         });
-        Subscriber { seen, client }
+        Subscriber {
+            seen,
+            sessions,
+            client,
+        }
     }
 
     fn all(&self) -> Vec<(String, Vec<u8>)> {
@@ -400,7 +432,17 @@ async fn changes_stored_while_the_broker_is_away_arrive_in_order_marked_historic
         .get("/api/v1/devices/d/properties/n/history?since=2000-01-01T00:00:00Z&limit=10000")
         .await
         .1;
+    let north_at_the_end = api.get("/api/v1/north").await.1;
     assert!(gw.stop().await);
+    // The host's session outlived the broker's restart: what the broker
+    // took while the host was not yet back was queued for it.
+    let sessions = host.sessions.lock().expect("sessions").clone();
+    assert!(
+        sessions.len() >= 2 && sessions[1..].iter().all(|&present| present),
+        "Mosquitto forgot the host's session across its restart ({sessions:?}): \
+         the outage's changes could reach the broker before the host did again\n{}",
+        broker.log_tail()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // n's alias, from the (first) DBIRTH.
@@ -436,10 +478,16 @@ async fn changes_stored_while_the_broker_is_away_arrive_in_order_marked_historic
     let missing: Vec<&(u64, i64)> = stored.iter().filter(|s| !published.contains(s)).collect();
     assert!(
         missing.is_empty(),
-        "{} of {} stored changes never reached the host: {:?}",
+        "{} of {} stored changes never reached the host: {:?}\n\
+         the host received {} (historical {}); its CONNACKs' session-present flags {:?}\n\
+         the gateway's north at the end: {north_at_the_end}\nMosquitto's log:\n{}",
         missing.len(),
         stored.len(),
-        &missing[..missing.len().min(10)]
+        &missing[..missing.len().min(10)],
+        got.len(),
+        got.iter().filter(|g| g.2).count(),
+        host.sessions.lock().expect("sessions"),
+        broker.log_tail()
     );
     let historical = got.iter().filter(|g| g.2).count();
     eprintln!(
