@@ -99,10 +99,7 @@ impl Mosquitto {
 
     /// The end of Mosquitto's log (connections, sessions, persistence).
     fn log_tail(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default();
-        let start = text.len().saturating_sub(3000);
-        text.get(start..).unwrap_or_default().to_string()
+        common::file_tail(&self.dir.path().join("mosquitto.log"), 3000)
     }
 
     /// SIGTERM: Mosquitto saves its sessions and goes.
@@ -476,6 +473,7 @@ async fn changes_stored_while_the_broker_is_away_arrive_in_order_marked_historic
     let published: std::collections::BTreeSet<(u64, i64)> =
         got.iter().map(|g| (g.0, g.1)).collect();
     let missing: Vec<&(u64, i64)> = stored.iter().filter(|s| !published.contains(s)).collect();
+    let historical = got.iter().filter(|g| g.2).count();
     assert!(
         missing.is_empty(),
         "{} of {} stored changes never reached the host: {:?}\n\
@@ -485,11 +483,10 @@ async fn changes_stored_while_the_broker_is_away_arrive_in_order_marked_historic
         stored.len(),
         &missing[..missing.len().min(10)],
         got.len(),
-        got.iter().filter(|g| g.2).count(),
-        host.sessions.lock().expect("sessions"),
+        historical,
+        sessions,
         broker.log_tail()
     );
-    let historical = got.iter().filter(|g| g.2).count();
     eprintln!(
         "{} changes stored since the first DDATA, {} received ({historical} historical), none missing",
         stored.len(),

@@ -304,10 +304,16 @@ impl Drop for ServingProcess {
 
 impl ServingProcess {
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-        let start = text.len().saturating_sub(4000);
-        text.get(start..).unwrap_or_default().to_string()
+        file_tail(self.log.path(), 4000)
     }
+}
+
+/// The last `bytes` of a log file, for a failure's message (empty if it
+/// cannot be read).
+pub fn file_tail(path: &std::path::Path, bytes: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(bytes);
+    text.get(start..).unwrap_or_default().to_string()
 }
 
 /// A free local port for a process to listen on later (or again, after a
