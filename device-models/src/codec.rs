@@ -130,9 +130,9 @@ pub fn decode_registers(
     if let Some(bit) = b.bit {
         return Ok(Value::Bool(registers[0] >> bit & 1 == 1));
     }
-    let mut bytes = to_bytes(&registers[..width]);
     let order = b.order();
     if let Format::String(n) = format {
+        let mut bytes = to_bytes(&registers[..width]);
         // Text keeps byte pairs in order; only BADC (and DCBA) swap them.
         if matches!(order, WordOrder::BADC | WordOrder::DCBA) {
             bytes.chunks_exact_mut(2).for_each(|w| w.swap(0, 1));
@@ -143,17 +143,24 @@ pub fn decode_registers(
             String::from_utf8_lossy(&bytes[..end]).into_owned(),
         ));
     }
-    reorder(&mut bytes, order);
+    // Numbers take at most four registers: decoded on the stack, since a
+    // poll decodes every point it reads.
+    let mut buffer = [0u8; 8];
+    let bytes = &mut buffer[..width * 2];
+    for (pair, register) in bytes.chunks_exact_mut(2).zip(registers) {
+        pair.copy_from_slice(&register.to_be_bytes());
+    }
+    reorder(bytes, order);
     let raw = match format {
         Format::Bool => return Ok(Value::Bool(registers[0] != 0)),
         Format::U16 => Raw::Int(i128::from(u16::from_be_bytes([bytes[0], bytes[1]]))),
         Format::I16 => Raw::Int(i128::from(i16::from_be_bytes([bytes[0], bytes[1]]))),
-        Format::U32 => Raw::Int(i128::from(u32::from_be_bytes(arr(&bytes)))),
-        Format::I32 => Raw::Int(i128::from(i32::from_be_bytes(arr(&bytes)))),
-        Format::U64 => Raw::Int(i128::from(u64::from_be_bytes(arr(&bytes)))),
-        Format::I64 => Raw::Int(i128::from(i64::from_be_bytes(arr(&bytes)))),
-        Format::F32 => Raw::Float(f64::from(f32::from_be_bytes(arr(&bytes)))),
-        Format::F64 => Raw::Float(f64::from_be_bytes(arr(&bytes))),
+        Format::U32 => Raw::Int(i128::from(u32::from_be_bytes(arr(bytes)))),
+        Format::I32 => Raw::Int(i128::from(i32::from_be_bytes(arr(bytes)))),
+        Format::U64 => Raw::Int(i128::from(u64::from_be_bytes(arr(bytes)))),
+        Format::I64 => Raw::Int(i128::from(i64::from_be_bytes(arr(bytes)))),
+        Format::F32 => Raw::Float(f64::from(f32::from_be_bytes(arr(bytes)))),
+        Format::F64 => Raw::Float(f64::from_be_bytes(arr(bytes))),
         // Handled above; kept total rather than panicking.
         Format::String(_) => return Err(CodecError::WrongType("string")),
     };
@@ -204,14 +211,56 @@ fn scale_in(b: &ModbusBinding, ty: ValueType, raw: Raw) -> Result<Value, CodecEr
     })
 }
 
-/// Fraction digits of a scale or offset as written (0.1 → 1, 0.25 → 2).
+/// Fraction digits of a scale or offset as written (0.1 → 1, 0.25 → 2):
+/// those of its shortest decimal form, at most 12. Every scaled point of
+/// every poll asks, so it is found by arithmetic: the fewest digits `d` for
+/// which the decimal nearest to `x` with `d` of them reads back as `x`
+/// (`m / 10^d` is correctly rounded, as parsing it would be). Past 2^53,
+/// where that quotient is no longer exact, it counts what `{x}` prints.
 fn decimals(x: Option<f64>) -> i32 {
-    x.map_or(0, |x| {
-        let text = format!("{x}");
-        text.split_once('.')
-            .map_or(0, |(_, frac)| frac.len() as i32)
-            .min(12)
-    })
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let Some(x) = x.filter(|x| x.is_finite()) else {
+        return 0;
+    };
+    let mut factor = 1.0;
+    for digits in 0..=12 {
+        let scaled = x * factor;
+        if scaled.abs() >= EXACT {
+            return printed_decimals(x);
+        }
+        if scaled.round() / factor == x {
+            return digits;
+        }
+        factor *= 10.0;
+    }
+    12
+}
+
+/// Fraction digits of `{x}`, at most 12, counted as it is formatted.
+fn printed_decimals(x: f64) -> i32 {
+    /// Counts the characters after the decimal point of what is written.
+    struct FractionDigits {
+        after_point: bool,
+        count: i32,
+    }
+    impl std::fmt::Write for FractionDigits {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            for c in text.chars() {
+                if self.after_point {
+                    self.count += 1;
+                } else if c == '.' {
+                    self.after_point = true;
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut digits = FractionDigits {
+        after_point: false,
+        count: 0,
+    };
+    let _ = std::fmt::Write::write_fmt(&mut digits, format_args!("{x}"));
+    digits.count.min(12)
 }
 
 fn round_to(value: f64, decimals: i32) -> f64 {
@@ -328,6 +377,59 @@ fn kind(value: &Value) -> &'static str {
 mod tests {
     use super::*;
     use crate::model::Table;
+
+    #[test]
+    fn a_scales_fraction_digits_are_those_of_its_shortest_decimal_form() {
+        // What `decimals` counted when it formatted a String.
+        let written = |x: f64| {
+            format!("{x}")
+                .split_once('.')
+                .map_or(0, |(_, frac)| frac.len() as i32)
+                .min(12)
+        };
+        let mut scales = vec![
+            0.1,
+            0.25,
+            1.0,
+            100.0,
+            0.001,
+            -0.5,
+            -0.0,
+            1e-7,
+            1.5e-10,
+            1e21,
+            3.0e-5,
+            0.3,
+            2.675,
+            273.15,
+            1.0 / 3.0,
+            12_345_678.123_456_789,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ];
+        // Scales and offsets of every size and precision a model may write.
+        for i in 1..20_000 {
+            let i = f64::from(i);
+            scales.extend([
+                i * 0.001,
+                i * 0.37,
+                -i * 0.0125,
+                1.0 / i,
+                i * 1e-9,
+                i * 1234.5,
+            ]);
+        }
+        for x in scales {
+            assert_eq!(decimals(Some(x)), written(x), "scale {x}");
+        }
+        assert_eq!(decimals(Some(f64::NAN)), 0);
+        assert_eq!(decimals(Some(f64::INFINITY)), 0);
+        assert_eq!(decimals(Some(0.1)), 1);
+        assert_eq!(decimals(Some(0.25)), 2);
+        assert_eq!(decimals(Some(1e-7)), 7);
+        assert_eq!(decimals(Some(1.0 / 3.0)), 12);
+        assert_eq!(decimals(None), 0);
+    }
 
     fn binding(format: Format, order: WordOrder) -> ModbusBinding {
         ModbusBinding {
