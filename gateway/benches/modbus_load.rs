@@ -252,7 +252,7 @@ async fn main() {
     stop_gateway(&mut child);
     animator.abort();
 
-    if std::env::var("FLOOR").map_or(true, |f| f != "0") {
+    if std::env::var(FLOOR).map_or(true, |f| f != "0") {
         measure_floor(&sims, seconds as u64).await;
     }
 
@@ -320,6 +320,15 @@ const FLOOR_PORTS: &str = "MODBUS_LOAD_FLOOR_PORTS";
 /// How long the floor's poller runs, in seconds.
 const FLOOR_SECONDS: &str = "MODBUS_LOAD_FLOOR_SECONDS";
 
+/// `FLOOR=0` skips the floor; `FLOOR=link` makes its reads through the
+/// gateway's own link task (the driver's queue, answer gate and timeouts)
+/// instead of a bare tokio-modbus client.
+const FLOOR: &str = "FLOOR";
+
+fn floor_through_link() -> bool {
+    std::env::var(FLOOR).is_ok_and(|f| f == "link")
+}
+
 /// Modbus requests the simulated gateways have answered so far.
 fn requests(sims: &[TcpSim]) -> u64 {
     sims.iter().map(|sim| sim.endpoint.requests()).sum()
@@ -357,7 +366,7 @@ async fn measure_floor(sims: &[TcpSim], seconds: u64) {
     let cpu = (floor.cpu_ticks() - cpu0) as f64 / 100.0;
     println!(
         "floor: {:<16} {:>9.1}% of one core, {:.0} requests/s, RSS {:.1} MiB (the same reads, nothing else)",
-        if std::env::var("FLOOR").is_ok_and(|f| f == "link") {
+        if floor_through_link() {
             "the link task"
         } else {
             "tokio-modbus"
@@ -374,9 +383,15 @@ async fn measure_floor(sims: &[TcpSim], seconds: u64) {
 /// (`ferrite_drivers::modbus::plan`), for `FLOOR_SECONDS`.
 async fn poll_as_the_floor(ports: &str, shape: Shape) {
     let seconds = env(FLOOR_SECONDS, 10) as u64;
-    let bindings = shape.bindings();
-    let indexed: Vec<(usize, &ferrite_models::model::ModbusBinding)> =
-        bindings.iter().enumerate().collect();
+    // The model the gateway was given, read as it reads it.
+    let model: ferrite_models::model::DeviceModel =
+        serde_yaml::from_str(&shape.model()).expect("the bench's own model");
+    let indexed: Vec<(usize, &ferrite_models::model::ModbusBinding)> = model
+        .properties
+        .values()
+        .filter_map(|property| property.modbus.as_ref())
+        .enumerate()
+        .collect();
     let blocks: Arc<Vec<(u16, u16)>> = Arc::new(
         ferrite_drivers::modbus::plan::plan(&indexed, &Default::default())
             .into_iter()
@@ -384,9 +399,7 @@ async fn poll_as_the_floor(ports: &str, shape: Shape) {
             .collect(),
     );
     let ports: Vec<u16> = ports.split(',').filter_map(|p| p.parse().ok()).collect();
-    // FLOOR=link: the reads go through the gateway's own link task (the
-    // driver's queue, answer gate and timeouts) instead of a bare client.
-    let through_link = std::env::var("FLOOR").is_ok_and(|f| f == "link");
+    let through_link = floor_through_link();
     let tasks = tokio_util::task::TaskTracker::new();
     let stop = tokio_util::sync::CancellationToken::new();
     let mut devices = Vec::new();
@@ -601,29 +614,6 @@ impl Shape {
             self.points - 1
         } else {
             self.points
-        }
-    }
-
-    /// Each point's binding, as the model declares it.
-    fn bindings(&self) -> Vec<ferrite_models::model::ModbusBinding> {
-        let binding = |address: usize, format| ferrite_models::model::ModbusBinding {
-            table: Table::Holding,
-            address: address as u16,
-            format,
-            order: None,
-            bit: None,
-            scale: None,
-            offset: None,
-        };
-        if self.float32 {
-            (0..self.points)
-                .map(|p| binding(p * 2, Some(ferrite_models::model::Format::F32)))
-                .collect()
-        } else {
-            (0..self.points)
-                .map(|r| binding(r, None))
-                .chain([binding(200, None)])
-                .collect()
         }
     }
 
